@@ -1,0 +1,1 @@
+"""Pub/Sub intent consumer that trades through Interactive Brokers."""

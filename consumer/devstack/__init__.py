@@ -1,0 +1,1 @@
+"""The local stack: emulators, simulated gateway, provisioning and the `make run` demo."""

@@ -1,0 +1,179 @@
+"""Google's Pub/Sub and Firestore emulators as child processes.
+
+Used by `make run` (on fixed, documented ports) and by the test fixtures (on free ports). The `gcloud` wrapper
+forks a Java process, so each emulator runs in its own process group and is stopped as a group: killing only the
+wrapper would leave Java listening.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GCLOUD_HINT = (
+    "gcloud not found: install the Google Cloud CLI with its emulators "
+    "(Debian/Ubuntu packages google-cloud-cli, google-cloud-cli-pubsub-emulator, "
+    "google-cloud-cli-firestore-emulator; see https://cloud.google.com/sdk/docs/install)"
+)
+JAVA_HINT = "java not found: the emulators need a Java 11+ runtime (Debian/Ubuntu package openjdk-17-jre-headless)"
+
+
+class ToolMissing(RuntimeError):
+    """A program the local stack needs is not installed; the message says what to install."""
+
+
+def require_tools() -> None:
+    if shutil.which("gcloud") is None:
+        raise ToolMissing(GCLOUD_HINT)
+    if shutil.which("java") is None:
+        raise ToolMissing(JAVA_HINT)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
+@dataclass
+class Emulator:
+    """One emulator process group; `address` is what goes into *_EMULATOR_HOST."""
+
+    name: str
+    address: str
+    args: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self, timeout: float = 60.0) -> None:
+        require_tools()
+        host, port = split_host_port(self.address)
+        if _port_open(host, port):
+            raise RuntimeError(f"{self.name} emulator: {self.address} is already in use")
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            self.args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-800:]
+                raise RuntimeError(f"{self.name} emulator exited at start-up:\n{tail}")
+            if _http_ok(f"http://{self.address}/"):
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"{self.name} emulator did not answer on {self.address} within {timeout:.0f}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+        # The wrapper can exit before its Java child; the group kill above reaches both.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def pubsub_emulator(address: str, workdir: Path, project: str) -> Emulator:
+    data_dir = workdir / "pubsub-data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return Emulator(
+        name="Pub/Sub",
+        address=address,
+        args=[
+            "gcloud", "beta", "emulators", "pubsub", "start",
+            f"--host-port={address}", f"--project={project}", f"--data-dir={data_dir}",
+            "--quiet", "--verbosity=error",
+        ],
+        log_path=workdir / "pubsub-emulator.log",
+    )  # fmt: skip
+
+
+def firestore_emulator(address: str, workdir: Path) -> Emulator:
+    return Emulator(
+        name="Firestore",
+        address=address,
+        args=["gcloud", "emulators", "firestore", "start", f"--host-port={address}", "--quiet"],
+        log_path=workdir / "firestore-emulator.log",
+    )
+
+
+class EmulatorPair(contextlib.AbstractContextManager["EmulatorPair"]):
+    """Both emulators, started concurrently (each takes ~3 s, mostly JVM start-up)."""
+
+    def __init__(
+        self,
+        pubsub_address: str | None = None,
+        firestore_address: str | None = None,
+        project: str = "local-project",
+        workdir: Path | None = None,
+    ) -> None:
+        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="emulators-")
+        self.workdir = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.pubsub = pubsub_emulator(pubsub_address or f"127.0.0.1:{free_port()}", self.workdir, project)
+        self.firestore = firestore_emulator(firestore_address or f"127.0.0.1:{free_port()}", self.workdir)
+
+    def __enter__(self) -> EmulatorPair:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(e.start) for e in (self.pubsub, self.firestore)]
+            errors = [f.exception() for f in futures]
+        if any(errors):
+            self.__exit__(None, None, None)
+            raise next(e for e in errors if e)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pubsub.stop()
+        self.firestore.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def environ(self) -> dict[str, str]:
+        return {"PUBSUB_EMULATOR_HOST": self.pubsub.address, "FIRESTORE_EMULATOR_HOST": self.firestore.address}
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False

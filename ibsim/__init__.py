@@ -1,0 +1,1 @@
+"""A simulated IB Gateway speaking the TWS API socket protocol."""
