@@ -1,0 +1,133 @@
+"""Settings from environment variables, validated once at start-up.
+
+Every variable has a documented default (README, "Configuration"); a bad value stops the process at start-up with
+a message naming the variable, rather than surfacing as a strange failure on the first message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+TradingMode = Literal["paper", "live"]
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    project: str = "local-project"
+    trading_mode: TradingMode = "paper"
+
+    ib_host: str = "127.0.0.1"
+    ib_port: int = 4002
+    ib_client_id: int = 1
+    ib_account: str = ""
+    ib_connect_timeout: float = 10.0
+
+    intents_topic: str = "intents"
+    intents_subscription: str = "intents-consumer"
+    reply_topic: str = "intent-replies"
+    dead_letter_topic: str = "intents-dead-letter"
+    max_delivery_attempts: int = 5
+
+    max_messages: int = 20
+    intent_timeout: float = 300.0
+    order_timeout: float = 30.0
+    max_lease_duration: float = 3600.0
+    shutdown_grace: float = 30.0
+    claim_lease: float = 600.0
+    heartbeat_interval: float = 10.0
+    health_port: int = 8080
+
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var, parse = _VARIABLES[f.name]
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[f.name] = parse(raw.strip())
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{var}={raw!r}: {e}") from None
+        return cls(**values)
+
+    def describe(self) -> dict[str, Any]:
+        """Settings as loggable data (there are no secrets here: the IB login lives with the gateway)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _bounded(kind: Callable[[str], T], low: float, high: float) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ValueError(f"expected a {kind.__name__}") from None
+        if not low <= value <= high:  # type: ignore[operator]
+            raise ValueError(f"expected a value between {low:g} and {high:g}")
+        return value
+
+    return parse
+
+
+def _name(raw: str) -> str:
+    if not raw or any(c.isspace() or c == "/" for c in raw):
+        raise ValueError("expected a plain resource name (no spaces or slashes)")
+    return raw
+
+
+def _level(raw: str) -> str:
+    value = raw.upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return value
+
+
+_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "project": ("GOOGLE_CLOUD_PROJECT", _name),
+    "trading_mode": ("TRADING_MODE", _choice("paper", "live")),
+    "ib_host": ("IB_HOST", str),
+    "ib_port": ("IB_PORT", _bounded(int, 1, 65535)),
+    "ib_client_id": ("IB_CLIENT_ID", _bounded(int, 0, 2**31 - 1)),
+    "ib_account": ("IB_ACCOUNT", str),
+    "ib_connect_timeout": ("IB_CONNECT_TIMEOUT", _bounded(float, 0.5, 300)),
+    "intents_topic": ("INTENTS_TOPIC", _name),
+    "intents_subscription": ("INTENTS_SUBSCRIPTION", _name),
+    "reply_topic": ("REPLY_TOPIC", _name),
+    "dead_letter_topic": ("DEAD_LETTER_TOPIC", _name),
+    "max_delivery_attempts": ("MAX_DELIVERY_ATTEMPTS", _bounded(int, 5, 100)),
+    "max_messages": ("MAX_MESSAGES", _bounded(int, 1, 1000)),
+    "intent_timeout": ("INTENT_TIMEOUT_SECONDS", _bounded(float, 1, 3600)),
+    "order_timeout": ("ORDER_TIMEOUT_SECONDS", _bounded(float, 0.1, 3600)),
+    "max_lease_duration": ("MAX_LEASE_SECONDS", _bounded(float, 10, 86400)),
+    "shutdown_grace": ("SHUTDOWN_GRACE_SECONDS", _bounded(float, 0, 600)),
+    "claim_lease": ("CLAIM_LEASE_SECONDS", _bounded(float, 1, 86400)),
+    "heartbeat_interval": ("HEARTBEAT_SECONDS", _bounded(float, 0.1, 600)),
+    "health_port": ("HEALTH_PORT", _bounded(int, 0, 65535)),
+    "log_format": ("LOG_FORMAT", _choice("auto", "json", "console")),
+    "log_level": ("LOG_LEVEL", _level),
+}
+
+ENVIRONMENT_VARIABLES = {name: var for name, (var, _) in _VARIABLES.items()}
