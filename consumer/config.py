@@ -42,7 +42,9 @@ class Settings:
     order_timeout: float = 30.0
     max_lease_duration: float = 3600.0
     shutdown_grace: float = 30.0
-    claim_lease: float = 600.0
+    claim_lease: float = 30.0
+    trading_max_age: float = 3600.0
+    schedule_time_zone: str = "America/New_York"
     heartbeat_interval: float = 10.0
     health_port: int = 8080
 
@@ -98,6 +100,16 @@ def _name(raw: str) -> str:
     return raw
 
 
+def _time_zone(raw: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("expected an IANA time zone such as America/New_York") from None
+    return raw
+
+
 def _level(raw: str) -> str:
     value = raw.upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -123,7 +135,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "order_timeout": ("ORDER_TIMEOUT_SECONDS", _bounded(float, 0.1, 3600)),
     "max_lease_duration": ("MAX_LEASE_SECONDS", _bounded(float, 10, 86400)),
     "shutdown_grace": ("SHUTDOWN_GRACE_SECONDS", _bounded(float, 0, 600)),
-    "claim_lease": ("CLAIM_LEASE_SECONDS", _bounded(float, 1, 86400)),
+    "claim_lease": ("CLAIM_LEASE_SECONDS", _bounded(float, 0.5, 3600)),
+    "trading_max_age": ("TRADING_MAX_AGE_SECONDS", _bounded(float, 1, 7 * 86400)),
+    "schedule_time_zone": ("SCHEDULE_TIME_ZONE", _time_zone),
     "heartbeat_interval": ("HEARTBEAT_SECONDS", _bounded(float, 0.1, 600)),
     "health_port": ("HEALTH_PORT", _bounded(int, 0, 65535)),
     "log_format": ("LOG_FORMAT", _choice("auto", "json", "console")),

@@ -1,0 +1,202 @@
+"""The one persistent connection to IB Gateway: connected, watched, and reconnected on the broker loop.
+
+IB Gateway restarts every night, drops sockets, and can go half-open without an error. `Gateway.run` keeps one
+`IB` object connected through all of that: it connects with backoff, watches for a dropped socket, the 1100
+"connectivity lost" family of errors and missed heartbeats, and reports every change to its listeners (the
+service pauses the Pub/Sub intake while the gateway is away, so messages wait in Pub/Sub instead of failing).
+
+Every method here runs on the broker loop; nothing else may touch `self.ib`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+from ib_insync import IB
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from consumer.config import Settings
+from consumer.errors import Transient
+from consumer.logs import get_logger
+
+log = get_logger(__name__)
+
+# IB's connectivity notices (error codes with reqId -1): the socket stays up but trading is impossible.
+LOST = 1100  # connectivity between IB and the gateway lost
+RESTORED_DATA_LOST = 1101  # restored, market data and account subscriptions lost
+RESTORED = 1102  # restored, data kept
+CLIENT_ID_IN_USE = 326
+
+
+class State(StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DEGRADED = "degraded"  # socket up, but the gateway lost IB (1100)
+    STOPPED = "stopped"
+
+
+Listener = Callable[["State"], None]
+
+
+class Gateway:
+    def __init__(self, settings: Settings, heartbeat_misses: int = 2) -> None:
+        self._settings = settings
+        self.ib = IB()
+        self.state = State.CONNECTING
+        self.connections = 0  # successful (re)connects, for metrics and tests
+        self._listeners: list[Listener] = []
+        self._heartbeat_misses = heartbeat_misses
+        self._up = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._stopping = False
+        self._client_id_in_use = False
+        self.ib.disconnectedEvent += self._on_disconnected
+        self.ib.errorEvent += self._on_error
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.CONNECTED and self.ib.isConnected()
+
+    def require(self) -> IB:
+        """The IB object, or a Transient failure so the message is redelivered once the gateway is back."""
+        if not self.ready:
+            raise Transient("gateway_unavailable", f"the gateway is {self.state.value}; the intent will be retried")
+        return self.ib
+
+    async def wait_ready(self, within: float) -> IB:
+        if not self.ready:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._up.wait(), within)
+        return self.require()
+
+    async def run(self) -> None:
+        """Connects, then reconnects after every loss, until `stop`."""
+        while not self._stopping:
+            await self._connect()
+            if self._stopping:
+                break
+            self.connections += 1
+            self._lost.clear()
+            self._set_state(State.CONNECTED)
+            heartbeat = asyncio.create_task(self._heartbeat(), name="gateway-heartbeat")
+            try:
+                await self._lost.wait()
+            finally:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+            if self.ib.isConnected():
+                self.ib.disconnect()
+            if not self._stopping:
+                self._set_state(State.CONNECTING)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._lost.set()
+        if self.ib.isConnected():
+            self.ib.disconnect()
+        self._set_state(State.STOPPED)
+
+    async def _connect(self) -> None:
+        s = self._settings
+        retrying = AsyncRetrying(
+            wait=wait_exponential_jitter(initial=0.25, max=15, jitter=0.25),
+            retry=retry_if_exception_type((OSError, TimeoutError, ConnectionError)),
+            before_sleep=self._log_retry,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if self._stopping:
+                    return
+                self._client_id_in_use = False
+                try:
+                    await self.ib.connectAsync(
+                        s.ib_host,
+                        s.ib_port,
+                        clientId=s.ib_client_id,
+                        timeout=s.ib_connect_timeout,
+                        account=s.ib_account,
+                    )
+                except (OSError, TimeoutError, ConnectionError) as e:
+                    if self._client_id_in_use:
+                        # Open orders belong to a client id, so taking another one would orphan them: wait instead.
+                        raise ConnectionError(
+                            f"client id {s.ib_client_id} is already in use at {s.ib_host}:{s.ib_port} "
+                            "(another consumer, or a stale session the gateway has not dropped yet)"
+                        ) from e
+                    raise
+        log.info(
+            "gateway connected",
+            host=s.ib_host,
+            port=s.ib_port,
+            client_id=s.ib_client_id,
+            accounts=self.ib.managedAccounts(),
+            server_version=self.ib.client.serverVersion(),
+        )
+
+    async def _heartbeat(self) -> None:
+        """A half-open socket sends no error; an unanswered current-time request is how we notice."""
+        interval = self._settings.heartbeat_interval
+        misses = 0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(self.ib.reqCurrentTimeAsync(), interval)
+                misses = 0
+            except (TimeoutError, ConnectionError):
+                misses += 1
+                log.warning("gateway heartbeat missed", misses=misses)
+                if misses >= self._heartbeat_misses:
+                    log.error("gateway unresponsive; reconnecting", misses=misses)
+                    self._lost.set()
+                    return
+
+    def _on_disconnected(self) -> None:
+        if not self._stopping:
+            log.warning("gateway disconnected")
+        self._lost.set()
+
+    def _on_error(self, req_id: int, code: int, message: str, contract: Any) -> None:
+        if code == CLIENT_ID_IN_USE:
+            self._client_id_in_use = True
+        elif code == LOST:
+            log.error("gateway lost its connection to IB", code=code, detail=message)
+            self._set_state(State.DEGRADED)
+        elif code == RESTORED_DATA_LOST:
+            # Subscriptions are gone; a fresh connection re-requests positions, orders and executions.
+            log.warning("gateway reconnected to IB with data lost; resynchronising", code=code)
+            self._lost.set()
+        elif code == RESTORED and self.state is State.DEGRADED:
+            log.info("gateway connectivity to IB restored", code=code)
+            self._set_state(State.CONNECTED)
+
+    def _set_state(self, state: State) -> None:
+        if state is self.state:
+            return
+        self.state = state
+        if state is State.CONNECTED:
+            self._up.set()
+        else:
+            self._up.clear()
+        for listener in self._listeners:
+            try:
+                listener(state)
+            except Exception:
+                log.exception("gateway listener failed", state=state.value)
+
+    def _log_retry(self, retry_state: Any) -> None:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome else None
+        log.warning(
+            "gateway not reachable; retrying",
+            attempt=retry_state.attempt_number,
+            retry_in_s=round(retry_state.next_action.sleep, 2) if retry_state.next_action else None,
+            error=str(error) or type(error).__name__,
+        )

@@ -1,0 +1,284 @@
+"""One request, from claim to reply: the lifecycle every intent shares. Runs on the broker loop.
+
+    claim the request id ─ duplicate? ── done: republish the stored reply, ack
+          │                         └─ running elsewhere: nack (its owner replies)
+    policy: stale? kill switch? live guard?         (trading intents)
+    run the handler (trading intents one at a time, under a timeout, renewing the claim's lease)
+    settle: store the reply with the claim + the activity record ‖ publish the reply  ──>  ack
+    transient failure: release the claim, nack, or on the last attempt dead-letter + error reply, ack
+
+A message is acked only once its effects are stored and its reply is published. Read-only intents run while their
+claim is being written (they have no effects to undo), which takes a Firestore round trip off their latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import structlog
+from google.api_core import exceptions as google_exceptions
+
+from consumer.envelope import Request
+from consumer.errors import Failure, IntentError, Rejected, Transient, as_transient
+from consumer.intents.base import Intent, IntentContext
+from consumer.logs import get_logger
+from consumer.services import Services
+from consumer.store.requests import Claim, ClaimState
+from consumer.store.trading_config import TradingConfig
+
+log = get_logger(__name__)
+
+
+class Settlement(StrEnum):
+    ACK = "ack"
+    NACK = "nack"
+
+
+class Dispatcher:
+    def __init__(self, services: Services, intents: dict[str, Intent]) -> None:
+        self._services = services
+        self._intents = intents
+        # Trading intents for the account never overlap: each one reads holdings and working orders that the
+        # previous one changes.
+        self._trading = asyncio.Lock()
+        self._running: dict[str, asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Task[Settlement]] = set()
+
+    async def handle(self, request: Request) -> Settlement:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        started = datetime.now(UTC)
+        with structlog.contextvars.bound_contextvars(
+            requestId=request.request_id,
+            messageId=request.delivery.message_id,
+            intent=request.intent,
+            tradingMode=self._services.settings.trading_mode,
+            dryRun=request.dry_run,
+        ):
+            try:
+                return await self._handle(request, started)
+            finally:
+                self._tasks.discard(task)  # type: ignore[arg-type]
+
+    async def abort_all(self) -> None:
+        """Shutdown past its grace period: in-flight intents stop, release their claims and are nacked."""
+        for task in list(self._tasks):
+            task.cancel()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def _handle(self, request: Request, started: datetime) -> Settlement:
+        if request.problem is not None:
+            log.warning("bad request", code=request.problem.code, error=request.problem.message)
+            return await self._settle(request, started, failure=request.problem, claimed=False)
+        intent = self._intents[request.envelope.intent]  # type: ignore[union-attr]
+
+        # The same request id already running in this process (a re-publish with the same idempotency key, or a
+        # redelivery that overtook its first delivery): wait for it, then answer from the stored reply.
+        earlier = self._running.get(request.request_id)
+        if earlier is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(earlier)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._running[request.request_id] = done
+        try:
+            return await self._claim_and_run(intent, request, started)
+        finally:
+            self._running.pop(request.request_id, None)
+            done.set_result(None)
+
+    async def _claim_and_run(self, intent: Intent, request: Request, started: datetime) -> Settlement:
+        ledger = self._services.ledger
+        claiming = ledger.claim(request.request_id, intent.name, request.delivery.message_id)
+        try:
+            if intent.trades:
+                claim = await claiming
+                run: asyncio.Task[dict[str, Any]] | None = None
+            else:
+                run = asyncio.create_task(self._run(intent, request))
+                try:
+                    claim = await claiming
+                except BaseException:
+                    run.cancel()
+                    raise
+        except google_exceptions.GoogleAPIError as e:
+            return await self._retry_or_dead_letter(request, started, as_transient(e), claimed=False)
+
+        if not claim.won:
+            if run is not None:
+                run.cancel()
+                with contextlib.suppress(BaseException):
+                    await run
+            return await self._duplicate(request, claim)
+
+        lease = asyncio.create_task(ledger.keep_alive(request.request_id))
+        try:
+            result = await (run if run is not None else self._run(intent, request))
+        except Failure as failure:
+            return await self._settle(request, started, failure=failure)
+        except asyncio.CancelledError:
+            await ledger.release(request.request_id, "interrupted by shutdown")
+            log.warning("intent interrupted by shutdown; it will be redelivered")
+            return Settlement.NACK
+        except Exception as e:
+            return await self._retry_or_dead_letter(request, started, as_transient(e), claimed=True)
+        finally:
+            lease.cancel()
+        return await self._settle(request, started, result=result)
+
+    async def _run(self, intent: Intent, request: Request) -> dict[str, Any]:
+        services = self._services
+        envelope = request.envelope
+        assert envelope is not None
+        config = TradingConfig()
+        if intent.trades:
+            self._check_fresh(request)
+            config = await services.config_store.load()
+            self._check_allowed(config)
+        context = IntentContext(services=services, request=request, config=config, log=log)
+        timeout = services.settings.intent_timeout
+        if intent.trades and not request.dry_run:
+            async with self._trading:
+                async with asyncio.timeout(timeout):
+                    return await intent.handler(context, envelope.params)
+        async with asyncio.timeout(timeout):
+            return await intent.handler(context, envelope.params)
+
+    def _check_fresh(self, request: Request) -> None:
+        envelope = request.envelope
+        assert envelope is not None
+        now = datetime.now(UTC)
+        if envelope.expires_at is not None and now >= envelope.expires_at:
+            raise Rejected("expired", f"the intent expired at {envelope.expires_at.isoformat()}; not run")
+        max_age = envelope.max_age_seconds or self._services.settings.trading_max_age
+        age = (now - request.delivery.publish_time).total_seconds()
+        if age > max_age:
+            raise Rejected(
+                "stale",
+                f"the message was published {age:.0f}s ago, more than the {max_age:.0f}s a trading intent may wait; "
+                "not run",
+            )
+
+    def _check_allowed(self, config: TradingConfig) -> None:
+        mode = self._services.settings.trading_mode
+        if not config.exists:
+            raise Rejected(
+                "trading_disabled", f"no trading configuration at config/{mode}: trading is off until one is written"
+            )
+        if not config.trading_enabled:
+            raise Rejected(
+                "kill_switch", f"trading is disabled by the kill switch (config/{mode} tradingEnabled=false)"
+            )
+        if mode == "live" and not config.allow_live:
+            raise Rejected("live_not_allowed", "live trading is refused: config/live does not set allowLive=true")
+
+    async def _duplicate(self, request: Request, claim: Claim) -> Settlement:
+        if claim.state is ClaimState.DONE and claim.reply is not None:
+            log.info("duplicate delivery; republishing the stored reply")
+            try:
+                await self._services.publishing.reply({**claim.reply, "duplicate": True})
+            except Exception as e:
+                log.warning("could not republish the stored reply; will retry", error=str(e))
+                return Settlement.NACK
+            return Settlement.ACK
+        attempt = request.delivery.delivery_attempt or 0
+        if attempt >= self._services.settings.max_delivery_attempts:
+            # Its owner is alive (its lease is fresh) and will reply; dead-lettering a twin would only add noise.
+            log.warning("duplicate of a request still running elsewhere; acked on its last attempt", owner=claim.owner)
+            return Settlement.ACK
+        log.info("request is running elsewhere; nacked until it finishes", owner=claim.owner)
+        return Settlement.NACK
+
+    async def _retry_or_dead_letter(
+        self, request: Request, started: datetime, error: Transient, claimed: bool
+    ) -> Settlement:
+        attempt = request.delivery.delivery_attempt
+        limit = self._services.settings.max_delivery_attempts
+        if attempt is None or attempt < limit:
+            log.warning(
+                "transient failure; nacked for redelivery", code=error.code, error=error.message, attempt=attempt
+            )
+            if claimed:
+                await self._services.ledger.release(request.request_id, f"{error.code}: {error.message}")
+            return Settlement.NACK
+        # The emulator drops a message after its last attempt instead of forwarding it, so we dead-letter it
+        # ourselves; the subscription's own policy stays as the backstop in the cloud.
+        log.error(
+            "giving up after the last attempt; dead-lettering", code=error.code, error=error.message, attempt=attempt
+        )
+        try:
+            await self._services.publishing.dead_letter(request.delivery, error.code, error.message)
+        except Exception as e:
+            log.error("could not dead-letter; nacked", error=str(e))
+            return Settlement.NACK
+        failure = IntentError(
+            "dead_lettered",
+            f"gave up after {attempt} attempts and moved the message to the dead-letter topic; last error: "
+            f"{error.code}: {error.message}",
+        )
+        return await self._settle(request, started, failure=failure, claimed=claimed)
+
+    async def _settle(
+        self,
+        request: Request,
+        started: datetime,
+        result: dict[str, Any] | None = None,
+        failure: Failure | None = None,
+        claimed: bool = True,
+    ) -> Settlement:
+        services = self._services
+        reply = build_reply(request, services.settings.trading_mode, started, result, failure)
+        batch = services.db.batch()
+        if claimed:
+            services.ledger.finish(batch, request.request_id, reply)
+        params = request.envelope.params if request.envelope else None
+        services.activity.record(batch, reply, params, request.delivery.delivery_attempt)
+        stored, published = await asyncio.gather(
+            batch.commit(), services.publishing.reply(reply), return_exceptions=True
+        )
+        for what, outcome in (("store", stored), ("publish", published)):
+            if isinstance(outcome, BaseException):
+                # Not acked: the redelivery answers from the stored reply, or runs again if that was not stored.
+                log.error(f"could not {what} the outcome; nacked", error=str(outcome))
+                return Settlement.NACK
+        log_method = log.info if reply["status"] == "ok" else log.warning
+        log_method(
+            "intent finished",
+            status=reply["status"],
+            durationMs=reply["durationMs"],
+            **({"error": reply["error"]} if reply.get("error") else {}),
+        )
+        return Settlement.ACK
+
+
+def build_reply(
+    request: Request,
+    trading_mode: str,
+    started: datetime,
+    result: dict[str, Any] | None,
+    failure: Failure | None,
+) -> dict[str, Any]:
+    finished = datetime.now(UTC)
+    envelope = request.envelope
+    return {
+        "requestId": request.request_id,
+        "messageId": request.delivery.message_id,
+        "idempotencyKey": envelope.idempotency_key if envelope else None,
+        "intent": request.intent,
+        "status": failure.status if failure else "ok",
+        "result": None if failure else result,
+        "error": failure.as_reply() if failure else None,
+        "tradingMode": trading_mode,
+        "dryRun": request.dry_run,
+        "schedule": envelope.schedule if envelope else request.delivery.attributes.get("schedule"),
+        "startedAt": started.isoformat(),
+        "finishedAt": finished.isoformat(),
+        "durationMs": round((finished - started).total_seconds() * 1000, 3),
+    }

@@ -1,0 +1,78 @@
+"""How an intent can end, other than with a result.
+
+The split decides what happens to the message: a `Failure` is final (reply with its status, ack), a `Transient`
+is worth retrying (nack; Pub/Sub redelivers with backoff). Anything else is unexpected and is treated as
+transient, so a bug cannot silently drop a message: it retries and ends in the dead-letter topic with its error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from google.api_core import exceptions as google_exceptions
+
+
+class Failure(Exception):
+    """A final outcome other than success, reported in the reply as `{code, message}`."""
+
+    status: ClassVar[Literal["error", "rejected"]] = "error"
+
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def as_reply(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            error["details"] = self.details
+        return error
+
+
+class BadRequest(Failure):
+    """The message can never succeed as sent: undecodable, unknown intent, invalid params."""
+
+
+class IntentError(Failure):
+    """The intent ran and failed in a way a retry would not change (bad config, unknown strategy...)."""
+
+
+class Rejected(Failure):
+    """Policy refused the intent before it did anything: kill switch, live guard, stale, market closed."""
+
+    status = "rejected"
+
+
+class Transient(Exception):
+    """Retry later: the gateway is down, Firestore is unavailable, the connection dropped mid-intent."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# Google API errors that mean "try again" rather than "your request is wrong".
+TRANSIENT_GOOGLE_ERRORS: tuple[type[Exception], ...] = (
+    google_exceptions.ServiceUnavailable,
+    google_exceptions.DeadlineExceeded,
+    google_exceptions.InternalServerError,
+    google_exceptions.Aborted,
+    google_exceptions.TooManyRequests,
+    google_exceptions.Unknown,
+    google_exceptions.RetryError,
+)
+
+
+def as_transient(exc: BaseException) -> Transient:
+    """Names an exception that escaped a handler, for the log and the dead-letter record."""
+    if isinstance(exc, Transient):
+        return exc
+    if isinstance(exc, ConnectionError):
+        return Transient("gateway_disconnected", f"connection to the gateway lost: {exc or type(exc).__name__}")
+    if isinstance(exc, TimeoutError):
+        return Transient("timeout", f"timed out: {exc or 'no answer in time'}")
+    if isinstance(exc, TRANSIENT_GOOGLE_ERRORS):
+        return Transient("store_unavailable", f"Google API unavailable: {exc}")
+    return Transient("internal", f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,55 @@
+"""A tiny HTTP health endpoint for the container runtime.
+
+    GET /livez   200 while the process and its broker loop run callbacks (a wedged loop fails it)
+    GET /readyz  200 when connected to the gateway and pulling intents, else 503; JSON body either way
+    GET /metrics the counters as JSON
+
+It reads only the service's status snapshot, never the IB object, which belongs to the broker loop.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Probe = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+class HealthServer:
+    def __init__(self, host: str, port: int, live: Probe, ready: Probe, metrics: Callable[[], dict[str, Any]]) -> None:
+        routes = {"/livez": live, "/readyz": ready, "/metrics": lambda: (True, metrics())}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                probe = routes.get(self.path.split("?")[0])
+                if probe is None:
+                    self.send_error(404)
+                    return
+                ok, body = probe()
+                payload = json.dumps(body, default=str).encode()
+                self.send_response(200 if ok else 503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds are not news
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,80 @@
+"""From a Pub/Sub delivery to a settled outcome. Runs in the subscriber's callback threads.
+
+The callback does no broker work: it decodes and validates the message here, hands it to the broker loop with
+`run_coroutine_threadsafe`, and waits for the dispatcher's verdict (ack or nack). Waiting keeps the message leased
+by the client library while the intent runs, and lets a graceful shutdown drain in-flight intents: the library
+waits for running callbacks before it stops sending acks.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from zoneinfo import ZoneInfo
+
+from consumer.broker.loop import BrokerLoop
+from consumer.dispatch import Dispatcher, Settlement
+from consumer.envelope import Delivery, Request, to_request
+from consumer.errors import BadRequest
+from consumer.intents.base import Intent
+from consumer.logs import get_logger
+from consumer.schemas import Schemas, SchemaViolation
+
+log = get_logger(__name__)
+
+
+class RequestDecoder:
+    def __init__(self, schemas: Schemas, intents: dict[str, Intent], schedule_zone: ZoneInfo) -> None:
+        self._schemas = schemas
+        self._intents = intents
+        self._zone = schedule_zone
+
+    def decode(self, delivery: Delivery) -> Request:
+        request = to_request(delivery, self._schemas, self._zone)
+        envelope = request.envelope
+        if envelope is None:
+            return request
+        intent = self._intents.get(envelope.intent)
+        problem: BadRequest | None = None
+        if intent is None:
+            problem = BadRequest(
+                "unknown_intent",
+                f"unknown intent {envelope.intent!r}; known intents: {', '.join(sorted(self._intents))}",
+            )
+        else:
+            try:
+                self._schemas.validate(intent.schema, envelope.params, where="params")
+            except SchemaViolation as e:
+                problem = BadRequest("invalid_params", f"invalid params for {intent.name}: {e}", details=e.problems)
+        if problem is None:
+            return request
+        return Request(delivery=delivery, envelope=None, request_id=request.request_id, problem=problem)
+
+
+class Intake:
+    def __init__(self, decoder: RequestDecoder, dispatcher: Dispatcher, loop: BrokerLoop, wait_limit: float) -> None:
+        self._decoder = decoder
+        self._dispatcher = dispatcher
+        self._loop = loop
+        self._wait_limit = wait_limit
+
+    def __call__(self, delivery: Delivery) -> Settlement:
+        try:
+            request = self._decoder.decode(delivery)
+        except Exception:
+            # Decoding is ours and pure; a crash here is a bug, and the message must not be lost to it.
+            log.exception("could not decode message; nacked", messageId=delivery.message_id)
+            return Settlement.NACK
+        # A bad request keeps its problem and still goes to the loop: its error reply and activity record are
+        # written by the same code path as every other outcome.
+        future = self._loop.submit(self._dispatcher.handle(request))
+        try:
+            return future.result(timeout=self._wait_limit)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            log.error("intent overran its time limit; nacked", messageId=delivery.message_id, limit_s=self._wait_limit)
+            return Settlement.NACK
+        except concurrent.futures.CancelledError:
+            return Settlement.NACK
+        except Exception:
+            log.exception("dispatcher failed; nacked", messageId=delivery.message_id)
+            return Settlement.NACK

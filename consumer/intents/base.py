@@ -1,0 +1,57 @@
+"""What an intent is: a name, a params schema, whether it trades, and a plain async handler.
+
+Handlers receive an `IntentContext` holding everything they may use, passed in rather than imported, so an intent
+is testable against any gateway and store, and nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+if TYPE_CHECKING:
+    from ib_insync import IB
+
+    from consumer.envelope import Request
+    from consumer.services import Services
+    from consumer.store.trading_config import TradingConfig
+
+Handler = Callable[["IntentContext", dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    name: str
+    handler: Handler
+    description: str
+    # Trading intents pass the kill switch and live guard, are rejected when stale, and never run concurrently with
+    # each other; read-only ones may run side by side and are retried freely.
+    trades: bool = False
+
+    @property
+    def schema(self) -> str:
+        return f"intents/{self.name}.schema.json"
+
+
+@dataclass(slots=True)
+class IntentContext:
+    services: Services
+    request: Request
+    config: TradingConfig
+    log: structlog.stdlib.BoundLogger
+
+    @property
+    def ib(self) -> IB:
+        """The connected IB object; raises Transient (so the message is retried) if the gateway is away."""
+        return self.services.gateway.require()
+
+    @property
+    def dry_run(self) -> bool:
+        return self.request.dry_run
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id

@@ -1,0 +1,73 @@
+"""The JSON Schemas in schemas/, loaded once and used for every validation.
+
+Schemas are referenced by their file name relative to schemas/ (e.g. "envelope.schema.json",
+"intents/allocation.schema.json"); `$ref`s between them resolve the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+from referencing import Registry, Resource
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+
+class SchemaViolation(ValueError):
+    """Every problem found, each as 'path: message', most specific first."""
+
+    def __init__(self, schema: str, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.schema = schema
+        self.problems = problems
+
+
+class Schemas:
+    def __init__(self, directory: Path = SCHEMA_DIR) -> None:
+        self.directory = directory
+
+    @cached_property
+    def _documents(self) -> dict[str, dict[str, Any]]:
+        return {
+            str(p.relative_to(self.directory)): json.loads(p.read_text())
+            for p in sorted(self.directory.rglob("*.schema.json"))
+        }
+
+    @cached_property
+    def _registry(self) -> Registry:
+        return Registry().with_resources((name, Resource.from_contents(doc)) for name, doc in self._documents.items())
+
+    @cached_property
+    def _validators(self) -> dict[str, Draft202012Validator]:
+        return {
+            name: Draft202012Validator(doc, registry=self._registry, format_checker=Draft202012Validator.FORMAT_CHECKER)
+            for name, doc in self._documents.items()
+        }
+
+    def names(self) -> list[str]:
+        return list(self._documents)
+
+    def document(self, name: str) -> dict[str, Any]:
+        return self._documents[name]
+
+    def has(self, name: str) -> bool:
+        return name in self._documents
+
+    def validate(self, name: str, instance: Any, where: str = "") -> None:
+        errors = sorted(self._validators[name].iter_errors(instance), key=lambda e: (list(e.absolute_path), e.message))
+        if errors:
+            raise SchemaViolation(name, list(_describe(errors, where)))
+
+
+def _describe(errors: Iterable[ValidationError], where: str) -> Iterable[str]:
+    for error in errors:
+        path = where
+        for part in error.absolute_path:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        yield f"{path or '(message)'}: {error.message}"

@@ -1,0 +1,188 @@
+"""The consumer process: wires transport, dispatch and broker together and runs them until told to stop.
+
+Threads, and what each may touch:
+    control (the caller of `run`, normally main)   starts/stops the Pub/Sub stream, handles signals
+    broker loop                                     IB, Firestore, every intent handler (consumer.broker.loop)
+    Pub/Sub callback pool                           decode, validate, hand over, wait (consumer.intake)
+    health                                          reads the status snapshot only
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from google.cloud import pubsub_v1
+
+from consumer.broker.gateway import State
+from consumer.broker.loop import BrokerLoop
+from consumer.config import Settings
+from consumer.dispatch import Dispatcher
+from consumer.health import HealthServer
+from consumer.intake import Intake, RequestDecoder
+from consumer.intents import builtin_intents
+from consumer.intents.base import Intent
+from consumer.logs import get_logger
+from consumer.schemas import Schemas
+from consumer.services import Services
+from consumer.transport.publishing import make_publisher
+from consumer.transport.subscriber import IntentSubscriber
+
+log = get_logger(__name__)
+
+# The callback's own bound on waiting for an intent: past the intent timeout, plus time to store and reply.
+SETTLE_MARGIN_SECONDS = 60.0
+STREAM_RESTART_SECONDS = 2.0
+
+
+@dataclass
+class Status:
+    """What the health endpoint and `consumer status` see; written by the control thread and gateway listener."""
+
+    gateway: str = State.CONNECTING.value
+    subscribed: bool = False
+    stopping: bool = False
+    started_at: float = field(default_factory=time.time)
+
+    def as_dict(self, settings: Settings) -> dict[str, Any]:
+        return {
+            "gateway": self.gateway,
+            "subscribed": self.subscribed,
+            "stopping": self.stopping,
+            "tradingMode": settings.trading_mode,
+            "clientId": settings.ib_client_id,
+            "uptimeSeconds": round(time.time() - self.started_at, 1),
+        }
+
+
+class Service:
+    def __init__(self, settings: Settings, intents: dict[str, Intent] | None = None) -> None:
+        self.settings = settings
+        self.status = Status()
+        self.loop = BrokerLoop()
+        self._intents = intents or builtin_intents()
+        self._schemas = Schemas()
+        self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._stopped = threading.Event()
+        self.services: Services | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.health: HealthServer | None = None
+        self._subscriber: IntentSubscriber | None = None
+        self._publisher: pubsub_v1.PublisherClient | None = None
+        self._subscriber_client: pubsub_v1.SubscriberClient | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serves until `request_stop`; returns the exit code."""
+        self.start()
+        try:
+            self._control()
+        finally:
+            self._shutdown()
+        return 0
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Thread- and signal-safe."""
+        self._events.put(("stop", reason))
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def start(self) -> None:
+        s = self.settings
+        log.info("consumer starting", **{k: v for k, v in s.describe().items() if k != "log_format"})
+        self.loop.start()
+        self._publisher = make_publisher()
+        self.services = self.loop.run(self._build_services())
+        self.dispatcher = Dispatcher(self.services, self._intents)
+        self.services.gateway.add_listener(lambda state: self._events.put(("gateway", state)))
+        self.loop.submit(self.services.gateway.run())
+
+        decoder = RequestDecoder(self._schemas, self._intents, ZoneInfo(s.schedule_time_zone))
+        intake = Intake(decoder, self.dispatcher, self.loop, wait_limit=s.intent_timeout + SETTLE_MARGIN_SECONDS)
+        self._subscriber_client = pubsub_v1.SubscriberClient()
+        self._subscriber = IntentSubscriber(
+            self._subscriber_client,
+            self._subscriber_client.subscription_path(s.project, s.intents_subscription),
+            intake,
+            max_messages=s.max_messages,
+            max_lease_seconds=s.max_lease_duration,
+            on_failure=lambda error: self._events.put(("stream-failed", error)),
+        )
+        if s.health_port:
+            self.health = HealthServer("0.0.0.0", s.health_port, self._live, self._ready, lambda: {})
+            self.health.start()
+
+    async def _build_services(self) -> Services:
+        assert self._publisher is not None
+        return Services.create(self.settings, self._schemas, self._publisher)
+
+    def _control(self) -> None:
+        """Pulls only while the gateway is connected: otherwise messages wait in Pub/Sub, attempts unspent."""
+        assert self._subscriber is not None
+        while True:
+            kind, value = self._events.get()
+            if kind == "stop":
+                log.info("stopping", reason=value)
+                return
+            if kind == "gateway":
+                self.status.gateway = value.value
+                if value is State.CONNECTED:
+                    self._subscriber.start()
+                    self.status.subscribed = True
+                else:
+                    log.warning("gateway unavailable; pausing intake", state=value.value)
+                    self.status.subscribed = False
+                    self._drain()
+            elif kind == "stream-failed":
+                self.status.subscribed = False
+                if self.status.gateway == State.CONNECTED.value:
+                    threading.Timer(
+                        STREAM_RESTART_SECONDS, self._events.put, args=(("gateway", State.CONNECTED),)
+                    ).start()
+
+    def _drain(self) -> None:
+        """Stops the stream; in-flight intents finish or are aborted (and nacked) after the grace period."""
+        assert self._subscriber is not None
+        assert self.dispatcher is not None
+        if not self._subscriber.stop(timeout=self.settings.shutdown_grace):
+            log.warning(
+                "in-flight intents outlasted the grace period; aborting them", in_flight=self.dispatcher.in_flight
+            )
+            self.loop.run(self.dispatcher.abort_all(), timeout=5)
+            self._subscriber.stop(timeout=SETTLE_MARGIN_SECONDS)
+
+    def _shutdown(self) -> None:
+        self.status.stopping = True
+        self.status.subscribed = False
+        try:
+            if self._subscriber is not None:
+                self._drain()
+            if self.services is not None:
+                self.loop.run(self.services.close(), timeout=10)
+        finally:
+            if self._subscriber_client is not None:
+                self._subscriber_client.close()
+            if self._publisher is not None:
+                self._publisher.stop()
+            self.loop.stop()
+            if self.health is not None:
+                self.health.stop()
+            log.info("consumer stopped")
+            self._stopped.set()
+
+    # -- health ----------------------------------------------------------------------------------------------------
+
+    def _live(self) -> tuple[bool, dict[str, Any]]:
+        alive = self.loop.responsive(timeout=2.0)
+        return alive, {"loop": "responsive" if alive else "blocked", **self.status.as_dict(self.settings)}
+
+    def _ready(self) -> tuple[bool, dict[str, Any]]:
+        body = self.status.as_dict(self.settings)
+        ready = body["gateway"] == State.CONNECTED.value and body["subscribed"] and not body["stopping"]
+        return ready, body

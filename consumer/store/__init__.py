@@ -1,0 +1,1 @@
+"""Firestore: the layout, idempotency claims, configuration, activity and the books."""

@@ -1,0 +1,51 @@
+"""The activity log: one Firestore document per intent run, written in the batch that settles the request."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+from google.cloud.firestore import AsyncWriteBatch
+
+from consumer.store.encoding import firestore_safe
+from consumer.store.layout import Layout
+
+# A reply can be large (a 200-instrument rebalance); the activity log keeps the outcome and a bounded result.
+MAX_RESULT_BYTES = 200_000
+
+
+def agent_name() -> str:
+    """Who ran it: the Cloud Run revision or VM host, and the process."""
+    return os.environ.get("K_REVISION") or f"{socket.gethostname()}:{os.getpid()}"
+
+
+class ActivityLog:
+    def __init__(self, layout: Layout) -> None:
+        self._layout = layout
+
+    def record(self, batch: AsyncWriteBatch, reply: dict[str, Any], params: Any, delivery_attempt: int | None) -> None:
+        result = reply.get("result")
+        if result is not None and len(json.dumps(result, default=str)) > MAX_RESULT_BYTES:
+            result = {"truncated": True, "note": "result too large for the activity log; see the reply"}
+        batch.set(
+            self._layout.activity().document(),
+            {
+                "requestId": reply["requestId"],
+                "messageId": reply["messageId"],
+                "intent": reply["intent"],
+                "params": firestore_safe(params),
+                "dryRun": reply["dryRun"],
+                "tradingMode": reply["tradingMode"],
+                "schedule": reply.get("schedule"),
+                "status": reply["status"],
+                "error": reply.get("error"),
+                "result": firestore_safe(result),
+                "startedAt": reply["startedAt"],
+                "finishedAt": reply["finishedAt"],
+                "durationMs": reply["durationMs"],
+                "deliveryAttempt": delivery_attempt,
+                "agent": agent_name(),
+            },
+        )

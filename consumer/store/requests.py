@@ -1,0 +1,131 @@
+"""Idempotency: each request id is claimed once, and its reply is stored with the claim.
+
+Claims are plain create-if-absent writes, not transactions: on the emulator two parallel transactions creating
+the same document can both abort on a lock timeout, and a transaction function may be re-run on contention. A
+claim carries a short lease that the running process renews; a claim whose lease ran out (its process died) is
+taken over with a write conditioned on the claim's update time, so two takers cannot both win.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from google.api_core import exceptions
+from google.cloud.firestore import AsyncWriteBatch
+
+from consumer.logs import get_logger
+from consumer.store.encoding import firestore_safe
+from consumer.store.layout import Layout
+
+log = get_logger(__name__)
+
+
+class ClaimState(StrEnum):
+    RUNNING = "running"
+    RETRY = "retry"  # a transient failure released it: the next delivery may run it again
+    DONE = "done"
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """The outcome of trying to claim a request id."""
+
+    won: bool
+    state: ClaimState
+    reply: dict[str, Any] | None = None
+    owner: str | None = None
+    runs: int = 1
+
+
+class RequestLedger:
+    def __init__(self, layout: Layout, owner: str, lease_seconds: float) -> None:
+        self._layout = layout
+        self._owner = owner
+        self._lease = timedelta(seconds=lease_seconds)
+
+    async def claim(self, request_id: str, intent: str | None, message_id: str) -> Claim:
+        ref = self._layout.request(request_id)
+        now = datetime.now(UTC)
+        record = {
+            "requestId": request_id,
+            "intent": intent,
+            "messageIds": [message_id],
+            "state": ClaimState.RUNNING.value,
+            "owner": self._owner,
+            "leaseUntil": now + self._lease,
+            "runs": 1,
+            "createdAt": now,
+            "updatedAt": now,
+        }
+        try:
+            await ref.create(record)
+            return Claim(won=True, state=ClaimState.RUNNING)
+        except exceptions.AlreadyExists:
+            pass
+        snapshot = await ref.get()
+        existing = snapshot.to_dict() or {}
+        state = ClaimState(existing.get("state", ClaimState.RUNNING.value))
+        if state is ClaimState.DONE:
+            return Claim(won=False, state=state, reply=existing.get("reply"), owner=existing.get("owner"))
+        lease_until = existing.get("leaseUntil")
+        expired = lease_until is None or lease_until <= now
+        if state is ClaimState.RUNNING and not expired:
+            return Claim(won=False, state=state, owner=existing.get("owner"))
+        # Released after a transient failure, or its process died: take it over, unless someone else just did.
+        runs = int(existing.get("runs", 1)) + 1
+        try:
+            await ref.update(
+                {
+                    "state": ClaimState.RUNNING.value,
+                    "owner": self._owner,
+                    "leaseUntil": now + self._lease,
+                    "runs": runs,
+                    "previousOwner": existing.get("owner"),
+                    "messageIds": [*existing.get("messageIds", []), message_id][-20:],
+                    "updatedAt": now,
+                },
+                option=self._layout.db.write_option(last_update_time=snapshot.update_time),
+            )
+        except exceptions.FailedPrecondition:
+            return Claim(won=False, state=ClaimState.RUNNING, owner="(taken over concurrently)")
+        log.info("request taken over", previous_owner=existing.get("owner"), previous_state=state.value, runs=runs)
+        return Claim(won=True, state=ClaimState.RUNNING, runs=runs)
+
+    def finish(self, batch: AsyncWriteBatch, request_id: str, reply: dict[str, Any]) -> None:
+        """Adds the final state and the reply to a batch the dispatcher commits with the activity record."""
+        batch.update(
+            self._layout.request(request_id),
+            {
+                "state": ClaimState.DONE.value,
+                "reply": firestore_safe(reply),
+                "leaseUntil": None,
+                "updatedAt": datetime.now(UTC),
+            },
+        )
+
+    async def release(self, request_id: str, error: str) -> None:
+        """After a transient failure: the redelivery may run the request again straight away."""
+        with contextlib.suppress(exceptions.GoogleAPIError):
+            await self._layout.request(request_id).update(
+                {
+                    "state": ClaimState.RETRY.value,
+                    "leaseUntil": None,
+                    "lastError": error,
+                    "updatedAt": datetime.now(UTC),
+                }
+            )
+
+    async def keep_alive(self, request_id: str) -> None:
+        """Renews the lease while the request runs, so only a dead process's claim can expire."""
+        interval = max(self._lease.total_seconds() / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._layout.request(request_id).update({"leaseUntil": datetime.now(UTC) + self._lease})
+            except exceptions.GoogleAPIError as e:
+                log.warning("could not renew request lease", error=str(e))

@@ -1,0 +1,101 @@
+"""The trading configuration document (config/{mode}): kill switch, live guard, exposure, order defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from consumer.errors import IntentError
+from consumer.schemas import Schemas, SchemaViolation
+from consumer.store.layout import Layout
+
+SCHEMA = "trading-config.schema.json"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderDefaults:
+    order_type: str = "MKT"
+    algo: str = "Adaptive"
+    adaptive_priority: str = "Normal"
+    tif: str = "DAY"
+    limit_offset_bps: float = 5.0
+    timeout_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TradingConfig:
+    exists: bool = False
+    trading_enabled: bool = False
+    allow_live: bool = False
+    leverage_cap: float = 1.0
+    overall_exposure: float = 0.0
+    strategy_exposure: dict[str, float] = field(default_factory=dict)
+    order_defaults: OrderDefaults = field(default_factory=OrderDefaults)
+    market_data_type: int = 1
+    cash_threshold: float = 0.0
+
+    @classmethod
+    def from_document(cls, data: dict[str, Any] | None, schemas: Schemas, path: str) -> TradingConfig:
+        if data is None:
+            return cls()
+        try:
+            schemas.validate(SCHEMA, data)
+        except SchemaViolation as e:
+            raise IntentError("config_invalid", f"{path} is invalid: {e}", details=e.problems) from None
+        exposure = data.get("exposure", {})
+        orders = data.get("orderDefaults", {})
+        config = cls(
+            exists=True,
+            trading_enabled=data.get("tradingEnabled", False),
+            allow_live=data.get("allowLive", False),
+            leverage_cap=data.get("leverageCap", 1.0),
+            overall_exposure=exposure.get("overall", 0.0),
+            strategy_exposure=dict(exposure.get("strategies", {})),
+            order_defaults=OrderDefaults(
+                order_type=orders.get("orderType", "MKT"),
+                algo=orders.get("algo", "Adaptive"),
+                adaptive_priority=orders.get("adaptivePriority", "Normal"),
+                tif=orders.get("tif", "DAY"),
+                limit_offset_bps=orders.get("limitOffsetBps", 5.0),
+                timeout_seconds=orders.get("timeoutSeconds"),
+            ),
+            market_data_type=data.get("marketDataType", 1),
+            cash_threshold=data.get("cashBalancer", {}).get("threshold", 0.0),
+        )
+        committed = config.overall_exposure * sum(config.strategy_exposure.values())
+        if committed > config.leverage_cap + 1e-9:
+            raise IntentError(
+                "leverage_exceeded",
+                f"{path}: exposure.overall x the sum of exposure.strategies is {committed:.4g}, "
+                f"above leverageCap {config.leverage_cap:.4g}; fix the config before trading",
+            )
+        return config
+
+    def capital_share(self, strategy: str) -> float:
+        """The fraction of net liquidation a strategy may use."""
+        return self.overall_exposure * self.strategy_exposure.get(strategy, 0.0)
+
+    @property
+    def enabled_strategies(self) -> list[str]:
+        return sorted(s for s, share in self.strategy_exposure.items() if share > 0)
+
+
+class ConfigStore:
+    def __init__(self, layout: Layout, schemas: Schemas) -> None:
+        self._layout = layout
+        self._schemas = schemas
+
+    async def load(self) -> TradingConfig:
+        ref = self._layout.config()
+        snapshot = await ref.get()
+        return TradingConfig.from_document(snapshot.to_dict() if snapshot.exists else None, self._schemas, ref.path)
+
+    async def seed(self, document: dict[str, Any]) -> bool:
+        """Writes the document unless one exists (local stack); True when written."""
+        from google.api_core import exceptions
+
+        try:
+            await self._layout.config().create(document)
+            return True
+        except exceptions.AlreadyExists:
+            return False

@@ -1,0 +1,1 @@
+"""Pub/Sub: the streaming pull of intents and the publishing of replies and dead letters."""

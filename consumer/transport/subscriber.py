@@ -1,0 +1,111 @@
+"""Streaming pull on the intents subscription, with flow control and lease management.
+
+Paused (the stream cancelled) while the gateway is away, so new messages wait in Pub/Sub instead of burning
+delivery attempts; resumed with a fresh stream when it is back.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Callable
+
+from google.cloud import pubsub_v1
+from google.cloud.pubsub_v1.subscriber.message import Message
+from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
+from google.cloud.pubsub_v1.types import FlowControl
+
+from consumer.dispatch import Settlement
+from consumer.envelope import Delivery
+from consumer.logs import get_logger
+
+log = get_logger(__name__)
+
+Handler = Callable[[Delivery], Settlement]
+
+
+class IntentSubscriber:
+    def __init__(
+        self,
+        client: pubsub_v1.SubscriberClient,
+        subscription_path: str,
+        handler: Handler,
+        max_messages: int,
+        max_lease_seconds: float,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._path = subscription_path
+        self._handler = handler
+        self._max_messages = max_messages
+        self._max_lease = max_lease_seconds
+        self._future: pubsub_v1.subscriber.futures.StreamingPullFuture | None = None
+        self._on_failure = on_failure
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> bool:
+        future = self._future
+        return future is not None and future.running()
+
+    def start(self) -> None:
+        with self._lock:
+            if self.active:
+                return
+            # One callback thread per message in flight: each waits for its intent, so fewer threads than
+            # flow-control slots would leave leased messages queueing behind waiting ones.
+            executor = concurrent.futures.ThreadPoolExecutor(self._max_messages, thread_name_prefix="pubsub-callback")
+            self._future = self._client.subscribe(
+                self._path,
+                callback=self._on_message,
+                flow_control=FlowControl(max_messages=self._max_messages, max_lease_duration=self._max_lease),
+                scheduler=ThreadScheduler(executor),
+                await_callbacks_on_shutdown=True,
+            )
+            self._future.add_done_callback(self._on_stream_end)
+            log.info("pulling intents", subscription=self._path, max_messages=self._max_messages)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stops pulling; waits for in-flight callbacks (their acks are sent). False if they outlast `timeout`."""
+        with self._lock:
+            future = self._future
+        if future is None:
+            return True
+        future.cancel()
+        try:
+            future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            return False  # still draining; calling stop again keeps waiting
+        except Exception:  # the stream's own error, already logged by _on_stream_end
+            pass
+        with self._lock:
+            if self._future is future:
+                self._future = None
+        log.info("stopped pulling intents", subscription=self._path)
+        return True
+
+    def _on_message(self, message: Message) -> None:
+        delivery = Delivery(
+            message_id=message.message_id,
+            data=message.data,
+            attributes=dict(message.attributes),
+            publish_time=message.publish_time,
+            delivery_attempt=message.delivery_attempt,
+        )
+        settlement = self._handler(delivery)
+        if settlement is Settlement.ACK:
+            message.ack()
+        else:
+            message.nack()
+
+    def _on_stream_end(self, future: concurrent.futures.Future[None]) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            log.error("intent stream failed", error=str(error))
+            with self._lock:
+                if self._future is future:
+                    self._future = None
+            if self._on_failure is not None:
+                self._on_failure(error)

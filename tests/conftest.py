@@ -1,0 +1,76 @@
+"""Shared fixtures: the real emulators (once per session), the simulated gateway, and the consumer.
+
+Isolation comes from a fresh Google Cloud project id per test: both emulators keep projects apart, so tests never
+see each other's topics or documents, and never collide with a running `make run` (which uses fixed ports).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from consumer.devstack.emulators import EmulatorPair, ToolMissing, require_tools
+from tests.support import Bus, ConsumerUnderTest, provision_for_tests
+
+
+@pytest.fixture(scope="session")
+def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorPair]:
+    try:
+        require_tools()
+    except ToolMissing as e:
+        pytest.exit(str(e), returncode=3)
+    saved = {k: os.environ.get(k) for k in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST")}
+    with EmulatorPair(workdir=tmp_path_factory.mktemp("emulators")) as pair:
+        os.environ.update(pair.environ())
+        try:
+            yield pair
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+@pytest.fixture
+def project(emulators: EmulatorPair) -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def bus(project: str) -> Iterator[Bus]:
+    provision_for_tests(project)
+    with Bus(project) as b:
+        yield b
+
+
+@pytest.fixture
+def gateway() -> Iterator[object]:
+    from ibsim import ThreadedGateway
+
+    with ThreadedGateway(port=0) as gw:
+        yield gw
+
+
+@pytest.fixture
+def consumer_factory(project: str, bus: Bus, gateway: object, tmp_path: Path) -> Iterator[type]:
+    """Starts in-process consumers against this test's project and gateway; stops them at teardown."""
+    started: list[ConsumerUnderTest] = []
+
+    def start(**overrides: object) -> ConsumerUnderTest:
+        c = ConsumerUnderTest.start(project=project, gateway_port=gateway.port, **overrides)  # type: ignore[attr-defined]
+        started.append(c)
+        return c
+
+    yield start  # type: ignore[misc]
+    for c in started:
+        c.stop()
+
+
+@pytest.fixture
+def consumer(consumer_factory: type) -> ConsumerUnderTest:
+    return consumer_factory()  # type: ignore[call-arg]

@@ -1,0 +1,41 @@
+"""Settings come from the environment; a bad value stops start-up naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from consumer.config import ConfigError, Settings
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    s = Settings.from_env({})
+    assert (s.project, s.trading_mode) == ("local-project", "paper")
+    assert (s.ib_host, s.ib_port, s.ib_client_id) == ("127.0.0.1", 4002, 1)
+    assert (s.intents_topic, s.intents_subscription) == ("intents", "intents-consumer")
+    assert (s.reply_topic, s.dead_letter_topic) == ("intent-replies", "intents-dead-letter")
+
+
+def test_values_are_parsed() -> None:
+    s = Settings.from_env({"IB_PORT": "4001", "TRADING_MODE": "LIVE", "ORDER_TIMEOUT_SECONDS": "2.5"})
+    assert s.ib_port == 4001
+    assert s.trading_mode == "live"
+    assert s.order_timeout == 2.5
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("IB_PORT", "forty", "expected a int"),
+        ("IB_PORT", "70000", "between 1 and 65535"),
+        ("TRADING_MODE", "demo", "paper, live"),
+        ("MAX_DELIVERY_ATTEMPTS", "2", "between 5 and 100"),
+        ("LOG_LEVEL", "LOUD", "DEBUG"),
+        ("INTENTS_SUBSCRIPTION", "projects/x/subscriptions/y", "plain resource name"),
+        ("SCHEDULE_TIME_ZONE", "Mars/Olympus", "IANA time zone"),
+    ],
+)
+def test_bad_values_name_the_variable(variable: str, value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        Settings.from_env({variable: value})
+    assert str(e.value).startswith(f"{variable}=")
+    assert fragment in str(e.value)

@@ -1,0 +1,39 @@
+"""Every JSON Schema in schemas/ is a valid schema and is used by the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from consumer.intents import builtin_intents
+from consumer.schemas import SCHEMA_DIR, Schemas
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", Schemas().names())
+def test_schema_is_valid(name: str) -> None:
+    document = Schemas().document(name)
+    Draft202012Validator.check_schema(document)
+    assert document.get("$id") == name, "each schema's $id is its path under schemas/, which $refs rely on"
+
+
+def test_every_schema_is_used() -> None:
+    code = "\n".join(p.read_text() for p in (ROOT / "consumer").rglob("*.py"))
+    referenced = set(re.findall(r'"([a-z0-9/_-]+\.schema\.json)"', code))
+    referenced |= {intent.schema for intent in builtin_intents().values()}
+    unused = sorted(set(Schemas().names()) - referenced)
+    assert not unused, f"schemas nobody validates against: {unused}"
+
+
+def test_every_intent_has_a_params_schema() -> None:
+    schemas = Schemas()
+    missing = [i.name for i in builtin_intents().values() if not schemas.has(i.schema)]
+    assert not missing, f"intents without schemas/intents/<name>.schema.json: {missing}"
+
+
+def test_schema_dir_is_the_repository_one() -> None:
+    assert SCHEMA_DIR == ROOT / "schemas"

@@ -1,0 +1,196 @@
+"""Test helpers that talk to the real things: the emulators over their APIs, the consumer in-process or as a child."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from google.cloud import firestore, pubsub_v1
+
+from consumer.config import Settings
+from consumer.devstack.provision import Overrides, provision
+from consumer.service import Service
+
+REPLIES_SUBSCRIPTION = "intent-replies-monitor"
+DEAD_LETTER_SUBSCRIPTION = "intents-dead-letter-hold"
+
+
+def provision_for_tests(project: str) -> None:
+    """The declared topology, with redelivery backoff cut from 10 s to a fraction of a second."""
+    provision(project, overrides=Overrides(minimum_backoff_seconds=0.1, maximum_backoff_seconds=0.5))
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Polls a condition on the system under test; fails the test with `what` if it never holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Bus:
+    """Publishes intents and collects replies and dead letters, through the Pub/Sub emulator."""
+
+    def __init__(self, project: str) -> None:
+        self.project = project
+        self.publisher = pubsub_v1.PublisherClient()
+        self.subscriber = pubsub_v1.SubscriberClient()
+        self.intents_topic = self.publisher.topic_path(project, "intents")
+        self._replies: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._reply_attributes: list[dict[str, str]] = []
+        self._dead: queue.Queue[pubsub_v1.subscriber.message.Message] = queue.Queue()
+        self._streams: list[Any] = []
+        self.received: list[dict[str, Any]] = []
+
+    def __enter__(self) -> Bus:
+        def on_reply(message: Any) -> None:
+            self._reply_attributes.append(dict(message.attributes))
+            self._replies.put(json.loads(message.data))
+            message.ack()
+
+        def on_dead(message: Any) -> None:
+            self._dead.put(message)
+            message.ack()
+
+        for name, callback in ((REPLIES_SUBSCRIPTION, on_reply), (DEAD_LETTER_SUBSCRIPTION, on_dead)):
+            path = self.subscriber.subscription_path(self.project, name)
+            self._streams.append(self.subscriber.subscribe(path, callback))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for stream in self._streams:
+            stream.cancel()
+        for stream in self._streams:
+            with contextlib.suppress(Exception):
+                stream.result(timeout=10)
+        self.subscriber.close()
+        self.publisher.transport.close()
+
+    # -- publishing ------------------------------------------------------------------------------------------
+
+    def publish(self, body: dict[str, Any] | bytes | str, **attributes: str) -> str:
+        if isinstance(body, dict):
+            data = json.dumps(body).encode()
+        elif isinstance(body, str):
+            data = body.encode()
+        else:
+            data = body
+        return self.publisher.publish(self.intents_topic, data, **attributes).result(timeout=30)
+
+    # -- replies ---------------------------------------------------------------------------------------------
+
+    def _drain(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            reply = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        self.received.append(reply)
+        return reply
+
+    def reply_to(self, message_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        """The first reply to a message, waiting for it if needed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for reply in self.received:
+                if reply["messageId"] == message_id:
+                    return reply
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no reply to message {message_id} within {timeout}s; got {self.received}")
+            self._drain(min(remaining, 0.5))
+
+    def replies_to(self, message_id: str, quiet: float = 1.5) -> list[dict[str, Any]]:
+        """Every reply to a message, once the first has arrived and no more came for `quiet` seconds."""
+        self.reply_to(message_id)
+        while self._drain(quiet) is not None:
+            pass
+        return [r for r in self.received if r["messageId"] == message_id]
+
+    def wait_replies(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"got {len(self.received)} of {count} replies within {timeout}s")
+            self._drain(min(remaining, 0.5))
+        return list(self.received)
+
+    def settle(self, quiet: float = 1.5) -> list[dict[str, Any]]:
+        """All replies so far, after `quiet` seconds without a new one."""
+        while self._drain(quiet) is not None:
+            pass
+        return list(self.received)
+
+    @property
+    def reply_attributes(self) -> list[dict[str, str]]:
+        return list(self._reply_attributes)
+
+    def dead_letter(self, timeout: float = 30.0) -> Any:
+        try:
+            return self._dead.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no dead letter within {timeout}s") from None
+
+
+def firestore_client(project: str) -> firestore.Client:
+    return firestore.Client(project=project)
+
+
+def activity(project: str, **where: Any) -> list[dict[str, Any]]:
+    docs = [d.to_dict() for d in firestore_client(project).collection("activity").stream()]
+    return [d for d in docs if all(d.get(k) == v for k, v in where.items())]
+
+
+def settings_for_tests(project: str, gateway_port: int, **overrides: Any) -> Settings:
+    base = Settings.from_env(
+        {
+            "GOOGLE_CLOUD_PROJECT": project,
+            "IB_HOST": "127.0.0.1",
+            "IB_PORT": str(gateway_port),
+            "IB_CLIENT_ID": "1",
+            "HEALTH_PORT": "0",
+            "HEARTBEAT_SECONDS": "1",
+            "IB_CONNECT_TIMEOUT": "5",
+            "SHUTDOWN_GRACE_SECONDS": "20",
+            "CLAIM_LEASE_SECONDS": "3",
+            "LOG_FORMAT": "console",
+        }
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+@dataclasses.dataclass
+class ConsumerUnderTest:
+    """The real consumer service, in this process, on its own threads (the broker loop among them)."""
+
+    service: Service
+    thread: threading.Thread
+
+    @classmethod
+    def start(cls, project: str, gateway_port: int, wait_ready: bool = True, **overrides: Any) -> ConsumerUnderTest:
+        service = Service(settings_for_tests(project, gateway_port, **overrides))
+        thread = threading.Thread(target=service.run, name="consumer-under-test", daemon=True)
+        thread.start()
+        c = cls(service, thread)
+        if wait_ready:
+            c.wait_ready()
+        return c
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        wait_for(lambda: self.service.status.subscribed, timeout, "the consumer to connect and subscribe")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.thread.is_alive():
+            self.service.request_stop("test teardown")
+            self.thread.join(timeout)
+            assert not self.thread.is_alive(), "consumer did not stop"
