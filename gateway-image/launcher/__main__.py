@@ -1,0 +1,134 @@
+"""`python -m launcher run | health | ibc-command COMMAND` (see launcher/__init__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from launcher import EXIT_CONFIG, EXIT_OK, health, ibc
+from launcher.logs import log
+from launcher.secrets import CredentialError, resolve_credentials, scrubbed_environment
+from launcher.supervisor import ChildSpec, Supervisor, Watchdog
+
+DEFAULT_XVFB = "Xvfb :1 -screen 0 1024x768x24 -nolisten tcp"
+DEFAULT_CONSUMER = "consumer serve"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="launcher", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="render IBC's config, then supervise Xvfb, IBC/IB Gateway and the consumer")
+    commands.add_parser("health", help="the HEALTHCHECK; prints a JSON report, exits 0 when healthy")
+    send = commands.add_parser("ibc-command", help="send a command (RESTART, STOP ...) to IBC's command server")
+    send.add_argument("ibc_command")
+    args = parser.parse_args(argv)
+    env = os.environ
+    try:
+        if args.command == "run":
+            return run(env)
+        if args.command == "health":
+            return health_command(env)
+        settings = ibc.GatewaySettings.from_env(env)
+        print(ibc.send_command(args.ibc_command.upper(), settings.command_server_port))
+        return EXIT_OK
+    except (ibc.LauncherConfigError, CredentialError) as e:
+        log(f"bad configuration: {e}", severity="CRITICAL")
+        return EXIT_CONFIG
+
+
+def run(env: Mapping[str, str]) -> int:
+    settings = ibc.GatewaySettings.from_env(env)
+    paths = settings.paths
+    if not ibc.is_memory_backed(paths.config_dir) and not _yes(env.get("LAUNCHER_ALLOW_DISK_CONFIG")):
+        raise ibc.LauncherConfigError(
+            f"IBC_CONFIG_DIR={paths.config_dir} is not on tmpfs: the IB login must never touch a disk "
+            "(mount a tmpfs there, or use /dev/shm)"
+        )
+    credentials = resolve_credentials(env)
+    ibc.write_private(paths.config_ini, ibc.render_config_ini(settings, credentials))
+    ibc.write_private(paths.settings / "jts.ini", ibc.render_jts_ini(settings))
+    log("IBC configuration written", credentials_from=credentials.source, **settings.describe())
+    del credentials
+
+    supervisor = Supervisor(child_specs(settings, env), watchdog=watchdog(settings, env))
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    return supervisor.run()
+
+
+def child_specs(settings: ibc.GatewaySettings, env: Mapping[str, str]) -> list[ChildSpec]:
+    base = scrubbed_environment(env)
+    display = env.get("DISPLAY", ":1")
+    xvfb = shlex.split(env.get("XVFB_COMMAND", DEFAULT_XVFB))
+    consumer_env = {**base, "IB_HOST": ibc.LOCALHOST, "IB_PORT": str(settings.api_port)}
+    grace = float(env.get("SHUTDOWN_GRACE_SECONDS", "30") or 30)
+    return [
+        ChildSpec("xvfb", xvfb, env={**base, "DISPLAY": display}, settle=1.0, backoff_initial=1, backoff_max=30),
+        ChildSpec(
+            "gateway",
+            ibc.ibcstart_command(settings, settings.paths.config_ini),
+            env={**base, "DISPLAY": display},
+            # IB's login servers do not like being hammered: slow backoff, few tries, then the container restarts.
+            backoff_initial=30,
+            backoff_max=600,
+            max_restarts=int(env.get("GATEWAY_MAX_RESTARTS", "4") or 4),
+            stop_timeout=60,
+        ),
+        ChildSpec(
+            "consumer",
+            shlex.split(env.get("CONSUMER_COMMAND", DEFAULT_CONSUMER)),
+            env=consumer_env,
+            backoff_initial=5,
+            backoff_max=120,
+            max_restarts=int(env.get("CONSUMER_MAX_RESTARTS", "10") or 10),
+            stop_timeout=grace + 15,
+            exit_codes_fatal={EXIT_CONFIG: EXIT_CONFIG},  # `consumer` exits 2 on a bad setting
+        ),
+    ]
+
+
+def watchdog(settings: ibc.GatewaySettings, env: Mapping[str, str]) -> Watchdog:
+    health_port = int(env.get("HEALTH_PORT", "8080") or 8080)
+
+    def probe() -> bool:
+        gateway = health.tcp_accepting(ibc.LOCALHOST, settings.api_port)
+        return gateway and health.http_status(f"http://{ibc.LOCALHOST}:{health_port}/livez") == 200
+
+    def soft_restart() -> None:
+        if not health.tcp_accepting(ibc.LOCALHOST, settings.api_port):
+            reply = ibc.send_command("RESTART", settings.command_server_port)
+            log("asked IBC to restart the gateway", reply=reply)
+
+    return Watchdog(
+        probe=probe,
+        interval=float(env.get("WATCHDOG_INTERVAL_SECONDS", "30") or 30),
+        soft_after=float(env.get("WATCHDOG_SOFT_RESTART_SECONDS", "1200") or 1200),
+        exit_after=float(env.get("WATCHDOG_EXIT_SECONDS", "2700") or 2700),
+        soft_action=soft_restart,
+    )
+
+
+def health_command(env: Mapping[str, str]) -> int:
+    settings = ibc.GatewaySettings.from_env(env)
+    report = health.check(
+        api_port=settings.api_port,
+        health_port=int(env.get("HEALTH_PORT", "8080") or 8080),
+        state=health.DownSince(Path(settings.paths.state_dir) / "health.json"),
+        grace=float(env.get("HEALTH_GATEWAY_GRACE_SECONDS", health.DEFAULT_GRACE_SECONDS)),
+    )
+    print(json.dumps(report.as_dict()))
+    return 0 if report.healthy else 1
+
+
+def _yes(raw: str | None) -> bool:
+    return (raw or "").strip().lower() in {"1", "yes", "true", "on"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
