@@ -1,0 +1,74 @@
+variable "project_id" {
+  description = "The Google Cloud project to deploy into."
+  type        = string
+}
+
+variable "region" {
+  description = "Region for the VM, the scheduler jobs and Artifact Registry. us-east4 (Virginia) is close to IB's US servers."
+  type        = string
+  default     = "us-east4"
+}
+
+variable "zone" {
+  description = "Zone of the VM."
+  type        = string
+  default     = "us-east4-a"
+}
+
+variable "firestore_location" {
+  description = "Firestore location (nam5 = multi-region US). Cannot be changed after creation."
+  type        = string
+  default     = "nam5"
+}
+
+variable "image" {
+  description = "The gateway-image container (REGION-docker.pkg.dev/PROJECT/ib-consumer/gateway:TAG). Empty: everything but the VM is created, so the repository exists before the first push."
+  type        = string
+  default     = ""
+}
+
+variable "machine_type" {
+  description = "VM size. IB Gateway's JVM wants ~1 GB; e2-small (2 GB) fits the gateway and the consumer."
+  type        = string
+  default     = "e2-small"
+}
+
+variable "trading_mode" {
+  description = "paper or live: IBC's TradingMode and the API port (4002 / 4001)."
+  type        = string
+  default     = "paper"
+  validation {
+    condition     = contains(["paper", "live"], var.trading_mode)
+    error_message = "trading_mode must be paper or live."
+  }
+}
+
+variable "live_trading_acknowledged" {
+  description = "Must be true for trading_mode = live: a second, deliberate switch."
+  type        = bool
+  default     = false
+}
+
+variable "read_only_api" {
+  description = "IBC ReadOnlyApi. null = the launcher's default: read-only in live, read-write in paper."
+  type        = bool
+  default     = null
+}
+
+variable "ib_credentials_secret_id" {
+  description = "Secret Manager secret id holding {\"username\": ..., \"password\": ...}. Terraform creates the secret, never its value."
+  type        = string
+  default     = "ib-credentials"
+}
+
+variable "consumer_env" {
+  description = "Extra environment variables for the container (consumer settings such as LOG_LEVEL, INTENT_TIMEOUT_SECONDS)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "scheduler_enabled" {
+  description = "false pauses every scheduler job (e.g. while testing); true keeps each job's own paused flag from schedules.yaml."
+  type        = bool
+  default     = true
+}

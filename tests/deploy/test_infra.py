@@ -1,0 +1,421 @@
+"""infra/*.tf against the shared declarations and the local provisioning: the cloud and the emulators are built from
+the same infra/pubsub.yaml and infra/schedules.yaml, and each identity gets only its grants.
+
+CI has no terraform, so the HCL is parsed (python-hcl2) and the few expressions that turn a YAML entry into resource
+arguments are evaluated by a tiny evaluator below. Where a terraform binary exists, `terraform console` evaluates the
+scheduled messages for real and they must equal the ones derived here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import hcl2
+import pytest
+import yaml
+
+from consumer.config import Settings
+from consumer.devstack.provision import PUBSUB_DECLARATION, SCHEDULES_DECLARATION, Topology, subscription_request
+from consumer.envelope import Delivery, decode
+from consumer.schemas import Schemas
+
+INFRA = Path(__file__).resolve().parents[2] / "infra"
+PROJECT = "p"
+
+
+# --- parsing ----------------------------------------------------------------------------------------------------------
+def _unquote(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k.strip('"'): _unquote(v) for k, v in value.items() if k not in ("__is_block__", "__comments__")}
+    if isinstance(value, list):
+        return [_unquote(v) for v in value]
+    return value
+
+
+@pytest.fixture(scope="module")
+def tf() -> dict[str, Any]:
+    """All of infra/*.tf merged: {"resource": {type: {name: body}}, "locals": {...}, "variable": {...}, ...}."""
+    merged: dict[str, Any] = {"resource": {}, "locals": {}, "variable": {}, "data": {}, "output": {}}
+    files = sorted(INFRA.glob("*.tf"))
+    assert files, "no Terraform in infra/"
+    for path in files:
+        with path.open() as f:
+            doc = _unquote(hcl2.load(f))
+        for block in doc.get("resource", []):
+            for rtype, named in block.items():
+                merged["resource"].setdefault(rtype, {}).update(named)
+        for block in doc.get("locals", []):
+            merged["locals"].update(block)
+        for key in ("variable", "data", "output"):
+            for block in doc.get(key, []):
+                merged[key].update(block)
+    return merged
+
+
+def resource(tf: dict[str, Any], rtype: str, name: str) -> dict[str, Any]:
+    return tf["resource"][rtype][name]
+
+
+def dynamic(body: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(d[name] for d in body.get("dynamic", []) if name in d)
+
+
+# --- a tiny evaluator for the expressions that map YAML onto arguments -----------------------------------------------
+class Missing(LookupError):
+    pass
+
+
+def evaluate(raw: Any, scope: dict[str, Any]) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    if raw.startswith('"') and raw.endswith('"'):
+        return _template(raw[1:-1], scope)
+    if raw.startswith("${") and _closing(raw, 1) == len(raw) - 1:
+        return _expr(raw[2:-1], scope)
+    return raw
+
+
+def _closing(text: str, start: int) -> int:
+    """Index of the bracket closing text[start], skipping nested brackets and strings."""
+    pairs, depth, quoted, i = {"{": "}", "(": ")", "[": "]"}, [], False, start
+    while i < len(text):
+        ch = text[i]
+        if quoted:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch in pairs:
+            depth.append(pairs[ch])
+        elif depth and ch == depth[-1]:
+            depth.pop()
+            if not depth:
+                return i
+        i += 1
+    raise ValueError(f"unbalanced: {text}")
+
+
+def _template(text: str, scope: dict[str, Any]) -> str:
+    out, i = [], 0
+    while i < len(text):
+        if text.startswith("${", i):
+            end = _closing(text, i + 1)
+            out.append(str(_expr(text[i + 2 : end], scope)))
+            i = end + 1
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _split_args(text: str) -> list[str]:
+    args, depth, quoted, current = [], 0, False, ""
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if not quoted and ch in "([{":
+            depth += 1
+        if not quoted and ch in ")]}":
+            depth -= 1
+        if ch == "," and depth == 0 and not quoted:
+            args.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    return [*args, current.strip()] if current.strip() else args
+
+
+def _expr(text: str, scope: dict[str, Any]) -> Any:
+    text = text.strip()
+    if text.startswith("try(") and text.endswith(")"):
+        for arg in _split_args(text[4:-1]):
+            try:
+                return _expr(arg, scope)
+            except Missing:
+                continue
+        raise Missing(text)
+    literals = {"null": None, "true": True, "false": False, "[]": [], "{}": {}}
+    if text in literals:
+        return literals[text]
+    if re.fullmatch(r"-?\d+(\.\d+)?", text):
+        return float(text) if "." in text else int(text)
+    if text.startswith('"') and text.endswith('"'):
+        return _template(text[1:-1], scope)
+    if text.startswith("[") and text.endswith("]"):
+        return [_expr(a, scope) for a in _split_args(text[1:-1])]
+    topic = re.fullmatch(r"google_pubsub_topic\.declared\[(.+)\]\.id", text)
+    if topic:
+        return f"projects/{PROJECT}/topics/{_expr(topic.group(1), scope)}"
+    if re.fullmatch(r"[A-Za-z_][\w.]*", text):
+        value: Any = scope
+        for part in text.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise Missing(text)
+            value = value[part]
+        return value
+    raise NotImplementedError(f"the test's evaluator does not know {text!r}: keep the mapping simple or extend it")
+
+
+def seconds(duration: Any) -> float:
+    return duration.seconds + duration.nanos / 1e9
+
+
+# --- the shared declarations ------------------------------------------------------------------------------------------
+def test_terraform_reads_the_shared_declarations(tf: dict[str, Any]) -> None:
+    assert tf["locals"]["pubsub"] == '${yamldecode(file("${path.module}/pubsub.yaml"))}'
+    assert tf["locals"]["schedules"] == '${yamldecode(file("${path.module}/schedules.yaml"))}'
+    assert INFRA / "pubsub.yaml" == PUBSUB_DECLARATION  # and the local stack reads the very same files
+    assert INFRA / "schedules.yaml" == SCHEDULES_DECLARATION
+    topics = resource(tf, "google_pubsub_topic", "declared")
+    assert (topics["for_each"], topics["name"]) == ("${local.pubsub.topics}", "${each.key}")
+    subs = resource(tf, "google_pubsub_subscription", "declared")
+    assert (subs["for_each"], subs["name"]) == ("${local.pubsub.subscriptions}", "${each.key}")
+    # Nothing else creates topics or subscriptions behind the declaration's back.
+    assert list(tf["resource"]["google_pubsub_topic"]) == ["declared"]
+    assert list(tf["resource"]["google_pubsub_subscription"]) == ["declared"]
+
+
+def cloud_subscription(tf: dict[str, Any], name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """What Terraform would create for one declared subscription, in CreateSubscription terms."""
+    body = resource(tf, "google_pubsub_subscription", "declared")
+    scope = {"each": {"key": name, "value": spec}}
+    out: dict[str, Any] = {
+        "name": f"projects/{PROJECT}/subscriptions/{evaluate(body['name'], scope)}",
+        "topic": evaluate(body["topic"], scope),
+        "ack_deadline_seconds": evaluate(body["ack_deadline_seconds"], scope),
+        "exactly_once": bool(evaluate(body["enable_exactly_once_delivery"], scope)),
+    }
+    retention = evaluate(body["message_retention_duration"], scope)
+    if retention is not None:
+        out["retention_seconds"] = float(retention.removesuffix("s"))
+    retry = dynamic(body, "retry_policy")
+    for item in evaluate(retry["for_each"], scope):
+        content = retry["content"][0]
+        inner = {**scope, "retry_policy": {"value": item}}
+        out["backoff"] = tuple(
+            float(evaluate(content[k], inner).removesuffix("s")) for k in ("minimum_backoff", "maximum_backoff")
+        )
+    dead = dynamic(body, "dead_letter_policy")
+    for item in evaluate(dead["for_each"], scope):
+        content = dead["content"][0]
+        inner = {**scope, "dead_letter_policy": {"value": item}}
+        out["dead_letter"] = (
+            evaluate(content["dead_letter_topic"], inner),
+            evaluate(content["max_delivery_attempts"], inner),
+        )
+    assert body["expiration_policy"][0]["ttl"] == '""', "declared subscriptions must never expire"
+    return out
+
+
+def local_subscription(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """What the local stack creates on the emulator for the same entry (consumer/devstack/provision.py)."""
+    req = subscription_request(PROJECT, name, spec)
+    out: dict[str, Any] = {
+        "name": req["name"],
+        "topic": req["topic"],
+        "ack_deadline_seconds": req["ack_deadline_seconds"],
+        "exactly_once": bool(req.get("enable_exactly_once_delivery", False)),
+    }
+    if "message_retention_duration" in req:
+        out["retention_seconds"] = seconds(req["message_retention_duration"])
+    if "retry_policy" in req:
+        out["backoff"] = (
+            seconds(req["retry_policy"]["minimum_backoff"]),
+            seconds(req["retry_policy"]["maximum_backoff"]),
+        )
+    if "dead_letter_policy" in req:
+        dlp = req["dead_letter_policy"]
+        out["dead_letter"] = (dlp["dead_letter_topic"], dlp["max_delivery_attempts"])
+    return out
+
+
+def test_cloud_and_emulator_subscriptions_are_the_same(tf: dict[str, Any]) -> None:
+    topology = Topology.load()
+    assert topology.subscriptions, "nothing declared"
+    for name, spec in topology.subscriptions.items():
+        assert cloud_subscription(tf, name, spec) == local_subscription(name, spec), name
+
+
+def test_the_mapping_holds_for_settings_the_declaration_does_not_use_yet(tf: dict[str, Any]) -> None:
+    """Defaults and optional keys agree too, so a new YAML entry cannot be read differently by the two."""
+    bare = {"topic": "intents"}
+    assert cloud_subscription(tf, "bare", bare) == local_subscription("bare", bare)
+    full = {
+        "topic": "intents",
+        "ackDeadlineSeconds": 17,
+        "messageRetentionSeconds": 1200,
+        "retryPolicy": {"minimumBackoffSeconds": 1, "maximumBackoffSeconds": 9},
+        "deadLetter": {"topic": "intents-dead-letter", "maxDeliveryAttempts": 7},
+        "exactlyOnceDelivery": True,
+    }
+    assert cloud_subscription(tf, "full", full) == local_subscription("full", full)
+
+
+def test_the_consumer_defaults_name_declared_resources() -> None:
+    topology = Topology.load()
+    s = Settings()
+    assert {s.intents_topic, s.reply_topic, s.dead_letter_topic} <= set(topology.topics)
+    consumer_sub = topology.subscriptions[s.intents_subscription]
+    assert consumer_sub["topic"] == s.intents_topic
+    assert consumer_sub["deadLetter"]["topic"] == s.dead_letter_topic
+    assert consumer_sub["deadLetter"]["maxDeliveryAttempts"] == s.max_delivery_attempts
+
+
+# --- schedules --------------------------------------------------------------------------------------------------------
+ENVELOPE_KEYS = {"intent", "params", "dryRun", "maxAgeSeconds"}  # the YAML keys that travel in the message
+
+
+def scheduled_message(job: dict[str, Any]) -> dict[str, Any]:
+    """The rule infra/declarations.tf implements (local.scheduled_messages), restated."""
+    data = {"intent": job["intent"], "schedule": job["name"], "params": job.get("params", {})}
+    data |= {k: job[k] for k in ("dryRun", "maxAgeSeconds") if k in job}
+    return {"data": data, "attributes": {"intent": job["intent"], "schedule": job["name"]}}
+
+
+def test_scheduler_jobs_come_from_the_declaration(tf: dict[str, Any]) -> None:
+    declared = yaml.safe_load(SCHEDULES_DECLARATION.read_text())
+    job = resource(tf, "google_cloud_scheduler_job", "declared")
+    assert job["for_each"] == "${{for job in local.schedules.jobs : job.name => job}}"
+    assert job["time_zone"] == "${local.schedules.timeZone}"
+    assert declared["timeZone"] == Settings().schedule_time_zone == "America/New_York"
+    for entry in declared["jobs"]:
+        scope = {"each": {"key": entry["name"], "value": entry}}
+        assert evaluate(job["name"], scope) == entry["name"]
+        assert evaluate(job["schedule"], scope) == entry["schedule"]
+        paused = job["paused"]
+        assert paused == "${var.scheduler_enabled ? try(each.value.paused, false) : true}"
+        assert _expr("try(each.value.paused, false)", scope) is entry.get("paused", False)
+    target = job["http_target"][0]
+    assert target["uri"] == '"https://pubsub.googleapis.com/v1/${google_pubsub_topic.declared["intents"].id}:publish"'
+    assert "local.scheduled_messages[each.key].data" in target["body"]
+    assert "local.scheduled_messages[each.key].attributes" in target["body"]
+    assert target["oauth_token"][0]["service_account_email"] == "${google_service_account.scheduler.email}"
+
+
+def test_the_declared_schedule_set() -> None:
+    jobs = {j["name"]: j for j in yaml.safe_load(SCHEDULES_DECLARATION.read_text())["jobs"]}
+    assert {n: (j["schedule"], j["intent"], j.get("paused", False)) for n, j in jobs.items()} == {
+        "open-allocation": ("30 9 * * 1-5", "allocation", False),
+        "midday-risk-check": ("0 13 * * 1-5", "reconcile", False),
+        "eod-trade-reconciliation": ("55 15 * * 1-5", "trade-reconciliation", False),
+        "eod-close-all": ("55 15 * * 1-5", "close-all", True),
+        "nightly-test-signal": ("15 16 * * 1-5", "allocation", False),
+    }
+    assert jobs["nightly-test-signal"]["dryRun"] is True
+
+
+def test_the_message_rule_uses_exactly_the_envelope_keys(tf: dict[str, Any]) -> None:
+    rule = tf["locals"]["scheduled_messages"]
+    used = set(re.findall(r"\bjob\.(\w+)", rule))
+    assert used == ENVELOPE_KEYS | {"name"}, used
+
+
+def test_every_scheduled_message_is_a_valid_intent_with_a_daily_idempotency_key() -> None:
+    schemas = Schemas()
+    zone = ZoneInfo("America/New_York")
+    for job in yaml.safe_load(SCHEDULES_DECLARATION.read_text())["jobs"]:
+        message = scheduled_message(job)
+        fired = datetime(2026, 11, 24, 20, 15, tzinfo=UTC)  # 15:15 New York
+        delivery = Delivery("m1", json.dumps(message["data"]).encode(), message["attributes"], fired)
+        envelope = decode(delivery, schemas, zone)
+        assert envelope.intent == job["intent"]
+        assert envelope.schedule == job["name"]
+        assert envelope.idempotency_key == f"schedule:{job['name']}:2026-11-24"
+        assert envelope.dry_run is job.get("dryRun", False)
+        assert envelope.max_age_seconds == job["maxAgeSeconds"]
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="no terraform binary (CI has none)")
+def test_terraform_itself_builds_the_same_messages(tmp_path: Path) -> None:
+    """terraform console on declarations.tf alone (no providers needed): the real evaluation of the rule."""
+    for name in ("declarations.tf", "pubsub.yaml", "schedules.yaml"):
+        shutil.copy(INFRA / name, tmp_path / name)
+    env_run = {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": 60}
+    init = subprocess.run(["terraform", "init", "-backend=false", "-input=false"], **env_run)  # type: ignore[call-overload]
+    assert init.returncode == 0, init.stderr
+    done = subprocess.run(  # type: ignore[call-overload]
+        ["terraform", "console"], input="jsonencode(local.scheduled_messages)\n", **env_run
+    )
+    assert done.returncode == 0, done.stderr
+    evaluated = json.loads(json.loads(done.stdout.strip()))
+    jobs = yaml.safe_load(SCHEDULES_DECLARATION.read_text())["jobs"]
+    assert evaluated == {j["name"]: scheduled_message(j) for j in jobs}
+
+
+# --- identities -------------------------------------------------------------------------------------------------------
+def grants_of(tf: dict[str, Any], member_ref: str) -> list[tuple[str, str, str]]:
+    """(resource type, role, target) of every IAM member resource granting to member_ref."""
+    out = []
+    for rtype, named in tf["resource"].items():
+        if not rtype.endswith("_iam_member"):
+            continue
+        for body in named.values():
+            if member_ref in body.get("member", ""):
+                target = next(
+                    (body[k] for k in ("topic", "subscription", "secret_id", "repository", "project") if k in body), ""
+                )
+                role = body["role"].strip('"')
+                roles = (
+                    [role] if "each.value" not in role else re.findall(r'"(roles/[\w.]+)"', body.get("for_each", ""))
+                )
+                out += [(rtype, r, target) for r in roles]
+    return sorted(out)
+
+
+def test_the_scheduler_may_publish_intents_and_nothing_else(tf: dict[str, Any]) -> None:
+    assert grants_of(tf, "google_service_account.scheduler.email") == [
+        ("google_pubsub_topic_iam_member", "roles/pubsub.publisher", '${google_pubsub_topic.declared["intents"].id}')
+    ]
+
+
+def test_the_consumer_has_only_what_it_needs(tf: dict[str, Any]) -> None:
+    grants = grants_of(tf, "google_service_account.consumer.email")
+    assert [(t, r) for t, r, _ in grants] == sorted(
+        [
+            ("google_artifact_registry_repository_iam_member", "roles/artifactregistry.reader"),
+            ("google_project_iam_member", "roles/datastore.user"),
+            ("google_project_iam_member", "roles/logging.logWriter"),
+            ("google_project_iam_member", "roles/monitoring.metricWriter"),
+            ("google_pubsub_subscription_iam_member", "roles/pubsub.subscriber"),
+            ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),
+            ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor"),
+        ]
+    )
+    publish = resource(tf, "google_pubsub_topic_iam_member", "consumer_publishes")
+    assert publish["for_each"] == '${toset(["intent-replies", "intents-dead-letter"])}'
+    subscribe = resource(tf, "google_pubsub_subscription_iam_member", "consumer_subscribes")
+    assert subscribe["subscription"] == '${google_pubsub_subscription.declared["intents-consumer"].id}'
+    secret = resource(tf, "google_secret_manager_secret_iam_member", "consumer_reads_login")
+    assert secret["secret_id"] == "${google_secret_manager_secret.ib_credentials.id}"
+
+
+def test_the_pubsub_service_agent_can_dead_letter(tf: dict[str, Any]) -> None:
+    publisher = resource(tf, "google_pubsub_topic_iam_member", "dead_letter_publisher")
+    subscriber = resource(tf, "google_pubsub_subscription_iam_member", "dead_letter_source_subscriber")
+    assert publisher["role"] == '"roles/pubsub.publisher"'
+    assert subscriber["role"] == '"roles/pubsub.subscriber"'
+    assert "gcp-sa-pubsub" in tf["locals"]["pubsub_service_agent"]
+    # Their for_each sets come from the declaration: every dead-lettering subscription and its dead-letter topic.
+    assert publisher["for_each"] == "${local.dead_letter_topics}"
+    assert subscriber["for_each"] == "${local.dead_lettered}"
+    lettered = {n: s for n, s in Topology.load().subscriptions.items() if "deadLetter" in s}
+    assert lettered, "the declaration has no dead-letter policy any more"
+
+
+def test_no_secret_value_and_no_public_ip(tf: dict[str, Any]) -> None:
+    assert "google_secret_manager_secret_version" not in tf["resource"]
+    vm = resource(tf, "google_compute_instance", "consumer")
+    assert all("access_config" not in nic for nic in vm["network_interface"])
+    assert "cos-cloud/cos-stable" in json.dumps(vm["boot_disk"])
+    assert "live_trading_acknowledged" in json.dumps(vm["lifecycle"])
+    firewalls = tf["resource"].get("google_compute_firewall", {})
+    assert all(json.loads(json.dumps(fw))["source_ranges"] == ['"35.235.240.0/20"'] for fw in firewalls.values())
