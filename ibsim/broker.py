@@ -1,0 +1,737 @@
+"""Accounts, orders, fills, commissions and cash: the simulated broker behind the socket.
+
+Everything here runs on the server's event loop. The broker tells the server what to send through a `Listener`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .market import Instrument
+from .protocol import OrderRequest
+from .scenario import USD_RATES, Scenario
+
+log = logging.getLogger("ibsim.broker")
+
+ACTIVE = ("PreSubmitted", "Submitted")
+ORDER_TYPES = ("MKT", "LMT", "STP", "STP LMT")
+TIFS = ("DAY", "GTC", "IOC", "OPG", "")
+ALGOS = ("", "Adaptive")
+EXEC_TZ = "America/New_York"
+
+
+class Listener(Protocol):
+    def order_update(self, order: SimOrder, *, open_order: bool) -> None: ...
+    def order_rejected(
+        self, client_id: int, order_id: int, code: int, message: str, order: SimOrder | None
+    ) -> None: ...
+    def execution(self, order: SimOrder, execution: dict[str, Any]) -> None: ...
+    def position_changed(self, account: str, key: str) -> None: ...
+    def account_changed(self, account: str) -> None: ...
+    def state_changed(self) -> None: ...
+
+
+@dataclass
+class Position:
+    quantity: float = 0.0
+    avgCost: float = 0.0  # per unit, multiplier included, as IB reports it
+    realized: float = 0.0
+
+
+@dataclass
+class Account:
+    id: str
+    base: str
+    cash: dict[str, float]
+    positions: dict[str, Position] = field(default_factory=dict)
+    realized: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SimOrder:
+    orderId: int
+    clientId: int
+    permId: int
+    account: str
+    key: str
+    exchange: str
+    action: str
+    totalQuantity: float
+    orderType: str
+    lmtPrice: float | None
+    auxPrice: float | None
+    tif: str
+    orderRef: str = ""
+    algoStrategy: str = ""
+    algoParams: list[tuple[str, str]] = field(default_factory=list)
+    outsideRth: bool = False
+    goodTillDate: str = ""
+    ocaGroup: str = ""
+    openClose: str = "O"
+    parentId: int = 0
+    status: str = "PendingSubmit"
+    filled: float = 0.0
+    avgFillPrice: float = 0.0
+    lastFillPrice: float = 0.0
+    commission: float = 0.0
+    triggered: bool = False
+    createdAt: float = 0.0
+    completedTime: str = ""
+    completedStatus: str = ""
+    whyHeld: str = ""
+
+    @property
+    def remaining(self) -> float:
+        return max(self.totalQuantity - self.filled, 0.0)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    def wire(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return d
+
+    def public(self, symbol: str) -> dict[str, Any]:
+        return {
+            "orderId": self.orderId,
+            "clientId": self.clientId,
+            "permId": self.permId,
+            "account": self.account,
+            "orderRef": self.orderRef,
+            "symbol": symbol,
+            "action": self.action,
+            "totalQuantity": self.totalQuantity,
+            "orderType": self.orderType,
+            "lmtPrice": self.lmtPrice,
+            "auxPrice": self.auxPrice,
+            "tif": self.tif,
+            "algoStrategy": self.algoStrategy,
+            "status": self.status,
+            "filled": self.filled,
+            "remaining": self.remaining,
+            "avgFillPrice": self.avgFillPrice,
+        }
+
+
+def ib_time(t: float, tz: str = EXEC_TZ) -> str:
+    from zoneinfo import ZoneInfo
+
+    return dt.datetime.fromtimestamp(t, ZoneInfo(tz)).strftime("%Y%m%d %H:%M:%S ") + tz
+
+
+class Broker:
+    def __init__(
+        self, scenario: Scenario, instruments: dict[str, Instrument], listener: Listener, loop_getter: Any
+    ) -> None:
+        self.scenario = scenario
+        self.instruments = instruments
+        self.listener = listener
+        self._loop = loop_getter
+        self.accounts: dict[str, Account] = {}
+        for spec in scenario.accounts:
+            acct = Account(spec.id, spec.baseCurrency, dict(spec.cash))
+            for p in spec.positions:
+                inst = instruments[p.symbol]
+                avg = p.avgCost if p.avgCost is not None else inst.price * inst.multiplier
+                acct.positions[p.symbol] = Position(p.quantity, float(avg))
+            self.accounts[spec.id] = acct
+        self.default_account = scenario.accounts[0].id
+        self.orders: dict[tuple[int, int], SimOrder] = {}
+        self.by_perm: dict[int, SimOrder] = {}
+        self.executions: list[dict[str, Any]] = []
+        now = time.time()
+        self.next_perm = 1_000_000_000 + int(now) % 100_000_000
+        self.exec_prefix = f"{0xE0D5 + scenario.seed % 4096:08x}"
+        self.exec_seq = int(now * 1000) & 0x0FFFFFFF
+        self.hold = False
+        self.reject_next: tuple[int, str] | None = None
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        c = scenario.commission
+        self.comm = {
+            "stockPerShare": c.get("stockPerShare", 0.005),
+            "stockMin": c.get("stockMin", 1.0),
+            "stockMaxPct": c.get("stockMaxPct", 1.0),
+            "fxBps": c.get("fxBps", 0.2),
+            "fxMin": c.get("fxMin", 2.0),
+            "futPerContract": c.get("futPerContract", 0.85),
+        }
+
+    # -- ids ---------------------------------------------------------------------------------------------------
+    def next_order_id(self, client_id: int) -> int:
+        ids = [oid for (cid, oid) in self.orders if cid == client_id]
+        return max(ids, default=0) + 1
+
+    def _perm(self) -> int:
+        self.next_perm += 1
+        return self.next_perm
+
+    def _exec_id(self) -> str:
+        self.exec_seq = (self.exec_seq + 1) & 0xFFFFFFFF
+        return f"{self.exec_prefix}.{self.exec_seq:08x}.01.01"
+
+    # -- FX ----------------------------------------------------------------------------------------------------
+    def usd_rate(self, cur: str) -> float:
+        if cur == "USD":
+            return 1.0
+        inst = self.instruments.get(f"{cur}.USD")
+        if inst is not None:
+            return inst.price
+        inst = self.instruments.get(f"USD.{cur}")
+        if inst is not None:
+            return 1.0 / inst.price
+        return USD_RATES.get(cur, 1.0)
+
+    def rate(self, cur: str, base: str) -> float:
+        return self.usd_rate(cur) / self.usd_rate(base)
+
+    # -- orders ------------------------------------------------------------------------------------------------
+    def validate(self, req: OrderRequest, inst: Instrument) -> str | None:
+        """The reason IB would reject this order, or None."""
+        o = req
+        if o.action not in ("BUY", "SELL"):
+            return f"Invalid action {o.action!r}: use BUY or SELL"
+        if o.totalQuantity is None or o.totalQuantity <= 0:
+            return "Order quantity must be greater than zero"
+        if inst.secType in ("STK", "FUT") and not float(o.totalQuantity).is_integer():
+            return "Fractional-sized order cannot be placed via API for this contract"
+        if o.orderType not in ORDER_TYPES:
+            return f"Order type {o.orderType!r} is not supported by ibsim (MKT, LMT, STP, STP LMT)"
+        if o.orderType in ("LMT", "STP LMT") and (o.lmtPrice is None or o.lmtPrice <= 0):
+            return f"A {o.orderType} order needs a positive limit price"
+        if o.orderType in ("STP", "STP LMT") and (o.auxPrice is None or o.auxPrice <= 0):
+            return f"A {o.orderType} order needs a positive stop price (auxPrice)"
+        if o.tif not in TIFS:
+            return f"Time in force {o.tif!r} is not supported by ibsim (DAY, GTC, IOC, OPG)"
+        if o.algoStrategy not in ALGOS:
+            return f"Algo strategy {o.algoStrategy!r} is not supported by ibsim (Adaptive)"
+        if o.algoStrategy == "Adaptive":
+            if inst.secType == "CASH":
+                return "The Adaptive algo is not available for IDEALPRO forex"
+            if o.orderType not in ("MKT", "LMT"):
+                return "The Adaptive algo takes MKT or LMT orders"
+            priorities = {v for k, v in o.algoParams if k == "adaptivePriority"}
+            if priorities - {"Urgent", "Normal", "Patient"}:
+                return f"Invalid adaptivePriority {sorted(priorities)[0]!r}"
+        if o.account and o.account not in self.accounts:
+            return f"Account {o.account!r} is not managed by this login"
+        if o.numConditions:
+            return "Order conditions are not supported by ibsim"
+        if not o.transmit:
+            return "Orders with transmit=False are not supported by ibsim"
+        return None
+
+    def place(self, client_id: int, req: OrderRequest, inst: Instrument) -> None:
+        key = (client_id, req.orderId)
+        existing = self.orders.get(key)
+        if existing is not None:
+            self._modify(existing, req, inst)
+            return
+        if self.reject_next is not None:
+            code, message = self.reject_next
+            self.reject_next = None
+            self.listener.order_rejected(client_id, req.orderId, code, message, None)
+            return
+        reason = self.validate(req, inst)
+        if reason is not None:
+            self.listener.order_rejected(client_id, req.orderId, 201, f"Order rejected - reason:{reason}", None)
+            return
+        order = SimOrder(
+            orderId=req.orderId,
+            clientId=client_id,
+            permId=self._perm(),
+            account=req.account or self.default_account,
+            key=inst.key,
+            exchange=req.contract.exchange or inst.exchange,
+            action=req.action,
+            totalQuantity=float(req.totalQuantity),
+            orderType=req.orderType,
+            lmtPrice=req.lmtPrice,
+            auxPrice=req.auxPrice,
+            tif=req.tif or "DAY",
+            orderRef=req.orderRef,
+            algoStrategy=req.algoStrategy,
+            algoParams=list(req.algoParams),
+            outsideRth=req.outsideRth,
+            goodTillDate=req.goodTillDate,
+            ocaGroup=req.ocaGroup,
+            openClose=req.openClose or "O",
+            parentId=req.parentId,
+            createdAt=time.time(),
+        )
+        self.orders[key] = order
+        self.by_perm[order.permId] = order
+        log.info(
+            "order %s/%s %s %s %g %s %s%s tif=%s ref=%r",
+            client_id,
+            order.orderId,
+            order.action,
+            inst.key,
+            order.totalQuantity,
+            order.orderType,
+            "" if order.lmtPrice is None else f"lmt={order.lmtPrice} ",
+            "" if order.auxPrice is None else f"aux={order.auxPrice} ",
+            order.tif,
+            order.orderRef,
+        )
+        order.status = "PreSubmitted"
+        self.listener.order_update(order, open_order=True)
+        order.status = "Submitted"
+        self.listener.order_update(order, open_order=True)
+        self.listener.state_changed()
+        self.work(order)
+
+    def _modify(self, order: SimOrder, req: OrderRequest, inst: Instrument) -> None:
+        if not order.active:
+            self.listener.order_rejected(order.clientId, order.orderId, 103, "Duplicate order id", None)
+            return
+        reason = self.validate(req, inst)
+        if reason is None and inst.key != order.key:
+            reason = "The contract of an order cannot be modified"
+        if reason is None and req.totalQuantity < order.filled:
+            reason = "The new quantity is below the filled quantity"
+        if reason is not None:
+            # IB keeps the working order and reports the rejected modification as a warning-free error
+            self.listener.order_rejected(order.clientId, order.orderId, 201, f"Order rejected - reason:{reason}", order)
+            return
+        order.totalQuantity = float(req.totalQuantity)
+        order.lmtPrice = req.lmtPrice
+        order.auxPrice = req.auxPrice
+        order.orderType = req.orderType
+        order.tif = req.tif or order.tif
+        order.orderRef = req.orderRef
+        order.triggered = False
+        log.info("order %s/%s modified: %g %s", order.clientId, order.orderId, order.totalQuantity, order.orderType)
+        if order.remaining <= 0:
+            self._finish(order, "Filled")
+            return
+        self.listener.order_update(order, open_order=True)
+        self.listener.state_changed()
+        self.work(order)
+
+    def cancel(self, order: SimOrder, reason: str = "") -> None:
+        self._stop_timer(order)
+        order.whyHeld = ""
+        self._finish(order, "Cancelled", completed_status=reason or "Cancelled by Trader")
+
+    def _finish(self, order: SimOrder, status: str, completed_status: str = "") -> None:
+        self._stop_timer(order)
+        order.status = status
+        order.completedTime = ib_time(time.time())
+        order.completedStatus = completed_status or status
+        self.listener.order_update(order, open_order=True)
+        self.listener.state_changed()
+
+    def _stop_timer(self, order: SimOrder) -> None:
+        handle = self._timers.pop(order.permId, None)
+        if handle is not None:
+            handle.cancel()
+
+    def active_orders(self) -> list[SimOrder]:
+        return [o for o in self.orders.values() if o.active]
+
+    def fill_price(self, order: SimOrder) -> float | None:
+        """The price the order would execute at now, or None while it is not marketable."""
+        inst = self.instruments[order.key]
+        if order.tif == "OPG":
+            return None  # waits for the next opening (roll_day)
+        return self._marketable(order, inst)
+
+    def _marketable(self, order: SimOrder, inst: Instrument) -> float | None:
+        buy = order.action == "BUY"
+        kind = order.orderType
+        if kind in ("STP", "STP LMT"):
+            if not order.triggered:
+                stop = order.auxPrice or 0.0
+                if (buy and inst.price >= stop) or (not buy and inst.price <= stop):
+                    order.triggered = True
+                    log.info("stop %s/%s triggered at %s", order.clientId, order.orderId, inst.price)
+                else:
+                    return None
+            kind = "MKT" if kind == "STP" else "LMT"
+        px = inst.ask if buy else inst.bid
+        if kind == "LMT":
+            limit = order.lmtPrice or 0.0
+            eps = inst.tick / 1000
+            if (buy and px > limit + eps) or (not buy and px < limit - eps):
+                return None
+        return px
+
+    def work(self, order: SimOrder, delay: float = 0.0) -> None:
+        """Schedules the next execution of `order` if it can fill now."""
+        if not order.active or self.hold or order.permId in self._timers:
+            return
+        if self.fill_price(order) is None:
+            if order.tif == "IOC":
+                self.cancel(order, "Cancelled: IOC order not marketable")
+            return
+        loop = self._loop()
+        self._timers[order.permId] = loop.call_later(delay, self._fill_next, order)
+
+    def _fill_next(self, order: SimOrder) -> None:
+        self._timers.pop(order.permId, None)
+        if not order.active or self.hold:
+            return
+        px = self.fill_price(order)
+        if px is None:
+            if order.tif == "IOC":
+                self.cancel(order, "Cancelled: IOC remainder")
+            return
+        inst = self.instruments[order.key]
+        qty = order.remaining
+        if inst.secType != "CASH":
+            qty = min(qty, self.scenario.maxFillSize)
+        self.execute(order, qty, px)
+        if order.active and order.remaining > 0:
+            self.work(order, delay=self.scenario.fillDelayMs / 1000)
+
+    def work_all(self, key: str | None = None) -> None:
+        for order in self.active_orders():
+            if key is None or order.key == key:
+                self.work(order)
+
+    # -- executions --------------------------------------------------------------------------------------------
+    def _commission(self, order: SimOrder, inst: Instrument, cum_qty: float, cum_value: float) -> tuple[float, str]:
+        c = self.comm
+        if inst.secType == "CASH":
+            value_usd = cum_value * self.usd_rate(inst.currency)
+            total = max(value_usd * c["fxBps"] / 10_000, c["fxMin"])
+            return total, "USD"
+        if inst.secType == "FUT":
+            return cum_qty * c["futPerContract"], inst.currency
+        total = max(cum_qty * c["stockPerShare"], c["stockMin"])
+        total = min(total, cum_value * c["stockMaxPct"] / 100)
+        return total, inst.currency
+
+    def execute(self, order: SimOrder, qty: float, price: float) -> dict[str, Any]:
+        inst = self.instruments[order.key]
+        acct = self.accounts[order.account]
+        prev_filled = order.filled
+        order.filled = prev_filled + qty
+        order.avgFillPrice = (order.avgFillPrice * prev_filled + price * qty) / order.filled
+        order.lastFillPrice = price
+        total_comm, comm_cur = self._commission(order, inst, order.filled, order.avgFillPrice * order.filled)
+        commission = round(max(total_comm - order.commission, 0.0), 6)
+        order.commission += commission
+        signed = qty if order.action == "BUY" else -qty
+        realized = self._book(acct, inst, signed, price, commission, comm_cur)
+        now = time.time()
+        execution = {
+            "execId": self._exec_id(),
+            "orderId": order.orderId,
+            "clientId": order.clientId,
+            "permId": order.permId,
+            "account": order.account,
+            "key": inst.key,
+            "symbol": inst.key,
+            "secType": inst.secType,
+            "exchange": inst.exec_exchange,
+            "side": "BOT" if order.action == "BUY" else "SLD",
+            "shares": qty,
+            "price": price,
+            "time": now,
+            "timeText": ib_time(now),
+            "cumQty": order.filled,
+            "avgPrice": order.avgFillPrice,
+            "orderRef": order.orderRef,
+            "commission": commission,
+            "commissionCurrency": comm_cur,
+            "realizedPNL": realized,
+            "lastLiquidity": 2,
+        }
+        self.executions.append(execution)
+        inst.volume += qty
+        log.info(
+            "fill %s/%s %s %g %s @ %s (%g/%g) commission %.2f %s",
+            order.clientId,
+            order.orderId,
+            execution["side"],
+            qty,
+            inst.key,
+            price,
+            order.filled,
+            order.totalQuantity,
+            commission,
+            comm_cur,
+        )
+        if order.remaining <= 1e-9:
+            order.status = "Filled"
+            order.completedTime = ib_time(now)
+            order.completedStatus = "Filled"
+        self.listener.execution(order, execution)
+        self.listener.state_changed()
+        return execution
+
+    def _book(
+        self, acct: Account, inst: Instrument, signed: float, price: float, comm: float, comm_cur: str
+    ) -> float | None:
+        """Moves cash and the position for one execution; returns the realized P&L (None when only opening)."""
+        acct.cash[comm_cur] = acct.cash.get(comm_cur, 0.0) - comm
+        if inst.secType == "CASH":
+            base, quote = inst.key.split(".")
+            acct.cash[base] = acct.cash.get(base, 0.0) + signed
+            acct.cash[quote] = acct.cash.get(quote, 0.0) - signed * price
+            return None
+        mult = inst.multiplier
+        unit = price * mult
+        if inst.secType == "STK":
+            acct.cash[inst.currency] = acct.cash.get(inst.currency, 0.0) - signed * unit
+        pos = acct.positions.setdefault(inst.key, Position())
+        realized: float | None = None
+        comm_local = comm * self.rate(comm_cur, inst.currency)
+        if pos.quantity == 0 or (pos.quantity > 0) == (signed > 0):
+            total = abs(pos.quantity) * pos.avgCost + abs(signed) * unit + comm_local
+            pos.quantity += signed
+            pos.avgCost = total / abs(pos.quantity)
+        else:
+            closing = min(abs(signed), abs(pos.quantity))
+            direction = 1 if pos.quantity > 0 else -1
+            gross = (unit - pos.avgCost) * closing * direction
+            realized = gross - comm_local
+            if inst.secType == "FUT":
+                acct.cash[inst.currency] = acct.cash.get(inst.currency, 0.0) + gross
+            pos.quantity += signed
+            if abs(pos.quantity) < 1e-9:
+                pos.quantity = 0.0
+                pos.avgCost = 0.0
+            elif (pos.quantity > 0) != (direction > 0):
+                pos.avgCost = unit  # flipped: the rest opened at this price
+            pos.realized += realized
+            acct.realized[inst.currency] = acct.realized.get(inst.currency, 0.0) + realized
+        if pos.quantity == 0 and not pos.realized:
+            acct.positions.pop(inst.key, None)
+        return realized
+
+    # -- day roll ----------------------------------------------------------------------------------------------
+    def roll_day(self) -> None:
+        for order in self.active_orders():
+            if order.tif == "OPG":
+                px = self._marketable(order, self.instruments[order.key])
+                if px is not None:
+                    self.execute(order, order.remaining, px)
+                else:
+                    self._finish(order, "Cancelled", "Cancelled: opening order not marketable")
+        for order in self.active_orders():
+            if order.tif in ("DAY", ""):
+                self._finish(order, "Cancelled", "Cancelled: day order expired")
+        self.executions.clear()
+        for acct in self.accounts.values():
+            acct.realized.clear()
+            for key, pos in list(acct.positions.items()):
+                pos.realized = 0.0
+                if pos.quantity == 0:
+                    acct.positions.pop(key)
+            self.listener.account_changed(acct.id)
+        self.listener.state_changed()
+
+    # -- valuation ---------------------------------------------------------------------------------------------
+    def portfolio(self, account: str) -> list[tuple[Instrument, Position, float, float, float]]:
+        """(instrument, position, market price, market value, unrealized P&L) per position."""
+        acct = self.accounts[account]
+        out = []
+        for key, pos in acct.positions.items():
+            inst = self.instruments[key]
+            value = pos.quantity * inst.price * inst.multiplier
+            unrealized = value - pos.quantity * pos.avgCost
+            out.append((inst, pos, inst.price, value, unrealized))
+        return out
+
+    def valuation(self, account: str) -> dict[str, Any]:
+        acct = self.accounts[account]
+        base = acct.base
+        currencies = sorted(set(acct.cash) | {self.instruments[k].currency for k in acct.positions} | {base})
+        per: dict[str, dict[str, float]] = {
+            c: {
+                "cash": acct.cash.get(c, 0.0),
+                "stock": 0.0,
+                "fut": 0.0,
+                "unreal": 0.0,
+                "real": acct.realized.get(c, 0.0),
+            }
+            for c in currencies
+        }
+        gross = 0.0
+        fut_notional = 0.0
+        for inst, _pos, _price, value, unrealized in self.portfolio(account):
+            row = per[inst.currency]
+            rate = self.rate(inst.currency, base)
+            if inst.secType == "FUT":
+                row["fut"] += unrealized
+                fut_notional += abs(value) * rate
+            else:
+                row["stock"] += value
+                gross += abs(value) * rate
+            row["unreal"] += unrealized
+        rates = {c: self.rate(c, base) for c in currencies}
+        nlv_by = {c: r["cash"] + r["stock"] + r["fut"] for c, r in per.items()}
+        nlv = sum(nlv_by[c] * rates[c] for c in currencies)
+        cash_total = sum(per[c]["cash"] * rates[c] for c in currencies)
+        init = 0.25 * gross + 0.06 * fut_notional
+        maint = 0.20 * gross + 0.05 * fut_notional
+        available = nlv - init
+        excess = nlv - maint
+        return {
+            "base": base,
+            "per": per,
+            "rates": rates,
+            "nlv_by": nlv_by,
+            "NetLiquidation": nlv,
+            "TotalCashValue": cash_total,
+            "GrossPositionValue": gross,
+            "InitMarginReq": init,
+            "MaintMarginReq": maint,
+            "AvailableFunds": available,
+            "ExcessLiquidity": excess,
+            "BuyingPower": max(available, 0.0) * 4,
+            "EquityWithLoanValue": nlv,
+            "Cushion": excess / nlv if nlv else 0.0,
+            "UnrealizedPnL": sum(per[c]["unreal"] * rates[c] for c in currencies),
+            "RealizedPnL": sum(per[c]["real"] * rates[c] for c in currencies),
+        }
+
+    def account_values(self, account: str) -> list[tuple[str, str, str]]:
+        """(key, value, currency) rows as updateAccountValue sends them."""
+        v = self.valuation(account)
+        base = v["base"]
+        rows: list[tuple[str, str, str]] = [
+            ("AccountCode", account, ""),
+            ("AccountType", "INDIVIDUAL", ""),
+            ("AccountReady", "true", ""),
+            ("Currency", base, base),
+            ("RealCurrency", base, base),
+        ]
+        for tag in (
+            "NetLiquidation",
+            "TotalCashValue",
+            "SettledCash",
+            "GrossPositionValue",
+            "EquityWithLoanValue",
+            "InitMarginReq",
+            "MaintMarginReq",
+            "FullInitMarginReq",
+            "FullMaintMarginReq",
+            "AvailableFunds",
+            "FullAvailableFunds",
+            "ExcessLiquidity",
+            "FullExcessLiquidity",
+            "BuyingPower",
+            "UnrealizedPnL",
+            "RealizedPnL",
+        ):
+            source = {
+                "SettledCash": "TotalCashValue",
+                "FullInitMarginReq": "InitMarginReq",
+                "FullMaintMarginReq": "MaintMarginReq",
+                "FullAvailableFunds": "AvailableFunds",
+                "FullExcessLiquidity": "ExcessLiquidity",
+            }.get(tag, tag)
+            rows.append((tag, f"{v[source]:.2f}", base))
+        rows.append(("Cushion", f"{v['Cushion']:.6f}", ""))
+        totals = {"cash": 0.0, "stock": 0.0, "fut": 0.0, "unreal": 0.0, "real": 0.0, "nlv": 0.0}
+        for cur, r in v["per"].items():
+            rate = v["rates"][cur]
+            rows += [
+                ("CashBalance", f"{r['cash']:.2f}", cur),
+                ("TotalCashBalance", f"{r['cash']:.2f}", cur),
+                ("ExchangeRate", f"{rate:.8f}".rstrip("0").rstrip("."), cur),
+                ("NetLiquidationByCurrency", f"{v['nlv_by'][cur]:.2f}", cur),
+                ("StockMarketValue", f"{r['stock']:.2f}", cur),
+                ("FuturesPNL", f"{r['fut']:.2f}", cur),
+                ("UnrealizedPnL", f"{r['unreal']:.2f}", cur),
+                ("RealizedPnL", f"{r['real']:.2f}", cur),
+            ]
+            for name, amount in (("cash", r["cash"]), ("stock", r["stock"]), ("fut", r["fut"])):
+                totals[name] += amount * rate
+            totals["unreal"] += r["unreal"] * rate
+            totals["real"] += r["real"] * rate
+            totals["nlv"] += v["nlv_by"][cur] * rate
+        rows += [
+            ("CashBalance", f"{totals['cash']:.2f}", "BASE"),
+            ("TotalCashBalance", f"{totals['cash']:.2f}", "BASE"),
+            ("ExchangeRate", "1.00", "BASE"),
+            ("NetLiquidationByCurrency", f"{totals['nlv']:.2f}", "BASE"),
+            ("StockMarketValue", f"{totals['stock']:.2f}", "BASE"),
+            ("FuturesPNL", f"{totals['fut']:.2f}", "BASE"),
+            ("UnrealizedPnL", f"{totals['unreal']:.2f}", "BASE"),
+            ("RealizedPnL", f"{totals['real']:.2f}", "BASE"),
+        ]
+        return rows
+
+    def summary(self, account: str, tags: list[str]) -> list[tuple[str, str, str]]:
+        """(tag, value, currency) rows for reqAccountSummary."""
+        rows = self.account_values(account)
+        by_tag: dict[str, list[tuple[str, str, str]]] = {}
+        for tag, value, cur in rows:
+            by_tag.setdefault(tag, []).append((tag, value, cur))
+        out: list[tuple[str, str, str]] = []
+        ledger_tags = (
+            "CashBalance",
+            "TotalCashBalance",
+            "ExchangeRate",
+            "NetLiquidationByCurrency",
+            "StockMarketValue",
+            "FuturesPNL",
+            "UnrealizedPnL",
+            "RealizedPnL",
+        )
+        for tag in tags:
+            if tag.startswith("$LEDGER"):
+                _, _, which = tag.partition(":")
+                for lt in ledger_tags:
+                    for row in by_tag.get(lt, []):
+                        base_row = row[2] == "BASE" and which in ("", "ALL")
+                        if base_row or (row[2] not in ("BASE", "") and which in ("ALL", row[2])):
+                            out.append(row)
+                continue
+            for row in by_tag.get(tag, []):
+                if row[2] in ("", self.accounts[account].base):
+                    out.append(row)
+                    break
+        return out
+
+    # -- state -------------------------------------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "accounts": {
+                a.id: {
+                    "base": a.base,
+                    "cash": a.cash,
+                    "positions": {k: dataclasses.asdict(p) for k, p in a.positions.items()},
+                    "realized": a.realized,
+                }
+                for a in self.accounts.values()
+            },
+            "orders": [o.wire() for o in self.orders.values()],
+            "executions": self.executions,
+            "nextPerm": self.next_perm,
+            "execSeq": self.exec_seq,
+            "prices": {k: i.price for k, i in self.instruments.items()},
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for acct_id, a in state.get("accounts", {}).items():
+            acct = self.accounts.get(acct_id) or Account(acct_id, a.get("base", "USD"), {})
+            acct.cash = {k: float(v) for k, v in a.get("cash", {}).items()}
+            acct.positions = {k: Position(**p) for k, p in a.get("positions", {}).items() if k in self.instruments}
+            acct.realized = {k: float(v) for k, v in a.get("realized", {}).items()}
+            self.accounts[acct_id] = acct
+        for d in state.get("orders", []):
+            if d.get("key") not in self.instruments:
+                continue
+            d = dict(d)
+            d["algoParams"] = [tuple(p) for p in d.get("algoParams", [])]
+            order = SimOrder(**d)
+            self.orders[(order.clientId, order.orderId)] = order
+            self.by_perm[order.permId] = order
+        self.executions = list(state.get("executions", []))
+        self.next_perm = max(self.next_perm, int(state.get("nextPerm", 0)))
+        self.exec_seq = max(self.exec_seq, int(state.get("execSeq", 0)))
+        for key, price in state.get("prices", {}).items():
+            if key in self.instruments:
+                self.instruments[key].set_price(float(price))

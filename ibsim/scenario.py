@@ -1,0 +1,398 @@
+"""Scenarios: accounts, instruments, fill and fault settings from JSON or YAML, with errors that name the field."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import zlib
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+# ISO 4217 codes ibsim accepts, with a fallback rate in USD used when the scenario has no forex pair for them.
+USD_RATES: dict[str, float] = {
+    "USD": 1.0,
+    "EUR": 1.085,
+    "GBP": 1.265,
+    "JPY": 1 / 151.5,
+    "CAD": 1 / 1.36,
+    "CHF": 1.11,
+    "AUD": 0.655,
+    "NZD": 0.60,
+    "HKD": 0.128,
+    "SGD": 0.74,
+    "SEK": 0.095,
+    "NOK": 0.093,
+    "DKK": 0.145,
+    "CNH": 0.138,
+    "MXN": 0.059,
+    "ZAR": 0.053,
+    "PLN": 0.25,
+    "CZK": 0.043,
+    "HUF": 0.0027,
+    "ILS": 0.27,
+    "KRW": 0.00074,
+    "INR": 0.012,
+    "TRY": 0.031,
+}
+
+FAULT_ARGS: dict[str, dict[str, tuple[type, ...]]] = {
+    # action -> {arg: accepted types}; args not listed are rejected
+    "drop_connections": {},
+    "refuse_connections": {"seconds": (int, float)},
+    "send_error": {"code": (int,), "message": (str,), "req_id": (int,)},
+    "freeze": {},
+    "unfreeze": {},
+    "hold_fills": {},
+    "release_fills": {},
+    "set_latency": {"fixed": (int, float), "jitter": (int, float)},
+    "reject_next_order": {"code": (int,), "message": (str,)},
+    "restart": {"down_seconds": (int, float)},
+    "set_price": {"symbol": (str,), "price": (int, float)},
+    "roll_day": {},
+}
+FAULT_REQUIRED = {"refuse_connections": ("seconds",), "send_error": ("code",), "set_price": ("symbol", "price")}
+
+
+class ScenarioError(ValueError):
+    """A scenario is invalid; the message starts with the path of the offending field."""
+
+
+@dataclass
+class InstrumentSpec:
+    key: str  # how tests and the fault API name it: SPY, EUR.USD, ES
+    symbol: str  # the contract's symbol: SPY, EUR, ES
+    secType: str  # STK, CASH, FUT (ETF is a STK)
+    kind: str  # STK, ETF, CASH, FUT as the scenario says
+    exchange: str
+    primaryExchange: str
+    currency: str
+    multiplier: float
+    price: float
+    volatility: float
+    histVolatility: float
+    spreadTicks: int
+    minTick: float
+    conId: int
+    lastTradeDateOrContractMonth: str
+    longName: str
+    bars: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class PositionSpec:
+    symbol: str
+    quantity: float
+    avgCost: float | None
+
+
+@dataclass
+class AccountSpec:
+    id: str
+    baseCurrency: str
+    cash: dict[str, float]
+    positions: list[PositionSpec]
+
+
+@dataclass
+class FaultSpec:
+    at: float
+    action: str
+    args: dict[str, Any]
+
+
+@dataclass
+class Scenario:
+    name: str
+    seed: int
+    hours: str
+    accounts: list[AccountSpec]
+    instruments: list[InstrumentSpec]
+    maxFillSize: float
+    fillDelayMs: float
+    commission: dict[str, float]
+    latency: dict[str, float]
+    pacing: dict[str, float]
+    tickIntervalMs: float
+    faults: list[FaultSpec]
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    # -- construction ----------------------------------------------------------------------------------------
+    @classmethod
+    def default(cls) -> Scenario:
+        return cls.from_dict({})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Scenario:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise ScenarioError(f"{p}: cannot read: {e.strerror or e}") from e
+        if p.suffix.lower() == ".json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ScenarioError(f"{p}: not valid JSON: {e}") from e
+        else:
+            import yaml
+
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                raise ScenarioError(f"{p}: not valid YAML: {e}") from e
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ScenarioError("(top level): a scenario is a mapping of fields")
+        scenario = cls.from_dict(data)
+        if "name" not in data:
+            scenario.name = p.stem
+        return scenario
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Scenario:
+        if not isinstance(data, dict):
+            raise ScenarioError("(top level): a scenario is a mapping of fields")
+        _validate_schema(data)
+        merged = {**copy.deepcopy(_default_data()), **copy.deepcopy(data)}
+        if data and "name" not in data:
+            merged["name"] = "custom"
+        for key in ("commission", "latency", "pacing", "marketData", "generated"):
+            if key in data:
+                merged[key] = {**_default_data().get(key, {}), **data[key]} if key != "generated" else data[key]
+        return _build(merged, given=data)
+
+    def instrument(self, key: str) -> InstrumentSpec:
+        for inst in self.instruments:
+            if inst.key == key:
+                return inst
+        raise KeyError(key)
+
+
+@cache
+def _default_data() -> dict[str, Any]:
+    import yaml
+
+    text = resources.files("ibsim").joinpath("scenarios/default.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+@cache
+def _schema() -> dict[str, Any]:
+    return json.loads(resources.files("ibsim").joinpath("scenario.schema.json").read_text())
+
+
+def _path(parts: Any) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _validate_schema(data: dict[str, Any]) -> None:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    if errors:
+        err = jsonschema.exceptions.best_match(errors)
+        raise ScenarioError(f"{_path(err.absolute_path)}: {err.message}")
+
+
+def _currency(value: Any, where: str) -> str:
+    if not isinstance(value, str) or value not in USD_RATES:
+        raise ScenarioError(f"{where}: {value!r} is not a currency")
+    return value
+
+
+def front_quarterly(today: dt.date) -> str:
+    """The next quarterly expiry (third Friday of Mar/Jun/Sep/Dec) on or after today, as YYYYMMDD."""
+    year, month = today.year, today.month
+    while True:
+        if month % 3 == 0:
+            first = dt.date(year, month, 1)
+            third_friday = first + dt.timedelta(days=(4 - first.weekday()) % 7 + 14)
+            if third_friday >= today:
+                return third_friday.strftime("%Y%m%d")
+        month += 1
+        if month > 12:
+            year, month = year + 1, 1
+
+
+def _auto_con_id(key: str, sec_type: str) -> int:
+    return 100_000_000 + zlib.crc32(f"{sec_type}:{key}".encode()) % 900_000_000
+
+
+def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
+    instruments: list[InstrumentSpec] = []
+    seen: dict[str, str] = {}
+    con_ids: dict[int, str] = {}
+
+    def add(inst: InstrumentSpec, where: str) -> None:
+        if inst.key in seen:
+            raise ScenarioError(f"{where}.symbol: {inst.key!r} is defined twice (also at {seen[inst.key]})")
+        if inst.conId in con_ids:
+            raise ScenarioError(f"{where}.conId: {inst.conId} is already used by {con_ids[inst.conId]}")
+        seen[inst.key] = where
+        con_ids[inst.conId] = inst.key
+        instruments.append(inst)
+
+    for i, raw in enumerate(d.get("instruments") or []):
+        add(_instrument(raw, f"instruments[{i}]"), f"instruments[{i}]")
+
+    gen = d.get("generated") or {}
+    count = int(gen.get("count", 0))
+    if count:
+        prefix = gen.get("prefix", "SYM")
+        currency = _currency(gen.get("currency", "USD"), "generated.currency")
+        lo, hi = float(gen.get("priceMin", 10.0)), float(gen.get("priceMax", 400.0))
+        if hi < lo:
+            raise ScenarioError(f"generated.priceMax: {hi} is below priceMin {lo}")
+        width = max(3, len(str(count - 1)))
+        for n in range(count):
+            key = f"{prefix}{n:0{width}d}"
+            # deterministic, spread over the range, on a cent grid
+            frac = (zlib.crc32(key.encode()) % 10_000) / 10_000
+            price = round(lo + (hi - lo) * frac, 2)
+            raw = {
+                "symbol": key,
+                "secType": "STK",
+                "exchange": "SMART",
+                "primaryExchange": gen.get("primaryExchange", "NYSE"),
+                "currency": currency,
+                "price": max(price, 0.01),
+                "longName": f"SIMULATED STOCK {n}",
+            }
+            add(_instrument(raw, f"generated ({key})"), f"generated ({key})")
+
+    by_key = {inst.key: inst for inst in instruments}
+
+    accounts: list[AccountSpec] = []
+    ids: set[str] = set()
+    for i, raw in enumerate(d.get("accounts") or []):
+        where = f"accounts[{i}]"
+        acct_id = raw["id"]
+        if acct_id in ids:
+            raise ScenarioError(f"{where}.id: {acct_id!r} is defined twice")
+        ids.add(acct_id)
+        base = _currency(raw.get("baseCurrency", "USD"), f"{where}.baseCurrency")
+        cash = {}
+        for cur, amount in (raw.get("cash") or {}).items():
+            cash[_currency(cur, f"{where}.cash.{cur}")] = float(amount)
+        positions = []
+        for j, p in enumerate(raw.get("positions") or []):
+            inst = by_key.get(p["symbol"])
+            if inst is None:
+                raise ScenarioError(
+                    f"{where}.positions[{j}].symbol: {p['symbol']!r} is not an instrument of the scenario"
+                )
+            if inst.secType == "CASH":
+                raise ScenarioError(
+                    f"{where}.positions[{j}].symbol: {p['symbol']!r} is forex; IB books it as cash, use {where}.cash"
+                )
+            positions.append(PositionSpec(p["symbol"], float(p["quantity"]), p.get("avgCost")))
+        accounts.append(AccountSpec(acct_id, base, cash, positions))
+
+    faults = []
+    for i, raw in enumerate(d.get("faults") or []):
+        where = f"faults[{i}]"
+        action = raw["action"]
+        args = raw.get("args") or {}
+        allowed = FAULT_ARGS[action]
+        for name, value in args.items():
+            if name not in allowed:
+                raise ScenarioError(f"{where}.args.{name}: not an argument of {action}")
+            if isinstance(value, bool) or not isinstance(value, allowed[name]):
+                raise ScenarioError(f"{where}.args.{name}: {value!r} has the wrong type")
+        for name in FAULT_REQUIRED.get(action, ()):
+            if name not in args:
+                raise ScenarioError(f"{where}.args.{name}: {action} needs it")
+        if action == "set_price" and args["symbol"] not in by_key:
+            raise ScenarioError(f"{where}.args.symbol: {args['symbol']!r} is not an instrument of the scenario")
+        faults.append(FaultSpec(float(raw["at"]), action, dict(args)))
+
+    return Scenario(
+        name=str(d.get("name", "default")),
+        seed=int(d.get("seed", 42)),
+        hours=d.get("hours", "always"),
+        accounts=accounts,
+        instruments=instruments,
+        maxFillSize=float(d.get("maxFillSize", 500)),
+        fillDelayMs=float(d.get("fillDelayMs", 5)),
+        commission={k: float(v) for k, v in (d.get("commission") or {}).items()},
+        latency={k: float(v) for k, v in (d.get("latency") or {}).items()},
+        pacing={k: float(v) for k, v in (d.get("pacing") or {}).items()},
+        tickIntervalMs=float((d.get("marketData") or {}).get("tickIntervalMs", 500)),
+        faults=faults,
+        raw=copy.deepcopy(given),
+    )
+
+
+_DEFAULT_EXCHANGE = {"STK": "SMART", "ETF": "SMART", "CASH": "IDEALPRO", "FUT": "CME"}
+
+
+def _instrument(raw: dict[str, Any], where: str) -> InstrumentSpec:
+    kind = raw["secType"]
+    sec_type = "STK" if kind == "ETF" else kind
+    key = raw["symbol"]
+    exchange = raw.get("exchange") or _DEFAULT_EXCHANGE[kind]
+    if sec_type == "CASH":
+        base, dot, quote = key.partition(".")
+        if not dot or len(base) != 3 or len(quote) != 3:
+            raise ScenarioError(f"{where}.symbol: forex is written BASE.QUOTE like EUR.USD, not {key!r}")
+        _currency(base, f"{where}.symbol")
+        _currency(quote, f"{where}.symbol")
+        if "currency" in raw and raw["currency"] != quote:
+            raise ScenarioError(f"{where}.currency: {raw['currency']!r} is not the quote currency of {key} ({quote})")
+        symbol, currency = base, quote
+        default_tick = 0.005 if quote == "JPY" else 0.00005
+        primary = raw.get("primaryExchange", "")
+    else:
+        if not key.replace(".", "").replace(" ", "").isalnum():
+            raise ScenarioError(f"{where}.symbol: {key!r} is not a symbol")
+        symbol = key
+        currency = _currency(raw.get("currency", "USD"), f"{where}.currency")
+        default_tick = 0.25 if sec_type == "FUT" else 0.01
+        primary = raw.get("primaryExchange", exchange if exchange != "SMART" else "")
+    if sec_type == "FUT" and "multiplier" not in raw:
+        raise ScenarioError(f"{where}.multiplier: a future needs its multiplier")
+    last_trade = ""
+    if sec_type == "FUT":
+        last_trade = raw.get("lastTradeDateOrContractMonth") or front_quarterly(dt.date.today())
+    elif "lastTradeDateOrContractMonth" in raw:
+        raise ScenarioError(f"{where}.lastTradeDateOrContractMonth: only futures expire")
+    bars = []
+    for j, bar in enumerate(raw.get("bars") or []):
+        date = str(bar["date"]).replace("-", "")
+        try:
+            dt.datetime.strptime(date, "%Y%m%d")
+        except ValueError:
+            raise ScenarioError(f"{where}.bars[{j}].date: {bar['date']!r} is not a date (YYYYMMDD)") from None
+        if not (bar["low"] <= min(bar["open"], bar["close"]) and bar["high"] >= max(bar["open"], bar["close"])):
+            raise ScenarioError(f"{where}.bars[{j}]: high/low do not contain open and close")
+        bars.append({**bar, "date": date})
+    bars.sort(key=lambda b: b["date"])
+    vol_default = {"CASH": 0.08, "FUT": 0.18}.get(sec_type, 0.22)
+    return InstrumentSpec(
+        key=key,
+        symbol=symbol,
+        secType=sec_type,
+        kind=kind,
+        exchange=exchange,
+        primaryExchange=primary,
+        currency=currency,
+        multiplier=float(raw.get("multiplier", 1)),
+        price=float(raw["price"]),
+        volatility=float(raw.get("volatility", 0.0)),
+        histVolatility=float(raw.get("histVolatility", vol_default)),
+        spreadTicks=int(raw.get("spreadTicks", 1)),
+        minTick=float(raw.get("minTick", default_tick)),
+        conId=int(raw.get("conId") or _auto_con_id(key, sec_type)),
+        lastTradeDateOrContractMonth=last_trade,
+        longName=raw.get("longName", key),
+        bars=bars,
+    )
