@@ -19,6 +19,12 @@ resource "google_compute_subnetwork" "vm" {
   network                  = google_compute_network.vpc.id
   ip_cidr_range            = "10.20.0.0/28"
   private_ip_google_access = true
+  # VPC flow logs, sampled: one VM's traffic to IB and Google APIs is small and cheap to keep.
+  log_config {
+    aggregation_interval = "INTERVAL_10_MIN"
+    flow_sampling        = 0.5
+    metadata             = "INCLUDE_ALL_METADATA"
+  }
 }
 
 resource "google_compute_router" "nat" {
