@@ -1,0 +1,158 @@
+"""Fixtures for the simulated gateway's tests: a gateway per test, real ib_insync clients, raw sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from ib_insync import IB
+
+from ibsim import ThreadedGateway
+
+
+def ensure_loop() -> None:
+    """ib_insync's sync API uses the thread's current event loop; async tests may have left none behind."""
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+        if loop.is_closed():
+            raise RuntimeError
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
+def wait_until(ib: IB, predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    """Lets ib_insync process messages until predicate() is truthy; fails the test after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        ib.sleep(0.005)
+
+
+def poll(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def gw() -> Iterator[ThreadedGateway]:
+    with ThreadedGateway(port=0) as g:
+        yield g
+
+
+@pytest.fixture
+def connect(gw: ThreadedGateway) -> Iterator[Callable[..., IB]]:
+    clients: list[IB] = []
+
+    def _connect(client_id: int = 1, port: int | None = None, timeout: float = 4, **kwargs: Any) -> IB:
+        ensure_loop()
+        ib = IB()
+        clients.append(ib)
+        ib.connect("127.0.0.1", port or gw.port, clientId=client_id, timeout=timeout, **kwargs)
+        return ib
+
+    yield _connect
+    for ib in clients:
+        ib.disconnect()
+
+
+@pytest.fixture
+def ib(connect: Callable[..., IB]) -> IB:
+    return connect(1)
+
+
+# -- raw sockets -------------------------------------------------------------------------------------------------
+def frame(*fields: Any) -> bytes:
+    payload = "".join(f"{f}\0" for f in fields).encode()
+    return struct.pack(">I", len(payload)) + payload
+
+
+class Raw:
+    """A bare TWS API client on a socket, for what ib_insync would never send."""
+
+    def __init__(self, port: int, versions: str = "v157..176") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buf = b""
+        text = versions.encode()
+        self.sock.sendall(b"API\0" + struct.pack(">I", len(text)) + text)
+
+    def send(self, *fields: Any) -> None:
+        self.sock.sendall(frame(*fields))
+
+    def recv(self, timeout: float = 5.0) -> list[str] | None:
+        """The next message's fields, or None when the server closed the connection."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if len(self.buf) >= 4:
+                (size,) = struct.unpack(">I", self.buf[:4])
+                if len(self.buf) >= 4 + size:
+                    msg = self.buf[4 : 4 + size].decode()
+                    self.buf = self.buf[4 + size :]
+                    return msg.split("\0")[:-1]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no message from the server")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                return None
+            if not data:
+                return None
+            self.buf += data
+
+    def until(self, predicate: Callable[[list[str]], bool], timeout: float = 5.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.recv(max(0.01, deadline - time.monotonic()))
+            if msg is None:
+                raise ConnectionError("closed by the server")
+            if predicate(msg):
+                return msg
+
+    def start(self, client_id: int) -> list[str]:
+        """Handshake + startApi; returns the handshake reply."""
+        hello = self.recv()
+        assert hello is not None
+        self.send(71, 2, client_id, "")
+        self.until(lambda m: m[0] == "9")
+        return hello
+
+    def closed(self, timeout: float = 5.0) -> bool:
+        try:
+            while True:
+                if self.recv(timeout) is None:
+                    return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def raw(gw: ThreadedGateway) -> Iterator[Callable[..., Raw]]:
+    made: list[Raw] = []
+
+    def _raw(versions: str = "v157..176") -> Raw:
+        r = Raw(gw.port, versions)
+        made.append(r)
+        return r
+
+    yield _raw
+    for r in made:
+        r.close()

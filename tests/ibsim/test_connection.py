@@ -1,0 +1,129 @@
+"""Handshake, client ids, connect speed, malformed input and unsupported requests."""
+
+from __future__ import annotations
+
+import statistics
+import struct
+import time
+
+import pytest
+from ib_insync import IB
+
+from ibsim import ThreadedGateway
+from ibsim.protocol import MAX_VERSION
+
+from .conftest import ensure_loop, poll, wait_until
+
+
+def test_connect_completes_fast_without_startup_timeouts(gw: ThreadedGateway, connect, caplog) -> None:
+    times = []
+    for client_id in range(1, 6):
+        t0 = time.perf_counter()
+        ib = connect(client_id)
+        times.append(time.perf_counter() - t0)
+        assert ib.isConnected()
+        assert ib.client.serverVersion() == MAX_VERSION
+        assert ib.managedAccounts() == ["DU123456"]
+    assert statistics.median(times) < 0.2, times
+    assert not [r for r in caplog.records if "timed out" in r.getMessage()]
+    assert gw.connected_client_ids() == [1, 2, 3, 4, 5]
+
+
+def test_farm_notices_arrive_as_warnings(gw: ThreadedGateway) -> None:
+    ensure_loop()
+    ib = IB()
+    codes: list[int] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: codes.append(code)
+    ib.connect("127.0.0.1", gw.port, clientId=3, timeout=4)
+    try:
+        wait_until(ib, lambda: {2104, 2106, 2158} <= set(codes), what="farm notices")
+    finally:
+        ib.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("versions", "expected"),
+    [("v100..200", 176), ("v157..176", 176), ("v157..160", 160), ("v100..157", 157), ("v170..187 +PACEAPI", 176)],
+)
+def test_handshake_picks_highest_common_version(raw, versions: str, expected: int) -> None:
+    r = raw(versions)
+    hello = r.recv()
+    assert hello is not None
+    assert len(hello) == 2
+    assert int(hello[0]) == expected
+    assert hello[1][:8].isdigit()
+
+
+@pytest.mark.parametrize(("versions", "code"), [("v180..190", "503"), ("v100..150", "506")])
+def test_handshake_without_common_version_errors_and_closes(raw, versions: str, code: str) -> None:
+    r = raw(versions)
+    msg = r.recv()
+    assert msg is not None
+    assert msg[0] == "4"
+    assert msg[3] == code
+    assert r.closed()
+
+
+def test_duplicate_client_id_gets_326_and_is_closed(gw: ThreadedGateway, connect) -> None:
+    first = connect(7)
+    ensure_loop()
+    second = IB()
+    errors: list[int] = []
+    second.errorEvent += lambda req_id, code, msg, contract: errors.append(code)
+    with pytest.raises((TimeoutError, ConnectionError)):
+        second.connect("127.0.0.1", gw.port, clientId=7, timeout=1)
+    assert 326 in errors
+    assert not second.isConnected()
+    assert first.reqCurrentTime()
+    assert gw.connected_client_ids() == [7]
+    # the id is free again once its owner leaves
+    first.disconnect()
+    poll(lambda: gw.connected_client_ids() == [], what="client 7 to go away")
+    third = connect(7)
+    assert third.isConnected()
+
+
+def test_malformed_frames_close_only_that_connection(gw: ThreadedGateway, ib: IB, raw) -> None:
+    garbage = raw()
+    garbage.sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    assert garbage.closed()
+
+    bad_length = raw()
+    bad_length.start(50)
+    bad_length.sock.sendall(struct.pack(">I", 0xFFFFFFF0) + b"xx")
+    assert bad_length.closed()
+
+    bad_id = raw()
+    bad_id.start(51)
+    bad_id.send("notanumber", 1)
+    assert bad_id.closed()
+
+    assert ib.isConnected()
+    assert ib.reqCurrentTime()
+    assert gw.connected_client_ids() == [1]
+
+
+def test_unsupported_request_gets_321_and_never_hangs(ib: IB, raw) -> None:
+    errors: list[tuple[int, int, str]] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: errors.append((req_id, code, msg))
+    t0 = time.perf_counter()
+    assert not ib.reqMatchingSymbols("SP")
+    assert time.perf_counter() - t0 < 2
+    assert any(code == 321 and "Unsupported request" in msg for _, code, msg in errors)
+
+    r = raw()
+    r.start(60)
+    r.send(82)  # reqMktDepthExchanges: no request id
+    msg = r.until(lambda m: m[0] == "4" and m[3] == "321")
+    assert msg[2] == "-1"
+    r.send(87, 4242, 0, "SPY", "STK", "", 0, "", "", "SMART", "", "USD", "", "", 0, 1, "TRADES", 1)
+    msg = r.until(lambda m: m[0] == "4" and m[3] == "321")
+    assert msg[2] == "4242"
+
+
+def test_reconnect_after_disconnect_keeps_serving(gw: ThreadedGateway, connect) -> None:
+    ib = connect(9)
+    ib.disconnect()
+    poll(lambda: 9 not in gw.connected_client_ids(), what="disconnect seen")
+    ib2 = connect(9)
+    assert ib2.reqCurrentTime()

@@ -1,0 +1,304 @@
+"""Order lifecycle through ib_insync: fills, partial fills, limits, stops, cancels, rejections, reconnects."""
+
+from __future__ import annotations
+
+import pytest
+from ib_insync import IB, ExecutionFilter, Forex, LimitOrder, MarketOrder, Order, Stock, StopOrder, TagValue, Trade
+
+from ibsim import ThreadedGateway
+
+from .conftest import poll, wait_until
+
+SPY = Stock("SPY", "SMART", "USD")
+
+
+def done(ib: IB, trade: Trade, timeout: float = 5.0) -> Trade:
+    wait_until(ib, trade.isDone, timeout, what=f"order {trade.order.orderId} to finish ({trade.orderStatus.status})")
+    return trade
+
+
+def test_market_order_full_status_sequence(gw: ThreadedGateway, ib: IB) -> None:
+    events: list[str] = []
+    ib.orderStatusEvent += lambda t: events.append(f"status:{t.orderStatus.status}")
+    ib.execDetailsEvent += lambda t, f: events.append("exec")
+    ib.commissionReportEvent += lambda t, f, r: events.append("commission")
+    trade = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 100, orderRef="ref-1")))
+
+    assert trade.orderStatus.status == "Filled"
+    assert trade.orderStatus.filled == 100
+    assert trade.orderStatus.remaining == 0
+    assert trade.orderStatus.avgFillPrice == 520.01  # the ask
+    assert trade.order.permId > 0
+    assert events == ["status:PreSubmitted", "status:Submitted", "exec", "commission", "status:Filled"]
+    assert [e.status for e in trade.log][:3] == ["PendingSubmit", "PreSubmitted", "Submitted"]
+
+    fills = ib.fills()
+    assert len(fills) == 1
+    fill = fills[0]
+    assert fill.execution.side == "BOT"
+    assert fill.execution.orderRef == "ref-1"
+    assert fill.commissionReport.execId == fill.execution.execId
+    assert fill.commissionReport.commission == pytest.approx(1.0)  # 100 x $0.005, minimum $1
+    assert fill.commissionReport.currency == "USD"
+    parts = fill.execution.execId.split(".")
+    assert len(parts) == 4
+    assert (len(parts[0]), len(parts[1]), parts[2:]) == (8, 8, ["01", "01"])
+
+    server = gw.orders()[0]
+    assert server["status"] == "Filled"
+    assert server["permId"] == trade.order.permId
+    assert server["orderRef"] == "ref-1"
+    assert gw.executions()[0]["execId"] == fill.execution.execId
+    # positions and account values are current by the time the trade is reported filled
+    assert {p.contract.symbol: p.position for p in ib.positions()} == {"SPY": 100}
+    assert {p.contract.symbol: p.position for p in ib.portfolio()} == {"SPY": 100}
+
+
+def test_sell_fills_at_bid_and_commission_has_minimum(ib: IB) -> None:
+    trade = done(ib, ib.placeOrder(SPY, MarketOrder("SELL", 10)))
+    assert trade.orderStatus.avgFillPrice == 519.99
+    assert trade.fills[0].execution.side == "SLD"
+    assert trade.fills[0].commissionReport.commission == pytest.approx(1.0)
+
+
+def test_large_order_fills_in_parts(gw: ThreadedGateway, ib: IB) -> None:
+    partials: list[float] = []
+    trade = ib.placeOrder(SPY, MarketOrder("BUY", 1200))
+    trade.statusEvent += lambda t: partials.append(t.orderStatus.filled)
+    done(ib, trade)
+    assert [f.execution.shares for f in trade.fills] == [500, 500, 200]
+    assert [f.execution.cumQty for f in trade.fills] == [500, 1000, 1200]
+    assert 500 in partials
+    assert 1000 in partials
+    assert sum(f.commissionReport.commission for f in trade.fills) == pytest.approx(6.0)
+    assert len(gw.executions()) == 3
+    assert gw.positions() == {"SPY": 1200}
+
+
+def test_limit_order_rests_until_the_price_crosses(gw: ThreadedGateway, ib: IB) -> None:
+    trade = ib.placeOrder(SPY, LimitOrder("BUY", 50, 510.0, tif="GTC"))
+    wait_until(ib, lambda: trade.orderStatus.status == "Submitted", what="Submitted")
+    ib.sleep(0.05)
+    assert trade.orderStatus.status == "Submitted"
+    assert [t.order.orderId for t in ib.openTrades()] == [trade.order.orderId]
+    gw.set_price("SPY", 509.5)
+    done(ib, trade)
+    assert trade.orderStatus.status == "Filled"
+    assert trade.orderStatus.avgFillPrice <= 510.0
+    assert gw.positions() == {"SPY": 50}
+
+
+def test_marketable_limit_fills_at_once(ib: IB) -> None:
+    trade = done(ib, ib.placeOrder(SPY, LimitOrder("BUY", 10, 530.0)))
+    assert trade.orderStatus.avgFillPrice == 520.01
+
+
+def test_stop_order_triggers(gw: ThreadedGateway, ib: IB) -> None:
+    trade = ib.placeOrder(SPY, StopOrder("SELL", 20, 515.0))
+    wait_until(ib, lambda: trade.orderStatus.status == "Submitted", what="Submitted")
+    gw.set_price("SPY", 516.0)
+    ib.sleep(0.05)
+    assert trade.orderStatus.status == "Submitted"
+    gw.set_price("SPY", 514.0)
+    done(ib, trade)
+    assert trade.orderStatus.avgFillPrice == 513.99
+
+
+def test_cancel_gives_cancelled_and_202(gw: ThreadedGateway, ib: IB) -> None:
+    codes: list[int] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: codes.append(code)
+    trade = ib.placeOrder(SPY, LimitOrder("BUY", 5, 400.0))
+    wait_until(ib, lambda: trade.orderStatus.status == "Submitted", what="Submitted")
+    ib.cancelOrder(trade.order)
+    done(ib, trade)
+    assert trade.orderStatus.status == "Cancelled"
+    wait_until(ib, lambda: 202 in codes, what="error 202")
+    assert gw.orders()[0]["status"] == "Cancelled"
+    assert not ib.openTrades()
+
+
+def test_reject_next_order(gw: ThreadedGateway, ib: IB) -> None:
+    errors: list[tuple[int, int, str]] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: errors.append((req_id, code, msg))
+    gw.reject_next_order(201, "Order rejected - reason:Simulated margin shortfall")
+    trade = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 1)))
+    assert trade.orderStatus.status == "Cancelled"
+    assert (trade.order.orderId, 201, "Order rejected - reason:Simulated margin shortfall") in errors
+    assert gw.positions() == {}
+    # only the next one
+    assert done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 1))).orderStatus.status == "Filled"
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        MarketOrder("BUY", 0),
+        MarketOrder("BUY", -5),
+        Order(action="BUY", totalQuantity=1, orderType="LMT"),
+        Order(action="BUY", totalQuantity=1, orderType="STP"),
+        MarketOrder("BUY", 1.5),
+        MarketOrder("HOLD", 1),
+        Order(action="BUY", totalQuantity=1, orderType="TRAIL", auxPrice=1.0),
+    ],
+    ids=["zero", "negative", "lmt-no-price", "stp-no-stop", "fractional", "bad-action", "unsupported-type"],
+)
+def test_invalid_orders_get_201(gw: ThreadedGateway, ib: IB, order: Order) -> None:
+    codes: list[int] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: codes.append(code)
+    trade = done(ib, ib.placeOrder(SPY, order))
+    assert trade.orderStatus.status == "Cancelled"
+    assert 201 in codes
+    assert gw.orders() == []
+
+
+def test_unknown_contract_order_gets_200(gw: ThreadedGateway, ib: IB) -> None:
+    codes: list[int] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: codes.append(code)
+    trade = done(ib, ib.placeOrder(Stock("NOPE", "SMART", "USD"), MarketOrder("BUY", 1)))
+    assert trade.orderStatus.status == "Cancelled"
+    assert 200 in codes
+
+
+def test_adaptive_algo_with_order_ref(gw: ThreadedGateway, ib: IB) -> None:
+    order = MarketOrder("BUY", 30, orderRef="rebalance:abc:SPY", tif="DAY")
+    order.algoStrategy = "Adaptive"
+    order.algoParams = [TagValue("adaptivePriority", "Normal")]
+    trade = done(ib, ib.placeOrder(SPY, order))
+    assert trade.orderStatus.status == "Filled"
+    server = gw.orders()[0]
+    assert server["algoStrategy"] == "Adaptive"
+    assert server["orderRef"] == "rebalance:abc:SPY"
+    assert server["tif"] == "DAY"
+    # the same client sees the algo in reqOpenOrders-style data after a reconnect too
+    assert gw.executions()[0]["orderRef"] == "rebalance:abc:SPY"
+
+
+def test_ioc_not_marketable_is_cancelled(ib: IB) -> None:
+    trade = done(ib, ib.placeOrder(SPY, LimitOrder("BUY", 10, 500.0, tif="IOC")))
+    assert trade.orderStatus.status == "Cancelled"
+    assert trade.orderStatus.filled == 0
+
+
+def test_modify_resting_order(gw: ThreadedGateway, ib: IB) -> None:
+    trade = ib.placeOrder(SPY, LimitOrder("BUY", 10, 500.0, tif="GTC"))
+    wait_until(ib, lambda: trade.orderStatus.status == "Submitted", what="Submitted")
+    trade.order.lmtPrice = 525.0
+    ib.placeOrder(SPY, trade.order)
+    done(ib, trade)
+    assert trade.orderStatus.avgFillPrice == 520.01
+    assert gw.orders()[0]["lmtPrice"] == 525.0
+
+
+def test_what_if_order(ib: IB) -> None:
+    state = ib.whatIfOrder(SPY, MarketOrder("BUY", 100))
+    assert float(state.initMarginChange) > 0
+    assert state.commissionCurrency == "USD"
+
+
+def test_orders_and_executions_survive_reconnect(gw: ThreadedGateway, connect) -> None:
+    ib = connect(5)
+    filled = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 10, orderRef="keep")))
+    resting = ib.placeOrder(SPY, LimitOrder("SELL", 5, 600.0, tif="GTC", orderRef="rest"))
+    wait_until(ib, lambda: resting.orderStatus.status == "Submitted", what="Submitted")
+    ib.disconnect()
+    poll(lambda: 5 not in gw.connected_client_ids(), what="disconnect")
+
+    ib = connect(5)
+    open_trades = ib.openTrades()
+    assert [(t.order.orderId, t.order.orderRef, t.orderStatus.status) for t in open_trades] == [
+        (resting.order.orderId, "rest", "Submitted")
+    ]
+    assert [f.execution.execId for f in ib.fills()] == [filled.fills[0].execution.execId]
+    assert ib.fills()[0].commissionReport.commission == pytest.approx(1.0)
+    completed = ib.reqCompletedOrders(apiOnly=True)
+    assert [(t.order.permId, t.orderStatus.status, t.order.orderRef) for t in completed] == [
+        (filled.order.permId, "Filled", "keep")
+    ]
+    executions = ib.reqExecutions()
+    assert [f.execution.permId for f in executions] == [filled.order.permId]
+    # new orders from this client get fresh ids
+    newer = ib.placeOrder(SPY, MarketOrder("BUY", 1))
+    assert newer.order.orderId > resting.order.orderId
+    done(ib, newer)
+    # and a different client does not see client 5's open orders, but reqAllOpenOrders does
+    other = connect(6)
+    assert other.openTrades() == []
+    assert [t.order.orderRef for t in other.reqAllOpenOrders()] == ["rest"]
+
+
+def test_execution_filter(gw: ThreadedGateway, connect) -> None:
+    a = connect(11)
+    b = connect(12)
+    done(a, a.placeOrder(SPY, MarketOrder("BUY", 3)))
+    done(b, b.placeOrder(Stock("AAPL", "SMART", "USD"), MarketOrder("SELL", 4)))
+    done(a, a.placeOrder(Forex("EURUSD"), MarketOrder("BUY", 20000)))
+
+    def symbols(flt: ExecutionFilter) -> list[str]:
+        return sorted(f.contract.symbol for f in a.reqExecutions(flt))
+
+    assert symbols(ExecutionFilter()) == ["AAPL", "EUR", "SPY"]
+    assert symbols(ExecutionFilter(clientId=12)) == ["AAPL"]
+    assert symbols(ExecutionFilter(symbol="SPY")) == ["SPY"]
+    assert symbols(ExecutionFilter(secType="CASH")) == ["EUR"]
+    assert symbols(ExecutionFilter(side="SELL")) == ["AAPL"]
+    assert symbols(ExecutionFilter(exchange="IDEALPRO")) == ["EUR"]
+    assert symbols(ExecutionFilter(acctCode="DU123456")) == ["AAPL", "EUR", "SPY"]
+    assert symbols(ExecutionFilter(acctCode="DU999")) == []
+    assert symbols(ExecutionFilter(time="20000101 00:00:00")) == ["AAPL", "EUR", "SPY"]
+    assert symbols(ExecutionFilter(time="20990101-00:00:00")) == []
+
+
+def test_hold_fills_then_release(gw: ThreadedGateway, ib: IB) -> None:
+    gw.hold_fills(True)
+    trade = ib.placeOrder(SPY, MarketOrder("BUY", 7))
+    wait_until(ib, lambda: trade.orderStatus.status == "Submitted", what="Submitted")
+    ib.sleep(0.1)
+    assert trade.orderStatus.status == "Submitted"
+    assert gw.executions() == []
+    gw.hold_fills(False)
+    done(ib, trade)
+    assert trade.orderStatus.filled == 7
+
+
+def test_roll_day_expires_day_orders(gw: ThreadedGateway, ib: IB) -> None:
+    gw.hold_fills(True)
+    partial = ib.placeOrder(SPY, MarketOrder("BUY", 800))
+    day = ib.placeOrder(SPY, LimitOrder("BUY", 5, 500.0))
+    gtc = ib.placeOrder(SPY, LimitOrder("BUY", 5, 500.0, tif="GTC"))
+    wait_until(ib, lambda: all(t.orderStatus.status == "Submitted" for t in (partial, day, gtc)), what="Submitted")
+    # one execution of 500, then hold the rest
+    gw.hold_fills(False)
+    wait_until(ib, lambda: partial.orderStatus.filled >= 500, what="first fill")
+    gw.hold_fills(True)
+    ib.sleep(0.05)
+    gw.roll_day()
+    wait_until(ib, lambda: day.isDone() and partial.isDone(), what="day orders to expire")
+    assert day.orderStatus.status == "Cancelled"
+    assert partial.orderStatus.status in ("Cancelled", "Filled")
+    if partial.orderStatus.status == "Cancelled":
+        assert partial.orderStatus.filled == 500
+    assert gtc.orderStatus.status == "Submitted"
+    assert gw.executions() == []
+    assert gw.positions()["SPY"] == partial.orderStatus.filled
+    assert {t.orderStatus.status for t in ib.reqCompletedOrders(False)} >= {"Cancelled"}
+
+
+def test_fx_order_moves_cash_not_positions(gw: ThreadedGateway, ib: IB) -> None:
+    before = gw.cash()
+    trade = done(ib, ib.placeOrder(Forex("EURUSD"), MarketOrder("BUY", 10000)))
+    price = trade.orderStatus.avgFillPrice
+    assert price == pytest.approx(1.08505)
+    after = gw.cash()
+    commission = trade.fills[0].commissionReport.commission
+    assert commission == pytest.approx(2.0)  # 0.2 bp of ~10,850 USD is below the $2 minimum
+    assert after["EUR"] == pytest.approx(before["EUR"] + 10000)
+    assert after["USD"] == pytest.approx(before["USD"] - price * 10000 - commission)
+    assert gw.positions() == {}
+    wait_until(
+        ib,
+        lambda: any(
+            v.tag == "CashBalance" and v.currency == "EUR" and float(v.value) == pytest.approx(60000)
+            for v in ib.accountValues()
+        ),
+        what="EUR cash balance",
+    )
