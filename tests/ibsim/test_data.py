@@ -1,0 +1,264 @@
+"""Contracts, account, positions and market data through ib_insync."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from ib_insync import IB, Contract, Forex, Future, MarketOrder, Stock
+
+from ibsim import Scenario, ThreadedGateway
+
+from .conftest import ensure_loop, wait_until
+
+
+def values(ib: IB, tag: str) -> dict[str, float]:
+    return {v.currency: float(v.value) for v in ib.accountValues() if v.tag == tag}
+
+
+# -- contracts -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("contract", "expected"),
+    [
+        (Stock("SPY", "SMART", "USD"), ("STK", "SMART", "USD", "ARCA", 756733)),
+        (Stock("SPY", "ARCA", "USD"), ("STK", "ARCA", "USD", "ARCA", 756733)),
+        (Stock("AAPL", "NASDAQ", "USD"), ("STK", "NASDAQ", "USD", "NASDAQ", 265598)),
+        (Stock("SYM007", "NYSE", "USD"), ("STK", "NYSE", "USD", "NYSE", None)),
+        (Stock("SAP", "IBIS", "EUR"), ("STK", "IBIS", "EUR", "IBIS", None)),
+        (Stock("SAP", "SMART", "EUR"), ("STK", "SMART", "EUR", "IBIS", None)),
+        (Forex("EURUSD"), ("CASH", "IDEALPRO", "USD", "", 12087792)),
+        (Forex("USDJPY"), ("CASH", "IDEALPRO", "JPY", "", 15016059)),
+        (Future("ES", exchange="CME"), ("FUT", "CME", "USD", "", None)),
+    ],
+    ids=lambda v: getattr(v, "symbol", "") + getattr(v, "exchange", "") if isinstance(v, Contract) else "",
+)
+def test_qualify_each_kind(ib: IB, contract: Contract, expected: tuple) -> None:
+    sec_type, exchange, currency, primary, con_id = expected
+    [q] = ib.qualifyContracts(contract)
+    assert q.conId > 0
+    if con_id:
+        assert q.conId == con_id
+    assert (q.secType, q.exchange, q.currency) == (sec_type, exchange, currency)
+    if primary:
+        assert q.primaryExchange == primary
+
+
+def test_future_details(ib: IB) -> None:
+    [d] = ib.reqContractDetails(Future("ES", exchange="CME"))
+    c = d.contract
+    assert c.multiplier == "50"
+    assert len(c.lastTradeDateOrContractMonth) == 8
+    assert dt.datetime.strptime(c.lastTradeDateOrContractMonth, "%Y%m%d").date() >= dt.date.today()
+    assert d.contractMonth == c.lastTradeDateOrContractMonth[:6]
+    assert d.minTick == 0.25
+    # qualifying by month works too
+    [q] = ib.qualifyContracts(Future("ES", c.lastTradeDateOrContractMonth[:6], "CME"))
+    assert q.conId == c.conId
+
+
+def test_contract_details_hours_always_open(ib: IB) -> None:
+    [d] = ib.reqContractDetails(Stock("SPY", "SMART", "USD"))
+    assert d.timeZoneId == "America/New_York"
+    sessions = d.tradingSessions()
+    now = dt.datetime.now(dt.UTC)
+    assert any(s.start <= now < s.end for s in sessions)
+    assert d.liquidHours == d.tradingHours
+    assert d.longName == "SPDR S&P 500 ETF TRUST"
+    assert d.stockType == "ETF"
+
+
+def test_contract_details_regular_hours() -> None:
+    scenario = Scenario.from_dict({"hours": "regular"})
+    with ThreadedGateway(port=0, scenario=scenario) as gw:
+        ensure_loop()
+        ib = IB()
+        ib.connect("127.0.0.1", gw.port, clientId=1, timeout=4)
+        try:
+            [d] = ib.reqContractDetails(Stock("AAPL", "SMART", "USD"))
+            days = d.liquidHours.split(";")
+            weekday = next(x for x in days if not x.endswith("CLOSED"))
+            assert weekday.endswith("0930-" + weekday[:8] + ":1600")
+            for s in d.liquidSessions():
+                assert s.start.weekday() < 5
+                assert (s.start.hour, s.start.minute, s.end.hour) == (9, 30, 16)
+            assert any(x.endswith("CLOSED") for x in days)
+            [sap] = ib.reqContractDetails(Stock("SAP", "IBIS", "EUR"))
+            assert sap.timeZoneId == "Europe/Berlin"
+        finally:
+            ib.disconnect()
+
+
+def test_unknown_contract_gets_200(ib: IB) -> None:
+    errors: list[int] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: errors.append(code)
+    assert ib.qualifyContracts(Stock("NOSUCH", "SMART", "USD")) == []
+    assert ib.reqContractDetails(Stock("SPY", "SMART", "EUR")) == []
+    assert errors == [200, 200]
+
+
+# -- account ---------------------------------------------------------------------------------------------------------
+def test_account_values_at_start(ib: IB) -> None:
+    wanted = {"NetLiquidation", "TotalCashValue", "CashBalance", "BuyingPower", "AvailableFunds", "ExchangeRate"}
+    assert wanted <= {v.tag for v in ib.accountValues()}
+    cash = values(ib, "CashBalance")
+    assert cash == {"USD": 1_000_000, "EUR": 50_000, "BASE": pytest.approx(1_000_000 + 50_000 * 1.085)}
+    assert values(ib, "ExchangeRate")["EUR"] == pytest.approx(1.085)
+    assert values(ib, "NetLiquidation")["USD"] == pytest.approx(1_054_250)
+    assert values(ib, "GrossPositionValue")["USD"] == 0
+    summary = {(v.tag, v.currency): float(v.value) for v in ib.accountSummary() if v.tag != "AccountType"}
+    assert summary[("NetLiquidation", "USD")] == pytest.approx(1_054_250)
+    assert summary[("TotalCashValue", "USD")] == pytest.approx(1_054_250)
+
+
+def test_account_values_move_after_a_fill(gw: ThreadedGateway, ib: IB) -> None:
+    trade = ib.placeOrder(Stock("MSFT", "SMART", "USD"), MarketOrder("BUY", 100))
+    wait_until(ib, trade.isDone, what="fill")
+    commission = trade.fills[0].commissionReport.commission
+    assert values(ib, "CashBalance")["USD"] == pytest.approx(1_000_000 - 100 * 420.01 - commission)
+    assert values(ib, "GrossPositionValue")["USD"] == pytest.approx(42_000)
+    assert values(ib, "NetLiquidation")["USD"] == pytest.approx(1_054_250 - 1.0 - commission)
+    [item] = ib.portfolio()
+    assert (item.contract.symbol, item.position, item.marketPrice, item.marketValue) == ("MSFT", 100, 420.0, 42_000)
+    assert item.averageCost == pytest.approx(420.01 + commission / 100)
+    # the market moves: portfolio and net liquidation follow
+    gw.set_price("MSFT", 430.0)
+    wait_until(ib, lambda: ib.portfolio()[0].marketPrice == 430.0, what="portfolio update")
+    wait_until(ib, lambda: values(ib, "NetLiquidation")["USD"] == pytest.approx(1_055_249 - commission), what="new NLV")
+
+
+def test_positions_changed_behind_the_clients_back(gw: ThreadedGateway, ib: IB) -> None:
+    gw.set_position("AAPL", 250, avg_cost=150.0)
+    wait_until(ib, lambda: [(p.contract.symbol, p.position) for p in ib.positions()] == [("AAPL", 250)], what="pos")
+    [pos] = ib.positions()
+    assert pos.avgCost == 150.0
+    assert gw.positions() == {"AAPL": 250}
+    assert gw.cash()["USD"] == 1_000_000  # cash unchanged
+    gw.set_cash("USD", 5_000.0)
+    wait_until(ib, lambda: values(ib, "CashBalance").get("USD") == 5_000, what="cash")
+    # and a fresh client sees them at once
+    ensure_loop()
+    other = IB()
+    other.connect("127.0.0.1", gw.port, clientId=2, timeout=4)
+    try:
+        assert [(p.contract.symbol, p.position) for p in other.positions()] == [("AAPL", 250)]
+        assert [(p.contract.symbol, p.position) for p in other.reqPositions()] == [("AAPL", 250)]
+    finally:
+        other.disconnect()
+    gw.set_position("AAPL", 0)
+    wait_until(ib, lambda: ib.positions() == [], what="position gone")
+
+
+def test_pnl_subscription(ib: IB) -> None:
+    pnl = ib.reqPnL("DU123456")
+    wait_until(ib, lambda: pnl.unrealizedPnL == pnl.unrealizedPnL, what="pnl")  # not NaN
+    assert pnl.unrealizedPnL == 0
+
+
+# -- market data -----------------------------------------------------------------------------------------------------
+def test_snapshot_tickers(ib: IB) -> None:
+    spy, eur, es = ib.qualifyContracts(Stock("SPY", "SMART", "USD"), Forex("EURUSD"), Future("ES", exchange="CME"))
+    tickers = ib.reqTickers(spy, eur, es)
+    t_spy, t_eur, t_es = tickers
+    assert (t_spy.bid, t_spy.ask, t_spy.last, t_spy.close) == (519.99, 520.01, 520.0, 520.0)
+    assert t_spy.bidSize > 0
+    assert (t_eur.bid, t_eur.ask) == (1.08495, 1.08505)
+    assert t_eur.marketPrice() == pytest.approx(1.085)
+    assert (t_es.bid, t_es.ask) == (5249.75, 5250.25)
+
+
+def test_delayed_market_data(ib: IB) -> None:
+    ib.reqMarketDataType(3)
+    [t] = ib.reqTickers(Stock("AAPL", "SMART", "USD"))
+    assert (t.bid, t.ask, t.last) == (189.99, 190.01, 190.0)
+    assert t.marketDataType == 3
+
+
+def test_streaming_ticks_follow_the_price(gw: ThreadedGateway, ib: IB) -> None:
+    [qqq] = ib.qualifyContracts(Stock("QQQ", "SMART", "USD"))
+    ticker = ib.reqMktData(qqq)
+    wait_until(ib, lambda: ticker.last == 440.0, what="first ticks")
+    gw.set_price("QQQ", 441.5)
+    wait_until(ib, lambda: (ticker.bid, ticker.ask, ticker.last) == (441.49, 441.51, 441.5), what="new ticks")
+    ib.cancelMktData(qqq)
+    gw.set_price("QQQ", 450.0)
+    ib.sleep(0.05)
+    assert ticker.last == 441.5
+
+
+def test_unknown_market_data_is_200(ib: IB) -> None:
+    errors: list[int] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: errors.append(code)
+    [t] = ib.reqTickers(Stock("NOSUCH", "SMART", "USD", conId=0))
+    assert t.bid != t.bid  # NaN: nothing arrived
+    assert 200 in errors
+
+
+def test_historical_daily_bars_are_deterministic(gw: ThreadedGateway, ib: IB) -> None:
+    spy = Stock("SPY", "SMART", "USD")
+    bars = ib.reqHistoricalData(spy, "", "60 D", "1 day", "TRADES", True)
+    again = ib.reqHistoricalData(spy, "", "60 D", "1 day", "TRADES", True)
+    assert len(bars) == 60
+    assert list(bars) == list(again)
+    assert bars[-1].close == 520.0
+    assert all(isinstance(b.date, dt.date) and b.date.weekday() < 5 for b in bars)
+    assert all(b.low <= min(b.open, b.close) <= max(b.open, b.close) <= b.high for b in bars)
+    assert len({b.close for b in bars}) > 50  # it moves
+    year = ib.reqHistoricalData(spy, "", "1 Y", "1 day", "TRADES", True)
+    assert 250 <= len(year) <= 262
+    # same seed, same bars, from another server
+    with ThreadedGateway(port=0) as other:
+        ensure_loop()
+        ib2 = IB()
+        ib2.connect("127.0.0.1", other.port, clientId=1, timeout=4)
+        try:
+            assert list(ib2.reqHistoricalData(spy, "", "60 D", "1 day", "TRADES", True)) == list(bars)
+        finally:
+            ib2.disconnect()
+
+
+def test_historical_intraday_bars(ib: IB) -> None:
+    spy = Stock("SPY", "SMART", "USD")
+    end = dt.datetime(2024, 3, 14, 20, 0, tzinfo=dt.UTC)  # a Thursday, 16:00 in New York
+    bars = ib.reqHistoricalData(spy, end, "1 D", "5 mins", "TRADES", True)
+    assert len(bars) == 78
+    assert bars[0].date == dt.datetime(2024, 3, 14, 9, 30, tzinfo=bars[0].date.tzinfo)
+    assert list(bars) == list(ib.reqHistoricalData(spy, end, "1 D", "5 mins", "TRADES", True))
+    hourly = ib.reqHistoricalData(spy, end, "2 D", "1 hour", "TRADES", False)
+    assert len(hourly) == 16 + 12  # 04:00-20:00 the day before, 04:00-16:00 on the day
+    epoch = ib.reqHistoricalData(spy, end, "1 D", "30 mins", "TRADES", True, formatDate=2)
+    assert epoch[0].date == dt.datetime(2024, 3, 14, 13, 30, tzinfo=dt.UTC)
+    fx = ib.reqHistoricalData(Forex("EURUSD"), end, "5 D", "1 day", "MIDPOINT", True)
+    assert len(fx) == 5
+    assert fx[-1].close == 1.085
+
+
+def test_historical_errors(ib: IB) -> None:
+    errors: list[int] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: errors.append(code)
+    assert not ib.reqHistoricalData(Stock("NOSUCH", "SMART", "USD"), "", "5 D", "1 day", "TRADES", True)
+    assert not ib.reqHistoricalData(Stock("SPY", "SMART", "USD"), "", "5 X", "1 day", "TRADES", True)
+    assert errors == [200, 162]
+
+
+def test_scenario_bars_are_served() -> None:
+    bars = [
+        {"date": "2024-01-02", "open": 10, "high": 11, "low": 9, "close": 10.5, "volume": 1000},
+        {"date": "20240103", "open": 10.5, "high": 12, "low": 10, "close": 11.5, "volume": 2000},
+    ]
+    scenario = Scenario.from_dict(
+        {"instruments": [{"symbol": "XYZ", "secType": "STK", "primaryExchange": "NYSE", "price": 11.5, "bars": bars}]}
+    )
+    with ThreadedGateway(port=0, scenario=scenario) as gw:
+        ensure_loop()
+        ib = IB()
+        ib.connect("127.0.0.1", gw.port, clientId=1, timeout=4)
+        try:
+            got = ib.reqHistoricalData(
+                Stock("XYZ", "SMART", "USD"), "20240105 23:00:00 UTC", "5 D", "1 day", "TRADES", 1
+            )
+            assert [(b.date.isoformat(), b.close, b.volume) for b in got] == [
+                ("2024-01-02", 10.5, 1000),
+                ("2024-01-03", 11.5, 2000),
+            ]
+        finally:
+            ib.disconnect()
