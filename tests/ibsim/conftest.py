@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import time
@@ -34,7 +35,9 @@ def wait_until(ib: IB, predicate: Callable[[], Any], timeout: float = 5.0, what:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        ib.sleep(0.005)
+        # ib_insync raises out of sleep when the socket drops; the predicate decides what that means
+        with contextlib.suppress(ConnectionError):
+            ib.sleep(0.005)
 
 
 def poll(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
