@@ -1,0 +1,227 @@
+"""Scenario files, their validation, the state file, and the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from ib_insync import IB, LimitOrder, MarketOrder, Stock
+
+from ibsim import Scenario, ScenarioError, ThreadedGateway
+
+from .conftest import ensure_loop, wait_until
+
+SPY = Stock("SPY", "SMART", "USD")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_default_scenario() -> None:
+    s = Scenario.default()
+    assert s.name == "default"
+    assert [a.id for a in s.accounts] == ["DU123456"]
+    assert s.accounts[0].cash == {"USD": 1_000_000, "EUR": 50_000}
+    keys = {i.key for i in s.instruments}
+    assert {"SPY", "QQQ", "VIXY", "IWM", "TLT", "GLD", "AAPL", "MSFT", "SAP", "ES"} <= keys
+    assert {"EUR.USD", "GBP.USD", "USD.JPY", "USD.CAD"} <= keys
+    assert {f"SYM{i:03d}" for i in range(60)} <= keys
+    assert s.instrument("ES").multiplier == 50
+    assert s.instrument("SAP").currency == "EUR"
+    assert all(i.volatility == 0 for i in s.instruments)
+    # the shipped file passes its own schema
+    path = resources.files("ibsim").joinpath("scenarios/default.yaml")
+    assert Scenario.load(str(path)).instruments == s.instruments
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {
+                "instruments": [{"symbol": "A", "secType": "STK", "price": 1}] * 2
+                + [{"symbol": "B", "secType": "STK", "price": 1, "currency": "XYZ"}]
+            },
+            "instruments[1].symbol: 'A' is defined twice",
+        ),
+        (
+            {
+                "instruments": [
+                    {"symbol": "A", "secType": "STK", "price": 1},
+                    {"symbol": "B", "secType": "STK", "price": 1},
+                    {"symbol": "C", "secType": "STK", "price": 1, "currency": "XYZ"},
+                ]
+            },
+            "instruments[2].currency: 'XYZ' is not a currency",
+        ),
+        ({"seed": "abc"}, "seed: 'abc' is not of type 'integer'"),
+        ({"hours": "sometimes"}, "hours: 'sometimes' is not one of ['always', 'regular']"),
+        ({"colour": "red"}, "(top level): Additional properties are not allowed ('colour' was unexpected)"),
+        ({"instruments": [{"symbol": "A", "secType": "STK", "price": -1}]}, "instruments[0].price: -1 is less than"),
+        ({"instruments": [{"symbol": "A", "secType": "OPT", "price": 1}]}, "instruments[0].secType: 'OPT' is not one"),
+        ({"instruments": [{"symbol": "EURUSD", "secType": "CASH", "price": 1}]}, "instruments[0].symbol: forex is"),
+        ({"instruments": [{"symbol": "NQ", "secType": "FUT", "price": 1}]}, "instruments[0].multiplier: a future"),
+        ({"accounts": [{"id": "DU1", "baseCurrency": "ABC"}]}, "accounts[0].baseCurrency: 'ABC' is not a currency"),
+        ({"accounts": [{"id": "DU1", "cash": {"usd": 5}}]}, "accounts[0].cash.usd: 'usd' is not a currency"),
+        (
+            {"accounts": [{"id": "DU1", "positions": [{"symbol": "NOPE", "quantity": 1}]}]},
+            "accounts[0].positions[0].symbol: 'NOPE' is not an instrument",
+        ),
+        ({"accounts": [{"id": "DU1", "positions": [{"symbol": "SPY"}]}]}, "accounts[0].positions[0]: 'quantity' is"),
+        ({"faults": [{"at": 1, "action": "explode"}]}, "faults[0].action: 'explode' is not one of"),
+        ({"faults": [{"at": 1, "action": "send_error"}]}, "faults[0].args.code: send_error needs it"),
+        ({"faults": [{"at": 1, "action": "send_error", "args": {"code": "x"}}]}, "faults[0].args.code: 'x' has the"),
+        ({"maxFillSize": 0}, "maxFillSize: 0 is less than or equal to the minimum of 0"),
+    ],
+)
+def test_scenario_errors_name_the_field(data: dict, message: str) -> None:
+    with pytest.raises(ScenarioError) as e:
+        Scenario.from_dict(data)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_load_yaml_and_json(tmp_path: Path) -> None:
+    y = tmp_path / "small.yaml"
+    y.write_text("seed: 7\nmaxFillSize: 100\naccounts:\n  - {id: DU777, cash: {USD: 5000}}\n")
+    s = Scenario.load(y)
+    assert (s.name, s.seed, s.maxFillSize, s.accounts[0].id) == ("small", 7, 100, "DU777")
+    assert len(s.instruments) == len(Scenario.default().instruments)  # left-out keys keep the defaults
+    j = tmp_path / "small.json"
+    j.write_text(json.dumps({"name": "j", "instruments": [{"symbol": "XYZ", "secType": "ETF", "price": 3}]}))
+    s = Scenario.load(j)
+    assert [(i.key, i.secType, i.kind) for i in s.instruments] == [("XYZ", "STK", "ETF")] + [
+        (f"SYM{n:03d}", "STK", "STK") for n in range(60)
+    ]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1,\n")
+    with pytest.raises(ScenarioError, match="not valid YAML"):
+        Scenario.load(bad)
+    with pytest.raises(ScenarioError, match="cannot read"):
+        Scenario.load(tmp_path / "missing.yaml")
+
+
+def test_custom_scenario_drives_the_gateway() -> None:
+    scenario = Scenario.from_dict(
+        {
+            "accounts": [
+                {
+                    "id": "DU1",
+                    "baseCurrency": "EUR",
+                    "cash": {"EUR": 100_000},
+                    "positions": [{"symbol": "SAP", "quantity": 10, "avgCost": 150}],
+                }
+            ],
+            "maxFillSize": 100,
+            "commission": {"stockPerShare": 0.01, "stockMin": 2.0},
+        }
+    )
+    with ThreadedGateway(port=0, scenario=scenario) as gw:
+        ensure_loop()
+        ib = IB()
+        ib.connect("127.0.0.1", gw.port, clientId=1, timeout=4)
+        try:
+            assert ib.managedAccounts() == ["DU1"]
+            assert [(p.contract.symbol, p.position, p.avgCost) for p in ib.positions()] == [("SAP", 10, 150)]
+            nlv = {v.currency: float(v.value) for v in ib.accountValues() if v.tag == "NetLiquidation"}
+            assert nlv == {"EUR": pytest.approx(100_000 + 10 * 175)}
+            trade = ib.placeOrder(SPY, MarketOrder("BUY", 250))
+            wait_until(ib, trade.isDone, what="fill")
+            assert [f.execution.shares for f in trade.fills] == [100, 100, 50]
+            assert sum(f.commissionReport.commission for f in trade.fills) == pytest.approx(2.5)
+            assert gw.cash("DU1")["USD"] == pytest.approx(-250 * 520.01 - 2.5)
+        finally:
+            ib.disconnect()
+
+
+def test_state_file_round_trip(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    with ThreadedGateway(port=0, state_file=state) as gw:
+        ensure_loop()
+        ib = IB()
+        ib.connect("127.0.0.1", gw.port, clientId=3, timeout=4)
+        filled = ib.placeOrder(SPY, MarketOrder("BUY", 20, orderRef="kept"))
+        resting = ib.placeOrder(SPY, LimitOrder("BUY", 5, 400.0, tif="GTC", orderRef="resting"))
+        wait_until(ib, lambda: filled.isDone() and resting.orderStatus.status == "Submitted", what="orders")
+        gw.set_cash("JPY", 1000.0)
+        ib.disconnect()
+        cash = gw.cash()
+    saved = json.loads(state.read_text())
+    assert saved["accounts"]["DU123456"]["positions"]["SPY"]["quantity"] == 20
+
+    with ThreadedGateway(port=0, state_file=state) as gw:
+        assert gw.positions() == {"SPY": 20}
+        assert gw.cash() == cash
+        assert [(o["orderRef"], o["status"]) for o in gw.orders()] == [("kept", "Filled"), ("resting", "Submitted")]
+        assert len(gw.executions()) == 1
+        ensure_loop()
+        ib = IB()
+        ib.connect("127.0.0.1", gw.port, clientId=3, timeout=4)
+        try:
+            assert [t.order.orderRef for t in ib.openTrades()] == ["resting"]
+            assert [f.execution.orderRef for f in ib.fills()] == ["kept"]
+            # the resting order still works after the restart
+            gw.set_price("SPY", 399.0)
+            wait_until(ib, lambda: ib.openTrades() == [], what="resting order to fill")
+            assert gw.positions() == {"SPY": 25}
+            newer = ib.placeOrder(SPY, MarketOrder("SELL", 1))
+            assert newer.order.orderId > resting.order.orderId
+            assert newer.order.permId != filled.order.permId
+        finally:
+            ib.disconnect()
+
+
+def test_cli_starts_prints_and_stops_on_sigterm(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ibsim", "--port", "0", "--state", str(tmp_path / "s.json")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        startup = time.monotonic() - t0
+        assert line.startswith("ibsim listening on 127.0.0.1:"), line
+        assert "(scenario: default, account DU123456)" in line
+        port = int(line.split(":")[1].split()[0])
+        assert startup < 3  # includes the interpreter; the server itself is well under a second
+        ensure_loop()
+        ib = IB()
+        ib.connect("127.0.0.1", port, clientId=1, timeout=4)
+        trade = ib.placeOrder(SPY, MarketOrder("BUY", 1))
+        wait_until(ib, trade.isDone, what="fill")
+        ib.disconnect()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        _, err = proc.communicate()
+        assert "client 1 ready" in err
+        assert "fill 1/" in err
+        assert json.loads((tmp_path / "s.json").read_text())["accounts"]["DU123456"]["positions"]["SPY"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_rejects_a_bad_scenario(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("instruments:\n  - {symbol: A, secType: STK, price: 1, currency: XYZ}\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "ibsim", "--port", "0", "--scenario", str(bad)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=20,
+    )
+    assert done.returncode == 2
+    assert "instruments[0].currency: 'XYZ' is not a currency" in done.stderr
