@@ -398,6 +398,11 @@ def bar_times(inst: Instrument, end: dt.datetime, duration: tuple[int, str], siz
             hhmm = local.strftime("%H%M")
             if session is None or session[0] <= hhmm < session[1]:
                 out.append(local)
+            elif hhmm < session[0]:
+                # a bar straddling the session start begins at the open, as IB labels it (09:30 for 1 hour bars)
+                opening = local.replace(hour=int(session[0][:2]), minute=int(session[0][2:]))
+                if local.timestamp() + seconds > opening.timestamp():
+                    out.append(opening)
         if len(out) > MAX_BARS:
             raise BarRequestError("Historical Market Data Service error message:Too many bars requested")
         t += seconds
