@@ -81,7 +81,7 @@ class Connection(asyncio.Protocol):
         log.info("%s from %s disconnected%s", who, self.peer, f" ({exc})" if exc else "")
 
     def data_received(self, data: bytes) -> None:
-        if self.stage == "closed" or self.server.frozen:
+        if self.stage == "closed":
             return
         self.buffer += data
         try:
@@ -112,6 +112,8 @@ class Connection(asyncio.Protocol):
                 return
             payload = self.buffer[4 : 4 + size]
             self.buffer = self.buffer[4 + size :]
+            if self.server.frozen:
+                continue  # half-open: framing stays aligned, the message goes nowhere
             text = payload.decode(errors="backslashreplace")
             if self.stage == "version":
                 self._handshake(text)

@@ -127,3 +127,56 @@ def test_reconnect_after_disconnect_keeps_serving(gw: ThreadedGateway, connect) 
     poll(lambda: 9 not in gw.connected_client_ids(), what="disconnect seen")
     ib2 = connect(9)
     assert ib2.reqCurrentTime()
+
+
+def test_client_id_zero_with_auto_open_orders(gw: ThreadedGateway, connect) -> None:
+    ib = connect(0)  # ib_insync sends reqAutoOpenOrders for client 0: tolerated, no answer needed
+    assert ib.isConnected()
+    assert gw.connected_client_ids() == [0]
+
+
+def test_ibapi_client_connects(gw: ThreadedGateway) -> None:
+    """IB's own client (optional: `pip install ibapi`); 9.81 announces v100..157 and gets 157."""
+    pytest.importorskip("ibapi")
+    import threading
+
+    from ibapi.client import EClient
+    from ibapi.contract import Contract
+    from ibapi.order import Order
+    from ibapi.wrapper import EWrapper
+
+    class App(EWrapper, EClient):
+        def __init__(self) -> None:
+            EClient.__init__(self, self)
+            self.statuses: list[str] = []
+            self.ready = threading.Event()
+            self.filled = threading.Event()
+            self.next_id = 0
+
+        def nextValidId(self, orderId: int) -> None:
+            self.next_id = orderId
+            self.ready.set()
+
+        def orderStatus(self, orderId, status, filled, *rest) -> None:
+            self.statuses.append(status)
+            if status == "Filled":
+                self.filled.set()
+
+    app = App()
+    app.connect("127.0.0.1", gw.port, 21)
+    thread = threading.Thread(target=app.run, daemon=True)
+    thread.start()
+    try:
+        assert app.ready.wait(5)
+        assert app.serverVersion() <= MAX_VERSION
+        c = Contract()
+        c.symbol, c.secType, c.exchange, c.currency = "SPY", "STK", "SMART", "USD"
+        o = Order()
+        o.action, o.totalQuantity, o.orderType = "BUY", 10, "MKT"
+        app.placeOrder(app.next_id, c, o)
+        assert app.filled.wait(5)
+        assert app.statuses[:2] == ["PreSubmitted", "Submitted"]
+        assert gw.positions() == {"SPY": 10}
+    finally:
+        app.disconnect()
+        thread.join(5)
