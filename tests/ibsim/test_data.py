@@ -262,3 +262,26 @@ def test_scenario_bars_are_served() -> None:
             ]
         finally:
             ib.disconnect()
+
+
+def test_volatile_instruments_walk_and_stream() -> None:
+    scenario = Scenario.from_dict(
+        {
+            "seed": 3,
+            "instruments": [{"symbol": "JUMPY", "secType": "STK", "primaryExchange": "NYSE", "price": 50.0,
+                             "volatility": 3.0}],
+            "generated": {"count": 0},
+            "marketData": {"tickIntervalMs": 20},
+        }
+    )  # fmt: skip
+    with ThreadedGateway(port=0, scenario=scenario) as gw:
+        ensure_loop()
+        ib = IB()
+        ib.connect("127.0.0.1", gw.port, clientId=1, timeout=4)
+        try:
+            ticker = ib.reqMktData(Stock("JUMPY", "SMART", "USD"))
+            wait_until(ib, lambda: ticker.last == ticker.last, what="first tick")  # not NaN
+            seen = {ticker.last}
+            wait_until(ib, lambda: seen.add(ticker.last) or len(seen) >= 3, what="the price to walk")
+        finally:
+            ib.disconnect()

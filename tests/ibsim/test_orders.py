@@ -302,3 +302,15 @@ def test_fx_order_moves_cash_not_positions(gw: ThreadedGateway, ib: IB) -> None:
         ),
         what="EUR cash balance",
     )
+
+
+def test_opening_orders_execute_at_the_next_open(gw: ThreadedGateway, ib: IB) -> None:
+    moo = ib.placeOrder(SPY, MarketOrder("BUY", 15, tif="OPG"))
+    wait_until(ib, lambda: moo.orderStatus.status == "Submitted", what="Submitted")
+    ib.sleep(0.05)
+    assert moo.orderStatus.filled == 0
+    gw.set_price("SPY", 530.0)
+    gw.roll_day()
+    done(ib, moo)
+    assert moo.orderStatus.status == "Filled"
+    assert moo.orderStatus.avgFillPrice == 530.01
