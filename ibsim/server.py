@@ -248,6 +248,8 @@ class GatewayServer:
         self.connections: set[Connection] = set()
         self.clients: dict[int, Connection] = {}
         self.frozen = False
+        # Commission reports held back (fault: a report that arrives late), by execId.
+        self.held_commissions: dict[str, dict[str, Any]] | None = None
         lat = self.scenario.latency
         self.latency = (lat.get("fixed", 0.0), lat.get("jitter", 0.0))
         self.rng = random.Random(self.scenario.seed)
@@ -390,6 +392,25 @@ class GatewayServer:
         log.info("fault: fills %s", "held" if on else "released")
         if not on:
             self.broker.work_all()
+
+    def hold_commissions(self, on: bool = True) -> None:
+        """Executions go out without their commission reports until released (IB sends them late at times)."""
+        if on:
+            self.held_commissions = self.held_commissions or {}
+            log.info("fault: commission reports held")
+            return
+        held, self.held_commissions = self.held_commissions or {}, None
+        log.info("fault: %d held commission reports released", len(held))
+        for execution in held.values():
+            conn = self.clients.get(execution["clientId"])
+            if conn is not None:
+                conn.send(P.commission_report_msg(execution))
+
+    def set_max_fill_size(self, size: float) -> None:
+        """Largest execution; bigger orders fill in several."""
+        if size <= 0:
+            raise ValueError("maxFillSize must be positive")
+        self.scenario.maxFillSize = float(size)
 
     def freeze(self, on: bool = True) -> None:
         self.frozen = bool(on)
@@ -906,7 +927,8 @@ class GatewayServer:
             if side and sides.get(side, side) != e["side"]:
                 continue
             conn.send(P.exec_details_msg(req_id, inst.view(), e))
-            conn.send(P.commission_report_msg(e))
+            if self.held_commissions is None or e["execId"] not in self.held_commissions:
+                conn.send(P.commission_report_msg(e))
         conn.send([55, 1, req_id])
 
     HANDLERS: ClassVar[dict[int, Any]] = {
@@ -967,9 +989,12 @@ class GatewayServer:
     def execution(self, order: SimOrder, execution: dict[str, Any]) -> None:
         conn = self.clients.get(order.clientId)
         inst = self.instruments[order.key]
+        if self.held_commissions is not None:
+            self.held_commissions[execution["execId"]] = execution
         if conn is not None:
             conn.send(P.exec_details_msg(-1, inst.view(), execution))
-            conn.send(P.commission_report_msg(execution))
+            if self.held_commissions is None:
+                conn.send(P.commission_report_msg(execution))
         # positions, portfolio and account values before the order status, so that a client seeing the trade
         # filled already has the new positions and cash
         if inst.secType != "CASH":

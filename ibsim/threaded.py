@@ -123,6 +123,12 @@ class ThreadedGateway:
     def hold_fills(self, on: bool = True) -> None:
         self.call(self._srv().hold_fills, on)
 
+    def hold_commissions(self, on: bool = True) -> None:
+        self.call(self._srv().hold_commissions, on)
+
+    def set_max_fill_size(self, size: float) -> None:
+        self.call(self._srv().set_max_fill_size, size)
+
     def freeze(self, on: bool = True) -> None:
         self.call(self._srv().freeze, on)
 

@@ -157,3 +157,23 @@ def test_scheduled_faults_from_the_scenario() -> None:
             wait_until(ib, lambda: not ib.isConnected(), what="scheduled drop")
         finally:
             ib.disconnect()
+
+
+def test_held_commission_reports_arrive_when_released(gw: ThreadedGateway, ib: IB) -> None:
+    gw.hold_commissions(True)
+    trade = ib.placeOrder(SPY, MarketOrder("BUY", 10))
+    wait_until(ib, trade.isDone, what="fill")
+    assert len(trade.fills) == 1
+    assert trade.fills[0].commissionReport.execId == ""  # executed, commission not reported yet
+    gw.hold_commissions(False)
+    wait_until(ib, lambda: trade.fills[0].commissionReport.execId, what="the late commission report")
+    assert trade.fills[0].commissionReport.commission == gw.executions()[0]["commission"]
+
+
+def test_max_fill_size_splits_an_order_into_executions(gw: ThreadedGateway, ib: IB) -> None:
+    gw.set_max_fill_size(40)
+    trade = ib.placeOrder(SPY, MarketOrder("BUY", 100))
+    wait_until(ib, trade.isDone, what="fill")
+    assert [e["shares"] for e in gw.executions()] == [40, 40, 20]
+    with pytest.raises(ValueError, match="positive"):
+        gw.set_max_fill_size(0)
