@@ -41,6 +41,7 @@ class Settings:
     intent_timeout: float = 300.0
     order_timeout: float = 30.0
     max_lease_duration: float = 3600.0
+    lease_extension: float = 10.0
     shutdown_grace: float = 30.0
     claim_lease: float = 30.0
     trading_max_age: float = 3600.0
@@ -134,6 +135,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "intent_timeout": ("INTENT_TIMEOUT_SECONDS", _bounded(float, 1, 3600)),
     "order_timeout": ("ORDER_TIMEOUT_SECONDS", _bounded(float, 0.1, 3600)),
     "max_lease_duration": ("MAX_LEASE_SECONDS", _bounded(float, 10, 86400)),
+    "lease_extension": ("LEASE_EXTENSION_SECONDS", _bounded(float, 10, 600)),
     "shutdown_grace": ("SHUTDOWN_GRACE_SECONDS", _bounded(float, 0, 600)),
     "claim_lease": ("CLAIM_LEASE_SECONDS", _bounded(float, 0.5, 3600)),
     "trading_max_age": ("TRADING_MAX_AGE_SECONDS", _bounded(float, 1, 7 * 86400)),

@@ -19,9 +19,11 @@ from typing import Any
 from ib_insync import IB
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
+from consumer.broker.shared import SharedRequests
 from consumer.config import Settings
 from consumer.errors import Transient
 from consumer.logs import get_logger
+from consumer.metrics import Metrics
 
 log = get_logger(__name__)
 
@@ -43,9 +45,11 @@ Listener = Callable[["State"], None]
 
 
 class Gateway:
-    def __init__(self, settings: Settings, heartbeat_misses: int = 2) -> None:
+    def __init__(self, settings: Settings, heartbeat_misses: int = 2, metrics: Metrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics or Metrics()
         self.ib = IB()
+        self.requests = SharedRequests(self.ib)
         self.state = State.CONNECTING
         self.connections = 0  # successful (re)connects, for metrics and tests
         self._listeners: list[Listener] = []
@@ -83,6 +87,7 @@ class Gateway:
             if self._stopping:
                 break
             self.connections += 1
+            self._metrics.count("gatewayConnects")
             self._lost.clear()
             self._set_state(State.CONNECTED)
             heartbeat = asyncio.create_task(self._heartbeat(), name="gateway-heartbeat")
@@ -107,7 +112,7 @@ class Gateway:
     async def _connect(self) -> None:
         s = self._settings
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(initial=0.25, max=15, jitter=0.25),
+            wait=wait_exponential_jitter(multiplier=0.25, max=15, jitter=0.25),
             retry=retry_if_exception_type((OSError, TimeoutError, ConnectionError)),
             before_sleep=self._log_retry,
         )
@@ -148,7 +153,7 @@ class Gateway:
         while True:
             await asyncio.sleep(interval)
             try:
-                await asyncio.wait_for(self.ib.reqCurrentTimeAsync(), interval)
+                await asyncio.wait_for(self.requests.current_time(), interval)
                 misses = 0
             except (TimeoutError, ConnectionError):
                 misses += 1
@@ -161,6 +166,7 @@ class Gateway:
     def _on_disconnected(self) -> None:
         if not self._stopping:
             log.warning("gateway disconnected")
+            self._metrics.count("gatewayDisconnects")
         self._lost.set()
 
     def _on_error(self, req_id: int, code: int, message: str, contract: Any) -> None:

@@ -15,6 +15,7 @@ import structlog
 if TYPE_CHECKING:
     from ib_insync import IB
 
+    from consumer.broker.shared import SharedRequests
     from consumer.envelope import Request
     from consumer.services import Services
     from consumer.store.trading_config import TradingConfig
@@ -47,6 +48,12 @@ class IntentContext:
     def ib(self) -> IB:
         """The connected IB object; raises Transient (so the message is retried) if the gateway is away."""
         return self.services.gateway.require()
+
+    @property
+    def requests(self) -> SharedRequests:
+        """Positions, open and completed orders, current time: safe to ask for concurrently (broker.shared)."""
+        self.services.gateway.require()
+        return self.services.gateway.requests
 
     @property
     def dry_run(self) -> bool:

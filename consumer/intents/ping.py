@@ -23,7 +23,7 @@ async def ping(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     if gateway.ready:
         ib = gateway.ib
         started = time.perf_counter()
-        gateway_time = await asyncio.wait_for(ib.reqCurrentTimeAsync(), timeout=10)
+        gateway_time = await asyncio.wait_for(gateway.requests.current_time(), timeout=10)
         result.update(
             gatewayTime=gateway_time.isoformat(),
             roundTripMs=round((time.perf_counter() - started) * 1000, 3),

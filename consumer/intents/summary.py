@@ -14,9 +14,11 @@ from consumer.intents.base import Intent, IntentContext
 async def summary(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     ib = ctx.ib
     account_values, positions, open_trades, fills = await asyncio.gather(
-        ib.reqAccountSummaryAsync(),
-        ib.reqPositionsAsync(),
-        ib.reqAllOpenOrdersAsync(),
+        # The first call subscribes; ib_insync keeps the values current from then on (a fresh request each time
+        # would open another subscription, and IB allows two).
+        ib.accountSummaryAsync(),
+        ctx.requests.positions(),
+        ctx.requests.open_orders(),
         ib.reqExecutionsAsync(ExecutionFilter()),
     )
     # Portfolio (with market values and P&L) has no request/reply form: it is the account-updates subscription

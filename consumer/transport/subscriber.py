@@ -32,6 +32,7 @@ class IntentSubscriber:
         handler: Handler,
         max_messages: int,
         max_lease_seconds: float,
+        lease_extension_seconds: float = 10.0,
         on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._client = client
@@ -39,6 +40,7 @@ class IntentSubscriber:
         self._handler = handler
         self._max_messages = max_messages
         self._max_lease = max_lease_seconds
+        self._lease_extension = lease_extension_seconds
         self._future: pubsub_v1.subscriber.futures.StreamingPullFuture | None = None
         self._on_failure = on_failure
         self._lock = threading.Lock()
@@ -58,7 +60,13 @@ class IntentSubscriber:
             self._future = self._client.subscribe(
                 self._path,
                 callback=self._on_message,
-                flow_control=FlowControl(max_messages=self._max_messages, max_lease_duration=self._max_lease),
+                # Leases are extended in short steps (the stream ack deadline): if this process dies, Pub/Sub
+                # redelivers what it held within that step, not after the client library's default minute.
+                flow_control=FlowControl(
+                    max_messages=self._max_messages,
+                    max_lease_duration=self._max_lease,
+                    max_duration_per_lease_extension=int(self._lease_extension),
+                ),
                 scheduler=ThreadScheduler(executor),
                 await_callbacks_on_shutdown=True,
             )

@@ -1,0 +1,55 @@
+"""Requests ib_insync keys by a fixed name, shared safely between concurrent callers on the broker loop.
+
+ib_insync files the answer to `reqPositions`, `reqOpenOrders`/`reqAllOpenOrders`, `reqCompletedOrders` and
+`reqCurrentTime` under one fixed key each. A second call while one is in flight replaces the first call's future,
+which then never resolves: two summaries at once, or the bookkeeper's sweep beside an allocation, would hang.
+
+Every caller here gets an answer requested after it asked (a caller never gets a stale one that was already on
+its way, which matters right after placing an order): callers that arrive while a request is in flight wait for
+it to finish, then share the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from ib_insync import IB, Position, Trade
+
+
+class SharedRequests:
+    def __init__(self, ib: IB) -> None:
+        self._ib = ib
+        self._in_flight: dict[str, asyncio.Future[Any]] = {}
+
+    async def positions(self) -> list[Position]:
+        return await self._fresh("positions", self._ib.reqPositionsAsync)
+
+    async def open_orders(self) -> list[Trade]:
+        """Every open order of the account, whichever client placed it."""
+        return await self._fresh("openOrders", self._ib.reqAllOpenOrdersAsync)
+
+    async def completed_orders(self) -> list[Trade]:
+        return await self._fresh("completedOrders", lambda: self._ib.reqCompletedOrdersAsync(apiOnly=True))
+
+    async def current_time(self) -> datetime:
+        return await self._fresh("currentTime", self._ib.reqCurrentTimeAsync)
+
+    async def _fresh(self, key: str, start: Callable[[], Awaitable[Any]]) -> Any:
+        current = self._in_flight.get(key)
+        if current is not None:
+            await asyncio.wait([current])  # its outcome is its callers' business
+        following = self._in_flight.get(key)
+        if following is None or following is current:
+            following = asyncio.ensure_future(start())
+            self._in_flight[key] = following
+            following.add_done_callback(lambda done: self._forget(key, done))
+        return await asyncio.shield(following)
+
+    def _forget(self, key: str, done: asyncio.Future[Any]) -> None:
+        if self._in_flight.get(key) is done:
+            del self._in_flight[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: a failure is raised to every caller, not logged as "never retrieved"
