@@ -49,7 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     publish = commands.add_parser("publish", help="validate and publish an intent")
-    publish.add_argument("intent")
+    publish.add_argument("intent", nargs="?", help="the intent to run (or --schedule)")
+    publish.add_argument(
+        "--schedule",
+        metavar="JOB",
+        help="publish the message of a job in infra/schedules.yaml, as Cloud Scheduler does",
+    )
     publish.add_argument(
         "-p", "--param", action="append", default=[], metavar="KEY=VALUE",
         help="a param; VALUE is JSON when it parses as JSON, else a string; dotted keys nest (a.b=1)",
@@ -154,20 +159,45 @@ def build_envelope(
     return envelope
 
 
+def scheduled_envelope(job_name: str) -> dict[str, Any]:
+    """The message a Cloud Scheduler job of infra/schedules.yaml publishes (Terraform builds it the same way)."""
+    import yaml
+
+    from consumer.devstack.provision import SCHEDULES_DECLARATION
+
+    jobs = {job["name"]: job for job in yaml.safe_load(SCHEDULES_DECLARATION.read_text())["jobs"]}
+    if job_name not in jobs:
+        raise UsageError(f"no job {job_name!r} in infra/schedules.yaml; jobs: {', '.join(sorted(jobs))}")
+    job = jobs[job_name]
+    envelope = build_envelope(job["intent"], [], json.dumps(job.get("params", {})), bool(job.get("dryRun")))
+    if "maxAgeSeconds" in job:
+        envelope["maxAgeSeconds"] = job["maxAgeSeconds"]
+    return envelope
+
+
 def _publish(settings: Settings, args: argparse.Namespace) -> int:
     from google.cloud import pubsub_v1
 
+    attributes: dict[str, str] = {}
     try:
-        envelope = build_envelope(args.intent, args.param, args.params, args.dry_run, args.idempotency_key)
+        if args.schedule:
+            envelope = scheduled_envelope(args.schedule)
+            attributes["schedule"] = args.schedule
+        elif args.intent:
+            envelope = build_envelope(args.intent, args.param, args.params, args.dry_run, args.idempotency_key)
+        else:
+            raise UsageError("give an INTENT or --schedule JOB")
     except UsageError as e:
         print(f"consumer publish: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    intent = envelope["intent"]
+    attributes["intent"] = intent
     publisher = pubsub_v1.PublisherClient()
     topic = publisher.topic_path(settings.project, settings.intents_topic)
     waiter = ReplyWaiter(settings) if args.wait else None
     try:
-        message_id = publisher.publish(topic, json.dumps(envelope).encode(), intent=args.intent).result(timeout=30)
-        print(f"published {args.intent} as message {message_id} to {topic}", file=sys.stderr)
+        message_id = publisher.publish(topic, json.dumps(envelope).encode(), **attributes).result(timeout=30)
+        print(f"published {intent} as message {message_id} to {topic}", file=sys.stderr)
         if waiter is None:
             return 0
         reply = waiter.wait(message_id, args.timeout)

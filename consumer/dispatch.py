@@ -183,7 +183,16 @@ class Dispatcher:
         if claim.state is ClaimState.DONE and claim.reply is not None:
             log.info("duplicate delivery; republishing the stored reply")
             try:
-                await self._services.publishing.reply({**claim.reply, "duplicate": True})
+                envelope = request.envelope
+                await self._services.publishing.reply(
+                    {
+                        **claim.reply,
+                        # The stored outcome, addressed to this delivery: monitors match replies by message id.
+                        "messageId": request.delivery.message_id,
+                        "idempotencyKey": envelope.idempotency_key if envelope else None,
+                        "duplicate": True,
+                    }
+                )
             except Exception as e:
                 log.warning("could not republish the stored reply; will retry", error=str(e))
                 return Settlement.NACK
@@ -218,6 +227,7 @@ class Dispatcher:
         except Exception as e:
             log.error("could not dead-letter; nacked", error=str(e))
             return Settlement.NACK
+        self._services.metrics.count("deadLettered", request.intent or "(none)")
         failure = IntentError(
             "dead_lettered",
             f"gave up after {attempt} attempts and moved the message to the dead-letter topic; last error: "
@@ -248,6 +258,7 @@ class Dispatcher:
                 # Not acked: the redelivery answers from the stored reply, or runs again if that was not stored.
                 log.error(f"could not {what} the outcome; nacked", error=str(outcome))
                 return Settlement.NACK
+        services.metrics.observe_intent(reply["intent"] or "(none)", reply["status"], reply["durationMs"])
         log_method = log.info if reply["status"] == "ok" else log.warning
         log_method(
             "intent finished",

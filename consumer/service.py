@@ -27,6 +27,7 @@ from consumer.intake import Intake, RequestDecoder
 from consumer.intents import builtin_intents
 from consumer.intents.base import Intent
 from consumer.logs import get_logger
+from consumer.metrics import Metrics
 from consumer.schemas import Schemas
 from consumer.services import Services
 from consumer.transport.publishing import make_publisher
@@ -63,6 +64,7 @@ class Service:
     def __init__(self, settings: Settings, intents: dict[str, Intent] | None = None) -> None:
         self.settings = settings
         self.status = Status()
+        self.metrics = Metrics()
         self.loop = BrokerLoop()
         self._intents = intents or builtin_intents()
         self._schemas = Schemas()
@@ -112,15 +114,18 @@ class Service:
             intake,
             max_messages=s.max_messages,
             max_lease_seconds=s.max_lease_duration,
+            lease_extension_seconds=s.lease_extension,
             on_failure=lambda error: self._events.put(("stream-failed", error)),
         )
         if s.health_port:
-            self.health = HealthServer("0.0.0.0", s.health_port, self._live, self._ready, lambda: {})
+            self.health = HealthServer("0.0.0.0", s.health_port, self._live, self._ready, self.metrics.snapshot)
             self.health.start()
 
     async def _build_services(self) -> Services:
         assert self._publisher is not None
-        return Services.create(self.settings, self._schemas, self._publisher)
+        services = Services.create(self.settings, self._schemas, self._publisher, self.metrics)
+        services.start()
+        return services
 
     def _control(self) -> None:
         """Pulls only while the gateway is connected: otherwise messages wait in Pub/Sub, attempts unspent."""

@@ -23,7 +23,11 @@ DEAD_LETTER_SUBSCRIPTION = "intents-dead-letter-hold"
 
 def provision_for_tests(project: str) -> None:
     """The declared topology, with redelivery backoff cut from 10 s to a fraction of a second."""
-    provision(project, overrides=Overrides(minimum_backoff_seconds=0.1, maximum_backoff_seconds=0.5))
+    # A killed consumer's unacked messages come back after the ack deadline: 10 s here, not the cloud's 60.
+    provision(
+        project,
+        overrides=Overrides(minimum_backoff_seconds=0.1, maximum_backoff_seconds=0.5, ack_deadline_seconds=10),
+    )
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
@@ -177,8 +181,15 @@ class ConsumerUnderTest:
     thread: threading.Thread
 
     @classmethod
-    def start(cls, project: str, gateway_port: int, wait_ready: bool = True, **overrides: Any) -> ConsumerUnderTest:
-        service = Service(settings_for_tests(project, gateway_port, **overrides))
+    def start(
+        cls,
+        project: str,
+        gateway_port: int,
+        wait_ready: bool = True,
+        intents: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> ConsumerUnderTest:
+        service = Service(settings_for_tests(project, gateway_port, **overrides), intents=intents)
         thread = threading.Thread(target=service.run, name="consumer-under-test", daemon=True)
         thread.start()
         c = cls(service, thread)
@@ -194,3 +205,126 @@ class ConsumerUnderTest:
             self.service.request_stop("test teardown")
             self.thread.join(timeout)
             assert not self.thread.is_alive(), "consumer did not stop"
+
+
+# -- Firestore state -------------------------------------------------------------------------------------------------
+
+
+def trading_config(**overrides: Any) -> dict[str, Any]:
+    """A paper config with trading on and a share for the strategies tests use."""
+    config: dict[str, Any] = {
+        "tradingEnabled": True,
+        "leverageCap": 1.0,
+        "exposure": {"overall": 1.0, "strategies": {"dummy": 0.5}},
+        "orderDefaults": {"orderType": "MKT", "algo": "Adaptive", "adaptivePriority": "Normal", "tif": "DAY"},
+    }
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+def write_config(project: str, mode: str = "paper", **overrides: Any) -> dict[str, Any]:
+    document = trading_config(**overrides)
+    firestore_client(project).collection("config").document(mode).set(document)
+    return document
+
+
+def mode_collection(project: str, name: str, mode: str = "paper") -> list[dict[str, Any]]:
+    ref = firestore_client(project).collection("tradingModes").document(mode).collection(name)
+    return [{"_id": d.id, **(d.to_dict() or {})} for d in ref.stream()]
+
+
+def holdings(project: str, mode: str = "paper") -> dict[str, dict[str, float]]:
+    """{strategy: {symbol: quantity}}"""
+    out: dict[str, dict[str, float]] = {}
+    for doc in mode_collection(project, "holdings", mode):
+        positions = {p["symbol"]: p["quantity"] for p in doc.get("positions", {}).values() if p.get("quantity")}
+        if positions:
+            out[doc["_id"]] = positions
+    return out
+
+
+def booked_totals(project: str, mode: str = "paper") -> dict[str, float]:
+    """Sum over every book (strategies and unallocated) per symbol."""
+    totals: dict[str, float] = {}
+    for positions in holdings(project, mode).values():
+        for symbol, quantity in positions.items():
+            totals[symbol] = totals.get(symbol, 0.0) + quantity
+    return {s: q for s, q in totals.items() if q}
+
+
+# -- the consumer as a separate process (for kills that must be real) ------------------------------------------------
+
+
+class ConsumerProcess:
+    """`python -m consumer serve` as a child process, logging to a file the test can read on failure."""
+
+    def __init__(self, project: str, gateway_port: int, log_path: Any, **env: str) -> None:
+        import os
+        import subprocess
+        import sys
+
+        from consumer.devstack.emulators import free_port
+
+        self.health_port = free_port()
+        self.log_path = log_path
+        environ = {
+            **os.environ,
+            "GOOGLE_CLOUD_PROJECT": project,
+            "IB_HOST": "127.0.0.1",
+            "IB_PORT": str(gateway_port),
+            "IB_CLIENT_ID": "1",
+            "HEALTH_PORT": str(self.health_port),
+            "HEARTBEAT_SECONDS": "1",
+            "IB_CONNECT_TIMEOUT": "5",
+            "CLAIM_LEASE_SECONDS": "3",
+            "LOG_FORMAT": "json",
+            **env,
+        }
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "consumer", "serve"],
+            env=environ,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def ready(self) -> bool:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=1) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def check() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"consumer exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            return self.ready()
+
+        wait_for(check, timeout, "the consumer process to be ready")
+
+    def log(self) -> str:
+        from pathlib import Path
+
+        return Path(self.log_path).read_text(errors="replace")
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        self.kill()
+        self._log.close()

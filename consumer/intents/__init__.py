@@ -6,7 +6,17 @@ from consumer.intents.base import Intent
 
 
 def builtin_intents() -> dict[str, Intent]:
-    from consumer.intents import ping, summary
+    from consumer.intents import allocation, cash_balancer, close_all, market_data, ping, records, summary
 
-    intents = [summary.INTENT, ping.INTENT, ping.HEALTH]
+    intents = [
+        summary.INTENT,
+        ping.INTENT,
+        ping.HEALTH,
+        allocation.INTENT,
+        close_all.INTENT,
+        cash_balancer.INTENT,
+        records.TRADE_RECONCILIATION,
+        records.RECONCILE,
+        market_data.INTENT,
+    ]
     return {intent.name: intent for intent in intents}

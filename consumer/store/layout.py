@@ -49,6 +49,12 @@ class Layout:
     def holdings(self) -> AsyncCollectionReference:
         return self._root.collection("holdings")
 
+    def transfers(self) -> AsyncCollectionReference:
+        return self._root.collection("transfers")
+
+    def adjustments(self) -> AsyncCollectionReference:
+        return self._root.collection("adjustments")
+
     def reconciliations(self) -> AsyncCollectionReference:
         return self._root.collection("reconciliations")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -25,6 +26,17 @@ def test_every_schema_is_used() -> None:
     code = "\n".join(p.read_text() for p in (ROOT / "consumer").rglob("*.py"))
     referenced = set(re.findall(r'"([a-z0-9/_-]+\.schema\.json)"', code))
     referenced |= {intent.schema for intent in builtin_intents().values()}
+    schemas = Schemas()
+    pending = list(referenced)
+    while pending:  # schemas reached through $ref from a used one are used too
+        name = pending.pop()
+        if not schemas.has(name):
+            continue
+        for ref in re.findall(r'"\$ref": "([^"#]+)', json.dumps(schemas.document(name))):
+            target = ref if "/" in ref or "/" not in name else f"{name.rsplit('/', 1)[0]}/{ref}"
+            if target not in referenced:
+                referenced.add(target)
+                pending.append(target)
     unused = sorted(set(Schemas().names()) - referenced)
     assert not unused, f"schemas nobody validates against: {unused}"
 

@@ -1,0 +1,53 @@
+"""Is an exchange open? From the contract's own trading hours, as IB Gateway reports them.
+
+IB sends hours per contract (`liquidHours` for the regular session, `tradingHours` including extended hours), a
+week or so ahead, holidays and half days included, in the contract's `timeZoneId`. That is better information
+than a calendar library of ours would have, and costs no dependency. Two formats exist:
+    new: "20231204:0930-20231204:1600;20231205:CLOSED"
+    old: "20231204:0930-1600;20231205:CLOSED" (and several ranges per day separated by ",")
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+# IB's time zone ids are mostly IANA names, with a few of its own.
+_ZONE_ALIASES = {
+    "EST": "America/New_York",
+    "EST5EDT": "America/New_York",
+    "CST": "America/Chicago",
+    "JST": "Asia/Tokyo",
+}
+
+
+def zone(time_zone_id: str) -> ZoneInfo:
+    return ZoneInfo(_ZONE_ALIASES.get(time_zone_id, time_zone_id or "America/New_York"))
+
+
+def sessions(hours: str, time_zone_id: str) -> list[tuple[datetime, datetime]]:
+    """The open intervals in `hours`, as aware datetimes."""
+    tz = zone(time_zone_id)
+    out: list[tuple[datetime, datetime]] = []
+    for day in filter(None, (part.strip() for part in hours.split(";"))):
+        date, _, ranges = day.partition(":")
+        if ranges.upper() == "CLOSED" or not ranges:
+            continue
+        for span in ranges.split(","):
+            start, _, end = span.partition("-")
+            begin = _point(date, start, tz)
+            finish = _point(date, end, tz)
+            if finish <= begin:  # an overnight session written in the old format
+                finish += timedelta(days=1)
+            out.append((begin, finish))
+    return out
+
+
+def is_open(hours: str, time_zone_id: str, now: datetime) -> bool:
+    return any(start <= now < end for start, end in sessions(hours, time_zone_id))
+
+
+def _point(date: str, text: str, tz: ZoneInfo) -> datetime:
+    if ":" in text:  # new format carries its own date
+        date, _, text = text.partition(":")
+    return datetime.strptime(f"{date}{text}", "%Y%m%d%H%M").replace(tzinfo=tz)

@@ -1,0 +1,145 @@
+"""Finding instruments at the broker: specs to qualified contracts with what sizing and hours need.
+
+Runs on the broker loop. Resolution is one concurrent burst of contract-detail requests; an unknown or ambiguous
+instrument is an error naming it, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from ib_insync import IB, Contract, ContractDetails
+
+from consumer.broker.hours import is_open
+from consumer.errors import IntentError
+from consumer.strategies.base import InstrumentSpec
+
+
+@dataclass(frozen=True)
+class Instrument:
+    key: str
+    contract: Contract
+    multiplier: float
+    time_zone: str
+    liquid_hours: str
+    trading_hours: str
+
+    @property
+    def con_id(self) -> int:
+        return self.contract.conId
+
+    @property
+    def currency(self) -> str:
+        return self.contract.currency
+
+    @property
+    def symbol(self) -> str:
+        return self.contract.localSymbol or self.contract.symbol
+
+    def open_at(self, now: datetime) -> bool:
+        hours = self.liquid_hours or self.trading_hours
+        return is_open(hours, self.time_zone, now) if hours else True
+
+    def describe(self) -> dict[str, object]:
+        c = self.contract
+        return {
+            "conId": c.conId,
+            "symbol": c.symbol,
+            "localSymbol": c.localSymbol,
+            "secType": c.secType,
+            "exchange": c.exchange,
+            "currency": c.currency,
+            "multiplier": self.multiplier,
+        }
+
+
+def contract_for(spec: InstrumentSpec) -> Contract:
+    if spec.sec_type == "CASH":
+        base, _, quote = spec.symbol.replace("/", ".").partition(".")
+        return Contract(secType="CASH", symbol=base, currency=quote or spec.currency, exchange="IDEALPRO")
+    return Contract(
+        secType=spec.sec_type,
+        symbol=spec.symbol,
+        exchange=spec.exchange,
+        currency=spec.currency,
+        primaryExchange=spec.primary_exchange,
+        lastTradeDateOrContractMonth=spec.last_trade,
+    )
+
+
+class Instruments:
+    """Resolved instruments, cached by spec for the life of the connection's session."""
+
+    def __init__(self, ib: IB) -> None:
+        self._ib = ib
+        self._cache: dict[InstrumentSpec, Instrument] = {}
+
+    async def resolve(self, specs: Mapping[str, InstrumentSpec]) -> dict[str, Instrument]:
+        missing = {spec for spec in specs.values() if spec not in self._cache}
+        found = await asyncio.gather(*(self._details(spec) for spec in missing))
+        problems = []
+        for spec, details in zip(missing, found, strict=True):
+            if not details:
+                problems.append(f"{spec.symbol}: unknown at the broker ({_describe(spec)})")
+            elif len(details) > 1:
+                where = ", ".join(
+                    sorted(
+                        {f"{d.contract.exchange or d.contract.primaryExchange}/{d.contract.currency}" for d in details}
+                    )
+                )
+                problems.append(f"{spec.symbol}: ambiguous ({where}); give its exchange and currency")
+            else:
+                self._cache[spec] = _instrument(spec.symbol, details[0])
+        if problems:
+            raise IntentError("unknown_instrument", "; ".join(sorted(problems)))
+        return {key: self._cache[spec] for key, spec in specs.items()}
+
+    async def by_con_id(self, con_id: int) -> Instrument:
+        return await self.by_contract(Contract(conId=con_id))
+
+    async def by_contract(self, contract: Contract) -> Instrument:
+        """The instrument for a contract the broker reported (a position or a fill), by its conId."""
+        for instrument in self._cache.values():
+            if instrument.con_id == contract.conId:
+                return instrument
+        details = await self._ib.reqContractDetailsAsync(Contract(conId=contract.conId))
+        if not details:
+            raise IntentError("unknown_instrument", f"conId {contract.conId} ({contract.symbol}) unknown at the broker")
+        found = details[0].contract
+        assert found is not None
+        spec = InstrumentSpec(symbol=found.localSymbol or found.symbol, sec_type=found.secType)
+        instrument = _instrument(spec.symbol, details[0])
+        self._cache[spec] = instrument
+        return instrument
+
+    async def _details(self, spec: InstrumentSpec) -> list[ContractDetails]:
+        return await self._ib.reqContractDetailsAsync(contract_for(spec))
+
+
+def _instrument(key: str, details: ContractDetails) -> Instrument:
+    contract = details.contract
+    assert contract is not None
+    if contract.secType == "STK" and not contract.exchange:
+        contract.exchange = "SMART"
+    try:
+        multiplier = float(contract.multiplier or 1) or 1.0
+    except ValueError:
+        multiplier = 1.0
+    return Instrument(
+        key=key,
+        contract=contract,
+        multiplier=multiplier,
+        time_zone=details.timeZoneId,
+        liquid_hours=details.liquidHours,
+        trading_hours=details.tradingHours,
+    )
+
+
+def _describe(spec: InstrumentSpec) -> str:
+    parts = [spec.sec_type, spec.exchange, spec.currency or "any currency"]
+    if spec.last_trade:
+        parts.append(spec.last_trade)
+    return " ".join(parts)

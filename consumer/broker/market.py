@@ -1,0 +1,90 @@
+"""Market data from the gateway, for strategies and sizing: daily bars, snapshot prices and FX rates."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterable, Mapping
+
+from ib_insync import IB, Ticker
+
+from consumer.broker.instruments import Instrument
+from consumer.strategies.base import Bar, SignalUnavailable
+
+HISTORY_TIMEOUT = 60.0
+SNAPSHOT_TIMEOUT = 30.0
+
+
+def duration(days: int) -> str:
+    """IB's duration string: days up to a year, whole years beyond."""
+    return f"{days} D" if days <= 365 else f"{math.ceil(days / 365)} Y"
+
+
+class BrokerMarketData:
+    """The strategies' view of the market (consumer.strategies.base.MarketData), limited to their instruments."""
+
+    def __init__(self, ib: IB, instruments: Mapping[str, Instrument]) -> None:
+        self._ib = ib
+        self._instruments = instruments
+
+    def _instrument(self, symbol: str) -> Instrument:
+        try:
+            return self._instruments[symbol]
+        except KeyError:
+            raise SignalUnavailable(f"{symbol} is not among the strategy's instruments") from None
+
+    async def daily_bars(self, symbol: str, days: int) -> list[Bar]:
+        instrument = self._instrument(symbol)
+        bars = await self._ib.reqHistoricalDataAsync(
+            instrument.contract,
+            endDateTime="",
+            durationStr=duration(days),
+            barSizeSetting="1 day",
+            whatToShow="MIDPOINT" if instrument.contract.secType == "CASH" else "TRADES",
+            useRTH=True,
+            formatDate=1,
+            timeout=HISTORY_TIMEOUT,
+        )
+        return [Bar(str(b.date), b.open, b.high, b.low, b.close, b.volume) for b in bars]
+
+    async def price(self, symbol: str) -> float:
+        instrument = self._instrument(symbol)
+        return (await snapshot_prices(self._ib, [instrument]))[instrument.con_id]
+
+
+async def snapshot_prices(ib: IB, instruments: Iterable[Instrument]) -> dict[int, float]:
+    """One snapshot per instrument, concurrently; an instrument without a usable price is left out."""
+    unique = {i.con_id: i for i in instruments}
+    if not unique:
+        return {}
+    tickers = await asyncio.wait_for(
+        ib.reqTickersAsync(*(i.contract for i in unique.values())), timeout=SNAPSHOT_TIMEOUT
+    )
+    prices = {}
+    for ticker in tickers:
+        price = ticker_price(ticker)
+        if price is not None and ticker.contract is not None:
+            prices[ticker.contract.conId] = price
+    return prices
+
+
+def ticker_price(ticker: Ticker) -> float | None:
+    for candidate in (ticker.marketPrice(), ticker.close):
+        if candidate is not None and math.isfinite(candidate) and candidate > 0:
+            return float(candidate)
+    return None
+
+
+def fx_rates(ib: IB, account: str) -> dict[str, float]:
+    """Units of base currency per unit of each currency, from the account's ExchangeRate values.
+
+    ib_insync keeps account values current through the subscription it starts at connect.
+    """
+    rates = {}
+    for value in ib.accountValues(account):
+        if value.tag == "ExchangeRate" and value.currency and value.currency != "BASE":
+            try:
+                rates[value.currency] = float(value.value)
+            except ValueError:
+                continue
+    return rates

@@ -1,0 +1,278 @@
+"""The order engine: place orders concurrently, wait on the broker's own events, report each one's fate.
+
+Every order carries an `orderRef` derived from the request id and the leg, so an order can always be found again:
+a re-run of the same request (a redelivery, a crash) places only the legs the broker does not already have, and
+an order whose confirmation timed out is looked up, never re-placed blindly.
+
+No sleeps: confirmation is awaited on ib_insync's trade status events, raced against the disconnect event (a
+dropped gateway resets ib_insync's trades, so waiting on the old ones would only run out the timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ib_insync import IB, ExecutionFilter, LimitOrder, MarketOrder, Order, TagValue, Trade
+
+from consumer.broker import views
+from consumer.broker.instruments import Instrument
+from consumer.broker.shared import SharedRequests
+from consumer.store.trading_config import OrderDefaults
+
+# Statuses that settle the wait: the broker has accepted (Submitted), finished (Filled), or refused the order.
+CONFIRMED = {"PreSubmitted", "Submitted", "Filled", "Cancelled", "ApiCancelled", "Inactive"}
+DONE = {"Filled", "Cancelled", "ApiCancelled", "Inactive"}
+ACCEPTED = {"PreSubmitted", "Submitted"}
+
+
+def order_ref(intent: str, request_id: str, leg: str) -> str:
+    """Stable per (request, leg): the key that finds an order again after a crash or a redelivery."""
+    digest = hashlib.sha256(request_id.encode()).hexdigest()[:12]
+    return f"{intent[:5]}-{digest}-{re.sub(r'[^A-Za-z0-9.]', '_', leg)[:20]}"
+
+
+@dataclass(frozen=True, slots=True)
+class LegOrder:
+    order_ref: str
+    instrument: Instrument
+    quantity: float  # signed
+    limit_price: float | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    order_ref: str
+    outcome: str  # filled | working | cancelled | rejected | unconfirmed | missing
+    status: str = ""
+    order_id: int | None = None
+    perm_id: int | None = None
+    client_id: int | None = None
+    filled: float = 0.0
+    remaining: float | None = None
+    avg_fill_price: float | None = None
+    error: dict[str, Any] | None = None
+    existing: bool = False  # found at the broker from an earlier run, not placed now
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {
+            "orderRef": self.order_ref,
+            "outcome": self.outcome,
+            "status": self.status,
+            "orderId": self.order_id,
+            "permId": self.perm_id,
+            "filled": self.filled,
+            "remaining": self.remaining,
+            "avgFillPrice": self.avg_fill_price,
+            "existing": self.existing,
+        }
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def outcome_of(trade: Trade, existing: bool = False) -> Outcome:
+    status = trade.orderStatus.status
+    filled = trade.orderStatus.filled
+    if status == "Filled":
+        kind = "filled"
+    elif status in {"Cancelled", "ApiCancelled", "Inactive"}:
+        kind = "rejected" if _rejection(trade) else "cancelled"
+    elif status in {"Submitted", "PreSubmitted"}:
+        kind = "working"
+    else:
+        kind = "unconfirmed"
+    return Outcome(
+        order_ref=trade.order.orderRef,
+        outcome=kind,
+        status=status,
+        order_id=trade.order.orderId or None,
+        perm_id=trade.order.permId or None,
+        client_id=trade.order.clientId,
+        filled=filled,
+        remaining=trade.orderStatus.remaining,
+        avg_fill_price=views.number(trade.orderStatus.avgFillPrice) if filled else None,
+        error=_rejection(trade),
+        existing=existing,
+    )
+
+
+def _rejection(trade: Trade) -> dict[str, Any] | None:
+    for entry in reversed(trade.log):
+        if entry.errorCode and entry.errorCode not in {202}:  # 202 is IB's note on a requested cancel
+            return {"code": entry.errorCode, "message": entry.message}
+    return None
+
+
+class OrderEngine:
+    def __init__(
+        self,
+        ib: IB,
+        requests: SharedRequests,
+        defaults: OrderDefaults,
+        properties: Mapping[str, Any],
+        timeout: float,
+        account: str,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self._ib = ib
+        self._requests = requests
+        self._progress = progress
+        self._confirmed = 0
+        self._defaults = defaults
+        self._properties = dict(properties)
+        self._timeout = defaults.timeout_seconds or timeout
+        self._account = account
+
+    def build(self, leg: LegOrder) -> Order:
+        action = "BUY" if leg.quantity > 0 else "SELL"
+        quantity = abs(leg.quantity)
+        if self._defaults.order_type == "LMT" and leg.limit_price is not None:
+            order: Order = LimitOrder(action, quantity, leg.limit_price)
+        else:
+            order = MarketOrder(action, quantity)
+        # IB's Adaptive algo works stocks and futures; IDEALPRO forex takes plain orders.
+        if self._defaults.algo == "Adaptive" and leg.instrument.contract.secType in {"STK", "FUT"}:
+            order.algoStrategy = "Adaptive"
+            order.algoParams = [TagValue("adaptivePriority", self._defaults.adaptive_priority)]
+        order.tif = self._properties.get("tif", self._defaults.tif)
+        if "goodAfterTime" in self._properties:
+            order.goodAfterTime = self._properties["goodAfterTime"]
+        if "outsideRth" in self._properties:
+            order.outsideRth = bool(self._properties["outsideRth"])
+        order.orderRef = leg.order_ref
+        order.account = self._account
+        return order
+
+    async def place(self, legs: Iterable[LegOrder]) -> dict[str, Outcome]:
+        """Sends every leg at once and waits for each to be confirmed (ib_insync paces the sends at 45/s)."""
+        self._confirmed = 0
+        trades = [self._ib.placeOrder(leg.instrument.contract, self.build(leg)) for leg in legs]
+        confirmed = await asyncio.gather(*(self._confirm_counted(trade, len(trades)) for trade in trades))
+        outcomes: dict[str, Outcome] = {}
+        for trade, settled in zip(trades, confirmed, strict=True):
+            ref = trade.order.orderRef
+            outcomes[ref] = (
+                outcome_of(trade)
+                if settled
+                else Outcome(order_ref=ref, outcome="unconfirmed", order_id=trade.order.orderId)
+            )
+        unconfirmed = {ref for ref, o in outcomes.items() if o.outcome == "unconfirmed"}
+        if unconfirmed:
+            # Ambiguous is not failed: the order may well be live. Ask the broker; never place it again.
+            try:
+                resolved = await find_orders(self._ib, self._requests, unconfirmed, within=self._timeout)
+            except TimeoutError:
+                resolved = {}  # still unknown: reported as unconfirmed, left open in the books for reconciliation
+            outcomes.update({ref: resolved[ref] for ref in unconfirmed if ref in resolved})
+        return outcomes
+
+    async def find(self, refs: set[str]) -> dict[str, Outcome]:
+        return await find_orders(self._ib, self._requests, refs)
+
+    async def _confirm_counted(self, trade: Trade, total: int) -> bool:
+        try:
+            return await self._confirm(trade)
+        finally:
+            self._confirmed += 1
+            # A long rebalance reports every tenth of the way (on a terminal, that is its progress bar).
+            step = max(1, total // 10)
+            if self._progress is not None and total >= 10 and (self._confirmed % step == 0 or self._confirmed == total):
+                self._progress(self._confirmed, total)
+
+    async def _confirm(self, trade: Trade) -> bool:
+        """Waits on the trade's status events until it settles; False on timeout. Raises on disconnect.
+
+        A market order settles when it is done (filled, cancelled, rejected): its fills follow within moments.
+        Other orders settle once the broker has accepted them, since a resting limit order may wait all day. A
+        market order still open at the timeout was accepted, so it is reported as working, not unconfirmed.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        settled = DONE if trade.order.orderType == "MKT" else CONFIRMED
+        disconnected = next_emit(self._ib.disconnectedEvent)
+        try:
+            while trade.orderStatus.status not in settled:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return trade.orderStatus.status in ACCEPTED
+                changed = next_emit(trade.statusEvent)
+                await asyncio.wait({changed, disconnected}, timeout=remaining, return_when="FIRST_COMPLETED")
+                changed.cancel()
+                if disconnected.done():
+                    raise ConnectionError(f"gateway disconnected while order {trade.order.orderRef} was in flight")
+            return True
+        finally:
+            disconnected.cancel()
+
+
+def next_emit(event: Any) -> asyncio.Future[Any]:
+    """A future for the next emit of an eventkit event, subscribed before this returns.
+
+    Awaiting the event inside a new task would subscribe only when that task first runs, and a status update
+    already read from the socket in the same loop iteration would be missed.
+    """
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def on_emit(*args: Any) -> None:
+        if not future.done():
+            future.set_result(args)
+
+    event.connect(on_emit)
+    future.add_done_callback(lambda _: event.disconnect(on_emit))
+    return future
+
+
+LOOKUP_TIMEOUT = 30.0
+
+
+async def find_orders(
+    ib: IB, requests: SharedRequests, refs: set[str], within: float = LOOKUP_TIMEOUT
+) -> dict[str, Outcome]:
+    """Orders with these orderRefs at the broker: working, completed, or seen only as executions.
+
+    Bounded: a gateway that stops answering raises TimeoutError (transient: the request is retried later and
+    looks again), rather than hanging the intent.
+    """
+    if not refs:
+        return {}
+    open_trades, completed, fills = await asyncio.wait_for(
+        asyncio.gather(
+            requests.open_orders(),
+            requests.completed_orders(),
+            ib.reqExecutionsAsync(ExecutionFilter()),
+        ),
+        within,
+    )
+    found: dict[str, Outcome] = {}
+    for trade in [*completed, *open_trades, *ib.trades()]:
+        ref = trade.order.orderRef
+        if ref in refs:
+            candidate = outcome_of(trade, existing=True)
+            if ref not in found or _more_final(candidate, found[ref]):
+                found[ref] = candidate
+    for fill in fills:
+        ref = fill.execution.orderRef
+        if ref in refs and ref not in found:
+            found[ref] = Outcome(
+                order_ref=ref,
+                outcome="working",
+                status="Executed",
+                order_id=fill.execution.orderId,
+                perm_id=fill.execution.permId,
+                filled=fill.execution.cumQty,
+                existing=True,
+            )
+    return found
+
+
+_RANK = {"filled": 4, "cancelled": 3, "rejected": 3, "working": 2, "unconfirmed": 1, "missing": 0}
+
+
+def _more_final(a: Outcome, b: Outcome) -> bool:
+    return (_RANK[a.outcome], a.filled) > (_RANK[b.outcome], b.filled)

@@ -1,0 +1,154 @@
+"""allocation: each strategy's target weights turned into one netted order per instrument.
+
+strategies (config's enabled ones by default) -> each one's params validated by its own schema
+books brought in step with the broker; holdings and working orders per strategy
+target weights per strategy (a strategy whose signal fails is skipped and reported, never read as zero)
+leverage check; weights -> whole contracts with net liquidation, prices, multipliers and FX rates
+net across strategies per instrument; place (or, dry run, report) through the order engine
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from consumer.broker.instruments import Instrument
+from consumer.broker.market import BrokerMarketData, fx_rates, snapshot_prices
+from consumer.errors import IntentError
+from consumer.intents.base import Intent, IntentContext
+from consumer.intents.rebalance import Rebalance
+from consumer.portfolio import gross_exposure, target_quantity
+from consumer.strategies import discover
+from consumer.strategies.base import Strategy
+
+
+def choose_strategies(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Strategy]:
+    """The strategies to run, each built with its own validated params; every problem named at once."""
+    known = discover()
+    config = ctx.config
+    names: list[str] = params.get("strategies") or config.enabled_strategies
+    strategy_params: dict[str, Any] = params.get("strategyParams", {})
+    problems = []
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        problems.append(
+            f"unknown strategy {', '.join(map(repr, unknown))}; known strategies: {', '.join(sorted(known))}"
+        )
+    stray = sorted(set(strategy_params) - set(names))
+    if stray:
+        problems.append(f"strategyParams given for {', '.join(stray)}, which this allocation does not run")
+    disabled = [n for n in names if n in known and config.capital_share(n) <= 0]
+    if disabled:
+        problems.append(
+            f"no capital for {', '.join(disabled)}: config/{ctx.services.settings.trading_mode} "
+            "exposure.strategies gives it no share"
+        )
+    built: dict[str, Strategy] = {}
+    for name in names:
+        if name not in known:
+            continue
+        own = strategy_params.get(name, {})
+        errors = sorted(Draft202012Validator(known[name].params_schema).iter_errors(own), key=lambda e: list(e.path))
+        for error in errors:
+            where = "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path)
+            problems.append(f"strategyParams.{name}{where}: {error.message}")
+        if not errors:
+            built[name] = known[name](own)
+    if problems:
+        raise IntentError("invalid_strategies", "; ".join(problems), details=problems)
+    if not built:
+        raise IntentError("no_strategies", "no strategy to run: none named and none enabled in the config")
+    return built
+
+
+async def allocation(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
+    strategies = choose_strategies(ctx, params)
+    services = ctx.services
+    ib = ctx.ib
+    config = ctx.config
+
+    resolved = await asyncio.gather(*(services.instruments.resolve(s.instruments()) for s in strategies.values()))
+    instruments: dict[str, dict[str, Instrument]] = dict(zip(strategies, resolved, strict=True))
+    rebalance = await Rebalance.open(ctx, list(strategies))
+
+    async def weights_of(name: str, strategy: Strategy) -> dict[str, float] | str:
+        try:
+            return await strategy.target_weights(BrokerMarketData(ib, instruments[name]))
+        except Exception as e:
+            ctx.log.warning("strategy skipped: no signal", strategy=name, error=str(e))
+            return f"{type(e).__name__}: {e}" if not str(e) else str(e)
+
+    outcomes = dict(
+        zip(strategies, await asyncio.gather(*(weights_of(n, s) for n, s in strategies.items())), strict=True)
+    )
+    weights = {n: w for n, w in outcomes.items() if isinstance(w, dict)}
+    skipped = {n: reason for n, reason in outcomes.items() if isinstance(reason, str)}
+
+    shares = {n: config.capital_share(n) for n in weights}
+    gross = gross_exposure(weights, shares)
+    if gross > config.leverage_cap + 1e-9:
+        raise IntentError(
+            "leverage_exceeded",
+            f"the targets add up to {gross:.4g}x net liquidation, above leverageCap {config.leverage_cap:g}; "
+            "nothing was placed",
+        )
+
+    needed = {i.con_id: i for n in weights for i in instruments[n].values()}
+    prices = await snapshot_prices(ib, needed.values())
+    rates = {**fx_rates(ib, rebalance.account.id), rebalance.account.base_currency: 1.0}
+    targets: dict[str, dict[int, float]] = {}
+    sizing: dict[str, Any] = {}
+    for name, wanted in weights.items():
+        capital = rebalance.account.net_liquidation * shares[name]
+        unknown = [s for s in wanted if s not in instruments[name]]
+        unpriced = [
+            s for s, w in wanted.items() if s in instruments[name] and w and instruments[name][s].con_id not in prices
+        ]
+        no_rate = [
+            s for s, w in wanted.items() if s in instruments[name] and w and instruments[name][s].currency not in rates
+        ]
+        if unknown or unpriced or no_rate:
+            skipped[name] = "; ".join(
+                part
+                for part in (
+                    unknown and f"weights for instruments it does not declare: {', '.join(unknown)}",
+                    unpriced and f"no price for {', '.join(unpriced)}",
+                    no_rate and f"no exchange rate for {', '.join(no_rate)}",
+                )
+                if part
+            )
+            continue
+        targets[name] = {}
+        for symbol, instrument in instruments[name].items():
+            weight = wanted.get(symbol, 0.0)
+            targets[name][instrument.con_id] = (
+                target_quantity(
+                    capital, weight, prices[instrument.con_id], instrument.multiplier, rates[instrument.currency]
+                )
+                if weight
+                else 0
+            )
+        sizing[name] = {"capital": round(capital, 2), "weights": wanted}
+
+    rebalance.only(list(targets))
+    by_con_id = {i.con_id: i for n in targets for i in instruments[n].values()}
+    report = await rebalance.carry_out(targets, by_con_id) if targets else {"instruments": [], "orders": {}}
+    return {
+        **report,
+        "strategies": {
+            **{n: {"status": "ok", **sizing[n]} for n in targets},
+            **{n: {"status": "skipped", "reason": reason} for n, reason in skipped.items()},
+        },
+        "prices": {i.symbol: prices.get(c) for c, i in by_con_id.items()},
+        "fxRates": rates,
+    }
+
+
+INTENT = Intent(
+    name="allocation",
+    handler=allocation,
+    description="Rebalance each strategy to its target weights, netted into one order per instrument.",
+    trades=True,
+)

@@ -1,0 +1,105 @@
+"""cash-balancer: converts foreign cash beyond a threshold back to the base currency with IDEALPRO orders.
+
+Every quantity rounds towards zero, in both directions: a positive balance is never oversold, and a negative
+one (a debit in that currency) is never over-bought. Balances worth less than the threshold are left alone.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from consumer.broker.instruments import Instrument, Instruments
+from consumer.broker.market import fx_rates, snapshot_prices
+from consumer.broker.orders import LegOrder, order_ref
+from consumer.errors import IntentError, Rejected
+from consumer.intents.base import Intent, IntentContext
+from consumer.intents.rebalance import account_snapshot, send_orders
+
+
+def cash_balances(values: Any, account: str) -> dict[str, float]:
+    return {
+        v.currency: float(v.value)
+        for v in values
+        if v.account == account and v.tag == "CashBalance" and v.currency and v.currency != "BASE"
+    }
+
+
+async def fx_pair(instruments: Instruments, currency: str, base: str) -> tuple[Instrument, bool]:
+    """The IDEALPRO pair for currency/base and whether `currency` is its base (EUR.USD) or its quote (USD.JPY)."""
+    from consumer.strategies.base import InstrumentSpec
+
+    for symbol, currency_is_base in ((f"{currency}.{base}", True), (f"{base}.{currency}", False)):
+        try:
+            found = await instruments.resolve({symbol: InstrumentSpec(symbol=symbol, sec_type="CASH")})
+        except IntentError:
+            continue
+        return found[symbol], currency_is_base
+    raise IntentError("no_fx_pair", f"no IDEALPRO pair for {currency}/{base}")
+
+
+def conversion(balance: float, pair_price: float, currency_is_base: bool) -> float:
+    """Signed order quantity (in the pair's base currency) that brings `balance` towards zero, never past it."""
+    if currency_is_base:  # EUR.USD: the quantity is in EUR; sell what we have, buy back what we owe
+        return -math.trunc(balance)
+    # USD.JPY with a JPY balance: the quantity is in USD; buying USD spends JPY, selling USD brings JPY in.
+    return math.trunc(balance / pair_price)
+
+
+async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
+    ib = ctx.ib
+    services = ctx.services
+    account = await account_snapshot(ib, services.settings.ib_account)
+    threshold = float(params.get("threshold", ctx.config.cash_threshold))
+    base = account.base_currency
+    balances = cash_balances(ib.accountValues(account.id), account.id)
+    rates = fx_rates(ib, account.id)
+
+    lines: list[dict[str, Any]] = []
+    orders: dict[str, LegOrder] = {}
+    for currency, balance in sorted(balances.items()):
+        if currency == base:
+            continue
+        rate = rates.get(currency)
+        if rate is None:
+            lines.append({"currency": currency, "balance": balance, "action": "skipped", "reason": "no exchange rate"})
+            continue
+        value = balance * rate
+        line: dict[str, Any] = {"currency": currency, "balance": balance, "baseValue": round(value, 2)}
+        if abs(value) < threshold or balance == 0:
+            lines.append({**line, "action": "left", "reason": f"below the threshold of {threshold:g} {base}"})
+            continue
+        pair, currency_is_base = await fx_pair(services.instruments, currency, base)
+        price = (await snapshot_prices(ib, [pair])).get(pair.con_id)
+        if price is None:
+            lines.append({**line, "action": "skipped", "reason": f"no price for {pair.symbol}"})
+            continue
+        quantity = conversion(balance, price, currency_is_base)
+        if quantity == 0:
+            lines.append({**line, "action": "left", "reason": "less than one unit to convert"})
+            continue
+        ref = order_ref("cash", ctx.request_id, pair.symbol)
+        orders[ref] = LegOrder(ref, pair, quantity)
+        lines.append({**line, "action": "convert", "pair": pair.symbol, "order": quantity, "orderRef": ref})
+
+    envelope = ctx.request.envelope
+    if orders and not ctx.dry_run and not (envelope and envelope.ignore_market_hours):
+        now = datetime.now(UTC)
+        closed = sorted(o.instrument.symbol for o in orders.values() if not o.instrument.open_at(now))
+        if closed:
+            raise Rejected("market_closed", f"IDEALPRO is closed for {', '.join(closed)}; nothing was converted")
+    outcomes = {} if ctx.dry_run else await send_orders(ctx, account.id, orders, {})
+    for line in lines:
+        outcome = outcomes.get(line.get("orderRef", ""))
+        if outcome is not None:
+            line.update(outcome.as_dict())
+    return {"account": account.id, "baseCurrency": base, "threshold": threshold, "balances": lines}
+
+
+INTENT = Intent(
+    name="cash-balancer",
+    handler=cash_balancer,
+    description="Convert foreign cash beyond a threshold back to the base currency.",
+    trades=True,
+)

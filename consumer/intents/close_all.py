@@ -1,0 +1,41 @@
+"""close-all: flatten what the named strategies hold (all strategies by default), netted per instrument.
+
+Positions that no strategy holds (a manual trade, a transfer in) are never touched, unless `includeUnallocated`
+asks to flatten the `unallocated` book too (where reconcile puts what it cannot attribute).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from consumer.errors import IntentError
+from consumer.intents.base import Intent, IntentContext
+from consumer.intents.rebalance import Rebalance
+from consumer.store.books import UNALLOCATED
+from consumer.strategies import discover
+
+
+async def close_all(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
+    named: list[str] | None = params.get("strategies")
+    if named:
+        unknown = [n for n in named if n not in discover() and n != UNALLOCATED]
+        if unknown:
+            raise IntentError("unknown_strategy", f"unknown strategy {', '.join(map(repr, unknown))}")
+    include_unallocated = bool(params.get("includeUnallocated"))
+    books = [*named, *([UNALLOCATED] if include_unallocated else [])] if named else None
+    rebalance = await Rebalance.open(ctx, books)
+    chosen = set(books) if books else {s for s in rebalance.holdings if s != UNALLOCATED}
+    if include_unallocated:
+        chosen.add(UNALLOCATED)
+    rebalance.only(sorted(chosen))
+    targets: dict[str, dict[int, float]] = {s: {} for s in chosen}
+    report = await rebalance.carry_out(targets, {})
+    return {**report, "strategies": sorted(chosen)}
+
+
+INTENT = Intent(
+    name="close-all",
+    handler=close_all,
+    description="Flatten the holdings of the named strategies (default: all), netted per instrument.",
+    trades=True,
+)

@@ -1,0 +1,54 @@
+"""Counters and latencies that matter to whoever runs this, served as JSON on /metrics.
+
+In Google Cloud the same facts reach Cloud Monitoring as log-based metrics: every counted event is also a
+structured log line with a stable message ("intent finished", "order settled", "gateway connected",
+"dead-lettered"), which infra/ turns into metrics. Thread-safe: the broker loop writes, the health thread reads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Any
+
+# Latency buckets (ms) for intents, enough to see p50/p99 shifts without a metrics library.
+BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._latency: dict[str, list[int]] = {}
+        self._latency_sum: dict[str, float] = defaultdict(float)
+
+    def count(self, name: str, label: str = "", by: int = 1) -> None:
+        with self._lock:
+            self._counters[name][label] += by
+
+    def observe_intent(self, intent: str, status: str, duration_ms: float) -> None:
+        with self._lock:
+            self._counters["intents"][f"{intent}:{status}"] += 1
+            buckets = self._latency.setdefault(intent, [0] * (len(BUCKETS_MS) + 1))
+            index = next((i for i, bound in enumerate(BUCKETS_MS) if duration_ms <= bound), len(BUCKETS_MS))
+            buckets[index] += 1
+            self._latency_sum[intent] += duration_ms
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            latency = {
+                intent: {
+                    "count": sum(buckets),
+                    "meanMs": round(self._latency_sum[intent] / max(1, sum(buckets)), 3),
+                    "bucketsMs": {
+                        (f"le{bound}" if i < len(BUCKETS_MS) else "inf"): n
+                        for i, (bound, n) in enumerate(zip((*BUCKETS_MS, None), buckets, strict=True))
+                        if n
+                    },
+                }
+                for intent, buckets in self._latency.items()
+            }
+            return {
+                "counters": {name: dict(values) for name, values in self._counters.items()},
+                "intentLatency": latency,
+            }

@@ -1,0 +1,355 @@
+"""Books and records: open orders, fills and each strategy's holdings, kept exact in Firestore.
+
+Every execution is booked in one transaction: the fill document (keyed by IB's execId), the strategies' shares
+of it, their holdings, and the order's progress are written together or not at all, so an execution is applied
+once however often it is seen, and a crash between steps leaves nothing half-applied.
+
+Transactions are serialised in-process (one booking at a time): bookings touch the same order and holdings
+documents, and contention only turns into retries. Nothing with an outside effect happens inside a transaction
+function, because Firestore re-runs it on contention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from google.cloud.firestore import AsyncTransaction, async_transactional
+
+from consumer.portfolio import EPSILON, attribute
+from consumer.store.layout import Layout
+
+UNALLOCATED = "unallocated"
+TERMINAL = {"Filled", "Cancelled", "ApiCancelled", "Inactive", "NotPlaced"}
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """One execution as the books need it (built from ib_insync's Fill on the broker loop)."""
+
+    exec_id: str
+    order_ref: str
+    perm_id: int
+    con_id: int
+    symbol: str
+    sec_type: str
+    currency: str
+    exchange: str
+    multiplier: float
+    side: str  # BOT / SLD
+    shares: float
+    price: float
+    time: str
+    commission: float | None = None
+    commission_currency: str | None = None
+    account: str = ""
+    synthetic: bool = False  # built from a completed order whose executions the gateway no longer reports
+
+    @property
+    def signed(self) -> float:
+        return self.shares if self.side == "BOT" else -self.shares
+
+
+@dataclass(frozen=True, slots=True)
+class PendingOrder:
+    """An order about to be placed, written before it is sent so a crash cannot orphan it."""
+
+    order_ref: str
+    request_id: str
+    intent: str
+    instrument: dict[str, Any]
+    quantity: float
+    shares: dict[str, float]
+
+
+class Books:
+    def __init__(self, layout: Layout) -> None:
+        self._layout = layout
+        self._lock = asyncio.Lock()
+
+    # -- reading -------------------------------------------------------------------------------------------------
+
+    async def holdings(self, strategies: Iterable[str] | None = None) -> dict[str, dict[int, dict[str, Any]]]:
+        """{strategy: {conId: position}} for the given strategies (all when None)."""
+        if strategies is None:
+            snapshots = [s async for s in self._layout.holdings().stream()]
+        else:
+            refs = [self._layout.holdings().document(s) for s in strategies]
+            snapshots = [s async for s in self._layout.db.get_all(refs)] if refs else []
+        out: dict[str, dict[int, dict[str, Any]]] = {}
+        for snapshot in snapshots:
+            if snapshot.exists:
+                positions = (snapshot.to_dict() or {}).get("positions", {})
+                out[snapshot.id] = {int(k): v for k, v in positions.items() if abs(v.get("quantity", 0)) > EPSILON}
+        return out
+
+    async def open_orders(self) -> list[dict[str, Any]]:
+        return [s.to_dict() async for s in self._layout.open_orders().stream()]
+
+    async def fill(self, exec_id: str) -> dict[str, Any] | None:
+        snapshot = await self._layout.fills().document(exec_id).get()
+        return snapshot.to_dict() if snapshot.exists else None
+
+    # -- orders ----------------------------------------------------------------------------------------------------
+
+    async def known_orders(self, order_refs: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Order documents (open or closed) for these orderRefs: a request that has them has run before."""
+        refs = [c.document(r) for r in set(order_refs) for c in (self._layout.open_orders(), self._layout.orders())]
+        if not refs:
+            return {}
+        return {s.id: s.to_dict() or {} async for s in self._layout.db.get_all(refs) if s.exists}
+
+    async def write_pending(self, orders: Iterable[PendingOrder]) -> None:
+        """Write-ahead of placement, so an order sent just before a crash is still attributed to its strategies.
+
+        An order still `pending` (written by an earlier run that died before sending it) is rewritten with this
+        run's quantities; one that was placed is left alone (the caller does not send it again).
+        """
+        orders = list(orders)
+        if not orders:
+            return
+        refs = [self._layout.open_orders().document(o.order_ref) for o in orders]
+        existing = {s.id: (s.to_dict() or {}) async for s in self._layout.db.get_all(refs) if s.exists}
+        batch = self._layout.db.batch()
+        now = datetime.now(UTC)
+        for order, ref in zip(orders, refs, strict=True):
+            if existing.get(order.order_ref, {}).get("state", "pending") != "pending":
+                continue
+            batch.set(
+                ref,
+                {
+                    "orderRef": order.order_ref,
+                    "requestId": order.request_id,
+                    "intent": order.intent,
+                    **order.instrument,
+                    "quantity": order.quantity,
+                    "action": "BUY" if order.quantity > 0 else "SELL",
+                    "shares": order.shares,
+                    "booked": {},
+                    "filled": 0.0,
+                    "execIds": [],
+                    "state": "pending",
+                    "createdAt": now,
+                    "updatedAt": now,
+                },
+            )
+        await batch.commit()
+
+    async def mark_placed(self, updates: Mapping[str, Mapping[str, Any]]) -> None:
+        """orderRef -> {orderId, permId, clientId, brokerStatus}, once the broker has answered.
+
+        A fast order can be filled and booked (moved to `orders`) before this runs; under the booking lock the
+        ids go to wherever the order document is now.
+        """
+        if not updates:
+            return
+        async with self._lock:
+            refs = [c.document(r) for r in updates for c in (self._layout.open_orders(), self._layout.orders())]
+            present = {(s.reference.parent.id, s.id) async for s in self._layout.db.get_all(refs) if s.exists}
+            batch = self._layout.db.batch()
+            now = datetime.now(UTC)
+            for order_ref, fields in updates.items():
+                if (self._layout.open_orders().id, order_ref) in present:
+                    batch.update(
+                        self._layout.open_orders().document(order_ref), {**fields, "state": "placed", "updatedAt": now}
+                    )
+                elif (self._layout.orders().id, order_ref) in present:
+                    batch.update(self._layout.orders().document(order_ref), {**fields, "updatedAt": now})
+            await batch.commit()
+
+    async def close_order(self, order_ref: str, final_state: str, broker_filled: float | None) -> bool:
+        """Moves a finished order to `orders`, once every unit the broker filled is booked. False if not yet."""
+        async with self._lock:
+            return await _close(self._layout.db.transaction(), self._layout, order_ref, final_state, broker_filled)
+
+    # -- fills -------------------------------------------------------------------------------------------------------
+
+    async def book(self, execution: Execution) -> str:
+        """'applied', 'known' (already booked), or 'commission' (known, and its late commission now added)."""
+        async with self._lock:
+            return await _book(self._layout.db.transaction(), self._layout, execution)
+
+    # -- holdings without an order -----------------------------------------------------------------------------------
+
+    async def transfer(self, request_id: str, instrument: dict[str, Any], moves: Mapping[str, float]) -> bool:
+        """Moves a position between strategies' books (a netted-out trade needs no order). Once per request."""
+        key = hashlib.sha256(f"{request_id}:{instrument['conId']}".encode()).hexdigest()
+        async with self._lock:
+            return await _adjust(
+                self._layout.db.transaction(),
+                self._layout,
+                self._layout.transfers().document(key),
+                instrument,
+                moves,
+                {"requestId": request_id, "kind": "transfer"},
+            )
+
+    async def adjust(self, record_id: str, instrument: dict[str, Any], moves: Mapping[str, float], why: str) -> bool:
+        """A correction (reconcile --fix), recorded under `record_id` so it is applied once."""
+        async with self._lock:
+            return await _adjust(
+                self._layout.db.transaction(),
+                self._layout,
+                self._layout.adjustments().document(record_id),
+                instrument,
+                moves,
+                {"kind": "adjustment", "reason": why},
+            )
+
+
+# -- transaction functions (re-run by Firestore on contention: reads first, no outside effects) --------------------
+
+
+@async_transactional
+async def _book(transaction: AsyncTransaction, layout: Layout, e: Execution) -> str:
+    fill_ref = layout.fills().document(e.exec_id)
+    fill_snapshot = await fill_ref.get(transaction=transaction)
+    if fill_snapshot.exists:
+        if e.commission is not None and (fill_snapshot.to_dict() or {}).get("commission") is None:
+            transaction.update(fill_ref, {"commission": e.commission, "commissionCurrency": e.commission_currency})
+            return "commission"
+        return "known"
+
+    # Its order: still open, or already closed (a late report for a cancelled, partly filled order).
+    order_ref, order = None, None
+    if e.order_ref:
+        for ref in (layout.open_orders().document(e.order_ref), layout.orders().document(e.order_ref)):
+            snapshot = await ref.get(transaction=transaction)
+            if snapshot.exists:
+                order_ref, order = ref, snapshot.to_dict() or {}
+                break
+
+    if order is not None:
+        booked_before = {k: float(v) for k, v in order.get("booked", {}).items()}
+        filled_after = float(order.get("filled", 0.0)) + e.signed
+        booked_after = attribute(order["shares"], order["quantity"], filled_after, booked_before)
+        shares = {s: q - booked_before.get(s, 0.0) for s, q in booked_after.items()}
+        shares = {s: q for s, q in shares.items() if abs(q) > EPSILON}
+    else:
+        # Not an order of ours (a manual trade, another client): it is real, so it is booked, but to no strategy.
+        shares = {UNALLOCATED: e.signed}
+        booked_after, filled_after = {}, 0.0
+
+    holdings = await _read_holdings(transaction, layout, shares)
+    instrument = {
+        "conId": e.con_id,
+        "symbol": e.symbol,
+        "secType": e.sec_type,
+        "currency": e.currency,
+        "exchange": e.exchange,
+        "multiplier": e.multiplier,
+    }
+    now = datetime.now(UTC)
+    _write_holdings(transaction, layout, holdings, instrument, shares, now)
+
+    if order is not None and order_ref is not None:
+        progress = {
+            "booked": booked_after,
+            "filled": filled_after,
+            "execIds": [*order.get("execIds", []), e.exec_id],
+            "updatedAt": now,
+        }
+        still_open = order_ref.parent.id == layout.open_orders().id
+        if still_open and abs(filled_after - order["quantity"]) < EPSILON:
+            closed = {**order, **progress, "state": "Filled", "closedAt": now}
+            transaction.set(layout.orders().document(e.order_ref), closed)
+            transaction.delete(order_ref)
+        else:
+            transaction.update(order_ref, progress)
+
+    transaction.create(
+        fill_ref,
+        {
+            "execId": e.exec_id,
+            "orderRef": e.order_ref,
+            "permId": e.perm_id,
+            **instrument,
+            "side": e.side,
+            "shares": e.shares,
+            "quantity": e.signed,
+            "price": e.price,
+            "time": e.time,
+            "account": e.account,
+            "commission": e.commission,
+            "commissionCurrency": e.commission_currency,
+            "strategies": shares,
+            "matched": order is not None,
+            "synthetic": e.synthetic,
+            "bookedAt": now,
+        },
+    )
+    return "applied"
+
+
+@async_transactional
+async def _close(
+    transaction: AsyncTransaction, layout: Layout, order_ref: str, final_state: str, broker_filled: float | None
+) -> bool:
+    ref = layout.open_orders().document(order_ref)
+    snapshot = await ref.get(transaction=transaction)
+    if not snapshot.exists:
+        return False
+    order = snapshot.to_dict() or {}
+    booked = abs(float(order.get("filled", 0.0)))
+    if broker_filled is not None and booked + EPSILON < abs(broker_filled):
+        return False  # fills still to book; closing now would lose them
+    now = datetime.now(UTC)
+    transaction.set(
+        layout.orders().document(order_ref),
+        {**order, "state": final_state, "brokerFilled": broker_filled, "closedAt": now, "updatedAt": now},
+    )
+    transaction.delete(ref)
+    return True
+
+
+@async_transactional
+async def _adjust(
+    transaction: AsyncTransaction,
+    layout: Layout,
+    record_ref: Any,
+    instrument: dict[str, Any],
+    moves: Mapping[str, float],
+    record: dict[str, Any],
+) -> bool:
+    if (await record_ref.get(transaction=transaction)).exists:
+        return False
+    holdings = await _read_holdings(transaction, layout, moves)
+    now = datetime.now(UTC)
+    _write_holdings(transaction, layout, holdings, instrument, moves, now)
+    transaction.create(record_ref, {**record, "instrument": instrument, "moves": dict(moves), "at": now})
+    return True
+
+
+async def _read_holdings(
+    transaction: AsyncTransaction, layout: Layout, strategies: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    out = {}
+    for strategy in strategies:
+        snapshot = await layout.holdings().document(strategy).get(transaction=transaction)
+        out[strategy] = (snapshot.to_dict() or {}) if snapshot.exists else {}
+    return out
+
+
+def _write_holdings(
+    transaction: AsyncTransaction,
+    layout: Layout,
+    holdings: dict[str, dict[str, Any]],
+    instrument: dict[str, Any],
+    moves: Mapping[str, float],
+    now: datetime,
+) -> None:
+    key = str(instrument["conId"])
+    for strategy, quantity in moves.items():
+        positions = dict(holdings.get(strategy, {}).get("positions", {}))
+        held = float(positions.get(key, {}).get("quantity", 0.0)) + quantity
+        if abs(held) < EPSILON:
+            positions.pop(key, None)
+        else:
+            positions[key] = {**instrument, "quantity": held}
+        transaction.set(
+            layout.holdings().document(strategy), {"strategy": strategy, "positions": positions, "updatedAt": now}
+        )

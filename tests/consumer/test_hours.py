@@ -1,0 +1,39 @@
+"""Market hours from IB's liquidHours strings, both formats, in the contract's time zone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from consumer.broker.hours import is_open, sessions
+
+NEW = "20261123:0930-20261123:1600;20261124:0930-20261124:1600;20261126:CLOSED;20261127:0930-20261127:1300"
+OLD = "20261123:0930-1600;20261126:CLOSED;20261127:0930-1300"
+
+
+@pytest.mark.parametrize("hours", [NEW, OLD])
+@pytest.mark.parametrize(
+    ("utc", "expected"),
+    [
+        (datetime(2026, 11, 23, 14, 29, tzinfo=UTC), False),  # 09:29 New York
+        (datetime(2026, 11, 23, 14, 30, tzinfo=UTC), True),  # the open
+        (datetime(2026, 11, 23, 20, 59, tzinfo=UTC), True),
+        (datetime(2026, 11, 23, 21, 0, tzinfo=UTC), False),  # the close
+        (datetime(2026, 11, 26, 16, 0, tzinfo=UTC), False),  # Thanksgiving
+        (datetime(2026, 11, 27, 17, 59, tzinfo=UTC), True),  # half day, before 13:00
+        (datetime(2026, 11, 27, 18, 1, tzinfo=UTC), False),  # half day, after
+        (datetime(2026, 11, 28, 16, 0, tzinfo=UTC), False),  # Saturday: not listed at all
+    ],
+)
+def test_open_and_closed(hours: str, utc: datetime, expected: bool) -> None:
+    assert is_open(hours, "US/Eastern", utc) is expected
+
+
+def test_overnight_session_in_the_old_format() -> None:
+    ((start, end),) = sessions("20261123:1700-1600", "US/Central")
+    assert (end - start).total_seconds() == 23 * 3600
+
+
+def test_every_day_closed_means_closed() -> None:
+    assert not is_open("20261123:CLOSED;20261124:CLOSED", "US/Eastern", datetime(2026, 11, 23, 15, tzinfo=UTC))

@@ -1,0 +1,184 @@
+"""Books and records: fills booked once, holdings equal to the broker, reconcile, market data (issue: books)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support import Bus, booked_totals, firestore_client, holdings, mode_collection, wait_for, write_config
+
+pytestmark = pytest.mark.usefixtures("consumer")
+
+
+@pytest.fixture(autouse=True)
+def paper_config(project: str) -> dict[str, Any]:
+    return write_config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}})
+
+
+def allocate(bus: Bus, weights: dict[str, float]) -> dict[str, Any]:
+    reply = bus.reply_to(
+        bus.publish(
+            {"intent": "allocation",
+             "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": weights}}}}
+        )
+    )  # fmt: skip
+    assert reply["status"] == "ok", reply
+    return reply
+
+
+def stock_positions(gateway) -> dict[str, float]:
+    return {s: q for s, q in gateway.positions().items() if q}
+
+
+def test_after_allocation_and_trade_reconciliation_holdings_equal_broker_positions(bus: Bus, gateway, project: str):
+    allocate(bus, {"SPY": 0.1, "TLT": 0.05, "GLD": 0.05})
+    reply = bus.reply_to(bus.publish({"intent": "trade-reconciliation"}))
+    assert reply["status"] == "ok", reply
+    assert booked_totals(project) == stock_positions(gateway)
+    assert mode_collection(project, "openOrders") == []
+    fills = mode_collection(project, "fills")
+    assert {f["execId"] for f in fills} == {e["execId"] for e in gateway.executions()}
+
+
+def test_trade_reconciliation_twice_or_redelivered_changes_nothing(bus: Bus, gateway, project: str):
+    allocate(bus, {"SPY": 0.1})
+    first = bus.reply_to(bus.publish({"intent": "trade-reconciliation"}))
+    fills = sorted(f["execId"] for f in mode_collection(project, "fills"))
+    books = holdings(project)
+
+    second = bus.reply_to(bus.publish({"intent": "trade-reconciliation"}))
+    assert second["status"] == "ok"
+    assert second["result"]["fillsApplied"] == []
+    assert second["result"]["fillsKnown"] >= len(fills)
+    again = bus.reply_to(bus.publish({"intent": "trade-reconciliation", "idempotencyKey": first["requestId"]}))
+    assert again["status"] == "ok"
+    assert sorted(f["execId"] for f in mode_collection(project, "fills")) == fills
+    assert holdings(project) == books
+
+
+def test_fills_made_while_the_consumer_was_down_are_booked_on_reconnect(
+    consumer, consumer_factory, bus: Bus, gateway, project: str
+):
+    consumer.stop()
+    gateway.hold_fills(True)
+    first = consumer_factory(order_timeout=1.0)
+    reply = allocate(bus, {"TLT": 0.05})
+    tlt = reply["result"]["instruments"][0]
+    assert tlt["outcome"] == "working"
+    first.stop()
+
+    gateway.hold_fills(False)  # the order fills while no consumer is connected
+    filled = wait_for(lambda: stock_positions(gateway).get("TLT"), what="the fill at the broker")
+    assert holdings(project) == {}
+
+    consumer_factory()  # its sweep after connecting books what it missed
+    wait_for(lambda: holdings(project) == {"dummy": {"TLT": filled}}, what="the missed fill booked to dummy")
+    wait_for(lambda: mode_collection(project, "openOrders") == [], what="the order closed")
+    again = bus.reply_to(bus.publish({"intent": "trade-reconciliation"}))
+    assert again["result"]["fillsApplied"] == []
+    assert booked_totals(project) == stock_positions(gateway)
+
+
+def test_a_partial_fill_then_the_rest_is_two_fills_and_one_closed_order(bus: Bus, gateway, project: str):
+    gateway.set_max_fill_size(100)
+    reply = allocate(bus, {"SPY": 0.15})  # about 150 shares: two executions
+    spy = next(i for i in reply["result"]["instruments"] if i["instrument"] == "SPY")
+    executions = [e for e in gateway.executions() if e["orderRef"] == spy["orderRef"]]
+    assert len(executions) == 2
+    wait_for(lambda: mode_collection(project, "openOrders") == [], what="the order closed")
+    fills = [f for f in mode_collection(project, "fills") if f["orderRef"] == spy["orderRef"]]
+    assert sorted(f["quantity"] for f in fills) == sorted(e["shares"] for e in executions)
+    closed = mode_collection(project, "orders")
+    assert [(o["orderRef"], o["state"], o["filled"]) for o in closed] == [(spy["orderRef"], "Filled", spy["target"])]
+
+
+def test_two_strategies_sharing_one_order_each_get_their_share(bus: Bus, gateway, project: str):
+    signal = bus.reply_to(
+        bus.publish(
+            {"intent": "allocation", "dryRun": True, "params": {"strategies": ["testsignalgenerator"],
+             "strategyParams": {"testsignalgenerator": {"symbols": ["SPY", "QQQ", "IWM"], "lookback": 5}}}}
+        )
+    )  # fmt: skip
+    weights = signal["result"]["strategies"]["testsignalgenerator"]["weights"]
+    symbol = next(s for s, w in weights.items() if w > 0)
+    reply = bus.reply_to(
+        bus.publish(
+            {"intent": "allocation", "params": {"strategies": ["dummy", "testsignalgenerator"], "strategyParams": {
+                "dummy": {"weights": {symbol: weights[symbol] / 2}},
+                "testsignalgenerator": {"symbols": ["SPY", "QQQ", "IWM"], "lookback": 5}}}}
+        )
+    )  # fmt: skip
+    leg = next(i for i in reply["result"]["instruments"] if i["instrument"] == symbol)
+    shares = leg["strategies"]
+    assert shares["dummy"] > 0
+    assert shares["testsignalgenerator"] > 0
+    assert len([o for o in gateway.orders() if o["symbol"] == symbol]) == 1
+    wait_for(
+        lambda: (
+            holdings(project).get("dummy", {}).get(symbol) == shares["dummy"]
+            and holdings(project).get("testsignalgenerator", {}).get(symbol) == shares["testsignalgenerator"]
+        ),
+        what="each strategy's share booked",
+    )
+
+
+def test_a_fill_whose_commission_report_arrives_late_gets_its_commission(bus: Bus, gateway, project: str):
+    gateway.hold_commissions(True)
+    reply = allocate(bus, {"GLD": 0.05})
+    ref = reply["result"]["instruments"][0]["orderRef"]
+    fill = wait_for(
+        lambda: next((f for f in mode_collection(project, "fills") if f["orderRef"] == ref), None), what="the fill"
+    )
+    assert fill["commission"] is None
+    gateway.hold_commissions(False)
+    booked = wait_for(
+        lambda: next((f for f in mode_collection(project, "fills") if f["orderRef"] == ref and f["commission"]), None),
+        what="the late commission booked",
+    )
+    assert booked["commission"] == next(e["commission"] for e in gateway.executions() if e["orderRef"] == ref)
+
+
+def test_reconcile_finds_a_difference_made_behind_the_systems_back_and_fix_books_it_unallocated(
+    bus: Bus, gateway, project: str
+):
+    allocate(bus, {"SPY": 0.05})
+    consistent = bus.reply_to(bus.publish({"intent": "reconcile"}))
+    assert consistent["result"]["differences"] == []
+    spy = stock_positions(gateway)["SPY"]
+    gateway.set_position("SPY", spy + 7)
+
+    found = bus.reply_to(bus.publish({"intent": "reconcile"}))
+    assert [(d["instrument"], d["difference"]) for d in found["result"]["differences"]] == [("SPY", 7)]
+    assert holdings(project) == {"dummy": {"SPY": spy}}
+
+    fixed = bus.reply_to(bus.publish({"intent": "reconcile", "params": {"fix": True}}))
+    assert fixed["result"]["fixed"][0]["bookedTo"] == "unallocated"
+    assert holdings(project) == {"dummy": {"SPY": spy}, "unallocated": {"SPY": 7}}
+    assert bus.reply_to(bus.publish({"intent": "reconcile"}))["result"]["consistent"] is True
+
+
+def test_collect_market_data_twice_stores_one_copy(bus: Bus, project: str):
+    body = {"intent": "collect-market-data", "params": {"instruments": ["SPY", "EUR.USD"], "barSize": "1 hour",
+            "duration": "2 D", "snapshot": True}}  # fmt: skip
+    first = bus.reply_to(bus.publish(body))
+    assert first["status"] == "ok", first
+    assert first["result"]["instruments"]["SPY"]["bars"] > 0
+
+    def stored() -> dict[str, Any]:
+        root = firestore_client(project).collection("tradingModes").document("paper").collection("marketData")
+        return {
+            f"{symbol}/{doc.id}": doc.to_dict()["bars"]
+            for symbol in ("SPY", "EUR.USD")
+            for doc in root.document(symbol).collection("bars").stream()
+        }
+
+    once = stored()
+    assert once
+    assert (
+        sum(len(bars) for key, bars in once.items() if key.startswith("SPY/"))
+        == first["result"]["instruments"]["SPY"]["bars"]
+    )
+    second = bus.reply_to(bus.publish(body))
+    assert second["status"] == "ok"
+    assert stored() == once

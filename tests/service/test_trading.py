@@ -1,0 +1,214 @@
+"""Trading intents against the simulated gateway: allocation, close-all, cash-balancer (issue: trading intents).
+
+Every test states its invariant at the broker (orders by orderRef, positions) and in Firestore (holdings).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from tests.support import Bus, holdings, mode_collection, wait_for, write_config
+
+pytestmark = pytest.mark.usefixtures("consumer")
+
+
+@pytest.fixture
+def consumer(consumer_factory):
+    """A consumer that waits 3 s, not 30, for a market order to finish before reporting it as working."""
+    return consumer_factory(order_timeout=3.0)
+
+
+def allocation(weights: dict[str, float], dry_run: bool = False, **params: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "intent": "allocation",
+        "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": weights}}, **params},
+    }
+    if dry_run:
+        body["dryRun"] = True
+    return body
+
+
+def line(reply: dict[str, Any], symbol: str) -> dict[str, Any]:
+    return next(i for i in reply["result"]["instruments"] if i["instrument"] == symbol)
+
+
+def mid_share_weight(reply: dict[str, Any], symbol: str, shares: int, capital_share: float) -> float:
+    """A weight whose target lands half-way between whole shares, so small drifts of net liquidation (a commission,
+    the spread) do not move the target by one share between two runs."""
+    price = reply["result"]["prices"][symbol]
+    return (shares + 0.5) * price / (reply["result"]["netLiquidation"] * capital_share)
+
+
+@pytest.fixture(autouse=True)
+def paper_config(project: str) -> dict[str, Any]:
+    return write_config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}})
+
+
+def test_allocation_from_flat_reaches_the_targets_and_a_second_run_places_nothing(bus: Bus, gateway, project: str):
+    probe = bus.reply_to(bus.publish(allocation({"SPY": 0.1}, dry_run=True)))
+    weight = mid_share_weight(probe, "SPY", 200, capital_share=0.5)
+
+    first = bus.reply_to(bus.publish(allocation({"SPY": weight})))
+    assert first["status"] == "ok", first
+    spy = line(first, "SPY")
+    assert spy["target"] == 200
+    assert spy["order"] == 200
+    assert spy["outcome"] == "filled"
+    assert spy["orderRef"].startswith("alloc-")
+    assert gateway.positions().get("SPY") == 200
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": 200}}, what="the fill booked to dummy")
+
+    orders_before = len(gateway.orders())
+    second = bus.reply_to(bus.publish(allocation({"SPY": weight})))
+    assert second["status"] == "ok", second
+    assert line(second, "SPY")["order"] == 0
+    assert second["result"]["orders"].get("sent", 0) == 0
+    assert len(gateway.orders()) == orders_before
+
+
+def test_two_strategies_wanting_opposite_trades_send_one_netted_order(bus: Bus, gateway, project: str):
+    signal = bus.reply_to(
+        bus.publish(
+            {"intent": "allocation", "dryRun": True, "params": {"strategies": ["testsignalgenerator"],
+             "strategyParams": {"testsignalgenerator": {"symbols": ["SPY", "QQQ", "IWM"], "lookback": 5}}}}
+        )
+    )  # fmt: skip
+    assert signal["status"] == "ok", signal
+    weights = signal["result"]["strategies"]["testsignalgenerator"]["weights"]
+    symbol = next((s for s, w in weights.items() if w > 0), None)
+    assert symbol is not None, f"the seeded market gives no long signal to net against: {weights}"
+    long_target = line(signal, symbol)["target"]
+
+    body = {
+        "intent": "allocation",
+        "params": {
+            "strategies": ["dummy", "testsignalgenerator"],
+            "strategyParams": {
+                "dummy": {"weights": {symbol: -weights[symbol] / 2}},
+                "testsignalgenerator": {"symbols": ["SPY", "QQQ", "IWM"], "lookback": 5},
+            },
+        },
+    }
+    reply = bus.reply_to(bus.publish(body))
+    assert reply["status"] == "ok", reply
+    leg = line(reply, symbol)
+    short_target = leg["strategies"]["dummy"]
+    assert short_target < 0 < leg["strategies"]["testsignalgenerator"] == long_target
+    sent = [o for o in gateway.orders() if o["symbol"] == symbol]
+    assert len(sent) == 1, sent
+    assert sent[0]["totalQuantity"] == long_target + short_target
+    assert sent[0]["action"] == "BUY"
+    wait_for(
+        lambda: (
+            holdings(project).get("dummy", {}).get(symbol) == short_target
+            and holdings(project).get("testsignalgenerator", {}).get(symbol) == long_target
+        ),
+        what="each strategy booked its own side of the netted order",
+    )
+
+
+def test_an_instrument_priced_in_another_currency_is_sized_in_the_base_currency(bus: Bus, gateway):
+    body = allocation({"SAP": 0.1})
+    body["params"]["strategyParams"]["dummy"]["instruments"] = {"SAP": {"exchange": "IBIS", "currency": "EUR"}}
+    reply = bus.reply_to(bus.publish(body))
+    assert reply["status"] == "ok", reply
+    result = reply["result"]
+    rate = result["fxRates"]["EUR"]
+    assert rate != 1.0
+    price = result["prices"]["SAP"]
+    expected = math.trunc(result["netLiquidation"] * 0.5 * 0.1 / (price * rate))
+    assert line(reply, "SAP")["target"] == expected
+    assert line(reply, "SAP")["currency"] == "EUR"
+    assert gateway.positions().get("SAP") == expected
+
+
+def test_dry_run_reports_everything_and_places_nothing(bus: Bus, gateway, project: str):
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.2, "TLT": 0.1}, dry_run=True)))
+    assert reply["status"] == "ok", reply
+    assert reply["dryRun"] is True
+    assert line(reply, "SPY")["order"] > 0
+    assert line(reply, "TLT")["order"] > 0
+    assert gateway.orders() == []
+    assert mode_collection(project, "openOrders") == []
+    assert holdings(project) == {}
+
+
+def test_unknown_strategy_and_bad_strategy_params_are_named(bus: Bus, gateway):
+    reply = bus.reply_to(bus.publish({"intent": "allocation", "params": {"strategies": ["dummy", "moonshot"]}}))
+    assert reply["status"] == "error"
+    assert "moonshot" in reply["error"]["message"]
+    bad = bus.reply_to(bus.publish(allocation({"SPY": "lots"})))  # type: ignore[dict-item]
+    assert bad["status"] == "error"
+    assert "strategyParams.dummy" in bad["error"]["message"]
+    assert gateway.orders() == []
+
+
+def test_weights_beyond_the_leverage_cap_are_refused(bus: Bus, gateway):
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 1.5, "TLT": 1.0})))
+    assert reply["status"] == "error"
+    assert reply["error"]["code"] == "leverage_exceeded"
+    assert gateway.orders() == []
+
+
+def test_a_config_over_the_leverage_cap_is_refused(bus: Bus, gateway, project: str):
+    write_config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.8, "testsignalgenerator": 0.8}})
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.1})))
+    assert reply["status"] == "error"
+    assert reply["error"]["code"] == "leverage_exceeded"
+    assert gateway.orders() == []
+
+
+def test_a_rejected_order_is_reported_as_rejected(bus: Bus, gateway, project: str):
+    gateway.reject_next_order(code=201, message="Order rejected - reason: simulated margin check")
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))
+    assert reply["status"] == "ok", reply
+    spy = line(reply, "SPY")
+    assert spy["outcome"] == "rejected"
+    assert spy["error"]["code"] == 201
+    assert gateway.positions().get("SPY", 0) == 0
+    closed = wait_for(lambda: mode_collection(project, "orders"), what="the rejected order closed in the books")
+    assert closed[0]["orderRef"] == spy["orderRef"]
+    assert mode_collection(project, "openOrders") == []
+
+
+def test_an_order_that_is_only_accepted_is_reported_as_working(bus: Bus, gateway, project: str):
+    gateway.hold_fills(True)
+    try:
+        reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))
+        assert line(reply, "SPY")["outcome"] == "working"
+        assert [o["orderRef"] for o in mode_collection(project, "openOrders")] == [line(reply, "SPY")["orderRef"]]
+    finally:
+        gateway.hold_fills(False)
+    wait_for(lambda: gateway.positions().get("SPY", 0) > 0, what="the held order to fill once released")
+    wait_for(lambda: mode_collection(project, "openOrders") == [], what="the order booked and closed")
+
+
+def test_close_all_flattens_only_the_named_strategies(bus: Bus, gateway, project: str):
+    gateway.set_position("AAPL", 10)  # a manual position: no strategy owns it
+    assert bus.reply_to(bus.publish(allocation({"SPY": 0.05, "TLT": 0.05})))["status"] == "ok"
+    wait_for(lambda: set(holdings(project).get("dummy", {})) == {"SPY", "TLT"}, what="dummy's holdings")
+
+    reply = bus.reply_to(bus.publish({"intent": "close-all", "params": {"strategies": ["dummy"]}}))
+    assert reply["status"] == "ok", reply
+    assert gateway.positions().get("SPY", 0) == 0
+    assert gateway.positions().get("TLT", 0) == 0
+    assert gateway.positions().get("AAPL") == 10
+    wait_for(lambda: "dummy" not in holdings(project), what="dummy's book flat")
+
+
+def test_cash_balancer_converts_a_foreign_balance_and_leaves_dust(bus: Bus, gateway):
+    gateway.set_cash("GBP", 100.0)  # worth about 127 USD: below the threshold
+    eur_before = gateway.cash()["EUR"]
+    assert eur_before > 1000
+    reply = bus.reply_to(bus.publish({"intent": "cash-balancer", "params": {"threshold": 1000}}))
+    assert reply["status"] == "ok", reply
+    by_currency = {b["currency"]: b for b in reply["result"]["balances"]}
+    assert by_currency["EUR"]["action"] == "convert"
+    assert by_currency["EUR"]["pair"] == "EUR.USD"
+    assert by_currency["EUR"]["order"] == -math.trunc(eur_before)
+    assert by_currency["GBP"]["action"] == "left"
+    assert abs(gateway.cash()["EUR"]) < 1.0
+    assert gateway.cash()["GBP"] == 100.0
