@@ -1,0 +1,204 @@
+"""Exactly-once effects under at-least-once delivery (issue: idempotency, crash recovery, gateway restarts).
+
+Each test states its invariant and checks it at the broker (orders by orderRef, positions) and in Firestore
+(fills by execId, holdings), with the consumer as a separate process wherever a kill must be real.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from consumer.intents import builtin_intents
+from consumer.intents.base import Intent
+from tests.support import (
+    Bus,
+    ConsumerProcess,
+    booked_totals,
+    firestore_client,
+    holdings,
+    mode_collection,
+    wait_for,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+
+SYMBOLS = ["SPY", "QQQ", "IWM", "TLT", "GLD"]
+ALLOCATION = {
+    "intent": "allocation",
+    "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": dict.fromkeys(SYMBOLS, 0.05)}}},
+}
+
+
+@pytest.fixture(autouse=True)
+def paper_config(project: str) -> None:
+    write_config(project)
+
+
+def assert_each_leg_placed_once(gateway, project: str) -> None:
+    """Invariant: one order per (request, leg) at the broker; the books agree with the broker, fill by fill."""
+    refs = collections.Counter(o["orderRef"] for o in gateway.orders())
+    assert refs, "no order reached the broker"
+    assert all(n == 1 for n in refs.values()), f"an orderRef was placed more than once: {refs}"
+    by_symbol = collections.Counter(o["symbol"] for o in gateway.orders())
+    assert all(n == 1 for n in by_symbol.values()), f"an instrument got two orders: {by_symbol}"
+    positions = {s: q for s, q in gateway.positions().items() if q}
+    wait_for(lambda: booked_totals(project) == positions, what=f"books {booked_totals(project)} == broker {positions}")
+    fills = mode_collection(project, "fills")
+    assert sorted(f["execId"] for f in fills) == sorted(e["execId"] for e in gateway.executions())
+
+
+def final_replies(bus: Bus, message_id: str) -> list[dict[str, Any]]:
+    return [r for r in bus.replies_to(message_id, quiet=3.0) if not r.get("duplicate")]
+
+
+def test_the_same_request_delivered_ten_times_trades_once(consumer, bus: Bus, gateway, project: str):
+    body = {**ALLOCATION, "idempotencyKey": "rebalance-2026-11-26"}
+    ids = [bus.publish(body) for _ in range(10)]
+    replies = bus.wait_replies(10, timeout=120)
+    assert sorted(r["messageId"] for r in replies) == sorted(ids)
+    assert all(r["status"] == "ok" for r in replies), [r["error"] for r in replies if r["status"] != "ok"]
+    assert sum(1 for r in replies if not r.get("duplicate")) == 1
+    assert {r["requestId"] for r in replies} == {"rebalance-2026-11-26"}
+    assert_each_leg_placed_once(gateway, project)
+    assert len(gateway.orders()) == len(SYMBOLS)
+
+
+def test_a_scheduled_job_fired_twice_in_one_slot_trades_once(consumer, bus: Bus, gateway, project: str):
+    first = bus.publish(ALLOCATION, schedule="open-allocation")
+    second = bus.publish(ALLOCATION, schedule="open-allocation")
+    a, b = bus.reply_to(first), bus.reply_to(second)
+    assert a["requestId"] == b["requestId"]
+    assert a["requestId"].startswith("schedule:open-allocation:")
+    assert sorted([bool(a.get("duplicate")), bool(b.get("duplicate"))]) == [False, True]
+    assert_each_leg_placed_once(gateway, project)
+
+
+@pytest.mark.parametrize("moment", ["before", "during", "after"])
+def test_consumer_killed_around_order_placement_then_restarted(bus: Bus, gateway, project: str, tmp_path, moment):
+    """SIGKILL at three points of an allocation; the redelivery after restart must complete it, placing each leg
+    exactly once."""
+    gateway.set_latency(fixed=0.15)  # stretch each phase so the kill lands inside it
+    first = ConsumerProcess(project, gateway.port, tmp_path / "first.log")
+    try:
+        first.wait_ready()
+        message_id = bus.publish(ALLOCATION)
+        claims = firestore_client(project).collection("tradingModes").document("paper").collection("requests")
+        if moment == "before":
+            wait_for(lambda: any(True for _ in claims.stream()), what="the request to be claimed")
+            assert gateway.orders() == []
+        elif moment == "during":
+            wait_for(lambda: len(gateway.orders()) > 0, timeout=60, what="the first orders at the broker")
+        else:
+            wait_for(lambda: len(gateway.orders()) == len(SYMBOLS), timeout=60, what="every order at the broker")
+        first.kill()
+    finally:
+        first.stop()
+    placed_before_restart = len(gateway.orders())
+    gateway.set_latency(fixed=0.0)
+
+    second = ConsumerProcess(project, gateway.port, tmp_path / "second.log")
+    try:
+        second.wait_ready()
+        replies = wait_for(lambda: final_replies(bus, message_id), timeout=90, what="the redelivered request's reply")
+        assert [r["status"] for r in replies] == ["ok"], replies
+        assert len(gateway.orders()) == len(SYMBOLS)
+        assert placed_before_restart <= len(SYMBOLS)
+        assert_each_leg_placed_once(gateway, project)
+        assert set(holdings(project)["dummy"]) == set(SYMBOLS)
+    finally:
+        second.stop()
+
+
+def test_gateway_dropping_mid_allocation_and_coming_back(consumer, bus: Bus, gateway, project: str):
+    gateway.set_latency(fixed=0.15)
+    message_id = bus.publish(ALLOCATION)
+    wait_for(lambda: len(gateway.orders()) >= 2, timeout=60, what="orders in flight")
+    gateway.restart(down_seconds=1.0)
+    gateway.set_latency(fixed=0.0)
+    replies = wait_for(lambda: final_replies(bus, message_id), timeout=120, what="the retried allocation's reply")
+    assert [r["status"] for r in replies] == ["ok"], replies
+    assert len(gateway.orders()) == len(SYMBOLS)
+    assert_each_leg_placed_once(gateway, project)
+    assert consumer.service.services.gateway.connections >= 2
+
+
+def test_gateway_refusing_connections_for_a_minute_at_start_up(consumer_factory, bus: Bus, gateway):
+    gateway.refuse_connections(60.0)
+    c = consumer_factory(wait_ready=False)
+    message_id = bus.publish({"intent": "ping"})
+    c.wait_ready(timeout=120)
+    reply = bus.reply_to(message_id, timeout=60)
+    assert reply["status"] == "ok"
+    assert reply["result"]["connected"] is True
+    assert len(bus.replies_to(message_id)) == 1
+
+
+def test_a_burst_of_a_thousand_mixed_messages(consumer, bus: Bus):
+    kinds: dict[str, tuple[bytes, str]] = {
+        "ping": (b'{"intent": "ping"}', "ok"),
+        "summary": (b'{"intent": "summary"}', "ok"),
+        "malformed": (b'{"intent": ', "error"),
+        "unknown": (b'{"intent": "fly"}', "error"),
+        "binary": (b"\x00\xff\xfe", "error"),
+    }
+    order = [name for _ in range(200) for name in kinds]
+    futures = [
+        (name, bus.publisher.publish(bus.intents_topic, kinds[name][0])) for name in order
+    ]  # published concurrently by the client's batching
+    expected = {f.result(timeout=60): kinds[name][1] for name, f in futures}
+    replies = bus.wait_replies(1000, timeout=300)
+    by_message = collections.Counter(r["messageId"] for r in replies)
+    assert set(by_message) == set(expected)
+    assert all(n == 1 for n in by_message.values()), "a message was answered twice"
+    mismatched = [r for r in replies if r["status"] != expected[r["messageId"]]]
+    assert not mismatched, mismatched[:3]
+    assert bus.reply_to(bus.publish({"intent": "ping"}))["status"] == "ok"
+
+
+def test_a_stale_scheduled_allocation_is_rejected_not_traded(consumer_factory, bus: Bus, gateway):
+    gateway.refuse_connections(3.0)  # the consumer is away, so the scheduled message waits in Pub/Sub
+    message_id = bus.publish(ALLOCATION, schedule="open-allocation")
+    consumer_factory(wait_ready=False, trading_max_age=2.0)
+    reply = bus.reply_to(message_id, timeout=60)
+    assert reply["status"] == "rejected"
+    assert reply["error"]["code"] == "stale"
+    assert gateway.orders() == []
+
+
+def test_an_expired_intent_is_rejected(consumer, bus: Bus, gateway):
+    past = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    reply = bus.reply_to(bus.publish({**ALLOCATION, "expiresAt": past}))
+    assert reply["status"] == "rejected"
+    assert reply["error"]["code"] == "expired"
+    assert gateway.orders() == []
+
+
+def test_a_message_that_keeps_failing_is_dead_lettered_and_the_consumer_keeps_serving(
+    consumer_factory, bus: Bus, project: str
+):
+    attempts: list[int] = []
+
+    async def broken(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+        attempts.append(ctx.request.delivery.delivery_attempt or 0)
+        raise RuntimeError("a bug in a handler")
+
+    intents = {**builtin_intents(), "ping": Intent(name="ping", handler=broken, description="always fails")}
+    consumer_factory(intents=intents)
+    message_id = bus.publish({"intent": "ping"})
+
+    dead = bus.dead_letter(timeout=90)
+    assert json.loads(dead.data) == {"intent": "ping"}
+    assert dead.attributes["deadLetterMessageId"] == message_id
+    assert dead.attributes["deadLetterCode"] == "internal"
+    assert int(dead.attributes["deadLetterAttempts"]) == 5
+    reply = bus.reply_to(message_id)
+    assert reply["status"] == "error"
+    assert reply["error"]["code"] == "dead_lettered"
+    assert attempts == [1, 2, 3, 4, 5]
+    assert bus.reply_to(bus.publish({"intent": "summary"}))["status"] == "ok"

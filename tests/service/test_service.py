@@ -1,0 +1,160 @@
+"""The consumer end to end: Pub/Sub in, broker loop, Firestore, reply out (issue: the consumer service).
+
+Real emulators, the real ib_insync client against the simulated gateway; the consumer runs in-process on its own
+threads, or as a child process where a signal must be real.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.support import Bus, ConsumerProcess, activity, firestore_client, wait_for, write_config
+
+
+def test_summary_from_the_python_client_gets_one_reply_and_one_activity_record(consumer, bus: Bus, project: str):
+    message_id = bus.publish({"intent": "summary"})
+
+    replies = bus.replies_to(message_id)
+    assert len(replies) == 1
+    reply = replies[0]
+    assert reply["status"] == "ok", reply
+    assert reply["requestId"] == message_id
+    assert reply["tradingMode"] == "paper"
+    assert reply["dryRun"] is False
+    result = reply["result"]
+    assert result["accounts"] == ["DU123456"]
+    assert result["accountValues"]["DU123456"]["NetLiquidation"]["USD"] > 0
+    assert {"positions", "portfolio", "openOrders", "fills"} <= set(result)
+    assert reply["startedAt"] <= reply["finishedAt"]
+    attributes = bus.reply_attributes[0]
+    assert attributes == {"intent": "summary", "status": "ok", "requestId": message_id} | {
+        k: v for k, v in attributes.items() if k not in {"intent", "status", "requestId"}
+    }
+    records = wait_for(lambda: activity(project, messageId=message_id), what="the activity record")
+    assert len(records) == 1
+    assert records[0]["intent"] == "summary"
+    assert records[0]["status"] == "ok"
+
+
+@pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is checked by preflight")
+def test_summary_from_the_gcloud_cli_with_the_intent_as_an_attribute(consumer, bus: Bus, project: str, emulators):
+    env = {**os.environ, "CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB": f"http://{emulators.pubsub.address}/",
+           "CLOUDSDK_CORE_DISABLE_PROMPTS": "1", "CLOUDSDK_AUTH_DISABLE_CREDENTIALS": "true"}  # fmt: skip
+    done = subprocess.run(
+        ["gcloud", "pubsub", "topics", "publish", "intents", f"--project={project}", "--message={}",
+         "--attribute=intent=summary", "--format=json"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    message_id = json.loads(done.stdout)["messageIds"][0]
+
+    replies = bus.replies_to(message_id)
+    assert [r["status"] for r in replies] == ["ok"]
+    assert replies[0]["intent"] == "summary"
+    assert len(wait_for(lambda: activity(project, messageId=message_id), what="activity")) == 1
+
+
+BAD_INPUTS = [
+    pytest.param(b'{"intent": "summary",', {}, "invalid_json", id="malformed-json"),
+    pytest.param(b"\xff\xfe\x00garbage", {}, "not_utf8", id="not-utf8"),
+    # Pub/Sub refuses a message with neither data nor attributes; an empty body with an unrelated attribute is
+    # the emptiest message there can be.
+    pytest.param(b"", {"origin": "test"}, "empty_message", id="empty"),
+    pytest.param(b"   ", {}, "empty_message", id="blank"),
+    pytest.param(b'{"intent": "teleport"}', {}, "unknown_intent", id="unknown-intent"),
+    pytest.param(b'{"intent": "summary", "params": {"verbose": 1}}', {}, "invalid_params", id="bad-params"),
+    pytest.param(b'{"intent": "allocation", "params": {"strategies": "dummy"}}', {}, "invalid_params", id="bad-type"),
+    pytest.param(b"[1, 2]", {}, "not_an_object", id="not-an-object"),
+    pytest.param(b'{"intent": "ping"}', {"intent": "summary"}, "conflicting_intent", id="conflicting-intent"),
+]
+
+
+@pytest.mark.parametrize(("data", "attributes", "code"), BAD_INPUTS)
+def test_bad_input_gets_one_error_reply_and_is_acked(consumer, bus: Bus, project: str, data, attributes, code):
+    message_id = bus.publish(data, **attributes)
+    replies = bus.replies_to(message_id, quiet=2.0)  # a nacked message would come back and be answered again
+    assert len(replies) == 1, replies
+    assert replies[0]["status"] == "error"
+    assert replies[0]["error"]["code"] == code
+    assert replies[0]["error"]["message"]
+    assert len(wait_for(lambda: activity(project, messageId=message_id), what="activity")) == 1
+    # Still serving.
+    assert bus.reply_to(bus.publish({"intent": "ping"}))["status"] == "ok"
+
+
+def test_a_gateway_down_at_start_up_is_waited_for(consumer_factory, bus: Bus, gateway):
+    gateway.refuse_connections(3.0)
+    c = consumer_factory(wait_ready=False)
+    message_id = bus.publish({"intent": "ping"})
+    # The consumer does not pull while the gateway is away: the message waits in Pub/Sub and is answered after.
+    c.wait_ready(timeout=30)
+    reply = bus.reply_to(message_id, timeout=30)
+    assert reply["status"] == "ok"
+    assert reply["result"]["connected"] is True
+    assert bus.replies_to(message_id) == [reply]
+
+
+def test_sigterm_mid_intent_finishes_it_and_exits_cleanly(bus: Bus, gateway, project: str, tmp_path):
+    child = ConsumerProcess(project, gateway.port, tmp_path / "consumer.log", SHUTDOWN_GRACE_SECONDS="30")
+    try:
+        child.wait_ready()
+        gateway.set_latency(fixed=0.4)  # each answer takes 0.4 s: a summary takes a few seconds
+        message_id = bus.publish({"intent": "summary"})
+        claims = firestore_client(project).collection("tradingModes").document("paper").collection("requests")
+        wait_for(lambda: any(True for _ in claims.stream()), what="the summary to be claimed (in flight)")
+        code = child.terminate(timeout=60)
+        assert code == 0, child.log()[-3000:]
+        replies = bus.replies_to(message_id)
+        assert [r["status"] for r in replies] == ["ok"], replies
+        assert "consumer stopped" in child.log()
+    finally:
+        gateway.set_latency(fixed=0.0)
+        child.stop()
+
+
+def test_the_kill_switch_is_read_fresh_for_every_message(consumer, bus: Bus, project: str):
+    write_config(project, tradingEnabled=False)
+    body = {"intent": "allocation", "params": {"strategies": ["dummy"],
+            "strategyParams": {"dummy": {"weights": {"SPY": 0.01}}}}}  # fmt: skip
+    first = bus.reply_to(bus.publish(body))
+    assert first["status"] == "rejected"
+    assert first["error"]["code"] == "kill_switch"
+    write_config(project, tradingEnabled=True)
+    second = bus.reply_to(bus.publish({**body, "dryRun": True}))
+    assert second["status"] == "ok", second
+
+
+def test_read_only_intents_run_side_by_side(consumer, bus: Bus, gateway):
+    gateway.set_latency(fixed=0.05)
+    try:
+        ids = [bus.publish({"intent": "summary"}) for _ in range(10)]
+        replies = bus.wait_replies(10)
+    finally:
+        gateway.set_latency(fixed=0.0)
+    assert sorted(r["messageId"] for r in replies) == sorted(ids)
+    assert all(r["status"] == "ok" for r in replies)
+    spans = sorted((r["startedAt"], r["finishedAt"]) for r in replies)
+    overlapping = sum(1 for a, b in itertools.pairwise(spans) if b[0] < a[1])
+    assert overlapping > 0, f"summaries ran one after another: {spans}"
+
+
+def test_the_live_guard_refuses_live_trading_without_allow_live(consumer_factory, bus: Bus, gateway, project: str):
+    write_config(project, mode="live")
+    consumer_factory(trading_mode="live")
+    reply = bus.reply_to(
+        bus.publish(
+            {
+                "intent": "allocation",
+                "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": {"SPY": 0.05}}}},
+            }
+        )
+    )
+    assert reply["status"] == "rejected"
+    assert reply["error"]["code"] == "live_not_allowed"
+    assert gateway.orders() == []
