@@ -136,8 +136,7 @@ def test_client_id_zero_with_auto_open_orders(gw: ThreadedGateway, connect) -> N
 
 
 def test_ibapi_client_connects(gw: ThreadedGateway) -> None:
-    """IB's own client (optional: `pip install ibapi`); 9.81 announces v100..157 and gets 157."""
-    pytest.importorskip("ibapi")
+    """IB's own client (a dev dependency); 9.81 announces v100..157 and gets 157."""
     import threading
 
     from ibapi.client import EClient
