@@ -33,20 +33,24 @@ def reply_details(reply: dict[str, Any], limit: int = 12) -> list[str]:
         return [f"    {error.get('code')}: {error.get('message')}"]
     result = reply.get("result") or {}
     lines: list[str] = []
-    if "lines" in result:  # trading intents: one line per instrument
-        for line in result["lines"][:limit]:
+    rows = result.get("instruments") if isinstance(result.get("instruments"), list) else None
+    if rows is None and isinstance(result.get("balances"), list):
+        rows = result["balances"]
+    for row in (rows or [])[:limit]:
+        if "currency" in row and "balance" in row:  # cash-balancer
             lines.append(
-                "    {symbol:<8} target {target:>10g}  current {current:>10g}  order {order:>+10g}  {status}".format(
-                    symbol=line.get("symbol", "?"),
-                    target=line.get("target", 0),
-                    current=line.get("current", 0),
-                    order=line.get("orderQuantity", 0),
-                    status=line.get("status", ""),
-                )
+                f"    {row['currency']:<8} balance {row['balance']:>14,.2f}  {row.get('action', ''):<8} "
+                f"{row.get('order', '')!s:>10}  {row.get('outcome', row.get('reason', ''))}"
             )
-        if len(result["lines"]) > limit:
-            lines.append(f"    ... and {len(result['lines']) - limit} more")
-    summary = {k: v for k, v in result.items() if k != "lines"}
+        else:  # allocation, close-all: one line per instrument
+            lines.append(
+                f"    {row.get('instrument', '?'):<8} target {row.get('target', 0):>10g}  "
+                f"current {row.get('current', 0):>10g}  order {row.get('order', 0):>+10g}  "
+                f"{row.get('outcome', '')} {row.get('orderRef', '')}".rstrip()
+            )
+    if rows and len(rows) > limit:
+        lines.append(f"    ... and {len(rows) - limit} more")
+    summary = {k: v for k, v in result.items() if not (rows and k in ("instruments", "balances"))}
     if summary:
         lines.append("    " + _gist(summary))
     return lines
