@@ -15,7 +15,7 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ib_insync import ExecutionFilter, Fill, Trade
+from ib_insync import Fill, Trade
 
 from consumer.broker import views
 from consumer.broker.gateway import Gateway, State
@@ -113,7 +113,7 @@ class Bookkeeper:
     async def reconcile(self) -> dict[str, Any]:
         """Books every execution the gateway reports that is not booked yet, and closes finished orders."""
         ib = self._gateway.require()
-        reported = await ib.reqExecutionsAsync(ExecutionFilter())
+        reported = await self._gateway.requests.executions()
         fills = {f.execution.execId: f for f in [*ib.fills(), *reported]}
         applied, commissions, known = [], [], 0
         for fill in sorted(fills.values(), key=lambda f: (str(f.time), f.execution.execId)):

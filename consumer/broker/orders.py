@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ib_insync import IB, ExecutionFilter, LimitOrder, MarketOrder, Order, TagValue, Trade
+from ib_insync import IB, LimitOrder, MarketOrder, Order, TagValue, Trade
 
 from consumer.broker import views
 from consumer.broker.instruments import Instrument
@@ -245,7 +245,7 @@ async def find_orders(
         asyncio.gather(
             requests.open_orders(),
             requests.completed_orders(),
-            ib.reqExecutionsAsync(ExecutionFilter()),
+            requests.executions(),
         ),
         within,
     )

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from ib_insync import IB, Position, Trade
+from ib_insync import IB, ExecutionFilter, Fill, Position, Trade
 
 
 class SharedRequests:
@@ -33,6 +33,10 @@ class SharedRequests:
 
     async def completed_orders(self) -> list[Trade]:
         return await self._fresh("completedOrders", lambda: self._ib.reqCompletedOrdersAsync(apiOnly=True))
+
+    async def executions(self) -> list[Fill]:
+        """Today's executions (no filter). Safe to call concurrently anyway; sharing saves pacing budget."""
+        return await self._fresh("executions", lambda: self._ib.reqExecutionsAsync(ExecutionFilter()))
 
     async def current_time(self) -> datetime:
         return await self._fresh("currentTime", self._ib.reqCurrentTimeAsync)

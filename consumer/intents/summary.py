@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ib_insync import ExecutionFilter
-
 from consumer.broker import views
 from consumer.intents.base import Intent, IntentContext
 
@@ -19,7 +17,7 @@ async def summary(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
         ib.accountSummaryAsync(),
         ctx.requests.positions(),
         ctx.requests.open_orders(),
-        ib.reqExecutionsAsync(ExecutionFilter()),
+        ctx.requests.executions(),
     )
     # Portfolio (with market values and P&L) has no request/reply form: it is the account-updates subscription
     # ib_insync keeps current since connect.

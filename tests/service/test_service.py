@@ -6,6 +6,7 @@ threads, or as a child process where a signal must be real.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -40,6 +41,18 @@ def test_summary_from_the_python_client_gets_one_reply_and_one_activity_record(c
     assert len(records) == 1
     assert records[0]["intent"] == "summary"
     assert records[0]["status"] == "ok"
+
+
+def test_ib_lives_on_the_broker_loop_and_concurrent_callbacks_never_touch_it(consumer, bus: Bus):
+    """The HTTP version's crash (`attached to a different loop`): here, 20 callback threads hand work over and
+    the IB socket stays on the one loop the broker thread owns."""
+    ids = [bus.publish({"intent": "summary"}) for _ in range(20)]
+    replies = bus.wait_replies(20)
+    assert sorted(r["messageId"] for r in replies) == sorted(ids)
+    assert {r["status"] for r in replies} == {"ok"}
+    ib = consumer.service.services.gateway.ib
+    assert ib.client.conn.transport._loop is consumer.service.loop.loop
+    assert consumer.service.loop.loop is not asyncio.get_event_loop_policy().get_event_loop()
 
 
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is checked by preflight")

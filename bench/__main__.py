@@ -1,0 +1,210 @@
+"""`make bench`: our design against the floor and two baselines, on the local stack, in one run.
+
+Emulators and the simulated gateway start on free ports; the consumer runs as its own process so its CPU and
+memory are its own. Every latency row is measured twice: with the gateway answering instantly, and with its
+latency model adding a few milliseconds per message, as a gateway over a network would. Results go to stdout as
+a table and to bench/results.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.designs import DESIGNS, summary_calls
+from bench.probe import Client, cpu_seconds, percentiles, rss_mb
+from bench.stack import BenchStack
+
+N = int(os.environ.get("BENCH_N", "200"))
+IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "30"))
+LATENCIES_MS = (0.0, 3.0)
+RESULTS = Path(__file__).resolve().parent / "results.json"
+
+SUMMARY = {"intent": "summary"}
+DRY_ALLOCATION = {
+    "intent": "allocation",
+    "dryRun": True,
+    "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": {"SPY": 0.2, "TLT": 0.1}}}},
+}
+
+
+def raw_ib_latencies(port: int, count: int) -> list[float]:
+    """The same four requests straight on a connected ib_insync client: the broker floor."""
+    from ib_insync import IB
+
+    out: list[float] = []
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        ib = IB()
+        loop.run_until_complete(ib.connectAsync("127.0.0.1", port, clientId=80, timeout=10))
+        for i in range(count + 10):
+            started = time.perf_counter()
+            loop.run_until_complete(summary_calls(ib))
+            if i >= 10:
+                out.append(time.perf_counter() - started)
+        ib.disconnect()
+        loop.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return out
+
+
+def rebalance(stack: BenchStack, client: Client, symbols: list[str]) -> dict[str, Any]:
+    """A real allocation across `symbols`; orders/s measured at the gateway from first to last order."""
+    gateway = stack.gateway
+    before = len(gateway.orders())
+    violations = gateway.pacing_violations()
+    first: list[float] = []
+    last: list[float] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            count = len(gateway.orders()) - before
+            now = time.perf_counter()
+            if count and not first:
+                first.append(now)
+            if count >= len(symbols):
+                last.append(now)
+                return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    weight = round(0.8 / len(symbols), 6)
+    body = {"intent": "allocation", "params": {"strategies": ["dummy"],
+            "strategyParams": {"dummy": {"weights": dict.fromkeys(symbols, weight)}}}}  # fmt: skip
+    seconds, reply = client.round_trip(body, timeout=600)
+    stop.set()
+    watcher.join(5)
+    if reply["status"] != "ok":
+        raise RuntimeError(f"rebalance failed: {reply}")
+    placed = len(gateway.orders()) - before
+    span = (last[0] - first[0]) if first and last else float("nan")
+    return {
+        "instruments": len(symbols),
+        "ordersPlaced": placed,
+        "outcomes": reply["result"]["orders"],
+        "totalSeconds": round(seconds, 2),
+        "placementSeconds": round(span, 2),
+        "ordersPerSecond": round((placed - 1) / span, 1) if span and span == span and span > 0 else None,
+        "pacingLimitPerSecond": 50,
+        "pacingErrors": gateway.pacing_violations() - violations,
+    }
+
+
+def main() -> int:
+    results: dict[str, Any] = {"n": N, "latency": {}, "machine": os.uname().machine, "cpus": os.cpu_count()}
+    with BenchStack(designs=[d.name for d in DESIGNS]) as stack:
+        # One subscriber per subscription for the whole run: the emulator keeps sending to a cancelled stream
+        # for up to its ack deadline, so re-subscribing between rounds would stall the next round.
+        ours = Client(stack.ours)
+        designs = [(d, d(stack.project_of(d.name), stack.gateway.port)) for d in DESIGNS]
+        clients = {d.name: Client(stack.project_of(d.name)) for d in DESIGNS}
+        for _, instance in designs:
+            instance.start()
+        try:
+            for latency_ms in LATENCIES_MS:
+                stack.gateway.set_latency(fixed=latency_ms / 1000)
+                rows: dict[str, Any] = {}
+                print(f"\n[gateway latency {latency_ms:g} ms/message] measuring {N} requests per row ...", flush=True)
+                raw = percentiles(raw_ib_latencies(stack.gateway.port, N))
+                rows["raw ib_insync (broker floor)"] = {"endToEnd": raw, "service": raw}
+                for design, _ in designs:
+                    rows[design.name] = clients[design.name].latencies(SUMMARY, N)
+                rows["ours: summary"] = ours.latencies(SUMMARY, N)
+                rows["ours: allocation (dry run)"] = ours.latencies(DRY_ALLOCATION, N)
+                results["latency"][f"{latency_ms:g}ms"] = rows
+                _print_rows(rows)
+            stack.gateway.set_latency(fixed=0.0)
+
+            print("\nthroughput: 500 summaries published at once ...", flush=True)
+            results["summaryPerSecond"] = round(ours.burst(SUMMARY, 500), 1)
+            print(f"  {results['summaryPerSecond']} summaries/s")
+
+            generated = [f"SYM{n:03d}" for n in range(200)]
+            print("\nrebalance of 50 instruments ...", flush=True)
+            results["rebalance50"] = rebalance(stack, ours, generated[:50])
+            print(f"  {results['rebalance50']}")
+            ours.round_trip({"intent": "close-all", "params": {"strategies": ["dummy"]}}, timeout=600)
+            print("rebalance of 200 instruments ...", flush=True)
+            results["rebalance200"] = rebalance(stack, ours, generated)
+            print(f"  {results['rebalance200']}")
+        finally:
+            ours.close()
+            for _, instance in designs:
+                instance.stop()
+            for client in clients.values():
+                client.close()
+
+        print("\nwaiting for the books to settle (every fill of the rebalances booked) ...", flush=True)
+        results["booksSettledSeconds"] = stack.wait_books_settled()
+        print(f"  settled {results['booksSettledSeconds']} s after the last reply")
+        print(f"\nidle cost: {IDLE_SECONDS:g} s of a connected, subscribed consumer doing nothing ...", flush=True)
+        pid = stack.consumer_pid
+        cpu_before, started = cpu_seconds(pid), time.monotonic()
+        time.sleep(IDLE_SECONDS)
+        cpu = cpu_seconds(pid) - cpu_before
+        results["idle"] = {
+            "cpuPercentOfOneCore": round(100 * cpu / (time.monotonic() - started), 2),
+            "rssMB": round(rss_mb(pid), 1),
+        }
+        print(f"  {results['idle']}")
+
+    results["verdict"] = verdict(results)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print("\n" + "\n".join(f"{'PASS' if ok else 'MISS'}  {text}" for text, ok in results["verdict"]))
+    print(f"\nwritten to {RESULTS}")
+    return 0
+
+
+def verdict(r: dict[str, Any]) -> list[tuple[str, bool]]:
+    out = []
+    for key, rows in r["latency"].items():
+        ours = rows["ours: summary"]
+        floor_e2e = rows["floor (Pub/Sub echo)"]["endToEnd"]["p50_ms"]
+        raw = rows["raw ib_insync (broker floor)"]["service"]["p50_ms"]
+        floor = floor_e2e + raw
+        e2e = ours["endToEnd"]["p50_ms"]
+        out.append((f"[{key}] summary p50 end to end {e2e} ms vs floor {floor:.2f} ms (Pub/Sub echo + raw ib_insync): "
+                    f"x{e2e / floor:.2f} (target <= 1.2)", e2e <= 1.2 * floor))  # fmt: skip
+        for name in ("baseline (a): connection per intent", "baseline (b): queue + polling"):
+            other = rows[name]
+            out.append((
+                f"[{key}] {name}: end to end x{other['endToEnd']['p50_ms'] / e2e:.2f}, service time "
+                f"x{other['service']['p50_ms'] / ours['service']['p50_ms']:.2f} of ours"
+                + (" (target >= 10)" if "(a)" in name else ""),
+                other["service"]["p50_ms"] >= (10 if "(a)" in name else 1) * ours["service"]["p50_ms"],
+            ))  # fmt: skip
+    reb = r["rebalance200"]
+    rate = reb["ordersPerSecond"] or 0
+    out.append((f"200-order rebalance: {rate} orders/s, {100 * rate / 50:.0f}% of the 50/s limit (target >= 90%)",
+                rate >= 45))  # fmt: skip
+    errors = reb["pacingErrors"] + r["rebalance50"]["pacingErrors"]
+    out.append((f"pacing errors during rebalances: {errors} (target 0)", errors == 0))
+    out.append((f"idle CPU {r['idle']['cpuPercentOfOneCore']}% of a core (target < 1%)",
+                r["idle"]["cpuPercentOfOneCore"] < 1))  # fmt: skip
+    out.append((f"RSS {r['idle']['rssMB']} MB (target < 150 MB)", r["idle"]["rssMB"] < 150))
+    return out
+
+
+def _print_rows(rows: dict[str, Any]) -> None:
+    print(f"  {'':<38} {'end to end':>21} {'service time':>21}")
+    print(f"  {'design':<38} {'p50 ms':>10} {'p99 ms':>10} {'p50 ms':>10} {'p99 ms':>10}")
+    for name, row in rows.items():
+        e, s = row["endToEnd"], row["service"]
+        print(f"  {name:<38} {e['p50_ms']:>10.2f} {e['p99_ms']:>10.2f} {s['p50_ms']:>10.2f} {s['p99_ms']:>10.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
