@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 
 from consumer.devstack.emulators import EmulatorPair, ToolMissing, require_tools
+from consumer.logs import configure
 from tests.support import Bus, ConsumerUnderTest, provision_for_tests
+
+# structlog through the standard library from the first line on, so pytest's caplog sees the consumer's logs.
+configure("console", "INFO")
 
 
 @pytest.fixture(scope="session")

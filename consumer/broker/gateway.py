@@ -99,6 +99,7 @@ class Gateway:
                     await heartbeat
             if self.ib.isConnected():
                 self.ib.disconnect()
+            self.requests.reset()
             if not self._stopping:
                 self._set_state(State.CONNECTING)
 

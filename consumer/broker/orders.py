@@ -28,6 +28,7 @@ from consumer.store.trading_config import OrderDefaults
 CONFIRMED = {"PreSubmitted", "Submitted", "Filled", "Cancelled", "ApiCancelled", "Inactive"}
 DONE = {"Filled", "Cancelled", "ApiCancelled", "Inactive"}
 ACCEPTED = {"PreSubmitted", "Submitted"}
+INACTIVE_GRACE = 1.0
 
 
 def order_ref(intent: str, request_id: str, leg: str) -> str:
@@ -81,7 +82,9 @@ def outcome_of(trade: Trade, existing: bool = False) -> Outcome:
     filled = trade.orderStatus.filled
     if status == "Filled":
         kind = "filled"
-    elif status in {"Cancelled", "ApiCancelled", "Inactive"}:
+    elif status == "Inactive":
+        kind = "rejected"
+    elif status in {"Cancelled", "ApiCancelled"}:
         kind = "rejected" if _rejection(trade) else "cancelled"
     elif status in {"Submitted", "PreSubmitted"}:
         kind = "working"
@@ -197,10 +200,14 @@ class OrderEngine:
         settled = DONE if trade.order.orderType == "MKT" else CONFIRMED
         disconnected = next_emit(self._ib.disconnectedEvent)
         try:
-            while trade.orderStatus.status not in settled:
+            while trade.orderStatus.status not in settled - {"Inactive"}:
+                if trade.orderStatus.status == "Inactive":
+                    # IB's rejection comes as Inactive plus an error message; give the error a moment to arrive
+                    # (ib_insync then marks the order Cancelled with the error in its log).
+                    deadline = min(deadline, loop.time() + INACTIVE_GRACE)
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    return trade.orderStatus.status in ACCEPTED
+                    return trade.orderStatus.status in ACCEPTED | {"Inactive"}
                 changed = next_emit(trade.statusEvent)
                 await asyncio.wait({changed, disconnected}, timeout=remaining, return_when="FIRST_COMPLETED")
                 changed.cancel()

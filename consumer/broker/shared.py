@@ -52,6 +52,14 @@ class SharedRequests:
             following.add_done_callback(lambda done: self._forget(key, done))
         return await asyncio.shield(following)
 
+    def reset(self, reason: str = "the connection to the gateway was reset") -> None:
+        """Fails what is in flight. Called on every (re)connect: ib_insync forgets its pending requests when the
+        connection goes, and a future it forgot would otherwise keep every later caller waiting."""
+        in_flight, self._in_flight = self._in_flight, {}
+        for future in in_flight.values():
+            if not future.done():
+                future.set_exception(ConnectionError(reason))
+
     def _forget(self, key: str, done: asyncio.Future[Any]) -> None:
         if self._in_flight.get(key) is done:
             del self._in_flight[key]

@@ -59,6 +59,9 @@ def test_allocation_from_flat_reaches_the_targets_and_a_second_run_places_nothin
     assert spy["outcome"] == "filled"
     assert spy["orderRef"].startswith("alloc-")
     assert gateway.positions().get("SPY") == 200
+    (sent,) = gateway.orders()
+    assert (sent["orderType"], sent["algoStrategy"], sent["tif"]) == ("MKT", "Adaptive", "DAY")
+    assert sent["orderRef"] == spy["orderRef"]
     wait_for(lambda: holdings(project) == {"dummy": {"SPY": 200}}, what="the fill booked to dummy")
 
     orders_before = len(gateway.orders())

@@ -1,0 +1,47 @@
+"""The local stack's set-up: addresses from the standard variables, and a one-line hint when a tool is missing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from consumer.devstack.local import DEFAULTS, LocalAddresses
+
+
+def test_defaults_and_overrides_come_from_the_standard_variables():
+    defaults = LocalAddresses.from_env({})
+    assert (defaults.pubsub, defaults.firestore, defaults.ib_port) == (
+        DEFAULTS["PUBSUB_EMULATOR_HOST"], DEFAULTS["FIRESTORE_EMULATOR_HOST"], 4002,
+    )  # fmt: skip
+    mine = LocalAddresses.from_env({"PUBSUB_EMULATOR_HOST": "127.0.0.1:9999", "IB_PORT": "4100"})
+    assert mine.pubsub == "127.0.0.1:9999"
+    assert mine.ib_port == 4100
+    assert mine.environ()["IB_PORT"] == "4100"
+
+
+def test_a_bad_address_is_named():
+    with pytest.raises(SystemExit, match="PUBSUB_EMULATOR_HOST"):
+        LocalAddresses.from_env({"PUBSUB_EMULATOR_HOST": "nowhere"})
+    with pytest.raises(SystemExit, match="IB_PORT"):
+        LocalAddresses.from_env({"IB_PORT": "x"})
+
+
+@pytest.mark.parametrize(("missing", "hint"), [("gcloud", "google-cloud-cli"), ("java", "openjdk")])
+def test_a_missing_tool_is_one_line_saying_what_to_install(tmp_path, missing, hint):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in {"gcloud", "java"} - {missing}:
+        (bin_dir / tool).write_text("#!/bin/sh\n")
+        (bin_dir / tool).chmod(0o755)
+    done = subprocess.run(
+        [sys.executable, "-m", "consumer.devstack", "preflight"],
+        env={**os.environ, "PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 3
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"{missing} not found")
+    assert hint in lines[0]
