@@ -8,14 +8,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from google.cloud import firestore
 
-from consumer.devstack.emulators import EmulatorPair, free_port, require_tools
+from consumer.devstack.emulators import EmulatorPair, free_port, http_ok, require_tools
 from consumer.devstack.provision import provision
 
 OURS = "bench-ours"
@@ -65,7 +63,7 @@ class BenchStack(contextlib.AbstractContextManager["BenchStack"]):
         )  # fmt: skip
         self._stack.callback(self._stop_consumer)
         deadline = time.monotonic() + 60
-        while not _ok(f"http://127.0.0.1:{health}/readyz"):
+        while not http_ok(f"http://127.0.0.1:{health}/readyz"):
             if self._consumer.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the consumer did not get ready; see {self._tmp / 'consumer.log'}")
             time.sleep(0.1)
@@ -93,11 +91,3 @@ class BenchStack(contextlib.AbstractContextManager["BenchStack"]):
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
-
-
-def _ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False

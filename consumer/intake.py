@@ -9,6 +9,7 @@ waits for running callbacks before it stops sending acks.
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from zoneinfo import ZoneInfo
 
 from consumer.broker.loop import BrokerLoop
@@ -51,11 +52,29 @@ class RequestDecoder:
 
 
 class Intake:
-    def __init__(self, decoder: RequestDecoder, dispatcher: Dispatcher, loop: BrokerLoop, wait_limit: float) -> None:
+    """`open` is set while the gateway is connected; while it is clear, valid requests wait here, leased (the
+    client library keeps extending their deadlines and flow control stops further pulls), instead of being
+    nacked and burning delivery attempts. `stopping` releases them as nacks at shutdown."""
+
+    HOLD_POLL_SECONDS = 0.5
+
+    def __init__(
+        self,
+        decoder: RequestDecoder,
+        dispatcher: Dispatcher,
+        loop: BrokerLoop,
+        wait_limit: float,
+        open_: threading.Event | None = None,
+        stopping: threading.Event | None = None,
+    ) -> None:
         self._decoder = decoder
         self._dispatcher = dispatcher
         self._loop = loop
         self._wait_limit = wait_limit
+        self._open = open_ or threading.Event()
+        self._stopping = stopping or threading.Event()
+        if open_ is None:
+            self._open.set()
 
     def __call__(self, delivery: Delivery) -> Settlement:
         try:
@@ -65,7 +84,11 @@ class Intake:
             log.exception("could not decode message; nacked", messageId=delivery.message_id)
             return Settlement.NACK
         # A bad request keeps its problem and still goes to the loop: its error reply and activity record are
-        # written by the same code path as every other outcome.
+        # written by the same code path as every other outcome (and need no gateway, so they are not held).
+        if request.problem is None:
+            while not self._open.wait(self.HOLD_POLL_SECONDS):
+                if self._stopping.is_set():
+                    return Settlement.NACK
         future = self._loop.submit(self._dispatcher.handle(request))
         try:
             return future.result(timeout=self._wait_limit)

@@ -46,6 +46,7 @@ class Status:
 
     gateway: str = State.CONNECTING.value
     subscribed: bool = False
+    accepting: bool = False  # the gateway is connected: requests go to the broker loop rather than wait
     stopping: bool = False
     started_at: float = field(default_factory=time.time)
 
@@ -53,6 +54,7 @@ class Status:
         return {
             "gateway": self.gateway,
             "subscribed": self.subscribed,
+            "accepting": self.accepting,
             "stopping": self.stopping,
             "tradingMode": settings.trading_mode,
             "clientId": settings.ib_client_id,
@@ -70,6 +72,8 @@ class Service:
         self._schemas = Schemas()
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._stopped = threading.Event()
+        self._intake_open = threading.Event()
+        self._intake_stopping = threading.Event()
         self.services: Services | None = None
         self.dispatcher: Dispatcher | None = None
         self.health: HealthServer | None = None
@@ -106,7 +110,14 @@ class Service:
         self.loop.submit(self.services.gateway.run())
 
         decoder = RequestDecoder(self._schemas, self._intents, ZoneInfo(s.schedule_time_zone))
-        intake = Intake(decoder, self.dispatcher, self.loop, wait_limit=s.intent_timeout + SETTLE_MARGIN_SECONDS)
+        intake = Intake(
+            decoder,
+            self.dispatcher,
+            self.loop,
+            wait_limit=s.intent_timeout + SETTLE_MARGIN_SECONDS,
+            open_=self._intake_open,
+            stopping=self._intake_stopping,
+        )
         self._subscriber_client = pubsub_v1.SubscriberClient()
         self._subscriber = IntentSubscriber(
             self._subscriber_client,
@@ -128,7 +139,7 @@ class Service:
         return services
 
     def _control(self) -> None:
-        """Pulls only while the gateway is connected: otherwise messages wait in Pub/Sub, attempts unspent."""
+        """Opens the stream once the gateway is first connected; while it is away, requests are held, not failed."""
         assert self._subscriber is not None
         while True:
             kind, value = self._events.get()
@@ -138,12 +149,16 @@ class Service:
             if kind == "gateway":
                 self.status.gateway = value.value
                 if value is State.CONNECTED:
+                    self._intake_open.set()
+                    self.status.accepting = True
+                    # The stream opens at the first connect and stays open through outages: reopening it after
+                    # each one would hand Pub/Sub back what it had leased to us, and burn their attempts.
                     self._subscriber.start()
                     self.status.subscribed = True
                 else:
-                    log.warning("gateway unavailable; pausing intake", state=value.value)
-                    self.status.subscribed = False
-                    self._drain()
+                    log.warning("gateway unavailable; holding intake until it is back", state=value.value)
+                    self._intake_open.clear()
+                    self.status.accepting = False
             elif kind == "stream-failed":
                 self.status.subscribed = False
                 if self.status.gateway == State.CONNECTED.value:
@@ -163,6 +178,7 @@ class Service:
             self._subscriber.stop(timeout=SETTLE_MARGIN_SECONDS)
 
     def _shutdown(self) -> None:
+        self._intake_stopping.set()  # requests held for the gateway go back to Pub/Sub
         self.status.stopping = True
         self.status.subscribed = False
         try:
@@ -189,5 +205,6 @@ class Service:
 
     def _ready(self) -> tuple[bool, dict[str, Any]]:
         body = self.status.as_dict(self.settings)
-        ready = body["gateway"] == State.CONNECTED.value and body["subscribed"] and not body["stopping"]
+        ready = body["gateway"] == State.CONNECTED.value and body["subscribed"] and body["accepting"]
+        ready = ready and not body["stopping"]
         return ready, body

@@ -198,7 +198,8 @@ class ConsumerUnderTest:
         return c
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        wait_for(lambda: self.service.status.subscribed, timeout, "the consumer to connect and subscribe")
+        status = self.service.status
+        wait_for(lambda: status.subscribed and status.accepting, timeout, "the consumer to connect and subscribe")
 
     def stop(self, timeout: float = 60.0) -> None:
         if self.thread.is_alive():
@@ -251,6 +252,11 @@ def booked_totals(project: str, mode: str = "paper") -> dict[str, float]:
         for symbol, quantity in positions.items():
             totals[symbol] = totals.get(symbol, 0.0) + quantity
     return {s: q for s, q in totals.items() if q}
+
+
+def stock_positions(gateway: Any) -> dict[str, float]:
+    """The broker's non-zero positions by symbol."""
+    return {s: q for s, q in gateway.positions().items() if q}
 
 
 # -- the consumer as a separate process (for kills that must be real) ------------------------------------------------

@@ -3,7 +3,7 @@
 IB Gateway restarts every night, drops sockets, and can go half-open without an error. `Gateway.run` keeps one
 `IB` object connected through all of that: it connects with backoff, watches for a dropped socket, the 1100
 "connectivity lost" family of errors and missed heartbeats, and reports every change to its listeners (the
-service pauses the Pub/Sub intake while the gateway is away, so messages wait in Pub/Sub instead of failing).
+service holds requests while the gateway is away, so they wait instead of failing and burning attempts).
 
 Every method here runs on the broker loop; nothing else may touch `self.ib`.
 """

@@ -65,7 +65,7 @@ class Emulator:
     def start(self, timeout: float = 60.0) -> None:
         require_tools()
         host, port = split_host_port(self.address)
-        if _port_open(host, port):
+        if port_open(host, port):
             raise RuntimeError(f"{self.name} emulator: {self.address} is already in use")
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
@@ -81,7 +81,7 @@ class Emulator:
             if self.process.poll() is not None:
                 tail = self.log_path.read_text(errors="replace")[-800:]
                 raise RuntimeError(f"{self.name} emulator exited at start-up:\n{tail}")
-            if _http_ok(f"http://{self.address}/"):
+            if http_ok(f"http://{self.address}/"):
                 return
             time.sleep(0.1)
         self.stop()
@@ -165,15 +165,15 @@ class EmulatorPair(contextlib.AbstractContextManager["EmulatorPair"]):
         return {"PUBSUB_EMULATOR_HOST": self.pubsub.address, "FIRESTORE_EMULATOR_HOST": self.firestore.address}
 
 
-def _port_open(host: str, port: int) -> bool:
+def port_open(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex((host, port)) == 0
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str, timeout: float = 0.5) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=0.5) as r:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
             return r.status == 200
     except (urllib.error.URLError, OSError):
         return False

@@ -14,15 +14,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from consumer.console import reply_details, reply_line
-from consumer.devstack.emulators import EmulatorPair, split_host_port
+from consumer.devstack.emulators import EmulatorPair, http_ok, port_open, split_host_port
 
 DEFAULTS = {
     "PUBSUB_EMULATOR_HOST": "127.0.0.1:8085",
@@ -143,7 +141,7 @@ def run() -> int:
             stack, "simulated gateway",
             [sys.executable, "-m", "ibsim", "--host", "127.0.0.1", "--port", str(addresses.ib_port)], env,
         )  # fmt: skip
-        _wait(lambda: _port_open("127.0.0.1", addresses.ib_port), gateway, 15, "the simulated gateway to listen")
+        _wait(lambda: port_open("127.0.0.1", addresses.ib_port), gateway, 15, "the simulated gateway to listen")
         _say(f"simulated IB Gateway on 127.0.0.1:{addresses.ib_port} (paper account DU123456)")
 
         from consumer.devstack.provision import provision
@@ -160,7 +158,7 @@ def run() -> int:
             stack, "consumer", [sys.executable, "-m", "consumer", "serve"], {**env, "LOG_FORMAT": "console"}
         )
         health = f"http://127.0.0.1:{addresses.health_port}/readyz"
-        _wait(lambda: _http_ok(health), consumer, 60, "the consumer to connect and subscribe")
+        _wait(lambda: http_ok(health), consumer, 60, "the consumer to connect and subscribe")
         _say(f"consumer ready ({health})")
 
         replies = stack.enter_context(_reply_stream(addresses.project))
@@ -279,22 +277,6 @@ def _wait(predicate: Any, child: Child, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}; see {child.log_path}")
         time.sleep(0.1)
-
-
-def _port_open(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def _say(text: str) -> None:

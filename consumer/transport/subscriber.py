@@ -1,7 +1,7 @@
 """Streaming pull on the intents subscription, with flow control and lease management.
 
-Paused (the stream cancelled) while the gateway is away, so new messages wait in Pub/Sub instead of burning
-delivery attempts; resumed with a fresh stream when it is back.
+Opened once the gateway is connected and kept open through gateway outages (consumer.intake holds requests
+meanwhile, so no delivery attempt is burnt); reopened only if the stream itself fails.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from tests.support import (
     firestore_client,
     holdings,
     mode_collection,
+    stock_positions,
     wait_for,
     write_config,
 )
@@ -252,7 +253,7 @@ def test_a_half_open_connection_is_detected_by_the_heartbeat(consumer, bus: Bus,
     gateway.freeze(True)
     try:
         wait_for(lambda: consumer.service.status.gateway != "connected", timeout=30, what="the heartbeat to notice")
-        assert consumer.service.status.subscribed is False  # intake paused: messages wait in Pub/Sub
+        assert consumer.service.status.accepting is False  # requests are held until the gateway is back
     finally:
         gateway.freeze(False)
     consumer.wait_ready(timeout=60)
@@ -277,3 +278,25 @@ def test_an_intent_longer_than_the_ack_deadline_keeps_its_lease(consumer_factory
     replies = bus.replies_to(message_id, quiet=3.0)
     assert [r["status"] for r in replies] == ["ok"]
     assert attempts == [1]
+
+
+@pytest.mark.timeout(300)
+def test_fills_made_while_the_consumer_was_down_are_booked_on_reconnect(consumer_factory, bus: Bus, gateway, project):
+    gateway.hold_fills(True)
+    first = consumer_factory(order_timeout=1.0)
+    reply = bus.reply_to(bus.publish({**ALLOCATION, "params": {**ALLOCATION["params"], "strategyParams": {
+        "dummy": {"weights": {"TLT": 0.05}}}}}))  # fmt: skip
+    tlt = reply["result"]["instruments"][0]
+    assert tlt["outcome"] == "working"
+    first.stop()
+
+    gateway.hold_fills(False)  # the order fills while no consumer is connected
+    filled = wait_for(lambda: stock_positions(gateway).get("TLT"), what="the fill at the broker")
+    assert holdings(project) == {}
+
+    consumer_factory()  # its sweep after connecting books what it missed
+    wait_for(lambda: holdings(project) == {"dummy": {"TLT": filled}}, what="the missed fill booked to dummy")
+    wait_for(lambda: mode_collection(project, "openOrders") == [], what="the order closed")
+    again = bus.reply_to(bus.publish({"intent": "trade-reconciliation"}), timeout=STREAM_RESTART_WAIT)
+    assert again["result"]["fillsApplied"] == []
+    assert booked_totals(project) == stock_positions(gateway)

@@ -6,7 +6,16 @@ from typing import Any
 
 import pytest
 
-from tests.support import Bus, booked_totals, firestore_client, holdings, mode_collection, wait_for, write_config
+from tests.support import (
+    Bus,
+    booked_totals,
+    firestore_client,
+    holdings,
+    mode_collection,
+    stock_positions,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.usefixtures("consumer")
 
@@ -25,10 +34,6 @@ def allocate(bus: Bus, weights: dict[str, float]) -> dict[str, Any]:
     )  # fmt: skip
     assert reply["status"] == "ok", reply
     return reply
-
-
-def stock_positions(gateway) -> dict[str, float]:
-    return {s: q for s, q in gateway.positions().items() if q}
 
 
 def test_after_allocation_and_trade_reconciliation_holdings_equal_broker_positions(bus: Bus, gateway, project: str):
@@ -55,29 +60,6 @@ def test_trade_reconciliation_twice_or_redelivered_changes_nothing(bus: Bus, gat
     assert again["status"] == "ok"
     assert sorted(f["execId"] for f in mode_collection(project, "fills")) == fills
     assert holdings(project) == books
-
-
-def test_fills_made_while_the_consumer_was_down_are_booked_on_reconnect(
-    consumer, consumer_factory, bus: Bus, gateway, project: str
-):
-    consumer.stop()
-    gateway.hold_fills(True)
-    first = consumer_factory(order_timeout=1.0)
-    reply = allocate(bus, {"TLT": 0.05})
-    tlt = reply["result"]["instruments"][0]
-    assert tlt["outcome"] == "working"
-    first.stop()
-
-    gateway.hold_fills(False)  # the order fills while no consumer is connected
-    filled = wait_for(lambda: stock_positions(gateway).get("TLT"), what="the fill at the broker")
-    assert holdings(project) == {}
-
-    consumer_factory()  # its sweep after connecting books what it missed
-    wait_for(lambda: holdings(project) == {"dummy": {"TLT": filled}}, what="the missed fill booked to dummy")
-    wait_for(lambda: mode_collection(project, "openOrders") == [], what="the order closed")
-    again = bus.reply_to(bus.publish({"intent": "trade-reconciliation"}))
-    assert again["result"]["fillsApplied"] == []
-    assert booked_totals(project) == stock_positions(gateway)
 
 
 def test_a_partial_fill_then_the_rest_is_two_fills_and_one_closed_order(bus: Bus, gateway, project: str):
