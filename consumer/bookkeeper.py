@@ -69,6 +69,8 @@ class Bookkeeper:
         self._worker = asyncio.create_task(self._work(), name="bookkeeper")
 
     async def stop(self) -> None:
+        if self._queue.qsize():
+            log.info("stopping with events not booked yet; the next sweep books them", pending=self._queue.qsize())
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

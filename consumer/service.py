@@ -9,6 +9,7 @@ Threads, and what each may touch:
 
 from __future__ import annotations
 
+import concurrent.futures
 import queue
 import threading
 import time
@@ -37,6 +38,7 @@ log = get_logger(__name__)
 
 # The callback's own bound on waiting for an intent: past the intent timeout, plus time to store and reply.
 SETTLE_MARGIN_SECONDS = 60.0
+CLOSE_TIMEOUT_SECONDS = 10.0
 STREAM_RESTART_SECONDS = 2.0
 
 
@@ -185,7 +187,11 @@ class Service:
             if self._subscriber is not None:
                 self._drain()
             if self.services is not None:
-                self.loop.run(self.services.close(), timeout=10)
+                try:
+                    self.loop.run(self.services.close(), timeout=CLOSE_TIMEOUT_SECONDS)
+                except (TimeoutError, concurrent.futures.TimeoutError):
+                    # Bookings still queued are not lost: the sweep after the next connect books them.
+                    log.warning("closing the broker connection and store timed out; exiting anyway")
         finally:
             if self._subscriber_client is not None:
                 self._subscriber_client.close()
