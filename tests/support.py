@@ -254,6 +254,24 @@ def booked_totals(project: str, mode: str = "paper") -> dict[str, float]:
     return {s: q for s, q in totals.items() if q}
 
 
+SIGNAL_PARAMS = {"symbols": ["SPY", "QQQ", "IWM"], "lookback": 5}
+
+
+def long_signal(bus: Bus) -> tuple[str, float]:
+    """A symbol testsignalgenerator holds long on the seeded market, and its weight (from a dry run)."""
+    reply = bus.reply_to(
+        bus.publish(
+            {"intent": "allocation", "dryRun": True, "params": {"strategies": ["testsignalgenerator"],
+             "strategyParams": {"testsignalgenerator": SIGNAL_PARAMS}}}
+        )
+    )  # fmt: skip
+    assert reply["status"] == "ok", reply
+    weights = reply["result"]["strategies"]["testsignalgenerator"]["weights"]
+    symbol = next((s for s, w in weights.items() if w > 0), None)
+    assert symbol is not None, f"the seeded market gives no long signal: {weights}"
+    return symbol, weights[symbol]
+
+
 def stock_positions(gateway: Any) -> dict[str, float]:
     """The broker's non-zero positions by symbol."""
     return {s: q for s, q in gateway.positions().items() if q}

@@ -7,10 +7,12 @@ from typing import Any
 import pytest
 
 from tests.support import (
+    SIGNAL_PARAMS,
     Bus,
     booked_totals,
     firestore_client,
     holdings,
+    long_signal,
     mode_collection,
     stock_positions,
     wait_for,
@@ -76,19 +78,12 @@ def test_a_partial_fill_then_the_rest_is_two_fills_and_one_closed_order(bus: Bus
 
 
 def test_two_strategies_sharing_one_order_each_get_their_share(bus: Bus, gateway, project: str):
-    signal = bus.reply_to(
-        bus.publish(
-            {"intent": "allocation", "dryRun": True, "params": {"strategies": ["testsignalgenerator"],
-             "strategyParams": {"testsignalgenerator": {"symbols": ["SPY", "QQQ", "IWM"], "lookback": 5}}}}
-        )
-    )  # fmt: skip
-    weights = signal["result"]["strategies"]["testsignalgenerator"]["weights"]
-    symbol = next(s for s, w in weights.items() if w > 0)
+    symbol, weight = long_signal(bus)
     reply = bus.reply_to(
         bus.publish(
             {"intent": "allocation", "params": {"strategies": ["dummy", "testsignalgenerator"], "strategyParams": {
-                "dummy": {"weights": {symbol: weights[symbol] / 2}},
-                "testsignalgenerator": {"symbols": ["SPY", "QQQ", "IWM"], "lookback": 5}}}}
+                "dummy": {"weights": {symbol: weight / 2}},
+                "testsignalgenerator": SIGNAL_PARAMS}}}
         )
     )  # fmt: skip
     leg = next(i for i in reply["result"]["instruments"] if i["instrument"] == symbol)

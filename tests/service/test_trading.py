@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Bus, holdings, mode_collection, wait_for, write_config
+from tests.support import SIGNAL_PARAMS, Bus, holdings, long_signal, mode_collection, wait_for, write_config
 
 pytestmark = pytest.mark.usefixtures("consumer")
 
@@ -73,25 +73,14 @@ def test_allocation_from_flat_reaches_the_targets_and_a_second_run_places_nothin
 
 
 def test_two_strategies_wanting_opposite_trades_send_one_netted_order(bus: Bus, gateway, project: str):
-    signal = bus.reply_to(
-        bus.publish(
-            {"intent": "allocation", "dryRun": True, "params": {"strategies": ["testsignalgenerator"],
-             "strategyParams": {"testsignalgenerator": {"symbols": ["SPY", "QQQ", "IWM"], "lookback": 5}}}}
-        )
-    )  # fmt: skip
-    assert signal["status"] == "ok", signal
-    weights = signal["result"]["strategies"]["testsignalgenerator"]["weights"]
-    symbol = next((s for s, w in weights.items() if w > 0), None)
-    assert symbol is not None, f"the seeded market gives no long signal to net against: {weights}"
-    long_target = line(signal, symbol)["target"]
-
+    symbol, weight = long_signal(bus)
     body = {
         "intent": "allocation",
         "params": {
             "strategies": ["dummy", "testsignalgenerator"],
             "strategyParams": {
-                "dummy": {"weights": {symbol: -weights[symbol] / 2}},
-                "testsignalgenerator": {"symbols": ["SPY", "QQQ", "IWM"], "lookback": 5},
+                "dummy": {"weights": {symbol: -weight / 2}},
+                "testsignalgenerator": SIGNAL_PARAMS,
             },
         },
     }
@@ -99,7 +88,8 @@ def test_two_strategies_wanting_opposite_trades_send_one_netted_order(bus: Bus, 
     assert reply["status"] == "ok", reply
     leg = line(reply, symbol)
     short_target = leg["strategies"]["dummy"]
-    assert short_target < 0 < leg["strategies"]["testsignalgenerator"] == long_target
+    long_target = leg["strategies"]["testsignalgenerator"]
+    assert short_target < 0 < long_target
     sent = [o for o in gateway.orders() if o["symbol"] == symbol]
     assert len(sent) == 1, sent
     assert sent[0]["totalQuantity"] == long_target + short_target
@@ -215,3 +205,16 @@ def test_cash_balancer_converts_a_foreign_balance_and_leaves_dust(bus: Bus, gate
     assert by_currency["GBP"]["action"] == "left"
     assert abs(gateway.cash()["EUR"]) < 1.0
     assert gateway.cash()["GBP"] == 100.0
+
+
+def test_a_long_rebalance_reports_its_progress(bus: Bus, gateway, caplog):
+    symbols = [f"SYM{n:03d}" for n in range(20)]
+    reply = bus.reply_to(bus.publish(allocation(dict.fromkeys(symbols, 0.02))))
+    assert reply["status"] == "ok", reply
+    assert reply["result"]["orders"]["sent"] == 20
+    progress = [
+        (r.msg["confirmed"], r.msg["total"])
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == "orders confirmed"
+    ]
+    assert progress == [(n, 20) for n in range(2, 21, 2)]  # every tenth of the way, on the log/terminal
