@@ -50,9 +50,13 @@ class RequestDecoder:
             return request
         return Request(delivery=delivery, envelope=None, request_id=request.request_id, problem=problem)
 
+    def needs_gateway(self, request: Request) -> bool:
+        envelope = request.envelope
+        return envelope is not None and self._intents[envelope.intent].needs_gateway
+
 
 class Intake:
-    """`open` is set while the gateway is connected; while it is clear, valid requests wait here, leased (the
+    """`open` is set while the gateway is connected; while it is clear, requests that need it wait here, leased (the
     client library keeps extending their deadlines and flow control stops further pulls), instead of being
     nacked and burning delivery attempts. `stopping` releases them as nacks at shutdown."""
 
@@ -85,7 +89,7 @@ class Intake:
             return Settlement.NACK
         # A bad request keeps its problem and still goes to the loop: its error reply and activity record are
         # written by the same code path as every other outcome (and need no gateway, so they are not held).
-        if request.problem is None:
+        if self._decoder.needs_gateway(request):
             while not self._open.wait(self.HOLD_POLL_SECONDS):
                 if self._stopping.is_set():
                     return Settlement.NACK

@@ -89,19 +89,9 @@ class Emulator:
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout)
-        # The wrapper can exit before its Java child; the group kill above reaches both.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc is not None:
+            # The wrapper can exit before its Java child: the group is killed either way.
+            stop_process_group(proc, timeout, reap_group=True)
 
 
 def pubsub_emulator(address: str, workdir: Path, project: str) -> Emulator:
@@ -163,6 +153,22 @@ class EmulatorPair(contextlib.AbstractContextManager["EmulatorPair"]):
 
     def environ(self) -> dict[str, str]:
         return {"PUBSUB_EMULATOR_HOST": self.pubsub.address, "FIRESTORE_EMULATOR_HOST": self.firestore.address}
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], timeout: float, reap_group: bool = False) -> None:
+    """SIGTERM to the child's process group (it was started with start_new_session), SIGKILL after `timeout`."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+    if reap_group:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def port_open(host: str, port: int) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from consumer.console import reply_details, reply_line
-from consumer.devstack.emulators import EmulatorPair, http_ok, port_open, split_host_port
+from consumer.devstack.emulators import EmulatorPair, http_ok, port_open, split_host_port, stop_process_group
 
 DEFAULTS = {
     "PUBSUB_EMULATOR_HOST": "127.0.0.1:8085",
@@ -110,15 +110,7 @@ class Child:
         return self.process.poll() is None
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        stop_process_group(self.process, timeout)
 
 
 def run() -> int:

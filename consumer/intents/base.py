@@ -31,6 +31,8 @@ class Intent:
     # Trading intents pass the kill switch and live guard, are rejected when stale, and never run concurrently with
     # each other; read-only ones may run side by side and are retried freely.
     trades: bool = False
+    # Held while the gateway is away (consumer.intake); ping answers regardless, saying it is away.
+    needs_gateway: bool = True
 
     @property
     def schema(self) -> str:

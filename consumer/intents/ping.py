@@ -33,5 +33,5 @@ async def ping(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-INTENT = Intent(name="ping", handler=ping, description="Gateway time and connection state.")
-HEALTH = Intent(name="health", handler=ping, description="Alias of ping.")
+INTENT = Intent(name="ping", handler=ping, description="Gateway time and connection state.", needs_gateway=False)
+HEALTH = Intent(name="health", handler=ping, description="Alias of ping.", needs_gateway=False)

@@ -40,17 +40,6 @@ def wait_until(ib: IB, predicate: Callable[[], Any], timeout: float = 5.0, what:
             ib.sleep(0.005)
 
 
-def poll(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
-
-
 @pytest.fixture
 def gw() -> Iterator[ThreadedGateway]:
     with ThreadedGateway(port=0) as g:

@@ -11,8 +11,9 @@ from ib_insync import IB
 
 from ibsim import ThreadedGateway
 from ibsim.protocol import MAX_VERSION
+from tests.support import wait_for
 
-from .conftest import ensure_loop, poll, wait_until
+from .conftest import ensure_loop, wait_until
 
 
 def test_connect_completes_fast_without_startup_timeouts(gw: ThreadedGateway, connect, caplog) -> None:
@@ -78,7 +79,7 @@ def test_duplicate_client_id_gets_326_and_is_closed(gw: ThreadedGateway, connect
     assert gw.connected_client_ids() == [7]
     # the id is free again once its owner leaves
     first.disconnect()
-    poll(lambda: gw.connected_client_ids() == [], what="client 7 to go away")
+    wait_for(lambda: gw.connected_client_ids() == [], what="client 7 to go away")
     third = connect(7)
     assert third.isConnected()
 
@@ -124,7 +125,7 @@ def test_unsupported_request_gets_321_and_never_hangs(ib: IB, raw) -> None:
 def test_reconnect_after_disconnect_keeps_serving(gw: ThreadedGateway, connect) -> None:
     ib = connect(9)
     ib.disconnect()
-    poll(lambda: 9 not in gw.connected_client_ids(), what="disconnect seen")
+    wait_for(lambda: 9 not in gw.connected_client_ids(), what="disconnect seen")
     ib2 = connect(9)
     assert ib2.reqCurrentTime()
 

@@ -9,8 +9,9 @@ import pytest
 from ib_insync import IB, LimitOrder, MarketOrder, Stock
 
 from ibsim import Scenario, ThreadedGateway
+from tests.support import wait_for
 
-from .conftest import ensure_loop, poll, wait_until
+from .conftest import ensure_loop, wait_until
 
 SPY = Stock("SPY", "SMART", "USD")
 
@@ -42,7 +43,7 @@ def test_refuse_connections_for_a_while(gw: ThreadedGateway, ib: IB, connect) ->
     assert ib.isConnected()  # existing sessions stay
     assert ib.reqCurrentTime()
     t0 = time.monotonic()
-    poll(lambda: can_connect(gw.port), timeout=5, what="the listener to come back")
+    wait_for(lambda: can_connect(gw.port), timeout=5, what="the listener to come back")
     assert time.monotonic() - t0 >= 0.2
     assert connect(2).isConnected()
 
@@ -53,7 +54,7 @@ def test_restart_keeps_state(gw: ThreadedGateway, ib: IB, connect) -> None:
     gw.restart(down_seconds=0.3)
     wait_until(ib, lambda: not ib.isConnected(), what="drop")
     assert not can_connect(gw.port)
-    poll(lambda: can_connect(gw.port), timeout=5, what="restart")
+    wait_for(lambda: can_connect(gw.port), timeout=5, what="restart")
     again = connect(1)
     assert [(p.contract.symbol, p.position) for p in again.positions()] == [("SPY", 10)]
     assert len(again.fills()) == 1

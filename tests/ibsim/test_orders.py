@@ -6,8 +6,9 @@ import pytest
 from ib_insync import IB, ExecutionFilter, Forex, LimitOrder, MarketOrder, Order, Stock, StopOrder, TagValue, Trade
 
 from ibsim import ThreadedGateway
+from tests.support import wait_for
 
-from .conftest import poll, wait_until
+from .conftest import wait_until
 
 SPY = Stock("SPY", "SMART", "USD")
 
@@ -201,7 +202,7 @@ def test_orders_and_executions_survive_reconnect(gw: ThreadedGateway, connect) -
     resting = ib.placeOrder(SPY, LimitOrder("SELL", 5, 600.0, tif="GTC", orderRef="rest"))
     wait_until(ib, lambda: resting.orderStatus.status == "Submitted", what="Submitted")
     ib.disconnect()
-    poll(lambda: 5 not in gw.connected_client_ids(), what="disconnect")
+    wait_for(lambda: 5 not in gw.connected_client_ids(), what="disconnect")
 
     ib = connect(5)
     open_trades = ib.openTrades()

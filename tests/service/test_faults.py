@@ -144,11 +144,14 @@ def test_gateway_dropping_mid_allocation_and_coming_back(consumer, bus: Bus, gat
 
 
 @pytest.mark.timeout(300)
-def test_gateway_refusing_connections_for_a_minute_at_start_up(consumer_factory, bus: Bus, gateway):
-    gateway.refuse_connections(60.0)
+@pytest.mark.parametrize("down_seconds", [3.0, 60.0])
+def test_a_gateway_down_at_start_up_is_waited_for(consumer_factory, bus: Bus, gateway, down_seconds):
+    """A short outage, and a daily restart's minute: the consumer pulls nothing until it is connected, so the
+    message waits in Pub/Sub and is answered once after."""
+    gateway.refuse_connections(down_seconds)
     c = consumer_factory(wait_ready=False)
     message_id = bus.publish({"intent": "ping"})
-    c.wait_ready(timeout=120)
+    c.wait_ready(timeout=down_seconds + 60)
     reply = bus.reply_to(message_id, timeout=60)
     assert reply["status"] == "ok"
     assert reply["result"]["connected"] is True
@@ -254,10 +257,16 @@ def test_a_half_open_connection_is_detected_by_the_heartbeat(consumer, bus: Bus,
     try:
         wait_for(lambda: consumer.service.status.gateway != "connected", timeout=30, what="the heartbeat to notice")
         assert consumer.service.status.accepting is False  # requests are held until the gateway is back
+        held = bus.publish({"intent": "summary"})
+        away = bus.reply_to(bus.publish({"intent": "ping"}), timeout=STREAM_RESTART_WAIT)
+        assert away["status"] == "ok"
+        assert away["result"]["connected"] is False  # ping is not held: it says the gateway is away
+        assert all(r["messageId"] != held for r in bus.received)  # the summary waits for the gateway
     finally:
         gateway.freeze(False)
     consumer.wait_ready(timeout=60)
     assert consumer.service.services.gateway.connections >= 2
+    assert bus.reply_to(held, timeout=STREAM_RESTART_WAIT)["status"] == "ok"  # held, then answered once back
     assert bus.reply_to(bus.publish({"intent": "ping"}), timeout=STREAM_RESTART_WAIT)["status"] == "ok"
 
 

@@ -101,18 +101,6 @@ def test_bad_input_gets_one_error_reply_and_is_acked(consumer, bus: Bus, project
     assert bus.reply_to(bus.publish({"intent": "ping"}))["status"] == "ok"
 
 
-def test_a_gateway_down_at_start_up_is_waited_for(consumer_factory, bus: Bus, gateway):
-    gateway.refuse_connections(3.0)
-    c = consumer_factory(wait_ready=False)
-    message_id = bus.publish({"intent": "ping"})
-    # The consumer does not pull while the gateway is away: the message waits in Pub/Sub and is answered after.
-    c.wait_ready(timeout=30)
-    reply = bus.reply_to(message_id, timeout=30)
-    assert reply["status"] == "ok"
-    assert reply["result"]["connected"] is True
-    assert bus.replies_to(message_id) == [reply]
-
-
 def test_sigterm_mid_intent_finishes_it_and_exits_cleanly(bus: Bus, gateway, project: str, tmp_path):
     child = ConsumerProcess(project, gateway.port, tmp_path / "consumer.log", SHUTDOWN_GRACE_SECONDS="30")
     try:
