@@ -18,12 +18,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=4002, help="TCP port (default 4002, the IB Gateway paper port; 0 = any)")
     p.add_argument("--scenario", help="scenario file (YAML or JSON); default: the built-in scenario")
     p.add_argument("--state", help="JSON file keeping orders, executions, positions and cash across restarts")
+    p.add_argument(
+        "--clock",
+        help="start the simulated clock at this ISO 8601 instant, e.g. 2026-11-25T10:00:00-05:00 (default: wall clock)",
+    )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
     return p.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> int:
     scenario = Scenario.load(args.scenario) if args.scenario else Scenario.default()
+    if args.clock:  # rebuilt, since the clock decides dates in the scenario too (the front futures expiry)
+        name = scenario.name
+        scenario = Scenario.from_dict({**scenario.raw, "clock": {"start": args.clock}})
+        scenario.name = name
     server = GatewayServer(scenario, args.host, args.port, state_file=args.state)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

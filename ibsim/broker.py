@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .clock import SimClock
 from .market import Instrument
 from .protocol import OrderRequest
 from .scenario import USD_RATES, Scenario
@@ -128,9 +129,15 @@ def ib_time(t: float, tz: str = EXEC_TZ) -> str:
 
 class Broker:
     def __init__(
-        self, scenario: Scenario, instruments: dict[str, Instrument], listener: Listener, loop_getter: Any
+        self,
+        scenario: Scenario,
+        instruments: dict[str, Instrument],
+        listener: Listener,
+        loop_getter: Any,
+        clock: SimClock | None = None,
     ) -> None:
         self.scenario = scenario
+        self.clock = clock or SimClock(scenario.clockStart)
         self.instruments = instruments
         self.listener = listener
         self._loop = loop_getter
@@ -263,7 +270,7 @@ class Broker:
             ocaGroup=req.ocaGroup,
             openClose=req.openClose or "O",
             parentId=req.parentId,
-            createdAt=time.time(),
+            createdAt=self.clock.time(),
         )
         self.orders[key] = order
         self.by_perm[order.permId] = order
@@ -323,7 +330,7 @@ class Broker:
     def _finish(self, order: SimOrder, status: str, completed_status: str = "") -> None:
         self._stop_timer(order)
         order.status = status
-        order.completedTime = ib_time(time.time())
+        order.completedTime = ib_time(self.clock.time())
         order.completedStatus = completed_status or status
         self.listener.order_update(order, open_order=True)
         self.listener.state_changed()
@@ -421,7 +428,7 @@ class Broker:
         order.commission += commission
         signed = qty if order.action == "BUY" else -qty
         realized = self._book(acct, inst, signed, price, commission, comm_cur)
-        now = time.time()
+        now = self.clock.time()
         execution = {
             "execId": self._exec_id(),
             "orderId": order.orderId,

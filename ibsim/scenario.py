@@ -12,6 +12,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .clock import parse_instant
+
 # ISO 4217 codes ibsim accepts, with a fallback rate in USD used when the scenario has no forex pair for them.
 USD_RATES: dict[str, float] = {
     "USD": 1.0,
@@ -118,6 +120,8 @@ class Scenario:
     pacing: dict[str, float]
     tickIntervalMs: float
     faults: list[FaultSpec]
+    # Where the simulated clock starts (None: the wall clock). Hours, history and executions all follow it.
+    clockStart: dt.datetime | None = None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -224,11 +228,39 @@ def front_quarterly(today: dt.date) -> str:
             year, month = year + 1, 1
 
 
+def daily_bars(rows: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """Daily bars as a scenario (or `set_bars`) gives them, checked and sorted by date."""
+    bars = []
+    for j, bar in enumerate(rows):
+        date = str(bar["date"]).replace("-", "")
+        try:
+            dt.datetime.strptime(date, "%Y%m%d")
+        except ValueError:
+            raise ScenarioError(f"{where}[{j}].date: {bar['date']!r} is not a date (YYYYMMDD)") from None
+        if not (bar["low"] <= min(bar["open"], bar["close"]) and bar["high"] >= max(bar["open"], bar["close"])):
+            raise ScenarioError(f"{where}[{j}]: high/low do not contain open and close")
+        bars.append({**bar, "date": date})
+    bars.sort(key=lambda b: b["date"])
+    return bars
+
+
 def _auto_con_id(key: str, sec_type: str) -> int:
     return 100_000_000 + zlib.crc32(f"{sec_type}:{key}".encode()) % 900_000_000
 
 
+def _clock_start(d: dict[str, Any]) -> dt.datetime | None:
+    text = (d.get("clock") or {}).get("start")
+    if text is None:
+        return None
+    try:
+        return parse_instant(text)
+    except ValueError as e:
+        raise ScenarioError(f"clock.start: {e}") from None
+
+
 def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
+    clock_start = _clock_start(d)
+    today = clock_start.date() if clock_start else dt.date.today()
     instruments: list[InstrumentSpec] = []
     seen: dict[str, str] = {}
     con_ids: dict[int, str] = {}
@@ -243,7 +275,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         instruments.append(inst)
 
     for i, raw in enumerate(d.get("instruments") or []):
-        add(_instrument(raw, f"instruments[{i}]"), f"instruments[{i}]")
+        add(_instrument(raw, f"instruments[{i}]", today), f"instruments[{i}]")
 
     gen = d.get("generated") or {}
     count = int(gen.get("count", 0))
@@ -268,7 +300,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
                 "price": max(price, 0.01),
                 "longName": f"SIMULATED STOCK {n}",
             }
-            add(_instrument(raw, f"generated ({key})"), f"generated ({key})")
+            add(_instrument(raw, f"generated ({key})", today), f"generated ({key})")
 
     by_key = {inst.key: inst for inst in instruments}
 
@@ -329,6 +361,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         pacing={k: float(v) for k, v in (d.get("pacing") or {}).items()},
         tickIntervalMs=float((d.get("marketData") or {}).get("tickIntervalMs", 500)),
         faults=faults,
+        clockStart=clock_start,
         raw=copy.deepcopy(given),
     )
 
@@ -336,7 +369,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
 _DEFAULT_EXCHANGE = {"STK": "SMART", "ETF": "SMART", "CASH": "IDEALPRO", "FUT": "CME"}
 
 
-def _instrument(raw: dict[str, Any], where: str) -> InstrumentSpec:
+def _instrument(raw: dict[str, Any], where: str, today: dt.date) -> InstrumentSpec:
     kind = raw["secType"]
     sec_type = "STK" if kind == "ETF" else kind
     key = raw["symbol"]
@@ -363,20 +396,10 @@ def _instrument(raw: dict[str, Any], where: str) -> InstrumentSpec:
         raise ScenarioError(f"{where}.multiplier: a future needs its multiplier")
     last_trade = ""
     if sec_type == "FUT":
-        last_trade = raw.get("lastTradeDateOrContractMonth") or front_quarterly(dt.date.today())
+        last_trade = raw.get("lastTradeDateOrContractMonth") or front_quarterly(today)
     elif "lastTradeDateOrContractMonth" in raw:
         raise ScenarioError(f"{where}.lastTradeDateOrContractMonth: only futures expire")
-    bars = []
-    for j, bar in enumerate(raw.get("bars") or []):
-        date = str(bar["date"]).replace("-", "")
-        try:
-            dt.datetime.strptime(date, "%Y%m%d")
-        except ValueError:
-            raise ScenarioError(f"{where}.bars[{j}].date: {bar['date']!r} is not a date (YYYYMMDD)") from None
-        if not (bar["low"] <= min(bar["open"], bar["close"]) and bar["high"] >= max(bar["open"], bar["close"])):
-            raise ScenarioError(f"{where}.bars[{j}]: high/low do not contain open and close")
-        bars.append({**bar, "date": date})
-    bars.sort(key=lambda b: b["date"])
+    bars = daily_bars(raw.get("bars") or [], f"{where}.bars")
     vol_default = {"CASH": 0.08, "FUT": 0.18}.get(sec_type, 0.22)
     return InstrumentSpec(
         key=key,

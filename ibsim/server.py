@@ -18,9 +18,10 @@ from zoneinfo import ZoneInfo
 
 from . import protocol as P
 from .broker import Broker, SimOrder, ib_time
+from .clock import SimClock, parse_instant
 from .market import BarRequestError, Instrument, PriceWalk, make_bars
 from .protocol import ContractRequest, ProtocolError, Reader
-from .scenario import Scenario
+from .scenario import Scenario, daily_bars
 
 log = logging.getLogger("ibsim")
 
@@ -147,7 +148,7 @@ class Connection(asyncio.Protocol):
             return
         self.version = version
         self.stage = "start"
-        now = dt.datetime.now(ZoneInfo("America/New_York"))
+        now = self.server.clock.now("America/New_York")
         self.send([version, now.strftime("%Y%m%d %H:%M:%S ") + (now.tzname() or "EST")])
         log.info("%s speaks v%d..%d, using server version %d", self.peer, low, high, version)
 
@@ -235,6 +236,7 @@ class GatewayServer:
         state_file: str | Path | None = None,
     ) -> None:
         self.scenario = scenario or Scenario.default()
+        self.clock = SimClock(self.scenario.clockStart)
         self.host = host
         self.port = port
         self.state_file = Path(state_file) if state_file else None
@@ -244,7 +246,7 @@ class GatewayServer:
         for inst in self.instruments.values():
             self._by_symbol.setdefault(inst.symbol.upper(), []).append(inst)
             self._by_con_id[inst.conId] = inst
-        self.broker = Broker(self.scenario, self.instruments, self, asyncio.get_running_loop)
+        self.broker = Broker(self.scenario, self.instruments, self, asyncio.get_running_loop, self.clock)
         self.connections: set[Connection] = set()
         self.clients: dict[int, Connection] = {}
         self.frozen = False
@@ -467,6 +469,12 @@ class GatewayServer:
         self.account_changed(acct.id)
         self.state_changed()
 
+    def set_bars(self, symbol: str, bars: list[dict[str, Any]]) -> None:
+        """Daily history of an instrument from now on ({date, open, high, low, close, volume?} each), as a
+        scenario's `bars`: a test gives the market the history its signal needs instead of hoping for one."""
+        inst = self._instrument(symbol)
+        inst.spec.bars = daily_bars(bars, f"set_bars({symbol})")
+
     def set_cash(self, currency: str, amount: float, account: str | None = None) -> None:
         acct = self.broker.accounts[account or self.broker.default_account]
         acct.cash[currency] = float(amount)
@@ -474,8 +482,23 @@ class GatewayServer:
         self.state_changed()
 
     def roll_day(self) -> None:
-        log.info("new trading day")
+        """A new trading day: the clock moves to the same time on the next weekday, then orders roll."""
+        now = self.clock.now("America/New_York")
+        days = {4: 3, 5: 2}.get(now.weekday(), 1)
+        self.clock.advance(days * 86400)
+        log.info("new trading day: %s", self.clock.now("America/New_York").strftime("%a %Y-%m-%d %H:%M %Z"))
         self.broker.roll_day()
+
+    def set_time(self, when: dt.datetime | str) -> None:
+        """Moves the clock to `when` (aware datetime or ISO 8601 text); it runs on from there."""
+        self.clock.set(parse_instant(when) if isinstance(when, str) else when)
+        log.info("clock set to %s", self.clock.now().isoformat())
+
+    def advance_time(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    def now(self) -> dt.datetime:
+        return self.clock.now()
 
     # -- inspection -----------------------------------------------------------------------------------------
     def orders(self) -> list[dict[str, Any]]:
@@ -563,7 +586,7 @@ class GatewayServer:
         log.info("client %d ready (%s, server version %d)", client_id, conn.peer, conn.version)
 
     def _req_current_time(self, conn: Connection, r: Reader) -> None:
-        conn.send([49, 1, int(time.time())])
+        conn.send([49, 1, int(self.clock.time())])
 
     def _req_ids(self, conn: Connection, r: Reader) -> None:
         conn.send([9, 1, self.broker.next_order_id(conn.client_id or 0)])
@@ -588,7 +611,7 @@ class GatewayServer:
         if not matches:
             conn.send_error(req_id, 200, NO_SECURITY)
             return
-        now = dt.datetime.now(dt.UTC)
+        now = self.clock.now()
         for inst in matches:
             exchange = c.exchange.upper() if c.exchange and c.exchange.upper() in inst.valid_exchanges() else None
             view = inst.view(exchange)
@@ -660,7 +683,7 @@ class GatewayServer:
         inst = self._one(conn, req_id, c)
         if inst is None:
             return
-        now = dt.datetime.now(dt.UTC)
+        now = self.clock.now()
         try:
             bars = make_bars(inst, self.scenario.seed, end, duration, bar_size, use_rth, format_date, now, what)
         except BarRequestError as e:
@@ -710,7 +733,7 @@ class GatewayServer:
                 del conn.portfolio_cache[key]
                 conn.send([7, 8, *inst.view().portfolio11(), 0.0, inst.price, 0.0, 0.0, 0.0, 0.0, account])
         if changed or full:
-            conn.send([8, 1, dt.datetime.now(ZoneInfo("America/New_York")).strftime("%H:%M")])
+            conn.send([8, 1, self.clock.now("America/New_York").strftime("%H:%M")])
 
     def _req_account_updates_multi(self, conn: Connection, r: Reader) -> None:
         r.skip(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -146,11 +147,23 @@ class ThreadedGateway:
     ) -> None:
         self.call(self._srv().set_position, symbol, quantity, avg_cost, account)
 
+    def set_bars(self, symbol: str, bars: list[dict[str, Any]]) -> None:
+        self.call(self._srv().set_bars, symbol, bars)
+
     def set_cash(self, currency: str, amount: float, account: str | None = None) -> None:
         self.call(self._srv().set_cash, currency, amount, account)
 
     def roll_day(self) -> None:
         self.call(self._srv().roll_day)
+
+    def set_time(self, when: dt.datetime | str) -> None:
+        self.call(self._srv().set_time, when)
+
+    def advance_time(self, seconds: float) -> None:
+        self.call(self._srv().advance_time, seconds)
+
+    def now(self) -> dt.datetime:
+        return self.call(self._srv().now)
 
     # -- inspection -----------------------------------------------------------------------------------------
     def orders(self) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from ib_insync import IB
 
-from ibsim import ThreadedGateway
+from ibsim import Scenario, ThreadedGateway
 
 
 def ensure_loop() -> None:
@@ -41,8 +41,8 @@ def wait_until(ib: IB, predicate: Callable[[], Any], timeout: float = 5.0, what:
 
 
 @pytest.fixture
-def gw() -> Iterator[ThreadedGateway]:
-    with ThreadedGateway(port=0) as g:
+def gw(market_clock: str) -> Iterator[ThreadedGateway]:
+    with ThreadedGateway(port=0, scenario=Scenario.from_dict({"clock": {"start": market_clock}})) as g:
         yield g
 
 

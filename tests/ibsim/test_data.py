@@ -8,6 +8,7 @@ import pytest
 from ib_insync import IB, Contract, Forex, Future, MarketOrder, Stock
 
 from ibsim import Scenario, ThreadedGateway
+from tests.support import CLOCKS, EVERY_CLOCK
 
 from .conftest import ensure_loop, wait_until
 
@@ -43,12 +44,17 @@ def test_qualify_each_kind(ib: IB, contract: Contract, expected: tuple) -> None:
         assert q.primaryExchange == primary
 
 
-def test_future_details(ib: IB) -> None:
+@pytest.mark.parametrize(**EVERY_CLOCK)
+def test_future_details(gw: ThreadedGateway, ib: IB) -> None:
     [d] = ib.reqContractDetails(Future("ES", exchange="CME"))
     c = d.contract
     assert c.multiplier == "50"
     assert len(c.lastTradeDateOrContractMonth) == 8
-    assert dt.datetime.strptime(c.lastTradeDateOrContractMonth, "%Y%m%d").date() >= dt.date.today()
+    expiry = dt.datetime.strptime(c.lastTradeDateOrContractMonth, "%Y%m%d").date()
+    today = gw.now().date()
+    assert today <= expiry < today + dt.timedelta(days=100)  # the front quarterly, by the gateway's calendar
+    assert (expiry.weekday(), expiry.month % 3) == (4, 0)
+    assert 15 <= expiry.day <= 21
     assert d.contractMonth == c.lastTradeDateOrContractMonth[:6]
     assert d.minTick == 0.25
     # qualifying by month works too
@@ -56,19 +62,20 @@ def test_future_details(ib: IB) -> None:
     assert q.conId == c.conId
 
 
-def test_contract_details_hours_always_open(ib: IB) -> None:
+def test_contract_details_hours_always_open(gw: ThreadedGateway, ib: IB) -> None:
     [d] = ib.reqContractDetails(Stock("SPY", "SMART", "USD"))
     assert d.timeZoneId == "America/New_York"
     sessions = d.tradingSessions()
-    now = dt.datetime.now(dt.UTC)
+    now = gw.now()
     assert any(s.start <= now < s.end for s in sessions)
     assert d.liquidHours == d.tradingHours
     assert d.longName == "SPDR S&P 500 ETF TRUST"
     assert d.stockType == "ETF"
 
 
-def test_contract_details_regular_hours() -> None:
-    scenario = Scenario.from_dict({"hours": "regular"})
+@pytest.mark.parametrize("clock", CLOCKS.values(), ids=CLOCKS.keys())
+def test_contract_details_regular_hours(clock: str) -> None:
+    scenario = Scenario.from_dict({"hours": "regular", "clock": {"start": clock}})
     with ThreadedGateway(port=0, scenario=scenario) as gw:
         ensure_loop()
         ib = IB()
@@ -193,7 +200,8 @@ def test_unknown_market_data_is_200(ib: IB) -> None:
     assert 200 in errors
 
 
-def test_historical_daily_bars_are_deterministic(gw: ThreadedGateway, ib: IB) -> None:
+@pytest.mark.parametrize(**EVERY_CLOCK)
+def test_historical_daily_bars_are_deterministic(gw: ThreadedGateway, ib: IB, market_clock: str) -> None:
     spy = Stock("SPY", "SMART", "USD")
     bars = ib.reqHistoricalData(spy, "", "60 D", "1 day", "TRADES", True)
     again = ib.reqHistoricalData(spy, "", "60 D", "1 day", "TRADES", True)
@@ -206,7 +214,7 @@ def test_historical_daily_bars_are_deterministic(gw: ThreadedGateway, ib: IB) ->
     year = ib.reqHistoricalData(spy, "", "1 Y", "1 day", "TRADES", True)
     assert 250 <= len(year) <= 262
     # same seed, same bars, from another server
-    with ThreadedGateway(port=0) as other:
+    with ThreadedGateway(port=0, scenario=Scenario.from_dict({"clock": {"start": market_clock}})) as other:
         ensure_loop()
         ib2 = IB()
         ib2.connect("127.0.0.1", other.port, clientId=1, timeout=4)

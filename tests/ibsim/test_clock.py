@@ -1,0 +1,124 @@
+"""The simulated clock: what the gateway says the time is, and what follows from it (history, fills, day rolls)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from ib_insync import IB, MarketOrder, Stock
+
+from ibsim import Scenario, ScenarioError, ThreadedGateway
+
+from .conftest import ensure_loop, wait_until
+
+NEW_YORK = ZoneInfo("America/New_York")
+SPY = Stock("SPY", "SMART", "USD")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def gateway_at(start: str) -> ThreadedGateway:
+    return ThreadedGateway(port=0, scenario=Scenario.from_dict({"clock": {"start": start}}))
+
+
+@pytest.fixture
+def saturday() -> Iterator[tuple[ThreadedGateway, IB]]:
+    with gateway_at("2026-12-05T12:00:00-05:00") as gw:
+        ensure_loop()
+        ib = IB()
+        ib.connect("127.0.0.1", gw.port, clientId=1, timeout=4)
+        try:
+            yield gw, ib
+        finally:
+            ib.disconnect()
+
+
+def test_current_time_and_fills_follow_the_clock_not_the_wall(saturday: tuple[ThreadedGateway, IB]) -> None:
+    gw, ib = saturday
+    start = dt.datetime(2026, 12, 5, 12, 0, tzinfo=NEW_YORK)
+    told = ib.reqCurrentTime()
+    assert start - dt.timedelta(seconds=1) <= told <= start + dt.timedelta(seconds=30)
+    trade = ib.placeOrder(SPY, MarketOrder("BUY", 3))
+    wait_until(ib, trade.isDone, what="fill")
+    assert {f.execution.time.astimezone(NEW_YORK).date() for f in trade.fills} == {start.date()}
+    assert gw.executions()[0]["time"] >= start.timestamp()
+
+
+def test_daily_history_ends_on_the_clocks_day(saturday: tuple[ThreadedGateway, IB]) -> None:
+    gw, ib = saturday
+    bars = ib.reqHistoricalData(SPY, "", "5 D", "1 day", "TRADES", True)
+    assert [b.date for b in bars] == [dt.date(2026, 11, d) for d in (30,)] + [
+        dt.date(2026, 12, d) for d in (1, 2, 3, 4)
+    ]
+    gw.set_time("2027-03-10T10:00:00-05:00")
+    later = ib.reqHistoricalData(SPY, "", "2 D", "1 day", "TRADES", True)
+    assert [b.date for b in later] == [dt.date(2027, 3, 9), dt.date(2027, 3, 10)]
+
+
+def test_roll_day_moves_the_clock_to_the_next_weekday() -> None:
+    with gateway_at("2026-12-04T15:00:00-05:00") as gw:  # a Friday
+        gw.roll_day()
+        monday = gw.now().astimezone(NEW_YORK)
+        assert (monday.date(), monday.hour) == (dt.date(2026, 12, 7), 15)
+        gw.roll_day()
+        assert gw.now().astimezone(NEW_YORK).date() == dt.date(2026, 12, 8)
+        gw.advance_time(3600)
+        assert gw.now().astimezone(NEW_YORK).hour == 16
+
+
+def test_set_bars_serves_the_given_history_and_checks_it(saturday: tuple[ThreadedGateway, IB]) -> None:
+    gw, ib = saturday
+    given = [
+        {"date": "2026-12-03", "open": 10, "high": 11, "low": 9, "close": 10.5, "volume": 100},
+        {"date": "2026-12-04", "open": 10.5, "high": 12, "low": 10, "close": 11.5, "volume": 200},
+    ]
+    gw.set_bars("SPY", given)
+    got = ib.reqHistoricalData(SPY, "", "5 D", "1 day", "TRADES", True)
+    assert [(b.date, b.close) for b in got] == [(dt.date(2026, 12, 3), 10.5), (dt.date(2026, 12, 4), 11.5)]
+    with pytest.raises(ScenarioError, match=r"set_bars\(SPY\)\[0\]: high/low"):
+        gw.set_bars("SPY", [{"date": "2026-12-04", "open": 10, "high": 9, "low": 8, "close": 10}])
+
+
+@pytest.mark.parametrize(
+    ("start", "problem"),
+    [("2026-12-05T12:00:00", "has no UTC offset"), ("next tuesday", "is not an ISO 8601 time")],
+)
+def test_a_clock_start_without_an_offset_is_refused(start: str, problem: str) -> None:
+    with pytest.raises(ScenarioError, match=f"clock.start: .*{problem}"):
+        Scenario.from_dict({"clock": {"start": start}})
+
+
+def test_the_front_future_is_the_clocks_front_quarterly() -> None:
+    scenario = Scenario.from_dict({"clock": {"start": "2026-12-31T12:00:00-05:00"}})
+    assert scenario.instrument("ES").lastTradeDateOrContractMonth == "20270319"
+
+
+def test_cli_clock_flag(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ibsim", "--port", "0", "--clock", "2026-11-26T11:00:00-05:00"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line.startswith("ibsim listening on 127.0.0.1:"), line
+        ensure_loop()
+        ib = IB()
+        ib.connect("127.0.0.1", int(line.split(":")[1].split()[0]), clientId=1, timeout=4)
+        try:
+            assert ib.reqCurrentTime().astimezone(NEW_YORK).date() == dt.date(2026, 11, 26)
+        finally:
+            ib.disconnect()
+    finally:
+        proc.terminate()
+        proc.wait(10)
