@@ -15,7 +15,7 @@ import pytest
 
 from consumer.devstack.emulators import EmulatorPair, ToolMissing, require_tools
 from consumer.logs import configure
-from tests.support import Bus, ConsumerUnderTest, provision_for_tests
+from tests.support import DEFAULT_CLOCK, Bus, ConsumerUnderTest, provision_for_tests
 
 # structlog through the standard library from the first line on, so pytest's caplog sees the consumer's logs.
 configure("console", "INFO")
@@ -53,10 +53,23 @@ def bus(project: str) -> Iterator[Bus]:
 
 
 @pytest.fixture
-def gateway() -> Iterator[object]:
-    from ibsim import ThreadedGateway
+def market_clock(request: pytest.FixtureRequest) -> str:
+    """When the simulated gateway's clock starts; parametrize it (indirect) to run a test on other days."""
+    return getattr(request, "param", DEFAULT_CLOCK)
 
-    with ThreadedGateway(port=0) as gw:
+
+@pytest.fixture
+def gateway_scenario() -> dict[str, object]:
+    """Scenario fields for this test's simulated gateway beyond the built-in ones (override it in a module)."""
+    return {}
+
+
+@pytest.fixture
+def gateway(market_clock: str, gateway_scenario: dict[str, object]) -> Iterator[object]:
+    from ibsim import Scenario, ThreadedGateway
+
+    scenario = Scenario.from_dict({**gateway_scenario, "clock": {"start": market_clock}})
+    with ThreadedGateway(port=0, scenario=scenario) as gw:
         yield gw
 
 

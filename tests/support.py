@@ -9,13 +9,27 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from google.cloud import firestore, pubsub_v1
 
 from consumer.config import Settings
 from consumer.devstack.provision import Overrides, provision
 from consumer.service import Service
+
+# The simulated gateway's clock in every test, so that nothing depends on the day the suite runs: a plain
+# Wednesday in mid-session by default, and these days for the tests that must hold on any of them.
+DEFAULT_CLOCK = "2026-06-17T11:00:00-04:00"
+CLOCKS = {
+    "weekday": DEFAULT_CLOCK,
+    "monday-2026-11-30": "2026-11-30T10:30:00-05:00",  # the day the seeded market gave no signal
+    "saturday": "2026-12-05T12:00:00-05:00",
+    "thanksgiving": "2026-11-26T11:00:00-05:00",  # a US market holiday
+    "month-and-year-end": "2026-12-31T15:30:00-05:00",
+}
+EVERY_CLOCK = {"argnames": "market_clock", "argvalues": list(CLOCKS.values()), "ids": list(CLOCKS), "indirect": True}
 
 REPLIES_SUBSCRIPTION = "intent-replies-monitor"
 DEAD_LETTER_SUBSCRIPTION = "intents-dead-letter-hold"
@@ -257,8 +271,35 @@ def booked_totals(project: str, mode: str = "paper") -> dict[str, float]:
 SIGNAL_PARAMS = {"symbols": ["SPY", "QQQ", "IWM"], "lookback": 5}
 
 
-def long_signal(bus: Bus) -> tuple[str, float]:
-    """A symbol testsignalgenerator holds long on the seeded market, and its weight (from a dry run)."""
+def trading_days_until(now: datetime, count: int) -> list[date]:
+    """The last `count` weekdays up to and including the New York date of `now`, oldest first."""
+    day = now.astimezone(ZoneInfo("America/New_York")).date()
+    days: list[date] = []
+    while len(days) < count:
+        if day.weekday() < 5:
+            days.append(day)
+        day -= timedelta(days=1)
+    return days[::-1]
+
+
+def trending_bars(days: list[date], start: float, step: float) -> list[dict[str, Any]]:
+    """Daily bars whose close moves by `step` a day: above its moving average when rising, below when falling."""
+    bars = []
+    for n, day in enumerate(days):
+        close = start + step * n
+        bars.append({"date": day.isoformat(), "open": close, "high": close + 1, "low": close - 1, "close": close,
+                     "volume": 1_000_000})  # fmt: skip
+    return bars
+
+
+def long_signal(bus: Bus, gateway: Any) -> tuple[str, float]:
+    """Gives the simulated market a history in which testsignalgenerator holds SPY long and QQQ and IWM flat (SPY
+    rising, the others falling, dated back from the gateway's clock), checks with a dry run that the strategy sees
+    exactly that, and returns SPY with its weight."""
+    days = trading_days_until(gateway.now(), 12)
+    gateway.set_bars("SPY", trending_bars(days, 500.0, 1.0))
+    gateway.set_bars("QQQ", trending_bars(days, 450.0, -1.0))
+    gateway.set_bars("IWM", trending_bars(days, 210.0, -1.0))
     reply = bus.reply_to(
         bus.publish(
             {"intent": "allocation", "dryRun": True, "params": {"strategies": ["testsignalgenerator"],
@@ -267,9 +308,8 @@ def long_signal(bus: Bus) -> tuple[str, float]:
     )  # fmt: skip
     assert reply["status"] == "ok", reply
     weights = reply["result"]["strategies"]["testsignalgenerator"]["weights"]
-    symbol = next((s for s, w in weights.items() if w > 0), None)
-    assert symbol is not None, f"the seeded market gives no long signal: {weights}"
-    return symbol, weights[symbol]
+    assert weights == {"SPY": 1 / 3, "QQQ": 0.0, "IWM": 0.0}, weights
+    return "SPY", weights["SPY"]
 
 
 def stock_positions(gateway: Any) -> dict[str, float]:

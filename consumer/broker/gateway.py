@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -32,6 +34,8 @@ LOST = 1100  # connectivity between IB and the gateway lost
 RESTORED_DATA_LOST = 1101  # restored, market data and account subscriptions lost
 RESTORED = 1102  # restored, data kept
 CLIENT_ID_IN_USE = 326
+# reqCurrentTime answers in whole seconds: a smaller difference from our clock is its rounding, not a skew.
+CLOCK_RESOLUTION = 2.0
 
 
 class State(StrEnum):
@@ -58,6 +62,7 @@ class Gateway:
         self._lost = asyncio.Event()
         self._stopping = False
         self._client_id_in_use = False
+        self._clock_offset = 0.0
         self.ib.disconnectedEvent += self._on_disconnected
         self.ib.errorEvent += self._on_error
 
@@ -73,6 +78,21 @@ class Gateway:
         if not self.ready:
             raise Transient("gateway_unavailable", f"the gateway is {self.state.value}; the intent will be retried")
         return self.ib
+
+    def now(self) -> datetime:
+        """The gateway's time, which decides whether an exchange is open and what today is for the market.
+
+        It is our clock plus the offset measured at connect and at every heartbeat; in production the offset is
+        zero (both clocks follow NTP). A simulated gateway may run on another day: then the whole service does.
+        """
+        return datetime.fromtimestamp(time.time() + self._clock_offset, UTC)
+
+    def _observe_clock(self, gateway_time: datetime) -> None:
+        offset = gateway_time.timestamp() - time.time()
+        offset = 0.0 if abs(offset) < CLOCK_RESOLUTION else offset
+        if offset != self._clock_offset:
+            log.warning("gateway clock differs from ours", offset_s=round(offset, 1), gateway_time=gateway_time)
+            self._clock_offset = offset
 
     async def wait_ready(self, within: float) -> IB:
         if not self.ready:
@@ -138,6 +158,11 @@ class Gateway:
                             "(another consumer, or a stale session the gateway has not dropped yet)"
                         ) from e
                     raise
+                try:
+                    self._observe_clock(await asyncio.wait_for(self.requests.current_time(), s.ib_connect_timeout))
+                except (TimeoutError, ConnectionError):
+                    self.ib.disconnect()  # connected but not answering: the next attempt starts clean
+                    raise
         log.info(
             "gateway connected",
             host=s.ib_host,
@@ -154,7 +179,7 @@ class Gateway:
         while True:
             await asyncio.sleep(interval)
             try:
-                await asyncio.wait_for(self.requests.current_time(), interval)
+                self._observe_clock(await asyncio.wait_for(self.requests.current_time(), interval))
                 misses = 0
             except (TimeoutError, ConnectionError):
                 misses += 1

@@ -131,7 +131,8 @@ def run() -> int:
 
         gateway = _start(
             stack, "simulated gateway",
-            [sys.executable, "-m", "ibsim", "--host", "127.0.0.1", "--port", str(addresses.ib_port)], env,
+            [sys.executable, "-m", "ibsim", "--host", "127.0.0.1", "--port", str(addresses.ib_port),
+             *(["--clock", env["IBSIM_CLOCK"]] if env.get("IBSIM_CLOCK") else [])], env,
         )  # fmt: skip
         _wait(lambda: port_open("127.0.0.1", addresses.ib_port), gateway, 15, "the simulated gateway to listen")
         _say(f"simulated IB Gateway on 127.0.0.1:{addresses.ib_port} (paper account DU123456)")

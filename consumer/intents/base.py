@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -56,6 +57,10 @@ class IntentContext:
         """Positions, open and completed orders, current time: safe to ask for concurrently (broker.shared)."""
         self.services.gateway.require()
         return self.services.gateway.requests
+
+    def market_now(self) -> datetime:
+        """Now by the gateway's clock: what decides whether an exchange is open (see Gateway.now)."""
+        return self.services.gateway.now()
 
     @property
     def dry_run(self) -> bool:

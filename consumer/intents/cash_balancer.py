@@ -7,7 +7,6 @@ one (a debit in that currency) is never over-bought. Balances worth less than th
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from typing import Any
 
 from consumer.broker.instruments import Instrument, Instruments
@@ -85,7 +84,7 @@ async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str,
 
     envelope = ctx.request.envelope
     if orders and not ctx.dry_run and not (envelope and envelope.ignore_market_hours):
-        now = datetime.now(UTC)
+        now = ctx.market_now()
         closed = sorted(o.instrument.symbol for o in orders.values() if not o.instrument.open_at(now))
         if closed:
             raise Rejected("market_closed", f"IDEALPRO is closed for {', '.join(closed)}; nothing was converted")

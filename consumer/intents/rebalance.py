@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from ib_insync import IB
@@ -89,7 +88,7 @@ class Rebalance:
             instruments = {**instruments, con_id: await services.instruments.by_con_id(con_id)}
         trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
         if trading and not ctx.dry_run and not (ctx.request.envelope and ctx.request.envelope.ignore_market_hours):
-            now = datetime.now(UTC)
+            now = ctx.market_now()
             closed = sorted(instruments[c].symbol for c in trading if not instruments[c].open_at(now))
             if closed:
                 raise Rejected(

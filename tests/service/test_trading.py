@@ -10,7 +10,16 @@ from typing import Any
 
 import pytest
 
-from tests.support import SIGNAL_PARAMS, Bus, holdings, long_signal, mode_collection, wait_for, write_config
+from tests.support import (
+    EVERY_CLOCK,
+    SIGNAL_PARAMS,
+    Bus,
+    holdings,
+    long_signal,
+    mode_collection,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.usefixtures("consumer")
 
@@ -72,8 +81,9 @@ def test_allocation_from_flat_reaches_the_targets_and_a_second_run_places_nothin
     assert len(gateway.orders()) == orders_before
 
 
+@pytest.mark.parametrize(**EVERY_CLOCK)
 def test_two_strategies_wanting_opposite_trades_send_one_netted_order(bus: Bus, gateway, project: str):
-    symbol, weight = long_signal(bus)
+    symbol, weight = long_signal(bus, gateway)
     body = {
         "intent": "allocation",
         "params": {

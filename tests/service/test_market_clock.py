@@ -1,0 +1,54 @@
+"""The service keeps the market's time by the gateway's clock, so it trades on the day the gateway says it is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support import CLOCKS, Bus, holdings, wait_for, write_config
+
+pytestmark = pytest.mark.usefixtures("consumer")
+
+
+@pytest.fixture
+def gateway_scenario() -> dict[str, Any]:
+    return {"hours": "regular"}  # NYSE 09:30-16:00 New York time on weekdays
+
+
+@pytest.fixture(autouse=True)
+def paper_config(project: str) -> dict[str, Any]:
+    return write_config(project)
+
+
+def allocation() -> dict[str, Any]:
+    return {"intent": "allocation",
+            "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": {"SPY": 0.05}}}}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "market_clock", [CLOCKS["weekday"], CLOCKS["monday-2026-11-30"], CLOCKS["month-and-year-end"]], indirect=True
+)
+def test_in_session_by_the_gateways_clock_an_allocation_trades(bus: Bus, gateway, project: str):
+    reply = bus.reply_to(bus.publish(allocation()))
+    assert reply["status"] == "ok", reply
+    (spy,) = reply["result"]["instruments"]
+    assert spy["outcome"] == "filled"
+    assert [o["orderRef"] for o in gateway.orders()] == [spy["orderRef"]]
+    assert gateway.positions()["SPY"] == spy["target"] > 0
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": spy["target"]}}, what="the fill booked")
+
+
+@pytest.mark.parametrize(
+    "market_clock",
+    [CLOCKS["saturday"], "2026-06-17T20:00:00-04:00", "2026-06-17T09:00:00-04:00"],
+    ids=["saturday", "after-the-close", "before-the-open"],
+    indirect=True,
+)
+def test_out_of_session_by_the_gateways_clock_an_allocation_is_rejected(bus: Bus, gateway, project: str):
+    reply = bus.reply_to(bus.publish(allocation()))
+    assert reply["status"] == "rejected", reply
+    assert reply["error"]["code"] == "market_closed"
+    assert "SPY" in reply["error"]["message"]
+    assert gateway.orders() == []
+    assert holdings(project) == {}
