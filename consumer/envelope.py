@@ -5,17 +5,33 @@ Pure code: it runs in the Pub/Sub callback thread and never touches the broker o
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from consumer.errors import BadRequest
+from consumer.errors import BadRequest, clip
 from consumer.schemas import Schemas, SchemaViolation
 
 ENVELOPE_SCHEMA = "envelope.schema.json"
+
+# Bounds on what a message may be, checked before anything reads it (README, "Messages"). Intents are small: a
+# 1,000-instrument allocation is about 40 KB and 7 levels deep.
+MAX_MESSAGE_BYTES = 256 * 1024
+MAX_DEPTH = 16
+MAX_STRING_LENGTH = 4096
+MAX_KEY_LENGTH = 256
+
+# C0 and C1 control characters, DEL, and UTF-16 surrogates (a lone one cannot be stored or encoded).
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_RESERVED_KEY = re.compile(r"^__.*__$")  # Firestore reserves these field names
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +76,18 @@ class Request:
     def dry_run(self) -> bool:
         return bool(self.envelope and self.envelope.dry_run)
 
+    @property
+    def fingerprint(self) -> str:
+        """What the request asks for (intent, params, dry run), canonically hashed: a request id reused for
+        anything else is a conflict, never a duplicate."""
+        envelope = self.envelope
+        what = {"intent": self.intent, "params": envelope.params if envelope else None, "dryRun": self.dry_run}
+        return hashlib.sha256(json.dumps(what, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
-def decode(delivery: Delivery, schemas: Schemas, schedule_zone: ZoneInfo) -> Envelope:
+
+def decode(
+    delivery: Delivery, schemas: Schemas, schedule_zone: ZoneInfo, schedule_intents: Mapping[str, str] | None = None
+) -> Envelope:
     """Raises BadRequest with a code a monitor can filter on and a message a person can act on."""
     attributes = delivery.attributes
     body = _json_body(delivery.data, has_intent_attribute=bool(attributes.get("intent")))
@@ -74,9 +100,10 @@ def decode(delivery: Delivery, schemas: Schemas, schedule_zone: ZoneInfo) -> Env
         if intent is not None and intent != attribute_intent:
             raise BadRequest(
                 "conflicting_intent",
-                f"the message says intent {intent!r} but its attribute says {attribute_intent!r}",
+                f"the message says intent {clip(repr(intent))} but its attribute says {clip(repr(attribute_intent))}",
             )
         body = {**body, "intent": attribute_intent}
+    check_values({k: attributes[k] for k in ("intent", "schedule") if k in attributes}, "attributes")
     if attributes.get("schedule") and "schedule" not in body:
         body = {**body, "schedule": attributes["schedule"]}
     if "intent" not in body:
@@ -91,6 +118,16 @@ def decode(delivery: Delivery, schemas: Schemas, schedule_zone: ZoneInfo) -> Env
     expires_at = _timestamp(body["expiresAt"], "expiresAt") if "expiresAt" in body else None
     schedule = body.get("schedule")
     key = body.get("idempotencyKey")
+    if schedule and schedule_intents is not None:
+        # The slot's key belongs to the job's own intent: another intent must not take it (or be taken for it).
+        expected = schedule_intents.get(schedule)
+        if expected is None:
+            raise BadRequest("unknown_schedule", f"no job {schedule!r} is declared in infra/schedules.yaml")
+        if expected != body["intent"]:
+            raise BadRequest(
+                "schedule_mismatch",
+                f"the job {schedule!r} publishes {expected!r}, not {body['intent']!r}; nothing was run",
+            )
     if key is None and schedule:
         # Cloud Scheduler publishes a new message on every firing and every retry, so message ids cannot dedupe
         # it; the job name and its slot (the day, in the schedule's time zone) can.
@@ -108,15 +145,22 @@ def decode(delivery: Delivery, schemas: Schemas, schedule_zone: ZoneInfo) -> Env
     )
 
 
-def to_request(delivery: Delivery, schemas: Schemas, schedule_zone: ZoneInfo) -> Request:
+def to_request(
+    delivery: Delivery, schemas: Schemas, schedule_zone: ZoneInfo, schedule_intents: Mapping[str, str] | None = None
+) -> Request:
     try:
-        envelope = decode(delivery, schemas, schedule_zone)
+        envelope = decode(delivery, schemas, schedule_zone, schedule_intents)
     except BadRequest as problem:
         return Request(delivery=delivery, envelope=None, request_id=delivery.message_id, problem=problem)
     return Request(delivery=delivery, envelope=envelope, request_id=envelope.idempotency_key or delivery.message_id)
 
 
 def _json_body(data: bytes, has_intent_attribute: bool) -> Any:
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise BadRequest(
+            "too_large",
+            f"the message has {len(data):,} bytes; an intent message may have at most {MAX_MESSAGE_BYTES:,}",
+        )
     if not data.strip():
         if has_intent_attribute:
             return {}
@@ -127,12 +171,73 @@ def _json_body(data: bytes, has_intent_attribute: bool) -> Any:
         raise BadRequest(
             "not_utf8", f"the message is not UTF-8 text (byte {e.start}: {data[e.start : e.start + 1]!r})"
         ) from None
+    depth = nesting_depth(text)
+    if depth > MAX_DEPTH:
+        raise BadRequest("too_deep", f"the message nests {depth} levels deep; at most {MAX_DEPTH} are allowed")
     try:
-        return json.loads(text)
+        body = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+    except BadRequest:
+        raise
     except json.JSONDecodeError as e:
         raise BadRequest(
             "invalid_json", f"the message is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
         ) from None
+    except ValueError as e:  # an integer of thousands of digits
+        raise BadRequest("invalid_json", f"the message is not valid JSON: {clip(str(e))}") from None
+    check_values(body)
+    return body
+
+
+def nesting_depth(text: str) -> int:
+    """How deep objects and arrays nest, counted before parsing (a parser would recurse that deep)."""
+    depth = deepest = 0
+    for token in _BRACKET.findall(_STRING.sub('""', text)):
+        if token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def check_values(value: Any, path: str = "") -> None:
+    """Refuses what JSON allows but no intent can mean: non-finite or huge numbers, control characters, lone
+    surrogates, and keys Firestore would refuse when the message is recorded."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else key
+            if not key or len(key) > MAX_KEY_LENGTH or _RESERVED_KEY.match(key) or _FORBIDDEN.search(key):
+                raise BadRequest("invalid_key", f"{clip(repr(where))} is not an acceptable key name")
+            check_values(item, where)
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            check_values(item, f"{path}[{n}]")
+    elif isinstance(value, str):
+        if len(value) > MAX_STRING_LENGTH:
+            raise BadRequest("too_long", f"{path or '(message)'}: a string of {len(value):,} characters (at most "
+                             f"{MAX_STRING_LENGTH:,})")  # fmt: skip
+        bad = _FORBIDDEN.search(value)
+        if bad:
+            raise BadRequest(
+                "invalid_character",
+                f"{path or '(message)'}: control character or lone surrogate U+{ord(bad.group()):04X} in "
+                f"{clip(repr(value))}",
+            )
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest("non_finite_number", f"{path or '(message)'}: numbers must be finite (got {value})")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise BadRequest("non_finite_number", f"{name} is not a number an intent accepts: numbers must be finite")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise BadRequest("duplicate_key", f"the key {clip(repr(key))} appears twice in one object")
+        out[key] = value
+    return out
 
 
 def _timestamp(value: str, name: str) -> datetime:

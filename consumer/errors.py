@@ -11,6 +11,13 @@ from typing import Any, ClassVar, Literal
 
 from google.api_core import exceptions as google_exceptions
 
+ECHO_LIMIT = 120  # characters of a message's content that an error reply or a log line repeats
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """What an error may echo of the message: at most `limit` characters, marked when cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
 
 class Failure(Exception):
     """A final outcome other than success, reported in the reply as `{code, message}`."""

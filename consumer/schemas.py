@@ -16,7 +16,12 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
+from consumer.errors import clip
+
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+
+MAX_PROBLEMS = 10  # reported per message; the first ones are the most specific
 
 
 class SchemaViolation(ValueError):
@@ -62,7 +67,7 @@ class Schemas:
     def validate(self, name: str, instance: Any, where: str = "") -> None:
         errors = sorted(self._validators[name].iter_errors(instance), key=lambda e: (list(e.absolute_path), e.message))
         if errors:
-            raise SchemaViolation(name, list(_describe(errors, where)))
+            raise SchemaViolation(name, list(_describe(errors[:MAX_PROBLEMS], where)))
 
 
 def _describe(errors: Iterable[ValidationError], where: str) -> Iterable[str]:
@@ -70,4 +75,4 @@ def _describe(errors: Iterable[ValidationError], where: str) -> Iterable[str]:
         path = where
         for part in error.absolute_path:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        yield f"{path or '(message)'}: {error.message}"
+        yield f"{path or '(message)'}: {clip(error.message, 300)}"
