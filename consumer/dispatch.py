@@ -23,7 +23,7 @@ import structlog
 from google.api_core import exceptions as google_exceptions
 
 from consumer.envelope import Request
-from consumer.errors import Failure, IntentError, Rejected, Transient, as_transient
+from consumer.errors import Failure, IntentError, Rejected, Transient, as_transient, clip
 from consumer.intents.base import Intent, IntentContext
 from consumer.logs import get_logger
 from consumer.services import Services
@@ -96,7 +96,7 @@ class Dispatcher:
 
     async def _claim_and_run(self, intent: Intent, request: Request, started: datetime) -> Settlement:
         ledger = self._services.ledger
-        claiming = ledger.claim(request.request_id, intent.name, request.delivery.message_id)
+        claiming = ledger.claim(request.request_id, intent.name, request.delivery.message_id, request.fingerprint)
         try:
             if intent.trades:
                 claim = await claiming
@@ -116,6 +116,14 @@ class Dispatcher:
                 run.cancel()
                 with contextlib.suppress(BaseException):
                     await run
+            if claim.conflict is not None:
+                other = claim.conflict[0]
+                conflict = IntentError(
+                    "conflicting_request",
+                    f"the request id {clip(repr(request.request_id))} was already used by a request for "
+                    f"{other!r} with other content; this one was not run (give it an idempotencyKey of its own)",
+                )
+                return await self._settle(request, started, failure=conflict, claimed=False)
             return await self._duplicate(request, claim)
 
         lease = asyncio.create_task(ledger.keep_alive(request.request_id))
@@ -245,19 +253,28 @@ class Dispatcher:
     ) -> Settlement:
         services = self._services
         reply = build_reply(request, services.settings.trading_mode, started, result, failure)
-        batch = services.db.batch()
-        if claimed:
-            services.ledger.finish(batch, request.request_id, reply)
-        params = request.envelope.params if request.envelope else None
-        services.activity.record(batch, reply, params, request.delivery.delivery_attempt)
-        stored, published = await asyncio.gather(
-            batch.commit(), services.publishing.reply(reply), return_exceptions=True
-        )
-        for what, outcome in (("store", stored), ("publish", published)):
-            if isinstance(outcome, BaseException):
-                # Not acked: the redelivery answers from the stored reply, or runs again if that was not stored.
-                log.error(f"could not {what} the outcome; nacked", error=str(outcome))
+        # Stored before it is published: a reply goes out only once its claim holds it, so a redelivery after a
+        # store failure runs again and replies once, instead of a second, different reply to one request.
+        try:
+            await self._store_outcome(request, reply, claimed)
+        except Exception as e:
+            attempt = request.delivery.delivery_attempt or 0
+            if attempt < services.settings.max_delivery_attempts:
+                log.error("could not store the outcome; nacked", error=str(e), attempt=attempt)
                 return Settlement.NACK
+            # The last attempt: one reply, and the message to the dead-letter topic with what went wrong.
+            log.error("could not store the outcome on the last attempt; replying and dead-lettering", error=str(e))
+            try:
+                await services.publishing.dead_letter(request.delivery, "store_failed", clip(str(e), 500))
+            except Exception as dead:
+                log.error("could not dead-letter; nacked", error=str(dead))
+                return Settlement.NACK
+        try:
+            await services.publishing.reply(reply)
+        except Exception as e:
+            # Not acked: the redelivery answers from the stored reply (marked duplicate).
+            log.error("could not publish the reply; nacked", error=str(e))
+            return Settlement.NACK
         services.metrics.observe_intent(reply["intent"] or "(none)", reply["status"], reply["durationMs"])
         log_method = log.info if reply["status"] == "ok" else log.warning
         log_method(
@@ -267,6 +284,23 @@ class Dispatcher:
             **({"error": reply["error"]} if reply.get("error") else {}),
         )
         return Settlement.ACK
+
+    async def _store_outcome(self, request: Request, reply: dict[str, Any], claimed: bool) -> None:
+        services = self._services
+        params = request.envelope.params if request.envelope else None
+        for attempt_params in (params, None):
+            batch = services.db.batch()
+            if claimed:
+                services.ledger.finish(batch, request.request_id, reply)
+            services.activity.record(batch, reply, attempt_params, request.delivery.delivery_attempt)
+            try:
+                await batch.commit()
+                return
+            except google_exceptions.InvalidArgument as e:
+                if attempt_params is None:
+                    raise
+                # Firestore refused the record (too large, a name it reserves): keep the outcome, drop the params.
+                log.warning("activity record refused; storing it without its params", error=clip(str(e), 300))
 
 
 def build_reply(

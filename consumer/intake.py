@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+from collections.abc import Mapping
 from zoneinfo import ZoneInfo
 
 from consumer.broker.loop import BrokerLoop
@@ -24,13 +25,20 @@ log = get_logger(__name__)
 
 
 class RequestDecoder:
-    def __init__(self, schemas: Schemas, intents: dict[str, Intent], schedule_zone: ZoneInfo) -> None:
+    def __init__(
+        self,
+        schemas: Schemas,
+        intents: dict[str, Intent],
+        schedule_zone: ZoneInfo,
+        schedule_intents: Mapping[str, str] | None = None,
+    ) -> None:
         self._schemas = schemas
         self._intents = intents
         self._zone = schedule_zone
+        self._schedule_intents = schedule_intents
 
     def decode(self, delivery: Delivery) -> Request:
-        request = to_request(delivery, self._schemas, self._zone)
+        request = to_request(delivery, self._schemas, self._zone, self._schedule_intents)
         envelope = request.envelope
         if envelope is None:
             return request

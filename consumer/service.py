@@ -29,6 +29,7 @@ from consumer.intents import builtin_intents
 from consumer.intents.base import Intent
 from consumer.logs import get_logger
 from consumer.metrics import Metrics
+from consumer.schedules import job_intents
 from consumer.schemas import Schemas
 from consumer.services import Services
 from consumer.transport.publishing import make_publisher
@@ -111,7 +112,7 @@ class Service:
         self.services.gateway.add_listener(lambda state: self._events.put(("gateway", state)))
         self.loop.submit(self.services.gateway.run())
 
-        decoder = RequestDecoder(self._schemas, self._intents, ZoneInfo(s.schedule_time_zone))
+        decoder = RequestDecoder(self._schemas, self._intents, ZoneInfo(s.schedule_time_zone), job_intents())
         intake = Intake(
             decoder,
             self.dispatcher,

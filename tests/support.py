@@ -143,6 +143,18 @@ class Bus:
             self._drain(min(remaining, 0.5))
         return list(self.received)
 
+    def replies_to_all(self, message_ids: list[str], timeout: float = 120.0, quiet: float = 2.0) -> dict[str, list]:
+        """Every reply to each of these messages, once each has one and no more came for `quiet` seconds."""
+        deadline = time.monotonic() + timeout
+        while not set(message_ids) <= {r["messageId"] for r in self.received}:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = set(message_ids) - {r["messageId"] for r in self.received}
+                raise AssertionError(f"no reply to {len(missing)} of {len(message_ids)} messages within {timeout}s")
+            self._drain(min(remaining, 0.5))
+        self.settle(quiet)
+        return {m: [r for r in self.received if r["messageId"] == m] for m in message_ids}
+
     def settle(self, quiet: float = 1.5) -> list[dict[str, Any]]:
         """All replies so far, after `quiet` seconds without a new one."""
         while self._drain(quiet) is not None:

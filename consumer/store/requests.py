@@ -40,6 +40,8 @@ class Claim:
     reply: dict[str, Any] | None = None
     owner: str | None = None
     runs: int = 1
+    # Set when the id was claimed by a request that asked for something else: (its intent, its fingerprint).
+    conflict: tuple[str | None, str] | None = None
 
 
 class RequestLedger:
@@ -48,12 +50,13 @@ class RequestLedger:
         self._owner = owner
         self._lease = timedelta(seconds=lease_seconds)
 
-    async def claim(self, request_id: str, intent: str | None, message_id: str) -> Claim:
+    async def claim(self, request_id: str, intent: str | None, message_id: str, fingerprint: str) -> Claim:
         ref = self._layout.request(request_id)
         now = datetime.now(UTC)
         record = {
             "requestId": request_id,
             "intent": intent,
+            "fingerprint": fingerprint,
             "messageIds": [message_id],
             "state": ClaimState.RUNNING.value,
             "owner": self._owner,
@@ -69,6 +72,12 @@ class RequestLedger:
             pass
         snapshot = await ref.get()
         existing = snapshot.to_dict() or {}
+        if existing.get("fingerprint", fingerprint) != fingerprint:
+            return Claim(
+                won=False,
+                state=ClaimState(existing.get("state", ClaimState.RUNNING.value)),
+                conflict=(existing.get("intent"), existing["fingerprint"]),
+            )
         state = ClaimState(existing.get("state", ClaimState.RUNNING.value))
         if state is ClaimState.DONE:
             return Claim(won=False, state=state, reply=existing.get("reply"), owner=existing.get("owner"))
