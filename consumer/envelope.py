@@ -110,6 +110,8 @@ def decode(
         raise BadRequest(
             "missing_intent", "no intent: give it in the message ('intent') or as the message attribute 'intent'"
         )
+    if isinstance(body.get("expiresAt"), str):
+        _timestamp(body["expiresAt"], "expiresAt")  # a missing time zone gets its own hint; the schema checks RFC 3339
     try:
         schemas.validate(ENVELOPE_SCHEMA, body)
     except SchemaViolation as e:
