@@ -44,6 +44,8 @@ class Settings:
     lease_extension: float = 10.0
     shutdown_grace: float = 30.0
     claim_lease: float = 30.0
+    # A claim whose lease ran out this long ago, with no redelivery since, is finished from the broker's record.
+    stranded_after: float = 900.0
     trading_max_age: float = 3600.0
     schedule_time_zone: str = "America/New_York"
     heartbeat_interval: float = 10.0
@@ -138,6 +140,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "lease_extension": ("LEASE_EXTENSION_SECONDS", _bounded(float, 10, 600)),
     "shutdown_grace": ("SHUTDOWN_GRACE_SECONDS", _bounded(float, 0, 600)),
     "claim_lease": ("CLAIM_LEASE_SECONDS", _bounded(float, 0.5, 3600)),
+    "stranded_after": ("STRANDED_AFTER_SECONDS", _bounded(float, 1, 7 * 86400)),
     "trading_max_age": ("TRADING_MAX_AGE_SECONDS", _bounded(float, 1, 7 * 86400)),
     "schedule_time_zone": ("SCHEDULE_TIME_ZONE", _time_zone),
     "heartbeat_interval": ("HEARTBEAT_SECONDS", _bounded(float, 0.1, 600)),

@@ -96,7 +96,9 @@ class Dispatcher:
 
     async def _claim_and_run(self, intent: Intent, request: Request, started: datetime) -> Settlement:
         ledger = self._services.ledger
-        claiming = ledger.claim(request.request_id, intent.name, request.delivery.message_id, request.fingerprint)
+        claiming = ledger.claim(
+            request.request_id, intent.name, request.delivery.message_id, request.fingerprint, request.dry_run
+        )
         try:
             if intent.trades:
                 claim = await claiming

@@ -29,6 +29,7 @@ from consumer.intents import builtin_intents
 from consumer.intents.base import Intent
 from consumer.logs import get_logger
 from consumer.metrics import Metrics
+from consumer.recovery import StrandedRequests
 from consumer.schedules import job_intents
 from consumer.schemas import Schemas
 from consumer.services import Services
@@ -111,6 +112,7 @@ class Service:
         self.dispatcher = Dispatcher(self.services, self._intents)
         self.services.gateway.add_listener(lambda state: self._events.put(("gateway", state)))
         self.loop.submit(self.services.gateway.run())
+        self.loop.submit(StrandedRequests(self.services, s.stranded_after).run())
 
         decoder = RequestDecoder(self._schemas, self._intents, ZoneInfo(s.schedule_time_zone), job_intents())
         intake = Intake(

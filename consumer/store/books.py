@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.cloud.firestore import AsyncTransaction, async_transactional
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from consumer.portfolio import EPSILON, attribute
 from consumer.store.layout import Layout
@@ -102,6 +103,13 @@ class Books:
         if not refs:
             return {}
         return {s.id: s.to_dict() or {} async for s in self._layout.db.get_all(refs) if s.exists}
+
+    async def orders_of(self, request_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(open, closed) order documents a request wrote."""
+        by_request = FieldFilter("requestId", "==", request_id)
+        open_ = [s.to_dict() or {} async for s in self._layout.open_orders().where(filter=by_request).stream()]
+        closed = [s.to_dict() or {} async for s in self._layout.orders().where(filter=by_request).stream()]
+        return open_, closed
 
     async def write_pending(self, orders: Iterable[PendingOrder]) -> None:
         """Write-ahead of placement, so an order sent just before a crash is still attributed to its strategies.

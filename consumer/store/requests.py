@@ -16,7 +16,8 @@ from enum import StrEnum
 from typing import Any
 
 from google.api_core import exceptions
-from google.cloud.firestore import AsyncWriteBatch
+from google.cloud.firestore import AsyncWriteBatch, DocumentSnapshot
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from consumer.logs import get_logger
 from consumer.store.encoding import firestore_safe
@@ -50,13 +51,16 @@ class RequestLedger:
         self._owner = owner
         self._lease = timedelta(seconds=lease_seconds)
 
-    async def claim(self, request_id: str, intent: str | None, message_id: str, fingerprint: str) -> Claim:
+    async def claim(
+        self, request_id: str, intent: str | None, message_id: str, fingerprint: str, dry_run: bool = False
+    ) -> Claim:
         ref = self._layout.request(request_id)
         now = datetime.now(UTC)
         record = {
             "requestId": request_id,
             "intent": intent,
             "fingerprint": fingerprint,
+            "dryRun": dry_run,
             "messageIds": [message_id],
             "state": ClaimState.RUNNING.value,
             "owner": self._owner,
@@ -104,6 +108,36 @@ class RequestLedger:
             return Claim(won=False, state=ClaimState.RUNNING, owner="(taken over concurrently)")
         log.info("request taken over", previous_owner=existing.get("owner"), previous_state=state.value, runs=runs)
         return Claim(won=True, state=ClaimState.RUNNING, runs=runs)
+
+    async def stranded(self, older_than: float) -> list[DocumentSnapshot]:
+        """Claims still `running` whose lease ran out more than `older_than` seconds ago: their process died, and
+        no redelivery has taken them over since."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+        query = self._layout.requests().where(filter=FieldFilter("state", "==", ClaimState.RUNNING.value))
+        out = []
+        async for snapshot in query.stream():
+            lease_until = (snapshot.to_dict() or {}).get("leaseUntil")
+            if lease_until is None or lease_until <= cutoff:
+                out.append(snapshot)
+        return out
+
+    async def adopt(self, snapshot: DocumentSnapshot) -> bool:
+        """Takes over a stranded claim to finish it; False if anyone touched it since it was read."""
+        now = datetime.now(UTC)
+        try:
+            await snapshot.reference.update(
+                {
+                    "owner": self._owner,
+                    "previousOwner": (snapshot.to_dict() or {}).get("owner"),
+                    "leaseUntil": now + self._lease,
+                    "recovering": True,
+                    "updatedAt": now,
+                },
+                option=self._layout.db.write_option(last_update_time=snapshot.update_time),
+            )
+        except (exceptions.FailedPrecondition, exceptions.NotFound):
+            return False
+        return True
 
     def finish(self, batch: AsyncWriteBatch, request_id: str, reply: dict[str, Any]) -> None:
         """Adds the final state and the reply to a batch the dispatcher commits with the activity record."""

@@ -1,0 +1,122 @@
+"""Requests whose process died mid-run and that Pub/Sub did not bring back: finished from the broker's record.
+
+A killed consumer leaves its claim `running` and its write-ahead orders `pending` or working. Normally the message
+is redelivered and the next run takes the claim over. When no redelivery comes (the emulator sometimes drops it;
+in the cloud a message can outlive its retention), nothing would ever answer the request. The sweep finds claims
+whose lease ran out long ago, takes each over, resolves its orders at the broker by orderRef, books whatever filled,
+and answers once with `recovered: true`: an error `interrupted` that says what each order did. It does not place
+what the run did not get to: the intent's inputs are stale by then; the operator publishes it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from consumer.broker.orders import DONE, find_orders
+from consumer.logs import get_logger
+
+if TYPE_CHECKING:
+    from consumer.services import Services
+
+log = get_logger(__name__)
+
+
+class StrandedRequests:
+    """Sweeps for stranded requests at start-up and then every `interval` seconds, while the gateway is up."""
+
+    def __init__(self, services: Services, stranded_after: float) -> None:
+        self._services = services
+        self._stranded_after = stranded_after
+
+    @property
+    def interval(self) -> float:
+        return min(max(self._stranded_after / 3, 1.0), 300.0)
+
+    async def run(self) -> None:
+        gateway = self._services.gateway
+        while True:
+            if gateway.ready:
+                try:
+                    await self.sweep()
+                except Exception as e:
+                    log.warning("stranded-request sweep failed; will try again", error=str(e))
+            await asyncio.sleep(self.interval)
+
+    async def sweep(self) -> list[str]:
+        """Finishes every stranded request it can take over; returns their request ids."""
+        recovered = []
+        for snapshot in await self._services.ledger.stranded(self._stranded_after):
+            if not await self._services.ledger.adopt(snapshot):
+                continue  # a redelivery or another consumer got there first
+            claim = snapshot.to_dict() or {}
+            request_id = claim["requestId"]
+            log.warning(
+                "finishing a request its process left running", requestId=request_id, intent=claim.get("intent")
+            )
+            orders = await self._resolve(request_id)
+            await self._answer(claim, orders)
+            recovered.append(request_id)
+        return recovered
+
+    async def _resolve(self, request_id: str) -> list[dict[str, Any]]:
+        """Books what the broker filled for this request's orders and closes those that are over."""
+        services = self._services
+        await services.bookkeeper.reconcile()
+        open_docs, closed_docs = await services.books.orders_of(request_id)
+        at_broker = await find_orders(
+            services.gateway.require(), services.gateway.requests, {d["orderRef"] for d in open_docs}
+        )
+        orders = [
+            {"orderRef": d["orderRef"], "symbol": d.get("symbol"), "outcome": d.get("state"), "filled": d.get("filled")}
+            for d in closed_docs
+        ]
+        for doc in open_docs:
+            ref = doc["orderRef"]
+            found = at_broker.get(ref)
+            if found is None:
+                # Written ahead, never placed: nothing will place it now that its request is being finished.
+                await services.books.close_order(ref, "NotPlaced", None)
+                orders.append({"orderRef": ref, "symbol": doc.get("symbol"), "outcome": "not placed", "filled": 0.0})
+            else:
+                if found.status in DONE:
+                    await services.books.close_order(ref, found.status, found.filled)
+                orders.append(
+                    {"orderRef": ref, "symbol": doc.get("symbol"), "outcome": found.outcome, "filled": found.filled}
+                )
+        return sorted(orders, key=lambda o: o["orderRef"])
+
+    async def _answer(self, claim: dict[str, Any], orders: list[dict[str, Any]]) -> None:
+        services = self._services
+        now = datetime.now(UTC)
+        started = claim.get("createdAt") or now
+        message_ids = claim.get("messageIds") or [""]
+        summary = ", ".join(f"{o['orderRef']} {o['outcome']} ({o['filled']:g} filled)" for o in orders) or "none"
+        reply = {
+            "requestId": claim["requestId"],
+            "messageId": message_ids[-1],
+            "idempotencyKey": None,
+            "intent": claim.get("intent"),
+            "status": "error",
+            "result": None,
+            "error": {
+                "code": "interrupted",
+                "message": "the consumer running this request stopped before it finished and the message was not "
+                f"delivered again; its orders at the broker: {summary}. Publish it again to finish it.",
+                "details": {"orders": orders},
+            },
+            "tradingMode": services.settings.trading_mode,
+            "dryRun": bool(claim.get("dryRun", False)),
+            "schedule": None,
+            "startedAt": started.isoformat(),
+            "finishedAt": now.isoformat(),
+            "durationMs": round((now - started).total_seconds() * 1000, 3),
+            "recovered": True,
+        }
+        batch = services.db.batch()
+        services.ledger.finish(batch, claim["requestId"], reply)
+        services.activity.record(batch, reply, None, None)
+        await batch.commit()
+        await services.publishing.reply(reply)
+        services.metrics.count("recovered", claim.get("intent") or "(none)")

@@ -1,0 +1,71 @@
+"""A consumer killed mid-request whose message never comes back: the sweep answers it from the broker's record."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from google.cloud import pubsub_v1
+from google.protobuf import timestamp_pb2
+
+from tests.support import Bus, ConsumerProcess, firestore_client, holdings, mode_collection, wait_for, write_config
+
+SYMBOLS = ["SPY", "TLT"]
+ALLOCATION: dict[str, Any] = {
+    "intent": "allocation",
+    "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": dict.fromkeys(SYMBOLS, 0.05)}}},
+}
+
+
+def lose_every_pending_message(project: str) -> None:
+    """What a lost redelivery looks like: the subscription forgets its messages (seek to a time after them)."""
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        later = timestamp_pb2.Timestamp()
+        later.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))
+        subscriber.seek(
+            request={"subscription": subscriber.subscription_path(project, "intents-consumer"), "time": later}
+        )
+    finally:
+        subscriber.close()
+
+
+@pytest.mark.timeout(240)
+def test_a_request_stranded_by_a_kill_is_answered_once_with_its_orders_booked(
+    consumer_factory, bus: Bus, gateway, project: str, tmp_path
+):
+    write_config(project)
+    gateway.hold_fills(True)  # the orders are accepted and wait, so the kill lands while the intent waits on them
+    first = ConsumerProcess(project, gateway.port, tmp_path / "first.log", ORDER_TIMEOUT_SECONDS="120")
+    try:
+        first.wait_ready()
+        message_id = bus.publish(ALLOCATION)
+        wait_for(lambda: len(gateway.orders()) == len(SYMBOLS), timeout=60, what="both orders at the broker")
+        first.kill()
+    finally:
+        first.stop()
+    lose_every_pending_message(project)
+    refs = sorted(o["orderRef"] for o in gateway.orders())
+    gateway.hold_fills(False)  # the broker fills them while no consumer is running
+    wait_for(lambda: all(o["status"] == "Filled" for o in gateway.orders()), what="the fills at the broker")
+
+    consumer_factory(stranded_after=2.0)
+    reply = bus.reply_to(message_id, timeout=60)
+    bus.settle(quiet=3.0)
+    assert [r["messageId"] for r in bus.received].count(message_id) == 1
+    assert reply["recovered"] is True
+    assert (reply["status"], reply["error"]["code"]) == ("error", "interrupted")
+    orders = reply["error"]["details"]["orders"]
+    assert [o["orderRef"] for o in orders] == refs
+    assert {o["outcome"] for o in orders} == {"Filled"}
+    # booked once each, by execId, and nothing placed again
+    assert sorted(o["orderRef"] for o in gateway.orders()) == refs
+    fills = mode_collection(project, "fills")
+    assert sorted(f["execId"] for f in fills) == sorted(e["execId"] for e in gateway.executions())
+    assert holdings(project) == {"dummy": {s: q for s, q in gateway.positions().items() if s in SYMBOLS}}
+    assert mode_collection(project, "openOrders") == []
+    (claim,) = [d.to_dict() for d in firestore_client(project).collection("tradingModes").document("paper")
+                .collection("requests").stream()]  # fmt: skip
+    assert claim["state"] == "done"
+    assert claim["reply"]["recovered"] is True
