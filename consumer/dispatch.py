@@ -14,6 +14,7 @@ claim is being written (they have no effects to undo), which takes a Firestore r
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -32,6 +33,8 @@ from consumer.store.trading_config import TradingConfig
 
 log = get_logger(__name__)
 
+ANSWERED_MEMORY = 20_000  # message ids remembered as answered (about 2 MB)
+
 
 class Settlement(StrEnum):
     ACK = "ack"
@@ -47,6 +50,9 @@ class Dispatcher:
         self._trading = asyncio.Lock()
         self._running: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[Settlement]] = set()
+        # Messages this process has answered: Pub/Sub redelivers some after their ack (the emulator under a burst
+        # does so by the hundred), and each message gets one reply, not one per delivery.
+        self._answered: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     async def handle(self, request: Request) -> Settlement:
         task = asyncio.current_task()
@@ -75,6 +81,17 @@ class Dispatcher:
         return len(self._tasks)
 
     async def _handle(self, request: Request, started: datetime) -> Settlement:
+        if request.delivery.message_id in self._answered:
+            log.info("redelivery of a message already answered; acked without a second reply")
+            return Settlement.ACK
+        settlement = await self._handle_once(request, started)
+        if settlement is Settlement.ACK:
+            self._answered[request.delivery.message_id] = None
+            while len(self._answered) > ANSWERED_MEMORY:
+                self._answered.popitem(last=False)
+        return settlement
+
+    async def _handle_once(self, request: Request, started: datetime) -> Settlement:
         if request.problem is not None:
             log.warning("bad request", code=request.problem.code, error=request.problem.message)
             return await self._settle(request, started, failure=request.problem, claimed=False)
