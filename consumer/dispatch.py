@@ -142,7 +142,10 @@ class Dispatcher:
             self._check_fresh(request)
             config = await services.config_store.load()
             self._check_allowed(config)
-        context = IntentContext(services=services, request=request, config=config, log=log)
+        # A dry run's intent gets a store that writes nothing; its claim and activity record are written by _settle.
+        context = IntentContext(
+            services=services.for_dry_run() if request.dry_run else services, request=request, config=config, log=log
+        )
         timeout = services.settings.intent_timeout
         if intent.trades and not request.dry_run:
             async with self._trading:

@@ -67,9 +67,13 @@ class PendingOrder:
 
 
 class Books:
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, lock: asyncio.Lock | None = None) -> None:
         self._layout = layout
-        self._lock = asyncio.Lock()
+        self._lock = lock or asyncio.Lock()
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        return self._lock
 
     # -- reading -------------------------------------------------------------------------------------------------
 
