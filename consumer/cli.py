@@ -203,7 +203,7 @@ def scheduled_envelope(
 
 
 def _publish(settings: Settings, args: argparse.Namespace) -> int:
-    from google.cloud import pubsub_v1
+    import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
 
     attributes: dict[str, str] = {}
     try:
@@ -256,7 +256,7 @@ class ReplyWaiter:
     """A throwaway subscription on the reply topic, made before publishing so the reply cannot be missed."""
 
     def __init__(self, settings: Settings) -> None:
-        from google.cloud import pubsub_v1
+        import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
 
         self._subscriber = pubsub_v1.SubscriberClient()
         self._path = self._subscriber.subscription_path(settings.project, f"cli-wait-{uuid.uuid4().hex[:12]}")
@@ -297,8 +297,8 @@ class ReplyWaiter:
 
 
 def _replies(settings: Settings, args: argparse.Namespace) -> int:
+    import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
     from google.api_core import exceptions
-    from google.cloud import pubsub_v1
 
     subscriber = pubsub_v1.SubscriberClient()
     path = subscriber.subscription_path(settings.project, args.subscription)

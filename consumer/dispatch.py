@@ -51,7 +51,7 @@ class Dispatcher:
     async def handle(self, request: Request) -> Settlement:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         started = datetime.now(UTC)
         with structlog.contextvars.bound_contextvars(
             requestId=request.request_id,
@@ -63,7 +63,7 @@ class Dispatcher:
             try:
                 return await self._handle(request, started)
             finally:
-                self._tasks.discard(task)  # type: ignore[arg-type]
+                self._tasks.discard(task)
 
     async def abort_all(self) -> None:
         """Shutdown past its grace period: in-flight intents stop, release their claims and are nacked."""

@@ -7,7 +7,8 @@ import socket
 import uuid
 from dataclasses import dataclass, field, replace
 
-from google.cloud import firestore, pubsub_v1
+import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
+from google.cloud import firestore
 
 from consumer.bookkeeper import Bookkeeper
 from consumer.broker.gateway import Gateway

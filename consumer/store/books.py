@@ -92,7 +92,7 @@ class Books:
         return out
 
     async def open_orders(self) -> list[dict[str, Any]]:
-        return [s.to_dict() async for s in self._layout.open_orders().stream()]
+        return [s.to_dict() or {} async for s in self._layout.open_orders().stream()]
 
     async def fill(self, exec_id: str) -> dict[str, Any] | None:
         snapshot = await self._layout.fills().document(exec_id).get()

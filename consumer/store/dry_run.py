@@ -14,7 +14,6 @@ from typing import Any
 from google.cloud import firestore
 from google.cloud.firestore_v1.types import BatchWriteResponse, CommitResponse, WriteResult
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc.status_pb2 import Status
 
 
 class DryRunClient(firestore.AsyncClient):
@@ -53,7 +52,7 @@ class _DiscardingApi:
         self._client.discarded += len(writes)
         now = _now()
         return BatchWriteResponse(
-            write_results=[WriteResult(update_time=now) for _ in writes], status=[Status(code=0) for _ in writes]
+            write_results=[WriteResult(update_time=now) for _ in writes], status=[{"code": 0} for _ in writes]
         )
 
 
