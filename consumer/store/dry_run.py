@@ -20,18 +20,16 @@ class DryRunClient(firestore.AsyncClient):
     def __init__(self, real: firestore.AsyncClient) -> None:
         super().__init__(project=real.project, database=real._database)
         self._real = real
-        self.discarded = 0  # writes acknowledged and not made (for logs and tests)
 
     @property
     def _firestore_api(self) -> Any:
         # The real client's API (one connection for both); only the two write calls are answered here.
-        return _DiscardingApi(self._real._firestore_api, self)
+        return _DiscardingApi(self._real._firestore_api)
 
 
 class _DiscardingApi:
-    def __init__(self, api: Any, client: DryRunClient) -> None:
+    def __init__(self, api: Any) -> None:
         self._api = api
-        self._client = client
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._api, name)
@@ -43,13 +41,11 @@ class _DiscardingApi:
             await self._api.rollback(
                 request={"database": _field(request, "database"), "transaction": transaction}, metadata=metadata
             )
-        self._client.discarded += len(writes)
         now = _now()
         return CommitResponse(write_results=[WriteResult(update_time=now) for _ in writes], commit_time=now)
 
     async def batch_write(self, request: Any, metadata: Any = (), **_: Any) -> BatchWriteResponse:
         writes = list(_field(request, "writes") or [])
-        self._client.discarded += len(writes)
         now = _now()
         return BatchWriteResponse(
             write_results=[WriteResult(update_time=now) for _ in writes], status=[{"code": 0} for _ in writes]
