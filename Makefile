@@ -13,7 +13,7 @@ help:
 	@echo "make run    start emulators, simulated gateway and consumer; publish a demo; serve until Ctrl-C"
 	@echo "make test   lint, then the whole test suite (emulators and simulated gateway included)"
 	@echo "make bench  benchmarks against the local stack (writes bench/results.json)"
-	@echo "make lint   ruff and the static checks of gateway-image/ and infra/"
+	@echo "make lint   ruff, mypy and the static checks of gateway-image/ and infra/"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed, found " + sys.version.split()[0] + ": run make with PYTHON=python3.11")'
@@ -46,6 +46,7 @@ $(TOOLS_STAMP):
 lint: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/hadolint --config gateway-image/.hadolint.yaml gateway-image/Dockerfile
 	LOG_LEVEL=ERROR $(TOOLS)/bin/checkov --directory infra --framework terraform --config-file infra/.checkov.yaml \
 		--skip-download --quiet --compact

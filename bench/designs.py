@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from google.cloud import pubsub_v1
+import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
 from ib_insync import IB, ExecutionFilter
 
 POLL_INTERVAL = 0.01

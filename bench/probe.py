@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from google.cloud import pubsub_v1
+import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

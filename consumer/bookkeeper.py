@@ -54,6 +54,7 @@ class Bookkeeper:
     def __init__(self, gateway: Gateway, books: Books, stale_pending_after: float) -> None:
         self._gateway = gateway
         self._books = books
+        self.stale_pending_after = stale_pending_after
         self._stale_pending = timedelta(seconds=stale_pending_after)
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None

@@ -2,6 +2,7 @@
 
     consumer serve                                   run the consumer until SIGTERM/SIGINT
     consumer publish INTENT [-p k=v ...] [--dry-run] [--wait]
+    consumer publish --schedule JOB [--dry-run] [--as-scheduled] [--force] [--wait]
     consumer replies [--follow] [--intent X] [--status error] [--json]
     consumer status [--json]
 
@@ -53,8 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument(
         "--schedule",
         metavar="JOB",
-        help="publish the message of a job in infra/schedules.yaml, as Cloud Scheduler does",
+        help="publish the message of a job in infra/schedules.yaml, as Cloud Scheduler does, under its own\n"
+        "idempotency key: today's scheduled firing of the job still runs",
     )
+    publish.add_argument(
+        "--as-scheduled", action="store_true",
+        help="with --schedule: stand in for today's scheduled firing (the slot's key schedule:JOB:DAY), so the\n"
+        "scheduled message of this slot is then answered as a duplicate",
+    )  # fmt: skip
+    publish.add_argument("--force", action="store_true", help="with --schedule: fire a job declared paused")
     publish.add_argument(
         "-p", "--param", action="append", default=[], metavar="KEY=VALUE",
         help="a param; VALUE is JSON when it parses as JSON, else a string; dotted keys nest (a.b=1)",
@@ -159,8 +167,19 @@ def build_envelope(
     return envelope
 
 
-def scheduled_envelope(job_name: str) -> dict[str, Any]:
-    """The message a Cloud Scheduler job of infra/schedules.yaml publishes (Terraform builds it the same way)."""
+def scheduled_envelope(
+    job_name: str,
+    dry_run: bool = False,
+    as_scheduled: bool = False,
+    force: bool = False,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """The message a Cloud Scheduler job of infra/schedules.yaml publishes (Terraform builds it the same way).
+
+    Fired by hand it gets a key of its own (`manual:JOB:...`), because without one the consumer keys a message with
+    the `schedule` attribute to the job's slot of the day, and the real firing would then be a duplicate. Only
+    `as_scheduled` leaves the key to the consumer, to run the slot itself (a dry run cannot: it would use it up).
+    """
     import yaml
 
     from consumer.devstack.provision import SCHEDULES_DECLARATION
@@ -169,20 +188,34 @@ def scheduled_envelope(job_name: str) -> dict[str, Any]:
     if job_name not in jobs:
         raise UsageError(f"no job {job_name!r} in infra/schedules.yaml; jobs: {', '.join(sorted(jobs))}")
     job = jobs[job_name]
-    envelope = build_envelope(job["intent"], [], json.dumps(job.get("params", {})), bool(job.get("dryRun")))
+    if job.get("paused") and not force:
+        raise UsageError(f"job {job_name!r} is paused in infra/schedules.yaml; not published (--force fires it)")
+    declared_dry = bool(job.get("dryRun"))
+    if as_scheduled and dry_run and not declared_dry:
+        raise UsageError("--as-scheduled with --dry-run would use up today's slot with a dry run; give one of them")
+    if as_scheduled and idempotency_key:
+        raise UsageError("--as-scheduled uses the slot's key (schedule:JOB:DAY); --key cannot be given with it")
+    key = None if as_scheduled else idempotency_key or f"manual:{job_name}:{uuid.uuid4().hex}"
+    envelope = build_envelope(job["intent"], [], json.dumps(job.get("params", {})), declared_dry or dry_run, key)
     if "maxAgeSeconds" in job:
         envelope["maxAgeSeconds"] = job["maxAgeSeconds"]
     return envelope
 
 
 def _publish(settings: Settings, args: argparse.Namespace) -> int:
-    from google.cloud import pubsub_v1
+    import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
 
     attributes: dict[str, str] = {}
     try:
         if args.schedule:
-            envelope = scheduled_envelope(args.schedule)
+            if args.intent or args.param or args.params:
+                raise UsageError("--schedule JOB publishes the job's own intent and params; give no INTENT or -p")
+            envelope = scheduled_envelope(
+                args.schedule, args.dry_run, args.as_scheduled, args.force, args.idempotency_key
+            )
             attributes["schedule"] = args.schedule
+        elif args.as_scheduled or args.force:
+            raise UsageError("--as-scheduled and --force apply to --schedule JOB only")
         elif args.intent:
             envelope = build_envelope(args.intent, args.param, args.params, args.dry_run, args.idempotency_key)
         else:
@@ -198,6 +231,13 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
     try:
         message_id = publisher.publish(topic, json.dumps(envelope).encode(), **attributes).result(timeout=30)
         print(f"published {intent} as message {message_id} to {topic}", file=sys.stderr)
+        if args.schedule:
+            how = (
+                "standing in for today's scheduled firing"
+                if args.as_scheduled
+                else f"under its own key {envelope['idempotencyKey']}; today's scheduled firing still runs"
+            )
+            print(f"job {args.schedule} fired by hand, {how}", file=sys.stderr)
         if waiter is None:
             return 0
         reply = waiter.wait(message_id, args.timeout)
@@ -216,7 +256,7 @@ class ReplyWaiter:
     """A throwaway subscription on the reply topic, made before publishing so the reply cannot be missed."""
 
     def __init__(self, settings: Settings) -> None:
-        from google.cloud import pubsub_v1
+        import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
 
         self._subscriber = pubsub_v1.SubscriberClient()
         self._path = self._subscriber.subscription_path(settings.project, f"cli-wait-{uuid.uuid4().hex[:12]}")
@@ -257,8 +297,8 @@ class ReplyWaiter:
 
 
 def _replies(settings: Settings, args: argparse.Namespace) -> int:
+    import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
     from google.api_core import exceptions
-    from google.cloud import pubsub_v1
 
     subscriber = pubsub_v1.SubscriberClient()
     path = subscriber.subscription_path(settings.project, args.subscription)
@@ -339,6 +379,7 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 def _fetch_json(url: str) -> tuple[int, dict[str, Any]]:
     import urllib.error
+    import urllib.request
 
     try:
         with urllib.request.urlopen(url, timeout=3) as response:

@@ -57,7 +57,7 @@ class Dispatcher:
     async def handle(self, request: Request) -> Settlement:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         started = datetime.now(UTC)
         with structlog.contextvars.bound_contextvars(
             requestId=request.request_id,
@@ -69,7 +69,7 @@ class Dispatcher:
             try:
                 return await self._handle(request, started)
             finally:
-                self._tasks.discard(task)  # type: ignore[arg-type]
+                self._tasks.discard(task)
 
     async def abort_all(self) -> None:
         """Shutdown past its grace period: in-flight intents stop, release their claims and are nacked."""
@@ -169,7 +169,10 @@ class Dispatcher:
             self._check_fresh(request)
             config = await services.config_store.load()
             self._check_allowed(config)
-        context = IntentContext(services=services, request=request, config=config, log=log)
+        # A dry run's intent gets a store that writes nothing; its claim and activity record are written by _settle.
+        context = IntentContext(
+            services=services.for_dry_run() if request.dry_run else services, request=request, config=config, log=log
+        )
         timeout = services.settings.intent_timeout
         if intent.trades and not request.dry_run:
             async with self._trading:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from google.cloud import pubsub_v1
+import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
 
 from consumer.broker.gateway import State
 from consumer.broker.loop import BrokerLoop

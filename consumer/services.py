@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from google.cloud import firestore, pubsub_v1
+import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
+from google.cloud import firestore
 
 from consumer.bookkeeper import Bookkeeper
 from consumer.broker.gateway import Gateway
@@ -17,6 +18,7 @@ from consumer.metrics import Metrics
 from consumer.schemas import Schemas
 from consumer.store.activity import ActivityLog
 from consumer.store.books import Books
+from consumer.store.dry_run import DryRunClient
 from consumer.store.layout import Layout
 from consumer.store.requests import RequestLedger
 from consumer.store.trading_config import ConfigStore
@@ -38,6 +40,8 @@ class Services:
     books: Books
     bookkeeper: Bookkeeper
     metrics: Metrics
+    # What a dry run's intent is given instead (for_dry_run); built with the rest, on the broker loop.
+    dry_run_view: Services | None = field(default=None, repr=False)
 
     @classmethod
     def create(
@@ -50,7 +54,7 @@ class Services:
         books = Books(layout)
         # Unique per process, so a claim left by a killed process is recognisably someone else's.
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        return cls(
+        services = cls(
             settings=settings,
             schemas=schemas,
             gateway=gateway,
@@ -72,6 +76,31 @@ class Services:
             # A write-ahead order never placed (its intent died and was not re-run) is closed after this long.
             bookkeeper=Bookkeeper(gateway, books, stale_pending_after=max(3600.0, settings.intent_timeout * 2)),
             metrics=metrics,
+        )
+        services.dry_run_view = services._read_only(DryRunClient(db))
+        return services
+
+    def for_dry_run(self) -> Services:
+        """These services with a store that writes nothing: a dry run's intent cannot book, record or claim."""
+        if self.dry_run_view is None:
+            raise RuntimeError("Services built without a dry-run view")
+        return self.dry_run_view
+
+    def _read_only(self, db: DryRunClient) -> Services:
+        layout = Layout(db, self.settings.trading_mode)
+        # One booking at a time across both views, as Books promises: they read the same documents.
+        books = Books(layout, lock=self.books.lock)
+        return replace(
+            self,
+            db=db,
+            layout=layout,
+            ledger=RequestLedger(layout, owner=self.ledger.owner, lease_seconds=self.settings.claim_lease),
+            config_store=ConfigStore(layout, self.schemas),
+            activity=ActivityLog(layout),
+            books=books,
+            # Never started: it only runs the sweep (reconcile) a dry-run intent asks for, against these books.
+            bookkeeper=Bookkeeper(self.gateway, books, stale_pending_after=self.bookkeeper.stale_pending_after),
+            dry_run_view=None,
         )
 
     def start(self) -> None:

@@ -39,7 +39,7 @@ def gather_status(settings: Settings, health_url: str, fetch: Fetch) -> dict[str
         )
         last: dict[str, dict[str, Any]] = {}
         for doc in recent:
-            run = doc.to_dict()
+            run = doc.to_dict() or {}
             if run.get("tradingMode") != settings.trading_mode or not run.get("intent"):
                 continue
             last.setdefault(

@@ -6,6 +6,7 @@ ib_insync's `client.py` (what it sends) and `decoder.py` (what it reads).
 
 from __future__ import annotations
 
+import builtins
 import math
 import struct
 from dataclasses import dataclass, field
@@ -168,7 +169,7 @@ class Reader:
         v = self.str()
         return bool(int(float(v))) if v else False
 
-    def skip(self, n: int) -> None:
+    def skip(self, n: builtins.int) -> None:  # `int` here would be Reader.int
         for _ in range(n):
             self.str()
 

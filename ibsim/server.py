@@ -12,6 +12,7 @@ import os
 import random
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
@@ -337,7 +338,7 @@ class GatewayServer:
     # -- fault API (loop side) ------------------------------------------------------------------------------
     def _run_fault(self, action: str, args: dict[str, Any]) -> None:
         log.info("scheduled fault: %s %s", action, args)
-        handlers = {
+        handlers: dict[str, Callable[..., Any]] = {
             "drop_connections": self.drop_connections,
             "refuse_connections": self.refuse_connections,
             "send_error": self.send_error,
@@ -716,10 +717,10 @@ class GatewayServer:
 
     def _push_account(self, conn: Connection, account: str, full: bool = False) -> None:
         changed = False
-        for key, value, cur in self.broker.account_values(account):
-            if full or conn.account_cache.get((key, cur)) != value:
-                conn.account_cache[(key, cur)] = value
-                conn.send([6, 2, key, value, cur, account])
+        for key, amount, cur in self.broker.account_values(account):
+            if full or conn.account_cache.get((key, cur)) != amount:
+                conn.account_cache[(key, cur)] = amount
+                conn.send([6, 2, key, amount, cur, account])
                 changed = True
         for inst, pos, price, value, unrealized in self.broker.portfolio(account):
             row = (pos.quantity, price, round(value, 2), pos.avgCost, round(unrealized, 2), round(pos.realized, 2))

@@ -86,9 +86,7 @@ class Instruments:
                 problems.append(f"{spec.symbol}: unknown at the broker ({_describe(spec)})")
             elif len(details) > 1:
                 where = ", ".join(
-                    sorted(
-                        {f"{d.contract.exchange or d.contract.primaryExchange}/{d.contract.currency}" for d in details}
-                    )
+                    sorted({f"{c.exchange or c.primaryExchange}/{c.currency}" for d in details if (c := d.contract)})
                 )
                 problems.append(f"{spec.symbol}: ambiguous ({where}); give its exchange and currency")
             else:

@@ -61,7 +61,7 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "orderRef": self.order_ref,
             "outcome": self.outcome,
             "status": self.status,

@@ -179,8 +179,8 @@ def _start(stack: contextlib.ExitStack, name: str, args: list[str], env: Mapping
 def _reply_stream(project: str) -> Iterator[Any]:
     import queue
 
+    import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
     from google.api_core import exceptions
-    from google.cloud import pubsub_v1
 
     subscriber = pubsub_v1.SubscriberClient()
     path = subscriber.subscription_path(project, REPLY_SUBSCRIPTION)
@@ -203,7 +203,7 @@ def _reply_stream(project: str) -> Iterator[Any]:
 def _demo(project: str, replies: Any, stop: threading.Event) -> None:
     import queue
 
-    from google.cloud import pubsub_v1
+    import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
 
     publisher = pubsub_v1.PublisherClient()
     topic = publisher.topic_path(project, "intents")

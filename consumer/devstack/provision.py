@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
 import yaml
 from google.api_core import exceptions
-from google.cloud import pubsub_v1
 from google.protobuf import duration_pb2
 
 INFRA_DIR = Path(__file__).resolve().parents[2] / "infra"

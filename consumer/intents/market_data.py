@@ -16,6 +16,7 @@ from ib_insync import BarData
 from consumer.broker.instruments import Instrument
 from consumer.broker.market import HISTORY_TIMEOUT, snapshot_prices
 from consumer.intents.base import Intent, IntentContext
+from consumer.store.batches import BatchedWrites
 from consumer.strategies.base import InstrumentSpec
 
 DEFAULT_INSTRUMENTS = ["SPY", "QQQ", "VIXY", "IWM", "TLT", "GLD"]
@@ -55,8 +56,7 @@ async def collect_market_data(ctx: IntentContext, params: dict[str, Any]) -> dic
     snapshots = await snapshot_prices(ib, instruments.values()) if params.get("snapshot") else {}
     size_key = bar_size.replace(" ", "")
     summary: dict[str, Any] = {}
-    batch = services.db.batch()
-    writes = 0
+    writer = BatchedWrites(services.db)
     now = datetime.now(UTC)
     for (symbol, instrument), bars in zip(instruments.items(), collected, strict=True):
         by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -67,23 +67,18 @@ async def collect_market_data(ctx: IntentContext, params: dict[str, Any]) -> dic
             )  # fmt: skip
         instrument_ref = services.layout.market_data(symbol)
         for day, day_bars in by_day.items():
-            batch.set(
+            await writer.set(
                 instrument_ref.collection("bars").document(f"{size_key}@{day}"),
                 {"symbol": symbol, "conId": instrument.con_id, "barSize": bar_size, "date": day, "bars": day_bars},
             )
-            writes += 1
-            if writes % 400 == 0:  # Firestore caps a batch at 500 writes
-                await batch.commit()
-                batch = services.db.batch()
         head = {"symbol": symbol, "conId": instrument.con_id, "currency": instrument.currency, "updatedAt": now}
         if instrument.con_id in snapshots:
             head["lastSnapshot"] = {"price": snapshots[instrument.con_id], "at": now}
-        batch.set(instrument_ref, head, merge=True)
-        writes += 1
+        await writer.set(instrument_ref, head, merge=True)
         summary[symbol] = {"bars": len(bars), "days": sorted(by_day), "snapshot": snapshots.get(instrument.con_id)}
-    if not ctx.dry_run:
-        await batch.commit()
-    return {"barSize": bar_size, "duration": duration, "instruments": summary, "documents": writes}
+    # A dry run's store (consumer.store.dry_run) acknowledges these commits and writes nothing.
+    await writer.flush()
+    return {"barSize": bar_size, "duration": duration, "instruments": summary, "documents": writer.count}
 
 
 INTENT = Intent(

@@ -60,7 +60,7 @@ async def reconcile(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
             },
         )
 
-    differences = []
+    differences: list[dict[str, Any]] = []
     for con_id in sorted(set(books) | set(broker), key=lambda c: str(described[c].get("symbol"))):
         booked = sum(books.get(con_id, {}).values())
         at_broker = broker.get(con_id, 0.0)

@@ -68,9 +68,13 @@ class PendingOrder:
 
 
 class Books:
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, lock: asyncio.Lock | None = None) -> None:
         self._layout = layout
-        self._lock = asyncio.Lock()
+        self._lock = lock or asyncio.Lock()
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        return self._lock
 
     # -- reading -------------------------------------------------------------------------------------------------
 
@@ -89,7 +93,7 @@ class Books:
         return out
 
     async def open_orders(self) -> list[dict[str, Any]]:
-        return [s.to_dict() async for s in self._layout.open_orders().stream()]
+        return [s.to_dict() or {} async for s in self._layout.open_orders().stream()]
 
     async def fill(self, exec_id: str) -> dict[str, Any] | None:
         snapshot = await self._layout.fills().document(exec_id).get()

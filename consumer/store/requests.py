@@ -51,6 +51,10 @@ class RequestLedger:
         self._owner = owner
         self._lease = timedelta(seconds=lease_seconds)
 
+    @property
+    def owner(self) -> str:
+        return self._owner
+
     async def claim(
         self, request_id: str, intent: str | None, message_id: str, fingerprint: str, dry_run: bool = False
     ) -> Claim:

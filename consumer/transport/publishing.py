@@ -10,7 +10,7 @@ import asyncio
 import json
 from typing import Any
 
-from google.cloud import pubsub_v1
+import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
 from google.cloud.pubsub_v1.types import BatchSettings
 
 from consumer.envelope import Delivery

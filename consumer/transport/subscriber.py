@@ -10,7 +10,7 @@ import concurrent.futures
 import threading
 from collections.abc import Callable
 
-from google.cloud import pubsub_v1
+import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
 from google.cloud.pubsub_v1.subscriber.message import Message
 from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
 from google.cloud.pubsub_v1.types import FlowControl

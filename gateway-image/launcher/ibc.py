@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from launcher.secrets import Credentials
 
@@ -117,7 +118,7 @@ class GatewaySettings:
             paths=paths,
         )
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> dict[str, Any]:
         """Loggable: there is no secret in the settings (the login lives in Credentials)."""
         return {
             "trading_mode": self.trading_mode,

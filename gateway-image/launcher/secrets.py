@@ -32,6 +32,7 @@ class Secret:
     """A string that prints as '***' in repr, str, f-strings, logs and tracebacks; `reveal()` is the only way out."""
 
     __slots__ = ("_value",)
+    _value: str
 
     def __init__(self, value: str) -> None:
         object.__setattr__(self, "_value", value)

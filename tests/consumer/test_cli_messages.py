@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import yaml
 
@@ -48,7 +50,7 @@ def test_every_scheduled_job_publishes_a_valid_message():
     jobs = yaml.safe_load(SCHEDULES_DECLARATION.read_text())["jobs"]
     assert jobs
     for job in jobs:
-        envelope = scheduled_envelope(job["name"])
+        envelope = scheduled_envelope(job["name"], force=True)
         assert envelope["intent"] == job["intent"]
         assert envelope["params"] == job.get("params", {})
         assert envelope.get("dryRun", False) == job.get("dryRun", False)
@@ -57,3 +59,33 @@ def test_every_scheduled_job_publishes_a_valid_message():
 def test_an_unknown_job_is_named():
     with pytest.raises(UsageError, match="no job 'midnight'"):
         scheduled_envelope("midnight")
+
+
+def jobs() -> dict[str, dict[str, Any]]:
+    return {job["name"]: job for job in yaml.safe_load(SCHEDULES_DECLARATION.read_text())["jobs"]}
+
+
+def test_a_paused_job_is_refused_unless_forced():
+    assert jobs()["eod-close-all"]["paused"] is True
+    with pytest.raises(UsageError, match=r"job .eod-close-all. is paused in infra/schedules\.yaml; not published"):
+        scheduled_envelope("eod-close-all")
+    assert scheduled_envelope("eod-close-all", force=True)["intent"] == "close-all"
+
+
+def test_a_job_fired_by_hand_keeps_its_own_key_and_dry_run():
+    manual = scheduled_envelope("eod-close-all", dry_run=True, force=True)
+    assert manual["dryRun"] is True
+    assert manual["idempotencyKey"].startswith("manual:eod-close-all:")
+    assert scheduled_envelope("eod-close-all", force=True)["idempotencyKey"] != manual["idempotencyKey"]
+    assert scheduled_envelope("open-allocation", idempotency_key="mine")["idempotencyKey"] == "mine"
+
+
+def test_as_scheduled_leaves_the_slot_key_to_the_consumer_and_is_never_a_dry_run_of_a_real_job():
+    assert "idempotencyKey" not in scheduled_envelope("eod-trade-reconciliation", as_scheduled=True)
+    with pytest.raises(UsageError, match="would use up today's slot with a dry run"):
+        scheduled_envelope("open-allocation", dry_run=True, as_scheduled=True)
+    with pytest.raises(UsageError, match="--key cannot be given"):
+        scheduled_envelope("open-allocation", as_scheduled=True, idempotency_key="mine")
+    nightly = scheduled_envelope("nightly-test-signal", dry_run=True, as_scheduled=True)  # declared a dry run
+    assert nightly["dryRun"] is True
+    assert "idempotencyKey" not in nightly

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from consumer.devstack.emulators import free_port
-from tests.support import Bus, write_config
+from tests.support import Bus, firestore_client, mode_collection, wait_for, write_config
 
 
 def cli(project: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -108,3 +108,61 @@ def test_health_endpoints_and_metrics(served, bus: Bus):
     assert metrics["counters"]["intents"]["(none):error"] == 1
     assert metrics["counters"]["gatewayConnects"][""] == 1
     assert metrics["intentLatency"]["summary"]["count"] == 1
+
+
+def hold_by_hand(project: str, bus: Bus, gateway, strategy: str, symbol: str, quantity: float) -> None:
+    """A strategy's holding without its signal: the broker's position and the strategy's book, set to agree."""
+    gateway.set_position(symbol, quantity)
+    positions = bus.reply_to(bus.publish({"intent": "summary"}))["result"]["positions"]
+    position = next(p for p in positions if p["symbol"] == symbol)
+    instrument = {k: position[k] for k in ("conId", "symbol", "secType", "currency", "exchange")}
+    firestore_client(project).collection("tradingModes").document("paper").collection("holdings").document(
+        strategy
+    ).set({"strategy": strategy, "positions": {str(position["conId"]): {**instrument, "multiplier": 1.0,
+                                                                         "quantity": quantity}}})  # fmt: skip
+
+
+def test_a_scheduled_job_fired_by_hand_honours_dry_run_pause_and_the_slot(served, bus: Bus, gateway, project: str):
+    """Issue 12, bug 6: `--schedule eod-close-all --dry-run` sold SPY, used up the slot and ignored `paused`."""
+    hold_by_hand(project, bus, gateway, "testsignalgenerator", "SPY", 10)
+    replies_before = len(bus.settle(quiet=0.5))
+
+    paused = cli(project, "publish", "--schedule", "eod-close-all", "--dry-run", "--wait")
+    assert paused.returncode == 2
+    assert paused.stderr.strip().splitlines() == [
+        "consumer publish: job 'eod-close-all' is paused in infra/schedules.yaml; not published (--force fires it)"
+    ]
+
+    dry = cli(project, "publish", "--schedule", "eod-close-all", "--dry-run", "--force", "--wait", "--json")
+    assert dry.returncode == 0, dry.stderr + dry.stdout
+    reply = json.loads(dry.stdout)
+    assert (reply["status"], reply["dryRun"], reply["schedule"]) == ("ok", True, "eod-close-all")
+    assert reply["requestId"].startswith("manual:eod-close-all:")
+    assert [(i["instrument"], i["order"]) for i in reply["result"]["instruments"]] == [("SPY", -10)]
+    assert gateway.orders() == []
+    assert gateway.positions()["SPY"] == 10
+    assert len(bus.settle(quiet=0.5)) == replies_before + 1  # the paused attempt published nothing
+
+    # Cloud Scheduler's own firing of the slot (ignoreMarketHours added so the test runs at any hour).
+    scheduled = bus.reply_to(
+        bus.publish(
+            {"intent": "close-all", "params": {"strategies": ["testsignalgenerator"]}, "maxAgeSeconds": 240,
+             "ignoreMarketHours": True},
+            intent="close-all", schedule="eod-close-all",
+        )
+    )  # fmt: skip
+    assert scheduled["status"] == "ok", scheduled
+    assert not scheduled.get("duplicate")
+    assert scheduled["requestId"].startswith("schedule:eod-close-all:")
+    ref = scheduled["result"]["instruments"][0]["orderRef"]
+    assert [(o["orderRef"], o["action"], o["totalQuantity"]) for o in gateway.orders()] == [(ref, "SELL", 10)]
+    assert gateway.positions().get("SPY", 0) == 0
+    exec_ids = {e["execId"] for e in gateway.executions() if e["orderRef"] == ref}
+    assert exec_ids
+    wait_for(lambda: exec_ids <= {f["execId"] for f in mode_collection(project, "fills")}, what="the sale booked")
+
+    # Standing in for the slot is asked for by name; this slot already ran, so it is answered from the stored reply.
+    again = cli(project, "publish", "--schedule", "eod-close-all", "--as-scheduled", "--force", "--wait", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["duplicate"] is True
+    assert len(gateway.orders()) == 1
