@@ -8,7 +8,8 @@ from collections.abc import Iterable, Mapping
 
 from ib_insync import IB, Ticker
 
-from consumer.broker.instruments import Instrument
+from consumer.broker.instruments import Instrument, Instruments, fx_pair
+from consumer.errors import IntentError
 from consumer.strategies.base import Bar, SignalUnavailable
 
 HISTORY_TIMEOUT = 60.0
@@ -87,4 +88,25 @@ def fx_rates(ib: IB, account: str) -> dict[str, float]:
                 rates[value.currency] = float(value.value)
             except ValueError:
                 continue
+    return rates
+
+
+async def market_fx_rates(ib: IB, instruments: Instruments, currencies: Iterable[str], base: str) -> dict[str, float]:
+    """Rates for currencies the account values carry none for (no cash in them), from the forex pair's quote.
+
+    Either orientation: EUR.USD's price is USD per EUR; USD.JPY's is JPY per USD, so JPY's rate is its inverse.
+    A currency without a pair or a price is left out (its instruments are then skipped, never sized at 1).
+    """
+    pairs = {}
+    for currency in set(currencies) - {base}:
+        try:
+            pairs[currency] = await fx_pair(instruments, currency, base)
+        except IntentError:
+            continue
+    prices = await snapshot_prices(ib, [pair for pair, _ in pairs.values()])
+    rates = {}
+    for currency, (pair, currency_is_base) in pairs.items():
+        price = prices.get(pair.con_id)
+        if price is not None:
+            rates[currency] = price if currency_is_base else 1.0 / price
     return rates
