@@ -26,6 +26,7 @@ class Instrument:
     time_zone: str
     liquid_hours: str
     trading_hours: str
+    min_tick: float = 0.0  # price increment from contract details; 0 when the broker gave none
 
     @property
     def con_id(self) -> int:
@@ -146,6 +147,7 @@ def _instrument(key: str, details: ContractDetails) -> Instrument:
         time_zone=details.timeZoneId,
         liquid_hours=details.liquidHours,
         trading_hours=details.tradingHours,
+        min_tick=float(details.minTick or 0.0),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from ib_insync import IB, Ticker
 
@@ -53,20 +54,47 @@ class BrokerMarketData:
         return (await snapshot_prices(self._ib, [instrument]))[instrument.con_id]
 
 
-async def snapshot_prices(ib: IB, instruments: Iterable[Instrument]) -> dict[int, float]:
-    """One snapshot per instrument, concurrently; an instrument without a usable price is left out."""
+@dataclass(frozen=True, slots=True)
+class Quote:
+    bid: float | None
+    ask: float | None
+    last: float | None  # last trade, else the previous close
+
+    def side(self, buying: bool) -> float | None:
+        """The price an order on this side meets: the ask for a buy, the bid for a sell; last/close without one."""
+        return (self.ask if buying else self.bid) or self.last
+
+
+async def snapshot_tickers(ib: IB, instruments: Iterable[Instrument]) -> list[Ticker]:
     unique = {i.con_id: i for i in instruments}
     if not unique:
-        return {}
-    tickers = await asyncio.wait_for(
-        ib.reqTickersAsync(*(i.contract for i in unique.values())), timeout=SNAPSHOT_TIMEOUT
-    )
+        return []
+    return await asyncio.wait_for(ib.reqTickersAsync(*(i.contract for i in unique.values())), timeout=SNAPSHOT_TIMEOUT)
+
+
+async def snapshot_prices(ib: IB, instruments: Iterable[Instrument]) -> dict[int, float]:
+    """One snapshot per instrument, concurrently; an instrument without a usable price is left out."""
     prices = {}
-    for ticker in tickers:
+    for ticker in await snapshot_tickers(ib, instruments):
         price = ticker_price(ticker)
         if price is not None and ticker.contract is not None:
             prices[ticker.contract.conId] = price
     return prices
+
+
+async def snapshot_quotes(ib: IB, instruments: Iterable[Instrument]) -> dict[int, Quote]:
+    """Bid, ask and last (or close) per instrument, for limit prices."""
+    quotes = {}
+    for ticker in await snapshot_tickers(ib, instruments):
+        if ticker.contract is not None:
+            quotes[ticker.contract.conId] = Quote(
+                _usable(ticker.bid), _usable(ticker.ask), _usable(ticker.last) or _usable(ticker.close)
+            )
+    return quotes
+
+
+def _usable(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) and value > 0 else None
 
 
 def ticker_price(ticker: Ticker) -> float | None:

@@ -286,3 +286,67 @@ def test_a_pair_quoted_in_a_currency_the_account_holds_none_of_is_sized_with_the
     (jpy,) = [c for c in result["currencies"] if c["currency"] == "JPY"]
     assert jpy["books"] == pytest.approx(gateway.cash()["JPY"], abs=0.01)
     assert jpy["freeCash"] == pytest.approx(0, abs=0.01)
+
+
+def test_a_limit_order_is_priced_through_the_quote_on_tick_rests_as_working_and_is_booked_when_it_crosses(
+    bus: Bus, gateway, project: str
+):
+    write_config(
+        project,
+        exposure={"overall": 1.0, "strategies": {"dummy": 0.5}},
+        orderDefaults={"orderType": "LMT", "algo": "none", "tif": "DAY", "limitOffsetBps": 10},
+    )
+    spy = gateway.call(lambda: gateway.server.instruments["SPY"])
+    price, ask, tick = spy.price, spy.ask, spy.tick
+    limit = math.floor(ask * 1.001 / tick) * tick  # 10 bp through the ask, rounded down to the tick
+    assert limit < ask * 1.001
+
+    gateway.hold_fills(True)  # the order reaches the broker, then the market moves away before it can fill
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))
+    assert reply["status"] == "ok", reply
+    leg = line(reply, "SPY")
+    assert (leg["outcome"], leg["orderType"], leg["tif"]) == ("working", "LMT", "DAY")
+    assert leg["limitPrice"] == pytest.approx(limit)
+    (sent,) = [o for o in gateway.orders() if o["orderRef"] == leg["orderRef"]]
+    assert (sent["orderType"], sent["tif"], sent["status"]) == ("LMT", "DAY", "Submitted")
+    assert sent["lmtPrice"] == pytest.approx(limit)
+    assert round(sent["lmtPrice"] / tick, 6).is_integer()
+
+    gateway.set_price("SPY", price * 1.01)
+    gateway.hold_fills(False)
+    (resting,) = [o for o in gateway.orders() if o["orderRef"] == leg["orderRef"]]
+    assert (resting["status"], resting["filled"]) == ("Submitted", 0)
+    assert [o["orderRef"] for o in mode_collection(project, "openOrders")] == [leg["orderRef"]]
+    assert holdings(project) == {}
+
+    gateway.set_price("SPY", price)  # the market comes back through the limit
+    executions = wait_for(
+        lambda: [e for e in gateway.executions() if e["orderRef"] == leg["orderRef"]], what="the limit order to fill"
+    )
+    assert all(e["price"] <= limit for e in executions)
+    wait_for(lambda: mode_collection(project, "openOrders") == [], what="the filled limit order closed")
+    assert holdings(project) == {"dummy": {"SPY": leg["target"]}}
+    booked = {f["execId"]: f for f in mode_collection(project, "fills")}
+    assert sum(booked[e["execId"]]["quantity"] for e in executions) == leg["target"]
+    (closed,) = [o for o in mode_collection(project, "orders") if o["orderRef"] == leg["orderRef"]]
+    assert (closed["state"], closed["filled"]) == ("Filled", leg["target"])
+
+
+def test_a_limit_order_that_never_fills_expires_with_the_day_and_is_closed_in_the_books(
+    bus: Bus, gateway, project: str
+):
+    write_config(project, orderDefaults={"orderType": "LMT", "algo": "none", "tif": "DAY", "limitOffsetBps": 0})
+    gateway.hold_fills(True)
+    reply = bus.reply_to(bus.publish(allocation({"TLT": 0.05})))
+    leg = line(reply, "TLT")
+    assert leg["outcome"] == "working"
+    gateway.set_price("TLT", reply["result"]["prices"]["TLT"] * 1.05)
+    gateway.hold_fills(False)
+
+    gateway.roll_day()
+    (expired,) = [o for o in gateway.orders() if o["orderRef"] == leg["orderRef"]]
+    assert (expired["status"], expired["filled"]) == ("Cancelled", 0)
+    closed = wait_for(lambda: mode_collection(project, "orders"), what="the expired order closed in the books")
+    assert [(o["orderRef"], o["state"]) for o in closed] == [(leg["orderRef"], "Cancelled")]
+    assert mode_collection(project, "openOrders") == []
+    assert holdings(project) == {}
