@@ -142,6 +142,8 @@ class Dispatcher:
             self._check_fresh(request)
             config = await services.config_store.load()
             self._check_allowed(config)
+        if intent.needs_gateway:
+            await self._apply_market_data_type(config if intent.trades else None)
         context = IntentContext(services=services, request=request, config=config, log=log)
         timeout = services.settings.intent_timeout
         if intent.trades and not request.dry_run:
@@ -150,6 +152,18 @@ class Dispatcher:
                     return await intent.handler(context, envelope.params)
         async with asyncio.timeout(timeout):
             return await intent.handler(context, envelope.params)
+
+    async def _apply_market_data_type(self, config: TradingConfig | None) -> None:
+        """Every intent that reads the market gets the configured marketDataType (read-only ones read the config
+        for it alone, and an invalid config keeps the type in force rather than failing a read)."""
+        if config is None:
+            try:
+                config = await self._services.config_store.load()
+            except IntentError as e:
+                log.warning("config unreadable; market data type unchanged", error=str(e))
+                return
+        if config.exists:
+            self._services.gateway.use_market_data_type(config.market_data_type)
 
     def _check_fresh(self, request: Request) -> None:
         envelope = request.envelope

@@ -118,6 +118,8 @@ class Scenario:
     pacing: dict[str, float]
     tickIntervalMs: float
     faults: list[FaultSpec]
+    # False: the login has no live market data subscription (IB answers 354, or delayed data with 10167).
+    liveSubscription: bool = True
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -329,6 +331,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         pacing={k: float(v) for k, v in (d.get("pacing") or {}).items()},
         tickIntervalMs=float((d.get("marketData") or {}).get("tickIntervalMs", 500)),
         faults=faults,
+        liveSubscription=bool((d.get("marketData") or {}).get("liveSubscription", True)),
         raw=copy.deepcopy(given),
     )
 
