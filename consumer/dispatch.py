@@ -53,6 +53,7 @@ class Dispatcher:
         # Messages this process has answered: Pub/Sub redelivers some after their ack (the emulator under a burst
         # does so by the hundred), and each message gets one reply, not one per delivery.
         self._answered: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._market_data_type_known = False
 
     async def handle(self, request: Request) -> Settlement:
         task = asyncio.current_task()
@@ -169,6 +170,8 @@ class Dispatcher:
             self._check_fresh(request)
             config = await services.config_store.load()
             self._check_allowed(config)
+        if intent.needs_gateway:
+            await self._apply_market_data_type(config if intent.trades else None)
         # A dry run's intent gets a store that writes nothing; its claim and activity record are written by _settle.
         context = IntentContext(
             services=services.for_dry_run() if request.dry_run else services, request=request, config=config, log=log
@@ -180,6 +183,22 @@ class Dispatcher:
                     return await intent.handler(context, envelope.params)
         async with asyncio.timeout(timeout):
             return await intent.handler(context, envelope.params)
+
+    async def _apply_market_data_type(self, config: TradingConfig | None) -> None:
+        """Every intent that reads the market gets the configured marketDataType. Trading intents read the config
+        anyway; read-only ones read it for this alone only until it is known (the gateway re-sends it on every
+        reconnect), so a summary does not pay a Firestore read for it; an invalid config keeps the type in force."""
+        if config is None:
+            if self._market_data_type_known:
+                return
+            try:
+                config = await self._services.config_store.load()
+            except IntentError as e:
+                log.warning("config unreadable; market data type unchanged", error=str(e))
+                return
+        if config.exists:
+            self._services.gateway.use_market_data_type(config.market_data_type)
+            self._market_data_type_known = True
 
     def _check_fresh(self, request: Request) -> None:
         envelope = request.envelope

@@ -122,6 +122,8 @@ class Scenario:
     faults: list[FaultSpec]
     # Where the simulated clock starts (None: the wall clock). Hours, history and executions all follow it.
     clockStart: dt.datetime | None = None
+    # False: the login has no live market data subscription (IB answers 354, or delayed data with 10167).
+    liveSubscription: bool = True
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -362,6 +364,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         tickIntervalMs=float((d.get("marketData") or {}).get("tickIntervalMs", 500)),
         faults=faults,
         clockStart=clock_start,
+        liveSubscription=bool((d.get("marketData") or {}).get("liveSubscription", True)),
         raw=copy.deepcopy(given),
     )
 

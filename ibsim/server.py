@@ -34,6 +34,11 @@ FARM_NOTICES = (
 NO_SECURITY = "No security definition has been found for the request"
 CLIENT_ID_IN_USE = "Unable to connect as the client id is already in use. Retry with a unique client id."
 DELAYED = {1: 66, 2: 67, 4: 68, 6: 72, 7: 73, 8: 74, 9: 75, 14: 76}
+NOT_SUBSCRIBED = (
+    "Requested market data is not subscribed. Check API status by selecting the Account menu then under "
+    "Management choose Market Data Subscription Manager and/or Delayed market data is not available."
+)
+DISPLAYING_DELAYED = "Requested market data is not subscribed. Displaying delayed market data."
 
 
 class Connection(asyncio.Protocol):
@@ -260,6 +265,7 @@ class GatewayServer:
         self.pacing_max = int(self.scenario.pacing.get("maxPerSecond", 50))
         self.pacing_count = 0
         self.protocol_mismatches = 0
+        self.market_data_type_requests: list[tuple[int, int]] = []
         self._server: asyncio.base_events.Server | None = None
         self._reopen: asyncio.TimerHandle | None = None
         self._timers: list[asyncio.TimerHandle] = []
@@ -526,6 +532,10 @@ class GatewayServer:
     def connected_client_ids(self) -> list[int]:
         return sorted(self.clients)
 
+    def market_data_types(self) -> list[tuple[int, int]]:
+        """(clientId, type) of every reqMarketDataType received, oldest first."""
+        return list(self.market_data_type_requests)
+
     def pacing_violations(self) -> int:
         return self.pacing_count
 
@@ -599,6 +609,7 @@ class GatewayServer:
         r.skip(1)
         kind = r.int()
         conn.mkt_type = kind if kind in (1, 2, 3, 4) else 1
+        self.market_data_type_requests.append((conn.client_id or 0, kind))
 
     def _noop(self, conn: Connection, r: Reader) -> None:
         pass
@@ -630,8 +641,12 @@ class GatewayServer:
         return None
 
     # market data
+    def _delayed(self, conn: Connection) -> bool:
+        """Delayed ticks: asked for (3, 4) and no live subscription to take precedence (IB sends live if it can)."""
+        return conn.mkt_type in (3, 4) and not self.scenario.liveSubscription
+
     def _ticks(self, conn: Connection, req_id: int, inst: Instrument, first: bool) -> None:
-        delayed = conn.mkt_type in (3, 4)
+        delayed = self._delayed(conn)
 
         def tick(kind: int, price: float, size: float) -> None:
             conn.send([1, 6, req_id, DELAYED[kind] if delayed else kind, price, size, 0])
@@ -659,8 +674,15 @@ class GatewayServer:
         inst = self._one(conn, req_id, c)
         if inst is None:
             return
+        if not self.scenario.liveSubscription:
+            if conn.mkt_type in (1, 2):  # live and frozen both need the live subscription
+                conn.send_error(req_id, 354, NOT_SUBSCRIBED)
+                return
+            conn.send_error(req_id, 10167, DISPLAYING_DELAYED)
         if conn.mkt_type != 1:
-            conn.send([58, 1, req_id, conn.mkt_type])
+            # The type this request actually gets: live whenever the subscription allows it (markets never close
+            # for data here, so frozen is live too), delayed otherwise.
+            conn.send([58, 1, req_id, conn.mkt_type if self._delayed(conn) else 1])
         self._ticks(conn, req_id, inst, first=True)
         if snapshot or regulatory:
             conn.send([57, 1, req_id])

@@ -178,6 +178,9 @@ class ThreadedGateway:
     def cash(self, account: str | None = None) -> dict[str, float]:
         return self.call(self._srv().cash, account)
 
+    def market_data_types(self) -> list[tuple[int, int]]:
+        return self.call(self._srv().market_data_types)
+
     def connected_client_ids(self) -> list[int]:
         return self.call(self._srv().connected_client_ids)
 

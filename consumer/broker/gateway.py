@@ -63,11 +63,26 @@ class Gateway:
         self._stopping = False
         self._client_id_in_use = False
         self._clock_offset = 0.0
+        # The market data type (config marketDataType) is a setting of the connection: sent again on every connect.
+        self.market_data_type = 1
         self.ib.disconnectedEvent += self._on_disconnected
         self.ib.errorEvent += self._on_error
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def use_market_data_type(self, kind: int) -> None:
+        """1 live, 2 frozen, 3 delayed, 4 delayed frozen: sent once per change, and again after every reconnect.
+
+        With 3 or 4, IB itself falls back from live (if subscribed) to delayed, and to frozen values when the
+        market is closed; snapshot prices then come from whichever data IB sends.
+        """
+        if kind == self.market_data_type:
+            return
+        self.market_data_type = kind
+        if self.ib.isConnected():
+            self.ib.reqMarketDataType(kind)
+            log.info("market data type set", market_data_type=kind)
 
     @property
     def ready(self) -> bool:
@@ -106,6 +121,7 @@ class Gateway:
             await self._connect()
             if self._stopping:
                 break
+            self.ib.reqMarketDataType(self.market_data_type)
             self.connections += 1
             self._metrics.count("gatewayConnects")
             self._lost.clear()

@@ -26,6 +26,7 @@ class Instrument:
     time_zone: str
     liquid_hours: str
     trading_hours: str
+    min_tick: float = 0.0  # price increment from contract details; 0 when the broker gave none
 
     @property
     def con_id(self) -> int:
@@ -117,6 +118,17 @@ class Instruments:
         return await self._ib.reqContractDetailsAsync(contract_for(spec))
 
 
+async def fx_pair(instruments: Instruments, currency: str, base: str) -> tuple[Instrument, bool]:
+    """The IDEALPRO pair for currency/base and whether `currency` is its base (EUR.USD) or its quote (USD.JPY)."""
+    for symbol, currency_is_base in ((f"{currency}.{base}", True), (f"{base}.{currency}", False)):
+        try:
+            found = await instruments.resolve({symbol: InstrumentSpec(symbol=symbol, sec_type="CASH")})
+        except IntentError:
+            continue
+        return found[symbol], currency_is_base
+    raise IntentError("no_fx_pair", f"no IDEALPRO pair for {currency}/{base}")
+
+
 def _instrument(key: str, details: ContractDetails) -> Instrument:
     contract = details.contract
     assert contract is not None
@@ -133,6 +145,7 @@ def _instrument(key: str, details: ContractDetails) -> Instrument:
         time_zone=details.timeZoneId,
         liquid_hours=details.liquidHours,
         trading_hours=details.tradingHours,
+        min_tick=float(details.minTick or 0.0),
     )
 
 

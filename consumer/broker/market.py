@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from ib_insync import IB, Ticker
 
-from consumer.broker.instruments import Instrument
+from consumer.broker.instruments import Instrument, Instruments, fx_pair
+from consumer.errors import IntentError
 from consumer.strategies.base import Bar, SignalUnavailable
 
 HISTORY_TIMEOUT = 60.0
@@ -52,20 +54,47 @@ class BrokerMarketData:
         return (await snapshot_prices(self._ib, [instrument]))[instrument.con_id]
 
 
-async def snapshot_prices(ib: IB, instruments: Iterable[Instrument]) -> dict[int, float]:
-    """One snapshot per instrument, concurrently; an instrument without a usable price is left out."""
+@dataclass(frozen=True, slots=True)
+class Quote:
+    bid: float | None
+    ask: float | None
+    last: float | None  # last trade, else the previous close
+
+    def side(self, buying: bool) -> float | None:
+        """The price an order on this side meets: the ask for a buy, the bid for a sell; last/close without one."""
+        return (self.ask if buying else self.bid) or self.last
+
+
+async def snapshot_tickers(ib: IB, instruments: Iterable[Instrument]) -> list[Ticker]:
     unique = {i.con_id: i for i in instruments}
     if not unique:
-        return {}
-    tickers = await asyncio.wait_for(
-        ib.reqTickersAsync(*(i.contract for i in unique.values())), timeout=SNAPSHOT_TIMEOUT
-    )
+        return []
+    return await asyncio.wait_for(ib.reqTickersAsync(*(i.contract for i in unique.values())), timeout=SNAPSHOT_TIMEOUT)
+
+
+async def snapshot_prices(ib: IB, instruments: Iterable[Instrument]) -> dict[int, float]:
+    """One snapshot per instrument, concurrently; an instrument without a usable price is left out."""
     prices = {}
-    for ticker in tickers:
+    for ticker in await snapshot_tickers(ib, instruments):
         price = ticker_price(ticker)
         if price is not None and ticker.contract is not None:
             prices[ticker.contract.conId] = price
     return prices
+
+
+async def snapshot_quotes(ib: IB, instruments: Iterable[Instrument]) -> dict[int, Quote]:
+    """Bid, ask and last (or close) per instrument, for limit prices."""
+    quotes = {}
+    for ticker in await snapshot_tickers(ib, instruments):
+        if ticker.contract is not None:
+            quotes[ticker.contract.conId] = Quote(
+                _usable(ticker.bid), _usable(ticker.ask), _usable(ticker.last) or _usable(ticker.close)
+            )
+    return quotes
+
+
+def _usable(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) and value > 0 else None
 
 
 def ticker_price(ticker: Ticker) -> float | None:
@@ -87,4 +116,25 @@ def fx_rates(ib: IB, account: str) -> dict[str, float]:
                 rates[value.currency] = float(value.value)
             except ValueError:
                 continue
+    return rates
+
+
+async def market_fx_rates(ib: IB, instruments: Instruments, currencies: Iterable[str], base: str) -> dict[str, float]:
+    """Rates for currencies the account values carry none for (no cash in them), from the forex pair's quote.
+
+    Either orientation: EUR.USD's price is USD per EUR; USD.JPY's is JPY per USD, so JPY's rate is its inverse.
+    A currency without a pair or a price is left out (its instruments are then skipped, never sized at 1).
+    """
+    pairs = {}
+    for currency in set(currencies) - {base}:
+        try:
+            pairs[currency] = await fx_pair(instruments, currency, base)
+        except IntentError:
+            continue
+    prices = await snapshot_prices(ib, [pair for pair, _ in pairs.values()])
+    rates = {}
+    for currency, (pair, currency_is_base) in pairs.items():
+        price = prices.get(pair.con_id)
+        if price is not None:
+            rates[currency] = price if currency_is_base else 1.0 / price
     return rates

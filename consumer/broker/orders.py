@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ib_insync import IB, LimitOrder, MarketOrder, Order, TagValue, Trade
 
 from consumer.broker import views
 from consumer.broker.instruments import Instrument
+from consumer.broker.market import Quote
 from consumer.broker.shared import SharedRequests
+from consumer.errors import IntentError
 from consumer.store.trading_config import OrderDefaults
 
 # Statuses that settle the wait: the broker has accepted (Submitted), finished (Filled), or refused the order.
@@ -29,6 +32,20 @@ CONFIRMED = {"PreSubmitted", "Submitted", "Filled", "Cancelled", "ApiCancelled",
 DONE = {"Filled", "Cancelled", "ApiCancelled", "Inactive"}
 ACCEPTED = {"PreSubmitted", "Submitted"}
 INACTIVE_GRACE = 1.0
+
+
+def limit_price(quantity: float, reference: float, offset_bps: float, tick: float) -> float:
+    """A marketable limit: `offset_bps` through the quote on the order's side, rounded to the tick towards the passive
+    side (down for a buy, up for a sell), so the price never goes further than the offset allows."""
+    buying = quantity > 0
+    target = reference * (1 + offset_bps / 10_000) if buying else reference * (1 - offset_bps / 10_000)
+    if tick <= 0:
+        return target
+    ticks = target / tick
+    # A price already on the tick must stay there despite binary fractions (520.53 / 0.01 = 52052.99999...).
+    whole = math.floor(ticks + 1e-9) if buying else math.ceil(ticks - 1e-9)
+    decimals = max(0, -math.floor(math.log10(tick)) + 2)
+    return round(whole * tick, decimals)
 
 
 def order_ref(intent: str, request_id: str, leg: str) -> str:
@@ -58,6 +75,9 @@ class Outcome:
     avg_fill_price: float | None = None
     error: dict[str, Any] | None = None
     existing: bool = False  # found at the broker from an earlier run, not placed now
+    order_type: str = ""
+    limit_price: float | None = None
+    tif: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -72,6 +92,8 @@ class Outcome:
             "avgFillPrice": self.avg_fill_price,
             "existing": self.existing,
         }
+        if self.order_type:
+            out.update(orderType=self.order_type, limitPrice=self.limit_price, tif=self.tif)
         if self.error:
             out["error"] = self.error
         return out
@@ -102,6 +124,9 @@ def outcome_of(trade: Trade, existing: bool = False) -> Outcome:
         avg_fill_price=views.number(trade.orderStatus.avgFillPrice) if filled else None,
         error=_rejection(trade),
         existing=existing,
+        order_type=trade.order.orderType,
+        limit_price=views.number(trade.order.lmtPrice) if trade.order.orderType == "LMT" else None,
+        tif=trade.order.tif,
     )
 
 
@@ -132,10 +157,32 @@ class OrderEngine:
         self._timeout = defaults.timeout_seconds or timeout
         self._account = account
 
+    @property
+    def limits(self) -> bool:
+        return self._defaults.order_type == "LMT"
+
+    def priced(self, legs: Iterable[LegOrder], quotes: Mapping[int, Quote]) -> list[LegOrder]:
+        """Legs with their limit prices (LMT config): from the quote on each order's side, plus the offset."""
+        out = []
+        for leg in legs:
+            quote = quotes.get(leg.instrument.con_id)
+            reference = quote.side(leg.quantity > 0) if quote else None
+            if reference is None:
+                raise IntentError(
+                    "no_quote",
+                    f"orderType LMT needs a quote for {leg.instrument.symbol} and the gateway gave none; "
+                    "nothing was placed",
+                )
+            price = limit_price(leg.quantity, reference, self._defaults.limit_offset_bps, leg.instrument.min_tick)
+            out.append(replace(leg, limit_price=price))
+        return out
+
     def build(self, leg: LegOrder) -> Order:
         action = "BUY" if leg.quantity > 0 else "SELL"
         quantity = abs(leg.quantity)
-        if self._defaults.order_type == "LMT" and leg.limit_price is not None:
+        if self.limits:
+            if leg.limit_price is None:
+                raise ValueError(f"LMT order {leg.order_ref} without a limit price")  # priced() comes first
             order: Order = LimitOrder(action, quantity, leg.limit_price)
         else:
             order = MarketOrder(action, quantity)
@@ -191,13 +238,14 @@ class OrderEngine:
     async def _confirm(self, trade: Trade) -> bool:
         """Waits on the trade's status events until it settles; False on timeout. Raises on disconnect.
 
-        A market order settles when it is done (filled, cancelled, rejected): its fills follow within moments.
-        Other orders settle once the broker has accepted them, since a resting limit order may wait all day. A
-        market order still open at the timeout was accepted, so it is reported as working, not unconfirmed.
+        An order settles when it is done (filled, cancelled, rejected): its fills follow within moments. One still
+        open at the timeout (a market order filling slowly, a limit order the market has moved away from) was
+        accepted, so it is reported as working, not unconfirmed; it stays open at the broker and in the books,
+        and its fills are booked whenever they come (a DAY order that never fills expires with the day).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
-        settled = DONE if trade.order.orderType == "MKT" else CONFIRMED
+        settled = DONE if trade.order.orderType in {"MKT", "LMT"} else CONFIRMED
         disconnected = next_emit(self._ib.disconnectedEvent)
         try:
             while trade.orderStatus.status not in settled - {"Inactive"}:

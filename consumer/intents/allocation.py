@@ -15,7 +15,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from consumer.broker.instruments import Instrument
-from consumer.broker.market import BrokerMarketData, fx_rates, snapshot_prices
+from consumer.broker.market import BrokerMarketData, fx_rates, market_fx_rates, snapshot_prices
 from consumer.errors import IntentError
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.rebalance import Rebalance
@@ -98,6 +98,9 @@ async def allocation(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
     needed = {i.con_id: i for n in weights for i in instruments[n].values()}
     prices = await snapshot_prices(ib, needed.values())
     rates = {**fx_rates(ib, rebalance.account.id), rebalance.account.base_currency: 1.0}
+    unrated = {i.currency for i in needed.values()} - set(rates)
+    if unrated:
+        rates.update(await market_fx_rates(ib, services.instruments, unrated, rebalance.account.base_currency))
     targets: dict[str, dict[int, float]] = {}
     sizing: dict[str, Any] = {}
     for name, wanted in weights.items():

@@ -1,4 +1,7 @@
-"""cash-balancer: converts foreign cash beyond a threshold back to the base currency with IDEALPRO orders.
+"""cash-balancer: converts free foreign cash beyond a threshold back to the base currency with IDEALPRO orders.
+
+Only free cash is converted: the part of a balance that no book claims (consumer.forex). A strategy's forex
+holding is its exposure, and converting it back would undo the strategy's trade behind its books.
 
 Every quantity rounds towards zero, in both directions: a positive balance is never oversold, and a negative
 one (a debit in that currency) is never over-bought. Balances worth less than the threshold are left alone.
@@ -9,10 +12,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from consumer.broker.instruments import Instrument, Instruments
+from consumer.broker.instruments import fx_pair
 from consumer.broker.market import fx_rates, snapshot_prices
 from consumer.broker.orders import LegOrder, order_ref
-from consumer.errors import IntentError, Rejected
+from consumer.errors import Rejected
+from consumer.forex import currency_lines
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.rebalance import account_snapshot, send_orders
 
@@ -23,19 +27,6 @@ def cash_balances(values: Any, account: str) -> dict[str, float]:
         for v in values
         if v.account == account and v.tag == "CashBalance" and v.currency and v.currency != "BASE"
     }
-
-
-async def fx_pair(instruments: Instruments, currency: str, base: str) -> tuple[Instrument, bool]:
-    """The IDEALPRO pair for currency/base and whether `currency` is its base (EUR.USD) or its quote (USD.JPY)."""
-    from consumer.strategies.base import InstrumentSpec
-
-    for symbol, currency_is_base in ((f"{currency}.{base}", True), (f"{base}.{currency}", False)):
-        try:
-            found = await instruments.resolve({symbol: InstrumentSpec(symbol=symbol, sec_type="CASH")})
-        except IntentError:
-            continue
-        return found[symbol], currency_is_base
-    raise IntentError("no_fx_pair", f"no IDEALPRO pair for {currency}/{base}")
 
 
 def conversion(balance: float, pair_price: float, currency_is_base: bool) -> float:
@@ -52,20 +43,26 @@ async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str,
     account = await account_snapshot(ib, services.settings.ib_account)
     threshold = float(params.get("threshold", ctx.config.cash_threshold))
     base = account.base_currency
+    # The books' claims must include every fill so far, or a strategy's fresh forex trade would look free.
+    await services.bookkeeper.reconcile()
     balances = cash_balances(ib.accountValues(account.id), account.id)
     rates = fx_rates(ib, account.id)
+    claims = currency_lines(await services.books.holdings(), balances, base)
 
     lines: list[dict[str, Any]] = []
     orders: dict[str, LegOrder] = {}
-    for currency, balance in sorted(balances.items()):
+    for currency, total in sorted(balances.items()):
         if currency == base:
             continue
+        balance = claims[currency].free
+        line: dict[str, Any] = {"currency": currency, "cashBalance": total, "claimed": claims[currency].books,
+                                "balance": round(balance, 2)}  # fmt: skip
         rate = rates.get(currency)
         if rate is None:
-            lines.append({"currency": currency, "balance": balance, "action": "skipped", "reason": "no exchange rate"})
+            lines.append({**line, "action": "skipped", "reason": "no exchange rate"})
             continue
         value = balance * rate
-        line: dict[str, Any] = {"currency": currency, "balance": balance, "baseValue": round(value, 2)}
+        line["baseValue"] = round(value, 2)
         if abs(value) < threshold or balance == 0:
             lines.append({**line, "action": "left", "reason": f"below the threshold of {threshold:g} {base}"})
             continue

@@ -15,6 +15,7 @@ from typing import Any
 from ib_insync import IB
 
 from consumer.broker.instruments import Instrument
+from consumer.broker.market import snapshot_quotes
 from consumer.broker.orders import DONE, LegOrder, OrderEngine, Outcome, order_ref
 from consumer.broker.shared import SharedRequests
 from consumer.errors import IntentError, Rejected
@@ -159,6 +160,9 @@ async def send_orders(
     earlier = await services.books.known_orders(orders)
     found = await engine.find(set(earlier)) if earlier else {}
     to_send = {ref: o for ref, o in orders.items() if ref not in found}
+    if engine.limits and to_send:
+        quotes = await snapshot_quotes(ctx.ib, [o.instrument for o in to_send.values()])
+        to_send = {o.order_ref: o for o in engine.priced(to_send.values(), quotes)}
     await services.books.write_pending(
         PendingOrder(
             order_ref=ref,

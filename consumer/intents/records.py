@@ -1,4 +1,8 @@
-"""The books' safety nets: trade-reconciliation (book what was missed) and reconcile (books vs broker positions)."""
+"""The books' safety nets: trade-reconciliation (book what was missed) and reconcile (books vs the broker).
+
+reconcile compares two things: per instrument, the books' holdings with the broker's positions; per currency other
+than the base, the books' forex exposures with the broker's cash balances (the rule is in consumer.forex).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from consumer.broker import views
+from consumer.forex import currency_lines, is_forex, pair_currencies
 from consumer.intents.base import Intent, IntentContext
+from consumer.intents.cash_balancer import cash_balances
 from consumer.intents.rebalance import account_snapshot
 from consumer.portfolio import EPSILON
 from consumer.store.books import UNALLOCATED
 
-# Cash conversions on IDEALPRO are balances, not holdings: no strategy owns them.
+# IB keeps IDEALPRO trades as cash balances, never positions: forex is compared per currency instead.
 NOT_HOLDINGS = {"CASH"}
 
 
@@ -41,6 +47,8 @@ async def reconcile(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     described: dict[int, dict[str, Any]] = {}
     for strategy, held in holdings.items():
         for con_id, position in held.items():
+            if is_forex(position):
+                continue
             books.setdefault(con_id, {})[strategy] = float(position["quantity"])
             described.setdefault(con_id, {k: v for k, v in position.items() if k != "quantity"})
     broker: dict[int, float] = {}
@@ -77,9 +85,34 @@ async def reconcile(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
                 }
             )
 
+    balances = cash_balances(ib.accountValues(account.id), account.id)
+    currencies = currency_lines(holdings, balances, account.base_currency)
+    pairs = _pairs_by_currency(holdings)
+    for currency, cash in sorted(currencies.items()):
+        if cash.difference:
+            differences.append({**cash.as_dict(), "pair": pairs.get(currency, {}).get("symbol")})
+
     fixed = []
     if fix:
-        for diff in differences:
+        for diff in [d for d in differences if "currency" in d]:
+            pair = pairs.get(diff["currency"])
+            if pair is None:
+                continue
+            record = hashlib.sha256(f"{ctx.request_id}:cash:{diff['currency']}".encode()).hexdigest()
+            # A shortfall in the pair's base currency is a quantity; in its quote currency (USD.JPY's JPY) an amount.
+            in_base = pair_currencies(pair)[0] == diff["currency"]
+            applied = await services.books.adjust(
+                record,
+                pair,
+                {UNALLOCATED: diff["difference"] if in_base else 0.0},
+                f"reconcile {ctx.request_id}: {diff['currency']} cash {diff['broker']:g} backs "
+                f"{diff['books']:g} of the books' claims",
+                quote_moves={} if in_base else {UNALLOCATED: diff["difference"]},
+            )
+            fixed.append({"instrument": pair["symbol"], "currency": diff["currency"], "bookedTo": UNALLOCATED,
+                          "quantity": diff["difference"] if in_base else 0.0,
+                          "quoteAmount": 0.0 if in_base else diff["difference"], "applied": applied})  # fmt: skip
+        for diff in [d for d in differences if "conId" in d]:
             record = hashlib.sha256(f"{ctx.request_id}:{diff['conId']}".encode()).hexdigest()
             applied = await services.books.adjust(
                 record,
@@ -92,6 +125,7 @@ async def reconcile(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     result = {
         "account": account.id,
         "instruments": len(set(books) | set(broker)),
+        "currencies": [c.as_dict() for _, c in sorted(currencies.items())],
         "differences": differences,
         "consistent": not differences,
         "fixed": fixed,
@@ -115,3 +149,18 @@ RECONCILE = Intent(
     handler=reconcile,
     description="Compare strategy holdings with broker positions; fix=true books differences to unallocated.",
 )
+
+
+def _pairs_by_currency(holdings: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """For each currency the books claim, a held pair to book a correction on (one with it as BASE first)."""
+    found: dict[str, dict[str, Any]] = {}
+    for positions in holdings.values():
+        for position in positions.values():
+            if not is_forex(position):
+                continue
+            base, quote = pair_currencies(position)
+            described = {k: v for k, v in position.items() if k not in ("quantity", "quoteAmount")}
+            described["symbol"] = f"{base}.{quote}"
+            found[base] = described
+            found.setdefault(quote, described)
+    return found

@@ -89,7 +89,7 @@ class Books:
         for snapshot in snapshots:
             if snapshot.exists:
                 positions = (snapshot.to_dict() or {}).get("positions", {})
-                out[snapshot.id] = {int(k): v for k, v in positions.items() if abs(v.get("quantity", 0)) > EPSILON}
+                out[snapshot.id] = {int(k): v for k, v in positions.items() if _nonzero(v)}
         return out
 
     async def open_orders(self) -> list[dict[str, Any]]:
@@ -200,8 +200,19 @@ class Books:
                 {"requestId": request_id, "kind": "transfer"},
             )
 
-    async def adjust(self, record_id: str, instrument: dict[str, Any], moves: Mapping[str, float], why: str) -> bool:
-        """A correction (reconcile --fix), recorded under `record_id` so it is applied once."""
+    async def adjust(
+        self,
+        record_id: str,
+        instrument: dict[str, Any],
+        moves: Mapping[str, float],
+        why: str,
+        quote_moves: Mapping[str, float] | None = None,
+    ) -> bool:
+        """A correction (reconcile --fix), recorded under `record_id` so it is applied once.
+
+        `quote_moves` (forex only) change the books' quote-currency amounts; without them a forex move carries
+        none, so it changes the claim on the pair's base currency alone.
+        """
         async with self._lock:
             return await _adjust(
                 self._layout.db.transaction(),
@@ -210,6 +221,7 @@ class Books:
                 instrument,
                 moves,
                 {"kind": "adjustment", "reason": why},
+                quote_moves=quote_moves or {},
             )
 
 
@@ -247,6 +259,8 @@ async def _book(transaction: AsyncTransaction, layout: Layout, e: Execution) -> 
         booked_after, filled_after = {}, 0.0
 
     holdings = await _read_holdings(transaction, layout, shares)
+    # Forex: the quote currency the fill moved, per book (see consumer.forex).
+    quotes = {s: -q * e.price for s, q in shares.items()} if e.sec_type == "CASH" else {}
     instrument = {
         "conId": e.con_id,
         "symbol": e.symbol,
@@ -256,7 +270,7 @@ async def _book(transaction: AsyncTransaction, layout: Layout, e: Execution) -> 
         "multiplier": e.multiplier,
     }
     now = datetime.now(UTC)
-    _write_holdings(transaction, layout, holdings, instrument, shares, now)
+    _write_holdings(transaction, layout, holdings, instrument, shares, now, quotes)
 
     if order is not None and order_ref is not None:
         progress = {
@@ -326,14 +340,37 @@ async def _adjust(
     instrument: dict[str, Any],
     moves: Mapping[str, float],
     record: dict[str, Any],
+    quote_moves: Mapping[str, float] | None = None,
 ) -> bool:
     if (await record_ref.get(transaction=transaction)).exists:
         return False
-    holdings = await _read_holdings(transaction, layout, moves)
+    holdings = await _read_holdings(transaction, layout, {*moves, *(quote_moves or {})})
+    if quote_moves is None and instrument.get("secType") == "CASH":
+        quote_moves = _transfer_quotes(holdings, str(instrument["conId"]), moves)
     now = datetime.now(UTC)
-    _write_holdings(transaction, layout, holdings, instrument, moves, now)
-    transaction.create(record_ref, {**record, "instrument": instrument, "moves": dict(moves), "at": now})
+    _write_holdings(transaction, layout, holdings, instrument, moves, now, quote_moves or {})
+    extra = {"quoteMoves": dict(quote_moves)} if quote_moves else {}
+    transaction.create(record_ref, {**record, "instrument": instrument, "moves": dict(moves), **extra, "at": now})
     return True
+
+
+def _transfer_quotes(
+    holdings: Mapping[str, Mapping[str, Any]], key: str, moves: Mapping[str, float]
+) -> dict[str, float]:
+    """A forex transfer between books moves quote amounts at the books' average price, so their sum is unchanged."""
+    weight, total = 0.0, 0.0
+    for strategy in moves:
+        position = holdings.get(strategy, {}).get("positions", {}).get(key, {})
+        quantity = float(position.get("quantity", 0.0))
+        if abs(quantity) > EPSILON:
+            weight += abs(quantity)
+            total += abs(quantity) * float(position.get("quoteAmount", 0.0)) / quantity
+    per_unit = total / weight if weight else 0.0
+    return {s: per_unit * q for s, q in moves.items()}
+
+
+def _nonzero(position: Mapping[str, Any]) -> bool:
+    return abs(float(position.get("quantity", 0.0))) > EPSILON or abs(float(position.get("quoteAmount", 0.0))) > EPSILON
 
 
 async def _read_holdings(
@@ -353,15 +390,24 @@ def _write_holdings(
     instrument: dict[str, Any],
     moves: Mapping[str, float],
     now: datetime,
+    quote_moves: Mapping[str, float] | None = None,
 ) -> None:
     key = str(instrument["conId"])
-    for strategy, quantity in moves.items():
+    quote_moves = quote_moves or {}
+    for strategy in {*moves, *quote_moves}:
         positions = dict(holdings.get(strategy, {}).get("positions", {}))
-        held = float(positions.get(key, {}).get("quantity", 0.0)) + quantity
-        if abs(held) < EPSILON:
-            positions.pop(key, None)
+        before = positions.get(key, {})
+        move = moves.get(strategy, 0.0)
+        position = {**instrument, "quantity": float(before.get("quantity", 0.0)) + move}
+        if instrument.get("secType") == "CASH":
+            position["quoteAmount"] = float(before.get("quoteAmount", 0.0)) + quote_moves.get(strategy, 0.0)
+        # A position traded to zero is gone: what quote currency it leaves is realized P&L, free cash. Only a
+        # quote-only correction (reconcile fix on a quote currency) holds an amount without a quantity.
+        quote_only = abs(move) < EPSILON and abs(float(before.get("quantity", 0.0))) < EPSILON
+        if abs(position["quantity"]) > EPSILON or (quote_only and _nonzero(position)):
+            positions[key] = position
         else:
-            positions[key] = {**instrument, "quantity": held}
+            positions.pop(key, None)
         transaction.set(
             layout.holdings().document(strategy), {"strategy": strategy, "positions": positions, "updatedAt": now}
         )

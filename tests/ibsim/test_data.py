@@ -173,11 +173,36 @@ def test_snapshot_tickers(ib: IB) -> None:
     assert (t_es.bid, t_es.ask) == (5249.75, 5250.25)
 
 
-def test_delayed_market_data(ib: IB) -> None:
+def test_delayed_market_data_is_ignored_when_live_data_is_subscribed(gw: ThreadedGateway, ib: IB) -> None:
     ib.reqMarketDataType(3)
     [t] = ib.reqTickers(Stock("AAPL", "SMART", "USD"))
     assert (t.bid, t.ask, t.last) == (189.99, 190.01, 190.0)
-    assert t.marketDataType == 3
+    assert t.marketDataType == 1
+    assert gw.market_data_types() == [(1, 3)]
+
+
+def test_without_a_live_subscription_live_data_is_354_and_delayed_data_comes_with_10167() -> None:
+    ensure_loop()
+    with ThreadedGateway(scenario=Scenario.from_dict({"marketData": {"liveSubscription": False}})) as gw:
+        ib = IB()
+        ib.connect("127.0.0.1", gw.port, clientId=1, timeout=4)
+        try:
+            errors: list[tuple[int, str]] = []
+            ib.errorEvent += lambda req_id, code, msg, contract: errors.append((code, msg))
+            aapl = Stock("AAPL", "SMART", "USD")
+            [live] = ib.reqTickers(aapl)
+            assert live.bid != live.bid  # nan: nothing came
+            assert errors[-1][0] == 354
+            assert errors[-1][1].startswith("Requested market data is not subscribed.")
+
+            ib.reqMarketDataType(3)
+            [delayed] = ib.reqTickers(aapl)
+            assert (delayed.bid, delayed.ask, delayed.last) == (189.99, 190.01, 190.0)
+            assert delayed.marketDataType == 3
+            assert errors[-1] == (10167, "Requested market data is not subscribed. Displaying delayed market data.")
+            assert gw.market_data_types() == [(1, 3)]
+        finally:
+            ib.disconnect()
 
 
 def test_streaming_ticks_follow_the_price(gw: ThreadedGateway, ib: IB) -> None:

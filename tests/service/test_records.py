@@ -28,13 +28,11 @@ def paper_config(project: str) -> dict[str, Any]:
     return write_config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}})
 
 
-def allocate(bus: Bus, weights: dict[str, float]) -> dict[str, Any]:
+def allocate(bus: Bus, weights: dict[str, float], **instruments: dict[str, Any]) -> dict[str, Any]:
+    dummy: dict[str, Any] = {"weights": weights, **({"instruments": instruments} if instruments else {})}
     reply = bus.reply_to(
-        bus.publish(
-            {"intent": "allocation",
-             "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": weights}}}}
-        )
-    )  # fmt: skip
+        bus.publish({"intent": "allocation", "params": {"strategies": ["dummy"], "strategyParams": {"dummy": dummy}}})
+    )
     assert reply["status"] == "ok", reply
     return reply
 
@@ -161,3 +159,42 @@ def test_collect_market_data_twice_stores_one_copy(bus: Bus, project: str):
     second = bus.reply_to(bus.publish(body))
     assert second["status"] == "ok"
     assert stored() == once
+
+
+def test_a_strategys_forex_holding_is_a_currency_exposure_that_reconcile_finds_in_the_cash_balance(
+    bus: Bus, gateway, project: str
+):
+    eur_before = gateway.cash()["EUR"]  # free cash no book claims
+    reply = allocate(bus, {"EUR.USD": 0.1}, **{"EUR.USD": {"secType": "CASH"}})
+    leg = next(i for i in reply["result"]["instruments"] if i["instrument"] == "EUR.USD")
+    bought = leg["target"]
+    assert bought > 0
+    assert leg["outcome"] == "filled"
+    assert gateway.positions() == {}  # IB books IDEALPRO fills as cash, never as a position
+    assert gateway.cash()["EUR"] == eur_before + bought
+    (execution,) = [e for e in gateway.executions() if e["orderRef"] == leg["orderRef"]]
+    fill = wait_for(lambda: next((f for f in mode_collection(project, "fills") if f["execId"] == execution["execId"]),
+                                 None), what="the fill booked")  # fmt: skip
+    assert fill["strategies"] == {"dummy": bought}
+    assert holdings(project) == {"dummy": {"EUR.USD": bought}}
+
+    result = bus.reply_to(bus.publish({"intent": "reconcile"}))["result"]
+    assert result["differences"] == [], result
+    assert result["consistent"] is True
+    (eur,) = [c for c in result["currencies"] if c["currency"] == "EUR"]
+    assert eur["books"] == bought
+    assert eur["byStrategy"] == {"dummy": bought}
+    assert eur["freeCash"] == pytest.approx(eur_before)
+
+    # Behind the system's back the account loses EUR it does not have free: dummy's claim is no longer backed.
+    gateway.set_cash("EUR", bought - 1000)
+    found = bus.reply_to(bus.publish({"intent": "reconcile"}))["result"]
+    assert [(d["currency"], d["difference"]) for d in found["differences"]] == [("EUR", -1000)]
+    assert holdings(project) == {"dummy": {"EUR.USD": bought}}
+
+    fixed = bus.reply_to(bus.publish({"intent": "reconcile", "params": {"fix": True}}))["result"]
+    assert [(f["instrument"], f["bookedTo"], f["quantity"]) for f in fixed["fixed"]] == [
+        ("EUR.USD", "unallocated", -1000)
+    ]
+    assert holdings(project) == {"dummy": {"EUR.USD": bought}, "unallocated": {"EUR.USD": -1000}}
+    assert bus.reply_to(bus.publish({"intent": "reconcile"}))["result"]["consistent"] is True

@@ -228,3 +228,135 @@ def test_a_long_rebalance_reports_its_progress(bus: Bus, gateway, caplog):
         if isinstance(r.msg, dict) and r.msg.get("event") == "orders confirmed"
     ]
     assert progress == [(n, 20) for n in range(2, 21, 2)]  # every tenth of the way, on the log/terminal
+
+
+FOREX = {"EUR.USD": {"secType": "CASH"}}
+
+
+def test_cash_balancer_converts_only_free_cash_and_close_all_sells_exactly_the_booked_exposure(
+    bus: Bus, gateway, project: str
+):
+    free_eur = gateway.cash()["EUR"]
+    reply = bus.reply_to(bus.publish(allocation({"EUR.USD": 0.1}, strategyParams={"dummy": {
+        "weights": {"EUR.USD": 0.1}, "instruments": FOREX}})))  # fmt: skip
+    assert reply["status"] == "ok", reply
+    bought = line(reply, "EUR.USD")["target"]
+    assert bought > 0
+    wait_for(lambda: holdings(project) == {"dummy": {"EUR.USD": bought}}, what="the forex fill booked to dummy")
+
+    # The account now holds free EUR and dummy's EUR: only the free part is converted back.
+    balanced = bus.reply_to(bus.publish({"intent": "cash-balancer", "params": {"threshold": 1000}}))
+    assert balanced["status"] == "ok", balanced
+    (eur,) = [b for b in balanced["result"]["balances"] if b["currency"] == "EUR"]
+    assert (eur["action"], eur["claimed"], eur["order"]) == ("convert", bought, -math.trunc(free_eur))
+    (conversion,) = [o for o in gateway.orders() if o["orderRef"] == eur["orderRef"]]
+    assert (conversion["action"], conversion["totalQuantity"]) == ("SELL", math.trunc(free_eur))
+    assert gateway.cash()["EUR"] == pytest.approx(bought + free_eur - math.trunc(free_eur))
+    assert holdings(project) == {"dummy": {"EUR.USD": bought}}
+
+    closed = bus.reply_to(bus.publish({"intent": "close-all", "params": {"strategies": ["dummy"]}}))
+    assert closed["status"] == "ok", closed
+    leg = line(closed, "EUR.USD")
+    assert (leg["order"], leg["outcome"]) == (-bought, "filled")
+    (sale,) = [o for o in gateway.orders() if o["orderRef"] == leg["orderRef"]]
+    assert (sale["action"], sale["totalQuantity"], sale["status"]) == ("SELL", bought, "Filled")
+    assert gateway.cash()["EUR"] == pytest.approx(free_eur - math.trunc(free_eur))
+    wait_for(lambda: holdings(project) == {}, what="dummy's forex book flat")
+    (sold,) = [e["execId"] for e in gateway.executions() if e["orderRef"] == leg["orderRef"]]  # IDEALPRO: one fill
+    booked = {f["execId"]: f for f in mode_collection(project, "fills")}
+    assert booked[sold]["strategies"] == {"dummy": -bought}
+    assert bus.reply_to(bus.publish({"intent": "reconcile"}))["result"]["consistent"] is True
+
+
+def test_a_pair_quoted_in_a_currency_the_account_holds_none_of_is_sized_with_the_rate_from_the_market(
+    bus: Bus, gateway, project: str
+):
+    assert "JPY" not in gateway.cash()  # so the account values carry no JPY exchange rate
+    body = allocation({"USD.JPY": 0.1})
+    body["params"]["strategyParams"]["dummy"]["instruments"] = {"USD.JPY": {"secType": "CASH"}}
+    reply = bus.reply_to(bus.publish(body))
+    assert reply["status"] == "ok", reply
+    assert reply["result"]["strategies"]["dummy"]["status"] == "ok", reply["result"]["strategies"]
+    result = reply["result"]
+    price = result["prices"]["USD.JPY"]
+    assert result["fxRates"]["JPY"] == pytest.approx(1 / price)
+    leg = line(reply, "USD.JPY")
+    # One USD.JPY unit is one USD: the target is the weight's share of capital, in dollars.
+    assert leg["target"] == math.trunc(result["netLiquidation"] * 0.5 * 0.1 * (1 + 1e-9))
+    assert leg["outcome"] == "filled"
+    (execution,) = [e for e in gateway.executions() if e["orderRef"] == leg["orderRef"]]
+    assert gateway.cash()["JPY"] == pytest.approx(-leg["target"] * execution["price"])
+
+    # The books hold the JPY the trade owes; reconcile finds it in the JPY balance, not as a position.
+    wait_for(lambda: holdings(project) == {"dummy": {"USD.JPY": leg["target"]}}, what="the fill booked")
+    fill = next(f for f in mode_collection(project, "fills") if f["execId"] == execution["execId"])
+    assert fill["strategies"] == {"dummy": leg["target"]}
+    result = bus.reply_to(bus.publish({"intent": "reconcile"}))["result"]
+    assert result["consistent"] is True, result
+    (jpy,) = [c for c in result["currencies"] if c["currency"] == "JPY"]
+    assert jpy["books"] == pytest.approx(gateway.cash()["JPY"], abs=0.01)
+    assert jpy["freeCash"] == pytest.approx(0, abs=0.01)
+
+
+def test_a_limit_order_is_priced_through_the_quote_on_tick_rests_as_working_and_is_booked_when_it_crosses(
+    bus: Bus, gateway, project: str
+):
+    write_config(
+        project,
+        exposure={"overall": 1.0, "strategies": {"dummy": 0.5}},
+        orderDefaults={"orderType": "LMT", "algo": "none", "tif": "DAY", "limitOffsetBps": 10},
+    )
+    spy = gateway.call(lambda: gateway.server.instruments["SPY"])
+    price, ask, tick = spy.price, spy.ask, spy.tick
+    limit = math.floor(ask * 1.001 / tick) * tick  # 10 bp through the ask, rounded down to the tick
+    assert limit < ask * 1.001
+
+    gateway.hold_fills(True)  # the order reaches the broker, then the market moves away before it can fill
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))
+    assert reply["status"] == "ok", reply
+    leg = line(reply, "SPY")
+    assert (leg["outcome"], leg["orderType"], leg["tif"]) == ("working", "LMT", "DAY")
+    assert leg["limitPrice"] == pytest.approx(limit)
+    (sent,) = [o for o in gateway.orders() if o["orderRef"] == leg["orderRef"]]
+    assert (sent["orderType"], sent["tif"], sent["status"]) == ("LMT", "DAY", "Submitted")
+    assert sent["lmtPrice"] == pytest.approx(limit)
+    assert round(sent["lmtPrice"] / tick, 6).is_integer()
+
+    gateway.set_price("SPY", price * 1.01)
+    gateway.hold_fills(False)
+    (resting,) = [o for o in gateway.orders() if o["orderRef"] == leg["orderRef"]]
+    assert (resting["status"], resting["filled"]) == ("Submitted", 0)
+    assert [o["orderRef"] for o in mode_collection(project, "openOrders")] == [leg["orderRef"]]
+    assert holdings(project) == {}
+
+    gateway.set_price("SPY", price)  # the market comes back through the limit
+    executions = wait_for(
+        lambda: [e for e in gateway.executions() if e["orderRef"] == leg["orderRef"]], what="the limit order to fill"
+    )
+    assert all(e["price"] <= limit for e in executions)
+    wait_for(lambda: mode_collection(project, "openOrders") == [], what="the filled limit order closed")
+    assert holdings(project) == {"dummy": {"SPY": leg["target"]}}
+    booked = {f["execId"]: f for f in mode_collection(project, "fills")}
+    assert sum(booked[e["execId"]]["quantity"] for e in executions) == leg["target"]
+    (closed,) = [o for o in mode_collection(project, "orders") if o["orderRef"] == leg["orderRef"]]
+    assert (closed["state"], closed["filled"]) == ("Filled", leg["target"])
+
+
+def test_a_limit_order_that_never_fills_expires_with_the_day_and_is_closed_in_the_books(
+    bus: Bus, gateway, project: str
+):
+    write_config(project, orderDefaults={"orderType": "LMT", "algo": "none", "tif": "DAY", "limitOffsetBps": 0})
+    gateway.hold_fills(True)
+    reply = bus.reply_to(bus.publish(allocation({"TLT": 0.05})))
+    leg = line(reply, "TLT")
+    assert leg["outcome"] == "working"
+    gateway.set_price("TLT", reply["result"]["prices"]["TLT"] * 1.05)
+    gateway.hold_fills(False)
+
+    gateway.roll_day()
+    (expired,) = [o for o in gateway.orders() if o["orderRef"] == leg["orderRef"]]
+    assert (expired["status"], expired["filled"]) == ("Cancelled", 0)
+    closed = wait_for(lambda: mode_collection(project, "orders"), what="the expired order closed in the books")
+    assert [(o["orderRef"], o["state"]) for o in closed] == [(leg["orderRef"], "Cancelled")]
+    assert mode_collection(project, "openOrders") == []
+    assert holdings(project) == {}
