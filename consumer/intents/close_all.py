@@ -40,6 +40,6 @@ async def close_all(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
 INTENT = Intent(
     name="close-all",
     handler=close_all,
-    description="Flatten the holdings of the named strategies (default: all), netted per instrument.",
+    description="Cancel the named strategies' working orders (default: all), then flatten their holdings.",
     trades=True,
 )
