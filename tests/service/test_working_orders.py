@@ -14,14 +14,13 @@ from typing import Any
 import pytest
 from ib_insync import IB, MarketOrder, Stock
 
-from tests.support import Bus, holdings, mode_collection, wait_for, write_config
-
-pytestmark = pytest.mark.usefixtures("consumer")
+from tests.support import Bus, ConsumerProcess, holdings, mode_collection, wait_for, write_config
 
 
 @pytest.fixture
 def consumer(consumer_factory):
-    """Waits 3 s, not 30, for a market order to finish before reporting it as working (fills are held here)."""
+    """In-process, waiting 3 s, not 30, for a market order to finish before reporting it as working (fills are
+    held here). The crash test runs its consumers as processes instead, on the same client id."""
     return consumer_factory(order_timeout=3.0)
 
 
@@ -70,6 +69,7 @@ def working_buy(bus: Bus, gateway) -> tuple[str, float]:
     return line["orderRef"], order["totalQuantity"]
 
 
+@pytest.mark.usefixtures("consumer")
 def test_close_all_cancels_the_working_buy_instead_of_selling_against_it(bus: Bus, gateway, project: str):
     """The issue, reproduced exactly: it used to end short at the broker, books saying dummy -quantity."""
     buy_ref, quantity = working_buy(bus, gateway)
@@ -100,6 +100,7 @@ def test_close_all_cancels_the_working_buy_instead_of_selling_against_it(bus: Bu
     assert result["orders"] == {"sent": 0}
 
 
+@pytest.mark.usefixtures("consumer")
 def test_an_allocation_against_a_working_order_cancels_it_and_sizes_from_holdings(bus: Bus, gateway, project: str):
     buy_ref, _ = working_buy(bus, gateway)
 
@@ -124,6 +125,7 @@ def test_an_allocation_against_a_working_order_cancels_it_and_sizes_from_holding
     wait_for(lambda: mode_collection(project, "openOrders") == [], what="the sell closed in the books")
 
 
+@pytest.mark.usefixtures("consumer")
 def test_a_partly_filled_working_order_is_cancelled_and_its_fill_booked_before_sizing(bus: Bus, gateway, project: str):
     buy_ref, quantity = working_buy(bus, gateway)
     assert quantity > 10
@@ -166,6 +168,7 @@ def manual(gateway) -> Iterator[IB]:
     ib.disconnect()
 
 
+@pytest.mark.usefixtures("consumer")
 def test_orders_that_are_not_ours_are_never_cancelled(bus: Bus, gateway, project: str, manual: IB):
     gateway.hold_fills(True)
     manual.placeOrder(Stock("SPY", "SMART", "USD"), MarketOrder("SELL", 5, orderRef="by-hand"))
@@ -187,6 +190,7 @@ def test_orders_that_are_not_ours_are_never_cancelled(bus: Bus, gateway, project
     assert holdings(project).get("dummy") is None
 
 
+@pytest.mark.usefixtures("consumer")
 def test_a_dry_run_reports_what_it_would_cancel_and_cancels_nothing(bus: Bus, gateway, project: str):
     buy_ref, quantity = working_buy(bus, gateway)
 
@@ -203,3 +207,49 @@ def test_a_dry_run_reports_what_it_would_cancel_and_cancels_nothing(bus: Bus, ga
     gateway.hold_fills(False)
     wait_for(lambda: gateway.positions().get("SPY") == quantity, what="the untouched buy to fill")
     wait_for(lambda: holdings(project) == {"dummy": {"SPY": quantity}}, what="the buy booked to dummy")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_crash_between_cancel_and_place_is_redelivered_without_doubling(bus: Bus, gateway, project: str, tmp_path):
+    """SIGKILL once the opposing buy is cancelled at the broker (most runs: before the sell is placed); the
+    redelivery must place the sell once, sized from the holdings, and cancel nothing twice."""
+    gateway.hold_fills(True)
+    gateway.set_latency(fixed=0.15)  # stretch cancel -> book -> place so the kill lands inside it
+    first = ConsumerProcess(project, gateway.port, tmp_path / "first.log", ORDER_TIMEOUT_SECONDS="3")
+    try:
+        first.wait_ready()
+        buy = spy(ok(bus, allocation({"SPY": 0.05})))
+        assert buy["outcome"] == "working", buy
+        message_id = bus.publish(allocation({"SPY": -0.03}))
+        wait_for(lambda: at_broker(gateway, buy["orderRef"])["status"] == "Cancelled", what="the buy cancelled")
+        first.kill()
+    finally:
+        first.stop()
+    gateway.set_latency(fixed=0.0)
+
+    second = ConsumerProcess(project, gateway.port, tmp_path / "second.log", ORDER_TIMEOUT_SECONDS="3")
+    try:
+        second.wait_ready()
+        # The emulator hands a dead consumer's message on after its lease runs out: 10-30 s here, at times more.
+        replies = wait_for(
+            lambda: [r for r in bus.settle(quiet=0.2) if r["messageId"] == message_id], 180, "the redelivery's reply"
+        )
+        assert replies[-1]["status"] == "ok", replies
+        line = spy(replies[-1]["result"])
+        assert line["target"] < 0
+        refs = [o["orderRef"] for o in gateway.orders()]
+        assert sorted(refs) == sorted([buy["orderRef"], line["orderRef"]])  # each once: no second sell or buy
+        sell = at_broker(gateway, line["orderRef"])
+        assert (sell["action"], sell["totalQuantity"]) == ("SELL", -line["target"])
+        assert at_broker(gateway, buy["orderRef"])["status"] == "Cancelled"
+        assert closed_order(project, buy["orderRef"])["state"] == "Cancelled"
+
+        gateway.hold_fills(False)
+        wait_for(lambda: gateway.positions().get("SPY") == line["target"], what="the sell to fill")
+        wait_for(lambda: holdings(project) == {"dummy": {"SPY": line["target"]}}, what="the sell booked to dummy")
+        fills = mode_collection(project, "fills")
+        assert sorted(f["execId"] for f in fills) == sorted(e["execId"] for e in gateway.executions())
+        assert {f["orderRef"] for f in fills} == {line["orderRef"]}
+    finally:
+        second.stop()
