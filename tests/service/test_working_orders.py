@@ -55,8 +55,11 @@ def at_broker(gateway, order_ref: str) -> dict[str, Any]:
     return order
 
 
-def closed_order(project: str, order_ref: str) -> dict[str, Any] | None:
-    return next((o for o in mode_collection(project, "orders") if o["orderRef"] == order_ref), None)
+def closed_order(project: str, order_ref: str) -> dict[str, Any]:
+    """The order's document in `orders` (closed); fails the test if it is not there."""
+    found = [o for o in mode_collection(project, "orders") if o["orderRef"] == order_ref]
+    assert len(found) == 1, f"{order_ref} is not closed in the books: {found}"
+    return found[0]
 
 
 def working_buy(bus: Bus, gateway) -> tuple[str, float]:
