@@ -8,6 +8,7 @@ from typing import Any
 
 _COLOURS = {"ok": "\x1b[32m", "error": "\x1b[31m", "rejected": "\x1b[33m"}
 _RESET = "\x1b[0m"
+_ORDER_LISTS = (("cancelled", "cancelled"), ("wouldCancel", "would cancel"), ("kept", "kept"))
 
 
 def reply_line(reply: dict[str, Any], colour: bool = False) -> str:
@@ -50,7 +51,16 @@ def reply_details(reply: dict[str, Any], limit: int = 12) -> list[str]:
             )
     if rows and len(rows) > limit:
         lines.append(f"    ... and {len(rows) - limit} more")
-    summary = {k: v for k, v in result.items() if not (rows and k in ("instruments", "balances"))}
+    # Working orders a trading intent cancelled (or, dry run, would cancel) or left alone: each one matters.
+    for key, verb in _ORDER_LISTS:
+        for order in result.get(key) or []:
+            lines.append(
+                f"    {verb:<13} {order.get('instrument', '?'):<8} {order.get('quantity', 0):>+10g}  "
+                f"{order.get('status', '')} filled {order.get('filled', 0):g}  {order.get('orderRef', '')}  "
+                f"({order.get('reason', '')})"
+            )
+    shown = {"instruments", "balances"} if rows else set()
+    summary = {k: v for k, v in result.items() if k not in shown | {key for key, _ in _ORDER_LISTS}}
     if summary:
         lines.append("    " + _gist(summary))
     return lines

@@ -11,6 +11,7 @@ dropped gateway resets ib_insync's trades, so waiting on the old ones would only
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import re
@@ -243,27 +244,63 @@ class OrderEngine:
         accepted, so it is reported as working, not unconfirmed; it stays open at the broker and in the books,
         and its fills are booked whenever they come (a DAY order that never fills expires with the day).
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
         settled = DONE if trade.order.orderType in {"MKT", "LMT"} else CONFIRMED
-        disconnected = next_emit(self._ib.disconnectedEvent)
-        try:
-            while trade.orderStatus.status not in settled - {"Inactive"}:
-                if trade.orderStatus.status == "Inactive":
-                    # IB's rejection comes as Inactive plus an error message; give the error a moment to arrive
-                    # (ib_insync then marks the order Cancelled with the error in its log).
-                    deadline = min(deadline, loop.time() + INACTIVE_GRACE)
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return trade.orderStatus.status in ACCEPTED | {"Inactive"}
-                changed = next_emit(trade.statusEvent)
-                await asyncio.wait({changed, disconnected}, timeout=remaining, return_when="FIRST_COMPLETED")
-                changed.cancel()
-                if disconnected.done():
-                    raise ConnectionError(f"gateway disconnected while order {trade.order.orderRef} was in flight")
+        if await await_status(self._ib, trade, settled, self._timeout):
             return True
-        finally:
-            disconnected.cancel()
+        return trade.orderStatus.status in ACCEPTED | {"Inactive"}
+
+
+async def await_status(ib: IB, trade: Trade, settled: set[str], within: float) -> bool:
+    """Waits on the trade's status events until its status is in `settled`; False after `within` seconds.
+
+    Raced against the disconnect event, which raises ConnectionError: a dropped gateway resets ib_insync's trades.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    disconnected = next_emit(ib.disconnectedEvent)
+    try:
+        while trade.orderStatus.status not in settled - {"Inactive"}:
+            if trade.orderStatus.status == "Inactive":
+                # IB's rejection comes as Inactive plus an error message; give the error a moment to arrive
+                # (ib_insync then marks the order Cancelled with the error in its log).
+                deadline = min(deadline, loop.time() + INACTIVE_GRACE)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            changed = next_emit(trade.statusEvent)
+            await asyncio.wait({changed, disconnected}, timeout=remaining, return_when="FIRST_COMPLETED")
+            changed.cancel()
+            if disconnected.done():
+                raise ConnectionError(f"gateway disconnected while order {trade.order.orderRef} was in flight")
+        return True
+    finally:
+        disconnected.cancel()
+
+
+async def cancel_orders(ib: IB, requests: SharedRequests, trades: Iterable[Trade], within: float) -> dict[str, Outcome]:
+    """Cancels each of our working trades and waits until the broker has finished it, by orderRef.
+
+    Finished means Cancelled, or Filled when a fill raced the cancel (whatever filled stays filled either way).
+    A trade still not finished after `within` seconds is looked up once more and reported as it stands; the caller must
+    not trade on the assumption that it is gone. Only this client's orders can be cancelled by orderId: an order
+    of another client id would be mistaken for ours with the same id, so it is refused here.
+    """
+    trades = list(trades)
+    own = ib.client.clientId
+    foreign = [t.order.orderRef for t in trades if t.order.clientId != own]
+    if foreign:
+        raise ValueError(f"orders {foreign} belong to another client id than {own}; only that client can cancel them")
+    for trade in trades:
+        if trade.orderStatus.status not in DONE:
+            ib.cancelOrder(trade.order)
+    finished = await asyncio.gather(*(await_status(ib, t, DONE, within) for t in trades))
+    outcomes = {t.order.orderRef: outcome_of(t) for t in trades}
+    late = {t.order.orderRef for t, done in zip(trades, finished, strict=True) if not done}
+    if late:
+        with contextlib.suppress(TimeoutError):
+            found = await find_orders(ib, requests, late, within=within)
+            outcomes.update({ref: o for ref, o in found.items() if o.status in DONE})
+    return outcomes
 
 
 def next_emit(event: Any) -> asyncio.Future[Any]:

@@ -1,7 +1,9 @@
 """close-all: flatten what the named strategies hold (all strategies by default), netted per instrument.
 
 Positions that no strategy holds (a manual trade, a transfer in) are never touched, unless `includeUnallocated`
-asks to flatten the `unallocated` book too (where reconcile puts what it cannot attribute).
+asks to flatten the `unallocated` book too (where reconcile puts what it cannot attribute). The closed strategies'
+own working orders are cancelled first (and what they filled is booked), so the closing orders are sized from the
+holdings alone and nothing is left working against them; manual and other clients' orders are never cancelled.
 """
 
 from __future__ import annotations
@@ -24,18 +26,20 @@ async def close_all(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     include_unallocated = bool(params.get("includeUnallocated"))
     books = [*named, *([UNALLOCATED] if include_unallocated else [])] if named else None
     rebalance = await Rebalance.open(ctx, books)
-    chosen = set(books) if books else {s for s in rebalance.holdings if s != UNALLOCATED}
+    # A strategy with only a working order (nothing filled yet) is closed too: its order is cancelled.
+    held = {*rebalance.holdings, *rebalance.with_working_orders}
+    chosen = set(books) if books else {s for s in held if s != UNALLOCATED}
     if include_unallocated:
         chosen.add(UNALLOCATED)
     rebalance.only(sorted(chosen))
     targets: dict[str, dict[int, float]] = {s: {} for s in chosen}
-    report = await rebalance.carry_out(targets, {})
+    report = await rebalance.carry_out(targets, {}, close=True)
     return {**report, "strategies": sorted(chosen)}
 
 
 INTENT = Intent(
     name="close-all",
     handler=close_all,
-    description="Flatten the holdings of the named strategies (default: all), netted per instrument.",
+    description="Cancel the named strategies' working orders (default: all), then flatten their holdings.",
     trades=True,
 )

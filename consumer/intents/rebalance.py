@@ -2,7 +2,11 @@
 
 books in step with the broker (book missed fills, close finished orders)
 legs: per instrument, each strategy's target - holding - what its working orders will still add, netted
+our working orders in the way: all of the closed strategies' (close-all), or those on an instrument whose new
+  order would go against one of them (never stack opposite orders); the legs are sized as if they were gone
 market open?  (unless dry run or ignoreMarketHours)
+cancel those orders, wait for IB to finish each (Cancelled, or Filled when a fill raced the cancel), book what
+  filled, close them in the books, and size the legs again from the holdings
 transfers for legs that net to zero; write-ahead of every order; place all; wait for each; record
 """
 
@@ -12,13 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ib_insync import IB
+from ib_insync import IB, Trade
 
 from consumer.broker.instruments import Instrument
 from consumer.broker.market import snapshot_quotes
-from consumer.broker.orders import DONE, LegOrder, OrderEngine, Outcome, order_ref
+from consumer.broker.orders import DONE, LegOrder, OrderEngine, Outcome, cancel_orders, order_ref
 from consumer.broker.shared import SharedRequests
-from consumer.errors import IntentError, Rejected
+from consumer.errors import IntentError, Rejected, Transient
 from consumer.intents.base import IntentContext
 from consumer.portfolio import EPSILON, Leg, net_legs
 from consumer.store.books import PendingOrder
@@ -49,14 +53,48 @@ async def account_snapshot(ib: IB, configured: str) -> Account:
     raise IntentError("no_net_liquidation", f"the gateway reported no NetLiquidation for {account}")
 
 
+@dataclass(frozen=True, slots=True)
+class WorkingOrder:
+    """An order of ours still working at the broker: its open-order document joined to the live trade."""
+
+    order_ref: str
+    request_id: str
+    con_id: int
+    symbol: str
+    quantity: float  # signed, the whole order
+    shares: frozenset[str]  # every strategy with a part in it
+    remaining: dict[str, float]  # per strategy: what it will still add when the order fills
+    trade: Trade
+
+    def view(self) -> dict[str, Any]:
+        status = self.trade.orderStatus
+        return {
+            "orderRef": self.order_ref,
+            "instrument": self.symbol,
+            "conId": self.con_id,
+            "quantity": self.quantity,
+            "filled": status.filled,
+            "remaining": status.remaining,
+        }
+
+
+@dataclass
+class InTheWay:
+    cancel: dict[str, WorkingOrder] = field(default_factory=dict)  # by orderRef
+    aside: set[str] = field(default_factory=set)  # kept orderRefs that oppose the new order: not sized against
+    kept: list[dict[str, Any]] = field(default_factory=list)  # for the reply
+
+
 @dataclass
 class Rebalance:
     """One trading intent's view of the books and the orders it sends."""
 
     ctx: IntentContext
     account: Account
+    scope: list[str] | None  # the strategies this intent trades for (None: every one)
     holdings: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
-    working: dict[str, dict[int, float]] = field(default_factory=dict)
+    orders: list[WorkingOrder] = field(default_factory=list)
+    others: list[Trade] = field(default_factory=list)  # working at the broker, not ours: never touched
     sweep: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -66,37 +104,183 @@ class Rebalance:
         services = ctx.services
         sweep = await services.bookkeeper.reconcile()
         account = await account_snapshot(ib, services.settings.ib_account)
-        holdings = await services.books.holdings(strategies)
-        working = await _working(ctx.requests, await services.books.open_orders(), strategies)
-        return cls(ctx=ctx, account=account, holdings=holdings, working=working, sweep=sweep)
+        rebalance = cls(ctx=ctx, account=account, scope=strategies, sweep=sweep)
+        await rebalance._reload()
+        return rebalance
+
+    async def _reload(self) -> None:
+        services = self.ctx.services
+        self.holdings = await services.books.holdings(self.scope)
+        self.orders, self.others = await _working(self.ctx.requests, await services.books.open_orders())
 
     def only(self, strategies: list[str]) -> None:
         """Keeps the books of these strategies only: one that was skipped must not be read as target zero."""
+        self.scope = list(strategies)
         self.holdings = {s: h for s, h in self.holdings.items() if s in strategies}
-        self.working = {s: w for s, w in self.working.items() if s in strategies}
+
+    @property
+    def with_working_orders(self) -> set[str]:
+        return {s for o in self.orders for s, q in o.remaining.items() if abs(q) > EPSILON}
 
     def current(self) -> dict[str, dict[int, float]]:
         return {s: {c: float(p["quantity"]) for c, p in positions.items()} for s, positions in self.holdings.items()}
 
-    async def carry_out(
-        self, targets: Mapping[str, Mapping[int, float]], instruments: Mapping[int, Instrument]
-    ) -> dict[str, Any]:
+    def working(self, without: set[str] | frozenset[str] = frozenset()) -> dict[str, dict[int, float]]:
+        """Per strategy in scope and instrument: what its working orders (but those `without`) will still add."""
+        working: dict[str, dict[int, float]] = {}
+        for order in self.orders:
+            if order.order_ref in without:
+                continue
+            for strategy, remaining in order.remaining.items():
+                if self._in_scope(strategy) and abs(remaining) > EPSILON:
+                    by_instrument = working.setdefault(strategy, {})
+                    by_instrument[order.con_id] = by_instrument.get(order.con_id, 0.0) + remaining
+        return working
+
+    def _in_scope(self, strategy: str) -> bool:
+        return self.scope is None or strategy in self.scope
+
+    def in_the_way(self, targets: Mapping[str, Mapping[int, float]], close: bool) -> InTheWay:
+        """Our working orders to cancel before placing, those to leave out of the sizing, and those kept.
+
+        close-all cancels every working order of the closed strategies. Otherwise, where the new order on an
+        instrument would go against one of our working orders there, all of ours on it are cancelled and the
+        order is sized from the holdings alone: stacking opposite orders is how an account ends up short.
+        Kept, and reported: an order that also carries a strategy outside this request, or placed by another
+        client id (an orderId is only ours to cancel on our own client id); one of those that opposes the new
+        order is left out of the sizing, so nothing is placed to offset it before it fills. Orders an earlier
+        delivery of this request placed are its own legs, not in the way. Orders that are not ours at all
+        (manual, another client's: no document of ours) are never cancelled, only reported.
+        """
+        legs = net_legs(targets, self.current(), self.working())
+
+        def opposes(con_id: int, signed: float) -> bool:
+            leg = legs.get(con_id)
+            return leg is not None and signed * leg.quantity < -EPSILON
+
+        mine = [o for o in self.orders if self._touches(o) and o.request_id != self.ctx.request_id]
+        opposed = {o.con_id for o in mine if opposes(o.con_id, o.quantity)}
+        way = InTheWay()
+        for order in mine:
+            if not (close or order.con_id in opposed):
+                continue
+            reason = self._why_kept(order)
+            if not reason:
+                way.cancel[order.order_ref] = order
+                continue
+            way.kept.append({**order.view(), "reason": reason})
+            if opposes(order.con_id, order.quantity):
+                way.aside.add(order.order_ref)
+        for trade in self.others:
+            signed = trade.order.totalQuantity * (1 if trade.order.action == "BUY" else -1)
+            con_id = trade.contract.conId
+            if con_id in legs and (close or opposes(con_id, signed)):
+                way.kept.append(
+                    {
+                        "orderRef": trade.order.orderRef,
+                        "instrument": trade.contract.localSymbol or trade.contract.symbol,
+                        "conId": con_id,
+                        "quantity": signed,
+                        "filled": trade.orderStatus.filled,
+                        "remaining": trade.orderStatus.remaining,
+                        "reason": f"not an order of this consumer (client id {trade.order.clientId}, no order "
+                        "document of ours): never cancelled",
+                    }
+                )
+        return way
+
+    def _touches(self, order: WorkingOrder) -> bool:
+        return any(self._in_scope(s) for s in order.shares)
+
+    def _why_kept(self, order: WorkingOrder) -> str:
+        outside = sorted(s for s in order.shares if not self._in_scope(s))
+        if outside:
+            return f"also carries {', '.join(outside)}, which this request does not trade for"
+        own = self.ctx.ib.client.clientId
+        if order.trade.order.clientId != own:
+            return f"placed by client id {order.trade.order.clientId}; only that client can cancel it"
+        return ""
+
+    async def cancel(self, orders: Mapping[str, WorkingOrder], reason: str) -> list[dict[str, Any]]:
+        """Cancels these orders, books what they filled, closes them in the books and reloads the holdings.
+
+        Raises Transient when IB has not finished one of them in time: nothing may be sized or placed while an
+        order of ours might still fill.
+        """
         ctx = self.ctx
         services = ctx.services
-        legs = net_legs(targets, self.current(), self.working)
-        missing = [c for c, leg in legs.items() if leg.deltas and c not in instruments]
-        for con_id in missing:  # held or working, not targeted: found by conId
+        timeout = ctx.config.order_defaults.timeout_seconds or services.settings.order_timeout
+        outcomes = await cancel_orders(ctx.ib, ctx.requests, [o.trade for o in orders.values()], within=timeout)
+        # Whatever filled before the cancel took effect is booked now, so the holdings below include it.
+        await services.bookkeeper.reconcile()
+        report = []
+        for ref, order in orders.items():
+            outcome = outcomes[ref]
+            if outcome.status in DONE:
+                await services.books.close_order(ref, outcome.status, outcome.filled)
+            ctx.log.info("working order cancelled", orderRef=ref, status=outcome.status, filled=outcome.filled)
+            report.append(
+                {
+                    "orderRef": ref,
+                    "instrument": order.symbol,
+                    "conId": order.con_id,
+                    "quantity": order.quantity,
+                    "status": outcome.status,
+                    "filled": outcome.filled,
+                    "reason": reason,
+                }
+            )
+        unfinished = sorted(ref for ref, o in outcomes.items() if o.status not in DONE)
+        if unfinished:
+            raise Transient(
+                "cancel_unconfirmed",
+                f"IB has not confirmed the cancellation of {', '.join(unfinished)}; nothing was placed",
+            )
+        await self._reload()
+        return report
+
+    async def carry_out(
+        self, targets: Mapping[str, Mapping[int, float]], instruments: Mapping[int, Instrument], close: bool = False
+    ) -> dict[str, Any]:
+        """Cancels our working orders in the way (see `in_the_way`), then places one netted order per instrument.
+
+        `close` (close-all) cancels every working order of the strategies in scope, not only opposing ones.
+        """
+        ctx = self.ctx
+        services = ctx.services
+        way = self.in_the_way(targets, close)
+        # Sized as if the orders to cancel were gone: what a dry run shows and what the market check covers.
+        legs = net_legs(targets, self.current(), self.working(without=set(way.cancel) | way.aside))
+        needed = {c for c, leg in legs.items() if leg.deltas} | {o.con_id for o in way.cancel.values()}
+        for con_id in needed - set(instruments):  # held or working, not targeted: found by conId
             instruments = {**instruments, con_id: await services.instruments.by_con_id(con_id)}
         trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
-        if trading and not ctx.dry_run and not (ctx.request.envelope and ctx.request.envelope.ignore_market_hours):
+        touched = set(trading) | {o.con_id for o in way.cancel.values()}
+        if touched and not ctx.dry_run and not (ctx.request.envelope and ctx.request.envelope.ignore_market_hours):
             now = ctx.market_now()
-            closed = sorted(instruments[c].symbol for c in trading if not instruments[c].open_at(now))
+            closed = sorted(instruments[c].symbol for c in touched if not instruments[c].open_at(now))
             if closed:
                 raise Rejected(
                     "market_closed",
-                    f"the market is closed for {', '.join(closed)}; nothing was placed "
+                    f"the market is closed for {', '.join(closed)}; nothing was placed or cancelled "
                     "(set ignoreMarketHours to trade anyway)",
                 )
+
+        reason = "close-all" if close else "opposes the new order"
+        cancelled: list[dict[str, Any]] = []
+        if way.cancel and not ctx.dry_run:
+            cancelled = await self.cancel(way.cancel, reason)
+            # Sized again from the holdings, now with what the cancelled orders filled booked.
+            after = self.in_the_way(targets, close)
+            if after.cancel:
+                raise Transient(
+                    "working_orders_changed",
+                    f"orders {', '.join(sorted(after.cancel))} stand in the way after cancelling; nothing was placed",
+                )
+            legs = net_legs(targets, self.current(), self.working(without=after.aside))
+            for con_id in {c for c, leg in legs.items() if leg.deltas} - set(instruments):
+                instruments = {**instruments, con_id: await services.instruments.by_con_id(con_id)}
+            trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
 
         intent = ctx.request.intent or "trade"
         orders = {
@@ -121,7 +305,7 @@ class Rebalance:
                 {orders[c].order_ref: leg.deltas for c, leg in trading.items()},
             )
 
-        return {
+        report: dict[str, Any] = {
             "account": self.account.id,
             "baseCurrency": self.account.base_currency,
             "netLiquidation": self.account.net_liquidation,
@@ -132,8 +316,13 @@ class Rebalance:
             ],
             "transfers": transfers,
             "orders": _tally(outcomes),
+            "cancelled": cancelled,
+            "kept": way.kept,
             "booksReconciled": {k: len(v) if isinstance(v, list) else v for k, v in self.sweep.items()},
         }
+        if ctx.dry_run:
+            report["wouldCancel"] = [{**o.view(), "reason": reason} for o in way.cancel.values()]
+        return report
 
 
 async def send_orders(
@@ -192,27 +381,33 @@ async def send_orders(
 
 
 async def _working(
-    requests: SharedRequests, open_orders: list[dict[str, Any]], strategies: list[str] | None
-) -> dict[str, dict[int, float]]:
-    """Per strategy and instrument: what its orders still working at the broker will add when they fill."""
-    if not open_orders:
-        return {}
-    live = {
-        t.order.orderRef for t in await requests.open_orders() if t.orderStatus.status not in DONE and t.order.orderRef
-    }
-    working: dict[str, dict[int, float]] = {}
-    for doc in open_orders:
-        if doc["orderRef"] not in live:
+    requests: SharedRequests, open_orders: list[dict[str, Any]]
+) -> tuple[list[WorkingOrder], list[Trade]]:
+    """Our orders still working at the broker (an open-order document of ours and a live trade), and the rest."""
+    live = [t for t in await requests.open_orders() if t.orderStatus.status not in DONE]
+    docs = {doc["orderRef"]: doc for doc in open_orders}
+    ours: list[WorkingOrder] = []
+    others: list[Trade] = []
+    for trade in live:
+        doc = docs.get(trade.order.orderRef) if trade.order.orderRef else None
+        if doc is None:
+            others.append(trade)
             continue
         booked = doc.get("booked", {})
-        for strategy, share in doc.get("shares", {}).items():
-            if strategies is not None and strategy not in strategies:
-                continue
-            remaining = float(share) - float(booked.get(strategy, 0.0))
-            if abs(remaining) > EPSILON:
-                by_instrument = working.setdefault(strategy, {})
-                by_instrument[int(doc["conId"])] = by_instrument.get(int(doc["conId"]), 0.0) + remaining
-    return working
+        shares = doc.get("shares", {})
+        ours.append(
+            WorkingOrder(
+                order_ref=doc["orderRef"],
+                request_id=doc.get("requestId", ""),
+                con_id=int(doc["conId"]),
+                symbol=doc.get("symbol", "") or trade.contract.symbol,
+                quantity=float(doc["quantity"]),
+                shares=frozenset(shares),
+                remaining={s: float(q) - float(booked.get(s, 0.0)) for s, q in shares.items()},
+                trade=trade,
+            )
+        )
+    return ours, others
 
 
 def _line(instrument: Instrument, leg: Leg, order: LegOrder | None, outcome: Outcome | None) -> dict[str, Any]:

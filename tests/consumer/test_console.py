@@ -27,3 +27,14 @@ def test_allocation_lists_each_instrument_then_the_rest():
     assert lines[0].split() == ["S0", "target", "0", "current", "0", "order", "+0", "filled", "r0"]
     assert lines[12] == "    ... and 3 more"
     assert lines[13] == '    account="DU1" orders={1}'
+
+
+def test_cancelled_and_kept_working_orders_get_a_line_each():
+    result = {"instruments": [], "orders": {"sent": 0},
+              "cancelled": [{"orderRef": "alloc-1-SPY", "instrument": "SPY", "quantity": 50, "status": "Cancelled",
+                             "filled": 0.0, "reason": "close-all"}],
+              "kept": [{"orderRef": "by-hand", "instrument": "SPY", "quantity": -5, "reason": "not ours"}]}  # fmt: skip
+    lines = reply_details({**BASE, "intent": "close-all", "requestId": "1", "result": result})
+    assert lines[0].split() == ["cancelled", "SPY", "+50", "Cancelled", "filled", "0", "alloc-1-SPY", "(close-all)"]
+    assert lines[1].split() == ["kept", "SPY", "-5", "filled", "0", "by-hand", "(not", "ours)"]
+    assert lines[2] == "    instruments=0 orders={1}"

@@ -118,6 +118,42 @@ def test_cancel_gives_cancelled_and_202(gw: ThreadedGateway, ib: IB) -> None:
     assert not ib.openTrades()
 
 
+def test_a_held_order_is_cancelled_at_once_with_202_and_keeps_its_partial_fill(gw: ThreadedGateway, ib: IB) -> None:
+    """hold_fills holds executions, not cancels: IB answers a cancel of a working order whatever its fills do."""
+    codes: list[tuple[int, int]] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: codes.append((req_id, code))
+    gw.hold_fills(True)
+    untouched = ib.placeOrder(SPY, MarketOrder("BUY", 7, orderRef="held"))
+    partial = ib.placeOrder(SPY, MarketOrder("BUY", 30, orderRef="partial"))
+    wait_until(ib, lambda: untouched.orderStatus.status == partial.orderStatus.status == "Submitted", what="Submitted")
+    gw.call(setattr, gw.server.scenario, "fillDelayMs", 60_000)  # one execution, then a long pause
+    gw.set_max_fill_size(10)
+    gw.hold_fills(False)
+    wait_until(ib, lambda: partial.orderStatus.filled == 10 and untouched.orderStatus.status == "Filled", what="fills")
+    gw.hold_fills(True)
+    ib.cancelOrder(partial.order)
+    done(ib, partial)
+    assert partial.orderStatus.status == "Cancelled"
+    assert partial.orderStatus.filled == 10
+    wait_until(ib, lambda: (partial.order.orderId, 202) in codes, what="error 202")
+    by_ref = {o["orderRef"]: o for o in gw.orders()}
+    assert by_ref["partial"]["status"] == "Cancelled"
+    assert by_ref["partial"]["filled"] == 10
+    assert gw.positions()["SPY"] == 17
+
+    gw.set_max_fill_size(500)
+    held = ib.placeOrder(SPY, MarketOrder("SELL", 5, orderRef="held-then-cancelled"))
+    wait_until(ib, lambda: held.orderStatus.status == "Submitted", what="Submitted")
+    ib.cancelOrder(held.order)
+    done(ib, held)
+    assert held.orderStatus.status == "Cancelled"
+    assert held.orderStatus.filled == 0
+    wait_until(ib, lambda: (held.order.orderId, 202) in codes, what="error 202")
+    gw.hold_fills(False)
+    assert "held-then-cancelled" not in {e["orderRef"] for e in gw.executions()}
+    assert gw.positions()["SPY"] == 17
+
+
 def test_reject_next_order(gw: ThreadedGateway, ib: IB) -> None:
     errors: list[tuple[int, int, str]] = []
     ib.errorEvent += lambda req_id, code, msg, contract: errors.append((req_id, code, msg))
