@@ -239,6 +239,66 @@ class Rebalance:
         await self._reload()
         return report
 
+    async def check_books(self, con_ids: set[int]) -> None:
+        """Refuses to trade an instrument whose books (every strategy and unallocated) differ from the broker's
+        position by more than its executions not booked yet explain: sizing from books that lost data (a
+        Firestore restore, deleted documents) is how every order gets placed twice.
+
+        Positions and executions are two snapshots; a fill landing between them can make them disagree for a
+        moment, so a difference is looked at twice before it is final.
+        """
+        if not con_ids:
+            return
+        differences = await self._book_differences(con_ids)
+        if differences:
+            await self.ctx.services.bookkeeper.reconcile()
+            differences = await self._book_differences(con_ids)
+        if differences:
+            listed = ", ".join(f"{d['instrument']}: books {d['books']:g}, broker {d['broker']:g}" for d in differences)
+            raise IntentError(
+                "books_disagree",
+                f"the books differ from the broker's positions ({listed}); nothing was placed. Run reconcile, and "
+                "reconcile with fix=true to book the differences to unallocated",
+                details=differences,
+            )
+
+    async def _book_differences(self, con_ids: set[int]) -> list[dict[str, Any]]:
+        ctx = self.ctx
+        positions = await ctx.requests.positions()
+        fills = await ctx.requests.executions()
+        account = self.account.id
+        broker: dict[int, float] = {}
+        names: dict[int, str] = {}
+        for p in positions:
+            if p.account == account and p.contract.conId in con_ids and p.contract.secType != "CASH":
+                broker[p.contract.conId] = broker.get(p.contract.conId, 0.0) + float(p.position)
+                names[p.contract.conId] = p.contract.localSymbol or p.contract.symbol
+        ours = [
+            f for f in fills
+            if f.execution.acctNumber == account and f.contract.conId in con_ids and f.contract.secType != "CASH"
+        ]  # fmt: skip
+        booked = await ctx.services.books.booked_exec_ids({f.execution.execId for f in ours})
+        expected: dict[int, float] = {}
+        for positions_of in (await ctx.services.books.holdings(None)).values():
+            for con_id, position in positions_of.items():
+                if con_id in con_ids and position.get("secType") != "CASH":
+                    expected[con_id] = expected.get(con_id, 0.0) + float(position["quantity"])
+                    names.setdefault(con_id, position.get("symbol", str(con_id)))
+        for f in ours:
+            if f.execution.execId not in booked:
+                signed = float(f.execution.shares) * (1 if f.execution.side == "BOT" else -1)
+                expected[f.contract.conId] = expected.get(f.contract.conId, 0.0) + signed
+        return [
+            {
+                "instrument": names.get(c, str(c)),
+                "conId": c,
+                "books": expected.get(c, 0.0),
+                "broker": broker.get(c, 0.0),
+            }
+            for c in sorted(con_ids)
+            if abs(expected.get(c, 0.0) - broker.get(c, 0.0)) > EPSILON and (c in broker or c in expected)
+        ]
+
     async def carry_out(
         self, targets: Mapping[str, Mapping[int, float]], instruments: Mapping[int, Instrument], close: bool = False
     ) -> dict[str, Any]:
@@ -265,6 +325,8 @@ class Rebalance:
                     f"the market is closed for {', '.join(closed)}; nothing was placed or cancelled "
                     "(set ignoreMarketHours to trade anyway)",
                 )
+
+        await self.check_books(touched)
 
         reason = "close-all" if close else "opposes the new order"
         cancelled: list[dict[str, Any]] = []
@@ -345,9 +407,9 @@ async def send_orders(
         account,
         progress=lambda done, total: ctx.log.info("orders confirmed", confirmed=done, total=total),
     )
-    # Orders written by an earlier run of this request: the broker may already have them. Never send twice.
-    earlier = await services.books.known_orders(orders)
-    found = await engine.find(set(earlier)) if earlier else {}
+    # An earlier run of this request may have placed any of them. Every leg is looked up at the broker, whatever
+    # Firestore says: its data may have been lost, restored or rolled back since. Never send twice.
+    found = await engine.find(set(orders))
     to_send = {ref: o for ref, o in orders.items() if ref not in found}
     if engine.limits and to_send:
         quotes = await snapshot_quotes(ctx.ib, [o.instrument for o in to_send.values()])

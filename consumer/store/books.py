@@ -95,18 +95,16 @@ class Books:
     async def open_orders(self) -> list[dict[str, Any]]:
         return [s.to_dict() or {} async for s in self._layout.open_orders().stream()]
 
+    async def booked_exec_ids(self, exec_ids: Iterable[str]) -> set[str]:
+        """Which of these executions are booked."""
+        refs = [self._layout.fills().document(e) for e in set(exec_ids)]
+        return {s.id async for s in self._layout.db.get_all(refs) if s.exists} if refs else set()
+
     async def fill(self, exec_id: str) -> dict[str, Any] | None:
         snapshot = await self._layout.fills().document(exec_id).get()
         return snapshot.to_dict() if snapshot.exists else None
 
     # -- orders ----------------------------------------------------------------------------------------------------
-
-    async def known_orders(self, order_refs: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Order documents (open or closed) for these orderRefs: a request that has them has run before."""
-        refs = [c.document(r) for r in set(order_refs) for c in (self._layout.open_orders(), self._layout.orders())]
-        if not refs:
-            return {}
-        return {s.id: s.to_dict() or {} async for s in self._layout.db.get_all(refs) if s.exists}
 
     async def orders_of(self, request_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(open, closed) order documents a request wrote."""
