@@ -48,6 +48,8 @@ class Settings:
     schedule_time_zone: str = "America/New_York"
     heartbeat_interval: float = 10.0
     health_port: int = 8080
+    # Loopback unless the deployment says otherwise: the container sets 0.0.0.0 (its network namespace is private).
+    health_host: str = "127.0.0.1"
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
@@ -111,6 +113,15 @@ def _time_zone(raw: str) -> str:
     return raw
 
 
+def _ip_address(raw: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise ValueError("expected an IP address such as 127.0.0.1 (0.0.0.0 listens on every interface)") from None
+
+
 def _level(raw: str) -> str:
     value = raw.upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -142,6 +153,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "schedule_time_zone": ("SCHEDULE_TIME_ZONE", _time_zone),
     "heartbeat_interval": ("HEARTBEAT_SECONDS", _bounded(float, 0.1, 600)),
     "health_port": ("HEALTH_PORT", _bounded(int, 0, 65535)),
+    "health_host": ("HEALTH_HOST", _ip_address),
     "log_format": ("LOG_FORMAT", _choice("auto", "json", "console")),
     "log_level": ("LOG_LEVEL", _level),
 }

@@ -235,7 +235,7 @@ class Dispatcher:
         except Exception as e:
             log.error("could not dead-letter; nacked", error=str(e))
             return Settlement.NACK
-        self._services.metrics.count("deadLettered", request.intent or "(none)")
+        self._services.metrics.count("deadLettered", self._services.metrics.intent_label(request.intent))
         failure = IntentError(
             "dead_lettered",
             f"gave up after {attempt} attempts and moved the message to the dead-letter topic; last error: "
@@ -275,7 +275,7 @@ class Dispatcher:
             # Not acked: the redelivery answers from the stored reply (marked duplicate).
             log.error("could not publish the reply; nacked", error=str(e))
             return Settlement.NACK
-        services.metrics.observe_intent(reply["intent"] or "(none)", reply["status"], reply["durationMs"])
+        services.metrics.observe_intent(reply["intent"], reply["status"], reply["durationMs"])
         log_method = log.info if reply["status"] == "ok" else log.warning
         log_method(
             "intent finished",
