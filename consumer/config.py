@@ -31,6 +31,11 @@ class Settings:
     ib_account: str = ""
     ib_connect_timeout: float = 10.0
 
+    # The live guard's ceilings, from the deployment (not from Firestore, which the consumer itself may write):
+    # config/{mode} can only tighten them.
+    allow_live: bool = False
+    leverage_cap_max: float = 1.0
+
     intents_topic: str = "intents"
     intents_subscription: str = "intents-consumer"
     reply_topic: str = "intent-replies"
@@ -113,6 +118,15 @@ def _time_zone(raw: str) -> str:
     return raw
 
 
+def _yes_no(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("yes", "true", "1", "on"):
+        return True
+    if value in ("no", "false", "0", "off"):
+        return False
+    raise ValueError("expected yes or no")
+
+
 def _ip_address(raw: str) -> str:
     import ipaddress
 
@@ -137,6 +151,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ib_client_id": ("IB_CLIENT_ID", _bounded(int, 0, 2**31 - 1)),
     "ib_account": ("IB_ACCOUNT", str),
     "ib_connect_timeout": ("IB_CONNECT_TIMEOUT", _bounded(float, 0.5, 300)),
+    "allow_live": ("ALLOW_LIVE", _yes_no),
+    "leverage_cap_max": ("LEVERAGE_CAP_MAX", _bounded(float, 0.01, 10)),
     "intents_topic": ("INTENTS_TOPIC", _name),
     "intents_subscription": ("INTENTS_SUBSCRIPTION", _name),
     "reply_topic": ("REPLY_TOPIC", _name),

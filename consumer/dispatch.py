@@ -184,6 +184,12 @@ class Dispatcher:
             raise Rejected(
                 "kill_switch", f"trading is disabled by the kill switch (config/{mode} tradingEnabled=false)"
             )
+        if mode == "live" and not self._services.settings.allow_live:
+            # Checked first and apart from config/live: the consumer can write that document, not its deployment.
+            raise Rejected(
+                "live_not_allowed",
+                "live trading is refused: the deployment does not set ALLOW_LIVE=yes (config/live cannot enable it)",
+            )
         if mode == "live" and not config.allow_live:
             raise Rejected("live_not_allowed", "live trading is refused: config/live does not set allowLive=true")
 

@@ -60,6 +60,8 @@ class Status:
             "accepting": self.accepting,
             "stopping": self.stopping,
             "tradingMode": settings.trading_mode,
+            "allowLive": settings.allow_live,  # the deployment's ceiling: config/live can only tighten it
+            "leverageCapMax": settings.leverage_cap_max,
             "clientId": settings.ib_client_id,
             "uptimeSeconds": round(time.time() - self.started_at, 1),
         }

@@ -19,7 +19,7 @@ from consumer.store.activity import ActivityLog
 from consumer.store.books import Books
 from consumer.store.layout import Layout
 from consumer.store.requests import RequestLedger
-from consumer.store.trading_config import ConfigStore
+from consumer.store.trading_config import ConfigStore, DeploymentLimits
 from consumer.transport.publishing import Publishing
 
 
@@ -57,7 +57,7 @@ class Services:
             db=db,
             layout=layout,
             ledger=RequestLedger(layout, owner=owner, lease_seconds=settings.claim_lease),
-            config_store=ConfigStore(layout, schemas),
+            config_store=ConfigStore(layout, schemas, DeploymentLimits(settings.allow_live, settings.leverage_cap_max)),
             activity=ActivityLog(layout),
             publishing=Publishing(
                 publisher,
