@@ -30,6 +30,7 @@ class RunAs:
         """`name`, `uid` or `uid:gid`; a name or a uid with a passwd entry brings its group and home."""
         raw = raw.strip()
         name, _, group = raw.partition(":")
+        entry: pwd.struct_passwd | None
         try:
             entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
         except KeyError:
