@@ -368,7 +368,12 @@ def _print_reply(reply: dict[str, Any], as_json: bool) -> None:
 def _status(settings: Settings, args: argparse.Namespace) -> int:
     from consumer.status import gather_status, render_status
 
-    url = args.health_url or f"http://127.0.0.1:{settings.health_port}"
+    host = settings.health_host
+    if host in ("0.0.0.0", "::"):  # listening everywhere: ask on loopback
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    url = args.health_url or f"http://{host}:{settings.health_port}"
     report = gather_status(settings, url, fetch=_fetch_json)
     if args.json:
         print(json.dumps(report, default=str, indent=2))

@@ -31,6 +31,11 @@ class Settings:
     ib_account: str = ""
     ib_connect_timeout: float = 10.0
 
+    # The live guard's ceilings, from the deployment (not from Firestore, which the consumer itself may write):
+    # config/{mode} can only tighten them.
+    allow_live: bool = False
+    leverage_cap_max: float = 1.0
+
     intents_topic: str = "intents"
     intents_subscription: str = "intents-consumer"
     reply_topic: str = "intent-replies"
@@ -50,6 +55,8 @@ class Settings:
     schedule_time_zone: str = "America/New_York"
     heartbeat_interval: float = 10.0
     health_port: int = 8080
+    # Loopback unless the deployment says otherwise: the container sets 0.0.0.0 (its network namespace is private).
+    health_host: str = "127.0.0.1"
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
@@ -113,6 +120,24 @@ def _time_zone(raw: str) -> str:
     return raw
 
 
+def _yes_no(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("yes", "true", "1", "on"):
+        return True
+    if value in ("no", "false", "0", "off"):
+        return False
+    raise ValueError("expected yes or no")
+
+
+def _ip_address(raw: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise ValueError("expected an IP address such as 127.0.0.1 (0.0.0.0 listens on every interface)") from None
+
+
 def _level(raw: str) -> str:
     value = raw.upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -128,6 +153,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ib_client_id": ("IB_CLIENT_ID", _bounded(int, 0, 2**31 - 1)),
     "ib_account": ("IB_ACCOUNT", str),
     "ib_connect_timeout": ("IB_CONNECT_TIMEOUT", _bounded(float, 0.5, 300)),
+    "allow_live": ("ALLOW_LIVE", _yes_no),
+    "leverage_cap_max": ("LEVERAGE_CAP_MAX", _bounded(float, 0.01, 10)),
     "intents_topic": ("INTENTS_TOPIC", _name),
     "intents_subscription": ("INTENTS_SUBSCRIPTION", _name),
     "reply_topic": ("REPLY_TOPIC", _name),
@@ -145,6 +172,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "schedule_time_zone": ("SCHEDULE_TIME_ZONE", _time_zone),
     "heartbeat_interval": ("HEARTBEAT_SECONDS", _bounded(float, 0.1, 600)),
     "health_port": ("HEALTH_PORT", _bounded(int, 0, 65535)),
+    "health_host": ("HEALTH_HOST", _ip_address),
     "log_format": ("LOG_FORMAT", _choice("auto", "json", "console")),
     "log_level": ("LOG_LEVEL", _level),
 }

@@ -225,6 +225,12 @@ class Dispatcher:
             raise Rejected(
                 "kill_switch", f"trading is disabled by the kill switch (config/{mode} tradingEnabled=false)"
             )
+        if mode == "live" and not self._services.settings.allow_live:
+            # Checked first and apart from config/live: the consumer can write that document, not its deployment.
+            raise Rejected(
+                "live_not_allowed",
+                "live trading is refused: the deployment does not set ALLOW_LIVE=yes (config/live cannot enable it)",
+            )
         if mode == "live" and not config.allow_live:
             raise Rejected("live_not_allowed", "live trading is refused: config/live does not set allowLive=true")
 
@@ -276,7 +282,7 @@ class Dispatcher:
         except Exception as e:
             log.error("could not dead-letter; nacked", error=str(e))
             return Settlement.NACK
-        self._services.metrics.count("deadLettered", request.intent or "(none)")
+        self._services.metrics.count("deadLettered", self._services.metrics.intent_label(request.intent))
         failure = IntentError(
             "dead_lettered",
             f"gave up after {attempt} attempts and moved the message to the dead-letter topic; last error: "
@@ -316,7 +322,7 @@ class Dispatcher:
             # Not acked: the redelivery answers from the stored reply (marked duplicate).
             log.error("could not publish the reply; nacked", error=str(e))
             return Settlement.NACK
-        services.metrics.observe_intent(reply["intent"] or "(none)", reply["status"], reply["durationMs"])
+        services.metrics.observe_intent(reply["intent"], reply["status"], reply["durationMs"])
         log_method = log.info if reply["status"] == "ok" else log.warning
         log_method(
             "intent finished",

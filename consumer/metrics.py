@@ -3,20 +3,28 @@
 In Google Cloud the same facts reach Cloud Monitoring as log-based metrics: every counted event is also a
 structured log line with a stable message ("intent finished", "order settled", "gateway connected",
 "dead-lettered"), which infra/ turns into metrics. Thread-safe: the broker loop writes, the health thread reads.
+
+Labels come from a fixed vocabulary: an intent name is a label only if it is a registered intent, anything else is
+counted as `unknown`. A message names its own intent, so without that any publisher could mint labels (and grow
+/metrics without bound) with names like `../../etc/passwd`.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 # Latency buckets (ms) for intents, enough to see p50/p99 shifts without a metrics library.
 BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+UNKNOWN = "unknown"
+NO_INTENT = "(none)"
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, intents: Iterable[str] = ()) -> None:
+        self._intents = frozenset(intents)
         self._lock = threading.Lock()
         self._counters: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._latency: dict[str, list[int]] = {}
@@ -26,7 +34,14 @@ class Metrics:
         with self._lock:
             self._counters[name][label] += by
 
-    def observe_intent(self, intent: str, status: str, duration_ms: float) -> None:
+    def intent_label(self, intent: str | None) -> str:
+        """The label for a message's intent: a registered name, "(none)" when it named none, else "unknown"."""
+        if not intent:
+            return NO_INTENT
+        return intent if intent in self._intents else UNKNOWN
+
+    def observe_intent(self, intent: str | None, status: str, duration_ms: float) -> None:
+        intent = self.intent_label(intent)
         with self._lock:
             self._counters["intents"][f"{intent}:{status}"] += 1
             buckets = self._latency.setdefault(intent, [0] * (len(BUCKETS_MS) + 1))

@@ -61,6 +61,8 @@ class Status:
             "accepting": self.accepting,
             "stopping": self.stopping,
             "tradingMode": settings.trading_mode,
+            "allowLive": settings.allow_live,  # the deployment's ceiling: config/live can only tighten it
+            "leverageCapMax": settings.leverage_cap_max,
             "clientId": settings.ib_client_id,
             "uptimeSeconds": round(time.time() - self.started_at, 1),
         }
@@ -70,9 +72,9 @@ class Service:
     def __init__(self, settings: Settings, intents: dict[str, Intent] | None = None) -> None:
         self.settings = settings
         self.status = Status()
-        self.metrics = Metrics()
-        self.loop = BrokerLoop()
         self._intents = intents or builtin_intents()
+        self.metrics = Metrics(self._intents)
+        self.loop = BrokerLoop()
         self._schemas = Schemas()
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._stopped = threading.Event()
@@ -134,7 +136,7 @@ class Service:
             on_failure=lambda error: self._events.put(("stream-failed", error)),
         )
         if s.health_port:
-            self.health = HealthServer("0.0.0.0", s.health_port, self._live, self._ready, self.metrics.snapshot)
+            self.health = HealthServer(s.health_host, s.health_port, self._live, self._ready, self.metrics.snapshot)
             self.health.start()
 
     async def _build_services(self) -> Services:

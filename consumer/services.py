@@ -21,7 +21,7 @@ from consumer.store.books import Books
 from consumer.store.dry_run import DryRunClient
 from consumer.store.layout import Layout
 from consumer.store.requests import RequestLedger
-from consumer.store.trading_config import ConfigStore
+from consumer.store.trading_config import ConfigStore, DeploymentLimits
 from consumer.transport.publishing import Publishing
 
 
@@ -61,7 +61,7 @@ class Services:
             db=db,
             layout=layout,
             ledger=RequestLedger(layout, owner=owner, lease_seconds=settings.claim_lease),
-            config_store=ConfigStore(layout, schemas),
+            config_store=ConfigStore(layout, schemas, DeploymentLimits(settings.allow_live, settings.leverage_cap_max)),
             activity=ActivityLog(layout),
             publishing=Publishing(
                 publisher,
@@ -95,7 +95,9 @@ class Services:
             db=db,
             layout=layout,
             ledger=RequestLedger(layout, owner=self.ledger.owner, lease_seconds=self.settings.claim_lease),
-            config_store=ConfigStore(layout, self.schemas),
+            config_store=ConfigStore(
+                layout, self.schemas, DeploymentLimits(self.settings.allow_live, self.settings.leverage_cap_max)
+            ),
             activity=ActivityLog(layout),
             books=books,
             # Never started: it only runs the sweep (reconcile) a dry-run intent asks for, against these books.

@@ -68,7 +68,17 @@ def render_status(report: dict[str, Any]) -> str:
     else:
         switch = "trading ENABLED" if config["tradingEnabled"] else "trading DISABLED (kill switch)"
         if report["tradingMode"] == "live":
-            switch += ", live allowed" if config["allowLive"] else ", live NOT allowed"
+            deployment = consumer.get("allowLive")  # unknown (None) when the consumer is not reachable
+            if config["allowLive"] and deployment:
+                switch += ", live allowed"
+            elif not config["allowLive"]:
+                switch += ", live NOT allowed (config/live allowLive)"
+            else:
+                switch += (
+                    ", live NOT allowed (ALLOW_LIVE)"
+                    if deployment is False
+                    else ", live allowed by config/live (ALLOW_LIVE unknown)"
+                )
     lines = [
         f"project       {report['project']}",
         f"trading mode  {report['tradingMode']}",

@@ -68,6 +68,12 @@ locals {
     },
     var.read_only_api == null ? {} : { IB_READ_ONLY_API = var.read_only_api ? "yes" : "no" },
     var.consumer_env,
+    # Last, so consumer_env cannot override them: the live guard's ceilings live here, not in Firestore (which the
+    # consumer's identity can write); config/{mode} can only tighten them.
+    {
+      ALLOW_LIVE       = var.trading_mode == "live" && var.live_trading_acknowledged ? "yes" : "no"
+      LEVERAGE_CAP_MAX = tostring(var.leverage_cap_max)
+    },
   )
 }
 

@@ -44,9 +44,19 @@ variable "trading_mode" {
 }
 
 variable "live_trading_acknowledged" {
-  description = "Must be true for trading_mode = live: a second, deliberate switch."
+  description = "Must be true for trading_mode = live: a second, deliberate switch. It also sets ALLOW_LIVE=yes for the consumer."
   type        = bool
   default     = false
+}
+
+variable "leverage_cap_max" {
+  description = "LEVERAGE_CAP_MAX: the largest gross exposure (x net liquidation) the consumer accepts; config/{mode} leverageCap can only lower it."
+  type        = number
+  default     = 1
+  validation {
+    condition     = var.leverage_cap_max > 0 && var.leverage_cap_max <= 10
+    error_message = "leverage_cap_max must be in (0, 10]."
+  }
 }
 
 variable "read_only_api" {

@@ -91,7 +91,8 @@ async def allocation(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
     if gross > config.leverage_cap + 1e-9:
         raise IntentError(
             "leverage_exceeded",
-            f"the targets add up to {gross:.4g}x net liquidation, above leverageCap {config.leverage_cap:g}; "
+            f"the targets add up to {gross:.4g}x net liquidation, above the leverage cap {config.leverage_cap:g} "
+            "(the lower of leverageCap and the deployment's LEVERAGE_CAP_MAX); "
             "nothing was placed",
         )
 

@@ -1,4 +1,9 @@
-"""The trading configuration document (config/{mode}): kill switch, live guard, exposure, order defaults."""
+"""The trading configuration document (config/{mode}): kill switch, live guard, exposure, order defaults.
+
+The consumer's own identity can write this document, so it cannot be what allows live trading or sets the largest
+leverage: those ceilings come from the deployment (`DeploymentLimits`, from ALLOW_LIVE and LEVERAGE_CAP_MAX), and
+the document can only tighten them.
+"""
 
 from __future__ import annotations
 
@@ -23,11 +28,19 @@ class OrderDefaults:
 
 
 @dataclass(frozen=True, slots=True)
+class DeploymentLimits:
+    """The ceilings set outside Firestore; the defaults are the safe ones (no live trading, at most 1x)."""
+
+    allow_live: bool = False
+    leverage_cap: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class TradingConfig:
     exists: bool = False
     trading_enabled: bool = False
-    allow_live: bool = False
-    leverage_cap: float = 1.0
+    allow_live: bool = False  # the document's allowLive: necessary, never sufficient (see DeploymentLimits)
+    leverage_cap: float = 1.0  # the lower of the document's leverageCap and the deployment's cap
     overall_exposure: float = 0.0
     strategy_exposure: dict[str, float] = field(default_factory=dict)
     order_defaults: OrderDefaults = field(default_factory=OrderDefaults)
@@ -35,9 +48,11 @@ class TradingConfig:
     cash_threshold: float = 0.0
 
     @classmethod
-    def from_document(cls, data: dict[str, Any] | None, schemas: Schemas, path: str) -> TradingConfig:
+    def from_document(
+        cls, data: dict[str, Any] | None, schemas: Schemas, path: str, limits: DeploymentLimits
+    ) -> TradingConfig:
         if data is None:
-            return cls()
+            return cls(leverage_cap=limits.leverage_cap)
         try:
             schemas.validate(SCHEMA, data)
         except SchemaViolation as e:
@@ -48,7 +63,7 @@ class TradingConfig:
             exists=True,
             trading_enabled=data.get("tradingEnabled", False),
             allow_live=data.get("allowLive", False),
-            leverage_cap=data.get("leverageCap", 1.0),
+            leverage_cap=min(data.get("leverageCap", 1.0), limits.leverage_cap),
             overall_exposure=exposure.get("overall", 0.0),
             strategy_exposure=dict(exposure.get("strategies", {})),
             order_defaults=OrderDefaults(
@@ -67,7 +82,8 @@ class TradingConfig:
             raise IntentError(
                 "leverage_exceeded",
                 f"{path}: exposure.overall x the sum of exposure.strategies is {committed:.4g}, "
-                f"above leverageCap {config.leverage_cap:.4g}; fix the config before trading",
+                f"above the leverage cap {config.leverage_cap:.4g} (the lower of leverageCap and the deployment's "
+                "LEVERAGE_CAP_MAX); fix the config before trading",
             )
         return config
 
@@ -81,14 +97,16 @@ class TradingConfig:
 
 
 class ConfigStore:
-    def __init__(self, layout: Layout, schemas: Schemas) -> None:
+    def __init__(self, layout: Layout, schemas: Schemas, limits: DeploymentLimits) -> None:
         self._layout = layout
         self._schemas = schemas
+        self._limits = limits
 
     async def load(self) -> TradingConfig:
         ref = self._layout.config()
         snapshot = await ref.get()
-        return TradingConfig.from_document(snapshot.to_dict() if snapshot.exists else None, self._schemas, ref.path)
+        data = snapshot.to_dict() if snapshot.exists else None
+        return TradingConfig.from_document(data, self._schemas, ref.path, self._limits)
 
     async def seed(self, document: dict[str, Any]) -> bool:
         """Writes the document unless one exists (local stack); True when written."""

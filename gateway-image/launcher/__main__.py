@@ -13,8 +13,9 @@ from pathlib import Path
 
 from launcher import EXIT_CONFIG, EXIT_OK, health, ibc
 from launcher.logs import log
-from launcher.secrets import CredentialError, resolve_credentials, scrubbed_environment
+from launcher.secrets import CREDENTIAL_VARIABLES, CredentialError, resolve_credentials, scrubbed_environment
 from launcher.supervisor import ChildSpec, Supervisor, Watchdog
+from launcher.users import ChildUsers, RunAs, UserConfigError, acting_as
 
 DEFAULT_XVFB = "Xvfb :1 -screen 0 1024x768x24 -nolisten tcp"
 DEFAULT_CONSUMER = "consumer serve"
@@ -23,7 +24,9 @@ DEFAULT_CONSUMER = "consumer serve"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="launcher", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="render IBC's config, then supervise Xvfb, IBC/IB Gateway and the consumer")
+    start = commands.add_parser("run", help="render IBC's config, then supervise Xvfb, IBC/IB Gateway and the consumer")
+    # Set by the launcher itself when it re-executes without the login in its environment (see `run`).
+    start.add_argument("--config-rendered", action="store_true", help=argparse.SUPPRESS)
     commands.add_parser("health", help="the HEALTHCHECK; prints a JSON report, exits 0 when healthy")
     send = commands.add_parser("ibc-command", help="send a command (RESTART, STOP ...) to IBC's command server")
     send.add_argument("ibc_command")
@@ -31,19 +34,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = os.environ
     try:
         if args.command == "run":
-            return run(env)
+            return run(env, config_rendered=args.config_rendered)
         if args.command == "health":
             return health_command(env)
         settings = ibc.GatewaySettings.from_env(env)
         print(ibc.send_command(args.ibc_command.upper(), settings.command_server_port))
         return EXIT_OK
-    except (ibc.LauncherConfigError, CredentialError) as e:
+    except (ibc.LauncherConfigError, CredentialError, UserConfigError) as e:
         log(f"bad configuration: {e}", severity="CRITICAL")
         return EXIT_CONFIG
 
 
-def run(env: Mapping[str, str]) -> int:
+def run(env: Mapping[str, str], config_rendered: bool = False) -> int:
     settings = ibc.GatewaySettings.from_env(env)
+    users = ChildUsers.from_env(env)
+    if not config_rendered:
+        render(settings, users, env)
+        # /proc/<pid>/environ shows the environment a process was started with; unsetenv() does not change it, and
+        # the gateway (or anyone with the launcher's uid) can read it. Only a new image with a new environment
+        # drops the login from there, so the launcher re-executes itself without it (same pid, same parent).
+        argv = [sys.executable, "-m", "launcher", "run", "--config-rendered"]
+        os.execve(sys.executable, argv, scrubbed_environment(env))
+
+    supervisor = Supervisor(child_specs(settings, env, users), watchdog=watchdog(settings, env))
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    return supervisor.run()
+
+
+def render(settings: ibc.GatewaySettings, users: ChildUsers, env: Mapping[str, str]) -> None:
+    """The login into IBC's config.ini (owned by the gateway user, 0600), and out of this process's environment."""
     paths = settings.paths
     if not ibc.is_memory_backed(paths.config_dir) and not _yes(env.get("LAUNCHER_ALLOW_DISK_CONFIG")):
         raise ibc.LauncherConfigError(
@@ -51,29 +71,32 @@ def run(env: Mapping[str, str]) -> int:
             "(mount a tmpfs there, or use /dev/shm)"
         )
     credentials = resolve_credentials(env)
-    ibc.write_private(paths.config_ini, ibc.render_config_ini(settings, credentials))
-    ibc.write_private(paths.settings / "jts.ini", ibc.render_jts_ini(settings))
+    for var in CREDENTIAL_VARIABLES:  # read once: nothing in this process needs them again
+        os.environ.pop(var, None)
+    with acting_as(users.gateway):
+        ibc.write_private(paths.config_ini, ibc.render_config_ini(settings, credentials))
+        ibc.write_private(paths.settings / "jts.ini", ibc.render_jts_ini(settings))
     log("IBC configuration written", credentials_from=credentials.source, **settings.describe())
     del credentials
 
-    supervisor = Supervisor(child_specs(settings, env), watchdog=watchdog(settings, env))
-    signal.signal(signal.SIGTERM, supervisor.request_stop)
-    signal.signal(signal.SIGINT, supervisor.request_stop)
-    return supervisor.run()
 
-
-def child_specs(settings: ibc.GatewaySettings, env: Mapping[str, str]) -> list[ChildSpec]:
+def child_specs(
+    settings: ibc.GatewaySettings, env: Mapping[str, str], users: ChildUsers | None = None
+) -> list[ChildSpec]:
+    users = users or ChildUsers()
     base = scrubbed_environment(env)
     display = env.get("DISPLAY", ":1")
     xvfb = shlex.split(env.get("XVFB_COMMAND", DEFAULT_XVFB))
-    consumer_env = {**base, "IB_HOST": ibc.LOCALHOST, "IB_PORT": str(settings.api_port)}
+    gateway_env = {**_home(base, users.gateway), "DISPLAY": display}
+    consumer_env = {**_home(base, users.consumer), "IB_HOST": ibc.LOCALHOST, "IB_PORT": str(settings.api_port)}
     grace = float(env.get("SHUTDOWN_GRACE_SECONDS", "30") or 30)
     return [
-        ChildSpec("xvfb", xvfb, env={**base, "DISPLAY": display}, settle=1.0, backoff_initial=1, backoff_max=30),
+        ChildSpec("xvfb", xvfb, env=gateway_env, settle=1.0, backoff_initial=1, backoff_max=30, user=users.gateway),
         ChildSpec(
             "gateway",
             ibc.ibcstart_command(settings, settings.paths.config_ini),
-            env={**base, "DISPLAY": display},
+            env=gateway_env,
+            user=users.gateway,
             # IB's login servers do not like being hammered: slow backoff, few tries, then the container restarts.
             backoff_initial=30,
             backoff_max=600,
@@ -84,6 +107,7 @@ def child_specs(settings: ibc.GatewaySettings, env: Mapping[str, str]) -> list[C
             "consumer",
             shlex.split(env.get("CONSUMER_COMMAND", DEFAULT_CONSUMER)),
             env=consumer_env,
+            user=users.consumer,
             backoff_initial=5,
             backoff_max=120,
             max_restarts=int(env.get("CONSUMER_MAX_RESTARTS", "10") or 10),
@@ -124,6 +148,10 @@ def health_command(env: Mapping[str, str]) -> int:
     )
     print(json.dumps(report.as_dict()))
     return 0 if report.healthy else 1
+
+
+def _home(env: Mapping[str, str], user: RunAs | None) -> dict[str, str]:
+    return {**env, "HOME": user.home} if user is not None and user.home else dict(env)
 
 
 def _yes(raw: str | None) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,17 +221,26 @@ def _utf16_units(ch: str) -> list[int]:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Writes text with mode 0600 in a 0700 directory, atomically; never readable by anyone else, even briefly."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-", text=True)  # mkstemp creates it 0600
+    """Writes text with mode 0600 in a 0700 directory, atomically; never readable by anyone else, even briefly.
+
+    The file is created 0600 by open(2) itself (no chmod after writing, so no umask or race can widen it), owned by
+    the effective user (see `acting_as`), in a directory that user owns: a directory owned by anyone else is refused
+    rather than trusted, since its owner could read or swap the file.
+    """
+    directory = path.parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if directory.stat().st_uid != os.geteuid():
+        raise LauncherConfigError(f"{directory} belongs to uid {directory.stat().st_uid}, not {os.geteuid()}")
+    os.chmod(directory, 0o700)
+    tmp = directory / f".{path.name}.{os.getpid()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

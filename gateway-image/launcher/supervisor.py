@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from launcher import EXIT_CHILD_FAILED, EXIT_CONFIG, EXIT_OK, EXIT_UNHEALTHY
 from launcher.logs import log
+from launcher.users import RunAs
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class ChildSpec:
     stop_timeout: float = 30.0
     settle: float = 0.0  # seconds to let it come up before starting the next child (Xvfb before the gateway)
     exit_codes_fatal: Mapping[int, int] = field(default_factory=dict)  # child exit code -> our exit code, no restart
+    user: RunAs | None = None  # None: the launcher's own user
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,16 @@ class _Child:
         self.start_at: float | None = 0.0  # when to (re)start it; None while running
 
     def start(self, now: float) -> None:
+        user = self.spec.user
         self.proc = subprocess.Popen(
             list(self.spec.argv),
             env=dict(self.spec.env) if self.spec.env is not None else None,
             start_new_session=True,  # its own process group: a stop reaches ibcstart.sh's java too
+            # Real, effective and saved ids all switched, supplementary groups dropped: no way back to root.
+            user=user.uid if user else None,
+            group=user.gid if user else None,
+            extra_groups=[] if user else None,
+            cwd=user.home if user and user.home else None,
         )
         self.start_at = None
         log("started", child=self.spec.name, pid=self.proc.pid)

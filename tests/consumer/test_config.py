@@ -13,6 +13,8 @@ def test_defaults_are_the_documented_ones() -> None:
     assert (s.ib_host, s.ib_port, s.ib_client_id) == ("127.0.0.1", 4002, 1)
     assert (s.intents_topic, s.intents_subscription) == ("intents", "intents-consumer")
     assert (s.reply_topic, s.dead_letter_topic) == ("intent-replies", "intents-dead-letter")
+    assert (s.allow_live, s.leverage_cap_max) == (False, 1.0)  # live refused, gross exposure at most 1x
+    assert s.health_host == "127.0.0.1"  # the health endpoint is not reachable from other hosts unless asked
 
 
 def test_values_are_parsed() -> None:
@@ -20,6 +22,8 @@ def test_values_are_parsed() -> None:
     assert s.ib_port == 4001
     assert s.trading_mode == "live"
     assert s.order_timeout == 2.5
+    s = Settings.from_env({"ALLOW_LIVE": "yes", "LEVERAGE_CAP_MAX": "1.5", "HEALTH_HOST": "0.0.0.0"})
+    assert (s.allow_live, s.leverage_cap_max, s.health_host) == (True, 1.5, "0.0.0.0")
 
 
 @pytest.mark.parametrize(
@@ -32,6 +36,9 @@ def test_values_are_parsed() -> None:
         ("LOG_LEVEL", "LOUD", "DEBUG"),
         ("INTENTS_SUBSCRIPTION", "projects/x/subscriptions/y", "plain resource name"),
         ("SCHEDULE_TIME_ZONE", "Mars/Olympus", "IANA time zone"),
+        ("ALLOW_LIVE", "maybe", "yes or no"),
+        ("LEVERAGE_CAP_MAX", "11", "between 0.01 and 10"),
+        ("HEALTH_HOST", "localhost; rm", "IP address"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str, fragment: str) -> None:

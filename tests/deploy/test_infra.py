@@ -419,3 +419,25 @@ def test_no_secret_value_and_no_public_ip(tf: dict[str, Any]) -> None:
     assert "live_trading_acknowledged" in json.dumps(vm["lifecycle"])
     firewalls = tf["resource"].get("google_compute_firewall", {})
     assert all(json.loads(json.dumps(fw))["source_ranges"] == ['"35.235.240.0/20"'] for fw in firewalls.values())
+
+
+def test_the_live_guard_comes_from_the_deployment_and_last(tf: dict[str, Any]) -> None:
+    """ALLOW_LIVE and LEVERAGE_CAP_MAX are set by Terraform, after (so never overridden by) consumer_env."""
+    merged = tf["locals"]["container_env"]
+    assert merged.index("var.consumer_env") < merged.index("ALLOW_LIVE") < merged.index("LEVERAGE_CAP_MAX")
+    assert re.search(r'ALLOW_LIVE\s*=\s*var\.trading_mode == "live" && var\.live_trading_acknowledged', merged)
+    assert tf["variable"]["leverage_cap_max"]["default"] == 1
+
+
+def test_the_env_file_is_private_and_the_container_keeps_only_the_capabilities_to_switch_users() -> None:
+    """/etc/ib-consumer.env was 0644; the launcher needs CAP_SETUID/SETGID/KILL to run the consumer as its own user."""
+    template = (INFRA / "cloud-init.yaml.tftpl").read_text()
+    rendered = re.sub(r"%\{[^}]*\}", "", template).replace("${key}=${value}", "KEY=value")
+    files = {f["path"]: f for f in yaml.safe_load(rendered)["write_files"]}
+    assert files["/etc/ib-consumer.env"]["permissions"] == "0600"
+    assert files["/etc/ib-consumer.env"]["owner"] == "root"
+    unit = files["/etc/systemd/system/ib-consumer.service"]["content"]
+    run = unit[unit.index("ExecStart=/usr/bin/docker run") :].split("ExecStop=")[0]
+    assert "--cap-drop=ALL" in run
+    assert sorted(re.findall(r"--cap-add=(\w+)", run)) == ["KILL", "SETGID", "SETUID"]
+    assert "--security-opt=no-new-privileges" in run
