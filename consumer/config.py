@@ -51,6 +51,8 @@ class Settings:
     claim_lease: float = 30.0
     # A claim whose lease ran out this long ago, with no redelivery since, is finished from the broker's record.
     stranded_after: float = 900.0
+    # Quiet this long, publish a probe; not delivered within twice as long, readiness says delivery stalled (0: off).
+    delivery_probe: float = 60.0
     trading_max_age: float = 3600.0
     schedule_time_zone: str = "America/New_York"
     heartbeat_interval: float = 10.0
@@ -168,6 +170,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "shutdown_grace": ("SHUTDOWN_GRACE_SECONDS", _bounded(float, 0, 600)),
     "claim_lease": ("CLAIM_LEASE_SECONDS", _bounded(float, 0.5, 3600)),
     "stranded_after": ("STRANDED_AFTER_SECONDS", _bounded(float, 1, 7 * 86400)),
+    "delivery_probe": ("DELIVERY_PROBE_SECONDS", _bounded(float, 0, 3600)),
     "trading_max_age": ("TRADING_MAX_AGE_SECONDS", _bounded(float, 1, 7 * 86400)),
     "schedule_time_zone": ("SCHEDULE_TIME_ZONE", _time_zone),
     "heartbeat_interval": ("HEARTBEAT_SECONDS", _bounded(float, 0.1, 600)),

@@ -33,6 +33,7 @@ from consumer.recovery import StrandedRequests
 from consumer.schedules import job_intents
 from consumer.schemas import Schemas
 from consumer.services import Services
+from consumer.transport.delivery_watch import DeliveryWatch
 from consumer.transport.publishing import make_publisher
 from consumer.transport.subscriber import IntentSubscriber
 
@@ -83,6 +84,7 @@ class Service:
         self.services: Services | None = None
         self.dispatcher: Dispatcher | None = None
         self.health: HealthServer | None = None
+        self.delivery_watch: DeliveryWatch | None = None
         self._subscriber: IntentSubscriber | None = None
         self._publisher: pubsub_v1.PublisherClient | None = None
         self._subscriber_client: pubsub_v1.SubscriberClient | None = None
@@ -134,10 +136,29 @@ class Service:
             max_lease_seconds=s.max_lease_duration,
             lease_extension_seconds=s.lease_extension,
             on_failure=lambda error: self._events.put(("stream-failed", error)),
+            watch=self._delivery_watch(),
         )
         if s.health_port:
             self.health = HealthServer(s.health_host, s.health_port, self._live, self._ready, self.metrics.snapshot)
             self.health.start()
+
+    def _delivery_watch(self) -> DeliveryWatch | None:
+        s = self.settings
+        if not s.delivery_probe:
+            return None
+        publisher, topic = self._publisher, f"projects/{s.project}/topics/{s.intents_topic}"
+        assert publisher is not None
+        dispatcher = self.dispatcher
+        assert dispatcher is not None
+        self.delivery_watch = DeliveryWatch(
+            lambda data, attributes: publisher.publish(topic, data, **attributes),
+            interval=s.delivery_probe,
+            timeout=2 * s.delivery_probe,
+            # No probe while the stream is closed or every flow-control slot is taken: nothing new can arrive.
+            busy=lambda: not self.status.subscribed or dispatcher.in_flight >= s.max_messages,
+        )
+        self.delivery_watch.start()
+        return self.delivery_watch
 
     async def _build_services(self) -> Services:
         assert self._publisher is not None
@@ -203,6 +224,8 @@ class Service:
             if self._publisher is not None:
                 self._publisher.stop()
             self.loop.stop()
+            if self.delivery_watch is not None:
+                self.delivery_watch.stop()
             if self.health is not None:
                 self.health.stop()
             log.info("consumer stopped")
@@ -218,4 +241,7 @@ class Service:
         body = self.status.as_dict(self.settings)
         ready = body["gateway"] == State.CONNECTED.value and body["subscribed"] and body["accepting"]
         ready = ready and not body["stopping"]
-        return ready, body
+        stalled = self.delivery_watch.stalled() if self.delivery_watch is not None else None
+        if stalled:
+            body["delivery"] = f"stalled: {stalled}"
+        return ready and not stalled, body

@@ -18,6 +18,7 @@ from google.cloud.pubsub_v1.types import FlowControl
 from consumer.dispatch import Settlement
 from consumer.envelope import Delivery
 from consumer.logs import get_logger
+from consumer.transport.delivery_watch import DeliveryWatch
 
 log = get_logger(__name__)
 
@@ -34,6 +35,7 @@ class IntentSubscriber:
         max_lease_seconds: float,
         lease_extension_seconds: float = 10.0,
         on_failure: Callable[[BaseException], None] | None = None,
+        watch: DeliveryWatch | None = None,
     ) -> None:
         self._client = client
         self._path = subscription_path
@@ -43,6 +45,7 @@ class IntentSubscriber:
         self._lease_extension = lease_extension_seconds
         self._future: pubsub_v1.subscriber.futures.StreamingPullFuture | None = None
         self._on_failure = on_failure
+        self._watch = watch
         self._lock = threading.Lock()
 
     @property
@@ -93,6 +96,9 @@ class IntentSubscriber:
         return True
 
     def _on_message(self, message: Message) -> None:
+        if self._watch is not None and self._watch.delivered(dict(message.attributes)):
+            message.ack()  # a delivery probe: it proved the stream delivers, and asks for no reply
+            return
         delivery = Delivery(
             message_id=message.message_id,
             data=message.data,
