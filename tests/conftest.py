@@ -6,6 +6,7 @@ see each other's topics or documents, and never collide with a running `make run
 
 from __future__ import annotations
 
+import inspect
 import os
 import uuid
 from collections.abc import Iterator
@@ -15,10 +16,18 @@ import pytest
 
 from consumer.devstack.emulators import EmulatorPair, ToolMissing, require_tools
 from consumer.logs import configure
-from tests.support import DEFAULT_CLOCK, Bus, ConsumerUnderTest, provision_for_tests
+from tests.support import DEFAULT_CLOCK, Bus, ConsumerUnderTest, ensure_event_loop, provision_for_tests
 
 # structlog through the standard library from the first line on, so pytest's caplog sees the consumer's logs.
 configure("console", "INFO")
+
+
+@pytest.fixture(autouse=True)
+def main_thread_event_loop(request: pytest.FixtureRequest) -> None:
+    """ib_insync's blocking API asks for the thread's current event loop; an async test run before this one leaves
+    the main thread without one, so a test that connects a client of its own would fail depending on the order."""
+    if not inspect.iscoroutinefunction(request.function):
+        ensure_event_loop()
 
 
 @pytest.fixture(scope="session")

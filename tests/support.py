@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -42,6 +43,16 @@ def provision_for_tests(project: str) -> None:
         project,
         overrides=Overrides(minimum_backoff_seconds=0.1, maximum_backoff_seconds=0.5, ack_deadline_seconds=10),
     )
+
+
+def ensure_event_loop() -> None:
+    """Gives the calling thread an open event loop if it has none (ib_insync's blocking API needs one)."""
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+        if loop.is_closed():
+            raise RuntimeError("closed")
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:

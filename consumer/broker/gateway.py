@@ -105,7 +105,8 @@ class Gateway:
     def _observe_clock(self, gateway_time: datetime) -> None:
         offset = gateway_time.timestamp() - time.time()
         offset = 0.0 if abs(offset) < CLOCK_RESOLUTION else offset
-        if offset != self._clock_offset:
+        # Whole seconds on the wire: a change smaller than that is rounding, not a clock that moved.
+        if abs(offset - self._clock_offset) >= CLOCK_RESOLUTION or (offset == 0.0) != (self._clock_offset == 0.0):
             log.warning("gateway clock differs from ours", offset_s=round(offset, 1), gateway_time=gateway_time)
             self._clock_offset = offset
 
