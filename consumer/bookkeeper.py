@@ -58,7 +58,6 @@ class Bookkeeper:
         self._stale_pending = timedelta(seconds=stale_pending_after)
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
-        self.last_sweep: dict[str, Any] | None = None
 
     def start(self) -> None:
         """Hooks the IB object's events (it lives for the whole process, across reconnects)."""
@@ -76,10 +75,6 @@ class Bookkeeper:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-
-    async def idle(self) -> None:
-        """Waits until every event seen so far is booked (tests, and intents that read the books right after)."""
-        await self._queue.join()
 
     def _on_status(self, trade: Trade) -> None:
         if trade.orderStatus.status in DONE and trade.order.orderRef:
@@ -99,8 +94,7 @@ class Bookkeeper:
                     status = item.orderStatus
                     await self._books.close_order(item.order.orderRef, status.status, status.filled)
                 elif kind == "sweep":
-                    self.last_sweep = await self.reconcile()
-                    log.info("books reconciled after connect", **_counts(self.last_sweep))
+                    log.info("books reconciled after connect", **_counts(await self.reconcile()))
             except Exception as e:
                 # Firestore's transaction wrapper can mask the real failure with a rollback error; name both.
                 cause = e.__context__

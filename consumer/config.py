@@ -176,5 +176,3 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "log_format": ("LOG_FORMAT", _choice("auto", "json", "console")),
     "log_level": ("LOG_LEVEL", _level),
 }
-
-ENVIRONMENT_VARIABLES = {name: var for name, (var, _) in _VARIABLES.items()}

@@ -77,7 +77,6 @@ class Service:
         self.loop = BrokerLoop()
         self._schemas = Schemas()
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._stopped = threading.Event()
         self._intake_open = threading.Event()
         self._intake_stopping = threading.Event()
         self.services: Services | None = None
@@ -101,9 +100,6 @@ class Service:
     def request_stop(self, reason: str = "requested") -> None:
         """Thread- and signal-safe."""
         self._events.put(("stop", reason))
-
-    def wait_stopped(self, timeout: float | None = None) -> bool:
-        return self._stopped.wait(timeout)
 
     def start(self) -> None:
         s = self.settings
@@ -206,7 +202,6 @@ class Service:
             if self.health is not None:
                 self.health.stop()
             log.info("consumer stopped")
-            self._stopped.set()
 
     # -- health ----------------------------------------------------------------------------------------------------
 

@@ -58,7 +58,6 @@ class Gateway:
         self.connections = 0  # successful (re)connects, for metrics and tests
         self._listeners: list[Listener] = []
         self._heartbeat_misses = heartbeat_misses
-        self._up = asyncio.Event()
         self._lost = asyncio.Event()
         self._stopping = False
         self._client_id_in_use = False
@@ -108,12 +107,6 @@ class Gateway:
         if offset != self._clock_offset:
             log.warning("gateway clock differs from ours", offset_s=round(offset, 1), gateway_time=gateway_time)
             self._clock_offset = offset
-
-    async def wait_ready(self, within: float) -> IB:
-        if not self.ready:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._up.wait(), within)
-        return self.require()
 
     async def run(self) -> None:
         """Connects, then reconnects after every loss, until `stop`."""
@@ -229,10 +222,6 @@ class Gateway:
         if state is self.state:
             return
         self.state = state
-        if state is State.CONNECTED:
-            self._up.set()
-        else:
-            self._up.clear()
         for listener in self._listeners:
             try:
                 listener(state)

@@ -16,7 +16,7 @@ import hashlib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ib_insync import IB, LimitOrder, MarketOrder, Order, TagValue, Trade
@@ -79,7 +79,6 @@ class Outcome:
     order_type: str = ""
     limit_price: float | None = None
     tif: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -25,7 +25,6 @@ from consumer.portfolio import EPSILON, attribute
 from consumer.store.layout import Layout
 
 UNALLOCATED = "unallocated"
-TERMINAL = {"Filled", "Cancelled", "ApiCancelled", "Inactive", "NotPlaced"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +98,6 @@ class Books:
         """Which of these executions are booked."""
         refs = [self._layout.fills().document(e) for e in set(exec_ids)]
         return {s.id async for s in self._layout.db.get_all(refs) if s.exists} if refs else set()
-
-    async def fill(self, exec_id: str) -> dict[str, Any] | None:
-        snapshot = await self._layout.fills().document(exec_id).get()
-        return snapshot.to_dict() if snapshot.exists else None
 
     # -- orders ----------------------------------------------------------------------------------------------------
 

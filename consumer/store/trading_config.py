@@ -107,13 +107,3 @@ class ConfigStore:
         snapshot = await ref.get()
         data = snapshot.to_dict() if snapshot.exists else None
         return TradingConfig.from_document(data, self._schemas, ref.path, self._limits)
-
-    async def seed(self, document: dict[str, Any]) -> bool:
-        """Writes the document unless one exists (local stack); True when written."""
-        from google.api_core import exceptions
-
-        try:
-            await self._layout.config().create(document)
-            return True
-        except exceptions.AlreadyExists:
-            return False
