@@ -98,12 +98,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from consumer.logs import configure
+
+    # Imports ib_insync, which builds its event machinery at import: here, on the main thread, before the broker loop.
     from consumer.service import Service
 
     configure(settings.log_format, settings.log_level)
-    # ib_insync builds its event machinery at import; do it here, on the main thread, before the broker loop exists.
-    import ib_insync  # noqa: F401
-
     service = Service(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: service.request_stop(signal.Signals(signum).name))

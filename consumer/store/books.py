@@ -29,7 +29,7 @@ UNALLOCATED = "unallocated"
 
 @dataclass(frozen=True, slots=True)
 class Execution:
-    """One execution as the books need it (built from ib_insync's Fill on the broker loop)."""
+    """One execution as the books need it (built from the broker's Fill by consumer.bookkeeper)."""
 
     exec_id: str
     order_ref: str
