@@ -100,10 +100,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from consumer.logs import configure
 
     # Imports ib_insync, which builds its event machinery at import: here, on the main thread, before the broker loop.
-    from consumer.service import Service
+    from consumer.process import Consumer
 
     configure(settings.log_format, settings.log_level)
-    service = Service(settings)
+    service = Consumer(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: service.request_stop(signal.Signals(signum).name))
     return service.run()

@@ -27,6 +27,13 @@ from consumer.transport.publishing import Publishing
 
 @dataclass
 class Services:
+    """What intents, the dispatcher and the sweeps are given: built once by `create` on the broker loop.
+
+    `broker` is the one way to IB; `gateway` is the connection's lifecycle, for the process alone. `db`, `layout`,
+    `ledger`, `books`, `activity` and `config_store` are Firestore; `publishing` is the reply and dead-letter
+    topics. `for_dry_run` is the same with a store that writes nothing.
+    """
+
     settings: Settings
     schemas: Schemas
     gateway: Gateway  # the connection's lifecycle (run, stop, state); everything asked of IB goes through broker

@@ -39,6 +39,8 @@ CLOCK_RESOLUTION = 2.0
 
 
 class State(StrEnum):
+    """The connection as listeners and the health endpoint see it."""
+
     CONNECTING = "connecting"
     CONNECTED = "connected"
     DEGRADED = "degraded"  # socket up, but the gateway lost IB (1100)
@@ -49,6 +51,16 @@ Listener = Callable[["State"], None]
 
 
 class Gateway:
+    """The connection's lifecycle: owns the `IB` object and keeps it connected; everything else asks the Broker.
+
+    `run` (a task on the broker loop for the life of the process) connects with backoff, sends the market data
+    type, and waits for a loss: a dropped socket, error 1101 (reconnected with data lost) or missed heartbeats;
+    then it disconnects cleanly, fails the shared requests in flight and connects again. Error 1100 leaves the
+    socket up but marks the state DEGRADED until 1102. Listeners (`add_listener`) hear every state change:
+    the process holds intake while the gateway is away, the bookkeeper sweeps after every connect. A client id
+    already in use is waited for, never replaced: open orders belong to their client id.
+    """
+
     def __init__(self, settings: Settings, heartbeat_misses: int = 2, metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._metrics = metrics or Metrics()

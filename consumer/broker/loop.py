@@ -18,6 +18,11 @@ T = TypeVar("T")
 
 
 class BrokerLoop:
+    """The broker thread and its loop: `start` once, hand work over with `submit`/`run`/`call`, `stop` at exit.
+
+    `responsive` is the liveness probe: a loop blocked by a synchronous call would fail it.
+    """
+
     def __init__(self, name: str = "broker-loop") -> None:
         self._name = name
         self._thread: threading.Thread | None = None

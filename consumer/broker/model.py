@@ -28,6 +28,8 @@ class Fate(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class StatusMeaning:
+    """One row of the status table."""
+
     fate: Fate
     done: bool  # IB will not change the order any more: it cannot fill further
     accepted: bool  # IB has the order working
@@ -68,6 +70,8 @@ def is_accepted(status: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Account:
+    """The account traded: what sizing needs of it."""
+
     id: str
     base_currency: str
     net_liquidation: float
@@ -201,6 +205,8 @@ class Fill:
 
 @dataclass(frozen=True, slots=True)
 class HistoricalBar:
+    """One bar of history, regular trading hours only."""
+
     time: str  # as IB sent it: a date for daily bars, a UTC timestamp for intraday ones
     day: str  # YYYY-MM-DD
     open: float
@@ -212,6 +218,8 @@ class HistoricalBar:
 
 @dataclass(frozen=True, slots=True)
 class Quote:
+    """A snapshot's prices for pricing a limit order; None where IB sent none usable."""
+
     bid: float | None
     ask: float | None
     last: float | None  # last trade, else the previous close

@@ -58,6 +58,8 @@ def order_ref(intent: str, request_id: str, leg: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class LegOrder:
+    """One order to place: signed quantity on an instrument, under its orderRef (and, for LMT, its price)."""
+
     order_ref: str
     instrument: Instrument
     quantity: float  # signed

@@ -24,6 +24,9 @@ Handler = Callable[["IntentContext", dict[str, Any]], Awaitable[dict[str, Any]]]
 
 @dataclass(frozen=True, slots=True)
 class Intent:
+    """An intent: its name (the message's `intent`), handler and description; params are checked against
+    schemas/intents/{name}.schema.json before the handler runs."""
+
     name: str
     handler: Handler
     description: str
@@ -40,6 +43,8 @@ class Intent:
 
 @dataclass(slots=True)
 class IntentContext:
+    """What a handler is given: the services (`broker` among them), the request, its mode's config, its logger."""
+
     services: Services
     request: Request
     config: TradingConfig

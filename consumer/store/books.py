@@ -67,6 +67,16 @@ class PendingOrder:
 
 
 class Books:
+    """The strategies' books in Firestore: order documents, fills (keyed by execId) and holdings per strategy.
+
+    An order is written ahead of placement (`write_pending`), marked placed with IB's ids (`mark_placed`),
+    advanced by each execution (`book`: once per execId, split among the order's strategies by
+    consumer.portfolio.attribute) and closed once IB has finished it and every unit it filled is booked
+    (`close_order`). An execution of no order of ours is real and booked to `unallocated`. `transfer` and
+    `adjust` move holdings without an order (a netted-out leg; a reconcile fix), once per record id. Every
+    write of the books happens under `lock`, one at a time.
+    """
+
     def __init__(self, layout: Layout, lock: asyncio.Lock | None = None) -> None:
         self._layout = layout
         self._lock = lock or asyncio.Lock()
