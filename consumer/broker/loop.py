@@ -1,8 +1,7 @@
 """The broker loop: one thread we own, running one asyncio loop for the life of the process.
 
 The ib_insync `IB` object, its connection, the async Firestore client and every intent handler live here and are
-touched from nowhere else. This is the fix for the earlier HTTP version's "attached to a different loop" crashes:
-ib_insync objects were created on one loop and used on another. Other threads hand work over with `submit`
+touched from nowhere else (why: docs/decisions.md, record 1). Other threads hand work over with `submit`
 (`run_coroutine_threadsafe`) or `call` (`call_soon_threadsafe`), never by calling into these objects.
 """
 
