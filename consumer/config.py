@@ -22,6 +22,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """The process's settings, one field per environment variable (`from_env`; the names are in `_VARIABLES`)."""
+
     project: str = "local-project"
     trading_mode: TradingMode = "paper"
 

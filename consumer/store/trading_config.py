@@ -19,6 +19,8 @@ SCHEMA = "trading-config.schema.json"
 
 @dataclass(frozen=True, slots=True)
 class OrderDefaults:
+    """config orderDefaults: how every order is built (type, algo, tif, LMT offset) and how long it is awaited."""
+
     order_type: str = "MKT"
     algo: str = "Adaptive"
     adaptive_priority: str = "Normal"
@@ -37,6 +39,9 @@ class DeploymentLimits:
 
 @dataclass(frozen=True, slots=True)
 class TradingConfig:
+    """config/{mode} as the dispatcher and the intents read it, read fresh for every message; the deployment's
+    ceilings already applied (`allow_live`, `leverage_cap`)."""
+
     exists: bool = False
     trading_enabled: bool = False
     allow_live: bool = False  # the document's allowLive: necessary, never sufficient (see DeploymentLimits)
