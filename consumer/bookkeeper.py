@@ -1,6 +1,6 @@
 """Keeps the books in step with the broker: every execution booked as it happens, and a sweep after reconnects.
 
-The consumer is connected all day, so executions are booked the moment the gateway reports them (ib_insync's
+The consumer is connected all day, so executions are booked the moment the gateway reports them (the broker's
 execution and commission events, on the broker loop). The sweep (`reconcile`, also the trade-reconciliation
 intent) catches whatever was missed while the consumer was down, and closes orders the broker has finished.
 The gateway reports only the current day's executions, so a finished order whose fills it no longer lists is
@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ib_insync import Fill, Trade
-
-from consumer.broker import views
-from consumer.broker.gateway import Gateway, State
-from consumer.broker.orders import DONE, find_orders
+from consumer.broker.broker import Broker
+from consumer.broker.gateway import State
+from consumer.broker.model import NOT_PLACED, BrokerOrder, Fill, is_done
 from consumer.logs import get_logger
 from consumer.portfolio import EPSILON
 from consumer.store.books import Books, Execution
@@ -28,45 +27,72 @@ log = get_logger(__name__)
 
 
 def execution_of(fill: Fill) -> Execution:
-    e, c, r = fill.execution, fill.contract, fill.commissionReport
-    has_commission = bool(r and r.execId)
+    c = fill.contract
     return Execution(
-        exec_id=e.execId,
-        order_ref=e.orderRef or "",
-        perm_id=e.permId,
-        con_id=c.conId,
-        symbol=c.localSymbol or c.symbol,
-        sec_type=c.secType,
-        currency=c.currency,
-        exchange=c.exchange or e.exchange,
-        multiplier=views.number(c.multiplier) or 1.0,
-        side=e.side,
-        shares=float(e.shares),
-        price=float(e.price),
-        time=e.time.isoformat() if isinstance(e.time, datetime) else str(e.time),
-        commission=views.number(r.commission) if has_commission else None,
-        commission_currency=(r.currency or None) if has_commission else None,
-        account=e.acctNumber,
+        exec_id=fill.exec_id,
+        order_ref=fill.order_ref,
+        perm_id=fill.perm_id,
+        con_id=fill.con_id,
+        symbol=c["symbol"],
+        sec_type=c["secType"],
+        currency=c["currency"],
+        exchange=c["exchange"],
+        multiplier=c["multiplier"],
+        side=fill.side,
+        shares=fill.shares,
+        price=fill.price,
+        time=fill.time,
+        commission=fill.commission,
+        commission_currency=fill.commission_currency,
+        account=fill.account,
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Booked:
+    """An execution (or its commission) reported live: booked once, however often it is reported."""
+
+    fill: Fill
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """An order of ours IB has finished: closed in the books once its fills are booked."""
+
+    order: BrokerOrder
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """The gateway (re)connected: reconcile whatever was missed while it was away."""
+
+
+Event = Booked | Finished | Sweep
+
+
 class Bookkeeper:
-    def __init__(self, gateway: Gateway, books: Books, stale_pending_after: float) -> None:
-        self._gateway = gateway
+    """Books the broker's executions into Firestore (consumer.store.books) and closes the orders IB finished.
+
+    `start` hooks the broker's live events; a single worker books them in arrival order, so the books see one
+    execution at a time. `reconcile` is the sweep: it runs after every connect, before every trading intent, and
+    as the trade-reconciliation intent; it books what live booking missed and closes finished orders, booking
+    a synthetic fill for what a finished order filled on an earlier day (the gateway lists today's fills only).
+    A write-ahead order never placed is closed as NotPlaced after `stale_pending_after` seconds.
+    """
+
+    def __init__(self, broker: Broker, books: Books, stale_pending_after: float) -> None:
+        self._broker = broker
         self._books = books
         self.stale_pending_after = stale_pending_after
         self._stale_pending = timedelta(seconds=stale_pending_after)
-        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
-        self.last_sweep: dict[str, Any] | None = None
 
     def start(self) -> None:
-        """Hooks the IB object's events (it lives for the whole process, across reconnects)."""
-        ib = self._gateway.ib
-        ib.execDetailsEvent += lambda trade, fill: self._queue.put_nowait(("fill", fill))
-        ib.commissionReportEvent += lambda trade, fill, report: self._queue.put_nowait(("fill", fill))
-        ib.orderStatusEvent += self._on_status
-        self._gateway.add_listener(self._on_gateway)
+        """Hooks the broker's events (hooked once: they hold across reconnects)."""
+        self._broker.on_fill(lambda fill: self._queue.put_nowait(Booked(fill)))
+        self._broker.on_order_done(lambda order: self._queue.put_nowait(Finished(order)))
+        self._broker.add_listener(self._on_gateway)
         self._worker = asyncio.create_task(self._work(), name="bookkeeper")
 
     async def stop(self) -> None:
@@ -77,36 +103,27 @@ class Bookkeeper:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
 
-    async def idle(self) -> None:
-        """Waits until every event seen so far is booked (tests, and intents that read the books right after)."""
-        await self._queue.join()
-
-    def _on_status(self, trade: Trade) -> None:
-        if trade.orderStatus.status in DONE and trade.order.orderRef:
-            self._queue.put_nowait(("done", trade))
-
     def _on_gateway(self, state: State) -> None:
         if state is State.CONNECTED:
-            self._queue.put_nowait(("sweep", None))
+            self._queue.put_nowait(Sweep())
 
     async def _work(self) -> None:
         while True:
-            kind, item = await self._queue.get()
+            event = await self._queue.get()
             try:
-                if kind == "fill":
-                    await self._books.book(execution_of(item))
-                elif kind == "done":
-                    status = item.orderStatus
-                    await self._books.close_order(item.order.orderRef, status.status, status.filled)
-                elif kind == "sweep":
-                    self.last_sweep = await self.reconcile()
-                    log.info("books reconciled after connect", **_counts(self.last_sweep))
+                match event:
+                    case Booked(fill):
+                        await self._books.book(execution_of(fill))
+                    case Finished(order):
+                        await self._books.close_order(order.order_ref, order.status, order.filled)
+                    case Sweep():
+                        log.info("books reconciled after connect", **_counts(await self.reconcile()))
             except Exception as e:
                 # Firestore's transaction wrapper can mask the real failure with a rollback error; name both.
                 cause = e.__context__
                 log.warning(
                     "live booking failed; the next reconciliation will catch up",
-                    kind=kind,
+                    kind=type(event).__name__,
                     error=str(e),
                     cause=repr(cause) if cause else None,
                 )
@@ -115,16 +132,15 @@ class Bookkeeper:
 
     async def reconcile(self) -> dict[str, Any]:
         """Books every execution the gateway reports that is not booked yet, and closes finished orders."""
-        ib = self._gateway.require()
-        reported = await self._gateway.requests.executions()
-        fills = {f.execution.execId: f for f in [*ib.fills(), *reported]}
+        reported = await self._broker.executions()
+        fills = {f.exec_id: f for f in [*self._broker.session_fills(), *reported]}
         applied, commissions, known = [], [], 0
-        for fill in sorted(fills.values(), key=lambda f: (str(f.time), f.execution.execId)):
+        for fill in sorted(fills.values(), key=lambda f: (f.time, f.exec_id)):
             result = await self._books.book(execution_of(fill))
             if result == "applied":
-                applied.append(views.fill(fill))
+                applied.append(fill.as_dict())
             elif result == "commission":
-                commissions.append(fill.execution.execId)
+                commissions.append(fill.exec_id)
             else:
                 known += 1
         closed, still_open, synthetic = await self._close_finished(list(fills.values()))
@@ -138,9 +154,8 @@ class Bookkeeper:
         }
 
     async def _close_finished(self, reported: list[Fill]) -> tuple[list[dict[str, Any]], int, list[str]]:
-        ib = self._gateway.require()
         docs = await self._books.open_orders()
-        at_broker = await find_orders(ib, self._gateway.requests, {d["orderRef"] for d in docs})
+        at_broker = await self._broker.find_orders({d["orderRef"] for d in docs})
         closed, synthetic, still_open = [], [], 0
         now = datetime.now(UTC)
         for doc in docs:
@@ -150,20 +165,20 @@ class Bookkeeper:
                 created = doc.get("createdAt")
                 stale = doc.get("state") == "pending" and created is not None and now - created > self._stale_pending
                 # Written ahead of a placement that never happened (its intent died and was not re-run).
-                if stale and await self._books.close_order(ref, "NotPlaced", None):
-                    closed.append({"orderRef": ref, "state": "NotPlaced", "filled": doc.get("filled", 0.0)})
+                if stale and await self._books.close_order(ref, NOT_PLACED, None):
+                    closed.append({"orderRef": ref, "state": NOT_PLACED, "filled": doc.get("filled", 0.0)})
                     continue
                 still_open += 1
                 continue
-            if found.status not in DONE:
+            if not is_done(found.status):
                 still_open += 1
                 continue
             booked = abs(float(doc.get("filled", 0.0)))
             missing = found.filled - booked
             # Executions the gateway still knows are booked normally (live or by this sweep); only fills it no
             # longer reports (an earlier day's) are booked from the order itself.
-            known = [*reported, *ib.fills()]
-            unbooked = {f.execution.execId for f in known if f.execution.orderRef == ref} - set(doc.get("execIds", []))
+            known = [*reported, *self._broker.session_fills()]
+            unbooked = {f.exec_id for f in known if f.order_ref == ref} - set(doc.get("execIds", []))
             if missing > EPSILON and not unbooked:
                 exec_id = f"synthetic-{found.perm_id}-{found.filled:g}"
                 await self._books.book(_synthetic(doc, exec_id, missing, found.avg_fill_price or 0.0))

@@ -22,6 +22,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """The process's settings, one field per environment variable (`from_env`; the names are in `_VARIABLES`)."""
+
     project: str = "local-project"
     trading_mode: TradingMode = "paper"
 
@@ -179,5 +181,3 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "log_format": ("LOG_FORMAT", _choice("auto", "json", "console")),
     "log_level": ("LOG_LEVEL", _level),
 }
-
-ENVIRONMENT_VARIABLES = {name: var for name, (var, _) in _VARIABLES.items()}

@@ -37,11 +37,21 @@ ANSWERED_MEMORY = 20_000  # message ids remembered as answered (about 2 MB)
 
 
 class Settlement(StrEnum):
+    """What becomes of the Pub/Sub message: acked (answered, or dead-lettered) or nacked (delivered again)."""
+
     ACK = "ack"
     NACK = "nack"
 
 
 class Dispatcher:
+    """Carries each request through the lifecycle above and says whether its message is acked or nacked.
+
+    `handle` is called on the broker loop once per delivery (consumer.intake hands it over); its Settlement is the
+    message's fate. Trading intents run one at a time (`_trading`); read-only ones run side by side. Every
+    delivery ends in exactly one reply: a stored one for a duplicate, nothing for a redelivery this process has
+    already answered. `abort_all` is the end of the shutdown grace period: what still runs is cancelled and nacked.
+    """
+
     def __init__(self, services: Services, intents: dict[str, Intent]) -> None:
         self._services = services
         self._intents = intents

@@ -85,7 +85,7 @@ class Request:
         return hashlib.sha256(json.dumps(what, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def decode(
+def decode(  # noqa: C901 (one check after another, each its own error code)
     delivery: Delivery, schemas: Schemas, schedule_zone: ZoneInfo, schedule_intents: Mapping[str, str] | None = None
 ) -> Envelope:
     """Raises BadRequest with a code a monitor can filter on and a message a person can act on."""

@@ -27,7 +27,8 @@ def is_forex(position: Mapping[str, Any]) -> bool:
 
 
 def pair_currencies(position: Mapping[str, Any]) -> tuple[str, str]:
-    """(BASE, QUOTE) of a forex holding; `symbol` is EUR.USD when booked from a fill, EUR from contract details."""
+    """(BASE, QUOTE) of a forex holding; `symbol` is EUR.USD (documents written before views.contract was the one
+    serializer may say EUR)."""
     return str(position.get("symbol", "")).split(".")[0], str(position.get("currency", ""))
 
 

@@ -7,7 +7,7 @@ its allotment and a fill is never attributed beyond what a strategy asked for.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 EPSILON = 1e-9
@@ -126,7 +126,3 @@ def attribute(
 def gross_exposure(weights_by_strategy: Mapping[str, Mapping[str, float]], shares: Mapping[str, float]) -> float:
     """Sum of |weight| x the strategy's capital share: the leverage the targets would take on."""
     return sum(shares.get(s, 0.0) * sum(abs(w) for w in weights.values()) for s, weights in weights_by_strategy.items())
-
-
-def nonzero(values: Iterable[tuple[str, float]]) -> dict[str, float]:
-    return {k: v for k, v in values if abs(v) > EPSILON}

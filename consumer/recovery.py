@@ -14,7 +14,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from consumer.broker.orders import DONE, find_orders
+from consumer.broker.model import NOT_PLACED, is_done
 from consumer.logs import get_logger
 
 if TYPE_CHECKING:
@@ -35,9 +35,9 @@ class StrandedRequests:
         return min(max(self._stranded_after / 3, 1.0), 300.0)
 
     async def run(self) -> None:
-        gateway = self._services.gateway
+        broker = self._services.broker
         while True:
-            if gateway.ready:
+            if broker.ready:
                 try:
                     await self.sweep()
                 except Exception as e:
@@ -65,9 +65,7 @@ class StrandedRequests:
         services = self._services
         await services.bookkeeper.reconcile()
         open_docs, closed_docs = await services.books.orders_of(request_id)
-        at_broker = await find_orders(
-            services.gateway.require(), services.gateway.requests, {d["orderRef"] for d in open_docs}
-        )
+        at_broker = await services.broker.find_orders({d["orderRef"] for d in open_docs})
         orders = [
             {"orderRef": d["orderRef"], "symbol": d.get("symbol"), "outcome": d.get("state"), "filled": d.get("filled")}
             for d in closed_docs
@@ -77,13 +75,13 @@ class StrandedRequests:
             found = at_broker.get(ref)
             if found is None:
                 # Written ahead, never placed: nothing will place it now that its request is being finished.
-                await services.books.close_order(ref, "NotPlaced", None)
+                await services.books.close_order(ref, NOT_PLACED, None)
                 orders.append({"orderRef": ref, "symbol": doc.get("symbol"), "outcome": "not placed", "filled": 0.0})
             else:
-                if found.status in DONE:
+                if is_done(found.status):
                     await services.books.close_order(ref, found.status, found.filled)
                 orders.append(
-                    {"orderRef": ref, "symbol": doc.get("symbol"), "outcome": found.outcome, "filled": found.filled}
+                    {"orderRef": ref, "symbol": doc.get("symbol"), "outcome": found.fate.value, "filled": found.filled}
                 )
         return sorted(orders, key=lambda o: o["orderRef"])
 

@@ -11,8 +11,8 @@ import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the packag
 from google.cloud import firestore
 
 from consumer.bookkeeper import Bookkeeper
+from consumer.broker.broker import Broker
 from consumer.broker.gateway import Gateway
-from consumer.broker.instruments import Instruments
 from consumer.config import Settings
 from consumer.metrics import Metrics
 from consumer.schemas import Schemas
@@ -27,16 +27,23 @@ from consumer.transport.publishing import Publishing
 
 @dataclass
 class Services:
+    """What intents, the dispatcher and the sweeps are given: built once by `create` on the broker loop.
+
+    `broker` is the one way to IB; `gateway` is the connection's lifecycle, for the process alone. `db`, `layout`,
+    `ledger`, `books`, `activity` and `config_store` are Firestore; `publishing` is the reply and dead-letter
+    topics. `for_dry_run` is the same with a store that writes nothing.
+    """
+
     settings: Settings
     schemas: Schemas
-    gateway: Gateway
+    gateway: Gateway  # the connection's lifecycle (run, stop, state); everything asked of IB goes through broker
+    broker: Broker
     db: firestore.AsyncClient
     layout: Layout
     ledger: RequestLedger
     config_store: ConfigStore
     activity: ActivityLog
     publishing: Publishing
-    instruments: Instruments
     books: Books
     bookkeeper: Bookkeeper
     metrics: Metrics
@@ -51,6 +58,7 @@ class Services:
         db = firestore.AsyncClient(project=settings.project)
         layout = Layout(db, settings.trading_mode)
         gateway = Gateway(settings, metrics=metrics)
+        broker = Broker(gateway)
         books = Books(layout)
         # Unique per process, so a claim left by a killed process is recognisably someone else's.
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -58,6 +66,7 @@ class Services:
             settings=settings,
             schemas=schemas,
             gateway=gateway,
+            broker=broker,
             db=db,
             layout=layout,
             ledger=RequestLedger(layout, owner=owner, lease_seconds=settings.claim_lease),
@@ -71,10 +80,9 @@ class Services:
                 subscription=settings.intents_subscription,
                 schemas=schemas,
             ),
-            instruments=Instruments(gateway.ib),
             books=books,
             # A write-ahead order never placed (its intent died and was not re-run) is closed after this long.
-            bookkeeper=Bookkeeper(gateway, books, stale_pending_after=max(3600.0, settings.intent_timeout * 2)),
+            bookkeeper=Bookkeeper(broker, books, stale_pending_after=max(3600.0, settings.intent_timeout * 2)),
             metrics=metrics,
         )
         services.dry_run_view = services._read_only(DryRunClient(db))
@@ -101,12 +109,12 @@ class Services:
             activity=ActivityLog(layout),
             books=books,
             # Never started: it only runs the sweep (reconcile) a dry-run intent asks for, against these books.
-            bookkeeper=Bookkeeper(self.gateway, books, stale_pending_after=self.bookkeeper.stale_pending_after),
+            bookkeeper=Bookkeeper(self.broker, books, stale_pending_after=self.bookkeeper.stale_pending_after),
             dry_run_view=None,
         )
 
     def start(self) -> None:
-        """On the broker loop: live booking hooks the IB object's events before the first connect."""
+        """On the broker loop: live booking hooks the broker's events before the first connect."""
         self.bookkeeper.start()
 
     async def close(self) -> None:

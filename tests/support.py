@@ -18,7 +18,7 @@ from google.cloud import firestore, pubsub_v1
 
 from consumer.config import Settings
 from consumer.devstack.provision import Overrides, provision
-from consumer.service import Service
+from consumer.process import Consumer
 
 # The simulated gateway's clock in every test, so that nothing depends on the day the suite runs: a plain
 # Wednesday in mid-session by default, and these days for the tests that must hold on any of them.
@@ -214,7 +214,7 @@ def settings_for_tests(project: str, gateway_port: int, **overrides: Any) -> Set
 class ConsumerUnderTest:
     """The real consumer service, in this process, on its own threads (the broker loop among them)."""
 
-    service: Service
+    service: Consumer
     thread: threading.Thread
 
     @classmethod
@@ -226,7 +226,7 @@ class ConsumerUnderTest:
         intents: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> ConsumerUnderTest:
-        service = Service(settings_for_tests(project, gateway_port, **overrides), intents=intents)
+        service = Consumer(settings_for_tests(project, gateway_port, **overrides), intents=intents)
         thread = threading.Thread(target=service.run, name="consumer-under-test", daemon=True)
         thread.start()
         c = cls(service, thread)

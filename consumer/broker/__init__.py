@@ -1,1 +1,1 @@
-"""Everything ib_insync: the broker loop thread, the gateway connection, orders and market data."""
+"""Everything ib_insync, behind one door (`broker.Broker`): the loop thread, the connection, orders, market data."""

@@ -39,6 +39,8 @@ CLOCK_RESOLUTION = 2.0
 
 
 class State(StrEnum):
+    """The connection as listeners and the health endpoint see it."""
+
     CONNECTING = "connecting"
     CONNECTED = "connected"
     DEGRADED = "degraded"  # socket up, but the gateway lost IB (1100)
@@ -49,6 +51,16 @@ Listener = Callable[["State"], None]
 
 
 class Gateway:
+    """The connection's lifecycle: owns the `IB` object and keeps it connected; everything else asks the Broker.
+
+    `run` (a task on the broker loop for the life of the process) connects with backoff, sends the market data
+    type, and waits for a loss: a dropped socket, error 1101 (reconnected with data lost) or missed heartbeats;
+    then it disconnects cleanly, fails the shared requests in flight and connects again. Error 1100 leaves the
+    socket up but marks the state DEGRADED until 1102. Listeners (`add_listener`) hear every state change:
+    the process holds intake while the gateway is away, the bookkeeper sweeps after every connect. A client id
+    already in use is waited for, never replaced: open orders belong to their client id.
+    """
+
     def __init__(self, settings: Settings, heartbeat_misses: int = 2, metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._metrics = metrics or Metrics()
@@ -58,7 +70,6 @@ class Gateway:
         self.connections = 0  # successful (re)connects, for metrics and tests
         self._listeners: list[Listener] = []
         self._heartbeat_misses = heartbeat_misses
-        self._up = asyncio.Event()
         self._lost = asyncio.Event()
         self._stopping = False
         self._client_id_in_use = False
@@ -109,12 +120,6 @@ class Gateway:
         if abs(offset - self._clock_offset) >= CLOCK_RESOLUTION or (offset == 0.0) != (self._clock_offset == 0.0):
             log.warning("gateway clock differs from ours", offset_s=round(offset, 1), gateway_time=gateway_time)
             self._clock_offset = offset
-
-    async def wait_ready(self, within: float) -> IB:
-        if not self.ready:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._up.wait(), within)
-        return self.require()
 
     async def run(self) -> None:
         """Connects, then reconnects after every loss, until `stop`."""
@@ -230,10 +235,6 @@ class Gateway:
         if state is self.state:
             return
         self.state = state
-        if state is State.CONNECTED:
-            self._up.set()
-        else:
-            self._up.clear()
         for listener in self._listeners:
             try:
                 listener(state)

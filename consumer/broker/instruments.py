@@ -10,9 +10,11 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from ib_insync import IB, Contract, ContractDetails
 
+from consumer.broker import views
 from consumer.broker.hours import is_open
 from consumer.errors import IntentError
 from consumer.strategies.base import InstrumentSpec
@@ -20,6 +22,9 @@ from consumer.strategies.base import InstrumentSpec
 
 @dataclass(frozen=True)
 class Instrument:
+    """A qualified contract with what sizing and market hours need. `contract` is ib_insync's: only consumer.broker
+    reads it; everyone else uses the properties and `describe`."""
+
     key: str
     contract: Contract
     multiplier: float
@@ -44,17 +49,12 @@ class Instrument:
         hours = self.liquid_hours or self.trading_hours
         return is_open(hours, self.time_zone, now) if hours else True
 
-    def describe(self) -> dict[str, object]:
-        c = self.contract
-        return {
-            "conId": c.conId,
-            "symbol": c.symbol,
-            "localSymbol": c.localSymbol,
-            "secType": c.secType,
-            "exchange": c.exchange,
-            "currency": c.currency,
-            "multiplier": self.multiplier,
-        }
+    @property
+    def sec_type(self) -> str:
+        return self.contract.secType
+
+    def describe(self) -> dict[str, Any]:
+        return views.contract(self.contract)
 
 
 def contract_for(spec: InstrumentSpec) -> Contract:

@@ -1,8 +1,7 @@
 """The broker loop: one thread we own, running one asyncio loop for the life of the process.
 
 The ib_insync `IB` object, its connection, the async Firestore client and every intent handler live here and are
-touched from nowhere else. This is the fix for the earlier HTTP version's "attached to a different loop" crashes:
-ib_insync objects were created on one loop and used on another. Other threads hand work over with `submit`
+touched from nowhere else (why: docs/decisions.md, record 1). Other threads hand work over with `submit`
 (`run_coroutine_threadsafe`) or `call` (`call_soon_threadsafe`), never by calling into these objects.
 """
 
@@ -18,6 +17,11 @@ T = TypeVar("T")
 
 
 class BrokerLoop:
+    """The broker thread and its loop: `start` once, hand work over with `submit`/`run`/`call`, `stop` at exit.
+
+    `responsive` is the liveness probe: a loop blocked by a synchronous call would fail it.
+    """
+
     def __init__(self, name: str = "broker-loop") -> None:
         self._name = name
         self._thread: threading.Thread | None = None

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from ib_insync import IB, Ticker
 
+from consumer.broker import views
 from consumer.broker.instruments import Instrument, Instruments, fx_pair
+from consumer.broker.model import HistoricalBar, Quote
 from consumer.errors import IntentError
 from consumer.strategies.base import Bar, SignalUnavailable
 
@@ -36,33 +37,30 @@ class BrokerMarketData:
             raise SignalUnavailable(f"{symbol} is not among the strategy's instruments") from None
 
     async def daily_bars(self, symbol: str, days: int) -> list[Bar]:
-        instrument = self._instrument(symbol)
-        bars = await self._ib.reqHistoricalDataAsync(
-            instrument.contract,
-            endDateTime="",
-            durationStr=duration(days),
-            barSizeSetting="1 day",
-            whatToShow="MIDPOINT" if instrument.contract.secType == "CASH" else "TRADES",
-            useRTH=True,
-            formatDate=1,
-            timeout=HISTORY_TIMEOUT,
-        )
-        return [Bar(str(b.date), b.open, b.high, b.low, b.close, b.volume) for b in bars]
+        bars = await historical_bars(self._ib, self._instrument(symbol), duration(days), "1 day", utc=False)
+        return [Bar(b.time, b.open, b.high, b.low, b.close, b.volume) for b in bars]
 
     async def price(self, symbol: str) -> float:
         instrument = self._instrument(symbol)
         return (await snapshot_prices(self._ib, [instrument]))[instrument.con_id]
 
 
-@dataclass(frozen=True, slots=True)
-class Quote:
-    bid: float | None
-    ask: float | None
-    last: float | None  # last trade, else the previous close
-
-    def side(self, buying: bool) -> float | None:
-        """The price an order on this side meets: the ask for a buy, the bid for a sell; last/close without one."""
-        return (self.ask if buying else self.bid) or self.last
+async def historical_bars(
+    ib: IB, instrument: Instrument, duration: str, bar_size: str, utc: bool = True
+) -> list[HistoricalBar]:
+    """Regular-hours bars ending now: midpoints for forex (IDEALPRO has no trades), trades otherwise. `utc` asks for
+    intraday bar times as UTC timestamps rather than in the exchange's zone."""
+    bars = await ib.reqHistoricalDataAsync(
+        instrument.contract,
+        endDateTime="",
+        durationStr=duration,
+        barSizeSetting=bar_size,
+        whatToShow="MIDPOINT" if instrument.sec_type == "CASH" else "TRADES",
+        useRTH=True,
+        formatDate=2 if utc else 1,
+        timeout=HISTORY_TIMEOUT,
+    )
+    return [views.bar(b) for b in bars]
 
 
 async def snapshot_tickers(ib: IB, instruments: Iterable[Instrument]) -> list[Ticker]:

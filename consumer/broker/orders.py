@@ -16,22 +16,23 @@ import hashlib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ib_insync import IB, LimitOrder, MarketOrder, Order, TagValue, Trade
 
 from consumer.broker import views
 from consumer.broker.instruments import Instrument
-from consumer.broker.market import Quote
+from consumer.broker.model import STATUSES, Fate, Quote, meaning
 from consumer.broker.shared import SharedRequests
 from consumer.errors import IntentError
 from consumer.store.trading_config import OrderDefaults
 
-# Statuses that settle the wait: the broker has accepted (Submitted), finished (Filled), or refused the order.
-CONFIRMED = {"PreSubmitted", "Submitted", "Filled", "Cancelled", "ApiCancelled", "Inactive"}
-DONE = {"Filled", "Cancelled", "ApiCancelled", "Inactive"}
-ACCEPTED = {"PreSubmitted", "Submitted"}
+# From the one status table (consumer.broker.model.STATUSES). CONFIRMED settles the wait for an order type that
+# rests (the broker has accepted, finished or refused it); DONE settles it for MKT and LMT.
+DONE = {s for s, m in STATUSES.items() if m.done}
+ACCEPTED = {s for s, m in STATUSES.items() if m.accepted}
+CONFIRMED = ACCEPTED | DONE
 INACTIVE_GRACE = 1.0
 
 
@@ -57,6 +58,8 @@ def order_ref(intent: str, request_id: str, leg: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class LegOrder:
+    """One order to place: signed quantity on an instrument, under its orderRef (and, for LMT, its price)."""
+
     order_ref: str
     instrument: Instrument
     quantity: float  # signed
@@ -65,8 +68,10 @@ class LegOrder:
 
 @dataclass(slots=True)
 class Outcome:
+    """One order's fate as a reply reports it: placed now, or found at the broker (`existing`)."""
+
     order_ref: str
-    outcome: str  # filled | working | cancelled | rejected | unconfirmed | missing
+    fate: Fate
     status: str = ""
     order_id: int | None = None
     perm_id: int | None = None
@@ -79,12 +84,11 @@ class Outcome:
     order_type: str = ""
     limit_price: float | None = None
     tif: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "orderRef": self.order_ref,
-            "outcome": self.outcome,
+            "outcome": self.fate.value,
             "status": self.status,
             "orderId": self.order_id,
             "permId": self.perm_id,
@@ -103,19 +107,12 @@ class Outcome:
 def outcome_of(trade: Trade, existing: bool = False) -> Outcome:
     status = trade.orderStatus.status
     filled = trade.orderStatus.filled
-    if status == "Filled":
-        kind = "filled"
-    elif status == "Inactive":
-        kind = "rejected"
-    elif status in {"Cancelled", "ApiCancelled"}:
-        kind = "rejected" if _rejection(trade) else "cancelled"
-    elif status in {"Submitted", "PreSubmitted"}:
-        kind = "working"
-    else:
-        kind = "unconfirmed"
+    fate = meaning(status).fate
+    if fate is Fate.CANCELLED and _rejection(trade):
+        fate = Fate.REJECTED  # IB refused it after accepting it (ib_insync marks that Cancelled, with the error)
     return Outcome(
         order_ref=trade.order.orderRef,
-        outcome=kind,
+        fate=fate,
         status=status,
         order_id=trade.order.orderId or None,
         perm_id=trade.order.permId or None,
@@ -139,6 +136,14 @@ def _rejection(trade: Trade) -> dict[str, Any] | None:
 
 
 class OrderEngine:
+    """Places one request's orders and reports each one's fate; built per request by `Broker.order_engine`.
+
+    `find` first (a leg the broker already has is never sent again), then `priced` (LMT only: a marketable limit
+    from each leg's quote), then `place`: every leg is sent at once and awaited on its own status events, up to the
+    timeout (the config's orderDefaults.timeoutSeconds, else the service's). A leg still unanswered is looked up by
+    orderRef and, if still unknown, reported unconfirmed: it may be live, so it is never placed again.
+    """
+
     def __init__(
         self,
         ib: IB,
@@ -211,9 +216,9 @@ class OrderEngine:
             outcomes[ref] = (
                 outcome_of(trade)
                 if settled
-                else Outcome(order_ref=ref, outcome="unconfirmed", order_id=trade.order.orderId)
+                else Outcome(order_ref=ref, fate=Fate.UNCONFIRMED, order_id=trade.order.orderId)
             )
-        unconfirmed = {ref for ref, o in outcomes.items() if o.outcome == "unconfirmed"}
+        unconfirmed = {ref for ref, o in outcomes.items() if o.fate is Fate.UNCONFIRMED}
         if unconfirmed:
             # Ambiguous is not failed: the order may well be live. Ask the broker; never place it again.
             try:
@@ -353,7 +358,7 @@ async def find_orders(
         if ref in refs and ref not in found:
             found[ref] = Outcome(
                 order_ref=ref,
-                outcome="working",
+                fate=Fate.WORKING,
                 status="Executed",
                 order_id=fill.execution.orderId,
                 perm_id=fill.execution.permId,
@@ -363,8 +368,8 @@ async def find_orders(
     return found
 
 
-_RANK = {"filled": 4, "cancelled": 3, "rejected": 3, "working": 2, "unconfirmed": 1, "missing": 0}
+_RANK = {Fate.FILLED: 4, Fate.CANCELLED: 3, Fate.REJECTED: 3, Fate.WORKING: 2, Fate.UNCONFIRMED: 1, Fate.MISSING: 0}
 
 
 def _more_final(a: Outcome, b: Outcome) -> bool:
-    return (_RANK[a.outcome], a.filled) > (_RANK[b.outcome], b.filled)
+    return (_RANK[a.fate], a.filled) > (_RANK[b.fate], b.filled)

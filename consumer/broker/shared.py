@@ -20,6 +20,11 @@ from ib_insync import IB, ExecutionFilter, Fill, Position, Trade
 
 
 class SharedRequests:
+    """The fixed-key requests of one connection (see above), each shared by the callers waiting at the same time.
+
+    `reset` fails what is in flight; the gateway calls it after every disconnect.
+    """
+
     def __init__(self, ib: IB) -> None:
         self._ib = ib
         self._in_flight: dict[str, asyncio.Future[Any]] = {}

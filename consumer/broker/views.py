@@ -1,6 +1,7 @@
-"""Plain, JSON-ready views of ib_insync objects for replies and Firestore.
+"""ib_insync's objects translated into the product's own (consumer.broker.model) and JSON-ready dicts.
 
-ib_insync's objects are live and belong to the broker loop; what leaves the loop is a copy made here.
+ib_insync's objects are live and belong to the broker loop; what leaves the loop is a copy made here. `contract`
+is the one serializer of an instrument: replies, order documents, holdings and fills all describe one with it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from ib_insync import AccountValue, Contract, Fill, PortfolioItem, Position, Trade
+from ib_insync import AccountValue, BarData, Contract, Fill, PortfolioItem, Position, Trade
+
+from consumer.broker import model
 
 
 def number(value: Any) -> float | None:
@@ -26,9 +29,11 @@ def number(value: Any) -> float | None:
 
 
 def contract(c: Contract) -> dict[str, Any]:
+    """An instrument as replies and Firestore describe it. `symbol` is the one it trades under (IB's localSymbol:
+    EUR.USD, ESZ6), the same whichever path wrote it (a fill, an order, a correction)."""
     return {
         "conId": c.conId,
-        "symbol": c.symbol,
+        "symbol": c.localSymbol or c.symbol,
         "localSymbol": c.localSymbol or c.symbol,
         "secType": c.secType,
         "exchange": c.exchange or c.primaryExchange,
@@ -53,8 +58,8 @@ def account_values(values: Iterable[AccountValue]) -> dict[str, dict[str, Any]]:
     return dict(out)
 
 
-def position(p: Position) -> dict[str, Any]:
-    return {"account": p.account, **contract(p.contract), "position": p.position, "avgCost": number(p.avgCost)}
+def position(p: Position) -> model.Position:
+    return model.Position(p.account, contract(p.contract), float(p.position), number(p.avgCost))
 
 
 def portfolio_item(p: PortfolioItem) -> dict[str, Any]:
@@ -70,44 +75,52 @@ def portfolio_item(p: PortfolioItem) -> dict[str, Any]:
     }
 
 
-def trade(t: Trade) -> dict[str, Any]:
+def order(t: Trade) -> model.BrokerOrder:
     o, s = t.order, t.orderStatus
-    return {
-        "orderId": o.orderId,
-        "permId": o.permId,
-        "clientId": o.clientId,
-        "orderRef": o.orderRef,
-        **contract(t.contract),
-        "action": o.action,
-        "quantity": o.totalQuantity,
-        "orderType": o.orderType,
-        "limitPrice": number(o.lmtPrice),
-        "tif": o.tif,
-        "status": s.status,
-        "filled": s.filled,
-        "remaining": s.remaining,
-        "avgFillPrice": number(s.avgFillPrice),
-    }
+    return model.BrokerOrder(
+        order_ref=o.orderRef,
+        order_id=o.orderId,
+        perm_id=o.permId,
+        client_id=o.clientId,
+        contract=contract(t.contract),
+        action=o.action,
+        total_quantity=float(o.totalQuantity),
+        order_type=o.orderType,
+        limit_price=number(o.lmtPrice),
+        tif=o.tif,
+        status=s.status,
+        filled=float(s.filled),
+        remaining=float(s.remaining),
+        avg_fill_price=number(s.avgFillPrice),
+    )
 
 
-def fill(f: Fill) -> dict[str, Any]:
-    e, c = f.execution, f.commissionReport
-    return {
-        "execId": e.execId,
-        "time": _iso(e.time),
-        "account": e.acctNumber,
-        **contract(f.contract),
-        "side": e.side,
-        "shares": e.shares,
-        "price": e.price,
-        "orderId": e.orderId,
-        "permId": e.permId,
-        "clientId": e.clientId,
-        "orderRef": e.orderRef,
-        "cumQty": e.cumQty,
-        "commission": number(c.commission) if c and c.execId else None,
-        "commissionCurrency": (c.currency or None) if c else None,
-    }
+def fill(f: Fill) -> model.Fill:
+    e, r = f.execution, f.commissionReport
+    has_commission = bool(r and r.execId)
+    described = contract(f.contract)
+    described["exchange"] = described["exchange"] or e.exchange
+    return model.Fill(
+        exec_id=e.execId,
+        order_ref=e.orderRef or "",
+        order_id=e.orderId,
+        perm_id=e.permId,
+        client_id=e.clientId,
+        account=e.acctNumber,
+        contract=described,
+        side=e.side,
+        shares=float(e.shares),
+        price=float(e.price),
+        time=_iso(e.time) or "",
+        cum_qty=float(e.cumQty),
+        commission=number(r.commission) if has_commission else None,
+        commission_currency=(r.currency or None) if has_commission else None,
+    )
+
+
+def bar(b: BarData) -> model.HistoricalBar:
+    day = b.date.date() if isinstance(b.date, datetime) else b.date
+    return model.HistoricalBar(str(b.date), day.isoformat(), b.open, b.high, b.low, b.close, b.volume)
 
 
 def _iso(value: datetime | str | None) -> str | None:

@@ -6,7 +6,7 @@ from consumer.intents.base import Intent
 
 
 def builtin_intents() -> dict[str, Intent]:
-    from consumer.intents import allocation, cash_balancer, close_all, market_data, ping, records, summary
+    from consumer.intents import allocation, cash_balancer, close_all, market_data, ping, reconcile, summary
 
     intents = [
         summary.INTENT,
@@ -15,8 +15,8 @@ def builtin_intents() -> dict[str, Intent]:
         allocation.INTENT,
         close_all.INTENT,
         cash_balancer.INTENT,
-        records.TRADE_RECONCILIATION,
-        records.RECONCILE,
+        reconcile.TRADE_RECONCILIATION,
+        reconcile.RECONCILE,
         market_data.INTENT,
     ]
     return {intent.name: intent for intent in intents}

@@ -15,7 +15,6 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from consumer.broker.instruments import Instrument
-from consumer.broker.market import BrokerMarketData, fx_rates, market_fx_rates, snapshot_prices
 from consumer.errors import IntentError
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.rebalance import Rebalance
@@ -65,17 +64,16 @@ def choose_strategies(ctx: IntentContext, params: dict[str, Any]) -> dict[str, S
 
 async def allocation(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     strategies = choose_strategies(ctx, params)
-    services = ctx.services
-    ib = ctx.ib
+    broker = ctx.broker
     config = ctx.config
 
-    resolved = await asyncio.gather(*(services.instruments.resolve(s.instruments()) for s in strategies.values()))
+    resolved = await asyncio.gather(*(broker.resolve(s.instruments()) for s in strategies.values()))
     instruments: dict[str, dict[str, Instrument]] = dict(zip(strategies, resolved, strict=True))
     rebalance = await Rebalance.open(ctx, list(strategies))
 
     async def weights_of(name: str, strategy: Strategy) -> dict[str, float] | str:
         try:
-            return await strategy.target_weights(BrokerMarketData(ib, instruments[name]))
+            return await strategy.target_weights(broker.market_data(instruments[name]))
         except Exception as e:
             ctx.log.warning("strategy skipped: no signal", strategy=name, error=str(e))
             return f"{type(e).__name__}: {e}" if not str(e) else str(e)
@@ -97,11 +95,11 @@ async def allocation(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
         )
 
     needed = {i.con_id: i for n in weights for i in instruments[n].values()}
-    prices = await snapshot_prices(ib, needed.values())
-    rates = {**fx_rates(ib, rebalance.account.id), rebalance.account.base_currency: 1.0}
+    prices = await broker.prices(needed.values())
+    rates = {**broker.fx_rates(rebalance.account.id), rebalance.account.base_currency: 1.0}
     unrated = {i.currency for i in needed.values()} - set(rates)
     if unrated:
-        rates.update(await market_fx_rates(ib, services.instruments, unrated, rebalance.account.base_currency))
+        rates.update(await broker.market_fx_rates(unrated, rebalance.account.base_currency))
     targets: dict[str, dict[int, float]] = {}
     sizing: dict[str, Any] = {}
     for name, wanted in weights.items():

@@ -14,9 +14,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 if TYPE_CHECKING:
-    from ib_insync import IB
-
-    from consumer.broker.shared import SharedRequests
+    from consumer.broker.broker import Broker
     from consumer.envelope import Request
     from consumer.services import Services
     from consumer.store.trading_config import TradingConfig
@@ -26,6 +24,9 @@ Handler = Callable[["IntentContext", dict[str, Any]], Awaitable[dict[str, Any]]]
 
 @dataclass(frozen=True, slots=True)
 class Intent:
+    """An intent: its name (the message's `intent`), handler and description; params are checked against
+    schemas/intents/{name}.schema.json before the handler runs."""
+
     name: str
     handler: Handler
     description: str
@@ -42,25 +43,22 @@ class Intent:
 
 @dataclass(slots=True)
 class IntentContext:
+    """What a handler is given: the services (`broker` among them), the request, its mode's config, its logger."""
+
     services: Services
     request: Request
     config: TradingConfig
     log: structlog.stdlib.BoundLogger
 
     @property
-    def ib(self) -> IB:
-        """The connected IB object; raises Transient (so the message is retried) if the gateway is away."""
-        return self.services.gateway.require()
-
-    @property
-    def requests(self) -> SharedRequests:
-        """Positions, open and completed orders, current time: safe to ask for concurrently (broker.shared)."""
-        self.services.gateway.require()
-        return self.services.gateway.requests
+    def broker(self) -> Broker:
+        """The one door to IB (consumer.broker.broker); its calls raise Transient (so the message is retried)
+        while the gateway is away."""
+        return self.services.broker
 
     def market_now(self) -> datetime:
         """Now by the gateway's clock: what decides whether an exchange is open (see Gateway.now)."""
-        return self.services.gateway.now()
+        return self.services.broker.now()
 
     @property
     def dry_run(self) -> bool:

@@ -10,23 +10,14 @@ one (a debit in that currency) is never over-bought. Balances worth less than th
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
-from consumer.broker.instruments import fx_pair
-from consumer.broker.market import fx_rates, snapshot_prices
 from consumer.broker.orders import LegOrder, order_ref
 from consumer.errors import Rejected
 from consumer.forex import currency_lines
 from consumer.intents.base import Intent, IntentContext
-from consumer.intents.rebalance import account_snapshot, send_orders
-
-
-def cash_balances(values: Any, account: str) -> dict[str, float]:
-    return {
-        v.currency: float(v.value)
-        for v in values
-        if v.account == account and v.tag == "CashBalance" and v.currency and v.currency != "BASE"
-    }
+from consumer.intents.rebalance import send_orders
 
 
 def conversion(balance: float, pair_price: float, currency_is_base: bool) -> float:
@@ -38,15 +29,15 @@ def conversion(balance: float, pair_price: float, currency_is_base: bool) -> flo
 
 
 async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
-    ib = ctx.ib
+    broker = ctx.broker
     services = ctx.services
-    account = await account_snapshot(ib, services.settings.ib_account)
+    account = await broker.account(services.settings.ib_account)
     threshold = float(params.get("threshold", ctx.config.cash_threshold))
     base = account.base_currency
     # The books' claims must include every fill so far, or a strategy's fresh forex trade would look free.
     await services.bookkeeper.reconcile()
-    balances = cash_balances(ib.accountValues(account.id), account.id)
-    rates = fx_rates(ib, account.id)
+    balances = broker.cash_balances(account.id)
+    rates = broker.fx_rates(account.id)
     claims = currency_lines(await services.books.holdings(), balances, base)
 
     lines: list[dict[str, Any]] = []
@@ -66,8 +57,8 @@ async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str,
         if abs(value) < threshold or balance == 0:
             lines.append({**line, "action": "left", "reason": f"below the threshold of {threshold:g} {base}"})
             continue
-        pair, currency_is_base = await fx_pair(services.instruments, currency, base)
-        price = (await snapshot_prices(ib, [pair])).get(pair.con_id)
+        pair, currency_is_base = await broker.fx_pair(currency, base)
+        price = (await broker.prices([pair])).get(pair.con_id)
         if price is None:
             lines.append({**line, "action": "skipped", "reason": f"no price for {pair.symbol}"})
             continue
@@ -79,18 +70,24 @@ async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str,
         orders[ref] = LegOrder(ref, pair, quantity)
         lines.append({**line, "action": "convert", "pair": pair.symbol, "order": quantity, "orderRef": ref})
 
-    envelope = ctx.request.envelope
-    if orders and not ctx.dry_run and not (envelope and envelope.ignore_market_hours):
-        now = ctx.market_now()
-        closed = sorted(o.instrument.symbol for o in orders.values() if not o.instrument.open_at(now))
-        if closed:
-            raise Rejected("market_closed", f"IDEALPRO is closed for {', '.join(closed)}; nothing was converted")
+    _refuse_closed(ctx, orders.values())
     outcomes = {} if ctx.dry_run else await send_orders(ctx, account.id, orders, {})
     for line in lines:
         outcome = outcomes.get(line.get("orderRef", ""))
         if outcome is not None:
             line.update(outcome.as_dict())
     return {"account": account.id, "baseCurrency": base, "threshold": threshold, "balances": lines}
+
+
+def _refuse_closed(ctx: IntentContext, orders: Iterable[LegOrder]) -> None:
+    """Rejects the request when a pair's market is closed (unless dry run or ignoreMarketHours)."""
+    envelope = ctx.request.envelope
+    if ctx.dry_run or (envelope and envelope.ignore_market_hours):
+        return
+    now = ctx.market_now()
+    closed = sorted(o.instrument.symbol for o in orders if not o.instrument.open_at(now))
+    if closed:
+        raise Rejected("market_closed", f"IDEALPRO is closed for {', '.join(closed)}; nothing was converted")
 
 
 INTENT = Intent(

@@ -11,10 +11,8 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
-from ib_insync import BarData
-
 from consumer.broker.instruments import Instrument
-from consumer.broker.market import HISTORY_TIMEOUT, snapshot_prices
+from consumer.broker.model import HistoricalBar
 from consumer.intents.base import Intent, IntentContext
 from consumer.store.batches import BatchedWrites
 from consumer.strategies.base import InstrumentSpec
@@ -28,32 +26,19 @@ def _spec(item: str | dict[str, Any]) -> tuple[str, InstrumentSpec]:
     return item["symbol"], InstrumentSpec.parse(item["symbol"], item)
 
 
-def _day(bar: BarData) -> str:
-    return bar.date.date().isoformat() if isinstance(bar.date, datetime) else bar.date.isoformat()
-
-
 async def collect_market_data(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     services = ctx.services
-    ib = ctx.ib
+    broker = ctx.broker
     bar_size = params.get("barSize", "1 day")
     duration = params.get("duration", "5 D")
     specs = dict(_spec(i) for i in params.get("instruments", DEFAULT_INSTRUMENTS))
-    instruments = await services.instruments.resolve(specs)
+    instruments = await broker.resolve(specs)
 
-    async def bars_of(instrument: Instrument) -> list[BarData]:
-        return await ib.reqHistoricalDataAsync(
-            instrument.contract,
-            endDateTime="",
-            durationStr=duration,
-            barSizeSetting=bar_size,
-            whatToShow="MIDPOINT" if instrument.contract.secType == "CASH" else "TRADES",
-            useRTH=True,
-            formatDate=2,
-            timeout=HISTORY_TIMEOUT,
-        )
+    async def bars_of(instrument: Instrument) -> list[HistoricalBar]:
+        return await broker.bars(instrument, duration, bar_size)
 
     collected = await asyncio.gather(*(bars_of(i) for i in instruments.values()))
-    snapshots = await snapshot_prices(ib, instruments.values()) if params.get("snapshot") else {}
+    snapshots = await broker.prices(instruments.values()) if params.get("snapshot") else {}
     size_key = bar_size.replace(" ", "")
     summary: dict[str, Any] = {}
     writer = BatchedWrites(services.db)
@@ -61,8 +46,8 @@ async def collect_market_data(ctx: IntentContext, params: dict[str, Any]) -> dic
     for (symbol, instrument), bars in zip(instruments.items(), collected, strict=True):
         by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for bar in bars:
-            by_day[_day(bar)].append(
-                {"time": str(bar.date), "open": bar.open, "high": bar.high, "low": bar.low, "close": bar.close,
+            by_day[bar.day].append(
+                {"time": bar.time, "open": bar.open, "high": bar.high, "low": bar.low, "close": bar.close,
                  "volume": bar.volume}
             )  # fmt: skip
         instrument_ref = services.layout.market_data(symbol)

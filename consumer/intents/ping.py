@@ -10,25 +10,24 @@ from consumer.intents.base import Intent, IntentContext
 
 
 async def ping(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
-    gateway = ctx.services.gateway
+    broker = ctx.broker
     settings = ctx.services.settings
     result: dict[str, Any] = {
-        "connected": gateway.ready,
-        "state": gateway.state.value,
+        "connected": broker.ready,
+        "state": broker.state.value,
         "host": settings.ib_host,
         "port": settings.ib_port,
         "clientId": settings.ib_client_id,
-        "connections": gateway.connections,
+        "connections": broker.connections,
     }
-    if gateway.ready:
-        ib = gateway.ib
+    if broker.ready:
         started = time.perf_counter()
-        gateway_time = await asyncio.wait_for(gateway.requests.current_time(), timeout=10)
+        gateway_time = await asyncio.wait_for(broker.current_time(), timeout=10)
         result.update(
             gatewayTime=gateway_time.isoformat(),
             roundTripMs=round((time.perf_counter() - started) * 1000, 3),
-            serverVersion=ib.client.serverVersion(),
-            accounts=ib.managedAccounts(),
+            serverVersion=broker.server_version(),
+            accounts=broker.managed_accounts(),
         )
     return result
 

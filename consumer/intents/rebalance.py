@@ -16,41 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ib_insync import IB, Trade
-
+from consumer.broker.broker import Broker
 from consumer.broker.instruments import Instrument
-from consumer.broker.market import snapshot_quotes
-from consumer.broker.orders import DONE, LegOrder, OrderEngine, Outcome, cancel_orders, order_ref
-from consumer.broker.shared import SharedRequests
+from consumer.broker.model import Account, BrokerOrder, is_done
+from consumer.broker.orders import LegOrder, Outcome, order_ref
 from consumer.errors import IntentError, Rejected, Transient
 from consumer.intents.base import IntentContext
 from consumer.portfolio import EPSILON, Leg, net_legs
 from consumer.store.books import PendingOrder
-
-
-@dataclass
-class Account:
-    id: str
-    base_currency: str
-    net_liquidation: float
-
-
-async def account_snapshot(ib: IB, configured: str) -> Account:
-    accounts = ib.managedAccounts()
-    if configured:
-        if configured not in accounts:
-            raise IntentError("unknown_account", f"IB_ACCOUNT {configured} is not managed by this login ({accounts})")
-        account = configured
-    elif len(accounts) == 1:
-        account = accounts[0]
-    else:
-        raise IntentError("ambiguous_account", f"this login manages {accounts}; set IB_ACCOUNT to pick one")
-    # The account-updates subscription ib_insync starts at connect keeps these current; the summary is the fallback.
-    values = ib.accountValues(account) or await ib.accountSummaryAsync(account)
-    for value in values:
-        if value.account == account and value.tag == "NetLiquidation" and value.currency not in ("", "BASE"):
-            return Account(account, value.currency, float(value.value))
-    raise IntentError("no_net_liquidation", f"the gateway reported no NetLiquidation for {account}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,17 +37,16 @@ class WorkingOrder:
     quantity: float  # signed, the whole order
     shares: frozenset[str]  # every strategy with a part in it
     remaining: dict[str, float]  # per strategy: what it will still add when the order fills
-    trade: Trade
+    order: BrokerOrder  # as the broker reported it
 
     def view(self) -> dict[str, Any]:
-        status = self.trade.orderStatus
         return {
             "orderRef": self.order_ref,
             "instrument": self.symbol,
             "conId": self.con_id,
             "quantity": self.quantity,
-            "filled": status.filled,
-            "remaining": status.remaining,
+            "filled": self.order.filled,
+            "remaining": self.order.remaining,
         }
 
 
@@ -94,16 +66,15 @@ class Rebalance:
     scope: list[str] | None  # the strategies this intent trades for (None: every one)
     holdings: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     orders: list[WorkingOrder] = field(default_factory=list)
-    others: list[Trade] = field(default_factory=list)  # working at the broker, not ours: never touched
+    others: list[BrokerOrder] = field(default_factory=list)  # working at the broker, not ours: never touched
     sweep: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     async def open(cls, ctx: IntentContext, strategies: list[str] | None) -> Rebalance:
         """Brings the books in step with the broker first: every later number depends on them."""
-        ib = ctx.ib
         services = ctx.services
         sweep = await services.bookkeeper.reconcile()
-        account = await account_snapshot(ib, services.settings.ib_account)
+        account = await ctx.broker.account(services.settings.ib_account)
         rebalance = cls(ctx=ctx, account=account, scope=strategies, sweep=sweep)
         await rebalance._reload()
         return rebalance
@@ -111,7 +82,7 @@ class Rebalance:
     async def _reload(self) -> None:
         services = self.ctx.services
         self.holdings = await services.books.holdings(self.scope)
-        self.orders, self.others = await _working(self.ctx.requests, await services.books.open_orders())
+        self.orders, self.others = await _working(self.ctx.broker, await services.books.open_orders())
 
     def only(self, strategies: list[str]) -> None:
         """Keeps the books of these strategies only: one that was skipped must not be read as target zero."""
@@ -171,19 +142,17 @@ class Rebalance:
             way.kept.append({**order.view(), "reason": reason})
             if opposes(order.con_id, order.quantity):
                 way.aside.add(order.order_ref)
-        for trade in self.others:
-            signed = trade.order.totalQuantity * (1 if trade.order.action == "BUY" else -1)
-            con_id = trade.contract.conId
-            if con_id in legs and (close or opposes(con_id, signed)):
+        for other in self.others:
+            if other.con_id in legs and (close or opposes(other.con_id, other.quantity)):
                 way.kept.append(
                     {
-                        "orderRef": trade.order.orderRef,
-                        "instrument": trade.contract.localSymbol or trade.contract.symbol,
-                        "conId": con_id,
-                        "quantity": signed,
-                        "filled": trade.orderStatus.filled,
-                        "remaining": trade.orderStatus.remaining,
-                        "reason": f"not an order of this consumer (client id {trade.order.clientId}, no order "
+                        "orderRef": other.order_ref,
+                        "instrument": other.symbol,
+                        "conId": other.con_id,
+                        "quantity": other.quantity,
+                        "filled": other.filled,
+                        "remaining": other.remaining,
+                        "reason": f"not an order of this consumer (client id {other.client_id}, no order "
                         "document of ours): never cancelled",
                     }
                 )
@@ -196,9 +165,8 @@ class Rebalance:
         outside = sorted(s for s in order.shares if not self._in_scope(s))
         if outside:
             return f"also carries {', '.join(outside)}, which this request does not trade for"
-        own = self.ctx.ib.client.clientId
-        if order.trade.order.clientId != own:
-            return f"placed by client id {order.trade.order.clientId}; only that client can cancel it"
+        if order.order.client_id != self.ctx.broker.client_id:
+            return f"placed by client id {order.order.client_id}; only that client can cancel it"
         return ""
 
     async def cancel(self, orders: Mapping[str, WorkingOrder], reason: str) -> list[dict[str, Any]]:
@@ -210,13 +178,13 @@ class Rebalance:
         ctx = self.ctx
         services = ctx.services
         timeout = ctx.config.order_defaults.timeout_seconds or services.settings.order_timeout
-        outcomes = await cancel_orders(ctx.ib, ctx.requests, [o.trade for o in orders.values()], within=timeout)
+        outcomes = await ctx.broker.cancel([o.order for o in orders.values()], within=timeout)
         # Whatever filled before the cancel took effect is booked now, so the holdings below include it.
         await services.bookkeeper.reconcile()
         report = []
         for ref, order in orders.items():
             outcome = outcomes[ref]
-            if outcome.status in DONE:
+            if is_done(outcome.status):
                 await services.books.close_order(ref, outcome.status, outcome.filled)
             ctx.log.info("working order cancelled", orderRef=ref, status=outcome.status, filled=outcome.filled)
             report.append(
@@ -230,7 +198,7 @@ class Rebalance:
                     "reason": reason,
                 }
             )
-        unfinished = sorted(ref for ref, o in outcomes.items() if o.status not in DONE)
+        unfinished = sorted(ref for ref, o in outcomes.items() if not is_done(o.status))
         if unfinished:
             raise Transient(
                 "cancel_unconfirmed",
@@ -264,20 +232,17 @@ class Rebalance:
 
     async def _book_differences(self, con_ids: set[int]) -> list[dict[str, Any]]:
         ctx = self.ctx
-        positions = await ctx.requests.positions()
-        fills = await ctx.requests.executions()
+        positions = await ctx.broker.positions()
+        fills = await ctx.broker.executions()
         account = self.account.id
         broker: dict[int, float] = {}
         names: dict[int, str] = {}
         for p in positions:
-            if p.account == account and p.contract.conId in con_ids and p.contract.secType != "CASH":
-                broker[p.contract.conId] = broker.get(p.contract.conId, 0.0) + float(p.position)
-                names[p.contract.conId] = p.contract.localSymbol or p.contract.symbol
-        ours = [
-            f for f in fills
-            if f.execution.acctNumber == account and f.contract.conId in con_ids and f.contract.secType != "CASH"
-        ]  # fmt: skip
-        booked = await ctx.services.books.booked_exec_ids({f.execution.execId for f in ours})
+            if p.account == account and p.con_id in con_ids and p.sec_type != "CASH":
+                broker[p.con_id] = broker.get(p.con_id, 0.0) + p.quantity
+                names[p.con_id] = p.symbol
+        ours = [f for f in fills if f.account == account and f.con_id in con_ids and f.sec_type != "CASH"]
+        booked = await ctx.services.books.booked_exec_ids({f.exec_id for f in ours})
         expected: dict[int, float] = {}
         for positions_of in (await ctx.services.books.holdings(None)).values():
             for con_id, position in positions_of.items():
@@ -285,9 +250,8 @@ class Rebalance:
                     expected[con_id] = expected.get(con_id, 0.0) + float(position["quantity"])
                     names.setdefault(con_id, position.get("symbol", str(con_id)))
         for f in ours:
-            if f.execution.execId not in booked:
-                signed = float(f.execution.shares) * (1 if f.execution.side == "BOT" else -1)
-                expected[f.contract.conId] = expected.get(f.contract.conId, 0.0) + signed
+            if f.exec_id not in booked:
+                expected[f.con_id] = expected.get(f.con_id, 0.0) + f.signed
         return [
             {
                 "instrument": names.get(c, str(c)),
@@ -312,8 +276,7 @@ class Rebalance:
         # Sized as if the orders to cancel were gone: what a dry run shows and what the market check covers.
         legs = net_legs(targets, self.current(), self.working(without=set(way.cancel) | way.aside))
         needed = {c for c, leg in legs.items() if leg.deltas} | {o.con_id for o in way.cancel.values()}
-        for con_id in needed - set(instruments):  # held or working, not targeted: found by conId
-            instruments = {**instruments, con_id: await services.instruments.by_con_id(con_id)}
+        instruments = await _with_instruments(ctx.broker, instruments, needed)
         trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
         touched = set(trading) | {o.con_id for o in way.cancel.values()}
         if touched and not ctx.dry_run and not (ctx.request.envelope and ctx.request.envelope.ignore_market_hours):
@@ -340,8 +303,7 @@ class Rebalance:
                     f"orders {', '.join(sorted(after.cancel))} stand in the way after cancelling; nothing was placed",
                 )
             legs = net_legs(targets, self.current(), self.working(without=after.aside))
-            for con_id in {c for c, leg in legs.items() if leg.deltas} - set(instruments):
-                instruments = {**instruments, con_id: await services.instruments.by_con_id(con_id)}
+            instruments = await _with_instruments(ctx.broker, instruments, {c for c, leg in legs.items() if leg.deltas})
             trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
 
         intent = ctx.request.intent or "trade"
@@ -398,9 +360,7 @@ async def send_orders(
     services = ctx.services
     if not orders:
         return {}
-    engine = OrderEngine(
-        ctx.ib,
-        ctx.requests,
+    engine = ctx.broker.order_engine(
         ctx.config.order_defaults,
         ctx.request.envelope.params.get("orderProperties", {}) if ctx.request.envelope else {},
         services.settings.order_timeout,
@@ -412,7 +372,7 @@ async def send_orders(
     found = await engine.find(set(orders))
     to_send = {ref: o for ref, o in orders.items() if ref not in found}
     if engine.limits and to_send:
-        quotes = await snapshot_quotes(ctx.ib, [o.instrument for o in to_send.values()])
+        quotes = await ctx.broker.quotes([o.instrument for o in to_send.values()])
         to_send = {o.order_ref: o for o in engine.priced(to_send.values(), quotes)}
     await services.books.write_pending(
         PendingOrder(
@@ -435,25 +395,31 @@ async def send_orders(
     )
     for ref, o in outcomes.items():
         if not o.existing:
-            services.metrics.count("orders", o.outcome)
-            ctx.log.info("order settled", orderRef=ref, outcome=o.outcome, status=o.status, filled=o.filled)
-        if o.status in DONE and o.filled == 0:
+            services.metrics.count("orders", o.fate.value)
+            ctx.log.info("order settled", orderRef=ref, outcome=o.fate.value, status=o.status, filled=o.filled)
+        if is_done(o.status) and o.filled == 0:
             await services.books.close_order(ref, o.status, 0.0)  # rejected or cancelled at once: nothing to book
     return outcomes
 
 
-async def _working(
-    requests: SharedRequests, open_orders: list[dict[str, Any]]
-) -> tuple[list[WorkingOrder], list[Trade]]:
-    """Our orders still working at the broker (an open-order document of ours and a live trade), and the rest."""
-    live = [t for t in await requests.open_orders() if t.orderStatus.status not in DONE]
+async def _with_instruments(
+    broker: Broker, instruments: Mapping[int, Instrument], con_ids: set[int]
+) -> Mapping[int, Instrument]:
+    """`instruments` and those of `con_ids` it lacks (held or working, not targeted), found by conId."""
+    for con_id in con_ids - set(instruments):
+        instruments = {**instruments, con_id: await broker.by_con_id(con_id)}
+    return instruments
+
+
+async def _working(broker: Broker, open_orders: list[dict[str, Any]]) -> tuple[list[WorkingOrder], list[BrokerOrder]]:
+    """Our orders still working at the broker (an open-order document of ours and a live order), and the rest."""
     docs = {doc["orderRef"]: doc for doc in open_orders}
     ours: list[WorkingOrder] = []
-    others: list[Trade] = []
-    for trade in live:
-        doc = docs.get(trade.order.orderRef) if trade.order.orderRef else None
+    others: list[BrokerOrder] = []
+    for live in await broker.open_orders():
+        doc = docs.get(live.order_ref) if live.order_ref else None
         if doc is None:
-            others.append(trade)
+            others.append(live)
             continue
         booked = doc.get("booked", {})
         shares = doc.get("shares", {})
@@ -462,11 +428,11 @@ async def _working(
                 order_ref=doc["orderRef"],
                 request_id=doc.get("requestId", ""),
                 con_id=int(doc["conId"]),
-                symbol=doc.get("symbol", "") or trade.contract.symbol,
+                symbol=doc.get("symbol", "") or live.symbol,
                 quantity=float(doc["quantity"]),
                 shares=frozenset(shares),
                 remaining={s: float(q) - float(booked.get(s, 0.0)) for s, q in shares.items()},
-                trade=trade,
+                order=live,
             )
         )
     return ours, others
@@ -493,5 +459,5 @@ def _line(instrument: Instrument, leg: Leg, order: LegOrder | None, outcome: Out
 def _tally(outcomes: Mapping[str, Outcome]) -> dict[str, int]:
     tally: dict[str, int] = {"sent": sum(1 for o in outcomes.values() if not o.existing)}
     for o in outcomes.values():
-        tally[o.outcome] = tally.get(o.outcome, 0) + 1
+        tally[o.fate.value] = tally.get(o.fate.value, 0) + 1
     return tally

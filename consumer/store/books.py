@@ -25,12 +25,11 @@ from consumer.portfolio import EPSILON, attribute
 from consumer.store.layout import Layout
 
 UNALLOCATED = "unallocated"
-TERMINAL = {"Filled", "Cancelled", "ApiCancelled", "Inactive", "NotPlaced"}
 
 
 @dataclass(frozen=True, slots=True)
 class Execution:
-    """One execution as the books need it (built from ib_insync's Fill on the broker loop)."""
+    """One execution as the books need it (built from the broker's Fill by consumer.bookkeeper)."""
 
     exec_id: str
     order_ref: str
@@ -68,6 +67,16 @@ class PendingOrder:
 
 
 class Books:
+    """The strategies' books in Firestore: order documents, fills (keyed by execId) and holdings per strategy.
+
+    An order is written ahead of placement (`write_pending`), marked placed with IB's ids (`mark_placed`),
+    advanced by each execution (`book`: once per execId, split among the order's strategies by
+    consumer.portfolio.attribute) and closed once IB has finished it and every unit it filled is booked
+    (`close_order`). An execution of no order of ours is real and booked to `unallocated`. `transfer` and
+    `adjust` move holdings without an order (a netted-out leg; a reconcile fix), once per record id. Every
+    write of the books happens under `lock`, one at a time.
+    """
+
     def __init__(self, layout: Layout, lock: asyncio.Lock | None = None) -> None:
         self._layout = layout
         self._lock = lock or asyncio.Lock()
@@ -99,10 +108,6 @@ class Books:
         """Which of these executions are booked."""
         refs = [self._layout.fills().document(e) for e in set(exec_ids)]
         return {s.id async for s in self._layout.db.get_all(refs) if s.exists} if refs else set()
-
-    async def fill(self, exec_id: str) -> dict[str, Any] | None:
-        snapshot = await self._layout.fills().document(exec_id).get()
-        return snapshot.to_dict() if snapshot.exists else None
 
     # -- orders ----------------------------------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from google.cloud.firestore import AsyncClient, AsyncCollectionReference, AsyncD
 
 
 class Layout:
+    """The paths above for one trading mode: every module reaches Firestore's documents through it."""
+
     def __init__(self, db: AsyncClient, trading_mode: str) -> None:
         self.db = db
         self.mode = trading_mode

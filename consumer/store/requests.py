@@ -46,6 +46,9 @@ class Claim:
 
 
 class RequestLedger:
+    """The claims on request ids (see above): `claim`, `keep_alive` while running, `finish` with the reply stored,
+    `release` for a retry; `stranded` and `adopt` are consumer.recovery's, for claims whose process died."""
+
     def __init__(self, layout: Layout, owner: str, lease_seconds: float) -> None:
         self._layout = layout
         self._owner = owner

@@ -19,6 +19,8 @@ SCHEMA = "trading-config.schema.json"
 
 @dataclass(frozen=True, slots=True)
 class OrderDefaults:
+    """config orderDefaults: how every order is built (type, algo, tif, LMT offset) and how long it is awaited."""
+
     order_type: str = "MKT"
     algo: str = "Adaptive"
     adaptive_priority: str = "Normal"
@@ -37,6 +39,9 @@ class DeploymentLimits:
 
 @dataclass(frozen=True, slots=True)
 class TradingConfig:
+    """config/{mode} as the dispatcher and the intents read it, read fresh for every message; the deployment's
+    ceilings already applied (`allow_live`, `leverage_cap`)."""
+
     exists: bool = False
     trading_enabled: bool = False
     allow_live: bool = False  # the document's allowLive: necessary, never sufficient (see DeploymentLimits)
@@ -107,13 +112,3 @@ class ConfigStore:
         snapshot = await ref.get()
         data = snapshot.to_dict() if snapshot.exists else None
         return TradingConfig.from_document(data, self._schemas, ref.path, self._limits)
-
-    async def seed(self, document: dict[str, Any]) -> bool:
-        """Writes the document unless one exists (local stack); True when written."""
-        from google.api_core import exceptions
-
-        try:
-            await self._layout.config().create(document)
-            return True
-        except exceptions.AlreadyExists:
-            return False

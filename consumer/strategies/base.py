@@ -61,6 +61,10 @@ class MarketData(Protocol):
 
 
 class Strategy(ABC):
+    """A strategy: its `id` (the module's name, found by consumer.strategies.discover), its params' schema, the
+    instruments it may hold and, given market data, its target weights. Built per allocation with its own params;
+    it sees prices and bars only, never holdings, orders or other strategies."""
+
     id: ClassVar[str]
     description: ClassVar[str]
     # JSON Schema of this strategy's entry in allocation params.strategyParams.

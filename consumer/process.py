@@ -69,7 +69,34 @@ class Status:
         }
 
 
-class Service:
+@dataclass(frozen=True, slots=True)
+class StopRequested:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayChanged:
+    state: State
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFailed:
+    error: BaseException
+
+
+# What the control thread reacts to, from signals, the gateway's listener and the subscriber.
+ControlEvent = StopRequested | GatewayChanged | StreamFailed
+
+
+class Consumer:
+    """The running consumer: one per process, started by `consumer serve` (consumer.cli) and by the tests.
+
+    `run` starts the broker loop and builds the `Services` on it, connects the gateway, opens the Pub/Sub stream
+    once the gateway is first connected, and serves until `request_stop` (a signal, or a test). Stopping drains:
+    the stream closes, intents in flight finish or are aborted after `shutdown_grace`, the books' worker and the
+    gateway stop. The control thread alone changes `status`; the health endpoint only reads it.
+    """
+
     def __init__(self, settings: Settings, intents: dict[str, Intent] | None = None) -> None:
         self.settings = settings
         self.status = Status()
@@ -77,8 +104,7 @@ class Service:
         self.metrics = Metrics(self._intents)
         self.loop = BrokerLoop()
         self._schemas = Schemas()
-        self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._stopped = threading.Event()
+        self._events: queue.SimpleQueue[ControlEvent] = queue.SimpleQueue()
         self._intake_open = threading.Event()
         self._intake_stopping = threading.Event()
         self.services: Services | None = None
@@ -102,10 +128,7 @@ class Service:
 
     def request_stop(self, reason: str = "requested") -> None:
         """Thread- and signal-safe."""
-        self._events.put(("stop", reason))
-
-    def wait_stopped(self, timeout: float | None = None) -> bool:
-        return self._stopped.wait(timeout)
+        self._events.put(StopRequested(reason))
 
     def start(self) -> None:
         s = self.settings
@@ -114,7 +137,7 @@ class Service:
         self._publisher = make_publisher()
         self.services = self.loop.run(self._build_services())
         self.dispatcher = Dispatcher(self.services, self._intents)
-        self.services.gateway.add_listener(lambda state: self._events.put(("gateway", state)))
+        self.services.gateway.add_listener(lambda state: self._events.put(GatewayChanged(state)))
         self.loop.submit(self.services.gateway.run())
         self.loop.submit(StrandedRequests(self.services, s.stranded_after).run())
 
@@ -135,7 +158,7 @@ class Service:
             max_messages=s.max_messages,
             max_lease_seconds=s.max_lease_duration,
             lease_extension_seconds=s.lease_extension,
-            on_failure=lambda error: self._events.put(("stream-failed", error)),
+            on_failure=lambda error: self._events.put(StreamFailed(error)),
             watch=self._delivery_watch(),
         )
         if s.health_port:
@@ -170,13 +193,13 @@ class Service:
         """Opens the stream once the gateway is first connected; while it is away, requests are held, not failed."""
         assert self._subscriber is not None
         while True:
-            kind, value = self._events.get()
-            if kind == "stop":
-                log.info("stopping", reason=value)
+            event = self._events.get()
+            if isinstance(event, StopRequested):
+                log.info("stopping", reason=event.reason)
                 return
-            if kind == "gateway":
-                self.status.gateway = value.value
-                if value is State.CONNECTED:
+            if isinstance(event, GatewayChanged):
+                self.status.gateway = event.state.value
+                if event.state is State.CONNECTED:
                     self._intake_open.set()
                     self.status.accepting = True
                     # The stream opens at the first connect and stays open through outages: reopening it after
@@ -184,14 +207,14 @@ class Service:
                     self._subscriber.start()
                     self.status.subscribed = True
                 else:
-                    log.warning("gateway unavailable; holding intake until it is back", state=value.value)
+                    log.warning("gateway unavailable; holding intake until it is back", state=event.state.value)
                     self._intake_open.clear()
                     self.status.accepting = False
-            elif kind == "stream-failed":
+            elif isinstance(event, StreamFailed):
                 self.status.subscribed = False
                 if self.status.gateway == State.CONNECTED.value:
                     threading.Timer(
-                        STREAM_RESTART_SECONDS, self._events.put, args=(("gateway", State.CONNECTED),)
+                        STREAM_RESTART_SECONDS, self._events.put, args=(GatewayChanged(State.CONNECTED),)
                     ).start()
 
     def _drain(self) -> None:
@@ -229,7 +252,6 @@ class Service:
             if self.health is not None:
                 self.health.stop()
             log.info("consumer stopped")
-            self._stopped.set()
 
     # -- health ----------------------------------------------------------------------------------------------------
 

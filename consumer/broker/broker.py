@@ -1,0 +1,256 @@
+"""The one door to the broker: everything the rest of the consumer asks IB, in the product's own types.
+
+Intents, the bookkeeper and recovery use a `Broker` (services.broker, ctx.broker); none of them imports ib_insync
+or holds its `IB` object (tests/consumer/test_broker_door.py checks). Behind the door: the connection
+(consumer.broker.gateway), requests shared between concurrent callers (shared), instruments (instruments),
+market data (market), the order engine (orders) and the translation of IB's objects (views, model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from ib_insync import IB, Trade
+
+from consumer.broker import market, views
+from consumer.broker.gateway import Gateway, Listener, State
+from consumer.broker.instruments import Instrument, Instruments, fx_pair
+from consumer.broker.model import Account, BrokerOrder, Fill, HistoricalBar, Position, Quote, is_done
+from consumer.broker.orders import LOOKUP_TIMEOUT, OrderEngine, Outcome, cancel_orders, find_orders
+from consumer.errors import IntentError
+from consumer.store.trading_config import OrderDefaults
+from consumer.strategies.base import InstrumentSpec, MarketData
+
+
+class Broker:
+    """The broker as the consumer sees it: one account behind one IB Gateway connection.
+
+    Every method runs on the broker loop (where the intents, the bookkeeper and recovery already run) and, but for
+    the connection properties, raises `Transient` while the gateway is away, so the message is redelivered once it
+    is back. Nothing here sleeps: answers are awaited on ib_insync's events.
+
+    Connection
+        `ready`, `state`, `connections`, `client_id`, `server_version()`, `managed_accounts()`, `add_listener()`;
+        `now()` is the gateway's clock (what decides whether an exchange is open), `current_time()` asks for it.
+
+    Account
+        `account(configured)`: the account traded, its base currency and net liquidation; `account_summary()`,
+        `portfolio()`, `positions()`, `cash_balances(account)`, `fx_rates(account)` (units of base currency per
+        unit of each currency the account holds).
+
+    Instruments and market data
+        `resolve(specs)` qualifies contracts (an unknown or ambiguous one is an IntentError naming it),
+        `by_con_id`, `fx_pair`; `market_data(instruments)` is a strategy's view of the market; `bars`, `prices`,
+        `quotes` and `market_fx_rates` (rates for currencies the account holds no cash in, from the pairs' prices).
+
+    Orders and executions
+        `order_engine(...)` places a request's legs; `open_orders()` (every client's), `find_orders(refs)` (by
+        orderRef: working, completed or seen only in executions), `cancel(orders, within)`, `executions()`
+        (today's, asked for) and `session_fills()` (what this connection has seen, no request). `on_fill` and
+        `on_order_done` hook the live events for booking.
+
+    Orders are identified by orderRef (consumer.broker.orders.order_ref), which survives crashes and reconnects;
+    IB's orderId does not, and only this client id may cancel an order by it.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self._instruments = Instruments(gateway.ib)
+
+    @property
+    def _ib(self) -> IB:
+        return self._gateway.require()
+
+    # -- connection --------------------------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._gateway.ready
+
+    @property
+    def state(self) -> State:
+        return self._gateway.state
+
+    @property
+    def connections(self) -> int:
+        return self._gateway.connections
+
+    @property
+    def client_id(self) -> int:
+        return self._ib.client.clientId
+
+    def server_version(self) -> int:
+        return self._ib.client.serverVersion()
+
+    def managed_accounts(self) -> list[str]:
+        return self._ib.managedAccounts()
+
+    def add_listener(self, listener: Listener) -> None:
+        self._gateway.add_listener(listener)
+
+    def now(self) -> datetime:
+        return self._gateway.now()
+
+    async def current_time(self) -> datetime:
+        self._gateway.require()
+        return await self._gateway.requests.current_time()
+
+    # -- account -----------------------------------------------------------------------------------------------------
+
+    async def account(self, configured: str) -> Account:
+        """The account traded: `configured` (IB_ACCOUNT), or the login's only one."""
+        ib = self._ib
+        accounts = ib.managedAccounts()
+        if configured:
+            if configured not in accounts:
+                raise IntentError(
+                    "unknown_account", f"IB_ACCOUNT {configured} is not managed by this login ({accounts})"
+                )
+            account = configured
+        elif len(accounts) == 1:
+            account = accounts[0]
+        else:
+            raise IntentError("ambiguous_account", f"this login manages {accounts}; set IB_ACCOUNT to pick one")
+        # The account-updates subscription ib_insync starts at connect keeps these current; the summary is the
+        # fallback.
+        values = ib.accountValues(account) or await ib.accountSummaryAsync(account)
+        for value in values:
+            if value.account == account and value.tag == "NetLiquidation" and value.currency not in ("", "BASE"):
+                return Account(account, value.currency, float(value.value))
+        raise IntentError("no_net_liquidation", f"the gateway reported no NetLiquidation for {account}")
+
+    async def account_summary(self) -> dict[str, dict[str, Any]]:
+        """{account: {tag: value or {currency: value}}}. The first call subscribes; ib_insync keeps the values
+        current from then on (a fresh request each time would open another subscription, and IB allows two)."""
+        return views.account_values(await self._ib.accountSummaryAsync())
+
+    def portfolio(self) -> list[dict[str, Any]]:
+        """Positions with market values and P&L: the account-updates subscription ib_insync keeps current since
+        connect (it has no request/reply form)."""
+        return [views.portfolio_item(p) for p in self._ib.portfolio()]
+
+    async def positions(self) -> list[Position]:
+        self._gateway.require()
+        return [views.position(p) for p in await self._gateway.requests.positions()]
+
+    def cash_balances(self, account: str) -> dict[str, float]:
+        return {
+            v.currency: float(v.value)
+            for v in self._ib.accountValues(account)
+            if v.account == account and v.tag == "CashBalance" and v.currency and v.currency != "BASE"
+        }
+
+    def fx_rates(self, account: str) -> dict[str, float]:
+        return market.fx_rates(self._ib, account)
+
+    # -- instruments and market data ---------------------------------------------------------------------------------
+
+    async def resolve(self, specs: Mapping[str, InstrumentSpec]) -> dict[str, Instrument]:
+        self._gateway.require()
+        return await self._instruments.resolve(specs)
+
+    async def by_con_id(self, con_id: int) -> Instrument:
+        self._gateway.require()
+        return await self._instruments.by_con_id(con_id)
+
+    async def fx_pair(self, currency: str, base: str) -> tuple[Instrument, bool]:
+        """The IDEALPRO pair for currency/base and whether `currency` is its base (EUR.USD) or its quote (USD.JPY)."""
+        self._gateway.require()
+        return await fx_pair(self._instruments, currency, base)
+
+    def market_data(self, instruments: Mapping[str, Instrument]) -> MarketData:
+        return market.BrokerMarketData(self._ib, instruments)
+
+    async def bars(self, instrument: Instrument, duration: str, bar_size: str) -> list[HistoricalBar]:
+        return await market.historical_bars(self._ib, instrument, duration, bar_size)
+
+    async def prices(self, instruments: Iterable[Instrument]) -> dict[int, float]:
+        """{conId: price} from one snapshot each; an instrument without a usable price is left out."""
+        return await market.snapshot_prices(self._ib, instruments)
+
+    async def quotes(self, instruments: Iterable[Instrument]) -> dict[int, Quote]:
+        return await market.snapshot_quotes(self._ib, instruments)
+
+    async def market_fx_rates(self, currencies: Iterable[str], base: str) -> dict[str, float]:
+        return await market.market_fx_rates(self._ib, self._instruments, currencies, base)
+
+    # -- orders and executions ---------------------------------------------------------------------------------------
+
+    def order_engine(
+        self,
+        defaults: OrderDefaults,
+        properties: Mapping[str, Any],
+        timeout: float,
+        account: str,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> OrderEngine:
+        return OrderEngine(self._ib, self._gateway.requests, defaults, properties, timeout, account, progress=progress)
+
+    async def open_orders(self) -> list[BrokerOrder]:
+        """Every order still working at the broker, whichever client placed it."""
+        self._gateway.require()
+        return [views.order(t) for t in await self._gateway.requests.open_orders() if not is_done(t.orderStatus.status)]
+
+    async def find_orders(self, refs: set[str], within: float = LOOKUP_TIMEOUT) -> dict[str, Outcome]:
+        return await find_orders(self._ib, self._gateway.requests, refs, within)
+
+    async def cancel(self, orders: Iterable[BrokerOrder], within: float) -> dict[str, Outcome]:
+        """Cancels these working orders of ours and waits until IB has finished each, by orderRef.
+
+        Finished is Cancelled, or Filled when a fill raced the cancel. One not finished after `within` seconds is
+        reported as it stands; the caller must not trade as if it were gone. An order of another client id is
+        refused (ValueError): its orderId would name one of ours.
+        """
+        orders = list(orders)
+        trades = self._trades(orders)
+        if len(trades) < len(orders):  # not seen on this connection (a reconnect since): ask once more
+            await self._gateway.requests.open_orders()
+            trades = self._trades(orders)
+        outcomes = await cancel_orders(self._ib, self._gateway.requests, trades, within)
+        missing = {o.order_ref for o in orders} - outcomes.keys()
+        if missing:  # no longer open at all: what it came to is found by orderRef
+            outcomes.update(await self.find_orders(missing, within))
+        return outcomes
+
+    def _trades(self, orders: list[BrokerOrder]) -> list[Trade]:
+        """ib_insync's live trades for these orders (the objects its status events update), one per order."""
+        found: dict[str, Trade] = {}
+        for order in orders:
+            for trade in self._ib.trades():
+                o = trade.order
+                same = (o.permId and o.permId == order.perm_id) or (o.clientId, o.orderId) == (
+                    order.client_id,
+                    order.order_id,
+                )
+                if same and o.orderRef == order.order_ref:
+                    found[order.order_ref] = trade
+        return list(found.values())
+
+    async def executions(self) -> list[Fill]:
+        """Today's executions, as the gateway reports them when asked."""
+        self._gateway.require()
+        return [views.fill(f) for f in await self._gateway.requests.executions()]
+
+    def session_fills(self) -> list[Fill]:
+        """Executions this connection has seen, asked for or reported live (no request)."""
+        return [views.fill(f) for f in self._ib.fills()]
+
+    # -- live events -------------------------------------------------------------------------------------------------
+
+    def on_fill(self, callback: Callable[[Fill], None]) -> None:
+        """Every execution report and every commission report, as it arrives (the IB object lives for the whole
+        process, across reconnects, so this is hooked once)."""
+        ib = self._gateway.ib
+        ib.execDetailsEvent += lambda trade, fill: callback(views.fill(fill))
+        ib.commissionReportEvent += lambda trade, fill, report: callback(views.fill(fill))
+
+    def on_order_done(self, callback: Callable[[BrokerOrder], None]) -> None:
+        """Every order of ours (with an orderRef) that IB finishes: filled, cancelled or rejected."""
+
+        def on_status(trade: Trade) -> None:
+            if is_done(trade.orderStatus.status) and trade.order.orderRef:
+                callback(views.order(trade))
+
+        self._gateway.ib.orderStatusEvent += on_status
