@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from google.cloud import firestore, pubsub_v1
 
 from consumer.config import Settings
-from consumer.devstack.provision import Overrides, provision
+from consumer.devstack.provision import Overrides, Topology, provision
 from consumer.process import Consumer
 
 # The simulated gateway's clock in every test, so that nothing depends on the day the suite runs: a plain
@@ -36,13 +36,24 @@ REPLIES_SUBSCRIPTION = "intent-replies-monitor"
 DEAD_LETTER_SUBSCRIPTION = "intents-dead-letter-hold"
 
 
+# A killed consumer's unacked messages come back after the ack deadline: 10 s here, not the cloud's 60.
+TEST_OVERRIDES = Overrides(minimum_backoff_seconds=0.1, maximum_backoff_seconds=0.5, ack_deadline_seconds=10)
+
+
 def provision_for_tests(project: str) -> None:
     """The declared topology, with redelivery backoff cut from 10 s to a fraction of a second."""
-    # A killed consumer's unacked messages come back after the ack deadline: 10 s here, not the cloud's 60.
-    provision(
-        project,
-        overrides=Overrides(minimum_backoff_seconds=0.1, maximum_backoff_seconds=0.5, ack_deadline_seconds=10),
-    )
+    provision(project, overrides=TEST_OVERRIDES)
+
+
+def another_intents_subscription(project: str, name: str) -> str:
+    """A second subscription on the intents topic, declared like intents-consumer.
+
+    After a consumer stops, the emulator can hand new messages to its closed stream for minutes (real Pub/Sub does
+    not). A test whose point is not redelivery starts the next consumer on a subscription of its own.
+    """
+    spec = Topology.load().subscriptions["intents-consumer"]
+    provision(project, Topology(topics={}, subscriptions={name: spec}), overrides=TEST_OVERRIDES)
+    return name
 
 
 def ensure_event_loop() -> None:

@@ -18,6 +18,7 @@ from consumer.intents.base import Intent
 from tests.support import (
     Bus,
     ConsumerProcess,
+    another_intents_subscription,
     booked_totals,
     firestore_client,
     holdings,
@@ -304,9 +305,10 @@ def test_fills_made_while_the_consumer_was_down_are_booked_on_reconnect(consumer
     filled = wait_for(lambda: stock_positions(gateway).get("TLT"), what="the fill at the broker")
     assert holdings(project) == {}
 
-    consumer_factory()  # its sweep after connecting books what it missed
+    # its sweep after connecting books what it missed (on a subscription of its own: see another_intents_subscription)
+    consumer_factory(intents_subscription=another_intents_subscription(project, "intents-consumer-restarted"))
     wait_for(lambda: holdings(project) == {"dummy": {"TLT": filled}}, what="the missed fill booked to dummy")
     wait_for(lambda: mode_collection(project, "openOrders") == [], what="the order closed")
-    again = bus.reply_to(bus.publish({"intent": "trade-reconciliation"}), timeout=STREAM_RESTART_WAIT)
+    again = bus.reply_to(bus.publish({"intent": "trade-reconciliation"}))
     assert again["result"]["fillsApplied"] == []
     assert booked_totals(project) == stock_positions(gateway)

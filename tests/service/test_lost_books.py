@@ -6,7 +6,16 @@ from typing import Any
 
 import pytest
 
-from tests.support import Bus, firestore_client, holdings, mode_collection, stock_positions, wait_for, write_config
+from tests.support import (
+    Bus,
+    another_intents_subscription,
+    firestore_client,
+    holdings,
+    mode_collection,
+    stock_positions,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.usefixtures("consumer")
 
@@ -69,7 +78,7 @@ def test_books_that_lost_a_position_refuse_to_trade_it_until_reconciled(
     consumer.stop()
     gateway.roll_day()
     delete_everything_but_the_config(project)
-    consumer_factory()
+    consumer_factory(intents_subscription=another_intents_subscription(project, "intents-consumer-restarted"))
     orders_before = len(gateway.orders())
 
     refused = bus.reply_to(bus.publish({**ALLOCATION, "idempotencyKey": "second"}))
