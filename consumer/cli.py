@@ -8,6 +8,7 @@
 
 Every command reads the same environment variables as the service (GOOGLE_CLOUD_PROJECT, PUBSUB_EMULATOR_HOST,
 FIRESTORE_EMULATOR_HOST, TRADING_MODE, topic names ...), so it talks to the emulators or to a real project alike.
+A failure is one line on stderr saying what is wrong and what to do; --debug (or LOG_LEVEL=DEBUG) adds the traceback.
 """
 
 from __future__ import annotations
@@ -26,25 +27,109 @@ from typing import Any
 from consumer.config import ConfigError, Settings
 from consumer.console import reply_details, reply_line
 
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_UNREACHABLE = 3
+# How long a probe of an emulator's address may take before it counts as down.
+PROBE_SECONDS = 2.0
+
+
+class Unreachable(RuntimeError):
+    """What a command needs is not answering; the message names the address, its variable and what to do."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    command = f"consumer {args.command}"
     try:
         settings = Settings.from_env()
     except ConfigError as e:
         print(f"consumer: bad configuration: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    return int(args.run(settings, args) or 0)
+    debug = args.debug or settings.log_level == "DEBUG"
+    try:
+        if args.needs:
+            probe_google(args.needs)
+        return int(args.run(settings, args) or 0)
+    except Unreachable as e:
+        _fail(command, str(e), debug)
+        return EXIT_UNREACHABLE
+    except UsageError as e:
+        _fail(command, str(e), debug)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        _fail(command, explain(e), debug)
+        return EXIT_FAILED
+
+
+def _fail(command: str, sentence: str, debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    print(f"{command}: {sentence}", file=sys.stderr)
+
+
+def explain(error: BaseException) -> str:
+    """One sentence for the failures an operator meets, instead of a client library's traceback."""
+    from google.api_core import exceptions as api
+    from google.auth import exceptions as auth
+
+    if isinstance(error, auth.DefaultCredentialsError):
+        return (
+            "no Google credentials: for the local stack set PUBSUB_EMULATOR_HOST and FIRESTORE_EMULATOR_HOST "
+            "(make run prints the export line); for a real project run `gcloud auth application-default login`"
+        )
+    if isinstance(error, api.NotFound):
+        return f"not found: {error.message} (is GOOGLE_CLOUD_PROJECT right, and the topology provisioned?)"
+    if isinstance(error, api.PermissionDenied | api.Unauthenticated):
+        return f"permission denied: {error.message}"
+    if isinstance(error, api.RetryError | api.DeadlineExceeded | api.ServiceUnavailable):
+        return f"Google Cloud did not answer in time ({type(error).__name__}); check the network and the project"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''} (--debug shows the traceback)"
+
+
+def probe_google(needs: Sequence[str], environ: dict[str, str] | None = None) -> None:
+    """Fail in seconds, naming the variable, when an emulator a command needs is not set or not answering.
+
+    Without this, the client libraries retry a refused connection for minutes before raising.
+    """
+    import os
+
+    from consumer.devstack.emulators import port_open, split_host_port
+
+    env = dict(os.environ) if environ is None else environ
+    variables = {"pubsub": "PUBSUB_EMULATOR_HOST", "firestore": "FIRESTORE_EMULATOR_HOST"}
+    emulated = [v for v in variables.values() if env.get(v)]
+    for need in needs:
+        var = variables[need]
+        address = env.get(var)
+        if not address:
+            if emulated:  # half pointed at the emulators: the other half would go to the real cloud
+                raise Unreachable(f"{emulated[0]} is set but {var} is not: export both (make run prints them)")
+            continue
+        try:
+            host, port = split_host_port(address)
+        except ValueError as e:
+            raise Unreachable(f"{var}: {e}") from None
+        if not port_open(host.strip("[]"), port, timeout=PROBE_SECONDS):
+            raise Unreachable(
+                f"nothing answers on {address} ({var}): start the local stack with `make run`, "
+                f"or export the address it printed"
+            )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="consumer", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+    parser.set_defaults(needs=())
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", dest="command")
 
     serve = commands.add_parser("serve", help="run the consumer until SIGTERM/SIGINT")
     serve.set_defaults(run=_serve)
@@ -73,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--wait", action="store_true", help="wait for the reply and print it")
     publish.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the reply (default 120)")
     publish.add_argument("--json", action="store_true", help="print the reply as JSON")
-    publish.set_defaults(run=_publish)
+    publish.set_defaults(run=_publish)  # probes Pub/Sub itself, after validating: a bad param needs no network
 
     replies = commands.add_parser("replies", help="print replies from the reply topic")
     replies.add_argument("--follow", "-f", action="store_true", help="keep printing new replies until Ctrl-C")
@@ -84,12 +169,12 @@ def _parser() -> argparse.ArgumentParser:
         "--subscription", default="intent-replies-cli",
         help="the CLI's own subscription on the reply topic, created if missing (default intent-replies-cli)",
     )  # fmt: skip
-    replies.set_defaults(run=_replies)
+    replies.set_defaults(run=_replies, needs=("pubsub",))
 
     status = commands.add_parser("status", help="gateway, kill switch and the last run of each intent")
     status.add_argument("--health-url", default=None, help="default http://127.0.0.1:$HEALTH_PORT")
     status.add_argument("--json", action="store_true")
-    status.set_defaults(run=_status)
+    status.set_defaults(run=_status, needs=("firestore",))
     return parser
 
 
@@ -97,9 +182,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer.devstack.emulators import port_free
     from consumer.logs import configure
     from consumer.service import Service
 
+    if settings.health_port and not port_free(settings.health_host, settings.health_port):
+        raise UsageError(
+            f"HEALTH_PORT={settings.health_port} is taken on {settings.health_host} (HEALTH_HOST): another consumer or "
+            "`make run`? Stop it (`make stop`), or set HEALTH_PORT to a free port (0 turns the endpoint off)"
+        )
     configure(settings.log_format, settings.log_level)
     # ib_insync builds its event machinery at import; do it here, on the main thread, before the broker loop exists.
     import ib_insync  # noqa: F401
@@ -206,23 +297,18 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
     import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
 
     attributes: dict[str, str] = {}
-    try:
-        if args.schedule:
-            if args.intent or args.param or args.params:
-                raise UsageError("--schedule JOB publishes the job's own intent and params; give no INTENT or -p")
-            envelope = scheduled_envelope(
-                args.schedule, args.dry_run, args.as_scheduled, args.force, args.idempotency_key
-            )
-            attributes["schedule"] = args.schedule
-        elif args.as_scheduled or args.force:
-            raise UsageError("--as-scheduled and --force apply to --schedule JOB only")
-        elif args.intent:
-            envelope = build_envelope(args.intent, args.param, args.params, args.dry_run, args.idempotency_key)
-        else:
-            raise UsageError("give an INTENT or --schedule JOB")
-    except UsageError as e:
-        print(f"consumer publish: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+    if args.schedule:
+        if args.intent or args.param or args.params:
+            raise UsageError("--schedule JOB publishes the job's own intent and params; give no INTENT or -p")
+        envelope = scheduled_envelope(args.schedule, args.dry_run, args.as_scheduled, args.force, args.idempotency_key)
+        attributes["schedule"] = args.schedule
+    elif args.as_scheduled or args.force:
+        raise UsageError("--as-scheduled and --force apply to --schedule JOB only")
+    elif args.intent:
+        envelope = build_envelope(args.intent, args.param, args.params, args.dry_run, args.idempotency_key)
+    else:
+        raise UsageError("give an INTENT or --schedule JOB")
+    probe_google(("pubsub",))
     intent = envelope["intent"]
     attributes["intent"] = intent
     publisher = pubsub_v1.PublisherClient()
@@ -240,6 +326,7 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
             print(f"job {args.schedule} fired by hand, {how}", file=sys.stderr)
         if waiter is None:
             return 0
+        print(f"waiting up to {args.timeout:g}s for the reply ...", file=sys.stderr, flush=True)
         reply = waiter.wait(message_id, args.timeout)
     finally:
         if waiter is not None:
@@ -341,10 +428,11 @@ def _replies(settings: Settings, args: argparse.Namespace) -> int:
                     _print_reply(reply, as_json=args.json)
             message.ack()
 
-        stream = subscriber.subscribe(path, on_reply)
         stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: stop.set())
+        stream = subscriber.subscribe(path, on_reply)
+        print(f"waiting for replies on {path} (Ctrl-C stops) ...", file=sys.stderr, flush=True)
         stop.wait()
         stream.cancel()
         return 0
@@ -379,7 +467,8 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(report, default=str, indent=2))
     else:
         print(render_status(report))
-    return 0
+    # Scripts and monitors read the exit code: non-zero whenever the consumer is not up and pulling.
+    return 0 if report["consumer"]["ready"] else EXIT_FAILED
 
 
 def _fetch_json(url: str) -> tuple[int, dict[str, Any]]:

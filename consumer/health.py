@@ -39,7 +39,14 @@ class HealthServer:
             def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds are not news
                 pass
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as e:
+            raise OSError(
+                e.errno,
+                f"the health endpoint cannot listen on {host}:{port} (HEALTH_HOST, HEALTH_PORT): {e.strerror}; "
+                "set HEALTH_PORT to a free port, or 0 to turn the endpoint off",
+            ) from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
 
