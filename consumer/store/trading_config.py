@@ -43,6 +43,7 @@ class TradingConfig:
     leverage_cap: float = 1.0  # the lower of the document's leverageCap and the deployment's cap
     overall_exposure: float = 0.0
     strategy_exposure: dict[str, float] = field(default_factory=dict)
+    default_strategies: tuple[str, ...] | None = None  # None: every strategy with a share
     order_defaults: OrderDefaults = field(default_factory=OrderDefaults)
     market_data_type: int = 1
     cash_threshold: float = 0.0
@@ -66,6 +67,7 @@ class TradingConfig:
             leverage_cap=min(data.get("leverageCap", 1.0), limits.leverage_cap),
             overall_exposure=exposure.get("overall", 0.0),
             strategy_exposure=dict(exposure.get("strategies", {})),
+            default_strategies=tuple(data["defaultStrategies"]) if "defaultStrategies" in data else None,
             order_defaults=OrderDefaults(
                 order_type=orders.get("orderType", "MKT"),
                 algo=orders.get("algo", "Adaptive"),
@@ -93,7 +95,14 @@ class TradingConfig:
 
     @property
     def enabled_strategies(self) -> list[str]:
-        return sorted(s for s, share in self.strategy_exposure.items() if share > 0)
+        """What an allocation naming no strategy runs: the default ones that have capital.
+
+        A strategy with capital can still be outside the defaults: dummy trades only the weights a message gives.
+        """
+        funded = (s for s, share in self.strategy_exposure.items() if share > 0)
+        if self.default_strategies is None:
+            return sorted(funded)
+        return sorted(set(funded) & set(self.default_strategies))
 
 
 class ConfigStore:
