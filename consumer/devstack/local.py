@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -146,6 +147,36 @@ class Child:
         stop_process_group(self.process, timeout)
 
 
+class ProgressEcho:
+    """Brings a long rebalance's progress from the consumer's log file to this terminal, where the person looks."""
+
+    def __init__(self, log_path: Path) -> None:
+        self._path = log_path
+        self._offset = log_path.stat().st_size if log_path.exists() else 0
+        self._partial = b""
+
+    def poll(self) -> None:
+        try:
+            with self._path.open("rb") as log:
+                log.seek(self._offset)
+                data = log.read()
+        except FileNotFoundError:
+            return
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for raw in lines:
+            line = re.sub(r"\x1b\[[0-9;]*m", "", raw.decode(errors="replace"))
+            if "orders confirmed" not in line:
+                continue
+            fields = dict(re.findall(r"(\w+)=(\S+)", line))
+            with contextlib.suppress(OSError):
+                print(
+                    f"    ... {fields.get('intent', 'intent')} {fields.get('requestId', '')}: "
+                    f"{fields.get('confirmed', '?')}/{fields.get('total', '?')} orders confirmed",
+                    flush=True,
+                )
+
+
 class StackFile:
     """`stack.json`: the runner's pid and every process group it started, for `make stop`."""
 
@@ -253,12 +284,13 @@ def run() -> int:
                 {**env, "LOG_FORMAT": "console"},
             )  # fmt: skip
             record(consumer.name, consumer.process.pid)
+            progress = ProgressEcho(consumer.log_path)
             health = f"http://127.0.0.1:{addresses.health_port}/readyz"
             _wait(lambda: http_ok(health), consumer, 60, "the consumer to connect and subscribe", stop)
             _say(f"consumer ready ({health})")
 
             replies = stack.enter_context(_reply_stream(addresses.project))
-            _demo(addresses.project, replies, stop)
+            _demo(addresses.project, replies, stop, progress)
             _print_howto(addresses)
 
             while not stop.wait(1.0):
@@ -266,6 +298,7 @@ def run() -> int:
                     if not child.alive():
                         _say(f"the {child.name} exited with code {child.process.returncode}; see {child.log_path}")
                         return 1
+                progress.poll()
                 _print_pending(replies)
             _say("stopping ...")
     except Interrupted:
@@ -358,7 +391,7 @@ def _reply_stream(project: str) -> Iterator[Any]:
         subscriber.close()
 
 
-def _demo(project: str, replies: Any, stop: threading.Event) -> None:
+def _demo(project: str, replies: Any, stop: threading.Event, progress: ProgressEcho) -> None:
     import queue
 
     import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
@@ -374,6 +407,7 @@ def _demo(project: str, replies: Any, stop: threading.Event) -> None:
             message_id = publisher.publish(topic, data).result(timeout=30)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not stop.is_set():
+                progress.poll()
                 try:
                     reply = replies.get(timeout=0.5)
                 except queue.Empty:

@@ -246,6 +246,30 @@ def test_the_banner_exports_what_status_needs(stack: Stack):
     assert "consumer      not reachable" in elsewhere.stdout
 
 
+def test_a_long_rebalance_shows_its_progress_on_the_make_run_terminal(stack: Stack):
+    """Issue 19: the progress of a long rebalance went only to the log file."""
+    weights = {s: 0.05 for s in ("SPY", "QQQ", "VIXY", "IWM", "TLT", "GLD", "AAPL", "MSFT", "EUR.USD", "GBP.USD")}
+    params = {
+        "strategies": ["dummy"],
+        "strategyParams": {"dummy": {
+            "weights": weights,
+            "instruments": {pair: {"secType": "CASH", "exchange": "IDEALPRO", "currency": "USD"}
+                            for pair in ("EUR.USD", "GBP.USD")},
+        }},
+    }  # fmt: skip
+    done = shell(stack, f"consumer publish allocation --params '{json.dumps(params)}' --wait --json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    reply = json.loads(done.stdout)
+    assert reply["status"] == "ok", reply
+    assert len(reply["result"]["instruments"]) == 10
+    assert reply["result"]["orders"]["sent"] == 10
+    wait_for(
+        lambda: f"allocation {reply['requestId']}: 10/10 orders confirmed" in stack.text(),
+        10,
+        "the progress line on the make run terminal",
+    )
+
+
 # -- one line instead of a traceback -------------------------------------------------------------------------------
 
 
