@@ -166,3 +166,37 @@ def test_a_scheduled_job_fired_by_hand_honours_dry_run_pause_and_the_slot(served
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["duplicate"] is True
     assert len(gateway.orders()) == 1
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        ['strategies=["dumy"]'],
+        ['strategies=["dummy"]', "strategyParams.dummy.weights.SPY=20%"],
+        ['strategies=["dummy"]', "strategyParams.testsignalgenerator.lookback=5"],
+    ],
+    ids=["unknown-strategy", "weight-not-a-number", "params-for-a-strategy-not-run"],
+)
+def test_strategy_params_are_checked_before_publishing_in_the_consumers_words(served, bus: Bus, project: str, pairs):
+    """Issue 19: strategies and their params were checked only by the consumer, after publishing."""
+    args = [arg for pair in pairs for arg in ("-p", pair)]
+    done = cli(project, "publish", "allocation", *args, "--dry-run", "--wait")
+    assert done.returncode == 2
+    assert bus.settle(quiet=1.0) == []  # nothing reached the topic
+
+    envelope: dict = {"intent": "allocation", "dryRun": True, "params": {}}
+    for pair in pairs:  # the same params, straight to the consumer
+        key, _, raw = pair.partition("=")
+        *parents, leaf = key.split(".")
+        target = envelope["params"]
+        for part in parents:
+            target = target.setdefault(part, {})
+        try:
+            target[leaf] = json.loads(raw)
+        except json.JSONDecodeError:
+            target[leaf] = raw
+    reply = bus.reply_to(bus.publish(envelope))
+    assert reply["error"]["code"] == "invalid_strategies"
+    assert done.stderr.strip().splitlines() == [
+        f"consumer publish: invalid allocation message: {reply['error']['message']}"
+    ]
