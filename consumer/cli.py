@@ -5,6 +5,7 @@
     consumer publish --schedule JOB [--dry-run] [--as-scheduled] [--force] [--wait]
     consumer replies [--follow] [--intent X] [--status error] [--json]
     consumer status [--json]
+    consumer config show | set KEY VALUE | unset KEY | kill-switch on|off
 
 Every command reads the same environment variables as the service (GOOGLE_CLOUD_PROJECT, PUBSUB_EMULATOR_HOST,
 FIRESTORE_EMULATOR_HOST, TRADING_MODE, topic names ...), so it talks to the emulators or to a real project alike.
@@ -175,6 +176,24 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--health-url", default=None, help="default http://127.0.0.1:$HEALTH_PORT")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=_status, needs=("firestore",))
+
+    config = commands.add_parser(
+        "config", help="show or change config/{TRADING_MODE}, validated as the consumer reads it",
+        description="Read and change the trading configuration document config/{TRADING_MODE}. Every change is\n"
+        "validated against schemas/trading-config.schema.json and the leverage cap before it is written, in one\n"
+        "transaction, so a concurrent edit is never lost. VALUE is JSON when it parses as JSON, else a string.",
+        formatter_class=argparse.RawTextHelpFormatter,
+    )  # fmt: skip
+    config.set_defaults(run=_config, needs=("firestore",))
+    actions = config.add_subparsers(required=True, metavar="ACTION", dest="action")
+    actions.add_parser("show", help="print the document as JSON")
+    set_ = actions.add_parser("set", help="set a dotted key, e.g. exposure.strategies.dummy 0.3")
+    set_.add_argument("key")
+    set_.add_argument("value")
+    unset = actions.add_parser("unset", help="remove a dotted key")
+    unset.add_argument("key")
+    kill = actions.add_parser("kill-switch", help="on: trading disabled (tradingEnabled false); off: enabled")
+    kill.add_argument("state", choices=["on", "off"])
     return parser
 
 
@@ -484,6 +503,67 @@ def _print_reply(reply: dict[str, Any], as_json: bool) -> None:
     print(reply_line(reply, colour=colour), flush=True)
     for line in reply_details(reply):
         print(line, flush=True)
+
+
+# -- config ----------------------------------------------------------------------------------------------------------
+
+
+def _config(settings: Settings, args: argparse.Namespace) -> int:
+    from google.cloud import firestore
+
+    from consumer.schemas import Schemas
+    from consumer.store.trading_config import DeploymentLimits, check_document, edited
+
+    db = firestore.Client(project=settings.project)
+    ref = db.collection("config").document(settings.trading_mode)
+    path = f"config/{settings.trading_mode}"
+    try:
+        if args.action == "show":
+            snapshot = ref.get()
+            if not snapshot.exists:
+                print(f"no {path} document: trading is off (`consumer config kill-switch off` starts one)")
+                return EXIT_FAILED
+            print(json.dumps(snapshot.to_dict(), indent=2, sort_keys=True, default=str))
+            return 0
+        if args.action == "kill-switch":
+            key, value, unset = "tradingEnabled", args.state == "off", False
+        else:
+            key, unset = args.key, args.action == "unset"
+            value = _json_or_text(args.value) if not unset else None
+        schemas = Schemas()
+        limits = DeploymentLimits(settings.allow_live, settings.leverage_cap_max)
+
+        @firestore.transactional
+        def change(transaction: firestore.Transaction) -> dict[str, Any]:
+            snapshot = ref.get(transaction=transaction)
+            try:
+                document = edited(snapshot.to_dict() if snapshot.exists else None, key, value, unset)
+                check_document(document, schemas, path, limits)
+            except ValueError as e:
+                raise UsageError(f"{path} not changed: {e}") from None
+            transaction.set(ref, document)
+            return document
+
+        document = change(db.transaction())
+    finally:
+        db.close()
+    if args.action == "kill-switch":
+        state = "ON: trading intents are rejected" if args.state == "on" else "OFF: trading enabled"
+        print(f"{path}: kill switch {state}")
+    elif unset:
+        print(f"{path}: {key} removed")
+    else:
+        print(f"{path}: {key} = {json.dumps(value)}")
+    if args.action != "kill-switch" and not document.get("tradingEnabled"):
+        print(f"{path}: tradingEnabled is not true: trading intents are rejected", file=sys.stderr)
+    return 0
+
+
+def _json_or_text(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
 
 
 # -- status ----------------------------------------------------------------------------------------------------------

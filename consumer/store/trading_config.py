@@ -126,3 +126,32 @@ class ConfigStore:
             return True
         except exceptions.AlreadyExists:
             return False
+
+
+def edited(document: dict[str, Any] | None, key: str, value: Any, unset: bool = False) -> dict[str, Any]:
+    """A copy of the config document with one dotted key set (or removed); `consumer config set/unset`."""
+    import copy
+
+    result = copy.deepcopy(document or {})
+    *parents, leaf = key.split(".")
+    if not leaf or any(not part for part in parents):
+        raise ValueError(f"{key!r}: expected a dotted key such as exposure.strategies.dummy")
+    target = result
+    for part in parents:
+        child = target.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"{key!r}: {part} is not an object")
+        target = child
+    if unset:
+        target.pop(leaf, None)
+    else:
+        target[leaf] = value
+    return result
+
+
+def check_document(document: dict[str, Any], schemas: Schemas, path: str, limits: DeploymentLimits) -> TradingConfig:
+    """What the consumer would make of a document: the schema and the leverage cap, with the consumer's messages."""
+    try:
+        return TradingConfig.from_document(document, schemas, path, limits)
+    except IntentError as e:
+        raise ValueError(e.message) from None

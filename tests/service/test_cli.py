@@ -200,3 +200,71 @@ def test_strategy_params_are_checked_before_publishing_in_the_consumers_words(se
     assert done.stderr.strip().splitlines() == [
         f"consumer publish: invalid allocation message: {reply['error']['message']}"
     ]
+
+
+def stored_config(project: str) -> dict | None:
+    return firestore_client(project).collection("config").document("paper").get().to_dict()
+
+
+def test_config_show_set_unset_validated_as_the_consumer_reads_it(served, project: str):
+    """Issue 19: the config was hand-written Firestore REST JSON; now `consumer config`, validated before writing."""
+    before = stored_config(project)
+    shown = cli(project, "config", "show")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == before
+
+    done = cli(project, "config", "set", "exposure.strategies.testsignalgenerator", "0.25")
+    assert (done.returncode, done.stdout.strip()) == (0, "config/paper: exposure.strategies.testsignalgenerator = 0.25")
+    assert stored_config(project)["exposure"]["strategies"] == {"dummy": 0.5, "testsignalgenerator": 0.25}
+    done = cli(project, "config", "set", "orderDefaults.orderType", "LMT")  # a string without JSON quotes
+    assert done.returncode == 0, done.stderr
+    assert stored_config(project)["orderDefaults"]["orderType"] == "LMT"
+
+    refused = [
+        (("orderDefaults.tif", "FOREVER"), "orderDefaults.tif: 'FOREVER' is not one of"),
+        (("exposure.overall", "-1"), "exposure.overall: -1 is less than the minimum of 0"),
+        (("tradingEnabld", "true"), "Additional properties are not allowed ('tradingEnabld' was unexpected)"),
+        (("exposure.strategies.dummy", "1.5"), "above the leverage cap 1 (the lower of leverageCap"),
+    ]
+    for (key, value), why in refused:
+        before = stored_config(project)
+        done = cli(project, "config", "set", key, value)
+        assert done.returncode == 2, done.stdout
+        assert done.stderr.startswith("consumer config: config/paper not changed: "), done.stderr
+        assert why in done.stderr
+        assert stored_config(project) == before
+
+    assert cli(project, "config", "unset", "exposure.strategies.testsignalgenerator").returncode == 0
+    assert stored_config(project)["exposure"]["strategies"] == {"dummy": 0.5}
+
+
+def test_the_kill_switch_from_the_cli_stops_and_restarts_trading(served, bus: Bus, gateway, project: str):
+    """`consumer config kill-switch on` rejects trading at the broker's door; `off` lets the same request trade."""
+    on = cli(project, "config", "kill-switch", "on")
+    assert (on.returncode, on.stdout.strip()) == (0, "config/paper: kill switch ON: trading intents are rejected")
+    assert stored_config(project)["tradingEnabled"] is False
+    message = {"intent": "allocation", "idempotencyKey": "kill-switch-1",
+               "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": {"SPY": 0.1}}}}}  # fmt: skip
+    rejected = bus.reply_to(bus.publish(message))
+    assert rejected["status"] == "rejected", rejected
+    assert gateway.orders() == []
+    assert mode_collection(project, "orders") == []
+
+    off = cli(project, "config", "kill-switch", "off")
+    assert (off.returncode, off.stdout.strip()) == (0, "config/paper: kill switch OFF: trading enabled")
+    traded = bus.reply_to(bus.publish({**message, "idempotencyKey": "kill-switch-2"}))
+    assert traded["status"] == "ok", traded
+    ref = traded["result"]["instruments"][0]["orderRef"]
+    assert [(o["orderRef"], o["action"]) for o in gateway.orders()] == [(ref, "BUY")]
+    exec_ids = {e["execId"] for e in gateway.executions() if e["orderRef"] == ref}
+    assert exec_ids
+    wait_for(lambda: exec_ids <= {f["execId"] for f in mode_collection(project, "fills")}, what="the fills booked")
+    assert [o["orderRef"] for o in mode_collection(project, "orders")] == [ref]
+
+
+def test_config_show_without_a_document_says_trading_is_off(consumer_factory, project: str):
+    done = cli(project, "config", "show")
+    assert done.returncode == 1
+    assert (
+        done.stdout.strip() == "no config/paper document: trading is off (`consumer config kill-switch off` starts one)"
+    )
