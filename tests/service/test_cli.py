@@ -102,12 +102,43 @@ def test_health_endpoints_and_metrics(served, bus: Bus):
         assert json.loads(live.read())["loop"] == "responsive"
     with urllib.request.urlopen(f"{base}/readyz", timeout=5) as ready:
         assert ready.status == 200
-    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"{base}/metrics.json", timeout=5) as response:
         metrics = json.loads(response.read())
     assert metrics["counters"]["intents"]["summary:ok"] == 1
     assert metrics["counters"]["intents"]["(none):error"] == 1
     assert metrics["counters"]["gatewayConnects"][""] == 1
     assert metrics["intentLatency"]["summary"]["count"] == 1
+    negotiated = urllib.request.Request(f"{base}/metrics", headers={"Accept": "application/json"})
+    with urllib.request.urlopen(negotiated, timeout=5) as response:
+        assert json.loads(response.read())["counters"] == metrics["counters"]
+
+
+def test_metrics_in_the_format_collectors_scrape(served, bus: Bus):
+    """Issue 19: /metrics was JSON only; Prometheus (and Cloud Monitoring's managed collection) scrape text."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    bus.reply_to(bus.publish({"intent": "summary"}))
+    bus.reply_to(bus.publish({"intent": "summary"}))
+    bus.reply_to(bus.publish(b"{"))
+    scrape = urllib.request.Request(
+        f"http://127.0.0.1:{served}/metrics", headers={"Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1"}
+    )
+    with urllib.request.urlopen(scrape, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=")
+        text = response.read().decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("ib_consumer_intents_total", (("intent", "summary"), ("status", "ok")))] == 2
+    assert samples[("ib_consumer_intents_total", (("intent", "(none)"), ("status", "error")))] == 1
+    assert samples[("ib_consumer_gateway_connects_total", ())] == 1
+    assert samples[("ib_consumer_intent_duration_seconds_count", (("intent", "summary"),))] == 2
+    assert samples[("ib_consumer_intent_duration_seconds_bucket", (("intent", "summary"), ("le", "+Inf")))] == 2
+    assert samples[("ib_consumer_intent_duration_seconds_sum", (("intent", "summary"),))] > 0
 
 
 def hold_by_hand(project: str, bus: Bus, gateway, strategy: str, symbol: str, quantity: float) -> None:
