@@ -299,3 +299,38 @@ def test_config_show_without_a_document_says_trading_is_off(consumer_factory, pr
     assert (
         done.stdout.strip() == "no config/paper document: trading is off (`consumer config kill-switch off` starts one)"
     )
+
+
+def test_the_guides_first_configuration_lets_every_scheduled_job_run(consumer_factory, project: str):
+    """Issue 19: step 6 wrote only tradingEnabled, so both scheduled trading jobs failed (no_strategies, no capital).
+
+    Runs docs/deployment.md step 6's block as printed (the emulator standing in for the project), then the jobs.
+    """
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    guide = (repo / "docs" / "deployment.md").read_text()
+    block = guide.split("## 6.", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line.startswith(".venv/bin/consumer ")]
+    assert len(commands) >= 6
+    consumer_factory(health_port=0)
+    env = {**os.environ, "GOOGLE_CLOUD_PROJECT": project, "TRADING_MODE": "paper"}
+    bin_dir = Path(sys.executable).parent
+    for command in commands:
+        done = subprocess.run(
+            ["bash", "-c", command.replace(".venv/bin/", f"{bin_dir}/")], cwd=repo, env=env,
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, f"{command}\n{done.stdout}{done.stderr}"
+    assert json.loads(done.stdout)["tradingEnabled"] is True  # the last line shows the document
+
+    import yaml
+
+    jobs = yaml.safe_load((repo / "infra" / "schedules.yaml").read_text())["jobs"]
+    for job in jobs:
+        if job.get("paused"):
+            continue
+        dry = [] if job.get("dryRun") or job["intent"] != "allocation" else ["--dry-run"]
+        done = cli(project, "publish", "--schedule", job["name"], *dry, "--wait", "--json")
+        assert done.returncode == 0, f"{job['name']}: {done.stdout}{done.stderr}"
+        assert json.loads(done.stdout)["status"] == "ok"
