@@ -7,10 +7,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint fmt bench clean
+.PHONY: help venv run stop test lint fmt bench clean
 
 help:
 	@echo "make run    start emulators, simulated gateway and consumer; publish a demo; serve until Ctrl-C"
+	@echo "make stop   end a local stack left running by an earlier make run (its terminal was killed)"
 	@echo "make test   lint, then the whole test suite (emulators and simulated gateway included)"
 	@echo "make bench  benchmarks against the local stack (writes bench/results.json)"
 	@echo "make lint   ruff, mypy and the static checks of gateway-image/ and infra/"
@@ -26,6 +27,9 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	@$(BIN)/python -m consumer.devstack run
+
+stop: $(STAMP)
+	@$(BIN)/python -m consumer.devstack stop
 
 test: $(STAMP) lint
 	@$(BIN)/python -m consumer.devstack preflight

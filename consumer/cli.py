@@ -5,9 +5,11 @@
     consumer publish --schedule JOB [--dry-run] [--as-scheduled] [--force] [--wait]
     consumer replies [--follow] [--intent X] [--status error] [--json]
     consumer status [--json]
+    consumer config show | set KEY VALUE | unset KEY | kill-switch on|off
 
 Every command reads the same environment variables as the service (GOOGLE_CLOUD_PROJECT, PUBSUB_EMULATOR_HOST,
 FIRESTORE_EMULATOR_HOST, TRADING_MODE, topic names ...), so it talks to the emulators or to a real project alike.
+A failure is one line on stderr saying what is wrong and what to do; --debug (or LOG_LEVEL=DEBUG) adds the traceback.
 """
 
 from __future__ import annotations
@@ -26,25 +28,109 @@ from typing import Any
 from consumer.config import ConfigError, Settings
 from consumer.console import reply_details, reply_line
 
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_UNREACHABLE = 3
+# How long a probe of an emulator's address may take before it counts as down.
+PROBE_SECONDS = 2.0
+
+
+class Unreachable(RuntimeError):
+    """What a command needs is not answering; the message names the address, its variable and what to do."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    command = f"consumer {args.command}"
     try:
         settings = Settings.from_env()
     except ConfigError as e:
         print(f"consumer: bad configuration: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    return int(args.run(settings, args) or 0)
+    debug = args.debug or settings.log_level == "DEBUG"
+    try:
+        if args.needs:
+            probe_google(args.needs)
+        return int(args.run(settings, args) or 0)
+    except Unreachable as e:
+        _fail(command, str(e), debug)
+        return EXIT_UNREACHABLE
+    except UsageError as e:
+        _fail(command, str(e), debug)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        _fail(command, explain(e), debug)
+        return EXIT_FAILED
+
+
+def _fail(command: str, sentence: str, debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    print(f"{command}: {sentence}", file=sys.stderr)
+
+
+def explain(error: BaseException) -> str:
+    """One sentence for the failures an operator meets, instead of a client library's traceback."""
+    from google.api_core import exceptions as api
+    from google.auth import exceptions as auth
+
+    if isinstance(error, auth.DefaultCredentialsError):
+        return (
+            "no Google credentials: for the local stack set PUBSUB_EMULATOR_HOST and FIRESTORE_EMULATOR_HOST "
+            "(make run prints the export line); for a real project run `gcloud auth application-default login`"
+        )
+    if isinstance(error, api.NotFound):
+        return f"not found: {error.message} (is GOOGLE_CLOUD_PROJECT right, and the topology provisioned?)"
+    if isinstance(error, api.PermissionDenied | api.Unauthenticated):
+        return f"permission denied: {error.message}"
+    if isinstance(error, api.RetryError | api.DeadlineExceeded | api.ServiceUnavailable):
+        return f"Google Cloud did not answer in time ({type(error).__name__}); check the network and the project"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''} (--debug shows the traceback)"
+
+
+def probe_google(needs: Sequence[str], environ: dict[str, str] | None = None) -> None:
+    """Fail in seconds, naming the variable, when an emulator a command needs is not set or not answering.
+
+    Without this, the client libraries retry a refused connection for minutes before raising.
+    """
+    import os
+
+    from consumer.devstack.emulators import port_open, split_host_port
+
+    env = dict(os.environ) if environ is None else environ
+    variables = {"pubsub": "PUBSUB_EMULATOR_HOST", "firestore": "FIRESTORE_EMULATOR_HOST"}
+    emulated = [v for v in variables.values() if env.get(v)]
+    for need in needs:
+        var = variables[need]
+        address = env.get(var)
+        if not address:
+            if emulated:  # half pointed at the emulators: the other half would go to the real cloud
+                raise Unreachable(f"{emulated[0]} is set but {var} is not: export both (make run prints them)")
+            continue
+        try:
+            host, port = split_host_port(address)
+        except ValueError as e:
+            raise Unreachable(f"{var}: {e}") from None
+        if not port_open(host.strip("[]"), port, timeout=PROBE_SECONDS):
+            raise Unreachable(
+                f"nothing answers on {address} ({var}): start the local stack with `make run`, "
+                f"or export the address it printed"
+            )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="consumer", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+    parser.set_defaults(needs=())
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", dest="command")
 
     serve = commands.add_parser("serve", help="run the consumer until SIGTERM/SIGINT")
     serve.set_defaults(run=_serve)
@@ -73,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--wait", action="store_true", help="wait for the reply and print it")
     publish.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the reply (default 120)")
     publish.add_argument("--json", action="store_true", help="print the reply as JSON")
-    publish.set_defaults(run=_publish)
+    publish.set_defaults(run=_publish)  # probes Pub/Sub itself, after validating: a bad param needs no network
 
     replies = commands.add_parser("replies", help="print replies from the reply topic")
     replies.add_argument("--follow", "-f", action="store_true", help="keep printing new replies until Ctrl-C")
@@ -84,12 +170,30 @@ def _parser() -> argparse.ArgumentParser:
         "--subscription", default="intent-replies-cli",
         help="the CLI's own subscription on the reply topic, created if missing (default intent-replies-cli)",
     )  # fmt: skip
-    replies.set_defaults(run=_replies)
+    replies.set_defaults(run=_replies, needs=("pubsub",))
 
     status = commands.add_parser("status", help="gateway, kill switch and the last run of each intent")
     status.add_argument("--health-url", default=None, help="default http://127.0.0.1:$HEALTH_PORT")
     status.add_argument("--json", action="store_true")
-    status.set_defaults(run=_status)
+    status.set_defaults(run=_status, needs=("firestore",))
+
+    config = commands.add_parser(
+        "config", help="show or change config/{TRADING_MODE}, validated as the consumer reads it",
+        description="Read and change the trading configuration document config/{TRADING_MODE}. Every change is\n"
+        "validated against schemas/trading-config.schema.json and the leverage cap before it is written, in one\n"
+        "transaction, so a concurrent edit is never lost. VALUE is JSON when it parses as JSON, else a string.",
+        formatter_class=argparse.RawTextHelpFormatter,
+    )  # fmt: skip
+    config.set_defaults(run=_config, needs=("firestore",))
+    actions = config.add_subparsers(required=True, metavar="ACTION", dest="action")
+    actions.add_parser("show", help="print the document as JSON")
+    set_ = actions.add_parser("set", help="set a dotted key, e.g. exposure.strategies.dummy 0.3")
+    set_.add_argument("key")
+    set_.add_argument("value")
+    unset = actions.add_parser("unset", help="remove a dotted key")
+    unset.add_argument("key")
+    kill = actions.add_parser("kill-switch", help="on: trading disabled (tradingEnabled false); off: enabled")
+    kill.add_argument("state", choices=["on", "off"])
     return parser
 
 
@@ -97,11 +201,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer.devstack.emulators import port_free
     from consumer.logs import configure
 
     # Imports ib_insync, which builds its event machinery at import: here, on the main thread, before the broker loop.
     from consumer.process import Consumer
 
+    if settings.health_port and not port_free(settings.health_host, settings.health_port):
+        raise UsageError(
+            f"HEALTH_PORT={settings.health_port} is taken on {settings.health_host} (HEALTH_HOST): another consumer or "
+            "`make run`? Stop it (`make stop`), or set HEALTH_PORT to a free port (0 turns the endpoint off)"
+        )
     configure(settings.log_format, settings.log_level)
     service = Consumer(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -163,7 +273,43 @@ def build_envelope(  # noqa: C901 (one branch per command-line option, in the or
         schemas.validate(intents[intent].schema, params, where="params")
     except SchemaViolation as e:
         raise UsageError(f"invalid {intent} message: {e}") from None
+    if intent == "allocation":
+        problems = strategy_problems(params)
+        if problems:
+            raise UsageError(f"invalid {intent} message: {'; '.join(problems)}")
     return envelope
+
+
+def strategy_problems(params: dict[str, Any]) -> list[str]:
+    """What the consumer's allocation would refuse in the named strategies and their params, in its own words
+    (consumer/intents/allocation.py choose_strategies). Capital is the config's business: the consumer checks it."""
+    from jsonschema import Draft202012Validator
+
+    from consumer.strategies import discover
+
+    names = params.get("strategies")
+    if not names:  # the config's default strategies: known to the consumer only
+        return []
+    known = discover()
+    strategy_params: dict[str, Any] = params.get("strategyParams", {})
+    problems = []
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        problems.append(
+            f"unknown strategy {', '.join(map(repr, unknown))}; known strategies: {', '.join(sorted(known))}"
+        )
+    stray = sorted(set(strategy_params) - set(names))
+    if stray:
+        problems.append(f"strategyParams given for {', '.join(stray)}, which this allocation does not run")
+    for name in names:
+        if name not in known:
+            continue
+        own = strategy_params.get(name, {})
+        errors = sorted(Draft202012Validator(known[name].params_schema).iter_errors(own), key=lambda e: list(e.path))
+        for error in errors:
+            where = "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path)
+            problems.append(f"strategyParams.{name}{where}: {error.message}")
+    return problems
 
 
 def scheduled_envelope(
@@ -205,23 +351,18 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
     import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
 
     attributes: dict[str, str] = {}
-    try:
-        if args.schedule:
-            if args.intent or args.param or args.params:
-                raise UsageError("--schedule JOB publishes the job's own intent and params; give no INTENT or -p")
-            envelope = scheduled_envelope(
-                args.schedule, args.dry_run, args.as_scheduled, args.force, args.idempotency_key
-            )
-            attributes["schedule"] = args.schedule
-        elif args.as_scheduled or args.force:
-            raise UsageError("--as-scheduled and --force apply to --schedule JOB only")
-        elif args.intent:
-            envelope = build_envelope(args.intent, args.param, args.params, args.dry_run, args.idempotency_key)
-        else:
-            raise UsageError("give an INTENT or --schedule JOB")
-    except UsageError as e:
-        print(f"consumer publish: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+    if args.schedule:
+        if args.intent or args.param or args.params:
+            raise UsageError("--schedule JOB publishes the job's own intent and params; give no INTENT or -p")
+        envelope = scheduled_envelope(args.schedule, args.dry_run, args.as_scheduled, args.force, args.idempotency_key)
+        attributes["schedule"] = args.schedule
+    elif args.as_scheduled or args.force:
+        raise UsageError("--as-scheduled and --force apply to --schedule JOB only")
+    elif args.intent:
+        envelope = build_envelope(args.intent, args.param, args.params, args.dry_run, args.idempotency_key)
+    else:
+        raise UsageError("give an INTENT or --schedule JOB")
+    probe_google(("pubsub",))
     intent = envelope["intent"]
     attributes["intent"] = intent
     publisher = pubsub_v1.PublisherClient()
@@ -239,6 +380,7 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
             print(f"job {args.schedule} fired by hand, {how}", file=sys.stderr)
         if waiter is None:
             return 0
+        print(f"waiting up to {args.timeout:g}s for the reply ...", file=sys.stderr, flush=True)
         reply = waiter.wait(message_id, args.timeout)
     finally:
         if waiter is not None:
@@ -340,10 +482,11 @@ def _replies(settings: Settings, args: argparse.Namespace) -> int:  # noqa: C901
                     _print_reply(reply, as_json=args.json)
             message.ack()
 
-        stream = subscriber.subscribe(path, on_reply)
         stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: stop.set())
+        stream = subscriber.subscribe(path, on_reply)
+        print(f"waiting for replies on {path} (Ctrl-C stops) ...", file=sys.stderr, flush=True)
         stop.wait()
         stream.cancel()
         return 0
@@ -359,6 +502,67 @@ def _print_reply(reply: dict[str, Any], as_json: bool) -> None:
     print(reply_line(reply, colour=colour), flush=True)
     for line in reply_details(reply):
         print(line, flush=True)
+
+
+# -- config ----------------------------------------------------------------------------------------------------------
+
+
+def _config(settings: Settings, args: argparse.Namespace) -> int:
+    from google.cloud import firestore
+
+    from consumer.schemas import Schemas
+    from consumer.store.trading_config import DeploymentLimits, check_document, edited
+
+    db = firestore.Client(project=settings.project)
+    ref = db.collection("config").document(settings.trading_mode)
+    path = f"config/{settings.trading_mode}"
+    try:
+        if args.action == "show":
+            snapshot = ref.get()
+            if not snapshot.exists:
+                print(f"no {path} document: trading is off (`consumer config kill-switch off` starts one)")
+                return EXIT_FAILED
+            print(json.dumps(snapshot.to_dict(), indent=2, sort_keys=True, default=str))
+            return 0
+        if args.action == "kill-switch":
+            key, value, unset = "tradingEnabled", args.state == "off", False
+        else:
+            key, unset = args.key, args.action == "unset"
+            value = _json_or_text(args.value) if not unset else None
+        schemas = Schemas()
+        limits = DeploymentLimits(settings.allow_live, settings.leverage_cap_max)
+
+        @firestore.transactional
+        def change(transaction: firestore.Transaction) -> dict[str, Any]:
+            snapshot = ref.get(transaction=transaction)
+            try:
+                document = edited(snapshot.to_dict() if snapshot.exists else None, key, value, unset)
+                check_document(document, schemas, path, limits)
+            except ValueError as e:
+                raise UsageError(f"{path} not changed: {e}") from None
+            transaction.set(ref, document)
+            return document
+
+        document = change(db.transaction())
+    finally:
+        db.close()
+    if args.action == "kill-switch":
+        state = "ON: trading intents are rejected" if args.state == "on" else "OFF: trading enabled"
+        print(f"{path}: kill switch {state}")
+    elif unset:
+        print(f"{path}: {key} removed")
+    else:
+        print(f"{path}: {key} = {json.dumps(value)}")
+    if args.action != "kill-switch" and not document.get("tradingEnabled"):
+        print(f"{path}: tradingEnabled is not true: trading intents are rejected", file=sys.stderr)
+    return 0
+
+
+def _json_or_text(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
 
 
 # -- status ----------------------------------------------------------------------------------------------------------
@@ -378,7 +582,8 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(report, default=str, indent=2))
     else:
         print(render_status(report))
-    return 0
+    # Scripts and monitors read the exit code: non-zero whenever the consumer is not up and pulling.
+    return 0 if report["consumer"]["ready"] else EXIT_FAILED
 
 
 def _fetch_json(url: str) -> tuple[int, dict[str, Any]]:

@@ -61,22 +61,48 @@ def reply_details(reply: dict[str, Any], limit: int = 12) -> list[str]:
             )
     shown = {"instruments", "balances"} if rows else set()
     summary = {k: v for k, v in result.items() if k not in shown | {key for key, _ in _ORDER_LISTS}}
-    if summary:
-        lines.append("    " + _gist(summary))
+    lines.extend("    " + line for line in _gist(summary))
     return lines
 
 
-def _gist(result: dict[str, Any], width: int = 150) -> str:
-    parts = []
-    for key, value in result.items():
-        if isinstance(value, list):
-            parts.append(f"{key}={len(value)}")
-        elif isinstance(value, dict):
-            parts.append(f"{key}={{{len(value)}}}")
+def _gist(result: dict[str, Any], width: int = 110, items: int = 8) -> list[str]:
+    """The rest of a result as `key=value` parts, wrapped between parts (never inside a word or number).
+
+    A mapping shows its entries (`orders(sent=41, filled=41)`, `prices(SPY=550.1, ...)`), not its size: `{2}` read
+    as "two orders" when it meant "an object with two keys".
+    """
+    parts = [f"{key}={_shown(value, items)}" for key, value in result.items()]
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += "  " + part
         else:
-            parts.append(f"{key}={json.dumps(value, default=str)}")
-    text = " ".join(parts)
-    return text if len(text) <= width else text[: width - 3] + "..."
+            lines.append(part)
+    return lines
+
+
+def _shown(value: Any, items: int) -> str:
+    if isinstance(value, list):
+        return str(len(value))
+    if isinstance(value, dict):
+        entries = [f"{k}={_entry(v)}" for k, v in list(value.items())[:items]]
+        if len(value) > items:
+            entries.append(f"+{len(value) - items} more")
+        return f"({', '.join(entries)})"
+    return json.dumps(value, default=str)
+
+
+def _entry(value: Any) -> str:
+    if isinstance(value, dict):
+        if "status" in value:  # a strategy's outcome
+            reason = value.get("reason")
+            return f"{value['status']}" + (f" ({reason})" if reason else "")
+        return f"({len(value)} entries)"
+    if isinstance(value, list):
+        return f"[{len(value)}]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return json.dumps(value, default=str) if not isinstance(value, str) else value
 
 
 def _clock(timestamp: Any) -> str:

@@ -1,4 +1,5 @@
-"""Counters and latencies that matter to whoever runs this, served as JSON on /metrics.
+"""Counters and latencies that matter to whoever runs this, served on /metrics in the Prometheus text format
+(what collectors scrape) and as JSON on /metrics.json.
 
 In Google Cloud the same facts reach Cloud Monitoring as log-based metrics: every counted event is also a
 structured log line with a stable message ("intent finished", "order settled", "gateway connected",
@@ -63,7 +64,61 @@ class Metrics:
                 }
                 for intent, buckets in self._latency.items()
             }
+            for intent, entry in latency.items():
+                entry["sumMs"] = round(self._latency_sum[intent], 3)
             return {
                 "counters": {name: dict(values) for name, values in self._counters.items()},
                 "intentLatency": latency,
             }
+
+
+# The label names of each counter's label ("intent:status" for intents); a counter not listed has none.
+LABELS: dict[str, tuple[str, ...]] = {
+    "intents": ("intent", "status"),
+    "orders": ("outcome",),
+    "deadLettered": ("intent",),
+    "recovered": ("intent",),
+}
+PREFIX = "ib_consumer"
+
+
+def prometheus_text(snapshot: dict[str, Any]) -> tuple[bytes, str]:
+    """The snapshot in the Prometheus text exposition format, and its content type.
+
+    Rendered from the same snapshot as the JSON, through a registry made for the call: no global registry.
+    """
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+    from prometheus_client.registry import Collector
+
+    class Snapshot(Collector):
+        def collect(self) -> Iterable[Metric]:
+            for name, values in sorted(snapshot.get("counters", {}).items()):
+                labels = LABELS.get(name, ("label",) if any(values) else ())
+                family = CounterMetricFamily(
+                    f"{PREFIX}_{_snake(name)}", f"{name} (consumer/metrics.py)", labels=list(labels)
+                )
+                for label, value in sorted(values.items()):
+                    parts = label.split(":", len(labels) - 1) if labels else []
+                    family.add_metric(parts + [""] * (len(labels) - len(parts)), value)
+                yield family
+            histogram = HistogramMetricFamily(
+                f"{PREFIX}_intent_duration_seconds", "Time from claim to settled reply, per intent", labels=["intent"]
+            )
+            for intent, entry in sorted(snapshot.get("intentLatency", {}).items()):
+                counts = entry.get("bucketsMs", {})
+                cumulative, buckets = 0, []
+                for bound in BUCKETS_MS:
+                    cumulative += counts.get(f"le{bound}", 0)
+                    buckets.append((f"{bound / 1000:g}", cumulative))
+                buckets.append(("+Inf", entry["count"]))
+                histogram.add_metric([intent], buckets, sum_value=entry.get("sumMs", 0.0) / 1000)
+            yield histogram
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Snapshot())
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)

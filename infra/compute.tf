@@ -77,8 +77,13 @@ locals {
   )
 }
 
+# The VM was counted (0 while image was empty); one address for it now that the image is required.
+moved {
+  from = google_compute_instance.consumer[0]
+  to   = google_compute_instance.consumer
+}
+
 resource "google_compute_instance" "consumer" {
-  count        = var.image == "" ? 0 : 1
   name         = "ib-consumer"
   zone         = var.zone
   machine_type = var.machine_type

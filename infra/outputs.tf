@@ -21,5 +21,5 @@ output "scheduler_jobs" {
 }
 
 output "vm" {
-  value = var.image == "" ? null : google_compute_instance.consumer[0].name
+  value = google_compute_instance.consumer.name
 }

@@ -22,9 +22,12 @@ variable "firestore_location" {
 }
 
 variable "image" {
-  description = "The gateway-image container (REGION-docker.pkg.dev/PROJECT/ib-consumer/gateway:TAG). Empty: everything but the VM is created, so the repository exists before the first push."
+  description = "The gateway-image container (REGION-docker.pkg.dev/PROJECT/ib-consumer/gateway:TAG), kept in terraform.tfvars. Required: an apply without it would otherwise plan to destroy the VM. The first apply targets the repository and the secret only (docs/deployment.md, step 2)."
   type        = string
-  default     = ""
+  validation {
+    condition     = can(regex("^[a-z0-9.-]+(:[0-9]+)?/[^ ]+(:[A-Za-z0-9_.-]+|@sha256:[0-9a-f]{64})$", var.image))
+    error_message = "image must name a pushed image with its tag or digest (REGION-docker.pkg.dev/PROJECT/ib-consumer/gateway:TAG); keep it in terraform.tfvars."
+  }
 }
 
 variable "machine_type" {
@@ -78,7 +81,7 @@ variable "consumer_env" {
 }
 
 variable "scheduler_enabled" {
-  description = "false pauses every scheduler job (e.g. while testing); true keeps each job's own paused flag from schedules.yaml."
+  description = "false (default) keeps every scheduler job paused until the deployment is checked; true, the guide's last step, keeps each job's own paused flag from schedules.yaml. Keep it in terraform.tfvars once set."
   type        = bool
-  default     = true
+  default     = false
 }

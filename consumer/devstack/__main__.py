@@ -1,8 +1,10 @@
-"""`python -m consumer.devstack run|preflight`: the local stack behind `make run`, and the check before tests."""
+"""`python -m consumer.devstack run|stop|preflight`: the local stack behind `make run` / `make stop`, and the check
+before tests. A failure is one line (what is wrong, what to do); --debug or LOG_LEVEL=DEBUG adds the traceback."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from consumer.devstack.emulators import ToolMissing, require_tools
@@ -10,18 +12,39 @@ from consumer.devstack.emulators import ToolMissing, require_tools
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m consumer.devstack")
-    parser.add_argument("command", choices=["run", "preflight"])
+    parser.add_argument("command", choices=["run", "stop", "preflight"])
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     args = parser.parse_args(argv)
-    try:
-        require_tools()
-    except ToolMissing as e:
-        print(e, file=sys.stderr)
-        return 3
-    if args.command == "preflight":
-        return 0
-    from consumer.devstack.local import run
+    debug = args.debug or os.environ.get("LOG_LEVEL", "").upper() == "DEBUG"
+    from consumer.devstack.local import StackError, run, stop_stack
 
-    return run()
+    try:
+        if args.command == "stop":
+            print(stop_stack(os.environ))
+            return 0
+        require_tools()
+        if args.command == "preflight":
+            return 0
+        return run()
+    except ToolMissing as e:
+        _fail(str(e), debug)
+        return 3
+    except StackError as e:
+        _fail(f"make {args.command}: {e}", debug)
+        return 3
+    except Exception as e:
+        from consumer.cli import explain
+
+        _fail(f"make {args.command}: {explain(e)}", debug)
+        return 1
+
+
+def _fail(line: str, debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

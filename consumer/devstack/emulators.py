@@ -171,10 +171,23 @@ def stop_process_group(proc: subprocess.Popen[bytes], timeout: float, reap_group
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def port_free(host: str, port: int) -> bool:
+    """True when this process could listen on host:port (the way the stack's servers will)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is not "taken"
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def http_ok(url: str, timeout: float = 0.5) -> bool:

@@ -1,7 +1,9 @@
 """`make run`: emulators, simulated gateway and consumer on documented addresses, a demo, then serve until Ctrl-C.
 
 Each address comes from its standard variable when set, else from the defaults below (README, "Local stack").
-Everything started here runs in its own process group and is stopped as a group, so Ctrl-C leaves nothing behind.
+Everything started here runs in its own process group and is stopped as a group, so Ctrl-C, SIGTERM and SIGHUP
+(a closed terminal) leave nothing behind. The groups are recorded in `stack.json` in the work directory, so
+`make stop` can end a stack whose runner was killed outright.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from consumer.console import reply_details, reply_line
-from consumer.devstack.emulators import EmulatorPair, http_ok, port_open, split_host_port, stop_process_group
+from consumer.devstack.emulators import (
+    EmulatorPair,
+    http_ok,
+    port_free,
+    port_open,
+    split_host_port,
+    stop_process_group,
+)
 
 DEFAULTS = {
     "PUBSUB_EMULATOR_HOST": "127.0.0.1:8085",
@@ -29,8 +39,22 @@ DEFAULTS = {
     "HEALTH_PORT": "8080",
     "GOOGLE_CLOUD_PROJECT": "local-project",
 }
-WORKDIR = Path(".devstack")
 REPLY_SUBSCRIPTION = "devstack-replies"
+STACK_FILE = "stack.json"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def workdir(environ: Mapping[str, str]) -> Path:
+    """Logs and the stack file; DEVSTACK_DIR moves them (tests run a stack beside a developer's)."""
+    return Path(environ.get("DEVSTACK_DIR") or ".devstack")
+
+
+class StackError(RuntimeError):
+    """The stack cannot start or stop; the message is the one line the person sees."""
+
+
+class Interrupted(Exception):
+    """A stop signal arrived while the stack was still starting."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +83,16 @@ class LocalAddresses:
             health_port=int(value["HEALTH_PORT"]),
             project=value["GOOGLE_CLOUD_PROJECT"],
         )
+
+    def listeners(self) -> list[tuple[str, str, int]]:
+        """(variable, host, port) of every address the stack listens on."""
+        pubsub, firestore = split_host_port(self.pubsub), split_host_port(self.firestore)
+        return [
+            ("PUBSUB_EMULATOR_HOST", *pubsub),
+            ("FIRESTORE_EMULATOR_HOST", *firestore),
+            ("IB_PORT", "127.0.0.1", self.ib_port),
+            ("HEALTH_PORT", "127.0.0.1", self.health_port),
+        ]
 
     def environ(self) -> dict[str, str]:
         return {
@@ -113,64 +147,221 @@ class Child:
         stop_process_group(self.process, timeout)
 
 
+class ProgressEcho:
+    """Brings a long rebalance's progress from the consumer's log file to this terminal, where the person looks."""
+
+    def __init__(self, log_path: Path) -> None:
+        self._path = log_path
+        self._offset = log_path.stat().st_size if log_path.exists() else 0
+        self._partial = b""
+
+    def poll(self) -> None:
+        try:
+            with self._path.open("rb") as log:
+                log.seek(self._offset)
+                data = log.read()
+        except FileNotFoundError:
+            return
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for raw in lines:
+            line = re.sub(r"\x1b\[[0-9;]*m", "", raw.decode(errors="replace"))
+            if "orders confirmed" not in line:
+                continue
+            fields = dict(re.findall(r"(\w+)=(\S+)", line))
+            with contextlib.suppress(OSError):
+                print(
+                    f"    ... {fields.get('intent', 'intent')} {fields.get('requestId', '')}: "
+                    f"{fields.get('confirmed', '?')}/{fields.get('total', '?')} orders confirmed",
+                    flush=True,
+                )
+
+
+class StackFile:
+    """`stack.json`: the runner's pid and every process group it started, for `make stop`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / STACK_FILE
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write(self, groups: dict[str, int], addresses: LocalAddresses) -> None:
+        record = {"runner": os.getpid(), "groups": groups, "listeners": addresses.listeners()}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def live_runner(self) -> int | None:
+        """The pid of a runner still alive (and still ours: its command line names the devstack)."""
+        data = self.read()
+        pid = data.get("runner") if data else None
+        if not isinstance(pid, int) or pid == os.getpid():
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError:  # no /proc: trust the signal probe
+            cmdline = b"consumer.devstack"
+        return pid if b"consumer.devstack" in cmdline else None
+
+
+def check_free(addresses: LocalAddresses, stack_file: StackFile) -> None:
+    """Every port the stack needs, checked before anything starts: a taken one is named with its variable."""
+    runner = stack_file.live_runner()
+    if runner is not None:
+        raise StackError(
+            f"a local stack is already running (pid {runner}, {stack_file.path}): "
+            "use it, or end it with `make stop` (python -m consumer.devstack stop)"
+        )
+    for var, host, port in addresses.listeners():
+        if not port_free(host, port):
+            leftover = " (left behind by an earlier run? `make stop` ends it)" if stack_file.read() else ""
+            raise StackError(f"port {port} ({var}) is taken on {host}{leftover}: free it, or set {var} to a free port")
+
+
 def run() -> int:
     addresses = LocalAddresses.from_env(os.environ)
-    WORKDIR.mkdir(exist_ok=True)
+    directory = workdir(os.environ)
+    directory.mkdir(parents=True, exist_ok=True)
+    stack_file = StackFile(directory)
+    check_free(addresses, stack_file)
+
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: stop.set())
+    groups: dict[str, int] = {}
 
-    _say(f"local stack for project {addresses.project}; logs in {WORKDIR}/")
-    with contextlib.ExitStack() as stack:
-        _say(f"starting the Pub/Sub ({addresses.pubsub}) and Firestore ({addresses.firestore}) emulators ...")
-        stack.enter_context(
-            EmulatorPair(addresses.pubsub, addresses.firestore, project=addresses.project, workdir=WORKDIR)
-        )
-        env = {**os.environ, **addresses.environ()}
-        os.environ.update(addresses.environ())
+    def record(name: str, pid: int) -> None:
+        groups[name] = pid
+        stack_file.write(groups, addresses)
 
-        gateway = _start(
-            stack, "simulated gateway",
-            [sys.executable, "-m", "ibsim", "--host", "127.0.0.1", "--port", str(addresses.ib_port),
-             *(["--clock", env["IBSIM_CLOCK"]] if env.get("IBSIM_CLOCK") else [])], env,
-        )  # fmt: skip
-        _wait(lambda: port_open("127.0.0.1", addresses.ib_port), gateway, 15, "the simulated gateway to listen")
-        _say(f"simulated IB Gateway on 127.0.0.1:{addresses.ib_port} (paper account DU123456)")
+    _say(f"local stack for project {addresses.project}; logs in {directory}/")
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.callback(stack_file.remove)
+            _say(f"starting the Pub/Sub ({addresses.pubsub}) and Firestore ({addresses.firestore}) emulators ...")
+            emulators = stack.enter_context(
+                EmulatorPair(addresses.pubsub, addresses.firestore, project=addresses.project, workdir=directory)
+            )
+            for emulator in (emulators.pubsub, emulators.firestore):
+                if emulator.process is not None:
+                    record(f"{emulator.name} emulator", emulator.process.pid)
+            _check(stop)
+            env = {**os.environ, **addresses.environ()}
+            os.environ.update(addresses.environ())
 
-        from consumer.devstack.provision import provision
-        from consumer.devstack.seed import seed_config
+            gateway = _start(
+                stack, directory, "simulated gateway",
+                [sys.executable, "-m", "ibsim", "--host", "127.0.0.1", "--port", str(addresses.ib_port),
+                 *(["--clock", env["IBSIM_CLOCK"]] if env.get("IBSIM_CLOCK") else [])], env,
+            )  # fmt: skip
+            record(gateway.name, gateway.process.pid)
+            listening = lambda: port_open("127.0.0.1", addresses.ib_port)  # noqa: E731
+            _wait(listening, gateway, 15, "the simulated gateway to listen", stop)
+            _say(f"simulated IB Gateway on 127.0.0.1:{addresses.ib_port} (paper account DU123456)")
 
-        created = provision(addresses.project)
-        _say(f"Pub/Sub topology from infra/pubsub.yaml: {len(created)} created, the rest already there")
-        if seed_config(addresses.project):
-            _say("seeded config/paper: trading enabled, an exposure share for every strategy")
-        else:
-            _say("config/paper exists; left as it is")
+            from consumer.devstack.provision import provision
+            from consumer.devstack.seed import seed_config
 
-        consumer = _start(
-            stack, "consumer", [sys.executable, "-m", "consumer", "serve"], {**env, "LOG_FORMAT": "console"}
-        )
-        health = f"http://127.0.0.1:{addresses.health_port}/readyz"
-        _wait(lambda: http_ok(health), consumer, 60, "the consumer to connect and subscribe")
-        _say(f"consumer ready ({health})")
+            created = provision(addresses.project)
+            _say(f"Pub/Sub topology from infra/pubsub.yaml: {len(created)} created, the rest already there")
+            if seed_config(addresses.project):
+                _say("seeded config/paper: trading enabled, capital for every strategy (docs: README, Local stack)")
+            else:
+                _say("config/paper exists; left as it is")
 
-        replies = stack.enter_context(_reply_stream(addresses.project))
-        _demo(addresses.project, replies, stop)
-        _print_howto(addresses)
+            consumer = _start(
+                stack, directory, "consumer", [sys.executable, "-m", "consumer", "serve"],
+                {**env, "LOG_FORMAT": "console"},
+            )  # fmt: skip
+            record(consumer.name, consumer.process.pid)
+            progress = ProgressEcho(consumer.log_path)
+            health = f"http://127.0.0.1:{addresses.health_port}/readyz"
+            _wait(lambda: http_ok(health), consumer, 60, "the consumer to connect and subscribe", stop)
+            _say(f"consumer ready ({health})")
 
-        while not stop.wait(1.0):
-            for child in (gateway, consumer):
-                if not child.alive():
-                    _say(f"the {child.name} exited with code {child.process.returncode}; see {child.log_path}")
-                    return 1
-            _print_pending(replies)
-        _say("stopping ...")
+            replies = stack.enter_context(_reply_stream(addresses.project))
+            _demo(addresses.project, replies, stop, progress)
+            _print_howto(addresses)
+
+            while not stop.wait(1.0):
+                for child in (gateway, consumer):
+                    if not child.alive():
+                        _say(f"the {child.name} exited with code {child.process.returncode}; see {child.log_path}")
+                        return 1
+                progress.poll()
+                _print_pending(replies)
+            _say("stopping ...")
+    except Interrupted:
+        _say("stopped while starting")
     _say("stopped: emulators, gateway and consumer are down")
     return 0
 
 
-def _start(stack: contextlib.ExitStack, name: str, args: list[str], env: Mapping[str, str]) -> Child:
-    child = Child(name, args, WORKDIR / f"{name.split()[-1]}.log", env)
+def stop_stack(environ: Mapping[str, str], timeout: float = 60.0) -> str:
+    """Ends the stack recorded in the work directory: its runner first (it stops its children), then any group
+    still alive (the runner was killed outright). Returns what it did, in a sentence."""
+    stack_file = StackFile(workdir(environ))
+    data = stack_file.read()
+    if data is None:
+        return f"no local stack recorded in {stack_file.path}: nothing to stop"
+    runner = stack_file.live_runner()
+    if runner is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(runner, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{runner}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    ended = []
+    for name, pgid in dict(data.get("groups") or {}).items():
+        if _group_alive(pgid):
+            _end_group(pgid, timeout=10.0)
+            ended.append(name)
+    stack_file.remove()
+    taken = [f"{port} ({var})" for var, host, port in data.get("listeners") or [] if not port_free(host, port)]
+    if taken:
+        raise StackError(f"stopped what was recorded, but still taken: {', '.join(taken)}; another program holds them")
+    if runner is not None:
+        return f"stopped the local stack of pid {runner}" + (f" and {', '.join(ended)}" if ended else "")
+    return "ended what an earlier run left behind: " + (", ".join(ended) if ended else "nothing was still running")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's group now: not ours to end
+        return False
+    return True
+
+
+def _end_group(pgid: int, timeout: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _check(stop: threading.Event) -> None:
+    if stop.is_set():
+        raise Interrupted
+
+
+def _start(stack: contextlib.ExitStack, directory: Path, name: str, args: list[str], env: Mapping[str, str]) -> Child:
+    child = Child(name, args, directory / f"{name.split()[-1]}.log", env)
     stack.callback(child.stop)
     return child
 
@@ -200,7 +391,7 @@ def _reply_stream(project: str) -> Iterator[Any]:
         subscriber.close()
 
 
-def _demo(project: str, replies: Any, stop: threading.Event) -> None:
+def _demo(project: str, replies: Any, stop: threading.Event, progress: ProgressEcho) -> None:
     import queue
 
     import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
@@ -216,6 +407,7 @@ def _demo(project: str, replies: Any, stop: threading.Event) -> None:
             message_id = publisher.publish(topic, data).result(timeout=30)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not stop.is_set():
+                progress.poll()
                 try:
                     reply = replies.get(timeout=0.5)
                 except queue.Empty:
@@ -247,30 +439,39 @@ def _print_reply(reply: dict[str, Any]) -> None:
 def _print_howto(a: LocalAddresses) -> None:
     print(
         f"""
-Serving until Ctrl-C. Replies to anything published to the intents topic are printed here.
-From another terminal:
-  export PUBSUB_EMULATOR_HOST={a.pubsub} FIRESTORE_EMULATOR_HOST={a.firestore} GOOGLE_CLOUD_PROJECT={a.project}
+Serving until Ctrl-C (or closing this terminal). Replies to anything published to the intents topic are printed
+here. From another terminal, in this directory (or activate .venv and drop the .venv/bin/ prefix):
+  export {howto_exports(a)}
   .venv/bin/consumer publish summary --wait
   .venv/bin/consumer publish allocation -p strategies='["dummy"]' -p strategyParams.dummy.weights.QQQ=0.1 --wait
   .venv/bin/consumer status
-or with the gcloud CLI:
-  CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB=http://{a.pubsub}/ gcloud pubsub topics publish intents \\
-      --project={a.project} --message='{{}}' --attribute=intent=summary
+or with the gcloud CLI (no Google login needed for the emulator):
+  CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB=http://{a.pubsub}/ \\
+      gcloud pubsub topics publish intents --project={a.project} --message='{{}}' --attribute=intent=summary
+A stack left running (the terminal was killed) is ended by `make stop`.
 """,
         flush=True,
     )
 
 
-def _wait(predicate: Any, child: Child, timeout: float, what: str) -> None:
+def howto_exports(a: LocalAddresses) -> str:
+    """Every variable the CLI needs to find this stack: without HEALTH_PORT, `consumer status` looks at 8080."""
+    return " ".join(f"{k}={v}" for k, v in a.environ().items() if k not in ("IB_HOST", "IB_PORT"))
+
+
+def _wait(predicate: Any, child: Child, timeout: float, what: str, stop: threading.Event) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
+        _check(stop)
         if not child.alive():
             tail = child.log_path.read_text(errors="replace")[-1500:]
-            raise SystemExit(f"the {child.name} exited while waiting for {what}:\n{tail}")
+            raise StackError(f"the {child.name} exited while waiting for {what}; see {child.log_path}:\n{tail}")
         if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}; see {child.log_path}")
+            raise StackError(f"timed out after {timeout:.0f}s waiting for {what}; see {child.log_path}")
         time.sleep(0.1)
 
 
 def _say(text: str) -> None:
-    print(f"--- {text}", flush=True)
+    # After SIGHUP the terminal is gone: writing to it must not stop the clean-up.
+    with contextlib.suppress(OSError):
+        print(f"--- {text}", flush=True)

@@ -1,4 +1,9 @@
-"""The local paper configuration `make run` writes unless one exists: trading on, a share for every strategy."""
+"""The local paper configuration `make run` writes unless one exists: trading on, a share for every strategy.
+
+Under it every README example and every job of infra/schedules.yaml answers `ok` (tests/service/test_operator.py):
+a plain allocation runs only the strategies that need no params from the message, and dummy, which trades the
+weights a message gives, has capital for the examples that name it.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,19 @@ from google.cloud import firestore
 OVERALL_EXPOSURE = 0.9
 
 
-def local_paper_config(strategy_ids: list[str]) -> dict[str, Any]:
+def local_paper_config(strategies: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`strategies`: each strategy's params schema, by id."""
+    from jsonschema import Draft202012Validator
+
     # Equal shares that sum to at most 1, so overall x sum stays under the default leverage cap of 1.
-    share = int(10_000 / max(1, len(strategy_ids))) / 10_000
+    share = int(10_000 / max(1, len(strategies))) / 10_000
+    runnable = sorted(s for s, schema in strategies.items() if Draft202012Validator(schema).is_valid({}))
     return {
         "tradingEnabled": True,
         "allowLive": False,
         "leverageCap": 1.0,
-        "exposure": {"overall": OVERALL_EXPOSURE, "strategies": dict.fromkeys(sorted(strategy_ids), share)},
+        "exposure": {"overall": OVERALL_EXPOSURE, "strategies": dict.fromkeys(sorted(strategies), share)},
+        "defaultStrategies": runnable,
         "orderDefaults": {"orderType": "MKT", "algo": "Adaptive", "adaptivePriority": "Normal", "tif": "DAY"},
         "cashBalancer": {"threshold": 1000.0},
     }
@@ -29,7 +39,8 @@ def seed_config(project: str, trading_mode: str = "paper") -> bool:
 
     db = firestore.Client(project=project)
     try:
-        db.collection("config").document(trading_mode).create(local_paper_config(list(discover())))
+        strategies = {sid: cls.params_schema for sid, cls in discover().items()}
+        db.collection("config").document(trading_mode).create(local_paper_config(strategies))
         return True
     except exceptions.AlreadyExists:
         return False

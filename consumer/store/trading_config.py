@@ -48,6 +48,7 @@ class TradingConfig:
     leverage_cap: float = 1.0  # the lower of the document's leverageCap and the deployment's cap
     overall_exposure: float = 0.0
     strategy_exposure: dict[str, float] = field(default_factory=dict)
+    default_strategies: tuple[str, ...] | None = None  # None: every strategy with a share
     order_defaults: OrderDefaults = field(default_factory=OrderDefaults)
     market_data_type: int = 1
     cash_threshold: float = 0.0
@@ -71,6 +72,7 @@ class TradingConfig:
             leverage_cap=min(data.get("leverageCap", 1.0), limits.leverage_cap),
             overall_exposure=exposure.get("overall", 0.0),
             strategy_exposure=dict(exposure.get("strategies", {})),
+            default_strategies=tuple(data["defaultStrategies"]) if "defaultStrategies" in data else None,
             order_defaults=OrderDefaults(
                 order_type=orders.get("orderType", "MKT"),
                 algo=orders.get("algo", "Adaptive"),
@@ -98,7 +100,14 @@ class TradingConfig:
 
     @property
     def enabled_strategies(self) -> list[str]:
-        return sorted(s for s, share in self.strategy_exposure.items() if share > 0)
+        """What an allocation naming no strategy runs: the default ones that have capital.
+
+        A strategy with capital can still be outside the defaults: dummy trades only the weights a message gives.
+        """
+        funded = (s for s, share in self.strategy_exposure.items() if share > 0)
+        if self.default_strategies is None:
+            return sorted(funded)
+        return sorted(set(funded) & set(self.default_strategies))
 
 
 class ConfigStore:
@@ -112,3 +121,32 @@ class ConfigStore:
         snapshot = await ref.get()
         data = snapshot.to_dict() if snapshot.exists else None
         return TradingConfig.from_document(data, self._schemas, ref.path, self._limits)
+
+
+def edited(document: dict[str, Any] | None, key: str, value: Any, unset: bool = False) -> dict[str, Any]:
+    """A copy of the config document with one dotted key set (or removed); `consumer config set/unset`."""
+    import copy
+
+    result = copy.deepcopy(document or {})
+    *parents, leaf = key.split(".")
+    if not leaf or any(not part for part in parents):
+        raise ValueError(f"{key!r}: expected a dotted key such as exposure.strategies.dummy")
+    target = result
+    for part in parents:
+        child = target.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"{key!r}: {part} is not an object")
+        target = child
+    if unset:
+        target.pop(leaf, None)
+    else:
+        target[leaf] = value
+    return result
+
+
+def check_document(document: dict[str, Any], schemas: Schemas, path: str, limits: DeploymentLimits) -> TradingConfig:
+    """What the consumer would make of a document: the schema and the leverage cap, with the consumer's messages."""
+    try:
+        return TradingConfig.from_document(document, schemas, path, limits)
+    except IntentError as e:
+        raise ValueError(e.message) from None

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from launcher import EXIT_CONFIG, EXIT_OK, health, ibc
+from launcher.aliases import with_aliases
 from launcher.logs import log
 from launcher.secrets import CREDENTIAL_VARIABLES, CredentialError, resolve_credentials, scrubbed_environment
 from launcher.supervisor import ChildSpec, Supervisor, Watchdog
@@ -31,8 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     send = commands.add_parser("ibc-command", help="send a command (RESTART, STOP ...) to IBC's command server")
     send.add_argument("ibc_command")
     args = parser.parse_args(argv)
-    env = os.environ
     try:
+        env = with_aliases(os.environ)
         if args.command == "run":
             return run(env, config_rendered=args.config_rendered)
         if args.command == "health":

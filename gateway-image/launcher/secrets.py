@@ -18,6 +18,10 @@ CREDENTIAL_VARIABLES = (
     "IB_USERNAME_FILE",
     "IB_PASSWORD",
     "IB_PASSWORD_FILE",
+    # The same, by the names of other gateway images (launcher/aliases.py).
+    "TWS_USERID",
+    "TWS_PASSWORD",
+    "TWS_PASSWORD_FILE",
 )
 
 _SECRET_NAME = re.compile(r"^projects/[^/\s]+/secrets/[A-Za-z0-9_-]+(/versions/(latest|[0-9]+))?$")

@@ -441,3 +441,40 @@ def test_the_env_file_is_private_and_the_container_keeps_only_the_capabilities_t
     assert "--cap-drop=ALL" in run
     assert sorted(re.findall(r"--cap-add=(\w+)", run)) == ["KILL", "SETGID", "SETUID"]
     assert "--security-opt=no-new-privileges" in run
+
+
+def test_the_scheduler_stays_paused_until_the_guide_enables_it(tf: dict[str, Any]) -> None:
+    """Issue 19: scheduler_enabled defaulted to true, so step 5's apply unpaused every job before step 7's checks."""
+    assert tf["variable"]["scheduler_enabled"]["default"] is False
+    example = hcl2.loads((INFRA / "terraform.tfvars.example").read_text())
+    assert example["scheduler_enabled"] is False
+    guide = (INFRA.parent / "docs" / "deployment.md").read_text()
+    enabling = [
+        line for line in guide.splitlines() if "scheduler_enabled = true" in line or "scheduler_enabled=true" in line
+    ]
+    assert enabling, "the guide never enables the scheduler"
+    last_step = guide.index("## 7.")
+    assert all(guide.index(line) > last_step for line in enabling)
+
+
+def test_an_empty_image_is_refused_and_the_vm_never_depends_on_it(tf: dict[str, Any]) -> None:
+    """Issue 19: image defaulted to "" and meant count = 0: an apply without -var image planned to destroy the VM."""
+    image = tf["variable"]["image"]
+    assert "default" not in image
+    condition = image["validation"][0]["condition"]
+    pattern = re.search(r'regex\("(.+)", var\.image\)', condition).group(1).replace("\\\\", "\\")
+    accepted = re.compile(pattern)
+    assert not accepted.search("")
+    assert not accepted.search("us-east4-docker.pkg.dev/p/ib-consumer/gateway")  # no tag: which build?
+    assert accepted.search("us-east4-docker.pkg.dev/p/ib-consumer/gateway:0123abc")
+    assert accepted.search("us-east4-docker.pkg.dev/p/ib-consumer/gateway@sha256:" + "a" * 64)
+    example = hcl2.loads((INFRA / "terraform.tfvars.example").read_text())
+    assert accepted.search(example["image"].strip('"'))
+
+    vm = resource(tf, "google_compute_instance", "consumer")
+    assert "count" not in vm
+    moved = [hcl2.loads(path.read_text()).get("moved", []) for path in INFRA.glob("*.tf")]
+    assert {"from": "${google_compute_instance.consumer[0]}", "to": "${google_compute_instance.consumer}"} in [
+        _unquote(block) for blocks in moved for block in blocks
+    ]
+    assert tf["output"]["vm"]["value"] == "${google_compute_instance.consumer.name}"

@@ -102,12 +102,43 @@ def test_health_endpoints_and_metrics(served, bus: Bus):
         assert json.loads(live.read())["loop"] == "responsive"
     with urllib.request.urlopen(f"{base}/readyz", timeout=5) as ready:
         assert ready.status == 200
-    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"{base}/metrics.json", timeout=5) as response:
         metrics = json.loads(response.read())
     assert metrics["counters"]["intents"]["summary:ok"] == 1
     assert metrics["counters"]["intents"]["(none):error"] == 1
     assert metrics["counters"]["gatewayConnects"][""] == 1
     assert metrics["intentLatency"]["summary"]["count"] == 1
+    negotiated = urllib.request.Request(f"{base}/metrics", headers={"Accept": "application/json"})
+    with urllib.request.urlopen(negotiated, timeout=5) as response:
+        assert json.loads(response.read())["counters"] == metrics["counters"]
+
+
+def test_metrics_in_the_format_collectors_scrape(served, bus: Bus):
+    """Issue 19: /metrics was JSON only; Prometheus (and Cloud Monitoring's managed collection) scrape text."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    bus.reply_to(bus.publish({"intent": "summary"}))
+    bus.reply_to(bus.publish({"intent": "summary"}))
+    bus.reply_to(bus.publish(b"{"))
+    scrape = urllib.request.Request(
+        f"http://127.0.0.1:{served}/metrics", headers={"Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1"}
+    )
+    with urllib.request.urlopen(scrape, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=")
+        text = response.read().decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("ib_consumer_intents_total", (("intent", "summary"), ("status", "ok")))] == 2
+    assert samples[("ib_consumer_intents_total", (("intent", "(none)"), ("status", "error")))] == 1
+    assert samples[("ib_consumer_gateway_connects_total", ())] == 1
+    assert samples[("ib_consumer_intent_duration_seconds_count", (("intent", "summary"),))] == 2
+    assert samples[("ib_consumer_intent_duration_seconds_bucket", (("intent", "summary"), ("le", "+Inf")))] == 2
+    assert samples[("ib_consumer_intent_duration_seconds_sum", (("intent", "summary"),))] > 0
 
 
 def hold_by_hand(project: str, bus: Bus, gateway, strategy: str, symbol: str, quantity: float) -> None:
@@ -166,3 +197,140 @@ def test_a_scheduled_job_fired_by_hand_honours_dry_run_pause_and_the_slot(served
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["duplicate"] is True
     assert len(gateway.orders()) == 1
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        ['strategies=["dumy"]'],
+        ['strategies=["dummy"]', "strategyParams.dummy.weights.SPY=20%"],
+        ['strategies=["dummy"]', "strategyParams.testsignalgenerator.lookback=5"],
+    ],
+    ids=["unknown-strategy", "weight-not-a-number", "params-for-a-strategy-not-run"],
+)
+def test_strategy_params_are_checked_before_publishing_in_the_consumers_words(served, bus: Bus, project: str, pairs):
+    """Issue 19: strategies and their params were checked only by the consumer, after publishing."""
+    args = [arg for pair in pairs for arg in ("-p", pair)]
+    done = cli(project, "publish", "allocation", *args, "--dry-run", "--wait")
+    assert done.returncode == 2
+    assert bus.settle(quiet=1.0) == []  # nothing reached the topic
+
+    envelope: dict = {"intent": "allocation", "dryRun": True, "params": {}}
+    for pair in pairs:  # the same params, straight to the consumer
+        key, _, raw = pair.partition("=")
+        *parents, leaf = key.split(".")
+        target = envelope["params"]
+        for part in parents:
+            target = target.setdefault(part, {})
+        try:
+            target[leaf] = json.loads(raw)
+        except json.JSONDecodeError:
+            target[leaf] = raw
+    reply = bus.reply_to(bus.publish(envelope))
+    assert reply["error"]["code"] == "invalid_strategies"
+    assert done.stderr.strip().splitlines() == [
+        f"consumer publish: invalid allocation message: {reply['error']['message']}"
+    ]
+
+
+def stored_config(project: str) -> dict | None:
+    return firestore_client(project).collection("config").document("paper").get().to_dict()
+
+
+def test_config_show_set_unset_validated_as_the_consumer_reads_it(served, project: str):
+    """Issue 19: the config was hand-written Firestore REST JSON; now `consumer config`, validated before writing."""
+    before = stored_config(project)
+    shown = cli(project, "config", "show")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == before
+
+    done = cli(project, "config", "set", "exposure.strategies.testsignalgenerator", "0.25")
+    assert (done.returncode, done.stdout.strip()) == (0, "config/paper: exposure.strategies.testsignalgenerator = 0.25")
+    assert stored_config(project)["exposure"]["strategies"] == {"dummy": 0.5, "testsignalgenerator": 0.25}
+    done = cli(project, "config", "set", "orderDefaults.orderType", "LMT")  # a string without JSON quotes
+    assert done.returncode == 0, done.stderr
+    assert stored_config(project)["orderDefaults"]["orderType"] == "LMT"
+
+    refused = [
+        (("orderDefaults.tif", "FOREVER"), "orderDefaults.tif: 'FOREVER' is not one of"),
+        (("exposure.overall", "-1"), "exposure.overall: -1 is less than the minimum of 0"),
+        (("tradingEnabld", "true"), "Additional properties are not allowed ('tradingEnabld' was unexpected)"),
+        (("exposure.strategies.dummy", "1.5"), "above the leverage cap 1 (the lower of leverageCap"),
+    ]
+    for (key, value), why in refused:
+        before = stored_config(project)
+        done = cli(project, "config", "set", key, value)
+        assert done.returncode == 2, done.stdout
+        assert done.stderr.startswith("consumer config: config/paper not changed: "), done.stderr
+        assert why in done.stderr
+        assert stored_config(project) == before
+
+    assert cli(project, "config", "unset", "exposure.strategies.testsignalgenerator").returncode == 0
+    assert stored_config(project)["exposure"]["strategies"] == {"dummy": 0.5}
+
+
+def test_the_kill_switch_from_the_cli_stops_and_restarts_trading(served, bus: Bus, gateway, project: str):
+    """`consumer config kill-switch on` rejects trading at the broker's door; `off` lets the same request trade."""
+    on = cli(project, "config", "kill-switch", "on")
+    assert (on.returncode, on.stdout.strip()) == (0, "config/paper: kill switch ON: trading intents are rejected")
+    assert stored_config(project)["tradingEnabled"] is False
+    message = {"intent": "allocation", "idempotencyKey": "kill-switch-1",
+               "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": {"SPY": 0.1}}}}}  # fmt: skip
+    rejected = bus.reply_to(bus.publish(message))
+    assert rejected["status"] == "rejected", rejected
+    assert gateway.orders() == []
+    assert mode_collection(project, "orders") == []
+
+    off = cli(project, "config", "kill-switch", "off")
+    assert (off.returncode, off.stdout.strip()) == (0, "config/paper: kill switch OFF: trading enabled")
+    traded = bus.reply_to(bus.publish({**message, "idempotencyKey": "kill-switch-2"}))
+    assert traded["status"] == "ok", traded
+    ref = traded["result"]["instruments"][0]["orderRef"]
+    assert [(o["orderRef"], o["action"]) for o in gateway.orders()] == [(ref, "BUY")]
+    exec_ids = {e["execId"] for e in gateway.executions() if e["orderRef"] == ref}
+    assert exec_ids
+    wait_for(lambda: exec_ids <= {f["execId"] for f in mode_collection(project, "fills")}, what="the fills booked")
+    assert [o["orderRef"] for o in mode_collection(project, "orders")] == [ref]
+
+
+def test_config_show_without_a_document_says_trading_is_off(consumer_factory, project: str):
+    done = cli(project, "config", "show")
+    assert done.returncode == 1
+    assert (
+        done.stdout.strip() == "no config/paper document: trading is off (`consumer config kill-switch off` starts one)"
+    )
+
+
+def test_the_guides_first_configuration_lets_every_scheduled_job_run(consumer_factory, project: str):
+    """Issue 19: step 6 wrote only tradingEnabled, so both scheduled trading jobs failed (no_strategies, no capital).
+
+    Runs docs/deployment.md step 6's block as printed (the emulator standing in for the project), then the jobs.
+    """
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    guide = (repo / "docs" / "deployment.md").read_text()
+    block = guide.split("## 6.", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line.startswith(".venv/bin/consumer ")]
+    assert len(commands) >= 6
+    consumer_factory(health_port=0)
+    env = {**os.environ, "GOOGLE_CLOUD_PROJECT": project, "TRADING_MODE": "paper"}
+    bin_dir = Path(sys.executable).parent
+    for command in commands:
+        done = subprocess.run(
+            ["bash", "-c", command.replace(".venv/bin/", f"{bin_dir}/")], cwd=repo, env=env,
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, f"{command}\n{done.stdout}{done.stderr}"
+    assert json.loads(done.stdout)["tradingEnabled"] is True  # the last line shows the document
+
+    import yaml
+
+    jobs = yaml.safe_load((repo / "infra" / "schedules.yaml").read_text())["jobs"]
+    for job in jobs:
+        if job.get("paused"):
+            continue
+        dry = [] if job.get("dryRun") or job["intent"] != "allocation" else ["--dry-run"]
+        done = cli(project, "publish", "--schedule", job["name"], *dry, "--wait", "--json")
+        assert done.returncode == 0, f"{job['name']}: {done.stdout}{done.stderr}"
+        assert json.loads(done.stdout)["status"] == "ok"

@@ -40,7 +40,7 @@ def get_json(url: str) -> tuple[int, Any]:
 
 
 def intent_counters(port: int) -> dict[str, int]:
-    _, body = get_json(f"http://127.0.0.1:{port}/metrics")
+    _, body = get_json(f"http://127.0.0.1:{port}/metrics.json")
     return dict(body["counters"].get("intents", {}))
 
 
@@ -70,5 +70,5 @@ def test_metrics_label_only_known_intents(consumer_factory, bus: Bus):
     # The body's name never decodes (no such intent), the attribute's is carried on the reply: neither is a label.
     assert [r["intent"] for r in replies] == [None, hostile, "ping"]
     assert counters == {"(none):error": 1, "unknown:error": 1, "ping:ok": 1}
-    _, body = get_json(f"http://127.0.0.1:{port}/metrics")
+    _, body = get_json(f"http://127.0.0.1:{port}/metrics.json")
     assert "passwd" not in json.dumps(body)

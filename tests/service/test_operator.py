@@ -1,0 +1,427 @@
+"""The operator's day (issue 19): the local stack and the CLI, run as a person runs them.
+
+These start real `make run` stacks (emulators, simulated gateway, consumer) on free ports, each in its own
+DEVSTACK_DIR, so they never collide with a developer's `make run` or with the session's emulators.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from consumer.devstack.emulators import free_port
+from tests.support import DEFAULT_CLOCK, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+README = (REPO / "README.md").read_text()
+pytestmark = pytest.mark.slow
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen[str]
+    env: dict[str, str]
+    workdir: Path
+    output: Path
+
+    @property
+    def ports(self) -> list[int]:
+        return [
+            int(self.env["PUBSUB_EMULATOR_HOST"].rsplit(":", 1)[1]),
+            int(self.env["FIRESTORE_EMULATOR_HOST"].rsplit(":", 1)[1]),
+            int(self.env["IB_PORT"]),
+            int(self.env["HEALTH_PORT"]),
+        ]
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def cli_env(self) -> dict[str, str]:
+        """A second terminal: `.venv` activated and the export line the banner printed, nothing else of ours."""
+        exports = re.search(r"^\s*export (.+)$", self.text(), re.MULTILINE)
+        assert exports, self.text()
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST") and k != "HEALTH_PORT"}
+        env.update(dict(pair.split("=", 1) for pair in exports.group(1).split()))
+        env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '')}"
+        return env
+
+
+def stack_env(workdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")}
+    env.update(
+        PUBSUB_EMULATOR_HOST=f"127.0.0.1:{free_port()}",
+        FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{free_port()}",
+        IB_PORT=str(free_port()),
+        HEALTH_PORT=str(free_port()),
+        GOOGLE_CLOUD_PROJECT="local-project",
+        DEVSTACK_DIR=str(workdir),
+        IBSIM_CLOCK=DEFAULT_CLOCK,
+    )
+    return env
+
+
+def start_stack(tmp: Path, command: list[str]) -> Stack:
+    workdir = tmp / "devstack"
+    output = tmp / "make-run.out"
+    env = stack_env(workdir)
+    with output.open("w") as out:
+        # Its own session, as a terminal gives it: the process group is what a closed terminal signals.
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+    stack = Stack(process, env, workdir, output)
+    try:
+        wait_for(lambda: "Serving until Ctrl-C" in stack.text() or process.poll() is not None, 240, "make run")
+        assert process.poll() is None, stack.text()
+    except BaseException:
+        kill_leftovers(stack)
+        raise
+    return stack
+
+
+def end(stack: Stack) -> None:
+    if stack.process.poll() is None:
+        os.killpg(stack.process.pid, signal.SIGTERM)
+        try:
+            stack.process.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(stack.process.pid, signal.SIGKILL)
+
+
+def recorded_groups(stack: Stack) -> dict[str, int]:
+    return json.loads((stack.workdir / "stack.json").read_text())["groups"]
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def leftovers(stack: Stack | Path) -> dict[int, str]:
+    """Every process of this stack still alive, found by its unique DEVSTACK_DIR (not through the stack file)."""
+    workdir = stack.workdir if isinstance(stack, Stack) else stack
+    marker = f"DEVSTACK_DIR={workdir}".encode()
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    return found
+
+
+def kill_leftovers(stack: Stack | Path) -> None:
+    """Whatever a failed test left running is killed, so a failure cannot leak a stack."""
+    if isinstance(stack, Stack):
+        end(stack)
+    for pid in leftovers(stack):
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = start_stack(tmp_path_factory.mktemp("stack"), ["make", "--no-print-directory", "run"])
+    yield running
+    kill_leftovers(running)
+
+
+def shell(stack: Stack, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", command], cwd=REPO, env=stack.cli_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def readme_block(heading: str) -> list[str]:
+    """The shell lines of the first sh block under a README heading, continuations joined."""
+    section = README.split(heading, 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def with_stack_addresses(stack: Stack, line: str) -> str:
+    """The README prints the default addresses; this stack runs on free ports."""
+    for default, var in (("127.0.0.1:8085", "PUBSUB_EMULATOR_HOST"), ("127.0.0.1:8081", "FIRESTORE_EMULATOR_HOST")):
+        line = line.replace(default, stack.env[var])
+    return line.replace("HEALTH_PORT=8080", f"HEALTH_PORT={stack.env['HEALTH_PORT']}")
+
+
+# -- the README, as printed --------------------------------------------------------------------------------------
+
+
+def test_every_readme_example_answers_ok_under_the_seeded_config(stack: Stack):
+    """Issue 19: `publish allocation --dry-run --wait` failed under the seeded config (dummy needs weights)."""
+    day = readme_block("## A day with it")
+    assert day[0].startswith("consumer status")
+    shell(stack, "consumer replies")  # the CLI's subscription exists before the replies it should see
+    for line in day:
+        if "--follow" in line:
+            continue  # runs until Ctrl-C: below
+        done = shell(stack, line)
+        assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+        if "--wait" in line:
+            first = done.stdout.splitlines()[0]
+            assert " ok " in first, f"{line}\n{done.stdout}"
+
+    follow = next(line for line in day if "--follow" in line)
+    watcher = subprocess.Popen(
+        ["bash", "-c", f"exec {follow.split('#')[0]}"], cwd=REPO, env=stack.cli_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert watcher.stderr is not None
+    assert watcher.stderr.readline().startswith("waiting for replies on projects/local-project/subscriptions/")
+    watcher.send_signal(signal.SIGINT)
+    assert watcher.wait(30) == 0
+
+    adhoc = [with_stack_addresses(stack, line) for line in readme_block("### Publishing an ad-hoc intent")]
+    export = next(line for line in adhoc if line.startswith("export "))
+    assert all(var in export for var in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT"))
+    shell(stack, "consumer replies --subscription readme-adhoc")  # sees every reply from now on
+    published = shell(stack, "\n".join(line for line in adhoc if not line.startswith("#")))
+    assert published.returncode == 0, published.stderr
+    assert " ok " in published.stdout.splitlines()[0]
+    assert "messageIds:" in published.stdout  # the gcloud form, as printed, published
+    seen: list[str] = []
+
+    def both_answered() -> bool:
+        pulled = shell(stack, "consumer replies --subscription readme-adhoc --intent summary --json")
+        seen.extend(json.loads(line)["status"] for line in pulled.stdout.splitlines())
+        return len(seen) >= 2
+
+    wait_for(both_answered, 30, "replies to both summaries")
+    assert seen == ["ok", "ok"]
+
+
+def test_every_declared_schedule_answers_ok_under_the_seeded_config(stack: Stack):
+    """Issue 19: the open-allocation job could never succeed locally."""
+    jobs = yaml.safe_load((REPO / "infra" / "schedules.yaml").read_text())["jobs"]
+    for job in jobs:
+        force = " --force" if job.get("paused") else ""
+        done = shell(stack, f"consumer publish --schedule {job['name']}{force} --wait --json")
+        assert done.returncode == 0, f"{job['name']}: {done.stdout}{done.stderr}"
+        reply = json.loads(done.stdout)
+        assert (reply["status"], reply["intent"]) == ("ok", job["intent"]), reply
+    status = shell(stack, "consumer status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "ready: gateway connected, pulling" in status.stdout
+
+
+def test_the_banner_exports_what_status_needs(stack: Stack):
+    """Issue 19: without HEALTH_PORT in the export line, `consumer status` looked at 8080 and still exited 0."""
+    assert f"HEALTH_PORT={stack.env['HEALTH_PORT']}" in stack.text()
+    assert shell(stack, "consumer status").returncode == 0
+    elsewhere = shell(stack, f"HEALTH_PORT={free_port()} consumer status")
+    assert elsewhere.returncode == 1
+    assert "consumer      not reachable" in elsewhere.stdout
+
+
+def test_a_long_rebalance_shows_its_progress_on_the_make_run_terminal(stack: Stack):
+    """Issue 19: the progress of a long rebalance went only to the log file."""
+    weights = {s: 0.05 for s in ("SPY", "QQQ", "VIXY", "IWM", "TLT", "GLD", "AAPL", "MSFT", "EUR.USD", "GBP.USD")}
+    params = {
+        "strategies": ["dummy"],
+        "strategyParams": {"dummy": {
+            "weights": weights,
+            "instruments": {pair: {"secType": "CASH", "exchange": "IDEALPRO", "currency": "USD"}
+                            for pair in ("EUR.USD", "GBP.USD")},
+        }},
+    }  # fmt: skip
+    done = shell(stack, f"consumer publish allocation --params '{json.dumps(params)}' --wait --json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    reply = json.loads(done.stdout)
+    assert reply["status"] == "ok", reply
+    assert len(reply["result"]["instruments"]) == 10
+    assert reply["result"]["orders"]["sent"] == 10
+    wait_for(
+        lambda: f"allocation {reply['requestId']}: 10/10 orders confirmed" in stack.text(),
+        10,
+        "the progress line on the make run terminal",
+    )
+
+
+# -- one line instead of a traceback -------------------------------------------------------------------------------
+
+
+def test_a_second_make_run_is_refused_in_one_line(stack: Stack):
+    started = time.monotonic()
+    again = subprocess.run(
+        [sys.executable, "-m", "consumer.devstack", "run"], cwd=REPO, env=stack.env, capture_output=True, text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert again.returncode == 3
+    runner = json.loads((stack.workdir / "stack.json").read_text())["runner"]
+    assert again.stderr.strip().splitlines() == [
+        f"make run: a local stack is already running (pid {runner}, {stack.workdir}/stack.json): "
+        "use it, or end it with `make stop` (python -m consumer.devstack stop)"
+    ]
+    assert time.monotonic() - started < 10
+    assert stack.process.poll() is None
+
+
+@pytest.mark.parametrize("variable", ["IB_PORT", "HEALTH_PORT"])
+def test_a_taken_port_fails_at_once_naming_its_variable(tmp_path: Path, variable: str):
+    """Issue 19: a taken IB_PORT was announced as the simulated gateway and failed 63 s later, pointing elsewhere."""
+    env = stack_env(tmp_path / "devstack")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env[variable] = str(taken.getsockname()[1])
+        started = time.monotonic()
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "consumer.devstack", "run"], cwd=REPO, env=env, capture_output=True,
+                text=True, timeout=60,
+            )  # fmt: skip
+            assert not leftovers(tmp_path / "devstack")
+        finally:
+            kill_leftovers(tmp_path / "devstack")
+    assert done.returncode == 3
+    assert done.stderr.strip().splitlines() == [
+        f"make run: port {env[variable]} ({variable}) is taken on 127.0.0.1: free it, or set {variable} to a free port"
+    ]
+    assert time.monotonic() - started < 10
+    assert "simulated IB Gateway on" not in done.stdout  # nothing was announced, nothing started
+    for var in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST"):
+        host, port = env[var].rsplit(":", 1)
+        assert port_free(host, int(port))
+
+
+def cli(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "consumer", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+    return done, time.monotonic() - started
+
+
+def test_with_the_stack_down_commands_say_so_in_one_line_within_seconds():
+    """Issue 19: `status` was silent 259 s then a RetryError traceback; `publish --wait` 58 s then 69 lines."""
+    down = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "PUBSUB_EMULATOR_HOST": down, "FIRESTORE_EMULATOR_HOST": down}
+    for args in (["status"], ["publish", "summary", "--wait"], ["replies"]):
+        done, took = cli(env, *args)
+        assert done.returncode == 3, done.stderr
+        variable = "FIRESTORE_EMULATOR_HOST" if args == ["status"] else "PUBSUB_EMULATOR_HOST"
+        assert done.stderr.strip().splitlines() == [
+            f"consumer {args[0]}: nothing answers on {down} ({variable}): start the local stack with `make run`, "
+            "or export the address it printed"
+        ]
+        assert took < 10
+
+    debug, _ = cli(env, "--debug", "status")
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1].startswith("consumer status: nothing answers on")
+
+
+def test_without_the_emulator_variables_the_cli_says_what_to_set(tmp_path: Path):
+    """Issue 19: forgetting the emulator variables gave a 23-line DefaultCredentialsError traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")}
+    env.update(GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "none.json"), GCE_METADATA_HOST="127.0.0.1:9")
+    done, took = cli(env, "status")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "consumer status: no Google credentials: for the local stack set PUBSUB_EMULATOR_HOST and "
+        "FIRESTORE_EMULATOR_HOST (make run prints the export line); for a real project run "
+        "`gcloud auth application-default login`"
+    ]
+    assert took < 15
+    half = {**env, "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{free_port()}"}
+    done, _ = cli(half, "status")
+    assert done.returncode == 3
+    assert "PUBSUB_EMULATOR_HOST is set but FIRESTORE_EMULATOR_HOST is not" in done.stderr
+
+
+def test_serve_with_a_taken_health_port_names_the_variable():
+    """Issue 19: a taken HEALTH_PORT gave `OSError: [Errno 98]` without naming the variable."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done, took = cli({**os.environ, "HEALTH_PORT": str(port)}, "serve")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"consumer serve: HEALTH_PORT={port} is taken on 127.0.0.1 (HEALTH_HOST): another consumer or `make run`? "
+        "Stop it (`make stop`), or set HEALTH_PORT to a free port (0 turns the endpoint off)"
+    ]
+    assert took < 10
+
+
+# -- a stack that cleans up after itself -------------------------------------------------------------------------
+
+
+def test_closing_the_terminal_stops_everything(tmp_path: Path):
+    """Issue 19: SIGHUP (a closed tmux session or window) left seven processes holding all four ports."""
+    stack = start_stack(tmp_path, ["make", "--no-print-directory", "run"])
+    try:
+        assert len(leftovers(stack)) >= 6  # make, the runner, two emulators (wrapper and Java), gateway, consumer
+        os.killpg(stack.process.pid, signal.SIGHUP)  # what the terminal does to its foreground process group
+        stack.process.wait(90)
+        wait_for(lambda: not leftovers(stack), 30, "every process of the stack to end")
+        assert all(port_free("127.0.0.1", port) for port in stack.ports)
+        assert not (stack.workdir / "stack.json").exists()
+    finally:
+        kill_leftovers(stack)
+
+
+def test_make_stop_ends_a_stack_whose_runner_was_killed(tmp_path: Path):
+    stack = start_stack(tmp_path, [sys.executable, "-m", "consumer.devstack", "run"])
+    try:
+        groups = recorded_groups(stack)
+        assert set(groups) == {"Pub/Sub emulator", "Firestore emulator", "simulated gateway", "consumer"}
+        stack.process.kill()  # SIGKILL: no clean-up at all, the children keep the ports
+        stack.process.wait(10)
+        assert all(group_alive(g) for g in groups.values())
+        refused = subprocess.run(
+            [sys.executable, "-m", "consumer.devstack", "run"], cwd=REPO, env=stack.env, capture_output=True,
+            text=True, timeout=30,
+        )  # fmt: skip
+        assert refused.returncode == 3
+        assert "(left behind by an earlier run? `make stop` ends it)" in refused.stderr
+
+        stopped = subprocess.run(
+            ["make", "--no-print-directory", "stop"], cwd=REPO, env=stack.env, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout.startswith("ended what an earlier run left behind: ")
+        assert not leftovers(stack)
+        assert all(port_free("127.0.0.1", port) for port in stack.ports)
+        again = subprocess.run(
+            ["make", "--no-print-directory", "stop"], cwd=REPO, env=stack.env, capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert again.returncode == 0
+        assert "nothing to stop" in again.stdout
+    finally:
+        kill_leftovers(stack)
