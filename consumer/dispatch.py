@@ -298,7 +298,7 @@ class Dispatcher:
             f"gave up after {attempt} attempts and moved the message to the dead-letter topic; last error: "
             f"{error.code}: {error.message}",
         )
-        return await self._settle(request, started, failure=failure, claimed=claimed)
+        return await self._settle(request, started, failure=failure, claimed=claimed, dead_lettered=True)
 
     async def _settle(
         self,
@@ -307,6 +307,7 @@ class Dispatcher:
         result: dict[str, Any] | None = None,
         failure: Failure | None = None,
         claimed: bool = True,
+        dead_lettered: bool = False,
     ) -> Settlement:
         services = self._services
         reply = build_reply(request, services.settings.trading_mode, started, result, failure)
@@ -322,7 +323,8 @@ class Dispatcher:
             # The last attempt: one reply, and the message to the dead-letter topic with what went wrong.
             log.error("could not store the outcome on the last attempt; replying and dead-lettering", error=str(e))
             try:
-                await services.publishing.dead_letter(request.delivery, "store_failed", clip(str(e), 500))
+                if not dead_lettered:  # once per message, even when the failure that got it here was dead-lettered
+                    await services.publishing.dead_letter(request.delivery, "store_failed", clip(str(e), 500))
             except Exception as dead:
                 log.error("could not dead-letter; nacked", error=str(dead))
                 return Settlement.NACK
