@@ -45,6 +45,20 @@ def provision_for_tests(project: str) -> None:
     provision(project, overrides=TEST_OVERRIDES)
 
 
+def hand_back(project: str, since: datetime, subscription: str = "intents-consumer") -> None:
+    """Marks the messages published since `since` unacknowledged (a seek), so Pub/Sub delivers them again now.
+
+    After a SIGKILL the emulator can keep a dead stream's messages for minutes before it redelivers them (real
+    Pub/Sub redelivers once their ack deadline passes). Crash tests call this once the next consumer is up: what
+    they test is still a real redelivery of the same message to a consumer that finds the dead one's claim.
+    """
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        subscriber.seek(request={"subscription": subscriber.subscription_path(project, subscription), "time": since})
+    finally:
+        subscriber.close()
+
+
 def another_intents_subscription(project: str, name: str) -> str:
     """A second subscription on the intents topic, declared like intents-consumer.
 
