@@ -21,6 +21,13 @@ from tests.support import DEFAULT_CLOCK, Bus, ConsumerUnderTest, provision_for_t
 configure("console", "INFO")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks every test that needs the emulators (through any fixture), so `make check` can leave them out."""
+    for item in items:
+        if "emulators" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.emulators)
+
+
 @pytest.fixture(scope="session")
 def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorPair]:
     try:
