@@ -15,7 +15,7 @@ import pytest
 
 from consumer.devstack.emulators import EmulatorPair, ToolMissing, require_tools
 from consumer.logs import configure
-from tests.support import DEFAULT_CLOCK, Bus, ConsumerUnderTest, provision_for_tests
+from tests.support import DEFAULT_CLOCK, Bus, ConsumerUnderTest, provision_for_tests, write_config
 
 # structlog through the standard library from the first line on, so pytest's caplog sees the consumer's logs.
 configure("console", "INFO")
@@ -57,6 +57,18 @@ def bus(project: str) -> Iterator[Bus]:
     provision_for_tests(project)
     with Bus(project) as b:
         yield b
+
+
+@pytest.fixture
+def paper_config_overrides() -> dict[str, object]:
+    """Fields of this test's paper config beyond tests/support.py trading_config (override it in a module)."""
+    return {}
+
+
+@pytest.fixture
+def paper_config(project: str, paper_config_overrides: dict[str, object]) -> dict[str, object]:
+    """The paper config in Firestore, trading on; a module uses it with pytest.mark.usefixtures("paper_config")."""
+    return write_config(project, **paper_config_overrides)
 
 
 @pytest.fixture

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from tests.support import Bus, firestore_client, holdings, mode_collection, stock_positions, wait_for, write_config
+from tests.support import (
+    Bus,
+    allocation,
+    firestore_client,
+    holdings,
+    mode_collection,
+    stock_positions,
+    wait_for,
+)
 
-pytestmark = pytest.mark.usefixtures("consumer")
+pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
 
 WEIGHTS = {"SPY": 0.05, "TLT": 0.05, "GLD": 0.05}
-ALLOCATION: dict[str, Any] = {
-    "intent": "allocation",
-    "idempotencyKey": "rebalance-after-a-restore",
-    "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": WEIGHTS}}},
-}
-
-
-@pytest.fixture(autouse=True)
-def paper_config(project: str) -> dict[str, Any]:
-    return write_config(project)
+ALLOCATION = allocation(WEIGHTS, idempotencyKey="rebalance-after-a-restore")
 
 
 def delete_everything_but_the_config(project: str) -> int:
