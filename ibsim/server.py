@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from .connection import Connection
 from .controls import query
 from .dispatch import Dispatch
 from .faults import Faults
+from .scenario import Scenario
 from .simorder import ib_time
 
 log = logging.getLogger("ibsim")
@@ -35,6 +37,15 @@ class GatewayServer(Dispatch, Faults):
     `GatewayServer(scenario=None, host="127.0.0.1", port=4002, state_file=None)`; `await start()` listens (port 0:
     any free port, then `port` says which), `await stop()` closes every socket and writes the state file.
     """
+
+    def __init__(
+        self,
+        scenario: Scenario | None = None,
+        host: str = "127.0.0.1",
+        port: int = 4002,
+        state_file: str | Path | None = None,
+    ) -> None:
+        super().__init__(scenario, host, port, state_file)  # each layer sets up its own state on the way down
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -47,6 +47,10 @@ QUIET = float(os.environ.get("TEST_QUIET_SECONDS", "1.0"))
 # The gateway outage of a daily restart: longer than the consumer's reconnect backoff cap (15 s), so its retries
 # reach the cap and go on. TEST_LONG_OUTAGE_SECONDS=60 gives the real restart's minute.
 LONG_OUTAGE_SECONDS = float(os.environ.get("TEST_LONG_OUTAGE_SECONDS", "20"))
+# After a stream is cancelled and reopened (a consumer restarted in the same project), the emulator can hand the
+# next message to the dead stream until its lease runs out (seconds to a minute and more); tests that restart the
+# stream wait for that, real Pub/Sub doesn't.
+STREAM_RESTART_WAIT = 150.0
 
 
 def provision_for_tests(project: str) -> None:

@@ -19,6 +19,7 @@ from tests.support import (
     ACK_DEADLINE_SECONDS,
     LONG_OUTAGE_SECONDS,
     QUIET,
+    STREAM_RESTART_WAIT,
     Bus,
     ConsumerProcess,
     allocation,
@@ -241,11 +242,6 @@ def test_a_client_id_in_use_is_reported_and_retried_not_swapped(consumer_factory
     assert gateway.connected_client_ids() == [1]
     assert c.service.services.gateway.connections == 1  # it waited for its own id, and got it
     assert bus.reply_to(bus.publish({"intent": "ping"}))["result"]["clientId"] == 1
-
-
-# After a stream is cancelled and reopened, the emulator can hand the next message to the dead stream until its
-# lease runs out (seconds to a minute and more); tests that restart the stream wait for that, real Pub/Sub doesn't.
-STREAM_RESTART_WAIT = 150.0
 
 
 @pytest.mark.timeout(300)

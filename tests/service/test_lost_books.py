@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support import (
+    STREAM_RESTART_WAIT,
     Bus,
     allocation,
     firestore_client,
@@ -69,7 +70,7 @@ def test_books_that_lost_a_position_refuse_to_trade_it_until_reconciled(
     consumer_factory()
     orders_before = len(gateway.orders())
 
-    refused = bus.reply_to(bus.publish({**ALLOCATION, "idempotencyKey": "second"}))
+    refused = bus.reply_to(bus.publish({**ALLOCATION, "idempotencyKey": "second"}), timeout=STREAM_RESTART_WAIT)
     assert (refused["status"], refused["error"]["code"]) == ("error", "books_disagree"), refused
     assert {d["instrument"] for d in refused["error"]["details"]} == set(WEIGHTS)
     assert len(gateway.orders()) == orders_before
