@@ -7,12 +7,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run stop test lint fmt bench clean
+.PHONY: help venv run stop test check lint fmt bench clean
 
 help:
 	@echo "make run    start emulators, simulated gateway and consumer; publish a demo; serve until Ctrl-C"
 	@echo "make stop   end a local stack left running by an earlier make run (its terminal was killed)"
 	@echo "make test   lint, then the whole test suite (emulators and simulated gateway included)"
+	@echo "make check  the fast loop (< 30 s): ruff, mypy and the tests that need no emulator"
 	@echo "make bench  benchmarks against the local stack (writes bench/results.json)"
 	@echo "make lint   ruff, mypy and the static checks of gateway-image/ and infra/"
 
@@ -34,6 +35,14 @@ stop: $(STAMP)
 test: $(STAMP) lint
 	@$(BIN)/python -m consumer.devstack preflight
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast loop while changing code (< 30 s): no emulators, no checkov, the tests on two workers (pytest-xdist).
+# `make test`, which CI runs, still runs everything.
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not emulators" -n 2 $(PYTEST_ARGS)
 
 # checkov lives in its own venv: its pins clash with the project's google-cloud dependencies. Installed once (~30 s).
 TOOLS       ?= .venv-tools

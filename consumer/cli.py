@@ -3,7 +3,7 @@
     consumer serve                                   run the consumer until SIGTERM/SIGINT
     consumer publish INTENT [-p k=v ...] [--dry-run] [--wait]
     consumer publish --schedule JOB [--dry-run] [--as-scheduled] [--force] [--wait]
-    consumer replies [--follow] [--intent X] [--status error] [--json]
+    consumer replies [--follow] [--intent X] [--status error] [--json] [--pull-timeout S]
     consumer status [--json]
     consumer config show | set KEY VALUE | unset KEY | kill-switch on|off
 
@@ -166,6 +166,10 @@ def _parser() -> argparse.ArgumentParser:
     replies.add_argument("--intent", help="only this intent")
     replies.add_argument("--status", choices=["ok", "error", "rejected"], help="only this status")
     replies.add_argument("--json", action="store_true", help="one JSON object per line")
+    replies.add_argument(
+        "--pull-timeout", type=float, default=5.0, metavar="SECONDS",
+        help="without --follow: how long a pull waits for replies before the command ends (default 5)",
+    )  # fmt: skip
     replies.add_argument(
         "--subscription", default="intent-replies-cli",
         help="the CLI's own subscription on the reply topic, created if missing (default intent-replies-cli)",
@@ -458,7 +462,12 @@ def _replies(settings: Settings, args: argparse.Namespace) -> int:  # noqa: C901
         if not args.follow:
             # What is waiting now, then exit: pull until a pull comes back empty.
             while True:
-                response = subscriber.pull(request={"subscription": path, "max_messages": 100}, timeout=5)
+                try:
+                    response = subscriber.pull(
+                        request={"subscription": path, "max_messages": 100}, timeout=args.pull_timeout
+                    )
+                except exceptions.DeadlineExceeded:
+                    break  # nothing came within the pull timeout: the same as an empty pull
                 if not response.received_messages:
                     break
                 for received in response.received_messages:

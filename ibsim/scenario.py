@@ -10,9 +10,12 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .clock import parse_instant
+
+if TYPE_CHECKING:
+    from .controls import Action
 
 # ISO 4217 codes ibsim accepts, with a fallback rate in USD used when the scenario has no forex pair for them.
 USD_RATES: dict[str, float] = {
@@ -40,23 +43,6 @@ USD_RATES: dict[str, float] = {
     "INR": 0.012,
     "TRY": 0.031,
 }
-
-FAULT_ARGS: dict[str, dict[str, tuple[type, ...]]] = {
-    # action -> {arg: accepted types}; args not listed are rejected
-    "drop_connections": {},
-    "refuse_connections": {"seconds": (int, float)},
-    "send_error": {"code": (int,), "message": (str,), "req_id": (int,)},
-    "freeze": {},
-    "unfreeze": {},
-    "hold_fills": {},
-    "release_fills": {},
-    "set_latency": {"fixed": (int, float), "jitter": (int, float)},
-    "reject_next_order": {"code": (int,), "message": (str,)},
-    "restart": {"down_seconds": (int, float)},
-    "set_price": {"symbol": (str,), "price": (int, float)},
-    "roll_day": {},
-}
-FAULT_REQUIRED = {"refuse_connections": ("seconds",), "send_error": ("code",), "set_price": ("symbol", "price")}
 
 
 class ScenarioError(ValueError):
@@ -188,9 +174,18 @@ def _default_data() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+def _scheduled_faults() -> dict[str, Action]:
+    """The faults a scenario may schedule, as ibsim/faults.py declares them (imported here: it builds on this)."""
+    from .faults import SCHEDULED
+
+    return SCHEDULED
+
+
 @cache
 def _schema() -> dict[str, Any]:
-    return json.loads(resources.files("ibsim").joinpath("scenario.schema.json").read_text())
+    schema = json.loads(resources.files("ibsim").joinpath("scenario.schema.json").read_text())
+    schema["properties"]["faults"]["items"]["properties"]["action"]["enum"] = sorted(_scheduled_faults())
+    return schema
 
 
 def _path(parts: Any) -> str:
@@ -333,22 +328,24 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         accounts.append(AccountSpec(acct_id, base, cash, positions))
 
     faults = []
+    scheduled = _scheduled_faults()
     for i, raw in enumerate(d.get("faults") or []):
         where = f"faults[{i}]"
-        action = raw["action"]
+        action = scheduled[raw["action"]]  # the schema already refused an unknown action
         args = raw.get("args") or {}
-        allowed = FAULT_ARGS[action]
+        params = {p.name: p for p in action.params}
         for name, value in args.items():
-            if name not in allowed:
-                raise ScenarioError(f"{where}.args.{name}: not an argument of {action}")
-            if isinstance(value, bool) or not isinstance(value, allowed[name]):
+            if name not in params:
+                raise ScenarioError(f"{where}.args.{name}: not an argument of {action.name}")
+            accepts = params[name].accepts
+            if (isinstance(value, bool) and bool not in accepts) or not isinstance(value, accepts):
                 raise ScenarioError(f"{where}.args.{name}: {value!r} has the wrong type")
-        for name in FAULT_REQUIRED.get(action, ()):
-            if name not in args:
-                raise ScenarioError(f"{where}.args.{name}: {action} needs it")
-        if action == "set_price" and args["symbol"] not in by_key:
+        for param in action.params:
+            if param.required and param.name not in args:
+                raise ScenarioError(f"{where}.args.{param.name}: {action.name} needs it")
+        if action.name == "set_price" and args["symbol"] not in by_key:
             raise ScenarioError(f"{where}.args.symbol: {args['symbol']!r} is not an instrument of the scenario")
-        faults.append(FaultSpec(float(raw["at"]), action, dict(args)))
+        faults.append(FaultSpec(float(raw["at"]), action.name, dict(args)))
 
     return Scenario(
         name=str(d.get("name", "default")),

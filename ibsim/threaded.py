@@ -1,14 +1,19 @@
-"""ThreadedGateway: a GatewayServer on its own event loop in a daemon thread, for synchronous callers."""
+"""ThreadedGateway: a GatewayServer on its own event loop in a daemon thread, for synchronous callers.
+
+Its fault, control and inspection methods are not written here: each is made from the GatewayServer method of
+the same name and signature (those marked @fault or @query, see ibsim/controls.py) and hands the call to the loop.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import functools
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from .controls import controls
 from .scenario import Scenario
 from .server import GatewayServer
 
@@ -108,81 +113,19 @@ class ThreadedGateway:
         assert self.server is not None
         return self.server
 
-    # -- faults ---------------------------------------------------------------------------------------------
-    def drop_connections(self) -> int:
-        return self.call(self._srv().drop_connections)
+    if TYPE_CHECKING:
+        # The twins below are made at import; this tells type checkers they exist (their results are Any).
+        def __getattr__(self, name: str) -> Any: ...
 
-    def refuse_connections(self, seconds: float) -> None:
-        self.call(self._srv().refuse_connections, seconds)
 
-    def set_latency(self, fixed: float = 0.0, jitter: float = 0.0) -> None:
-        self.call(self._srv().set_latency, fixed, jitter)
+def _twin(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def twin(self: ThreadedGateway, *args: Any, **kwargs: Any) -> Any:
+        return self.call(getattr(self._srv(), name), *args, **kwargs)
 
-    def reject_next_order(self, code: int = 201, message: str = "Order rejected - reason:Simulated rejection") -> None:
-        self.call(self._srv().reject_next_order, code, message)
+    return twin
 
-    def hold_fills(self, on: bool = True) -> None:
-        self.call(self._srv().hold_fills, on)
 
-    def hold_commissions(self, on: bool = True) -> None:
-        self.call(self._srv().hold_commissions, on)
-
-    def set_max_fill_size(self, size: float) -> None:
-        self.call(self._srv().set_max_fill_size, size)
-
-    def freeze(self, on: bool = True) -> None:
-        self.call(self._srv().freeze, on)
-
-    def send_error(self, code: int, message: str = "", req_id: int = -1) -> None:
-        self.call(self._srv().send_error, code, message, req_id)
-
-    def restart(self, down_seconds: float = 0.0) -> None:
-        self.call(self._srv().restart, down_seconds)
-
-    def set_price(self, symbol: str, price: float) -> None:
-        self.call(self._srv().set_price, symbol, price)
-
-    def set_position(
-        self, symbol: str, quantity: float, avg_cost: float | None = None, account: str | None = None
-    ) -> None:
-        self.call(self._srv().set_position, symbol, quantity, avg_cost, account)
-
-    def set_bars(self, symbol: str, bars: list[dict[str, Any]]) -> None:
-        self.call(self._srv().set_bars, symbol, bars)
-
-    def set_cash(self, currency: str, amount: float, account: str | None = None) -> None:
-        self.call(self._srv().set_cash, currency, amount, account)
-
-    def roll_day(self) -> None:
-        self.call(self._srv().roll_day)
-
-    def set_time(self, when: dt.datetime | str) -> None:
-        self.call(self._srv().set_time, when)
-
-    def advance_time(self, seconds: float) -> None:
-        self.call(self._srv().advance_time, seconds)
-
-    def now(self) -> dt.datetime:
-        return self.call(self._srv().now)
-
-    # -- inspection -----------------------------------------------------------------------------------------
-    def orders(self) -> list[dict[str, Any]]:
-        return self.call(self._srv().orders)
-
-    def executions(self) -> list[dict[str, Any]]:
-        return self.call(self._srv().executions)
-
-    def positions(self, account: str | None = None) -> dict[str, float]:
-        return self.call(self._srv().positions, account)
-
-    def cash(self, account: str | None = None) -> dict[str, float]:
-        return self.call(self._srv().cash, account)
-
-    def market_data_types(self) -> list[tuple[int, int]]:
-        return self.call(self._srv().market_data_types)
-
-    def connected_client_ids(self) -> list[int]:
-        return self.call(self._srv().connected_client_ids)
-
-    def pacing_violations(self) -> int:
-        return self.call(self._srv().pacing_violations)
+# Every fault, control and query of GatewayServer (its @fault and @query marks), as a thread-safe twin.
+for _name in controls(GatewayServer):
+    setattr(ThreadedGateway, _name, _twin(_name, getattr(GatewayServer, _name)))

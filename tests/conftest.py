@@ -16,7 +16,7 @@ import pytest
 
 from consumer.devstack.emulators import EmulatorPair, ToolMissing, require_tools
 from consumer.logs import configure
-from tests.support import DEFAULT_CLOCK, Bus, ConsumerUnderTest, ensure_event_loop, provision_for_tests
+from tests.support import DEFAULT_CLOCK, Bus, ConsumerUnderTest, ensure_loop, provision_for_tests, write_config
 
 # structlog through the standard library from the first line on, so pytest's caplog sees the consumer's logs.
 configure("console", "INFO")
@@ -27,7 +27,14 @@ def main_thread_event_loop(request: pytest.FixtureRequest) -> None:
     """ib_insync's blocking API asks for the thread's current event loop; an async test run before this one leaves
     the main thread without one, so a test that connects a client of its own would fail depending on the order."""
     if not inspect.iscoroutinefunction(request.function):
-        ensure_event_loop()
+        ensure_loop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks every test that needs the emulators (through any fixture), so `make check` can leave them out."""
+    for item in items:
+        if "emulators" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.emulators)
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +66,18 @@ def bus(project: str) -> Iterator[Bus]:
     provision_for_tests(project)
     with Bus(project) as b:
         yield b
+
+
+@pytest.fixture
+def paper_config_overrides() -> dict[str, object]:
+    """Fields of this test's paper config beyond tests/support.py trading_config (override it in a module)."""
+    return {}
+
+
+@pytest.fixture
+def paper_config(project: str, paper_config_overrides: dict[str, object]) -> dict[str, object]:
+    """The paper config in Firestore, trading on; a module uses it with pytest.mark.usefixtures("paper_config")."""
+    return write_config(project, **paper_config_overrides)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import queue
 import threading
 import time
@@ -36,12 +37,30 @@ REPLIES_SUBSCRIPTION = "intent-replies-monitor"
 DEAD_LETTER_SUBSCRIPTION = "intents-dead-letter-hold"
 
 
-# A killed consumer's unacked messages come back after the ack deadline: 10 s here, not the cloud's 60.
-TEST_OVERRIDES = Overrides(minimum_backoff_seconds=0.1, maximum_backoff_seconds=0.5, ack_deadline_seconds=10)
+# The subscription's ack deadline in tests: Pub/Sub's minimum (the cloud's is 60 s). A killed consumer's unacked
+# messages come back after it, so tests that kill one wait at least this long; no setting shortens it further.
+ACK_DEADLINE_SECONDS = 10
+# Redelivery backoff in tests, cut from 10 s to a fraction of a second: a nacked message is back within the max.
+MAX_BACKOFF_SECONDS = 0.5
+# How long "no further reply came" must hold for a test to conclude there is none: a nacked message's redelivery
+# arrives within the backoff (plus the handler's run). TEST_QUIET_SECONDS lengthens it, e.g. on a loaded machine.
+QUIET = float(os.environ.get("TEST_QUIET_SECONDS", "1.0"))
+# The gateway outage of a daily restart: longer than the consumer's reconnect backoff cap (15 s), so its retries
+# reach the cap and go on. TEST_LONG_OUTAGE_SECONDS=60 gives the real restart's minute.
+LONG_OUTAGE_SECONDS = float(os.environ.get("TEST_LONG_OUTAGE_SECONDS", "20"))
+# After a stream is cancelled and reopened (a consumer restarted in the same project), the emulator can hand the
+# next message to the dead stream until its lease runs out (seconds to a minute and more); tests that restart the
+# stream wait for that, real Pub/Sub doesn't.
+STREAM_RESTART_WAIT = 150.0
+
+
+TEST_OVERRIDES = Overrides(
+    minimum_backoff_seconds=0.1, maximum_backoff_seconds=MAX_BACKOFF_SECONDS, ack_deadline_seconds=ACK_DEADLINE_SECONDS
+)
 
 
 def provision_for_tests(project: str) -> None:
-    """The declared topology, with redelivery backoff cut from 10 s to a fraction of a second."""
+    """The declared topology, with the ack deadline and redelivery backoff above."""
     provision(project, overrides=TEST_OVERRIDES)
 
 
@@ -70,18 +89,17 @@ def another_intents_subscription(project: str, name: str) -> str:
     return name
 
 
-def ensure_event_loop() -> None:
-    """Gives the calling thread an open event loop if it has none (ib_insync's blocking API needs one)."""
-    try:
-        loop = asyncio.get_event_loop_policy().get_event_loop()
-        if loop.is_closed():
-            raise RuntimeError("closed")
-    except RuntimeError:
-        asyncio.set_event_loop(asyncio.new_event_loop())
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 20.0,
+    what: str = "condition",
+    interval: float = 0.05,
+    ib: Any = None,
+) -> Any:
+    """Polls a condition on the system under test; fails the test with `what` if it never holds.
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Polls a condition on the system under test; fails the test with `what` if it never holds."""
+    With `ib` (an ib_insync IB on this thread), ib_insync processes its messages between polls instead of the
+    thread sleeping, so the predicate sees what the gateway sent; a dropped socket leaves the verdict to it."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -89,7 +107,31 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+        if ib is None:
+            time.sleep(interval)
+        else:
+            with contextlib.suppress(ConnectionError):
+                ib.sleep(interval)
+
+
+def file_written(path: Any, process: Any) -> Callable[[], bool]:
+    """For wait_for: a file exists and is not empty; fails at once if `process` (a Popen) exited meanwhile."""
+
+    def check() -> bool:
+        assert process.poll() is None, f"the process exited early: {process.communicate()}"
+        return path.exists() and path.stat().st_size > 0
+
+    return check
+
+
+def ensure_loop() -> None:
+    """ib_insync's sync API uses the thread's current event loop; async tests may have left none behind."""
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+        if loop.is_closed():
+            raise RuntimeError
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 class Bus:
@@ -163,7 +205,7 @@ class Bus:
                 raise AssertionError(f"no reply to message {message_id} within {timeout}s; got {self.received}")
             self._drain(min(remaining, 0.5))
 
-    def replies_to(self, message_id: str, quiet: float = 1.5) -> list[dict[str, Any]]:
+    def replies_to(self, message_id: str, quiet: float = QUIET) -> list[dict[str, Any]]:
         """Every reply to a message, once the first has arrived and no more came for `quiet` seconds."""
         self.reply_to(message_id)
         while self._drain(quiet) is not None:
@@ -179,7 +221,7 @@ class Bus:
             self._drain(min(remaining, 0.5))
         return list(self.received)
 
-    def replies_to_all(self, message_ids: list[str], timeout: float = 120.0, quiet: float = 2.0) -> dict[str, list]:
+    def replies_to_all(self, message_ids: list[str], timeout: float = 120.0, quiet: float = QUIET) -> dict[str, list]:
         """Every reply to each of these messages, once each has one and no more came for `quiet` seconds."""
         deadline = time.monotonic() + timeout
         while not set(message_ids) <= {r["messageId"] for r in self.received}:
@@ -191,7 +233,7 @@ class Bus:
         self.settle(quiet)
         return {m: [r for r in self.received if r["messageId"] == m] for m in message_ids}
 
-    def settle(self, quiet: float = 1.5) -> list[dict[str, Any]]:
+    def settle(self, quiet: float = QUIET) -> list[dict[str, Any]]:
         """All replies so far, after `quiet` seconds without a new one."""
         while self._drain(quiet) is not None:
             pass
@@ -314,6 +356,18 @@ def booked_totals(project: str, mode: str = "paper") -> dict[str, float]:
         for symbol, quantity in positions.items():
             totals[symbol] = totals.get(symbol, 0.0) + quantity
     return {s: q for s, q in totals.items() if q}
+
+
+def allocation(
+    weights: dict[str, float], dry_run: bool = False, params: dict[str, Any] | None = None, **body: Any
+) -> dict[str, Any]:
+    """An allocation intent of the dummy strategy to these weights; `params` adds or replaces intent params,
+    `body` adds envelope fields (idempotencyKey, expiresAt, ignoreMarketHours...)."""
+    intent_params = {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": weights}}, **(params or {})}
+    envelope: dict[str, Any] = {"intent": "allocation", "params": intent_params, **body}
+    if dry_run:
+        envelope["dryRun"] = True
+    return envelope
 
 
 SIGNAL_PARAMS = {"symbols": ["SPY", "QQQ", "IWM"], "lookback": 5}

@@ -10,7 +10,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from consumer.intents import builtin_intents
-from consumer.schemas import SCHEMA_DIR, Schemas
+from consumer.schemas import Schemas
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,5 +47,13 @@ def test_every_intent_has_a_params_schema() -> None:
     assert not missing, f"intents without schemas/intents/<name>.schema.json: {missing}"
 
 
-def test_schema_dir_is_the_repository_one() -> None:
-    assert SCHEMA_DIR == ROOT / "schemas"
+def test_the_consumer_validates_against_the_repository_schemas() -> None:
+    """What a default Schemas() loads is every schema file of the repository's schemas/, as it is on disk."""
+    on_disk = {
+        str(p.relative_to(ROOT / "schemas")): json.loads(p.read_text())
+        for p in (ROOT / "schemas").rglob("*.schema.json")
+    }
+    schemas = Schemas()
+    assert on_disk, "no schema files found under schemas/"
+    assert sorted(schemas.names()) == sorted(on_disk)
+    assert all(schemas.document(name) == document for name, document in on_disk.items())

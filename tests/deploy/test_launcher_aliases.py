@@ -13,7 +13,8 @@ import pytest
 from launcher import EXIT_CONFIG
 from launcher.aliases import ALIASES
 
-from tests.deploy.test_launcher_run import PASSWORD, USERNAME, launcher_env, shm_dir, wait_for
+from tests.deploy.test_launcher_run import PASSWORD, USERNAME, launcher_env, shm_dir
+from tests.support import file_written, wait_for
 
 __all__ = ["shm_dir"]  # the fixture, imported for pytest
 
@@ -41,8 +42,8 @@ def test_a_gnzsnz_style_environment_runs_unchanged(tmp_path: Path, shm_dir: Path
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_for(tmp_path / "consumer.json", proc)
-        wait_for(tmp_path / "record.mode", proc)
+        wait_for(file_written(tmp_path / "consumer.json", proc))
+        wait_for(file_written(tmp_path / "record.mode", proc))
     finally:
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=30)

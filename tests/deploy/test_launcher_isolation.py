@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,8 @@ from pathlib import Path
 import pytest
 from launcher import ibc
 from launcher.secrets import CREDENTIAL_VARIABLES
+
+from tests.support import file_written, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 USERNAME, PASSWORD = "trader1", "Sup3r-Secret-pw"
@@ -131,14 +132,6 @@ def start(env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not (path.exists() and path.stat().st_size):
-        assert proc.poll() is None, f"launcher exited early: {proc.communicate()}"
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-
-
 def stop(proc: subprocess.Popen[str]) -> str:
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
@@ -154,8 +147,8 @@ def test_the_login_leaves_the_launchers_own_environment(mode: str, world_dir: Pa
     )
     proc = start(env)
     try:
-        wait_for(out, proc)
-        wait_for(world_dir / "record" / "gateway.uid", proc)
+        wait_for(file_written(out, proc), what="the probe's output")
+        wait_for(file_written(world_dir / "record" / "gateway.uid", proc), what="gateway.uid to be written")
         launcher_environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
         launcher_cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
     finally:
@@ -195,8 +188,8 @@ def test_the_consumer_runs_as_its_own_user_and_cannot_read_the_login(mode: str, 
         record = world_dir / "record"
         proc = start(env)
         try:
-            wait_for(record / "consumer.uid", proc)
-            wait_for(record / "gateway.reads_config", proc)
+            wait_for(file_written(record / "consumer.uid", proc), what="consumer.uid to be written")
+            wait_for(file_written(record / "gateway.reads_config", proc), what="gateway.reads_config to be written")
             launcher_environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
         finally:
             stop(proc)

@@ -15,13 +15,14 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from launcher import EXIT_CONFIG, ibc
+
+from tests.support import file_written, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 USERNAME, PASSWORD = "trader1", "Sup3r\\Secret pw"
@@ -85,22 +86,14 @@ def launcher_env(tmp_path: Path, shm_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not (path.exists() and path.stat().st_size):
-        assert proc.poll() is None, f"launcher exited early: {proc.communicate()}"
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-
-
 def test_run_renders_supervises_and_stops_cleanly(tmp_path: Path, shm_dir: Path) -> None:
     env = launcher_env(tmp_path, shm_dir)
     proc = subprocess.Popen(
         [sys.executable, "-m", "launcher", "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        wait_for(tmp_path / "consumer.json", proc)
-        wait_for(tmp_path / "record.mode", proc)
+        wait_for(file_written(tmp_path / "consumer.json", proc), what="consumer.json to be written")
+        wait_for(file_written(tmp_path / "record.mode", proc), what="record.mode to be written")
     finally:
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=30)

@@ -10,6 +10,8 @@ from pathlib import Path
 from launcher import EXIT_CHILD_FAILED, EXIT_CONFIG, EXIT_OK, EXIT_UNHEALTHY
 from launcher.supervisor import ChildSpec, Supervisor, Watchdog
 
+from tests.support import wait_for
+
 PY = sys.executable
 
 # Appends "start" to a file, then runs until SIGTERM, which it records as "term" before exiting 0.
@@ -42,13 +44,6 @@ while True:
 
 def lines(path: Path) -> list[str]:
     return path.read_text().split("\n")[:-1] if path.exists() else []
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def fast(name: str, script: str, *args: str, **kw) -> ChildSpec:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import socket
 import struct
 import time
@@ -13,37 +11,19 @@ from typing import Any
 import pytest
 from ib_insync import IB
 
-from ibsim import Scenario, ThreadedGateway
-
-
-def ensure_loop() -> None:
-    """ib_insync's sync API uses the thread's current event loop; async tests may have left none behind."""
-    try:
-        loop = asyncio.get_event_loop_policy().get_event_loop()
-        if loop.is_closed():
-            raise RuntimeError
-    except RuntimeError:
-        asyncio.set_event_loop(asyncio.new_event_loop())
+from ibsim import ThreadedGateway
+from tests.support import ensure_loop, wait_for
 
 
 def wait_until(ib: IB, predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Lets ib_insync process messages until predicate() is truthy; fails the test after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        # ib_insync raises out of sleep when the socket drops; the predicate decides what that means
-        with contextlib.suppress(ConnectionError):
-            ib.sleep(0.005)
+    """tests.support.wait_for with ib_insync processing messages between polls."""
+    return wait_for(predicate, timeout, what, interval=0.005, ib=ib)
 
 
 @pytest.fixture
-def gw(market_clock: str) -> Iterator[ThreadedGateway]:
-    with ThreadedGateway(port=0, scenario=Scenario.from_dict({"clock": {"start": market_clock}})) as g:
-        yield g
+def gw(gateway: ThreadedGateway) -> ThreadedGateway:
+    """The test's simulated gateway (tests/conftest.py's `gateway`), under the name these tests use."""
+    return gateway
 
 
 @pytest.fixture

@@ -20,6 +20,10 @@ def cli(project: str, *args: str, timeout: float = 60) -> subprocess.CompletedPr
     )
 
 
+# The replies are there before the command runs (each test waits for them), so an empty pull may end it quickly.
+QUICK = ("--pull-timeout", "1")
+
+
 @pytest.fixture
 def served(consumer_factory, project: str) -> int:
     port = free_port()
@@ -62,15 +66,15 @@ def test_a_bad_param_is_caught_before_publishing(served, bus: Bus, project: str)
 
 
 def test_replies_filters_by_intent_and_status(served, bus: Bus, project: str):
-    cli(project, "replies")  # creates the CLI's subscription; replies from now on are kept for it
+    cli(project, "replies", *QUICK)  # creates the CLI's subscription; replies from now on are kept for it
     bus.reply_to(bus.publish({"intent": "ping"}))
     bus.reply_to(bus.publish(b"not json"))
-    errors = cli(project, "replies", "--status", "error", "--json")
+    errors = cli(project, "replies", "--status", "error", "--json", *QUICK)
     assert errors.returncode == 0, errors.stderr
     lines = [json.loads(line) for line in errors.stdout.splitlines()]
     assert [(r["status"], r["error"]["code"]) for r in lines] == [("error", "invalid_json")]
     bus.reply_to(bus.publish({"intent": "ping"}))
-    readable = cli(project, "replies", "--intent", "ping")
+    readable = cli(project, "replies", "--intent", "ping", *QUICK)
     assert readable.stdout.count("ping") == 1
     assert " ok " in readable.stdout
 

@@ -14,9 +14,18 @@ from typing import Any
 import pytest
 from google.cloud import firestore
 
-from tests.support import Bus, activity, firestore_client, mode_collection, stock_positions, wait_for, write_config
+from tests.support import (
+    Bus,
+    activity,
+    allocation,
+    ensure_loop,
+    firestore_client,
+    mode_collection,
+    stock_positions,
+    wait_for,
+)
 
-pytestmark = pytest.mark.usefixtures("consumer")
+pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
 
 MANUAL_REF = "manual-by-another-client"
 
@@ -25,11 +34,6 @@ MANUAL_REF = "manual-by-another-client"
 def consumer(consumer_factory):
     """An order only accepted is reported as working after this long (the held-fills test)."""
     return consumer_factory(order_timeout=3.0)
-
-
-@pytest.fixture(autouse=True)
-def paper_config(project: str) -> dict[str, Any]:
-    return write_config(project)
 
 
 def documents(project: str) -> dict[str, Any]:
@@ -75,6 +79,7 @@ def trade_by_another_client(gateway: Any, quantity: int = 5) -> dict[str, Any]:
     """An execution the consumer was not told about (updates go to the client that placed the order)."""
     from ib_insync import IB, MarketOrder, Stock
 
+    ensure_loop()  # an async test before this one may have left this thread without an event loop
     other = IB()
     other.connect("127.0.0.1", gateway.port, clientId=9, timeout=10)
     try:
@@ -91,12 +96,8 @@ def fill_ids(project: str) -> set[str]:
     return {f["execId"] for f in mode_collection(project, "fills")}
 
 
-def allocation(weights: dict[str, float]) -> dict[str, Any]:
-    return {
-        "intent": "allocation",
-        "ignoreMarketHours": True,
-        "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": weights}}},
-    }
+def allocation_anytime(weights: dict[str, float]) -> dict[str, Any]:
+    return allocation(weights, ignoreMarketHours=True)
 
 
 def settled(project: str, gateway: Any) -> None:
@@ -120,7 +121,7 @@ def test_trade_reconciliation_dry_run_reports_the_unbooked_fill_and_books_nothin
 def test_allocation_dry_run_places_and_books_nothing(bus: Bus, gateway, project: str):
     execution = trade_by_another_client(gateway)  # the books' sweep before sizing would book it
 
-    reply = dry_run(bus, project, allocation({"SPY": 0.1, "TLT": 0.05}))
+    reply = dry_run(bus, project, allocation_anytime({"SPY": 0.1, "TLT": 0.05}))
     legs = {i["instrument"]: i for i in reply["result"]["instruments"]}
     assert legs["SPY"]["order"] > 0
     assert legs["TLT"]["order"] > 0
@@ -130,7 +131,7 @@ def test_allocation_dry_run_places_and_books_nothing(bus: Bus, gateway, project:
 
 
 def test_close_all_dry_run_sells_and_books_nothing(bus: Bus, gateway, project: str):
-    assert bus.reply_to(bus.publish(allocation({"TLT": 0.05})))["status"] == "ok"
+    assert bus.reply_to(bus.publish(allocation_anytime({"TLT": 0.05})))["status"] == "ok"
     settled(project, gateway)
     held = stock_positions(gateway)["TLT"]
     execution = trade_by_another_client(gateway)
@@ -148,12 +149,12 @@ def test_close_all_dry_run_sells_and_books_nothing(bus: Bus, gateway, project: s
 def test_a_dry_run_beside_a_working_order_leaves_it_and_its_books_alone(bus: Bus, gateway, project: str):
     gateway.hold_fills(True)
     try:
-        working = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))
+        working = bus.reply_to(bus.publish(allocation_anytime({"SPY": 0.05})))
         spy = next(i for i in working["result"]["instruments"] if i["instrument"] == "SPY")
         assert spy["outcome"] == "working"
         orders_before = gateway.orders()
 
-        reply = dry_run(bus, project, allocation({"SPY": 0.1}))
+        reply = dry_run(bus, project, allocation_anytime({"SPY": 0.1}))
         leg = next(i for i in reply["result"]["instruments"] if i["instrument"] == "SPY")
         assert leg["working"] == spy["order"]  # the working order counts; only the rest would be ordered
         assert leg["order"] > 0

@@ -9,23 +9,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import Bus, activity, holdings, wait_for, write_config
+from tests.support import Bus, activity, allocation, holdings, wait_for
 
-pytestmark = pytest.mark.usefixtures("consumer")
+pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
 
-ALLOCATION: dict[str, Any] = {
-    "intent": "allocation",
-    "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": {"SPY": 0.1, "TLT": 0.05}}}},
-}
-
-
-@pytest.fixture(autouse=True)
-def paper_config(project: str) -> dict[str, Any]:
-    return write_config(project)
+ALLOCATION = allocation({"SPY": 0.1, "TLT": 0.05})
 
 
 def only_reply(bus: Bus, message_id: str) -> dict[str, Any]:
-    replies = bus.replies_to(message_id, quiet=1.5)  # a nacked message would come back and be answered again
+    replies = bus.replies_to(message_id)  # a nacked message would come back and be answered again
     assert len(replies) == 1, replies
     return replies[0]
 

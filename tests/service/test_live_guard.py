@@ -6,19 +6,7 @@ must change nothing. Real emulators and the simulated gateway; the broker is che
 
 from __future__ import annotations
 
-from typing import Any
-
-from tests.support import Bus, holdings, mode_collection, wait_for, write_config
-
-
-def allocation(weights: dict[str, float], dry_run: bool = False) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "intent": "allocation",
-        "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": weights}}},
-    }
-    if dry_run:
-        body["dryRun"] = True
-    return body
+from tests.support import Bus, allocation, holdings, mode_collection, wait_for, write_config
 
 
 def assert_nothing_traded(gateway, project: str, mode: str) -> None:

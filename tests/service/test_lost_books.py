@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from tests.support import (
+    STREAM_RESTART_WAIT,
     Bus,
+    allocation,
     another_intents_subscription,
     firestore_client,
     holdings,
     mode_collection,
     stock_positions,
     wait_for,
-    write_config,
 )
 
-pytestmark = pytest.mark.usefixtures("consumer")
+pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
 
 WEIGHTS = {"SPY": 0.05, "TLT": 0.05, "GLD": 0.05}
-ALLOCATION: dict[str, Any] = {
-    "intent": "allocation",
-    "idempotencyKey": "rebalance-after-a-restore",
-    "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": WEIGHTS}}},
-}
-
-
-@pytest.fixture(autouse=True)
-def paper_config(project: str) -> dict[str, Any]:
-    return write_config(project)
+ALLOCATION = allocation(WEIGHTS, idempotencyKey="rebalance-after-a-restore")
 
 
 def delete_everything_but_the_config(project: str) -> int:
@@ -81,7 +71,7 @@ def test_books_that_lost_a_position_refuse_to_trade_it_until_reconciled(
     consumer_factory(intents_subscription=another_intents_subscription(project, "intents-consumer-restarted"))
     orders_before = len(gateway.orders())
 
-    refused = bus.reply_to(bus.publish({**ALLOCATION, "idempotencyKey": "second"}))
+    refused = bus.reply_to(bus.publish({**ALLOCATION, "idempotencyKey": "second"}), timeout=STREAM_RESTART_WAIT)
     assert (refused["status"], refused["error"]["code"]) == ("error", "books_disagree"), refused
     assert {d["instrument"] for d in refused["error"]["details"]} == set(WEIGHTS)
     assert len(gateway.orders()) == orders_before

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from tests.support import CLOCKS, Bus, holdings, wait_for, write_config
+from tests.support import CLOCKS, Bus, allocation, holdings, wait_for
 
-pytestmark = pytest.mark.usefixtures("consumer")
+pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
 
 
 @pytest.fixture
@@ -16,21 +16,11 @@ def gateway_scenario() -> dict[str, Any]:
     return {"hours": "regular"}  # NYSE 09:30-16:00 New York time on weekdays
 
 
-@pytest.fixture(autouse=True)
-def paper_config(project: str) -> dict[str, Any]:
-    return write_config(project)
-
-
-def allocation() -> dict[str, Any]:
-    return {"intent": "allocation",
-            "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": {"SPY": 0.05}}}}}  # fmt: skip
-
-
 @pytest.mark.parametrize(
     "market_clock", [CLOCKS["weekday"], CLOCKS["monday-2026-11-30"], CLOCKS["month-and-year-end"]], indirect=True
 )
 def test_in_session_by_the_gateways_clock_an_allocation_trades(bus: Bus, gateway, project: str):
-    reply = bus.reply_to(bus.publish(allocation()))
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))
     assert reply["status"] == "ok", reply
     (spy,) = reply["result"]["instruments"]
     assert spy["outcome"] == "filled"
@@ -46,7 +36,7 @@ def test_in_session_by_the_gateways_clock_an_allocation_trades(bus: Bus, gateway
     indirect=True,
 )
 def test_out_of_session_by_the_gateways_clock_an_allocation_is_rejected(bus: Bus, gateway, project: str):
-    reply = bus.reply_to(bus.publish(allocation()))
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))
     assert reply["status"] == "rejected", reply
     assert reply["error"]["code"] == "market_closed"
     assert "SPY" in reply["error"]["message"]

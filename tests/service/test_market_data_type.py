@@ -12,12 +12,7 @@ from typing import Any
 import pytest
 
 from ibsim import Scenario, ThreadedGateway
-from tests.support import Bus, ConsumerUnderTest, wait_for, write_config
-
-
-def dry_allocation(symbol: str) -> dict[str, Any]:
-    return {"intent": "allocation", "dryRun": True,
-            "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": {symbol: 0.05}}}}}  # fmt: skip
+from tests.support import Bus, ConsumerUnderTest, allocation, wait_for, write_config
 
 
 @pytest.fixture
@@ -46,7 +41,7 @@ def test_the_market_data_type_is_applied_on_connect_and_again_after_every_reconn
 ):
     write_config(project, marketDataType=3)
     start_consumer(gateway)
-    assert bus.reply_to(bus.publish(dry_allocation("SPY")))["status"] == "ok"
+    assert bus.reply_to(bus.publish(allocation({"SPY": 0.05}, dry_run=True)))["status"] == "ok"
     assert gateway.market_data_types()[-1] == (1, 3)
 
     seen = len(gateway.market_data_types())
@@ -55,7 +50,7 @@ def test_the_market_data_type_is_applied_on_connect_and_again_after_every_reconn
     assert gateway.market_data_types()[seen:] == [(1, 3)]  # without any intent asking: the connection's setting
 
     write_config(project, marketDataType=1)
-    assert bus.reply_to(bus.publish(dry_allocation("SPY")))["status"] == "ok"
+    assert bus.reply_to(bus.publish(allocation({"SPY": 0.05}, dry_run=True)))["status"] == "ok"
     assert gateway.market_data_types()[-1] == (1, 1)
 
 
@@ -64,12 +59,12 @@ def test_without_a_live_subscription_prices_fall_back_to_delayed_data_only_when_
 ):
     write_config(project, marketDataType=1)
     start_consumer(unsubscribed)
-    live = bus.reply_to(bus.publish(dry_allocation("SPY")))
+    live = bus.reply_to(bus.publish(allocation({"SPY": 0.05}, dry_run=True)))
     assert live["status"] == "ok", live
     assert live["result"]["strategies"]["dummy"] == {"status": "skipped", "reason": "no price for SPY"}
 
     write_config(project, marketDataType=3)
-    delayed = bus.reply_to(bus.publish(dry_allocation("SPY")))
+    delayed = bus.reply_to(bus.publish(allocation({"SPY": 0.05}, dry_run=True)))
     assert delayed["status"] == "ok", delayed
     assert delayed["result"]["strategies"]["dummy"]["status"] == "ok", delayed["result"]["strategies"]
     assert delayed["result"]["prices"]["SPY"] == 520.0  # the delayed quote's last, within its bid/ask

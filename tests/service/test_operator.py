@@ -27,7 +27,8 @@ from tests.support import DEFAULT_CLOCK, wait_for
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 README = (REPO / "README.md").read_text()
-pytestmark = pytest.mark.slow
+# Each test starts a local stack of its own (emulators included), so `make check` leaves them out too.
+pytestmark = [pytest.mark.slow, pytest.mark.emulators]
 
 
 def port_free(host: str, port: int) -> bool:

@@ -10,6 +10,7 @@ from tests.support import (
     EVERY_CLOCK,
     SIGNAL_PARAMS,
     Bus,
+    allocation,
     booked_totals,
     firestore_client,
     holdings,
@@ -17,22 +18,19 @@ from tests.support import (
     mode_collection,
     stock_positions,
     wait_for,
-    write_config,
 )
 
-pytestmark = pytest.mark.usefixtures("consumer")
+pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
 
 
-@pytest.fixture(autouse=True)
-def paper_config(project: str) -> dict[str, Any]:
-    return write_config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}})
+@pytest.fixture
+def paper_config_overrides() -> dict[str, object]:
+    return {"exposure": {"overall": 1.0, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}}}
 
 
 def allocate(bus: Bus, weights: dict[str, float], **instruments: dict[str, Any]) -> dict[str, Any]:
     dummy: dict[str, Any] = {"weights": weights, **({"instruments": instruments} if instruments else {})}
-    reply = bus.reply_to(
-        bus.publish({"intent": "allocation", "params": {"strategies": ["dummy"], "strategyParams": {"dummy": dummy}}})
-    )
+    reply = bus.reply_to(bus.publish(allocation(weights, params={"strategyParams": {"dummy": dummy}})))
     assert reply["status"] == "ok", reply
     return reply
 

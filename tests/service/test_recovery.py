@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 import pytest
 from google.cloud import pubsub_v1
 from google.protobuf import timestamp_pb2
 
-from tests.support import Bus, ConsumerProcess, firestore_client, holdings, mode_collection, wait_for, write_config
+from tests.support import (
+    Bus,
+    ConsumerProcess,
+    allocation,
+    firestore_client,
+    holdings,
+    mode_collection,
+    wait_for,
+    write_config,
+)
 
 SYMBOLS = ["SPY", "TLT"]
-ALLOCATION: dict[str, Any] = {
-    "intent": "allocation",
-    "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": dict.fromkeys(SYMBOLS, 0.05)}}},
-}
+ALLOCATION = allocation(dict.fromkeys(SYMBOLS, 0.05))
 
 
 def lose_every_pending_message(project: str) -> None:
@@ -52,7 +57,7 @@ def test_a_request_stranded_by_a_kill_is_answered_once_with_its_orders_booked(
 
     consumer_factory(stranded_after=2.0)
     reply = bus.reply_to(message_id, timeout=60)
-    bus.settle(quiet=3.0)
+    bus.settle()
     assert [r["messageId"] for r in bus.received].count(message_id) == 1
     assert reply["recovered"] is True
     assert (reply["status"], reply["error"]["code"]) == ("error", "interrupted")

@@ -14,6 +14,7 @@ from tests.support import (
     EVERY_CLOCK,
     SIGNAL_PARAMS,
     Bus,
+    allocation,
     holdings,
     long_signal,
     mode_collection,
@@ -21,23 +22,13 @@ from tests.support import (
     write_config,
 )
 
-pytestmark = pytest.mark.usefixtures("consumer")
+pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
 
 
 @pytest.fixture
 def consumer(consumer_factory):
     """A consumer that waits 3 s, not 30, for a market order to finish before reporting it as working."""
     return consumer_factory(order_timeout=3.0)
-
-
-def allocation(weights: dict[str, float], dry_run: bool = False, **params: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "intent": "allocation",
-        "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": weights}}, **params},
-    }
-    if dry_run:
-        body["dryRun"] = True
-    return body
 
 
 def line(reply: dict[str, Any], symbol: str) -> dict[str, Any]:
@@ -51,9 +42,9 @@ def mid_share_weight(reply: dict[str, Any], symbol: str, shares: int, capital_sh
     return (shares + 0.5) * price / (reply["result"]["netLiquidation"] * capital_share)
 
 
-@pytest.fixture(autouse=True)
-def paper_config(project: str) -> dict[str, Any]:
-    return write_config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}})
+@pytest.fixture
+def paper_config_overrides() -> dict[str, object]:
+    return {"exposure": {"overall": 1.0, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}}}
 
 
 def test_allocation_from_flat_reaches_the_targets_and_a_second_run_places_nothing(bus: Bus, gateway, project: str):
@@ -237,8 +228,8 @@ def test_cash_balancer_converts_only_free_cash_and_close_all_sells_exactly_the_b
     bus: Bus, gateway, project: str
 ):
     free_eur = gateway.cash()["EUR"]
-    reply = bus.reply_to(bus.publish(allocation({"EUR.USD": 0.1}, strategyParams={"dummy": {
-        "weights": {"EUR.USD": 0.1}, "instruments": FOREX}})))  # fmt: skip
+    reply = bus.reply_to(bus.publish(allocation({"EUR.USD": 0.1}, params={"strategyParams": {"dummy": {
+        "weights": {"EUR.USD": 0.1}, "instruments": FOREX}}})))  # fmt: skip
     assert reply["status"] == "ok", reply
     bought = line(reply, "EUR.USD")["target"]
     assert bought > 0

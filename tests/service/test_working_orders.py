@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 from ib_insync import IB, MarketOrder, Stock
 
-from tests.support import Bus, ConsumerProcess, hand_back, holdings, mode_collection, wait_for, write_config
+from tests.support import Bus, ConsumerProcess, allocation, ensure_loop, hand_back, holdings, mode_collection, wait_for
+
+pytestmark = pytest.mark.usefixtures("paper_config")
 
 
 @pytest.fixture
@@ -23,19 +25,6 @@ def consumer(consumer_factory):
     """In-process, waiting 3 s, not 30, for a market order to finish before reporting it as working (fills are
     held here). The crash test runs its consumers as processes instead, on the same client id."""
     return consumer_factory(order_timeout=3.0)
-
-
-@pytest.fixture(autouse=True)
-def paper_config(project: str) -> dict[str, Any]:
-    return write_config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.5}})
-
-
-def allocation(weights: dict[str, float], **body: Any) -> dict[str, Any]:
-    return {
-        "intent": "allocation",
-        "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": weights}}},
-        **body,
-    }
 
 
 CLOSE_ALL_GTC = {"intent": "close-all", "params": {"strategies": ["dummy"], "orderProperties": {"tif": "GTC"}}}
@@ -166,6 +155,7 @@ def test_a_partly_filled_working_order_is_cancelled_and_its_fill_booked_before_s
 @pytest.fixture
 def manual(gateway) -> Iterator[IB]:
     """Another API client of the same account (client id 7): its orders are not the consumer's."""
+    ensure_loop()  # an async test before this one may have left this thread without an event loop
     ib = IB()
     ib.connect("127.0.0.1", gateway.port, clientId=7, timeout=5)
     yield ib

@@ -1,0 +1,194 @@
+"""Account requests: account updates, the multi-account variant, account summary, positions and PnL.
+
+A fill or a price move marks accounts dirty; the push runs once per loop turn and sends each subscriber only what
+changed, as IB does. Also the controls that change an account behind the client's back (set_position, set_cash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .connection import Connection
+from .controls import fault
+from .core import GatewayCore
+from .ledger import Position
+from .market import Instrument
+from .protocol import Reader
+
+
+class AccountDesk(GatewayCore):
+    """reqAccountUpdates(Multi), reqAccountSummary, reqPositions, reqPnL, and the pushes that keep them current."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._account_push: asyncio.Handle | None = None
+        self._dirty_accounts: set[str] = set()
+
+    def _req_account_updates(self, conn: Connection, r: Reader) -> None:
+        r.skip(1)
+        subscribe = r.bool()
+        account = r.str() or self.broker.default_account
+        if not subscribe:
+            conn.account_sub = None
+            return
+        if account not in self.broker.accounts:
+            conn.send_error(-1, 321, f"Error validating request:-'6' : cause - unknown account {account}")
+            conn.send([54, 1, account])
+            return
+        conn.account_sub = account
+        conn.account_cache = {}
+        conn.portfolio_cache = {}
+        self._push_account(conn, account, full=True)
+        conn.send([54, 1, account])
+
+    def _push_account(self, conn: Connection, account: str, full: bool = False) -> None:
+        changed = False
+        for key, amount, cur in self.broker.account_values(account):
+            if full or conn.account_cache.get((key, cur)) != amount:
+                conn.account_cache[(key, cur)] = amount
+                conn.send([6, 2, key, amount, cur, account])
+                changed = True
+        for inst, pos, price, value, unrealized in self.broker.portfolio(account):
+            row = (pos.quantity, price, round(value, 2), pos.avgCost, round(unrealized, 2), round(pos.realized, 2))
+            if full or conn.portfolio_cache.get(inst.key) != row:
+                conn.portfolio_cache[inst.key] = row
+                conn.send([7, 8, *inst.view().portfolio11(), *row, account])
+                changed = True
+        for key in list(conn.portfolio_cache):
+            if key not in self.broker.accounts[account].positions:
+                inst = self.instruments[key]
+                del conn.portfolio_cache[key]
+                conn.send([7, 8, *inst.view().portfolio11(), 0.0, inst.price, 0.0, 0.0, 0.0, 0.0, account])
+        if changed or full:
+            conn.send([8, 1, self.clock.now("America/New_York").strftime("%H:%M")])
+
+    def _req_account_updates_multi(self, conn: Connection, r: Reader) -> None:
+        r.skip(1)
+        req_id = r.int()
+        account = r.str() or self.broker.default_account
+        r.skip(2)
+        if account not in self.broker.accounts:
+            conn.send_error(req_id, 321, f"Error validating request:-'76' : cause - unknown account {account}")
+            return
+        conn.multi_subs[req_id] = account
+        conn.multi_cache[req_id] = {}
+        self._push_multi(conn, req_id, account, full=True)
+        conn.send([74, 1, req_id])
+
+    def _push_multi(self, conn: Connection, req_id: int, account: str, full: bool = False) -> None:
+        cache = conn.multi_cache.setdefault(req_id, {})
+        for key, value, cur in self.broker.account_values(account):
+            if full or cache.get((key, cur)) != value:
+                cache[(key, cur)] = value
+                conn.send([73, 1, req_id, account, "", key, value, cur])
+
+    def _cancel_account_updates_multi(self, conn: Connection, r: Reader) -> None:
+        r.skip(1)
+        req_id = r.int()
+        conn.multi_subs.pop(req_id, None)
+        conn.multi_cache.pop(req_id, None)
+
+    def _req_account_summary(self, conn: Connection, r: Reader) -> None:
+        r.skip(1)
+        req_id = r.int()
+        r.skip(1)  # group
+        tags = [t.strip() for t in r.str().split(",") if t.strip()]
+        conn.summary_subs[req_id] = tags
+        for account in self.broker.accounts:
+            for tag, value, cur in self.broker.summary(account, tags):
+                conn.send([63, 1, req_id, account, tag, value, cur])
+        conn.send([64, 1, req_id])
+
+    def _cancel_account_summary(self, conn: Connection, r: Reader) -> None:
+        r.skip(1)
+        conn.summary_subs.pop(r.int(), None)
+
+    def _position_msg(self, account: str, inst: Instrument, quantity: float, avg_cost: float) -> list[Any]:
+        return [61, 3, account, *inst.view(inst.listing).c11(), quantity, avg_cost]
+
+    def _req_positions(self, conn: Connection, r: Reader) -> None:
+        conn.positions_sub = True
+        for acct in self.broker.accounts.values():
+            for key, pos in acct.positions.items():
+                if pos.quantity:
+                    conn.send(self._position_msg(acct.id, self.instruments[key], pos.quantity, pos.avgCost))
+        conn.send([62, 1])
+
+    def _cancel_positions(self, conn: Connection, r: Reader) -> None:
+        conn.positions_sub = False
+
+    def _req_pnl(self, conn: Connection, r: Reader) -> None:
+        req_id = r.int()
+        account = r.str() or self.broker.default_account
+        if account not in self.broker.accounts:
+            conn.send_error(req_id, 321, f"Error validating request:-'92' : cause - unknown account {account}")
+            return
+        conn.pnl_subs[req_id] = account
+        self._push_pnl(conn, req_id, account)
+
+    def _push_pnl(self, conn: Connection, req_id: int, account: str) -> None:
+        v = self.broker.valuation(account)
+        conn.send([94, req_id, v["UnrealizedPnL"] + v["RealizedPnL"], v["UnrealizedPnL"], v["RealizedPnL"]])
+
+    def _cancel_pnl(self, conn: Connection, r: Reader) -> None:
+        conn.pnl_subs.pop(r.int(), None)
+
+    def position_changed(self, account: str, key: str) -> None:
+        inst = self.instruments[key]
+        pos = self.broker.accounts[account].positions.get(key)
+        qty, avg = (pos.quantity, pos.avgCost) if pos else (0.0, 0.0)
+        msg = self._position_msg(account, inst, qty, avg)
+        for conn in list(self.clients.values()):
+            if conn.positions_sub:
+                conn.send(msg)
+
+    def account_changed(self, account: str) -> None:
+        self._dirty_accounts.add(account)
+        if self._account_push is None:
+            self._account_push = asyncio.get_running_loop().call_soon(self.push_accounts)
+
+    def push_accounts(self) -> None:
+        if self._account_push is not None:
+            self._account_push.cancel()
+        self._account_push = None
+        dirty, self._dirty_accounts = self._dirty_accounts, set()
+        for conn in list(self.clients.values()):
+            if conn.account_sub in dirty:
+                self._push_account(conn, conn.account_sub)
+            for req_id, account in list(conn.multi_subs.items()):
+                if account in dirty:
+                    self._push_multi(conn, req_id, account)
+            for req_id, account in list(conn.pnl_subs.items()):
+                if account in dirty:
+                    self._push_pnl(conn, req_id, account)
+
+    # -- controls -----------------------------------------------------------------------------------------------
+    @fault()
+    def set_position(
+        self, symbol: str, quantity: float, avg_cost: float | None = None, account: str | None = None
+    ) -> None:
+        inst = self._instrument(symbol)
+        if inst.secType == "CASH":
+            raise ValueError(f"{symbol} is forex: IB books it as cash, use set_cash")
+        acct = self.broker.accounts[account or self.broker.default_account]
+        pos = acct.positions.get(inst.key)
+        if pos is None:
+            pos = acct.positions[inst.key] = Position()
+        pos.quantity = float(quantity)
+        if avg_cost is not None:
+            pos.avgCost = float(avg_cost)
+        elif not pos.avgCost:
+            pos.avgCost = inst.price * inst.multiplier
+        if pos.quantity == 0 and not pos.realized:
+            acct.positions.pop(inst.key, None)
+        self.position_changed(acct.id, inst.key)
+        self.account_changed(acct.id)
+        self.state_changed()
+
+    @fault()
+    def set_cash(self, currency: str, amount: float, account: str | None = None) -> None:
+        acct = self.broker.accounts[account or self.broker.default_account]
+        acct.cash[currency] = float(amount)
+        self.account_changed(acct.id)
+        self.state_changed()

@@ -1,0 +1,286 @@
+"""Historical bars: IB's bar sizes and durations, and deterministic bars from a seeded model (or a scenario's).
+
+The newest bar closes at the instrument's current price, and the same seed gives the same bars.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import struct
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from .market import CALENDARS, NEW_YORK, UTC, Instrument, calendar_of, round_tick, time_zone_of
+
+# -- historical bars -------------------------------------------------------------------------------------------------
+BAR_SECONDS = {
+    "sec": 1,
+    "secs": 1,
+    "min": 60,
+    "mins": 60,
+    "hour": 3600,
+    "hours": 3600,
+    "day": 86400,
+    "days": 86400,
+    "week": 7 * 86400,
+    "weeks": 7 * 86400,
+    "month": 30 * 86400,
+    "months": 30 * 86400,
+}
+DURATION_SECONDS = {"S": 1, "D": 86400, "W": 7 * 86400, "M": 30 * 86400, "Y": 365 * 86400}
+MAX_BARS = 100_000
+
+
+class BarRequestError(ValueError):
+    pass
+
+
+@dataclass
+class Bar:
+    date: str
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    wap: float
+    count: int
+
+
+def parse_bar_size(text: str) -> tuple[int, str]:
+    """'5 mins' -> (300, 'intraday'); '1 day' -> (86400, 'day'); '1 week' -> (7, 'week'); '1 month' -> (1, 'month')."""
+    parts = text.strip().split()
+    if len(parts) != 2 or not parts[0].isdigit() or parts[1] not in BAR_SECONDS:
+        raise BarRequestError(f"Invalid bar size setting {text!r}")
+    n, unit = int(parts[0]), parts[1]
+    if n <= 0:
+        raise BarRequestError(f"Invalid bar size setting {text!r}")
+    if unit.startswith("day"):
+        if n != 1:
+            raise BarRequestError(f"Invalid bar size setting {text!r}")
+        return 86400, "day"
+    if unit.startswith("week"):
+        return n, "week"
+    if unit.startswith("month"):
+        return n, "month"
+    return n * BAR_SECONDS[unit], "intraday"
+
+
+def parse_duration(text: str) -> tuple[int, str]:
+    parts = text.strip().split()
+    if len(parts) != 2 or not parts[0].isdigit() or parts[1].upper() not in DURATION_SECONDS:
+        raise BarRequestError(f"Invalid duration {text!r}: use an integer and one of S D W M Y")
+    n = int(parts[0])
+    if n <= 0:
+        raise BarRequestError(f"Invalid duration {text!r}")
+    return n, parts[1].upper()
+
+
+def parse_end(text: str, now: dt.datetime) -> dt.datetime:
+    """endDateTime as clients send it: '', 'YYYYMMDD HH:MM:SS[ TZ]', 'YYYYMMDD-HH:MM:SS' (UTC), 'YYYYMMDD'."""
+    text = text.strip()
+    if not text:
+        return now
+    try:
+        if "-" in text and " " not in text:
+            return dt.datetime.strptime(text, "%Y%m%d-%H:%M:%S").replace(tzinfo=UTC)
+        parts = text.split(" ")
+        if len(parts) == 1:
+            return dt.datetime.strptime(text, "%Y%m%d").replace(
+                hour=23, minute=59, second=59, tzinfo=ZoneInfo(NEW_YORK)
+            )
+        naive = dt.datetime.strptime(parts[0] + parts[1], "%Y%m%d%H:%M:%S")
+        tz_name = parts[2] if len(parts) > 2 else NEW_YORK
+        return naive.replace(tzinfo=ZoneInfo(tz_name))
+    except (ValueError, KeyError, IndexError) as e:
+        raise BarRequestError(f"Invalid endDateTime {text!r}") from e
+
+
+def _normal(seed: int, key: str, size: str, stamp: str) -> tuple[float, float, float]:
+    """Three deterministic standard normals for one bar of one instrument (Box-Muller on a hash)."""
+    digest = hashlib.blake2b(f"{seed}|{key}|{size}|{stamp}".encode(), digest_size=24).digest()
+    a, b, c = struct.unpack(">QQQ", digest)
+    u1 = (a + 1) / 2**64
+    u2 = b / 2**64
+    u3 = (c + 1) / 2**64
+    r = math.sqrt(-2 * math.log(u1))
+    return r * math.cos(2 * math.pi * u2), r * math.sin(2 * math.pi * u2), u3
+
+
+def bar_times(inst: Instrument, end: dt.datetime, duration: tuple[int, str], size: tuple[int, str], use_rth: bool):
+    """The start times (aware, exchange time zone) of the bars in the window, oldest first."""
+    n, unit = duration
+    seconds, kind = size
+    tz = ZoneInfo(time_zone_of(inst))
+    end_local = end.astimezone(tz)
+    if kind in ("day", "week", "month"):
+        days_back = n * {"S": 1 / 86400, "D": 1, "W": 7, "M": 30, "Y": 365}[unit]
+        if unit == "D":
+            # 'N D' means N trading days
+            out: list[dt.datetime] = []
+            d = end_local.date()
+            while len(out) < n:
+                if d.weekday() < 5:
+                    out.append(dt.datetime.combine(d, dt.time(), tz))
+                d -= dt.timedelta(days=1)
+            return list(reversed(out))
+        start = end_local.date() - dt.timedelta(days=math.ceil(days_back) - 1)
+        out = []
+        d = start
+        while d <= end_local.date():
+            if d.weekday() < 5:
+                out.append(dt.datetime.combine(d, dt.time(), tz))
+            d += dt.timedelta(days=1)
+        return out
+    if unit == "D":
+        # 'N D' means the last N trading days, the one in progress included
+        d = end_local.date()
+        days: list[dt.date] = []
+        while len(days) < n:
+            if d.weekday() < 5:
+                days.append(d)
+            d -= dt.timedelta(days=1)
+        start = dt.datetime.combine(days[-1], dt.time(), tz)
+    else:
+        start = end_local - dt.timedelta(seconds=n * DURATION_SECONDS[unit])
+    session = None
+    if use_rth or inst.secType == "STK":
+        cal = CALENDARS.get(calendar_of(inst))
+        if cal:
+            session = cal[1] if use_rth else cal[2]
+    epoch = int(start.timestamp()) // seconds * seconds
+    out = []
+    t = epoch
+    stop = end_local.timestamp()
+    while t < stop:
+        local = dt.datetime.fromtimestamp(t, tz)
+        if local.weekday() < 5:
+            hhmm = local.strftime("%H%M")
+            if session is None or session[0] <= hhmm < session[1]:
+                out.append(local)
+            elif hhmm < session[0]:
+                # a bar straddling the session start begins at the open, as IB labels it (09:30 for 1 hour bars)
+                opening = local.replace(hour=int(session[0][:2]), minute=int(session[0][2:]))
+                if local.timestamp() + seconds > opening.timestamp():
+                    out.append(opening)
+        if len(out) > MAX_BARS:
+            raise BarRequestError("Historical Market Data Service error message:Too many bars requested")
+        t += seconds
+    return out
+
+
+def make_bars(
+    inst: Instrument,
+    seed: int,
+    end_text: str,
+    duration_text: str,
+    size_text: str,
+    use_rth: bool,
+    format_date: int,
+    now: dt.datetime,
+    what_to_show: str,
+) -> list[Bar]:
+    """Bars ending at the instrument's current price; each bar's move is a hash of (seed, symbol, size, time)."""
+    size = parse_bar_size(size_text)
+    duration = parse_duration(duration_text)
+    end = parse_end(end_text, now)
+    if size[1] != "intraday" and inst.spec.bars:
+        return _scenario_bars(inst, end, duration)
+    daily_size = (86400, "day")
+    times = bar_times(inst, end, duration, daily_size if size[1] != "intraday" else size, use_rth)
+    if not times:
+        return []
+    seconds = size[0] if size[1] == "intraday" else 86400
+    sigma = inst.spec.histVolatility * math.sqrt(min(seconds, 23400) / 23400 / 252)
+    size_key = str(seconds)
+    moves = []
+    for t in times:
+        stamp = t.strftime("%Y%m%d%H%M%S")
+        z1, z2, u = _normal(seed, inst.key, size_key, stamp)
+        moves.append((z1, z2, u))
+    # walk backwards from the current price so the newest bar closes at the market
+    closes = [0.0] * len(times)
+    price = inst.price
+    for i in range(len(times) - 1, -1, -1):
+        closes[i] = price
+        price = price / math.exp(sigma * moves[i][0] - 0.5 * sigma * sigma)
+    bars: list[Bar] = []
+    prev = price
+    tz = ZoneInfo(time_zone_of(inst))
+    base_volume = {"CASH": 0.0, "FUT": 1_500_000.0}.get(inst.secType, 5_000_000.0)
+    for i, t in enumerate(times):
+        z1, z2, u = moves[i]
+        o = prev
+        c = closes[i]
+        wiggle = abs(z2) * sigma * 0.5
+        h = max(o, c) * (1 + wiggle)
+        lo = min(o, c) * (1 - wiggle * (0.5 + u))
+        o, h, lo, c = (round_tick(x, inst.tick) for x in (o, h, lo, c))
+        h = max(h, o, c)
+        lo = min(lo, o, c)
+        if size[1] == "intraday":
+            volume = round(base_volume * seconds / 23400 * (0.5 + u))
+            if format_date == 2:
+                date = str(int(t.timestamp()))
+            else:
+                date = t.astimezone(tz).strftime("%Y%m%d %H:%M:%S ") + time_zone_of(inst)
+        else:
+            volume = round(base_volume * (0.5 + u))
+            date = t.strftime("%Y%m%d")
+        if what_to_show.upper() != "TRADES" or inst.secType == "CASH":
+            volume = -1
+        count = max(1, int(volume // 100)) if volume > 0 else -1
+        wap = round_tick((o + h + lo + c) / 4, inst.tick)
+        bars.append(Bar(date, o, h, lo, c, float(volume), wap, count))
+        prev = closes[i]
+    if size[1] in ("week", "month"):
+        bars = _aggregate(bars, size)
+    return bars
+
+
+def _aggregate(daily: list[Bar], size: tuple[int, str]) -> list[Bar]:
+    n, kind = size
+    groups: dict[tuple[int, int], list[Bar]] = {}
+    for b in daily:
+        d = dt.datetime.strptime(b.date, "%Y%m%d").date()
+        if kind == "week":
+            iso = d.isocalendar()
+            key = (iso[0], (iso[1] - 1) // n)
+        else:
+            key = (d.year, (d.month - 1) // n)
+        groups.setdefault(key, []).append(b)
+    out = []
+    for bars in groups.values():
+        volume = sum(b.volume for b in bars) if bars[0].volume >= 0 else -1.0
+        out.append(
+            Bar(
+                bars[0].date,
+                bars[0].open,
+                max(b.high for b in bars),
+                min(b.low for b in bars),
+                bars[-1].close,
+                volume,
+                bars[-1].wap,
+                sum(max(b.count, 0) for b in bars) or -1,
+            )
+        )
+    return out
+
+
+def _scenario_bars(inst: Instrument, end: dt.datetime, duration: tuple[int, str]) -> list[Bar]:
+    n, unit = duration
+    last = end.astimezone(ZoneInfo(time_zone_of(inst))).strftime("%Y%m%d")
+    rows = [b for b in inst.spec.bars if b["date"] <= last]
+    if unit == "D":
+        rows = rows[-n:]
+    else:
+        first = (end - dt.timedelta(seconds=n * DURATION_SECONDS[unit])).strftime("%Y%m%d")
+        rows = [b for b in rows if b["date"] > first]
+    out = []
+    for b in rows:
+        volume = float(b.get("volume", 0))
+        wap = (b["open"] + b["high"] + b["low"] + b["close"]) / 4
+        out.append(Bar(b["date"], b["open"], b["high"], b["low"], b["close"], volume, wap, max(1, int(volume // 100))))
+    return out

@@ -1,0 +1,113 @@
+"""Request dispatch: the table of the messages ibsim answers, unsupported ones refused as IB does, session start.
+
+A handler takes (conn, reader positioned after the message id); it lives in the layer of its concern
+(account.py, marketdata.py, orders.py) and is named in HANDLERS below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import ClassVar
+
+from . import protocol as P
+from .connection import Connection
+from .core import GatewayCore
+from .protocol import ProtocolError, Reader
+
+log = logging.getLogger("ibsim")
+
+FARM_NOTICES = (
+    (2104, "Market data farm connection is OK:usfarm"),
+    (2106, "HMDS data farm connection is OK:ushmds"),
+    (2158, "Sec-def data farm connection is OK:secdefil"),
+)
+CLIENT_ID_IN_USE = "Unable to connect as the client id is already in use. Retry with a unique client id."
+
+
+class Dispatch(GatewayCore):
+    """Routes each message to its handler; answers startApi and the session's small requests itself."""
+
+    # message id -> the method that answers it (in this module or one of the layers)
+    HANDLERS: ClassVar[dict[int, str]] = {
+        P.START_API: "_start_api",
+        P.REQ_CURRENT_TIME: "_req_current_time",
+        P.REQ_IDS: "_req_ids",
+        P.REQ_MANAGED_ACCTS: "_req_managed_accts",
+        P.REQ_MARKET_DATA_TYPE: "_req_market_data_type",
+        P.REQ_CONTRACT_DETAILS: "_req_contract_details",
+        P.REQ_MKT_DATA: "_req_mkt_data",
+        P.CANCEL_MKT_DATA: "_cancel_mkt_data",
+        P.REQ_HISTORICAL_DATA: "_req_historical_data",
+        P.CANCEL_HISTORICAL_DATA: "_noop",
+        P.REQ_ACCOUNT_UPDATES: "_req_account_updates",
+        P.REQ_ACCOUNT_UPDATES_MULTI: "_req_account_updates_multi",
+        P.CANCEL_ACCOUNT_UPDATES_MULTI: "_cancel_account_updates_multi",
+        P.REQ_ACCOUNT_SUMMARY: "_req_account_summary",
+        P.CANCEL_ACCOUNT_SUMMARY: "_cancel_account_summary",
+        P.REQ_POSITIONS: "_req_positions",
+        P.CANCEL_POSITIONS: "_cancel_positions",
+        P.REQ_PNL: "_req_pnl",
+        P.CANCEL_PNL: "_cancel_pnl",
+        P.PLACE_ORDER: "_place_order",
+        P.CANCEL_ORDER: "_cancel_order",
+        P.REQ_GLOBAL_CANCEL: "_req_global_cancel",
+        P.REQ_OPEN_ORDERS: "_req_open_orders",
+        P.REQ_ALL_OPEN_ORDERS: "_req_all_open_orders",
+        P.REQ_AUTO_OPEN_ORDERS: "_noop",
+        P.REQ_COMPLETED_ORDERS: "_req_completed_orders",
+        P.REQ_EXECUTIONS: "_req_executions",
+        P.SET_SERVER_LOGLEVEL: "_noop",
+    }
+
+    def dispatch(self, conn: Connection, msg_id: int, fields: list[str]) -> None:
+        if conn.stage == "start" and msg_id != P.START_API:
+            log.warning("%s sent message %d before startApi; ignored", conn.peer, msg_id)
+            return
+        handler = self.HANDLERS.get(msg_id)
+        if handler is None:
+            index = P.UNSUPPORTED_REQ_ID_INDEX.get(msg_id)
+            req_id = -1
+            if index is not None and len(fields) > index:
+                with contextlib.suppress(ValueError):
+                    req_id = int(fields[index])
+            log.info("client %s: unsupported request %d (reqId %d)", conn.client_id, msg_id, req_id)
+            conn.send_error(req_id, 321, f"Error validating request:-'{msg_id}' : cause - Unsupported request (ibsim)")
+            return
+        try:
+            getattr(self, handler)(conn, Reader(fields))
+        except (ProtocolError, ValueError, IndexError, KeyError) as e:
+            log.warning("client %s: cannot read message %d %s: %s", conn.client_id, msg_id, fields[:6], e)
+            conn.send_error(-1, 320, f"Error reading request:-'{msg_id}' : cause - {e}")
+
+    # -- the session ---------------------------------------------------------------------------------------
+    def _start_api(self, conn: Connection, r: Reader) -> None:
+        r.skip(1)  # version
+        client_id = r.int()
+        if conn.stage == "ready":
+            return
+        if client_id in self.clients:
+            log.warning("client id %d already in use; refusing %s", client_id, conn.peer)
+            conn.send_error(-1, 326, CLIENT_ID_IN_USE)
+            conn.close()
+            return
+        conn.client_id = client_id
+        conn.stage = "ready"
+        self.clients[client_id] = conn
+        conn.send([15, 1, ",".join(self.broker.accounts)])
+        conn.send([9, 1, self.broker.next_order_id(client_id)])
+        for code, msg in FARM_NOTICES:
+            conn.send_error(-1, code, msg)
+        log.info("client %d ready (%s, server version %d)", client_id, conn.peer, conn.version)
+
+    def _req_current_time(self, conn: Connection, r: Reader) -> None:
+        conn.send([49, 1, int(self.clock.time())])
+
+    def _req_ids(self, conn: Connection, r: Reader) -> None:
+        conn.send([9, 1, self.broker.next_order_id(conn.client_id or 0)])
+
+    def _req_managed_accts(self, conn: Connection, r: Reader) -> None:
+        conn.send([15, 1, ",".join(self.broker.accounts)])
+
+    def _noop(self, conn: Connection, r: Reader) -> None:
+        pass

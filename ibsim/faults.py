@@ -1,0 +1,176 @@
+"""Faults and controls: what tests and scenario files do to the gateway behind its clients' backs.
+
+Each is a method marked with `@fault` (ibsim/controls.py): the mark is the one declaration from which
+ThreadedGateway's twin, the scenario's list of actions and the check of their arguments are derived. A fault a
+scenario may schedule says so in its mark; its arguments are the method's parameters, their types its annotations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+from . import messages as M
+from .clock import parse_instant
+from .controls import Action, actions, fault, query
+from .orders import OrderDesk
+
+log = logging.getLogger("ibsim")
+
+KNOWN_ERRORS = {
+    1100: "Connectivity between IB and Trader Workstation has been lost.",
+    1101: "Connectivity between IB and TWS has been restored- data lost.",
+    1102: "Connectivity between IB and TWS has been restored- data maintained.",
+    2103: "Market data farm connection is broken:usfarm",
+    2104: "Market data farm connection is OK:usfarm",
+    2105: "HMDS data farm connection is broken:ushmds",
+    2106: "HMDS data farm connection is OK:ushmds",
+    2157: "Sec-def data farm connection is broken:secdefil",
+    2158: "Sec-def data farm connection is OK:secdefil",
+}
+
+
+class Faults(OrderDesk):
+    """Connection faults (drops, refusals, half-open sockets, errors, latency), broker faults (rejections, held
+    fills and commission reports, partial fills), the market, and the clock."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reopen: asyncio.TimerHandle | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+
+    def schedule_faults(self) -> None:
+        """The scenario's faults, each at its time after start."""
+        loop = asyncio.get_running_loop()
+        for spec in self.scenario.faults:
+            self._timers.append(loop.call_later(spec.at, self.run_scheduled, spec.action, spec.args))
+
+    def run_scheduled(self, action: str, args: dict[str, Any]) -> None:
+        log.info("scheduled fault: %s %s", action, args)
+        declared = SCHEDULED[action]
+        getattr(self, declared.method)(**declared.fixed, **args)
+
+    @fault(scheduled=True)
+    def drop_connections(self) -> int:
+        conns = list(self.connections)
+        for conn in conns:
+            conn.abort()
+            self.forget(conn)
+        log.info("fault: dropped %d connection(s)", len(conns))
+        return len(conns)
+
+    @fault(scheduled=True)
+    def refuse_connections(self, seconds: float) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._reopen is not None:
+            self._reopen.cancel()
+        log.info("fault: refusing connections for %.1fs", seconds)
+        self._reopen = asyncio.get_running_loop().call_later(seconds, lambda: self._spawn(self._accept_again()))
+
+    async def _accept_again(self) -> None:
+        self._reopen = None
+        if self._server is None and self._started:
+            for _ in range(50):
+                try:
+                    await self._listen()
+                    break
+                except OSError as e:
+                    log.warning("cannot listen again yet: %s", e)
+                    await asyncio.sleep(0.1)
+            log.info("accepting connections again on %s:%d", self.host, self.port)
+
+    @fault(scheduled=True)
+    def set_latency(self, fixed: float = 0.0, jitter: float = 0.0) -> None:
+        self.latency = (max(0.0, float(fixed)), max(0.0, float(jitter)))
+        log.info("fault: latency %.3fs + up to %.3fs jitter", *self.latency)
+
+    @fault(scheduled=True)
+    def reject_next_order(self, code: int = 201, message: str = "Order rejected - reason:Simulated rejection") -> None:
+        self.broker.reject_next = (code, message)
+
+    @fault(aliases={"hold_fills": {"on": True}, "release_fills": {"on": False}})
+    def hold_fills(self, on: bool = True) -> None:
+        self.broker.hold = bool(on)
+        log.info("fault: fills %s", "held" if on else "released")
+        if not on:
+            self.broker.work_all()
+
+    @fault()
+    def hold_commissions(self, on: bool = True) -> None:
+        """Executions go out without their commission reports until released (IB sends them late at times)."""
+        if on:
+            self.held_commissions = self.held_commissions or {}
+            log.info("fault: commission reports held")
+            return
+        held, self.held_commissions = self.held_commissions or {}, None
+        log.info("fault: %d held commission reports released", len(held))
+        for execution in held.values():
+            conn = self.clients.get(execution["clientId"])
+            if conn is not None:
+                conn.send(M.commission_report_msg(execution))
+
+    @fault()
+    def set_max_fill_size(self, size: float) -> None:
+        """Largest execution; bigger orders fill in several."""
+        if size <= 0:
+            raise ValueError("maxFillSize must be positive")
+        self.scenario.maxFillSize = float(size)
+
+    @fault(aliases={"freeze": {"on": True}, "unfreeze": {"on": False}})
+    def freeze(self, on: bool = True) -> None:
+        self.frozen = bool(on)
+        log.info("fault: %s", "frozen (half-open: nothing read, nothing sent)" if on else "unfrozen")
+
+    @fault(scheduled=True)
+    def send_error(self, code: int, message: str = "", req_id: int = -1) -> None:
+        if not message:
+            message = KNOWN_ERRORS.get(code, f"Simulated error {code}")
+        for conn in list(self.clients.values()):
+            conn.send_error(req_id, code, message)
+        log.info("fault: error %d %r sent to %d client(s)", code, message, len(self.clients))
+
+    @fault(scheduled=True)
+    def restart(self, down_seconds: float = 0.0) -> None:
+        self.frozen = False
+        self.drop_connections()
+        if down_seconds > 0:
+            self.refuse_connections(down_seconds)
+        log.info("fault: restart (down %.1fs), state kept", down_seconds)
+
+    @fault(scheduled=True)
+    def set_price(self, symbol: str, price: float) -> None:
+        inst = self._instrument(symbol)
+        inst.set_price(float(price))
+        log.info("price %s = %s", inst.key, inst.price)
+        self.price_moved(inst)
+
+    @fault(scheduled=True)
+    def roll_day(self) -> None:
+        """A new trading day: the clock moves to the same time on the next weekday, then orders roll."""
+        now = self.clock.now("America/New_York")
+        days = {4: 3, 5: 2}.get(now.weekday(), 1)
+        self.clock.advance(days * 86400)
+        log.info("new trading day: %s", self.clock.now("America/New_York").strftime("%a %Y-%m-%d %H:%M %Z"))
+        self.broker.roll_day()
+
+    @fault()
+    def set_time(self, when: dt.datetime | str) -> None:
+        """Moves the clock to `when` (aware datetime or ISO 8601 text); it runs on from there."""
+        self.clock.set(parse_instant(when) if isinstance(when, str) else when)
+        log.info("clock set to %s", self.clock.now().isoformat())
+
+    @fault()
+    def advance_time(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @query
+    def now(self) -> dt.datetime:
+        return self.clock.now()
+
+
+# Scenario actions, read off the marks above: ibsim/scenario.py validates against them.
+SCHEDULED: dict[str, Action] = actions(Faults)

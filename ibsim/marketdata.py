@@ -1,0 +1,176 @@
+"""Market data requests: contract details, quotes (snapshots and streams, live or delayed), historical bars.
+
+Prices move only when told to (set_price, a scheduled fault) or, with a scenario volatility above zero, by the
+seeded walk; every move streams ticks, lets resting orders fill and revalues the accounts that hold it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from . import messages as M
+from .account import AccountDesk
+from .bars import BarRequestError, make_bars
+from .connection import Connection
+from .controls import fault, query
+from .market import Instrument
+from .protocol import ContractRequest, Reader
+from .scenario import daily_bars
+
+NO_SECURITY = "No security definition has been found for the request"
+DELAYED = {1: 66, 2: 67, 4: 68, 6: 72, 7: 73, 8: 74, 9: 75, 14: 76}
+NOT_SUBSCRIBED = (
+    "Requested market data is not subscribed. Check API status by selecting the Account menu then under "
+    "Management choose Market Data Subscription Manager and/or Delayed market data is not available."
+)
+DISPLAYING_DELAYED = "Requested market data is not subscribed. Displaying delayed market data."
+
+
+class MarketDesk(AccountDesk):
+    """reqContractDetails, reqMarketDataType, reqMktData/cancelMktData, reqHistoricalData, and price moves."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.market_data_type_requests: list[tuple[int, int]] = []
+
+    def _req_market_data_type(self, conn: Connection, r: Reader) -> None:
+        r.skip(1)
+        kind = r.int()
+        conn.mkt_type = kind if kind in (1, 2, 3, 4) else 1
+        self.market_data_type_requests.append((conn.client_id or 0, kind))
+
+    def _req_contract_details(self, conn: Connection, r: Reader) -> None:
+        r.skip(1)
+        req_id = r.int()
+        c = r.contract()
+        matches = self.resolve(c)
+        if not matches:
+            conn.send_error(req_id, 200, NO_SECURITY)
+            return
+        now = self.clock.now()
+        for inst in matches:
+            exchange = c.exchange.upper() if c.exchange and c.exchange.upper() in inst.valid_exchanges() else None
+            view = inst.view(exchange)
+            conn.send(M.contract_details_msg(conn.version, req_id, view, inst.details(self.scenario.hours, now)))
+        conn.send([52, 1, req_id])
+
+    def _one(self, conn: Connection, req_id: int, c: ContractRequest) -> Instrument | None:
+        matches = self.resolve(c)
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            conn.send_error(req_id, 200, f"The contract description specified for {c.symbol} is ambiguous.")
+        else:
+            conn.send_error(req_id, 200, NO_SECURITY)
+        return None
+
+    def _delayed(self, conn: Connection) -> bool:
+        """Delayed ticks: asked for (3, 4) and no live subscription to take precedence (IB sends live if it can)."""
+        return conn.mkt_type in (3, 4) and not self.scenario.liveSubscription
+
+    def _ticks(self, conn: Connection, req_id: int, inst: Instrument, first: bool) -> None:
+        delayed = self._delayed(conn)
+
+        def tick(kind: int, price: float, size: float) -> None:
+            conn.send([1, 6, req_id, DELAYED[kind] if delayed else kind, price, size, 0])
+
+        tick(1, inst.bid, inst.quote_size)
+        tick(2, inst.ask, inst.quote_size)
+        if inst.secType != "CASH":
+            tick(4, inst.price, 100.0)
+            conn.send([2, 6, req_id, DELAYED[8] if delayed else 8, inst.volume])
+        if first:
+            tick(9, round(inst.spec.price, 10), 0.0)
+
+    def _req_mkt_data(self, conn: Connection, r: Reader) -> None:
+        r.skip(1)
+        req_id = r.int()
+        c = r.contract()
+        if c.secType == "BAG":
+            for _ in range(r.int()):
+                r.skip(4)
+        if r.bool():
+            r.skip(3)
+        r.skip(1)  # generic ticks
+        snapshot = r.bool()
+        regulatory = r.bool()
+        inst = self._one(conn, req_id, c)
+        if inst is None:
+            return
+        if not self.scenario.liveSubscription:
+            if conn.mkt_type in (1, 2):  # live and frozen both need the live subscription
+                conn.send_error(req_id, 354, NOT_SUBSCRIBED)
+                return
+            conn.send_error(req_id, 10167, DISPLAYING_DELAYED)
+        if conn.mkt_type != 1:
+            # The type this request actually gets: live whenever the subscription allows it (markets never close
+            # for data here, so frozen is live too), delayed otherwise.
+            conn.send([58, 1, req_id, conn.mkt_type if self._delayed(conn) else 1])
+        self._ticks(conn, req_id, inst, first=True)
+        if snapshot or regulatory:
+            conn.send([57, 1, req_id])
+        else:
+            conn.streams[req_id] = inst.key
+
+    def _cancel_mkt_data(self, conn: Connection, r: Reader) -> None:
+        r.skip(1)
+        conn.streams.pop(r.int(), None)
+
+    def _req_historical_data(self, conn: Connection, r: Reader) -> None:
+        req_id = r.int()
+        c = r.contract()
+        r.skip(1)  # includeExpired
+        end = r.str()
+        bar_size = r.str()
+        duration = r.str()
+        use_rth = r.bool()
+        what = r.str()
+        format_date = r.int(1)
+        inst = self._one(conn, req_id, c)
+        if inst is None:
+            return
+        now = self.clock.now()
+        try:
+            bars = make_bars(inst, self.scenario.seed, end, duration, bar_size, use_rth, format_date, now, what)
+        except BarRequestError as e:
+            conn.send_error(req_id, 162, f"Historical Market Data Service error message:{e}")
+            return
+        start_text = bars[0].date if bars else ""
+        end_text = now.strftime("%Y%m%d %H:%M:%S")
+        fields: list[Any] = [17, req_id, start_text, end_text, len(bars)]
+        for b in bars:
+            fields += [b.date, b.open, b.high, b.low, b.close, b.volume, b.wap, b.count]
+        conn.send(fields)
+
+    # -- price moves -------------------------------------------------------------------------------------------
+    def price_moved(self, inst: Instrument) -> None:
+        for conn in list(self.clients.values()):
+            for req_id, key in list(conn.streams.items()):
+                if key == inst.key:
+                    self._ticks(conn, req_id, inst, first=False)
+        self.broker.work_all(inst.key)
+        for acct in self.broker.accounts.values():
+            if inst.key in acct.positions or inst.secType == "CASH":
+                self.account_changed(acct.id)
+
+    async def _ticker(self) -> None:
+        interval = self.scenario.tickIntervalMs / 1000
+        while True:
+            await asyncio.sleep(interval)
+            for inst in self.instruments.values():
+                if self.walk.step(inst, interval):
+                    self.price_moved(inst)
+
+    # -- controls and queries ----------------------------------------------------------------------------------
+    @fault()
+    def set_bars(self, symbol: str, bars: list[dict[str, Any]]) -> None:
+        """Daily history of an instrument from now on ({date, open, high, low, close, volume?} each), as a
+        scenario's `bars`: a test gives the market the history its signal needs instead of hoping for one."""
+        inst = self._instrument(symbol)
+        inst.spec.bars = daily_bars(bars, f"set_bars({symbol})")
+
+    @query
+    def market_data_types(self) -> list[tuple[int, int]]:
+        """(clientId, type) of every reqMarketDataType received, oldest first."""
+        return list(self.market_data_type_requests)

@@ -1,0 +1,95 @@
+"""An order as the simulated broker keeps it, and the listener the broker reports to."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+ACTIVE = ("PreSubmitted", "Submitted")
+EXEC_TZ = "America/New_York"
+
+
+class Listener(Protocol):
+    def order_update(self, order: SimOrder, *, open_order: bool) -> None: ...
+    def order_rejected(
+        self, client_id: int, order_id: int, code: int, message: str, order: SimOrder | None
+    ) -> None: ...
+    def execution(self, order: SimOrder, execution: dict[str, Any]) -> None: ...
+    def position_changed(self, account: str, key: str) -> None: ...
+    def account_changed(self, account: str) -> None: ...
+    def state_changed(self) -> None: ...
+
+
+@dataclass
+class SimOrder:
+    orderId: int
+    clientId: int
+    permId: int
+    account: str
+    key: str
+    exchange: str
+    action: str
+    totalQuantity: float
+    orderType: str
+    lmtPrice: float | None
+    auxPrice: float | None
+    tif: str
+    orderRef: str = ""
+    algoStrategy: str = ""
+    algoParams: list[tuple[str, str]] = field(default_factory=list)
+    outsideRth: bool = False
+    goodTillDate: str = ""
+    ocaGroup: str = ""
+    openClose: str = "O"
+    parentId: int = 0
+    status: str = "PendingSubmit"
+    filled: float = 0.0
+    avgFillPrice: float = 0.0
+    lastFillPrice: float = 0.0
+    commission: float = 0.0
+    triggered: bool = False
+    createdAt: float = 0.0
+    completedTime: str = ""
+    completedStatus: str = ""
+    whyHeld: str = ""
+
+    @property
+    def remaining(self) -> float:
+        return max(self.totalQuantity - self.filled, 0.0)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    def wire(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return d
+
+    def public(self, symbol: str) -> dict[str, Any]:
+        return {
+            "orderId": self.orderId,
+            "clientId": self.clientId,
+            "permId": self.permId,
+            "account": self.account,
+            "orderRef": self.orderRef,
+            "symbol": symbol,
+            "action": self.action,
+            "totalQuantity": self.totalQuantity,
+            "orderType": self.orderType,
+            "lmtPrice": self.lmtPrice,
+            "auxPrice": self.auxPrice,
+            "tif": self.tif,
+            "algoStrategy": self.algoStrategy,
+            "status": self.status,
+            "filled": self.filled,
+            "remaining": self.remaining,
+            "avgFillPrice": self.avgFillPrice,
+        }
+
+
+def ib_time(t: float, tz: str = EXEC_TZ) -> str:
+    from zoneinfo import ZoneInfo
+
+    return dt.datetime.fromtimestamp(t, ZoneInfo(tz)).strftime("%Y%m%d %H:%M:%S ") + tz
