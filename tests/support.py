@@ -64,25 +64,17 @@ def provision_for_tests(project: str) -> None:
     provision(project, overrides=TEST_OVERRIDES)
 
 
-def hand_back(project: str, since: datetime, subscription: str = "intents-consumer") -> None:
-    """Marks the messages published since `since` unacknowledged (a seek), so Pub/Sub delivers them again now.
-
-    After a SIGKILL the emulator can keep a dead stream's messages for minutes before it redelivers them (real
-    Pub/Sub redelivers once their ack deadline passes). Crash tests call this once the next consumer is up: what
-    they test is still a real redelivery of the same message to a consumer that finds the dead one's claim.
-    """
-    subscriber = pubsub_v1.SubscriberClient()
-    try:
-        subscriber.seek(request={"subscription": subscriber.subscription_path(project, subscription), "time": since})
-    finally:
-        subscriber.close()
+# A subscription on the intents topic for the consumer started after a kill or a stop.
+STANDBY = "intents-consumer-standby"
 
 
 def another_intents_subscription(project: str, name: str) -> str:
     """A second subscription on the intents topic, declared like intents-consumer.
 
-    After a consumer stops, the emulator can hand new messages to its closed stream for minutes (real Pub/Sub does
-    not). A test whose point is not redelivery starts the next consumer on a subscription of its own.
+    After a consumer stops or is killed, the emulator can hand messages to its closed stream for minutes, and a seek
+    does not stop it (real Pub/Sub redelivers once the ack deadline passes). So the consumer started after it pulls
+    from a subscription of its own: created before the messages, it holds its own copy of each, and hands it to the
+    new consumer as a redelivery would: the same message id, a claim its dead owner left running.
     """
     spec = Topology.load().subscriptions["intents-consumer"]
     provision(project, Topology(topics={}, subscriptions={name: spec}), overrides=TEST_OVERRIDES)
