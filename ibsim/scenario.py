@@ -104,6 +104,7 @@ class Scenario:
     commission: dict[str, float]
     latency: dict[str, float]
     pacing: dict[str, float]
+    connectCost: dict[str, float]
     tickIntervalMs: float
     faults: list[FaultSpec]
     # Where the simulated clock starts (None: the wall clock). Hours, history and executions all follow it.
@@ -154,7 +155,7 @@ class Scenario:
         merged = {**copy.deepcopy(_default_data()), **copy.deepcopy(data)}
         if data and "name" not in data:
             merged["name"] = "custom"
-        for key in ("commission", "latency", "pacing", "marketData", "generated"):
+        for key in ("commission", "latency", "pacing", "connectCost", "marketData", "generated"):
             if key in data:
                 merged[key] = {**_default_data().get(key, {}), **data[key]} if key != "generated" else data[key]
         return _build(merged, given=data)
@@ -358,6 +359,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         commission={k: float(v) for k, v in (d.get("commission") or {}).items()},
         latency={k: float(v) for k, v in (d.get("latency") or {}).items()},
         pacing={k: float(v) for k, v in (d.get("pacing") or {}).items()},
+        connectCost={k: float(v) for k, v in (d.get("connectCost") or {}).items()},
         tickIntervalMs=float((d.get("marketData") or {}).get("tickIntervalMs", 500)),
         faults=faults,
         clockStart=clock_start,
