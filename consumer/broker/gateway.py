@@ -21,7 +21,7 @@ from typing import Any
 from ib_insync import IB
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
-from consumer.broker.shared import SharedRequests
+from consumer.broker.shared import CURRENT_TIME_GAP, SharedRequests
 from consumer.config import Settings
 from consumer.errors import Transient
 from consumer.logs import get_logger
@@ -201,7 +201,9 @@ class Gateway:
         while True:
             await asyncio.sleep(interval)
             try:
-                self._observe_clock(await asyncio.wait_for(self.requests.current_time(), interval))
+                # Other callers' requests may come first, each a gap apart: the budget allows for two of them.
+                answer = self.requests.current_time()
+                self._observe_clock(await asyncio.wait_for(answer, interval + 2 * CURRENT_TIME_GAP))
                 misses = 0
             except (TimeoutError, ConnectionError):
                 misses += 1
