@@ -24,12 +24,6 @@ FARM_NOTICES = (
     (2106, "HMDS data farm connection is OK:ushmds"),
     (2158, "Sec-def data farm connection is OK:secdefil"),
 )
-# TWS request names (as IB's API reference spells them, case aside) -> message ids: `stall_request` takes them.
-REQUEST_NAMES: dict[str, int] = {
-    name.split("_")[0].lower() + "".join(part.title() for part in name.split("_")[1:]): value
-    for name, value in vars(P).items()
-    if name.isupper() and isinstance(value, int) and name.startswith(("REQ_", "CANCEL_", "PLACE_", "START_"))
-}
 CLIENT_ID_IN_USE = "Unable to connect as the client id is already in use. Retry with a unique client id."
 
 

@@ -16,6 +16,7 @@ from . import messages as M
 from .clock import parse_instant
 from .controls import Action, actions, fault, query
 from .orders import OrderDesk
+from .protocol import REQUEST_NAMES
 
 log = logging.getLogger("ibsim")
 
@@ -129,8 +130,6 @@ class Faults(OrderDesk):
     def stall_request(self, request: str, seconds: float = 0.0) -> None:
         """The next `request` (a TWS request name: reqCompletedOrders, reqExecutions, startApi...) from any client
         is answered `seconds` late; 0: never answered (the client waits until its own timeout)."""
-        from .dispatch import REQUEST_NAMES
-
         by_name = {name.lower(): msg_id for name, msg_id in REQUEST_NAMES.items()}
         msg_id = by_name.get(request.lower())
         if msg_id is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .clock import parse_instant
+from .protocol import REQUEST_NAMES
 
 if TYPE_CHECKING:
     from .controls import Action
@@ -346,6 +347,9 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
                 raise ScenarioError(f"{where}.args.{param.name}: {action.name} needs it")
         if action.name == "set_price" and args["symbol"] not in by_key:
             raise ScenarioError(f"{where}.args.symbol: {args['symbol']!r} is not an instrument of the scenario")
+        known = {name.lower() for name in REQUEST_NAMES}
+        if action.name == "stall_request" and args["request"].lower() not in known:
+            raise ScenarioError(f"{where}.args.request: {args['request']!r} is not a TWS request ibsim knows")
         faults.append(FaultSpec(float(raw["at"]), action.name, dict(args)))
 
     return Scenario(

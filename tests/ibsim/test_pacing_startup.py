@@ -106,3 +106,13 @@ def test_a_stalled_request_is_answered_late(gw: ThreadedGateway, ib: IB) -> None
 def test_stall_request_names_a_tws_request(gw: ThreadedGateway) -> None:
     with pytest.raises(ValueError, match="not a TWS request"):
         gw.stall_request("reqEverything", 1)
+
+
+def test_a_scenario_stall_names_a_tws_request() -> None:
+    from ibsim import Scenario
+    from ibsim.scenario import ScenarioError
+
+    fault = {"at": 0, "action": "stall_request", "args": {"request": "reqCompletedOrders", "seconds": 8}}
+    assert Scenario.from_dict({"faults": [fault]}).faults[0].args == {"request": "reqCompletedOrders", "seconds": 8}
+    with pytest.raises(ScenarioError, match=r"faults\[0\]\.args\.request: 'reqEverything' is not a TWS request"):
+        Scenario.from_dict({"faults": [{**fault, "args": {"request": "reqEverything"}}]})
