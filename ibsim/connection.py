@@ -40,6 +40,9 @@ class Connection(asyncio.Protocol):
         self.flush_handle: asyncio.TimerHandle | None = None
         self.last_due = 0.0
         self.close_when_flushed = False
+        self.closing = False  # closed by the gateway (pacing): what is still buffered goes unread
+        self.overruns = 0  # messages over the pacing limit on this socket
+        self.current_time_at: float | None = None  # when reqCurrentTime was last answered (monotonic)
         # subscriptions
         self.mkt_type = 1
         self.streams: dict[int, str] = {}
@@ -117,6 +120,8 @@ class Connection(asyncio.Protocol):
             except ValueError:
                 raise ProtocolError(f"message id {fields[0][:20]!r} is not a number") from None
             self._pace()
+            if self.closing:
+                return
             self.server.dispatch(self, msg_id, fields)
 
     def _handshake(self, text: str) -> None:
@@ -146,7 +151,10 @@ class Connection(asyncio.Protocol):
         A strict sliding 1 s window would flag ib_insync's own throttle (45 per rolling second of its clock):
         its batches arrive a second apart give or take scheduling jitter, and a window that catches two batches
         counts 75-80 messages. The bucket forgives that jitter (up to ~0.2 s) and still flags any sustained rate
-        above 50/s and any burst above 50. Violating messages are still processed.
+        above 50/s and any burst above 50. Violating messages are still processed, until the scenario's
+        `pacing.disconnectAfter`-th one: then the socket is closed, as IB documents ("No more than 50 messages can
+        be sent from an API application ... to TWS per second ... If the 50 messages/second rate is exceeded, TWS
+        will eventually close the connection", TWS API "Troubleshooting Common Errors").
         """
         srv = self.server
         now = time.monotonic()
@@ -157,7 +165,13 @@ class Connection(asyncio.Protocol):
             self.tokens -= 1.0
             return
         srv.pacing_count += 1
+        self.overruns += 1
         self.send_error(-1, 100, f"Max rate of messages per second has been exceeded:max={srv.pacing_max} rec=1")
+        if srv.pacing_disconnect_after is not None and self.overruns >= srv.pacing_disconnect_after:
+            log.warning("closing %s: %d messages over the pacing limit", self.peer, self.overruns)
+            srv.pacing_disconnects += 1
+            self.closing = True
+            self.close()
 
     # -- sending --------------------------------------------------------------------------------------------
     def send(self, fields: list[Any]) -> None:

@@ -62,6 +62,13 @@ class GatewayCore:
         self.walk = PriceWalk(self.scenario.seed)
         self.pacing_max = int(self.scenario.pacing.get("maxPerSecond", 50))
         self.pacing_count = 0
+        after = self.scenario.pacing.get("disconnectAfter")
+        self.pacing_disconnect_after = int(after) if after else None
+        self.pacing_disconnects = 0
+        self.current_time_gap = float(self.scenario.pacing.get("currentTimeSeconds", 1.0))
+        self.connect_cost = dict(self.scenario.connectCost)
+        # message id -> delay of the next such request (stall_request); None: never answered
+        self.stalls: dict[int, float | None] = {}
         self.protocol_mismatches = 0
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -6,8 +6,10 @@ A handler takes (conn, reader positioned after the message id); it lives in the 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from typing import ClassVar
 
 from . import protocol as P
@@ -64,6 +66,47 @@ class Dispatch(GatewayCore):
         if conn.stage == "start" and msg_id != P.START_API:
             log.warning("%s sent message %d before startApi; ignored", conn.peer, msg_id)
             return
+        delay = self._answer_delay(msg_id)
+        if delay is None:
+            log.info("client %s: request %d stalled, never answered", conn.client_id, msg_id)
+            return
+        if delay > 0:
+            log.info("client %s: request %d answered in %.3fs", conn.client_id, msg_id, delay)
+            asyncio.get_running_loop().call_later(delay, self._answer_later, conn, msg_id, fields)
+            return
+        self._answer(conn, msg_id, fields)
+
+    def _answer_later(self, conn: Connection, msg_id: int, fields: list[str]) -> None:
+        if conn.stage != "closed" and not conn.closing:
+            self._answer(conn, msg_id, fields)
+
+    def _answer_delay(self, msg_id: int) -> float | None:
+        """Seconds before this request is answered (None: never): a stall fault, else the start-up cost model.
+
+        Real gateways take hundreds of ms to seconds for what ib_insync's connect downloads, growing with the
+        account's positions, orders and executions (ib_insync #355 and #224: completed-orders requests that time
+        out); `connectCost` charges that per item of the answer.
+        """
+        if msg_id in self.stalls:
+            return self.stalls.pop(msg_id)
+        cost = self.connect_cost
+        if msg_id == P.START_API:
+            ms = cost.get("baseMs", 0.0)
+        elif msg_id in (P.REQ_POSITIONS, P.REQ_ACCOUNT_UPDATES):
+            count = sum(1 for a in self.broker.accounts.values() for pos in a.positions.values() if pos.quantity)
+            ms = cost.get("perPositionMs", 0.0) * count
+        elif msg_id in (P.REQ_OPEN_ORDERS, P.REQ_ALL_OPEN_ORDERS):
+            ms = cost.get("perOpenOrderMs", 0.0) * len(self.broker.active_orders())
+        elif msg_id == P.REQ_COMPLETED_ORDERS:
+            done = sum(1 for o in self.broker.orders.values() if o.status in ("Filled", "Cancelled"))
+            ms = cost.get("perCompletedOrderMs", 0.0) * done
+        elif msg_id == P.REQ_EXECUTIONS:
+            ms = cost.get("perExecutionMs", 0.0) * len(self.broker.executions)
+        else:
+            return 0.0
+        return ms / 1000.0
+
+    def _answer(self, conn: Connection, msg_id: int, fields: list[str]) -> None:
         handler = self.HANDLERS.get(msg_id)
         if handler is None:
             index = P.UNSUPPORTED_REQ_ID_INDEX.get(msg_id)
@@ -101,6 +144,17 @@ class Dispatch(GatewayCore):
         log.info("client %d ready (%s, server version %d)", client_id, conn.peer, conn.version)
 
     def _req_current_time(self, conn: Connection, r: Reader) -> None:
+        """At most one answer per `pacing.currentTimeSeconds` (1 s) per connection: IB Gateway 10.19 and later
+        leave a second reqCurrentTime within a second unanswered, with no error (observed, issue 15)."""
+        now = time.monotonic()
+        if conn.current_time_at is not None and now - conn.current_time_at < self.current_time_gap:
+            log.info(
+                "client %s: reqCurrentTime %.3fs after the last one, unanswered",
+                conn.client_id,
+                now - conn.current_time_at,
+            )
+            return
+        conn.current_time_at = now
         conn.send([49, 1, int(self.clock.time())])
 
     def _req_ids(self, conn: Connection, r: Reader) -> None:

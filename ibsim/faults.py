@@ -16,6 +16,7 @@ from . import messages as M
 from .clock import parse_instant
 from .controls import Action, actions, fault, query
 from .orders import OrderDesk
+from .protocol import REQUEST_NAMES
 
 log = logging.getLogger("ibsim")
 
@@ -124,6 +125,19 @@ class Faults(OrderDesk):
     def freeze(self, on: bool = True) -> None:
         self.frozen = bool(on)
         log.info("fault: %s", "frozen (half-open: nothing read, nothing sent)" if on else "unfrozen")
+
+    @fault(scheduled=True)
+    def stall_request(self, request: str, seconds: float = 0.0) -> None:
+        """The next `request` (a TWS request name: reqCompletedOrders, reqExecutions, startApi...) from any client
+        is answered `seconds` late; 0: never answered (the client waits until its own timeout)."""
+        by_name = {name.lower(): msg_id for name, msg_id in REQUEST_NAMES.items()}
+        msg_id = by_name.get(request.lower())
+        if msg_id is None:
+            raise ValueError(f"{request!r} is not a TWS request ibsim knows ({', '.join(sorted(REQUEST_NAMES))})")
+        if seconds < 0:
+            raise ValueError("seconds must be 0 (never answered) or more")
+        self.stalls[msg_id] = float(seconds) if seconds else None
+        log.info("fault: next %s %s", request, f"answered {seconds:.1f}s late" if seconds else "never answered")
 
     @fault(scheduled=True)
     def send_error(self, code: int, message: str = "", req_id: int = -1) -> None:

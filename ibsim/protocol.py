@@ -335,3 +335,11 @@ def read_place_order(r: Reader, version: int) -> OrderRequest:
             r.skip(2)
     o.leftover = r.remaining()
     return o
+
+
+# TWS request names (as IB's API reference spells them, case aside) -> message ids: `stall_request` takes them.
+REQUEST_NAMES: dict[str, int] = {
+    name.split("_")[0].lower() + "".join(part.title() for part in name.split("_")[1:]): value
+    for name, value in list(globals().items())
+    if name.isupper() and isinstance(value, int) and name.startswith(("REQ_", "CANCEL_", "PLACE_", "START_"))
+}

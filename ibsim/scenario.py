@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .clock import parse_instant
+from .protocol import REQUEST_NAMES
 
 if TYPE_CHECKING:
     from .controls import Action
@@ -104,6 +105,7 @@ class Scenario:
     commission: dict[str, float]
     latency: dict[str, float]
     pacing: dict[str, float]
+    connectCost: dict[str, float]
     tickIntervalMs: float
     faults: list[FaultSpec]
     # Where the simulated clock starts (None: the wall clock). Hours, history and executions all follow it.
@@ -154,7 +156,7 @@ class Scenario:
         merged = {**copy.deepcopy(_default_data()), **copy.deepcopy(data)}
         if data and "name" not in data:
             merged["name"] = "custom"
-        for key in ("commission", "latency", "pacing", "marketData", "generated"):
+        for key in ("commission", "latency", "pacing", "connectCost", "marketData", "generated"):
             if key in data:
                 merged[key] = {**_default_data().get(key, {}), **data[key]} if key != "generated" else data[key]
         return _build(merged, given=data)
@@ -345,6 +347,9 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
                 raise ScenarioError(f"{where}.args.{param.name}: {action.name} needs it")
         if action.name == "set_price" and args["symbol"] not in by_key:
             raise ScenarioError(f"{where}.args.symbol: {args['symbol']!r} is not an instrument of the scenario")
+        known = {name.lower() for name in REQUEST_NAMES}
+        if action.name == "stall_request" and args["request"].lower() not in known:
+            raise ScenarioError(f"{where}.args.request: {args['request']!r} is not a TWS request ibsim knows")
         faults.append(FaultSpec(float(raw["at"]), action.name, dict(args)))
 
     return Scenario(
@@ -358,6 +363,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         commission={k: float(v) for k, v in (d.get("commission") or {}).items()},
         latency={k: float(v) for k, v in (d.get("latency") or {}).items()},
         pacing={k: float(v) for k, v in (d.get("pacing") or {}).items()},
+        connectCost={k: float(v) for k, v in (d.get("connectCost") or {}).items()},
         tickIntervalMs=float((d.get("marketData") or {}).get("tickIntervalMs", 500)),
         faults=faults,
         clockStart=clock_start,

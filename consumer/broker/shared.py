@@ -12,11 +12,16 @@ it to finish, then share the next one.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 from ib_insync import IB, ExecutionFilter, Fill, Position, Trade
+
+# IB Gateway 10.19+ leaves a second reqCurrentTime within 1 s unanswered (no error): keep requests further apart
+# than that, with a margin for the socket's jitter (the gateway measures the gap on arrival).
+CURRENT_TIME_GAP = 1.1
 
 
 class SharedRequests:
@@ -28,6 +33,7 @@ class SharedRequests:
     def __init__(self, ib: IB) -> None:
         self._ib = ib
         self._in_flight: dict[str, asyncio.Future[Any]] = {}
+        self._current_time_sent = -CURRENT_TIME_GAP
 
     async def positions(self) -> list[Position]:
         return await self._fresh("positions", self._ib.reqPositionsAsync)
@@ -44,7 +50,29 @@ class SharedRequests:
         return await self._fresh("executions", lambda: self._ib.reqExecutionsAsync(ExecutionFilter()))
 
     async def current_time(self) -> datetime:
-        return await self._fresh("currentTime", self._ib.reqCurrentTimeAsync)
+        """The heartbeat, the clock-offset read and ping share this; at most one request per CURRENT_TIME_GAP."""
+        return await self._fresh("currentTime", self._spaced_current_time)
+
+    def _spaced_current_time(self) -> asyncio.Future[datetime]:
+        """A plain future (not a task), so that `reset` can fail it like the others; the request is sent once
+        CURRENT_TIME_GAP has passed since the last one: a client-side rate limit, not a wait for a broker state."""
+        answer: asyncio.Future[datetime] = asyncio.get_running_loop().create_future()
+
+        async def ask() -> None:
+            await asyncio.sleep(max(0.0, self._current_time_sent + CURRENT_TIME_GAP - time.monotonic()))
+            self._current_time_sent = time.monotonic()
+            try:
+                gateway_time = await self._ib.reqCurrentTimeAsync()
+            except Exception as e:  # handed to the callers, who decide
+                if not answer.done():
+                    answer.set_exception(e)
+                return
+            if not answer.done():
+                answer.set_result(gateway_time)
+
+        asking = asyncio.ensure_future(ask())
+        answer.add_done_callback(lambda _: asking.cancel())  # failed by reset: stop asking
+        return answer
 
     async def _fresh(self, key: str, start: Callable[[], Awaitable[Any]]) -> Any:
         current = self._in_flight.get(key)

@@ -57,6 +57,8 @@ def test_every_scheduled_action_is_accepted_by_the_scenario_validator(action: st
     args = {p.name: examples[p.accepts[-1]] for p in declared_action.params if p.required}
     if action == "set_price":
         args["price"] = 500.0
+    if action == "stall_request":
+        args["request"] = "reqExecutions"  # checked against the TWS requests ibsim knows
     scenario = Scenario.from_dict({"faults": [{"at": 1, "action": action, "args": args}]})
     assert [(f.action, f.args) for f in scenario.faults] == [(action, args)]
 

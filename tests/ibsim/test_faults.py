@@ -85,11 +85,11 @@ def test_send_error_reaches_error_event(gw: ThreadedGateway, ib: IB) -> None:
 
 def test_latency_delays_every_message_in_order(gw: ThreadedGateway, ib: IB) -> None:
     t0 = time.perf_counter()
-    ib.reqCurrentTime()
+    ib.reqPositions()  # not reqCurrentTime: a second one within 1 s goes unanswered
     fast = time.perf_counter() - t0
     gw.set_latency(fixed=0.15, jitter=0.05)
     t0 = time.perf_counter()
-    ib.reqCurrentTime()
+    ib.reqPositions()
     slow = time.perf_counter() - t0
     assert slow >= 0.15 > fast
     events: list[str] = []
@@ -106,12 +106,12 @@ def test_pacing_violation_on_a_raw_burst(gw: ThreadedGateway, ib: IB, raw) -> No
     r = raw()
     r.start(40)
     for _ in range(80):
-        r.send(49, 1)
+        r.send(8, 1, 1)  # reqIds (reqCurrentTime answers once a second)
     times = errors = 0
     while times < 80:
         msg = r.recv()
         assert msg is not None
-        if msg[0] == "49":
+        if msg[0] == "9":
             times += 1
         elif msg[0] == "4" and msg[3] == "100":
             errors += 1
