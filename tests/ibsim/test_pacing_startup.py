@@ -3,6 +3,7 @@ or never finishes (connectCost, stall_request), seen through the real ib_insync 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -35,13 +36,18 @@ def test_a_second_current_time_within_a_second_goes_unanswered(gw: ThreadedGatew
 def test_past_the_configured_overrun_the_gateway_closes_the_socket(gw: ThreadedGateway, ib: IB, raw) -> None:
     r = raw()
     r.start(40)
-    for _ in range(80):
-        r.send(8, 1, 1)  # reqIds
     errors = []
-    while (msg := r.recv()) is not None:
-        if msg[0] == "4" and not msg[3].startswith("21"):  # farm notices aside
-            errors.append((msg[3], msg[4]))
-    assert errors == [("100", "Max rate of messages per second has been exceeded:max=50 rec=1")] * 5
+    # The gateway closes while the burst is still arriving, so the socket may be reset under the client: what it
+    # read by then is all error 100, and the gateway's own count says how many it sent.
+    with contextlib.suppress(ConnectionError):
+        for _ in range(80):
+            r.send(8, 1, 1)  # reqIds
+    with contextlib.suppress(ConnectionError):
+        while (msg := r.recv()) is not None:
+            if msg[0] == "4" and not msg[3].startswith("21"):  # farm notices aside
+                errors.append((msg[3], msg[4]))
+    assert set(errors) <= {("100", "Max rate of messages per second has been exceeded:max=50 rec=1")}
+    assert len(errors) <= 5
     wait_until(ib, lambda: 40 not in gw.connected_client_ids(), what="client 40 gone")
     assert gw.pacing_violations() == 5
     assert gw.connected_client_ids() == [1]  # the polite client stays
