@@ -31,6 +31,18 @@ BAR_SECONDS = {
 }
 DURATION_SECONDS = {"S": 1, "D": 86400, "W": 7 * 86400, "M": 30 * 86400, "Y": 365 * 86400}
 MAX_BARS = 100_000
+# IB's bar sizes; any other gets 321 "Error validating request:-'bS' : cause - Historical data bar size setting is
+# invalid. Legal ones are: 1 secs, 5 secs, ... 1 day, 1W, 1M" (IB Gateway's text).
+LEGAL_BAR_SIZES = (
+    "1 secs, 5 secs, 10 secs, 15 secs, 30 secs, 1 min, 2 mins, 3 mins, 5 mins, 10 mins, 15 mins, 20 mins, 30 mins, "
+    "1 hour, 2 hours, 3 hours, 4 hours, 8 hours, 1 day, 1W, 1M"
+)
+BAR_SIZE_SPELLINGS = {"1 sec": "1 secs", "1 mins": "1 min", "1 hours": "1 hour", "1 week": "1W", "1 month": "1M"}
+
+
+def legal_bar_size(text: str) -> bool:
+    size = " ".join(text.split())
+    return BAR_SIZE_SPELLINGS.get(size, size) in LEGAL_BAR_SIZES.split(", ")
 
 
 class BarRequestError(ValueError):
@@ -51,7 +63,7 @@ class Bar:
 
 def parse_bar_size(text: str) -> tuple[int, str]:
     """'5 mins' -> (300, 'intraday'); '1 day' -> (86400, 'day'); '1 week' -> (7, 'week'); '1 month' -> (1, 'month')."""
-    parts = text.strip().split()
+    parts = {"1W": "1 week", "1M": "1 month"}.get(text.strip(), text).strip().split()
     if len(parts) != 2 or not parts[0].isdigit() or parts[1] not in BAR_SECONDS:
         raise BarRequestError(f"Invalid bar size setting {text!r}")
     n, unit = int(parts[0]), parts[1]

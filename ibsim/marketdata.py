@@ -7,11 +7,12 @@ seeded walk; every move streams ticks, lets resting orders fill and revalues the
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any
 
 from . import messages as M
 from .account import AccountDesk
-from .bars import BarRequestError, make_bars
+from .bars import LEGAL_BAR_SIZES, BarRequestError, legal_bar_size, make_bars
 from .connection import Connection
 from .controls import fault, query
 from .market import Instrument
@@ -25,6 +26,10 @@ NOT_SUBSCRIBED = (
     "Management choose Market Data Subscription Manager and/or Delayed market data is not available."
 )
 DISPLAYING_DELAYED = "Requested market data is not subscribed. Displaying delayed market data."
+# IB's "Historical Data Limitations": a pacing violation is identical requests within 15 seconds, six or more
+# requests for the same contract, exchange and tick type within two seconds, or more than 60 requests within any
+# ten minutes; IB answers 162 with this text.
+PACING_VIOLATION = "Historical Market Data Service error message:Historical data request pacing violation"
 
 
 class MarketDesk(AccountDesk):
@@ -33,6 +38,8 @@ class MarketDesk(AccountDesk):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.market_data_type_requests: list[tuple[int, int]] = []
+        # Accepted historical requests (clock time, identity) for pacing.historical, newest last.
+        self.history_requests: deque[tuple[float, tuple[Any, ...]]] = deque()
 
     def _req_market_data_type(self, conn: Connection, r: Reader) -> None:
         r.skip(1)
@@ -130,6 +137,15 @@ class MarketDesk(AccountDesk):
         inst = self._one(conn, req_id, c)
         if inst is None:
             return
+        if not legal_bar_size(bar_size):
+            message = "Error validating request:-'bS' : cause - Historical data bar size setting is invalid. "
+            conn.send_error(req_id, 321, message + f"Legal ones are: {LEGAL_BAR_SIZES}")
+            return
+        if self.scenario.pacing.get("historical"):
+            contract_key = (inst.key, c.exchange.upper(), what.upper())
+            if self._paced((*contract_key, end, bar_size, duration, use_rth)):
+                conn.send_error(req_id, 162, PACING_VIOLATION)
+                return
         now = self.clock.now()
         try:
             bars = make_bars(inst, self.scenario.seed, end, duration, bar_size, use_rth, format_date, now, what)
@@ -142,6 +158,19 @@ class MarketDesk(AccountDesk):
         for b in bars:
             fields += [b.date, b.open, b.high, b.low, b.close, b.volume, b.wap, b.count]
         conn.send(fields)
+
+    def _paced(self, identity: tuple[Any, ...]) -> bool:
+        """True when this historical request breaks one of IB's three pacing rules; otherwise it is counted."""
+        now = self.clock.time()
+        seen = self.history_requests
+        while seen and seen[0][0] <= now - 600:
+            seen.popleft()
+        identical = any(key == identity and t > now - 15 for t, key in seen)
+        same_contract = sum(1 for t, key in seen if key[:3] == identity[:3] and t > now - 2)
+        if identical or same_contract >= 5 or len(seen) >= 60:
+            return True
+        seen.append((now, identity))
+        return False
 
     # -- price moves -------------------------------------------------------------------------------------------
     def price_moved(self, inst: Instrument) -> None:
