@@ -40,6 +40,7 @@ class MarketDesk(AccountDesk):
         self.market_data_type_requests: list[tuple[int, int]] = []
         # Accepted historical requests (clock time, identity) for pacing.historical, newest last.
         self.history_requests: deque[tuple[float, tuple[Any, ...]]] = deque()
+        self.history_violations = 0
 
     def _req_market_data_type(self, conn: Connection, r: Reader) -> None:
         r.skip(1)
@@ -144,6 +145,7 @@ class MarketDesk(AccountDesk):
         if self.scenario.pacing.get("historical"):
             contract_key = (inst.key, c.exchange.upper(), what.upper())
             if self._paced((*contract_key, end, bar_size, duration, use_rth)):
+                self.history_violations += 1
                 conn.send_error(req_id, 162, PACING_VIOLATION)
                 return
         now = self.clock.now()
@@ -198,6 +200,11 @@ class MarketDesk(AccountDesk):
         scenario's `bars`: a test gives the market the history its signal needs instead of hoping for one."""
         inst = self._instrument(symbol)
         inst.spec.bars = daily_bars(bars, f"set_bars({symbol})")
+
+    @query
+    def history_pacing_violations(self) -> int:
+        """Historical requests refused with 162 for pacing (pacing.historical)."""
+        return self.history_violations
 
     @query
     def market_data_types(self) -> list[tuple[int, int]]:
