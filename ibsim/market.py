@@ -256,6 +256,16 @@ def day_sessions(inst: Instrument, mode: str, day: dt.date) -> tuple[Span | None
     return fut, None if weekday >= 5 else (at(day, "0830"), at(day, "1500"))
 
 
+def is_trading_day(inst: Instrument, day: dt.date) -> bool:
+    """A day the instrument's exchange holds a session: weekdays, less the exchange's holidays for stocks."""
+    cal = calendar_of(inst)
+    if day.weekday() >= 5:
+        return False
+    return cal not in EXCHANGE_CALENDARS or _exchange_calendar(EXCHANGE_CALENDARS[cal], day.year).is_session(
+        day.isoformat()
+    )
+
+
 def hours_strings(inst: Instrument, mode: str, now: dt.datetime) -> tuple[str, str, str]:
     """(timeZoneId, tradingHours, liquidHours) for a week from yesterday, in IB's 'new' format ("CLOSED" days)."""
     tz_name = time_zone_of(inst)
