@@ -15,7 +15,7 @@ from .account import AccountDesk
 from .bars import LEGAL_BAR_SIZES, BarRequestError, legal_bar_size, make_bars
 from .connection import Connection
 from .controls import fault, query
-from .market import Instrument
+from .market import Instrument, session_state
 from .protocol import ContractRequest, Reader
 from .scenario import daily_bars
 
@@ -29,6 +29,8 @@ DISPLAYING_DELAYED = "Requested market data is not subscribed. Displaying delaye
 # IB's "Historical Data Limitations": a pacing violation is identical requests within 15 seconds, six or more
 # requests for the same contract, exchange and tick type within two seconds, or more than 60 requests within any
 # ten minutes; IB answers 162 with this text.
+# IB's venue names in "No market data permissions for ISLAND STK" (162 on a history request without them).
+PERMISSION_VENUES = {"NASDAQ": "ISLAND"}
 PACING_VIOLATION = "Historical Market Data Service error message:Historical data request pacing violation"
 
 
@@ -73,12 +75,15 @@ class MarketDesk(AccountDesk):
             conn.send_error(req_id, 200, NO_SECURITY)
         return None
 
-    def _delayed(self, conn: Connection) -> bool:
+    def _permission(self, inst: Instrument) -> str:
+        return inst.spec.permissions or self.scenario.permissions
+
+    def _delayed(self, conn: Connection, inst: Instrument) -> bool:
         """Delayed ticks: asked for (3, 4) and no live subscription to take precedence (IB sends live if it can)."""
-        return conn.mkt_type in (3, 4) and not self.scenario.liveSubscription
+        return conn.mkt_type in (3, 4) and self._permission(inst) == "delayed"
 
     def _ticks(self, conn: Connection, req_id: int, inst: Instrument, first: bool) -> None:
-        delayed = self._delayed(conn)
+        delayed = self._delayed(conn, inst)
 
         def tick(kind: int, price: float, size: float) -> None:
             conn.send([1, 6, req_id, DELAYED[kind] if delayed else kind, price, size, 0])
@@ -106,20 +111,30 @@ class MarketDesk(AccountDesk):
         inst = self._one(conn, req_id, c)
         if inst is None:
             return
-        if not self.scenario.liveSubscription:
-            if conn.mkt_type in (1, 2):  # live and frozen both need the live subscription
+        permission = self._permission(inst)
+        if permission != "realtime":
+            # live and frozen both need the live subscription; with none at all, delayed data is refused too
+            if conn.mkt_type in (1, 2) or permission == "none":
                 conn.send_error(req_id, 354, NOT_SUBSCRIBED)
                 return
             conn.send_error(req_id, 10167, DISPLAYING_DELAYED)
         if conn.mkt_type != 1:
-            # The type this request actually gets: live whenever the subscription allows it (markets never close
-            # for data here, so frozen is live too), delayed otherwise.
-            conn.send([58, 1, req_id, conn.mkt_type if self._delayed(conn) else 1])
+            # The type this request actually gets: live whenever the subscription allows it, delayed otherwise;
+            # frozen (2) or delayed frozen (4) when asked for and the instrument's regular session is closed.
+            actual = 3 if self._delayed(conn, inst) else 1
+            if conn.mkt_type in (2, 4) and self._closed(inst):
+                actual += 1
+            conn.send([58, 1, req_id, actual])
         self._ticks(conn, req_id, inst, first=True)
         if snapshot or regulatory:
             conn.send([57, 1, req_id])
         else:
             conn.streams[req_id] = inst.key
+
+    def _closed(self, inst: Instrument) -> bool:
+        if self.scenario.hours != "regular":
+            return False
+        return session_state(inst, "regular", self.clock.now(), inst.secType in ("CASH", "FUT")) is not None
 
     def _cancel_mkt_data(self, conn: Connection, r: Reader) -> None:
         r.skip(1)
@@ -137,6 +152,13 @@ class MarketDesk(AccountDesk):
         format_date = r.int(1)
         inst = self._one(conn, req_id, c)
         if inst is None:
+            return
+        if self._permission(inst) != "realtime":
+            venue = PERMISSION_VENUES.get(inst.listing, inst.listing)
+            message = (
+                f"Historical Market Data Service error message:No market data permissions for {venue} {inst.secType}"
+            )
+            conn.send_error(req_id, 162, message)
             return
         if not legal_bar_size(bar_size):
             message = "Error validating request:-'bS' : cause - Historical data bar size setting is invalid. "
