@@ -117,9 +117,12 @@ class BrokerMarketData:
             raise SignalUnavailable(f"{symbol} is not among the strategy's instruments") from None
 
     async def daily_bars(self, symbol: str, days: int) -> list[Bar]:
-        bars = await historical_bars(
-            self._ib, self._pacer, self._instrument(symbol), duration(days), "1 day", utc=False
-        )
+        try:
+            bars = await historical_bars(
+                self._ib, self._pacer, self._instrument(symbol), duration(days), "1 day", utc=False
+            )
+        except HistoryRefused as e:
+            raise SignalUnavailable(e.message) from e
         return [Bar(b.time, b.open, b.high, b.low, b.close, b.volume) for b in bars]
 
     async def price(self, symbol: str) -> float:
@@ -163,7 +166,14 @@ async def _request_bars(ib: IB, instrument: Instrument, duration: str, bar_size:
     for code, message in errors:
         if code == 162 and PACING_VIOLATION in message.lower():
             raise Transient("history_paced", f"{instrument.symbol} history: IB error {code}: {message}")
+    if errors and not bars:
+        code, message = errors[0]
+        raise HistoryRefused("history_refused", f"{instrument.symbol} history: IB error {code}: {message}")
     return [views.bar(b) for b in bars]
+
+
+class HistoryRefused(IntentError):
+    """IB refused a history request (no market-data permission, a bar size it does not offer...): not "no bars"."""
 
 
 async def historical_bars(
