@@ -7,7 +7,7 @@ import copy
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from ib_insync import IB, Ticker
@@ -40,8 +40,13 @@ class HistoryPacer:
     waits for the window to pass (IB's rule is a time window: there is no event to wait on). One pacer per Broker.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._clock = clock
+        self._sleep = sleep
         self._recent: dict[HistoryKey, tuple[float, list[HistoricalBar]]] = {}
         self._inflight: dict[HistoryKey, asyncio.Future[list[HistoricalBar]]] = {}
         self._sent: deque[tuple[float, int]] = deque()  # (when, conId), oldest first
@@ -76,6 +81,7 @@ class HistoryPacer:
         return list(bars)
 
     async def _slot(self, con_id: int) -> None:
+        """Waits until a request for `con_id` keeps within IB's budgets, then counts it."""
         while True:
             now = self._clock()
             for key in [k for k, (t, _) in self._recent.items() if now - t >= IDENTICAL_WITHIN]:
@@ -94,7 +100,7 @@ class HistoryPacer:
             wait = max(waits)
             if wait > MAX_PACING_WAIT:
                 raise Transient("history_paced", f"IB's historical-data pacing allows no request for {wait:.0f} s")
-            await asyncio.sleep(wait)
+            await self._sleep(wait)
 
 
 def duration(days: int) -> str:
