@@ -12,7 +12,18 @@ import struct
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from .market import CALENDARS, NEW_YORK, UTC, Instrument, calendar_of, round_tick, time_zone_of
+from .market import (
+    CALENDARS,
+    NEW_YORK,
+    UTC,
+    Instrument,
+    Span,
+    calendar_of,
+    day_sessions,
+    is_trading_day,
+    round_tick,
+    time_zone_of,
+)
 
 # -- historical bars -------------------------------------------------------------------------------------------------
 BAR_SECONDS = {
@@ -31,6 +42,18 @@ BAR_SECONDS = {
 }
 DURATION_SECONDS = {"S": 1, "D": 86400, "W": 7 * 86400, "M": 30 * 86400, "Y": 365 * 86400}
 MAX_BARS = 100_000
+# IB's bar sizes; any other gets 321 "Error validating request:-'bS' : cause - Historical data bar size setting is
+# invalid. Legal ones are: 1 secs, 5 secs, ... 1 day, 1W, 1M" (IB Gateway's text).
+LEGAL_BAR_SIZES = (
+    "1 secs, 5 secs, 10 secs, 15 secs, 30 secs, 1 min, 2 mins, 3 mins, 5 mins, 10 mins, 15 mins, 20 mins, 30 mins, "
+    "1 hour, 2 hours, 3 hours, 4 hours, 8 hours, 1 day, 1W, 1M"
+)
+BAR_SIZE_SPELLINGS = {"1 sec": "1 secs", "1 mins": "1 min", "1 hours": "1 hour", "1 week": "1W", "1 month": "1M"}
+
+
+def legal_bar_size(text: str) -> bool:
+    size = " ".join(text.split())
+    return BAR_SIZE_SPELLINGS.get(size, size) in LEGAL_BAR_SIZES.split(", ")
 
 
 class BarRequestError(ValueError):
@@ -51,7 +74,7 @@ class Bar:
 
 def parse_bar_size(text: str) -> tuple[int, str]:
     """'5 mins' -> (300, 'intraday'); '1 day' -> (86400, 'day'); '1 week' -> (7, 'week'); '1 month' -> (1, 'month')."""
-    parts = text.strip().split()
+    parts = {"1W": "1 week", "1M": "1 month"}.get(text.strip(), text).strip().split()
     if len(parts) != 2 or not parts[0].isdigit() or parts[1] not in BAR_SECONDS:
         raise BarRequestError(f"Invalid bar size setting {text!r}")
     n, unit = int(parts[0]), parts[1]
@@ -110,11 +133,32 @@ def _normal(seed: int, key: str, size: str, stamp: str) -> tuple[float, float, f
 
 
 def bar_times(inst: Instrument, end: dt.datetime, duration: tuple[int, str], size: tuple[int, str], use_rth: bool):
-    """The start times (aware, exchange time zone) of the bars in the window, oldest first."""
+    """The start times (aware, exchange time zone) of the bars in the window, oldest first.
+
+    Sessions are counted as IB counts them: exchange holidays have no bar, early closes end early, and a session
+    that has not opened by `end` has no bar yet and is not one of the last 'N D'.
+    """
     n, unit = duration
     seconds, kind = size
     tz = ZoneInfo(time_zone_of(inst))
     end_local = end.astimezone(tz)
+    regular = calendar_of(inst) in CALENDARS
+    spans: dict[dt.date, tuple[Span | None, Span | None]] = {}
+
+    def session(d: dt.date, rth: bool) -> Span | None:
+        if d not in spans:
+            spans[d] = day_sessions(inst, "regular", d)
+        return spans[d][1 if rth else 0]
+
+    def held(d: dt.date) -> bool:
+        """A trading day whose session had opened by `end`."""
+        if not is_trading_day(inst, d):
+            return False
+        if d < end_local.date() or not regular:
+            return True
+        opened = session(d, True)
+        return opened is not None and opened[0] <= end_local
+
     if kind in ("day", "week", "month"):
         days_back = n * {"S": 1 / 86400, "D": 1, "W": 7, "M": 30, "Y": 365}[unit]
         if unit == "D":
@@ -122,7 +166,7 @@ def bar_times(inst: Instrument, end: dt.datetime, duration: tuple[int, str], siz
             out: list[dt.datetime] = []
             d = end_local.date()
             while len(out) < n:
-                if d.weekday() < 5:
+                if held(d):
                     out.append(dt.datetime.combine(d, dt.time(), tz))
                 d -= dt.timedelta(days=1)
             return list(reversed(out))
@@ -130,41 +174,38 @@ def bar_times(inst: Instrument, end: dt.datetime, duration: tuple[int, str], siz
         out = []
         d = start
         while d <= end_local.date():
-            if d.weekday() < 5:
+            if held(d):
                 out.append(dt.datetime.combine(d, dt.time(), tz))
             d += dt.timedelta(days=1)
         return out
     if unit == "D":
-        # 'N D' means the last N trading days, the one in progress included
+        # 'N D' means the last N sessions that have opened, the one in progress included
         d = end_local.date()
         days: list[dt.date] = []
         while len(days) < n:
-            if d.weekday() < 5:
+            if held(d):
                 days.append(d)
             d -= dt.timedelta(days=1)
         start = dt.datetime.combine(days[-1], dt.time(), tz)
     else:
         start = end_local - dt.timedelta(seconds=n * DURATION_SECONDS[unit])
-    session = None
-    if use_rth or inst.secType == "STK":
-        cal = CALENDARS.get(calendar_of(inst))
-        if cal:
-            session = cal[1] if use_rth else cal[2]
+    filtered = regular and (use_rth or inst.secType == "STK")
     epoch = int(start.timestamp()) // seconds * seconds
     out = []
     t = epoch
     stop = end_local.timestamp()
     while t < stop:
         local = dt.datetime.fromtimestamp(t, tz)
-        if local.weekday() < 5:
-            hhmm = local.strftime("%H%M")
-            if session is None or session[0] <= hhmm < session[1]:
+        if not filtered:
+            if local.weekday() < 5:
                 out.append(local)
-            elif hhmm < session[0]:
+        elif is_trading_day(inst, local.date()):
+            span = session(local.date(), use_rth)
+            if span is not None and span[0] <= local < span[1]:
+                out.append(local)
+            elif span is not None and local < span[0] and local.timestamp() + seconds > span[0].timestamp():
                 # a bar straddling the session start begins at the open, as IB labels it (09:30 for 1 hour bars)
-                opening = local.replace(hour=int(session[0][:2]), minute=int(session[0][2:]))
-                if local.timestamp() + seconds > opening.timestamp():
-                    out.append(opening)
+                out.append(span[0])
         if len(out) > MAX_BARS:
             raise BarRequestError("Historical Market Data Service error message:Too many bars requested")
         t += seconds

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
 import time
 from typing import Any
 
 from .clock import SimClock
 from .ledger import Account, Ledger, Position
-from .market import Instrument
+from .market import Instrument, calendar_of, session_state
 from .protocol import OrderRequest
 from .scenario import Scenario
 from .simorder import Listener, SimOrder, ib_time
@@ -23,6 +24,16 @@ log = logging.getLogger("ibsim.broker")
 ORDER_TYPES = ("MKT", "LMT", "STP", "STP LMT")
 TIFS = ("DAY", "GTC", "IOC", "OPG", "")
 ALGOS = ("", "Adaptive")
+# Order types whose outsideRth IB honours; on MKT and STP it answers 2109 and holds them for the regular session
+# ("Order Event Warning: Attribute 'Outside Regular Trading Hours' is ignored based on the order type and
+# destination. PlaceOrder is now being processed.", as IB Gateway sends it).
+OUTSIDE_RTH_TYPES = ("LMT", "STP LMT")
+OUTSIDE_RTH_IGNORED = (
+    "Order Event Warning: Attribute 'Outside Regular Trading Hours' is ignored based on the order type and "
+    "destination. PlaceOrder is now being processed."
+)
+# IB's own zone names in the 399 text ("... until 2016-03-28 09:30:00 US/Eastern").
+IB_ZONE_NAMES = {"America/New_York": "US/Eastern", "America/Chicago": "US/Central", "Europe/Berlin": "MET"}
 
 
 class Broker(Ledger):
@@ -176,10 +187,38 @@ class Broker(Ledger):
         )
         order.status = "PreSubmitted"
         self.listener.order_update(order, open_order=True)
+        if self.scenario.hours == "regular" and order.outsideRth and order.orderType not in OUTSIDE_RTH_TYPES:
+            self.listener.order_warning(order, 2109, OUTSIDE_RTH_IGNORED)
+        opens = self.closed_until(order)
+        if opens is not None:
+            # Held PreSubmitted, as IB holds it, with warning 399 naming the open: "Order Message: BUY 1 CYCU
+            # NASDAQ.NMS Warning: Your order will not be placed at the exchange until 2026-07-31 09:30:00
+            # US/Eastern." (observed gateway text). `work` submits it once the session opens.
+            zone = IB_ZONE_NAMES.get(str(opens.tzinfo), str(opens.tzinfo))
+            self.listener.order_warning(
+                order,
+                399,
+                f"Order Message:\n{order.action} {order.totalQuantity:g} {inst.symbol} {inst.exec_exchange}\n"
+                f"Warning: your order will not be placed at the exchange until {opens:%Y-%m-%d %H:%M:%S} {zone}",
+            )
+            self.listener.state_changed()
+            return
         order.status = "Submitted"
         self.listener.order_update(order, open_order=True)
         self.listener.state_changed()
         self.work(order)
+
+    def closed_until(self, order: SimOrder) -> dt.datetime | None:
+        """When the order's market next opens for it, or None while it may trade (always, with hours: always).
+
+        Stocks trade in the regular session, or the extended one for an outsideRth LMT/STP LMT; FX and futures
+        through their whole trading hours.
+        """
+        if self.scenario.hours != "regular":
+            return None
+        inst = self.instruments[order.key]
+        extended = calendar_of(inst) in ("FX", "CME") or (order.outsideRth and order.orderType in OUTSIDE_RTH_TYPES)
+        return session_state(inst, "regular", self.clock.now(), extended)
 
     def _modify(self, order: SimOrder, req: OrderRequest, inst: Instrument) -> None:
         if not order.active:
@@ -261,6 +300,12 @@ class Broker(Ledger):
         """Schedules the next execution of `order` if it can fill now."""
         if not order.active or self.hold or order.permId in self._timers:
             return
+        if self.closed_until(order) is not None:
+            return
+        if order.status == "PreSubmitted":  # held outside its session: the session has opened
+            order.status = "Submitted"
+            self.listener.order_update(order, open_order=False)
+            self.listener.state_changed()
         if self.fill_price(order) is None:
             if order.tif == "IOC":
                 self.cancel(order, "Cancelled: IOC order not marketable")
@@ -372,7 +417,8 @@ class Broker(Ledger):
                 else:
                     self._finish(order, "Cancelled", "Cancelled: opening order not marketable")
         for order in self.active_orders():
-            if order.tif in ("DAY", ""):
+            # A DAY order still held for the open (placed after a close) is for the session to come.
+            if order.tif in ("DAY", "") and order.status == "Submitted":
                 self._finish(order, "Cancelled", "Cancelled: day order expired")
         self.executions.clear()
         for acct in self.accounts.values():
@@ -383,6 +429,7 @@ class Broker(Ledger):
                     acct.positions.pop(key)
             self.listener.account_changed(acct.id)
         self.listener.state_changed()
+        self.work_all()
 
     # -- state -------------------------------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:

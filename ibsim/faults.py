@@ -176,10 +176,12 @@ class Faults(OrderDesk):
         """Moves the clock to `when` (aware datetime or ISO 8601 text); it runs on from there."""
         self.clock.set(parse_instant(when) if isinstance(when, str) else when)
         log.info("clock set to %s", self.clock.now().isoformat())
+        self.broker.work_all()  # orders held for an open that has now come
 
     @fault()
     def advance_time(self, seconds: float) -> None:
         self.clock.advance(seconds)
+        self.broker.work_all()
 
     @query
     def now(self) -> dt.datetime:

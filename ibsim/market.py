@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import random
 from typing import Any
 from zoneinfo import ZoneInfo
+
+import exchange_calendars as xcals  # type: ignore[import-untyped]
 
 from .messages import ContractView
 from .protocol import ContractRequest
@@ -15,7 +18,8 @@ from .scenario import InstrumentSpec
 UTC = dt.UTC
 NEW_YORK = "America/New_York"
 
-# exchange -> (time zone, liquid hours, trading hours) for hours: regular; times are local HHMM, weekdays only
+# exchange -> (time zone, liquid hours, trading hours) for hours: regular; times are local HHMM on the exchange's
+# sessions (holidays and early closes from exchange_calendars)
 CALENDARS: dict[str, tuple[str, tuple[str, str], tuple[str, str]]] = {
     "US": (NEW_YORK, ("0930", "1600"), ("0400", "2000")),
     "IBIS": ("Europe/Berlin", ("0900", "1730"), ("0800", "2200")),
@@ -191,6 +195,17 @@ def _month_code(yyyymmdd: str) -> str:
 
 
 # -- trading hours ---------------------------------------------------------------------------------------------------
+# calendar -> exchange_calendars code: its holidays and early closes are the exchange's own (hours: regular).
+EXCHANGE_CALENDARS = {"US": "XNYS", "IBIS": "XETR"}
+Span = tuple[dt.datetime, dt.datetime]
+
+
+@functools.cache
+def _exchange_calendar(code: str, year: int) -> Any:
+    """The calendar for the years around `year`: explicit bounds, so nothing depends on the day ibsim runs."""
+    return xcals.get_calendar(code, start=f"{year - 1}-01-01", end=f"{year + 1}-12-31")
+
+
 def calendar_of(inst: Instrument) -> str:
     if inst.secType == "CASH":
         return "FX"
@@ -206,48 +221,81 @@ def time_zone_of(inst: Instrument) -> str:
     return "America/Chicago" if cal == "CME" else NEW_YORK
 
 
-def hours_strings(inst: Instrument, mode: str, now: dt.datetime) -> tuple[str, str, str]:
-    """(timeZoneId, tradingHours, liquidHours) for a week from yesterday, in IB's 'new' format."""
-    tz_name = time_zone_of(inst)
-    tz = ZoneInfo(tz_name)
-    today = now.astimezone(tz).date()
-    days = [today + dt.timedelta(days=i) for i in range(-1, 7)]
+def day_sessions(inst: Instrument, mode: str, day: dt.date) -> tuple[Span | None, Span | None]:
+    """(trading, liquid) session that starts on `day` (local to the instrument), None when closed that day.
 
-    def ymd(d: dt.date) -> str:
-        return d.strftime("%Y%m%d")
+    Stocks follow the exchange's calendar: a holiday is closed, an early close ends the regular session early
+    (and the extended one at 17:00, as NYSE Arca's late session does on half days). FX and CME futures keep their
+    weekly pattern without holidays.
+    """
+    tz = ZoneInfo(time_zone_of(inst))
 
+    def at(d: dt.date, hhmm: str) -> dt.datetime:
+        return dt.datetime(d.year, d.month, d.day, int(hhmm[:2]), int(hhmm[2:]), tzinfo=tz)
+
+    nxt = day + dt.timedelta(days=1)
     if mode == "always":
-        span = ";".join(f"{ymd(d)}:0000-{ymd(d + dt.timedelta(days=1))}:0000" for d in days)
-        return tz_name, span, span
+        whole: Span = (at(day, "0000"), at(nxt, "0000"))
+        return whole, whole
     cal = calendar_of(inst)
+    weekday = day.weekday()
+    if cal in CALENDARS:
+        _, (l0, l1), (t0, t1) = CALENDARS[cal]
+        xcal = _exchange_calendar(EXCHANGE_CALENDARS[cal], day.year)
+        if weekday >= 5 or not xcal.is_session(day.isoformat()):
+            return None, None
+        close: dt.datetime = xcal.session_close(day.isoformat()).tz_convert(tz).to_pydatetime()
+        if close >= at(day, l1):
+            return (at(day, t0), at(day, t1)), (at(day, l0), at(day, l1))
+        return (at(day, t0), at(day, "1700") if cal == "US" else close), (at(day, l0), close)
+    if cal == "FX":  # Sunday 17:15 to Friday 17:00 New York, a daily break 17:00-17:15
+        fx: Span | None = None if weekday in (4, 5) else (at(day, "1715"), at(nxt, "1700"))
+        return fx, fx
+    # CME equity futures: Sunday 17:00 to Friday 16:00 Chicago, liquid 08:30-15:00 on weekdays
+    fut: Span | None = None if weekday in (4, 5) else (at(day, "1700"), at(nxt, "1600"))
+    return fut, None if weekday >= 5 else (at(day, "0830"), at(day, "1500"))
+
+
+def is_trading_day(inst: Instrument, day: dt.date) -> bool:
+    """A day the instrument's exchange holds a session: weekdays, less the exchange's holidays for stocks."""
+    cal = calendar_of(inst)
+    if day.weekday() >= 5:
+        return False
+    return cal not in EXCHANGE_CALENDARS or _exchange_calendar(EXCHANGE_CALENDARS[cal], day.year).is_session(
+        day.isoformat()
+    )
+
+
+def hours_strings(inst: Instrument, mode: str, now: dt.datetime) -> tuple[str, str, str]:
+    """(timeZoneId, tradingHours, liquidHours) for a week from yesterday, in IB's 'new' format ("CLOSED" days)."""
+    tz_name = time_zone_of(inst)
+    today = now.astimezone(ZoneInfo(tz_name)).date()
+
+    def text(d: dt.date, span: Span | None) -> str:
+        if span is None:
+            return f"{d:%Y%m%d}:CLOSED"
+        return f"{span[0]:%Y%m%d:%H%M}-{span[1]:%Y%m%d:%H%M}"
+
     trading: list[str] = []
     liquid: list[str] = []
-    for d in days:
-        weekday = d.weekday()
-        if cal in CALENDARS:
-            _, (l0, l1), (t0, t1) = CALENDARS[cal]
-            if weekday >= 5:
-                trading.append(f"{ymd(d)}:CLOSED")
-                liquid.append(f"{ymd(d)}:CLOSED")
-            else:
-                trading.append(f"{ymd(d)}:{t0}-{ymd(d)}:{t1}")
-                liquid.append(f"{ymd(d)}:{l0}-{ymd(d)}:{l1}")
-        elif cal == "FX":  # Sunday 17:15 to Friday 17:00 New York, a daily break 17:00-17:15
-            if weekday in (4, 5):
-                trading.append(f"{ymd(d)}:CLOSED")
-            else:
-                trading.append(f"{ymd(d)}:1715-{ymd(d + dt.timedelta(days=1))}:1700")
-            liquid = trading
-        else:  # CME equity futures: Sunday 17:00 to Friday 16:00 Chicago, liquid 08:30-15:00 on weekdays
-            if weekday in (4, 5):
-                trading.append(f"{ymd(d)}:CLOSED")
-            else:
-                trading.append(f"{ymd(d)}:1700-{ymd(d + dt.timedelta(days=1))}:1600")
-            if weekday >= 5:
-                liquid.append(f"{ymd(d)}:CLOSED")
-            else:
-                liquid.append(f"{ymd(d)}:0830-{ymd(d)}:1500")
+    for d in (today + dt.timedelta(days=i) for i in range(-1, 7)):
+        t, lq = day_sessions(inst, mode, d)
+        trading.append(text(d, t))
+        liquid.append(text(d, lq))
     return tz_name, ";".join(trading), ";".join(liquid)
+
+
+def session_state(inst: Instrument, mode: str, now: dt.datetime, extended: bool) -> dt.datetime | None:
+    """None when `inst` trades at `now` (in its regular session, or its extended one if `extended`); otherwise
+    when that session next opens."""
+    today = now.astimezone(ZoneInfo(time_zone_of(inst))).date()
+    for i in range(-1, 15):
+        trading, liquid = day_sessions(inst, mode, today + dt.timedelta(days=i))
+        span = trading if extended else liquid
+        if span is None or span[1] <= now:
+            continue
+        return None if span[0] <= now else span[0]
+    raise ValueError(f"{inst.key} has no session in the next two weeks")
 
 
 class PriceWalk:

@@ -7,14 +7,15 @@ seeded walk; every move streams ticks, lets resting orders fill and revalues the
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any
 
 from . import messages as M
 from .account import AccountDesk
-from .bars import BarRequestError, make_bars
+from .bars import LEGAL_BAR_SIZES, BarRequestError, legal_bar_size, make_bars
 from .connection import Connection
 from .controls import fault, query
-from .market import Instrument
+from .market import Instrument, session_state
 from .protocol import ContractRequest, Reader
 from .scenario import daily_bars
 
@@ -25,6 +26,12 @@ NOT_SUBSCRIBED = (
     "Management choose Market Data Subscription Manager and/or Delayed market data is not available."
 )
 DISPLAYING_DELAYED = "Requested market data is not subscribed. Displaying delayed market data."
+# IB's "Historical Data Limitations": a pacing violation is identical requests within 15 seconds, six or more
+# requests for the same contract, exchange and tick type within two seconds, or more than 60 requests within any
+# ten minutes; IB answers 162 with this text.
+# IB's venue names in "No market data permissions for ISLAND STK" (162 on a history request without them).
+PERMISSION_VENUES = {"NASDAQ": "ISLAND"}
+PACING_VIOLATION = "Historical Market Data Service error message:Historical data request pacing violation"
 
 
 class MarketDesk(AccountDesk):
@@ -33,6 +40,9 @@ class MarketDesk(AccountDesk):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.market_data_type_requests: list[tuple[int, int]] = []
+        # Accepted historical requests (clock time, identity) for pacing.historical, newest last.
+        self.history_requests: deque[tuple[float, tuple[Any, ...]]] = deque()
+        self.history_violations = 0
 
     def _req_market_data_type(self, conn: Connection, r: Reader) -> None:
         r.skip(1)
@@ -65,12 +75,15 @@ class MarketDesk(AccountDesk):
             conn.send_error(req_id, 200, NO_SECURITY)
         return None
 
-    def _delayed(self, conn: Connection) -> bool:
+    def _permission(self, inst: Instrument) -> str:
+        return inst.spec.permissions or self.scenario.permissions
+
+    def _delayed(self, conn: Connection, inst: Instrument) -> bool:
         """Delayed ticks: asked for (3, 4) and no live subscription to take precedence (IB sends live if it can)."""
-        return conn.mkt_type in (3, 4) and not self.scenario.liveSubscription
+        return conn.mkt_type in (3, 4) and self._permission(inst) == "delayed"
 
     def _ticks(self, conn: Connection, req_id: int, inst: Instrument, first: bool) -> None:
-        delayed = self._delayed(conn)
+        delayed = self._delayed(conn, inst)
 
         def tick(kind: int, price: float, size: float) -> None:
             conn.send([1, 6, req_id, DELAYED[kind] if delayed else kind, price, size, 0])
@@ -98,20 +111,30 @@ class MarketDesk(AccountDesk):
         inst = self._one(conn, req_id, c)
         if inst is None:
             return
-        if not self.scenario.liveSubscription:
-            if conn.mkt_type in (1, 2):  # live and frozen both need the live subscription
+        permission = self._permission(inst)
+        if permission != "realtime":
+            # live and frozen both need the live subscription; with none at all, delayed data is refused too
+            if conn.mkt_type in (1, 2) or permission == "none":
                 conn.send_error(req_id, 354, NOT_SUBSCRIBED)
                 return
             conn.send_error(req_id, 10167, DISPLAYING_DELAYED)
         if conn.mkt_type != 1:
-            # The type this request actually gets: live whenever the subscription allows it (markets never close
-            # for data here, so frozen is live too), delayed otherwise.
-            conn.send([58, 1, req_id, conn.mkt_type if self._delayed(conn) else 1])
+            # The type this request actually gets: live whenever the subscription allows it, delayed otherwise;
+            # frozen (2) or delayed frozen (4) when asked for and the instrument's regular session is closed.
+            actual = 3 if self._delayed(conn, inst) else 1
+            if conn.mkt_type in (2, 4) and self._closed(inst):
+                actual += 1
+            conn.send([58, 1, req_id, actual])
         self._ticks(conn, req_id, inst, first=True)
         if snapshot or regulatory:
             conn.send([57, 1, req_id])
         else:
             conn.streams[req_id] = inst.key
+
+    def _closed(self, inst: Instrument) -> bool:
+        if self.scenario.hours != "regular":
+            return False
+        return session_state(inst, "regular", self.clock.now(), inst.secType in ("CASH", "FUT")) is not None
 
     def _cancel_mkt_data(self, conn: Connection, r: Reader) -> None:
         r.skip(1)
@@ -130,6 +153,23 @@ class MarketDesk(AccountDesk):
         inst = self._one(conn, req_id, c)
         if inst is None:
             return
+        if self._permission(inst) != "realtime":
+            venue = PERMISSION_VENUES.get(inst.listing, inst.listing)
+            message = (
+                f"Historical Market Data Service error message:No market data permissions for {venue} {inst.secType}"
+            )
+            conn.send_error(req_id, 162, message)
+            return
+        if not legal_bar_size(bar_size):
+            message = "Error validating request:-'bS' : cause - Historical data bar size setting is invalid. "
+            conn.send_error(req_id, 321, message + f"Legal ones are: {LEGAL_BAR_SIZES}")
+            return
+        if self.scenario.pacing.get("historical"):
+            contract_key = (inst.key, c.exchange.upper(), what.upper())
+            if self._paced((*contract_key, end, bar_size, duration, use_rth)):
+                self.history_violations += 1
+                conn.send_error(req_id, 162, PACING_VIOLATION)
+                return
         now = self.clock.now()
         try:
             bars = make_bars(inst, self.scenario.seed, end, duration, bar_size, use_rth, format_date, now, what)
@@ -142,6 +182,19 @@ class MarketDesk(AccountDesk):
         for b in bars:
             fields += [b.date, b.open, b.high, b.low, b.close, b.volume, b.wap, b.count]
         conn.send(fields)
+
+    def _paced(self, identity: tuple[Any, ...]) -> bool:
+        """True when this historical request breaks one of IB's three pacing rules; otherwise it is counted."""
+        now = self.clock.time()
+        seen = self.history_requests
+        while seen and seen[0][0] <= now - 600:
+            seen.popleft()
+        identical = any(key == identity and t > now - 15 for t, key in seen)
+        same_contract = sum(1 for t, key in seen if key[:3] == identity[:3] and t > now - 2)
+        if identical or same_contract >= 5 or len(seen) >= 60:
+            return True
+        seen.append((now, identity))
+        return False
 
     # -- price moves -------------------------------------------------------------------------------------------
     def price_moved(self, inst: Instrument) -> None:
@@ -169,6 +222,11 @@ class MarketDesk(AccountDesk):
         scenario's `bars`: a test gives the market the history its signal needs instead of hoping for one."""
         inst = self._instrument(symbol)
         inst.spec.bars = daily_bars(bars, f"set_bars({symbol})")
+
+    @query
+    def history_pacing_violations(self) -> int:
+        """Historical requests refused with 162 for pacing (pacing.historical)."""
+        return self.history_violations
 
     @query
     def market_data_types(self) -> list[tuple[int, int]]:

@@ -202,6 +202,12 @@ class OrderDesk(MarketDesk):
             conn.send([3, order_id, "Inactive", 0.0, 0.0, 0.0, 0, 0, 0.0, client_id, "", 0.0])
         conn.send_error(order_id, code, message)
 
+    def order_warning(self, order: SimOrder, code: int, message: str) -> None:
+        log.info("client %s: order %d warning %d: %s", order.clientId, order.orderId, code, message)
+        conn = self.clients.get(order.clientId)
+        if conn is not None:
+            conn.send_error(order.orderId, code, message)
+
     def execution(self, order: SimOrder, execution: dict[str, Any]) -> None:
         conn = self.clients.get(order.clientId)
         inst = self.instruments[order.key]

@@ -69,6 +69,8 @@ class InstrumentSpec:
     lastTradeDateOrContractMonth: str
     longName: str
     bars: list[dict[str, Any]] = field(default_factory=list)
+    # realtime | delayed | none: this instrument's market-data permission ("": the scenario's marketData.permissions)
+    permissions: str = ""
 
 
 @dataclass
@@ -112,6 +114,9 @@ class Scenario:
     clockStart: dt.datetime | None = None
     # False: the login has no live market data subscription (IB answers 354, or delayed data with 10167).
     liveSubscription: bool = True
+    # The login's market-data permission for instruments that name none: realtime | delayed | none.
+    # marketData.liveSubscription is its older spelling: true = realtime, false = delayed.
+    permissions: str = "realtime"
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -368,6 +373,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         faults=faults,
         clockStart=clock_start,
         liveSubscription=bool((d.get("marketData") or {}).get("liveSubscription", True)),
+        permissions=_permissions(d.get("marketData") or {}),
         raw=copy.deepcopy(given),
     )
 
@@ -425,4 +431,11 @@ def _instrument(raw: dict[str, Any], where: str, today: dt.date) -> InstrumentSp
         lastTradeDateOrContractMonth=last_trade,
         longName=raw.get("longName", key),
         bars=bars,
+        permissions=str(raw.get("permissions", "")),
     )
+
+
+def _permissions(market_data: dict[str, Any]) -> str:
+    if "permissions" in market_data:
+        return str(market_data["permissions"])
+    return "realtime" if market_data.get("liveSubscription", True) else "delayed"

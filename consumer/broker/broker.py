@@ -29,7 +29,8 @@ class Broker:
 
     Every method runs on the broker loop (where the intents, the bookkeeper and recovery already run) and, but for
     the connection properties, raises `Transient` while the gateway is away, so the message is redelivered once it
-    is back. Nothing here sleeps: answers are awaited on ib_insync's events.
+    is back. Nothing here sleeps: answers are awaited on ib_insync's events; the one wait on time is IB's
+    historical-data pacing window (market.HistoryPacer), a rule of time with no event to wait on.
 
     Connection
         `ready`, `state`, `connections`, `client_id`, `server_version()`, `managed_accounts()`, `add_listener()`;
@@ -44,6 +45,7 @@ class Broker:
         `resolve(specs)` qualifies contracts (an unknown or ambiguous one is an IntentError naming it),
         `by_con_id`, `fx_pair`; `market_data(instruments)` is a strategy's view of the market; `bars`, `prices`,
         `quotes` and `market_fx_rates` (rates for currencies the account holds no cash in, from the pairs' prices).
+        History requests keep to IB's pacing rules: an identical one within 15 s is answered from the last.
 
     Orders and executions
         `order_engine(...)` places a request's legs; `open_orders()` (every client's), `find_orders(refs)` (by
@@ -58,6 +60,7 @@ class Broker:
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
         self._instruments = Instruments(gateway.ib)
+        self._history = market.HistoryPacer()
 
     @property
     def _ib(self) -> IB:
@@ -161,10 +164,10 @@ class Broker:
         return await fx_pair(self._instruments, currency, base)
 
     def market_data(self, instruments: Mapping[str, Instrument]) -> MarketData:
-        return market.BrokerMarketData(self._ib, instruments)
+        return market.BrokerMarketData(self._ib, instruments, self._history)
 
     async def bars(self, instrument: Instrument, duration: str, bar_size: str) -> list[HistoricalBar]:
-        return await market.historical_bars(self._ib, instrument, duration, bar_size)
+        return await market.historical_bars(self._ib, self._history, instrument, duration, bar_size)
 
     async def prices(self, instruments: Iterable[Instrument]) -> dict[int, float]:
         """{conId: price} from one snapshot each; an instrument without a usable price is left out."""

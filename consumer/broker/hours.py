@@ -47,6 +47,19 @@ def is_open(hours: str, time_zone_id: str, now: datetime) -> bool:
     return any(start <= now < end for start, end in sessions(hours, time_zone_id))
 
 
+def next_open(hours: str, time_zone_id: str, now: datetime) -> datetime | None:
+    """When the next session in `hours` after `now` starts (in the contract's zone); None if none is listed."""
+    return min((start for start, _ in sessions(hours, time_zone_id) if start > now), default=None)
+
+
+def closed_reason(symbol: str, hours: str, time_zone_id: str, now: datetime) -> str:
+    """'SPY (opens 2026-11-27 09:30 America/New_York)': what a rejection names for a closed market."""
+    opens = next_open(hours, time_zone_id, now)
+    if opens is None:
+        return f"{symbol} (no session in the hours the broker gave)"
+    return f"{symbol} (opens {opens:%Y-%m-%d %H:%M} {opens.tzinfo})"
+
+
 def _point(date: str, text: str, tz: ZoneInfo) -> datetime:
     if ":" in text:  # new format carries its own date
         date, _, text = text.partition(":")

@@ -15,7 +15,7 @@ from typing import Any
 from ib_insync import IB, Contract, ContractDetails
 
 from consumer.broker import views
-from consumer.broker.hours import is_open
+from consumer.broker.hours import closed_reason, is_open
 from consumer.errors import IntentError
 from consumer.strategies.base import InstrumentSpec
 
@@ -48,6 +48,10 @@ class Instrument:
     def open_at(self, now: datetime) -> bool:
         hours = self.liquid_hours or self.trading_hours
         return is_open(hours, self.time_zone, now) if hours else True
+
+    def closed_at(self, now: datetime) -> str:
+        """The symbol and when its market next opens, for a rejection while `open_at(now)` is False."""
+        return closed_reason(self.symbol, self.liquid_hours or self.trading_hours, self.time_zone, now)
 
     @property
     def sec_type(self) -> str:

@@ -3,19 +3,104 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
-from collections.abc import Iterable, Mapping
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 from ib_insync import IB, Ticker
 
 from consumer.broker import views
 from consumer.broker.instruments import Instrument, Instruments, fx_pair
 from consumer.broker.model import HistoricalBar, Quote
-from consumer.errors import IntentError
+from consumer.errors import IntentError, Transient
 from consumer.strategies.base import Bar, SignalUnavailable
 
 HISTORY_TIMEOUT = 60.0
 SNAPSHOT_TIMEOUT = 30.0
+# IB's historical-data pacing ("Historical Data Limitations"): no identical request within 15 s, fewer than six
+# requests for one contract within 2 s, at most 60 requests within 10 minutes; a violation is error 162.
+IDENTICAL_WITHIN = 15.0
+PER_CONTRACT = (5, 2.0)
+OVERALL = (60, 600.0)
+# Longer than this to wait for a slot: the intent is retried later (Transient) rather than held on the loop.
+MAX_PACING_WAIT = 30.0
+PACING_VIOLATION = "pacing violation"
+
+HistoryKey = tuple[int, str, str, str, bool]
+
+
+class HistoryPacer:
+    """Keeps this connection's historical requests inside IB's pacing rules, so none is answered with 162.
+
+    An identical request within 15 s gets the answer already received (or joins the one in flight) instead of
+    asking again; a request that would be the sixth for its contract within 2 s, or the 61st within 10 minutes,
+    waits for the window to pass (IB's rule is a time window: there is no event to wait on). One pacer per Broker.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._recent: dict[HistoryKey, tuple[float, list[HistoricalBar]]] = {}
+        self._inflight: dict[HistoryKey, asyncio.Future[list[HistoricalBar]]] = {}
+        self._sent: deque[tuple[float, int]] = deque()  # (when, conId), oldest first
+
+    async def bars(
+        self, ib: IB, instrument: Instrument, duration: str, bar_size: str, utc: bool
+    ) -> list[HistoricalBar]:
+        key: HistoryKey = (instrument.con_id, duration, bar_size, _what_to_show(instrument), utc)
+        now = self._clock()
+        recent = self._recent.get(key)
+        if recent is not None and now - recent[0] < IDENTICAL_WITHIN:
+            return list(recent[1])
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return list(await asyncio.shield(pending))
+        future: asyncio.Future[list[HistoricalBar]] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            await self._slot(instrument.con_id)
+            bars = await _request_bars(ib, instrument, duration, bar_size, utc)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as e:
+            future.set_exception(e)
+            future.exception()  # marked retrieved: there may be no joiner
+            raise
+        finally:
+            self._inflight.pop(key, None)
+        self._recent[key] = (self._clock(), bars)
+        future.set_result(bars)
+        return list(bars)
+
+    async def _slot(self, con_id: int) -> None:
+        """Waits until a request for `con_id` keeps within IB's budgets, then counts it."""
+        while True:
+            now = self._clock()
+            for key in [k for k, (t, _) in self._recent.items() if now - t >= IDENTICAL_WITHIN]:
+                del self._recent[key]
+            while self._sent and now - self._sent[0][0] >= OVERALL[1]:
+                self._sent.popleft()
+            waits = []
+            mine = [t for t, c in self._sent if c == con_id and now - t < PER_CONTRACT[1]]
+            if len(mine) >= PER_CONTRACT[0]:
+                waits.append(mine[-PER_CONTRACT[0]] + PER_CONTRACT[1] - now)
+            if len(self._sent) >= OVERALL[0]:
+                waits.append(self._sent[-OVERALL[0]][0] + OVERALL[1] - now)
+            if not waits:
+                self._sent.append((now, con_id))
+                return
+            wait = max(waits)
+            if wait > MAX_PACING_WAIT:
+                raise Transient("history_paced", f"IB's historical-data pacing allows no request for {wait:.0f} s")
+            await self._sleep(wait)
 
 
 def duration(days: int) -> str:
@@ -26,9 +111,10 @@ def duration(days: int) -> str:
 class BrokerMarketData:
     """The strategies' view of the market (consumer.strategies.base.MarketData), limited to their instruments."""
 
-    def __init__(self, ib: IB, instruments: Mapping[str, Instrument]) -> None:
+    def __init__(self, ib: IB, instruments: Mapping[str, Instrument], pacer: HistoryPacer) -> None:
         self._ib = ib
         self._instruments = instruments
+        self._pacer = pacer
 
     def _instrument(self, symbol: str) -> Instrument:
         try:
@@ -37,7 +123,12 @@ class BrokerMarketData:
             raise SignalUnavailable(f"{symbol} is not among the strategy's instruments") from None
 
     async def daily_bars(self, symbol: str, days: int) -> list[Bar]:
-        bars = await historical_bars(self._ib, self._instrument(symbol), duration(days), "1 day", utc=False)
+        try:
+            bars = await historical_bars(
+                self._ib, self._pacer, self._instrument(symbol), duration(days), "1 day", utc=False
+            )
+        except HistoryRefused as e:
+            raise SignalUnavailable(e.message) from e
         return [Bar(b.time, b.open, b.high, b.low, b.close, b.volume) for b in bars]
 
     async def price(self, symbol: str) -> float:
@@ -45,22 +136,56 @@ class BrokerMarketData:
         return (await snapshot_prices(self._ib, [instrument]))[instrument.con_id]
 
 
-async def historical_bars(
-    ib: IB, instrument: Instrument, duration: str, bar_size: str, utc: bool = True
-) -> list[HistoricalBar]:
+def _what_to_show(instrument: Instrument) -> str:
+    return "MIDPOINT" if instrument.sec_type == "CASH" else "TRADES"
+
+
+async def _request_bars(ib: IB, instrument: Instrument, duration: str, bar_size: str, utc: bool) -> list[HistoricalBar]:
     """Regular-hours bars ending now: midpoints for forex (IDEALPRO has no trades), trades otherwise. `utc` asks for
-    intraday bar times as UTC timestamps rather than in the exchange's zone."""
-    bars = await ib.reqHistoricalDataAsync(
-        instrument.contract,
-        endDateTime="",
-        durationStr=duration,
-        barSizeSetting=bar_size,
-        whatToShow="MIDPOINT" if instrument.sec_type == "CASH" else "TRADES",
-        useRTH=True,
-        formatDate=2 if utc else 1,
-        timeout=HISTORY_TIMEOUT,
-    )
+    intraday bar times as UTC timestamps rather than in the exchange's zone.
+
+    ib_insync answers a refused request with no bars; its error arrives on errorEvent with the request's contract,
+    a copy of ours so that concurrent requests for one instrument are told apart. A pacing violation (162, the
+    gateway's budget spent by another client) is Transient: the intent is retried later, never run on no bars.
+    """
+    contract = copy.copy(instrument.contract)
+    errors: list[tuple[int, str]] = []
+
+    def on_error(req_id: int, code: int, message: str, about: Any) -> None:
+        if about is contract:
+            errors.append((code, message))
+
+    ib.errorEvent += on_error
+    try:
+        bars = await ib.reqHistoricalDataAsync(
+            contract,
+            endDateTime="",
+            durationStr=duration,
+            barSizeSetting=bar_size,
+            whatToShow=_what_to_show(instrument),
+            useRTH=True,
+            formatDate=2 if utc else 1,
+            timeout=HISTORY_TIMEOUT,
+        )
+    finally:
+        ib.errorEvent -= on_error
+    for code, message in errors:
+        if code == 162 and PACING_VIOLATION in message.lower():
+            raise Transient("history_paced", f"{instrument.symbol} history: IB error {code}: {message}")
+    if errors and not bars:
+        code, message = errors[0]
+        raise HistoryRefused("history_refused", f"{instrument.symbol} history: IB error {code}: {message}")
     return [views.bar(b) for b in bars]
+
+
+class HistoryRefused(IntentError):
+    """IB refused a history request (no market-data permission, a bar size it does not offer...): not "no bars"."""
+
+
+async def historical_bars(
+    ib: IB, pacer: HistoryPacer, instrument: Instrument, duration: str, bar_size: str, utc: bool = True
+) -> list[HistoricalBar]:
+    return await pacer.bars(ib, instrument, duration, bar_size, utc)
 
 
 async def snapshot_tickers(ib: IB, instruments: Iterable[Instrument]) -> list[Ticker]:

@@ -15,7 +15,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from consumer.broker.instruments import Instrument
-from consumer.errors import IntentError
+from consumer.errors import IntentError, Transient
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.rebalance import Rebalance
 from consumer.portfolio import gross_exposure, target_quantity
@@ -74,6 +74,8 @@ async def allocation(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
     async def weights_of(name: str, strategy: Strategy) -> dict[str, float] | str:
         try:
             return await strategy.target_weights(broker.market_data(instruments[name]))
+        except Transient:
+            raise  # the gateway's, not the strategy's: the intent is retried (e.g. a history pacing violation)
         except Exception as e:
             ctx.log.warning("strategy skipped: no signal", strategy=name, error=str(e))
             return f"{type(e).__name__}: {e}" if not str(e) else str(e)

@@ -85,7 +85,7 @@ def _refuse_closed(ctx: IntentContext, orders: Iterable[LegOrder]) -> None:
     if ctx.dry_run or (envelope and envelope.ignore_market_hours):
         return
     now = ctx.market_now()
-    closed = sorted(o.instrument.symbol for o in orders if not o.instrument.open_at(now))
+    closed = sorted(o.instrument.closed_at(now) for o in orders if not o.instrument.open_at(now))
     if closed:
         raise Rejected("market_closed", f"IDEALPRO is closed for {', '.join(closed)}; nothing was converted")
 

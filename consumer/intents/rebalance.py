@@ -281,7 +281,7 @@ class Rebalance:
         touched = set(trading) | {o.con_id for o in way.cancel.values()}
         if touched and not ctx.dry_run and not (ctx.request.envelope and ctx.request.envelope.ignore_market_hours):
             now = ctx.market_now()
-            closed = sorted(instruments[c].symbol for c in touched if not instruments[c].open_at(now))
+            closed = sorted(instruments[c].closed_at(now) for c in touched if not instruments[c].open_at(now))
             if closed:
                 raise Rejected(
                     "market_closed",

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from consumer.broker.hours import is_open, sessions
+from consumer.broker.hours import closed_reason, is_open, next_open, sessions
 
 NEW = "20261123:0930-20261123:1600;20261124:0930-20261124:1600;20261126:CLOSED;20261127:0930-20261127:1300"
 OLD = "20261123:0930-1600;20261126:CLOSED;20261127:0930-1300"
@@ -37,3 +37,28 @@ def test_overnight_session_in_the_old_format() -> None:
 
 def test_every_day_closed_means_closed() -> None:
     assert not is_open("20261123:CLOSED;20261124:CLOSED", "US/Eastern", datetime(2026, 11, 23, 15, tzinfo=UTC))
+
+
+@pytest.mark.parametrize("hours", [NEW, OLD])
+@pytest.mark.parametrize(
+    ("utc", "opens"),
+    [
+        (datetime(2026, 11, 23, 13, 0, tzinfo=UTC), "2026-11-23 09:30"),  # Monday before the open
+        (datetime(2026, 11, 26, 16, 0, tzinfo=UTC), "2026-11-27 09:30"),  # Thanksgiving: the half day next
+        (datetime(2026, 11, 27, 18, 30, tzinfo=UTC), None),  # after the early close: nothing more listed
+    ],
+)
+def test_next_open_skips_holidays(hours: str, utc: datetime, opens: str | None) -> None:
+    found = next_open(hours, "America/New_York", utc)
+    assert (found and f"{found:%Y-%m-%d %H:%M}") == opens
+
+
+def test_closed_reason_names_the_next_open_in_the_contracts_zone() -> None:
+    on_thanksgiving = datetime(2026, 11, 26, 16, 0, tzinfo=UTC)
+    assert (
+        closed_reason("SPY", NEW, "America/New_York", on_thanksgiving)
+        == "SPY (opens 2026-11-27 09:30 America/New_York)"
+    )
+    assert closed_reason("SPY", "20261126:CLOSED", "America/New_York", on_thanksgiving) == (
+        "SPY (no session in the hours the broker gave)"
+    )

@@ -30,15 +30,22 @@ def test_in_session_by_the_gateways_clock_an_allocation_trades(bus: Bus, gateway
 
 
 @pytest.mark.parametrize(
-    "market_clock",
-    [CLOCKS["saturday"], "2026-06-17T20:00:00-04:00", "2026-06-17T09:00:00-04:00"],
-    ids=["saturday", "after-the-close", "before-the-open"],
-    indirect=True,
+    ("market_clock", "opens"),
+    [
+        (CLOCKS["saturday"], "2026-12-07 09:30"),
+        ("2026-06-17T20:00:00-04:00", "2026-06-18 09:30"),
+        ("2026-06-17T09:00:00-04:00", "2026-06-17 09:30"),
+        (CLOCKS["thanksgiving"], "2026-11-27 09:30"),  # NYSE holiday (exchange calendar)
+        ("2026-11-27T13:30:00-05:00", "2026-11-30 09:30"),  # after the 13:00 early close
+    ],
+    ids=["saturday", "after-the-close", "before-the-open", "thanksgiving", "after-early-close"],
+    indirect=["market_clock"],
 )
-def test_out_of_session_by_the_gateways_clock_an_allocation_is_rejected(bus: Bus, gateway, project: str):
+def test_out_of_session_by_the_gateways_clock_an_allocation_is_rejected(bus: Bus, gateway, project: str, opens: str):
     reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))
     assert reply["status"] == "rejected", reply
     assert reply["error"]["code"] == "market_closed"
-    assert "SPY" in reply["error"]["message"]
+    assert f"SPY (opens {opens} America/New_York)" in reply["error"]["message"]
     assert gateway.orders() == []
+    assert gateway.executions() == []
     assert holdings(project) == {}

@@ -1,0 +1,89 @@
+"""Historical data as IB limits it: its bar sizes only (321), and with pacing.historical its pacing rules (162)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ib_insync import IB, Stock
+
+from ibsim import Scenario, ThreadedGateway
+from tests.support import ensure_loop
+
+PACING = "Historical Market Data Service error message:Historical data request pacing violation"
+
+
+@pytest.fixture
+def gateway_scenario() -> dict[str, Any]:
+    return {"pacing": {"historical": True}}
+
+
+def errors_of(ib: IB) -> list[tuple[int, str]]:
+    seen: list[tuple[int, str]] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: seen.append((code, msg))
+    return seen
+
+
+def history(ib: IB, symbol: str, duration: str = "5 D", size: str = "1 day", end: str = "") -> list[Any]:
+    return ib.reqHistoricalData(Stock(symbol, "SMART", "USD"), end, duration, size, "TRADES", True)
+
+
+def test_an_invalid_bar_size_is_321_with_the_legal_ones(ib: IB) -> None:
+    errors = errors_of(ib)
+    assert len(history(ib, "SPY", size="7 mins")) == 0
+    [(code, message)] = errors
+    assert code == 321
+    assert message.startswith("Error validating request:-'bS' : cause - Historical data bar size setting is invalid.")
+    assert "1 min, 2 mins, 3 mins, 5 mins, 10 mins" in message
+    assert len(history(ib, "SPY", duration="1 D", size="5 mins")) > 0  # a legal size still answers
+
+
+def test_an_identical_request_within_15_seconds_is_a_pacing_violation(gw: ThreadedGateway, ib: IB) -> None:
+    errors = errors_of(ib)
+    assert len(history(ib, "SPY")) == 5
+    assert len(history(ib, "SPY")) == 0
+    assert errors == [(162, PACING)]
+    assert len(history(ib, "SPY", duration="6 D")) == 6  # not identical: answered
+    gw.advance_time(15)
+    assert len(history(ib, "SPY")) == 5  # 15 s on, the same request is answered again
+
+
+def test_six_requests_for_one_contract_within_two_seconds(gw: ThreadedGateway, ib: IB) -> None:
+    errors = errors_of(ib)
+    for days in range(1, 6):
+        assert len(history(ib, "QQQ", duration=f"{days} D")) == days
+    assert len(history(ib, "QQQ", duration="6 D")) == 0
+    assert errors == [(162, PACING)]
+    assert len(history(ib, "IWM")) == 5  # another contract is not paced
+    gw.advance_time(2)
+    assert len(history(ib, "QQQ", duration="6 D")) == 6
+
+
+def test_more_than_60_requests_in_ten_minutes(gw: ThreadedGateway, ib: IB) -> None:
+    errors = errors_of(ib)
+    symbols = [f"SYM{i:03d}" for i in range(60)]
+    for symbol in symbols:
+        assert len(history(ib, symbol, duration="2 D")) == 2
+    assert len(history(ib, "SPY")) == 0
+    assert errors == [(162, PACING)]
+    gw.advance_time(600)
+    assert len(history(ib, "SPY")) == 5
+
+
+def test_without_pacing_historical_repeats_are_answered() -> None:
+    """The default scenario keeps answering (the realistic setting is opt-in: scenarios/paper.yaml)."""
+    with ThreadedGateway(port=0) as gw:
+        ensure_loop()
+        ib = IB()
+        ib.connect("127.0.0.1", gw.port, clientId=7, timeout=4)
+        try:
+            assert [len(history(ib, "SPY")) for _ in range(8)] == [5] * 8
+        finally:
+            ib.disconnect()
+
+
+def test_the_paper_scenario_turns_on_regular_hours_and_history_pacing() -> None:
+    paper = Scenario.load(Path(__file__).parents[2] / "ibsim" / "scenarios" / "paper.yaml")
+    assert paper.hours == "regular"
+    assert paper.pacing["historical"]

@@ -1,0 +1,61 @@
+"""Historical data under IB's pacing rules (ibsim pacing.historical): the consumer never asks in a way IB refuses,
+and a refusal it could not avoid is retried, never stored or traded on as "no bars"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support import Bus, firestore_client
+
+pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
+
+SYMBOLS = ["SPY", "QQQ", "IWM", "TLT", "GLD", "AAPL", "MSFT"] + [f"SYM{i:03d}" for i in range(20)]
+
+
+@pytest.fixture
+def gateway_scenario() -> dict[str, Any]:
+    return {"pacing": {"historical": True}}
+
+
+def stored_days(project: str, symbol: str) -> list[str]:
+    root = firestore_client(project).collection("tradingModes").document("paper").collection("marketData")
+    return sorted(doc.to_dict()["date"] for doc in root.document(symbol).collection("bars").stream())
+
+
+def test_collect_market_data_for_many_instruments_twice_in_a_row_meets_no_pacing_violation(
+    bus: Bus, gateway, project: str
+):
+    body = {"intent": "collect-market-data", "params": {"instruments": SYMBOLS, "barSize": "1 day", "duration": "5 D"}}
+    first = bus.reply_to(bus.publish(body))
+    assert first["status"] == "ok", first
+    # The same requests again within IB's 15 s: identical requests IB would refuse with 162.
+    second = bus.reply_to(bus.publish(body))
+    assert second["status"] == "ok", second
+    for reply in (first, second):
+        assert {s: i["bars"] for s, i in reply["result"]["instruments"].items()} == {s: 5 for s in SYMBOLS}
+    assert gateway.history_pacing_violations() == 0
+    assert len(stored_days(project, "SYM019")) == 5
+
+
+def test_a_pacing_violation_it_did_not_cause_is_retried_not_stored_as_no_bars(bus: Bus, gateway, project: str):
+    """Another client of the gateway spent SPY's budget (five requests within 2 s): the consumer's request is
+    refused with 162, and the intent is retried rather than answered with zero bars."""
+    from ib_insync import IB, Stock
+
+    other = IB()
+    other.connect("127.0.0.1", gateway.port, clientId=55, timeout=4)
+    try:
+        for days in range(1, 6):
+            other.reqHistoricalData(Stock("SPY", "SMART", "USD"), "", f"{days} D", "1 day", "TRADES", True)
+    finally:
+        other.disconnect()
+    body = {"intent": "collect-market-data", "params": {"instruments": ["SPY"], "barSize": "1 day", "duration": "7 D"}}
+    replies = bus.replies_to(bus.publish(body), quiet=8.0)
+    assert gateway.history_pacing_violations() >= 1  # the consumer's first request was refused
+    final = replies[-1]
+    assert final["status"] == "ok", replies
+    assert final["result"]["instruments"]["SPY"]["bars"] == 7
+    assert all(r["status"] != "ok" or r["result"]["instruments"]["SPY"]["bars"] == 7 for r in replies)
+    assert len(stored_days(project, "SPY")) == 7
