@@ -23,6 +23,13 @@ log = logging.getLogger("ibsim.broker")
 ORDER_TYPES = ("MKT", "LMT", "STP", "STP LMT")
 TIFS = ("DAY", "GTC", "IOC", "OPG", "")
 ALGOS = ("", "Adaptive")
+# IB's margin rejection (error 201, order Inactive), as users of ib_insync report it (erdewit/ib_insync#704) and
+# issue 15 quotes it: "YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE DESIRED POSITION YOUR EQUITY WITH LOAN
+# VALUE [..] MUST EXCEED THE INITIAL MARGIN [..]".
+MARGIN_REJECTION = (
+    "Order rejected - reason:YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE DESIRED POSITION YOUR EQUITY WITH "
+    "LOAN VALUE [{equity:.2f} {base}] MUST EXCEED THE INITIAL MARGIN [{margin:.2f} {base}]"
+)
 
 
 class Broker(Ledger):
@@ -121,6 +128,40 @@ class Broker(Ledger):
             return "Orders with transmit=False are not supported by ibsim"
         return None
 
+    def margin_shortfall(self, req: OrderRequest, inst: Instrument) -> str | None:
+        """IB's rejection text when the order would take the initial margin above the equity with loan value.
+
+        Orders still working in the instrument count as if filled (IB reserves margin for them); an order that
+        lowers the margin (a closing order) is never refused.
+        """
+        account = req.account or self.default_account
+        signed = req.totalQuantity if req.action == "BUY" else -req.totalQuantity
+        working = self.working_quantity(account, inst.key)
+        if self.margin_change(account, inst, signed, working) <= 0:
+            return None
+        change = self.margin_change(account, inst, working + signed)  # the working orders' margin is reserved
+        v = self.valuation(account)
+        after = v["InitMarginReq"] + change
+        if after <= v["EquityWithLoanValue"]:
+            return None
+        return MARGIN_REJECTION.format(equity=v["EquityWithLoanValue"], margin=after, base=v["base"])
+
+    def working_quantity(self, account: str, key: str) -> float:
+        """Signed quantity still to fill of the account's working orders in `key`."""
+        return sum(
+            o.remaining if o.action == "BUY" else -o.remaining
+            for o in self.active_orders()
+            if o.account == account and o.key == key
+        )
+
+    def what_if_commission(self, req: OrderRequest, inst: Instrument) -> tuple[float, str]:
+        """The commission a fill of the whole order at today's quote is charged (execute() charges the same)."""
+        qty = float(req.totalQuantity)
+        px = inst.ask if req.action == "BUY" else inst.bid
+        if req.orderType in ("LMT", "STP LMT") and req.lmtPrice:
+            px = min(px, req.lmtPrice) if req.action == "BUY" else max(px, req.lmtPrice)
+        return self._commission(inst, qty, qty * px)
+
     def place(self, client_id: int, req: OrderRequest, inst: Instrument) -> None:
         key = (client_id, req.orderId)
         existing = self.orders.get(key)
@@ -133,6 +174,11 @@ class Broker(Ledger):
             self.listener.order_rejected(client_id, req.orderId, code, message, None)
             return
         reason = self.validate(req, inst)
+        if reason is None and self.scenario.marginEnforce:
+            reason = self.margin_shortfall(req, inst)
+            if reason is not None:
+                self.listener.order_rejected(client_id, req.orderId, 201, reason, None)
+                return
         if reason is not None:
             self.listener.order_rejected(client_id, req.orderId, 201, f"Order rejected - reason:{reason}", None)
             return
@@ -291,7 +337,7 @@ class Broker(Ledger):
                 self.work(order)
 
     # -- executions --------------------------------------------------------------------------------------------
-    def _commission(self, order: SimOrder, inst: Instrument, cum_qty: float, cum_value: float) -> tuple[float, str]:
+    def _commission(self, inst: Instrument, cum_qty: float, cum_value: float) -> tuple[float, str]:
         c = self.comm
         if inst.secType == "CASH":
             value_usd = cum_value * self.usd_rate(inst.currency)
@@ -310,7 +356,7 @@ class Broker(Ledger):
         order.filled = prev_filled + qty
         order.avgFillPrice = (order.avgFillPrice * prev_filled + price * qty) / order.filled
         order.lastFillPrice = price
-        total_comm, comm_cur = self._commission(order, inst, order.filled, order.avgFillPrice * order.filled)
+        total_comm, comm_cur = self._commission(inst, order.filled, order.avgFillPrice * order.filled)
         commission = round(max(total_comm - order.commission, 0.0), 6)
         order.commission += commission
         signed = qty if order.action == "BUY" else -qty

@@ -110,6 +110,8 @@ class Scenario:
     clockStart: dt.datetime | None = None
     # False: the login has no live market data subscription (IB answers 354, or delayed data with 10167).
     liveSubscription: bool = True
+    # True: an order whose initial margin would exceed the equity with loan value is rejected (201), as IB does.
+    marginEnforce: bool = False
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -154,7 +156,7 @@ class Scenario:
         merged = {**copy.deepcopy(_default_data()), **copy.deepcopy(data)}
         if data and "name" not in data:
             merged["name"] = "custom"
-        for key in ("commission", "latency", "pacing", "marketData", "generated"):
+        for key in ("commission", "latency", "pacing", "marketData", "margin", "generated"):
             if key in data:
                 merged[key] = {**_default_data().get(key, {}), **data[key]} if key != "generated" else data[key]
         return _build(merged, given=data)
@@ -362,6 +364,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         faults=faults,
         clockStart=clock_start,
         liveSubscription=bool((d.get("marketData") or {}).get("liveSubscription", True)),
+        marginEnforce=bool((d.get("margin") or {}).get("enforce", False)),
         raw=copy.deepcopy(given),
     )
 

@@ -1,0 +1,101 @@
+"""What IB Gateway refuses when an order arrives (issue 15): margin, the tick grid, contracts, order ids.
+
+Each test asserts IB's code and text through the unmodified ib_insync client, and the broker's state after it.
+"""
+
+from __future__ import annotations
+
+import pytest
+from ib_insync import IB, MarketOrder, Stock, Trade
+
+from ibsim import ThreadedGateway
+
+from .conftest import wait_until
+
+SPY = Stock("SPY", "SMART", "USD")
+AAPL = Stock("AAPL", "SMART", "USD")
+MARGIN_TEXT = (
+    "Order rejected - reason:YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE DESIRED POSITION YOUR EQUITY WITH "
+    "LOAN VALUE ["
+)
+
+
+@pytest.fixture
+def gateway_scenario() -> dict[str, object]:
+    return {"margin": {"enforce": True}}
+
+
+def done(ib: IB, trade: Trade) -> Trade:
+    wait_until(ib, trade.isDone, what=f"order {trade.order.orderId} to finish ({trade.orderStatus.status})")
+    return trade
+
+
+def errors_of(ib: IB) -> list[tuple[int, int, str]]:
+    errors: list[tuple[int, int, str]] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: errors.append((req_id, code, msg))
+    return errors
+
+
+def test_an_order_beyond_the_initial_margin_is_inactive_with_error_201_and_a_smaller_one_fills(
+    gw: ThreadedGateway, ib: IB
+) -> None:
+    errors = errors_of(ib)
+    gw.set_cash("USD", 10_000)  # with EUR 50,000: equity with loan about 64,000 USD
+    big = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 1000, orderRef="too-big")))  # 130,000 USD initial margin
+
+    assert "Inactive" in [entry.status for entry in big.log]
+    ((order_id, code, text),) = [e for e in errors if e[1] == 201]
+    assert (order_id, code) == (big.order.orderId, 201)
+    assert text.startswith(MARGIN_TEXT)
+    assert text.endswith("MUST EXCEED THE INITIAL MARGIN [130000.00 USD]")
+    assert "too-big" not in {o["orderRef"] for o in gw.orders()}
+    assert gw.executions() == []
+    assert gw.positions() == {}
+
+    small = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 50, orderRef="fits")))
+    assert small.orderStatus.status == "Filled"
+    assert gw.positions() == {"SPY": 50}
+    assert [e["orderRef"] for e in gw.executions()] == ["fits"]
+
+
+def test_a_closing_order_is_accepted_in_a_margin_deficit_and_an_opening_one_is_not(gw: ThreadedGateway, ib: IB) -> None:
+    errors = errors_of(ib)
+    gw.set_position("AAPL", 2000)  # 380,000 USD: 95,000 initial margin
+    gw.set_cash("USD", -400_000)  # equity with loan about 34,000 USD: below the margin already
+    closing = done(ib, ib.placeOrder(AAPL, MarketOrder("SELL", 500, orderRef="reduce")))
+    assert closing.orderStatus.status == "Filled"
+    assert gw.positions()["AAPL"] == 1500
+
+    opening = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 1, orderRef="open")))
+    assert opening.orderStatus.status != "Filled"
+    assert [(e[0], e[1]) for e in errors if e[1] == 201] == [(opening.order.orderId, 201)]
+    assert "SPY" not in gw.positions()
+    assert [e["orderRef"] for e in gw.executions()] == ["reduce"]
+
+
+def test_working_orders_count_against_the_margin(gw: ThreadedGateway, ib: IB) -> None:
+    errors = errors_of(ib)
+    gw.set_cash("USD", 100_000)  # equity with loan about 154,000 USD: 1,184 SPY of initial margin
+    gw.hold_fills(True)
+    first = ib.placeOrder(SPY, MarketOrder("BUY", 1000, orderRef="working"))
+    wait_until(ib, lambda: first.orderStatus.status == "Submitted", what="the first order working")
+    second = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 1000, orderRef="on-top")))
+    assert [e[1] for e in errors if e[0] == second.order.orderId] == [201]
+    assert [o["orderRef"] for o in gw.orders()] == ["working"]
+    gw.hold_fills(False)
+    done(ib, first)
+    assert gw.positions() == {"SPY": 1000}
+
+
+def test_what_if_reports_the_margin_impact_and_the_commission_the_fill_is_charged(gw: ThreadedGateway, ib: IB) -> None:
+    state = ib.whatIfOrder(SPY, MarketOrder("BUY", 1000))
+    assert float(state.initMarginChange) == pytest.approx(1000 * 520.00 * 0.25)
+    assert float(state.maintMarginChange) == pytest.approx(1000 * 520.00 * 0.20)
+    assert state.commission == pytest.approx(5.0)  # 0.005 per share
+    assert gw.orders() == []
+
+    trade = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 1000, orderRef="priced")))
+    charged = [e["commission"] for e in gw.executions() if e["orderRef"] == "priced"]
+    assert len(charged) == 2  # two executions of 500
+    assert sum(charged) == pytest.approx(state.commission)
+    assert sum(f.commissionReport.commission for f in trade.fills) == pytest.approx(state.commission)
