@@ -128,10 +128,14 @@ def outcome_of(trade: Trade, existing: bool = False) -> Outcome:
     )
 
 
+# ib_insync logs an order's error as "Error 201, reqId 16: <IB's text>"; the reply carries IB's text as IB sent it.
+_IB_INSYNC_PREFIX = re.compile(r"^Error -?\d+, reqId -?\d+: ")
+
+
 def _rejection(trade: Trade) -> dict[str, Any] | None:
     for entry in reversed(trade.log):
         if entry.errorCode and entry.errorCode not in {202}:  # 202 is IB's note on a requested cancel
-            return {"code": entry.errorCode, "message": entry.message}
+            return {"code": entry.errorCode, "message": _IB_INSYNC_PREFIX.sub("", entry.message, count=1)}
     return None
 
 
