@@ -26,6 +26,8 @@ ALGOS = ("", "Adaptive")
 # IB's margin rejection (error 201, order Inactive), as users of ib_insync report it (erdewit/ib_insync#704) and
 # issue 15 quotes it: "YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE DESIRED POSITION YOUR EQUITY WITH LOAN
 # VALUE [..] MUST EXCEED THE INITIAL MARGIN [..]".
+# IB's message codes: "110 The price does not conform to the minimum price variation for this contract."
+OFF_TICK = "The price does not conform to the minimum price variation for this contract."
 MARGIN_REJECTION = (
     "Order rejected - reason:YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE DESIRED POSITION YOUR EQUITY WITH "
     "LOAN VALUE [{equity:.2f} {base}] MUST EXCEED THE INITIAL MARGIN [{margin:.2f} {base}]"
@@ -128,6 +130,16 @@ class Broker(Ledger):
             return "Orders with transmit=False are not supported by ibsim"
         return None
 
+    @staticmethod
+    def off_tick(req: OrderRequest, inst: Instrument) -> bool:
+        """A limit or stop price off the instrument's minimum price variation (IB refuses it with 110)."""
+        prices = []
+        if req.orderType in ("LMT", "STP LMT") and req.lmtPrice:
+            prices.append(req.lmtPrice)
+        if req.orderType in ("STP", "STP LMT") and req.auxPrice:
+            prices.append(req.auxPrice)
+        return any(abs(p / inst.tick - round(p / inst.tick)) > 1e-6 for p in prices)
+
     def margin_shortfall(self, req: OrderRequest, inst: Instrument) -> str | None:
         """IB's rejection text when the order would take the initial margin above the equity with loan value.
 
@@ -174,6 +186,9 @@ class Broker(Ledger):
             self.listener.order_rejected(client_id, req.orderId, code, message, None)
             return
         reason = self.validate(req, inst)
+        if reason is None and self.off_tick(req, inst):
+            self.listener.order_rejected(client_id, req.orderId, 110, OFF_TICK, None)
+            return
         if reason is None and self.scenario.marginEnforce:
             reason = self.margin_shortfall(req, inst)
             if reason is not None:
@@ -236,6 +251,10 @@ class Broker(Ledger):
             reason = "The contract of an order cannot be modified"
         if reason is None and req.totalQuantity < order.filled:
             reason = "The new quantity is below the filled quantity"
+        if reason is None and self.off_tick(req, inst):
+            # the working order stays as it was, as for any refused modification
+            self.listener.order_rejected(order.clientId, order.orderId, 110, OFF_TICK, order)
+            return
         if reason is not None:
             # IB keeps the working order and reports the rejected modification as a warning-free error
             self.listener.order_rejected(order.clientId, order.orderId, 201, f"Order rejected - reason:{reason}", order)

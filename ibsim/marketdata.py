@@ -98,10 +98,13 @@ class MarketDesk(AccountDesk):
         inst = self._one(conn, req_id, c)
         if inst is None:
             return
+        if not self.scenario.liveSubscription and conn.mkt_type in (1, 2):  # both need the live subscription
+            conn.send_error(req_id, 354, NOT_SUBSCRIBED)
+            return
+        # IB answers every market-data request with tickReqParams (minTick, bboExchange, snapshotPermissions)
+        # before its ticks; ib_insync sets Ticker.minTick from it.
+        conn.send([81, req_id, inst.tick, inst.exchange, 3])
         if not self.scenario.liveSubscription:
-            if conn.mkt_type in (1, 2):  # live and frozen both need the live subscription
-                conn.send_error(req_id, 354, NOT_SUBSCRIBED)
-                return
             conn.send_error(req_id, 10167, DISPLAYING_DELAYED)
         if conn.mkt_type != 1:
             # The type this request actually gets: live whenever the subscription allows it (markets never close

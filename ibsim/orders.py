@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 from . import messages as M
 from . import protocol as P
+from .broker import OFF_TICK
 from .connection import Connection
 from .ledger import INIT_MARGIN, MAINT_MARGIN
 from .market import Instrument
@@ -58,6 +59,9 @@ class OrderDesk(MarketDesk):
         reason = self.broker.validate(req, inst)
         if reason is not None:
             conn.send_error(req.orderId, 201, f"Order rejected - reason:{reason}")
+            return
+        if self.broker.off_tick(req, inst):
+            conn.send_error(req.orderId, 110, OFF_TICK)
             return
         account = req.account or self.broker.default_account
         v = self.broker.valuation(account)

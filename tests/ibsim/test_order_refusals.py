@@ -6,7 +6,7 @@ Each test asserts IB's code and text through the unmodified ib_insync client, an
 from __future__ import annotations
 
 import pytest
-from ib_insync import IB, MarketOrder, Stock, Trade
+from ib_insync import IB, Contract, Forex, LimitOrder, MarketOrder, Stock, Trade
 
 from ibsim import ThreadedGateway
 
@@ -99,3 +99,50 @@ def test_what_if_reports_the_margin_impact_and_the_commission_the_fill_is_charge
     assert len(charged) == 2  # two executions of 500
     assert sum(charged) == pytest.approx(state.commission)
     assert sum(f.commissionReport.commission for f in trade.fills) == pytest.approx(state.commission)
+
+
+OFF_TICK = "The price does not conform to the minimum price variation for this contract."
+
+
+def test_a_limit_off_the_tick_grid_gets_110_and_never_reaches_the_book(gw: ThreadedGateway, ib: IB) -> None:
+    errors = errors_of(ib)
+    off = ib.placeOrder(SPY, LimitOrder("BUY", 10, 400.003, orderRef="off-tick"))
+    # ib_insync files 110 among its warnings, so the trade is not marked done: the error and Inactive are the answer
+    wait_until(ib, lambda: (off.order.orderId, 110, OFF_TICK) in errors, what="error 110")
+    assert "Inactive" in [entry.status for entry in off.log]
+    assert gw.orders() == []
+
+    on = ib.placeOrder(SPY, LimitOrder("BUY", 10, 400.01, orderRef="on-tick"))
+    wait_until(ib, lambda: on.orderStatus.status == "Submitted", what="the limit on the grid working")
+    assert [(o["orderRef"], o["lmtPrice"]) for o in gw.orders()] == [("on-tick", 400.01)]
+    assert [e[1] for e in errors if e[0] == on.order.orderId] == []
+
+
+def test_a_modification_off_the_grid_gets_110_and_the_order_keeps_its_price(gw: ThreadedGateway, ib: IB) -> None:
+    errors = errors_of(ib)
+    trade = ib.placeOrder(SPY, LimitOrder("BUY", 10, 400.00, orderRef="modify"))
+    wait_until(ib, lambda: trade.orderStatus.status == "Submitted", what="the limit working")
+    trade.order.lmtPrice = 400.005
+    ib.placeOrder(SPY, trade.order)
+    wait_until(ib, lambda: (trade.order.orderId, 110, OFF_TICK) in errors, what="error 110")
+    ((kept,),) = [[o for o in gw.orders() if o["orderRef"] == "modify"]]
+    assert (kept["lmtPrice"], kept["status"]) == (400.00, "Submitted")
+
+
+def test_a_what_if_off_the_grid_gets_110(gw: ThreadedGateway, ib: IB) -> None:
+    errors = errors_of(ib)
+    state = ib.whatIfOrder(SPY, LimitOrder("BUY", 10, 400.003))
+    assert [(code, text) for _, code, text in errors] == [(110, OFF_TICK)]
+    assert not state  # ib_insync ends the request without an order state
+    assert gw.orders() == []
+
+
+@pytest.mark.parametrize(("contract", "tick"), [(SPY, 0.01), (Forex("EURUSD"), 0.00005)])
+def test_every_market_data_request_gets_tick_req_params_so_the_ticker_knows_its_min_tick(
+    ib: IB, contract: Contract, tick: float
+) -> None:
+    ticker = ib.reqMktData(contract)
+    wait_until(ib, lambda: ticker.minTick == ticker.minTick and ticker.bid > 0, what="minTick and a quote")
+    assert ticker.minTick == tick
+    (snapshot,) = ib.reqTickers(contract)
+    assert snapshot.minTick == tick
