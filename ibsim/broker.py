@@ -26,6 +26,7 @@ ALGOS = ("", "Adaptive")
 # IB's margin rejection (error 201, order Inactive), as users of ib_insync report it (erdewit/ib_insync#704) and
 # issue 15 quotes it: "YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE DESIRED POSITION YOUR EQUITY WITH LOAN
 # VALUE [..] MUST EXCEED THE INITIAL MARGIN [..]".
+DUPLICATE_ID = "Duplicate order ID."
 # IB's message codes: "110 The price does not conform to the minimum price variation for this contract."
 OFF_TICK = "The price does not conform to the minimum price variation for this contract."
 MARGIN_REJECTION = (
@@ -63,6 +64,8 @@ class Broker(Ledger):
             self.accounts[spec.id] = acct
         self.default_account = scenario.accounts[0].id
         self.orders: dict[tuple[int, int], SimOrder] = {}
+        # The highest order id each client has sent, refused orders included: IB takes a new order only above it.
+        self.highest_order_id: dict[int, int] = {}
         self.by_perm: dict[int, SimOrder] = {}
         self.executions: list[dict[str, Any]] = []
         now = time.time()
@@ -85,7 +88,7 @@ class Broker(Ledger):
     # -- ids ---------------------------------------------------------------------------------------------------
     def next_order_id(self, client_id: int) -> int:
         ids = [oid for (cid, oid) in self.orders if cid == client_id]
-        return max(ids, default=0) + 1
+        return max(max(ids, default=0), self.highest_order_id.get(client_id, 0)) + 1
 
     def _perm(self) -> int:
         self.next_perm += 1
@@ -180,6 +183,11 @@ class Broker(Ledger):
         if existing is not None:
             self._modify(existing, req, inst)
             return
+        if req.orderId <= self.highest_order_id.get(client_id, 0):
+            # IB's message codes: "103 Duplicate order ID." for an id at or below one the client already used
+            self.listener.order_rejected(client_id, req.orderId, 103, DUPLICATE_ID, None)
+            return
+        self.highest_order_id[client_id] = req.orderId
         if self.reject_next is not None:
             code, message = self.reject_next
             self.reject_next = None
@@ -244,7 +252,7 @@ class Broker(Ledger):
 
     def _modify(self, order: SimOrder, req: OrderRequest, inst: Instrument) -> None:
         if not order.active:
-            self.listener.order_rejected(order.clientId, order.orderId, 103, "Duplicate order id", None)
+            self.listener.order_rejected(order.clientId, order.orderId, 103, DUPLICATE_ID, None)
             return
         reason = self.validate(req, inst)
         if reason is None and inst.key != order.key:
@@ -464,6 +472,7 @@ class Broker(Ledger):
             "orders": [o.wire() for o in self.orders.values()],
             "executions": self.executions,
             "nextPerm": self.next_perm,
+            "highestOrderIds": {str(c): i for c, i in self.highest_order_id.items()},
             "execSeq": self.exec_seq,
             "prices": {k: i.price for k, i in self.instruments.items()},
         }
@@ -485,6 +494,7 @@ class Broker(Ledger):
             self.by_perm[order.permId] = order
         self.executions = list(state.get("executions", []))
         self.next_perm = max(self.next_perm, int(state.get("nextPerm", 0)))
+        self.highest_order_id.update({int(c): int(i) for c, i in state.get("highestOrderIds", {}).items()})
         self.exec_seq = max(self.exec_seq, int(state.get("execSeq", 0)))
         for key, price in state.get("prices", {}).items():
             if key in self.instruments:

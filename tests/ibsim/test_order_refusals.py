@@ -146,3 +146,22 @@ def test_every_market_data_request_gets_tick_req_params_so_the_ticker_knows_its_
     assert ticker.minTick == tick
     (snapshot,) = ib.reqTickers(contract)
     assert snapshot.minTick == tick
+
+
+def test_a_lower_never_used_order_id_after_a_higher_one_gets_103(gw: ThreadedGateway, ib: IB, connect) -> None:
+    errors = errors_of(ib)
+    base = ib.client.getReqId()
+    high = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 1, orderId=base + 10, orderRef="high")))
+    assert high.orderStatus.status == "Filled"
+    low = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 1, orderId=base + 5, orderRef="low")))
+    assert (base + 5, 103, "Duplicate order ID.") in errors
+    assert low.orderStatus.status == "Cancelled"
+    assert [o["orderRef"] for o in gw.orders()] == ["high"]
+    assert [e["orderRef"] for e in gw.executions()] == ["high"]
+
+    # A refused id is used too: a reconnecting client is told to start above it.
+    refused = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 10**6, orderId=base + 20, orderRef="refused")))
+    assert refused.orderStatus.status == "Cancelled"  # 201: beyond the margin
+    ib.disconnect()
+    again = connect(1)
+    assert again.client.getReqId() > base + 20  # (its start-up requests take some ids first)
