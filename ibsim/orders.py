@@ -24,6 +24,8 @@ from .simorder import SimOrder
 
 log = logging.getLogger("ibsim")
 
+MISSING_EXCHANGE = "Error validating request.-'bN' : cause - Missing order exchange."
+
 
 class OrderDesk(MarketDesk):
     """The order requests, and the broker's listener: order updates, rejections and executions go out here."""
@@ -44,6 +46,11 @@ class OrderDesk(MarketDesk):
         if req.leftover:
             self.protocol_mismatches += 1
             log.warning("client %s: placeOrder %d had %d unread fields", conn.client_id, req.orderId, req.leftover)
+        if not req.contract.exchange:
+            # IB validates the request before it looks the contract up: an order with no exchange gets 321 even
+            # for a symbol it does not know (as IB Gateway answers, e.g. StrateQueue/StrateQueue#20).
+            conn.send_error(req.orderId, 321, MISSING_EXCHANGE)
+            return
         inst = self._one(conn, req.orderId, req.contract)
         if inst is None:
             log.info(

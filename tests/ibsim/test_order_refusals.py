@@ -165,3 +165,22 @@ def test_a_lower_never_used_order_id_after_a_higher_one_gets_103(gw: ThreadedGat
     ib.disconnect()
     again = connect(1)
     assert again.client.getReqId() > base + 20  # (its start-up requests take some ids first)
+
+
+MISSING_EXCHANGE = "Error validating request.-'bN' : cause - Missing order exchange."
+
+
+def test_an_order_without_an_exchange_gets_321_before_the_contract_is_looked_up(gw: ThreadedGateway, ib: IB) -> None:
+    errors = errors_of(ib)
+    bare = done(ib, ib.placeOrder(Stock("SPY"), MarketOrder("BUY", 1, orderRef="bare")))
+    assert (bare.order.orderId, 321, MISSING_EXCHANGE) in errors
+    assert bare.orderStatus.status == "Cancelled"
+    assert gw.orders() == []
+    assert gw.executions() == []
+
+    errors.clear()
+    assert not ib.whatIfOrder(Stock("XXX"), MarketOrder("BUY", 1))
+    assert [(code, text) for _, code, text in errors] == [(321, MISSING_EXCHANGE)]
+    errors.clear()
+    assert not ib.whatIfOrder(Stock("XXX", "SMART", "USD"), MarketOrder("BUY", 1))
+    assert [code for _, code, _ in errors] == [200]
