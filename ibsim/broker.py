@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from typing import Any
 
@@ -353,7 +354,10 @@ class Broker(Ledger):
         inst = self.instruments[order.key]
         qty = order.remaining
         if inst.secType != "CASH":
-            qty = min(qty, self.scenario.maxFillSize)
+            # A huge order fills in at most maxExecutionsPerOrder executions: 20,000 of them kept the loop busy
+            # with account pushes for minutes and starved every other client.
+            per = max(self.scenario.maxFillSize, math.ceil(order.totalQuantity / self.scenario.maxExecutionsPerOrder))
+            qty = min(qty, per)
         self.execute(order, qty, px)
         if order.active and order.remaining > 0:
             self.work(order, delay=self.scenario.fillDelayMs / 1000)

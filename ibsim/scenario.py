@@ -100,6 +100,8 @@ class Scenario:
     accounts: list[AccountSpec]
     instruments: list[InstrumentSpec]
     maxFillSize: float
+    # A larger order fills in bigger executions, so that no order takes more than this many.
+    maxExecutionsPerOrder: int
     fillDelayMs: float
     commission: dict[str, float]
     latency: dict[str, float]
@@ -356,6 +358,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         accounts=accounts,
         instruments=instruments,
         maxFillSize=float(d.get("maxFillSize", 500)),
+        maxExecutionsPerOrder=int(d.get("maxExecutionsPerOrder", 100)),
         fillDelayMs=float(d.get("fillDelayMs", 5)),
         commission={k: float(v) for k, v in (d.get("commission") or {}).items()},
         latency={k: float(v) for k, v in (d.get("latency") or {}).items()},
