@@ -49,3 +49,21 @@ def test_a_limit_on_a_coarse_tick_is_sent_on_the_grid_and_fills(bus: Bus, gatewa
     booked = {f["execId"] for f in mode_collection(project, "fills")}
     assert {e["execId"] for e in executions} <= booked
     assert holdings(project) == {"dummy": {"SPY": leg["target"]}}
+
+
+def test_a_leg_ib_refuses_with_110_carries_the_code_and_text_though_ib_insync_files_it_as_a_warning(
+    bus: Bus, gateway, project: str
+):
+    off_tick = "The price does not conform to the minimum price variation for this contract."
+    gateway.reject_next_order(code=110, message=off_tick)
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))
+    assert reply["status"] == "ok", reply
+    (leg,) = reply["result"]["instruments"]
+    assert leg["outcome"] == "rejected"
+    assert leg["error"] == {"code": 110, "message": off_tick}
+    assert gateway.orders() == []
+    assert gateway.executions() == []
+    closed = wait_for(lambda: mode_collection(project, "orders"), what="the refused order closed in the books")
+    assert [(o["orderRef"], o["filled"]) for o in closed] == [(leg["orderRef"], 0)]
+    assert mode_collection(project, "openOrders") == []
+    assert holdings(project) == {}
