@@ -144,15 +144,17 @@ class Broker(Ledger):
             prices.append(req.auxPrice)
         return any(abs(p / inst.tick - round(p / inst.tick)) > 1e-6 for p in prices)
 
-    def margin_shortfall(self, req: OrderRequest, inst: Instrument) -> str | None:
-        """IB's rejection text when the order would take the initial margin above the equity with loan value.
+    def margin_shortfall(self, req: OrderRequest, inst: Instrument, replacing: SimOrder | None = None) -> str | None:
+        """IB's rejection text when the order (or the modification of `replacing`) would take the initial margin
+        above the equity with loan value.
 
         Orders still working in the instrument count as if filled (IB reserves margin for them); an order that
         lowers the margin (a closing order) is never refused.
         """
-        account = req.account or self.default_account
-        signed = req.totalQuantity if req.action == "BUY" else -req.totalQuantity
-        working = self.working_quantity(account, inst.key)
+        account = replacing.account if replacing is not None else req.account or self.default_account
+        qty = req.totalQuantity - (replacing.filled if replacing is not None else 0.0)
+        signed = qty if req.action == "BUY" else -qty
+        working = self.working_quantity(account, inst.key, without=replacing)
         if self.margin_change(account, inst, signed, working) <= 0:
             return None
         change = self.margin_change(account, inst, working + signed)  # the working orders' margin is reserved
@@ -162,12 +164,12 @@ class Broker(Ledger):
             return None
         return MARGIN_REJECTION.format(equity=v["EquityWithLoanValue"], margin=after, base=v["base"])
 
-    def working_quantity(self, account: str, key: str) -> float:
-        """Signed quantity still to fill of the account's working orders in `key`."""
+    def working_quantity(self, account: str, key: str, without: SimOrder | None = None) -> float:
+        """Signed quantity still to fill of the account's working orders in `key` (but `without`)."""
         return sum(
             o.remaining if o.action == "BUY" else -o.remaining
             for o in self.active_orders()
-            if o.account == account and o.key == key
+            if o.account == account and o.key == key and o is not without
         )
 
     def what_if_commission(self, req: OrderRequest, inst: Instrument) -> tuple[float, str]:
@@ -267,6 +269,10 @@ class Broker(Ledger):
         if reason is not None:
             # IB keeps the working order and reports the rejected modification as a warning-free error
             self.listener.order_rejected(order.clientId, order.orderId, 201, f"Order rejected - reason:{reason}", order)
+            return
+        shortfall = self.margin_shortfall(req, inst, replacing=order) if self.scenario.marginEnforce else None
+        if shortfall is not None:
+            self.listener.order_rejected(order.clientId, order.orderId, 201, shortfall, order)
             return
         order.totalQuantity = float(req.totalQuantity)
         order.lmtPrice = req.lmtPrice

@@ -184,3 +184,29 @@ def test_an_order_without_an_exchange_gets_321_before_the_contract_is_looked_up(
     errors.clear()
     assert not ib.whatIfOrder(Stock("XXX", "SMART", "USD"), MarketOrder("BUY", 1))
     assert [code for _, code, _ in errors] == [200]
+
+
+def test_a_modification_beyond_the_margin_gets_201_and_the_order_keeps_its_size(gw: ThreadedGateway, ib: IB) -> None:
+    errors = errors_of(ib)
+    gw.set_cash("USD", 10_000)  # equity with loan about 64,000 USD: 490 SPY at 520 of initial margin
+    trade = ib.placeOrder(SPY, LimitOrder("BUY", 100, 400.00, orderRef="grow"))
+    wait_until(ib, lambda: trade.orderStatus.status == "Submitted", what="the limit working")
+    trade.order.totalQuantity = 1000
+    ib.placeOrder(SPY, trade.order)
+    wait_until(ib, lambda: any(e[:2] == (trade.order.orderId, 201) for e in errors), what="error 201")
+    ((_, _, text),) = [e for e in errors if e[1] == 201]
+    assert text.startswith(MARGIN_TEXT)
+    ((kept,),) = [[o for o in gw.orders() if o["orderRef"] == "grow"]]
+    assert (kept["totalQuantity"], kept["status"]) == (100, "Submitted")
+
+    # (ib_insync marks its trade Cancelled on the error though IB keeps the order: modify another one)
+    errors.clear()
+    other = ib.placeOrder(SPY, LimitOrder("BUY", 50, 400.00, orderRef="fits"))
+    wait_until(ib, lambda: other.orderStatus.status == "Submitted", what="the second limit working")
+    other.order.totalQuantity = 150  # with the first order's 100: still within the margin
+    ib.placeOrder(SPY, other.order)
+    wait_until(
+        ib, lambda: {o["orderRef"]: o["totalQuantity"] for o in gw.orders()}["fits"] == 150, what="the modification"
+    )
+    assert errors == []
+    assert gw.executions() == []
