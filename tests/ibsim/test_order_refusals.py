@@ -5,10 +5,14 @@ Each test asserts IB's code and text through the unmodified ib_insync client, an
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from ib_insync import IB, Contract, Forex, LimitOrder, MarketOrder, Stock, Trade
 
 from ibsim import ThreadedGateway
+from tests.support import ensure_loop
 
 from .conftest import wait_until
 
@@ -210,3 +214,31 @@ def test_a_modification_beyond_the_margin_gets_201_and_the_order_keeps_its_size(
     )
     assert errors == []
     assert gw.executions() == []
+
+
+def test_the_highest_order_id_survives_a_restart_with_the_state_file(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    with ThreadedGateway(port=0, state_file=state) as gw:
+        ensure_loop()
+        ib = IB()
+        ib.connect("127.0.0.1", gw.port, clientId=3, timeout=4)
+        try:
+            high = ib.client.getReqId() + 50
+            gw.reject_next_order(201, "Order rejected - reason:refused")
+            done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 1, orderId=high)))
+        finally:
+            ib.disconnect()
+    assert json.loads(state.read_text())["highestOrderIds"] == {"3": high}
+
+    with ThreadedGateway(port=0, state_file=state) as gw:
+        ensure_loop()
+        ib = IB()
+        ib.connect("127.0.0.1", gw.port, clientId=3, timeout=4)
+        try:
+            assert ib.client.getReqId() > high
+            errors = errors_of(ib)
+            done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 1, orderId=high)))
+            assert (high, 103, "Duplicate order ID.") in errors
+            assert gw.orders() == []
+        finally:
+            ib.disconnect()
