@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import math
 import time
 from typing import Any
 
@@ -34,6 +35,16 @@ OUTSIDE_RTH_IGNORED = (
 )
 # IB's own zone names in the 399 text ("... until 2016-03-28 09:30:00 US/Eastern").
 IB_ZONE_NAMES = {"America/New_York": "US/Eastern", "America/Chicago": "US/Central", "Europe/Berlin": "MET"}
+# IB's margin rejection (error 201, order Inactive), as users of ib_insync report it (erdewit/ib_insync#704) and
+# issue 15 quotes it: "YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE DESIRED POSITION YOUR EQUITY WITH LOAN
+# VALUE [..] MUST EXCEED THE INITIAL MARGIN [..]".
+DUPLICATE_ID = "Duplicate order ID."
+# IB's message codes: "110 The price does not conform to the minimum price variation for this contract."
+OFF_TICK = "The price does not conform to the minimum price variation for this contract."
+MARGIN_REJECTION = (
+    "Order rejected - reason:YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE DESIRED POSITION YOUR EQUITY WITH "
+    "LOAN VALUE [{equity:.2f} {base}] MUST EXCEED THE INITIAL MARGIN [{margin:.2f} {base}]"
+)
 
 
 class Broker(Ledger):
@@ -65,6 +76,8 @@ class Broker(Ledger):
             self.accounts[spec.id] = acct
         self.default_account = scenario.accounts[0].id
         self.orders: dict[tuple[int, int], SimOrder] = {}
+        # The highest order id each client has sent, refused orders included: IB takes a new order only above it.
+        self.highest_order_id: dict[int, int] = {}
         self.by_perm: dict[int, SimOrder] = {}
         self.executions: list[dict[str, Any]] = []
         now = time.time()
@@ -87,7 +100,7 @@ class Broker(Ledger):
     # -- ids ---------------------------------------------------------------------------------------------------
     def next_order_id(self, client_id: int) -> int:
         ids = [oid for (cid, oid) in self.orders if cid == client_id]
-        return max(ids, default=0) + 1
+        return max(max(ids, default=0), self.highest_order_id.get(client_id, 0)) + 1
 
     def _perm(self) -> int:
         self.next_perm += 1
@@ -132,18 +145,77 @@ class Broker(Ledger):
             return "Orders with transmit=False are not supported by ibsim"
         return None
 
+    @staticmethod
+    def off_tick(req: OrderRequest, inst: Instrument) -> bool:
+        """A limit or stop price off the instrument's minimum price variation (IB refuses it with 110)."""
+        prices = []
+        if req.orderType in ("LMT", "STP LMT") and req.lmtPrice:
+            prices.append(req.lmtPrice)
+        if req.orderType in ("STP", "STP LMT") and req.auxPrice:
+            prices.append(req.auxPrice)
+        return any(abs(p / inst.tick - round(p / inst.tick)) > 1e-6 for p in prices)
+
+    def margin_shortfall(self, req: OrderRequest, inst: Instrument, replacing: SimOrder | None = None) -> str | None:
+        """IB's rejection text when the order (or the modification of `replacing`) would take the initial margin
+        above the equity with loan value.
+
+        Orders still working in the instrument count as if filled (IB reserves margin for them); an order that
+        lowers the margin (a closing order) is never refused.
+        """
+        account = replacing.account if replacing is not None else req.account or self.default_account
+        qty = req.totalQuantity - (replacing.filled if replacing is not None else 0.0)
+        signed = qty if req.action == "BUY" else -qty
+        working = self.working_quantity(account, inst.key, without=replacing)
+        if self.margin_change(account, inst, signed, working) <= 0:
+            return None
+        change = self.margin_change(account, inst, working + signed)  # the working orders' margin is reserved
+        v = self.valuation(account)
+        after = v["InitMarginReq"] + change
+        if after <= v["EquityWithLoanValue"]:
+            return None
+        return MARGIN_REJECTION.format(equity=v["EquityWithLoanValue"], margin=after, base=v["base"])
+
+    def working_quantity(self, account: str, key: str, without: SimOrder | None = None) -> float:
+        """Signed quantity still to fill of the account's working orders in `key` (but `without`)."""
+        return sum(
+            o.remaining if o.action == "BUY" else -o.remaining
+            for o in self.active_orders()
+            if o.account == account and o.key == key and o is not without
+        )
+
+    def what_if_commission(self, req: OrderRequest, inst: Instrument) -> tuple[float, str]:
+        """The commission a fill of the whole order at today's quote is charged (execute() charges the same)."""
+        qty = float(req.totalQuantity)
+        px = inst.ask if req.action == "BUY" else inst.bid
+        if req.orderType in ("LMT", "STP LMT") and req.lmtPrice:
+            px = min(px, req.lmtPrice) if req.action == "BUY" else max(px, req.lmtPrice)
+        return self._commission(inst, qty, qty * px)
+
     def place(self, client_id: int, req: OrderRequest, inst: Instrument) -> None:
         key = (client_id, req.orderId)
         existing = self.orders.get(key)
         if existing is not None:
             self._modify(existing, req, inst)
             return
+        if req.orderId <= self.highest_order_id.get(client_id, 0):
+            # IB's message codes: "103 Duplicate order ID." for an id at or below one the client already used
+            self.listener.order_rejected(client_id, req.orderId, 103, DUPLICATE_ID, None)
+            return
+        self.highest_order_id[client_id] = req.orderId
         if self.reject_next is not None:
             code, message = self.reject_next
             self.reject_next = None
             self.listener.order_rejected(client_id, req.orderId, code, message, None)
             return
         reason = self.validate(req, inst)
+        if reason is None and self.off_tick(req, inst):
+            self.listener.order_rejected(client_id, req.orderId, 110, OFF_TICK, None)
+            return
+        if reason is None and self.scenario.marginEnforce:
+            reason = self.margin_shortfall(req, inst)
+            if reason is not None:
+                self.listener.order_rejected(client_id, req.orderId, 201, reason, None)
+                return
         if reason is not None:
             self.listener.order_rejected(client_id, req.orderId, 201, f"Order rejected - reason:{reason}", None)
             return
@@ -222,16 +294,24 @@ class Broker(Ledger):
 
     def _modify(self, order: SimOrder, req: OrderRequest, inst: Instrument) -> None:
         if not order.active:
-            self.listener.order_rejected(order.clientId, order.orderId, 103, "Duplicate order id", None)
+            self.listener.order_rejected(order.clientId, order.orderId, 103, DUPLICATE_ID, None)
             return
         reason = self.validate(req, inst)
         if reason is None and inst.key != order.key:
             reason = "The contract of an order cannot be modified"
         if reason is None and req.totalQuantity < order.filled:
             reason = "The new quantity is below the filled quantity"
+        if reason is None and self.off_tick(req, inst):
+            # the working order stays as it was, as for any refused modification
+            self.listener.order_rejected(order.clientId, order.orderId, 110, OFF_TICK, order)
+            return
         if reason is not None:
             # IB keeps the working order and reports the rejected modification as a warning-free error
             self.listener.order_rejected(order.clientId, order.orderId, 201, f"Order rejected - reason:{reason}", order)
+            return
+        shortfall = self.margin_shortfall(req, inst, replacing=order) if self.scenario.marginEnforce else None
+        if shortfall is not None:
+            self.listener.order_rejected(order.clientId, order.orderId, 201, shortfall, order)
             return
         order.totalQuantity = float(req.totalQuantity)
         order.lmtPrice = req.lmtPrice
@@ -325,7 +405,10 @@ class Broker(Ledger):
         inst = self.instruments[order.key]
         qty = order.remaining
         if inst.secType != "CASH":
-            qty = min(qty, self.scenario.maxFillSize)
+            # A huge order fills in at most maxExecutionsPerOrder executions: 20,000 of them kept the loop busy
+            # with account pushes for minutes and starved every other client.
+            per = max(self.scenario.maxFillSize, math.ceil(order.totalQuantity / self.scenario.maxExecutionsPerOrder))
+            qty = min(qty, per)
         self.execute(order, qty, px)
         if order.active and order.remaining > 0:
             self.work(order, delay=self.scenario.fillDelayMs / 1000)
@@ -336,7 +419,7 @@ class Broker(Ledger):
                 self.work(order)
 
     # -- executions --------------------------------------------------------------------------------------------
-    def _commission(self, order: SimOrder, inst: Instrument, cum_qty: float, cum_value: float) -> tuple[float, str]:
+    def _commission(self, inst: Instrument, cum_qty: float, cum_value: float) -> tuple[float, str]:
         c = self.comm
         if inst.secType == "CASH":
             value_usd = cum_value * self.usd_rate(inst.currency)
@@ -355,7 +438,7 @@ class Broker(Ledger):
         order.filled = prev_filled + qty
         order.avgFillPrice = (order.avgFillPrice * prev_filled + price * qty) / order.filled
         order.lastFillPrice = price
-        total_comm, comm_cur = self._commission(order, inst, order.filled, order.avgFillPrice * order.filled)
+        total_comm, comm_cur = self._commission(inst, order.filled, order.avgFillPrice * order.filled)
         commission = round(max(total_comm - order.commission, 0.0), 6)
         order.commission += commission
         signed = qty if order.action == "BUY" else -qty
@@ -446,6 +529,7 @@ class Broker(Ledger):
             "orders": [o.wire() for o in self.orders.values()],
             "executions": self.executions,
             "nextPerm": self.next_perm,
+            "highestOrderIds": {str(c): i for c, i in self.highest_order_id.items()},
             "execSeq": self.exec_seq,
             "prices": {k: i.price for k, i in self.instruments.items()},
         }
@@ -467,6 +551,7 @@ class Broker(Ledger):
             self.by_perm[order.permId] = order
         self.executions = list(state.get("executions", []))
         self.next_perm = max(self.next_perm, int(state.get("nextPerm", 0)))
+        self.highest_order_id.update({int(c): int(i) for c, i in state.get("highestOrderIds", {}).items()})
         self.exec_seq = max(self.exec_seq, int(state.get("execSeq", 0)))
         for key, price in state.get("prices", {}).items():
             if key in self.instruments:

@@ -10,6 +10,10 @@ from typing import Any
 from .market import Instrument
 from .scenario import USD_RATES
 
+# Initial and maintenance margin per unit of gross position value (Reg T stocks and ETFs, a futures SPAN stand-in).
+INIT_MARGIN = {"STK": 0.25, "FUT": 0.06}
+MAINT_MARGIN = {"STK": 0.20, "FUT": 0.05}
+
 
 @dataclass
 class Position:
@@ -90,8 +94,8 @@ class Ledger:
         nlv_by = {c: r["cash"] + r["stock"] + r["fut"] for c, r in per.items()}
         nlv = sum(nlv_by[c] * rates[c] for c in currencies)
         cash_total = sum(per[c]["cash"] * rates[c] for c in currencies)
-        init = 0.25 * gross + 0.06 * fut_notional
-        maint = 0.20 * gross + 0.05 * fut_notional
+        init = INIT_MARGIN["STK"] * gross + INIT_MARGIN["FUT"] * fut_notional
+        maint = MAINT_MARGIN["STK"] * gross + MAINT_MARGIN["FUT"] * fut_notional
         available = nlv - init
         excess = nlv - maint
         return {
@@ -112,6 +116,17 @@ class Ledger:
             "UnrealizedPnL": sum(per[c]["unreal"] * rates[c] for c in currencies),
             "RealizedPnL": sum(per[c]["real"] * rates[c] for c in currencies),
         }
+
+    def margin_change(self, account: str, inst: Instrument, signed: float, working: float = 0.0) -> float:
+        """The change of initial margin (base currency) if `signed` more of `inst` were held, on top of the
+        position and `working` (signed quantity of the account's orders still working in it). Forex is cash: 0."""
+        rate = INIT_MARGIN.get(inst.secType)
+        if rate is None:
+            return 0.0
+        pos = self.accounts[account].positions.get(inst.key)
+        before = (pos.quantity if pos is not None else 0.0) + working
+        unit = inst.price * inst.multiplier * self.rate(inst.currency, self.accounts[account].base)
+        return (abs(before + signed) - abs(before)) * unit * rate
 
     def account_values(self, account: str) -> list[tuple[str, str, str]]:
         """(key, value, currency) rows as updateAccountValue sends them."""

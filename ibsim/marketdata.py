@@ -112,11 +112,14 @@ class MarketDesk(AccountDesk):
         if inst is None:
             return
         permission = self._permission(inst)
+        # live and frozen both need the live subscription; with none at all, delayed data is refused too
+        if permission != "realtime" and (conn.mkt_type in (1, 2) or permission == "none"):
+            conn.send_error(req_id, 354, NOT_SUBSCRIBED)
+            return
+        # IB answers every market-data request with tickReqParams (minTick, bboExchange, snapshotPermissions)
+        # before its ticks; ib_insync sets Ticker.minTick from it.
+        conn.send([81, req_id, inst.tick, inst.exchange, 3])
         if permission != "realtime":
-            # live and frozen both need the live subscription; with none at all, delayed data is refused too
-            if conn.mkt_type in (1, 2) or permission == "none":
-                conn.send_error(req_id, 354, NOT_SUBSCRIBED)
-                return
             conn.send_error(req_id, 10167, DISPLAYING_DELAYED)
         if conn.mkt_type != 1:
             # The type this request actually gets: live whenever the subscription allows it, delayed otherwise;

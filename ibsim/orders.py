@@ -13,7 +13,9 @@ from zoneinfo import ZoneInfo
 
 from . import messages as M
 from . import protocol as P
+from .broker import OFF_TICK
 from .connection import Connection
+from .ledger import INIT_MARGIN, MAINT_MARGIN
 from .market import Instrument
 from .marketdata import MarketDesk
 from .messages import ContractView
@@ -21,6 +23,8 @@ from .protocol import Reader
 from .simorder import SimOrder
 
 log = logging.getLogger("ibsim")
+
+MISSING_EXCHANGE = "Error validating request.-'bN' : cause - Missing order exchange."
 
 
 class OrderDesk(MarketDesk):
@@ -42,6 +46,11 @@ class OrderDesk(MarketDesk):
         if req.leftover:
             self.protocol_mismatches += 1
             log.warning("client %s: placeOrder %d had %d unread fields", conn.client_id, req.orderId, req.leftover)
+        if not req.contract.exchange:
+            # IB validates the request before it looks the contract up: an order with no exchange gets 321 even
+            # for a symbol it does not know (as IB Gateway answers, e.g. StrateQueue/StrateQueue#20).
+            conn.send_error(req.orderId, 321, MISSING_EXCHANGE)
+            return
         inst = self._one(conn, req.orderId, req.contract)
         if inst is None:
             log.info(
@@ -58,24 +67,28 @@ class OrderDesk(MarketDesk):
         if reason is not None:
             conn.send_error(req.orderId, 201, f"Order rejected - reason:{reason}")
             return
+        if self.broker.off_tick(req, inst):
+            conn.send_error(req.orderId, 110, OFF_TICK)
+            return
         account = req.account or self.broker.default_account
         v = self.broker.valuation(account)
-        rate = self.broker.rate(inst.currency, v["base"])
-        notional = abs(req.totalQuantity) * inst.price * inst.multiplier * rate
-        margin = notional * (0.06 if inst.secType == "FUT" else 0.25 if inst.secType == "STK" else 0.03)
+        signed = req.totalQuantity if req.action == "BUY" else -req.totalQuantity
+        init = self.broker.margin_change(account, inst, signed, self.broker.working_quantity(account, inst.key))
+        maint = init * MAINT_MARGIN.get(inst.secType, 0.0) / INIT_MARGIN.get(inst.secType, 1.0)
+        commission, commission_currency = self.broker.what_if_commission(req, inst)
         before = (v["InitMarginReq"], v["MaintMarginReq"], v["EquityWithLoanValue"])
         what_if = {
             "initMarginBefore": f"{before[0]:.2f}",
             "maintMarginBefore": f"{before[1]:.2f}",
             "equityWithLoanBefore": f"{before[2]:.2f}",
-            "initMarginChange": f"{margin:.2f}",
-            "maintMarginChange": f"{margin * 0.8:.2f}",
-            "equityWithLoanChange": "0.00",
-            "initMarginAfter": f"{before[0] + margin:.2f}",
-            "maintMarginAfter": f"{before[1] + margin * 0.8:.2f}",
-            "equityWithLoanAfter": f"{before[2]:.2f}",
-            "commission": 1.0,
-            "currency": inst.currency,
+            "initMarginChange": f"{init:.2f}",
+            "maintMarginChange": f"{maint:.2f}",
+            "equityWithLoanChange": f"{-commission * self.broker.rate(commission_currency, v['base']):.2f}",
+            "initMarginAfter": f"{before[0] + init:.2f}",
+            "maintMarginAfter": f"{before[1] + maint:.2f}",
+            "equityWithLoanAfter": f"{before[2] - commission * self.broker.rate(commission_currency, v['base']):.2f}",
+            "commission": commission,
+            "currency": commission_currency,
         }
         wire = {
             "orderId": req.orderId,

@@ -103,6 +103,8 @@ class Scenario:
     accounts: list[AccountSpec]
     instruments: list[InstrumentSpec]
     maxFillSize: float
+    # A larger order fills in bigger executions, so that no order takes more than this many.
+    maxExecutionsPerOrder: int
     fillDelayMs: float
     commission: dict[str, float]
     latency: dict[str, float]
@@ -117,6 +119,8 @@ class Scenario:
     # The login's market-data permission for instruments that name none: realtime | delayed | none.
     # marketData.liveSubscription is its older spelling: true = realtime, false = delayed.
     permissions: str = "realtime"
+    # True: an order whose initial margin would exceed the equity with loan value is rejected (201), as IB does.
+    marginEnforce: bool = False
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -161,7 +165,7 @@ class Scenario:
         merged = {**copy.deepcopy(_default_data()), **copy.deepcopy(data)}
         if data and "name" not in data:
             merged["name"] = "custom"
-        for key in ("commission", "latency", "pacing", "connectCost", "marketData", "generated"):
+        for key in ("commission", "latency", "pacing", "connectCost", "marketData", "margin", "generated"):
             if key in data:
                 merged[key] = {**_default_data().get(key, {}), **data[key]} if key != "generated" else data[key]
         return _build(merged, given=data)
@@ -364,6 +368,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         accounts=accounts,
         instruments=instruments,
         maxFillSize=float(d.get("maxFillSize", 500)),
+        maxExecutionsPerOrder=int(d.get("maxExecutionsPerOrder", 100)),
         fillDelayMs=float(d.get("fillDelayMs", 5)),
         commission={k: float(v) for k, v in (d.get("commission") or {}).items()},
         latency={k: float(v) for k, v in (d.get("latency") or {}).items()},
@@ -374,6 +379,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         clockStart=clock_start,
         liveSubscription=bool((d.get("marketData") or {}).get("liveSubscription", True)),
         permissions=_permissions(d.get("marketData") or {}),
+        marginEnforce=bool((d.get("margin") or {}).get("enforce", False)),
         raw=copy.deepcopy(given),
     )
 

@@ -128,10 +128,17 @@ def outcome_of(trade: Trade, existing: bool = False) -> Outcome:
     )
 
 
+# IB's notes on an order that are no refusal: a requested cancel (202), a held order (399), delayed data (10167).
+_ORDER_NOTES = {202, 399, 10167}
+
+# ib_insync logs an order's error as "Error 201, reqId 16: <IB's text>"; the reply carries IB's text as IB sent it.
+_IB_INSYNC_PREFIX = re.compile(r"^Error -?\d+, reqId -?\d+: ")
+
+
 def _rejection(trade: Trade) -> dict[str, Any] | None:
     for entry in reversed(trade.log):
         if entry.errorCode and entry.errorCode not in {202}:  # 202 is IB's note on a requested cancel
-            return {"code": entry.errorCode, "message": entry.message}
+            return {"code": entry.errorCode, "message": _IB_INSYNC_PREFIX.sub("", entry.message, count=1)}
     return None
 
 
@@ -208,16 +215,31 @@ class OrderEngine:
     async def place(self, legs: Iterable[LegOrder]) -> dict[str, Outcome]:
         """Sends every leg at once and waits for each to be confirmed (ib_insync paces the sends at 45/s)."""
         self._confirmed = 0
-        trades = [self._ib.placeOrder(leg.instrument.contract, self.build(leg)) for leg in legs]
-        confirmed = await asyncio.gather(*(self._confirm_counted(trade, len(trades)) for trade in trades))
+        # ib_insync files some of IB's refusals among its warnings (110: price off the tick grid) and leaves them
+        # out of the trade's log; they are caught here so that a refused leg still carries IB's code and text.
+        errors: dict[int, dict[str, Any]] = {}
+
+        def on_error(req_id: int, code: int, message: str, contract: Any) -> None:
+            if code not in _ORDER_NOTES and code < 2100:
+                errors[req_id] = {"code": code, "message": message}
+
+        self._ib.errorEvent += on_error
+        try:
+            trades = [self._ib.placeOrder(leg.instrument.contract, self.build(leg)) for leg in legs]
+            confirmed = await asyncio.gather(*(self._confirm_counted(trade, len(trades)) for trade in trades))
+        finally:
+            self._ib.errorEvent -= on_error
         outcomes: dict[str, Outcome] = {}
         for trade, settled in zip(trades, confirmed, strict=True):
             ref = trade.order.orderRef
-            outcomes[ref] = (
+            outcome = (
                 outcome_of(trade)
                 if settled
                 else Outcome(order_ref=ref, fate=Fate.UNCONFIRMED, order_id=trade.order.orderId)
             )
+            if outcome.fate is Fate.REJECTED and outcome.error is None and trade.order.orderId in errors:
+                outcome = replace(outcome, error=errors[trade.order.orderId])
+            outcomes[ref] = outcome
         unconfirmed = {ref for ref, o in outcomes.items() if o.fate is Fate.UNCONFIRMED}
         if unconfirmed:
             # Ambiguous is not failed: the order may well be live. Ask the broker; never place it again.

@@ -18,7 +18,7 @@ from typing import Any
 
 from consumer.broker.broker import Broker
 from consumer.broker.instruments import Instrument
-from consumer.broker.model import Account, BrokerOrder, is_done
+from consumer.broker.model import Account, BrokerOrder, Fate, is_done
 from consumer.broker.orders import LegOrder, Outcome, order_ref
 from consumer.errors import IntentError, Rejected, Transient
 from consumer.intents.base import IntentContext
@@ -456,8 +456,13 @@ def _line(instrument: Instrument, leg: Leg, order: LegOrder | None, outcome: Out
     return line
 
 
-def _tally(outcomes: Mapping[str, Outcome]) -> dict[str, int]:
-    tally: dict[str, int] = {"sent": sum(1 for o in outcomes.values() if not o.existing)}
+def _tally(outcomes: Mapping[str, Outcome]) -> dict[str, int | bool]:
+    """Orders by fate; `partial` when IB refused some legs (margin, price...) while others went on, so a caller
+    that reads only the status `ok` still sees that the request got only part of what it asked for."""
+    tally: dict[str, int | bool] = {"sent": sum(1 for o in outcomes.values() if not o.existing)}
     for o in outcomes.values():
-        tally[o.fate.value] = tally.get(o.fate.value, 0) + 1
+        tally[o.fate.value] = int(tally.get(o.fate.value, 0)) + 1
+    rejected = sum(1 for o in outcomes.values() if o.fate is Fate.REJECTED)
+    if 0 < rejected < len(outcomes):
+        tally["partial"] = True
     return tally
