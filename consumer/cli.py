@@ -287,32 +287,17 @@ def build_envelope(  # noqa: C901 (one branch per command-line option, in the or
 def strategy_problems(params: dict[str, Any]) -> list[str]:
     """What the consumer's allocation would refuse in the named strategies and their params, in its own words
     (consumer/intents/allocation.py choose_strategies). Capital is the config's business: the consumer checks it."""
-    from jsonschema import Draft202012Validator
-
-    from consumer.strategies import discover
+    from consumer.strategies import discover, naming_problems, param_problems
 
     names = params.get("strategies")
     if not names:  # the config's default strategies: known to the consumer only
         return []
     known = discover()
     strategy_params: dict[str, Any] = params.get("strategyParams", {})
-    problems = []
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        problems.append(
-            f"unknown strategy {', '.join(map(repr, unknown))}; known strategies: {', '.join(sorted(known))}"
-        )
-    stray = sorted(set(strategy_params) - set(names))
-    if stray:
-        problems.append(f"strategyParams given for {', '.join(stray)}, which this allocation does not run")
+    problems = naming_problems(names, strategy_params, known)
     for name in names:
-        if name not in known:
-            continue
-        own = strategy_params.get(name, {})
-        errors = sorted(Draft202012Validator(known[name].params_schema).iter_errors(own), key=lambda e: list(e.path))
-        for error in errors:
-            where = "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path)
-            problems.append(f"strategyParams.{name}{where}: {error.message}")
+        if name in known:
+            problems += param_problems(name, strategy_params.get(name, {}), known[name])
     return problems
 
 

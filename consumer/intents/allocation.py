@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 from consumer.broker.instruments import Instrument
 from consumer.errors import IntentError, Transient
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.rebalance import Rebalance
 from consumer.portfolio import gross_exposure, target_quantity
-from consumer.strategies import discover
+from consumer.strategies import discover, naming_problems, param_problems
 from consumer.strategies.base import Strategy
 
 
@@ -29,15 +27,7 @@ def choose_strategies(ctx: IntentContext, params: dict[str, Any]) -> dict[str, S
     config = ctx.config
     names: list[str] = params.get("strategies") or config.enabled_strategies
     strategy_params: dict[str, Any] = params.get("strategyParams", {})
-    problems = []
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        problems.append(
-            f"unknown strategy {', '.join(map(repr, unknown))}; known strategies: {', '.join(sorted(known))}"
-        )
-    stray = sorted(set(strategy_params) - set(names))
-    if stray:
-        problems.append(f"strategyParams given for {', '.join(stray)}, which this allocation does not run")
+    problems = naming_problems(names, strategy_params, known)
     disabled = [n for n in names if n in known and config.capital_share(n) <= 0]
     if disabled:
         problems.append(
@@ -49,10 +39,8 @@ def choose_strategies(ctx: IntentContext, params: dict[str, Any]) -> dict[str, S
         if name not in known:
             continue
         own = strategy_params.get(name, {})
-        errors = sorted(Draft202012Validator(known[name].params_schema).iter_errors(own), key=lambda e: list(e.path))
-        for error in errors:
-            where = "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path)
-            problems.append(f"strategyParams.{name}{where}: {error.message}")
+        errors = param_problems(name, own, known[name])
+        problems += errors
         if not errors:
             built[name] = known[name](own)
     if problems:
