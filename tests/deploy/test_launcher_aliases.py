@@ -13,10 +13,8 @@ import pytest
 from launcher import EXIT_CONFIG
 from launcher.aliases import ALIASES
 
-from tests.deploy.test_launcher_run import PASSWORD, USERNAME, launcher_env, shm_dir
+from tests.deploy.test_launcher_run import PASSWORD, USERNAME, launcher_env
 from tests.support import file_written, wait_for
-
-__all__ = ["shm_dir"]  # the fixture, imported for pytest
 
 
 def aliased_env(tmp_path: Path, shm: Path, **extra: str) -> dict[str, str]:

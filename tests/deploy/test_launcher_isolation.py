@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,16 +63,6 @@ FAKE_CONSUMER_PY = textwrap.dedent(
         time.sleep(0.05)
     """
 )
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[Path]:
-    base = Path("/dev/shm")
-    if not ibc.is_memory_backed(base):
-        pytest.skip("/dev/shm is not tmpfs here")
-    path = base / f"launcher-iso-{uuid.uuid4().hex}"
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
 import textwrap
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,16 +44,6 @@ FAKE_CONSUMER = textwrap.dedent(
         time.sleep(0.05)
     """
 )
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[Path]:
-    base = Path("/dev/shm")
-    if not ibc.is_memory_backed(base):
-        pytest.skip("/dev/shm is not tmpfs here")
-    path = base / f"launcher-run-{uuid.uuid4().hex}"
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def launcher_env(tmp_path: Path, shm_dir: Path, **extra: str) -> dict[str, str]:

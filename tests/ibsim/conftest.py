@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +18,8 @@ from ib_insync import IB
 
 from ibsim import ThreadedGateway
 from tests.support import ensure_loop, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def wait_until(ib: IB, predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
@@ -128,3 +135,27 @@ def raw(gw: ThreadedGateway) -> Iterator[Callable[..., Raw]]:
     yield _raw
     for r in made:
         r.close()
+
+
+@contextlib.contextmanager
+def ibsim_cli(
+    *args: str, cwd: Path, stderr: int = subprocess.DEVNULL
+) -> Iterator[tuple[subprocess.Popen[str], int, str]]:
+    """`python -m ibsim --port 0 ARGS` as a child process: yields it, the port it listens on and its first line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ibsim", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line.startswith("ibsim listening on 127.0.0.1:"), line
+        yield proc, int(line.split(":")[1].split()[0]), line
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -15,11 +12,10 @@ from ib_insync import IB, MarketOrder, Stock
 
 from ibsim import Scenario, ScenarioError, ThreadedGateway
 
-from .conftest import ensure_loop, wait_until
+from .conftest import ensure_loop, ibsim_cli, wait_until
 
 NEW_YORK = ZoneInfo("America/New_York")
 SPY = Stock("SPY", "SMART", "USD")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def gateway_at(start: str) -> ThreadedGateway:
@@ -99,26 +95,11 @@ def test_the_front_future_is_the_clocks_front_quarterly() -> None:
 
 
 def test_cli_clock_flag(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ibsim", "--port", "0", "--clock", "2026-11-26T11:00:00-05:00"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        assert line.startswith("ibsim listening on 127.0.0.1:"), line
+    with ibsim_cli("--clock", "2026-11-26T11:00:00-05:00", cwd=tmp_path) as (_, port, _line):
         ensure_loop()
         ib = IB()
-        ib.connect("127.0.0.1", int(line.split(":")[1].split()[0]), clientId=1, timeout=4)
+        ib.connect("127.0.0.1", port, clientId=1, timeout=4)
         try:
             assert ib.reqCurrentTime().astimezone(NEW_YORK).date() == dt.date(2026, 11, 26)
         finally:
             ib.disconnect()
-    finally:
-        proc.terminate()
-        proc.wait(10)

@@ -16,7 +16,7 @@ from ib_insync import IB, LimitOrder, MarketOrder, Stock
 
 from ibsim import Scenario, ScenarioError, ThreadedGateway
 
-from .conftest import ensure_loop, wait_until
+from .conftest import ensure_loop, ibsim_cli, wait_until
 
 SPY = Stock("SPY", "SMART", "USD")
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,23 +176,10 @@ def test_state_file_round_trip(tmp_path: Path) -> None:
 
 
 def test_cli_starts_prints_and_stops_on_sigterm(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ibsim", "--port", "0", "--state", str(tmp_path / "s.json")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
+    with ibsim_cli("--state", str(tmp_path / "s.json"), cwd=tmp_path, stderr=subprocess.PIPE) as (proc, port, line):
         startup = time.monotonic() - t0
-        assert line.startswith("ibsim listening on 127.0.0.1:"), line
         assert "(scenario: default, account DU123456)" in line
-        port = int(line.split(":")[1].split()[0])
         assert startup < 3  # includes the interpreter; the server itself is well under a second
         ensure_loop()
         ib = IB()
@@ -206,10 +193,6 @@ def test_cli_starts_prints_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert "client 1 ready" in err
         assert "fill 1/" in err
         assert json.loads((tmp_path / "s.json").read_text())["accounts"]["DU123456"]["positions"]["SPY"]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_cli_rejects_a_bad_scenario(tmp_path: Path) -> None:
