@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run stop test check lint fmt bench clean
+.PHONY: help venv system-packages run stop test check lint fmt bench clean
 
 help:
 	@echo "make run    start emulators, simulated gateway and consumer; publish a demo; serve until Ctrl-C"
@@ -26,19 +26,34 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Debian packages some tests drive for real: Xvfb (the gateway image's screen, tests/deploy/test_launcher_screen.py).
+# Installed once with apt-get when missing (CI runs as root on Debian); elsewhere, one line says what to install.
+SYSTEM_PACKAGES ?= xvfb:Xvfb
+
+system-packages:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do command -v "$${pair#*:}" >/dev/null 2>&1 || missing="$$missing $${pair%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian packages:$$missing"; \
+	    (apt-get install -y --no-install-recommends $$missing >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null && apt-get install -y --no-install-recommends $$missing >/dev/null)) || \
+	    { echo "apt-get could not install$$missing: install them, then run make again" >&2; exit 1; }; \
+	  else echo "missing Debian packages:$$missing (apt-get install$$missing, as root)" >&2; exit 1; fi; \
+	fi
+
 run: $(STAMP)
 	@$(BIN)/python -m consumer.devstack run
 
 stop: $(STAMP)
 	@$(BIN)/python -m consumer.devstack stop
 
-test: $(STAMP) lint
+test: $(STAMP) system-packages lint
 	@$(BIN)/python -m consumer.devstack preflight
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The fast loop while changing code (< 30 s): no emulators, no checkov, the tests on two workers (pytest-xdist).
 # `make test`, which CI runs, still runs everything.
-check: $(STAMP)
+check: $(STAMP) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -1,4 +1,4 @@
-"""`python -m launcher run | health | ibc-command COMMAND` (see launcher/__init__.py)."""
+"""`python -m launcher run | health | screenshot | ibc-command COMMAND` (see launcher/__init__.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from launcher import EXIT_CONFIG, EXIT_OK, health, ibc
+from launcher import EXIT_CONFIG, EXIT_OK, health, ibc, screen
 from launcher.aliases import with_aliases
 from launcher.logs import log
 from launcher.secrets import CREDENTIAL_VARIABLES, CredentialError, resolve_credentials, scrubbed_environment
@@ -29,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Set by the launcher itself when it re-executes without the login in its environment (see `run`).
     start.add_argument("--config-rendered", action="store_true", help=argparse.SUPPRESS)
     commands.add_parser("health", help="the HEALTHCHECK; prints a JSON report, exits 0 when healthy")
+    commands.add_parser(
+        "screenshot", help="the gateway's screen as a PNG on stdout (needs SCREENSHOTS=true; run as the gateway user)"
+    )
     send = commands.add_parser("ibc-command", help="send a command (RESTART, STOP ...) to IBC's command server")
     send.add_argument("ibc_command")
     args = parser.parse_args(argv)
@@ -38,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(env, config_rendered=args.config_rendered)
         if args.command == "health":
             return health_command(env)
+        if args.command == "screenshot":
+            return screenshot_command(env)
         settings = ibc.GatewaySettings.from_env(env)
         print(ibc.send_command(args.ibc_command.upper(), settings.command_server_port))
         return EXIT_OK
@@ -77,6 +82,8 @@ def render(settings: ibc.GatewaySettings, users: ChildUsers, env: Mapping[str, s
     with acting_as(users.gateway):
         ibc.write_private(paths.config_ini, ibc.render_config_ini(settings, credentials))
         ibc.write_private(paths.settings / "jts.ini", ibc.render_jts_ini(settings))
+        if _yes(env.get("SCREENSHOTS")):
+            Path(_screen_dir(env)).mkdir(mode=0o700, parents=True, exist_ok=True)
     log("IBC configuration written", credentials_from=credentials.source, **settings.describe())
     del credentials
 
@@ -88,6 +95,8 @@ def child_specs(
     base = scrubbed_environment(env)
     display = env.get("DISPLAY", ":1")
     xvfb = shlex.split(env.get("XVFB_COMMAND", DEFAULT_XVFB))
+    if _yes(env.get("SCREENSHOTS")):
+        xvfb += screen.xvfb_arguments(_screen_dir(env))
     gateway_env = {**_home(base, users.gateway), "DISPLAY": display}
     consumer_env = {**_home(base, users.consumer), "IB_HOST": ibc.LOCALHOST, "IB_PORT": str(settings.api_port)}
     grace = float(env.get("SHUTDOWN_GRACE_SECONDS", "30") or 30)
@@ -149,6 +158,21 @@ def health_command(env: Mapping[str, str]) -> int:
     )
     print(json.dumps(report.as_dict()))
     return 0 if report.healthy else 1
+
+
+def screenshot_command(env: Mapping[str, str]) -> int:
+    try:
+        png = screen.screenshot(_screen_dir(env))
+    except screen.ScreenError as e:
+        print(f"launcher screenshot: {e}", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(png)
+    sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def _screen_dir(env: Mapping[str, str]) -> str:
+    return env.get("SCREEN_DIR") or screen.DEFAULT_SCREEN_DIR
 
 
 def _home(env: Mapping[str, str], user: RunAs | None) -> dict[str, str]:
