@@ -443,6 +443,22 @@ def test_the_env_file_is_private_and_the_container_keeps_only_the_capabilities_t
     assert "--security-opt=no-new-privileges" in run
 
 
+def test_the_gateways_settings_live_on_a_volume_owned_by_the_gateway_user() -> None:
+    """Issue 19: a container restart must not be a first login; the settings directory is the gateway user's only."""
+    template = (INFRA / "cloud-init.yaml.tftpl").read_text()
+    dockerfile = (INFRA.parent / "gateway-image" / "Dockerfile").read_text()
+    settings_path = re.search(r"IB_SETTINGS_PATH=(\S+)", dockerfile)
+    gateway_uid = re.search(r"useradd --uid (\d+) [^\n]*--home-dir /home/ibgateway ", dockerfile)
+    assert settings_path
+    assert gateway_uid
+    volume = re.search(r"--volume=(\S+):(\S+) ", template)
+    assert volume
+    assert volume.group(2) == settings_path.group(1)
+    uid = gateway_uid.group(1)
+    assert f"ExecStartPre=/usr/bin/install -d -o {uid} -g {uid} -m 0700 {volume.group(1)}\n" in template
+    assert template.index(f"install -d -o {uid}") < template.index("ExecStart=/usr/bin/docker run")
+
+
 def test_the_scheduler_stays_paused_until_the_guide_enables_it(tf: dict[str, Any]) -> None:
     """Issue 19: scheduler_enabled defaulted to true, so step 5's apply unpaused every job before step 7's checks."""
     assert tf["variable"]["scheduler_enabled"]["default"] is False
