@@ -31,8 +31,9 @@ from consumer.console import reply_details, reply_line
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_UNREACHABLE = 3
-# How long a probe of an emulator's address may take before it counts as down.
+# How long a probe of an emulator's (or Google's) address may take before it counts as down.
 PROBE_SECONDS = 2.0
+CLOUD_HOSTS = {"pubsub": "pubsub.googleapis.com", "firestore": "firestore.googleapis.com"}
 
 
 class Unreachable(RuntimeError):
@@ -112,6 +113,7 @@ def probe_google(needs: Sequence[str], environ: dict[str, str] | None = None) ->
         if not address:
             if emulated:  # half pointed at the emulators: the other half would go to the real cloud
                 raise Unreachable(f"{emulated[0]} is set but {var} is not: export both (make run prints them)")
+            probe_cloud(CLOUD_HOSTS[need])
             continue
         try:
             host, port = split_host_port(address)
@@ -122,6 +124,38 @@ def probe_google(needs: Sequence[str], environ: dict[str, str] | None = None) ->
                 f"nothing answers on {address} ({var}): start the local stack with `make run`, "
                 f"or export the address it printed"
             )
+
+
+def probe_cloud(host: str, timeout: float = PROBE_SECONDS) -> None:
+    """The real service's address must answer before a client library is let loose on it.
+
+    Without a network the libraries retry token refreshes and connections for five minutes and more before they
+    fail. Credentials come first (google.auth reads them locally): a missing login is the likelier mistake.
+    """
+    import socket
+    import threading
+
+    import google.auth
+
+    google.auth.default()  # DefaultCredentialsError -> explain(): "no Google credentials ..."
+    outcome: dict[str, str] = {}
+
+    def connect() -> None:  # in a thread: name resolution has no timeout of its own
+        try:
+            with socket.create_connection((host, 443), timeout=timeout):
+                outcome["ok"] = ""
+        except OSError as e:
+            outcome["error"] = e.strerror or type(e).__name__
+
+    attempt = threading.Thread(target=connect, name=f"probe {host}", daemon=True)
+    attempt.start()
+    attempt.join(2 * timeout)
+    if "ok" not in outcome:
+        why = outcome.get("error", f"no answer within {2 * timeout:g} s")
+        raise Unreachable(
+            f"cannot reach {host}:443 ({why}): check the network; for the local stack export "
+            "PUBSUB_EMULATOR_HOST and FIRESTORE_EMULATOR_HOST (make run prints them)"
+        )
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -363,6 +363,34 @@ def test_without_the_emulator_variables_the_cli_says_what_to_set(tmp_path: Path)
     assert "PUBSUB_EMULATOR_HOST is set but FIRESTORE_EMULATOR_HOST is not" in done.stderr
 
 
+def test_with_credentials_but_no_route_to_google_the_cli_fails_in_one_line(tmp_path: Path):
+    """Issue 19: with a login but no network, `config show` was silent for more than five minutes (token refresh and
+    connection retries) before any output."""
+    adc = tmp_path / "adc.json"
+    adc.write_text(
+        json.dumps({"type": "authorized_user", "client_id": "c", "client_secret": "s", "refresh_token": "r"})
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")}
+    env.update(GOOGLE_APPLICATION_CREDENTIALS=str(adc), GOOGLE_CLOUD_PROJECT="my-trading-project")
+    try:
+        socket.getaddrinfo("firestore.googleapis.com", 443)
+        offline = False
+    except OSError:
+        offline = True
+    for args in (["config", "show"], ["publish", "summary", "--wait"]):
+        done, _ = cli(env, *args)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode != 0
+        assert len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"consumer {args[0]}: ")
+        if offline:  # this machine: no route to Google, the probe names the address
+            host = "firestore" if args[0] == "config" else "pubsub"
+            assert done.returncode == 3
+            assert lines[0].startswith(f"consumer {args[0]}: cannot reach {host}.googleapis.com:443 (")
+            assert lines[0].endswith("check the network; for the local stack export PUBSUB_EMULATOR_HOST and "
+                                     "FIRESTORE_EMULATOR_HOST (make run prints them)")  # fmt: skip
+
+
 def test_serve_with_a_taken_health_port_names_the_variable():
     """Issue 19: a taken HEALTH_PORT gave `OSError: [Errno 98]` without naming the variable."""
     with socket.socket() as taken:
