@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from consumer.config import ConfigError, Settings
@@ -33,6 +33,9 @@ EXIT_CONFIG = 2
 EXIT_UNREACHABLE = 3
 # How long a probe of an emulator's (or Google's) address may take before it counts as down.
 PROBE_SECONDS = 2.0
+# `publish --wait` looks for progress this often, and says it is still waiting this often when it cannot show any.
+WAIT_TICK_SECONDS = 1.0
+STILL_WAITING_SECONDS = 15
 CLOUD_HOSTS = {"pubsub": "pubsub.googleapis.com", "firestore": "firestore.googleapis.com"}
 
 
@@ -391,6 +394,7 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
     publisher = pubsub_v1.PublisherClient()
     topic = publisher.topic_path(settings.project, settings.intents_topic)
     waiter = ReplyWaiter(settings) if args.wait else None
+    progress = WaitProgress.for_local_stack() if args.wait else None  # before publishing: no line can be missed
     try:
         message_id = publisher.publish(topic, json.dumps(envelope).encode(), **attributes).result(timeout=30)
         print(f"published {intent} as message {message_id} to {topic}", file=sys.stderr)
@@ -404,7 +408,9 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
         if waiter is None:
             return 0
         print(f"waiting up to {args.timeout:g}s for the reply ...", file=sys.stderr, flush=True)
-        reply = waiter.wait(message_id, args.timeout)
+        progress = progress or WaitProgress(None)
+        progress.follow({message_id, envelope.get("idempotencyKey") or message_id})
+        reply = waiter.wait(message_id, args.timeout, on_tick=progress.tick)
     finally:
         if waiter is not None:
             waiter.close()
@@ -433,11 +439,14 @@ class ReplyWaiter:
             }
         )
 
-    def wait(self, message_id: str, timeout: float) -> dict[str, Any] | None:
+    def wait(self, message_id: str, timeout: float, on_tick: Callable[[], None] | None = None) -> dict[str, Any] | None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if on_tick is not None:
+                on_tick()
             response = self._subscriber.pull(
-                request={"subscription": self._path, "max_messages": 50}, timeout=max(1.0, deadline - time.monotonic())
+                request={"subscription": self._path, "max_messages": 50},
+                timeout=max(1.0, min(WAIT_TICK_SECONDS, deadline - time.monotonic())),
             )
             if not response.received_messages:
                 continue
@@ -455,6 +464,39 @@ class ReplyWaiter:
             self._subscriber.delete_subscription(request={"subscription": self._path})
         finally:
             self._subscriber.close()
+
+
+class WaitProgress:
+    """What `publish --wait` shows while it waits: on the local stack, this request's progress lines from the
+    consumer's log (as make run's terminal shows them); elsewhere, a line every STILL_WAITING_SECONDS."""
+
+    def __init__(self, echo: Any | None) -> None:
+        self._echo = echo
+        self._started = time.monotonic()
+        self._said = 0
+
+    @classmethod
+    def for_local_stack(cls) -> WaitProgress:
+        import os
+
+        from consumer.devstack.local import ProgressEcho, StackFile, workdir
+
+        directory = workdir(os.environ)
+        live = StackFile(directory).live_runner() is not None
+        return cls(ProgressEcho(directory / "consumer.log", out=sys.stderr) if live else None)
+
+    def follow(self, request_ids: set[str]) -> None:
+        if self._echo is not None:
+            self._echo.request_ids = request_ids
+
+    def tick(self) -> None:
+        if self._echo is not None:
+            self._echo.poll()
+            return
+        waited = int((time.monotonic() - self._started) // STILL_WAITING_SECONDS) * STILL_WAITING_SECONDS
+        if waited > self._said:
+            self._said = waited
+            print(f"    ... still waiting ({waited} s)", file=sys.stderr, flush=True)
 
 
 # -- replies ---------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from consumer.console import reply_details, reply_line
 from consumer.devstack.emulators import (
@@ -150,10 +150,13 @@ class Child:
 class ProgressEcho:
     """Brings a long rebalance's progress from the consumer's log file to this terminal, where the person looks."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, out: TextIO | None = None) -> None:
         self._path = log_path
         self._offset = log_path.stat().st_size if log_path.exists() else 0
         self._partial = b""
+        self._out = out
+        # `consumer publish --wait` follows only its own request (its message id or idempotency key); make run, all.
+        self.request_ids: set[str] | None = None
 
     def poll(self) -> None:
         try:
@@ -169,10 +172,13 @@ class ProgressEcho:
             if "orders confirmed" not in line:
                 continue
             fields = dict(re.findall(r"(\w+)=(\S+)", line))
+            if self.request_ids is not None and fields.get("requestId") not in self.request_ids:
+                continue
             with contextlib.suppress(OSError):
                 print(
                     f"    ... {fields.get('intent', 'intent')} {fields.get('requestId', '')}: "
                     f"{fields.get('confirmed', '?')}/{fields.get('total', '?')} orders confirmed",
+                    file=self._out or sys.stdout,
                     flush=True,
                 )
 
@@ -441,7 +447,7 @@ def _print_howto(a: LocalAddresses) -> None:
         f"""
 Serving until Ctrl-C (or closing this terminal). Replies to anything published to the intents topic are printed
 here. From another terminal, in this directory (or activate .venv and drop the .venv/bin/ prefix):
-  export {howto_exports(a)}
+  export {howto_exports(a, os.environ)}
   .venv/bin/consumer publish summary --wait
   .venv/bin/consumer publish allocation -p strategies='["dummy"]' -p strategyParams.dummy.weights.QQQ=0.1 --wait
   .venv/bin/consumer status
@@ -454,9 +460,13 @@ A stack left running (the terminal was killed) is ended by `make stop`.
     )
 
 
-def howto_exports(a: LocalAddresses) -> str:
-    """Every variable the CLI needs to find this stack: without HEALTH_PORT, `consumer status` looks at 8080."""
-    return " ".join(f"{k}={v}" for k, v in a.environ().items() if k not in ("IB_HOST", "IB_PORT"))
+def howto_exports(a: LocalAddresses, environ: Mapping[str, str] | None = None) -> str:
+    """Every variable the CLI needs to find this stack: without HEALTH_PORT, `consumer status` looks at 8080; a
+    stack in a DEVSTACK_DIR of its own is named too, so `publish --wait` finds its log and shows progress."""
+    pairs = [f"{k}={v}" for k, v in a.environ().items() if k not in ("IB_HOST", "IB_PORT")]
+    if environ is not None and environ.get("DEVSTACK_DIR"):
+        pairs.append(f"DEVSTACK_DIR={workdir(environ).resolve()}")
+    return " ".join(pairs)
 
 
 def _wait(predicate: Any, child: Child, timeout: float, what: str, stop: threading.Event) -> None:

@@ -264,11 +264,10 @@ def test_a_long_rebalance_shows_its_progress_on_the_make_run_terminal(stack: Sta
     assert reply["status"] == "ok", reply
     assert len(reply["result"]["instruments"]) == 10
     assert reply["result"]["orders"]["sent"] == 10
-    wait_for(
-        lambda: f"allocation {reply['requestId']}: 10/10 orders confirmed" in stack.text(),
-        10,
-        "the progress line on the make run terminal",
-    )
+    progress = f"allocation {reply['requestId']}: 10/10 orders confirmed"
+    wait_for(lambda: progress in stack.text(), 10, "the progress line on the make run terminal")
+    # ... and on the terminal of `publish --wait` (stderr: stdout stays the reply alone, for --json)
+    assert progress in done.stderr
 
 
 # -- one line instead of a traceback -------------------------------------------------------------------------------
