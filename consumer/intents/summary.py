@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from consumer.intents.base import Intent, IntentContext
+from consumer.snapshots import current_pnl
 
 
 async def summary(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
@@ -16,8 +17,12 @@ async def summary(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
         broker.open_orders(),
         broker.executions(),
     )
+    services = ctx.services
+    # The same P&L block as the pnl intent, from the marks the portfolio subscription already holds: no request.
+    pnl = await current_pnl(broker, services.books, services.layout, services.settings.ib_account, ask=False)
     return {
         "accounts": broker.managed_accounts(),
+        "pnl": pnl["pnl"],
         "accountValues": account_values,
         "positions": [p.as_dict() for p in positions],
         "portfolio": broker.portfolio(),

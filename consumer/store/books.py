@@ -114,6 +114,16 @@ class Books:
                 out[snapshot.id] = {int(k): v for k, v in positions.items() if _nonzero(v)}
         return out
 
+    async def ledgers(self) -> dict[str, dict[str, Any]]:
+        """{strategy: holdings document}: open positions (with `avgCost`) and the cumulative `realized` map, which
+        outlives the positions it came from."""
+        out = {}
+        async for snapshot in self._layout.holdings().stream():
+            document = snapshot.to_dict() or {}
+            positions = {k: v for k, v in document.get("positions", {}).items() if _nonzero(v)}
+            out[snapshot.id] = {"positions": positions, "realized": document.get("realized", {})}
+        return out
+
     async def open_orders(self) -> list[dict[str, Any]]:
         return [s.to_dict() or {} async for s in self._layout.open_orders().stream()]
 

@@ -1,0 +1,180 @@
+"""P&L per strategy, the daily snapshot and eod-check on the simulated gateway with its clock (issue 16).
+
+The broker is the reference: its executions (price, quantity, commission) give the realized P&L of a round trip,
+and its net liquidation moves by exactly that much once the account is flat again.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from tests.support import (
+    SIGNAL_PARAMS,
+    Bus,
+    allocation,
+    holdings,
+    long_signal,
+    mode_collection,
+    wait_for,
+)
+
+pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
+
+AFTER_CLOSE = "T16:05:00-04:00"  # DEFAULT_CLOCK is a June Wednesday: New York is on EDT
+
+
+@pytest.fixture
+def consumer(consumer_factory):
+    return consumer_factory(order_timeout=3.0)
+
+
+@pytest.fixture
+def paper_config_overrides() -> dict[str, object]:
+    return {"exposure": {"overall": 1.0, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}}}
+
+
+def ok(bus: Bus, body: dict[str, Any]) -> dict[str, Any]:
+    reply = bus.reply_to(bus.publish(body))
+    assert reply["status"] == "ok", reply
+    return reply["result"]
+
+
+def pnl(bus: Bus) -> dict[str, Any]:
+    return ok(bus, {"intent": "pnl", "params": {}})
+
+
+def settled_pnl(bus: Bus, gateway) -> dict[str, Any]:
+    """The pnl reply once the account values the consumer holds have caught up with the broker's cash."""
+
+    def check() -> dict[str, Any] | None:
+        result = pnl(bus)
+        return result if math.isclose(result["netLiquidation"], broker_nlv(gateway), abs_tol=0.005) else None
+
+    return wait_for(check, what="net liquidation as the broker has it")
+
+
+def broker_nlv(gateway) -> float:
+    """Net liquidation as the simulated broker values the account now (what its account updates carry)."""
+
+    def nlv() -> float:
+        broker = gateway.server.broker
+        rows = broker.account_values(broker.default_account)
+        return next(float(value) for tag, value, currency in rows if tag == "NetLiquidation" and currency != "BASE")
+
+    return float(gateway.call(nlv))
+
+
+def round_trip_realized(executions: list[dict[str, Any]]) -> float:
+    """What a set of executions that ends flat realized: sale proceeds - purchase cost - commissions."""
+    cash = sum((e["price"] if e["side"] == "SLD" else -e["price"]) * e["shares"] for e in executions)
+    return cash - sum(e["commission"] for e in executions)
+
+
+def weight_for(bus: Bus, shares: int) -> float:
+    probe = ok(bus, allocation({"SPY": 0.1}, dry_run=True))
+    return (shares + 0.5) * probe["prices"]["SPY"] / (probe["netLiquidation"] * 0.5)
+
+
+def on_day(gateway, time: str) -> str:
+    """An instant on the gateway's current New York date."""
+    return gateway.now().astimezone(__import__("zoneinfo").ZoneInfo("America/New_York")).date().isoformat() + time
+
+
+def test_a_round_trip_over_two_days_agrees_with_the_broker_to_the_cent(bus: Bus, gateway, project: str):
+    start = settled_pnl(bus, gateway)
+    assert start["strategies"] == {}
+    nlv_start = start["netLiquidation"]
+    spy = gateway.call(lambda: gateway.server.instruments["SPY"]).price
+
+    ok(bus, allocation({"SPY": weight_for(bus, 100)}))
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": 100}}, what="the buy booked")
+    gateway.set_price("SPY", spy * 1.02)
+    ok(bus, allocation({"SPY": weight_for(bus, 60)}))  # a partial sell at a higher price
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": 60}}, what="the partial sell booked")
+    day1 = gateway.executions()
+    assert len(day1) == 2
+    assert all(e["commission"] > 0 for e in day1)
+    wait_for(lambda: all(f["commission"] for f in mode_collection(project, "fills")), what="commissions booked")
+
+    (buy,) = [e for e in day1 if e["side"] == "BOT"]
+    (sell,) = [e for e in day1 if e["side"] == "SLD"]
+    # Average cost: the buy's commission is part of the cost; the sell's is realized.
+    cost = (buy["price"] * 100 + buy["commission"]) / 100
+    expected_day1 = (sell["price"] - cost) * 40 - sell["commission"]
+    (book,) = [h for h in mode_collection(project, "holdings") if h["_id"] == "dummy"]
+    (position,) = book["positions"].values()
+    assert position["avgCost"] == pytest.approx(cost)
+    (realized,) = book["realized"].values()
+    assert realized["realizedPnl"] == pytest.approx(expected_day1, abs=1e-6)
+    assert realized["realizedPnlBase"] == pytest.approx(expected_day1, abs=1e-6)
+
+    # A redelivered execution (the sweep sees every execId again) changes nothing.
+    before = pnl(bus)["pnl"]["dummy"]
+    swept = ok(bus, {"intent": "trade-reconciliation", "params": {}})
+    assert swept["fillsAppliedCount"] == 0
+    assert swept["fillsKnown"] == 2
+    assert pnl(bus)["pnl"]["dummy"] == before
+
+    gateway.roll_day()
+    gateway.set_time(on_day(gateway, "T11:00:00-04:00"))
+    gateway.set_price("SPY", spy * 0.97)
+    ok(bus, allocation({"SPY": 0.0}))  # the rest, at a lower price than it cost
+    wait_for(lambda: holdings(project) == {}, what="the close booked")
+    day2 = gateway.executions()
+    assert [e["side"] for e in day2] == ["SLD"]
+    wait_for(lambda: all(f["commission"] for f in mode_collection(project, "fills")), what="commissions booked")
+
+    broker_realized = round_trip_realized(day1 + day2)
+    end = settled_pnl(bus, gateway)
+    dummy = end["pnl"]["dummy"]
+    assert dummy["unrealized"] == 0
+    assert dummy["realizedToDate"] == pytest.approx(broker_realized, abs=0.005)
+    assert dummy["sinceInception"] == pytest.approx(broker_realized, abs=0.005)
+    assert end["netLiquidation"] - nlv_start == pytest.approx(broker_realized, abs=0.005)
+    assert dummy["today"] == pytest.approx(dummy["sinceInception"])  # no snapshot yet: everything is "today"
+
+
+def test_a_transfer_between_strategies_keeps_the_account_total(bus: Bus, gateway, project: str):
+    nlv_start = settled_pnl(bus, gateway)["netLiquidation"]
+    symbol, weight = long_signal(bus, gateway)
+    ok(bus, allocation({symbol: weight / 2}))  # dummy buys at the first price
+    wait_for(lambda: holdings(project).get("dummy", {}).get(symbol), what="dummy's buy booked")
+    price = gateway.call(lambda: gateway.server.instruments[symbol]).price
+    gateway.set_price(symbol, price * 1.01)
+
+    # dummy closes, testsignalgenerator opens the same number of shares: the net order is zero, so the shares move
+    # between their books without an order, at the market price of the moment.
+    both = {
+        "intent": "allocation",
+        "params": {
+            "strategies": ["dummy", "testsignalgenerator"],
+            "strategyParams": {"dummy": {"weights": {symbol: 0.0}}, "testsignalgenerator": SIGNAL_PARAMS},
+        },
+    }
+    wanted = ok(bus, {**both, "dryRun": True})["instruments"]
+    target = next(i for i in wanted if i["instrument"] == symbol)["strategies"]["testsignalgenerator"]
+    ok(bus, allocation({symbol: weight_for(bus, target)}))  # dummy now holds exactly that, partly at the new price
+    wait_for(lambda: holdings(project).get("dummy", {}).get(symbol) == target, what="dummy holds the target")
+    wait_for(lambda: all(f["commission"] for f in mode_collection(project, "fills")), what="commissions booked")
+    orders_before = len(gateway.orders())
+
+    ok(bus, both)
+    assert len(gateway.orders()) == orders_before  # nothing went to the broker
+    (transfer,) = mode_collection(project, "transfers")
+    assert transfer["moves"] == {"dummy": -target, "testsignalgenerator": target}
+    assert transfer["price"] == pytest.approx(price * 1.01, rel=1e-3)
+    assert holdings(project) == {"testsignalgenerator": {symbol: target}}
+
+    books = {h["_id"]: h for h in mode_collection(project, "holdings")}
+    (position,) = books["testsignalgenerator"]["positions"].values()
+    assert position["avgCost"] == pytest.approx(transfer["price"])  # the receiver opened at the market
+    (given,) = books["dummy"]["realized"].values()
+    assert given["realizedPnl"] != 0  # the giver realized what it earned up to the transfer (and its commissions)
+
+    now = settled_pnl(bus, gateway)
+    total = sum(line["sinceInception"] for line in now["pnl"].values())
+    # The books' P&L across strategies is the account's: moving shares between books made up no gain.
+    assert now["netLiquidation"] - nlv_start == pytest.approx(total, abs=0.011)  # each line is rounded to the cent
