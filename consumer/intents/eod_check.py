@@ -27,20 +27,24 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     broker = ctx.broker
     swept = await services.bookkeeper.reconcile()
     fills = await broker.executions()
+    # The commissions as booked: IB reports each one apart from its execution, and the sweep above added any missed.
+    booked = await services.books.fills(f.exec_id for f in fills)
+    unbooked = sorted({f.exec_id for f in fills} - set(booked))
     commissions: dict[str, float] = defaultdict(float)
     without_commission = []
-    for fill in fills:
-        if fill.commission is None:
-            without_commission.append(fill.exec_id)
+    for exec_id, fill in sorted(booked.items()):
+        if fill.get("commission") is None:
+            without_commission.append(exec_id)
         else:
-            commissions[fill.commission_currency or "?"] += fill.commission
-    unbooked = sorted({f.exec_id for f in fills} - await services.books.booked_exec_ids(f.exec_id for f in fills))
+            commissions[fill.get("commissionCurrency") or "?"] += float(fill["commission"])
 
     working = [o for o in await broker.open_orders() if o.remaining > EPSILON]
     still_open = [o.as_dict() for o in working if o.tif.upper() not in KNOWINGLY_OPEN]
     gtc = [o.as_dict() for o in working if o.tif.upper() in KNOWINGLY_OPEN]
 
-    holdings = await services.books.holdings(sorted(ctx.config.flat_at_close))
+    # Read here: the dispatcher reads the config for trading intents only, and this check runs with trading off too.
+    config = await services.config_store.load()
+    holdings = await services.books.holdings(sorted(config.flat_at_close))
     not_flat = {
         strategy: {str(p.get("symbol", c)): float(p["quantity"]) for c, p in positions.items()}
         for strategy, positions in sorted(holdings.items())

@@ -127,6 +127,11 @@ class Books:
     async def open_orders(self) -> list[dict[str, Any]]:
         return [s.to_dict() or {} async for s in self._layout.open_orders().stream()]
 
+    async def fills(self, exec_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The booked fill documents of these executions, by execId (an unbooked one is absent)."""
+        refs = [self._layout.fills().document(e) for e in set(exec_ids)]
+        return {s.id: s.to_dict() or {} async for s in self._layout.db.get_all(refs) if s.exists} if refs else {}
+
     async def booked_exec_ids(self, exec_ids: Iterable[str]) -> set[str]:
         """Which of these executions are booked."""
         refs = [self._layout.fills().document(e) for e in set(exec_ids)]

@@ -19,6 +19,7 @@ from tests.support import (
     long_signal,
     mode_collection,
     wait_for,
+    write_config,
 )
 
 pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
@@ -178,3 +179,60 @@ def test_a_transfer_between_strategies_keeps_the_account_total(bus: Bus, gateway
     total = sum(line["sinceInception"] for line in now["pnl"].values())
     # The books' P&L across strategies is the account's: moving shares between books made up no gain.
     assert now["netLiquidation"] - nlv_start == pytest.approx(total, abs=0.011)  # each line is rounded to the cent
+
+
+SNAPSHOT_FIELDS = {"date", "baseCurrency", "netLiquidation", "cash", "highWaterMark", "strategies", "writtenAt"}
+STRATEGY_FIELDS = {"marketValue", "realizedPnl", "unrealizedPnl", "grossExposure", "netExposure"}
+
+
+def test_eod_check_reports_what_is_left_and_writes_the_snapshot_once_a_day(bus: Bus, gateway, project: str):
+    write_config(
+        project,
+        exposure={"overall": 1.0, "strategies": {"dummy": 0.5}},
+        strategies={"dummy": {"flatAtClose": True}},
+    )
+    ok(bus, allocation({"SPY": weight_for(bus, 10)}))
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": 10}}, what="the buy booked")
+    wait_for(lambda: all(f["commission"] for f in mode_collection(project, "fills")), what="commissions booked")
+    gateway.hold_fills(True)  # a DAY order that is still working at the close
+    working = ok(bus, allocation({"SPY": weight_for(bus, 10), "QQQ": 0.01}))
+    (qqq,) = [i for i in working["instruments"] if i["instrument"] == "QQQ"]
+    assert qqq["outcome"] == "working"
+    gateway.set_time(on_day(gateway, "T16:05:00-04:00"))  # after the close (June: EDT)
+
+    report = ok(bus, {"intent": "eod-check", "params": {}})
+    assert report["date"] == "2026-06-17"
+    assert report["clean"] is False
+    assert [o["orderRef"] for o in report["openOrders"]] == [qqq["orderRef"]]
+    assert report["openOrders"][0]["tif"] == "DAY"
+    assert report["notFlat"] == {"dummy": {"SPY": 10.0}}
+    assert report["differences"] == []
+    assert report["fills"] == 1
+    assert report["unbooked"] == []
+    assert report["withoutCommission"] == []
+    (execution,) = gateway.executions()
+    assert report["commissions"] == {execution["commissionCurrency"]: pytest.approx(execution["commission"])}
+    assert set(report["pnl"]["dummy"]) >= {"today", "monthToDate", "sinceInception"}
+
+    (first,) = mode_collection(project, "snapshots")
+    assert first["_id"] == "2026-06-17"
+    assert set(first) - {"_id"} >= SNAPSHOT_FIELDS
+    assert first["baseCurrency"] == "USD"
+    assert first["netLiquidation"] == pytest.approx(broker_nlv(gateway), abs=0.005)
+    assert first["highWaterMark"] == first["netLiquidation"]  # the first snapshot
+    dummy = first["strategies"]["dummy"]
+    assert set(dummy) >= STRATEGY_FIELDS
+    spy = gateway.call(lambda: gateway.server.instruments["SPY"]).price
+    assert dummy["marketValue"] == pytest.approx(10 * spy, abs=0.005)
+    assert dummy["grossExposure"] == dummy["netExposure"] == dummy["marketValue"]
+    cost = (execution["price"] * 10 + execution["commission"]) / 10
+    assert dummy["unrealizedPnl"] == pytest.approx((spy - cost) * 10, abs=0.005)
+    assert dummy["realizedPnl"] == 0
+
+    gateway.advance_time(60)
+    again = ok(bus, {"intent": "eod-check", "params": {}})
+    assert again["snapshot"] == report["snapshot"]
+    (second,) = mode_collection(project, "snapshots")
+    assert {k: v for k, v in second.items() if k != "writtenAt"} == {k: v for k, v in first.items() if k != "writtenAt"}
+    assert second["writtenAt"] > first["writtenAt"]
+    gateway.hold_fills(False)
