@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run stop test check lint fmt bench clean
+.PHONY: help venv run stop test check lint fmt bench clean chromium
 
 help:
 	@echo "make run    start emulators, simulated gateway and consumer; publish a demo; serve until Ctrl-C"
@@ -32,13 +32,17 @@ run: $(STAMP)
 stop: $(STAMP)
 	@$(BIN)/python -m consumer.devstack stop
 
-test: $(STAMP) lint
+test: $(STAMP) lint chromium
 	@$(BIN)/python -m consumer.devstack preflight
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The report page is tested in headless Chromium (tests/consumer/test_report.py); Debian's package, installed once.
+chromium:
+	@command -v chromium >/dev/null || apt-get install -y chromium || { echo "cannot install the Debian package chromium (apt-get install -y chromium, as root); the report test needs it"; exit 1; }
+
 # The fast loop while changing code (< 30 s): no emulators, no checkov, the tests on two workers (pytest-xdist).
 # `make test`, which CI runs, still runs everything.
-check: $(STAMP)
+check: $(STAMP) chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -7,10 +7,12 @@ and its net liquidation moves by exactly that much once the account is flat agai
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.service.test_cli import cli
 from tests.support import (
     SIGNAL_PARAMS,
     Bus,
@@ -185,7 +187,9 @@ SNAPSHOT_FIELDS = {"date", "baseCurrency", "netLiquidation", "cash", "highWaterM
 STRATEGY_FIELDS = {"marketValue", "realizedPnl", "unrealizedPnl", "grossExposure", "netExposure"}
 
 
-def test_eod_check_reports_what_is_left_and_writes_the_snapshot_once_a_day(bus: Bus, gateway, project: str):
+def test_eod_check_reports_what_is_left_and_writes_the_snapshot_once_a_day(
+    bus: Bus, gateway, project: str, tmp_path: Path
+):
     write_config(
         project,
         exposure={"overall": 1.0, "strategies": {"dummy": 0.5}},
@@ -236,3 +240,10 @@ def test_eod_check_reports_what_is_left_and_writes_the_snapshot_once_a_day(bus: 
     assert {k: v for k, v in second.items() if k != "writtenAt"} == {k: v for k, v in first.items() if k != "writtenAt"}
     assert second["writtenAt"] > first["writtenAt"]
     gateway.hold_fills(False)
+
+    page = tmp_path / "pnl.html"
+    done = cli(project, "report", "--days", "5", "--html", str(page))
+    assert done.returncode == 0, done.stderr
+    (row,) = [line for line in done.stdout.splitlines() if line.startswith("2026-06-17")]
+    assert f"{first['netLiquidation']:,.2f}" in row
+    assert "<svg" in page.read_text()
