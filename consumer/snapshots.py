@@ -43,12 +43,14 @@ class Marks:
 def strategy_pnl(ledgers: Mapping[str, Mapping[str, Any]], marks: Marks) -> dict[str, dict[str, Any]]:
     """Per strategy, base currency: marketValue, unrealizedPnl, grossExposure, netExposure, realizedPnlToDate.
 
-    A position without a price or a rate is left out of the values and named in `unpriced`, never valued at 0.
+    A position without a price or a rate is left out of the values and named in `unpriced`, never valued at 0; one
+    without a known cost is valued but has no unrealized P&L, and is named in `costUnknown`.
     """
     out: dict[str, dict[str, Any]] = {}
     for strategy, ledger in sorted(ledgers.items()):
         market_value = unrealized = gross = 0.0
         unpriced: list[str] = []
+        no_cost: list[str] = []  # held without a known cost (booked before costs were kept): no unrealized P&L
         for key, position in sorted(ledger.get("positions", {}).items()):
             quantity = float(position.get("quantity", 0.0))
             if abs(quantity) < EPSILON:
@@ -64,6 +66,8 @@ def strategy_pnl(ledgers: Mapping[str, Mapping[str, Any]], marks: Marks) -> dict
             gross += abs(value)
             if "avgCost" in position:
                 unrealized += (price - float(position["avgCost"])) * quantity * multiplier * rate
+            else:
+                no_cost.append(str(position.get("symbol", key)))
         realized = sum(float(r.get("realizedPnlBase", 0.0)) for r in ledger.get("realized", {}).values())
         line: dict[str, Any] = {
             "marketValue": _cents(market_value),
@@ -74,6 +78,8 @@ def strategy_pnl(ledgers: Mapping[str, Mapping[str, Any]], marks: Marks) -> dict
         }
         if unpriced:
             line["unpriced"] = unpriced
+        if no_cost:
+            line["costUnknown"] = no_cost
         out[strategy] = line
     return out
 

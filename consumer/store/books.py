@@ -476,6 +476,17 @@ def _realize(
     return realized
 
 
+def _unknown_cost(document: Mapping[str, Any], key: str, instrument: Mapping[str, Any]) -> dict[str, Any]:
+    """The `realized` map with the instrument marked `costUnknown`: its P&L to date is incomplete."""
+    realized = dict(document.get("realized", {}))
+    entry = dict(realized.get(key, {"symbol": instrument.get("symbol"), "currency": instrument.get("currency")}))
+    entry.setdefault("realizedPnl", 0.0)
+    entry.setdefault("realizedPnlBase", 0.0)
+    entry["costUnknown"] = True
+    realized[key] = entry
+    return realized
+
+
 def _late_commission(
     transaction: AsyncTransaction,
     layout: Layout,
@@ -491,9 +502,13 @@ def _late_commission(
     for strategy, commission in _commission_shares(shares, e.local_commission(e.commission or 0.0)).items():
         document = holdings.get(strategy, {})
         positions = dict(document.get("positions", {}))
-        booking = late_commission(_lot(positions.get(key, {})), shares[strategy], multiplier, commission)
-        if key in positions:
-            positions[key] = {**positions[key], "avgCost": booking.lot.avg_cost}
+        position = positions.get(key, {})
+        if key in positions and "avgCost" not in position:  # unknown cost: the commission is a realized cost
+            booking = late_commission(Lot(), shares[strategy], multiplier, commission)
+        else:
+            booking = late_commission(_lot(position), shares[strategy], multiplier, commission)
+        if key in positions and "avgCost" in position:
+            positions[key] = {**position, "avgCost": booking.lot.avg_cost}
         realized = _realize(document, key, fill, booking.realized, fx_rate)
         transaction.set(
             layout.holdings().document(strategy),
@@ -521,7 +536,12 @@ def _write_holdings(
         before = positions.get(key, {})
         move = moves.get(strategy, 0.0)
         position = {**instrument, "quantity": float(before.get("quantity", 0.0)) + move}
-        if priced is not None and abs(move) > EPSILON:
+        held = abs(float(before.get("quantity", 0.0))) > EPSILON
+        if held and "avgCost" not in before:
+            # Booked before costs were kept (or by a correction): its cost is unknown, so nothing is realized
+            # against it until it is flat again; made-up P&L would be worse than none.
+            realized = _unknown_cost(document, key, instrument)
+        elif priced is not None and abs(move) > EPSILON:
             booking = trade(_lot(before), move, priced.price, multiplier, priced.commissions.get(strategy, 0.0))
             position["avgCost"] = booking.lot.avg_cost
             realized = _realize(document, key, instrument, booking.realized, priced.fx_rate)

@@ -17,6 +17,7 @@ from tests.support import (
     SIGNAL_PARAMS,
     Bus,
     allocation,
+    firestore_client,
     holdings,
     long_signal,
     mode_collection,
@@ -247,3 +248,29 @@ def test_eod_check_reports_what_is_left_and_writes_the_snapshot_once_a_day(
     (row,) = [line for line in done.stdout.splitlines() if line.startswith("2026-06-17")]
     assert f"{first['netLiquidation']:,.2f}" in row
     assert "<svg" in page.read_text()
+
+
+def test_a_position_booked_before_costs_were_kept_realizes_nothing_made_up(bus: Bus, gateway, project: str):
+    ok(bus, allocation({"SPY": weight_for(bus, 10)}))
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": 10}}, what="the buy booked")
+    wait_for(lambda: all(f["commission"] for f in mode_collection(project, "fills")), what="commissions booked")
+    # The holdings document as the books wrote it before this change: a quantity, no cost, no realized map.
+    ref = (
+        firestore_client(project).collection("tradingModes").document("paper").collection("holdings").document("dummy")
+    )
+    legacy = ref.get().to_dict() or {}
+    (key,) = legacy["positions"]
+    legacy["positions"][key].pop("avgCost")
+    legacy.pop("realized", None)
+    ref.set(legacy)
+
+    ok(bus, allocation({"SPY": weight_for(bus, 4)}))
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": 4}}, what="the sell booked")
+    wait_for(lambda: all(f["commission"] for f in mode_collection(project, "fills")), what="commissions booked")
+    book = ref.get().to_dict() or {}
+    assert "avgCost" not in book["positions"][key]
+    entry = book["realized"][key]
+    assert entry["costUnknown"] is True
+    (sell,) = [e for e in gateway.executions() if e["side"] == "SLD"]
+    assert entry["realizedPnl"] == pytest.approx(-sell["commission"])  # its commission only, no gain against 0
+    assert pnl(bus)["strategies"]["dummy"]["costUnknown"] == ["SPY"]
