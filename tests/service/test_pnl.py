@@ -139,6 +139,8 @@ def test_a_round_trip_over_two_days_agrees_with_the_broker_to_the_cent(bus: Bus,
     assert dummy["sinceInception"] == pytest.approx(broker_realized, abs=0.005)
     assert end["netLiquidation"] - nlv_start == pytest.approx(broker_realized, abs=0.005)
     assert dummy["today"] == pytest.approx(dummy["sinceInception"])  # no snapshot yet: everything is "today"
+    summary = ok(bus, {"intent": "summary"})
+    assert summary["pnl"]["dummy"] == dummy  # the same block, from the marks summary already has
 
 
 def test_a_transfer_between_strategies_keeps_the_account_total(bus: Bus, gateway, project: str):
@@ -274,3 +276,34 @@ def test_a_position_booked_before_costs_were_kept_realizes_nothing_made_up(bus: 
     (sell,) = [e for e in gateway.executions() if e["side"] == "SLD"]
     assert entry["realizedPnl"] == pytest.approx(-sell["commission"])  # its commission only, no gain against 0
     assert pnl(bus)["strategies"]["dummy"]["costUnknown"] == ["SPY"]
+
+
+def test_a_foreign_instruments_pnl_is_kept_in_its_currency_and_in_base_at_the_fills_rate(
+    bus: Bus, gateway, project: str
+):
+    def sap(weight: float) -> dict[str, Any]:
+        body = allocation({"SAP": weight})
+        body["params"]["strategyParams"]["dummy"]["instruments"] = {"SAP": {"exchange": "IBIS", "currency": "EUR"}}
+        return body
+
+    bought = ok(bus, sap(0.1))
+    rate = bought["fxRates"]["EUR"]
+    assert rate != 1.0
+    held = wait_for(lambda: holdings(project).get("dummy", {}).get("SAP"), what="the buy booked")
+    price = gateway.call(lambda: gateway.server.instruments["SAP"]).price
+    gateway.set_price("SAP", price * 1.03)
+    ok(bus, sap(0.05))
+    wait_for(lambda: holdings(project).get("dummy", {}).get("SAP", held) < held, what="the partial sell booked")
+    wait_for(lambda: all(f["commission"] for f in mode_collection(project, "fills")), what="commissions booked")
+
+    fills = mode_collection(project, "fills")
+    assert [f["fxRate"] for f in fills] == [pytest.approx(rate)] * 2  # EUR's rate as the account values gave it
+    (book,) = [h for h in mode_collection(project, "holdings") if h["_id"] == "dummy"]
+    (entry,) = book["realized"].values()
+    assert entry["currency"] == "EUR"
+    assert entry["realizedPnl"] > 0  # sold above its cost, commissions included
+    assert entry["realizedPnlBase"] == pytest.approx(entry["realizedPnl"] * rate)
+    (position,) = book["positions"].values()
+    (buy,) = [e for e in gateway.executions() if e["side"] == "BOT"]
+    commission_eur = buy["commission"] * (1.0 if buy["commissionCurrency"] == "EUR" else 1 / rate)
+    assert position["avgCost"] == pytest.approx(buy["price"] + commission_eur / held)
