@@ -173,7 +173,9 @@ def held(ledgers: Mapping[str, Mapping[str, Any]]) -> set[int]:
 async def current_pnl(broker: Broker, books: Books, layout: Layout, account_setting: str, ask: bool) -> dict[str, Any]:
     """P&L per strategy now: today, month to date and since inception, with the values they come from."""
     account = await broker.account(account_setting)
-    day = trading_day(broker.now())
+    # The day by the gateway's clock, asked (it may have moved since the offset was last measured); summary (not
+    # `ask`) takes the clock as last measured, which is the same but for a simulated clock that jumps.
+    day = trading_day(await broker.current_time() if ask else broker.now())
     ledgers = await books.ledgers()
     current = strategy_pnl(ledgers, await marks(broker, account.id, account.base_currency, held(ledgers), ask))
     before_today = await last_before(layout, day)
@@ -190,7 +192,7 @@ async def current_pnl(broker: Broker, books: Books, layout: Layout, account_sett
 async def write_snapshot(broker: Broker, books: Books, layout: Layout, account_setting: str) -> dict[str, Any]:
     """Takes and stores today's snapshot (overwriting the day's earlier one); returns it."""
     account = await broker.account(account_setting)
-    day = trading_day(broker.now())
+    day = trading_day(await broker.current_time())  # the gateway's clock, asked: never the wall clock
     ledgers = await books.ledgers()
     current = strategy_pnl(ledgers, await marks(broker, account.id, account.base_currency, held(ledgers), ask=True))
     previous = await last_before(layout, day)

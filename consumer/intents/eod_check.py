@@ -57,7 +57,7 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     if not ctx.dry_run:
         snapshot = await write_snapshot(broker, services.books, services.layout, services.settings.ib_account)
         snapshot = {k: v for k, v in snapshot.items() if k != "writtenAt"}
-    pnl = await current_pnl(broker, services.books, services.layout, services.settings.ib_account, ask=False)
+    pnl = await current_pnl(broker, services.books, services.layout, services.settings.ib_account, ask=True)
     return {
         "date": pnl["date"],
         "clean": not (still_open or not_flat or differences or unbooked or without_commission),

@@ -122,6 +122,8 @@ def test_a_round_trip_over_two_days_agrees_with_the_broker_to_the_cent(bus: Bus,
     assert swept["fillsKnown"] == 2
     assert pnl(bus)["pnl"]["dummy"] == before
 
+    gateway.set_time(on_day(gateway, AFTER_CLOSE))
+    ok(bus, {"intent": "eod-check", "params": {}})  # day 1's snapshot
     gateway.roll_day()
     gateway.set_time(on_day(gateway, "T11:00:00-04:00"))
     gateway.set_price("SPY", spy * 0.97)
@@ -138,9 +140,23 @@ def test_a_round_trip_over_two_days_agrees_with_the_broker_to_the_cent(bus: Bus,
     assert dummy["realizedToDate"] == pytest.approx(broker_realized, abs=0.005)
     assert dummy["sinceInception"] == pytest.approx(broker_realized, abs=0.005)
     assert end["netLiquidation"] - nlv_start == pytest.approx(broker_realized, abs=0.005)
-    assert dummy["today"] == pytest.approx(dummy["sinceInception"])  # no snapshot yet: everything is "today"
+    (first,) = [s for s in mode_collection(project, "snapshots") if s["_id"] == "2026-06-17"]
+    first_total = first["strategies"]["dummy"]["realizedPnlToDate"] + first["strategies"]["dummy"]["unrealizedPnl"]
+    assert first["strategies"]["dummy"]["realizedPnl"] == pytest.approx(expected_day1, abs=0.005)
+    assert dummy["today"] == pytest.approx(dummy["sinceInception"] - first_total, abs=0.011)  # since day 1's close
+    assert dummy["monthToDate"] == pytest.approx(dummy["sinceInception"], abs=0.005)  # no snapshot before June
     summary = ok(bus, {"intent": "summary"})
     assert summary["pnl"]["dummy"] == dummy  # the same block, from the marks summary already has
+
+    gateway.set_time(on_day(gateway, AFTER_CLOSE))
+    ok(bus, {"intent": "eod-check", "params": {}})  # day 2's snapshot
+    days = {s["_id"]: s for s in mode_collection(project, "snapshots")}
+    assert sorted(days) == ["2026-06-17", "2026-06-18"]
+    second = days["2026-06-18"]
+    assert second["strategies"]["dummy"]["realizedPnl"] == pytest.approx(broker_realized - expected_day1, abs=0.011)
+    assert second["strategies"]["dummy"]["realizedPnlToDate"] == pytest.approx(broker_realized, abs=0.005)
+    assert second["highWaterMark"] == max(first["highWaterMark"], second["netLiquidation"])
+    assert second["netLiquidation"] - nlv_start == pytest.approx(broker_realized, abs=0.005)
 
 
 def test_a_transfer_between_strategies_keeps_the_account_total(bus: Bus, gateway, project: str):
