@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from consumer.errors import IntentError
 from consumer.intents.base import Intent, IntentContext
 from consumer.snapshots import current_pnl
 
@@ -19,10 +20,15 @@ async def summary(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     )
     services = ctx.services
     # The same P&L block as the pnl intent, from the marks the portfolio subscription already holds: no request.
-    pnl = await current_pnl(broker, services.books, services.layout, services.settings.ib_account, ask=False)
+    pnl: dict[str, Any]
+    try:
+        report = await current_pnl(broker, services.books, services.layout, services.settings.ib_account, ask=False)
+        pnl = report["pnl"]
+    except IntentError as e:  # e.g. a login with several accounts and no IB_ACCOUNT: the rest still answers
+        pnl = {"error": e.code, "message": e.message}
     return {
         "accounts": broker.managed_accounts(),
-        "pnl": pnl["pnl"],
+        "pnl": pnl,
         "accountValues": account_values,
         "positions": [p.as_dict() for p in positions],
         "portfolio": broker.portfolio(),

@@ -229,8 +229,9 @@ class Books:
         """Moves a position between strategies' books (a netted-out trade needs no order). Once per request.
 
         At the market `price` of the moment the giver realizes what it earned on what it gives and the receiver
-        opens at `price` (consumer.pnl.transfer), so the books' total P&L is unchanged. Without a price the
-        quantities move and the costs stay (the receiver's new part then has the cost of what it held).
+        opens at `price` (consumer.pnl.transfer), so the books' total P&L is unchanged. Without a price (none
+        could be had) the quantities move and each book keeps its `avgCost`; a book that held nothing gets none,
+        so its cost is unknown (see `_write_holdings`) rather than made up.
         """
         key = hashlib.sha256(f"{request_id}:{instrument['conId']}".encode()).hexdigest()
         async with self._lock:

@@ -323,3 +323,18 @@ def test_a_foreign_instruments_pnl_is_kept_in_its_currency_and_in_base_at_the_fi
     (buy,) = [e for e in gateway.executions() if e["side"] == "BOT"]
     commission_eur = buy["commission"] * (1.0 if buy["commissionCurrency"] == "EUR" else 1 / rate)
     assert position["avgCost"] == pytest.approx(buy["price"] + commission_eur / held)
+
+
+TWO_ACCOUNTS = {
+    "accounts": [
+        {"id": "DU111111", "baseCurrency": "USD", "cash": {"USD": 1_000_000}, "positions": []},
+        {"id": "DU222222", "baseCurrency": "USD", "cash": {"USD": 500_000}, "positions": []},
+    ]
+}
+
+
+@pytest.mark.parametrize("gateway_scenario", [TWO_ACCOUNTS])
+def test_summary_still_answers_when_the_pnl_block_cannot_pick_an_account(bus: Bus, gateway):
+    result = ok(bus, {"intent": "summary"})
+    assert sorted(result["accounts"]) == ["DU111111", "DU222222"]
+    assert result["pnl"]["error"] == "ambiguous_account"
