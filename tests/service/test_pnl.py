@@ -198,6 +198,9 @@ def test_a_transfer_between_strategies_keeps_the_account_total(bus: Bus, gateway
 
     now = settled_pnl(bus, gateway)
     total = sum(line["sinceInception"] for line in now["pnl"].values())
+    only = ok(bus, {"intent": "pnl", "params": {"strategies": ["dummy"]}})
+    assert list(only["pnl"]) == ["dummy"]
+    assert only["pnl"]["dummy"] == now["pnl"]["dummy"]
     # The books' P&L across strategies is the account's: moving shares between books made up no gain.
     assert now["netLiquidation"] - nlv_start == pytest.approx(total, abs=0.011)  # each line is rounded to the cent
 
