@@ -26,8 +26,12 @@ from consumer.store.books import Books, Execution
 log = get_logger(__name__)
 
 
-def execution_of(fill: Fill) -> Execution:
+def execution_of(fill: Fill, rates: dict[str, float] | None = None) -> Execution:
+    """`rates`: units of base currency per unit of currency, the account's ExchangeRate values at booking time
+    (the rate IB itself converts the day's P&L at; the base currency's is 1.0). A fill's realized P&L in base
+    currency is converted at them."""
     c = fill.contract
+    rates = rates or {}
     return Execution(
         exec_id=fill.exec_id,
         order_ref=fill.order_ref,
@@ -45,6 +49,8 @@ def execution_of(fill: Fill) -> Execution:
         commission=fill.commission,
         commission_currency=fill.commission_currency,
         account=fill.account,
+        fx_rate=rates.get(c["currency"]),
+        commission_fx_rate=rates.get(fill.commission_currency or ""),
     )
 
 
@@ -113,7 +119,7 @@ class Bookkeeper:
             try:
                 match event:
                     case Booked(fill):
-                        await self._books.book(execution_of(fill))
+                        await self._books.book(execution_of(fill, self._rates(fill)))
                     case Finished(order):
                         await self._books.close_order(order.order_ref, order.status, order.filled)
                     case Sweep():
@@ -130,13 +136,18 @@ class Bookkeeper:
             finally:
                 self._queue.task_done()
 
+    def _rates(self, fill: Fill) -> dict[str, float]:
+        accounts = self._broker.managed_accounts()
+        account = fill.account or (accounts[0] if len(accounts) == 1 else "")
+        return self._broker.fx_rates(account) if account else {}
+
     async def reconcile(self) -> dict[str, Any]:
         """Books every execution the gateway reports that is not booked yet, and closes finished orders."""
         reported = await self._broker.executions()
         fills = {f.exec_id: f for f in [*self._broker.session_fills(), *reported]}
         applied, commissions, known = [], [], 0
         for fill in sorted(fills.values(), key=lambda f: (f.time, f.exec_id)):
-            result = await self._books.book(execution_of(fill))
+            result = await self._books.book(execution_of(fill, self._rates(fill)))
             if result == "applied":
                 applied.append(fill.as_dict())
             elif result == "commission":

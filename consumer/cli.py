@@ -218,6 +218,13 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=_status, needs=("firestore",))
 
+    report = commands.add_parser(
+        "report", help="the daily P&L snapshots: a terminal table, and with --html a page with plots"
+    )
+    report.add_argument("--days", type=int, default=30, help="the last N snapshots (default 30)")
+    report.add_argument("--html", metavar="FILE", default=None, help="also write a self-contained HTML page")
+    report.set_defaults(run=_report, needs=("firestore",))
+
     config = commands.add_parser(
         "config", help="show or change config/{TRADING_MODE}, validated as the consumer reads it",
         description="Read and change the trading configuration document config/{TRADING_MODE}. Every change is\n"
@@ -575,6 +582,26 @@ def _print_reply(reply: dict[str, Any], as_json: bool) -> None:
 
 
 # -- config ----------------------------------------------------------------------------------------------------------
+
+
+def _report(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from google.cloud import firestore
+
+    from consumer.report import page, table
+
+    if args.days < 1:
+        raise UsageError("--days must be at least 1")
+    db = firestore.Client(project=settings.project)
+    collection = db.collection("tradingModes").document(settings.trading_mode).collection("snapshots")
+    query = collection.order_by("date", direction=firestore.Query.DESCENDING).limit(args.days)
+    snapshots = [s.to_dict() or {} for s in query.stream()][::-1]
+    print(table(snapshots))
+    if args.html:
+        Path(args.html).write_text(page(snapshots, f"Daily P&L ({settings.trading_mode})"), encoding="utf-8")
+        print(f"wrote {args.html}")
+    return 0
 
 
 def _config(settings: Settings, args: argparse.Namespace) -> int:

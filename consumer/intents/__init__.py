@@ -6,7 +6,17 @@ from consumer.intents.base import Intent
 
 
 def builtin_intents() -> dict[str, Intent]:
-    from consumer.intents import allocation, cash_balancer, close_all, market_data, ping, reconcile, summary
+    from consumer.intents import (
+        allocation,
+        cash_balancer,
+        close_all,
+        eod_check,
+        market_data,
+        ping,
+        pnl,
+        reconcile,
+        summary,
+    )
 
     intents = [
         summary.INTENT,
@@ -18,5 +28,7 @@ def builtin_intents() -> dict[str, Intent]:
         reconcile.TRADE_RECONCILIATION,
         reconcile.RECONCILE,
         market_data.INTENT,
+        pnl.INTENT,
+        eod_check.INTENT,
     ]
     return {intent.name: intent for intent in intents}

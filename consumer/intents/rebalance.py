@@ -314,10 +314,19 @@ class Rebalance:
         outcomes: dict[str, Outcome] = {}
         transfers: list[dict[str, Any]] = []
         if not ctx.dry_run:
+            moving = [instruments[c] for c, leg in legs.items() if leg.internal_transfer]
+            # Transfers move cost at the market price of the moment (consumer.pnl.transfer): one price request,
+            # only when something moves between books.
+            prices = await ctx.broker.prices(moving) if moving else {}
+            rates = ctx.broker.fx_rates(self.account.id)
             for c, leg in legs.items():
                 if leg.internal_transfer:
                     moved = await services.books.transfer(
-                        ctx.request_id, instruments[c].describe(), leg.internal_transfer
+                        ctx.request_id,
+                        instruments[c].describe(),
+                        leg.internal_transfer,
+                        price=prices.get(c),
+                        fx_rate=rates.get(instruments[c].currency),
                     )
                     transfers.append(
                         {"instrument": instruments[c].symbol, "moves": leg.internal_transfer, "booked": moved}

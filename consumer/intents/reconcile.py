@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from consumer.broker.model import Position
-from consumer.forex import currency_lines, is_forex, pair_currencies
+from consumer.broker.model import Account, Position
+from consumer.forex import CurrencyLine, currency_lines, is_forex, pair_currencies
 from consumer.intents.base import Intent, IntentContext
 from consumer.portfolio import EPSILON
 from consumer.store.books import UNALLOCATED
@@ -34,21 +34,10 @@ async def trade_reconciliation(ctx: IntentContext, params: dict[str, Any]) -> di
 async def reconcile(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     """Sum of strategy holdings vs the broker's positions, per instrument; `fix` books the gap to `unallocated`."""
     services = ctx.services
-    broker = ctx.broker
     fix = bool(params.get("fix")) and not ctx.dry_run
     # Fills the books have not seen yet are not differences: book them first.
     await services.bookkeeper.reconcile()
-    account = await broker.account(services.settings.ib_account)
-    positions = [p for p in await broker.positions() if p.account == account.id]
-    holdings = await services.books.holdings()
-
-    instruments = _by_instrument(holdings, positions)
-    differences = instruments.differences()
-    currencies = currency_lines(holdings, broker.cash_balances(account.id), account.base_currency)
-    pairs = _pairs_by_currency(holdings)
-    for currency, cash in sorted(currencies.items()):
-        if cash.difference:
-            differences.append({**cash.as_dict(), "pair": pairs.get(currency, {}).get("symbol")})
+    account, instruments, currencies, pairs, differences = await compare(ctx)
 
     fixed = await _fix(ctx, differences, pairs, instruments.described) if fix else []
     result = {
@@ -150,6 +139,24 @@ async def _fix(
         fixed.append({"instrument": diff["instrument"], "bookedTo": UNALLOCATED, "quantity": diff["difference"],
                       "applied": applied})  # fmt: skip
     return fixed
+
+
+async def compare(
+    ctx: IntentContext,
+) -> tuple[Account, _Instruments, dict[str, CurrencyLine], dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Books vs broker, read-only: (account, per instrument, per currency, forex pairs, differences)."""
+    broker = ctx.broker
+    account = await broker.account(ctx.services.settings.ib_account)
+    positions = [p for p in await broker.positions() if p.account == account.id]
+    holdings = await ctx.services.books.holdings()
+    instruments = _by_instrument(holdings, positions)
+    differences = instruments.differences()
+    currencies = currency_lines(holdings, broker.cash_balances(account.id), account.base_currency)
+    pairs = _pairs_by_currency(holdings)
+    for currency, cash in sorted(currencies.items()):
+        if cash.difference:
+            differences.append({**cash.as_dict(), "pair": pairs.get(currency, {}).get("symbol")})
+    return account, instruments, currencies, pairs, differences
 
 
 TRADE_RECONCILIATION = Intent(

@@ -21,6 +21,7 @@ from typing import Any
 from google.cloud.firestore import AsyncTransaction, async_transactional
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from consumer.pnl import Lot, late_commission, trade
 from consumer.portfolio import EPSILON, attribute
 from consumer.store.layout import Layout
 
@@ -48,6 +49,18 @@ class Execution:
     commission_currency: str | None = None
     account: str = ""
     synthetic: bool = False  # built from a completed order whose executions the gateway no longer reports
+    # Units of base currency per unit of the instrument's / the commission's currency, as the consumer knows them
+    # when it books (the account's ExchangeRate values; None when the account reports none for that currency).
+    fx_rate: float | None = None
+    commission_fx_rate: float | None = None
+
+    def local_commission(self, commission: float) -> float:
+        """The commission in the instrument's currency (what its P&L is kept in)."""
+        if self.commission_currency in (None, "", self.currency):
+            return commission
+        if self.fx_rate and self.commission_fx_rate:
+            return commission * self.commission_fx_rate / self.fx_rate
+        return commission  # no rate known for one of them: booked at par rather than not at all
 
     @property
     def signed(self) -> float:
@@ -101,8 +114,23 @@ class Books:
                 out[snapshot.id] = {int(k): v for k, v in positions.items() if _nonzero(v)}
         return out
 
+    async def ledgers(self) -> dict[str, dict[str, Any]]:
+        """{strategy: holdings document}: open positions (with `avgCost`) and the cumulative `realized` map, which
+        outlives the positions it came from."""
+        out = {}
+        async for snapshot in self._layout.holdings().stream():
+            document = snapshot.to_dict() or {}
+            positions = {k: v for k, v in document.get("positions", {}).items() if _nonzero(v)}
+            out[snapshot.id] = {"positions": positions, "realized": document.get("realized", {})}
+        return out
+
     async def open_orders(self) -> list[dict[str, Any]]:
         return [s.to_dict() or {} async for s in self._layout.open_orders().stream()]
+
+    async def fills(self, exec_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The booked fill documents of these executions, by execId (an unbooked one is absent)."""
+        refs = [self._layout.fills().document(e) for e in set(exec_ids)]
+        return {s.id: s.to_dict() or {} async for s in self._layout.db.get_all(refs) if s.exists} if refs else {}
 
     async def booked_exec_ids(self, exec_ids: Iterable[str]) -> set[str]:
         """Which of these executions are booked."""
@@ -190,8 +218,21 @@ class Books:
 
     # -- holdings without an order -----------------------------------------------------------------------------------
 
-    async def transfer(self, request_id: str, instrument: dict[str, Any], moves: Mapping[str, float]) -> bool:
-        """Moves a position between strategies' books (a netted-out trade needs no order). Once per request."""
+    async def transfer(
+        self,
+        request_id: str,
+        instrument: dict[str, Any],
+        moves: Mapping[str, float],
+        price: float | None = None,
+        fx_rate: float | None = None,
+    ) -> bool:
+        """Moves a position between strategies' books (a netted-out trade needs no order). Once per request.
+
+        At the market `price` of the moment the giver realizes what it earned on what it gives and the receiver
+        opens at `price` (consumer.pnl.transfer), so the books' total P&L is unchanged. Without a price (none
+        could be had) the quantities move and each book keeps its `avgCost`; a book that held nothing gets none,
+        so its cost is unknown (see `_write_holdings`) rather than made up.
+        """
         key = hashlib.sha256(f"{request_id}:{instrument['conId']}".encode()).hexdigest()
         async with self._lock:
             return await _adjust(
@@ -200,7 +241,8 @@ class Books:
                 self._layout.transfers().document(key),
                 instrument,
                 moves,
-                {"requestId": request_id, "kind": "transfer"},
+                {"requestId": request_id, "kind": "transfer", "price": price, "fxRate": fx_rate},
+                priced=Priced(price, {}, fx_rate) if price is not None else None,
             )
 
     async def adjust(
@@ -236,7 +278,12 @@ async def _book(transaction: AsyncTransaction, layout: Layout, e: Execution) -> 
     fill_ref = layout.fills().document(e.exec_id)
     fill_snapshot = await fill_ref.get(transaction=transaction)
     if fill_snapshot.exists:
-        if e.commission is not None and (fill_snapshot.to_dict() or {}).get("commission") is None:
+        fill = fill_snapshot.to_dict() or {}
+        if e.commission is not None and fill.get("commission") is None:
+            # Its P&L: each strategy's share of it goes to the cost of what the fill opened or to realized.
+            shares = {s: float(q) for s, q in (fill.get("strategies") or {}).items()}
+            holdings = await _read_holdings(transaction, layout, shares)
+            _late_commission(transaction, layout, holdings, fill, shares, e, datetime.now(UTC))
             transaction.update(fill_ref, {"commission": e.commission, "commissionCurrency": e.commission_currency})
             return "commission"
         return "known"
@@ -273,7 +320,10 @@ async def _book(transaction: AsyncTransaction, layout: Layout, e: Execution) -> 
         "multiplier": e.multiplier,
     }
     now = datetime.now(UTC)
-    _write_holdings(transaction, layout, holdings, instrument, shares, now, quotes)
+    commissions = _commission_shares(shares, e.local_commission(e.commission or 0.0))
+    _write_holdings(
+        transaction, layout, holdings, instrument, shares, now, quotes, Priced(e.price, commissions, e.fx_rate)
+    )
 
     if order is not None and order_ref is not None:
         progress = {
@@ -305,6 +355,7 @@ async def _book(transaction: AsyncTransaction, layout: Layout, e: Execution) -> 
             "account": e.account,
             "commission": e.commission,
             "commissionCurrency": e.commission_currency,
+            "fxRate": e.fx_rate,
             "strategies": shares,
             "matched": order is not None,
             "synthetic": e.synthetic,
@@ -344,6 +395,7 @@ async def _adjust(
     moves: Mapping[str, float],
     record: dict[str, Any],
     quote_moves: Mapping[str, float] | None = None,
+    priced: Priced | None = None,
 ) -> bool:
     if (await record_ref.get(transaction=transaction)).exists:
         return False
@@ -351,7 +403,7 @@ async def _adjust(
     if quote_moves is None and instrument.get("secType") == "CASH":
         quote_moves = _transfer_quotes(holdings, str(instrument["conId"]), moves)
     now = datetime.now(UTC)
-    _write_holdings(transaction, layout, holdings, instrument, moves, now, quote_moves or {})
+    _write_holdings(transaction, layout, holdings, instrument, moves, now, quote_moves or {}, priced)
     extra = {"quoteMoves": dict(quote_moves)} if quote_moves else {}
     transaction.create(record_ref, {**record, "instrument": instrument, "moves": dict(moves), **extra, "at": now})
     return True
@@ -386,6 +438,85 @@ async def _read_holdings(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Priced:
+    """What a move of holdings costs: the price per unit, each book's commission (instrument currency) and the
+    rate to base currency (None: not known, so realizedPnlBase is not advanced and the entry says so)."""
+
+    price: float
+    commissions: Mapping[str, float]
+    fx_rate: float | None
+
+
+def _commission_shares(shares: Mapping[str, float], commission: float) -> dict[str, float]:
+    """The commission split among the books in proportion to their shares of the fill."""
+    total = sum(abs(q) for q in shares.values())
+    return {s: commission * abs(q) / total for s, q in shares.items()} if total > EPSILON else {}
+
+
+def _lot(position: Mapping[str, Any]) -> Lot:
+    return Lot(float(position.get("quantity", 0.0)), float(position.get("avgCost", 0.0)))
+
+
+def _realize(
+    document: Mapping[str, Any], key: str, instrument: Mapping[str, Any], amount: float, fx_rate: float | None
+) -> dict[str, Any]:
+    """The holdings document's `realized` map with `amount` (instrument currency) added for the instrument.
+
+    Kept apart from `positions` because it outlives the position: a position traded to zero is removed.
+    """
+    realized = dict(document.get("realized", {}))
+    entry = dict(realized.get(key, {"symbol": instrument.get("symbol"), "currency": instrument.get("currency")}))
+    entry["realizedPnl"] = float(entry.get("realizedPnl", 0.0)) + amount
+    if fx_rate is None:
+        entry["baseIncomplete"] = abs(amount) > EPSILON or bool(entry.get("baseIncomplete", False))
+        entry.setdefault("realizedPnlBase", 0.0)
+    else:
+        entry["realizedPnlBase"] = float(entry.get("realizedPnlBase", 0.0)) + amount * fx_rate
+    realized[key] = entry
+    return realized
+
+
+def _unknown_cost(document: Mapping[str, Any], key: str, instrument: Mapping[str, Any]) -> dict[str, Any]:
+    """The `realized` map with the instrument marked `costUnknown`: its P&L to date is incomplete."""
+    realized = dict(document.get("realized", {}))
+    entry = dict(realized.get(key, {"symbol": instrument.get("symbol"), "currency": instrument.get("currency")}))
+    entry.setdefault("realizedPnl", 0.0)
+    entry.setdefault("realizedPnlBase", 0.0)
+    entry["costUnknown"] = True
+    realized[key] = entry
+    return realized
+
+
+def _late_commission(
+    transaction: AsyncTransaction,
+    layout: Layout,
+    holdings: dict[str, dict[str, Any]],
+    fill: Mapping[str, Any],
+    shares: Mapping[str, float],
+    e: Execution,
+    now: datetime,
+) -> None:
+    key = str(fill["conId"])
+    multiplier = float(fill.get("multiplier") or 1.0)
+    fx_rate = fill.get("fxRate", e.fx_rate)
+    for strategy, commission in _commission_shares(shares, e.local_commission(e.commission or 0.0)).items():
+        document = holdings.get(strategy, {})
+        positions = dict(document.get("positions", {}))
+        position = positions.get(key, {})
+        if key in positions and "avgCost" not in position:  # unknown cost: the commission is a realized cost
+            booking = late_commission(Lot(), shares[strategy], multiplier, commission)
+        else:
+            booking = late_commission(_lot(position), shares[strategy], multiplier, commission)
+        if key in positions and "avgCost" in position:
+            positions[key] = {**position, "avgCost": booking.lot.avg_cost}
+        realized = _realize(document, key, fill, booking.realized, fx_rate)
+        transaction.set(
+            layout.holdings().document(strategy),
+            {"strategy": strategy, "positions": positions, "realized": realized, "updatedAt": now},
+        )
+
+
 def _write_holdings(
     transaction: AsyncTransaction,
     layout: Layout,
@@ -394,14 +525,29 @@ def _write_holdings(
     moves: Mapping[str, float],
     now: datetime,
     quote_moves: Mapping[str, float] | None = None,
+    priced: Priced | None = None,
 ) -> None:
     key = str(instrument["conId"])
     quote_moves = quote_moves or {}
+    multiplier = float(instrument.get("multiplier") or 1.0)
     for strategy in {*moves, *quote_moves}:
-        positions = dict(holdings.get(strategy, {}).get("positions", {}))
+        document = holdings.get(strategy, {})
+        positions = dict(document.get("positions", {}))
+        realized = dict(document.get("realized", {}))
         before = positions.get(key, {})
         move = moves.get(strategy, 0.0)
         position = {**instrument, "quantity": float(before.get("quantity", 0.0)) + move}
+        held = abs(float(before.get("quantity", 0.0))) > EPSILON
+        if held and "avgCost" not in before:
+            # Booked before costs were kept (or by a correction): its cost is unknown, so nothing is realized
+            # against it until it is flat again; made-up P&L would be worse than none.
+            realized = _unknown_cost(document, key, instrument)
+        elif priced is not None and abs(move) > EPSILON:
+            booking = trade(_lot(before), move, priced.price, multiplier, priced.commissions.get(strategy, 0.0))
+            position["avgCost"] = booking.lot.avg_cost
+            realized = _realize(document, key, instrument, booking.realized, priced.fx_rate)
+        elif "avgCost" in before:
+            position["avgCost"] = before["avgCost"]  # a move without a price (a correction) keeps the cost
         if instrument.get("secType") == "CASH":
             position["quoteAmount"] = float(before.get("quoteAmount", 0.0)) + quote_moves.get(strategy, 0.0)
         # A position traded to zero is gone: what quote currency it leaves is realized P&L, free cash. Only a
@@ -412,5 +558,6 @@ def _write_holdings(
         else:
             positions.pop(key, None)
         transaction.set(
-            layout.holdings().document(strategy), {"strategy": strategy, "positions": positions, "updatedAt": now}
+            layout.holdings().document(strategy),
+            {"strategy": strategy, "positions": positions, "realized": realized, "updatedAt": now},
         )

@@ -8,6 +8,7 @@ tradingModes/{mode}/orders/{orderRef}           closed orders with their final s
 tradingModes/{mode}/fills/{execId}              every execution booked, once
 tradingModes/{mode}/holdings/{strategy}         each strategy's positions ({conId-keyed map})
 tradingModes/{mode}/reconciliations/{auto-id}   what reconcile found and fixed
+tradingModes/{mode}/snapshots/{YYYY-MM-DD}      the daily P&L snapshot (trading day in New York)
 tradingModes/{mode}/marketData/{symbol}/bars/{barSize}@{date}   collected bars, one document per day
 """
 
@@ -59,6 +60,9 @@ class Layout:
 
     def reconciliations(self) -> AsyncCollectionReference:
         return self._root.collection("reconciliations")
+
+    def snapshots(self) -> AsyncCollectionReference:
+        return self._root.collection("snapshots")
 
     def market_data(self, symbol: str) -> AsyncDocumentReference:
         return self._root.collection("marketData").document(symbol.replace("/", "_"))

@@ -52,6 +52,7 @@ class TradingConfig:
     order_defaults: OrderDefaults = field(default_factory=OrderDefaults)
     market_data_type: int = 1
     cash_threshold: float = 0.0
+    flat_at_close: frozenset[str] = frozenset()  # strategies eod-check expects flat after the close
 
     @classmethod
     def from_document(
@@ -83,6 +84,7 @@ class TradingConfig:
             ),
             market_data_type=data.get("marketDataType", 1),
             cash_threshold=data.get("cashBalancer", {}).get("threshold", 0.0),
+            flat_at_close=frozenset(s for s, v in data.get("strategies", {}).items() if v.get("flatAtClose")),
         )
         committed = config.overall_exposure * sum(config.strategy_exposure.values())
         if committed > config.leverage_cap + 1e-9:

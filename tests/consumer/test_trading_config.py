@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from consumer.devstack.seed import local_paper_config
+from consumer.errors import IntentError
 from consumer.schemas import Schemas
 from consumer.store.trading_config import DeploymentLimits, TradingConfig, check_document, edited
 from consumer.strategies import discover
@@ -51,3 +52,12 @@ def test_an_edit_is_checked_as_the_consumer_reads_it():
     with pytest.raises(ValueError, match="tradingEnabled is not an object"):
         edited(document, "tradingEnabled.x", 1)
     assert "exposure" not in edited(document, "exposure", None, unset=True)
+
+
+def test_flat_at_close_is_read_per_strategy_and_a_wrong_value_is_refused_with_its_field():
+    config = load({"strategies": {"intraday": {"flatAtClose": True}, "swing": {"flatAtClose": False}}})
+    assert config.flat_at_close == frozenset({"intraday"})
+    with pytest.raises(IntentError, match="flatAtClose"):
+        load({"strategies": {"intraday": {"flatAtClose": "yes"}}})
+    with pytest.raises(IntentError, match="flatAtclose"):
+        load({"strategies": {"intraday": {"flatAtclose": True}}})  # a typo is not silently ignored

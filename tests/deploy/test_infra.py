@@ -308,6 +308,7 @@ def test_the_declared_schedule_set() -> None:
         "midday-risk-check": ("0 13 * * 1-5", "reconcile", False),
         "eod-trade-reconciliation": ("55 15 * * 1-5", "trade-reconciliation", False),
         "eod-close-all": ("55 15 * * 1-5", "close-all", True),
+        "eod-check": ("10 16 * * 1-5", "eod-check", False),
         "nightly-test-signal": ("15 16 * * 1-5", "allocation", False),
     }
     assert jobs["nightly-test-signal"]["dryRun"] is True

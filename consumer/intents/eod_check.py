@@ -1,0 +1,83 @@
+"""eod-check: the day's closing report, after the close. Reads and books; never places or cancels an order.
+
+1. Every execution of the day is booked with its commission: the same sweep trade-reconciliation runs.
+2. Every order of the day is finished or knowingly GTC: what is still working is listed.
+3. Strategies with `flatAtClose` in config/{mode} hold nothing: any that do are listed.
+4. Books equal the broker: the reconcile comparison, read-only (no fix).
+5. The daily snapshot is written (consumer.snapshots; a re-run the same day overwrites it with the same content).
+
+`clean` is false when anything in 2-4 needs a person; the reply is still `ok` (the check itself worked).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from consumer.intents.base import Intent, IntentContext
+from consumer.intents.reconcile import compare
+from consumer.portfolio import EPSILON
+from consumer.snapshots import current_pnl, write_snapshot
+
+KNOWINGLY_OPEN = {"GTC", "GTD"}
+
+
+async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
+    services = ctx.services
+    broker = ctx.broker
+    swept = await services.bookkeeper.reconcile()
+    fills = await broker.executions()
+    # The commissions as booked: IB reports each one apart from its execution, and the sweep above added any missed.
+    booked = await services.books.fills(f.exec_id for f in fills)
+    unbooked = sorted({f.exec_id for f in fills} - set(booked))
+    commissions: dict[str, float] = defaultdict(float)
+    without_commission = []
+    for exec_id, fill in sorted(booked.items()):
+        if fill.get("commission") is None:
+            without_commission.append(exec_id)
+        else:
+            commissions[fill.get("commissionCurrency") or "?"] += float(fill["commission"])
+
+    working = [o for o in await broker.open_orders() if o.remaining > EPSILON]
+    still_open = [o.as_dict() for o in working if o.tif.upper() not in KNOWINGLY_OPEN]
+    gtc = [o.as_dict() for o in working if o.tif.upper() in KNOWINGLY_OPEN]
+
+    # Read here: the dispatcher reads the config for trading intents only, and this check runs with trading off too.
+    config = await services.config_store.load()
+    holdings = await services.books.holdings(sorted(config.flat_at_close))
+    not_flat = {
+        strategy: {str(p.get("symbol", c)): float(p["quantity"]) for c, p in positions.items()}
+        for strategy, positions in sorted(holdings.items())
+        if positions
+    }
+
+    _account, _instruments, _currencies, _pairs, differences = await compare(ctx)
+
+    snapshot = None
+    if not ctx.dry_run:
+        snapshot = await write_snapshot(broker, services.books, services.layout, services.settings.ib_account)
+        snapshot = {k: v for k, v in snapshot.items() if k != "writtenAt"}
+    pnl = await current_pnl(broker, services.books, services.layout, services.settings.ib_account, ask=True)
+    return {
+        "date": pnl["date"],
+        "clean": not (still_open or not_flat or differences or unbooked or without_commission),
+        "pnl": pnl["pnl"],
+        "fills": len(fills),
+        "fillsBookedNow": len(swept["fillsApplied"]),
+        "commissions": {c: round(v, 6) for c, v in sorted(commissions.items())},
+        "withoutCommission": without_commission,
+        "unbooked": unbooked,
+        "openOrders": still_open,
+        "gtcOrders": gtc,
+        "notFlat": not_flat,
+        "differences": differences,
+        "snapshot": snapshot,
+    }
+
+
+INTENT = Intent(
+    name="eod-check",
+    handler=eod_check,
+    description="After the close: orders finished, flatAtClose strategies flat, fills booked, books vs broker, "
+    "the daily snapshot written, and the day's P&L per strategy.",
+)

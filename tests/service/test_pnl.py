@@ -1,0 +1,343 @@
+"""P&L per strategy, the daily snapshot and eod-check on the simulated gateway with its clock (issue 16).
+
+The broker is the reference: its executions (price, quantity, commission) give the realized P&L of a round trip,
+and its net liquidation moves by exactly that much once the account is flat again.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.service.test_cli import cli
+from tests.support import (
+    SIGNAL_PARAMS,
+    Bus,
+    allocation,
+    firestore_client,
+    holdings,
+    long_signal,
+    mode_collection,
+    wait_for,
+    write_config,
+)
+
+pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
+
+AFTER_CLOSE = "T16:05:00-04:00"  # DEFAULT_CLOCK is a June Wednesday: New York is on EDT
+
+
+@pytest.fixture
+def consumer(consumer_factory):
+    return consumer_factory(order_timeout=3.0)
+
+
+@pytest.fixture
+def paper_config_overrides() -> dict[str, object]:
+    return {"exposure": {"overall": 1.0, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}}}
+
+
+def ok(bus: Bus, body: dict[str, Any]) -> dict[str, Any]:
+    reply = bus.reply_to(bus.publish(body))
+    assert reply["status"] == "ok", reply
+    return reply["result"]
+
+
+def pnl(bus: Bus) -> dict[str, Any]:
+    return ok(bus, {"intent": "pnl", "params": {}})
+
+
+def settled_pnl(bus: Bus, gateway) -> dict[str, Any]:
+    """The pnl reply once the account values the consumer holds have caught up with the broker's cash."""
+
+    def check() -> dict[str, Any] | None:
+        result = pnl(bus)
+        return result if math.isclose(result["netLiquidation"], broker_nlv(gateway), abs_tol=0.005) else None
+
+    return wait_for(check, what="net liquidation as the broker has it")
+
+
+def broker_nlv(gateway) -> float:
+    """Net liquidation as the simulated broker values the account now (what its account updates carry)."""
+
+    def nlv() -> float:
+        broker = gateway.server.broker
+        rows = broker.account_values(broker.default_account)
+        return next(float(value) for tag, value, currency in rows if tag == "NetLiquidation" and currency != "BASE")
+
+    return float(gateway.call(nlv))
+
+
+def round_trip_realized(executions: list[dict[str, Any]]) -> float:
+    """What a set of executions that ends flat realized: sale proceeds - purchase cost - commissions."""
+    cash = sum((e["price"] if e["side"] == "SLD" else -e["price"]) * e["shares"] for e in executions)
+    return cash - sum(e["commission"] for e in executions)
+
+
+def weight_for(bus: Bus, shares: int) -> float:
+    probe = ok(bus, allocation({"SPY": 0.1}, dry_run=True))
+    return (shares + 0.5) * probe["prices"]["SPY"] / (probe["netLiquidation"] * 0.5)
+
+
+def on_day(gateway, time: str) -> str:
+    """An instant on the gateway's current New York date."""
+    return gateway.now().astimezone(__import__("zoneinfo").ZoneInfo("America/New_York")).date().isoformat() + time
+
+
+def test_a_round_trip_over_two_days_agrees_with_the_broker_to_the_cent(bus: Bus, gateway, project: str):
+    start = settled_pnl(bus, gateway)
+    assert start["strategies"] == {}
+    nlv_start = start["netLiquidation"]
+    spy = gateway.call(lambda: gateway.server.instruments["SPY"]).price
+
+    ok(bus, allocation({"SPY": weight_for(bus, 100)}))
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": 100}}, what="the buy booked")
+    gateway.set_price("SPY", spy * 1.02)
+    ok(bus, allocation({"SPY": weight_for(bus, 60)}))  # a partial sell at a higher price
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": 60}}, what="the partial sell booked")
+    day1 = gateway.executions()
+    assert len(day1) == 2
+    assert all(e["commission"] > 0 for e in day1)
+    wait_for(lambda: all(f["commission"] for f in mode_collection(project, "fills")), what="commissions booked")
+
+    (buy,) = [e for e in day1 if e["side"] == "BOT"]
+    (sell,) = [e for e in day1 if e["side"] == "SLD"]
+    # Average cost: the buy's commission is part of the cost; the sell's is realized.
+    cost = (buy["price"] * 100 + buy["commission"]) / 100
+    expected_day1 = (sell["price"] - cost) * 40 - sell["commission"]
+    (book,) = [h for h in mode_collection(project, "holdings") if h["_id"] == "dummy"]
+    (position,) = book["positions"].values()
+    assert position["avgCost"] == pytest.approx(cost)
+    (realized,) = book["realized"].values()
+    assert realized["realizedPnl"] == pytest.approx(expected_day1, abs=1e-6)
+    assert realized["realizedPnlBase"] == pytest.approx(expected_day1, abs=1e-6)
+
+    # A redelivered execution (the sweep sees every execId again) changes nothing.
+    before = pnl(bus)["pnl"]["dummy"]
+    swept = ok(bus, {"intent": "trade-reconciliation", "params": {}})
+    assert swept["fillsAppliedCount"] == 0
+    assert swept["fillsKnown"] == 2
+    assert pnl(bus)["pnl"]["dummy"] == before
+
+    gateway.set_time(on_day(gateway, AFTER_CLOSE))
+    ok(bus, {"intent": "eod-check", "params": {}})  # day 1's snapshot
+    gateway.roll_day()
+    gateway.set_time(on_day(gateway, "T11:00:00-04:00"))
+    gateway.set_price("SPY", spy * 0.97)
+    ok(bus, allocation({"SPY": 0.0}))  # the rest, at a lower price than it cost
+    wait_for(lambda: holdings(project) == {}, what="the close booked")
+    day2 = gateway.executions()
+    assert [e["side"] for e in day2] == ["SLD"]
+    wait_for(lambda: all(f["commission"] for f in mode_collection(project, "fills")), what="commissions booked")
+
+    broker_realized = round_trip_realized(day1 + day2)
+    end = settled_pnl(bus, gateway)
+    dummy = end["pnl"]["dummy"]
+    assert dummy["unrealized"] == 0
+    assert dummy["realizedToDate"] == pytest.approx(broker_realized, abs=0.005)
+    assert dummy["sinceInception"] == pytest.approx(broker_realized, abs=0.005)
+    assert end["netLiquidation"] - nlv_start == pytest.approx(broker_realized, abs=0.005)
+    (first,) = [s for s in mode_collection(project, "snapshots") if s["_id"] == "2026-06-17"]
+    first_total = first["strategies"]["dummy"]["realizedPnlToDate"] + first["strategies"]["dummy"]["unrealizedPnl"]
+    assert first["strategies"]["dummy"]["realizedPnl"] == pytest.approx(expected_day1, abs=0.005)
+    assert dummy["today"] == pytest.approx(dummy["sinceInception"] - first_total, abs=0.011)  # since day 1's close
+    assert dummy["monthToDate"] == pytest.approx(dummy["sinceInception"], abs=0.005)  # no snapshot before June
+    summary = ok(bus, {"intent": "summary"})
+    assert summary["pnl"]["dummy"] == dummy  # the same block, from the marks summary already has
+
+    gateway.set_time(on_day(gateway, AFTER_CLOSE))
+    ok(bus, {"intent": "eod-check", "params": {}})  # day 2's snapshot
+    days = {s["_id"]: s for s in mode_collection(project, "snapshots")}
+    assert sorted(days) == ["2026-06-17", "2026-06-18"]
+    second = days["2026-06-18"]
+    assert second["strategies"]["dummy"]["realizedPnl"] == pytest.approx(broker_realized - expected_day1, abs=0.011)
+    assert second["strategies"]["dummy"]["realizedPnlToDate"] == pytest.approx(broker_realized, abs=0.005)
+    assert second["highWaterMark"] == max(first["highWaterMark"], second["netLiquidation"])
+    assert second["netLiquidation"] - nlv_start == pytest.approx(broker_realized, abs=0.005)
+
+
+def test_a_transfer_between_strategies_keeps_the_account_total(bus: Bus, gateway, project: str):
+    nlv_start = settled_pnl(bus, gateway)["netLiquidation"]
+    symbol, weight = long_signal(bus, gateway)
+    ok(bus, allocation({symbol: weight / 2}))  # dummy buys at the first price
+    wait_for(lambda: holdings(project).get("dummy", {}).get(symbol), what="dummy's buy booked")
+    price = gateway.call(lambda: gateway.server.instruments[symbol]).price
+    gateway.set_price(symbol, price * 1.01)
+
+    # dummy closes, testsignalgenerator opens the same number of shares: the net order is zero, so the shares move
+    # between their books without an order, at the market price of the moment.
+    both = {
+        "intent": "allocation",
+        "params": {
+            "strategies": ["dummy", "testsignalgenerator"],
+            "strategyParams": {"dummy": {"weights": {symbol: 0.0}}, "testsignalgenerator": SIGNAL_PARAMS},
+        },
+    }
+    wanted = ok(bus, {**both, "dryRun": True})["instruments"]
+    target = next(i for i in wanted if i["instrument"] == symbol)["strategies"]["testsignalgenerator"]
+    ok(bus, allocation({symbol: weight_for(bus, target)}))  # dummy now holds exactly that, partly at the new price
+    wait_for(lambda: holdings(project).get("dummy", {}).get(symbol) == target, what="dummy holds the target")
+    wait_for(lambda: all(f["commission"] for f in mode_collection(project, "fills")), what="commissions booked")
+    orders_before = len(gateway.orders())
+
+    ok(bus, both)
+    assert len(gateway.orders()) == orders_before  # nothing went to the broker
+    (transfer,) = mode_collection(project, "transfers")
+    assert transfer["moves"] == {"dummy": -target, "testsignalgenerator": target}
+    assert transfer["price"] == pytest.approx(price * 1.01, rel=1e-3)
+    assert holdings(project) == {"testsignalgenerator": {symbol: target}}
+
+    books = {h["_id"]: h for h in mode_collection(project, "holdings")}
+    (position,) = books["testsignalgenerator"]["positions"].values()
+    assert position["avgCost"] == pytest.approx(transfer["price"])  # the receiver opened at the market
+    (given,) = books["dummy"]["realized"].values()
+    assert given["realizedPnl"] != 0  # the giver realized what it earned up to the transfer (and its commissions)
+
+    now = settled_pnl(bus, gateway)
+    total = sum(line["sinceInception"] for line in now["pnl"].values())
+    only = ok(bus, {"intent": "pnl", "params": {"strategies": ["dummy"]}})
+    assert list(only["pnl"]) == ["dummy"]
+    assert only["pnl"]["dummy"] == now["pnl"]["dummy"]
+    # The books' P&L across strategies is the account's: moving shares between books made up no gain.
+    assert now["netLiquidation"] - nlv_start == pytest.approx(total, abs=0.011)  # each line is rounded to the cent
+
+
+SNAPSHOT_FIELDS = {"date", "baseCurrency", "netLiquidation", "cash", "highWaterMark", "strategies", "writtenAt"}
+STRATEGY_FIELDS = {"marketValue", "realizedPnl", "unrealizedPnl", "grossExposure", "netExposure"}
+
+
+def test_eod_check_reports_what_is_left_and_writes_the_snapshot_once_a_day(
+    bus: Bus, gateway, project: str, tmp_path: Path
+):
+    write_config(
+        project,
+        exposure={"overall": 1.0, "strategies": {"dummy": 0.5}},
+        strategies={"dummy": {"flatAtClose": True}},
+    )
+    ok(bus, allocation({"SPY": weight_for(bus, 10)}))
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": 10}}, what="the buy booked")
+    wait_for(lambda: all(f["commission"] for f in mode_collection(project, "fills")), what="commissions booked")
+    gateway.hold_fills(True)  # a DAY order that is still working at the close
+    working = ok(bus, allocation({"SPY": weight_for(bus, 10), "QQQ": 0.01}))
+    (qqq,) = [i for i in working["instruments"] if i["instrument"] == "QQQ"]
+    assert qqq["outcome"] == "working"
+    gateway.set_time(on_day(gateway, "T16:05:00-04:00"))  # after the close (June: EDT)
+
+    report = ok(bus, {"intent": "eod-check", "params": {}})
+    assert report["date"] == "2026-06-17"
+    assert report["clean"] is False
+    assert [o["orderRef"] for o in report["openOrders"]] == [qqq["orderRef"]]
+    assert report["openOrders"][0]["tif"] == "DAY"
+    assert report["notFlat"] == {"dummy": {"SPY": 10.0}}
+    assert report["differences"] == []
+    assert report["fills"] == 1
+    assert report["unbooked"] == []
+    assert report["withoutCommission"] == []
+    (execution,) = gateway.executions()
+    assert report["commissions"] == {execution["commissionCurrency"]: pytest.approx(execution["commission"])}
+    assert set(report["pnl"]["dummy"]) >= {"today", "monthToDate", "sinceInception"}
+
+    (first,) = mode_collection(project, "snapshots")
+    assert first["_id"] == "2026-06-17"
+    assert set(first) - {"_id"} >= SNAPSHOT_FIELDS
+    assert first["baseCurrency"] == "USD"
+    assert first["netLiquidation"] == pytest.approx(broker_nlv(gateway), abs=0.005)
+    assert first["highWaterMark"] == first["netLiquidation"]  # the first snapshot
+    dummy = first["strategies"]["dummy"]
+    assert set(dummy) >= STRATEGY_FIELDS
+    spy = gateway.call(lambda: gateway.server.instruments["SPY"]).price
+    assert dummy["marketValue"] == pytest.approx(10 * spy, abs=0.005)
+    assert dummy["grossExposure"] == dummy["netExposure"] == dummy["marketValue"]
+    cost = (execution["price"] * 10 + execution["commission"]) / 10
+    assert dummy["unrealizedPnl"] == pytest.approx((spy - cost) * 10, abs=0.005)
+    assert dummy["realizedPnl"] == 0
+
+    gateway.advance_time(60)
+    again = ok(bus, {"intent": "eod-check", "params": {}})
+    assert again["snapshot"] == report["snapshot"]
+    (second,) = mode_collection(project, "snapshots")
+    assert {k: v for k, v in second.items() if k != "writtenAt"} == {k: v for k, v in first.items() if k != "writtenAt"}
+    assert second["writtenAt"] > first["writtenAt"]
+    gateway.hold_fills(False)
+
+    page = tmp_path / "pnl.html"
+    done = cli(project, "report", "--days", "5", "--html", str(page))
+    assert done.returncode == 0, done.stderr
+    (row,) = [line for line in done.stdout.splitlines() if line.startswith("2026-06-17")]
+    assert f"{first['netLiquidation']:,.2f}" in row
+    assert "<svg" in page.read_text()
+
+
+def test_a_position_booked_before_costs_were_kept_realizes_nothing_made_up(bus: Bus, gateway, project: str):
+    ok(bus, allocation({"SPY": weight_for(bus, 10)}))
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": 10}}, what="the buy booked")
+    wait_for(lambda: all(f["commission"] for f in mode_collection(project, "fills")), what="commissions booked")
+    # The holdings document as the books wrote it before this change: a quantity, no cost, no realized map.
+    ref = (
+        firestore_client(project).collection("tradingModes").document("paper").collection("holdings").document("dummy")
+    )
+    legacy = ref.get().to_dict() or {}
+    (key,) = legacy["positions"]
+    legacy["positions"][key].pop("avgCost")
+    legacy.pop("realized", None)
+    ref.set(legacy)
+
+    ok(bus, allocation({"SPY": weight_for(bus, 4)}))
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": 4}}, what="the sell booked")
+    wait_for(lambda: all(f["commission"] for f in mode_collection(project, "fills")), what="commissions booked")
+    book = ref.get().to_dict() or {}
+    assert "avgCost" not in book["positions"][key]
+    entry = book["realized"][key]
+    assert entry["costUnknown"] is True
+    (sell,) = [e for e in gateway.executions() if e["side"] == "SLD"]
+    assert entry["realizedPnl"] == pytest.approx(-sell["commission"])  # its commission only, no gain against 0
+    assert pnl(bus)["strategies"]["dummy"]["costUnknown"] == ["SPY"]
+
+
+def test_a_foreign_instruments_pnl_is_kept_in_its_currency_and_in_base_at_the_fills_rate(
+    bus: Bus, gateway, project: str
+):
+    def sap(weight: float) -> dict[str, Any]:
+        body = allocation({"SAP": weight})
+        body["params"]["strategyParams"]["dummy"]["instruments"] = {"SAP": {"exchange": "IBIS", "currency": "EUR"}}
+        return body
+
+    bought = ok(bus, sap(0.1))
+    rate = bought["fxRates"]["EUR"]
+    assert rate != 1.0
+    held = wait_for(lambda: holdings(project).get("dummy", {}).get("SAP"), what="the buy booked")
+    price = gateway.call(lambda: gateway.server.instruments["SAP"]).price
+    gateway.set_price("SAP", price * 1.03)
+    ok(bus, sap(0.05))
+    wait_for(lambda: holdings(project).get("dummy", {}).get("SAP", held) < held, what="the partial sell booked")
+    wait_for(lambda: all(f["commission"] for f in mode_collection(project, "fills")), what="commissions booked")
+
+    fills = mode_collection(project, "fills")
+    assert [f["fxRate"] for f in fills] == [pytest.approx(rate)] * 2  # EUR's rate as the account values gave it
+    (book,) = [h for h in mode_collection(project, "holdings") if h["_id"] == "dummy"]
+    (entry,) = book["realized"].values()
+    assert entry["currency"] == "EUR"
+    assert entry["realizedPnl"] > 0  # sold above its cost, commissions included
+    assert entry["realizedPnlBase"] == pytest.approx(entry["realizedPnl"] * rate)
+    (position,) = book["positions"].values()
+    (buy,) = [e for e in gateway.executions() if e["side"] == "BOT"]
+    commission_eur = buy["commission"] * (1.0 if buy["commissionCurrency"] == "EUR" else 1 / rate)
+    assert position["avgCost"] == pytest.approx(buy["price"] + commission_eur / held)
+
+
+TWO_ACCOUNTS = {
+    "accounts": [
+        {"id": "DU111111", "baseCurrency": "USD", "cash": {"USD": 1_000_000}, "positions": []},
+        {"id": "DU222222", "baseCurrency": "USD", "cash": {"USD": 500_000}, "positions": []},
+    ]
+}
+
+
+@pytest.mark.parametrize("gateway_scenario", [TWO_ACCOUNTS])
+def test_summary_still_answers_when_the_pnl_block_cannot_pick_an_account(bus: Bus, gateway):
+    result = ok(bus, {"intent": "summary"})
+    assert sorted(result["accounts"]) == ["DU111111", "DU222222"]
+    assert result["pnl"]["error"] == "ambiguous_account"
