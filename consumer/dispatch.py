@@ -232,8 +232,9 @@ class Dispatcher:
                 "trading_disabled", f"no trading configuration at config/{mode}: trading is off until one is written"
             )
         if not config.trading_enabled:
+            halted = f": {config.halted_reason}" if config.halted_reason else ""
             raise Rejected(
-                "kill_switch", f"trading is disabled by the kill switch (config/{mode} tradingEnabled=false)"
+                "kill_switch", f"trading is disabled by the kill switch (config/{mode} tradingEnabled=false){halted}"
             )
         if mode == "live" and not self._services.settings.allow_live:
             # Checked first and apart from config/live: the consumer can write that document, not its deployment.

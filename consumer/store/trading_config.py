@@ -27,6 +27,7 @@ class OrderDefaults:
     tif: str = "DAY"
     limit_offset_bps: float = 5.0
     timeout_seconds: float | None = None
+    min_trade_value: float = 0.0  # rebalance band: smaller orders are skipped (allocation only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,9 @@ class TradingConfig:
     order_defaults: OrderDefaults = field(default_factory=OrderDefaults)
     market_data_type: int = 1
     cash_threshold: float = 0.0
+    drift_bands: dict[str, float] = field(default_factory=dict)  # per strategy: config strategies.{id}.driftBand
+    risk: dict[str, dict[str, Any]] = field(default_factory=dict)  # config risk, as validated: risk-check reads it
+    halted_reason: str | None = None  # set by risk-check's halt action, with tradingEnabled false
 
     @classmethod
     def from_document(
@@ -80,9 +84,15 @@ class TradingConfig:
                 tif=orders.get("tif", "DAY"),
                 limit_offset_bps=orders.get("limitOffsetBps", 5.0),
                 timeout_seconds=orders.get("timeoutSeconds"),
+                min_trade_value=orders.get("minTradeValue", 0.0),
             ),
             market_data_type=data.get("marketDataType", 1),
             cash_threshold=data.get("cashBalancer", {}).get("threshold", 0.0),
+            drift_bands={
+                s: float(c["driftBand"]) for s, c in data.get("strategies", {}).items() if c.get("driftBand")
+            },
+            risk=dict(data.get("risk", {})),
+            halted_reason=data.get("haltedReason"),
         )
         committed = config.overall_exposure * sum(config.strategy_exposure.values())
         if committed > config.leverage_cap + 1e-9:
