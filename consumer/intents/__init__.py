@@ -6,7 +6,16 @@ from consumer.intents.base import Intent
 
 
 def builtin_intents() -> dict[str, Intent]:
-    from consumer.intents import allocation, cash_balancer, close_all, market_data, ping, reconcile, summary
+    from consumer.intents import (
+        allocation,
+        cash_balancer,
+        close_all,
+        market_data,
+        ping,
+        reconcile,
+        risk_check,
+        summary,
+    )
 
     intents = [
         summary.INTENT,
@@ -18,5 +27,6 @@ def builtin_intents() -> dict[str, Intent]:
         reconcile.TRADE_RECONCILIATION,
         reconcile.RECONCILE,
         market_data.INTENT,
+        risk_check.INTENT,
     ]
     return {intent.name: intent for intent in intents}

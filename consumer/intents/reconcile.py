@@ -34,8 +34,42 @@ async def trade_reconciliation(ctx: IntentContext, params: dict[str, Any]) -> di
 async def reconcile(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     """Sum of strategy holdings vs the broker's positions, per instrument; `fix` books the gap to `unallocated`."""
     services = ctx.services
-    broker = ctx.broker
     fix = bool(params.get("fix")) and not ctx.dry_run
+    found = await compare(ctx)
+    differences = found.differences
+    fixed = await _fix(ctx, differences, found.pairs, found.instruments.described) if fix else []
+    result = {
+        "account": found.account,
+        "instruments": len(set(found.instruments.books) | set(found.instruments.broker)),
+        "currencies": found.currencies,
+        "differences": differences,
+        "consistent": not differences,
+        "fixed": fixed,
+    }
+    if not ctx.dry_run:
+        await (
+            services.layout.reconciliations()
+            .document(hashlib.sha256(ctx.request_id.encode()).hexdigest())
+            .set({**result, "requestId": ctx.request_id, "at": datetime.now(UTC)})
+        )
+    return result
+
+
+@dataclass
+class Comparison:
+    """Books vs broker: what reconcile reports, and what risk-check's drift limit reads."""
+
+    account: str
+    instruments: _Instruments
+    currencies: list[dict[str, Any]]
+    differences: list[dict[str, Any]]
+    pairs: dict[str, dict[str, Any]]
+
+
+async def compare(ctx: IntentContext) -> Comparison:
+    """Per instrument and per currency, the books against the broker; changes nothing but booking missed fills."""
+    services = ctx.services
+    broker = ctx.broker
     # Fills the books have not seen yet are not differences: book them first.
     await services.bookkeeper.reconcile()
     account = await broker.account(services.settings.ib_account)
@@ -49,23 +83,7 @@ async def reconcile(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     for currency, cash in sorted(currencies.items()):
         if cash.difference:
             differences.append({**cash.as_dict(), "pair": pairs.get(currency, {}).get("symbol")})
-
-    fixed = await _fix(ctx, differences, pairs, instruments.described) if fix else []
-    result = {
-        "account": account.id,
-        "instruments": len(set(instruments.books) | set(instruments.broker)),
-        "currencies": [c.as_dict() for _, c in sorted(currencies.items())],
-        "differences": differences,
-        "consistent": not differences,
-        "fixed": fixed,
-    }
-    if not ctx.dry_run:
-        await (
-            services.layout.reconciliations()
-            .document(hashlib.sha256(ctx.request_id.encode()).hexdigest())
-            .set({**result, "requestId": ctx.request_id, "at": datetime.now(UTC)})
-        )
-    return result
+    return Comparison(account.id, instruments, [c.as_dict() for _, c in sorted(currencies.items())], differences, pairs)
 
 
 @dataclass

@@ -9,6 +9,8 @@ tradingModes/{mode}/fills/{execId}              every execution booked, once
 tradingModes/{mode}/holdings/{strategy}         each strategy's positions ({conId-keyed map})
 tradingModes/{mode}/reconciliations/{auto-id}   what reconcile found and fixed
 tradingModes/{mode}/marketData/{symbol}/bars/{barSize}@{date}   collected bars, one document per day
+tradingModes/{mode}/snapshots/{YYYY-MM-DD}      the daily snapshot after the close (net liquidation, high-water mark)
+tradingModes/{mode}/riskState/{YYYY-MM-DD}      risk-check's start-of-day net liquidation when no snapshot gives it
 """
 
 from __future__ import annotations
@@ -62,3 +64,9 @@ class Layout:
 
     def market_data(self, symbol: str) -> AsyncDocumentReference:
         return self._root.collection("marketData").document(symbol.replace("/", "_"))
+
+    def snapshots(self) -> AsyncCollectionReference:
+        return self._root.collection("snapshots")
+
+    def risk_state(self, day: str) -> AsyncDocumentReference:
+        return self._root.collection("riskState").document(day)

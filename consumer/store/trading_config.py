@@ -88,9 +88,7 @@ class TradingConfig:
             ),
             market_data_type=data.get("marketDataType", 1),
             cash_threshold=data.get("cashBalancer", {}).get("threshold", 0.0),
-            drift_bands={
-                s: float(c["driftBand"]) for s, c in data.get("strategies", {}).items() if c.get("driftBand")
-            },
+            drift_bands={s: float(c["driftBand"]) for s, c in data.get("strategies", {}).items() if c.get("driftBand")},
             risk=dict(data.get("risk", {})),
             halted_reason=data.get("haltedReason"),
         )

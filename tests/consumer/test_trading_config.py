@@ -58,7 +58,8 @@ BASE = {"tradingEnabled": True, "exposure": {"overall": 1.0, "strategies": {"dum
 
 def test_risk_limits_are_read_as_written_and_off_when_absent():
     assert load(BASE).risk == {}
-    assert load(BASE).drift_bands == {} and load(BASE).order_defaults.min_trade_value == 0.0
+    assert load(BASE).drift_bands == {}
+    assert load(BASE).order_defaults.min_trade_value == 0.0
     limits = {"leverage": {"max": 1.5, "action": "reduce"}, "marginCushion": {"min": 0.1, "action": "halt"},
               "dailyLoss": {"max": 0.02}, "drawdown": {"max": 0.1}, "concentration": {"max": 0.3, "action": "reduce"},
               "staleOrders": {"maxMinutes": 60}, "drift": {"action": "report"}}  # fmt: skip
@@ -88,6 +89,6 @@ def test_bad_limits_are_refused_with_the_field_named(edit: str, named: str):
               "risk.leverage.action": "panic", "risk.leverage.maximum": 2, "risk.volatility": {"max": 1},
               "orderDefaults.minTradeValue": -1, "strategies.dummy.driftBand": "wide"}  # fmt: skip
     document = edited({**BASE, "risk": {"leverage": {"max": 1.5}}}, edit, values[edit])
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(ValueError, match="is invalid") as refused:
         check_document(document, Schemas(), "config/paper", LIMITS)
     assert named in str(refused.value)
