@@ -22,7 +22,7 @@ from google.api_core import exceptions as google_exceptions
 from google.cloud.firestore import AsyncTransaction, async_transactional
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from consumer.errors import IntentError
+from consumer.errors import Failure, IntentError
 from consumer.forex import is_forex
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.rebalance import Rebalance
@@ -232,7 +232,12 @@ async def _reduce(ctx: IntentContext, breach: dict[str, Any]) -> dict[str, Any]:
             if is_forex(position):
                 factor = 1.0  # cash, not gross position value
             targets[strategy][con_id] = math.trunc(quantity * factor) if factor < 1.0 else quantity
-    report = await rebalance.carry_out(targets, {})
+    try:
+        report = await rebalance.carry_out(targets, {})
+    except Failure as e:
+        # A closed market, books that disagree with the broker: the reduce is refused, the check still answers
+        # (and still halts, where a limit says so).
+        return {"limit": breach["limit"], "skipped": f"{e.code}: {e.message}"}
     return {"limit": breach["limit"], "factors": {str(k or "all"): _round(v) for k, v in factors.items()}, **report}
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.service.test_dry_run import documents
+from tests.service.test_trading import mid_share_weight
 from tests.support import (
     STREAM_RESTART_WAIT,
     Bus,
@@ -206,3 +207,40 @@ def test_a_risk_check_while_the_gateway_is_down_is_held_until_it_is_back(consume
     assert reply["status"] == "ok", reply
     assert limit(reply, "leverage")["verdict"] == "ok"
     assert len(bus.replies_to(held)) == 1
+
+
+def test_bands_skip_legs_too_small_to_be_worth_a_commission_and_close_all_ignores_them(
+    consumer, bus: Bus, gateway, project: str
+):
+    config(project)
+    probe = bus.reply_to(bus.publish(allocation({"SPY": 0.1}, dry_run=True)))
+    weight = {n: mid_share_weight(probe, "SPY", n, capital_share=0.5) for n in (200, 201, 205)}
+    buy(bus, project, {"SPY": weight[200]})
+    assert stock_positions(gateway) == {"SPY": 200}
+    orders_before = gateway.orders()
+
+    config(project, orderDefaults={"minTradeValue": 1000.0})  # one SPY share is worth about 520
+    one_share = bus.reply_to(bus.publish(allocation({"SPY": weight[201]})))
+    assert one_share["status"] == "ok", one_share
+    (skipped,) = one_share["result"]["skippedLegs"]
+    assert (skipped["instrument"], skipped["quantity"]) == ("SPY", 1)
+    assert skipped["reason"].startswith("minTradeValue: the order is worth 5")
+    assert gateway.orders() == orders_before
+
+    config(project, strategies={"dummy": {"driftBand": 0.05}})  # 5 of a 205 target is under 5 %
+    drifted = bus.reply_to(bus.publish(allocation({"SPY": weight[205]})))
+    assert drifted["status"] == "ok", drifted
+    (skipped,) = drifted["result"]["skippedLegs"]
+    assert (skipped["instrument"], skipped["strategy"], skipped["quantity"]) == ("SPY", "dummy", 5)
+    assert skipped["reason"].startswith("driftBand: 5 is less than 0.05 of the target 205")
+    assert gateway.orders() == orders_before
+
+    config(project, orderDefaults={"minTradeValue": 1e9}, strategies={"dummy": {"driftBand": 1.0}})
+    closed = bus.reply_to(bus.publish({"intent": "close-all", "params": {"strategies": ["dummy"]}}))
+    assert closed["status"] == "ok", closed
+    (spy,) = closed["result"]["instruments"]
+    assert spy["order"] == -200
+    (sent,) = gateway.orders()[len(orders_before) :]
+    assert sent["orderRef"] == spy["orderRef"]
+    assert stock_positions(gateway) == {}
+    wait_for(lambda: _booked(project) == {}, what="the close booked")
