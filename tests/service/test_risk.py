@@ -244,3 +244,19 @@ def test_bands_skip_legs_too_small_to_be_worth_a_commission_and_close_all_ignore
     assert sent["orderRef"] == spy["orderRef"]
     assert stock_positions(gateway) == {}
     wait_for(lambda: _booked(project) == {}, what="the close booked")
+
+
+def test_the_log_lines_the_alert_policies_count(consumer_factory, bus: Bus, project: str, caplog):
+    """infra/metrics.tf counts `heartbeat` lines by gateway state and `intent finished` lines with alert=true."""
+    consumer_factory(heartbeat_log_interval=0.2)
+    config(project, risk={"drawdown": {"max": 0.1}})
+    snapshots = firestore_client(project).collection("tradingModes").document("paper").collection("snapshots")
+    snapshots.document("2026-06-16").set({"date": "2026-06-16", "netLiquidation": 1e9, "highWaterMark": 1e9})
+
+    def logged(*parts: str) -> bool:
+        return any(all(p in r.getMessage() for p in parts) for r in caplog.records)
+
+    wait_for(lambda: logged("'event': 'heartbeat'", "'gateway': 'connected'"), what="a heartbeat line")
+    reply = bus.reply_to(bus.publish(RISK_CHECK))
+    assert reply["alert"] is True
+    assert logged("'event': 'intent finished'", "'intent': 'risk-check'", "'alert': True")
