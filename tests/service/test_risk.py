@@ -260,3 +260,51 @@ def test_the_log_lines_the_alert_policies_count(consumer_factory, bus: Bus, proj
     reply = bus.reply_to(bus.publish(RISK_CHECK))
     assert reply["alert"] is True
     assert logged("'event': 'intent finished'", "'intent': 'risk-check'", "'alert': True")
+
+
+def test_a_concentration_reduce_left_working_is_not_sent_again(consumer_factory, bus: Bus, gateway, project: str):
+    """The reducing order only accepted (fills held): reported working, and neither a redelivery of the same check
+    nor the next check sends a second one while it works; once it fills, it is booked by execId."""
+    consumer_factory(order_timeout=3.0)
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}})
+    buy(bus, project, {"SPY": 0.8, "QQQ": 0.1})
+    held = stock_positions(gateway)
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}},
+           risk={"concentration": {"max": 0.5, "action": "reduce"}})  # fmt: skip
+    orders_before = len(gateway.orders())
+
+    gateway.hold_fills(True)
+    try:
+        check = {**RISK_CHECK, "idempotencyKey": "midday-risk-check-1"}
+        reply = bus.reply_to(bus.publish(check))
+        assert reply["status"] == "ok", reply
+        (breach,) = reply["result"]["breaches"]
+        assert [o["instrument"] for o in breach["over"]] == ["SPY"]
+        (reduced,) = reply["result"]["reduced"]
+        lines = {line["instrument"]: line for line in reduced["instruments"]}
+        spy = lines["SPY"]
+        assert spy["outcome"] == "working"
+        assert spy["order"] < 0
+        assert lines.get("QQQ", {}).get("order", 0) == 0  # only the concentrated instrument is reduced
+        (sent,) = gateway.orders()[orders_before:]
+        assert (sent["orderRef"], sent["action"], sent["totalQuantity"]) == (spy["orderRef"], "SELL", -spy["order"])
+        assert [o["orderRef"] for o in mode_collection(project, "openOrders")] == [spy["orderRef"]]
+
+        again = bus.reply_to(bus.publish(check))
+        assert again["duplicate"] is True  # the same slot: the stored reply, nothing run again
+        later = bus.reply_to(bus.publish(RISK_CHECK))
+        assert later["status"] == "ok", later
+        (still,) = later["result"]["reduced"]
+        assert {line["instrument"]: line["order"] for line in still["instruments"]}.get("SPY") == 0  # counted working
+        assert len(gateway.orders()) == orders_before + 1
+    finally:
+        gateway.hold_fills(False)
+    wait_for(lambda: stock_positions(gateway) == {**held, "SPY": held["SPY"] + spy["order"]}, what="the reduce filled")
+    executions = [e for e in gateway.executions() if e["orderRef"] == spy["orderRef"]]
+    assert sum(e["shares"] for e in executions) == -spy["order"]
+    wait_for(
+        lambda: {e["execId"] for e in executions} <= {f["execId"] for f in mode_collection(project, "fills")},
+        what="the reducing executions booked by execId",
+    )
+    wait_for(lambda: mode_collection(project, "openOrders") == [], what="the reducing order closed in the books")
+    assert _booked(project) == {**held, "SPY": held["SPY"] + spy["order"]}
