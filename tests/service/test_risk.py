@@ -6,6 +6,7 @@ account updates ibsim pushes when a price moves.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,6 +25,12 @@ from tests.support import (
 )
 
 RISK_CHECK = {"intent": "risk-check", "params": {}}
+
+
+@pytest.fixture
+def gateway_scenario(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The built-in scenario (always open), or a test's own through indirect parametrization."""
+    return getattr(request, "param", {})
 
 
 def config(project: str, **overrides: Any) -> dict[str, Any]:
@@ -308,3 +315,68 @@ def test_a_concentration_reduce_left_working_is_not_sent_again(consumer_factory,
     )
     wait_for(lambda: mode_collection(project, "openOrders") == [], what="the reducing order closed in the books")
     assert _booked(project) == {**held, "SPY": held["SPY"] + spy["order"]}
+
+
+def test_stale_working_orders_and_books_that_drift_from_the_broker_are_breaches(
+    consumer_factory, bus: Bus, gateway, project: str
+):
+    consumer_factory(order_timeout=3.0)
+    config(project, risk={"staleOrders": {"maxMinutes": 60}, "drift": {}})
+    gateway.hold_fills(True)
+    try:
+        placed = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))
+        (spy,) = placed["result"]["instruments"]
+        assert spy["outcome"] == "working"
+        fresh = bus.reply_to(bus.publish(RISK_CHECK))
+        assert limit(fresh, "staleOrders")["verdict"] == "ok"
+        assert limit(fresh, "drift")["verdict"] == "ok"
+        assert "alert" not in fresh
+
+        orders = firestore_client(project).collection("tradingModes").document("paper").collection("openOrders")
+        orders.document(spy["orderRef"]).update({"createdAt": datetime.now(UTC) - timedelta(hours=2)})
+        gateway.set_position("AAPL", 10)  # a trade the books know nothing of
+        reply = bus.reply_to(bus.publish(RISK_CHECK))
+    finally:
+        gateway.hold_fills(False)
+    assert reply["alert"] is True
+    stale = limit(reply, "staleOrders")
+    assert stale["verdict"] == "breach"
+    (order,) = stale["orders"]
+    assert order["orderRef"] == spy["orderRef"]
+    assert 119 < order["minutes"] < 125
+    drift = limit(reply, "drift")
+    assert drift["verdict"] == "breach"
+    assert [(d["instrument"], d["broker"], d["books"]) for d in drift["differences"]] == [("AAPL", 10, 0)]
+    assert firestore_client(project).collection("config").document("paper").get().to_dict()["tradingEnabled"]
+
+
+@pytest.mark.parametrize("gateway_scenario", [{"hours": "regular"}], indirect=True, ids=["nyse-hours"])
+def test_a_reduce_on_a_closed_market_places_nothing_and_the_check_still_answers(consumer, bus: Bus, gateway, project):
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}})
+    buy(bus, project, {"SPY": 0.8})
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}},
+           risk={"leverage": {"max": 0.5, "action": "reduce"}})  # fmt: skip
+    gateway.set_time("2026-06-17T17:30:00-04:00")  # after the close
+    after_close = datetime(2026, 6, 17, 21, 30, tzinfo=UTC)
+    # The consumer keeps the gateway's time from its heartbeats: the check must run on the new one.
+    wait_for(lambda: consumer.service.services.gateway.now() >= after_close, what="the consumer to see the new time")
+    orders_before = len(gateway.orders())
+    reply = bus.reply_to(bus.publish(RISK_CHECK))
+    assert reply["status"] == "ok", reply
+    assert reply["alert"] is True
+    (reduced,) = reply["result"]["reduced"]
+    assert reduced["skipped"].startswith("market_closed: the market is closed for SPY")
+    assert len(gateway.orders()) == orders_before
+
+
+def test_a_halt_never_overwrites_a_kill_switch_a_person_already_turned(consumer, bus: Bus, project: str):
+    """The transaction sets the reason only while trading is on: a person's own halt keeps its document."""
+    config(project, tradingEnabled=False, risk={"drawdown": {"max": 0.1, "action": "halt"}})
+    snapshots = firestore_client(project).collection("tradingModes").document("paper").collection("snapshots")
+    snapshots.document("2026-06-16").set({"date": "2026-06-16", "netLiquidation": 1e9, "highWaterMark": 1e9})
+    reply = bus.reply_to(bus.publish(RISK_CHECK))
+    assert reply["alert"] is True
+    assert reply["result"]["halted"]["changed"] is False
+    document = firestore_client(project).collection("config").document("paper").get().to_dict()
+    assert document["tradingEnabled"] is False
+    assert "haltedReason" not in document
