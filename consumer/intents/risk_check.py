@@ -53,9 +53,10 @@ async def risk_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
     lines_list = lines.entries
 
     breaches = [entry for entry in lines_list if entry["verdict"] == "breach"]
-    reduced = [
-        await _reduce(ctx, entry) for entry in breaches if entry["action"] == "reduce" and entry["limit"] in REDUCIBLE
-    ]
+    reducing = [entry for entry in breaches if entry["action"] == "reduce" and entry["limit"] in REDUCIBLE]
+    # One reduce for every such breach: its orderRefs are per request and instrument, so a second one would find
+    # the first's orders and add nothing.
+    reduced = [await _reduce(ctx, reducing)] if reducing else []
     halted = None
     halting = [entry for entry in breaches if entry["action"] == "halt"]
     if halting:
@@ -205,21 +206,24 @@ async def _stale_orders(ctx: IntentContext, max_minutes: float) -> tuple[list[di
     return stale, oldest
 
 
-async def _reduce(ctx: IntentContext, breach: dict[str, Any]) -> dict[str, Any]:
-    """Every strategy's holdings (of the breaching instruments, for concentration) scaled by limit / value, rounded
-    towards zero, through the allocation's netted order path (dry run, market hours, books check). What no
-    strategy holds (unallocated: manual trades) is never touched, as close-all leaves it."""
+async def _reduce(ctx: IntentContext, breaches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every strategy's holdings scaled by limit / value (leverage: every instrument; concentration: the breaching
+    ones; both: the smaller factor), rounded towards zero, through the allocation's netted order path (dry run,
+    market hours, books check). What no strategy holds (unallocated: manual trades) is never touched, as close-all
+    leaves it."""
     config = ctx.config
     mode = ctx.services.settings.trading_mode
+    names = [b["limit"] for b in breaches]
     if not config.trading_enabled:
-        return {"limit": breach["limit"], "skipped": f"trading is disabled (config/{mode} tradingEnabled=false)"}
+        return {"limits": names, "skipped": f"trading is disabled (config/{mode} tradingEnabled=false)"}
     if mode == "live" and not (ctx.services.settings.allow_live and config.allow_live):
-        return {"limit": breach["limit"], "skipped": "live trading is not allowed"}
-    factors: dict[int | None, float]
-    if breach["limit"] == "leverage":
-        factors = {None: breach["threshold"] / breach["value"]}
-    else:
-        factors = {s["conId"]: breach["threshold"] / s["share"] for s in breach["over"]}
+        return {"limits": names, "skipped": "live trading is not allowed"}
+    factors: dict[int | None, float] = {}
+    for breach in breaches:
+        if breach["limit"] == "leverage":
+            factors[None] = breach["threshold"] / breach["value"]
+        else:
+            factors.update({s["conId"]: breach["threshold"] / s["share"] for s in breach["over"]})
     rebalance = await Rebalance.open(ctx, None)
     strategies = sorted(s for s in rebalance.holdings if s != UNALLOCATED)
     rebalance.only(strategies)
@@ -228,7 +232,7 @@ async def _reduce(ctx: IntentContext, breach: dict[str, Any]) -> dict[str, Any]:
         targets[strategy] = {}
         for con_id, position in rebalance.holdings[strategy].items():
             quantity = float(position["quantity"])
-            factor = factors.get(None, factors.get(con_id, 1.0))
+            factor = min(factors.get(None, 1.0), factors.get(con_id, 1.0))
             if is_forex(position):
                 factor = 1.0  # cash, not gross position value
             targets[strategy][con_id] = math.trunc(quantity * factor) if factor < 1.0 else quantity
@@ -237,8 +241,8 @@ async def _reduce(ctx: IntentContext, breach: dict[str, Any]) -> dict[str, Any]:
     except Failure as e:
         # A closed market, books that disagree with the broker: the reduce is refused, the check still answers
         # (and still halts, where a limit says so).
-        return {"limit": breach["limit"], "skipped": f"{e.code}: {e.message}"}
-    return {"limit": breach["limit"], "factors": {str(k or "all"): _round(v) for k, v in factors.items()}, **report}
+        return {"limits": names, "skipped": f"{e.code}: {e.message}"}
+    return {"limits": names, "factors": {str(k or "all"): _round(v) for k, v in factors.items()}, **report}
 
 
 async def _halt(ctx: IntentContext, reason: str, now: datetime) -> dict[str, Any]:

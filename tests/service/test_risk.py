@@ -380,3 +380,31 @@ def test_a_halt_never_overwrites_a_kill_switch_a_person_already_turned(consumer,
     document = firestore_client(project).collection("config").document("paper").get().to_dict()
     assert document["tradingEnabled"] is False
     assert "haltedReason" not in document
+
+
+def test_leverage_and_concentration_breached_together_reduce_once_by_the_smaller_factor(
+    consumer, bus: Bus, gateway, project: str
+):
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}})
+    buy(bus, project, {"SPY": 0.6, "QQQ": 0.3})
+    held = stock_positions(gateway)
+    limits = {"leverage": {"max": 0.8, "action": "reduce"}, "concentration": {"max": 0.4, "action": "reduce"}}
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}}, risk=limits)
+    orders_before = len(gateway.orders())
+
+    reply = bus.reply_to(bus.publish(RISK_CHECK))
+    assert reply["status"] == "ok", reply
+    assert sorted(b["limit"] for b in reply["result"]["breaches"]) == ["concentration", "leverage"]
+    (reduced,) = reply["result"]["reduced"]
+    assert reduced["limits"] == ["leverage", "concentration"]
+    lines = {line["instrument"]: line for line in reduced["instruments"]}
+    spy_factor = min(reduced["factors"]["all"], reduced["factors"][str(lines["SPY"]["conId"])])
+    assert spy_factor < reduced["factors"]["all"]  # SPY is cut to the concentration limit, the rest to leverage
+    assert lines["SPY"]["order"] == int(held["SPY"] * spy_factor) - held["SPY"]
+    assert lines["QQQ"]["order"] == int(held["QQQ"] * reduced["factors"]["all"]) - held["QQQ"]
+    sent = gateway.orders()[orders_before:]
+    assert sorted(o["orderRef"] for o in sent) == sorted(line["orderRef"] for line in lines.values())
+    assert stock_positions(gateway) == {s: held[s] + lines[s]["order"] for s in held}
+    wait_for(lambda: _booked(project) == stock_positions(gateway), what="the reduced holdings booked")
+    again = bus.reply_to(bus.publish(RISK_CHECK))
+    assert "alert" not in again, again["result"]["breaches"]
