@@ -629,11 +629,16 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
         schemas = Schemas()
         limits = DeploymentLimits(settings.allow_live, settings.leverage_cap_max)
 
+        lifted: list[str] = []
+
         @firestore.transactional
         def change(transaction: firestore.Transaction) -> dict[str, Any]:
             snapshot = ref.get(transaction=transaction)
             try:
                 document = edited(snapshot.to_dict() if snapshot.exists else None, key, value, unset)
+                if args.action == "kill-switch":
+                    # A person has taken the switch: risk-check's halt, if any, is no longer why trading is off.
+                    lifted.extend(str(document.pop(k)) for k in ("haltedReason", "haltedAt") if k in document)
                 check_document(document, schemas, path, limits)
             except ValueError as e:
                 raise UsageError(f"{path} not changed: {e}") from None
@@ -643,16 +648,25 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
         document = change(db.transaction())
     finally:
         db.close()
+    _report_change(path, args, key, value, unset, document, lifted)
+    return 0
+
+
+def _report_change(
+    path: str, args: argparse.Namespace, key: str, value: Any, unset: bool, document: dict[str, Any], lifted: list[str]
+) -> None:
+    """What `consumer config` changed, said to the person who ran it."""
     if args.action == "kill-switch":
         state = "ON: trading intents are rejected" if args.state == "on" else "OFF: trading enabled"
         print(f"{path}: kill switch {state}")
+        if lifted:
+            print(f"{path}: the halt ({', '.join(lifted)}) is cleared")
     elif unset:
         print(f"{path}: {key} removed")
     else:
         print(f"{path}: {key} = {json.dumps(value)}")
     if args.action != "kill-switch" and not document.get("tradingEnabled"):
         print(f"{path}: tradingEnabled is not true: trading intents are rejected", file=sys.stderr)
-    return 0
 
 
 def _json_or_text(raw: str) -> Any:

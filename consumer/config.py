@@ -58,6 +58,8 @@ class Settings:
     trading_max_age: float = 3600.0
     schedule_time_zone: str = "America/New_York"
     heartbeat_interval: float = 10.0
+    # A "heartbeat" log line this often, with the gateway's state: the alerts on silence and on a long disconnect.
+    heartbeat_log_interval: float = 60.0
     health_port: int = 8080
     # Loopback unless the deployment says otherwise: the container sets 0.0.0.0 (its network namespace is private).
     health_host: str = "127.0.0.1"
@@ -176,6 +178,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "trading_max_age": ("TRADING_MAX_AGE_SECONDS", _bounded(float, 1, 7 * 86400)),
     "schedule_time_zone": ("SCHEDULE_TIME_ZONE", _time_zone),
     "heartbeat_interval": ("HEARTBEAT_SECONDS", _bounded(float, 0.1, 600)),
+    "heartbeat_log_interval": ("HEARTBEAT_LOG_SECONDS", _bounded(float, 0.1, 3600)),
     "health_port": ("HEALTH_PORT", _bounded(int, 0, 65535)),
     "health_host": ("HEALTH_HOST", _ip_address),
     "log_format": ("LOG_FORMAT", _choice("auto", "json", "console")),

@@ -128,7 +128,7 @@ class Dispatcher:
             request.request_id, intent.name, request.delivery.message_id, request.fingerprint, request.dry_run
         )
         try:
-            if intent.trades:
+            if intent.trades or intent.exclusive:
                 claim = await claiming
                 run: asyncio.Task[dict[str, Any]] | None = None
             else:
@@ -178,16 +178,18 @@ class Dispatcher:
         config = TradingConfig()
         if intent.trades:
             self._check_fresh(request)
+        if intent.trades or intent.exclusive:
             config = await services.config_store.load()
+        if intent.trades:
             self._check_allowed(config)
         if intent.needs_gateway:
-            await self._apply_market_data_type(config if intent.trades else None)
+            await self._apply_market_data_type(config if intent.trades or intent.exclusive else None)
         # A dry run's intent gets a store that writes nothing; its claim and activity record are written by _settle.
         context = IntentContext(
             services=services.for_dry_run() if request.dry_run else services, request=request, config=config, log=log
         )
         timeout = services.settings.intent_timeout
-        if intent.trades and not request.dry_run:
+        if (intent.trades or intent.exclusive) and not request.dry_run:
             async with self._trading:
                 async with asyncio.timeout(timeout):
                     return await intent.handler(context, envelope.params)
@@ -232,8 +234,9 @@ class Dispatcher:
                 "trading_disabled", f"no trading configuration at config/{mode}: trading is off until one is written"
             )
         if not config.trading_enabled:
+            halted = f": {config.halted_reason}" if config.halted_reason else ""
             raise Rejected(
-                "kill_switch", f"trading is disabled by the kill switch (config/{mode} tradingEnabled=false)"
+                "kill_switch", f"trading is disabled by the kill switch (config/{mode} tradingEnabled=false){halted}"
             )
         if mode == "live" and not self._services.settings.allow_live:
             # Checked first and apart from config/live: the consumer can write that document, not its deployment.
@@ -340,6 +343,7 @@ class Dispatcher:
             "intent finished",
             status=reply["status"],
             durationMs=reply["durationMs"],
+            **({"alert": True} if reply.get("alert") else {}),
             **({"error": reply["error"]} if reply.get("error") else {}),
         )
         return Settlement.ACK
@@ -385,4 +389,6 @@ def build_reply(
         "startedAt": started.isoformat(),
         "finishedAt": finished.isoformat(),
         "durationMs": round((finished - started).total_seconds() * 1000, 3),
+        # risk-check's breaches: repeated as the reply's `alert` attribute, the one thing monitoring filters on.
+        **({"alert": True} if result and result.get("alert") is True else {}),
     }

@@ -9,6 +9,7 @@ Threads, and what each may touch:
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import queue
 import threading
@@ -140,6 +141,7 @@ class Consumer:
         self.services.gateway.add_listener(lambda state: self._events.put(GatewayChanged(state)))
         self.loop.submit(self.services.gateway.run())
         self.loop.submit(StrandedRequests(self.services, s.stranded_after).run())
+        self.loop.submit(self._heartbeat_log(s.heartbeat_log_interval))
 
         decoder = RequestDecoder(self._schemas, self._intents, ZoneInfo(s.schedule_time_zone), job_intents())
         intake = Intake(
@@ -164,6 +166,13 @@ class Consumer:
         if s.health_port:
             self.health = HealthServer(s.health_host, s.health_port, self._live, self._ready, self.metrics.snapshot)
             self.health.start()
+
+    async def _heartbeat_log(self, interval: float) -> None:
+        """One line per interval while the process lives (infra/alerts.tf: its absence alerts, and so does one
+        saying the gateway is away for more than five minutes outside IB's nightly restart)."""
+        while True:
+            await asyncio.sleep(interval)
+            log.info("heartbeat", gateway=self.status.gateway, accepting=self.status.accepting)
 
     def _delivery_watch(self) -> DeliveryWatch | None:
         s = self.settings

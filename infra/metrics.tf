@@ -85,3 +85,30 @@ resource "google_logging_metric" "dead_lettered" {
     value_type  = "INT64"
   }
 }
+
+resource "google_logging_metric" "heartbeats" {
+  name        = "consumer/heartbeats"
+  description = "The consumer's heartbeat lines (HEARTBEAT_LOG_SECONDS apart), by the gateway's state then."
+  filter      = "jsonPayload.message=\"heartbeat\""
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+    labels {
+      key        = "gateway"
+      value_type = "STRING"
+    }
+  }
+  label_extractors = {
+    gateway = "EXTRACT(jsonPayload.gateway)"
+  }
+}
+
+resource "google_logging_metric" "risk_alerts" {
+  name        = "consumer/risk_alerts"
+  description = "Replies with alert=true: a risk-check that found a limit breached."
+  filter      = "jsonPayload.message=\"intent finished\" AND jsonPayload.alert=true"
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+  }
+}

@@ -85,3 +85,29 @@ variable "scheduler_enabled" {
   type        = bool
   default     = false
 }
+
+variable "alert_emails" {
+  description = "Email addresses Cloud Monitoring alerts go to (one email notification channel each; infra/alerts.tf)."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for e in var.alert_emails : can(regex("^[^@ ]+@[^@ ]+\\.[^@ ]+$", e))])
+    error_message = "alert_emails must be email addresses."
+  }
+}
+
+variable "alert_notification_channels" {
+  description = "Existing notification channels (projects/P/notificationChannels/ID: Slack, PagerDuty, SMS...) alerts also go to."
+  type        = list(string)
+  default     = []
+}
+
+variable "gateway_restart_hours_utc" {
+  description = "UTC hours of IB Gateway's nightly restart (IBC's AutoRestartTime, both sides of daylight saving time): a disconnect then does not alert."
+  type        = list(number)
+  default     = [3, 4]
+  validation {
+    condition     = alltrue([for h in var.gateway_restart_hours_utc : h >= 0 && h <= 23 && floor(h) == h])
+    error_message = "gateway_restart_hours_utc must be whole hours 0-23."
+  }
+}

@@ -124,6 +124,17 @@ class Broker:
                 return Account(account, value.currency, float(value.value))
         raise IntentError("no_net_liquidation", f"the gateway reported no NetLiquidation for {account}")
 
+    def account_values(self, account: str, currency: str) -> dict[str, float]:
+        """{tag: value} of the account's values in `currency` (its base: NetLiquidation, GrossPositionValue,
+        ExcessLiquidity...), as the account-updates subscription ib_insync starts at connect keeps them."""
+        values: dict[str, float] = {}
+        for v in self._ib.accountValues(account):
+            if v.account == account and v.currency == currency:
+                parsed = views.number(v.value)
+                if parsed is not None:
+                    values.setdefault(v.tag, parsed)
+        return values
+
     async def account_summary(self) -> dict[str, dict[str, Any]]:
         """{account: {tag: value or {currency: value}}}. The first call subscribes; ib_insync keeps the values
         current from then on (a fresh request each time would open another subscription, and IB allows two)."""

@@ -15,6 +15,7 @@ def builtin_intents() -> dict[str, Intent]:
         ping,
         pnl,
         reconcile,
+        risk_check,
         summary,
     )
 
@@ -30,5 +31,6 @@ def builtin_intents() -> dict[str, Intent]:
         market_data.INTENT,
         pnl.INTENT,
         eod_check.INTENT,
+        risk_check.INTENT,
     ]
     return {intent.name: intent for intent in intents}

@@ -10,13 +10,14 @@ net across strategies per instrument; place (or, dry run, report) through the or
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from consumer.broker.instruments import Instrument
 from consumer.errors import IntentError, Transient
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.rebalance import Rebalance
-from consumer.portfolio import gross_exposure, target_quantity
+from consumer.portfolio import EPSILON, gross_exposure, net_legs, target_quantity
 from consumer.strategies import discover, naming_problems, param_problems
 from consumer.strategies.base import Strategy
 
@@ -126,9 +127,25 @@ async def allocation(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
 
     rebalance.only(list(targets))
     by_con_id = {i.con_id: i for n in targets for i in instruments[n].values()}
+    unit_values = {
+        c: prices[c] * i.multiplier * rates[i.currency]
+        for c, i in by_con_id.items()
+        if c in prices and i.currency in rates
+    }
+    targets, banded = within_bands(
+        targets,
+        rebalance.current(),
+        rebalance.working(),
+        unit_values,
+        config.order_defaults.min_trade_value,
+        config.drift_bands,
+    )
     report = await rebalance.carry_out(targets, by_con_id) if targets else {"instruments": [], "orders": {}}
+    for entry in banded:
+        entry["instrument"] = by_con_id[entry["conId"]].symbol if entry["conId"] in by_con_id else str(entry["conId"])
     return {
         **report,
+        "skippedLegs": banded,
         "strategies": {
             **{n: {"status": "ok", **sizing[n]} for n in targets},
             **{n: {"status": "skipped", "reason": reason} for n, reason in skipped.items()},
@@ -136,6 +153,45 @@ async def allocation(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
         "prices": {i.symbol: prices.get(c) for c, i in by_con_id.items()},
         "fxRates": rates,
     }
+
+
+def within_bands(
+    targets: dict[str, dict[int, float]],
+    current: dict[str, dict[int, float]],
+    working: dict[str, dict[int, float]],
+    unit_values: dict[int, float],
+    min_trade_value: float,
+    drift_bands: dict[str, float],
+) -> tuple[dict[str, dict[int, float]], list[dict[str, Any]]]:
+    """The targets with the changes too small to be worth a commission taken out (target = held + working), and
+    why each was: a strategy's change under its driftBand (a fraction of its target), then an instrument's netted
+    order worth less than minTradeValue (base currency). close-all never comes here: it closes whatever is left."""
+    banded = {s: dict(t) for s, t in targets.items()}
+    skipped: list[dict[str, Any]] = []
+
+    def keep(strategy: str, con_id: int) -> float:
+        held = current.get(strategy, {}).get(con_id, 0.0) + working.get(strategy, {}).get(con_id, 0.0)
+        change = banded[strategy].get(con_id, 0.0) - held
+        banded[strategy][con_id] = held
+        return change
+
+    for strategy, by_instrument in banded.items():
+        band = drift_bands.get(strategy, 0.0)
+        for con_id, target in list(by_instrument.items()):
+            held = current.get(strategy, {}).get(con_id, 0.0) + working.get(strategy, {}).get(con_id, 0.0)
+            if band and target and EPSILON < abs(target - held) < band * abs(target):
+                change = keep(strategy, con_id)
+                reason = f"driftBand: {abs(change):g} is less than {band:g} of the target {target:g}"
+                skipped.append({"conId": con_id, "strategy": strategy, "quantity": change, "reason": reason})
+    if min_trade_value > 0:
+        for con_id, leg in net_legs(banded, current, working).items():
+            value = abs(leg.quantity) * unit_values.get(con_id, math.inf)
+            if abs(leg.quantity) > EPSILON and value < min_trade_value:
+                changes = {s: keep(s, con_id) for s in leg.deltas if s in banded}
+                skipped.append({"conId": con_id, "strategies": changes, "quantity": leg.quantity,
+                                "reason": f"minTradeValue: the order is worth {value:.2f}, less than "
+                                f"{min_trade_value:g}"})  # fmt: skip
+    return banded, skipped
 
 
 INTENT = Intent(

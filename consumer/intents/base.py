@@ -33,6 +33,9 @@ class Intent:
     # Trading intents pass the kill switch and live guard, are rejected when stale, and never run concurrently with
     # each other; read-only ones may run side by side and are retried freely.
     trades: bool = False
+    # Not a trading intent, yet it may act (risk-check's halt and reduce): it is claimed before it runs, gets the
+    # config, and runs under the trading lock, but passes no kill switch (it may be what turns it off).
+    exclusive: bool = False
     # Held while the gateway is away (consumer.intake); ping answers regardless, saying it is away.
     needs_gateway: bool = True
 

@@ -51,7 +51,7 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
         if positions
     }
 
-    _account, _instruments, _currencies, _pairs, differences = await compare(ctx)
+    differences = (await compare(ctx)).differences
 
     snapshot = None
     if not ctx.dry_run:

@@ -275,7 +275,9 @@ class Rebalance:
         way = self.in_the_way(targets, close)
         # Sized as if the orders to cancel were gone: what a dry run shows and what the market check covers.
         legs = net_legs(targets, self.current(), self.working(without=set(way.cancel) | way.aside))
-        needed = {c for c, leg in legs.items() if leg.deltas} | {o.con_id for o in way.cancel.values()}
+        # Every instrument the reply lists: one held at its target (risk-check's reduce keeps them) has no delta.
+        needed = {c for c, leg in legs.items() if leg.deltas or any(leg.targets.values())}
+        needed |= {o.con_id for o in way.cancel.values()}
         instruments = await _with_instruments(ctx.broker, instruments, needed)
         trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
         touched = set(trading) | {o.con_id for o in way.cancel.values()}
@@ -303,7 +305,8 @@ class Rebalance:
                     f"orders {', '.join(sorted(after.cancel))} stand in the way after cancelling; nothing was placed",
                 )
             legs = net_legs(targets, self.current(), self.working(without=after.aside))
-            instruments = await _with_instruments(ctx.broker, instruments, {c for c, leg in legs.items() if leg.deltas})
+            listed = {c for c, leg in legs.items() if leg.deltas or any(leg.targets.values())}
+            instruments = await _with_instruments(ctx.broker, instruments, listed)
             trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
 
         intent = ctx.request.intent or "trade"

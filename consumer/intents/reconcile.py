@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from consumer.broker.model import Account, Position
-from consumer.forex import CurrencyLine, currency_lines, is_forex, pair_currencies
+from consumer.broker.model import Position
+from consumer.forex import currency_lines, is_forex, pair_currencies
 from consumer.intents.base import Intent, IntentContext
 from consumer.portfolio import EPSILON
 from consumer.store.books import UNALLOCATED
@@ -35,15 +35,13 @@ async def reconcile(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     """Sum of strategy holdings vs the broker's positions, per instrument; `fix` books the gap to `unallocated`."""
     services = ctx.services
     fix = bool(params.get("fix")) and not ctx.dry_run
-    # Fills the books have not seen yet are not differences: book them first.
-    await services.bookkeeper.reconcile()
-    account, instruments, currencies, pairs, differences = await compare(ctx)
-
-    fixed = await _fix(ctx, differences, pairs, instruments.described) if fix else []
+    found = await compare(ctx)
+    differences = found.differences
+    fixed = await _fix(ctx, differences, found.pairs, found.instruments.described) if fix else []
     result = {
-        "account": account.id,
-        "instruments": len(set(instruments.books) | set(instruments.broker)),
-        "currencies": [c.as_dict() for _, c in sorted(currencies.items())],
+        "account": found.account,
+        "instruments": len(set(found.instruments.books) | set(found.instruments.broker)),
+        "currencies": found.currencies,
         "differences": differences,
         "consistent": not differences,
         "fixed": fixed,
@@ -55,6 +53,37 @@ async def reconcile(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
             .set({**result, "requestId": ctx.request_id, "at": datetime.now(UTC)})
         )
     return result
+
+
+@dataclass
+class Comparison:
+    """Books vs broker: what reconcile reports, and what risk-check's drift limit reads."""
+
+    account: str
+    instruments: _Instruments
+    currencies: list[dict[str, Any]]
+    differences: list[dict[str, Any]]
+    pairs: dict[str, dict[str, Any]]
+
+
+async def compare(ctx: IntentContext) -> Comparison:
+    """Per instrument and per currency, the books against the broker; changes nothing but booking missed fills."""
+    services = ctx.services
+    broker = ctx.broker
+    # Fills the books have not seen yet are not differences: book them first.
+    await services.bookkeeper.reconcile()
+    account = await broker.account(services.settings.ib_account)
+    positions = [p for p in await broker.positions() if p.account == account.id]
+    holdings = await services.books.holdings()
+
+    instruments = _by_instrument(holdings, positions)
+    differences = instruments.differences()
+    currencies = currency_lines(holdings, broker.cash_balances(account.id), account.base_currency)
+    pairs = _pairs_by_currency(holdings)
+    for currency, cash in sorted(currencies.items()):
+        if cash.difference:
+            differences.append({**cash.as_dict(), "pair": pairs.get(currency, {}).get("symbol")})
+    return Comparison(account.id, instruments, [c.as_dict() for _, c in sorted(currencies.items())], differences, pairs)
 
 
 @dataclass
@@ -139,24 +168,6 @@ async def _fix(
         fixed.append({"instrument": diff["instrument"], "bookedTo": UNALLOCATED, "quantity": diff["difference"],
                       "applied": applied})  # fmt: skip
     return fixed
-
-
-async def compare(
-    ctx: IntentContext,
-) -> tuple[Account, _Instruments, dict[str, CurrencyLine], dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """Books vs broker, read-only: (account, per instrument, per currency, forex pairs, differences)."""
-    broker = ctx.broker
-    account = await broker.account(ctx.services.settings.ib_account)
-    positions = [p for p in await broker.positions() if p.account == account.id]
-    holdings = await ctx.services.books.holdings()
-    instruments = _by_instrument(holdings, positions)
-    differences = instruments.differences()
-    currencies = currency_lines(holdings, broker.cash_balances(account.id), account.base_currency)
-    pairs = _pairs_by_currency(holdings)
-    for currency, cash in sorted(currencies.items()):
-        if cash.difference:
-            differences.append({**cash.as_dict(), "pair": pairs.get(currency, {}).get("symbol")})
-    return account, instruments, currencies, pairs, differences
 
 
 TRADE_RECONCILIATION = Intent(

@@ -10,6 +10,7 @@ tradingModes/{mode}/holdings/{strategy}         each strategy's positions ({conI
 tradingModes/{mode}/reconciliations/{auto-id}   what reconcile found and fixed
 tradingModes/{mode}/snapshots/{YYYY-MM-DD}      the daily P&L snapshot (trading day in New York)
 tradingModes/{mode}/marketData/{symbol}/bars/{barSize}@{date}   collected bars, one document per day
+tradingModes/{mode}/riskState/{YYYY-MM-DD}      risk-check's start-of-day net liquidation when no snapshot gives it
 """
 
 from __future__ import annotations
@@ -66,3 +67,6 @@ class Layout:
 
     def market_data(self, symbol: str) -> AsyncDocumentReference:
         return self._root.collection("marketData").document(symbol.replace("/", "_"))
+
+    def risk_state(self, day: str) -> AsyncDocumentReference:
+        return self._root.collection("riskState").document(day)

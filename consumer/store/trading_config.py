@@ -27,6 +27,7 @@ class OrderDefaults:
     tif: str = "DAY"
     limit_offset_bps: float = 5.0
     timeout_seconds: float | None = None
+    min_trade_value: float = 0.0  # rebalance band: smaller orders are skipped (allocation only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,9 @@ class TradingConfig:
     market_data_type: int = 1
     cash_threshold: float = 0.0
     flat_at_close: frozenset[str] = frozenset()  # strategies eod-check expects flat after the close
+    drift_bands: dict[str, float] = field(default_factory=dict)  # per strategy: config strategies.{id}.driftBand
+    risk: dict[str, dict[str, Any]] = field(default_factory=dict)  # config risk, as validated: risk-check reads it
+    halted_reason: str | None = None  # set by risk-check's halt action, with tradingEnabled false
 
     @classmethod
     def from_document(
@@ -81,10 +85,14 @@ class TradingConfig:
                 tif=orders.get("tif", "DAY"),
                 limit_offset_bps=orders.get("limitOffsetBps", 5.0),
                 timeout_seconds=orders.get("timeoutSeconds"),
+                min_trade_value=orders.get("minTradeValue", 0.0),
             ),
             market_data_type=data.get("marketDataType", 1),
             cash_threshold=data.get("cashBalancer", {}).get("threshold", 0.0),
             flat_at_close=frozenset(s for s, v in data.get("strategies", {}).items() if v.get("flatAtClose")),
+            drift_bands={s: float(c["driftBand"]) for s, c in data.get("strategies", {}).items() if c.get("driftBand")},
+            risk=dict(data.get("risk", {})),
+            halted_reason=data.get("haltedReason"),
         )
         committed = config.overall_exposure * sum(config.strategy_exposure.values())
         if committed > config.leverage_cap + 1e-9:

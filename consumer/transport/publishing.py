@@ -52,6 +52,7 @@ class Publishing:
             status=reply["status"],
             requestId=reply["requestId"],
             messageId=reply["messageId"],
+            **({"alert": "true"} if reply.get("alert") else {}),
         )
         return await asyncio.wrap_future(future)
 

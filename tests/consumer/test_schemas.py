@@ -57,3 +57,16 @@ def test_the_consumer_validates_against_the_repository_schemas() -> None:
     assert on_disk, "no schema files found under schemas/"
     assert sorted(schemas.names()) == sorted(on_disk)
     assert all(schemas.document(name) == document for name, document in on_disk.items())
+
+
+def test_no_schema_or_declaration_repeats_a_key():
+    """json.load keeps the last of two equal keys silently: a merge that wrote `strategies` twice dropped a field."""
+    def unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        keys = [k for k, _ in pairs]
+        assert len(keys) == len(set(keys)), f"repeated keys {sorted(k for k in keys if keys.count(k) > 1)}"
+        return dict(pairs)
+
+    files = sorted((ROOT / "schemas").rglob("*.json"))
+    assert len(files) > 10
+    for path in files:
+        json.loads(path.read_text(), object_pairs_hook=unique)

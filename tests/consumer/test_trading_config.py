@@ -61,3 +61,44 @@ def test_flat_at_close_is_read_per_strategy_and_a_wrong_value_is_refused_with_it
         load({"strategies": {"intraday": {"flatAtClose": "yes"}}})
     with pytest.raises(IntentError, match="flatAtclose"):
         load({"strategies": {"intraday": {"flatAtclose": True}}})  # a typo is not silently ignored
+
+
+BASE = {"tradingEnabled": True, "exposure": {"overall": 1.0, "strategies": {"dummy": 0.5}}}
+
+
+def test_risk_limits_are_read_as_written_and_off_when_absent():
+    assert load(BASE).risk == {}
+    assert load(BASE).drift_bands == {}
+    assert load(BASE).order_defaults.min_trade_value == 0.0
+    limits = {"leverage": {"max": 1.5, "action": "reduce"}, "marginCushion": {"min": 0.1, "action": "halt"},
+              "dailyLoss": {"max": 0.02}, "drawdown": {"max": 0.1}, "concentration": {"max": 0.3, "action": "reduce"},
+              "staleOrders": {"maxMinutes": 60}, "drift": {"action": "report"}}  # fmt: skip
+    config = load({**BASE, "risk": limits, "orderDefaults": {"minTradeValue": 100},
+                   "strategies": {"dummy": {"driftBand": 0.05}}})  # fmt: skip
+    assert config.risk == limits
+    assert config.order_defaults.min_trade_value == 100
+    assert config.drift_bands == {"dummy": 0.05}
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        ("risk.dailyLoss.max", "risk.dailyLoss.max: -0.02 is less than or equal to the minimum of 0"),
+        ("risk.leverage.max", "risk.leverage.max: 'high' is not of type 'number'"),
+        ("risk.dailyLoss.action", "risk.dailyLoss.action: 'reduce' is not one of ['report', 'halt']"),
+        ("risk.leverage.action", "risk.leverage.action: 'panic' is not one of ['report', 'halt', 'reduce']"),
+        ("risk.leverage.maximum", "risk.leverage: Additional properties are not allowed ('maximum' was unexpected)"),
+        ("risk.volatility", "risk: Additional properties are not allowed ('volatility' was unexpected)"),
+        ("orderDefaults.minTradeValue", "orderDefaults.minTradeValue: -1 is less than the minimum of 0"),
+        ("strategies.dummy.driftBand", "strategies.dummy.driftBand: 'wide' is not of type 'number'"),
+    ],
+)
+def test_bad_limits_are_refused_with_the_field_named(edit: str, named: str):
+    """Negative, non-number, unknown or misplaced action, unknown key: each refused, naming the field."""
+    values = {"risk.dailyLoss.max": -0.02, "risk.leverage.max": "high", "risk.dailyLoss.action": "reduce",
+              "risk.leverage.action": "panic", "risk.leverage.maximum": 2, "risk.volatility": {"max": 1},
+              "orderDefaults.minTradeValue": -1, "strategies.dummy.driftBand": "wide"}  # fmt: skip
+    document = edited({**BASE, "risk": {"leverage": {"max": 1.5}}}, edit, values[edit])
+    with pytest.raises(ValueError, match="is invalid") as refused:
+        check_document(document, Schemas(), "config/paper", LIMITS)
+    assert named in str(refused.value)

@@ -305,7 +305,7 @@ def test_the_declared_schedule_set() -> None:
     jobs = {j["name"]: j for j in yaml.safe_load(SCHEDULES_DECLARATION.read_text())["jobs"]}
     assert {n: (j["schedule"], j["intent"], j.get("paused", False)) for n, j in jobs.items()} == {
         "open-allocation": ("30 9 * * 1-5", "allocation", False),
-        "midday-risk-check": ("0 13 * * 1-5", "reconcile", False),
+        "midday-risk-check": ("0 13 * * 1-5", "risk-check", False),
         "eod-trade-reconciliation": ("55 15 * * 1-5", "trade-reconciliation", False),
         "eod-close-all": ("55 15 * * 1-5", "close-all", True),
         "eod-check": ("10 16 * * 1-5", "eod-check", False),
@@ -495,3 +495,62 @@ def test_an_empty_image_is_refused_and_the_vm_never_depends_on_it(tf: dict[str, 
         _unquote(block) for blocks in moved for block in blocks
     ]
     assert tf["output"]["vm"]["value"] == "${google_compute_instance.consumer.name}"
+
+
+# --- alerting ---------------------------------------------------------------------------------------------------------
+CONSUMER_SOURCE = "\n".join(p.read_text() for p in (INFRA.parent / "consumer").rglob("*.py"))
+
+
+def test_every_log_based_metric_counts_a_line_the_consumer_writes(tf: dict[str, Any]) -> None:
+    for name, metric in tf["resource"]["google_logging_metric"].items():
+        message = re.search(r'jsonPayload\.message=\\?"([^"\\]+)\\?"', metric["filter"]).group(1)
+        assert f'"{message}"' in CONSUMER_SOURCE, f"{name}: no consumer log line {message!r}"
+        for field in re.findall(r"EXTRACT\(jsonPayload\.(\w+)\)", json.dumps(metric)):
+            assert f"{field}=" in CONSUMER_SOURCE, f"{name}: the consumer logs no field {field}"
+    assert "jsonPayload.alert=true" in resource(tf, "google_logging_metric", "risk_alerts")["filter"]
+
+
+def test_the_alert_policies_watch_the_consumer_and_notify_the_configured_channels(tf: dict[str, Any]) -> None:
+    policies = tf["resource"]["google_monitoring_alert_policy"]
+    assert set(policies) == {"error_replies", "risk_alerts", "dead_letters", "no_heartbeat", "gateway_disconnected"}
+    metrics = tf["resource"]["google_logging_metric"]
+    for name, policy in policies.items():
+        assert policy["notification_channels"] == "${local.alert_channels}", name
+        (condition,) = policy["conditions"]
+        kind = next(k for k in condition if k.startswith("condition_"))
+        body = condition[kind][0]
+        if kind == "condition_prometheus_query_language":
+            continue
+        used = re.findall(r"google_logging_metric\.(\w+)\.name", body["filter"])
+        assert len(used) == 1, name
+        assert used[0] in metrics, name
+        assert "logging.googleapis.com/user/" in body["filter"] or "${local.user_metric}/" in body["filter"]
+    errors = policies["error_replies"]["conditions"][0]["condition_threshold"][0]["filter"]
+    assert r"metric.label.status = \"error\"" in errors
+    absent = policies["no_heartbeat"]["conditions"][0]["condition_absent"][0]
+    assert absent["duration"].strip('"') == "600s"
+
+
+def test_a_gateway_disconnect_alerts_after_five_minutes_outside_the_nightly_restart(tf: dict[str, Any]) -> None:
+    condition = tf["resource"]["google_monitoring_alert_policy"]["gateway_disconnected"]["conditions"][0]
+    query = condition["condition_prometheus_query_language"][0]
+    assert query["duration"].strip('"') == "300s"
+    # Cloud Monitoring's PromQL name of a log-based metric: logging.googleapis.com/user/a/b -> ..._com:user_a_b
+    name = resource(tf, "google_logging_metric", "heartbeats")["name"].strip('"')
+    assert f"logging_googleapis_com:user_{name.replace('/', '_')}{{gateway!=" in query["query"].replace("\\", "")
+    assert "${local.outside_restart}" in query["query"]
+    assert tf["variable"]["gateway_restart_hours_utc"]["default"] == [3, 4]
+    rule = tf["locals"]["outside_restart"]
+    assert "hour() != ${h}" in rule
+    assert '"vector(1)"' in rule  # no window: every hour alerts
+
+
+def test_alerts_go_to_email_by_default_and_to_any_channel_given(tf: dict[str, Any]) -> None:
+    email = resource(tf, "google_monitoring_notification_channel", "email")
+    assert email["type"].strip('"') == "email"
+    assert email["for_each"] == "${toset(var.alert_emails)}"
+    assert tf["variable"]["alert_emails"]["default"] == []
+    assert tf["variable"]["alert_notification_channels"]["default"] == []
+    channels = tf["locals"]["alert_channels"]
+    assert "google_monitoring_notification_channel.email" in channels
+    assert "var.alert_notification_channels" in channels

@@ -297,6 +297,22 @@ def test_the_kill_switch_from_the_cli_stops_and_restarts_trading(served, bus: Bu
     assert [o["orderRef"] for o in mode_collection(project, "orders")] == [ref]
 
 
+def test_the_kill_switch_from_the_cli_clears_a_risk_check_halt(served, project: str):
+    """A halt's reason belongs to that halt: once a person flips the switch, a later rejection must not quote it."""
+    write_config(project, tradingEnabled=False, haltedReason="risk-check dailyLoss 0.05 breaches 0.02",
+                 haltedAt="2026-06-17T15:00:00+00:00")  # fmt: skip
+    off = cli(project, "config", "kill-switch", "off")
+    assert off.returncode == 0, off.stderr
+    assert off.stdout.strip().splitlines() == [
+        "config/paper: kill switch OFF: trading enabled",
+        "config/paper: the halt (risk-check dailyLoss 0.05 breaches 0.02, 2026-06-17T15:00:00+00:00) is cleared",
+    ]
+    stored = stored_config(project)
+    assert stored["tradingEnabled"] is True
+    assert "haltedReason" not in stored
+    assert "haltedAt" not in stored
+
+
 def test_config_show_without_a_document_says_trading_is_off(consumer_factory, project: str):
     done = cli(project, "config", "show")
     assert done.returncode == 1

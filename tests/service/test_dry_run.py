@@ -23,6 +23,7 @@ from tests.support import (
     mode_collection,
     stock_positions,
     wait_for,
+    write_config,
 )
 
 pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
@@ -224,3 +225,22 @@ async def test_batched_writes_commit_at_every_limit_whatever_the_write(project: 
 
 def batched(project: str) -> list[str]:
     return sorted(p for p in documents(project) if p.startswith("batched/"))
+
+
+def test_risk_check_dry_run_halts_reduces_and_stores_nothing(bus: Bus, gateway, project: str):
+    """Limits breached with the actions that write (halt, reduce), and the day's first value (riskState)."""
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.9})))
+    assert reply["status"] == "ok", reply
+    settled(project, gateway)
+    held = stock_positions(gateway)
+    snapshots = firestore_client(project).collection("tradingModes").document("paper").collection("snapshots")
+    snapshots.document("2026-06-15").set({"date": "2026-06-15", "highWaterMark": 1e9})
+    write_config(project, risk={"drawdown": {"max": 0.01, "action": "halt"}, "dailyLoss": {"max": 0.5},
+                                "concentration": {"max": 0.1, "action": "reduce"}})  # fmt: skip
+    checked = dry_run(bus, project, {"intent": "risk-check", "params": {}})
+    assert sorted(b["limit"] for b in checked["result"]["breaches"]) == ["concentration", "drawdown"]
+    assert checked["result"]["halted"]["dryRun"] is True
+    (reduced,) = checked["result"]["reduced"]
+    assert reduced["instruments"][0]["order"] < 0
+    assert stock_positions(gateway) == held
+    assert firestore_client(project).collection("config").document("paper").get().to_dict()["tradingEnabled"]

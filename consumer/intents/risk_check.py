@@ -1,0 +1,275 @@
+"""risk-check: every limit of config `risk` measured against the account, each with its verdict; breaches act.
+
+account values (NetLiquidation, GrossPositionValue, ExcessLiquidity), positions with market values, our working
+orders, the books vs the broker (reconcile's comparison) -> one line per configured limit (value, threshold, verdict)
+any breach: the reply's result says alert=true and lists the breaches (dispatch repeats it as the reply attribute)
+reduce (leverage, concentration): the strategies' holdings scaled down to the limit, one netted order per instrument
+halt: tradingEnabled off with haltedReason and haltedAt, in a transaction (a person's later change is not overwritten)
+
+The start of the trading day (by the gateway's clock in the schedule's time zone) is the previous day's snapshot's
+net liquidation, else the first one risk-check saw that day, kept in riskState/{day}: the only thing a check with no
+breach may write, and only with a dailyLoss limit and no snapshot.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from google.api_core import exceptions as google_exceptions
+from google.cloud.firestore import AsyncTransaction, async_transactional
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from consumer.errors import Failure, IntentError
+from consumer.forex import is_forex
+from consumer.intents.base import Intent, IntentContext
+from consumer.intents.rebalance import Rebalance
+from consumer.intents.reconcile import compare
+from consumer.portfolio import EPSILON
+from consumer.store.books import UNALLOCATED
+from consumer.store.layout import Layout
+
+REDUCIBLE = {"leverage", "concentration"}
+
+
+async def risk_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
+    services = ctx.services
+    broker = ctx.broker
+    limits = ctx.config.risk
+    account = await broker.account(services.settings.ib_account)
+    base = account.base_currency
+    nlv = account.net_liquidation
+    if not nlv > 0:
+        raise IntentError("no_net_liquidation", f"net liquidation is {nlv}: no ratio can be measured")
+    values = broker.account_values(account.id, base)
+    now = ctx.market_now()
+    day = now.astimezone(ZoneInfo(services.settings.schedule_time_zone)).date().isoformat()
+
+    lines = Lines(limits)
+    await _measure_account(ctx, lines, values, nlv, day)
+    await _measure_positions(ctx, lines, account.id, base, nlv)
+    lines_list = lines.entries
+
+    breaches = [entry for entry in lines_list if entry["verdict"] == "breach"]
+    reducing = [entry for entry in breaches if entry["action"] == "reduce" and entry["limit"] in REDUCIBLE]
+    # One reduce for every such breach: its orderRefs are per request and instrument, so a second one would find
+    # the first's orders and add nothing.
+    reduced = [await _reduce(ctx, reducing)] if reducing else []
+    halted = None
+    halting = [entry for entry in breaches if entry["action"] == "halt"]
+    if halting:
+        reason = "risk-check " + "; ".join(f"{e['limit']} {e['value']:g} breaches {e['threshold']:g}" for e in halting)
+        halted = await _halt(ctx, reason, now)
+    result: dict[str, Any] = {
+        "account": account.id,
+        "baseCurrency": base,
+        "netLiquidation": nlv,
+        "tradingDay": day,
+        "limits": lines_list,
+        "breaches": breaches,
+        "alert": bool(breaches),
+    }
+    if reduced:
+        result["reduced"] = reduced
+    if halted is not None:
+        result["halted"] = halted
+    return result
+
+
+class Lines:
+    """The reply's line per configured limit."""
+
+    def __init__(self, limits: dict[str, dict[str, Any]]) -> None:
+        self.limits = limits
+        self.entries: list[dict[str, Any]] = []
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.limits
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        return self.limits[name]
+
+    def add(self, name: str, value: float, threshold: float, breach: bool, **extra: Any) -> None:
+        action = self.limits[name].get("action", "report")
+        self.entries.append({"limit": name, "value": _round(value), "threshold": threshold, "action": action,
+                             "verdict": "breach" if breach else "ok", **extra})  # fmt: skip
+
+
+async def _measure_account(ctx: IntentContext, limits: Lines, values: dict[str, float], nlv: float, day: str) -> None:
+    layout = ctx.services.layout
+    if "leverage" in limits:
+        leverage = values.get("GrossPositionValue", 0.0) / nlv
+        limits.add("leverage", leverage, limits["leverage"]["max"], leverage > limits["leverage"]["max"] + EPSILON)
+    if "marginCushion" in limits:
+        excess = values.get("ExcessLiquidity")
+        if excess is None:
+            raise IntentError("no_excess_liquidity", "the gateway reported no ExcessLiquidity in the base currency")
+        cushion = excess / nlv
+        limits.add("marginCushion", cushion, limits["marginCushion"]["min"], cushion < limits["marginCushion"]["min"])
+    if "dailyLoss" in limits:
+        start, source = await _start_of_day(layout, day, nlv)
+        loss = (start - nlv) / start if start > 0 else 0.0
+        limits.add("dailyLoss", loss, limits["dailyLoss"]["max"], loss > limits["dailyLoss"]["max"] + EPSILON,
+                   startOfDay=start, startOfDaySource=source)  # fmt: skip
+    if "drawdown" in limits:
+        latest = await _latest_snapshot(layout, day, inclusive=True)
+        mark = max(float((latest or {}).get("highWaterMark") or 0.0), nlv)
+        drawdown = (mark - nlv) / mark
+        limits.add("drawdown", drawdown, limits["drawdown"]["max"], drawdown > limits["drawdown"]["max"] + EPSILON,
+                   highWaterMark=mark)  # fmt: skip
+
+
+async def _measure_positions(
+    ctx: IntentContext, limits: Lines, account: str, base: str, nlv: float
+) -> dict[int, dict[str, Any]]:
+    broker = ctx.broker
+    shares: dict[int, dict[str, Any]] = {}
+    if "concentration" in limits:
+        shares = _instrument_shares(broker.portfolio(), account, broker.fx_rates(account), base, nlv)
+        top = max(shares.values(), key=lambda s: s["share"], default=None)
+        over = [s for s in shares.values() if s["share"] > limits["concentration"]["max"] + EPSILON]
+        limits.add("concentration", top["share"] if top else 0.0, limits["concentration"]["max"], bool(over),
+                   instrument=top["instrument"] if top else None,
+                   over=[{k: v for k, v in s.items() if k != "currency"} for s in over])  # fmt: skip
+    if "staleOrders" in limits:
+        stale, oldest = await _stale_orders(ctx, limits["staleOrders"]["maxMinutes"])
+        limits.add("staleOrders", oldest, limits["staleOrders"]["maxMinutes"], bool(stale), orders=stale)
+    if "drift" in limits:
+        differences = (await compare(ctx)).differences
+        limits.add("drift", len(differences), 0, bool(differences), differences=differences)
+    return shares
+
+
+def _round(value: float) -> float:
+    return round(value, 6) if math.isfinite(value) else value
+
+
+async def _latest_snapshot(layout: Layout, day: str, inclusive: bool) -> dict[str, Any] | None:
+    """The newest daily snapshot dated before `day` (or on it, `inclusive`); written by the close's eod-check."""
+    before = FieldFilter("date", "<=" if inclusive else "<", day)
+    query = layout.snapshots().where(filter=before).order_by("date", direction="DESCENDING")
+    async for snapshot in query.limit(1).stream():
+        return snapshot.to_dict()
+    return None
+
+
+async def _start_of_day(layout: Layout, day: str, nlv: float) -> tuple[float, str]:
+    previous = await _latest_snapshot(layout, day, inclusive=False)
+    if previous and previous.get("netLiquidation"):
+        return float(previous["netLiquidation"]), f"snapshot {previous.get('date')}"
+    ref = layout.risk_state(day)
+    try:
+        # The first check of the day sets it; every later one, and a racing twin, reads that one.
+        await ref.create({"date": day, "startNetLiquidation": nlv, "at": datetime.now(UTC)})
+        return nlv, "first risk-check of the day"
+    except google_exceptions.AlreadyExists:
+        stored = (await ref.get()).to_dict() or {}
+        return float(stored.get("startNetLiquidation", nlv)), "first risk-check of the day"
+
+
+def _instrument_shares(
+    portfolio: list[dict[str, Any]], account: str, rates: dict[str, float], base: str, nlv: float
+) -> dict[int, dict[str, Any]]:
+    """Per instrument (forex cash aside): its absolute market value in base currency over net liquidation."""
+    shares: dict[int, dict[str, Any]] = {}
+    rates = {**rates, base: 1.0}
+    for item in portfolio:
+        if item["account"] != account or item.get("secType") == "CASH" or not item.get("position"):
+            continue
+        value = abs(float(item.get("marketValue") or 0.0)) * rates.get(item.get("currency", base), 1.0)
+        shares[int(item["conId"])] = {
+            "instrument": item.get("symbol"),
+            "conId": int(item["conId"]),
+            "currency": item.get("currency"),
+            "marketValue": round(value, 2),
+            "share": _round(value / nlv),
+        }
+    return shares
+
+
+async def _stale_orders(ctx: IntentContext, max_minutes: float) -> tuple[list[dict[str, Any]], float]:
+    """Our orders still working at the broker and written more than max_minutes ago (a duration: wall clock)."""
+    working = {o.order_ref for o in await ctx.broker.open_orders()}
+    now = datetime.now(UTC)
+    stale = []
+    oldest = 0.0
+    for doc in await ctx.services.books.open_orders():
+        created = doc.get("createdAt")
+        if doc.get("orderRef") not in working or not isinstance(created, datetime):
+            continue
+        minutes = (now - created).total_seconds() / 60
+        oldest = max(oldest, minutes)
+        if minutes > max_minutes:
+            stale.append({"orderRef": doc["orderRef"], "instrument": doc.get("symbol"), "minutes": round(minutes, 1)})
+    return stale, oldest
+
+
+async def _reduce(ctx: IntentContext, breaches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every strategy's holdings scaled by limit / value (leverage: every instrument; concentration: the breaching
+    ones; both: the smaller factor), rounded towards zero, through the allocation's netted order path (dry run,
+    market hours, books check). What no strategy holds (unallocated: manual trades) is never touched, as close-all
+    leaves it."""
+    config = ctx.config
+    mode = ctx.services.settings.trading_mode
+    names = [b["limit"] for b in breaches]
+    if not config.trading_enabled:
+        return {"limits": names, "skipped": f"trading is disabled (config/{mode} tradingEnabled=false)"}
+    if mode == "live" and not (ctx.services.settings.allow_live and config.allow_live):
+        return {"limits": names, "skipped": "live trading is not allowed"}
+    factors: dict[int | None, float] = {}
+    for breach in breaches:
+        if breach["limit"] == "leverage":
+            factors[None] = breach["threshold"] / breach["value"]
+        else:
+            factors.update({s["conId"]: breach["threshold"] / s["share"] for s in breach["over"]})
+    rebalance = await Rebalance.open(ctx, None)
+    strategies = sorted(s for s in rebalance.holdings if s != UNALLOCATED)
+    rebalance.only(strategies)
+    targets: dict[str, dict[int, float]] = {}
+    for strategy in strategies:
+        targets[strategy] = {}
+        for con_id, position in rebalance.holdings[strategy].items():
+            quantity = float(position["quantity"])
+            factor = min(factors.get(None, 1.0), factors.get(con_id, 1.0))
+            if is_forex(position):
+                factor = 1.0  # cash, not gross position value
+            targets[strategy][con_id] = math.trunc(quantity * factor) if factor < 1.0 else quantity
+    try:
+        report = await rebalance.carry_out(targets, {})
+    except Failure as e:
+        # A closed market, books that disagree with the broker: the reduce is refused, the check still answers
+        # (and still halts, where a limit says so).
+        return {"limits": names, "skipped": f"{e.code}: {e.message}"}
+    return {"limits": names, "factors": {str(k or "all"): _round(v) for k, v in factors.items()}, **report}
+
+
+async def _halt(ctx: IntentContext, reason: str, now: datetime) -> dict[str, Any]:
+    """tradingEnabled off with the reason, unless it already is: a halt a person lifted stays lifted until the
+    next breach, and a reason already there is not replaced."""
+    layout = ctx.services.layout
+    halted_at = now.isoformat()
+    if ctx.dry_run:
+        return {"reason": reason, "at": halted_at, "tradingEnabled": False, "changed": False, "dryRun": True}
+
+    @async_transactional
+    async def apply(transaction: AsyncTransaction) -> bool:
+        snapshot = await layout.config().get(transaction=transaction)
+        document = snapshot.to_dict() if snapshot.exists else None
+        if not document or not document.get("tradingEnabled"):
+            return False
+        transaction.update(layout.config(), {"tradingEnabled": False, "haltedReason": reason, "haltedAt": halted_at})
+        return True
+
+    changed = await apply(layout.db.transaction())
+    ctx.log.warning("risk limit breached: trading halted", reason=reason, changed=changed, dryRun=ctx.dry_run)
+    return {"reason": reason, "at": halted_at, "tradingEnabled": False, "changed": changed}
+
+
+INTENT = Intent(
+    name="risk-check",
+    handler=risk_check,
+    description="Measure the config's risk limits; a breach alerts, and halts or reduces where configured.",
+    exclusive=True,
+)

@@ -1,0 +1,410 @@
+"""risk-check end to end (issue 16): limits measured on the simulated gateway, breaches that alert, halt and reduce.
+
+Prices are moved with the gateway's controls, never by waiting; the consumer's view of the account follows the
+account updates ibsim pushes when a price moves.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.service.test_dry_run import documents
+from tests.service.test_trading import mid_share_weight
+from tests.support import (
+    STREAM_RESTART_WAIT,
+    Bus,
+    allocation,
+    firestore_client,
+    mode_collection,
+    stock_positions,
+    wait_for,
+    write_config,
+)
+
+RISK_CHECK = {"intent": "risk-check", "params": {}}
+
+
+@pytest.fixture
+def gateway_scenario(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The built-in scenario (always open), or a test's own through indirect parametrization."""
+    return getattr(request, "param", {})
+
+
+def config(project: str, **overrides: Any) -> dict[str, Any]:
+    return write_config(project, **overrides)
+
+
+def attributes_of(bus: Bus, message_id: str) -> dict[str, str]:
+    bus.reply_to(message_id)
+    return next(a for a in bus.reply_attributes if a.get("messageId") == message_id)
+
+
+def limit(reply: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(line for line in reply["result"]["limits"] if line["limit"] == name)
+
+
+def buy(bus: Bus, project: str, weights: dict[str, float]) -> dict[str, Any]:
+    reply = bus.reply_to(bus.publish(allocation(weights)))
+    assert reply["status"] == "ok", reply
+    assert reply["result"]["orders"].get("filled") == len(weights), reply["result"]["orders"]
+    wanted = {line["instrument"]: line["target"] for line in reply["result"]["instruments"]}
+    wait_for(lambda: _booked(project) == wanted, what="the fills booked to dummy")
+    return reply
+
+
+def _booked(project: str) -> dict[str, float]:
+    doc = next((d for d in mode_collection(project, "holdings") if d["_id"] == "dummy"), {})
+    return {p["symbol"]: p["quantity"] for p in doc.get("positions", {}).values() if p.get("quantity")}
+
+
+def test_a_daily_loss_past_its_limit_halts_trading_and_the_next_allocation_is_rejected_with_the_reason(
+    consumer, bus: Bus, gateway, project: str
+):
+    config(project, risk={"dailyLoss": {"max": 0.02, "action": "halt"}})
+    buy(bus, project, {"SPY": 1.0})
+
+    first = bus.reply_to(bus.publish(RISK_CHECK))
+    assert first["status"] == "ok", first
+    daily = limit(first, "dailyLoss")
+    assert daily["verdict"] == "ok"
+    assert daily["startOfDaySource"] == "first risk-check of the day"
+    assert [d["_id"] for d in mode_collection(project, "riskState")] == ["2026-06-17"]  # the gateway's day
+    assert "alert" not in first
+    assert first["result"]["breaches"] == []
+
+    gateway.set_price("SPY", 520.0 * 0.9)  # about 5 % of net liquidation lost on half of it held in SPY
+    message_id = bus.publish(RISK_CHECK)
+    breached = bus.reply_to(message_id)
+    assert breached["status"] == "ok", breached
+    assert breached["alert"] is True
+    assert attributes_of(bus, message_id)["alert"] == "true"
+    (breach,) = breached["result"]["breaches"]
+    assert breach["limit"] == "dailyLoss"
+    assert breach["value"] > 0.02
+    assert breach["startOfDay"] == daily["startOfDay"]  # the day's first value, kept
+    document = firestore_client(project).collection("config").document("paper").get().to_dict()
+    assert document["tradingEnabled"] is False
+    assert document["haltedReason"].startswith("risk-check dailyLoss")
+    assert document["haltedAt"].startswith("2026-06-17T")  # by the gateway's clock
+
+    orders_before = gateway.orders()
+    rejected = bus.reply_to(bus.publish(allocation({"SPY": 0.2})))
+    assert rejected["status"] == "rejected"
+    assert rejected["error"]["code"] == "kill_switch"
+    assert document["haltedReason"] in rejected["error"]["message"]
+    assert gateway.orders() == orders_before  # nothing new at the broker, by orderRef or otherwise
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["reduce", "dry-run"])
+def test_reduce_brings_leverage_under_the_limit_with_one_netted_order_per_instrument(
+    consumer, bus: Bus, gateway, project: str, dry_run: bool
+):
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}})
+    buy(bus, project, {"SPY": 0.5, "QQQ": 0.4})
+    held = stock_positions(gateway)
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}},
+           risk={"leverage": {"max": 0.5, "action": "reduce"}})  # fmt: skip
+    orders_before = len(gateway.orders())
+
+    reply = bus.reply_to(bus.publish({**RISK_CHECK, **({"dryRun": True} if dry_run else {})}))
+    assert reply["status"] == "ok", reply
+    assert reply["alert"] is True
+    (breach,) = reply["result"]["breaches"]
+    assert breach["limit"] == "leverage"
+    assert breach["value"] > 0.8
+    (reduced,) = reply["result"]["reduced"]
+    factor = reduced["factors"]["all"]
+    assert 0.5 < factor < 0.65
+    lines = {line["instrument"]: line for line in reduced["instruments"]}
+    assert set(lines) == {"SPY", "QQQ"}
+    for symbol, line in lines.items():
+        assert line["order"] == int(held[symbol] * factor) - held[symbol]  # towards zero: never above the limit
+
+    if dry_run:
+        assert len(gateway.orders()) == orders_before  # a dry run places nothing
+        assert stock_positions(gateway) == held
+        return
+    sent = gateway.orders()[orders_before:]
+    assert sorted(o["orderRef"] for o in sent) == sorted(line["orderRef"] for line in lines.values())
+    assert all(line["outcome"] == "filled" for line in lines.values())
+    expected = {s: held[s] + lines[s]["order"] for s in held}
+    assert stock_positions(gateway) == expected
+    executions = [e for e in gateway.executions() if e["orderRef"] in {o["orderRef"] for o in sent}]
+    wait_for(
+        lambda: {e["execId"] for e in executions} <= {f["execId"] for f in mode_collection(project, "fills")},
+        what="the reducing executions booked by execId",
+    )
+    wait_for(lambda: _booked(project) == expected, what="the reduced holdings booked to dummy")
+
+    again = bus.reply_to(bus.publish(RISK_CHECK))
+    assert limit(again, "leverage")["verdict"] == "ok"
+    assert limit(again, "leverage")["value"] <= 0.5
+    assert "alert" not in again
+
+
+def test_a_check_with_nothing_breached_alerts_nothing_and_writes_nothing(consumer, bus: Bus, gateway, project: str):
+    limits = {"leverage": {"max": 1.5, "action": "reduce"}, "marginCushion": {"min": 0.1, "action": "halt"},
+              "drawdown": {"max": 0.1, "action": "halt"}, "concentration": {"max": 0.9, "action": "reduce"},
+              "staleOrders": {"maxMinutes": 60, "action": "halt"}, "drift": {"action": "halt"}}  # fmt: skip
+    config(project, risk=limits)
+    buy(bus, project, {"SPY": 0.5})
+    before = documents(project)
+    orders_before = len(gateway.orders())
+
+    message_id = bus.publish(RISK_CHECK)
+    reply = bus.reply_to(message_id)
+    assert reply["status"] == "ok", reply
+    assert "alert" not in reply
+    assert "alert" not in attributes_of(bus, message_id)
+    assert reply["result"]["alert"] is False
+    verdicts = {line["limit"]: line["verdict"] for line in reply["result"]["limits"]}
+    assert verdicts == dict.fromkeys(
+        ["leverage", "marginCushion", "drawdown", "concentration", "staleOrders", "drift"], "ok"
+    )
+    assert limit(reply, "concentration")["instrument"] == "SPY"
+    after = documents(project)
+    added = set(after) - set(before)
+    assert all(p.startswith(("activity/", "tradingModes/paper/requests/")) for p in added), added
+    assert len(added) == 2  # its claim and its activity record
+    assert {p: t for p, t in after.items() if p in before} == before  # nothing changed
+    assert len(gateway.orders()) == orders_before
+
+
+def test_the_start_of_day_and_the_high_water_mark_come_from_the_snapshots(consumer, bus: Bus, project: str):
+    """The pnl branch's daily snapshots: the previous trading day's net liquidation starts the day, the latest
+    high-water mark is the mark; a snapshot dated after the gateway's day is not read."""
+    nlv = bus.reply_to(bus.publish(RISK_CHECK))["result"]["netLiquidation"]
+    snapshots = firestore_client(project).collection("tradingModes").document("paper").collection("snapshots")
+    snapshots.document("2026-06-15").set({"date": "2026-06-15", "netLiquidation": nlv * 2, "highWaterMark": nlv * 2})
+    snapshots.document("2026-06-16").set(
+        {"date": "2026-06-16", "netLiquidation": nlv * 1.05, "highWaterMark": nlv * 1.25}
+    )
+    snapshots.document("2026-06-18").set({"date": "2026-06-18", "netLiquidation": nlv * 9, "highWaterMark": nlv * 9})
+    config(project, risk={"dailyLoss": {"max": 0.04}, "drawdown": {"max": 0.3}})
+
+    reply = bus.reply_to(bus.publish(RISK_CHECK))
+    daily, drawdown = limit(reply, "dailyLoss"), limit(reply, "drawdown")
+    assert daily["startOfDaySource"] == "snapshot 2026-06-16"
+    assert daily["startOfDay"] == pytest.approx(nlv * 1.05)
+    assert daily["verdict"] == "breach"
+    assert daily["action"] == "report"
+    assert drawdown["highWaterMark"] == pytest.approx(nlv * 1.25)
+    assert drawdown["value"] == pytest.approx(0.2, abs=1e-4)
+    assert drawdown["verdict"] == "ok"
+    assert reply["alert"] is True
+    assert [b["limit"] for b in reply["result"]["breaches"]] == ["dailyLoss"]
+    assert mode_collection(project, "riskState") == []  # a snapshot gave the start: nothing stored
+    assert firestore_client(project).collection("config").document("paper").get().to_dict()["tradingEnabled"]
+
+
+def test_a_risk_check_while_the_gateway_is_down_is_held_until_it_is_back(consumer, bus: Bus, gateway, project: str):
+    """A running consumer that loses the gateway holds the check (ping still answers, saying it is away)."""
+    config(project, risk={"leverage": {"max": 1.5}})
+    gateway.restart(down_seconds=5.0)
+    wait_for(lambda: consumer.service.status.accepting is False, timeout=30, what="the consumer to see it away")
+    held = bus.publish(RISK_CHECK)
+    away = bus.reply_to(bus.publish({"intent": "ping"}), timeout=STREAM_RESTART_WAIT)
+    assert away["result"]["connected"] is False
+    assert all(r["messageId"] != held for r in bus.received)  # the risk check waits for the gateway
+    consumer.wait_ready(timeout=60)
+    reply = bus.reply_to(held, timeout=STREAM_RESTART_WAIT)
+    assert reply["status"] == "ok", reply
+    assert limit(reply, "leverage")["verdict"] == "ok"
+    assert len(bus.replies_to(held)) == 1
+
+
+def test_bands_skip_legs_too_small_to_be_worth_a_commission_and_close_all_ignores_them(
+    consumer, bus: Bus, gateway, project: str
+):
+    config(project)
+    probe = bus.reply_to(bus.publish(allocation({"SPY": 0.1}, dry_run=True)))
+    weight = {n: mid_share_weight(probe, "SPY", n, capital_share=0.5) for n in (200, 201, 205)}
+    buy(bus, project, {"SPY": weight[200]})
+    assert stock_positions(gateway) == {"SPY": 200}
+    orders_before = gateway.orders()
+
+    config(project, orderDefaults={"minTradeValue": 1000.0})  # one SPY share is worth about 520
+    one_share = bus.reply_to(bus.publish(allocation({"SPY": weight[201]})))
+    assert one_share["status"] == "ok", one_share
+    (skipped,) = one_share["result"]["skippedLegs"]
+    assert (skipped["instrument"], skipped["quantity"]) == ("SPY", 1)
+    assert skipped["reason"].startswith("minTradeValue: the order is worth 5")
+    assert gateway.orders() == orders_before
+
+    config(project, strategies={"dummy": {"driftBand": 0.05}})  # 5 of a 205 target is under 5 %
+    drifted = bus.reply_to(bus.publish(allocation({"SPY": weight[205]})))
+    assert drifted["status"] == "ok", drifted
+    (skipped,) = drifted["result"]["skippedLegs"]
+    assert (skipped["instrument"], skipped["strategy"], skipped["quantity"]) == ("SPY", "dummy", 5)
+    assert skipped["reason"].startswith("driftBand: 5 is less than 0.05 of the target 205")
+    assert gateway.orders() == orders_before
+
+    config(project, orderDefaults={"minTradeValue": 1e9}, strategies={"dummy": {"driftBand": 1.0}})
+    closed = bus.reply_to(bus.publish({"intent": "close-all", "params": {"strategies": ["dummy"]}}))
+    assert closed["status"] == "ok", closed
+    (spy,) = closed["result"]["instruments"]
+    assert spy["order"] == -200
+    (sent,) = gateway.orders()[len(orders_before) :]
+    assert sent["orderRef"] == spy["orderRef"]
+    assert stock_positions(gateway) == {}
+    wait_for(lambda: _booked(project) == {}, what="the close booked")
+
+
+def test_the_log_lines_the_alert_policies_count(consumer_factory, bus: Bus, project: str, caplog):
+    """infra/metrics.tf counts `heartbeat` lines by gateway state and `intent finished` lines with alert=true."""
+    consumer_factory(heartbeat_log_interval=0.2)
+    config(project, risk={"drawdown": {"max": 0.1}})
+    snapshots = firestore_client(project).collection("tradingModes").document("paper").collection("snapshots")
+    snapshots.document("2026-06-16").set({"date": "2026-06-16", "netLiquidation": 1e9, "highWaterMark": 1e9})
+
+    def logged(*parts: str) -> bool:
+        return any(all(p in r.getMessage() for p in parts) for r in caplog.records)
+
+    wait_for(lambda: logged("'event': 'heartbeat'", "'gateway': 'connected'"), what="a heartbeat line")
+    reply = bus.reply_to(bus.publish(RISK_CHECK))
+    assert reply["alert"] is True
+    assert logged("'event': 'intent finished'", "'intent': 'risk-check'", "'alert': True")
+
+
+def test_a_concentration_reduce_left_working_is_not_sent_again(consumer_factory, bus: Bus, gateway, project: str):
+    """The reducing order only accepted (fills held): reported working, and neither a redelivery of the same check
+    nor the next check sends a second one while it works; once it fills, it is booked by execId."""
+    consumer_factory(order_timeout=3.0)
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}})
+    buy(bus, project, {"SPY": 0.8, "QQQ": 0.1})
+    held = stock_positions(gateway)
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}},
+           risk={"concentration": {"max": 0.5, "action": "reduce"}})  # fmt: skip
+    orders_before = len(gateway.orders())
+
+    gateway.hold_fills(True)
+    try:
+        check = {**RISK_CHECK, "idempotencyKey": "midday-risk-check-1"}
+        reply = bus.reply_to(bus.publish(check))
+        assert reply["status"] == "ok", reply
+        (breach,) = reply["result"]["breaches"]
+        assert [o["instrument"] for o in breach["over"]] == ["SPY"]
+        (reduced,) = reply["result"]["reduced"]
+        lines = {line["instrument"]: line for line in reduced["instruments"]}
+        spy = lines["SPY"]
+        assert spy["outcome"] == "working"
+        assert spy["order"] < 0
+        assert lines.get("QQQ", {}).get("order", 0) == 0  # only the concentrated instrument is reduced
+        (sent,) = gateway.orders()[orders_before:]
+        assert (sent["orderRef"], sent["action"], sent["totalQuantity"]) == (spy["orderRef"], "SELL", -spy["order"])
+        assert [o["orderRef"] for o in mode_collection(project, "openOrders")] == [spy["orderRef"]]
+
+        again = bus.reply_to(bus.publish(check))
+        assert again["duplicate"] is True  # the same slot: the stored reply, nothing run again
+        later = bus.reply_to(bus.publish(RISK_CHECK))
+        assert later["status"] == "ok", later
+        (still,) = later["result"]["reduced"]
+        assert {line["instrument"]: line["order"] for line in still["instruments"]}.get("SPY") == 0  # counted working
+        assert len(gateway.orders()) == orders_before + 1
+    finally:
+        gateway.hold_fills(False)
+    wait_for(lambda: stock_positions(gateway) == {**held, "SPY": held["SPY"] + spy["order"]}, what="the reduce filled")
+    executions = [e for e in gateway.executions() if e["orderRef"] == spy["orderRef"]]
+    assert sum(e["shares"] for e in executions) == -spy["order"]
+    wait_for(
+        lambda: {e["execId"] for e in executions} <= {f["execId"] for f in mode_collection(project, "fills")},
+        what="the reducing executions booked by execId",
+    )
+    wait_for(lambda: mode_collection(project, "openOrders") == [], what="the reducing order closed in the books")
+    assert _booked(project) == {**held, "SPY": held["SPY"] + spy["order"]}
+
+
+def test_stale_working_orders_and_books_that_drift_from_the_broker_are_breaches(
+    consumer_factory, bus: Bus, gateway, project: str
+):
+    consumer_factory(order_timeout=3.0)
+    config(project, risk={"staleOrders": {"maxMinutes": 60}, "drift": {}})
+    gateway.hold_fills(True)
+    try:
+        placed = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))
+        (spy,) = placed["result"]["instruments"]
+        assert spy["outcome"] == "working"
+        fresh = bus.reply_to(bus.publish(RISK_CHECK))
+        assert limit(fresh, "staleOrders")["verdict"] == "ok"
+        assert limit(fresh, "drift")["verdict"] == "ok"
+        assert "alert" not in fresh
+
+        orders = firestore_client(project).collection("tradingModes").document("paper").collection("openOrders")
+        orders.document(spy["orderRef"]).update({"createdAt": datetime.now(UTC) - timedelta(hours=2)})
+        gateway.set_position("AAPL", 10)  # a trade the books know nothing of
+        reply = bus.reply_to(bus.publish(RISK_CHECK))
+    finally:
+        gateway.hold_fills(False)
+    assert reply["alert"] is True
+    stale = limit(reply, "staleOrders")
+    assert stale["verdict"] == "breach"
+    (order,) = stale["orders"]
+    assert order["orderRef"] == spy["orderRef"]
+    assert 119 < order["minutes"] < 125
+    drift = limit(reply, "drift")
+    assert drift["verdict"] == "breach"
+    assert [(d["instrument"], d["broker"], d["books"]) for d in drift["differences"]] == [("AAPL", 10, 0)]
+    assert firestore_client(project).collection("config").document("paper").get().to_dict()["tradingEnabled"]
+
+
+@pytest.mark.parametrize("gateway_scenario", [{"hours": "regular"}], indirect=True, ids=["nyse-hours"])
+def test_a_reduce_on_a_closed_market_places_nothing_and_the_check_still_answers(consumer, bus: Bus, gateway, project):
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}})
+    buy(bus, project, {"SPY": 0.8})
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}},
+           risk={"leverage": {"max": 0.5, "action": "reduce"}})  # fmt: skip
+    gateway.set_time("2026-06-17T17:30:00-04:00")  # after the close
+    after_close = datetime(2026, 6, 17, 21, 30, tzinfo=UTC)
+    # The consumer keeps the gateway's time from its heartbeats: the check must run on the new one.
+    wait_for(lambda: consumer.service.services.gateway.now() >= after_close, what="the consumer to see the new time")
+    orders_before = len(gateway.orders())
+    reply = bus.reply_to(bus.publish(RISK_CHECK))
+    assert reply["status"] == "ok", reply
+    assert reply["alert"] is True
+    (reduced,) = reply["result"]["reduced"]
+    assert reduced["skipped"].startswith("market_closed: the market is closed for SPY")
+    assert len(gateway.orders()) == orders_before
+
+
+def test_a_halt_never_overwrites_a_kill_switch_a_person_already_turned(consumer, bus: Bus, project: str):
+    """The transaction sets the reason only while trading is on: a person's own halt keeps its document."""
+    config(project, tradingEnabled=False, risk={"drawdown": {"max": 0.1, "action": "halt"}})
+    snapshots = firestore_client(project).collection("tradingModes").document("paper").collection("snapshots")
+    snapshots.document("2026-06-16").set({"date": "2026-06-16", "netLiquidation": 1e9, "highWaterMark": 1e9})
+    reply = bus.reply_to(bus.publish(RISK_CHECK))
+    assert reply["alert"] is True
+    assert reply["result"]["halted"]["changed"] is False
+    document = firestore_client(project).collection("config").document("paper").get().to_dict()
+    assert document["tradingEnabled"] is False
+    assert "haltedReason" not in document
+
+
+def test_leverage_and_concentration_breached_together_reduce_once_by_the_smaller_factor(
+    consumer, bus: Bus, gateway, project: str
+):
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}})
+    buy(bus, project, {"SPY": 0.6, "QQQ": 0.3})
+    held = stock_positions(gateway)
+    limits = {"leverage": {"max": 0.8, "action": "reduce"}, "concentration": {"max": 0.4, "action": "reduce"}}
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}}, risk=limits)
+    orders_before = len(gateway.orders())
+
+    reply = bus.reply_to(bus.publish(RISK_CHECK))
+    assert reply["status"] == "ok", reply
+    assert sorted(b["limit"] for b in reply["result"]["breaches"]) == ["concentration", "leverage"]
+    (reduced,) = reply["result"]["reduced"]
+    assert reduced["limits"] == ["leverage", "concentration"]
+    lines = {line["instrument"]: line for line in reduced["instruments"]}
+    spy_factor = min(reduced["factors"]["all"], reduced["factors"][str(lines["SPY"]["conId"])])
+    assert spy_factor < reduced["factors"]["all"]  # SPY is cut to the concentration limit, the rest to leverage
+    assert lines["SPY"]["order"] == int(held["SPY"] * spy_factor) - held["SPY"]
+    assert lines["QQQ"]["order"] == int(held["QQQ"] * reduced["factors"]["all"]) - held["QQQ"]
+    sent = gateway.orders()[orders_before:]
+    assert sorted(o["orderRef"] for o in sent) == sorted(line["orderRef"] for line in lines.values())
+    assert stock_positions(gateway) == {s: held[s] + lines[s]["order"] for s in held}
+    wait_for(lambda: _booked(project) == stock_positions(gateway), what="the reduced holdings booked")
+    again = bus.reply_to(bus.publish(RISK_CHECK))
+    assert "alert" not in again, again["result"]["breaches"]
