@@ -61,6 +61,7 @@ def test_the_consumer_validates_against_the_repository_schemas() -> None:
 
 def test_no_schema_or_declaration_repeats_a_key():
     """json.load keeps the last of two equal keys silently: a merge that wrote `strategies` twice dropped a field."""
+
     def unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
         keys = [k for k, _ in pairs]
         assert len(keys) == len(set(keys)), f"repeated keys {sorted(k for k in keys if keys.count(k) > 1)}"
