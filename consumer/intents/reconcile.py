@@ -38,7 +38,7 @@ async def reconcile(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     fix = bool(params.get("fix")) and not ctx.dry_run
     # Fills the books have not seen yet are not differences: book them first.
     await services.bookkeeper.reconcile()
-    account = await broker.account(services.settings.ib_account)
+    account = await broker.account(services.account)
     positions = [p for p in await broker.positions() if p.account == account.id]
     holdings = await services.books.holdings()
 

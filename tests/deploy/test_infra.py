@@ -427,6 +427,10 @@ def test_the_live_guard_comes_from_the_deployment_and_last(tf: dict[str, Any]) -
     assert merged.index("var.consumer_env") < merged.index("ALLOW_LIVE") < merged.index("LEVERAGE_CAP_MAX")
     assert re.search(r'ALLOW_LIVE\s*=\s*var\.trading_mode == "live" && var\.live_trading_acknowledged', merged)
     assert tf["variable"]["leverage_cap_max"]["default"] == 1
+    # The accounts served come from the deployment too, required: without them the consumer does not start.
+    assert merged.index("var.consumer_env") < merged.index("IB_ACCOUNTS")
+    assert re.search(r'IB_ACCOUNTS\s*=\s*join\(",", var\.ib_accounts\)', merged)
+    assert "default" not in tf["variable"]["ib_accounts"]
 
 
 def test_the_env_file_is_private_and_the_container_keeps_only_the_capabilities_to_switch_users() -> None:

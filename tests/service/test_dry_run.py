@@ -15,6 +15,7 @@ import pytest
 from google.cloud import firestore
 
 from tests.support import (
+    TEST_ACCOUNT,
     Bus,
     activity,
     allocation,
@@ -54,7 +55,7 @@ def documents(project: str) -> dict[str, Any]:
 
 
 def claim_path(request_id: str) -> str:
-    return f"tradingModes/paper/requests/{hashlib.sha256(request_id.encode()).hexdigest()}"
+    return f"accounts/{TEST_ACCOUNT}/tradingModes/paper/requests/{hashlib.sha256(request_id.encode()).hexdigest()}"
 
 
 def dry_run(bus: Bus, project: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +70,7 @@ def dry_run(bus: Bus, project: str, body: dict[str, Any]) -> dict[str, Any]:
     changed = sorted(path for path, updated in before.items() if after.get(path) != updated)
     assert changed == [], "the dry run changed or deleted documents"
     added = sorted(set(after) - set(before))
-    records = [p for p in added if p.startswith("activity/")]
+    records = [p for p in added if p.startswith(f"accounts/{TEST_ACCOUNT}/activity/")]
     assert len(records) == 1, added
     assert sorted(set(added) - set(records)) == [claim_path(reply["requestId"])]
     return reply
@@ -201,7 +202,7 @@ def test_collect_market_data_dry_run_over_a_year_stores_no_bar(bus: Bus, project
 
     real = bus.reply_to(bus.publish(body))  # the same message for real stores every document it counts
     assert real["result"]["documents"] == reply["result"]["documents"]
-    stored = [p for p in documents(project) if p.startswith("tradingModes/paper/marketData/")]
+    stored = [p for p in documents(project) if p.startswith(f"accounts/{TEST_ACCOUNT}/tradingModes/paper/marketData/")]
     assert len(stored) == real["result"]["documents"]
 
 
