@@ -135,6 +135,17 @@ class AccountDirectory:
         problem = self._mode_problem(mode or body_mode, account)
         return Address(Route.SERVE, account, problem)
 
+    def check_schedule(self, address: Address, job: str, accounts: list[str] | None) -> Address:
+        """A job that lists its accounts (infra/schedules.yaml) runs for those alone: a message of it addressed
+        elsewhere, or to no account, did not come from its scheduler jobs."""
+        if not accounts or address.account in {self.resolve(a) for a in accounts}:
+            return address
+        return self._refuse(
+            address.account,
+            "schedule_mismatch",
+            f"the job {job!r} runs for the accounts {', '.join(accounts)}, not for {address.account}; nothing was run",
+        )
+
     def _mode_problem(self, mode: str | None, account: str | None) -> BadRequest | None:
         if mode and mode != self.trading_mode:
             return BadRequest(

@@ -220,6 +220,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("--mode", choices=["paper", "live"], help="the trading mode to copy (default TRADING_MODE)")
     migrate.set_defaults(run=_migrate_accounts, needs=("firestore",))
+    # Also after the command (`consumer publish --account A`); SUPPRESS keeps a value given before it.
+    for command in (publish, status, config, migrate):
+        command.add_argument("--account", default=argparse.SUPPRESS, help="as --account before the command")
     return parser
 
 
@@ -323,6 +326,16 @@ def strategy_problems(params: dict[str, Any]) -> list[str]:
     return problems
 
 
+def check_job_account(job_name: str, account: str | None) -> None:
+    """A job that lists accounts fires once per account, each addressed: so must a firing by hand."""
+    from consumer.schedules import job_accounts
+
+    accounts = job_accounts().get(job_name)
+    if accounts and account not in accounts:
+        given = f"not for {account}" if account else "give --account"
+        raise UsageError(f"job {job_name!r} runs for the accounts {', '.join(accounts)}: {given}")
+
+
 def scheduled_envelope(
     job_name: str,
     dry_run: bool = False,
@@ -367,6 +380,7 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
             raise UsageError("--schedule JOB publishes the job's own intent and params; give no INTENT or -p")
         envelope = scheduled_envelope(args.schedule, args.dry_run, args.as_scheduled, args.force, args.idempotency_key)
         attributes["schedule"] = args.schedule
+        check_job_account(args.schedule, args.account)
     elif args.as_scheduled or args.force:
         raise UsageError("--as-scheduled and --force apply to --schedule JOB only")
     elif args.intent:

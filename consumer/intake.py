@@ -34,9 +34,11 @@ class RequestDecoder:
         schedule_zone: ZoneInfo,
         schedule_intents: Mapping[str, str] | None = None,
         directory: AccountDirectory | None = None,
+        schedule_accounts: Mapping[str, list[str]] | None = None,
     ) -> None:
         self._schemas = schemas
         self._directory = directory
+        self._schedule_accounts = schedule_accounts or {}
         self._intents = intents
         self._zone = schedule_zone
         self._schedule_intents = schedule_intents
@@ -54,6 +56,10 @@ class RequestDecoder:
         if envelope is not None:
             body = {"account": envelope.account, "tradingMode": envelope.trading_mode}
             address = self._directory.settle(address, delivery.attributes, {k: v for k, v in body.items() if v})
+        if address.problem is None and envelope is not None and envelope.schedule:
+            address = self._directory.check_schedule(
+                address, envelope.schedule, self._schedule_accounts.get(envelope.schedule)
+            )
         request = replace(request, account=address.account)
         if address.problem is not None:
             # The address is checked first: a message for the wrong account must not run, however valid.

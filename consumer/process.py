@@ -31,7 +31,7 @@ from consumer.intents.base import Intent
 from consumer.logs import get_logger
 from consumer.metrics import Metrics
 from consumer.recovery import StrandedRequests
-from consumer.schedules import job_intents
+from consumer.schedules import job_accounts, job_intents
 from consumer.schemas import Schemas
 from consumer.services import Services
 from consumer.transport.delivery_watch import DeliveryWatch
@@ -147,7 +147,12 @@ class Consumer:
             self.loop.submit(StrandedRequests(view, s.stranded_after).run())
 
         decoder = RequestDecoder(
-            self._schemas, self._intents, ZoneInfo(s.schedule_time_zone), job_intents(), directory=directory
+            self._schemas,
+            self._intents,
+            ZoneInfo(s.schedule_time_zone),
+            job_intents(),
+            directory=directory,
+            schedule_accounts=job_accounts(),
         )
         intake = Intake(
             decoder,

@@ -139,3 +139,26 @@ def test_an_alias_naming_two_accounts_is_refused(tmp_path: Path) -> None:
     path.write_text("accounts:\n  DU1: {aliases: [main]}\n  U2: {aliases: [main]}\n")
     with pytest.raises(ConfigError, match="alias 'main' names two accounts"):
         AccountDirectory.from_settings(Settings.from_env({"IB_ACCOUNT": "DU1", "ACCOUNTS_FILE": str(path)}))
+
+
+def test_a_job_listing_accounts_runs_only_for_them(accounts_file: str) -> None:
+    """infra/schedules.yaml `accounts`: Terraform fires the job once per account; a firing addressed elsewhere did
+    not come from it. The slot's key is the same for each account; their claims are apart (docs/firestore.md)."""
+    settings = Settings.from_env(
+        {"IB_ACCOUNTS": "U222,U333", "ACCOUNTS_FILE": accounts_file, "DEFAULT_DEPLOYMENT": "no", "TRADING_MODE": "live"}
+    )
+    decoder = RequestDecoder(
+        Schemas(),
+        builtin_intents(),
+        ZoneInfo("America/New_York"),
+        {"open-summary": "summary"},
+        directory=AccountDirectory.from_settings(settings),
+        schedule_accounts={"open-summary": ["DU111", "spouse"]},
+    )
+    assert answers(decoder, {}, intent="summary", schedule="open-summary", account="U333") == ("U333", None)
+    assert answers(decoder, {}, intent="summary", schedule="open-summary", account="U222") == (
+        "U222",
+        "schedule_mismatch",
+    )
+    first = decoder.decode(Delivery("m-1", b"", {"intent": "summary", "schedule": "open-summary", "account": "U333"}))
+    assert first.request_id.startswith("schedule:open-summary:")
