@@ -75,7 +75,7 @@ locals {
       ALLOW_LIVE         = var.trading_mode == "live" && var.live_trading_acknowledged ? "yes" : "no"
       LEVERAGE_CAP_MAX   = tostring(var.leverage_cap_max)
       IB_ACCOUNTS        = join(",", var.ib_accounts)
-      DEFAULT_DEPLOYMENT = "yes"
+      DEFAULT_DEPLOYMENT = var.default_deployment ? "yes" : "no"
     },
   )
 }

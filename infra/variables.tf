@@ -55,6 +55,12 @@ variable "ib_accounts" {
   }
 }
 
+variable "default_deployment" {
+  description = "DEFAULT_DEPLOYMENT: whether this deployment answers messages addressed to no account or to an account nobody serves. Exactly one deployment on the intents topic is the default (README, Accounts and routing)."
+  type        = bool
+  default     = true
+}
+
 variable "live_trading_acknowledged" {
   description = "Must be true for trading_mode = live: a second, deliberate switch. It also sets ALLOW_LIVE=yes for the consumer."
   type        = bool

@@ -451,6 +451,7 @@ def test_the_live_guard_comes_from_the_deployment_and_last(tf: dict[str, Any]) -
     assert merged.index("var.consumer_env") < merged.index("IB_ACCOUNTS")
     assert re.search(r'IB_ACCOUNTS\s*=\s*join\(",", var\.ib_accounts\)', merged)
     assert "default" not in tf["variable"]["ib_accounts"]
+    assert re.search(r'DEFAULT_DEPLOYMENT\s*=\s*var\.default_deployment \? "yes" : "no"', merged)
 
 
 def test_the_env_file_is_private_and_the_container_keeps_only_the_capabilities_to_switch_users() -> None:
