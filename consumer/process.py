@@ -186,7 +186,8 @@ class Consumer:
         dispatcher = self.dispatcher
         assert dispatcher is not None
         self.delivery_watch = DeliveryWatch(
-            lambda data, attributes: publisher.publish(topic, data, **attributes),
+            # Addressed to this deployment's account: in the cloud its subscription's filter lets only that through.
+            lambda data, attributes: publisher.publish(topic, data, **{**attributes, "account": s.account}),
             interval=s.delivery_probe,
             timeout=2 * s.delivery_probe,
             # No probe while the stream is closed or every flow-control slot is taken: nothing new can arrive.

@@ -234,3 +234,39 @@ def test_the_same_scheduled_slot_runs_once_per_account(fleet: Fleet, bus: Bus, p
         assert (reply["account"], reply.get("duplicate")) == (account, True), reply
     for account in ACCOUNTS:
         assert len(mode_collection(project, "requests", account=account)) == 1
+
+
+def test_a_deployments_delivery_probe_is_addressed_to_its_own_account(
+    project: str, bus: Bus, gateways: tuple[Any, Any], accounts_file: str
+) -> None:
+    """In the cloud a non-default deployment's subscription passes only its accounts' messages: an unaddressed
+    probe would never come back and readiness would report delivery stalled. (The emulator ignores filters, so
+    the probe's address is checked on a subscription of its own.)"""
+    from google.cloud import pubsub_v1
+
+    from consumer.transport.delivery_watch import PROBE_ATTRIBUTE
+
+    peek = another_intents_subscription(project, "intents-peek")
+    household = ConsumerUnderTest.start(
+        project,
+        gateways[1].port,
+        ib_account="",
+        ib_accounts=HOUSEHOLD,
+        accounts_file=accounts_file,
+        default_deployment=False,
+        delivery_probe=0.5,
+    )
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        path = subscriber.subscription_path(project, peek)
+
+        def probe() -> dict[str, str] | None:
+            pulled = subscriber.pull(request={"subscription": path, "max_messages": 10}, timeout=10)
+            found = [dict(m.message.attributes) for m in pulled.received_messages]
+            return next((a for a in found if PROBE_ATTRIBUTE in a), None)
+
+        attributes = wait_for(probe, timeout=30, what="a delivery probe")
+        assert attributes["account"] == HOUSEHOLD[0]
+    finally:
+        subscriber.close()
+        household.stop()
