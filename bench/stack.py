@@ -15,8 +15,11 @@ from google.cloud import firestore
 
 from consumer.devstack.emulators import EmulatorPair, free_port, http_ok, require_tools
 from consumer.devstack.provision import provision
+from consumer.store.layout import config_path, mode_path
 
 OURS = "bench-ours"
+
+BENCH_ACCOUNT = "DU123456"  # the default ibsim scenario's account
 
 
 class BenchStack(contextlib.AbstractContextManager["BenchStack"]):
@@ -48,7 +51,7 @@ class BenchStack(contextlib.AbstractContextManager["BenchStack"]):
         for project in (self.ours, *self._projects.values()):
             provision(project)
         db = firestore.Client(project=self.ours)
-        db.collection("config").document("paper").set(
+        db.document(config_path(BENCH_ACCOUNT, "paper")).set(
             {"tradingEnabled": True, "leverageCap": 1.0,
              "exposure": {"overall": 1.0, "strategies": {"dummy": 1.0}}}
         )  # fmt: skip
@@ -58,7 +61,7 @@ class BenchStack(contextlib.AbstractContextManager["BenchStack"]):
         self._consumer = subprocess.Popen(
             [sys.executable, "-m", "consumer", "serve"],
             env={**os.environ, "GOOGLE_CLOUD_PROJECT": self.ours, "IB_PORT": str(self.gateway.port),
-                 "HEALTH_PORT": str(health), "LOG_FORMAT": "json", "LOG_LEVEL": "WARNING"},
+                 "IB_ACCOUNT": BENCH_ACCOUNT, "HEALTH_PORT": str(health), "LOG_FORMAT": "json", "LOG_LEVEL": "WARNING"},
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self._stack.callback(self._stop_consumer)
@@ -75,7 +78,7 @@ class BenchStack(contextlib.AbstractContextManager["BenchStack"]):
         started = time.monotonic()
         db = firestore.Client(project=self.ours)
         try:
-            open_orders = db.collection("tradingModes").document("paper").collection("openOrders")
+            open_orders = db.document(mode_path(BENCH_ACCOUNT, "paper")).collection("openOrders")
             while any(True for _ in open_orders.limit(1).stream()):
                 if time.monotonic() - started > timeout:
                     raise RuntimeError("the books did not settle")

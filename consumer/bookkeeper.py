@@ -86,8 +86,10 @@ class Bookkeeper:
     A write-ahead order never placed is closed as NotPlaced after `stale_pending_after` seconds.
     """
 
-    def __init__(self, broker: Broker, books: Books, stale_pending_after: float) -> None:
+    def __init__(self, broker: Broker, books: Books, stale_pending_after: float, account: str | None = None) -> None:
         self._broker = broker
+        # One login may manage several accounts, each with its own books: this bookkeeper books only its own.
+        self.account = account
         self._books = books
         self.stale_pending_after = stale_pending_after
         self._stale_pending = timedelta(seconds=stale_pending_after)
@@ -96,10 +98,13 @@ class Bookkeeper:
 
     def start(self) -> None:
         """Hooks the broker's events (hooked once: they hold across reconnects)."""
-        self._broker.on_fill(lambda fill: self._queue.put_nowait(Booked(fill)))
+        self._broker.on_fill(lambda fill: self._queue.put_nowait(Booked(fill)) if self._ours(fill) else None)
         self._broker.on_order_done(lambda order: self._queue.put_nowait(Finished(order)))
         self._broker.add_listener(self._on_gateway)
         self._worker = asyncio.create_task(self._work(), name="bookkeeper")
+
+    def _ours(self, fill: Fill) -> bool:
+        return self.account is None or fill.account == self.account
 
     async def stop(self) -> None:
         if self._queue.qsize():
@@ -144,7 +149,7 @@ class Bookkeeper:
     async def reconcile(self) -> dict[str, Any]:
         """Books every execution the gateway reports that is not booked yet, and closes finished orders."""
         reported = await self._broker.executions()
-        fills = {f.exec_id: f for f in [*self._broker.session_fills(), *reported]}
+        fills = {f.exec_id: f for f in [*self._broker.session_fills(), *reported] if self._ours(f)}
         applied, commissions, known = [], [], 0
         for fill in sorted(fills.values(), key=lambda f: (f.time, f.exec_id)):
             result = await self._books.book(execution_of(fill, self._rates(fill)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -52,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"consumer: bad configuration: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.account:
+        settings = dataclasses.replace(settings, ib_account=args.account, ib_accounts=())
     debug = args.debug or settings.log_level == "DEBUG"
     try:
         if args.needs:
@@ -68,6 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         _fail(command, explain(e), debug)
         return EXIT_FAILED
+
+
+def required_account(settings: Settings) -> str:
+    """The account whose documents a command reads: --account, else the deployment's (IB_ACCOUNTS/IB_ACCOUNT)."""
+    if not settings.account:
+        raise UsageError("which account? give --account ID (or set IB_ACCOUNT): the books are kept per account")
+    return settings.account
 
 
 def _fail(command: str, sentence: str, debug: bool) -> None:
@@ -166,6 +176,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="consumer", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+    parser.add_argument(
+        "--account",
+        help="the IB account: publish addresses the message to it (the attribute 'account', an id or alias);\n"
+        "config and status read its documents (default: IB_ACCOUNTS' first, or IB_ACCOUNT)",
+    )
     parser.set_defaults(needs=())
     commands = parser.add_subparsers(required=True, metavar="COMMAND", dest="command")
 
@@ -226,10 +241,11 @@ def _parser() -> argparse.ArgumentParser:
     report.set_defaults(run=_report, needs=("firestore",))
 
     config = commands.add_parser(
-        "config", help="show or change config/{TRADING_MODE}, validated as the consumer reads it",
-        description="Read and change the trading configuration document config/{TRADING_MODE}. Every change is\n"
-        "validated against schemas/trading-config.schema.json and the leverage cap before it is written, in one\n"
-        "transaction, so a concurrent edit is never lost. VALUE is JSON when it parses as JSON, else a string.",
+        "config", help="show or change accounts/{ACCOUNT}/config/{TRADING_MODE}, validated as the consumer reads it",
+        description="Read and change the trading configuration document accounts/{ACCOUNT}/config/{TRADING_MODE}.\n"
+        "Every change is validated against schemas/trading-config.schema.json and the leverage cap before it is\n"
+        "written, in one transaction, so a concurrent edit is never lost. VALUE is JSON when it parses as JSON,\n"
+        "else a string.",
         formatter_class=argparse.RawTextHelpFormatter,
     )  # fmt: skip
     config.set_defaults(run=_config, needs=("firestore",))
@@ -242,6 +258,15 @@ def _parser() -> argparse.ArgumentParser:
     unset.add_argument("key")
     kill = actions.add_parser("kill-switch", help="on: trading disabled (tradingEnabled false); off: enabled")
     kill.add_argument("state", choices=["on", "off"])
+    migrate = commands.add_parser(
+        "migrate-accounts",
+        help="copy the books from before accounts (config/MODE, tradingModes/MODE, activity) under --account",
+    )
+    migrate.add_argument("--mode", choices=["paper", "live"], help="the trading mode to copy (default TRADING_MODE)")
+    migrate.set_defaults(run=_migrate_accounts, needs=("firestore",))
+    # Also after the command (`consumer publish --account A`); SUPPRESS keeps a value given before it.
+    for command in (publish, status, config, migrate):
+        command.add_argument("--account", default=argparse.SUPPRESS, help="as --account before the command")
     return parser
 
 
@@ -345,6 +370,16 @@ def strategy_problems(params: dict[str, Any]) -> list[str]:
     return problems
 
 
+def check_job_account(job_name: str, account: str | None) -> None:
+    """A job that lists accounts fires once per account, each addressed: so must a firing by hand."""
+    from consumer.schedules import job_accounts
+
+    accounts = job_accounts().get(job_name)
+    if accounts and account not in accounts:
+        given = f"not for {account}" if account else "give --account"
+        raise UsageError(f"job {job_name!r} runs for the accounts {', '.join(accounts)}: {given}")
+
+
 def scheduled_envelope(
     job_name: str,
     dry_run: bool = False,
@@ -389,6 +424,7 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
             raise UsageError("--schedule JOB publishes the job's own intent and params; give no INTENT or -p")
         envelope = scheduled_envelope(args.schedule, args.dry_run, args.as_scheduled, args.force, args.idempotency_key)
         attributes["schedule"] = args.schedule
+        check_job_account(args.schedule, args.account)
     elif args.as_scheduled or args.force:
         raise UsageError("--as-scheduled and --force apply to --schedule JOB only")
     elif args.intent:
@@ -398,6 +434,8 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
     probe_google(("pubsub",))
     intent = envelope["intent"]
     attributes["intent"] = intent
+    if args.account:
+        attributes["account"] = args.account
     publisher = pubsub_v1.PublisherClient()
     topic = publisher.topic_path(settings.project, settings.intents_topic)
     waiter = ReplyWaiter(settings) if args.wait else None
@@ -581,6 +619,26 @@ def _print_reply(reply: dict[str, Any], as_json: bool) -> None:
         print(line, flush=True)
 
 
+# -- migrate-accounts ------------------------------------------------------------------------------------------------
+
+
+def _migrate_accounts(settings: Settings, args: argparse.Namespace) -> int:
+    from google.cloud import firestore
+
+    from consumer.store.migrate import migrate_to_account
+
+    if not args.account:
+        raise UsageError("give --account ID: the account the old books belong to")
+    mode = args.mode or settings.trading_mode
+    db = firestore.Client(project=settings.project)
+    try:
+        done = migrate_to_account(db, args.account, mode)
+    finally:
+        db.close()
+    print(json.dumps({"account": args.account, "tradingMode": mode, **done.as_dict()}))
+    return 0
+
+
 # -- config ----------------------------------------------------------------------------------------------------------
 
 
@@ -593,13 +651,16 @@ def _report(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.days < 1:
         raise UsageError("--days must be at least 1")
+    from consumer.store.layout import mode_path
+
     db = firestore.Client(project=settings.project)
-    collection = db.collection("tradingModes").document(settings.trading_mode).collection("snapshots")
+    collection = db.document(mode_path(required_account(settings), settings.trading_mode)).collection("snapshots")
     query = collection.order_by("date", direction=firestore.Query.DESCENDING).limit(args.days)
     snapshots = [s.to_dict() or {} for s in query.stream()][::-1]
     print(table(snapshots))
     if args.html:
-        Path(args.html).write_text(page(snapshots, f"Daily P&L ({settings.trading_mode})"), encoding="utf-8")
+        title = f"Daily P&L ({required_account(settings)}, {settings.trading_mode})"
+        Path(args.html).write_text(page(snapshots, title), encoding="utf-8")
         print(f"wrote {args.html}")
     return 0
 
@@ -608,11 +669,12 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
     from google.cloud import firestore
 
     from consumer.schemas import Schemas
+    from consumer.store.layout import config_path
     from consumer.store.trading_config import DeploymentLimits, check_document, edited
 
+    path = config_path(required_account(settings), settings.trading_mode)
     db = firestore.Client(project=settings.project)
-    ref = db.collection("config").document(settings.trading_mode)
-    path = f"config/{settings.trading_mode}"
+    ref = db.document(path)
     try:
         if args.action == "show":
             snapshot = ref.get()

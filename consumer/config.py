@@ -7,6 +7,7 @@ a message naming the variable, rather than surfacing as a strange failure on the
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeVar
@@ -30,7 +31,13 @@ class Settings:
     ib_host: str = "127.0.0.1"
     ib_port: int = 4002
     ib_client_id: int = 1
+    # The accounts this deployment serves (IB_ACCOUNTS, or IB_ACCOUNT for one); `accounts` is the list to use.
     ib_account: str = ""
+    ib_accounts: tuple[str, ...] = ()
+    # Every account of every deployment, with aliases (consumer.accounts); empty: only the ones served here.
+    accounts_file: str = ""
+    # The one deployment that answers messages addressed to no account, or to an account nobody serves.
+    default_deployment: bool = True
     ib_connect_timeout: float = 10.0
 
     # The live guard's ceilings, from the deployment (not from Firestore, which the consumer itself may write):
@@ -82,6 +89,19 @@ class Settings:
                 raise ConfigError(f"{var}={raw!r}: {e}") from None
         return cls(**values)
 
+    @property
+    def accounts(self) -> tuple[str, ...]:
+        """The accounts served, in declared order: IB_ACCOUNTS, else IB_ACCOUNT, else none (learned nowhere: the
+        consumer refuses to serve without one, since its books are keyed by account)."""
+        if self.ib_accounts:
+            return self.ib_accounts
+        return (self.ib_account,) if self.ib_account else ()
+
+    @property
+    def account(self) -> str:
+        """The first account served: the one a single-account deployment trades and connects for."""
+        return self.accounts[0] if self.accounts else ""
+
     def describe(self) -> dict[str, Any]:
         """Settings as loggable data (there are no secrets here: the IB login lives with the gateway)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -113,6 +133,24 @@ def _bounded(kind: Callable[[str], T], low: float, high: float) -> Callable[[str
 def _name(raw: str) -> str:
     if not raw or any(c.isspace() or c == "/" for c in raw):
         raise ValueError("expected a plain resource name (no spaces or slashes)")
+    return raw
+
+
+def _account_list(raw: str) -> tuple[str, ...]:
+    accounts = tuple(a.strip() for a in raw.split(",") if a.strip())
+    if not accounts:
+        raise ValueError("expected a comma-separated list of IB account ids")
+    for a in accounts:
+        _account_id(a)
+    if len(set(accounts)) != len(accounts):
+        raise ValueError("an account is listed twice")
+    return accounts
+
+
+def _account_id(raw: str) -> str:
+    # Account ids become Firestore path segments: letters, digits, "-" and "_" only.
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", raw):
+        raise ValueError(f"{raw!r} is not an IB account id (letters, digits, - and _)")
     return raw
 
 
@@ -157,7 +195,10 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ib_host": ("IB_HOST", str),
     "ib_port": ("IB_PORT", _bounded(int, 1, 65535)),
     "ib_client_id": ("IB_CLIENT_ID", _bounded(int, 0, 2**31 - 1)),
-    "ib_account": ("IB_ACCOUNT", str),
+    "ib_account": ("IB_ACCOUNT", _account_id),
+    "ib_accounts": ("IB_ACCOUNTS", _account_list),
+    "accounts_file": ("ACCOUNTS_FILE", str),
+    "default_deployment": ("DEFAULT_DEPLOYMENT", _yes_no),
     "ib_connect_timeout": ("IB_CONNECT_TIMEOUT", _bounded(float, 0.5, 300)),
     "allow_live": ("ALLOW_LIVE", _yes_no),
     "leverage_cap_max": ("LEVERAGE_CAP_MAX", _bounded(float, 0.01, 10)),

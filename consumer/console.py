@@ -22,6 +22,8 @@ def reply_line(reply: dict[str, Any], colour: bool = False) -> str:
         f"{when}  {reply.get('intent') or '-':<22} {shown_status} {reply.get('durationMs', 0):>9.1f} ms  "
         f"{reply.get('tradingMode', '-')}  {reply.get('requestId', '-')}"
     )
+    if reply.get("account"):
+        head += f"  account {reply['account']}"
     if flags:
         head += f"  [{flags}]"
     return head

@@ -75,6 +75,7 @@ class Dispatcher:
             messageId=request.delivery.message_id,
             intent=request.intent,
             tradingMode=self._services.settings.trading_mode,
+            account=self._services.account,
             dryRun=request.dry_run,
         ):
             try:
@@ -229,14 +230,15 @@ class Dispatcher:
 
     def _check_allowed(self, config: TradingConfig) -> None:
         mode = self._services.settings.trading_mode
+        path = self._services.layout.config().path
         if not config.exists:
             raise Rejected(
-                "trading_disabled", f"no trading configuration at config/{mode}: trading is off until one is written"
+                "trading_disabled", f"no trading configuration at {path}: trading is off until one is written"
             )
         if not config.trading_enabled:
             halted = f": {config.halted_reason}" if config.halted_reason else ""
             raise Rejected(
-                "kill_switch", f"trading is disabled by the kill switch (config/{mode} tradingEnabled=false){halted}"
+                "kill_switch", f"trading is disabled by the kill switch ({path} tradingEnabled=false){halted}"
             )
         if mode == "live" and not self._services.settings.allow_live:
             # Checked first and apart from config/live: the consumer can write that document, not its deployment.
@@ -313,7 +315,7 @@ class Dispatcher:
         dead_lettered: bool = False,
     ) -> Settlement:
         services = self._services
-        reply = build_reply(request, services.settings.trading_mode, started, result, failure)
+        reply = build_reply(request, services.settings.trading_mode, started, result, failure, services.account)
         # Stored before it is published: a reply goes out only once its claim holds it, so a redelivery after a
         # store failure runs again and replies once, instead of a second, different reply to one request.
         try:
@@ -366,12 +368,37 @@ class Dispatcher:
                 log.warning("activity record refused; storing it without its params", error=clip(str(e), 300))
 
 
+class AccountDispatchers:
+    """One Dispatcher per served account (its own trading lock and books), chosen by the request's account: the
+    accounts of one login trade side by side, each one intent at a time."""
+
+    def __init__(self, services: Services, intents: dict[str, Intent]) -> None:
+        self._first = Dispatcher(services, intents)
+        self._by_account = {
+            account: self._first if view is services else Dispatcher(view, intents)
+            for account, view in services.accounts.items()
+        }
+
+    async def handle(self, request: Request) -> Settlement:
+        dispatcher = self._by_account.get(request.account or "", self._first)
+        return await dispatcher.handle(request)
+
+    async def abort_all(self) -> None:
+        for dispatcher in self._by_account.values():
+            await dispatcher.abort_all()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(d.in_flight for d in self._by_account.values())
+
+
 def build_reply(
     request: Request,
     trading_mode: str,
     started: datetime,
     result: dict[str, Any] | None,
     failure: Failure | None,
+    account: str | None = None,
 ) -> dict[str, Any]:
     finished = datetime.now(UTC)
     envelope = request.envelope
@@ -384,6 +411,7 @@ def build_reply(
         "result": None if failure else result,
         "error": failure.as_reply() if failure else None,
         "tradingMode": trading_mode,
+        "account": account,
         "dryRun": request.dry_run,
         "schedule": envelope.schedule if envelope else request.delivery.attributes.get("schedule"),
         "startedAt": started.isoformat(),

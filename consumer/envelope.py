@@ -55,6 +55,9 @@ class Envelope:
     schedule: str | None = None
     max_age_seconds: float | None = None
     ignore_market_hours: bool = False
+    # As the body gives them; consumer.accounts checks them against the attributes and the deployment.
+    account: str | None = None
+    trading_mode: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,8 @@ class Request:
     envelope: Envelope | None
     request_id: str
     problem: BadRequest | None = None
+    # The served account whose books the request uses (consumer.accounts); None before routing.
+    account: str | None = None
 
     @property
     def intent(self) -> str | None:
@@ -103,7 +108,9 @@ def decode(  # noqa: C901 (one check after another, each its own error code)
                 f"the message says intent {clip(repr(intent))} but its attribute says {clip(repr(attribute_intent))}",
             )
         body = {**body, "intent": attribute_intent}
-    check_values({k: attributes[k] for k in ("intent", "schedule") if k in attributes}, "attributes")
+    check_values(
+        {k: attributes[k] for k in ("intent", "schedule", "account", "tradingMode") if k in attributes}, "attributes"
+    )
     if attributes.get("schedule") and "schedule" not in body:
         body = {**body, "schedule": attributes["schedule"]}
     if "intent" not in body:
@@ -144,6 +151,8 @@ def decode(  # noqa: C901 (one check after another, each its own error code)
         schedule=schedule,
         max_age_seconds=body.get("maxAgeSeconds"),
         ignore_market_hours=body.get("ignoreMarketHours", False),
+        account=body.get("account"),
+        trading_mode=body.get("tradingMode"),
     )
 
 

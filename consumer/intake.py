@@ -11,10 +11,12 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from zoneinfo import ZoneInfo
 
+from consumer.accounts import AccountDirectory, Address, Route
 from consumer.broker.loop import BrokerLoop
-from consumer.dispatch import Dispatcher, Settlement
+from consumer.dispatch import AccountDispatchers, Dispatcher, Settlement
 from consumer.envelope import Delivery, Request, to_request
 from consumer.errors import BadRequest
 from consumer.intents.base import Intent
@@ -31,14 +33,40 @@ class RequestDecoder:
         intents: dict[str, Intent],
         schedule_zone: ZoneInfo,
         schedule_intents: Mapping[str, str] | None = None,
+        directory: AccountDirectory | None = None,
+        schedule_accounts: Mapping[str, list[str]] | None = None,
     ) -> None:
         self._schemas = schemas
+        self._directory = directory
+        self._schedule_accounts = schedule_accounts or {}
         self._intents = intents
         self._zone = schedule_zone
         self._schedule_intents = schedule_intents
 
-    def decode(self, delivery: Delivery) -> Request:
+    def address(self, delivery: Delivery) -> Address | None:
+        """Whose message this is, from its attributes alone (None: no routing, the one-deployment tests)."""
+        return self._directory.route(delivery.attributes) if self._directory is not None else None
+
+    def decode(self, delivery: Delivery, address: Address | None = None) -> Request:
         request = to_request(delivery, self._schemas, self._zone, self._schedule_intents)
+        if address is None:
+            return self._checked(request)
+        assert self._directory is not None
+        envelope = request.envelope
+        if envelope is not None:
+            body = {"account": envelope.account, "tradingMode": envelope.trading_mode}
+            address = self._directory.settle(address, delivery.attributes, {k: v for k, v in body.items() if v})
+        if address.problem is None and envelope is not None and envelope.schedule:
+            address = self._directory.check_schedule(
+                address, envelope.schedule, self._schedule_accounts.get(envelope.schedule)
+            )
+        request = replace(request, account=address.account)
+        if address.problem is not None:
+            # The address is checked first: a message for the wrong account must not run, however valid.
+            return replace(request, envelope=None, problem=address.problem)
+        return self._checked(request)
+
+    def _checked(self, request: Request) -> Request:
         envelope = request.envelope
         if envelope is None:
             return request
@@ -56,7 +84,7 @@ class RequestDecoder:
                 problem = BadRequest("invalid_params", f"invalid params for {intent.name}: {e}", details=e.problems)
         if problem is None:
             return request
-        return Request(delivery=delivery, envelope=None, request_id=request.request_id, problem=problem)
+        return replace(request, envelope=None, problem=problem)
 
     def needs_gateway(self, request: Request) -> bool:
         envelope = request.envelope
@@ -73,7 +101,7 @@ class Intake:
     def __init__(
         self,
         decoder: RequestDecoder,
-        dispatcher: Dispatcher,
+        dispatcher: Dispatcher | AccountDispatchers,
         loop: BrokerLoop,
         wait_limit: float,
         open_: threading.Event | None = None,
@@ -90,7 +118,12 @@ class Intake:
 
     def __call__(self, delivery: Delivery) -> Settlement:
         try:
-            request = self._decoder.decode(delivery)
+            address = self._decoder.address(delivery)
+            if address is not None and address.route is Route.IGNORE:
+                # Another deployment's (its own subscription has a copy): no effect, no reply, no record.
+                log.debug("message for another deployment; acked", messageId=delivery.message_id)
+                return Settlement.ACK
+            request = self._decoder.decode(delivery, address)
         except Exception:
             # Decoding is ours and pure; a crash here is a bug, and the message must not be lost to it.
             log.exception("could not decode message; nacked", messageId=delivery.message_id)

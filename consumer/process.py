@@ -20,10 +20,11 @@ from zoneinfo import ZoneInfo
 
 import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
 
+from consumer.accounts import AccountDirectory
 from consumer.broker.gateway import State
 from consumer.broker.loop import BrokerLoop
 from consumer.config import Settings
-from consumer.dispatch import Dispatcher
+from consumer.dispatch import AccountDispatchers
 from consumer.health import HealthServer
 from consumer.intake import Intake, RequestDecoder
 from consumer.intents import builtin_intents
@@ -31,7 +32,7 @@ from consumer.intents.base import Intent
 from consumer.logs import get_logger
 from consumer.metrics import Metrics
 from consumer.recovery import StrandedRequests
-from consumer.schedules import job_intents
+from consumer.schedules import job_accounts, job_intents
 from consumer.schemas import Schemas
 from consumer.services import Services
 from consumer.transport.delivery_watch import DeliveryWatch
@@ -63,6 +64,8 @@ class Status:
             "accepting": self.accepting,
             "stopping": self.stopping,
             "tradingMode": settings.trading_mode,
+            "accounts": list(settings.accounts),
+            "defaultDeployment": settings.default_deployment,
             "allowLive": settings.allow_live,  # the deployment's ceiling: config/live can only tighten it
             "leverageCapMax": settings.leverage_cap_max,
             "clientId": settings.ib_client_id,
@@ -109,7 +112,7 @@ class Consumer:
         self._intake_open = threading.Event()
         self._intake_stopping = threading.Event()
         self.services: Services | None = None
-        self.dispatcher: Dispatcher | None = None
+        self.dispatcher: AccountDispatchers | None = None
         self.health: HealthServer | None = None
         self.delivery_watch: DeliveryWatch | None = None
         self._subscriber: IntentSubscriber | None = None
@@ -134,16 +137,25 @@ class Consumer:
     def start(self) -> None:
         s = self.settings
         log.info("consumer starting", **{k: v for k, v in s.describe().items() if k != "log_format"})
+        directory = AccountDirectory.from_settings(s)  # before anything starts: a bad accounts file stops here
         self.loop.start()
         self._publisher = make_publisher()
         self.services = self.loop.run(self._build_services())
-        self.dispatcher = Dispatcher(self.services, self._intents)
+        self.dispatcher = AccountDispatchers(self.services, self._intents)
         self.services.gateway.add_listener(lambda state: self._events.put(GatewayChanged(state)))
         self.loop.submit(self.services.gateway.run())
-        self.loop.submit(StrandedRequests(self.services, s.stranded_after).run())
+        for view in self.services.accounts.values():
+            self.loop.submit(StrandedRequests(view, s.stranded_after).run())
         self.loop.submit(self._heartbeat_log(s.heartbeat_log_interval))
 
-        decoder = RequestDecoder(self._schemas, self._intents, ZoneInfo(s.schedule_time_zone), job_intents())
+        decoder = RequestDecoder(
+            self._schemas,
+            self._intents,
+            ZoneInfo(s.schedule_time_zone),
+            job_intents(),
+            directory=directory,
+            schedule_accounts=job_accounts(),
+        )
         intake = Intake(
             decoder,
             self.dispatcher,
@@ -183,7 +195,8 @@ class Consumer:
         dispatcher = self.dispatcher
         assert dispatcher is not None
         self.delivery_watch = DeliveryWatch(
-            lambda data, attributes: publisher.publish(topic, data, **attributes),
+            # Addressed to this deployment's account: in the cloud its subscription's filter lets only that through.
+            lambda data, attributes: publisher.publish(topic, data, **{**attributes, "account": s.account}),
             interval=s.delivery_probe,
             timeout=2 * s.delivery_probe,
             # No probe while the stream is closed or every flow-control slot is taken: nothing new can arrive.

@@ -105,6 +105,7 @@ class StrandedRequests:
                 "details": {"orders": orders},
             },
             "tradingMode": services.settings.trading_mode,
+            "account": services.account,
             "dryRun": bool(claim.get("dryRun", False)),
             "schedule": None,
             "startedAt": started.isoformat(),

@@ -30,11 +30,13 @@ class Services:
     """What intents, the dispatcher and the sweeps are given: built once by `create` on the broker loop.
 
     `broker` is the one way to IB; `gateway` is the connection's lifecycle, for the process alone. `db`, `layout`,
-    `ledger`, `books`, `activity` and `config_store` are Firestore; `publishing` is the reply and dead-letter
-    topics. `for_dry_run` is the same with a store that writes nothing.
+    `ledger`, `books`, `activity` and `config_store` are Firestore, all scoped to `account`; `publishing` is the
+    reply and dead-letter topics. `for_dry_run` is the same with a store that writes nothing; `for_account` the
+    same for another account this deployment serves (one login managing several: same gateway, other books).
     """
 
     settings: Settings
+    account: str
     schemas: Schemas
     gateway: Gateway  # the connection's lifecycle (run, stop, state); everything asked of IB goes through broker
     broker: Broker
@@ -49,14 +51,19 @@ class Services:
     metrics: Metrics
     # What a dry run's intent is given instead (for_dry_run); built with the rest, on the broker loop.
     dry_run_view: Services | None = field(default=None, repr=False)
+    # Every served account's view, this one included: the same dict in each (filled by `create`).
+    accounts: dict[str, Services] = field(default_factory=dict, repr=False)
 
     @classmethod
     def create(
         cls, settings: Settings, schemas: Schemas, publisher: pubsub_v1.PublisherClient, metrics: Metrics
     ) -> Services:
         """Must be called on the broker loop: the IB object and the async Firestore client bind to it."""
+        if not settings.accounts:
+            raise ValueError("Services need the accounts served (IB_ACCOUNTS): the books are keyed by account")
         db = firestore.AsyncClient(project=settings.project)
-        layout = Layout(db, settings.trading_mode)
+        account = settings.accounts[0]
+        layout = Layout(db, account, settings.trading_mode)
         gateway = Gateway(settings, metrics=metrics)
         broker = Broker(gateway)
         books = Books(layout)
@@ -64,6 +71,7 @@ class Services:
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         services = cls(
             settings=settings,
+            account=account,
             schemas=schemas,
             gateway=gateway,
             broker=broker,
@@ -82,11 +90,41 @@ class Services:
             ),
             books=books,
             # A write-ahead order never placed (its intent died and was not re-run) is closed after this long.
-            bookkeeper=Bookkeeper(broker, books, stale_pending_after=max(3600.0, settings.intent_timeout * 2)),
+            bookkeeper=Bookkeeper(
+                broker, books, stale_pending_after=max(3600.0, settings.intent_timeout * 2), account=account
+            ),
             metrics=metrics,
         )
         services.dry_run_view = services._read_only(DryRunClient(db))
+        services.accounts[account] = services
+        for other in settings.accounts[1:]:
+            view = services._scoped(db, other, owner=owner)
+            view.dry_run_view = view._read_only(DryRunClient(db))
+            services.accounts[other] = view
         return services
+
+    def for_account(self, account: str | None) -> Services:
+        """The view of a served account (None: this one)."""
+        return self if account is None else self.accounts[account]
+
+    def _scoped(self, db: firestore.AsyncClient, account: str, owner: str) -> Services:
+        layout = Layout(db, account, self.settings.trading_mode)
+        books = Books(layout)
+        return replace(
+            self,
+            account=account,
+            layout=layout,
+            ledger=RequestLedger(layout, owner=owner, lease_seconds=self.settings.claim_lease),
+            config_store=ConfigStore(
+                layout, self.schemas, DeploymentLimits(self.settings.allow_live, self.settings.leverage_cap_max)
+            ),
+            activity=ActivityLog(layout),
+            books=books,
+            bookkeeper=Bookkeeper(
+                self.broker, books, stale_pending_after=self.bookkeeper.stale_pending_after, account=account
+            ),
+            dry_run_view=None,
+        )
 
     def for_dry_run(self) -> Services:
         """These services with a store that writes nothing: a dry run's intent cannot book, record or claim."""
@@ -95,7 +133,7 @@ class Services:
         return self.dry_run_view
 
     def _read_only(self, db: DryRunClient) -> Services:
-        layout = Layout(db, self.settings.trading_mode)
+        layout = Layout(db, self.account, self.settings.trading_mode)
         # One booking at a time across both views, as Books promises: they read the same documents.
         books = Books(layout, lock=self.books.lock)
         return replace(
@@ -109,15 +147,20 @@ class Services:
             activity=ActivityLog(layout),
             books=books,
             # Never started: it only runs the sweep (reconcile) a dry-run intent asks for, against these books.
-            bookkeeper=Bookkeeper(self.broker, books, stale_pending_after=self.bookkeeper.stale_pending_after),
+            bookkeeper=Bookkeeper(
+                self.broker, books, stale_pending_after=self.bookkeeper.stale_pending_after, account=self.account
+            ),
             dry_run_view=None,
+            accounts={},
         )
 
     def start(self) -> None:
         """On the broker loop: live booking hooks the broker's events before the first connect."""
-        self.bookkeeper.start()
+        for view in self.accounts.values():
+            view.bookkeeper.start()
 
     async def close(self) -> None:
-        await self.bookkeeper.stop()
+        for view in self.accounts.values():
+            await view.bookkeeper.stop()
         await self.gateway.stop()
         self.db.close()

@@ -4,7 +4,7 @@ A strategy's P&L to date is its cumulative realized P&L (holdings' `realized`, b
 plus the unrealized P&L of what it holds at today's prices (from each position's `avgCost`). Today's and the
 month's P&L are that total minus the same total in the last snapshot before the day / the month (0 without one).
 
-The snapshot (`tradingModes/{mode}/snapshots/{YYYY-MM-DD}`, the trading day in New York by the gateway's clock) is
+The snapshot (`{root}/snapshots/{YYYY-MM-DD}`, docs/firestore.md, the trading day in New York by the gateway's clock) is
 written once per trading day; a re-run that day overwrites it with the same content (only `writtenAt` differs):
 nothing in it depends on the wall clock. The risk branch reads its names; keep them.
 """

@@ -14,6 +14,8 @@ RECENT_RUNS = 300
 def gather_status(settings: Settings, health_url: str, fetch: Fetch) -> dict[str, Any]:
     from google.cloud import firestore
 
+    from consumer.store.layout import account_path, config_path
+
     report: dict[str, Any] = {"project": settings.project, "tradingMode": settings.trading_mode}
     try:
         code, body = fetch(f"{health_url.rstrip('/')}/readyz")
@@ -23,7 +25,19 @@ def gather_status(settings: Settings, health_url: str, fetch: Fetch) -> dict[str
 
     db = firestore.Client(project=settings.project)
     try:
-        config = db.collection("config").document(settings.trading_mode).get()
+        # --account or IB_ACCOUNTS, else the consumer's first account, else the only account with books.
+        served = report["consumer"].get("accounts") or []
+        account = settings.account or (served[0] if served else "")
+        if not account:
+            with_books = [ref.id for ref in db.collection("accounts").list_documents()]
+            report["accountsInFirestore"] = with_books
+            account = with_books[0] if len(with_books) == 1 else ""
+        report["account"] = account or None
+        if not account:
+            report["config"] = None
+            report["lastRuns"] = {}
+            return report
+        config = db.document(config_path(account, settings.trading_mode)).get()
         data = config.to_dict() if config.exists else None
         report["config"] = {
             "exists": data is not None,
@@ -32,7 +46,8 @@ def gather_status(settings: Settings, health_url: str, fetch: Fetch) -> dict[str
             "exposure": (data or {}).get("exposure"),
         }
         recent = (
-            db.collection("activity")
+            db.document(account_path(account))
+            .collection("activity")
             .order_by("finishedAt", direction=firestore.Query.DESCENDING)
             .limit(RECENT_RUNS)
             .stream()
@@ -54,7 +69,7 @@ def gather_status(settings: Settings, health_url: str, fetch: Fetch) -> dict[str
 
 def render_status(report: dict[str, Any]) -> str:
     consumer = report["consumer"]
-    config = report["config"]
+    config = report["config"] or {"exists": False}
     if not consumer["reachable"]:
         state = f"not reachable ({consumer['error']})"
     else:
@@ -63,7 +78,10 @@ def render_status(report: dict[str, Any]) -> str:
             f"{'pulling' if consumer.get('subscribed') else 'not pulling'}, client id {consumer.get('clientId')}, "
             f"up {consumer.get('uptimeSeconds')}s"
         )
-    if not config["exists"]:
+    if report["config"] is None:
+        found = ", ".join(report.get("accountsInFirestore") or []) or "none"
+        switch = f"unknown: which account? give --account (accounts with books: {found})"
+    elif not config["exists"]:
         switch = "no config document: trading is off"
     else:
         switch = "trading ENABLED" if config["tradingEnabled"] else "trading DISABLED (kill switch)"
@@ -81,6 +99,7 @@ def render_status(report: dict[str, Any]) -> str:
                 )
     lines = [
         f"project       {report['project']}",
+        f"account       {report['account'] or '?'}",
         f"trading mode  {report['tradingMode']}",
         f"consumer      {state}",
         f"kill switch   {switch}",

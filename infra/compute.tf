@@ -70,9 +70,12 @@ locals {
     var.consumer_env,
     # Last, so consumer_env cannot override them: the live guard's ceilings live here, not in Firestore (which the
     # consumer's identity can write); config/{mode} can only tighten them.
+    # The accounts served are the deployment's identity too: its books and its messages are chosen by them.
     {
-      ALLOW_LIVE       = var.trading_mode == "live" && var.live_trading_acknowledged ? "yes" : "no"
-      LEVERAGE_CAP_MAX = tostring(var.leverage_cap_max)
+      ALLOW_LIVE         = var.trading_mode == "live" && var.live_trading_acknowledged ? "yes" : "no"
+      LEVERAGE_CAP_MAX   = tostring(var.leverage_cap_max)
+      IB_ACCOUNTS        = join(",", var.ib_accounts)
+      DEFAULT_DEPLOYMENT = var.default_deployment ? "yes" : "no"
     },
   )
 }

@@ -8,16 +8,28 @@ locals {
   dead_lettered      = { for name, s in local.pubsub.subscriptions : name => s if try(s.deadLetter, null) != null }
   dead_letter_topics = toset([for name, s in local.dead_lettered : s.deadLetter.topic])
 
-  # One scheduled message per job: the intent envelope (schemas/envelope.schema.json) and the attributes the
-  # consumer derives the idempotency key from (schedule + trading day), as schedules.yaml describes.
+  # One scheduler job per job and account it lists (JOB-ACCOUNT), or one (JOB) for a job that lists none.
+  scheduled_jobs = merge([
+    for job in local.schedules.jobs : {
+      for account in coalescelist(try(job.accounts, []), [""]) :
+      (account == "" ? job.name : "${job.name}-${account}") => { job = job, account = account }
+    }
+  ]...)
+
+  # One scheduled message per scheduler job: the intent envelope (schemas/envelope.schema.json) and the attributes
+  # the consumer derives the idempotency key from (schedule + trading day, kept per account), as schedules.yaml
+  # describes; `account` routes it to the deployment serving that account.
   scheduled_messages = {
-    for job in local.schedules.jobs : job.name => {
+    for key, fire in local.scheduled_jobs : key => {
       data = merge(
-        { intent = job.intent, schedule = job.name, params = try(job.params, {}) },
-        try({ dryRun = job.dryRun }, {}),
-        try({ maxAgeSeconds = job.maxAgeSeconds }, {}),
+        { intent = fire.job.intent, schedule = fire.job.name, params = try(fire.job.params, {}) },
+        try({ dryRun = fire.job.dryRun }, {}),
+        try({ maxAgeSeconds = fire.job.maxAgeSeconds }, {}),
       )
-      attributes = { intent = job.intent, schedule = job.name }
+      attributes = merge(
+        { intent = fire.job.intent, schedule = fire.job.name },
+        { for name, value in { account = fire.account } : name => value if value != "" },
+      )
     }
   }
 }

@@ -1,16 +1,16 @@
-# One Cloud Scheduler job per entry of schedules.yaml.
+# One Cloud Scheduler job per entry of schedules.yaml, and per account for an entry that lists `accounts`.
 #
 # The jobs publish through the Pub/Sub REST API (an HTTP target with an OAuth token of our scheduler service account)
 # rather than a pubsub_target: a pubsub_target always publishes as the Google-managed Cloud Scheduler agent, which
 # cannot be limited to one topic. This way the scheduler's identity can publish to the intents topic and nothing else.
 resource "google_cloud_scheduler_job" "declared" {
-  for_each    = { for job in local.schedules.jobs : job.name => job }
+  for_each    = local.scheduled_jobs
   name        = each.key
-  description = try(each.value.description, null)
+  description = try(each.value.job.description, null)
   region      = var.region
-  schedule    = each.value.schedule
+  schedule    = each.value.job.schedule
   time_zone   = local.schedules.timeZone
-  paused      = var.scheduler_enabled ? try(each.value.paused, false) : true
+  paused      = var.scheduler_enabled ? try(each.value.job.paused, false) : true
 
   attempt_deadline = "30s"
   retry_config {

@@ -46,6 +46,21 @@ variable "trading_mode" {
   }
 }
 
+variable "ib_accounts" {
+  description = "IB_ACCOUNTS: the IB account ids this deployment's login trades (one, or several for an advisor or household login). The books in Firestore are kept per account (docs/firestore.md)."
+  type        = list(string)
+  validation {
+    condition     = length(var.ib_accounts) > 0 && alltrue([for a in var.ib_accounts : can(regex("^[A-Za-z0-9_-]{1,64}$", a))])
+    error_message = "ib_accounts must list at least one IB account id (letters, digits, - and _)."
+  }
+}
+
+variable "default_deployment" {
+  description = "DEFAULT_DEPLOYMENT: whether this deployment answers messages addressed to no account or to an account nobody serves. Exactly one deployment on the intents topic is the default (README, Accounts and routing)."
+  type        = bool
+  default     = true
+}
+
 variable "live_trading_acknowledged" {
   description = "Must be true for trading_mode = live: a second, deliberate switch. It also sets ALLOW_LIVE=yes for the consumer."
   type        = bool

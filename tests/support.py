@@ -33,6 +33,9 @@ CLOCKS = {
 }
 EVERY_CLOCK = {"argnames": "market_clock", "argvalues": list(CLOCKS.values()), "ids": list(CLOCKS), "indirect": True}
 
+# The default ibsim scenario's account, which every consumer under test serves unless a test says otherwise.
+TEST_ACCOUNT = "DU123456"
+
 REPLIES_SUBSCRIPTION = "intent-replies-monitor"
 DEAD_LETTER_SUBSCRIPTION = "intents-dead-letter-hold"
 
@@ -246,8 +249,12 @@ def firestore_client(project: str) -> firestore.Client:
     return firestore.Client(project=project)
 
 
-def activity(project: str, **where: Any) -> list[dict[str, Any]]:
-    docs = [d.to_dict() for d in firestore_client(project).collection("activity").stream()]
+def account_document(project: str, account: str = TEST_ACCOUNT) -> firestore.DocumentReference:
+    return firestore_client(project).collection("accounts").document(account)
+
+
+def activity(project: str, account: str = TEST_ACCOUNT, **where: Any) -> list[dict[str, Any]]:
+    docs = [d.to_dict() for d in account_document(project, account).collection("activity").stream()]
     return [d for d in docs if all(d.get(k) == v for k, v in where.items())]
 
 
@@ -258,6 +265,7 @@ def settings_for_tests(project: str, gateway_port: int, **overrides: Any) -> Set
             "IB_HOST": "127.0.0.1",
             "IB_PORT": str(gateway_port),
             "IB_CLIENT_ID": "1",
+            "IB_ACCOUNT": TEST_ACCOUNT,
             "HEALTH_PORT": "0",
             "HEARTBEAT_SECONDS": "1",
             "IB_CONNECT_TIMEOUT": "5",
@@ -320,21 +328,26 @@ def trading_config(**overrides: Any) -> dict[str, Any]:
     return config
 
 
-def write_config(project: str, mode: str = "paper", **overrides: Any) -> dict[str, Any]:
+def write_config(project: str, mode: str = "paper", account: str = TEST_ACCOUNT, **overrides: Any) -> dict[str, Any]:
     document = trading_config(**overrides)
-    firestore_client(project).collection("config").document(mode).set(document)
+    account_document(project, account).collection("config").document(mode).set(document)
     return document
 
 
-def mode_collection(project: str, name: str, mode: str = "paper") -> list[dict[str, Any]]:
-    ref = firestore_client(project).collection("tradingModes").document(mode).collection(name)
+def mode_document(project: str, mode: str = "paper", account: str = TEST_ACCOUNT) -> firestore.DocumentReference:
+    """accounts/{account}/tradingModes/{mode}: where an account's books in one mode live."""
+    return account_document(project, account).collection("tradingModes").document(mode)
+
+
+def mode_collection(project: str, name: str, mode: str = "paper", account: str = TEST_ACCOUNT) -> list[dict[str, Any]]:
+    ref = mode_document(project, mode, account).collection(name)
     return [{"_id": d.id, **(d.to_dict() or {})} for d in ref.stream()]
 
 
-def holdings(project: str, mode: str = "paper") -> dict[str, dict[str, float]]:
+def holdings(project: str, mode: str = "paper", account: str = TEST_ACCOUNT) -> dict[str, dict[str, float]]:
     """{strategy: {symbol: quantity}}"""
     out: dict[str, dict[str, float]] = {}
-    for doc in mode_collection(project, "holdings", mode):
+    for doc in mode_collection(project, "holdings", mode, account):
         positions = {p["symbol"]: p["quantity"] for p in doc.get("positions", {}).values() if p.get("quantity")}
         if positions:
             out[doc["_id"]] = positions
@@ -432,6 +445,7 @@ class ConsumerProcess:
             "IB_HOST": "127.0.0.1",
             "IB_PORT": str(gateway_port),
             "IB_CLIENT_ID": "1",
+            "IB_ACCOUNT": TEST_ACCOUNT,
             "HEALTH_PORT": str(self.health_port),
             "HEARTBEAT_SECONDS": "1",
             "IB_CONNECT_TIMEOUT": "5",

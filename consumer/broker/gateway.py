@@ -189,7 +189,7 @@ class Gateway:
                         s.ib_port,
                         clientId=s.ib_client_id,
                         timeout=s.ib_connect_timeout,
-                        account=s.ib_account,
+                        account=s.account,
                     )
                 except (OSError, TimeoutError, ConnectionError) as e:
                     if self._client_id_in_use:

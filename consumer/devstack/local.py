@@ -40,6 +40,7 @@ DEFAULTS = {
     "GOOGLE_CLOUD_PROJECT": "local-project",
 }
 REPLY_SUBSCRIPTION = "devstack-replies"
+LOCAL_ACCOUNT = "DU123456"  # the paper account of ibsim's default scenario
 STACK_FILE = "stack.json"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -101,6 +102,7 @@ class LocalAddresses:
             "GOOGLE_CLOUD_PROJECT": self.project,
             "IB_HOST": "127.0.0.1",
             "IB_PORT": str(self.ib_port),
+            "IB_ACCOUNT": LOCAL_ACCOUNT,
             "HEALTH_PORT": str(self.health_port),
         }
 
@@ -273,17 +275,18 @@ def run() -> int:
             record(gateway.name, gateway.process.pid)
             listening = lambda: port_open("127.0.0.1", addresses.ib_port)  # noqa: E731
             _wait(listening, gateway, 15, "the simulated gateway to listen", stop)
-            _say(f"simulated IB Gateway on 127.0.0.1:{addresses.ib_port} (paper account DU123456)")
+            _say(f"simulated IB Gateway on 127.0.0.1:{addresses.ib_port} (paper account {LOCAL_ACCOUNT})")
 
             from consumer.devstack.provision import provision
             from consumer.devstack.seed import seed_config
 
             created = provision(addresses.project)
             _say(f"Pub/Sub topology from infra/pubsub.yaml: {len(created)} created, the rest already there")
-            if seed_config(addresses.project):
-                _say("seeded config/paper: trading enabled, capital for every strategy (docs: README, Local stack)")
+            where = f"accounts/{LOCAL_ACCOUNT}/config/paper"
+            if seed_config(addresses.project, LOCAL_ACCOUNT):
+                _say(f"seeded {where}: trading enabled, capital for every strategy (docs: README, Local stack)")
             else:
-                _say("config/paper exists; left as it is")
+                _say(f"{where} exists; left as it is")
 
             consumer = _start(
                 stack, directory, "consumer", [sys.executable, "-m", "consumer", "serve"],

@@ -33,14 +33,15 @@ def local_paper_config(strategies: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def seed_config(project: str, trading_mode: str = "paper") -> bool:
+def seed_config(project: str, account: str, trading_mode: str = "paper") -> bool:
     """True when written; an existing document (yours, edited) is never overwritten."""
+    from consumer.store.layout import config_path
     from consumer.strategies import discover
 
     db = firestore.Client(project=project)
     try:
         strategies = {sid: cls.params_schema for sid, cls in discover().items()}
-        db.collection("config").document(trading_mode).create(local_paper_config(strategies))
+        db.document(config_path(account, trading_mode)).create(local_paper_config(strategies))
         return True
     except exceptions.AlreadyExists:
         return False

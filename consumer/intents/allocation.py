@@ -32,7 +32,7 @@ def choose_strategies(ctx: IntentContext, params: dict[str, Any]) -> dict[str, S
     disabled = [n for n in names if n in known and config.capital_share(n) <= 0]
     if disabled:
         problems.append(
-            f"no capital for {', '.join(disabled)}: config/{ctx.services.settings.trading_mode} "
+            f"no capital for {', '.join(disabled)}: {ctx.services.layout.config().path} "
             "exposure.strategies gives it no share"
         )
     built: dict[str, Strategy] = {}

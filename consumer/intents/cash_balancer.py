@@ -31,7 +31,7 @@ def conversion(balance: float, pair_price: float, currency_is_base: bool) -> flo
 async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     broker = ctx.broker
     services = ctx.services
-    account = await broker.account(services.settings.ib_account)
+    account = await broker.account(services.account)
     threshold = float(params.get("threshold", ctx.config.cash_threshold))
     base = account.base_currency
     # The books' claims must include every fill so far, or a strategy's fresh forex trade would look free.

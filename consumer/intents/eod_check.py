@@ -2,7 +2,7 @@
 
 1. Every execution of the day is booked with its commission: the same sweep trade-reconciliation runs.
 2. Every order of the day is finished or knowingly GTC: what is still working is listed.
-3. Strategies with `flatAtClose` in config/{mode} hold nothing: any that do are listed.
+3. Strategies with `flatAtClose` in the config document hold nothing: any that do are listed.
 4. Books equal the broker: the reconcile comparison, read-only (no fix).
 5. The daily snapshot is written (consumer.snapshots; a re-run the same day overwrites it with the same content).
 
@@ -55,9 +55,9 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
 
     snapshot = None
     if not ctx.dry_run:
-        snapshot = await write_snapshot(broker, services.books, services.layout, services.settings.ib_account)
+        snapshot = await write_snapshot(broker, services.books, services.layout, services.account)
         snapshot = {k: v for k, v in snapshot.items() if k != "writtenAt"}
-    pnl = await current_pnl(broker, services.books, services.layout, services.settings.ib_account, ask=True)
+    pnl = await current_pnl(broker, services.books, services.layout, services.account, ask=True)
     return {
         "date": pnl["date"],
         "clean": not (still_open or not_flat or differences or unbooked or without_commission),

@@ -1,7 +1,7 @@
 """collect-market-data: bars (and optionally a snapshot) per instrument, stored once per instrument and day.
 
-Layout: tradingModes/{mode}/marketData/{symbol}/bars/{barSize}@{YYYY-MM-DD} holds that day's bars as a list;
-a re-run overwrites the same documents with the same content, so collecting twice stores one copy.
+Layout: accounts/{account}/tradingModes/{mode}/marketData/{symbol}/bars/{barSize}@{YYYY-MM-DD} holds that day's bars
+as a list; a re-run overwrites the same documents with the same content, so collecting twice stores one copy.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from consumer.snapshots import current_pnl
 
 async def pnl(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     services = ctx.services
-    report = await current_pnl(ctx.broker, services.books, services.layout, services.settings.ib_account, ask=True)
+    report = await current_pnl(ctx.broker, services.books, services.layout, services.account, ask=True)
     wanted = params.get("strategies")
     if wanted:
         report["strategies"] = {s: v for s, v in report["strategies"].items() if s in wanted}

@@ -74,7 +74,7 @@ class Rebalance:
         """Brings the books in step with the broker first: every later number depends on them."""
         services = ctx.services
         sweep = await services.bookkeeper.reconcile()
-        account = await ctx.broker.account(services.settings.ib_account)
+        account = await ctx.broker.account(services.account)
         rebalance = cls(ctx=ctx, account=account, scope=strategies, sweep=sweep)
         await rebalance._reload()
         return rebalance

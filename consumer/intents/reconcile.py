@@ -72,7 +72,7 @@ async def compare(ctx: IntentContext) -> Comparison:
     broker = ctx.broker
     # Fills the books have not seen yet are not differences: book them first.
     await services.bookkeeper.reconcile()
-    account = await broker.account(services.settings.ib_account)
+    account = await broker.account(services.account)
     positions = [p for p in await broker.positions() if p.account == account.id]
     holdings = await services.books.holdings()
 

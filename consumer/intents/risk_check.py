@@ -38,7 +38,7 @@ async def risk_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
     services = ctx.services
     broker = ctx.broker
     limits = ctx.config.risk
-    account = await broker.account(services.settings.ib_account)
+    account = await broker.account(services.account)
     base = account.base_currency
     nlv = account.net_liquidation
     if not nlv > 0:
@@ -215,7 +215,10 @@ async def _reduce(ctx: IntentContext, breaches: list[dict[str, Any]]) -> dict[st
     mode = ctx.services.settings.trading_mode
     names = [b["limit"] for b in breaches]
     if not config.trading_enabled:
-        return {"limits": names, "skipped": f"trading is disabled (config/{mode} tradingEnabled=false)"}
+        return {
+            "limits": names,
+            "skipped": f"trading is disabled ({ctx.services.layout.config().path} tradingEnabled=false)",
+        }
     if mode == "live" and not (ctx.services.settings.allow_live and config.allow_live):
         return {"limits": names, "skipped": "live trading is not allowed"}
     factors: dict[int | None, float] = {}

@@ -22,7 +22,7 @@ async def summary(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     # The same P&L block as the pnl intent, from the marks the portfolio subscription already holds: no request.
     pnl: dict[str, Any]
     try:
-        report = await current_pnl(broker, services.books, services.layout, services.settings.ib_account, ask=False)
+        report = await current_pnl(broker, services.books, services.layout, services.account, ask=False)
         pnl = report["pnl"]
     except IntentError as e:  # e.g. a login with several accounts and no IB_ACCOUNT: the rest still answers
         pnl = {"error": e.code, "message": e.message}

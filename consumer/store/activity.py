@@ -38,6 +38,7 @@ class ActivityLog:
                 "params": firestore_safe(params),
                 "dryRun": reply["dryRun"],
                 "tradingMode": reply["tradingMode"],
+                "account": reply.get("account"),
                 "schedule": reply.get("schedule"),
                 "status": reply["status"],
                 "error": reply.get("error"),

@@ -1,16 +1,18 @@
-"""Where everything lives in Firestore. Paper and live never share a document (docs/firestore.md).
+"""Where everything lives in Firestore. Two accounts, or paper and live, never share a document (docs/firestore.md).
 
-config/{mode}                                   trading configuration and kill switch (read per message)
-activity/{auto-id}                              one document per intent run (who, what, when, outcome)
-tradingModes/{mode}/requests/{sha256(requestId)}   idempotency claims and stored replies
-tradingModes/{mode}/openOrders/{orderRef}       orders placed and not yet closed, with strategy shares
-tradingModes/{mode}/orders/{orderRef}           closed orders with their final state
-tradingModes/{mode}/fills/{execId}              every execution booked, once
-tradingModes/{mode}/holdings/{strategy}         each strategy's positions ({conId-keyed map})
-tradingModes/{mode}/reconciliations/{auto-id}   what reconcile found and fixed
-tradingModes/{mode}/snapshots/{YYYY-MM-DD}      the daily P&L snapshot (trading day in New York)
-tradingModes/{mode}/marketData/{symbol}/bars/{barSize}@{date}   collected bars, one document per day
-tradingModes/{mode}/riskState/{YYYY-MM-DD}      risk-check's start-of-day net liquidation when no snapshot gives it
+Everything sits under accounts/{account}; {root} below is accounts/{account}/tradingModes/{mode}.
+
+accounts/{account}/config/{mode}            trading configuration and kill switch (read per message)
+accounts/{account}/activity/{auto-id}       one document per intent run (who, what, when, outcome)
+{root}/requests/{sha256(requestId)}         idempotency claims and stored replies
+{root}/openOrders/{orderRef}                orders placed and not yet closed, with strategy shares
+{root}/orders/{orderRef}                    closed orders with their final state
+{root}/fills/{execId}                       every execution booked, once
+{root}/holdings/{strategy}                  each strategy's positions ({conId-keyed map})
+{root}/reconciliations/{auto-id}            what reconcile found and fixed
+{root}/snapshots/{YYYY-MM-DD}                the daily P&L snapshot (trading day in New York)
+{root}/riskState/{YYYY-MM-DD}                risk-check's start-of-day net liquidation when no snapshot gives it
+{root}/marketData/{symbol}/bars/{barSize}@{date}   collected bars, one document per day
 """
 
 from __future__ import annotations
@@ -20,19 +22,37 @@ import hashlib
 from google.cloud.firestore import AsyncClient, AsyncCollectionReference, AsyncDocumentReference
 
 
-class Layout:
-    """The paths above for one trading mode: every module reaches Firestore's documents through it."""
+def account_path(account: str) -> str:
+    return f"accounts/{account}"
 
-    def __init__(self, db: AsyncClient, trading_mode: str) -> None:
+
+def config_path(account: str, trading_mode: str) -> str:
+    """The config document's path, for the synchronous tools (consumer config, status, devstack seed)."""
+    return f"{account_path(account)}/config/{trading_mode}"
+
+
+def mode_path(account: str, trading_mode: str) -> str:
+    return f"{account_path(account)}/tradingModes/{trading_mode}"
+
+
+class Layout:
+    """The paths above for one account in one trading mode: every module reaches Firestore's documents through it,
+    so a path added here is scoped by account like the rest."""
+
+    def __init__(self, db: AsyncClient, account: str, trading_mode: str) -> None:
+        if not account or "/" in account:
+            raise ValueError(f"an account id is required to lay out the books, got {account!r}")
         self.db = db
+        self.account = account
         self.mode = trading_mode
-        self._root = db.collection("tradingModes").document(trading_mode)
+        self._account = db.document(account_path(account))
+        self._root = db.document(mode_path(account, trading_mode))
 
     def config(self) -> AsyncDocumentReference:
-        return self.db.collection("config").document(self.mode)
+        return self.db.document(config_path(self.account, self.mode))
 
     def activity(self) -> AsyncCollectionReference:
-        return self.db.collection("activity")
+        return self._account.collection("activity")
 
     def requests(self) -> AsyncCollectionReference:
         return self._root.collection("requests")

@@ -14,6 +14,11 @@ def test_headline_carries_intent_status_duration_mode_and_request():
     assert line.split()[1:] == ["summary", "ok", "12.3", "ms", "paper", "r-1", "[dry-run", "duplicate]"]
 
 
+def test_headline_names_the_account_that_answered():
+    line = reply_line({**BASE, "intent": "ping", "requestId": "r-2", "account": "U7654321", "duplicate": True})
+    assert line.split()[5:] == ["paper", "r-2", "account", "U7654321", "[duplicate]"]
+
+
 def test_an_error_shows_its_code_and_message():
     reply = {**BASE, "intent": None, "status": "error", "requestId": "9",
              "error": {"code": "invalid_json", "message": "not JSON"}}  # fmt: skip

@@ -274,26 +274,36 @@ def test_the_consumer_defaults_name_declared_resources() -> None:
 ENVELOPE_KEYS = {"intent", "params", "dryRun", "maxAgeSeconds"}  # the YAML keys that travel in the message
 
 
-def scheduled_message(job: dict[str, Any]) -> dict[str, Any]:
+def scheduled_message(job: dict[str, Any], account: str = "") -> dict[str, Any]:
     """The rule infra/declarations.tf implements (local.scheduled_messages), restated."""
     data = {"intent": job["intent"], "schedule": job["name"], "params": job.get("params", {})}
     data |= {k: job[k] for k in ("dryRun", "maxAgeSeconds") if k in job}
-    return {"data": data, "attributes": {"intent": job["intent"], "schedule": job["name"]}}
+    attributes = {"intent": job["intent"], "schedule": job["name"]} | ({"account": account} if account else {})
+    return {"data": data, "attributes": attributes}
+
+
+def scheduled_messages(jobs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One per scheduler job: JOB-ACCOUNT for each account a job lists, JOB for a job that lists none."""
+    out = {}
+    for job in jobs:
+        for account in job.get("accounts") or [""]:
+            out[f"{job['name']}-{account}" if account else job["name"]] = scheduled_message(job, account)
+    return out
 
 
 def test_scheduler_jobs_come_from_the_declaration(tf: dict[str, Any]) -> None:
     declared = yaml.safe_load(SCHEDULES_DECLARATION.read_text())
     job = resource(tf, "google_cloud_scheduler_job", "declared")
-    assert job["for_each"] == "${{for job in local.schedules.jobs : job.name => job}}"
+    assert job["for_each"] == "${local.scheduled_jobs}"
     assert job["time_zone"] == "${local.schedules.timeZone}"
     assert declared["timeZone"] == Settings().schedule_time_zone == "America/New_York"
     for entry in declared["jobs"]:
-        scope = {"each": {"key": entry["name"], "value": entry}}
+        scope = {"each": {"key": entry["name"], "value": {"job": entry, "account": ""}}}
         assert evaluate(job["name"], scope) == entry["name"]
         assert evaluate(job["schedule"], scope) == entry["schedule"]
         paused = job["paused"]
-        assert paused == "${var.scheduler_enabled ? try(each.value.paused, false) : true}"
-        assert _expr("try(each.value.paused, false)", scope) is entry.get("paused", False)
+        assert paused == "${var.scheduler_enabled ? try(each.value.job.paused, false) : true}"
+        assert _expr("try(each.value.job.paused, false)", scope) is entry.get("paused", False)
     target = job["http_target"][0]
     assert target["uri"] == '"https://pubsub.googleapis.com/v1/${google_pubsub_topic.declared["intents"].id}:publish"'
     assert "local.scheduled_messages[each.key].data" in target["body"]
@@ -336,10 +346,16 @@ def test_every_scheduled_message_is_a_valid_intent_with_a_daily_idempotency_key(
 
 
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="no terraform binary (CI has none)")
-def test_terraform_itself_builds_the_same_messages(tmp_path: Path) -> None:
-    """terraform console on declarations.tf alone (no providers needed): the real evaluation of the rule."""
+@pytest.mark.parametrize("fan_out", [False, True], ids=["declared", "with-accounts"])
+def test_terraform_itself_builds_the_same_messages(tmp_path: Path, fan_out: bool) -> None:
+    """terraform console on declarations.tf alone (no providers needed): the real evaluation of the rule; with
+    `accounts` on a job, one message per account, each addressed to it (issue 18)."""
     for name in ("declarations.tf", "pubsub.yaml", "schedules.yaml"):
         shutil.copy(INFRA / name, tmp_path / name)
+    if fan_out:
+        declared = yaml.safe_load(SCHEDULES_DECLARATION.read_text())
+        declared["jobs"][0]["accounts"] = ["DU1234567", "U7654321"]
+        (tmp_path / "schedules.yaml").write_text(yaml.safe_dump(declared))
     env_run = {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": 60}
     init = subprocess.run(["terraform", "init", "-backend=false", "-input=false"], **env_run)  # type: ignore[call-overload]
     assert init.returncode == 0, init.stderr
@@ -348,8 +364,12 @@ def test_terraform_itself_builds_the_same_messages(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     evaluated = json.loads(json.loads(done.stdout.strip()))
-    jobs = yaml.safe_load(SCHEDULES_DECLARATION.read_text())["jobs"]
-    assert evaluated == {j["name"]: scheduled_message(j) for j in jobs}
+    jobs = yaml.safe_load((tmp_path / "schedules.yaml").read_text())["jobs"]
+    assert evaluated == scheduled_messages(jobs)
+    if fan_out:
+        first = jobs[0]["name"]
+        assert first not in evaluated
+        assert evaluated[f"{first}-U7654321"]["attributes"]["account"] == "U7654321"
 
 
 # --- identities -------------------------------------------------------------------------------------------------------
@@ -428,6 +448,11 @@ def test_the_live_guard_comes_from_the_deployment_and_last(tf: dict[str, Any]) -
     assert merged.index("var.consumer_env") < merged.index("ALLOW_LIVE") < merged.index("LEVERAGE_CAP_MAX")
     assert re.search(r'ALLOW_LIVE\s*=\s*var\.trading_mode == "live" && var\.live_trading_acknowledged', merged)
     assert tf["variable"]["leverage_cap_max"]["default"] == 1
+    # The accounts served come from the deployment too, required: without them the consumer does not start.
+    assert merged.index("var.consumer_env") < merged.index("IB_ACCOUNTS")
+    assert re.search(r'IB_ACCOUNTS\s*=\s*join\(",", var\.ib_accounts\)', merged)
+    assert "default" not in tf["variable"]["ib_accounts"]
+    assert re.search(r'DEFAULT_DEPLOYMENT\s*=\s*var\.default_deployment \? "yes" : "no"', merged)
 
 
 def test_the_env_file_is_private_and_the_container_keeps_only_the_capabilities_to_switch_users() -> None:

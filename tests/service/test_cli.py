@@ -10,15 +10,25 @@ import sys
 import pytest
 
 from consumer.devstack.emulators import free_port
-from tests.support import Bus, firestore_client, mode_collection, wait_for, write_config
+from tests.support import (
+    TEST_ACCOUNT,
+    Bus,
+    account_document,
+    mode_collection,
+    mode_document,
+    wait_for,
+    write_config,
+)
 
 
 def cli(project: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GOOGLE_CLOUD_PROJECT": project}
+    env = {**os.environ, "GOOGLE_CLOUD_PROJECT": project, "IB_ACCOUNT": TEST_ACCOUNT}
     return subprocess.run(
         [sys.executable, "-m", "consumer", *args], env=env, capture_output=True, text=True, timeout=timeout
     )
 
+
+CONFIG = f"accounts/{TEST_ACCOUNT}/config/paper"
 
 # The replies are there before the command runs (each test waits for them), so an empty pull may end it quickly.
 QUICK = ("--pull-timeout", "1")
@@ -151,7 +161,7 @@ def hold_by_hand(project: str, bus: Bus, gateway, strategy: str, symbol: str, qu
     positions = bus.reply_to(bus.publish({"intent": "summary"}))["result"]["positions"]
     position = next(p for p in positions if p["symbol"] == symbol)
     instrument = {k: position[k] for k in ("conId", "symbol", "secType", "currency", "exchange")}
-    firestore_client(project).collection("tradingModes").document("paper").collection("holdings").document(
+    mode_document(project).collection("holdings").document(
         strategy
     ).set({"strategy": strategy, "positions": {str(position["conId"]): {**instrument, "multiplier": 1.0,
                                                                          "quantity": quantity}}})  # fmt: skip
@@ -238,7 +248,7 @@ def test_strategy_params_are_checked_before_publishing_in_the_consumers_words(se
 
 
 def stored_config(project: str) -> dict | None:
-    return firestore_client(project).collection("config").document("paper").get().to_dict()
+    return account_document(project).collection("config").document("paper").get().to_dict()
 
 
 def test_config_show_set_unset_validated_as_the_consumer_reads_it(served, project: str):
@@ -249,7 +259,7 @@ def test_config_show_set_unset_validated_as_the_consumer_reads_it(served, projec
     assert json.loads(shown.stdout) == before
 
     done = cli(project, "config", "set", "exposure.strategies.testsignalgenerator", "0.25")
-    assert (done.returncode, done.stdout.strip()) == (0, "config/paper: exposure.strategies.testsignalgenerator = 0.25")
+    assert (done.returncode, done.stdout.strip()) == (0, f"{CONFIG}: exposure.strategies.testsignalgenerator = 0.25")
     assert stored_config(project)["exposure"]["strategies"] == {"dummy": 0.5, "testsignalgenerator": 0.25}
     done = cli(project, "config", "set", "orderDefaults.orderType", "LMT")  # a string without JSON quotes
     assert done.returncode == 0, done.stderr
@@ -265,7 +275,7 @@ def test_config_show_set_unset_validated_as_the_consumer_reads_it(served, projec
         before = stored_config(project)
         done = cli(project, "config", "set", key, value)
         assert done.returncode == 2, done.stdout
-        assert done.stderr.startswith("consumer config: config/paper not changed: "), done.stderr
+        assert done.stderr.startswith(f"consumer config: {CONFIG} not changed: "), done.stderr
         assert why in done.stderr
         assert stored_config(project) == before
 
@@ -276,7 +286,7 @@ def test_config_show_set_unset_validated_as_the_consumer_reads_it(served, projec
 def test_the_kill_switch_from_the_cli_stops_and_restarts_trading(served, bus: Bus, gateway, project: str):
     """`consumer config kill-switch on` rejects trading at the broker's door; `off` lets the same request trade."""
     on = cli(project, "config", "kill-switch", "on")
-    assert (on.returncode, on.stdout.strip()) == (0, "config/paper: kill switch ON: trading intents are rejected")
+    assert (on.returncode, on.stdout.strip()) == (0, f"{CONFIG}: kill switch ON: trading intents are rejected")
     assert stored_config(project)["tradingEnabled"] is False
     message = {"intent": "allocation", "idempotencyKey": "kill-switch-1",
                "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": {"SPY": 0.1}}}}}  # fmt: skip
@@ -286,7 +296,7 @@ def test_the_kill_switch_from_the_cli_stops_and_restarts_trading(served, bus: Bu
     assert mode_collection(project, "orders") == []
 
     off = cli(project, "config", "kill-switch", "off")
-    assert (off.returncode, off.stdout.strip()) == (0, "config/paper: kill switch OFF: trading enabled")
+    assert (off.returncode, off.stdout.strip()) == (0, f"{CONFIG}: kill switch OFF: trading enabled")
     traded = bus.reply_to(bus.publish({**message, "idempotencyKey": "kill-switch-2"}))
     assert traded["status"] == "ok", traded
     ref = traded["result"]["instruments"][0]["orderRef"]
@@ -316,9 +326,7 @@ def test_the_kill_switch_from_the_cli_clears_a_risk_check_halt(served, project: 
 def test_config_show_without_a_document_says_trading_is_off(consumer_factory, project: str):
     done = cli(project, "config", "show")
     assert done.returncode == 1
-    assert (
-        done.stdout.strip() == "no config/paper document: trading is off (`consumer config kill-switch off` starts one)"
-    )
+    assert done.stdout.strip() == f"no {CONFIG} document: trading is off (`consumer config kill-switch off` starts one)"
 
 
 def test_the_guides_first_configuration_lets_every_scheduled_job_run(consumer_factory, project: str):
@@ -334,7 +342,7 @@ def test_the_guides_first_configuration_lets_every_scheduled_job_run(consumer_fa
     commands = [line for line in block.splitlines() if line.startswith(".venv/bin/consumer ")]
     assert len(commands) >= 6
     consumer_factory(health_port=0)
-    env = {**os.environ, "GOOGLE_CLOUD_PROJECT": project, "TRADING_MODE": "paper"}
+    env = {**os.environ, "GOOGLE_CLOUD_PROJECT": project, "TRADING_MODE": "paper", "IB_ACCOUNT": TEST_ACCOUNT}
     bin_dir = Path(sys.executable).parent
     for command in commands:
         done = subprocess.run(

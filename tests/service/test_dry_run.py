@@ -15,12 +15,15 @@ import pytest
 from google.cloud import firestore
 
 from tests.support import (
+    TEST_ACCOUNT,
     Bus,
+    account_document,
     activity,
     allocation,
     ensure_loop,
     firestore_client,
     mode_collection,
+    mode_document,
     stock_positions,
     wait_for,
     write_config,
@@ -55,7 +58,7 @@ def documents(project: str) -> dict[str, Any]:
 
 
 def claim_path(request_id: str) -> str:
-    return f"tradingModes/paper/requests/{hashlib.sha256(request_id.encode()).hexdigest()}"
+    return f"accounts/{TEST_ACCOUNT}/tradingModes/paper/requests/{hashlib.sha256(request_id.encode()).hexdigest()}"
 
 
 def dry_run(bus: Bus, project: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +73,7 @@ def dry_run(bus: Bus, project: str, body: dict[str, Any]) -> dict[str, Any]:
     changed = sorted(path for path, updated in before.items() if after.get(path) != updated)
     assert changed == [], "the dry run changed or deleted documents"
     added = sorted(set(after) - set(before))
-    records = [p for p in added if p.startswith("activity/")]
+    records = [p for p in added if p.startswith(f"accounts/{TEST_ACCOUNT}/activity/")]
     assert len(records) == 1, added
     assert sorted(set(added) - set(records)) == [claim_path(reply["requestId"])]
     return reply
@@ -202,7 +205,7 @@ def test_collect_market_data_dry_run_over_a_year_stores_no_bar(bus: Bus, project
 
     real = bus.reply_to(bus.publish(body))  # the same message for real stores every document it counts
     assert real["result"]["documents"] == reply["result"]["documents"]
-    stored = [p for p in documents(project) if p.startswith("tradingModes/paper/marketData/")]
+    stored = [p for p in documents(project) if p.startswith(f"accounts/{TEST_ACCOUNT}/tradingModes/paper/marketData/")]
     assert len(stored) == real["result"]["documents"]
 
 
@@ -233,7 +236,7 @@ def test_risk_check_dry_run_halts_reduces_and_stores_nothing(bus: Bus, gateway, 
     assert reply["status"] == "ok", reply
     settled(project, gateway)
     held = stock_positions(gateway)
-    snapshots = firestore_client(project).collection("tradingModes").document("paper").collection("snapshots")
+    snapshots = mode_document(project).collection("snapshots")
     snapshots.document("2026-06-15").set({"date": "2026-06-15", "highWaterMark": 1e9})
     write_config(project, risk={"drawdown": {"max": 0.01, "action": "halt"}, "dailyLoss": {"max": 0.5},
                                 "concentration": {"max": 0.1, "action": "reduce"}})  # fmt: skip
@@ -243,4 +246,4 @@ def test_risk_check_dry_run_halts_reduces_and_stores_nothing(bus: Bus, gateway, 
     (reduced,) = checked["result"]["reduced"]
     assert reduced["instruments"][0]["order"] < 0
     assert stock_positions(gateway) == held
-    assert firestore_client(project).collection("config").document("paper").get().to_dict()["tradingEnabled"]
+    assert account_document(project).collection("config").document("paper").get().to_dict()["tradingEnabled"]

@@ -27,9 +27,9 @@ from tests.support import (
     another_intents_subscription,
     booked_totals,
     ensure_loop,
-    firestore_client,
     holdings,
     mode_collection,
+    mode_document,
     stock_positions,
     wait_for,
 )
@@ -101,7 +101,7 @@ def test_consumer_killed_around_order_placement_then_restarted(bus: Bus, gateway
     try:
         first.wait_ready()
         message_id = bus.publish(ALLOCATION)
-        claims = firestore_client(project).collection("tradingModes").document("paper").collection("requests")
+        claims = mode_document(project).collection("requests")
         if moment == "before":
             wait_for(lambda: any(True for _ in claims.stream()), what="the request to be claimed")
             assert gateway.orders() == []

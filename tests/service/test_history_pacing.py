@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Bus, firestore_client
+from tests.support import Bus, mode_document
 
 pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
 
@@ -20,7 +20,7 @@ def gateway_scenario() -> dict[str, Any]:
 
 
 def stored_days(project: str, symbol: str) -> list[str]:
-    root = firestore_client(project).collection("tradingModes").document("paper").collection("marketData")
+    root = mode_document(project).collection("marketData")
     return sorted(doc.to_dict()["date"] for doc in root.document(symbol).collection("bars").stream())
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import SIGNAL_PARAMS, Bus, firestore_client, holdings
+from tests.support import SIGNAL_PARAMS, Bus, holdings, mode_document
 
 pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
 
@@ -30,7 +30,7 @@ def test_collect_market_data_without_permission_is_an_error_with_ibs_text(bus: B
     assert reply["status"] == "error", reply
     assert reply["error"]["code"] == "history_refused"
     assert reply["error"]["message"] == f"SPY history: {NO_PERMISSIONS}"
-    market_data = firestore_client(project).collection("tradingModes").document("paper").collection("marketData")
+    market_data = mode_document(project).collection("marketData")
     assert list(market_data.document("SPY").collection("bars").stream()) == []
 
 

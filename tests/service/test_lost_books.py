@@ -9,9 +9,9 @@ from tests.support import (
     Bus,
     allocation,
     another_intents_subscription,
-    firestore_client,
     holdings,
     mode_collection,
+    mode_document,
     stock_positions,
     wait_for,
 )
@@ -24,9 +24,8 @@ ALLOCATION = allocation(WEIGHTS, idempotencyKey="rebalance-after-a-restore")
 
 def delete_everything_but_the_config(project: str) -> int:
     """What a restore to an empty backup or a careless cleanup does: every document of the mode is gone."""
-    db = firestore_client(project)
     deleted = 0
-    for collection in db.collection("tradingModes").document("paper").collections():
+    for collection in mode_document(project).collections():
         for doc in collection.stream():
             doc.reference.delete()
             deleted += 1

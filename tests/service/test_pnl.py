@@ -17,10 +17,10 @@ from tests.support import (
     SIGNAL_PARAMS,
     Bus,
     allocation,
-    firestore_client,
     holdings,
     long_signal,
     mode_collection,
+    mode_document,
     wait_for,
     write_config,
 )
@@ -276,9 +276,7 @@ def test_a_position_booked_before_costs_were_kept_realizes_nothing_made_up(bus: 
     wait_for(lambda: holdings(project) == {"dummy": {"SPY": 10}}, what="the buy booked")
     wait_for(lambda: all(f["commission"] for f in mode_collection(project, "fills")), what="commissions booked")
     # The holdings document as the books wrote it before this change: a quantity, no cost, no realized map.
-    ref = (
-        firestore_client(project).collection("tradingModes").document("paper").collection("holdings").document("dummy")
-    )
+    ref = mode_document(project).collection("holdings").document("dummy")
     legacy = ref.get().to_dict() or {}
     (key,) = legacy["positions"]
     legacy["positions"][key].pop("avgCost")

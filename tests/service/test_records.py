@@ -12,10 +12,10 @@ from tests.support import (
     Bus,
     allocation,
     booked_totals,
-    firestore_client,
     holdings,
     long_signal,
     mode_collection,
+    mode_document,
     stock_positions,
     wait_for,
 )
@@ -141,7 +141,7 @@ def test_collect_market_data_twice_stores_one_copy(bus: Bus, project: str):
     assert first["result"]["instruments"]["SPY"]["bars"] > 0
 
     def stored() -> dict[str, Any]:
-        root = firestore_client(project).collection("tradingModes").document("paper").collection("marketData")
+        root = mode_document(project).collection("marketData")
         return {
             f"{symbol}/{doc.id}": doc.to_dict()["bars"]
             for symbol in ("SPY", "EUR.USD")

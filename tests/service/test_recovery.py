@@ -12,9 +12,9 @@ from tests.support import (
     Bus,
     ConsumerProcess,
     allocation,
-    firestore_client,
     holdings,
     mode_collection,
+    mode_document,
     wait_for,
     write_config,
 )
@@ -70,7 +70,7 @@ def test_a_request_stranded_by_a_kill_is_answered_once_with_its_orders_booked(
     assert sorted(f["execId"] for f in fills) == sorted(e["execId"] for e in gateway.executions())
     assert holdings(project) == {"dummy": {s: q for s, q in gateway.positions().items() if s in SYMBOLS}}
     assert mode_collection(project, "openOrders") == []
-    (claim,) = [d.to_dict() for d in firestore_client(project).collection("tradingModes").document("paper")
+    (claim,) = [d.to_dict() for d in mode_document(project)
                 .collection("requests").stream()]  # fmt: skip
     assert claim["state"] == "done"
     assert claim["reply"]["recovered"] is True

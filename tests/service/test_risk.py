@@ -15,10 +15,12 @@ from tests.service.test_dry_run import documents
 from tests.service.test_trading import mid_share_weight
 from tests.support import (
     STREAM_RESTART_WAIT,
+    TEST_ACCOUNT,
     Bus,
+    account_document,
     allocation,
-    firestore_client,
     mode_collection,
+    mode_document,
     stock_positions,
     wait_for,
     write_config,
@@ -85,7 +87,7 @@ def test_a_daily_loss_past_its_limit_halts_trading_and_the_next_allocation_is_re
     assert breach["limit"] == "dailyLoss"
     assert breach["value"] > 0.02
     assert breach["startOfDay"] == daily["startOfDay"]  # the day's first value, kept
-    document = firestore_client(project).collection("config").document("paper").get().to_dict()
+    document = account_document(project).collection("config").document("paper").get().to_dict()
     assert document["tradingEnabled"] is False
     assert document["haltedReason"].startswith("risk-check dailyLoss")
     assert document["haltedAt"].startswith("2026-06-17T")  # by the gateway's clock
@@ -167,7 +169,8 @@ def test_a_check_with_nothing_breached_alerts_nothing_and_writes_nothing(consume
     assert limit(reply, "concentration")["instrument"] == "SPY"
     after = documents(project)
     added = set(after) - set(before)
-    assert all(p.startswith(("activity/", "tradingModes/paper/requests/")) for p in added), added
+    scoped = f"accounts/{TEST_ACCOUNT}/"
+    assert all(p.startswith((f"{scoped}activity/", f"{scoped}tradingModes/paper/requests/")) for p in added), added
     assert len(added) == 2  # its claim and its activity record
     assert {p: t for p, t in after.items() if p in before} == before  # nothing changed
     assert len(gateway.orders()) == orders_before
@@ -177,7 +180,7 @@ def test_the_start_of_day_and_the_high_water_mark_come_from_the_snapshots(consum
     """The pnl branch's daily snapshots: the previous trading day's net liquidation starts the day, the latest
     high-water mark is the mark; a snapshot dated after the gateway's day is not read."""
     nlv = bus.reply_to(bus.publish(RISK_CHECK))["result"]["netLiquidation"]
-    snapshots = firestore_client(project).collection("tradingModes").document("paper").collection("snapshots")
+    snapshots = mode_document(project).collection("snapshots")
     snapshots.document("2026-06-15").set({"date": "2026-06-15", "netLiquidation": nlv * 2, "highWaterMark": nlv * 2})
     snapshots.document("2026-06-16").set(
         {"date": "2026-06-16", "netLiquidation": nlv * 1.05, "highWaterMark": nlv * 1.25}
@@ -197,7 +200,7 @@ def test_the_start_of_day_and_the_high_water_mark_come_from_the_snapshots(consum
     assert reply["alert"] is True
     assert [b["limit"] for b in reply["result"]["breaches"]] == ["dailyLoss"]
     assert mode_collection(project, "riskState") == []  # a snapshot gave the start: nothing stored
-    assert firestore_client(project).collection("config").document("paper").get().to_dict()["tradingEnabled"]
+    assert account_document(project).collection("config").document("paper").get().to_dict()["tradingEnabled"]
 
 
 def test_a_risk_check_while_the_gateway_is_down_is_held_until_it_is_back(consumer, bus: Bus, gateway, project: str):
@@ -257,7 +260,7 @@ def test_the_log_lines_the_alert_policies_count(consumer_factory, bus: Bus, proj
     """infra/metrics.tf counts `heartbeat` lines by gateway state and `intent finished` lines with alert=true."""
     consumer_factory(heartbeat_log_interval=0.2)
     config(project, risk={"drawdown": {"max": 0.1}})
-    snapshots = firestore_client(project).collection("tradingModes").document("paper").collection("snapshots")
+    snapshots = mode_document(project).collection("snapshots")
     snapshots.document("2026-06-16").set({"date": "2026-06-16", "netLiquidation": 1e9, "highWaterMark": 1e9})
 
     def logged(*parts: str) -> bool:
@@ -332,7 +335,7 @@ def test_stale_working_orders_and_books_that_drift_from_the_broker_are_breaches(
         assert limit(fresh, "drift")["verdict"] == "ok"
         assert "alert" not in fresh
 
-        orders = firestore_client(project).collection("tradingModes").document("paper").collection("openOrders")
+        orders = mode_document(project).collection("openOrders")
         orders.document(spy["orderRef"]).update({"createdAt": datetime.now(UTC) - timedelta(hours=2)})
         gateway.set_position("AAPL", 10)  # a trade the books know nothing of
         reply = bus.reply_to(bus.publish(RISK_CHECK))
@@ -347,7 +350,7 @@ def test_stale_working_orders_and_books_that_drift_from_the_broker_are_breaches(
     drift = limit(reply, "drift")
     assert drift["verdict"] == "breach"
     assert [(d["instrument"], d["broker"], d["books"]) for d in drift["differences"]] == [("AAPL", 10, 0)]
-    assert firestore_client(project).collection("config").document("paper").get().to_dict()["tradingEnabled"]
+    assert account_document(project).collection("config").document("paper").get().to_dict()["tradingEnabled"]
 
 
 @pytest.mark.parametrize("gateway_scenario", [{"hours": "regular"}], indirect=True, ids=["nyse-hours"])
@@ -372,12 +375,12 @@ def test_a_reduce_on_a_closed_market_places_nothing_and_the_check_still_answers(
 def test_a_halt_never_overwrites_a_kill_switch_a_person_already_turned(consumer, bus: Bus, project: str):
     """The transaction sets the reason only while trading is on: a person's own halt keeps its document."""
     config(project, tradingEnabled=False, risk={"drawdown": {"max": 0.1, "action": "halt"}})
-    snapshots = firestore_client(project).collection("tradingModes").document("paper").collection("snapshots")
+    snapshots = mode_document(project).collection("snapshots")
     snapshots.document("2026-06-16").set({"date": "2026-06-16", "netLiquidation": 1e9, "highWaterMark": 1e9})
     reply = bus.reply_to(bus.publish(RISK_CHECK))
     assert reply["alert"] is True
     assert reply["result"]["halted"]["changed"] is False
-    document = firestore_client(project).collection("config").document("paper").get().to_dict()
+    document = account_document(project).collection("config").document("paper").get().to_dict()
     assert document["tradingEnabled"] is False
     assert "haltedReason" not in document
 

@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from tests.support import Bus, ConsumerProcess, activity, firestore_client, wait_for, write_config
+from tests.support import Bus, ConsumerProcess, activity, mode_document, wait_for, write_config
 
 
 def test_summary_from_the_python_client_gets_one_reply_and_one_activity_record(consumer, bus: Bus, project: str):
@@ -115,7 +115,7 @@ def test_sigterm_mid_intent_finishes_it_and_exits_cleanly(bus: Bus, gateway, pro
         child.wait_ready()
         gateway.set_latency(fixed=0.4)  # each answer takes 0.4 s: a summary takes a few seconds
         message_id = bus.publish({"intent": "summary"})
-        claims = firestore_client(project).collection("tradingModes").document("paper").collection("requests")
+        claims = mode_document(project).collection("requests")
         wait_for(lambda: any(True for _ in claims.stream()), what="the summary to be claimed (in flight)")
         code = child.terminate(timeout=60)
         assert code == 0, child.log()[-3000:]

@@ -1,0 +1,192 @@
+"""Which deployment answers a message: addressing by IB account (README, "Accounts and routing").
+
+Every deployment subscribes to the intents topic with a subscription of its own. In the cloud each subscription
+filters on the `account` attribute; the emulator ignores filters, so every deployment sees every message and
+decides here, before decoding, whether the message is its to answer. The rules give each message exactly one
+answering deployment:
+
+- The attribute `account` (an id or an alias from the accounts file) routes: the deployment serving that account
+  answers, every other one acks the message without effect or reply. An account no deployment serves (not in the
+  accounts file) is answered `unknown_account` by the default deployment.
+- A message without the attribute goes to the default deployment alone (the cloud filter of the default lets
+  unaddressed messages through). It runs there if the default serves exactly one account (today's behaviour) or the
+  envelope's `account` names one it serves; otherwise it is answered `missing_account`.
+- The envelope's `account` and `tradingMode`, when given, must agree with the attribute and with the deployment.
+
+Pure code: it runs in the Pub/Sub callback thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from consumer.config import ConfigError, Settings
+from consumer.errors import BadRequest, clip
+
+
+class Route(StrEnum):
+    SERVE = "serve"  # ours: run it (or answer its problem) with the books of `account`
+    IGNORE = "ignore"  # another deployment's: ack, no effect, no reply
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    route: Route
+    # The served account whose books and reply the message gets; None only for IGNORE.
+    account: str | None
+    problem: BadRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountDirectory:
+    """The accounts served here, every account any deployment serves, and the aliases that name them."""
+
+    served: tuple[str, ...]
+    known: frozenset[str]
+    aliases: Mapping[str, str]
+    default: bool
+    trading_mode: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AccountDirectory:
+        if not settings.accounts:
+            raise ConfigError("IB_ACCOUNTS (or IB_ACCOUNT): name the accounts this deployment serves")
+        known: set[str] = set(settings.accounts)
+        aliases: dict[str, str] = {}
+        if settings.accounts_file:
+            known_in_file, aliases = load_accounts_file(Path(settings.accounts_file))
+            missing = set(settings.accounts) - known_in_file
+            if missing:
+                raise ConfigError(f"ACCOUNTS_FILE {settings.accounts_file} does not list {', '.join(sorted(missing))}")
+            known |= known_in_file
+        return cls(settings.accounts, frozenset(known), aliases, settings.default_deployment, settings.trading_mode)
+
+    def resolve(self, name: str) -> str | None:
+        """The account id a name (id or alias) stands for, or None when no deployment serves it."""
+        if name in self.known:
+            return name
+        return self.aliases.get(name)
+
+    def route(self, attributes: Mapping[str, str]) -> Address:
+        """From the attributes alone: whether this deployment answers the message, and with which account."""
+        named = attributes.get("account")
+        if named:
+            account = self.resolve(named)
+            if account in self.served:
+                return Address(Route.SERVE, account, self._mode_problem(attributes.get("tradingMode"), account))
+            if account is not None or not self.default:
+                return Address(Route.IGNORE, None)
+            return Address(
+                Route.SERVE,
+                self.served[0],
+                BadRequest("unknown_account", f"no deployment serves the account {clip(repr(named))}; nothing was run"),
+            )
+        if not self.default:
+            return Address(Route.IGNORE, None)
+        only = self.served[0] if len(self.served) == 1 else None
+        problem = self._mode_problem(attributes.get("tradingMode"), only) if only else None
+        return Address(Route.SERVE, only or self.served[0], problem)
+
+    def settle(self, address: Address, attributes: Mapping[str, str], body: Mapping[str, Any]) -> Address:
+        """The address once the envelope is decoded: its `account` and `tradingMode` must agree."""
+        if address.problem is not None or address.route is Route.IGNORE:
+            return address
+        account = address.account
+        named = attributes.get("account")
+        in_body = body.get("account")
+        mode = attributes.get("tradingMode")
+        body_mode = body.get("tradingMode")
+        if mode and body_mode and mode != body_mode:
+            return self._refuse(
+                account,
+                "conflicting_trading_mode",
+                f"the message says tradingMode {clip(repr(body_mode))} but its attribute says {clip(repr(mode))}",
+            )
+        if in_body is not None:
+            resolved = self.resolve(in_body)
+            if named and resolved != self.resolve(named):
+                return self._refuse(
+                    account,
+                    "conflicting_account",
+                    f"the message says account {clip(repr(in_body))} but its attribute says {clip(repr(named))}",
+                )
+            if not named:
+                if resolved not in self.served:
+                    return self._refuse(
+                        account,
+                        "missing_account",
+                        f"the message names account {clip(repr(in_body))} only in its body: give it as the message "
+                        "attribute 'account', which subscriptions route on; nothing was run",
+                    )
+                account = resolved
+        elif not named and len(self.served) != 1:
+            return self._refuse(
+                account,
+                "missing_account",
+                f"this topic serves several accounts ({', '.join(sorted(self.known))}): address the message with "
+                "the attribute 'account'; nothing was run",
+            )
+        problem = self._mode_problem(mode or body_mode, account)
+        return Address(Route.SERVE, account, problem)
+
+    def check_schedule(self, address: Address, job: str, accounts: list[str] | None) -> Address:
+        """A job that lists its accounts (infra/schedules.yaml) runs for those alone: a message of it addressed
+        elsewhere, or to no account, did not come from its scheduler jobs."""
+        if not accounts or address.account in {self.resolve(a) for a in accounts}:
+            return address
+        return self._refuse(
+            address.account,
+            "schedule_mismatch",
+            f"the job {job!r} runs for the accounts {', '.join(accounts)}, not for {address.account}; nothing was run",
+        )
+
+    def _mode_problem(self, mode: str | None, account: str | None) -> BadRequest | None:
+        if mode and mode != self.trading_mode:
+            return BadRequest(
+                "wrong_trading_mode",
+                f"the message asks for tradingMode {clip(repr(mode))}, but account {account} is served in "
+                f"{self.trading_mode} mode; nothing was run",
+            )
+        return None
+
+    @staticmethod
+    def _refuse(account: str | None, code: str, message: str) -> Address:
+        return Address(Route.SERVE, account, BadRequest(code, message))
+
+
+def load_accounts_file(path: Path) -> tuple[set[str], dict[str, str]]:
+    """The accounts file: every account of every deployment, with its aliases.
+
+    accounts:
+      DU1234567: {aliases: [paper]}
+      U7654321: {aliases: [live, main]}
+    """
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"ACCOUNTS_FILE {path}: {e}") from None
+    entries = raw.get("accounts") if isinstance(raw, dict) else None
+    if not isinstance(entries, dict) or not entries:
+        raise ConfigError(f"ACCOUNTS_FILE {path}: expected a mapping 'accounts' of account ids")
+    known: set[str] = set()
+    aliases: dict[str, str] = {}
+    for account, spec in entries.items():
+        account = str(account)
+        known.add(account)
+        names = (spec or {}).get("aliases", []) if isinstance(spec, dict) else None
+        if not isinstance(names, list):
+            raise ConfigError(f"ACCOUNTS_FILE {path}: accounts.{account}.aliases must be a list")
+        for alias in map(str, names):
+            if alias in aliases and aliases[alias] != account:
+                raise ConfigError(f"ACCOUNTS_FILE {path}: alias {alias!r} names two accounts")
+            aliases[alias] = account
+    clash = known & set(aliases)
+    if clash:
+        raise ConfigError(f"ACCOUNTS_FILE {path}: {', '.join(sorted(clash))} is both an account and an alias")
+    return known, aliases
