@@ -335,7 +335,8 @@ TWO_ACCOUNTS = {
 
 
 @pytest.mark.parametrize("gateway_scenario", [TWO_ACCOUNTS])
-def test_summary_still_answers_when_the_pnl_block_cannot_pick_an_account(bus: Bus, gateway):
+def test_summary_still_answers_when_the_pnl_block_cannot_read_the_account(bus: Bus, gateway):
+    """The consumer serves DU123456; this login manages two others: the P&L block says so, the summary answers."""
     result = ok(bus, {"intent": "summary"})
     assert sorted(result["accounts"]) == ["DU111111", "DU222222"]
-    assert result["pnl"]["error"] == "ambiguous_account"
+    assert result["pnl"]["error"] == "unknown_account"
