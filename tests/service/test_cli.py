@@ -314,8 +314,8 @@ def test_the_kill_switch_from_the_cli_clears_a_risk_check_halt(served, project: 
     off = cli(project, "config", "kill-switch", "off")
     assert off.returncode == 0, off.stderr
     assert off.stdout.strip().splitlines() == [
-        "config/paper: kill switch OFF: trading enabled",
-        "config/paper: the halt (risk-check dailyLoss 0.05 breaches 0.02, 2026-06-17T15:00:00+00:00) is cleared",
+        f"{CONFIG}: kill switch OFF: trading enabled",
+        f"{CONFIG}: the halt (risk-check dailyLoss 0.05 breaches 0.02, 2026-06-17T15:00:00+00:00) is cleared",
     ]
     stored = stored_config(project)
     assert stored["tradingEnabled"] is True
