@@ -469,3 +469,26 @@ def test_a_strategy_past_its_drawdown_is_reduced_alone_and_one_within_its_limit_
     wait_for(lambda: holdings(project)["dummy"] == {"QQQ": int(quantity * factor)}, what="dummy reduced")
     assert holdings(project)["testsignalgenerator"] == before["testsignalgenerator"]
     assert stock_positions(gateway) == {"SPY": before["testsignalgenerator"]["SPY"], "QQQ": int(quantity * factor)}
+
+
+def test_a_strategys_high_water_mark_comes_from_its_snapshots_and_a_halt_names_it(consumer, bus: Bus, project: str):
+    """dummy earned 6,000 by the 16th's snapshot and holds nothing now: 12 % of its capital (half the 16th's net
+    liquidation) below that mark. A later snapshot's lower P&L does not lower the mark."""
+    snapshots = firestore_client(project).collection("tradingModes").document("paper").collection("snapshots")
+    strategy = {"dummy": {"realizedPnlToDate": 5000.0, "unrealizedPnl": 1000.0}}
+    snapshots.document("2026-06-15").set({"date": "2026-06-15", "netLiquidation": 90_000.0, "strategies": strategy})
+    later = {"dummy": {"realizedPnlToDate": 2000.0, "unrealizedPnl": 0.0}}
+    snapshots.document("2026-06-16").set({"date": "2026-06-16", "netLiquidation": 100_000.0, "strategies": later})
+    config(project, strategies={"dummy": {"drawdown": {"max": 0.1, "action": "halt"}}})
+
+    reply = bus.reply_to(bus.publish(RISK_CHECK))
+    assert reply["status"] == "ok", reply
+    line = limit(reply, "drawdown:dummy")
+    assert (line["highWaterMark"], line["pnlSinceInception"], line["capital"]) == (6000.0, 0.0, 50_000.0)
+    assert line["startOfDaySource"] == "snapshot 2026-06-16"
+    assert line["value"] == pytest.approx(0.12)
+    assert line["verdict"] == "breach"
+    assert reply["alert"] is True
+    document = firestore_client(project).collection("config").document("paper").get().to_dict()
+    assert document["tradingEnabled"] is False
+    assert document["haltedReason"].startswith("risk-check drawdown:dummy 0.12 breaches 0.1")
