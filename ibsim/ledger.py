@@ -247,7 +247,10 @@ class Ledger:
         realized: float | None = None
         comm_local = comm * self.rate(comm_cur, inst.currency)
         if pos.quantity == 0 or (pos.quantity > 0) == (signed > 0):
-            total = abs(pos.quantity) * pos.avgCost + abs(signed) * unit + comm_local
+            # IB's avgCost is net of commissions in the economic direction: a long's cost rises by them, a short's
+            # proceeds fall (price - commission / qty), so covering realizes (sell - buy) x qty - both commissions.
+            side = 1.0 if signed > 0 else -1.0
+            total = abs(pos.quantity) * pos.avgCost + abs(signed) * unit + side * comm_local
             pos.quantity += signed
             pos.avgCost = total / abs(pos.quantity)
         else:

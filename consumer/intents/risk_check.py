@@ -5,6 +5,7 @@ orders, the books vs the broker (reconcile's comparison) -> one line per configu
 any breach: the reply's result says alert=true and lists the breaches (dispatch repeats it as the reply attribute)
 reduce (leverage, concentration): the strategies' holdings scaled down to the limit, one netted order per instrument
 halt: tradingEnabled off with haltedReason and haltedAt, in a transaction (a person's later change is not overwritten)
+per strategy (config strategies.{id}.drawdown): one line `drawdown:{id}`; its reduce scales only that strategy's book
 
 The start of the trading day (by the gateway's clock in the schedule's time zone) is the previous day's snapshot's
 net liquidation, else the first one risk-check saw that day, kept in riskState/{day}: the only thing a check with no
@@ -28,10 +29,16 @@ from consumer.intents.base import Intent, IntentContext
 from consumer.intents.rebalance import Rebalance
 from consumer.intents.reconcile import compare
 from consumer.portfolio import EPSILON
+from consumer.snapshots import held, marks, snapshots, strategy_pnl, total
 from consumer.store.books import UNALLOCATED
 from consumer.store.layout import Layout
 
 REDUCIBLE = {"leverage", "concentration"}
+STRATEGY_DRAWDOWN = "drawdown:"  # + the strategy id: the line of a per-strategy drawdown limit
+
+
+def reducible(limit: str) -> bool:
+    return limit in REDUCIBLE or limit.startswith(STRATEGY_DRAWDOWN)
 
 
 async def risk_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
@@ -47,13 +54,16 @@ async def risk_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
     now = ctx.market_now()
     day = now.astimezone(ZoneInfo(services.settings.schedule_time_zone)).date().isoformat()
 
-    lines = Lines(limits)
+    per_strategy = {f"{STRATEGY_DRAWDOWN}{s}": limit for s, limit in sorted(ctx.config.drawdowns.items())}
+    lines = Lines({**limits, **per_strategy})
     await _measure_account(ctx, lines, values, nlv, day)
     await _measure_positions(ctx, lines, account.id, base, nlv)
+    if per_strategy:
+        await _measure_strategies(ctx, lines, account.id, base, nlv, day)
     lines_list = lines.entries
 
     breaches = [entry for entry in lines_list if entry["verdict"] == "breach"]
-    reducing = [entry for entry in breaches if entry["action"] == "reduce" and entry["limit"] in REDUCIBLE]
+    reducing = [entry for entry in breaches if entry["action"] == "reduce" and reducible(entry["limit"])]
     # One reduce for every such breach: its orderRefs are per request and instrument, so a second one would find
     # the first's orders and add nothing.
     reduced = [await _reduce(ctx, reducing)] if reducing else []
@@ -142,6 +152,41 @@ async def _measure_positions(
     return shares
 
 
+async def _measure_strategies(ctx: IntentContext, limits: Lines, account: str, base: str, nlv: float, day: str) -> None:
+    """Per strategy with a drawdown limit: (high-water mark - P&L since inception now) / its capital.
+
+    Capital: start-of-day net liquidation x exposure.overall x the strategy's share. The mark is the highest of its
+    P&L since inception in every snapshot, now, and 0 (inception): a strategy that has only lost is down from 0."""
+    services = ctx.services
+    config = ctx.config
+    ledgers = await services.books.ledgers()
+    current = strategy_pnl(ledgers, await marks(ctx.broker, account, base, held(ledgers), ask=True))
+    history = await snapshots(services.layout)
+    start, source = await _start_of_day_read_only(services.layout, day, nlv)
+    for strategy, limit in sorted(config.drawdowns.items()):
+        now = total(current.get(strategy, {}))
+        marks_seen = [total(s.get("strategies", {})[strategy]) for s in history if strategy in s.get("strategies", {})]
+        mark = max([0.0, now, *marks_seen])
+        capital = start * config.capital_share(strategy)
+        fall = mark - now
+        # Without capital (no share) any fall from the mark is a full drawdown: nothing to measure it against.
+        drawdown = fall / capital if capital > 0 else (1.0 if fall > 0.005 else 0.0)
+        limits.add(f"{STRATEGY_DRAWDOWN}{strategy}", drawdown, limit["max"], drawdown > limit["max"] + EPSILON,
+                   strategy=strategy, pnlSinceInception=round(now, 2), highWaterMark=round(mark, 2),
+                   capital=round(capital, 2), startOfDaySource=source)  # fmt: skip
+
+
+async def _start_of_day_read_only(layout: Layout, day: str, nlv: float) -> tuple[float, str]:
+    """As _start_of_day, but never writes: the value a dailyLoss check stored today, else net liquidation now."""
+    previous = await _latest_snapshot(layout, day, inclusive=False)
+    if previous and previous.get("netLiquidation"):
+        return float(previous["netLiquidation"]), f"snapshot {previous.get('date')}"
+    stored = await layout.risk_state(day).get()
+    if stored.exists and (stored.to_dict() or {}).get("startNetLiquidation"):
+        return float((stored.to_dict() or {})["startNetLiquidation"]), "first risk-check of the day"
+    return nlv, "net liquidation now"
+
+
 def _round(value: float) -> float:
     return round(value, 6) if math.isfinite(value) else value
 
@@ -208,9 +253,9 @@ async def _stale_orders(ctx: IntentContext, max_minutes: float) -> tuple[list[di
 
 async def _reduce(ctx: IntentContext, breaches: list[dict[str, Any]]) -> dict[str, Any]:
     """Every strategy's holdings scaled by limit / value (leverage: every instrument; concentration: the breaching
-    ones; both: the smaller factor), rounded towards zero, through the allocation's netted order path (dry run,
-    market hours, books check). What no strategy holds (unallocated: manual trades) is never touched, as close-all
-    leaves it."""
+    ones; a strategy's drawdown: that strategy's only; several: the smallest factor), rounded towards zero, through
+    the allocation's netted order path (dry run, market hours, books check). What no strategy holds (unallocated:
+    manual trades) is never touched, as close-all leaves it."""
     config = ctx.config
     mode = ctx.services.settings.trading_mode
     names = [b["limit"] for b in breaches]
@@ -222,9 +267,12 @@ async def _reduce(ctx: IntentContext, breaches: list[dict[str, Any]]) -> dict[st
     if mode == "live" and not (ctx.services.settings.allow_live and config.allow_live):
         return {"limits": names, "skipped": "live trading is not allowed"}
     factors: dict[int | None, float] = {}
+    by_strategy: dict[str, float] = {}
     for breach in breaches:
         if breach["limit"] == "leverage":
             factors[None] = breach["threshold"] / breach["value"]
+        elif breach["limit"].startswith(STRATEGY_DRAWDOWN):
+            by_strategy[breach["strategy"]] = breach["threshold"] / breach["value"]
         else:
             factors.update({s["conId"]: breach["threshold"] / s["share"] for s in breach["over"]})
     rebalance = await Rebalance.open(ctx, None)
@@ -235,7 +283,7 @@ async def _reduce(ctx: IntentContext, breaches: list[dict[str, Any]]) -> dict[st
         targets[strategy] = {}
         for con_id, position in rebalance.holdings[strategy].items():
             quantity = float(position["quantity"])
-            factor = min(factors.get(None, 1.0), factors.get(con_id, 1.0))
+            factor = min(factors.get(None, 1.0), factors.get(con_id, 1.0), by_strategy.get(strategy, 1.0))
             if is_forex(position):
                 factor = 1.0  # cash, not gross position value
             targets[strategy][con_id] = math.trunc(quantity * factor) if factor < 1.0 else quantity
@@ -245,7 +293,9 @@ async def _reduce(ctx: IntentContext, breaches: list[dict[str, Any]]) -> dict[st
         # A closed market, books that disagree with the broker: the reduce is refused, the check still answers
         # (and still halts, where a limit says so).
         return {"limits": names, "skipped": f"{e.code}: {e.message}"}
-    return {"limits": names, "factors": {str(k or "all"): _round(v) for k, v in factors.items()}, **report}
+    applied = {str(k or "all"): _round(v) for k, v in factors.items()}
+    applied.update({f"strategy:{k}": _round(v) for k, v in by_strategy.items()})
+    return {"limits": names, "factors": applied, **report}
 
 
 async def _halt(ctx: IntentContext, reason: str, now: datetime) -> dict[str, Any]:

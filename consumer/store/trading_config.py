@@ -56,6 +56,7 @@ class TradingConfig:
     flat_at_close: frozenset[str] = frozenset()  # strategies eod-check expects flat after the close
     drift_bands: dict[str, float] = field(default_factory=dict)  # per strategy: config strategies.{id}.driftBand
     risk: dict[str, dict[str, Any]] = field(default_factory=dict)  # config risk, as validated: risk-check reads it
+    drawdowns: dict[str, dict[str, Any]] = field(default_factory=dict)  # per strategy: strategies.{id}.drawdown
     halted_reason: str | None = None  # set by risk-check's halt action, with tradingEnabled false
 
     @classmethod
@@ -92,6 +93,7 @@ class TradingConfig:
             flat_at_close=frozenset(s for s, v in data.get("strategies", {}).items() if v.get("flatAtClose")),
             drift_bands={s: float(c["driftBand"]) for s, c in data.get("strategies", {}).items() if c.get("driftBand")},
             risk=dict(data.get("risk", {})),
+            drawdowns={s: dict(c["drawdown"]) for s, c in data.get("strategies", {}).items() if "drawdown" in c},
             halted_reason=data.get("haltedReason"),
         )
         committed = config.overall_exposure * sum(config.strategy_exposure.values())

@@ -73,9 +73,12 @@ def test_risk_limits_are_read_as_written_and_off_when_absent():
     limits = {"leverage": {"max": 1.5, "action": "reduce"}, "marginCushion": {"min": 0.1, "action": "halt"},
               "dailyLoss": {"max": 0.02}, "drawdown": {"max": 0.1}, "concentration": {"max": 0.3, "action": "reduce"},
               "staleOrders": {"maxMinutes": 60}, "drift": {"action": "report"}}  # fmt: skip
+    assert load(BASE).drawdowns == {}
     config = load({**BASE, "risk": limits, "orderDefaults": {"minTradeValue": 100},
-                   "strategies": {"dummy": {"driftBand": 0.05}}})  # fmt: skip
+                   "strategies": {"dummy": {"driftBand": 0.05, "drawdown": {"max": 0.1, "action": "reduce"}},
+                                  "swing": {"drawdown": {"max": 0.2}}}})  # fmt: skip
     assert config.risk == limits
+    assert config.drawdowns == {"dummy": {"max": 0.1, "action": "reduce"}, "swing": {"max": 0.2}}
     assert config.order_defaults.min_trade_value == 100
     assert config.drift_bands == {"dummy": 0.05}
 
@@ -91,13 +94,18 @@ def test_risk_limits_are_read_as_written_and_off_when_absent():
         ("risk.volatility", "risk: Additional properties are not allowed ('volatility' was unexpected)"),
         ("orderDefaults.minTradeValue", "orderDefaults.minTradeValue: -1 is less than the minimum of 0"),
         ("strategies.dummy.driftBand", "strategies.dummy.driftBand: 'wide' is not of type 'number'"),
+        ("strategies.dummy.drawdown.max", "strategies.dummy.drawdown.max: 1.5 is greater than the maximum of 1"),
+        ("strategies.dummy.drawdown.action", "strategies.dummy.drawdown.action: 'close' is not one of"),
+        ("strategies.dummy.drawdown", "strategies.dummy.drawdown: 'max' is a required property"),
     ],
 )
 def test_bad_limits_are_refused_with_the_field_named(edit: str, named: str):
     """Negative, non-number, unknown or misplaced action, unknown key: each refused, naming the field."""
     values = {"risk.dailyLoss.max": -0.02, "risk.leverage.max": "high", "risk.dailyLoss.action": "reduce",
               "risk.leverage.action": "panic", "risk.leverage.maximum": 2, "risk.volatility": {"max": 1},
-              "orderDefaults.minTradeValue": -1, "strategies.dummy.driftBand": "wide"}  # fmt: skip
+              "orderDefaults.minTradeValue": -1, "strategies.dummy.driftBand": "wide",
+              "strategies.dummy.drawdown.max": 1.5, "strategies.dummy.drawdown.action": "close",
+              "strategies.dummy.drawdown": {"action": "halt"}}  # fmt: skip
     document = edited({**BASE, "risk": {"leverage": {"max": 1.5}}}, edit, values[edit])
     with pytest.raises(ValueError, match="is invalid") as refused:
         check_document(document, Schemas(), "config/paper", LIMITS)

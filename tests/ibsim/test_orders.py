@@ -351,3 +351,26 @@ def test_opening_orders_execute_at_the_next_open(gw: ThreadedGateway, ib: IB) ->
     done(ib, moo)
     assert moo.orderStatus.status == "Filled"
     assert moo.orderStatus.avgFillPrice == 530.01
+
+
+def test_short_position_average_cost_is_net_of_commission(gw: ThreadedGateway, ib: IB) -> None:
+    """IB's avgCost includes commissions in the economic direction: a short's is the sale price less the
+    commission per share (what the sale brought in), so the cover realizes (sell - buy) x qty - both commissions."""
+    sale = done(ib, ib.placeOrder(SPY, MarketOrder("SELL", 200, orderRef="short-open")))
+    sell_price = sale.orderStatus.avgFillPrice
+    sell_commission = sum(f.commissionReport.commission for f in sale.fills)
+    assert (sell_price, sell_commission) == (519.99, pytest.approx(1.0))
+    [position] = [p for p in ib.positions() if p.contract.symbol == "SPY"]  # current once filled (see above)
+    assert position.position == -200
+    assert position.avgCost == pytest.approx(sell_price - sell_commission / 200, abs=1e-9)  # 519.985, not 519.995
+
+    cover = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 200, orderRef="short-cover")))
+    buy_price = cover.orderStatus.avgFillPrice
+    buy_commission = sum(f.commissionReport.commission for f in cover.fills)
+    assert buy_price == 520.01
+    realized = sum(f.commissionReport.realizedPNL for f in cover.fills)
+    assert realized == pytest.approx((sell_price - buy_price) * 200 - sell_commission - buy_commission)  # -6.00
+    assert realized == pytest.approx(-6.0)
+    covered = [e["execId"] for e in gw.executions() if e["orderRef"] == "short-cover"]
+    assert covered == [f.commissionReport.execId for f in cover.fills]
+    assert gw.positions() == {}

@@ -340,3 +340,38 @@ def test_summary_still_answers_when_the_pnl_block_cannot_read_the_account(bus: B
     result = ok(bus, {"intent": "summary"})
     assert sorted(result["accounts"]) == ["DU111111", "DU222222"]
     assert result["pnl"]["error"] == "unknown_account"
+
+
+def test_a_short_round_trip_agrees_with_the_broker_to_the_cent(bus: Bus, gateway, project: str):
+    """A short's average cost is its proceeds less the commission, in the books as at the broker; the cover
+    realizes (sell - buy) x qty - both commissions."""
+    spy = gateway.call(lambda: gateway.server.instruments["SPY"]).price
+    ok(bus, allocation({"SPY": -weight_for(bus, 100)}))
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": -100}}, what="the short booked")
+    wait_for(lambda: all(f["commission"] for f in mode_collection(project, "fills")), what="commissions booked")
+    (sale,) = gateway.executions()
+    assert (sale["side"], sale["shares"]) == ("SLD", 100)
+
+    def broker_avg_cost() -> float:
+        broker = gateway.server.broker
+        return broker.accounts[broker.default_account].positions["SPY"].avgCost
+
+    (book,) = [h for h in mode_collection(project, "holdings") if h["_id"] == "dummy"]
+    (position,) = book["positions"].values()
+    assert position["avgCost"] == pytest.approx((sale["price"] * 100 - sale["commission"]) / 100, abs=1e-9)
+    assert position["avgCost"] == pytest.approx(gateway.call(broker_avg_cost), abs=1e-9)
+
+    gateway.set_price("SPY", spy * 0.98)
+    ok(bus, allocation({"SPY": 0.0}))
+    wait_for(lambda: holdings(project) == {}, what="the cover booked")
+    wait_for(lambda: all(f["commission"] for f in mode_collection(project, "fills")), what="commissions booked")
+    executions = gateway.executions()
+    assert [(e["side"], e["orderRef"]) for e in executions[1:]] == [("BOT", executions[1]["orderRef"])]
+    booked = {f["execId"] for f in mode_collection(project, "fills")}
+    assert booked == {e["execId"] for e in executions}
+
+    broker_realized = round_trip_realized(executions)
+    assert broker_realized > 0  # covered below the sale
+    dummy = settled_pnl(bus, gateway)["pnl"]["dummy"]
+    assert dummy["unrealized"] == 0
+    assert dummy["realizedToDate"] == pytest.approx(broker_realized, abs=0.005)

@@ -14,11 +14,14 @@ import pytest
 from tests.service.test_dry_run import documents
 from tests.service.test_trading import mid_share_weight
 from tests.support import (
+    SIGNAL_PARAMS,
     STREAM_RESTART_WAIT,
     TEST_ACCOUNT,
     Bus,
     account_document,
     allocation,
+    holdings,
+    long_signal,
     mode_collection,
     mode_document,
     stock_positions,
@@ -411,3 +414,84 @@ def test_leverage_and_concentration_breached_together_reduce_once_by_the_smaller
     wait_for(lambda: _booked(project) == stock_positions(gateway), what="the reduced holdings booked")
     again = bus.reply_to(bus.publish(RISK_CHECK))
     assert "alert" not in again, again["result"]["breaches"]
+
+
+def test_a_strategy_past_its_drawdown_is_reduced_alone_and_one_within_its_limit_is_ok(
+    consumer, bus: Bus, gateway, project: str
+):
+    """dummy holds QQQ, testsignalgenerator SPY; QQQ falls 10 %: dummy is ~8 % of its capital below its mark (0, at
+    inception), past its 5 % limit, and its reduce sells QQQ alone; testsignalgenerator is within its limit."""
+    exposure = {"overall": 1.0, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}}
+    config(project, exposure=exposure)
+    long_signal(bus, gateway)
+    signal = {"intent": "allocation", "params": {"strategies": ["testsignalgenerator"],
+              "strategyParams": {"testsignalgenerator": SIGNAL_PARAMS}}}  # fmt: skip
+    assert bus.reply_to(bus.publish(signal))["status"] == "ok"
+    wait_for(lambda: holdings(project).get("testsignalgenerator", {}).get("SPY"), what="the signal's SPY booked")
+    buy(bus, project, {"QQQ": 0.8})
+    before = holdings(project)
+    assert set(before["dummy"]) == {"QQQ"}
+    assert set(before["testsignalgenerator"]) == {"SPY"}
+    config(project, exposure=exposure, strategies={"dummy": {"drawdown": {"max": 0.05, "action": "reduce"}},
+           "testsignalgenerator": {"drawdown": {"max": 0.05, "action": "reduce"}}})  # fmt: skip
+    qqq = gateway.call(lambda: gateway.server.instruments["QQQ"]).price
+    gateway.set_price("QQQ", qqq * 0.9)
+    orders_before = len(gateway.orders())
+
+    message_id = bus.publish(RISK_CHECK)
+    reply = bus.reply_to(message_id)
+    assert reply["status"] == "ok", reply
+    assert reply["alert"] is True
+    assert attributes_of(bus, message_id)["alert"] == "true"
+    (breach,) = reply["result"]["breaches"]
+    assert breach["limit"] == "drawdown:dummy"
+    assert 0.07 < breach["value"] < 0.1
+    assert breach["highWaterMark"] == 0  # it has only lost: its mark is inception's 0
+    assert breach["pnlSinceInception"] < 0
+    within = limit(reply, "drawdown:testsignalgenerator")
+    assert within["verdict"] == "ok"
+    assert 0 <= within["value"] < 0.01  # the spread and commissions only
+    assert [line["limit"] for line in reply["result"]["limits"]] == ["drawdown:dummy", "drawdown:testsignalgenerator"]
+
+    (reduced,) = reply["result"]["reduced"]
+    factor = reduced["factors"]["strategy:dummy"]
+    assert factor == pytest.approx(0.05 / breach["value"], abs=1e-5)
+    moved = {line["instrument"]: line for line in reduced["instruments"] if line["order"]}
+    assert list(moved) == ["QQQ"]  # only the breaching strategy's instrument
+    quantity = before["dummy"]["QQQ"]
+    assert moved["QQQ"]["order"] == int(quantity * factor) - quantity
+    (sent,) = gateway.orders()[orders_before:]
+    assert (sent["orderRef"], sent["symbol"], sent["action"]) == (moved["QQQ"]["orderRef"], "QQQ", "SELL")
+    assert sent["totalQuantity"] == -moved["QQQ"]["order"]
+    executions = [e for e in gateway.executions() if e["orderRef"] == sent["orderRef"]]
+    assert sum(e["shares"] for e in executions) == sent["totalQuantity"]
+    wait_for(
+        lambda: {e["execId"] for e in executions} <= {f["execId"] for f in mode_collection(project, "fills")},
+        what="the reducing executions booked by execId",
+    )
+    wait_for(lambda: holdings(project)["dummy"] == {"QQQ": int(quantity * factor)}, what="dummy reduced")
+    assert holdings(project)["testsignalgenerator"] == before["testsignalgenerator"]
+    assert stock_positions(gateway) == {"SPY": before["testsignalgenerator"]["SPY"], "QQQ": int(quantity * factor)}
+
+
+def test_a_strategys_high_water_mark_comes_from_its_snapshots_and_a_halt_names_it(consumer, bus: Bus, project: str):
+    """dummy earned 6,000 by the 16th's snapshot and holds nothing now: 12 % of its capital (half the 16th's net
+    liquidation) below that mark. A later snapshot's lower P&L does not lower the mark."""
+    snapshots = mode_document(project).collection("snapshots")
+    strategy = {"dummy": {"realizedPnlToDate": 5000.0, "unrealizedPnl": 1000.0}}
+    snapshots.document("2026-06-15").set({"date": "2026-06-15", "netLiquidation": 90_000.0, "strategies": strategy})
+    later = {"dummy": {"realizedPnlToDate": 2000.0, "unrealizedPnl": 0.0}}
+    snapshots.document("2026-06-16").set({"date": "2026-06-16", "netLiquidation": 100_000.0, "strategies": later})
+    config(project, strategies={"dummy": {"drawdown": {"max": 0.1, "action": "halt"}}})
+
+    reply = bus.reply_to(bus.publish(RISK_CHECK))
+    assert reply["status"] == "ok", reply
+    line = limit(reply, "drawdown:dummy")
+    assert (line["highWaterMark"], line["pnlSinceInception"], line["capital"]) == (6000.0, 0.0, 50_000.0)
+    assert line["startOfDaySource"] == "snapshot 2026-06-16"
+    assert line["value"] == pytest.approx(0.12)
+    assert line["verdict"] == "breach"
+    assert reply["alert"] is True
+    document = account_document(project).collection("config").document("paper").get().to_dict()
+    assert document["tradingEnabled"] is False
+    assert document["haltedReason"].startswith("risk-check drawdown:dummy 0.12 breaches 0.1")
