@@ -158,7 +158,7 @@ def open_order_msg(version: int, cv: ContractView, o: dict[str, Any], status: st
         o.get("outsideRth", False),
         False,  # hidden
         0,  # discretionaryAmt
-        "",  # goodAfterTime
+        o.get("goodAfterTime", ""),
         "",  # deprecated sharesAllocation
         "",  # faGroup
         "",  # faMethod
@@ -283,7 +283,7 @@ def completed_order_msg(version: int, cv: ContractView, o: dict[str, Any]) -> li
         o.get("outsideRth", False),
         False,  # hidden
         0,  # discretionaryAmt
-        "",  # goodAfterTime
+        o.get("goodAfterTime", ""),
         "",  # faGroup
         "",  # faMethod
         "",  # faPercentage

@@ -239,6 +239,7 @@ class OrderRequest:
     parentId: int = 0
     outsideRth: bool = False
     goodTillDate: str = ""
+    goodAfterTime: str = ""
     algoStrategy: str = ""
     algoParams: list[tuple[str, str]] = field(default_factory=list)
     whatIf: bool = False
@@ -276,7 +277,8 @@ def read_place_order(r: Reader, version: int) -> OrderRequest:
         for _ in range(r.int()):
             r.skip(2)
     r.skip(1)  # deprecated sharesAllocation
-    r.skip(2)  # discretionaryAmt, goodAfterTime
+    r.skip(1)  # discretionaryAmt
+    o.goodAfterTime = r.str()
     o.goodTillDate = r.str()
     r.skip(26)  # faGroup .. volatilityType
     delta_neutral_order_type = r.str()
