@@ -330,12 +330,14 @@ class OrderEngine:
         """
         settled = DONE if trade.order.orderType in {"MKT", "LMT"} else CONFIRMED
         waiting = asyncio.ensure_future(await_status(self._ib, trade, settled, self._timeout))
-        await asyncio.wait({waiting, held}, return_when="FIRST_COMPLETED")
-        if not waiting.done():
-            waiting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiting
-        elif waiting.result():  # raises ConnectionError on a disconnect
+        try:
+            await asyncio.wait({waiting, held}, return_when="FIRST_COMPLETED")
+        finally:  # held first, or this wait cancelled: the status wait goes too
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiting
+        if not waiting.cancelled() and waiting.result():  # raises ConnectionError on a disconnect
             return True
         return trade.orderStatus.status in ACCEPTED | {"Inactive"}
 

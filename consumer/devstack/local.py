@@ -41,8 +41,9 @@ DEFAULTS = {
     "GOOGLE_CLOUD_PROJECT": "local-project",
 }
 REPLY_SUBSCRIPTION = "devstack-replies"
-# What a paper account at IB Gateway really does: regular hours with holidays, margin, delayed data but US ETFs.
+# The demo needs this long in session; closer to the close, the gateway's clock starts at the next open instead.
 DEMO_MINUTES = dt.timedelta(minutes=10)
+# What a paper account at IB Gateway really does: regular hours with holidays, margin, delayed data but US ETFs.
 PAPER_SCENARIO = Path(__file__).resolve().parents[2] / "ibsim" / "scenarios" / "paper.yaml"
 STACK_FILE = "stack.json"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
