@@ -12,10 +12,11 @@ import logging
 import math
 import time
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .clock import SimClock
 from .ledger import Account, Ledger, Position
-from .market import Instrument, calendar_of, session_state
+from .market import Instrument, calendar_of, session_state, time_zone_of
 from .protocol import OrderRequest
 from .scenario import Scenario
 from .simorder import Listener, SimOrder, ib_time
@@ -45,6 +46,19 @@ MARGIN_REJECTION = (
     "Order rejected - reason:YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE DESIRED POSITION YOUR EQUITY WITH "
     "LOAN VALUE [{equity:.2f} {base}] MUST EXCEED THE INITIAL MARGIN [{margin:.2f} {base}]"
 )
+
+
+def good_after(text: str, default_zone: str) -> dt.datetime | None:
+    """IB's goodAfterTime ("20261207 09:30:00 US/Eastern"; without a zone, the exchange's) as an instant; None when
+    empty or unreadable (IB refuses an unreadable one; ibsim ignores it)."""
+    parts = text.split()
+    if len(parts) < 2:
+        return None
+    try:
+        local = dt.datetime.strptime(f"{parts[0]} {parts[1]}", "%Y%m%d %H:%M:%S")
+        return local.replace(tzinfo=ZoneInfo(parts[2] if len(parts) > 2 else default_zone))
+    except (ValueError, ZoneInfoNotFoundError):
+        return None
 
 
 class Broker(Ledger):
@@ -237,6 +251,7 @@ class Broker(Ledger):
             algoParams=list(req.algoParams),
             outsideRth=req.outsideRth,
             goodTillDate=req.goodTillDate,
+            goodAfterTime=req.goodAfterTime,
             ocaGroup=req.ocaGroup,
             openClose=req.openClose or "O",
             parentId=req.parentId,
@@ -263,6 +278,7 @@ class Broker(Ledger):
             self.listener.order_warning(order, 2109, OUTSIDE_RTH_IGNORED)
         opens = self.closed_until(order)
         if opens is not None:
+            order.forOpen = order.tif == "OPG"
             # Held PreSubmitted, as IB holds it, with warning 399 naming the open: "Order Message: BUY 1 CYCU
             # NASDAQ.NMS Warning: Your order will not be placed at the exchange until 2026-07-31 09:30:00
             # US/Eastern." (observed gateway text). `work` submits it once the session opens.
@@ -284,13 +300,19 @@ class Broker(Ledger):
         """When the order's market next opens for it, or None while it may trade (always, with hours: always).
 
         Stocks trade in the regular session, or the extended one for an outsideRth LMT/STP LMT; FX and futures
-        through their whole trading hours.
+        through their whole trading hours. An order with a goodAfterTime still to come waits for it (any hours).
         """
-        if self.scenario.hours != "regular":
-            return None
         inst = self.instruments[order.key]
+        now = self.clock.now()
+        after = good_after(order.goodAfterTime, time_zone_of(inst))
+        if after is not None and after <= now:
+            after = None
+        if self.scenario.hours != "regular":
+            return after
         extended = calendar_of(inst) in ("FX", "CME") or (order.outsideRth and order.orderType in OUTSIDE_RTH_TYPES)
-        return session_state(inst, "regular", self.clock.now(), extended)
+        if after is not None:  # not before goodAfterTime, and then in the first session from it
+            return session_state(inst, "regular", after, extended) or after
+        return session_state(inst, "regular", now, extended)
 
     def _modify(self, order: SimOrder, req: OrderRequest, inst: Instrument) -> None:
         if not order.active:
@@ -352,8 +374,8 @@ class Broker(Ledger):
     def fill_price(self, order: SimOrder) -> float | None:
         """The price the order would execute at now, or None while it is not marketable."""
         inst = self.instruments[order.key]
-        if order.tif == "OPG":
-            return None  # waits for the next opening (roll_day)
+        if order.tif == "OPG" and not order.forOpen:
+            return None  # placed in the session: waits for the next opening (roll_day)
         return self._marketable(order, inst)
 
     def _marketable(self, order: SimOrder, inst: Instrument) -> float | None:
@@ -493,7 +515,7 @@ class Broker(Ledger):
     # -- day roll ----------------------------------------------------------------------------------------------
     def roll_day(self) -> None:
         for order in self.active_orders():
-            if order.tif == "OPG":
+            if order.tif == "OPG" and not (order.forOpen and self.closed_until(order) is not None):
                 px = self._marketable(order, self.instruments[order.key])
                 if px is not None:
                     self.execute(order, order.remaining, px)

@@ -197,6 +197,12 @@ def _month_code(yyyymmdd: str) -> str:
 # -- trading hours ---------------------------------------------------------------------------------------------------
 # calendar -> exchange_calendars code: its holidays and early closes are the exchange's own (hours: regular).
 EXCHANGE_CALENDARS = {"US": "XNYS", "IBIS": "XETR"}
+# CME Globex's own calendar for futures (CMES: Good Friday, Christmas, New Year closed; US holidays close at 12:00
+# Chicago); its sessions are labelled by the day they end on, as IB's tradingHours list them.
+FUTURES_CALENDAR = "CMES"
+# IDEALPRO has no exchange calendar: the session that would end on Christmas Day or New Year's Day is closed (it
+# reopens at 17:15 New York that evening), the days IB's forex holiday calendar closes.
+FX_HOLIDAYS = {(12, 25), (1, 1)}
 Span = tuple[dt.datetime, dt.datetime]
 
 
@@ -226,7 +232,7 @@ def day_sessions(inst: Instrument, mode: str, day: dt.date) -> tuple[Span | None
 
     Stocks follow the exchange's calendar: a holiday is closed, an early close ends the regular session early
     (and the extended one at 17:00, as NYSE Arca's late session does on half days). FX and CME futures keep their
-    weekly pattern without holidays.
+    weekly pattern, less their holidays (FX_HOLIDAYS; CME Globex's calendar, with its 12:00 early closes).
     """
     tz = ZoneInfo(time_zone_of(inst))
 
@@ -249,11 +255,25 @@ def day_sessions(inst: Instrument, mode: str, day: dt.date) -> tuple[Span | None
             return (at(day, t0), at(day, t1)), (at(day, l0), at(day, l1))
         return (at(day, t0), at(day, "1700") if cal == "US" else close), (at(day, l0), close)
     if cal == "FX":  # Sunday 17:15 to Friday 17:00 New York, a daily break 17:00-17:15
-        fx: Span | None = None if weekday in (4, 5) else (at(day, "1715"), at(nxt, "1700"))
+        closed = weekday in (4, 5) or (nxt.month, nxt.day) in FX_HOLIDAYS
+        fx: Span | None = None if closed else (at(day, "1715"), at(nxt, "1700"))
         return fx, fx
-    # CME equity futures: Sunday 17:00 to Friday 16:00 Chicago, liquid 08:30-15:00 on weekdays
-    fut: Span | None = None if weekday in (4, 5) else (at(day, "1700"), at(nxt, "1600"))
-    return fut, None if weekday >= 5 else (at(day, "0830"), at(day, "1500"))
+    # CME equity futures: Sunday 17:00 to Friday 16:00 Chicago, liquid 08:30-15:00 on weekdays; the session that
+    # starts on `day` is the one CME labels with the next weekday, and closes early (12:00) on US holidays.
+    cme = _exchange_calendar(FUTURES_CALENDAR, day.year)
+    fut: Span | None = None
+    if weekday not in (4, 5) and cme.is_session(nxt.isoformat()):
+        fut = (at(day, "1700"), min(at(nxt, "1600"), _close(cme, nxt, tz)))
+    liquid: Span | None = None
+    if weekday < 5 and cme.is_session(day.isoformat()):
+        close = _close(cme, day, tz)
+        liquid = (at(day, "0830"), min(at(day, "1500"), close)) if close > at(day, "0830") else None
+    return fut, liquid
+
+
+def _close(xcal: Any, day: dt.date, tz: ZoneInfo) -> dt.datetime:
+    close: dt.datetime = xcal.session_close(day.isoformat()).tz_convert(tz).to_pydatetime()
+    return close
 
 
 def is_trading_day(inst: Instrument, day: dt.date) -> bool:
@@ -261,9 +281,10 @@ def is_trading_day(inst: Instrument, day: dt.date) -> bool:
     cal = calendar_of(inst)
     if day.weekday() >= 5:
         return False
-    return cal not in EXCHANGE_CALENDARS or _exchange_calendar(EXCHANGE_CALENDARS[cal], day.year).is_session(
-        day.isoformat()
-    )
+    if cal == "FX":
+        return (day.month, day.day) not in FX_HOLIDAYS
+    code = FUTURES_CALENDAR if cal == "CME" else EXCHANGE_CALENDARS[cal]
+    return bool(_exchange_calendar(code, day.year).is_session(day.isoformat()))
 
 
 def hours_strings(inst: Instrument, mode: str, now: dt.datetime) -> tuple[str, str, str]:

@@ -158,12 +158,12 @@ def open_order_msg(version: int, cv: ContractView, o: dict[str, Any], status: st
         o.get("outsideRth", False),
         False,  # hidden
         0,  # discretionaryAmt
-        "",  # goodAfterTime
+        o.get("goodAfterTime", ""),
         "",  # deprecated sharesAllocation
         "",  # faGroup
         "",  # faMethod
         "",  # faPercentage
-        "",  # faProfile
+        *([""] if version < 177 else []),  # faProfile, desupported from v177
         "",  # modelCode
         o.get("goodTillDate", ""),
         "",  # rule80A
@@ -283,11 +283,11 @@ def completed_order_msg(version: int, cv: ContractView, o: dict[str, Any]) -> li
         o.get("outsideRth", False),
         False,  # hidden
         0,  # discretionaryAmt
-        "",  # goodAfterTime
+        o.get("goodAfterTime", ""),
         "",  # faGroup
         "",  # faMethod
         "",  # faPercentage
-        "",  # faProfile
+        *([""] if version < 177 else []),  # faProfile, desupported from v177
         "",  # modelCode
         o.get("goodTillDate", ""),
         "",  # rule80A
@@ -371,8 +371,8 @@ def order_status_msg(o: dict[str, Any]) -> list[Any]:
     ]
 
 
-def exec_details_msg(req_id: int, cv: ContractView, e: dict[str, Any]) -> list[Any]:
-    return [
+def exec_details_msg(version: int, req_id: int, cv: ContractView, e: dict[str, Any]) -> list[Any]:
+    fields = [
         11,
         req_id,
         e["orderId"],
@@ -395,6 +395,9 @@ def exec_details_msg(req_id: int, cv: ContractView, e: dict[str, Any]) -> list[A
         "",  # modelCode
         e.get("lastLiquidity", 2),
     ]
+    if version >= 178:
+        fields.append(False)  # pendingPriceRevision
+    return fields
 
 
 def commission_report_msg(e: dict[str, Any]) -> list[Any]:

@@ -186,7 +186,7 @@ class OrderDesk(MarketDesk):
                 continue
             if side and sides.get(side, side) != e["side"]:
                 continue
-            conn.send(M.exec_details_msg(req_id, inst.view(), e))
+            conn.send(M.exec_details_msg(conn.version, req_id, inst.view(), e))
             if self.held_commissions is None or e["execId"] not in self.held_commissions:
                 conn.send(M.commission_report_msg(e))
         conn.send([55, 1, req_id])
@@ -227,7 +227,7 @@ class OrderDesk(MarketDesk):
         if self.held_commissions is not None:
             self.held_commissions[execution["execId"]] = execution
         if conn is not None:
-            conn.send(M.exec_details_msg(-1, inst.view(), execution))
+            conn.send(M.exec_details_msg(conn.version, -1, inst.view(), execution))
             if self.held_commissions is None:
                 conn.send(M.commission_report_msg(execution))
         # positions, portfolio and account values before the order status, so that a client seeing the trade

@@ -2,8 +2,10 @@
 
 The messages the server sends are in messages.py.
 
-Server versions 157..176 are supported; the few layouts that depend on the version follow the gates in
-ib_insync's `client.py` (what it sends) and `decoder.py` (what it reads).
+Server versions 157..178 are supported (IB Gateway 10.19+ answers at least 178, so a client offering up to 178,
+such as ib_async, gets it); the few layouts that depend on the version follow the gates in ib_insync's `client.py`
+(what it sends) and `decoder.py` (what it reads), and for 177 (faProfile desupported) and 178 (execution's
+pendingPriceRevision) those of IB's ibapi.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MIN_VERSION = 157
-MAX_VERSION = 176
+MAX_VERSION = 178
 MAX_FRAME = 16 * 1024 * 1024
 
 UNSET_INTEGER = 2**31 - 1
@@ -239,6 +241,7 @@ class OrderRequest:
     parentId: int = 0
     outsideRth: bool = False
     goodTillDate: str = ""
+    goodAfterTime: str = ""
     algoStrategy: str = ""
     algoParams: list[tuple[str, str]] = field(default_factory=list)
     whatIf: bool = False
@@ -276,9 +279,10 @@ def read_place_order(r: Reader, version: int) -> OrderRequest:
         for _ in range(r.int()):
             r.skip(2)
     r.skip(1)  # deprecated sharesAllocation
-    r.skip(2)  # discretionaryAmt, goodAfterTime
+    r.skip(1)  # discretionaryAmt
+    o.goodAfterTime = r.str()
     o.goodTillDate = r.str()
-    r.skip(26)  # faGroup .. volatilityType
+    r.skip(26 if version < 177 else 25)  # faGroup .. volatilityType (faProfile only before v177)
     delta_neutral_order_type = r.str()
     r.skip(1)  # deltaNeutralAuxPrice
     if delta_neutral_order_type:

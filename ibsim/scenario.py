@@ -120,7 +120,7 @@ class Scenario:
     # marketData.liveSubscription is its older spelling: true = realtime, false = delayed.
     permissions: str = "realtime"
     # True: an order whose initial margin would exceed the equity with loan value is rejected (201), as IB does.
-    marginEnforce: bool = False
+    marginEnforce: bool = True
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -379,7 +379,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         clockStart=clock_start,
         liveSubscription=bool((d.get("marketData") or {}).get("liveSubscription", True)),
         permissions=_permissions(d.get("marketData") or {}),
-        marginEnforce=bool((d.get("margin") or {}).get("enforce", False)),
+        marginEnforce=bool((d.get("margin") or {}).get("enforce", True)),
         raw=copy.deepcopy(given),
     )
 

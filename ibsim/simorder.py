@@ -42,6 +42,7 @@ class SimOrder:
     algoParams: list[tuple[str, str]] = field(default_factory=list)
     outsideRth: bool = False
     goodTillDate: str = ""
+    goodAfterTime: str = ""
     ocaGroup: str = ""
     openClose: str = "O"
     parentId: int = 0
@@ -55,6 +56,9 @@ class SimOrder:
     completedTime: str = ""
     completedStatus: str = ""
     whyHeld: str = ""
+    # An OPG order placed while its market was closed: it executes at the next open (one placed in the session
+    # waits for the next day's opening, roll_day).
+    forOpen: bool = False
 
     @property
     def remaining(self) -> float:

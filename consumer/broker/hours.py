@@ -10,7 +10,7 @@ than a calendar library of ours would have, and costs no dependency. Two formats
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 # IB's time zone ids are mostly IANA names, with a few of its own.
 _ZONE_ALIASES = {
@@ -50,6 +50,18 @@ def is_open(hours: str, time_zone_id: str, now: datetime) -> bool:
 def next_open(hours: str, time_zone_id: str, now: datetime) -> datetime | None:
     """When the next session in `hours` after `now` starts (in the contract's zone); None if none is listed."""
     return min((start for start, _ in sessions(hours, time_zone_id) if start > now), default=None)
+
+
+def good_after(text: str, time_zone_id: str) -> datetime | None:
+    """An order's goodAfterTime in IB's format ('20261126 09:35:00 US/Eastern'; without a zone, the contract's)."""
+    parts = text.split()
+    if len(parts) < 2:
+        return None
+    try:
+        local = datetime.strptime(f"{parts[0]} {parts[1]}", "%Y%m%d %H:%M:%S")
+        return local.replace(tzinfo=zone(parts[2]) if len(parts) > 2 else zone(time_zone_id))
+    except (ValueError, KeyError, ZoneInfoNotFoundError):
+        return None
 
 
 def closed_reason(symbol: str, hours: str, time_zone_id: str, now: datetime) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from ib_insync import IB, Contract, ContractDetails
 
 from consumer.broker import views
-from consumer.broker.hours import closed_reason, is_open
+from consumer.broker.hours import closed_reason, good_after, is_open, next_open
 from consumer.errors import IntentError
 from consumer.strategies.base import InstrumentSpec
 
@@ -48,6 +48,20 @@ class Instrument:
     def open_at(self, now: datetime) -> bool:
         hours = self.liquid_hours or self.trading_hours
         return is_open(hours, self.time_zone, now) if hours else True
+
+    def takes_while_closed(self, now: datetime, properties: Mapping[str, Any], order_type: str) -> bool:
+        """Whether IB takes an order with these `orderProperties` while the market is closed and works it later,
+        so the closed-market check lets it through: a stock's OPG (executes at the open), a goodAfterTime at or
+        after the next open, an outsideRth limit order for a stock in its extended (trading) hours."""
+        stock = self.sec_type == "STK"
+        if stock and properties.get("tif") == "OPG":
+            return True
+        after = good_after(str(properties.get("goodAfterTime", "")), self.time_zone)
+        opens = next_open(self.liquid_hours or self.trading_hours, self.time_zone, now)
+        if after is not None and opens is not None and after >= opens:
+            return True
+        extended = stock and properties.get("outsideRth") is True and order_type == "LMT" and bool(self.trading_hours)
+        return extended and is_open(self.trading_hours, self.time_zone, now)
 
     def closed_at(self, now: datetime) -> str:
         """The symbol and when its market next opens, for a rejection while `open_at(now)` is False."""

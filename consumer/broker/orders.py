@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ib_insync import IB, LimitOrder, MarketOrder, Order, TagValue, Trade
 
@@ -84,6 +86,7 @@ class Outcome:
     order_type: str = ""
     limit_price: float | None = None
     tif: str = ""
+    held: dict[str, Any] | None = None  # IB holds it for the session (399): its text and when it will be placed
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -101,6 +104,8 @@ class Outcome:
             out.update(orderType=self.order_type, limitPrice=self.limit_price, tif=self.tif)
         if self.error:
             out["error"] = self.error
+        if self.held:
+            out["held"] = self.held
         return out
 
 
@@ -135,11 +140,61 @@ _ORDER_NOTES = {202, 399, 10167}
 _IB_INSYNC_PREFIX = re.compile(r"^Error -?\d+, reqId -?\d+: ")
 
 
+# "Order Message: ... Warning: your order will not be placed at the exchange until 2026-12-07 09:30:00 US/Eastern"
+_HELD_UNTIL = re.compile(r"until (\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) ([A-Za-z_/+-]+)")
+
+
+def held_note(message: str) -> dict[str, Any]:
+    """IB's 399 as a reply reports it: the text as IB sent it and, when the text names it, the time IB will place
+    the order (ISO 8601; IB's zone names such as US/Eastern are tz database links)."""
+    note: dict[str, Any] = {"code": 399, "message": message, "until": None}
+    found = _HELD_UNTIL.search(message)
+    if found:
+        with contextlib.suppress(ValueError, ZoneInfoNotFoundError):
+            local = dt.datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=ZoneInfo(found[2]))
+            note["until"] = local.isoformat()
+    return note
+
+
 def _rejection(trade: Trade) -> dict[str, Any] | None:
     for entry in reversed(trade.log):
         if entry.errorCode and entry.errorCode not in {202}:  # 202 is IB's note on a requested cancel
             return {"code": entry.errorCode, "message": _IB_INSYNC_PREFIX.sub("", entry.message, count=1)}
     return None
+
+
+class _OrderMessages:
+    """IB's messages on the orders being placed, by orderId.
+
+    ib_insync files some of IB's refusals among its warnings (110: price off the tick grid) and leaves them out of
+    the trade's log; they are caught here so that a refused leg still carries IB's code and text. An order IB holds
+    until its session opens (PreSubmitted + 399) is working: waiting for it to fill would only run out the timeout,
+    so its 399 settles its wait at once (`held_future`) and the reply says it is held, with IB's text.
+    """
+
+    def __init__(self) -> None:
+        self.errors: dict[int, dict[str, Any]] = {}
+        self._held: dict[int, asyncio.Future[dict[str, Any]]] = {}
+
+    def held_future(self, trade: Trade) -> asyncio.Future[dict[str, Any]]:
+        return self._held.setdefault(trade.order.orderId, asyncio.get_running_loop().create_future())
+
+    def on_error(self, req_id: int, code: int, message: str, contract: Any) -> None:
+        if code == 399:
+            future = self._held.setdefault(req_id, asyncio.get_running_loop().create_future())
+            if not future.done():
+                future.set_result(held_note(message))
+        elif code not in _ORDER_NOTES and code < 2100:
+            self.errors[req_id] = {"code": code, "message": message}
+
+    def held_note(self, trade: Trade) -> dict[str, Any] | None:
+        future = self._held.get(trade.order.orderId)
+        return future.result() if future is not None and future.done() and not future.cancelled() else None
+
+    def close(self) -> None:
+        for future in self._held.values():
+            if not future.done():
+                future.cancel()
 
 
 class OrderEngine:
@@ -215,20 +270,17 @@ class OrderEngine:
     async def place(self, legs: Iterable[LegOrder]) -> dict[str, Outcome]:
         """Sends every leg at once and waits for each to be confirmed (ib_insync paces the sends at 45/s)."""
         self._confirmed = 0
-        # ib_insync files some of IB's refusals among its warnings (110: price off the tick grid) and leaves them
-        # out of the trade's log; they are caught here so that a refused leg still carries IB's code and text.
-        errors: dict[int, dict[str, Any]] = {}
-
-        def on_error(req_id: int, code: int, message: str, contract: Any) -> None:
-            if code not in _ORDER_NOTES and code < 2100:
-                errors[req_id] = {"code": code, "message": message}
-
-        self._ib.errorEvent += on_error
+        notes = _OrderMessages()
+        self._ib.errorEvent += notes.on_error
         try:
             trades = [self._ib.placeOrder(leg.instrument.contract, self.build(leg)) for leg in legs]
-            confirmed = await asyncio.gather(*(self._confirm_counted(trade, len(trades)) for trade in trades))
+            confirmed = await asyncio.gather(
+                *(self._confirm_counted(trade, len(trades), notes.held_future(trade)) for trade in trades)
+            )
         finally:
-            self._ib.errorEvent -= on_error
+            self._ib.errorEvent -= notes.on_error
+            notes.close()
+        errors = notes.errors
         outcomes: dict[str, Outcome] = {}
         for trade, settled in zip(trades, confirmed, strict=True):
             ref = trade.order.orderRef
@@ -239,6 +291,9 @@ class OrderEngine:
             )
             if outcome.fate is Fate.REJECTED and outcome.error is None and trade.order.orderId in errors:
                 outcome = replace(outcome, error=errors[trade.order.orderId])
+            note = notes.held_note(trade)
+            if outcome.fate is Fate.WORKING and note is not None:
+                outcome = replace(outcome, held=note)
             outcomes[ref] = outcome
         unconfirmed = {ref for ref, o in outcomes.items() if o.fate is Fate.UNCONFIRMED}
         if unconfirmed:
@@ -253,9 +308,9 @@ class OrderEngine:
     async def find(self, refs: set[str]) -> dict[str, Outcome]:
         return await find_orders(self._ib, self._requests, refs)
 
-    async def _confirm_counted(self, trade: Trade, total: int) -> bool:
+    async def _confirm_counted(self, trade: Trade, total: int, held: asyncio.Future[Any]) -> bool:
         try:
-            return await self._confirm(trade)
+            return await self._confirm(trade, held)
         finally:
             self._confirmed += 1
             # A long rebalance reports every tenth of the way (on a terminal, that is its progress bar).
@@ -263,16 +318,26 @@ class OrderEngine:
             if self._progress is not None and total >= 10 and (self._confirmed % step == 0 or self._confirmed == total):
                 self._progress(self._confirmed, total)
 
-    async def _confirm(self, trade: Trade) -> bool:
-        """Waits on the trade's status events until it settles; False on timeout. Raises on disconnect.
+    async def _confirm(self, trade: Trade, held: asyncio.Future[Any]) -> bool:
+        """Waits on the trade's status events until it settles, or until IB says it holds the order (`held`:
+        399); False on timeout. Raises on disconnect.
 
         An order settles when it is done (filled, cancelled, rejected): its fills follow within moments. One still
-        open at the timeout (a market order filling slowly, a limit order the market has moved away from) was
-        accepted, so it is reported as working, not unconfirmed; it stays open at the broker and in the books,
-        and its fills are booked whenever they come (a DAY order that never fills expires with the day).
+        open at the timeout (a market order filling slowly, a limit order the market has moved away from) or held
+        by IB for the open was accepted, so it is reported as working, not unconfirmed; it stays open at the broker
+        and in the books, and its fills are booked whenever they come (a DAY order that never fills expires with
+        the day).
         """
         settled = DONE if trade.order.orderType in {"MKT", "LMT"} else CONFIRMED
-        if await await_status(self._ib, trade, settled, self._timeout):
+        waiting = asyncio.ensure_future(await_status(self._ib, trade, settled, self._timeout))
+        try:
+            await asyncio.wait({waiting, held}, return_when="FIRST_COMPLETED")
+        finally:  # held first, or this wait cancelled: the status wait goes too
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiting
+        if not waiting.cancelled() and waiting.result():  # raises ConnectionError on a disconnect
             return True
         return trade.orderStatus.status in ACCEPTED | {"Inactive"}
 

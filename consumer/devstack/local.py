@@ -9,6 +9,7 @@ Everything started here runs in its own process group and is stopped as a group,
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import re
@@ -41,6 +42,10 @@ DEFAULTS = {
 }
 REPLY_SUBSCRIPTION = "devstack-replies"
 LOCAL_ACCOUNT = "DU123456"  # the paper account of ibsim's default scenario
+# The demo needs this long in session; closer to the close, the gateway's clock starts at the next open instead.
+DEMO_MINUTES = dt.timedelta(minutes=10)
+# What a paper account at IB Gateway really does: regular hours with holidays, margin, delayed data but US ETFs.
+PAPER_SCENARIO = Path(__file__).resolve().parents[2] / "ibsim" / "scenarios" / "paper.yaml"
 STACK_FILE = "stack.json"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -267,15 +272,12 @@ def run() -> int:
             env = {**os.environ, **addresses.environ()}
             os.environ.update(addresses.environ())
 
-            gateway = _start(
-                stack, directory, "simulated gateway",
-                [sys.executable, "-m", "ibsim", "--host", "127.0.0.1", "--port", str(addresses.ib_port),
-                 *(["--clock", env["IBSIM_CLOCK"]] if env.get("IBSIM_CLOCK") else [])], env,
-            )  # fmt: skip
+            gateway = _start(stack, directory, "simulated gateway", _gateway_command(addresses.ib_port, env), env)
             record(gateway.name, gateway.process.pid)
             listening = lambda: port_open("127.0.0.1", addresses.ib_port)  # noqa: E731
             _wait(listening, gateway, 15, "the simulated gateway to listen", stop)
-            _say(f"simulated IB Gateway on 127.0.0.1:{addresses.ib_port} (paper account {LOCAL_ACCOUNT})")
+            where = f"127.0.0.1:{addresses.ib_port}"
+            _say(f"simulated IB Gateway on {where} (paper account {LOCAL_ACCOUNT}, scenario paper.yaml)")
 
             from consumer.devstack.provision import provision
             from consumer.devstack.seed import seed_config
@@ -314,6 +316,32 @@ def run() -> int:
         _say("stopped while starting")
     _say("stopped: emulators, gateway and consumer are down")
     return 0
+
+
+def _gateway_command(port: int, env: Mapping[str, str]) -> list[str]:
+    clock = env.get("IBSIM_CLOCK") or demo_clock(dt.datetime.now(dt.UTC))
+    if clock and not env.get("IBSIM_CLOCK"):
+        _say(f"NYSE is closed now: the simulated gateway's clock starts at its next regular open, {clock}")
+    return [
+        sys.executable, "-m", "ibsim", "--host", "127.0.0.1", "--port", str(port),
+        "--scenario", str(PAPER_SCENARIO), *(["--clock", clock] if clock else []),
+    ]  # fmt: skip
+
+
+def demo_clock(now: dt.datetime) -> str | None:
+    """The clock `make run` starts the simulated gateway on at the real time `now`: None (the real time) while
+    NYSE's regular session is open, else its next regular open in New York time, so the demo's allocation trades
+    at any hour of the real day instead of being held or refused by the paper scenario's regular hours (a session
+    closing within DEMO_MINUTES counts as closed: the demo would run into the close)."""
+    import exchange_calendars as xcals  # type: ignore[import-untyped]
+    import pandas as pd  # type: ignore[import-untyped]
+
+    ts = pd.Timestamp(now).tz_convert("UTC").floor("min")
+    xnys = xcals.get_calendar("XNYS", start=f"{now.year - 1}-01-01", end=f"{now.year + 1}-12-31")
+    if xnys.is_open_on_minute(ts) and xnys.is_open_on_minute(ts + DEMO_MINUTES):
+        return None
+    opens: pd.Timestamp = xnys.next_open(ts)
+    return str(opens.tz_convert("America/New_York").isoformat())
 
 
 def stop_stack(environ: Mapping[str, str], timeout: float = 60.0) -> str:

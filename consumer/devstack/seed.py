@@ -30,6 +30,9 @@ def local_paper_config(strategies: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "defaultStrategies": runnable,
         "orderDefaults": {"orderType": "MKT", "algo": "Adaptive", "adaptivePriority": "Normal", "tif": "DAY"},
         "cashBalancer": {"threshold": 1000.0},
+        # The paper scenario's login has live data for US ETFs only: 3 takes delayed data for the rest (10167),
+        # where 1 would be refused (354) and leave those instruments without a price.
+        "marketDataType": 3,
     }
 
 

@@ -263,6 +263,19 @@ class Rebalance:
             if abs(expected.get(c, 0.0) - broker.get(c, 0.0)) > EPSILON and (c in broker or c in expected)
         ]
 
+    def closed(self, touched: Mapping[int, Instrument], cancelling: set[int]) -> list[str]:
+        """The touched instruments whose market is closed now, each with its next open; an order IB takes while
+        closed (the message's orderProperties: OPG, goodAfterTime, outsideRth) does not count, a cancel does."""
+        ctx = self.ctx
+        now = ctx.market_now()
+        properties = ctx.request.envelope.params.get("orderProperties", {}) if ctx.request.envelope else {}
+        order_type = ctx.config.order_defaults.order_type
+        return sorted(
+            inst.closed_at(now)
+            for c, inst in touched.items()
+            if not inst.open_at(now) and (c in cancelling or not inst.takes_while_closed(now, properties, order_type))
+        )
+
     async def carry_out(
         self, targets: Mapping[str, Mapping[int, float]], instruments: Mapping[int, Instrument], close: bool = False
     ) -> dict[str, Any]:
@@ -282,13 +295,13 @@ class Rebalance:
         trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
         touched = set(trading) | {o.con_id for o in way.cancel.values()}
         if touched and not ctx.dry_run and not (ctx.request.envelope and ctx.request.envelope.ignore_market_hours):
-            now = ctx.market_now()
-            closed = sorted(instruments[c].closed_at(now) for c in touched if not instruments[c].open_at(now))
+            closed = self.closed({c: instruments[c] for c in touched}, {o.con_id for o in way.cancel.values()})
             if closed:
                 raise Rejected(
                     "market_closed",
                     f"the market is closed for {', '.join(closed)}; nothing was placed or cancelled "
-                    "(set ignoreMarketHours to trade anyway)",
+                    "(set ignoreMarketHours to trade anyway, or orderProperties IB takes while closed: "
+                    "tif OPG, goodAfterTime)",
                 )
 
         await self.check_books(touched)

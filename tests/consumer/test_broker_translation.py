@@ -7,7 +7,7 @@ from ib_insync import Contract
 
 from consumer.broker import views
 from consumer.broker.model import STATUSES, Fate, is_accepted, is_done, meaning
-from consumer.broker.orders import ACCEPTED, CONFIRMED, DONE
+from consumer.broker.orders import ACCEPTED, CONFIRMED, DONE, held_note
 
 # IB's statuses (TWS API orderStatus) and what each has always meant here.
 EXPECTED = {
@@ -60,3 +60,15 @@ def test_an_instrument_is_described_by_the_symbol_it_trades_under():
         "multiplier": 1.0,
     }
     assert (views.contract(stock)["symbol"], views.contract(stock)["exchange"]) == ("SPY", "ARCA")
+
+
+@pytest.mark.parametrize(
+    ("zone", "until"),
+    [("US/Eastern", "2026-12-07T09:30:00-05:00"), ("US/Central", "2026-12-07T09:30:00-06:00"), ("Mars/Olympus", None)],
+)
+def test_a_held_order_is_reported_with_ibs_text_and_when_ib_will_place_it(zone: str, until: str | None):
+    text = (
+        "Order Message:\nBUY 10 SPY ARCA\n"
+        f"Warning: your order will not be placed at the exchange until 2026-12-07 09:30:00 {zone}"
+    )
+    assert held_note(text) == {"code": 399, "message": text, "until": until}  # an unknown zone: the text alone

@@ -1,14 +1,19 @@
-"""The local stack's set-up: addresses from the standard variables, and a one-line hint when a tool is missing."""
+"""The local stack's set-up: addresses from the standard variables, a one-line hint when a tool is missing, and the
+simulated clock `make run` chooses for the real time."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from consumer.devstack.local import DEFAULTS, LocalAddresses
+from consumer.devstack.local import DEFAULTS, LocalAddresses, demo_clock
+
+ET = ZoneInfo("America/New_York")
 
 
 def test_defaults_and_overrides_come_from_the_standard_variables():
@@ -45,3 +50,21 @@ def test_a_missing_tool_is_one_line_saying_what_to_install(tmp_path, missing, hi
     assert len(lines) == 1
     assert lines[0].startswith(f"{missing} not found")
     assert hint in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("now", "clock"),
+    [
+        pytest.param(dt.datetime(2026, 6, 17, 10, 0, tzinfo=ET), None, id="wednesday-10:00-open"),
+        pytest.param(dt.datetime(2026, 6, 17, 20, 0, tzinfo=ET), "2026-06-18T09:30:00-04:00", id="wednesday-20:00"),
+        pytest.param(dt.datetime(2026, 6, 17, 2, 0, tzinfo=dt.UTC), "2026-06-17T09:30:00-04:00", id="before-open-utc"),
+        pytest.param(dt.datetime(2026, 12, 5, 12, 0, tzinfo=ET), "2026-12-07T09:30:00-05:00", id="saturday"),
+        pytest.param(dt.datetime(2026, 11, 26, 11, 0, tzinfo=ET), "2026-11-27T09:30:00-05:00", id="thanksgiving"),
+        pytest.param(dt.datetime(2026, 11, 27, 14, 0, tzinfo=ET), "2026-11-30T09:30:00-05:00", id="after-early-close"),
+        pytest.param(dt.datetime(2026, 6, 17, 15, 55, tzinfo=ET), "2026-06-18T09:30:00-04:00", id="closing-in-5-min"),
+    ],
+)
+def test_make_run_starts_the_gateway_clock_at_the_next_regular_open_when_nyse_is_closed(
+    now: dt.datetime, clock: str | None
+) -> None:
+    assert demo_clock(now) == clock

@@ -38,6 +38,7 @@ def test_the_seeded_config_defaults_to_the_strategies_that_need_no_params():
     assert "dummy" in config.strategy_exposure
     assert config.enabled_strategies == sorted(set(strategies) - {"dummy"})
     assert config.trading_enabled
+    assert config.market_data_type == 3  # the paper scenario has live data for US ETFs only
 
 
 def test_an_edit_is_checked_as_the_consumer_reads_it():

@@ -8,7 +8,7 @@ import struct
 import time
 
 import pytest
-from ib_insync import IB
+from ib_insync import IB, LimitOrder, MarketOrder, Stock
 
 from ibsim import ThreadedGateway
 from ibsim.protocol import MAX_VERSION
@@ -24,7 +24,7 @@ def test_connect_completes_fast_without_startup_timeouts(gw: ThreadedGateway, co
         ib = connect(client_id)
         times.append(time.perf_counter() - t0)
         assert ib.isConnected()
-        assert ib.client.serverVersion() == MAX_VERSION
+        assert ib.client.serverVersion() == min(ib.client.MaxClientVersion, MAX_VERSION) == 176
         assert ib.managedAccounts() == ["DU123456"]
     assert statistics.median(times) < 0.2, times
     assert not [r for r in caplog.records if "timed out" in r.getMessage()]
@@ -45,7 +45,14 @@ def test_farm_notices_arrive_as_warnings(gw: ThreadedGateway) -> None:
 
 @pytest.mark.parametrize(
     ("versions", "expected"),
-    [("v100..200", 176), ("v157..176", 176), ("v157..160", 160), ("v100..157", 157), ("v170..187 +PACEAPI", 176)],
+    [
+        ("v100..200", 178),
+        ("v157..176", 176),  # ib_insync 0.9.86
+        ("v157..178", 178),  # ib_async 2.0: IB Gateway 10.19+ answers 178, not 176
+        ("v157..160", 160),
+        ("v100..157", 157),
+        ("v170..187 +PACEAPI", 178),
+    ],
 )
 def test_handshake_picks_highest_common_version(raw, versions: str, expected: int) -> None:
     r = raw(versions)
@@ -54,6 +61,30 @@ def test_handshake_picks_highest_common_version(raw, versions: str, expected: in
     assert len(hello) == 2
     assert int(hello[0]) == expected
     assert hello[1][:8].isdigit()
+
+
+def test_from_v177_open_orders_drop_fa_profile_and_from_v178_executions_carry_pending_price_revision(
+    ib: IB, raw
+) -> None:
+    """The two layouts IB changed between 176 and 178, as IB's ibapi and ib_async read them."""
+    filled = ib.placeOrder(Stock("SPY", "SMART", "USD"), MarketOrder("BUY", 10, orderRef="v178-fill"))
+    wait_until(ib, filled.isDone, what="the fill")
+    ib.placeOrder(Stock("SPY", "SMART", "USD"), LimitOrder("BUY", 1, 100.0, orderRef="v178-working"))
+    layouts = {}
+    for client_id, versions in ((31, "v157..176"), (32, "v157..178")):
+        r = raw(versions)
+        r.start(client_id)
+        r.send(7, 3, 1, 0, "", "", "", "", "", "")  # reqExecutions, no filter
+        execution = r.until(lambda m: m[0] == "11")
+        r.send(16, 1)  # reqAllOpenOrders
+        working = r.until(lambda m: m[0] == "5" and "v178-working" in m)
+        layouts[versions] = (execution, working)
+    (exec176, open176), (exec178, open178) = layouts["v157..176"], layouts["v157..178"]
+    assert exec178[:-1] == exec176
+    assert exec178[-1] == "0"  # pendingPriceRevision: false
+    # no faProfile: the same fields less one empty one
+    assert any(open176[:i] + open176[i + 1 :] == open178 for i, f in enumerate(open176) if f == "")
+    assert len(open178) == len(open176) - 1
 
 
 @pytest.mark.parametrize(("versions", "code"), [("v180..190", "503"), ("v100..150", "506")])

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from ib_insync import IB, LimitOrder, MarketOrder, Stock, Trade
+from ib_insync import IB, Forex, Future, LimitOrder, MarketOrder, Stock, Trade
 
 from ibsim import ThreadedGateway
 from tests.support import CLOCKS
@@ -15,6 +15,8 @@ from tests.support import CLOCKS
 from .conftest import wait_until
 
 SPY = Stock("SPY", "SMART", "USD")
+EURUSD = Forex("EURUSD")
+ES = Future("ES", exchange="CME")
 
 
 @pytest.fixture
@@ -110,3 +112,57 @@ def test_contract_details_show_the_holiday_closed_and_the_early_close(ib: IB) ->
     assert "20261127:0930-20261127:1300" in liquid
     assert "20261127:0400-20261127:1700" in trading
     assert "20261130:0930-20261130:1600" in liquid
+
+
+@pytest.mark.parametrize("market_clock", ["2026-11-25T12:00:00-05:00"], indirect=True)
+def test_futures_close_at_noon_chicago_on_thanksgiving_as_cme_globex_does(ib: IB) -> None:
+    [d] = ib.reqContractDetails(ES)
+    assert d.timeZoneId == "America/Chicago"
+    trading, liquid = d.tradingHours.split(";"), d.liquidHours.split(";")
+    assert "20261124:1700-20261125:1600" in trading  # an ordinary session: Sunday-Thursday 17:00 to 16:00
+    assert "20261125:1700-20261126:1200" in trading  # Thanksgiving: the session ends at 12:00
+    assert "20261126:0830-20261126:1200" in liquid
+    assert "20261125:0830-20261125:1500" in liquid
+
+
+@pytest.mark.parametrize(
+    ("market_clock", "contract", "closed"),
+    [
+        ("2026-12-23T12:00:00-05:00", ES, ["20261224:CLOSED", "20261225:CLOSED"]),  # Christmas
+        ("2026-04-01T12:00:00-04:00", ES, ["20260402:CLOSED", "20260403:CLOSED"]),  # Good Friday
+        ("2026-12-23T12:00:00-05:00", EURUSD, ["20261224:CLOSED", "20261225:CLOSED"]),  # Christmas
+        ("2026-12-30T12:00:00-05:00", EURUSD, ["20261231:CLOSED", "20270101:CLOSED"]),  # New Year
+    ],
+    ids=["es-christmas", "es-good-friday", "fx-christmas", "fx-new-year"],
+    indirect=["market_clock"],
+)
+def test_futures_and_forex_holidays_show_closed_in_trading_hours(ib: IB, contract: Any, closed: list[str]) -> None:
+    """The session that would end on the holiday is closed (in tradingHours under the day it would start)."""
+    [d] = ib.reqContractDetails(contract)
+    trading = d.tradingHours.split(";")
+    assert [day for day in trading if day.endswith("CLOSED")][:2] == closed
+    assert not any(day.startswith(closed[0][:8]) and not day.endswith("CLOSED") for day in trading)
+
+
+@pytest.mark.parametrize(
+    ("market_clock", "contract", "opens"),
+    [
+        ("2026-12-31T18:00:00-05:00", EURUSD, "2027-01-03 17:15:00 US/Eastern"),  # New Year's Eve after 17:00
+        ("2026-11-26T13:00:00-06:00", ES, "2026-11-26 17:00:00 US/Central"),  # after Thanksgiving's noon close
+        ("2026-12-24T18:00:00-06:00", ES, "2026-12-27 17:00:00 US/Central"),  # Christmas: no session until Sunday
+    ],
+    ids=["fx-new-year", "es-thanksgiving", "es-christmas"],
+    indirect=["market_clock"],
+)
+def test_forex_and_futures_orders_on_a_holiday_are_held_until_the_next_session(
+    gw: ThreadedGateway, ib: IB, contract: Any, opens: str
+) -> None:
+    errors = errors_of(ib)
+    [contract] = ib.qualifyContracts(contract)
+    quantity = 20_000 if contract.secType == "CASH" else 1
+    trade = ib.placeOrder(contract, MarketOrder("BUY", quantity, orderRef="holiday"))
+    assert held(ib, trade, errors).endswith(f"will not be placed at the exchange until {opens}")
+    ib.reqOpenOrders()  # a round trip after the placement: a fill would have come before its answer
+    [order] = gw.orders()
+    assert (order["orderRef"], order["status"], order["filled"]) == ("holiday", "PreSubmitted", 0)
+    assert gw.executions() == []

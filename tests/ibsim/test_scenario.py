@@ -208,3 +208,21 @@ def test_cli_rejects_a_bad_scenario(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "instruments[0].currency: 'XYZ' is not a currency" in done.stderr
+
+
+def test_margin_is_enforced_unless_a_scenario_says_otherwise() -> None:
+    assert Scenario.default().marginEnforce
+    assert not Scenario.from_dict({"margin": {"enforce": False}}).marginEnforce
+
+
+def test_the_paper_scenario_gives_realtime_data_for_us_etfs_and_delayed_for_the_rest() -> None:
+    paper = Scenario.load(ROOT / "ibsim" / "scenarios" / "paper.yaml")
+    default = Scenario.default()
+    assert paper.marginEnforce
+    assert paper.permissions == "delayed"
+    # the same instruments as the default scenario; only the US ETFs carry a realtime permission of their own
+    assert [i.key for i in paper.instruments] == [i.key for i in default.instruments]
+    realtime = {i.key for i in paper.instruments if i.permissions == "realtime"}
+    assert realtime == {i.key for i in default.instruments if i.kind == "ETF" and i.currency == "USD"}
+    assert {"SPY", "QQQ", "TLT"} <= realtime
+    assert {i.permissions for i in paper.instruments if i.key not in realtime} == {""}  # marketData: delayed

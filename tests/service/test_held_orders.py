@@ -1,5 +1,6 @@
 """An order IB holds for the open (hours: regular, placed with ignoreMarketHours on a closed market): reported as
-working, booked as open, and its fills booked by execId when the session opens and it executes."""
+working and held (IB's 399 text and when it will be placed) as soon as IB says so, booked as open, and its fills
+booked by execId when the session opens and it executes."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
 
 @pytest.fixture
 def consumer(consumer_factory):
-    """Waiting 3 s, not 30, before reporting a market order that has not finished as working."""
-    return consumer_factory(order_timeout=3.0)
+    """An order timeout far beyond the reply's wait: a held order must be reported on IB's 399 at once, not when
+    the wait for its fill runs out."""
+    return consumer_factory(order_timeout=600.0)
 
 
 @pytest.fixture
@@ -29,6 +31,9 @@ def test_an_order_held_for_the_open_is_working_until_it_fills_at_the_open(bus: B
     assert reply["status"] == "ok", reply
     (spy,) = reply["result"]["instruments"]
     assert spy["outcome"] == "working", spy
+    assert spy["held"]["code"] == 399
+    assert "will not be placed at the exchange until 2026-12-07 09:30:00 US/Eastern" in spy["held"]["message"]
+    assert spy["held"]["until"] == "2026-12-07T09:30:00-05:00"
     [order] = gateway.orders()
     assert (order["orderRef"], order["status"], order["filled"]) == (spy["orderRef"], "PreSubmitted", 0)
     assert gateway.executions() == []

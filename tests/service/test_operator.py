@@ -178,6 +178,17 @@ def with_stack_addresses(stack: Stack, line: str) -> str:
     return line.replace("HEALTH_PORT=8080", f"HEALTH_PORT={stack.env['HEALTH_PORT']}")
 
 
+def test_the_demo_trades_on_the_paper_scenario(stack: Stack):
+    """make run serves ibsim/scenarios/paper.yaml (regular hours, margin, delayed data but US ETFs), and its demo
+    allocation still fills: here on the tests' fixed clock, a Wednesday in mid-session."""
+    assert "(scenario paper," in (stack.workdir / "gateway.log").read_text()
+    demo = stack.text().split(">>> allocation on the paper account", 1)[1].split(">>>", 1)[0]
+    assert re.search(r"^<<< .*allocation\s+ok", demo, re.MULTILINE), demo
+    assert re.search(r"^\s+SPY .* filled alloc-", demo, re.MULTILINE), demo
+    assert re.search(r"^\s+TLT .* filled alloc-", demo, re.MULTILINE), demo
+    assert "next regular open" not in stack.text()  # IBSIM_CLOCK given: the clock is not chosen for it
+
+
 # -- the README, as printed --------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,101 @@
+"""Orders IB takes while the market is closed (issue 15), through Pub/Sub, the simulated gateway (hours: regular) and
+Firestore: the allocation's orderProperties decide whether the closed-market check lets them through. An OPG order
+is held until the open and executes then; a goodAfterTime order waits for its time; an outsideRth limit order for a
+stock trades in the extended session. Without them the same message is rejected before any order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support import Bus, allocation, holdings, mode_collection, wait_for, write_config
+
+pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
+
+PRE_MARKET = "2026-06-17T08:00:00-04:00"  # a Wednesday: NYSE's extended session is open, the regular one at 09:30
+
+
+@pytest.fixture
+def gateway_scenario() -> dict[str, Any]:
+    return {"hours": "regular"}
+
+
+def place(bus: Bus, properties: dict[str, Any]) -> dict[str, Any]:
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05}, params={"orderProperties": properties})))
+    assert reply["status"] == "ok", reply
+    (spy,) = reply["result"]["instruments"]
+    return spy
+
+
+def assert_fills_booked(gateway: Any, project: str, spy: dict[str, Any]) -> None:
+    executions = gateway.executions()
+    assert {e["orderRef"] for e in executions} == {spy["orderRef"]}
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": spy["target"]}}, what="the fills booked to dummy")
+    fills = {f["execId"] for f in mode_collection(project, "fills")}
+    assert fills == {e["execId"] for e in executions}
+    wait_for(lambda: mode_collection(project, "openOrders") == [], what="the order closed in the books")
+
+
+@pytest.mark.parametrize("market_clock", [PRE_MARKET], indirect=True)
+def test_an_opg_order_is_taken_before_the_open_and_executes_at_the_open(bus: Bus, gateway, project: str):
+    refused = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))
+    assert (refused["status"], refused["error"]["code"]) == ("rejected", "market_closed"), refused
+    assert gateway.orders() == []
+
+    spy = place(bus, {"tif": "OPG"})
+    assert spy["outcome"] == "working", spy
+    assert spy["held"]["until"] == "2026-06-17T09:30:00-04:00"
+    [order] = gateway.orders()
+    assert (order["orderRef"], order["tif"], order["status"], order["filled"]) == (
+        spy["orderRef"],
+        "OPG",
+        "PreSubmitted",
+        0,
+    )
+    assert gateway.executions() == []
+    assert [o["_id"] for o in mode_collection(project, "openOrders")] == [spy["orderRef"]]
+    assert holdings(project) == {}
+
+    gateway.set_time("2026-06-17T09:30:00-04:00")
+    wait_for(lambda: gateway.positions().get("SPY") == spy["target"], what="the OPG order to execute at the open")
+    assert_fills_booked(gateway, project, spy)
+
+
+@pytest.mark.parametrize("market_clock", [PRE_MARKET], indirect=True)
+def test_a_good_after_time_order_waits_for_its_time_then_trades(bus: Bus, gateway, project: str):
+    spy = place(bus, {"goodAfterTime": "20260617 09:45:00 US/Eastern"})
+    assert spy["outcome"] == "working", spy
+    assert spy["held"]["until"] == "2026-06-17T09:45:00-04:00"
+    assert [o["_id"] for o in mode_collection(project, "openOrders")] == [spy["orderRef"]]
+
+    gateway.set_time("2026-06-17T09:35:00-04:00")  # the market is open, the order's time has not come
+    bus.reply_to(bus.publish({"intent": "ping"}))  # a round trip through the consumer and the gateway
+    [order] = gateway.orders()
+    assert (order["orderRef"], order["status"], order["filled"]) == (spy["orderRef"], "PreSubmitted", 0)
+    assert gateway.executions() == []
+
+    gateway.set_time("2026-06-17T09:45:00-04:00")
+    wait_for(lambda: gateway.positions().get("SPY") == spy["target"], what="the order to trade after its time")
+    assert_fills_booked(gateway, project, spy)
+
+
+@pytest.mark.parametrize("market_clock", [PRE_MARKET], indirect=True)
+def test_an_outside_rth_limit_order_trades_in_the_extended_session(bus: Bus, gateway, project: str):
+    write_config(project, orderDefaults={"orderType": "LMT", "limitOffsetBps": 5, "algo": "none", "tif": "DAY"})
+    spy = place(bus, {"outsideRth": True})
+    assert spy["outcome"] == "filled", spy
+    [order] = gateway.orders()
+    assert (order["orderRef"], order["orderType"], order["status"]) == (spy["orderRef"], "LMT", "Filled")
+    assert_fills_booked(gateway, project, spy)
+
+
+@pytest.mark.parametrize("market_clock", ["2026-06-17T21:00:00-04:00"], indirect=True)
+def test_an_outside_rth_limit_order_is_rejected_when_even_the_extended_session_is_closed(
+    bus: Bus, gateway, project: str
+):
+    write_config(project, orderDefaults={"orderType": "LMT", "algo": "none", "tif": "DAY"})
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05}, params={"orderProperties": {"outsideRth": True}})))
+    assert (reply["status"], reply["error"]["code"]) == ("rejected", "market_closed"), reply
+    assert "SPY (opens 2026-06-18 09:30 America/New_York)" in reply["error"]["message"]
+    assert gateway.orders() == []
