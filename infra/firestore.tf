@@ -7,3 +7,27 @@ resource "google_firestore_database" "default" {
 
   depends_on = [google_project_service.apis]
 }
+
+# Large maps nothing queries, left out of the automatic single-field indexes: a stored reply, an activity record's
+# result and params, a strategy's positions and realized P&L. Indexing every nested field of a 1,000-instrument
+# reply slows each write and can pass Firestore's 40,000 index entries per document. The fields queried (state,
+# requestId, date, finishedAt, tradingMode) keep their indexes.
+locals {
+  unindexed_fields = {
+    "requests-reply"     = { collection = "requests", field = "reply" }
+    "activity-result"    = { collection = "activity", field = "result" }
+    "activity-params"    = { collection = "activity", field = "params" }
+    "holdings-positions" = { collection = "holdings", field = "positions" }
+    "holdings-realized"  = { collection = "holdings", field = "realized" }
+  }
+}
+
+resource "google_firestore_field" "unindexed" {
+  for_each   = local.unindexed_fields
+  project    = var.project_id
+  database   = google_firestore_database.default.name
+  collection = each.value.collection
+  field      = each.value.field
+  # An empty block removes every single-field index of the field (and of what it holds).
+  index_config {}
+}

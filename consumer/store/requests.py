@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -24,6 +25,22 @@ from consumer.store.encoding import firestore_safe
 from consumer.store.layout import Layout
 
 log = get_logger(__name__)
+
+# A Firestore document holds at most 1 MiB; a summary of a large account or a big rebalance can reply with more.
+# The claim keeps the reply whole up to this size, else without its result (the reply itself went out whole).
+MAX_STORED_REPLY_BYTES = 500_000
+
+
+def storable_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    """The reply as the claim stores it for duplicates: whole when it fits, else marked `resultTruncated`."""
+    safe: dict[str, Any] = firestore_safe(reply)
+    if len(json.dumps(safe, default=str)) <= MAX_STORED_REPLY_BYTES:
+        return safe
+    return {
+        **safe,
+        "result": {"truncated": True, "note": "the result was too large to keep; the first reply carried it whole"},
+        "resultTruncated": True,
+    }
 
 
 class ClaimState(StrEnum):
@@ -152,7 +169,7 @@ class RequestLedger:
             self._layout.request(request_id),
             {
                 "state": ClaimState.DONE.value,
-                "reply": firestore_safe(reply),
+                "reply": storable_reply(reply),
                 "leaseUntil": None,
                 "updatedAt": datetime.now(UTC),
             },

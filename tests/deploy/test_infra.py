@@ -579,3 +579,23 @@ def test_alerts_go_to_email_by_default_and_to_any_channel_given(tf: dict[str, An
     channels = tf["locals"]["alert_channels"]
     assert "google_monitoring_notification_channel.email" in channels
     assert "var.alert_notification_channels" in channels
+
+
+def test_large_unqueried_maps_are_left_out_of_firestores_indexes(tf: dict[str, Any]) -> None:
+    """A 1,000-instrument reply indexed field by field slows every write and can pass the 40,000 index entries a
+    document may have: the big maps are exempt, and none of them is a field any query filters or orders on."""
+    exempt = tf["locals"]["unindexed_fields"]
+    field = tf["resource"]["google_firestore_field"]["unindexed"]
+    assert field["for_each"] == "${local.unindexed_fields}"
+    assert field["index_config"] == [{}]
+    code = {p: p.read_text() for p in (INFRA.parent / "consumer").rglob("*.py")}
+    layout = (INFRA.parent / "consumer" / "store" / "layout.py").read_text()
+    queried = {
+        name for text in code.values() for name in re.findall(r"(?:FieldFilter\(|order_by\()\s*\"([\w.]+)\"", text)
+    }
+    assert queried, "no query found: the scan is broken"
+    for entry in exempt.values():
+        collection, name = entry["collection"].strip('"'), entry["field"].strip('"')
+        assert f'collection("{collection}")' in layout, f"{collection} is not a collection of the layout"
+        assert any(f'"{name}"' in text for text in code.values()), f"{name} is written by no module"
+        assert not any(q == name or q.startswith(f"{name}.") for q in queried), f"{name} is queried"
