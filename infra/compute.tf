@@ -1,4 +1,5 @@
-# The runtime: one small Container-Optimized OS VM running the gateway-image container under systemd.
+# The runtime: per deployment, one small Container-Optimized OS VM running the gateway-image container under systemd
+# (infra/modules/deployment); here the network they share.
 #
 # Why a VM and not Cloud Run: IB Gateway is a long-lived, stateful login session holding a persistent socket to IB,
 # restarted by IBC on IB's nightly schedule; the consumer holds a streaming pull. Cloud Run would need CPU always
@@ -56,91 +57,4 @@ resource "google_compute_firewall" "iap_ssh" {
     protocol = "tcp"
     ports    = ["22"]
   }
-}
-
-locals {
-  container_env = merge(
-    {
-      GOOGLE_CLOUD_PROJECT  = var.project_id
-      TRADING_MODE          = var.trading_mode
-      IB_CREDENTIALS_SECRET = "${google_secret_manager_secret.ib_credentials.id}/versions/latest"
-      LOG_FORMAT            = "json"
-    },
-    var.read_only_api == null ? {} : { IB_READ_ONLY_API = var.read_only_api ? "yes" : "no" },
-    var.consumer_env,
-    # Last, so consumer_env cannot override them: the live guard's ceilings live here, not in Firestore (which the
-    # consumer's identity can write); config/{mode} can only tighten them.
-    # The accounts served are the deployment's identity too: its books and its messages are chosen by them.
-    {
-      ALLOW_LIVE         = var.trading_mode == "live" && var.live_trading_acknowledged ? "yes" : "no"
-      LEVERAGE_CAP_MAX   = tostring(var.leverage_cap_max)
-      IB_ACCOUNTS        = join(",", var.ib_accounts)
-      DEFAULT_DEPLOYMENT = var.default_deployment ? "yes" : "no"
-    },
-  )
-}
-
-# The VM was counted (0 while image was empty); one address for it now that the image is required.
-moved {
-  from = google_compute_instance.consumer[0]
-  to   = google_compute_instance.consumer
-}
-
-resource "google_compute_instance" "consumer" {
-  name         = "ib-consumer"
-  zone         = var.zone
-  machine_type = var.machine_type
-  tags         = ["ib-consumer"]
-  labels       = { app = "ib-intent-consumer", trading-mode = var.trading_mode }
-
-  allow_stopping_for_update = true
-
-  boot_disk {
-    initialize_params {
-      image = "cos-cloud/cos-stable"
-      size  = 10
-      type  = "pd-balanced"
-    }
-  }
-
-  network_interface {
-    subnetwork = google_compute_subnetwork.vm.id
-    # no access_config: no public IP
-  }
-
-  service_account {
-    email  = google_service_account.consumer.email
-    scopes = ["cloud-platform"]
-  }
-
-  shielded_instance_config {
-    enable_secure_boot          = true
-    enable_vtpm                 = true
-    enable_integrity_monitoring = true
-  }
-
-  metadata = {
-    enable-oslogin            = "TRUE"
-    block-project-ssh-keys    = "TRUE"
-    google-logging-enabled    = "true"
-    google-monitoring-enabled = "true"
-    user-data = templatefile("${path.module}/cloud-init.yaml.tftpl", {
-      image    = var.image
-      registry = split("/", var.image)[0]
-      env      = local.container_env
-    })
-  }
-
-  lifecycle {
-    precondition {
-      condition     = var.trading_mode == "paper" || var.live_trading_acknowledged
-      error_message = "trading_mode = live needs live_trading_acknowledged = true (see docs/deployment.md, Going live)."
-    }
-  }
-
-  depends_on = [
-    google_compute_router_nat.nat,
-    google_secret_manager_secret_iam_member.consumer_reads_login,
-    google_artifact_registry_repository_iam_member.consumer_pulls,
-  ]
 }

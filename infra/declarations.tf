@@ -4,9 +4,15 @@ locals {
   pubsub    = yamldecode(file("${path.module}/pubsub.yaml"))
   schedules = yamldecode(file("${path.module}/schedules.yaml"))
 
-  # Subscriptions whose messages can be dead-lettered (the Pub/Sub service agent needs rights on them).
-  dead_lettered      = { for name, s in local.pubsub.subscriptions : name => s if try(s.deadLetter, null) != null }
-  dead_letter_topics = toset([for name, s in local.dead_lettered : s.deadLetter.topic])
+  # The consumer's subscription is every deployment's template (one each, filtered on its accounts: the module);
+  # the local stack creates it as declared. The others are shared.
+  consumer_subscription = "intents-consumer"
+  shared_subscriptions  = { for name, s in local.pubsub.subscriptions : name => s if name != local.consumer_subscription }
+
+  # Subscriptions whose messages can be dead-lettered (the Pub/Sub service agent needs rights on them; the module
+  # grants it on each deployment's own subscription).
+  dead_lettered      = { for name, s in local.shared_subscriptions : name => s if try(s.deadLetter, null) != null }
+  dead_letter_topics = toset([for name, s in local.pubsub.subscriptions : s.deadLetter.topic if try(s.deadLetter, null) != null])
 
   # One scheduler job per job and account it lists (JOB-ACCOUNT), or one (JOB) for a job that lists none.
   scheduled_jobs = merge([
@@ -31,5 +37,15 @@ locals {
         { for name, value in { account = fire.account } : name => value if value != "" },
       )
     }
+  }
+}
+
+# What a deployment's module needs to create a job: the declaration, its message and the time zone.
+locals {
+  scheduler_jobs = {
+    for key, fire in local.scheduled_jobs : key => merge(fire, {
+      message   = local.scheduled_messages[key]
+      time_zone = local.schedules.timeZone
+    })
   }
 }

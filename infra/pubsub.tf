@@ -1,4 +1,5 @@
-# Topics and subscriptions, one resource per entry of pubsub.yaml.
+# Topics and the shared subscriptions, one resource per entry of pubsub.yaml; the consumer's subscription
+# (intents-consumer) is per deployment, with its filter (infra/modules/deployment/pubsub.tf).
 resource "google_pubsub_topic" "declared" {
   for_each = local.pubsub.topics
   name     = each.key
@@ -8,7 +9,7 @@ resource "google_pubsub_topic" "declared" {
 }
 
 resource "google_pubsub_subscription" "declared" {
-  for_each = local.pubsub.subscriptions
+  for_each = local.shared_subscriptions
   name     = each.key
   topic    = google_pubsub_topic.declared[each.value.topic].id
   labels   = { app = "ib-intent-consumer" }

@@ -21,78 +21,79 @@ variable "firestore_location" {
   default     = "nam5"
 }
 
-variable "image" {
-  description = "The gateway-image container (REGION-docker.pkg.dev/PROJECT/ib-consumer/gateway:TAG), kept in terraform.tfvars. Required: an apply without it would otherwise plan to destroy the VM. The first apply targets the repository and the secret only (docs/deployment.md, step 2)."
-  type        = string
+variable "deployments" {
+  description = <<-EOT
+    One deployment (an IB login: a gateway + consumer VM, its service account, login secret and filtered subscription;
+    infra/modules/deployment) per key. Fields:
+    trading_mode: paper or live (IBC's TradingMode and the API port 4002 / 4001).
+    ib_accounts: IB_ACCOUNTS, the account ids this login trades (several for an advisor or household login); its
+      subscription receives only the messages addressed to them, and its books in Firestore are kept per account.
+    default: DEFAULT_DEPLOYMENT, exactly one: it also receives and answers the unaddressed messages, and runs the
+      scheduler jobs that list no accounts.
+    image: the gateway-image container (REGION-docker.pkg.dev/PROJECT/ib-consumer/gateway:TAG), required: an apply
+      without it would otherwise plan to destroy the VM.
+    machine_type: VM size; IB Gateway's JVM wants ~1 GB, e2-small (2 GB) fits the gateway and the consumer.
+    ib_credentials_secret_id: its Secret Manager secret ({"username": ..., "password": ...}); Terraform creates the
+      secret, never its value; only this deployment's service account can read it.
+    live_trading_acknowledged: must be true for trading_mode = live; it also sets ALLOW_LIVE=yes.
+    leverage_cap_max: LEVERAGE_CAP_MAX, the largest gross exposure (x net liquidation) accepted, in (0, 10].
+    read_only_api: IBC ReadOnlyApi; null = the launcher's default (read-only in live, read-write in paper).
+    consumer_env: extra container environment (LOG_LEVEL...); it cannot override the live guard or the accounts.
+    legacy_names: keep the names of the single deployment infra/ created before (VM and service account
+      ib-consumer, subscription intents-consumer), so that it moves into the module without being replaced.
+  EOT
+  type = map(object({
+    trading_mode              = optional(string, "paper")
+    ib_accounts               = list(string)
+    default                   = optional(bool, false)
+    image                     = string
+    machine_type              = optional(string, "e2-small")
+    ib_credentials_secret_id  = string
+    live_trading_acknowledged = optional(bool, false)
+    leverage_cap_max          = optional(number, 1)
+    read_only_api             = optional(bool)
+    consumer_env              = optional(map(string), {})
+    legacy_names              = optional(bool, false)
+  }))
   validation {
-    condition     = can(regex("^[a-z0-9.-]+(:[0-9]+)?/[^ ]+(:[A-Za-z0-9_.-]+|@sha256:[0-9a-f]{64})$", var.image))
+    condition     = length([for d in values(var.deployments) : d if d.default]) == 1
+    error_message = "Exactly one deployment must be the default (default = true): it answers the unaddressed messages."
+  }
+  validation {
+    condition     = length(flatten(values(var.deployments)[*].ib_accounts)) == length(distinct(flatten(values(var.deployments)[*].ib_accounts)))
+    error_message = "An account is in two deployments: each account is served by one deployment (one IB login) only."
+  }
+  validation {
+    condition = alltrue([for d in values(var.deployments) : length(d.ib_accounts) > 0 && alltrue([
+      for a in d.ib_accounts : can(regex("^[A-Za-z0-9_-]{1,64}$", a))
+    ])])
+    error_message = "ib_accounts must list at least one IB account id per deployment (letters, digits, - and _)."
+  }
+  validation {
+    condition = alltrue([for d in values(var.deployments) :
+    can(regex("^[a-z0-9.-]+(:[0-9]+)?/[^ ]+(:[A-Za-z0-9_.-]+|@sha256:[0-9a-f]{64})$", d.image))])
     error_message = "image must name a pushed image with its tag or digest (REGION-docker.pkg.dev/PROJECT/ib-consumer/gateway:TAG); keep it in terraform.tfvars."
   }
-}
-
-variable "machine_type" {
-  description = "VM size. IB Gateway's JVM wants ~1 GB; e2-small (2 GB) fits the gateway and the consumer."
-  type        = string
-  default     = "e2-small"
-}
-
-variable "trading_mode" {
-  description = "paper or live: IBC's TradingMode and the API port (4002 / 4001)."
-  type        = string
-  default     = "paper"
   validation {
-    condition     = contains(["paper", "live"], var.trading_mode)
+    condition     = alltrue([for d in values(var.deployments) : contains(["paper", "live"], d.trading_mode)])
     error_message = "trading_mode must be paper or live."
   }
-}
-
-variable "ib_accounts" {
-  description = "IB_ACCOUNTS: the IB account ids this deployment's login trades (one, or several for an advisor or household login). The books in Firestore are kept per account (docs/firestore.md)."
-  type        = list(string)
   validation {
-    condition     = length(var.ib_accounts) > 0 && alltrue([for a in var.ib_accounts : can(regex("^[A-Za-z0-9_-]{1,64}$", a))])
-    error_message = "ib_accounts must list at least one IB account id (letters, digits, - and _)."
-  }
-}
-
-variable "default_deployment" {
-  description = "DEFAULT_DEPLOYMENT: whether this deployment answers messages addressed to no account or to an account nobody serves. Exactly one deployment on the intents topic is the default (README, Accounts and routing)."
-  type        = bool
-  default     = true
-}
-
-variable "live_trading_acknowledged" {
-  description = "Must be true for trading_mode = live: a second, deliberate switch. It also sets ALLOW_LIVE=yes for the consumer."
-  type        = bool
-  default     = false
-}
-
-variable "leverage_cap_max" {
-  description = "LEVERAGE_CAP_MAX: the largest gross exposure (x net liquidation) the consumer accepts; config/{mode} leverageCap can only lower it."
-  type        = number
-  default     = 1
-  validation {
-    condition     = var.leverage_cap_max > 0 && var.leverage_cap_max <= 10
+    condition     = alltrue([for d in values(var.deployments) : d.leverage_cap_max > 0 && d.leverage_cap_max <= 10])
     error_message = "leverage_cap_max must be in (0, 10]."
   }
-}
-
-variable "read_only_api" {
-  description = "IBC ReadOnlyApi. null = the launcher's default: read-only in live, read-write in paper."
-  type        = bool
-  default     = null
-}
-
-variable "ib_credentials_secret_id" {
-  description = "Secret Manager secret id holding {\"username\": ..., \"password\": ...}. Terraform creates the secret, never its value."
-  type        = string
-  default     = "ib-credentials"
-}
-
-variable "consumer_env" {
-  description = "Extra environment variables for the container (consumer settings such as LOG_LEVEL, INTENT_TIMEOUT_SECONDS)."
-  type        = map(string)
-  default     = {}
+  validation {
+    condition     = alltrue([for name, d in var.deployments : can(regex("^[a-z][a-z0-9-]{0,15}$", name))])
+    error_message = "Deployment keys name resources (ib-consumer-KEY, intents-KEY): lowercase letters, digits and -, at most 16."
+  }
+  validation {
+    condition     = length([for d in values(var.deployments) : d if d.legacy_names]) <= 1
+    error_message = "Only one deployment can keep the single deployment's names (legacy_names)."
+  }
+  validation {
+    condition     = length(distinct(values(var.deployments)[*].ib_credentials_secret_id)) == length(var.deployments)
+    error_message = "Each deployment needs its own login secret (ib_credentials_secret_id): IB allows one session per login."
+  }
 }
 
 variable "scheduler_enabled" {

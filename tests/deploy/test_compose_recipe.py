@@ -78,7 +78,7 @@ def test_the_recipe_logs_in_with_the_file_it_mounts_and_the_consumer_finds_its_p
 
 def test_the_recipe_runs_the_container_as_the_vm_does() -> None:
     svc = service(GIVEN)
-    unit = (REPO / "infra" / "cloud-init.yaml.tftpl").read_text()
+    unit = (REPO / "infra" / "modules" / "deployment" / "cloud-init.yaml.tftpl").read_text()
     assert svc["cap_drop"] == ["ALL"]
     assert sorted(svc["cap_add"]) == sorted(re.findall(r"--cap-add=(\w+)", unit))
     assert svc["security_opt"] == ["no-new-privileges:true"]

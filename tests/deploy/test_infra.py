@@ -27,6 +27,7 @@ from consumer.envelope import Delivery, decode
 from consumer.schemas import Schemas
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
+MODULE = INFRA / "modules" / "deployment"
 PROJECT = "p"
 
 
@@ -39,12 +40,12 @@ def _unquote(value: Any) -> Any:
     return value
 
 
-@pytest.fixture(scope="module")
-def tf() -> dict[str, Any]:
-    """All of infra/*.tf merged: {"resource": {type: {name: body}}, "locals": {...}, "variable": {...}, ...}."""
-    merged: dict[str, Any] = {"resource": {}, "locals": {}, "variable": {}, "data": {}, "output": {}}
-    files = sorted(INFRA.glob("*.tf"))
-    assert files, "no Terraform in infra/"
+def load(directory: Path) -> dict[str, Any]:
+    """All of directory/*.tf merged: {"resource": {type: {name: body}}, "locals": {...}, "variable": {...}, ...}."""
+    merged: dict[str, Any] = {"resource": {}, "locals": {}, "variable": {}, "data": {}, "output": {}, "module": {}}
+    merged["moved"] = []
+    files = sorted(directory.glob("*.tf"))
+    assert files, f"no Terraform in {directory}"
     for path in files:
         with path.open() as f:
             doc = _unquote(hcl2.load(f))
@@ -53,10 +54,23 @@ def tf() -> dict[str, Any]:
                 merged["resource"].setdefault(rtype, {}).update(named)
         for block in doc.get("locals", []):
             merged["locals"].update(block)
-        for key in ("variable", "data", "output"):
+        for key in ("variable", "data", "output", "module"):
             for block in doc.get(key, []):
                 merged[key].update(block)
+        merged["moved"] += doc.get("moved", [])
     return merged
+
+
+@pytest.fixture(scope="module")
+def tf() -> dict[str, Any]:
+    """The root module: the shared things and the deployments (infra/*.tf)."""
+    return load(INFRA)
+
+
+@pytest.fixture(scope="module")
+def mod() -> dict[str, Any]:
+    """The per-deployment module (infra/modules/deployment/*.tf)."""
+    return load(MODULE)
 
 
 def resource(tf: dict[str, Any], rtype: str, name: str) -> dict[str, Any]:
@@ -152,7 +166,9 @@ def _expr(text: str, scope: dict[str, Any]) -> Any:
         return _template(text[1:-1], scope)
     if text.startswith("[") and text.endswith("]"):
         return [_expr(a, scope) for a in _split_args(text[1:-1])]
-    topic = re.fullmatch(r"google_pubsub_topic\.declared\[(.+)\]\.id", text)
+    topic = re.fullmatch(r"google_pubsub_topic\.declared\[(.+)\]\.id", text) or re.fullmatch(
+        r"var\.topic_ids\[(.+)\]", text
+    )
     if topic:
         return f"projects/{PROJECT}/topics/{_expr(topic.group(1), scope)}"
     if re.fullmatch(r"[A-Za-z_][\w.]*", text):
@@ -178,16 +194,33 @@ def test_terraform_reads_the_shared_declarations(tf: dict[str, Any]) -> None:
     topics = resource(tf, "google_pubsub_topic", "declared")
     assert (topics["for_each"], topics["name"]) == ("${local.pubsub.topics}", "${each.key}")
     subs = resource(tf, "google_pubsub_subscription", "declared")
-    assert (subs["for_each"], subs["name"]) == ("${local.pubsub.subscriptions}", "${each.key}")
+    assert (subs["for_each"], subs["name"]) == ("${local.shared_subscriptions}", "${each.key}")
+    # The consumer's subscription is the per-deployment module's, with the settings declared for it.
+    assert tf["locals"]["consumer_subscription"] == '"intents-consumer"' == f'"{Settings().intents_subscription}"'
+    assert "if name != local.consumer_subscription" in tf["locals"]["shared_subscriptions"]
+    module = tf["module"]["deployment"]
+    assert module["subscription_settings"] == "${local.pubsub.subscriptions[local.consumer_subscription]}"
     # Nothing else creates topics or subscriptions behind the declaration's back.
     assert list(tf["resource"]["google_pubsub_topic"]) == ["declared"]
     assert list(tf["resource"]["google_pubsub_subscription"]) == ["declared"]
+    assert "google_pubsub_topic" not in mod_resources()
+    assert list(mod_resources()["google_pubsub_subscription"]) == ["intents"]
+
+
+def mod_resources() -> dict[str, Any]:
+    return load(MODULE)["resource"]
 
 
 def cloud_subscription(tf: dict[str, Any], name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """What Terraform would create for one declared subscription, in CreateSubscription terms."""
-    body = resource(tf, "google_pubsub_subscription", "declared")
-    scope = {"each": {"key": name, "value": spec}}
+    """What Terraform would create for one declared subscription, in CreateSubscription terms: a shared one at the
+    root, the consumer's (intents-consumer) in the deployment module, with a deployment that keeps that name."""
+    if name == tf["locals"]["consumer_subscription"].strip('"') or name.startswith("consumer:"):
+        name = name.removeprefix("consumer:")
+        body = mod_resources()["google_pubsub_subscription"]["intents"]
+        scope: dict[str, Any] = {"var": {"subscription_settings": spec}, "local": {"subscription": name}}
+    else:
+        body = resource(tf, "google_pubsub_subscription", "declared")
+        scope = {"each": {"key": name, "value": spec}}
     out: dict[str, Any] = {
         "name": f"projects/{PROJECT}/subscriptions/{evaluate(body['name'], scope)}",
         "topic": evaluate(body["topic"], scope),
@@ -249,6 +282,7 @@ def test_the_mapping_holds_for_settings_the_declaration_does_not_use_yet(tf: dic
     """Defaults and optional keys agree too, so a new YAML entry cannot be read differently by the two."""
     bare = {"topic": "intents"}
     assert cloud_subscription(tf, "bare", bare) == local_subscription("bare", bare)
+    assert cloud_subscription(tf, "consumer:bare", bare) == local_subscription("bare", bare)
     full = {
         "topic": "intents",
         "ackDeadlineSeconds": 17,
@@ -258,6 +292,7 @@ def test_the_mapping_holds_for_settings_the_declaration_does_not_use_yet(tf: dic
         "exactlyOnceDelivery": True,
     }
     assert cloud_subscription(tf, "full", full) == local_subscription("full", full)
+    assert cloud_subscription(tf, "consumer:full", full) == local_subscription("full", full)
 
 
 def test_the_consumer_defaults_name_declared_resources() -> None:
@@ -291,11 +326,17 @@ def scheduled_messages(jobs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def test_scheduler_jobs_come_from_the_declaration(tf: dict[str, Any]) -> None:
+def test_scheduler_jobs_come_from_the_declaration(tf: dict[str, Any], mod: dict[str, Any]) -> None:
     declared = yaml.safe_load(SCHEDULES_DECLARATION.read_text())
-    job = resource(tf, "google_cloud_scheduler_job", "declared")
-    assert job["for_each"] == "${local.scheduled_jobs}"
-    assert job["time_zone"] == "${local.schedules.timeZone}"
+    assert "google_cloud_scheduler_job" not in tf["resource"]  # each deployment creates its own (below)
+    assert tf["module"]["deployment"]["scheduled_jobs"] == "${local.scheduler_jobs}"
+    passed = tf["locals"]["scheduler_jobs"]
+    assert "for key, fire in local.scheduled_jobs" in passed
+    assert "message = local.scheduled_messages[key]" in passed
+    assert "time_zone = local.schedules.timeZone" in passed
+    job = resource(mod, "google_cloud_scheduler_job", "declared")
+    assert job["for_each"] == "${local.jobs}"
+    assert job["time_zone"] == "${each.value.time_zone}"
     assert declared["timeZone"] == Settings().schedule_time_zone == "America/New_York"
     for entry in declared["jobs"]:
         scope = {"each": {"key": entry["name"], "value": {"job": entry, "account": ""}}}
@@ -305,10 +346,13 @@ def test_scheduler_jobs_come_from_the_declaration(tf: dict[str, Any]) -> None:
         assert paused == "${var.scheduler_enabled ? try(each.value.job.paused, false) : true}"
         assert _expr("try(each.value.job.paused, false)", scope) is entry.get("paused", False)
     target = job["http_target"][0]
-    assert target["uri"] == '"https://pubsub.googleapis.com/v1/${google_pubsub_topic.declared["intents"].id}:publish"'
-    assert "local.scheduled_messages[each.key].data" in target["body"]
-    assert "local.scheduled_messages[each.key].attributes" in target["body"]
-    assert target["oauth_token"][0]["service_account_email"] == "${google_service_account.scheduler.email}"
+    assert target["uri"] == '"https://pubsub.googleapis.com/v1/${var.topic_ids["intents"]}:publish"'
+    assert "each.value.message.data" in target["body"]
+    assert "each.value.message.attributes" in target["body"]
+    assert target["oauth_token"][0]["service_account_email"] == "${var.scheduler_service_account}"
+    assert tf["module"]["deployment"]["scheduler_service_account"] == "${google_service_account.scheduler.email}"
+    topic_ids = tf["module"]["deployment"]["topic_ids"]
+    assert topic_ids == "${{for name, topic in google_pubsub_topic.declared : name => topic.id}}"
 
 
 def test_the_declared_schedule_set() -> None:
@@ -398,8 +442,9 @@ def test_the_scheduler_may_publish_intents_and_nothing_else(tf: dict[str, Any]) 
     ]
 
 
-def test_the_consumer_has_only_what_it_needs(tf: dict[str, Any]) -> None:
-    grants = grants_of(tf, "google_service_account.consumer.email")
+def test_each_deployment_has_only_what_it_needs(tf: dict[str, Any], mod: dict[str, Any]) -> None:
+    assert mod["locals"]["member"] == '"serviceAccount:${google_service_account.consumer.email}"'
+    grants = grants_of(mod, "local.member")
     assert [(t, r) for t, r, _ in grants] == sorted(
         [
             ("google_artifact_registry_repository_iam_member", "roles/artifactregistry.reader"),
@@ -411,15 +456,45 @@ def test_the_consumer_has_only_what_it_needs(tf: dict[str, Any]) -> None:
             ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor"),
         ]
     )
-    publish = resource(tf, "google_pubsub_topic_iam_member", "consumer_publishes")
+    # Every IAM member of the module is either this deployment's own service account or the Pub/Sub service agent.
+    members = {
+        body["member"]
+        for rtype, named in mod["resource"].items()
+        if rtype.endswith("_iam_member")
+        for body in named.values()
+    }
+    assert members == {"${local.member}", "${var.pubsub_service_agent}"}
+    publish = resource(mod, "google_pubsub_topic_iam_member", "consumer_publishes")
     assert publish["for_each"] == '${toset(["intent-replies", "intents-dead-letter"])}'
-    subscribe = resource(tf, "google_pubsub_subscription_iam_member", "consumer_subscribes")
-    assert subscribe["subscription"] == '${google_pubsub_subscription.declared["intents-consumer"].id}'
-    secret = resource(tf, "google_secret_manager_secret_iam_member", "consumer_reads_login")
-    assert secret["secret_id"] == "${google_secret_manager_secret.ib_credentials.id}"
+    subscribe = resource(mod, "google_pubsub_subscription_iam_member", "consumer_subscribes")
+    assert subscribe["subscription"] == "${google_pubsub_subscription.intents.id}"  # its own, filtered one
+    # The root grants nothing to a deployment's identity: there is none at the root any more.
+    assert "google_service_account.consumer" not in json.dumps(tf["resource"])
+    assert set(tf["resource"]["google_service_account"]) == {"scheduler"}
 
 
-def test_the_pubsub_service_agent_can_dead_letter(tf: dict[str, Any]) -> None:
+def test_a_deployment_reads_only_its_own_login_secret(tf: dict[str, Any], mod: dict[str, Any]) -> None:
+    """Secret-level accessor on the module's own secret, for the module's own service account; no project-level
+    secretAccessor anywhere (it would let every deployment read every login)."""
+    (name,) = mod["resource"]["google_secret_manager_secret_iam_member"]
+    grant = mod["resource"]["google_secret_manager_secret_iam_member"][name]
+    assert grant["secret_id"] == "${google_secret_manager_secret.ib_credentials.id}"
+    assert grant["member"] == "${local.member}"
+    assert grant["role"] == '"roles/secretmanager.secretAccessor"'
+    secret = resource(mod, "google_secret_manager_secret", "ib_credentials")
+    assert secret["secret_id"] == "${local.d.ib_credentials_secret_id}"
+    assert mod["locals"]["d"] == "${var.deployment}"
+    for layer in (tf, mod):
+        project_roles = json.dumps(layer["resource"].get("google_project_iam_member", {}))
+        assert "secretmanager" not in project_roles
+        assert "google_secret_manager_secret" not in layer["resource"] or layer is mod
+        assert not any(t in layer["resource"] for t in ("google_project_iam_binding", "google_project_iam_policy"))
+    # Each deployment has a secret of its own: two deployments naming one secret are refused.
+    validations = [v["condition"] for v in tf["variable"]["deployments"]["validation"]]
+    assert any("distinct(values(var.deployments)[*].ib_credentials_secret_id)" in c for c in validations)
+
+
+def test_the_pubsub_service_agent_can_dead_letter(tf: dict[str, Any], mod: dict[str, Any]) -> None:
     publisher = resource(tf, "google_pubsub_topic_iam_member", "dead_letter_publisher")
     subscriber = resource(tf, "google_pubsub_subscription_iam_member", "dead_letter_source_subscriber")
     assert publisher["role"] == '"roles/pubsub.publisher"'
@@ -430,11 +505,21 @@ def test_the_pubsub_service_agent_can_dead_letter(tf: dict[str, Any]) -> None:
     assert subscriber["for_each"] == "${local.dead_lettered}"
     lettered = {n: s for n, s in Topology.load().subscriptions.items() if "deadLetter" in s}
     assert lettered, "the declaration has no dead-letter policy any more"
+    # The deployments' own subscriptions (the consumer's settings, dead-lettered) get theirs in the module.
+    assert "intents-consumer" in lettered
+    own = resource(mod, "google_pubsub_subscription_iam_member", "dead_letter_source_subscriber")
+    assert own["subscription"] == "${google_pubsub_subscription.intents.id}"
+    assert own["member"] == "${var.pubsub_service_agent}"
+    assert own["count"] == "${try(var.subscription_settings.deadLetter, null) == null ? 0 : 1}"
+    assert tf["module"]["deployment"]["pubsub_service_agent"] == "${local.pubsub_service_agent}"
+    assert "for name, s in local.pubsub.subscriptions" in tf["locals"]["dead_letter_topics"]
 
 
-def test_no_secret_value_and_no_public_ip(tf: dict[str, Any]) -> None:
+def test_no_secret_value_and_no_public_ip(tf: dict[str, Any], mod: dict[str, Any]) -> None:
     assert "google_secret_manager_secret_version" not in tf["resource"]
-    vm = resource(tf, "google_compute_instance", "consumer")
+    assert "google_secret_manager_secret_version" not in mod["resource"]
+    assert "google_compute_instance" not in tf["resource"]
+    vm = resource(mod, "google_compute_instance", "consumer")
     assert all("access_config" not in nic for nic in vm["network_interface"])
     assert "cos-cloud/cos-stable" in json.dumps(vm["boot_disk"])
     assert "live_trading_acknowledged" in json.dumps(vm["lifecycle"])
@@ -442,22 +527,27 @@ def test_no_secret_value_and_no_public_ip(tf: dict[str, Any]) -> None:
     assert all(json.loads(json.dumps(fw))["source_ranges"] == ['"35.235.240.0/20"'] for fw in firewalls.values())
 
 
-def test_the_live_guard_comes_from_the_deployment_and_last(tf: dict[str, Any]) -> None:
+def test_the_live_guard_comes_from_the_deployment_and_last(tf: dict[str, Any], mod: dict[str, Any]) -> None:
     """ALLOW_LIVE and LEVERAGE_CAP_MAX are set by Terraform, after (so never overridden by) consumer_env."""
-    merged = tf["locals"]["container_env"]
-    assert merged.index("var.consumer_env") < merged.index("ALLOW_LIVE") < merged.index("LEVERAGE_CAP_MAX")
-    assert re.search(r'ALLOW_LIVE\s*=\s*var\.trading_mode == "live" && var\.live_trading_acknowledged', merged)
-    assert tf["variable"]["leverage_cap_max"]["default"] == 1
-    # The accounts served come from the deployment too, required: without them the consumer does not start.
-    assert merged.index("var.consumer_env") < merged.index("IB_ACCOUNTS")
-    assert re.search(r'IB_ACCOUNTS\s*=\s*join\(",", var\.ib_accounts\)', merged)
-    assert "default" not in tf["variable"]["ib_accounts"]
-    assert re.search(r'DEFAULT_DEPLOYMENT\s*=\s*var\.default_deployment \? "yes" : "no"', merged)
+    merged = mod["locals"]["container_env"]
+    assert merged.index("local.d.consumer_env") < merged.index("ALLOW_LIVE") < merged.index("LEVERAGE_CAP_MAX")
+    assert re.search(
+        r'ALLOW_LIVE\s*=\s*local\.d\.trading_mode == "live" && local\.d\.live_trading_acknowledged', merged
+    )
+    assert "leverage_cap_max = optional(number, 1)" in tf["variable"]["deployments"]["type"]
+    # The accounts served and the subscription come from the deployment too, required: without them the consumer
+    # does not start, or pulls the wrong subscription.
+    assert merged.index("local.d.consumer_env") < merged.index("IB_ACCOUNTS")
+    assert re.search(r'IB_ACCOUNTS\s*=\s*join\(",", local\.d\.ib_accounts\)', merged)
+    assert "ib_accounts = list(string)" in tf["variable"]["deployments"]["type"]  # no default
+    assert re.search(r'DEFAULT_DEPLOYMENT\s*=\s*local\.d\.default \? "yes" : "no"', merged)
+    assert merged.index("local.d.consumer_env") < merged.index("INTENTS_SUBSCRIPTION")
+    assert re.search(r"INTENTS_SUBSCRIPTION\s*=\s*google_pubsub_subscription\.intents\.name", merged)
 
 
 def test_the_env_file_is_private_and_the_container_keeps_only_the_capabilities_to_switch_users() -> None:
     """/etc/ib-consumer.env was 0644; the launcher needs CAP_SETUID/SETGID/KILL to run the consumer as its own user."""
-    template = (INFRA / "cloud-init.yaml.tftpl").read_text()
+    template = (MODULE / "cloud-init.yaml.tftpl").read_text()
     rendered = re.sub(r"%\{[^}]*\}", "", template).replace("${key}=${value}", "KEY=value")
     files = {f["path"]: f for f in yaml.safe_load(rendered)["write_files"]}
     assert files["/etc/ib-consumer.env"]["permissions"] == "0600"
@@ -471,7 +561,7 @@ def test_the_env_file_is_private_and_the_container_keeps_only_the_capabilities_t
 
 def test_the_gateways_settings_live_on_a_volume_owned_by_the_gateway_user() -> None:
     """Issue 19: a container restart must not be a first login; the settings directory is the gateway user's only."""
-    template = (INFRA / "cloud-init.yaml.tftpl").read_text()
+    template = (MODULE / "cloud-init.yaml.tftpl").read_text()
     dockerfile = (INFRA.parent / "gateway-image" / "Dockerfile").read_text()
     settings_path = re.search(r"IB_SETTINGS_PATH=(\S+)", dockerfile)
     gateway_uid = re.search(r"useradd --uid (\d+) [^\n]*--home-dir /home/ibgateway ", dockerfile)
@@ -499,27 +589,261 @@ def test_the_scheduler_stays_paused_until_the_guide_enables_it(tf: dict[str, Any
     assert all(guide.index(line) > last_step for line in enabling)
 
 
-def test_an_empty_image_is_refused_and_the_vm_never_depends_on_it(tf: dict[str, Any]) -> None:
+def test_an_empty_image_is_refused_and_the_vm_never_depends_on_it(tf: dict[str, Any], mod: dict[str, Any]) -> None:
     """Issue 19: image defaulted to "" and meant count = 0: an apply without -var image planned to destroy the VM."""
-    image = tf["variable"]["image"]
-    assert "default" not in image
-    condition = image["validation"][0]["condition"]
-    pattern = re.search(r'regex\("(.+)", var\.image\)', condition).group(1).replace("\\\\", "\\")
+    deployments = tf["variable"]["deployments"]
+    assert "default" not in deployments
+    assert "image = string" in deployments["type"]  # required, no optional()
+    condition = next(v["condition"] for v in deployments["validation"] if "d.image" in v["condition"])
+    pattern = re.search(r'regex\("(.+)", d\.image\)', condition).group(1).replace("\\\\", "\\")
     accepted = re.compile(pattern)
     assert not accepted.search("")
     assert not accepted.search("us-east4-docker.pkg.dev/p/ib-consumer/gateway")  # no tag: which build?
     assert accepted.search("us-east4-docker.pkg.dev/p/ib-consumer/gateway:0123abc")
     assert accepted.search("us-east4-docker.pkg.dev/p/ib-consumer/gateway@sha256:" + "a" * 64)
     example = hcl2.loads((INFRA / "terraform.tfvars.example").read_text())
-    assert accepted.search(example["image"].strip('"'))
+    for entry in example["deployments"].values():
+        assert accepted.search(entry["image"].strip('"'))
 
-    vm = resource(tf, "google_compute_instance", "consumer")
+    vm = resource(mod, "google_compute_instance", "consumer")
     assert "count" not in vm
-    moved = [hcl2.loads(path.read_text()).get("moved", []) for path in INFRA.glob("*.tf")]
-    assert {"from": "${google_compute_instance.consumer[0]}", "to": "${google_compute_instance.consumer}"} in [
-        _unquote(block) for blocks in moved for block in blocks
-    ]
-    assert tf["output"]["vm"]["value"] == "${google_compute_instance.consumer.name}"
+    assert "for_each" not in vm
+    assert tf["output"]["deployments"]["value"].count("vm = d.vm") == 1
+    assert mod["output"]["vm"]["value"] == "${google_compute_instance.consumer.name}"
+
+
+# --- deployments (issue 18, item 5) -----------------------------------------------------------------------------------
+def test_one_module_instance_per_deployment(tf: dict[str, Any]) -> None:
+    assert list(tf["module"]) == ["deployment"]
+    module = tf["module"]["deployment"]
+    assert module["source"] == '"./modules/deployment"'
+    assert module["for_each"] == "${var.deployments}"
+    assert (module["name"], module["deployment"]) == ("${each.key}", "${each.value}")
+    assert "map(object(" in tf["variable"]["deployments"]["type"]
+    # What is per deployment lives in the module only; the root keeps the shared things.
+    per_deployment = {
+        "google_compute_instance",
+        "google_service_account",
+        "google_secret_manager_secret",
+        "google_secret_manager_secret_iam_member",
+        "google_cloud_scheduler_job",
+        "google_artifact_registry_repository_iam_member",
+    }
+    assert per_deployment <= set(load(MODULE)["resource"])
+    assert not (per_deployment - {"google_service_account"}) & set(tf["resource"])
+    assert {"google_compute_network", "google_compute_router_nat", "google_firestore_database"} <= set(tf["resource"])
+    assert "google_artifact_registry_repository" in tf["resource"]
+
+
+def subscription_filter(accounts: list[str], default: bool, others: list[str]) -> str:
+    """The rule infra/modules/deployment/routing.tf implements (local.filter), restated: its own accounts; for the
+    default, everything not addressed to another deployment's account."""
+    if not default:
+        return " OR ".join(f'attributes.account = "{a}"' for a in accounts)
+    if not others:
+        return ""
+    return "NOT attributes:account OR (" + " AND ".join(f'attributes.account != "{a}"' for a in others) + ")"
+
+
+def test_the_subscription_filter_is_built_from_the_deployments_accounts(
+    tf: dict[str, Any], mod: dict[str, Any]
+) -> None:
+    sub = resource(mod, "google_pubsub_subscription", "intents")
+    assert sub["filter"] == "${local.filter}"
+    assert "length(local.filter) <= 256" in json.dumps(sub["lifecycle"])  # Pub/Sub's limit, at plan time
+    rule = mod["locals"]["filter"]
+    assert '[for account in var.deployment.ib_accounts : "attributes.account = \\"${account}\\""]' in rule
+    assert "length(var.other_accounts) == 0" in rule
+    assert '"NOT attributes:account OR (${join(" AND ", [for account in var.other_accounts : ' in rule
+    others = tf["module"]["deployment"]["other_accounts"]
+    assert others == "${flatten([for name, d in var.deployments : d.ib_accounts if name != each.key])}"
+    jobs = mod["locals"]["jobs"]
+    assert 'fire.account == "" ? var.deployment.default : contains(var.deployment.ib_accounts, fire.account)' in jobs
+    # The subscription each deployment pulls is the one its consumer is told to pull.
+    assert mod["locals"]["subscription"] == '${local.d.legacy_names ? "intents-consumer" : "intents-${var.name}"}'
+
+
+MODULE_INPUTS = {
+    "project_id": "p",
+    "region": "r",
+    "zone": "z",
+    "subnetwork_id": "s",
+    "topic_ids": {},
+    "subscription_settings": {},
+    "pubsub_service_agent": "a",
+    "registry": {"location": "l", "name": "n"},
+    "scheduler_service_account": "s",
+    "scheduler_enabled": False,
+}
+
+
+def deployment(accounts: list[str], default: bool, **more: Any) -> dict[str, Any]:
+    return {
+        "trading_mode": "paper",
+        "ib_accounts": accounts,
+        "default": default,
+        "image": "us-east4-docker.pkg.dev/p/ib-consumer/gateway:0123abc",
+        "machine_type": "e2-small",
+        "ib_credentials_secret_id": f"ib-login-{accounts[0].lower() if accounts else 'none'}",
+        "live_trading_acknowledged": False,
+        "leverage_cap_max": 1,
+        "consumer_env": {},
+        "legacy_names": False,
+    } | more
+
+
+def console(directory: Path, expression: str, variables: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """terraform console in directory (variables and locals only: no providers needed) with variables as tfvars."""
+    (directory / "terraform.tfvars.json").write_text(json.dumps(variables))
+    env_run = {"cwd": directory, "capture_output": True, "text": True, "timeout": 60}
+    init = subprocess.run(["terraform", "init", "-backend=false", "-input=false"], **env_run)  # type: ignore[call-overload]
+    assert init.returncode == 0, init.stderr
+    return subprocess.run(["terraform", "console"], input=expression + "\n", **env_run)  # type: ignore[call-overload,no-any-return]
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="no terraform binary (CI has none)")
+@pytest.mark.parametrize(
+    ("accounts", "default", "others"),
+    [
+        (["DU111111"], True, []),
+        (["DU111111"], True, ["U222222", "U333333"]),
+        (["U222222", "U333333"], False, ["DU111111"]),
+        (["DU111111", "DU444444"], True, ["U222222"]),
+    ],
+    ids=["single-default", "paper-default", "live-two-accounts", "default-two-accounts"],
+)
+def test_terraform_itself_builds_the_filter_and_picks_the_jobs(
+    tmp_path: Path, accounts: list[str], default: bool, others: list[str]
+) -> None:
+    """terraform console on the module's routing.tf: the filter is exactly the deployment's accounts (for the default:
+    all but the other deployments' accounts, so unaddressed and unknown ones are answered once), and the jobs are
+    those addressed to its accounts (plus the unaddressed ones for the default), never another deployment's."""
+    for name in ("routing.tf", "variables.tf"):
+        shutil.copy(MODULE / name, tmp_path / name)
+    jobs = {
+        "open-allocation": {"account": ""},
+        **{f"eod-check-{a}": {"account": a} for a in [*accounts, "U999999"]},
+    }
+    variables = MODULE_INPUTS | {"name": "d", "deployment": deployment(accounts, default), "scheduled_jobs": jobs}
+    variables["other_accounts"] = others
+    done = console(tmp_path, "jsonencode({filter = local.filter, jobs = keys(local.jobs)})", variables)
+    assert done.returncode == 0, done.stderr
+    evaluated = json.loads(json.loads(done.stdout.strip()))
+    assert evaluated["filter"] == subscription_filter(accounts, default, others)
+    for other in others:  # another deployment's messages never reach this one
+        assert f'attributes.account = "{other}"' not in evaluated["filter"]
+        if default:
+            assert f'attributes.account != "{other}"' in evaluated["filter"]
+    if not default:  # a non-default one receives its own accounts' messages and nothing else
+        assert "NOT" not in evaluated["filter"]
+        assert evaluated["filter"].count("attributes.account = ") == len(accounts)
+    assert sorted(evaluated["jobs"]) == sorted(
+        [f"eod-check-{a}" for a in accounts] + (["open-allocation"] if default else [])
+    )
+
+
+VALID_DEPLOYMENTS = {
+    "paper": deployment(["DU111111"], True, legacy_names=True),
+    "live": deployment(["U222222"], False, trading_mode="live", live_trading_acknowledged=True),
+}
+
+
+def test_the_deployments_variable_is_validated(tf: dict[str, Any]) -> None:
+    messages = [v["error_message"] for v in tf["variable"]["deployments"]["validation"]]
+    for needle in ("Exactly one deployment must be the default", "An account is in two deployments", "image must name"):
+        assert any(needle in m for m in messages), needle
+    assert any("trading_mode must be paper or live" in m for m in messages)
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="no terraform binary (CI has none)")
+@pytest.mark.parametrize(
+    ("change", "refused"),
+    [
+        ({}, None),
+        ({"live": {"default": True}}, "Exactly one deployment must be the default"),
+        ({"paper": {"default": False}}, "Exactly one deployment must be the default"),
+        ({"live": {"ib_accounts": ["U222222", "DU111111"]}}, "An account is in two deployments"),
+        ({"live": {"image": ""}}, "image must name"),
+        ({"live": {"trading_mode": "real"}}, "trading_mode must be paper or live"),
+        ({"live": {"ib_accounts": []}}, "ib_accounts must list at least one"),
+        ({"live": {"ib_credentials_secret_id": "ib-login-du111111"}}, "its own login secret"),
+        ({"live": {"legacy_names": True}}, "Only one deployment"),
+    ],
+    ids=[
+        "valid",
+        "two-defaults",
+        "no-default",
+        "shared-account",
+        "no-image",
+        "bad-mode",
+        "no-account",
+        "shared-secret",
+        "two-legacy",
+    ],
+)
+def test_terraform_refuses_an_invalid_deployments_map(
+    tmp_path: Path, change: dict[str, Any], refused: str | None
+) -> None:
+    """The root's variables.tf alone (no providers), the map given as tfvars: terraform's own validation."""
+    shutil.copy(INFRA / "variables.tf", tmp_path / "variables.tf")
+    deployments = {k: v | change.get(k, {}) for k, v in VALID_DEPLOYMENTS.items()}
+    done = console(tmp_path, "jsonencode(keys(var.deployments))", {"project_id": "p", "deployments": deployments})
+    # terraform console exits 0 and prints the errors: read them, without colours and box drawing.
+    said = re.sub(r"\s+", " ", re.sub(r"\x1b\[[0-9;]*m|[│╷╵]", "", done.stdout + done.stderr))
+    if refused is None:
+        assert done.returncode == 0, said
+        assert "Error" not in said
+        assert json.loads(json.loads(done.stdout.strip())) == ["live", "paper"]
+    else:
+        assert "Error: Invalid value for variable" in said
+        assert refused in said, said
+
+
+# Every resource the single deployment had at the root before the module, and where it is now.
+_KEPT_ADDRESS = [
+    "google_compute_instance.consumer",
+    "google_service_account.consumer",
+    "google_secret_manager_secret.ib_credentials",
+    "google_secret_manager_secret_iam_member.consumer_reads_login",
+    "google_pubsub_subscription_iam_member.consumer_subscribes",
+    "google_pubsub_topic_iam_member.consumer_publishes",
+    "google_project_iam_member.consumer_firestore",
+    "google_project_iam_member.consumer_telemetry",
+    "google_artifact_registry_repository_iam_member.consumer_pulls",
+    "google_cloud_scheduler_job.declared",
+]
+PER_DEPLOYMENT_BEFORE = {address: address for address in _KEPT_ADDRESS} | {
+    'google_pubsub_subscription.declared["intents-consumer"]': "google_pubsub_subscription.intents",
+    'google_pubsub_subscription_iam_member.dead_letter_source_subscriber["intents-consumer"]': (
+        "google_pubsub_subscription_iam_member.dead_letter_source_subscriber[0]"
+    ),
+}
+
+
+def test_moved_blocks_carry_the_single_deployment_into_the_paper_module(
+    tf: dict[str, Any], mod: dict[str, Any]
+) -> None:
+    """An existing single deployment plans without destroying its VM: each of its resources moves to
+    module.deployment["paper"], and every resource of the module has a predecessor moved into it."""
+    moves = {
+        m["from"].removeprefix("${").removesuffix("}"): m["to"].removeprefix("${").removesuffix("}")
+        for m in tf["moved"]
+    }
+    target = 'module.deployment["paper"].'
+    assert {k: moves.get(k) for k in PER_DEPLOYMENT_BEFORE} == {k: target + v for k, v in PER_DEPLOYMENT_BEFORE.items()}
+    # The older move (the counted VM) chains into the new one.
+    assert moves["google_compute_instance.consumer[0]"] == "google_compute_instance.consumer"
+    module_resources = {f"{rtype}.{name}" for rtype, named in mod["resource"].items() for name in named}
+    moved_into = {re.sub(r"\[\d+\]$", "", to.removeprefix(target)) for to in moves.values() if to.startswith(target)}
+    assert module_resources == moved_into
+    # Nothing moved away is still declared at the root (it would be a second copy, not a move).
+    for source in PER_DEPLOYMENT_BEFORE:
+        rtype, name = re.sub(r"\[.*\]$", "", source).split(".")
+        if source.startswith("google_pubsub_subscription"):
+            continue  # the shared subscriptions keep the resource, without intents-consumer (checked above)
+        assert name not in tf["resource"].get(rtype, {}), source
+    # legacy_names keeps the single deployment's names, so the moved VM, service account and subscription match.
+    assert mod["locals"]["vm_name"] == '${local.d.legacy_names ? "ib-consumer" : "ib-consumer-${var.name}"}'
 
 
 # --- alerting ---------------------------------------------------------------------------------------------------------

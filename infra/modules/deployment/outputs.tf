@@ -1,0 +1,19 @@
+output "service_account" {
+  value = google_service_account.consumer.email
+}
+
+output "ib_credentials_secret" {
+  value = google_secret_manager_secret.ib_credentials.secret_id
+}
+
+output "vm" {
+  value = google_compute_instance.consumer.name
+}
+
+output "subscription" {
+  value = google_pubsub_subscription.intents.name
+}
+
+output "scheduler_jobs" {
+  value = { for name, job in google_cloud_scheduler_job.declared : name => { schedule = job.schedule, paused = job.paused } }
+}
