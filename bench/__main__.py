@@ -100,6 +100,7 @@ def rebalance(stack: BenchStack, client: Client, symbols: list[str]) -> dict[str
         "ordersPerSecond": round((placed - 1) / span, 1) if span and span == span and span > 0 else None,
         "pacingLimitPerSecond": 50,
         "pacingErrors": gateway.pacing_violations() - violations,
+        "timingsMs": reply["result"].get("timings", {}),
     }
 
 

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import math
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -169,6 +170,9 @@ class OrderEngine:
         self._properties = dict(properties)
         self._timeout = defaults.timeout_seconds or timeout
         self._account = account
+        # Of the last `place`: handing the legs to ib_insync, then waiting for every one to settle.
+        self.sending_ms = 0.0
+        self.confirming_ms = 0.0
 
     @property
     def limits(self) -> bool:
@@ -224,11 +228,14 @@ class OrderEngine:
                 errors[req_id] = {"code": code, "message": message}
 
         self._ib.errorEvent += on_error
+        started = time.perf_counter()
         try:
             trades = [self._ib.placeOrder(leg.instrument.contract, self.build(leg)) for leg in legs]
+            sent = time.perf_counter()
             confirmed = await asyncio.gather(*(self._confirm_counted(trade, len(trades)) for trade in trades))
         finally:
             self._ib.errorEvent -= on_error
+        self.sending_ms = (sent - started) * 1000
         outcomes: dict[str, Outcome] = {}
         for trade, settled in zip(trades, confirmed, strict=True):
             ref = trade.order.orderRef
@@ -248,6 +255,7 @@ class OrderEngine:
             except TimeoutError:
                 resolved = {}  # still unknown: reported as unconfirmed, left open in the books for reconciliation
             outcomes.update({ref: resolved[ref] for ref in unconfirmed if ref in resolved})
+        self.confirming_ms = (time.perf_counter() - sent) * 1000
         return outcomes
 
     async def find(self, refs: set[str]) -> dict[str, Outcome]:

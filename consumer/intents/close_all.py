@@ -25,7 +25,8 @@ async def close_all(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
             raise IntentError("unknown_strategy", f"unknown strategy {', '.join(map(repr, unknown))}")
     include_unallocated = bool(params.get("includeUnallocated"))
     books = [*named, *([UNALLOCATED] if include_unallocated else [])] if named else None
-    rebalance = await Rebalance.open(ctx, books)
+    with ctx.timed("books"):
+        rebalance = await Rebalance.open(ctx, books)
     # A strategy with only a working order (nothing filled yet) is closed too: its order is cancelled.
     held = {*rebalance.holdings, *rebalance.with_working_orders}
     chosen = set(books) if books else {s for s in held if s != UNALLOCATED}
@@ -34,7 +35,7 @@ async def close_all(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     rebalance.only(sorted(chosen))
     targets: dict[str, dict[int, float]] = {s: {} for s in chosen}
     report = await rebalance.carry_out(targets, {}, close=True)
-    return {**report, "strategies": sorted(chosen)}
+    return {**report, "strategies": sorted(chosen), "timings": ctx.phase_timings()}
 
 
 INTENT = Intent(

@@ -12,6 +12,7 @@ transfers for legs that net to zero; write-ahead of every order; place all; wait
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -276,7 +277,8 @@ class Rebalance:
         # Sized as if the orders to cancel were gone: what a dry run shows and what the market check covers.
         legs = net_legs(targets, self.current(), self.working(without=set(way.cancel) | way.aside))
         needed = {c for c, leg in legs.items() if leg.deltas} | {o.con_id for o in way.cancel.values()}
-        instruments = await _with_instruments(ctx.broker, instruments, needed)
+        with ctx.timed("contracts"):
+            instruments = await _with_instruments(ctx.broker, instruments, needed)
         trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
         touched = set(trading) | {o.con_id for o in way.cancel.values()}
         if touched and not ctx.dry_run and not (ctx.request.envelope and ctx.request.envelope.ignore_market_hours):
@@ -289,12 +291,14 @@ class Rebalance:
                     "(set ignoreMarketHours to trade anyway)",
                 )
 
-        await self.check_books(touched)
+        with ctx.timed("books"):
+            await self.check_books(touched)
 
         reason = "close-all" if close else "opposes the new order"
         cancelled: list[dict[str, Any]] = []
         if way.cancel and not ctx.dry_run:
-            cancelled = await self.cancel(way.cancel, reason)
+            with ctx.timed("books"):
+                cancelled = await self.cancel(way.cancel, reason)
             # Sized again from the holdings, now with what the cancelled orders filled booked.
             after = self.in_the_way(targets, close)
             if after.cancel:
@@ -303,7 +307,10 @@ class Rebalance:
                     f"orders {', '.join(sorted(after.cancel))} stand in the way after cancelling; nothing was placed",
                 )
             legs = net_legs(targets, self.current(), self.working(without=after.aside))
-            instruments = await _with_instruments(ctx.broker, instruments, {c for c, leg in legs.items() if leg.deltas})
+            with ctx.timed("contracts"):
+                instruments = await _with_instruments(
+                    ctx.broker, instruments, {c for c, leg in legs.items() if leg.deltas}
+                )
             trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
 
         intent = ctx.request.intent or "trade"
@@ -314,14 +321,15 @@ class Rebalance:
         outcomes: dict[str, Outcome] = {}
         transfers: list[dict[str, Any]] = []
         if not ctx.dry_run:
-            for c, leg in legs.items():
-                if leg.internal_transfer:
-                    moved = await services.books.transfer(
-                        ctx.request_id, instruments[c].describe(), leg.internal_transfer
-                    )
-                    transfers.append(
-                        {"instrument": instruments[c].symbol, "moves": leg.internal_transfer, "booked": moved}
-                    )
+            with ctx.timed("orders"):
+                for c, leg in legs.items():
+                    if leg.internal_transfer:
+                        moved = await services.books.transfer(
+                            ctx.request_id, instruments[c].describe(), leg.internal_transfer
+                        )
+                        transfers.append(
+                            {"instrument": instruments[c].symbol, "moves": leg.internal_transfer, "booked": moved}
+                        )
             outcomes = await send_orders(
                 ctx,
                 self.account.id,
@@ -369,30 +377,37 @@ async def send_orders(
     )
     # An earlier run of this request may have placed any of them. Every leg is looked up at the broker, whatever
     # Firestore says: its data may have been lost, restored or rolled back since. Never send twice.
-    found = await engine.find(set(orders))
+    with ctx.timed("orders"):
+        found = await engine.find(set(orders))
     to_send = {ref: o for ref, o in orders.items() if ref not in found}
     if engine.limits and to_send:
-        quotes = await ctx.broker.quotes([o.instrument for o in to_send.values()])
+        with ctx.timed("prices"):
+            quotes = await ctx.broker.quotes([o.instrument for o in to_send.values()])
         to_send = {o.order_ref: o for o in engine.priced(to_send.values(), quotes)}
-    await services.books.write_pending(
-        PendingOrder(
-            order_ref=ref,
-            request_id=ctx.request_id,
-            intent=ctx.request.intent or "",
-            instrument=o.instrument.describe(),
-            quantity=o.quantity,
-            shares=dict(shares.get(ref, {})),
+    with ctx.timed("orders"):
+        await services.books.write_pending(
+            PendingOrder(
+                order_ref=ref,
+                request_id=ctx.request_id,
+                intent=ctx.request.intent or "",
+                instrument=o.instrument.describe(),
+                quantity=o.quantity,
+                shares=dict(shares.get(ref, {})),
+            )
+            for ref, o in to_send.items()
         )
-        for ref, o in to_send.items()
-    )
     outcomes = {**found, **await engine.place(to_send.values())}
-    await services.books.mark_placed(
-        {
-            ref: {"orderId": o.order_id, "permId": o.perm_id, "clientId": o.client_id, "brokerStatus": o.status}
-            for ref, o in outcomes.items()
-            if o.order_id is not None and not o.existing
-        }
-    )
+    # "orders" ends when the last leg is handed to ib_insync; its pacing of the sends counts as confirmations.
+    ctx.add_time("orders", engine.sending_ms)
+    ctx.add_time("confirmations", engine.confirming_ms)
+    with ctx.timed("confirmations"):
+        await services.books.mark_placed(
+            {
+                ref: {"orderId": o.order_id, "permId": o.perm_id, "clientId": o.client_id, "brokerStatus": o.status}
+                for ref, o in outcomes.items()
+                if o.order_id is not None and not o.existing
+            }
+        )
     for ref, o in outcomes.items():
         if not o.existing:
             services.metrics.count("orders", o.fate.value)
@@ -405,10 +420,11 @@ async def send_orders(
 async def _with_instruments(
     broker: Broker, instruments: Mapping[int, Instrument], con_ids: set[int]
 ) -> Mapping[int, Instrument]:
-    """`instruments` and those of `con_ids` it lacks (held or working, not targeted), found by conId."""
-    for con_id in con_ids - set(instruments):
-        instruments = {**instruments, con_id: await broker.by_con_id(con_id)}
-    return instruments
+    """`instruments` and those of `con_ids` it lacks (held or working, not targeted), found by conId: asked
+    for together (ib_insync paces them), not one round trip after another."""
+    lacking = sorted(con_ids - set(instruments))
+    found = await asyncio.gather(*(broker.by_con_id(con_id) for con_id in lacking))
+    return {**instruments, **dict(zip(lacking, found, strict=True))}
 
 
 async def _working(broker: Broker, open_orders: list[dict[str, Any]]) -> tuple[list[WorkingOrder], list[BrokerOrder]]:
