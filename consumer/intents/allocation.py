@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from consumer.broker.broker import OrderSnapshot
 from consumer.broker.instruments import Instrument
+from consumer.broker.orders import discard
 from consumer.errors import IntentError, Transient
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.rebalance import Rebalance
@@ -52,6 +54,17 @@ def choose_strategies(ctx: IntentContext, params: dict[str, Any]) -> dict[str, S
 
 async def allocation(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     strategies = choose_strategies(ctx, params)
+    # Asked now, read before placing: the broker's answer takes seconds on a busy account and needs nothing else.
+    asked = None if ctx.dry_run else ctx.broker.ask_orders()
+    try:
+        return await _allocation(ctx, strategies, asked)
+    finally:
+        discard(asked)
+
+
+async def _allocation(
+    ctx: IntentContext, strategies: dict[str, Strategy], asked: OrderSnapshot | None
+) -> dict[str, Any]:
     broker = ctx.broker
     config = ctx.config
 
@@ -59,7 +72,7 @@ async def allocation(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
         resolved = await asyncio.gather(*(broker.resolve(s.instruments()) for s in strategies.values()))
     instruments: dict[str, dict[str, Instrument]] = dict(zip(strategies, resolved, strict=True))
     with ctx.timed("books"):
-        rebalance = await Rebalance.open(ctx, list(strategies))
+        rebalance = await Rebalance.open(ctx, list(strategies), asked)
 
     async def weights_of(name: str, strategy: Strategy) -> dict[str, float] | str:
         try:

@@ -17,10 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumer.broker.broker import Broker
+from consumer.broker.broker import Broker, OrderSnapshot
 from consumer.broker.instruments import Instrument
 from consumer.broker.model import Account, BrokerOrder, Fate, is_done
-from consumer.broker.orders import LegOrder, Outcome, order_ref
+from consumer.broker.orders import LegOrder, Outcome, discard, order_ref
 from consumer.errors import IntentError, Rejected, Transient
 from consumer.intents.base import IntentContext
 from consumer.portfolio import EPSILON, Leg, net_legs
@@ -69,14 +69,19 @@ class Rebalance:
     orders: list[WorkingOrder] = field(default_factory=list)
     others: list[BrokerOrder] = field(default_factory=list)  # working at the broker, not ours: never touched
     sweep: dict[str, Any] = field(default_factory=dict)
+    # The broker's orders and executions, asked for when the intent started (see Broker.ask_orders); read when the
+    # legs are looked up before placing.
+    asked: OrderSnapshot | None = None
 
     @classmethod
-    async def open(cls, ctx: IntentContext, strategies: list[str] | None) -> Rebalance:
+    async def open(
+        cls, ctx: IntentContext, strategies: list[str] | None, asked: OrderSnapshot | None = None
+    ) -> Rebalance:
         """Brings the books in step with the broker first: every later number depends on them."""
         services = ctx.services
         sweep = await services.bookkeeper.reconcile()
         account = await ctx.broker.account(services.settings.ib_account)
-        rebalance = cls(ctx=ctx, account=account, scope=strategies, sweep=sweep)
+        rebalance = cls(ctx=ctx, account=account, scope=strategies, sweep=sweep, asked=asked)
         await rebalance._reload()
         return rebalance
 
@@ -330,11 +335,13 @@ class Rebalance:
                         transfers.append(
                             {"instrument": instruments[c].symbol, "moves": leg.internal_transfer, "booked": moved}
                         )
+            asked, self.asked = self.asked, None
             outcomes = await send_orders(
                 ctx,
                 self.account.id,
                 {o.order_ref: o for o in orders.values()},
                 {orders[c].order_ref: leg.deltas for c, leg in trading.items()},
+                asked=asked,
             )
 
         report: dict[str, Any] = {
@@ -358,15 +365,20 @@ class Rebalance:
 
 
 async def send_orders(
-    ctx: IntentContext, account: str, orders: Mapping[str, LegOrder], shares: Mapping[str, Mapping[str, float]]
+    ctx: IntentContext,
+    account: str,
+    orders: Mapping[str, LegOrder],
+    shares: Mapping[str, Mapping[str, float]],
+    asked: OrderSnapshot | None = None,
 ) -> dict[str, Outcome]:
     """Writes each order ahead, places the ones the broker does not have yet, waits for each, records the result.
 
     `orders` and `shares` are keyed by orderRef; shares are the strategies' parts of each order (empty for orders
-    no strategy owns, such as currency conversions).
+    no strategy owns, such as currency conversions). `asked`: the broker's orders, asked for at the intent's start.
     """
     services = ctx.services
     if not orders:
+        discard(asked)
         return {}
     engine = ctx.broker.order_engine(
         ctx.config.order_defaults,
@@ -378,7 +390,7 @@ async def send_orders(
     # An earlier run of this request may have placed any of them. Every leg is looked up at the broker, whatever
     # Firestore says: its data may have been lost, restored or rolled back since. Never send twice.
     with ctx.timed("orders"):
-        found = await engine.find(set(orders))
+        found = await engine.find(set(orders), asked=asked)
     to_send = {ref: o for ref, o in orders.items() if ref not in found}
     if engine.limits and to_send:
         with ctx.timed("prices"):
