@@ -18,6 +18,58 @@ from consumer.devstack.provision import provision
 from consumer.store.layout import config_path, mode_path
 
 OURS = "bench-ours"
+INSTRUMENTS = 1000
+# ibsim/scenarios/paper.yaml: IB's 50 messages/s (the socket closes at the 100th message over) and a start-up
+# download that grows with the account, here seeded to a paper account's typical size (SEED).
+PACING = {"maxPerSecond": 50, "disconnectAfter": 100, "currentTimeSeconds": 1}
+CONNECT_COST = {"baseMs": 300, "perPositionMs": 2, "perOpenOrderMs": 5, "perCompletedOrderMs": 20, "perExecutionMs": 2}
+SEED = {"positions": 50, "openOrders": 20, "completedOrders": 500, "executions": 200}
+# ib_insync's connect timeout is per start-up request; at 20 ms per completed order, 500 of them take 10 s.
+CONNECT_TIMEOUT = 60.0
+SEED_CLIENT_ID = 70
+
+
+def seed_account(gateway: Any) -> dict[str, int]:
+    """Positions set at the gateway; fills, completed and open orders made by another client id, as a person
+    trading in TWS beside the consumer would: 100 round trips (200 executions, flat), 300 limit orders cancelled
+    (with the 200 filled, 500 completed orders) and 20 limit orders left working far from the market."""
+    import asyncio
+
+    from ib_insync import IB, LimitOrder, MarketOrder, Stock
+
+    # Away from the instruments the rebalances trade (SYM000...), so those start flat in the books too.
+    symbols = [f"SYM{n:03d}" for n in range(INSTRUMENTS - 200, INSTRUMENTS)]
+    for symbol in symbols[: SEED["positions"]]:
+        gateway.set_position(symbol, 10)
+
+    async def trade() -> None:
+        ib = IB()
+        await ib.connectAsync("127.0.0.1", gateway.port, clientId=SEED_CLIENT_ID, timeout=CONNECT_TIMEOUT)
+        try:
+            contracts = await ib.qualifyContractsAsync(*(Stock(s, "SMART", "USD") for s in symbols[50:150]))
+            round_trips = SEED["executions"] // 2
+            filled = [
+                ib.placeOrder(c, MarketOrder(side, 1)) for side in ("BUY", "SELL") for c in contracts[:round_trips]
+            ]
+            cancels = SEED["completedOrders"] - len(filled)
+            resting = [
+                ib.placeOrder(contracts[n % len(contracts)], LimitOrder("BUY", 1, 0.01))
+                for n in range(cancels + SEED["openOrders"])
+            ]
+            while not all(t.isDone() for t in filled) or any(t.orderStatus.status != "Submitted" for t in resting):
+                await asyncio.wait_for(ib.updateEvent, 30)
+            for t in resting[:cancels]:
+                ib.cancelOrder(t.order)
+            while not all(t.isDone() for t in resting[:cancels]):
+                await asyncio.wait_for(ib.updateEvent, 30)
+        finally:
+            ib.disconnect()
+
+    asyncio.run(trade())
+    working = sum(1 for o in gateway.orders() if o.get("status") not in ("Filled", "Cancelled"))
+    return {"positions": len([q for q in gateway.positions().values() if q]), "openOrders": working,
+            "completedOrders": len(gateway.orders()) - working, "executions": len(gateway.executions())}  # fmt: skip
+
 
 BENCH_ACCOUNT = "DU123456"  # the default ibsim scenario's account
 
@@ -29,6 +81,7 @@ class BenchStack(contextlib.AbstractContextManager["BenchStack"]):
         self._stack = contextlib.ExitStack()
         self._tmp = Path(tempfile.mkdtemp(prefix="bench-"))
         self.gateway: Any = None
+        self.seeded: dict[str, int] = {}
         self._consumer: subprocess.Popen[bytes] | None = None
 
     def project_of(self, design: str) -> str:
@@ -46,8 +99,13 @@ class BenchStack(contextlib.AbstractContextManager["BenchStack"]):
         print("starting emulators and the simulated gateway ...", flush=True)
         emulators = self._stack.enter_context(EmulatorPair(workdir=self._tmp))
         os.environ.update(emulators.environ())
-        scenario = Scenario.from_dict({"generated": {"count": 220}})
+        scenario = Scenario.from_dict(
+            {"generated": {"count": INSTRUMENTS}, "pacing": PACING, "connectCost": CONNECT_COST}
+        )
         self.gateway = self._stack.enter_context(ThreadedGateway(port=0, scenario=scenario))
+        print("seeding the account to a paper account's size (positions, open, completed orders, fills) ...")
+        self.seeded = seed_account(self.gateway)
+        print(f"  {self.seeded}", flush=True)
         for project in (self.ours, *self._projects.values()):
             provision(project)
         db = firestore.Client(project=self.ours)
@@ -61,7 +119,8 @@ class BenchStack(contextlib.AbstractContextManager["BenchStack"]):
         self._consumer = subprocess.Popen(
             [sys.executable, "-m", "consumer", "serve"],
             env={**os.environ, "GOOGLE_CLOUD_PROJECT": self.ours, "IB_PORT": str(self.gateway.port),
-                 "IB_ACCOUNT": BENCH_ACCOUNT, "HEALTH_PORT": str(health), "LOG_FORMAT": "json", "LOG_LEVEL": "WARNING"},
+                 "IB_ACCOUNT": BENCH_ACCOUNT, "HEALTH_PORT": str(health), "LOG_FORMAT": "json", "LOG_LEVEL": "WARNING",
+                 "IB_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT)},
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self._stack.callback(self._stop_consumer)

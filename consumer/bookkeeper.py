@@ -151,8 +151,15 @@ class Bookkeeper:
         reported = await self._broker.executions()
         fills = {f.exec_id: f for f in [*self._broker.session_fills(), *reported] if self._ours(f)}
         applied, commissions, known = [], [], 0
+        # Every fill of the day is reported on every sweep: those already booked (with their commission, when the
+        # report has one) are skipped on one batched read; a transaction each made a sweep grow with the day.
+        booked = await self._books.booked_commissions(fills)
         for fill in sorted(fills.values(), key=lambda f: (f.time, f.exec_id)):
-            result = await self._books.book(execution_of(fill, self._rates(fill)))
+            execution = execution_of(fill, self._rates(fill))
+            if fill.exec_id in booked and (booked[fill.exec_id] or execution.commission is None):
+                known += 1
+                continue
+            result = await self._books.book(execution)
             if result == "applied":
                 applied.append(fill.as_dict())
             elif result == "commission":

@@ -8,6 +8,7 @@ market data (market), the order engine (orders) and the translation of IB's obje
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -18,10 +19,21 @@ from consumer.broker import market, views
 from consumer.broker.gateway import Gateway, Listener, State
 from consumer.broker.instruments import Instrument, Instruments, fx_pair
 from consumer.broker.model import Account, BrokerOrder, Fill, HistoricalBar, Position, Quote, is_done
-from consumer.broker.orders import LOOKUP_TIMEOUT, OrderEngine, Outcome, cancel_orders, find_orders
+from consumer.broker.orders import (
+    LOOKUP_TIMEOUT,
+    OrderEngine,
+    Outcome,
+    Snapshot,
+    ask_orders,
+    cancel_orders,
+    find_orders,
+)
 from consumer.errors import IntentError
 from consumer.store.trading_config import OrderDefaults
 from consumer.strategies.base import InstrumentSpec, MarketData
+
+# An answer of `Broker.ask_orders` still to come.
+OrderSnapshot = asyncio.Future[Snapshot]
 
 
 class Broker:
@@ -206,6 +218,11 @@ class Broker:
         """Every order still working at the broker, whichever client placed it."""
         self._gateway.require()
         return [views.order(t) for t in await self._gateway.requests.open_orders() if not is_done(t.orderStatus.status)]
+
+    def ask_orders(self) -> OrderSnapshot:
+        """Starts reading every open and completed order and execution, for a later `OrderEngine.find`."""
+        self._gateway.require()
+        return ask_orders(self._gateway.requests)
 
     async def find_orders(self, refs: set[str], within: float = LOOKUP_TIMEOUT) -> dict[str, Outcome]:
         return await find_orders(self._ib, self._gateway.requests, refs, within)

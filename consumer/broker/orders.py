@@ -16,12 +16,13 @@ import datetime as dt
 import hashlib
 import math
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ib_insync import IB, LimitOrder, MarketOrder, Order, TagValue, Trade
+from ib_insync import IB, Fill, LimitOrder, MarketOrder, Order, TagValue, Trade
 
 from consumer.broker import views
 from consumer.broker.instruments import Instrument
@@ -224,6 +225,9 @@ class OrderEngine:
         self._properties = dict(properties)
         self._timeout = defaults.timeout_seconds or timeout
         self._account = account
+        # Of the last `place`: handing the legs to ib_insync, then waiting for every one to settle.
+        self.sending_ms = 0.0
+        self.confirming_ms = 0.0
 
     @property
     def limits(self) -> bool:
@@ -272,14 +276,17 @@ class OrderEngine:
         self._confirmed = 0
         notes = _OrderMessages()
         self._ib.errorEvent += notes.on_error
+        started = time.perf_counter()
         try:
             trades = [self._ib.placeOrder(leg.instrument.contract, self.build(leg)) for leg in legs]
+            sent = time.perf_counter()
             confirmed = await asyncio.gather(
                 *(self._confirm_counted(trade, len(trades), notes.held_future(trade)) for trade in trades)
             )
         finally:
             self._ib.errorEvent -= notes.on_error
             notes.close()
+        self.sending_ms = (sent - started) * 1000
         errors = notes.errors
         outcomes: dict[str, Outcome] = {}
         for trade, settled in zip(trades, confirmed, strict=True):
@@ -303,10 +310,11 @@ class OrderEngine:
             except TimeoutError:
                 resolved = {}  # still unknown: reported as unconfirmed, left open in the books for reconciliation
             outcomes.update({ref: resolved[ref] for ref in unconfirmed if ref in resolved})
+        self.confirming_ms = (time.perf_counter() - sent) * 1000
         return outcomes
 
-    async def find(self, refs: set[str]) -> dict[str, Outcome]:
-        return await find_orders(self._ib, self._requests, refs)
+    async def find(self, refs: set[str], asked: asyncio.Future[Snapshot] | None = None) -> dict[str, Outcome]:
+        return await find_orders(self._ib, self._requests, refs, asked=asked)
 
     async def _confirm_counted(self, trade: Trade, total: int, held: asyncio.Future[Any]) -> bool:
         try:
@@ -414,23 +422,51 @@ def next_emit(event: Any) -> asyncio.Future[Any]:
 
 LOOKUP_TIMEOUT = 30.0
 
+# What `find_orders` reads: every open order, completed order and execution of the account.
+Snapshot = tuple[list[Trade], list[Trade], list[Fill]]
+
+
+def ask_orders(requests: SharedRequests) -> asyncio.Future[Snapshot]:
+    """Starts the three requests `find_orders` reads, to be answered while other work goes on.
+
+    A gateway answers completed orders and executions in time growing with the account (seconds for hundreds of
+    completed orders), so a trading intent asks at its start and reads the answer when it is about to place.
+    That answer still holds every order an earlier run of the same request placed: that run was over before this
+    one started.
+    """
+    return asyncio.ensure_future(
+        asyncio.gather(requests.open_orders(), requests.completed_orders(), requests.executions())
+    )
+
+
+def discard(asked: asyncio.Future[Snapshot] | None) -> None:
+    """Drops an answer asked for and not read (a dry run, a refusal before placing)."""
+    if asked is None:
+        return
+    if not asked.done():
+        asked.cancel()
+    elif not asked.cancelled():
+        asked.exception()  # retrieved: a failure nobody needs is not logged as "never retrieved"
+
 
 async def find_orders(
-    ib: IB, requests: SharedRequests, refs: set[str], within: float = LOOKUP_TIMEOUT
+    ib: IB,
+    requests: SharedRequests,
+    refs: set[str],
+    within: float = LOOKUP_TIMEOUT,
+    asked: asyncio.Future[Snapshot] | None = None,
 ) -> dict[str, Outcome]:
     """Orders with these orderRefs at the broker: working, completed, or seen only as executions.
 
-    Bounded: a gateway that stops answering raises TimeoutError (transient: the request is retried later and
-    looks again), rather than hanging the intent.
+    `asked` is an answer asked for earlier (`ask_orders`); without it the broker is asked now. Bounded: a gateway
+    that stops answering raises TimeoutError (transient: the request is retried later and looks again), rather
+    than hanging the intent.
     """
     if not refs:
+        discard(asked)
         return {}
     open_trades, completed, fills = await asyncio.wait_for(
-        asyncio.gather(
-            requests.open_orders(),
-            requests.completed_orders(),
-            requests.executions(),
-        ),
+        asked if asked is not None else ask_orders(requests),
         within,
     )
     found: dict[str, Outcome] = {}

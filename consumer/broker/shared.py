@@ -67,6 +67,9 @@ class SharedRequests:
                 if not answer.done():
                     answer.set_exception(e)
                 return
+            # Also a gap after the answer: a request held in ib_insync's throttle (behind a burst of orders) reaches
+            # the gateway late, and the next one sent a gap after it was asked for could follow it within a second.
+            self._current_time_sent = time.monotonic()
             if not answer.done():
                 answer.set_result(gateway_time)
 

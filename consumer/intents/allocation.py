@@ -13,7 +13,9 @@ import asyncio
 import math
 from typing import Any
 
+from consumer.broker.broker import OrderSnapshot
 from consumer.broker.instruments import Instrument
+from consumer.broker.orders import discard
 from consumer.errors import IntentError, Transient
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.rebalance import Rebalance
@@ -53,12 +55,25 @@ def choose_strategies(ctx: IntentContext, params: dict[str, Any]) -> dict[str, S
 
 async def allocation(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     strategies = choose_strategies(ctx, params)
+    # Asked now, read before placing: the broker's answer takes seconds on a busy account and needs nothing else.
+    asked = None if ctx.dry_run else ctx.broker.ask_orders()
+    try:
+        return await _allocation(ctx, strategies, asked)
+    finally:
+        discard(asked)
+
+
+async def _allocation(
+    ctx: IntentContext, strategies: dict[str, Strategy], asked: OrderSnapshot | None
+) -> dict[str, Any]:
     broker = ctx.broker
     config = ctx.config
 
-    resolved = await asyncio.gather(*(broker.resolve(s.instruments()) for s in strategies.values()))
+    with ctx.timed("contracts"):
+        resolved = await asyncio.gather(*(broker.resolve(s.instruments()) for s in strategies.values()))
     instruments: dict[str, dict[str, Instrument]] = dict(zip(strategies, resolved, strict=True))
-    rebalance = await Rebalance.open(ctx, list(strategies))
+    with ctx.timed("books"):
+        rebalance = await Rebalance.open(ctx, list(strategies), asked)
 
     async def weights_of(name: str, strategy: Strategy) -> dict[str, float] | str:
         try:
@@ -69,9 +84,10 @@ async def allocation(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
             ctx.log.warning("strategy skipped: no signal", strategy=name, error=str(e))
             return f"{type(e).__name__}: {e}" if not str(e) else str(e)
 
-    outcomes = dict(
-        zip(strategies, await asyncio.gather(*(weights_of(n, s) for n, s in strategies.items())), strict=True)
-    )
+    with ctx.timed("signals"):
+        outcomes = dict(
+            zip(strategies, await asyncio.gather(*(weights_of(n, s) for n, s in strategies.items())), strict=True)
+        )
     weights = {n: w for n, w in outcomes.items() if isinstance(w, dict)}
     skipped = {n: reason for n, reason in outcomes.items() if isinstance(reason, str)}
 
@@ -86,11 +102,12 @@ async def allocation(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
         )
 
     needed = {i.con_id: i for n in weights for i in instruments[n].values()}
-    prices = await broker.prices(needed.values())
-    rates = {**broker.fx_rates(rebalance.account.id), rebalance.account.base_currency: 1.0}
-    unrated = {i.currency for i in needed.values()} - set(rates)
-    if unrated:
-        rates.update(await broker.market_fx_rates(unrated, rebalance.account.base_currency))
+    with ctx.timed("prices"):
+        prices = await broker.prices(needed.values())
+        rates = {**broker.fx_rates(rebalance.account.id), rebalance.account.base_currency: 1.0}
+        unrated = {i.currency for i in needed.values()} - set(rates)
+        if unrated:
+            rates.update(await broker.market_fx_rates(unrated, rebalance.account.base_currency))
     targets: dict[str, dict[int, float]] = {}
     sizing: dict[str, Any] = {}
     for name, wanted in weights.items():
@@ -152,6 +169,7 @@ async def allocation(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
         },
         "prices": {i.symbol: prices.get(c) for c, i in by_con_id.items()},
         "fxRates": rates,
+        "timings": ctx.phase_timings(),
     }
 
 

@@ -6,8 +6,10 @@ is testable against any gateway and store, and nothing is created at import time
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
     from consumer.envelope import Request
     from consumer.services import Services
     from consumer.store.trading_config import TradingConfig
+
+PHASES = ("books", "contracts", "prices", "signals", "orders", "confirmations")
 
 Handler = Callable[["IntentContext", dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -52,6 +56,25 @@ class IntentContext:
     request: Request
     config: TradingConfig
     log: structlog.stdlib.BoundLogger
+    # Milliseconds per phase of a trading intent (books, contracts, prices, signals, orders, confirmations): where
+    # a slow rebalance spends its time, in its own reply.
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Adds the time spent inside to `phase` (a phase entered twice, e.g. books after a cancel, adds up)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add_time(phase, (time.perf_counter() - started) * 1000)
+
+    def add_time(self, phase: str, ms: float) -> None:
+        self.timings[phase] = round(self.timings.get(phase, 0.0) + ms, 1)
+
+    def phase_timings(self) -> dict[str, float]:
+        """Every phase a trading reply reports, 0 for one the intent never entered."""
+        return {phase: self.timings.get(phase, 0.0) for phase in PHASES}
 
     @property
     def broker(self) -> Broker:

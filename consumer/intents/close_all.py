@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from consumer.broker.broker import OrderSnapshot
+from consumer.broker.orders import discard
 from consumer.errors import IntentError
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.rebalance import Rebalance
@@ -25,7 +27,18 @@ async def close_all(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
             raise IntentError("unknown_strategy", f"unknown strategy {', '.join(map(repr, unknown))}")
     include_unallocated = bool(params.get("includeUnallocated"))
     books = [*named, *([UNALLOCATED] if include_unallocated else [])] if named else None
-    rebalance = await Rebalance.open(ctx, books)
+    asked = None if ctx.dry_run else ctx.broker.ask_orders()  # read before placing (see allocation)
+    try:
+        return await _close(ctx, books, include_unallocated, asked)
+    finally:
+        discard(asked)
+
+
+async def _close(
+    ctx: IntentContext, books: list[str] | None, include_unallocated: bool, asked: OrderSnapshot | None
+) -> dict[str, Any]:
+    with ctx.timed("books"):
+        rebalance = await Rebalance.open(ctx, books, asked)
     # A strategy with only a working order (nothing filled yet) is closed too: its order is cancelled.
     held = {*rebalance.holdings, *rebalance.with_working_orders}
     chosen = set(books) if books else {s for s in held if s != UNALLOCATED}
@@ -34,7 +47,7 @@ async def close_all(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     rebalance.only(sorted(chosen))
     targets: dict[str, dict[int, float]] = {s: {} for s in chosen}
     report = await rebalance.carry_out(targets, {}, close=True)
-    return {**report, "strategies": sorted(chosen)}
+    return {**report, "strategies": sorted(chosen), "timings": ctx.phase_timings()}
 
 
 INTENT = Intent(

@@ -12,14 +12,15 @@ transfers for legs that net to zero; write-ahead of every order; place all; wait
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumer.broker.broker import Broker
+from consumer.broker.broker import Broker, OrderSnapshot
 from consumer.broker.instruments import Instrument
 from consumer.broker.model import Account, BrokerOrder, Fate, is_done
-from consumer.broker.orders import LegOrder, Outcome, order_ref
+from consumer.broker.orders import LegOrder, Outcome, discard, order_ref
 from consumer.errors import IntentError, Rejected, Transient
 from consumer.intents.base import IntentContext
 from consumer.portfolio import EPSILON, Leg, net_legs
@@ -68,14 +69,19 @@ class Rebalance:
     orders: list[WorkingOrder] = field(default_factory=list)
     others: list[BrokerOrder] = field(default_factory=list)  # working at the broker, not ours: never touched
     sweep: dict[str, Any] = field(default_factory=dict)
+    # The broker's orders and executions, asked for when the intent started (see Broker.ask_orders); read when the
+    # legs are looked up before placing.
+    asked: OrderSnapshot | None = None
 
     @classmethod
-    async def open(cls, ctx: IntentContext, strategies: list[str] | None) -> Rebalance:
+    async def open(
+        cls, ctx: IntentContext, strategies: list[str] | None, asked: OrderSnapshot | None = None
+    ) -> Rebalance:
         """Brings the books in step with the broker first: every later number depends on them."""
         services = ctx.services
         sweep = await services.bookkeeper.reconcile()
         account = await ctx.broker.account(services.account)
-        rebalance = cls(ctx=ctx, account=account, scope=strategies, sweep=sweep)
+        rebalance = cls(ctx=ctx, account=account, scope=strategies, sweep=sweep, asked=asked)
         await rebalance._reload()
         return rebalance
 
@@ -291,7 +297,8 @@ class Rebalance:
         # Every instrument the reply lists: one held at its target (risk-check's reduce keeps them) has no delta.
         needed = {c for c, leg in legs.items() if leg.deltas or any(leg.targets.values())}
         needed |= {o.con_id for o in way.cancel.values()}
-        instruments = await _with_instruments(ctx.broker, instruments, needed)
+        with ctx.timed("contracts"):
+            instruments = await _with_instruments(ctx.broker, instruments, needed)
         trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
         touched = set(trading) | {o.con_id for o in way.cancel.values()}
         if touched and not ctx.dry_run and not (ctx.request.envelope and ctx.request.envelope.ignore_market_hours):
@@ -304,12 +311,14 @@ class Rebalance:
                     "tif OPG, goodAfterTime)",
                 )
 
-        await self.check_books(touched)
+        with ctx.timed("books"):
+            await self.check_books(touched)
 
         reason = "close-all" if close else "opposes the new order"
         cancelled: list[dict[str, Any]] = []
         if way.cancel and not ctx.dry_run:
-            cancelled = await self.cancel(way.cancel, reason)
+            with ctx.timed("books"):
+                cancelled = await self.cancel(way.cancel, reason)
             # Sized again from the holdings, now with what the cancelled orders filled booked.
             after = self.in_the_way(targets, close)
             if after.cancel:
@@ -319,7 +328,8 @@ class Rebalance:
                 )
             legs = net_legs(targets, self.current(), self.working(without=after.aside))
             listed = {c for c, leg in legs.items() if leg.deltas or any(leg.targets.values())}
-            instruments = await _with_instruments(ctx.broker, instruments, listed)
+            with ctx.timed("contracts"):
+                instruments = await _with_instruments(ctx.broker, instruments, listed)
             trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
 
         intent = ctx.request.intent or "trade"
@@ -330,28 +340,31 @@ class Rebalance:
         outcomes: dict[str, Outcome] = {}
         transfers: list[dict[str, Any]] = []
         if not ctx.dry_run:
-            moving = [instruments[c] for c, leg in legs.items() if leg.internal_transfer]
-            # Transfers move cost at the market price of the moment (consumer.pnl.transfer): one price request,
-            # only when something moves between books.
-            prices = await ctx.broker.prices(moving) if moving else {}
-            rates = ctx.broker.fx_rates(self.account.id)
-            for c, leg in legs.items():
-                if leg.internal_transfer:
-                    moved = await services.books.transfer(
-                        ctx.request_id,
-                        instruments[c].describe(),
-                        leg.internal_transfer,
-                        price=prices.get(c),
-                        fx_rate=rates.get(instruments[c].currency),
-                    )
-                    transfers.append(
-                        {"instrument": instruments[c].symbol, "moves": leg.internal_transfer, "booked": moved}
-                    )
+            with ctx.timed("orders"):
+                moving = [instruments[c] for c, leg in legs.items() if leg.internal_transfer]
+                # Transfers move cost at the market price of the moment (consumer.pnl.transfer): one price request,
+                # only when something moves between books.
+                prices = await ctx.broker.prices(moving) if moving else {}
+                rates = ctx.broker.fx_rates(self.account.id)
+                for c, leg in legs.items():
+                    if leg.internal_transfer:
+                        moved = await services.books.transfer(
+                            ctx.request_id,
+                            instruments[c].describe(),
+                            leg.internal_transfer,
+                            price=prices.get(c),
+                            fx_rate=rates.get(instruments[c].currency),
+                        )
+                        transfers.append(
+                            {"instrument": instruments[c].symbol, "moves": leg.internal_transfer, "booked": moved}
+                        )
+            asked, self.asked = self.asked, None
             outcomes = await send_orders(
                 ctx,
                 self.account.id,
                 {o.order_ref: o for o in orders.values()},
                 {orders[c].order_ref: leg.deltas for c, leg in trading.items()},
+                asked=asked,
             )
 
         report: dict[str, Any] = {
@@ -375,15 +388,20 @@ class Rebalance:
 
 
 async def send_orders(
-    ctx: IntentContext, account: str, orders: Mapping[str, LegOrder], shares: Mapping[str, Mapping[str, float]]
+    ctx: IntentContext,
+    account: str,
+    orders: Mapping[str, LegOrder],
+    shares: Mapping[str, Mapping[str, float]],
+    asked: OrderSnapshot | None = None,
 ) -> dict[str, Outcome]:
     """Writes each order ahead, places the ones the broker does not have yet, waits for each, records the result.
 
     `orders` and `shares` are keyed by orderRef; shares are the strategies' parts of each order (empty for orders
-    no strategy owns, such as currency conversions).
+    no strategy owns, such as currency conversions). `asked`: the broker's orders, asked for at the intent's start.
     """
     services = ctx.services
     if not orders:
+        discard(asked)
         return {}
     engine = ctx.broker.order_engine(
         ctx.config.order_defaults,
@@ -394,30 +412,37 @@ async def send_orders(
     )
     # An earlier run of this request may have placed any of them. Every leg is looked up at the broker, whatever
     # Firestore says: its data may have been lost, restored or rolled back since. Never send twice.
-    found = await engine.find(set(orders))
+    with ctx.timed("orders"):
+        found = await engine.find(set(orders), asked=asked)
     to_send = {ref: o for ref, o in orders.items() if ref not in found}
     if engine.limits and to_send:
-        quotes = await ctx.broker.quotes([o.instrument for o in to_send.values()])
+        with ctx.timed("prices"):
+            quotes = await ctx.broker.quotes([o.instrument for o in to_send.values()])
         to_send = {o.order_ref: o for o in engine.priced(to_send.values(), quotes)}
-    await services.books.write_pending(
-        PendingOrder(
-            order_ref=ref,
-            request_id=ctx.request_id,
-            intent=ctx.request.intent or "",
-            instrument=o.instrument.describe(),
-            quantity=o.quantity,
-            shares=dict(shares.get(ref, {})),
+    with ctx.timed("orders"):
+        await services.books.write_pending(
+            PendingOrder(
+                order_ref=ref,
+                request_id=ctx.request_id,
+                intent=ctx.request.intent or "",
+                instrument=o.instrument.describe(),
+                quantity=o.quantity,
+                shares=dict(shares.get(ref, {})),
+            )
+            for ref, o in to_send.items()
         )
-        for ref, o in to_send.items()
-    )
     outcomes = {**found, **await engine.place(to_send.values())}
-    await services.books.mark_placed(
-        {
-            ref: {"orderId": o.order_id, "permId": o.perm_id, "clientId": o.client_id, "brokerStatus": o.status}
-            for ref, o in outcomes.items()
-            if o.order_id is not None and not o.existing
-        }
-    )
+    # "orders" ends when the last leg is handed to ib_insync; its pacing of the sends counts as confirmations.
+    ctx.add_time("orders", engine.sending_ms)
+    ctx.add_time("confirmations", engine.confirming_ms)
+    with ctx.timed("confirmations"):
+        await services.books.mark_placed(
+            {
+                ref: {"orderId": o.order_id, "permId": o.perm_id, "clientId": o.client_id, "brokerStatus": o.status}
+                for ref, o in outcomes.items()
+                if o.order_id is not None and not o.existing
+            }
+        )
     for ref, o in outcomes.items():
         if not o.existing:
             services.metrics.count("orders", o.fate.value)
@@ -430,10 +455,11 @@ async def send_orders(
 async def _with_instruments(
     broker: Broker, instruments: Mapping[int, Instrument], con_ids: set[int]
 ) -> Mapping[int, Instrument]:
-    """`instruments` and those of `con_ids` it lacks (held or working, not targeted), found by conId."""
-    for con_id in con_ids - set(instruments):
-        instruments = {**instruments, con_id: await broker.by_con_id(con_id)}
-    return instruments
+    """`instruments` and those of `con_ids` it lacks (held or working, not targeted), found by conId: asked
+    for together (ib_insync paces them), not one round trip after another."""
+    lacking = sorted(con_ids - set(instruments))
+    found = await asyncio.gather(*(broker.by_con_id(con_id) for con_id in lacking))
+    return {**instruments, **dict(zip(lacking, found, strict=True))}
 
 
 async def _working(broker: Broker, open_orders: list[dict[str, Any]]) -> tuple[list[WorkingOrder], list[BrokerOrder]]:

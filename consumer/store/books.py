@@ -137,6 +137,18 @@ class Books:
         refs = [self._layout.fills().document(e) for e in set(exec_ids)]
         return {s.id async for s in self._layout.db.get_all(refs) if s.exists} if refs else set()
 
+    async def booked_commissions(self, exec_ids: Iterable[str]) -> dict[str, bool]:
+        """Of these executions, the booked ones and whether their commission is booked too: one batched read, so a
+        sweep skips what is done without a transaction per fill of the day."""
+        refs = [self._layout.fills().document(e) for e in set(exec_ids)]
+        if not refs:
+            return {}
+        return {
+            s.id: (s.to_dict() or {}).get("commission") is not None
+            async for s in self._layout.db.get_all(refs)
+            if s.exists
+        }
+
     # -- orders ----------------------------------------------------------------------------------------------------
 
     async def orders_of(self, request_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -3,6 +3,7 @@ can be slow or stall. Through Pub/Sub, ibsim and the consumer (HEARTBEAT_SECONDS
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 from tests.support import Bus
@@ -45,3 +46,25 @@ def test_a_startup_request_never_answered_is_reported_and_retried(consumer_facto
     assert counters["gatewayConnects"] == {"": 1}
     assert gateway.connected_client_ids() == [1]
     assert bus.reply_to(bus.publish({"intent": "ping"}))["status"] == "ok"
+
+
+def test_a_late_heartbeat_answer_while_the_gateway_keeps_answering_is_no_reason_to_reconnect(
+    consumer, bus: Bus, gateway
+) -> None:
+    """A 1,000-order rebalance queues hundreds of messages in ib_insync's 45/s throttle, and the heartbeat's
+    current-time request waits behind them while fills and statuses keep coming in: the consumer took the late
+    answer for a dead socket and reconnected in the middle of placing. Here the gateway answers current time 12 s
+    late (two heartbeats' budget) while summaries keep it busy answering."""
+    gateway.stall_request("reqCurrentTime", 12)
+    stalled = time.monotonic()
+    replies = []
+    while time.monotonic() - stalled < 13:
+        replies.append(bus.reply_to(bus.publish({"intent": "summary"})))
+    assert [r["status"] for r in replies] == ["ok"] * len(replies)
+    counters = consumer.service.metrics.snapshot()["counters"]
+    assert counters["gatewayConnects"] == {"": 1}
+    assert "gatewayDisconnects" not in counters
+    ping = bus.reply_to(bus.publish({"intent": "ping"}))
+    assert ping["status"] == "ok", ping
+    assert ping["result"]["connections"] == 1
+    assert gateway.connected_client_ids() == [1]

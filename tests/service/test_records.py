@@ -61,6 +61,38 @@ def test_trade_reconciliation_twice_or_redelivered_changes_nothing(bus: Bus, gat
     assert holdings(project) == books
 
 
+def test_a_sweep_over_booked_fills_books_nothing_twice_and_a_missing_commission_is_added(
+    bus: Bus, gateway, project: str
+):
+    """The sweep reads the booking state of every fill of the day at once and skips the finished ones; a fill
+    booked without its commission is not finished (the gateway reports the commission again with the executions,
+    and the live booking or the sweep adds it)."""
+    allocate(bus, {"SPY": 0.1, "TLT": 0.05})
+    executions = {e["execId"] for e in gateway.executions()}
+    wait_for(
+        lambda: (
+            {f["execId"] for f in mode_collection(project, "fills") if f.get("commission") is not None} == executions
+        ),
+        what="every fill booked with its commission",
+    )
+    books = holdings(project)
+    lacking = sorted(executions)[0]
+    mode_document(project).collection("fills").document(lacking).update(
+        {"commission": None, "commissionCurrency": None}
+    )
+
+    reply = bus.reply_to(bus.publish({"intent": "trade-reconciliation"}))
+    assert reply["status"] == "ok", reply
+    assert reply["result"]["fillsApplied"] == []
+    assert len(reply["result"]["commissionsAdded"]) + reply["result"]["fillsKnown"] == len(executions)
+    wait_for(
+        lambda: next(f for f in mode_collection(project, "fills") if f["execId"] == lacking)["commission"] is not None,
+        what="the missing commission booked",
+    )
+    assert {f["execId"] for f in mode_collection(project, "fills")} == executions
+    assert holdings(project) == books
+
+
 def test_a_partial_fill_then_the_rest_is_two_fills_and_one_closed_order(bus: Bus, gateway, project: str):
     gateway.set_max_fill_size(100)
     reply = allocate(bus, {"SPY": 0.15})  # about 150 shares: two executions

@@ -63,6 +63,10 @@ def test_allocation_from_flat_reaches_the_targets_and_a_second_run_places_nothin
     assert (sent["orderType"], sent["algoStrategy"], sent["tif"]) == ("MKT", "Adaptive", "DAY")
     assert sent["orderRef"] == spy["orderRef"]
     wait_for(lambda: holdings(project) == {"dummy": {"SPY": 200}}, what="the fill booked to dummy")
+    timings = first["result"]["timings"]
+    assert set(timings) == {"books", "contracts", "prices", "signals", "orders", "confirmations"}
+    assert all(isinstance(ms, float) and ms >= 0 for ms in timings.values()), timings
+    assert timings["confirmations"] > 0  # an order was placed and waited for
 
     orders_before = len(gateway.orders())
     second = bus.reply_to(bus.publish(allocation({"SPY": weight})))
@@ -128,6 +132,8 @@ def test_dry_run_reports_everything_and_places_nothing(bus: Bus, gateway, projec
     assert gateway.orders() == []
     assert mode_collection(project, "openOrders") == []
     assert holdings(project) == {}
+    # Nothing placed: no time is put down to orders or confirmations.
+    assert (reply["result"]["timings"]["orders"], reply["result"]["timings"]["confirmations"]) == (0.0, 0.0)
 
 
 def test_unknown_strategy_and_bad_strategy_params_are_named(bus: Bus, gateway):
