@@ -39,6 +39,9 @@ class Settings:
     # The one deployment that answers messages addressed to no account, or to an account nobody serves.
     default_deployment: bool = True
     ib_connect_timeout: float = 10.0
+    # Reading every open and completed order and execution to find a request's orders by orderRef: a busy account's
+    # completed orders take IB seconds to send, and a lookup cut short fails the intent (retried, never guessed).
+    order_lookup_timeout: float = 60.0
 
     # The live guard's ceilings, from the deployment (not from Firestore, which the consumer itself may write):
     # config/{mode} can only tighten them.
@@ -200,6 +203,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "accounts_file": ("ACCOUNTS_FILE", str),
     "default_deployment": ("DEFAULT_DEPLOYMENT", _yes_no),
     "ib_connect_timeout": ("IB_CONNECT_TIMEOUT", _bounded(float, 0.5, 300)),
+    "order_lookup_timeout": ("ORDER_LOOKUP_TIMEOUT_SECONDS", _bounded(float, 5, 600)),
     "allow_live": ("ALLOW_LIVE", _yes_no),
     "leverage_cap_max": ("LEVERAGE_CAP_MAX", _bounded(float, 0.01, 10)),
     "intents_topic": ("INTENTS_TOPIC", _name),

@@ -20,7 +20,6 @@ from consumer.broker.gateway import Gateway, Listener, State
 from consumer.broker.instruments import Instrument, Instruments, fx_pair
 from consumer.broker.model import Account, BrokerOrder, Fill, HistoricalBar, Position, Quote, is_done
 from consumer.broker.orders import (
-    LOOKUP_TIMEOUT,
     OrderEngine,
     Outcome,
     Snapshot,
@@ -212,7 +211,16 @@ class Broker:
         account: str,
         progress: Callable[[int, int], None] | None = None,
     ) -> OrderEngine:
-        return OrderEngine(self._ib, self._gateway.requests, defaults, properties, timeout, account, progress=progress)
+        return OrderEngine(
+            self._ib,
+            self._gateway.requests,
+            defaults,
+            properties,
+            timeout,
+            account,
+            progress=progress,
+            lookup_timeout=self._gateway.order_lookup_timeout,
+        )
 
     async def open_orders(self) -> list[BrokerOrder]:
         """Every order still working at the broker, whichever client placed it."""
@@ -224,7 +232,8 @@ class Broker:
         self._gateway.require()
         return ask_orders(self._gateway.requests)
 
-    async def find_orders(self, refs: set[str], within: float = LOOKUP_TIMEOUT) -> dict[str, Outcome]:
+    async def find_orders(self, refs: set[str], within: float | None = None) -> dict[str, Outcome]:
+        within = self._gateway.order_lookup_timeout if within is None else within
         return await find_orders(self._ib, self._gateway.requests, refs, within)
 
     async def cancel(self, orders: Iterable[BrokerOrder], within: float) -> dict[str, Outcome]:

@@ -111,6 +111,11 @@ class Gateway:
             log.info("market data type set", market_data_type=kind)
 
     @property
+    def order_lookup_timeout(self) -> float:
+        """How long finding a request's orders by orderRef may take (ORDER_LOOKUP_TIMEOUT_SECONDS)."""
+        return self._settings.order_lookup_timeout
+
+    @property
     def ready(self) -> bool:
         return self.state is State.CONNECTED and self.ib.isConnected()
 

@@ -198,6 +198,9 @@ class _OrderMessages:
                 future.cancel()
 
 
+LOOKUP_TIMEOUT = 60.0  # the default of ORDER_LOOKUP_TIMEOUT_SECONDS (Settings)
+
+
 class OrderEngine:
     """Places one request's orders and reports each one's fate; built per request by `Broker.order_engine`.
 
@@ -216,8 +219,10 @@ class OrderEngine:
         timeout: float,
         account: str,
         progress: Callable[[int, int], None] | None = None,
+        lookup_timeout: float = LOOKUP_TIMEOUT,
     ) -> None:
         self._ib = ib
+        self._lookup_timeout = lookup_timeout
         self._requests = requests
         self._progress = progress
         self._confirmed = 0
@@ -314,7 +319,7 @@ class OrderEngine:
         return outcomes
 
     async def find(self, refs: set[str], asked: asyncio.Future[Snapshot] | None = None) -> dict[str, Outcome]:
-        return await find_orders(self._ib, self._requests, refs, asked=asked)
+        return await find_orders(self._ib, self._requests, refs, within=self._lookup_timeout, asked=asked)
 
     async def _confirm_counted(self, trade: Trade, total: int, held: asyncio.Future[Any]) -> bool:
         try:
@@ -419,8 +424,6 @@ def next_emit(event: Any) -> asyncio.Future[Any]:
     future.add_done_callback(lambda _: event.disconnect(on_emit))
     return future
 
-
-LOOKUP_TIMEOUT = 30.0
 
 # What `find_orders` reads: every open order, completed order and execution of the account.
 Snapshot = tuple[list[Trade], list[Trade], list[Fill]]

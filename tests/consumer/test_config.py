@@ -24,6 +24,11 @@ def test_values_are_parsed() -> None:
     assert s.order_timeout == 2.5
     s = Settings.from_env({"ALLOW_LIVE": "yes", "LEVERAGE_CAP_MAX": "1.5", "HEALTH_HOST": "0.0.0.0"})
     assert (s.allow_live, s.leverage_cap_max, s.health_host) == (True, 1.5, "0.0.0.0")
+    # A busy account's completed orders take seconds: the order lookup's bound is the deployment's to set.
+    assert Settings.from_env({}).order_lookup_timeout == 60.0
+    assert Settings.from_env({"ORDER_LOOKUP_TIMEOUT_SECONDS": "120"}).order_lookup_timeout == 120.0
+    with pytest.raises(ConfigError, match="ORDER_LOOKUP_TIMEOUT_SECONDS"):
+        Settings.from_env({"ORDER_LOOKUP_TIMEOUT_SECONDS": "1"})
 
 
 @pytest.mark.parametrize(
