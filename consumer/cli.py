@@ -456,6 +456,7 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
         progress = progress or WaitProgress(None)
         progress.follow({message_id, envelope.get("idempotencyKey") or message_id})
         reply = waiter.wait(message_id, args.timeout, on_tick=progress.tick)
+        progress.flush()  # the last lines: the consumer logs them before it publishes the reply
     finally:
         if waiter is not None:
             waiter.close()
@@ -533,6 +534,10 @@ class WaitProgress:
     def follow(self, request_ids: set[str]) -> None:
         if self._echo is not None:
             self._echo.request_ids = request_ids
+
+    def flush(self) -> None:
+        if self._echo is not None:
+            self._echo.poll()
 
     def tick(self) -> None:
         if self._echo is not None:

@@ -1,9 +1,11 @@
 """close-all: flatten what the named strategies hold (all strategies by default), netted per instrument.
 
-Positions that no strategy holds (a manual trade, a transfer in) are never touched, unless `includeUnallocated`
-asks to flatten the `unallocated` book too (where reconcile puts what it cannot attribute). The closed strategies'
-own working orders are cancelled first (and what they filled is booked), so the closing orders are sized from the
-holdings alone and nothing is left working against them; manual and other clients' orders are never cancelled.
+With `flatAtClose: true` (the eod-close-all job) it closes the strategies the configuration marks
+`flatAtClose: close`, and nothing when none is marked. Positions that no strategy holds (a manual trade, a transfer
+in) are never touched, unless `includeUnallocated` asks to flatten the `unallocated` book too (where reconcile puts
+what it cannot attribute). The closed strategies' own working orders are cancelled first (and what they filled is
+booked), so the closing orders are sized from the holdings alone and nothing is left working against them; manual
+and other clients' orders are never cancelled.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ async def close_all(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
         if unknown:
             raise IntentError("unknown_strategy", f"unknown strategy {', '.join(map(repr, unknown))}")
     include_unallocated = bool(params.get("includeUnallocated"))
+    if params.get("flatAtClose"):
+        # The eod-close-all job: the strategies the config marks `flatAtClose: close` (and any named), never "all".
+        named = sorted({*(named or []), *ctx.config.close_at_close})
+        if not named and not include_unallocated:
+            return {"strategies": [], "instruments": [], "note": "no strategy is marked flatAtClose: close"}
     books = [*named, *([UNALLOCATED] if include_unallocated else [])] if named else None
     asked = None if ctx.dry_run else ctx.broker.ask_orders()  # read before placing (see allocation)
     try:

@@ -54,6 +54,7 @@ class TradingConfig:
     market_data_type: int = 1
     cash_threshold: float = 0.0
     flat_at_close: frozenset[str] = frozenset()  # strategies eod-check expects flat after the close
+    close_at_close: frozenset[str] = frozenset()  # of those, the ones the eod-close-all job closes (flatAtClose: close)
     drift_bands: dict[str, float] = field(default_factory=dict)  # per strategy: config strategies.{id}.driftBand
     risk: dict[str, dict[str, Any]] = field(default_factory=dict)  # config risk, as validated: risk-check reads it
     drawdowns: dict[str, dict[str, Any]] = field(default_factory=dict)  # per strategy: strategies.{id}.drawdown
@@ -91,6 +92,9 @@ class TradingConfig:
             market_data_type=data.get("marketDataType", 1),
             cash_threshold=data.get("cashBalancer", {}).get("threshold", 0.0),
             flat_at_close=frozenset(s for s, v in data.get("strategies", {}).items() if v.get("flatAtClose")),
+            close_at_close=frozenset(
+                s for s, v in data.get("strategies", {}).items() if v.get("flatAtClose") == "close"
+            ),
             drift_bands={s: float(c["driftBand"]) for s, c in data.get("strategies", {}).items() if c.get("driftBand")},
             risk=dict(data.get("risk", {})),
             drawdowns={s: dict(c["drawdown"]) for s, c in data.get("strategies", {}).items() if "drawdown" in c},

@@ -169,6 +169,7 @@ def hold_by_hand(project: str, bus: Bus, gateway, strategy: str, symbol: str, qu
 
 def test_a_scheduled_job_fired_by_hand_honours_dry_run_pause_and_the_slot(served, bus: Bus, gateway, project: str):
     """Issue 12, bug 6: `--schedule eod-close-all --dry-run` sold SPY, used up the slot and ignored `paused`."""
+    write_config(project, strategies={"testsignalgenerator": {"flatAtClose": "close"}})  # what eod-close-all closes
     hold_by_hand(project, bus, gateway, "testsignalgenerator", "SPY", 10)
     replies_before = len(bus.settle(quiet=0.5))
 
@@ -191,7 +192,7 @@ def test_a_scheduled_job_fired_by_hand_honours_dry_run_pause_and_the_slot(served
     # Cloud Scheduler's own firing of the slot (ignoreMarketHours added so the test runs at any hour).
     scheduled = bus.reply_to(
         bus.publish(
-            {"intent": "close-all", "params": {"strategies": ["testsignalgenerator"]}, "maxAgeSeconds": 240,
+            {"intent": "close-all", "params": {"flatAtClose": True}, "maxAgeSeconds": 240,
              "ignoreMarketHours": True},
             intent="close-all", schedule="eod-close-all",
         )

@@ -271,6 +271,58 @@ def test_eod_check_reports_what_is_left_and_writes_the_snapshot_once_a_day(
     assert "<svg" in page.read_text()
 
 
+def test_the_eod_sequence_leaves_a_flat_at_close_strategy_flat_and_the_others_alone(bus: Bus, gateway, project: str):
+    """The eod-close-all job (close-all with flatAtClose) closes only the strategies marked `flatAtClose: close`;
+    eod-check then finds them flat and reports a merely marked (`true`) one that still holds."""
+    write_config(
+        project,
+        exposure={"overall": 1.0, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}},
+        strategies={"dummy": {"flatAtClose": "close"}, "testsignalgenerator": {"flatAtClose": True}},
+    )
+    ok(bus, allocation({"SPY": weight_for(bus, 10)}))
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": 10}}, what="dummy's buy booked")
+    long_signal(bus, gateway)
+    signal = {"strategies": ["testsignalgenerator"], "strategyParams": {"testsignalgenerator": SIGNAL_PARAMS}}
+    ok(bus, {"intent": "allocation", "params": signal})
+    wait_for(lambda: "testsignalgenerator" in holdings(project), what="testsignalgenerator's buy booked")
+    kept = holdings(project)["testsignalgenerator"]
+    bought = {e["orderRef"] for e in gateway.executions()}
+
+    gateway.set_time(on_day(gateway, "T15:55:00-04:00"))
+    job = {"intent": "close-all", "params": {"flatAtClose": True}}
+    closing = bus.reply_to(bus.publish(job, intent="close-all", schedule="eod-close-all"))
+    assert closing["status"] == "ok", closing
+    assert closing["result"]["strategies"] == ["dummy"]
+    (sale,) = [i for i in closing["result"]["instruments"] if i.get("orderRef")]
+    assert (sale["instrument"], sale["order"]) == ("SPY", -10)
+    new = [e for e in gateway.executions() if e["orderRef"] not in bought]
+    assert {(e["orderRef"], e["side"], e["shares"]) for e in new} == {(sale["orderRef"], "SLD", 10)}
+    wait_for(lambda: {e["execId"] for e in new} <= {f["execId"] for f in mode_collection(project, "fills")},
+             what="the sale booked by execId")  # fmt: skip
+    wait_for(lambda: "dummy" not in holdings(project), what="dummy flat in the books")
+    assert holdings(project)["testsignalgenerator"] == kept
+
+    gateway.set_time(on_day(gateway, AFTER_CLOSE))
+    report = ok(bus, {"intent": "eod-check", "params": {}})
+    assert "dummy" not in report["notFlat"]
+    assert report["notFlat"] == {"testsignalgenerator": {k: float(v) for k, v in kept.items()}}
+    assert report["differences"] == []
+
+
+def test_with_no_strategy_marked_close_the_eod_close_all_job_closes_nothing(bus: Bus, gateway, project: str):
+    """`flatAtClose` on close-all never means "every strategy": with none marked `close`, nothing is sold."""
+    write_config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.5}},
+                 strategies={"dummy": {"flatAtClose": True}})  # fmt: skip
+    ok(bus, allocation({"SPY": weight_for(bus, 10)}))
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": 10}}, what="the buy booked")
+    orders = len(gateway.orders())
+    result = ok(bus, {"intent": "close-all", "params": {"flatAtClose": True}})
+    assert result["strategies"] == []
+    assert result["note"] == "no strategy is marked flatAtClose: close"
+    assert len(gateway.orders()) == orders
+    assert holdings(project) == {"dummy": {"SPY": 10}}
+
+
 def test_a_position_booked_before_costs_were_kept_realizes_nothing_made_up(bus: Bus, gateway, project: str):
     ok(bus, allocation({"SPY": weight_for(bus, 10)}))
     wait_for(lambda: holdings(project) == {"dummy": {"SPY": 10}}, what="the buy booked")
