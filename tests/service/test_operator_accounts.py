@@ -6,9 +6,12 @@ on free ports (the helpers of test_operator.py), its demo, the CLI from a second
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -137,7 +140,24 @@ def test_make_stop_ends_both_gateways_and_both_consumers_and_frees_every_port(ho
     assert stopped.returncode == 0, stopped.stderr
     assert stopped.stdout.startswith("stopped the local stack of pid"), stopped.stdout
     assert household.process.wait(60) == 0
-    wait_for(lambda: not leftovers(household), 30, "every process of the stack to end")
-    assert not any(group_alive(g) for g in groups.values())
+    # A process that has exited is still in its group until reaped: wait for the groups, not only the processes.
+    ended = lambda: not leftovers(household) and not any(group_alive(g) for g in groups.values())  # noqa: E731
+    wait_for(ended, 30, "every process and group of the stack to end")
     assert all(port_free("127.0.0.1", port) for port in ports)
     assert not (household.workdir / "stack.json").exists()
+
+
+def test_closing_the_terminal_ends_both_gateways_and_both_consumers(tmp_path: Path):
+    stack = start_stack(tmp_path, ["make", "--no-print-directory", "run", "ACCOUNTS=household"])
+    try:
+        recorded = json.loads((stack.workdir / "stack.json").read_text())
+        assert len(recorded["groups"]) == 6
+        os.killpg(stack.process.pid, signal.SIGHUP)  # what the terminal does to its foreground process group
+        stack.process.wait(90)
+        groups = recorded["groups"].values()
+        ended = lambda: not leftovers(stack) and not any(group_alive(g) for g in groups)  # noqa: E731
+        wait_for(ended, 30, "every process and group of the stack to end")
+        assert all(port_free("127.0.0.1", port) for _, _, port in recorded["listeners"])
+        assert len(recorded["listeners"]) == 6
+    finally:
+        kill_leftovers(stack)
