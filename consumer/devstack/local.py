@@ -1,5 +1,7 @@
 """`make run`: emulators, simulated gateway and consumer on documented addresses, a demo, then serve until Ctrl-C.
 
+`make run ACCOUNTS=...` starts a gateway and a consumer per login instead (README, "Two logins, three accounts").
+
 Each address comes from its standard variable when set, else from the defaults below (README, "Local stack").
 Everything started here runs in its own process group and is stopped as a group, so Ctrl-C, SIGTERM and SIGHUP
 (a closed terminal) leave nothing behind. The groups are recorded in `stack.json` in the work directory, so
@@ -742,20 +744,23 @@ A stack left running (the terminal was killed) is ended by `make stop`.
 
 
 def _print_accounts_howto(a: LocalAddresses, deployments: list[Deployment]) -> None:
-    first, *_, last = [(account, alias) for d in deployments for account, alias in d.login.accounts]
-    other = deployments[-1]
+    named = [alias or account for d in deployments for account, alias in d.login.accounts]
+    first, last = named[0], named[-1]  # one and the same with ACCOUNTS=ID
+    others = "".join(
+        f"  HEALTH_PORT={d.health_port} .venv/bin/consumer --account {d.login.ids[0]} status   # {d.consumer_name}\n"
+        for d in deployments[1:]
+    )
     print(
         f"""
 Serving until Ctrl-C (or closing this terminal). Replies to anything published to the intents topic are printed
 here, each with its account. From another terminal, in this directory (or activate .venv and drop the .venv/bin/
 prefix):
   export {howto_exports(a, os.environ)}
-  .venv/bin/consumer publish summary --account {last[1] or last[0]} --wait
-  .venv/bin/consumer publish allocation --account {first[1] or first[0]} -p strategies='["dummy"]' \\
+  .venv/bin/consumer publish summary --account {last} --wait
+  .venv/bin/consumer publish allocation --account {first} -p strategies='["dummy"]' \\
       -p strategyParams.dummy.weights.QQQ=0.1 --wait
   .venv/bin/consumer status                                      # the default deployment's consumer
-  HEALTH_PORT={other.health_port} .venv/bin/consumer --account {other.login.ids[0]} status   # the other one's
-A stack left running (the terminal was killed) is ended by `make stop`.
+{others}A stack left running (the terminal was killed) is ended by `make stop`.
 """,
         flush=True,
     )

@@ -68,6 +68,8 @@ def test_the_banner_says_which_consumer_serves_which_accounts(household: Stack):
     assert f"simulated IB Gateway on 127.0.0.1:{ib + 1} (login with paper accounts {PARENT} (parent), {CHILD}" in text
     for account in (SOLO, PARENT, CHILD):
         assert f"seeded accounts/{account}/config/paper" in text
+    # The second terminal's lines: each consumer's status on its own health port.
+    assert f"HEALTH_PORT={health + 10} .venv/bin/consumer --account {PARENT} status" in text
     accounts = (household.workdir / "accounts.yaml").read_text()
     for account, alias in ALIASES.items():
         assert f"{account}:\n    aliases:\n    - {alias}" in accounts
