@@ -1,5 +1,7 @@
 """`make run`: emulators, simulated gateway and consumer on documented addresses, a demo, then serve until Ctrl-C.
 
+`make run ACCOUNTS=...` starts a gateway and a consumer per login instead (README, "Two logins, three accounts").
+
 Each address comes from its standard variable when set, else from the defaults below (README, "Local stack").
 Everything started here runs in its own process group and is stopped as a group, so Ctrl-C, SIGTERM and SIGHUP
 (a closed terminal) leave nothing behind. The groups are recorded in `stack.json` in the work directory, so
@@ -18,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -48,6 +50,12 @@ DEMO_MINUTES = dt.timedelta(minutes=10)
 PAPER_SCENARIO = Path(__file__).resolve().parents[2] / "ibsim" / "scenarios" / "paper.yaml"
 STACK_FILE = "stack.json"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# `make run ACCOUNTS=...`: logins separated by `:`, a login's accounts by `,`, each `ID` or `ID=alias`; a name here
+# stands for a built-in layout. The first login is the default deployment (README, "Local stack").
+LAYOUTS = {"household": "DU111111=solo:DU222222=parent,DU333333=child"}
+# Login n (from 0) listens on IB_PORT+n and HEALTH_PORT+10n: +n would put the second consumer on 8081, Firestore's.
+HEALTH_PORT_STEP = 10
+ACCOUNTS_FILE = "accounts.yaml"
 
 
 def workdir(environ: Mapping[str, str]) -> Path:
@@ -64,12 +72,74 @@ class Interrupted(Exception):
 
 
 @dataclass(frozen=True)
+class Login:
+    """One simulated IB login: the accounts it manages, each with an alias or None."""
+
+    accounts: tuple[tuple[str, str | None], ...]
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(account for account, _ in self.accounts)
+
+    def named(self) -> str:
+        return ", ".join(f"{a} ({alias})" if alias else a for a, alias in self.accounts)
+
+
+def parse_layout(value: str) -> tuple[Login, ...]:
+    """ACCOUNTS: a built-in layout's name, or `ID[=alias],...:ID[=alias],...`; a ValueError says what is wrong."""
+    spec = LAYOUTS.get(value, value)
+    logins: list[Login] = []
+    names: set[str] = set()
+    for part in spec.split(":"):
+        accounts: list[tuple[str, str | None]] = []
+        for item in part.split(","):
+            account, _, alias = item.strip().partition("=")
+            for name in (account, alias) if alias else (account,):
+                if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                    raise ValueError(f"{name!r} is not an account id or alias (letters, digits, - and _)")
+                if name in names:
+                    raise ValueError(f"{name} is named twice")
+                names.add(name)
+            accounts.append((account, alias or None))
+        logins.append(Login(tuple(accounts)))
+    return tuple(logins)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A simulated gateway and the consumer serving its login's accounts."""
+
+    login: Login
+    index: int
+    ib_port: int
+    health_port: int
+    default: bool
+    subscription: str
+    # Empty for the single-account stack, whose names, logs and groups stay as they always were.
+    suffix: str
+
+    @property
+    def gateway_name(self) -> str:
+        return f"simulated gateway{self.suffix}"
+
+    @property
+    def consumer_name(self) -> str:
+        return f"consumer{self.suffix}"
+
+    def log_stem(self, kind: str) -> str:
+        """The default deployment logs where a single stack does (`publish --wait` follows consumer.log)."""
+        return kind if self.index == 0 else f"{kind}-{self.login.ids[0]}"
+
+
+@dataclass(frozen=True)
 class LocalAddresses:
     pubsub: str
     firestore: str
     ib_port: int
     health_port: int
     project: str
+    # From ACCOUNTS: empty for the single-account stack (ibsim's DU123456 on one gateway).
+    logins: tuple[Login, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> LocalAddresses:
@@ -82,13 +152,46 @@ class LocalAddresses:
         for var in ("IB_PORT", "HEALTH_PORT"):
             if not value[var].isdigit():
                 raise SystemExit(f"{var}={value[var]!r}: expected a port number")
-        return cls(
+        layout = environ.get("ACCOUNTS") or ""
+        try:
+            logins = parse_layout(layout) if layout else ()
+        except ValueError as e:
+            raise SystemExit(
+                f"ACCOUNTS={layout!r}: {e}; e.g. ACCOUNTS=household or ACCOUNTS=DU1=a:DU2=b,DU3=c"
+            ) from None
+        addresses = cls(
             pubsub=value["PUBSUB_EMULATOR_HOST"],
             firestore=value["FIRESTORE_EMULATOR_HOST"],
             ib_port=int(value["IB_PORT"]),
             health_port=int(value["HEALTH_PORT"]),
             project=value["GOOGLE_CLOUD_PROJECT"],
+            logins=logins,
         )
+        ports = [port for _, _, port in addresses.listeners()]
+        if len(set(ports)) != len(ports) or max(ports) > 65535:
+            raise SystemExit(
+                f"the stack's ports {', '.join(map(str, ports))} overlap or run past 65535: set IB_PORT, HEALTH_PORT "
+                f"(login n listens on IB_PORT+n and HEALTH_PORT+{HEALTH_PORT_STEP}n) and the emulator addresses apart"
+            )
+        return addresses
+
+    def deployments(self) -> list[Deployment]:
+        """One per login; the first is the default deployment, on the subscription a single consumer uses."""
+        if not self.logins:
+            login = Login(((LOCAL_ACCOUNT, None),))
+            return [Deployment(login, 0, self.ib_port, self.health_port, True, "intents-consumer", "")]
+        return [
+            Deployment(
+                login,
+                n,
+                self.ib_port + n,
+                self.health_port + HEALTH_PORT_STEP * n,
+                n == 0,
+                "intents-consumer" if n == 0 else f"intents-consumer-{n + 1}",
+                f" {login.ids[0]}",
+            )
+            for n, login in enumerate(self.logins)
+        ]
 
     def listeners(self) -> list[tuple[str, str, int]]:
         """(variable, host, port) of every address the stack listens on."""
@@ -98,6 +201,14 @@ class LocalAddresses:
             ("FIRESTORE_EMULATOR_HOST", *firestore),
             ("IB_PORT", "127.0.0.1", self.ib_port),
             ("HEALTH_PORT", "127.0.0.1", self.health_port),
+            *(
+                (f"{var}+{step * n}", "127.0.0.1", base + step * n)
+                for n in range(1, len(self.logins))
+                for var, base, step in (
+                    ("IB_PORT", self.ib_port, 1),
+                    ("HEALTH_PORT", self.health_port, HEALTH_PORT_STEP),
+                )
+            ),
         ]
 
     def environ(self) -> dict[str, str]:
@@ -107,14 +218,32 @@ class LocalAddresses:
             "GOOGLE_CLOUD_PROJECT": self.project,
             "IB_HOST": "127.0.0.1",
             "IB_PORT": str(self.ib_port),
-            "IB_ACCOUNT": LOCAL_ACCOUNT,
+            "IB_ACCOUNT": self.logins[0].ids[0] if self.logins else LOCAL_ACCOUNT,
             "HEALTH_PORT": str(self.health_port),
         }
 
+    def consumer_environ(self, d: Deployment, accounts_file: Path | None) -> dict[str, str]:
+        """The consumer of one login: the single-account stack's as it always was, else its accounts, gateway,
+        health port, subscription and role, with the accounts file every deployment shares."""
+        if not self.logins:
+            return self.environ()
+        return {
+            **self.environ(),
+            "IB_PORT": str(d.ib_port),
+            "HEALTH_PORT": str(d.health_port),
+            "IB_ACCOUNT": "",
+            "IB_ACCOUNTS": ",".join(d.login.ids),
+            "ACCOUNTS_FILE": str(accounts_file or ""),
+            "DEFAULT_DEPLOYMENT": "yes" if d.default else "no",
+            "INTENTS_SUBSCRIPTION": d.subscription,
+        }
 
-DEMO: list[tuple[str, dict[str, Any] | bytes]] = [
-    ("gateway time and connection", {"intent": "ping"}),
-    ("the account at a glance", {"intent": "summary"}),
+
+# (title, body, attributes)
+DemoStep = tuple[str, dict[str, Any] | bytes, dict[str, str]]
+DEMO: list[DemoStep] = [
+    ("gateway time and connection", {"intent": "ping"}, {}),
+    ("the account at a glance", {"intent": "summary"}, {}),
     (
         "allocation, dry run: what the dummy strategy would trade",
         {
@@ -122,6 +251,7 @@ DEMO: list[tuple[str, dict[str, Any] | bytes]] = [
             "dryRun": True,
             "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": {"SPY": 0.2, "TLT": 0.1}}}},
         },
+        {},
     ),
     (
         "allocation on the paper account: orders placed, confirmed and booked",
@@ -129,10 +259,31 @@ DEMO: list[tuple[str, dict[str, Any] | bytes]] = [
             "intent": "allocation",
             "params": {"strategies": ["dummy"], "strategyParams": {"dummy": {"weights": {"SPY": 0.2, "TLT": 0.1}}}},
         },
+        {},
     ),
-    ("the same holdings checked against the broker", {"intent": "reconcile"}),
-    ("a malformed message gets an error reply, and the consumer keeps serving", b'{"intent": "summary",'),
+    ("the same holdings checked against the broker", {"intent": "reconcile"}, {}),
+    ("a malformed message gets an error reply, and the consumer keeps serving", b'{"intent": "summary",', {}),
 ]
+UNKNOWN_ACCOUNT = "DU999999"
+
+
+def account_demo(logins: tuple[Login, ...]) -> list[DemoStep]:
+    """Several logins: each account's summary, addressed by its alias (the reply names the account id), and one
+    message for an account nobody serves."""
+    steps: list[DemoStep] = []
+    for n, login in enumerate(logins):
+        for account, alias in login.accounts:
+            steps.append((
+                f"summary of {account} (login {n + 1}), addressed with the attribute account={alias or account}",
+                {"intent": "summary"},
+                {"account": alias or account},
+            ))  # fmt: skip
+    steps.append((
+        f"a message for {UNKNOWN_ACCOUNT}, which no deployment serves: one error, from the default deployment",
+        {"intent": "summary"},
+        {"account": UNKNOWN_ACCOUNT},
+    ))  # fmt: skip
+    return steps
 
 
 class Child:
@@ -238,7 +389,9 @@ def check_free(addresses: LocalAddresses, stack_file: StackFile) -> None:
     for var, host, port in addresses.listeners():
         if not port_free(host, port):
             leftover = " (left behind by an earlier run? `make stop` ends it)" if stack_file.read() else ""
-            raise StackError(f"port {port} ({var}) is taken on {host}{leftover}: free it, or set {var} to a free port")
+            raise StackError(
+                f"port {port} ({var}) is taken on {host}{leftover}: free it, or set {var.split('+')[0]} to a free port"
+            )
 
 
 def run() -> int:
@@ -257,6 +410,7 @@ def run() -> int:
         groups[name] = pid
         stack_file.write(groups, addresses)
 
+    deployments = addresses.deployments()
     _say(f"local stack for project {addresses.project}; logs in {directory}/")
     try:
         with contextlib.ExitStack() as stack:
@@ -272,44 +426,24 @@ def run() -> int:
             env = {**os.environ, **addresses.environ()}
             os.environ.update(addresses.environ())
 
-            gateway = _start(stack, directory, "simulated gateway", _gateway_command(addresses.ib_port, env), env)
-            record(gateway.name, gateway.process.pid)
-            listening = lambda: port_open("127.0.0.1", addresses.ib_port)  # noqa: E731
-            _wait(listening, gateway, 15, "the simulated gateway to listen", stop)
-            where = f"127.0.0.1:{addresses.ib_port}"
-            _say(f"simulated IB Gateway on {where} (paper account {LOCAL_ACCOUNT}, scenario paper.yaml)")
-
-            from consumer.devstack.provision import provision
-            from consumer.devstack.seed import seed_config
-
-            created = provision(addresses.project)
-            _say(f"Pub/Sub topology from infra/pubsub.yaml: {len(created)} created, the rest already there")
-            where = f"accounts/{LOCAL_ACCOUNT}/config/paper"
-            if seed_config(addresses.project, LOCAL_ACCOUNT):
-                _say(f"seeded {where}: trading enabled, capital for every strategy (docs: README, Local stack)")
-            else:
-                _say(f"{where} exists; left as it is")
-
-            consumer = _start(
-                stack, directory, "consumer", [sys.executable, "-m", "consumer", "serve"],
-                {**env, "LOG_FORMAT": "console"},
-            )  # fmt: skip
-            record(consumer.name, consumer.process.pid)
-            progress = ProgressEcho(consumer.log_path)
-            health = f"http://127.0.0.1:{addresses.health_port}/readyz"
-            _wait(lambda: http_ok(health), consumer, 60, "the consumer to connect and subscribe", stop)
-            _say(f"consumer ready ({health})")
+            gateways = _start_gateways(stack, directory, addresses, deployments, env, record, stop)
+            accounts_file = _prepare_cloud(directory, addresses, deployments)
+            consumers = _start_consumers(stack, directory, addresses, deployments, env, accounts_file, record, stop)
+            progress = [ProgressEcho(consumer.log_path) for consumer in consumers]
 
             replies = stack.enter_context(_reply_stream(addresses.project))
-            _demo(addresses.project, replies, stop, progress)
-            _print_howto(addresses)
+            _demo(
+                addresses.project, replies, stop, progress, account_demo(addresses.logins) if addresses.logins else DEMO
+            )
+            _print_howto(addresses, deployments)
 
             while not stop.wait(1.0):
-                for child in (gateway, consumer):
+                for child in (*gateways, *consumers):
                     if not child.alive():
                         _say(f"the {child.name} exited with code {child.process.returncode}; see {child.log_path}")
                         return 1
-                progress.poll()
+                for echo in progress:
+                    echo.poll()
                 _print_pending(replies)
             _say("stopping ...")
     except Interrupted:
@@ -318,14 +452,123 @@ def run() -> int:
     return 0
 
 
-def _gateway_command(port: int, env: Mapping[str, str]) -> list[str]:
+def _start_gateways(
+    stack: contextlib.ExitStack,
+    directory: Path,
+    addresses: LocalAddresses,
+    deployments: list[Deployment],
+    env: Mapping[str, str],
+    record: Callable[[str, int], None],
+    stop: threading.Event,
+) -> list[Child]:
+    clock = _gateway_clock(env)
+    gateways = []
+    for d in deployments:
+        scenario = _login_scenario(directory, d) if addresses.logins else PAPER_SCENARIO
+        gateway = _start(
+            stack, directory, d.gateway_name, _gateway_command(d.ib_port, clock, scenario), env, d.log_stem("gateway")
+        )
+        record(gateway.name, gateway.process.pid)
+        gateways.append(gateway)
+    for d, gateway in zip(deployments, gateways, strict=True):
+        listening = lambda port=d.ib_port: port_open("127.0.0.1", port)  # noqa: E731
+        _wait(listening, gateway, 15, "the simulated gateway to listen", stop)
+        where = f"127.0.0.1:{d.ib_port}"
+        if addresses.logins:
+            _say(f"simulated IB Gateway on {where} (login with paper accounts {d.login.named()}, paper.yaml)")
+        else:
+            _say(f"simulated IB Gateway on {where} (paper account {LOCAL_ACCOUNT}, scenario paper.yaml)")
+    return gateways
+
+
+def _prepare_cloud(directory: Path, addresses: LocalAddresses, deployments: list[Deployment]) -> Path | None:
+    """Topics, every deployment's subscription, the accounts file and each account's config; the file's path."""
+    from consumer.devstack.provision import Topology, provision
+    from consumer.devstack.seed import seed_config
+
+    topology = Topology.load()
+    created = provision(addresses.project, topology)
+    for d in deployments:
+        if d.subscription not in topology.subscriptions:  # declared like the default one
+            spec = topology.subscriptions["intents-consumer"]
+            created += provision(addresses.project, Topology({}, {d.subscription: spec}))
+    _say(f"Pub/Sub topology from infra/pubsub.yaml: {len(created)} created, the rest already there")
+    accounts_file = _write_accounts_file(directory, addresses.logins) if addresses.logins else None
+    if accounts_file:
+        _say(f"{accounts_file}: every account with its alias (the ACCOUNTS_FILE of every consumer)")
+    for d in deployments:
+        for account in d.login.ids:
+            where = f"accounts/{account}/config/paper"
+            if seed_config(addresses.project, account):
+                _say(f"seeded {where}: trading enabled, capital for every strategy (docs: README, Local stack)")
+            else:
+                _say(f"{where} exists; left as it is")
+    return accounts_file
+
+
+def _start_consumers(
+    stack: contextlib.ExitStack,
+    directory: Path,
+    addresses: LocalAddresses,
+    deployments: list[Deployment],
+    env: Mapping[str, str],
+    accounts_file: Path | None,
+    record: Callable[[str, int], None],
+    stop: threading.Event,
+) -> list[Child]:
+    consumers = []
+    for d in deployments:
+        consumer_env = {**env, **addresses.consumer_environ(d, accounts_file), "LOG_FORMAT": "console"}
+        command = [sys.executable, "-m", "consumer", "serve"]
+        consumer = _start(stack, directory, d.consumer_name, command, consumer_env, d.log_stem("consumer"))
+        record(consumer.name, consumer.process.pid)
+        consumers.append(consumer)
+    for d, consumer in zip(deployments, consumers, strict=True):
+        health = f"http://127.0.0.1:{d.health_port}/readyz"
+        _wait(lambda url=health: http_ok(url), consumer, 60, "the consumer to connect and subscribe", stop)
+        if addresses.logins:
+            role = ", the default deployment" if d.default else ""
+            _say(f"{consumer.name} ready: serves {d.login.named()} on subscription {d.subscription}{role} ({health})")
+        else:
+            _say(f"consumer ready ({health})")
+    return consumers
+
+
+def _gateway_clock(env: Mapping[str, str]) -> str | None:
     clock = env.get("IBSIM_CLOCK") or demo_clock(dt.datetime.now(dt.UTC))
     if clock and not env.get("IBSIM_CLOCK"):
         _say(f"NYSE is closed now: the simulated gateway's clock starts at its next regular open, {clock}")
+    return clock
+
+
+def _gateway_command(port: int, clock: str | None, scenario: Path) -> list[str]:
     return [
         sys.executable, "-m", "ibsim", "--host", "127.0.0.1", "--port", str(port),
-        "--scenario", str(PAPER_SCENARIO), *(["--clock", clock] if clock else []),
+        "--scenario", str(scenario), *(["--clock", clock] if clock else []),
     ]  # fmt: skip
+
+
+def _login_scenario(directory: Path, d: Deployment) -> Path:
+    """paper.yaml with this login's accounts, each funded as ibsim's default paper account is."""
+    import yaml
+
+    data = yaml.safe_load(PAPER_SCENARIO.read_text())
+    data["accounts"] = [
+        {"id": account, "baseCurrency": "USD", "cash": {"USD": 1_000_000, "EUR": 50_000}, "positions": []}
+        for account in d.login.ids
+    ]
+    path = directory / f"paper-{d.login.ids[0]}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _write_accounts_file(directory: Path, logins: tuple[Login, ...]) -> Path:
+    import yaml
+
+    accounts = {a: {"aliases": [alias] if alias else []} for login in logins for a, alias in login.accounts}
+    path = (directory / ACCOUNTS_FILE).resolve()
+    path.write_text(yaml.safe_dump({"accounts": accounts}, sort_keys=False))
+    return path
 
 
 def demo_clock(now: dt.datetime) -> str | None:
@@ -397,8 +640,10 @@ def _check(stop: threading.Event) -> None:
         raise Interrupted
 
 
-def _start(stack: contextlib.ExitStack, directory: Path, name: str, args: list[str], env: Mapping[str, str]) -> Child:
-    child = Child(name, args, directory / f"{name.split()[-1]}.log", env)
+def _start(
+    stack: contextlib.ExitStack, directory: Path, name: str, args: list[str], env: Mapping[str, str], log: str
+) -> Child:
+    child = Child(name, args, directory / f"{log}.log", env)
     stack.callback(child.stop)
     return child
 
@@ -428,7 +673,9 @@ def _reply_stream(project: str) -> Iterator[Any]:
         subscriber.close()
 
 
-def _demo(project: str, replies: Any, stop: threading.Event, progress: ProgressEcho) -> None:
+def _demo(
+    project: str, replies: Any, stop: threading.Event, progress: list[ProgressEcho], steps: list[DemoStep]
+) -> None:
     import queue
 
     import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
@@ -436,15 +683,17 @@ def _demo(project: str, replies: Any, stop: threading.Event, progress: ProgressE
     publisher = pubsub_v1.PublisherClient()
     topic = publisher.topic_path(project, "intents")
     try:
-        for title, body in DEMO:
+        for title, body, attributes in steps:
             if stop.is_set():
                 return
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            print(f"\n>>> {title}\n    {data.decode(errors='replace')}", flush=True)
-            message_id = publisher.publish(topic, data).result(timeout=30)
+            shown = "".join(f"  {k}={v}" for k, v in attributes.items())
+            print(f"\n>>> {title}\n    {data.decode(errors='replace')}{shown}", flush=True)
+            message_id = publisher.publish(topic, data, **attributes).result(timeout=30)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not stop.is_set():
-                progress.poll()
+                for echo in progress:
+                    echo.poll()
                 try:
                     reply = replies.get(timeout=0.5)
                 except queue.Empty:
@@ -473,7 +722,10 @@ def _print_reply(reply: dict[str, Any]) -> None:
         print(line, flush=True)
 
 
-def _print_howto(a: LocalAddresses) -> None:
+def _print_howto(a: LocalAddresses, deployments: list[Deployment]) -> None:
+    if a.logins:
+        _print_accounts_howto(a, deployments)
+        return
     print(
         f"""
 Serving until Ctrl-C (or closing this terminal). Replies to anything published to the intents topic are printed
@@ -486,6 +738,29 @@ or with the gcloud CLI (no Google login needed for the emulator):
   CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB=http://{a.pubsub}/ \\
       gcloud pubsub topics publish intents --project={a.project} --message='{{}}' --attribute=intent=summary
 A stack left running (the terminal was killed) is ended by `make stop`.
+""",
+        flush=True,
+    )
+
+
+def _print_accounts_howto(a: LocalAddresses, deployments: list[Deployment]) -> None:
+    named = [alias or account for d in deployments for account, alias in d.login.accounts]
+    first, last = named[0], named[-1]  # one and the same with ACCOUNTS=ID
+    others = "".join(
+        f"  HEALTH_PORT={d.health_port} .venv/bin/consumer --account {d.login.ids[0]} status   # {d.consumer_name}\n"
+        for d in deployments[1:]
+    )
+    print(
+        f"""
+Serving until Ctrl-C (or closing this terminal). Replies to anything published to the intents topic are printed
+here, each with its account. From another terminal, in this directory (or activate .venv and drop the .venv/bin/
+prefix):
+  export {howto_exports(a, os.environ)}
+  .venv/bin/consumer publish summary --account {last} --wait
+  .venv/bin/consumer publish allocation --account {first} -p strategies='["dummy"]' \\
+      -p strategyParams.dummy.weights.QQQ=0.1 --wait
+  .venv/bin/consumer status                                      # the default deployment's consumer
+{others}A stack left running (the terminal was killed) is ended by `make stop`.
 """,
         flush=True,
     )

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -68,3 +70,51 @@ def test_make_run_starts_the_gateway_clock_at_the_next_regular_open_when_nyse_is
     now: dt.datetime, clock: str | None
 ) -> None:
     assert demo_clock(now) == clock
+
+
+def test_accounts_selects_logins_each_on_its_own_ports_and_subscription():
+    """`make run ACCOUNTS=household`: two logins, the second managing two accounts; the first is the default."""
+    addresses = LocalAddresses.from_env({"ACCOUNTS": "household", "IB_PORT": "4100", "HEALTH_PORT": "8100"})
+    solo, household = addresses.deployments()
+    assert (solo.login.ids, solo.ib_port, solo.health_port, solo.subscription, solo.default) == (
+        ("DU111111",), 4100, 8100, "intents-consumer", True,
+    )  # fmt: skip
+    assert (household.login.ids, household.ib_port, household.health_port, household.subscription) == (
+        ("DU222222", "DU333333"), 4101, 8110, "intents-consumer-2",
+    )  # fmt: skip
+    assert not household.default
+    assert household.login.named() == "DU222222 (parent), DU333333 (child)"
+    env = addresses.consumer_environ(household, Path("/x/accounts.yaml"))
+    assert (env["IB_ACCOUNTS"], env["IB_ACCOUNT"], env["DEFAULT_DEPLOYMENT"], env["IB_PORT"], env["HEALTH_PORT"]) == (
+        "DU222222,DU333333", "", "no", "4101", "8110",
+    )  # fmt: skip
+    assert (env["INTENTS_SUBSCRIPTION"], env["ACCOUNTS_FILE"]) == ("intents-consumer-2", "/x/accounts.yaml")
+    ports = [port for _, _, port in addresses.listeners()]
+    assert {4100, 8100, 4101, 8110} <= set(ports)  # what check_free and `make stop` look at
+
+    single = LocalAddresses.from_env({})
+    (only,) = single.deployments()
+    assert (only.login.ids, only.suffix, only.log_stem("consumer")) == (("DU123456",), "", "consumer")
+    assert single.consumer_environ(only, None) == single.environ()
+    assert len(single.listeners()) == 4
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("DU1:DU1", "DU1 is named twice"),
+        ("DU1=a:DU2=a", "a is named twice"),
+        ("DU1=DU2:DU2", "DU2 is named twice"),
+        ("DU1:", "'' is not an account id"),
+        ("DU 1", "'DU 1' is not an account id"),
+    ],
+)
+def test_a_bad_accounts_layout_is_named(value: str, problem: str):
+    with pytest.raises(SystemExit, match=f"ACCOUNTS='{re.escape(value)}': {re.escape(problem)}"):
+        LocalAddresses.from_env({"ACCOUNTS": value})
+
+
+def test_overlapping_ports_are_refused_before_anything_starts():
+    # The second login's consumer would listen on HEALTH_PORT+10: here, Firestore's port.
+    with pytest.raises(SystemExit, match="overlap"):
+        LocalAddresses.from_env({"ACCOUNTS": "household", "HEALTH_PORT": "8071"})
