@@ -41,9 +41,10 @@ from consumer.transport.subscriber import IntentSubscriber
 
 log = get_logger(__name__)
 
+# Not settings: internal margins an operator has no reason to tune (the bounds they do tune are in Settings).
 # The callback's own bound on waiting for an intent: past the intent timeout, plus time to store and reply.
 SETTLE_MARGIN_SECONDS = 60.0
-CLOSE_TIMEOUT_SECONDS = 10.0
+# Pause before reopening a streaming pull that ended: the client library's own retries have run out by then.
 STREAM_RESTART_SECONDS = 2.0
 
 
@@ -259,7 +260,7 @@ class Consumer:
                 self._drain()
             if self.services is not None:
                 try:
-                    self.loop.run(self.services.close(), timeout=CLOSE_TIMEOUT_SECONDS)
+                    self.loop.run(self.services.close(), timeout=self.settings.close_timeout)
                 except (TimeoutError, concurrent.futures.TimeoutError):
                     # Bookings still queued are not lost: the sweep after the next connect books them.
                     log.warning("closing the broker connection and store timed out; exiting anyway")
