@@ -395,7 +395,7 @@ def scheduled_envelope(
     """
     import yaml
 
-    from consumer.devstack.provision import SCHEDULES_DECLARATION
+    from consumer.data import SCHEDULES_DECLARATION
 
     jobs = {job["name"]: job for job in yaml.safe_load(SCHEDULES_DECLARATION.read_text())["jobs"]}
     if job_name not in jobs:

@@ -16,10 +16,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
+from consumer.data import SCHEMA_DIR
 from consumer.errors import clip
-
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-
 
 MAX_PROBLEMS = 10  # reported per message; the first ones are the most specific
 
