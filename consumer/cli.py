@@ -296,6 +296,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 class UsageError(ValueError):
+    """A command line the `consumer` command cannot act on; printed with exit code EXIT_CONFIG, no traceback."""
+
     pass
 
 

@@ -76,16 +76,22 @@ class Status:
 
 @dataclass(frozen=True, slots=True)
 class StopRequested:
+    """A signal or the command asked the process to stop; `reason` is logged."""
+
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
 class GatewayChanged:
+    """The gateway's connection state changed: intake opens on CONNECTED and is held otherwise."""
+
     state: State
 
 
 @dataclass(frozen=True, slots=True)
 class StreamFailed:
+    """The streaming pull ended with an error: reopened after a pause while the gateway is connected."""
+
     error: BaseException
 
 

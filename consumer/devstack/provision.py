@@ -20,6 +20,8 @@ from consumer.data import PUBSUB_DECLARATION
 
 @dataclass(frozen=True)
 class Topology:
+    """The Pub/Sub topics and subscriptions of infra/pubsub.yaml (`load`), as the emulator is provisioned with them."""
+
     topics: dict[str, dict[str, Any]]
     subscriptions: dict[str, dict[str, Any]]
 
