@@ -46,6 +46,7 @@ def test_the_data_links_are_the_top_level_files() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.wheel
 def test_the_installed_wheel_reads_every_schema_and_declaration(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
