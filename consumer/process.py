@@ -254,7 +254,7 @@ class Consumer:
             log.warning(
                 "in-flight intents outlasted the grace period; aborting them", in_flight=self.dispatcher.in_flight
             )
-            self.loop.run(self.dispatcher.abort_all(), timeout=5)
+            self.loop.run(self.dispatcher.abort_all(), timeout=5)  # cancelling is immediate; 5 s is a safety bound
             self._subscriber.stop(timeout=SETTLE_MARGIN_SECONDS)
 
     def _shutdown(self) -> None:
@@ -285,7 +285,7 @@ class Consumer:
     # -- health ----------------------------------------------------------------------------------------------------
 
     def _live(self) -> tuple[bool, dict[str, Any]]:
-        alive = self.loop.responsive(timeout=2.0)
+        alive = self.loop.responsive(timeout=2.0)  # well within the image's 20 s healthcheck timeout
         return alive, {"loop": "responsive" if alive else "blocked", **self.status.as_dict(self.settings)}
 
     def _ready(self) -> tuple[bool, dict[str, Any]]:
