@@ -31,12 +31,18 @@ from consumer.errors import BadRequest, clip
 
 
 class Route(StrEnum):
+    """What a deployment does with a message: serve it (run it or answer its problem) or ignore it (ack, no reply)."""
+
     SERVE = "serve"  # ours: run it (or answer its problem) with the books of `account`
     IGNORE = "ignore"  # another deployment's: ack, no effect, no reply
 
 
 @dataclass(frozen=True, slots=True)
 class Address:
+    """Where a message goes (`AccountDirectory.route`): its route, the served account whose books and reply it gets,
+    and the problem to answer instead of running it, if any.
+    """
+
     route: Route
     # The served account whose books and reply the message gets; None only for IGNORE.
     account: str | None

@@ -32,6 +32,8 @@ from consumer.console import reply_details, reply_line
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_UNREACHABLE = 3
+# The bounds below are the operator command's own, not the service's (an interactive tool: what a user may tune is
+# a flag, such as `replies --pull-timeout`), so they are not in Settings.
 # How long a probe of an emulator's (or Google's) address may take before it counts as down.
 PROBE_SECONDS = 2.0
 # `publish --wait` looks for progress this often, and says it is still waiting this often when it cannot show any.
@@ -296,6 +298,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 class UsageError(ValueError):
+    """A command line the `consumer` command cannot act on; printed with exit code EXIT_CONFIG, no traceback."""
+
     pass
 
 
@@ -395,7 +399,7 @@ def scheduled_envelope(
     """
     import yaml
 
-    from consumer.devstack.provision import SCHEDULES_DECLARATION
+    from consumer.data import SCHEDULES_DECLARATION
 
     jobs = {job["name"]: job for job in yaml.safe_load(SCHEDULES_DECLARATION.read_text())["jobs"]}
     if job_name not in jobs:

@@ -42,6 +42,10 @@ class Settings:
     # Reading every open and completed order and execution to find a request's orders by orderRef: a busy account's
     # completed orders take IB seconds to send, and a lookup cut short fails the intent (retried, never guessed).
     order_lookup_timeout: float = 60.0
+    # A historical-bars request (a strategy's signal): IB answers from its farms, slower for long or many histories.
+    history_timeout: float = 60.0
+    # A market-data snapshot (prices and quotes for sizing and limit prices); an unanswered one fails the intent.
+    snapshot_timeout: float = 30.0
 
     # The live guard's ceilings, from the deployment (not from Firestore, which the consumer itself may write):
     # config/{mode} can only tighten them.
@@ -60,6 +64,9 @@ class Settings:
     max_lease_duration: float = 3600.0
     lease_extension: float = 10.0
     shutdown_grace: float = 30.0
+    # Closing the broker connection and the store at shutdown, after the grace period: past it, the process exits
+    # anyway (bookings still queued are made by the sweep after the next connect).
+    close_timeout: float = 10.0
     claim_lease: float = 30.0
     # A claim whose lease ran out this long ago, with no redelivery since, is finished from the broker's record.
     stranded_after: float = 900.0
@@ -204,6 +211,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "default_deployment": ("DEFAULT_DEPLOYMENT", _yes_no),
     "ib_connect_timeout": ("IB_CONNECT_TIMEOUT", _bounded(float, 0.5, 300)),
     "order_lookup_timeout": ("ORDER_LOOKUP_TIMEOUT_SECONDS", _bounded(float, 5, 600)),
+    "history_timeout": ("HISTORY_TIMEOUT_SECONDS", _bounded(float, 5, 600)),
+    "snapshot_timeout": ("SNAPSHOT_TIMEOUT_SECONDS", _bounded(float, 1, 600)),
     "allow_live": ("ALLOW_LIVE", _yes_no),
     "leverage_cap_max": ("LEVERAGE_CAP_MAX", _bounded(float, 0.01, 10)),
     "intents_topic": ("INTENTS_TOPIC", _name),
@@ -217,6 +226,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_lease_duration": ("MAX_LEASE_SECONDS", _bounded(float, 10, 86400)),
     "lease_extension": ("LEASE_EXTENSION_SECONDS", _bounded(float, 10, 600)),
     "shutdown_grace": ("SHUTDOWN_GRACE_SECONDS", _bounded(float, 0, 600)),
+    "close_timeout": ("CLOSE_TIMEOUT_SECONDS", _bounded(float, 1, 300)),
     "claim_lease": ("CLAIM_LEASE_SECONDS", _bounded(float, 0.5, 3600)),
     "stranded_after": ("STRANDED_AFTER_SECONDS", _bounded(float, 1, 7 * 86400)),
     "delivery_probe": ("DELIVERY_PROBE_SECONDS", _bounded(float, 0, 3600)),

@@ -47,6 +47,10 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
+    """An intent message's body, validated against schemas/envelope.schema.json: the intent, its params and the
+    message's options (dry run, idempotency key, expiry, schedule, account). `to_request` builds the Request from it.
+    """
+
     intent: str
     params: dict[str, Any]
     dry_run: bool = False

@@ -48,6 +48,12 @@ def quote_amount(position: Mapping[str, Any]) -> float:
 
 @dataclass
 class CurrencyLine:
+    """One currency of the forex rule: the broker's cash balance beside what each book claims in it.
+
+    `backed` is the part of the balance that covers the claims, `difference` the claims it does not cover and `free`
+    the cash no book claims (the only part the cash-balancer may convert); `as_dict` is the reply's line.
+    """
+
     currency: str
     broker: float
     by_book: dict[str, float] = field(default_factory=dict)

@@ -22,10 +22,18 @@ Probe = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 class HealthServer:
+    """The /livez, /readyz and /metrics endpoints on a daemon thread (`start`, `stop`).
+
+    Given the probes rather than the process, so it knows nothing of the gateway or Pub/Sub: each probe returns
+    (healthy, body), answered 200 or 503 with the body as JSON. `port` is the bound one (0 asks for any).
+    """
+
     def __init__(self, host: str, port: int, live: Probe, ready: Probe, metrics: Callable[[], dict[str, Any]]) -> None:
         routes = {"/livez": live, "/readyz": ready, "/metrics.json": lambda: (True, metrics())}
 
         class Handler(BaseHTTPRequestHandler):
+            """Answers one request from the probes above; built per server so that it closes over them."""
+
             def do_GET(self) -> None:
                 path = self.path.split("?")[0]
                 accept = self.headers.get("Accept", "")

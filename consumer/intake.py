@@ -27,6 +27,11 @@ log = get_logger(__name__)
 
 
 class RequestDecoder:
+    """From a delivery to a Request, in the callback thread and without the broker: routes it by account (`address`),
+    decodes and validates it against the schemas, the intents and the scheduled jobs (`decode`), and says whether it
+    needs the gateway (`needs_gateway`), so that requests that do not are not held while it is away.
+    """
+
     def __init__(
         self,
         schemas: Schemas,

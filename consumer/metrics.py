@@ -24,6 +24,13 @@ NO_INTENT = "(none)"
 
 
 class Metrics:
+    """The process's counters and per-intent latency histograms, thread-safe (callback threads and the loop count).
+
+    `count(name, label)` bumps a counter, `observe_intent` records a settled intent's status and duration under its
+    label (`intent_label`: unknown intents share one, so a hostile sender cannot grow the series); `snapshot()` is
+    the JSON of /metrics.json, which `prometheus_text` renders for /metrics.
+    """
+
     def __init__(self, intents: Iterable[str] = ()) -> None:
         self._intents = frozenset(intents)
         self._lock = threading.Lock()
@@ -92,6 +99,8 @@ def prometheus_text(snapshot: dict[str, Any]) -> tuple[bytes, str]:
     from prometheus_client.registry import Collector
 
     class Snapshot(Collector):
+        """Renders one metrics snapshot for prometheus_client: counters as families, intent latency as a histogram."""
+
         def collect(self) -> Iterable[Metric]:
             for name, values in sorted(snapshot.get("counters", {}).items()):
                 labels = LABELS.get(name, ("label",) if any(values) else ())

@@ -41,9 +41,10 @@ from consumer.transport.subscriber import IntentSubscriber
 
 log = get_logger(__name__)
 
+# Not settings: internal margins an operator has no reason to tune (the bounds they do tune are in Settings).
 # The callback's own bound on waiting for an intent: past the intent timeout, plus time to store and reply.
 SETTLE_MARGIN_SECONDS = 60.0
-CLOSE_TIMEOUT_SECONDS = 10.0
+# Pause before reopening a streaming pull that ended: the client library's own retries have run out by then.
 STREAM_RESTART_SECONDS = 2.0
 
 
@@ -75,16 +76,22 @@ class Status:
 
 @dataclass(frozen=True, slots=True)
 class StopRequested:
+    """A signal or the command asked the process to stop; `reason` is logged."""
+
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
 class GatewayChanged:
+    """The gateway's connection state changed: intake opens on CONNECTED and is held otherwise."""
+
     state: State
 
 
 @dataclass(frozen=True, slots=True)
 class StreamFailed:
+    """The streaming pull ended with an error: reopened after a pause while the gateway is connected."""
+
     error: BaseException
 
 
@@ -247,7 +254,7 @@ class Consumer:
             log.warning(
                 "in-flight intents outlasted the grace period; aborting them", in_flight=self.dispatcher.in_flight
             )
-            self.loop.run(self.dispatcher.abort_all(), timeout=5)
+            self.loop.run(self.dispatcher.abort_all(), timeout=5)  # cancelling is immediate; 5 s is a safety bound
             self._subscriber.stop(timeout=SETTLE_MARGIN_SECONDS)
 
     def _shutdown(self) -> None:
@@ -259,7 +266,7 @@ class Consumer:
                 self._drain()
             if self.services is not None:
                 try:
-                    self.loop.run(self.services.close(), timeout=CLOSE_TIMEOUT_SECONDS)
+                    self.loop.run(self.services.close(), timeout=self.settings.close_timeout)
                 except (TimeoutError, concurrent.futures.TimeoutError):
                     # Bookings still queued are not lost: the sweep after the next connect books them.
                     log.warning("closing the broker connection and store timed out; exiting anyway")
@@ -278,7 +285,7 @@ class Consumer:
     # -- health ----------------------------------------------------------------------------------------------------
 
     def _live(self) -> tuple[bool, dict[str, Any]]:
-        alive = self.loop.responsive(timeout=2.0)
+        alive = self.loop.responsive(timeout=2.0)  # well within the image's 20 s healthcheck timeout
         return alive, {"loop": "responsive" if alive else "blocked", **self.status.as_dict(self.settings)}
 
     def _ready(self) -> tuple[bool, dict[str, Any]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-SCHEDULES_DECLARATION = Path(__file__).resolve().parents[1] / "infra" / "schedules.yaml"
+from consumer.data import SCHEDULES_DECLARATION
 
 
 def job_intents(path: Path = SCHEDULES_DECLARATION) -> dict[str, str]:

@@ -16,10 +16,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
+from consumer.data import SCHEMA_DIR
 from consumer.errors import clip
-
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-
 
 MAX_PROBLEMS = 10  # reported per message; the first ones are the most specific
 
@@ -34,6 +32,13 @@ class SchemaViolation(ValueError):
 
 
 class Schemas:
+    """Every JSON Schema under a directory (schemas/, shipped in the package), by its path there.
+
+    Loaded on first use and kept: `validate(name, instance, where)` raises SchemaViolation with every problem, most
+    specific first and prefixed with `where`; `names`, `has` and `document` let the tests check every schema. The
+    process builds one and shares it (consumer.process): compiling the validators is the slow part.
+    """
+
     def __init__(self, directory: Path = SCHEMA_DIR) -> None:
         self.directory = directory
 

@@ -57,11 +57,15 @@ def legal_bar_size(text: str) -> bool:
 
 
 class BarRequestError(ValueError):
+    """A historical-data request IB would refuse (bar size, duration, what to show); the message is IB's text."""
+
     pass
 
 
 @dataclass
 class Bar:
+    """One historical bar as the TWS API sends it (date, OHLC, volume, WAP, trade count)."""
+
     date: str
     open: float
     high: float

@@ -24,6 +24,10 @@ MARK = "__ibsim_control__"
 
 @dataclass(frozen=True)
 class Control:
+    """How a gateway method is exposed to tests and scenarios: a fault (changes state; `actions` are the scenario
+    actions it backs, with the arguments each fixes) or a query (read-only). Set by the `fault` and `query` marks.
+    """
+
     kind: Literal["fault", "query"]
     # scenario action -> the arguments it fixes (freeze: {"on": True}); empty: not schedulable
     actions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -61,6 +65,8 @@ def controls(cls: type) -> dict[str, Control]:
 
 @dataclass(frozen=True)
 class Param:
+    """One argument of a scheduled fault: its name, the types a scenario may give and whether it is required."""
+
     name: str
     accepts: tuple[type, ...]
     required: bool

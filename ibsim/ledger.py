@@ -17,6 +17,10 @@ MAINT_MARGIN = {"STK": 0.20, "FUT": 0.05}
 
 @dataclass
 class Position:
+    """One holding of a simulated account: quantity, average cost per unit (multiplier included, as IB reports it) and
+    realized P&L.
+    """
+
     quantity: float = 0.0
     avgCost: float = 0.0  # per unit, multiplier included, as IB reports it
     realized: float = 0.0
@@ -24,6 +28,8 @@ class Position:
 
 @dataclass
 class Account:
+    """A simulated account: base currency, cash by currency, positions by instrument key, realized P&L by key."""
+
     id: str
     base: str
     cash: dict[str, float]

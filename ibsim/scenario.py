@@ -52,6 +52,10 @@ class ScenarioError(ValueError):
 
 @dataclass
 class InstrumentSpec:
+    """An instrument of a scenario, with the defaults for its kind filled in: the contract fields IB reports, its
+    starting price and volatility, quoting (spread, tick), history (`bars`) and market-data permission.
+    """
+
     key: str  # how tests and the fault API name it: SPY, EUR.USD, ES
     symbol: str  # the contract's symbol: SPY, EUR, ES
     secType: str  # STK, CASH, FUT (ETF is a STK)
@@ -75,6 +79,8 @@ class InstrumentSpec:
 
 @dataclass
 class PositionSpec:
+    """A position an account starts with; `avgCost` None: the instrument's starting price times its multiplier."""
+
     symbol: str
     quantity: float
     avgCost: float | None
@@ -82,6 +88,8 @@ class PositionSpec:
 
 @dataclass
 class AccountSpec:
+    """An account a scenario starts with: id, base currency, cash by currency and positions."""
+
     id: str
     baseCurrency: str
     cash: dict[str, float]
@@ -90,6 +98,8 @@ class AccountSpec:
 
 @dataclass
 class FaultSpec:
+    """A fault a scenario schedules: the action (see ibsim.controls) at `at` seconds after start, with its arguments."""
+
     at: float
     action: str
     args: dict[str, Any]
@@ -97,6 +107,11 @@ class FaultSpec:
 
 @dataclass
 class Scenario:
+    """What a simulated gateway starts from: accounts, instruments, market hours, fill and latency behaviour and the
+    faults to inject. `default()` is the packaged scenarios/default.yaml; `load(path)` reads and validates a file
+    against scenario.schema.json (ScenarioError names the field); `instrument(key)` finds one by key.
+    """
+
     name: str
     seed: int
     hours: str

@@ -12,6 +12,11 @@ EXEC_TZ = "America/New_York"
 
 
 class Listener(Protocol):
+    """What the simulated broker reports to (the server, which turns each call into the TWS API messages IB Gateway
+    sends): order status and open-order updates, rejections and warnings with IB's codes, executions, and position,
+    account and state changes.
+    """
+
     def order_update(self, order: SimOrder, *, open_order: bool) -> None: ...
     def order_rejected(
         self, client_id: int, order_id: int, code: int, message: str, order: SimOrder | None
@@ -25,6 +30,12 @@ class Listener(Protocol):
 
 @dataclass
 class SimOrder:
+    """An order as the simulated broker keeps it: the fields the client placed (IB's names), its status and fills.
+
+    `active` is PreSubmitted or Submitted; `wire` is every field for the protocol encoders; `public(symbol)` the
+    plain copy tests read through `gateway.orders()`.
+    """
+
     orderId: int
     clientId: int
     permId: int

@@ -71,7 +71,11 @@ class Broker:
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
         self._instruments = Instruments(gateway.ib)
-        self._history = market.HistoryPacer()
+        self._history = market.HistoryPacer(gateway.settings.history_timeout)
+
+    @property
+    def _snapshot_timeout(self) -> float:
+        return self._gateway.settings.snapshot_timeout
 
     @property
     def _ib(self) -> IB:
@@ -186,20 +190,20 @@ class Broker:
         return await fx_pair(self._instruments, currency, base)
 
     def market_data(self, instruments: Mapping[str, Instrument]) -> MarketData:
-        return market.BrokerMarketData(self._ib, instruments, self._history)
+        return market.BrokerMarketData(self._ib, instruments, self._history, self._snapshot_timeout)
 
     async def bars(self, instrument: Instrument, duration: str, bar_size: str) -> list[HistoricalBar]:
         return await market.historical_bars(self._ib, self._history, instrument, duration, bar_size)
 
     async def prices(self, instruments: Iterable[Instrument]) -> dict[int, float]:
         """{conId: price} from one snapshot each; an instrument without a usable price is left out."""
-        return await market.snapshot_prices(self._ib, instruments)
+        return await market.snapshot_prices(self._ib, instruments, self._snapshot_timeout)
 
     async def quotes(self, instruments: Iterable[Instrument]) -> dict[int, Quote]:
-        return await market.snapshot_quotes(self._ib, instruments)
+        return await market.snapshot_quotes(self._ib, instruments, self._snapshot_timeout)
 
     async def market_fx_rates(self, currencies: Iterable[str], base: str) -> dict[str, float]:
-        return await market.market_fx_rates(self._ib, self._instruments, currencies, base)
+        return await market.market_fx_rates(self._ib, self._instruments, currencies, base, self._snapshot_timeout)
 
     # -- orders and executions ---------------------------------------------------------------------------------------
 

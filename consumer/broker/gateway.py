@@ -111,6 +111,11 @@ class Gateway:
             log.info("market data type set", market_data_type=kind)
 
     @property
+    def settings(self) -> Settings:
+        """The deployment's settings: the broker's request bounds (history, snapshots, order lookups) come from here."""
+        return self._settings
+
+    @property
     def order_lookup_timeout(self) -> float:
         """How long finding a request's orders by orderRef may take (ORDER_LOOKUP_TIMEOUT_SECONDS)."""
         return self._settings.order_lookup_timeout

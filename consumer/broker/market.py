@@ -18,14 +18,13 @@ from consumer.broker.model import HistoricalBar, Quote
 from consumer.errors import IntentError, Transient
 from consumer.strategies.base import Bar, SignalUnavailable
 
-HISTORY_TIMEOUT = 60.0
-SNAPSHOT_TIMEOUT = 30.0
 # IB's historical-data pacing ("Historical Data Limitations"): no identical request within 15 s, fewer than six
 # requests for one contract within 2 s, at most 60 requests within 10 minutes; a violation is error 162.
 IDENTICAL_WITHIN = 15.0
 PER_CONTRACT = (5, 2.0)
 OVERALL = (60, 600.0)
-# Longer than this to wait for a slot: the intent is retried later (Transient) rather than held on the loop.
+# Longer than this to wait for a slot: the intent is retried later (Transient) rather than held on the loop. Not a
+# setting: it only bounds a wait that IB's fixed windows above decide, and a retry costs nothing.
 MAX_PACING_WAIT = 30.0
 PACING_VIOLATION = "pacing violation"
 
@@ -37,14 +36,17 @@ class HistoryPacer:
 
     An identical request within 15 s gets the answer already received (or joins the one in flight) instead of
     asking again; a request that would be the sixth for its contract within 2 s, or the 61st within 10 minutes,
-    waits for the window to pass (IB's rule is a time window: there is no event to wait on). One pacer per Broker.
+    waits for the window to pass (IB's rule is a time window: there is no event to wait on). One pacer per Broker;
+    `timeout` bounds each request sent (HISTORY_TIMEOUT_SECONDS).
     """
 
     def __init__(
         self,
+        timeout: float,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        self._timeout = timeout
         self._clock = clock
         self._sleep = sleep
         self._recent: dict[HistoryKey, tuple[float, list[HistoricalBar]]] = {}
@@ -66,7 +68,7 @@ class HistoryPacer:
         self._inflight[key] = future
         try:
             await self._slot(instrument.con_id)
-            bars = await _request_bars(ib, instrument, duration, bar_size, utc)
+            bars = await _request_bars(ib, instrument, duration, bar_size, utc, self._timeout)
         except asyncio.CancelledError:
             future.cancel()
             raise
@@ -111,10 +113,13 @@ def duration(days: int) -> str:
 class BrokerMarketData:
     """The strategies' view of the market (consumer.strategies.base.MarketData), limited to their instruments."""
 
-    def __init__(self, ib: IB, instruments: Mapping[str, Instrument], pacer: HistoryPacer) -> None:
+    def __init__(
+        self, ib: IB, instruments: Mapping[str, Instrument], pacer: HistoryPacer, snapshot_timeout: float
+    ) -> None:
         self._ib = ib
         self._instruments = instruments
         self._pacer = pacer
+        self._snapshot_timeout = snapshot_timeout
 
     def _instrument(self, symbol: str) -> Instrument:
         try:
@@ -133,14 +138,16 @@ class BrokerMarketData:
 
     async def price(self, symbol: str) -> float:
         instrument = self._instrument(symbol)
-        return (await snapshot_prices(self._ib, [instrument]))[instrument.con_id]
+        return (await snapshot_prices(self._ib, [instrument], self._snapshot_timeout))[instrument.con_id]
 
 
 def _what_to_show(instrument: Instrument) -> str:
     return "MIDPOINT" if instrument.sec_type == "CASH" else "TRADES"
 
 
-async def _request_bars(ib: IB, instrument: Instrument, duration: str, bar_size: str, utc: bool) -> list[HistoricalBar]:
+async def _request_bars(
+    ib: IB, instrument: Instrument, duration: str, bar_size: str, utc: bool, within: float
+) -> list[HistoricalBar]:
     """Regular-hours bars ending now: midpoints for forex (IDEALPRO has no trades), trades otherwise. `utc` asks for
     intraday bar times as UTC timestamps rather than in the exchange's zone.
 
@@ -165,7 +172,7 @@ async def _request_bars(ib: IB, instrument: Instrument, duration: str, bar_size:
             whatToShow=_what_to_show(instrument),
             useRTH=True,
             formatDate=2 if utc else 1,
-            timeout=HISTORY_TIMEOUT,
+            timeout=within,
         )
     finally:
         ib.errorEvent -= on_error
@@ -188,27 +195,28 @@ async def historical_bars(
     return await pacer.bars(ib, instrument, duration, bar_size, utc)
 
 
-async def snapshot_tickers(ib: IB, instruments: Iterable[Instrument]) -> list[Ticker]:
+async def snapshot_tickers(ib: IB, instruments: Iterable[Instrument], within: float) -> list[Ticker]:
+    """One snapshot per distinct instrument, all within `within` seconds (SNAPSHOT_TIMEOUT_SECONDS)."""
     unique = {i.con_id: i for i in instruments}
     if not unique:
         return []
-    return await asyncio.wait_for(ib.reqTickersAsync(*(i.contract for i in unique.values())), timeout=SNAPSHOT_TIMEOUT)
+    return await asyncio.wait_for(ib.reqTickersAsync(*(i.contract for i in unique.values())), timeout=within)
 
 
-async def snapshot_prices(ib: IB, instruments: Iterable[Instrument]) -> dict[int, float]:
+async def snapshot_prices(ib: IB, instruments: Iterable[Instrument], within: float) -> dict[int, float]:
     """One snapshot per instrument, concurrently; an instrument without a usable price is left out."""
     prices = {}
-    for ticker in await snapshot_tickers(ib, instruments):
+    for ticker in await snapshot_tickers(ib, instruments, within):
         price = ticker_price(ticker)
         if price is not None and ticker.contract is not None:
             prices[ticker.contract.conId] = price
     return prices
 
 
-async def snapshot_quotes(ib: IB, instruments: Iterable[Instrument]) -> dict[int, Quote]:
+async def snapshot_quotes(ib: IB, instruments: Iterable[Instrument], within: float) -> dict[int, Quote]:
     """Bid, ask and last (or close) per instrument, for limit prices."""
     quotes = {}
-    for ticker in await snapshot_tickers(ib, instruments):
+    for ticker in await snapshot_tickers(ib, instruments, within):
         if ticker.contract is not None:
             quotes[ticker.contract.conId] = Quote(
                 _usable(ticker.bid), _usable(ticker.ask), _usable(ticker.last) or _usable(ticker.close)
@@ -242,7 +250,9 @@ def fx_rates(ib: IB, account: str) -> dict[str, float]:
     return rates
 
 
-async def market_fx_rates(ib: IB, instruments: Instruments, currencies: Iterable[str], base: str) -> dict[str, float]:
+async def market_fx_rates(
+    ib: IB, instruments: Instruments, currencies: Iterable[str], base: str, within: float
+) -> dict[str, float]:
     """Rates for currencies the account values carry none for (no cash in them), from the forex pair's quote.
 
     Either orientation: EUR.USD's price is USD per EUR; USD.JPY's is JPY per USD, so JPY's rate is its inverse.
@@ -254,7 +264,7 @@ async def market_fx_rates(ib: IB, instruments: Instruments, currencies: Iterable
             pairs[currency] = await fx_pair(instruments, currency, base)
         except IntentError:
             continue
-    prices = await snapshot_prices(ib, [pair for pair, _ in pairs.values()])
+    prices = await snapshot_prices(ib, [pair for pair, _ in pairs.values()], within)
     rates = {}
     for currency, (pair, currency_is_base) in pairs.items():
         price = prices.get(pair.con_id)

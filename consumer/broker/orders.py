@@ -36,6 +36,7 @@ from consumer.store.trading_config import OrderDefaults
 DONE = {s for s, m in STATUSES.items() if m.done}
 ACCEPTED = {s for s, m in STATUSES.items() if m.accepted}
 CONFIRMED = ACCEPTED | DONE
+# IB sends a rejection's error message right behind its Inactive status: a protocol detail, not a setting.
 INACTIVE_GRACE = 1.0
 
 

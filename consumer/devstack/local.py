@@ -133,6 +133,12 @@ class Deployment:
 
 @dataclass(frozen=True)
 class LocalAddresses:
+    """Where `make run`'s parts listen: the standard variables when set, else the documented defaults (`from_env`).
+
+    `deployments()` lays out one gateway and consumer per login; `environ()` and `consumer_environ()` are what the
+    child processes get.
+    """
+
     pubsub: str
     firestore: str
     ib_port: int

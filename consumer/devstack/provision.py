@@ -15,13 +15,13 @@ import yaml
 from google.api_core import exceptions
 from google.protobuf import duration_pb2
 
-INFRA_DIR = Path(__file__).resolve().parents[2] / "infra"
-PUBSUB_DECLARATION = INFRA_DIR / "pubsub.yaml"
-SCHEDULES_DECLARATION = INFRA_DIR / "schedules.yaml"
+from consumer.data import PUBSUB_DECLARATION
 
 
 @dataclass(frozen=True)
 class Topology:
+    """The Pub/Sub topics and subscriptions of infra/pubsub.yaml (`load`), as the emulator is provisioned with them."""
+
     topics: dict[str, dict[str, Any]]
     subscriptions: dict[str, dict[str, Any]]
 

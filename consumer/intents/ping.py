@@ -22,7 +22,8 @@ async def ping(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     }
     if broker.ready:
         started = time.perf_counter()
-        gateway_time = await asyncio.wait_for(broker.current_time(), timeout=10)
+        # The same round trip the connect attempt bounds with IB_CONNECT_TIMEOUT.
+        gateway_time = await asyncio.wait_for(broker.current_time(), timeout=settings.ib_connect_timeout)
         result.update(
             gatewayTime=gateway_time.isoformat(),
             roundTripMs=round((time.perf_counter() - started) * 1000, 3),

@@ -53,6 +53,10 @@ class WorkingOrder:
 
 @dataclass
 class InTheWay:
+    """Working orders a rebalance finds on its instruments: those to cancel before placing (by orderRef), kept ones
+    that oppose the new order (not sized against), and the kept ones as the reply lists them.
+    """
+
     cancel: dict[str, WorkingOrder] = field(default_factory=dict)  # by orderRef
     aside: set[str] = field(default_factory=set)  # kept orderRefs that oppose the new order: not sized against
     kept: list[dict[str, Any]] = field(default_factory=list)  # for the reply

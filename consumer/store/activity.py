@@ -22,6 +22,10 @@ def agent_name() -> str:
 
 
 class ActivityLog:
+    """The activity collection: `record` adds one document per settled intent run (its reply, params, attempt) to the
+    batch that settles the request, so the log and the stored reply are written together or not at all.
+    """
+
     def __init__(self, layout: Layout) -> None:
         self._layout = layout
 

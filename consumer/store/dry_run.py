@@ -17,6 +17,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 
 class DryRunClient(firestore.AsyncClient):
+    """A Firestore client for dry runs: reads go to the real database, writes (commits, batch writes) are acknowledged
+    and discarded, and an open transaction is rolled back. The store code runs unchanged on it.
+    """
+
     def __init__(self, real: firestore.AsyncClient) -> None:
         super().__init__(project=real.project, database=real._database)
         self._real = real
@@ -28,6 +32,8 @@ class DryRunClient(firestore.AsyncClient):
 
 
 class _DiscardingApi:
+    """The real client's API with `commit` and `batch_write` answered here, as if applied."""
+
     def __init__(self, api: Any) -> None:
         self._api = api
 

@@ -19,6 +19,8 @@ from consumer.store.layout import account_path, config_path, mode_path
 
 @dataclass
 class Migration:
+    """What `migrate-accounts` did: documents copied under accounts/{account}/ and those already there (left alone)."""
+
     copied: int = 0
     kept: int = 0  # already at the new path: left alone
 

@@ -44,6 +44,10 @@ def storable_reply(reply: dict[str, Any]) -> dict[str, Any]:
 
 
 class ClaimState(StrEnum):
+    """A request claim's state: running (held by a process with a lease), retry (released by a transient failure:
+    the next delivery may run it) or done (its reply is stored and is the answer to every redelivery).
+    """
+
     RUNNING = "running"
     RETRY = "retry"  # a transient failure released it: the next delivery may run it again
     DONE = "done"

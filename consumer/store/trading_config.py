@@ -127,6 +127,10 @@ class TradingConfig:
 
 
 class ConfigStore:
+    """Reads config/{mode} of the account (`load`) into a TradingConfig, validated against its schema and tightened by
+    the deployment's limits; read fresh for every trading message, so an operator's change applies to the next one.
+    """
+
     def __init__(self, layout: Layout, schemas: Schemas, limits: DeploymentLimits) -> None:
         self._layout = layout
         self._schemas = schemas

@@ -44,6 +44,8 @@ class InstrumentSpec:
 
 @dataclass(frozen=True, slots=True)
 class Bar:
+    """One daily bar as strategies see it (`MarketData.daily_bars`), oldest first; `date` as IB gives it."""
+
     date: str
     open: float
     high: float

@@ -20,6 +20,10 @@ _INSTRUMENT = {
 
 
 class Dummy(Strategy):
+    """Holds exactly the weights given in its params ({SYMBOL: weight}); its `instruments` param says how to find a
+    symbol that is not a US stock on SMART. For plumbing, tests and rebalancing by hand.
+    """
+
     id = "dummy"
     description = "Targets given verbatim as weights: {SYMBOL: weight}."
     params_schema: ClassVar[dict[str, Any]] = {

@@ -21,6 +21,8 @@ def ema(values: Sequence[float], span: int) -> list[float]:
 
 @dataclass(frozen=True, slots=True)
 class Macd:
+    """A MACD line and its signal line over the same closes (`macd`); `histogram` is their difference."""
+
     macd: list[float]
     signal: list[float]
 

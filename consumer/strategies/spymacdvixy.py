@@ -16,6 +16,10 @@ from consumer.strategies.indicators import macd
 
 
 class SpyMacdVixy(Strategy):
+    """Long SPY while its daily MACD is above the signal line, otherwise VIXY as a hedge (module docstring: params).
+    Raises SignalUnavailable when there are too few bars for the spans, rather than guessing.
+    """
+
     id = "spymacdvixy"
     description = "SPY long on a bullish daily MACD crossover state, VIXY hedge otherwise."
     params_schema: ClassVar[dict[str, Any]] = {

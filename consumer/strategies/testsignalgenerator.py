@@ -14,6 +14,10 @@ from consumer.strategies.indicators import sma
 
 
 class TestSignalGenerator(Strategy):
+    """Long each symbol (an equal share) while its last close is above its moving average, flat otherwise; run nightly
+    as a dry run to prove market data, signals, sizing and reporting end to end.
+    """
+
     __test__ = False  # its name starts with "Test"; pytest must not collect it
 
     id = "testsignalgenerator"

@@ -27,6 +27,13 @@ def make_publisher() -> pubsub_v1.PublisherClient:
 
 
 class Publishing:
+    """Replies and dead letters out to Pub/Sub, awaited from the broker loop.
+
+    `reply` validates the reply against schemas/reply.schema.json (a mismatch is our bug) and publishes it with the
+    attributes subscribers filter on; `dead_letter` republishes a message that cannot be answered, unchanged, with
+    why and how often in its attributes. Both return the message id once Pub/Sub has it.
+    """
+
     def __init__(
         self,
         publisher: pubsub_v1.PublisherClient,

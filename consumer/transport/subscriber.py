@@ -26,6 +26,13 @@ Handler = Callable[[Delivery], Settlement]
 
 
 class IntentSubscriber:
+    """The streaming pull on the intents subscription, with flow control (`max_messages`) and lease management.
+
+    `start` opens it (once the gateway is connected) and hands each delivery to `handler` in a callback thread;
+    `stop(timeout)` stops pulling and waits for in-flight callbacks, False if they outlast it. A stream that ends
+    with an error calls `on_failure`; the process reopens it.
+    """
+
     def __init__(
         self,
         client: pubsub_v1.SubscriberClient,

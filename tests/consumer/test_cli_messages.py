@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from consumer.cli import UsageError, build_envelope, scheduled_envelope
-from consumer.devstack.provision import SCHEDULES_DECLARATION
+from consumer.data import SCHEDULES_DECLARATION
 
 
 def test_params_are_json_when_they_parse_and_dotted_keys_nest():

@@ -32,6 +32,25 @@ def test_values_are_parsed() -> None:
 
 
 @pytest.mark.parametrize(
+    ("variable", "field", "default", "value", "too_small", "too_large"),
+    [
+        ("HISTORY_TIMEOUT_SECONDS", "history_timeout", 60.0, "120", "1", "601"),
+        ("SNAPSHOT_TIMEOUT_SECONDS", "snapshot_timeout", 30.0, "45.5", "0.5", "601"),
+        ("CLOSE_TIMEOUT_SECONDS", "close_timeout", 10.0, "20", "0", "301"),
+    ],
+)
+def test_broker_and_shutdown_timeouts_are_settings(
+    variable: str, field: str, default: float, value: str, too_small: str, too_large: str
+) -> None:
+    """Timeouts an operator may need to lengthen (a slow data farm, a slow store at shutdown) are bounded settings."""
+    assert getattr(Settings.from_env({}), field) == default
+    assert getattr(Settings.from_env({variable: value}), field) == float(value)
+    for bad in (too_small, too_large, "soon"):
+        with pytest.raises(ConfigError, match=variable):
+            Settings.from_env({variable: bad})
+
+
+@pytest.mark.parametrize(
     ("variable", "value", "fragment"),
     [
         ("IB_PORT", "forty", "expected a int"),

@@ -24,7 +24,7 @@ class FakeTime:
 
 async def test_a_sixth_request_for_one_contract_within_two_seconds_waits_for_the_window() -> None:
     t = FakeTime()
-    pacer = HistoryPacer(t.clock, t.sleep)
+    pacer = HistoryPacer(60.0, t.clock, t.sleep)
     for _ in range(5):
         await pacer._slot(1)
         t.now += 0.1
@@ -36,7 +36,7 @@ async def test_a_sixth_request_for_one_contract_within_two_seconds_waits_for_the
 
 async def test_the_61st_request_in_ten_minutes_is_retried_later_rather_than_held() -> None:
     t = FakeTime()
-    pacer = HistoryPacer(t.clock, t.sleep)
+    pacer = HistoryPacer(60.0, t.clock, t.sleep)
     for con_id in range(60):
         await pacer._slot(con_id)
         t.now += 1.0

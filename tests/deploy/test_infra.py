@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from consumer.config import Settings
-from consumer.devstack.provision import PUBSUB_DECLARATION, SCHEDULES_DECLARATION, Topology, subscription_request
+from consumer.data import PUBSUB_DECLARATION, SCHEDULES_DECLARATION
+from consumer.devstack.provision import Topology, subscription_request
 from consumer.envelope import Delivery, decode
 from consumer.schemas import Schemas
 

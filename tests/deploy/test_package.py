@@ -1,0 +1,79 @@
+"""The wheel carries what the consumer reads at run time (schemas/, infra/pubsub.yaml, infra/schedules.yaml), so
+the image installs it non-editable: built with `pip wheel`, installed into a fresh venv, imported from outside the
+repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from consumer.data import PUBSUB_DECLARATION, SCHEDULES_DECLARATION, SCHEMA_DIR
+from consumer.devstack.provision import Topology
+from consumer.schedules import job_intents
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Run by the fresh venv's interpreter: what an installed consumer finds, and where it found it.
+CHECK = """
+import json
+import consumer
+from consumer.devstack.provision import Topology
+from consumer.schedules import job_intents
+from consumer.schemas import Schemas
+
+schemas = Schemas()
+schemas.validate("intents/ping.schema.json", {})  # compiles every validator, $refs resolved across files
+print(json.dumps({
+    "consumer": consumer.__file__,
+    "schemas": sorted(schemas.names()),
+    "jobs": job_intents(),
+    "topics": sorted(Topology.load().topics),
+}))
+"""
+
+
+def test_the_data_links_are_the_top_level_files() -> None:
+    """consumer/_data/ points at the single source: in a checkout the paths are the top-level files themselves."""
+    assert SCHEMA_DIR == REPO / "schemas"
+    assert PUBSUB_DECLARATION == REPO / "infra" / "pubsub.yaml"
+    assert SCHEDULES_DECLARATION == REPO / "infra" / "schedules.yaml"
+
+
+@pytest.mark.slow
+@pytest.mark.wheel
+def test_the_installed_wheel_reads_every_schema_and_declaration(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", str(REPO), "--no-deps", "-w", str(wheels)], check=True)
+    (wheel,) = wheels.glob("*.whl")
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # The third-party dependencies come from this venv rather than a download: a path line in a .pth adds the
+    # directory without running its own .pth files, so this checkout's editable install stays out.
+    Path(site, "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    subprocess.run([*pip, "--python", str(python), "install", "--no-deps", str(wheel)], check=True)
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [python, "-I", "-c", CHECK], cwd=tmp_path, env=env, check=True, capture_output=True, text=True
+    ).stdout
+    found = json.loads(out)
+
+    assert Path(found["consumer"]).is_relative_to(venv), "imported from the checkout, not the installed wheel"
+    assert found["schemas"] == sorted(str(p.relative_to(SCHEMA_DIR)) for p in SCHEMA_DIR.rglob("*.schema.json"))
+    assert found["jobs"] == job_intents() != {}
+    assert found["topics"] == sorted(Topology.load().topics) != []
