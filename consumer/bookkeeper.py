@@ -129,11 +129,15 @@ class Bookkeeper:
             live = [e for e in events if not isinstance(e, Sweep)]
             try:
                 if live:
-                    await self._book_live(live)
-                if isinstance(events[-1], Sweep):
-                    log.info("books reconciled after connect", **_counts(await self.reconcile()))
-            except Exception as e:
-                _warn(e, [type(event).__name__ for event in events])
+                    try:
+                        await self._book_live(live)
+                    except Exception as e:
+                        _warn(e, [type(event).__name__ for event in live])
+                if isinstance(events[-1], Sweep):  # swept even if the live bookings before it failed
+                    try:
+                        log.info("books reconciled after connect", **_counts(await self.reconcile()))
+                    except Exception as e:
+                        _warn(e, ["Sweep"])
             finally:
                 for _ in events:
                     self._queue.task_done()
