@@ -21,7 +21,7 @@ from consumer.broker.gateway import State
 from consumer.broker.model import NOT_PLACED, BrokerOrder, Fill, is_done
 from consumer.logs import get_logger
 from consumer.portfolio import EPSILON
-from consumer.store.books import Books, Execution
+from consumer.store.books import BATCH, Books, Close, Execution
 
 log = get_logger(__name__)
 
@@ -79,10 +79,11 @@ Event = Booked | Finished | Sweep
 class Bookkeeper:
     """Books the broker's executions into Firestore (consumer.store.books) and closes the orders IB finished.
 
-    `start` hooks the broker's live events; a single worker books them in arrival order, so the books see one
-    execution at a time. `reconcile` is the sweep: it runs after every connect, before every trading intent, and
-    as the trade-reconciliation intent; it books what live booking missed and closes finished orders, booking
-    a synthetic fill for what a finished order filled on an earlier day (the gateway lists today's fills only).
+    `start` hooks the broker's live events; a single worker books them in arrival order, what arrived while the
+    last booking was in flight together (executions first, then the orders they finished; see Books.book_all).
+    `reconcile` is the sweep: it runs after every connect, before every trading intent, and as the
+    trade-reconciliation intent; it books what live booking missed and closes finished orders, booking a
+    synthetic fill for what a finished order filled on an earlier day (the gateway lists today's fills only).
     A write-ahead order never placed is closed as NotPlaced after `stale_pending_after` seconds.
     """
 
@@ -120,26 +121,48 @@ class Bookkeeper:
 
     async def _work(self) -> None:
         while True:
-            event = await self._queue.get()
+            # What arrived while the last booking was in flight is booked together: a burst of fills (a big
+            # rebalance) costs a transaction per batch instead of one per execution and per commission report.
+            events = [await self._queue.get()]
+            while len(events) < BATCH and not self._queue.empty() and not isinstance(events[-1], Sweep):
+                events.append(self._queue.get_nowait())
+            live = [e for e in events if not isinstance(e, Sweep)]
             try:
-                match event:
-                    case Booked(fill):
-                        await self._books.book(execution_of(fill, self._rates(fill)))
-                    case Finished(order):
-                        await self._books.close_order(order.order_ref, order.status, order.filled)
-                    case Sweep():
+                if live:
+                    try:
+                        await self._book_live(live)
+                    except Exception as e:
+                        _warn(e, [type(event).__name__ for event in live])
+                if isinstance(events[-1], Sweep):  # swept even if the live bookings before it failed
+                    try:
                         log.info("books reconciled after connect", **_counts(await self.reconcile()))
-            except Exception as e:
-                # Firestore's transaction wrapper can mask the real failure with a rollback error; name both.
-                cause = e.__context__
-                log.warning(
-                    "live booking failed; the next reconciliation will catch up",
-                    kind=type(event).__name__,
-                    error=str(e),
-                    cause=repr(cause) if cause else None,
-                )
+                    except Exception as e:
+                        _warn(e, ["Sweep"])
             finally:
-                self._queue.task_done()
+                for _ in events:
+                    self._queue.task_done()
+
+    async def _book_live(self, events: list[Booked | Finished]) -> None:
+        executions = [execution_of(e.fill, self._rates(e.fill)) for e in events if isinstance(e, Booked)]
+        closes = [Close(e.order.order_ref, e.order.status, e.order.filled) for e in events if isinstance(e, Finished)]
+        try:
+            await self._books.book_all(executions, closes)
+            return
+        except Exception as e:
+            if len(events) == 1:
+                raise
+            _warn(e, ["batch"])
+        # One bad execution must not hold the others back until the next sweep: book the batch one at a time.
+        for execution in executions:
+            try:
+                await self._books.book(execution)
+            except Exception as e:
+                _warn(e, ["Booked"])
+        for close in closes:
+            try:
+                await self._books.close_order(close.order_ref, close.final_state, close.broker_filled)
+            except Exception as e:
+                _warn(e, ["Finished"])
 
     def _rates(self, fill: Fill) -> dict[str, float]:
         accounts = self._broker.managed_accounts()
@@ -154,12 +177,15 @@ class Bookkeeper:
         # Every fill of the day is reported on every sweep: those already booked (with their commission, when the
         # report has one) are skipped on one batched read; a transaction each made a sweep grow with the day.
         booked = await self._books.booked_commissions(fills)
+        todo: list[tuple[Fill, Execution]] = []
         for fill in sorted(fills.values(), key=lambda f: (f.time, f.exec_id)):
             execution = execution_of(fill, self._rates(fill))
             if fill.exec_id in booked and (booked[fill.exec_id] or execution.commission is None):
                 known += 1
-                continue
-            result = await self._books.book(execution)
+            else:
+                todo.append((fill, execution))
+        results, _ = await self._books.book_all([e for _, e in todo])
+        for (fill, _), result in zip(todo, results, strict=True):
             if result == "applied":
                 applied.append(fill.as_dict())
             elif result == "commission":
@@ -229,6 +255,17 @@ def _synthetic(doc: dict[str, Any], exec_id: str, quantity: float, price: float)
         price=price,
         time=datetime.now(UTC).isoformat(),
         synthetic=True,
+    )
+
+
+def _warn(e: Exception, kinds: list[str]) -> None:
+    # Firestore's transaction wrapper can mask the real failure with a rollback error; name both.
+    cause = e.__context__
+    log.warning(
+        "live booking failed; the next reconciliation will catch up",
+        kind=",".join(sorted(set(kinds))),
+        error=str(e),
+        cause=repr(cause) if cause else None,
     )
 
 

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from ib_insync import IB, Ticker
+from ib_insync import IB, Contract, Ticker
 
 from consumer.broker import views
 from consumer.broker.instruments import Instrument, Instruments, fx_pair
@@ -200,7 +200,30 @@ async def snapshot_tickers(ib: IB, instruments: Iterable[Instrument], within: fl
     unique = {i.con_id: i for i in instruments}
     if not unique:
         return []
-    return await asyncio.wait_for(ib.reqTickersAsync(*(i.contract for i in unique.values())), timeout=within)
+    contracts = [i.contract for i in unique.values()]
+    try:
+        return await asyncio.wait_for(ib.reqTickersAsync(*contracts), timeout=within)
+    finally:
+        _forget_snapshots(ib, contracts)
+
+
+def _forget_snapshots(ib: IB, contracts: list[Contract]) -> None:
+    """Drops ib_insync's bookkeeping of finished snapshots: it keeps every Ticker (with its ticks and contract) in
+    `wrapper.tickers` and every request id in `wrapper.reqId2Ticker` for the whole session, which a 1,000-instrument
+    rebalance a day turns into megabytes. A ticker still serving another request (a streaming subscription, or a
+    snapshot still in flight after a timeout) is kept, with its request ids."""
+    wrapper = ib.wrapper
+    done = {}
+    for contract in contracts:
+        ticker = wrapper.tickers.get(id(contract))
+        if ticker is not None and not any(ticker in ids for ids in wrapper.ticker2ReqId.values()):
+            done[id(ticker)] = id(contract)
+    if not done:
+        return
+    for key in done.values():
+        wrapper.tickers.pop(key, None)
+    for req_id in [r for r, t in wrapper.reqId2Ticker.items() if id(t) in done]:
+        del wrapper.reqId2Ticker[req_id]
 
 
 async def snapshot_prices(ib: IB, instruments: Iterable[Instrument], within: float) -> dict[int, float]:

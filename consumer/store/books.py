@@ -1,8 +1,10 @@
 """Books and records: open orders, fills and each strategy's holdings, kept exact in Firestore.
 
-Every execution is booked in one transaction: the fill document (keyed by IB's execId), the strategies' shares
+Every execution is booked in a transaction: the fill document (keyed by IB's execId), the strategies' shares
 of it, their holdings, and the order's progress are written together or not at all, so an execution is applied
-once however often it is seen, and a crash between steps leaves nothing half-applied.
+once however often it is seen, and a crash between steps leaves nothing half-applied. A burst of executions (the
+fills of a big rebalance) is booked a batch per transaction (`book_all`): applied one by one in memory, each
+document read once and written once, the whole batch or nothing.
 
 Transactions are serialised in-process (one booking at a time): bookings touch the same order and holdings
 documents, and contention only turns into retries. Nothing with an outside effect happens inside a transaction
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +28,9 @@ from consumer.portfolio import EPSILON, attribute
 from consumer.store.layout import Layout
 
 UNALLOCATED = "unallocated"
+# Executions (or closes) per booking transaction: each costs at most three writes (its fill, its order moved from
+# open to closed), well inside Firestore's 500 writes per commit with the strategies' holdings documents.
+BATCH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,15 +223,38 @@ class Books:
 
     async def close_order(self, order_ref: str, final_state: str, broker_filled: float | None) -> bool:
         """Moves a finished order to `orders`, once every unit the broker filled is booked. False if not yet."""
-        async with self._lock:
-            return await _close(self._layout.db.transaction(), self._layout, order_ref, final_state, broker_filled)
+        _, closed = await self.book_all([], [Close(order_ref, final_state, broker_filled)])
+        return closed[0]
 
     # -- fills -------------------------------------------------------------------------------------------------------
 
     async def book(self, execution: Execution) -> str:
         """'applied', 'known' (already booked), or 'commission' (known, and its late commission now added)."""
+        results, _ = await self.book_all([execution])
+        return results[0]
+
+    async def book_all(
+        self, executions: Sequence[Execution], closes: Sequence[Close] = ()
+    ) -> tuple[list[str], list[bool]]:
+        """Books the executions in their order (each as `book` would), then closes the finished orders (each as
+        `close_order` would): a transaction per `BATCH` of them, so a burst of fills costs a few transactions, not
+        one each, and each holdings or order document is written once per transaction. All-or-nothing per
+        transaction. Returns `book`'s result per execution and `close_order`'s per close."""
+        results: list[str] = []
+        closed: list[bool] = []
+        items = [*executions, *closes]  # the closes after every execution, so each order's fills come first
         async with self._lock:
-            return await _book(self._layout.db.transaction(), self._layout, execution)
+            for i in range(0, len(items), BATCH):
+                chunk = items[i : i + BATCH]
+                booked, done = await _book_batch(
+                    self._layout.db.transaction(),
+                    self._layout,
+                    [e for e in chunk if isinstance(e, Execution)],
+                    [c for c in chunk if isinstance(c, Close)],
+                )
+                results.extend(booked)
+                closed.extend(done)
+        return results, closed
 
     # -- holdings without an order -----------------------------------------------------------------------------------
 
@@ -285,29 +313,110 @@ class Books:
 # -- transaction functions (re-run by Firestore on contention: reads first, no outside effects) --------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Close:
+    """An order IB has finished: moved to `orders` once every unit the broker filled is booked."""
+
+    order_ref: str
+    final_state: str
+    broker_filled: float | None
+
+
+class _Ledger:
+    """The documents one booking transaction reads and writes, kept in memory: each is read once (batched) and
+    written once at the end, however many executions of the batch touch it. Firestore wants every read of a
+    transaction before its writes; writing only at the end allows the odd read on demand (`holdings_of`)."""
+
+    def __init__(self, transaction: AsyncTransaction, layout: Layout) -> None:
+        self._transaction = transaction
+        self._layout = layout
+        self.fills: dict[str, dict[str, Any]] = {}
+        self.changed_fills: dict[str, bool] = {}  # execId -> True when new (created), False when updated
+        self.orders: dict[str, tuple[str, dict[str, Any]]] = {}  # orderRef -> (collection id, document)
+        self._order_home: dict[str, str] = {}  # where each order was when read
+        self.changed_orders: set[str] = set()
+        self.holdings: dict[str, dict[str, Any]] = {}
+        self.changed_holdings: set[str] = set()
+
+    async def _get_all(self, refs: list[Any]) -> list[Any]:
+        if not refs:
+            return []
+        # The client's get_all in the transaction: AsyncTransaction.get_all awaits an async generator (a library bug).
+        return [s async for s in self._layout.db.get_all(refs, transaction=self._transaction)]
+
+    async def load(self, executions: Sequence[Execution], closes: Sequence[Close]) -> None:
+        layout = self._layout
+        for s in await self._get_all([layout.fills().document(e) for e in {e.exec_id for e in executions}]):
+            if s.exists:
+                self.fills[s.id] = s.to_dict() or {}
+        refs = {e.order_ref for e in executions if e.order_ref} | {c.order_ref for c in closes}
+        collections = (layout.open_orders(), layout.orders())
+        for s in await self._get_all([c.document(r) for r in refs for c in collections]):
+            # An order is in one of the two; were it in both, the open document is the live one.
+            if s.exists and (s.id not in self.orders or s.reference.parent.id == layout.open_orders().id):
+                self.orders[s.id] = (s.reference.parent.id, s.to_dict() or {})
+                self._order_home[s.id] = s.reference.parent.id
+        strategies = {s for _, o in self.orders.values() for s in o.get("shares", {})}
+        strategies |= {s for f in self.fills.values() for s in (f.get("strategies") or {})}
+        if any(e.order_ref not in self.orders for e in executions):
+            strategies.add(UNALLOCATED)
+        await self.holdings_of(strategies)
+
+    async def holdings_of(self, strategies: Iterable[str]) -> dict[str, dict[str, Any]]:
+        missing = [s for s in set(strategies) if s not in self.holdings]
+        for s in await self._get_all([self._layout.holdings().document(m) for m in missing]):
+            self.holdings[s.id] = (s.to_dict() or {}) if s.exists else {}
+        return self.holdings
+
+    def write(self) -> None:
+        t, layout = self._transaction, self._layout
+        for strategy in self.changed_holdings:
+            t.set(layout.holdings().document(strategy), self.holdings[strategy])
+        for order_ref in self.changed_orders:
+            where, order = self.orders[order_ref]
+            collection = layout.open_orders() if where == layout.open_orders().id else layout.orders()
+            t.set(collection.document(order_ref), order)
+            if self._order_home[order_ref] != where:
+                t.delete(layout.open_orders().document(order_ref))
+        for exec_id, new in self.changed_fills.items():
+            if new:
+                t.create(layout.fills().document(exec_id), self.fills[exec_id])
+            else:
+                fill = self.fills[exec_id]
+                fields = {"commission": fill["commission"], "commissionCurrency": fill["commissionCurrency"]}
+                t.update(layout.fills().document(exec_id), fields)
+
+
 @async_transactional
-async def _book(transaction: AsyncTransaction, layout: Layout, e: Execution) -> str:
-    fill_ref = layout.fills().document(e.exec_id)
-    fill_snapshot = await fill_ref.get(transaction=transaction)
-    if fill_snapshot.exists:
-        fill = fill_snapshot.to_dict() or {}
+async def _book_batch(
+    transaction: AsyncTransaction, layout: Layout, executions: Sequence[Execution], closes: Sequence[Close]
+) -> tuple[list[str], list[bool]]:
+    """Books the executions in order, then closes the finished orders, all in one transaction."""
+    ledger = _Ledger(transaction, layout)
+    await ledger.load(executions, closes)
+    now = datetime.now(UTC)
+    results = [await _book(ledger, layout, e, now) for e in executions]
+    closed = [_close(ledger, layout, c, now) for c in closes]
+    ledger.write()
+    return results, closed
+
+
+async def _book(ledger: _Ledger, layout: Layout, e: Execution, now: datetime) -> str:
+    fill = ledger.fills.get(e.exec_id)
+    if fill is not None:
         if e.commission is not None and fill.get("commission") is None:
             # Its P&L: each strategy's share of it goes to the cost of what the fill opened or to realized.
             shares = {s: float(q) for s, q in (fill.get("strategies") or {}).items()}
-            holdings = await _read_holdings(transaction, layout, shares)
-            _late_commission(transaction, layout, holdings, fill, shares, e, datetime.now(UTC))
-            transaction.update(fill_ref, {"commission": e.commission, "commissionCurrency": e.commission_currency})
+            holdings = await ledger.holdings_of(shares)
+            _late_commission(holdings, fill, shares, e, now)
+            ledger.changed_holdings.update(shares)
+            fill["commission"], fill["commissionCurrency"] = e.commission, e.commission_currency
+            ledger.changed_fills.setdefault(e.exec_id, False)
             return "commission"
         return "known"
 
     # Its order: still open, or already closed (a late report for a cancelled, partly filled order).
-    order_ref, order = None, None
-    if e.order_ref:
-        for ref in (layout.open_orders().document(e.order_ref), layout.orders().document(e.order_ref)):
-            snapshot = await ref.get(transaction=transaction)
-            if snapshot.exists:
-                order_ref, order = ref, snapshot.to_dict() or {}
-                break
+    where, order = ledger.orders.get(e.order_ref, (None, None)) if e.order_ref else (None, None)
 
     if order is not None:
         booked_before = {k: float(v) for k, v in order.get("booked", {}).items()}
@@ -320,7 +429,7 @@ async def _book(transaction: AsyncTransaction, layout: Layout, e: Execution) -> 
         shares = {UNALLOCATED: e.signed}
         booked_after, filled_after = {}, 0.0
 
-    holdings = await _read_holdings(transaction, layout, shares)
+    holdings = await ledger.holdings_of(shares)
     # Forex: the quote currency the fill moved, per book (see consumer.forex).
     quotes = {s: -q * e.price for s, q in shares.items()} if e.sec_type == "CASH" else {}
     instrument = {
@@ -331,70 +440,58 @@ async def _book(transaction: AsyncTransaction, layout: Layout, e: Execution) -> 
         "exchange": e.exchange,
         "multiplier": e.multiplier,
     }
-    now = datetime.now(UTC)
     commissions = _commission_shares(shares, e.local_commission(e.commission or 0.0))
-    _write_holdings(
-        transaction, layout, holdings, instrument, shares, now, quotes, Priced(e.price, commissions, e.fx_rate)
+    ledger.changed_holdings.update(
+        _write_holdings(holdings, instrument, shares, now, quotes, Priced(e.price, commissions, e.fx_rate))
     )
 
-    if order is not None and order_ref is not None:
+    if order is not None and where is not None:
         progress = {
             "booked": booked_after,
             "filled": filled_after,
             "execIds": [*order.get("execIds", []), e.exec_id],
             "updatedAt": now,
         }
-        still_open = order_ref.parent.id == layout.open_orders().id
+        still_open = where == layout.open_orders().id
         if still_open and abs(filled_after - order["quantity"]) < EPSILON:
-            closed = {**order, **progress, "state": "Filled", "closedAt": now}
-            transaction.set(layout.orders().document(e.order_ref), closed)
-            transaction.delete(order_ref)
+            ledger.orders[e.order_ref] = (layout.orders().id, {**order, **progress, "state": "Filled", "closedAt": now})
         else:
-            transaction.update(order_ref, progress)
+            ledger.orders[e.order_ref] = (where, {**order, **progress})
+        ledger.changed_orders.add(e.order_ref)
 
-    transaction.create(
-        fill_ref,
-        {
-            "execId": e.exec_id,
-            "orderRef": e.order_ref,
-            "permId": e.perm_id,
-            **instrument,
-            "side": e.side,
-            "shares": e.shares,
-            "quantity": e.signed,
-            "price": e.price,
-            "time": e.time,
-            "account": e.account,
-            "commission": e.commission,
-            "commissionCurrency": e.commission_currency,
-            "fxRate": e.fx_rate,
-            "strategies": shares,
-            "matched": order is not None,
-            "synthetic": e.synthetic,
-            "bookedAt": now,
-        },
-    )
+    ledger.fills[e.exec_id] = {
+        "execId": e.exec_id,
+        "orderRef": e.order_ref,
+        "permId": e.perm_id,
+        **instrument,
+        "side": e.side,
+        "shares": e.shares,
+        "quantity": e.signed,
+        "price": e.price,
+        "time": e.time,
+        "account": e.account,
+        "commission": e.commission,
+        "commissionCurrency": e.commission_currency,
+        "fxRate": e.fx_rate,
+        "strategies": shares,
+        "matched": order is not None,
+        "synthetic": e.synthetic,
+        "bookedAt": now,
+    }
+    ledger.changed_fills[e.exec_id] = True
     return "applied"
 
 
-@async_transactional
-async def _close(
-    transaction: AsyncTransaction, layout: Layout, order_ref: str, final_state: str, broker_filled: float | None
-) -> bool:
-    ref = layout.open_orders().document(order_ref)
-    snapshot = await ref.get(transaction=transaction)
-    if not snapshot.exists:
+def _close(ledger: _Ledger, layout: Layout, c: Close, now: datetime) -> bool:
+    where, order = ledger.orders.get(c.order_ref, (None, None))
+    if order is None or where != layout.open_orders().id:
         return False
-    order = snapshot.to_dict() or {}
     booked = abs(float(order.get("filled", 0.0)))
-    if broker_filled is not None and booked + EPSILON < abs(broker_filled):
+    if c.broker_filled is not None and booked + EPSILON < abs(c.broker_filled):
         return False  # fills still to book; closing now would lose them
-    now = datetime.now(UTC)
-    transaction.set(
-        layout.orders().document(order_ref),
-        {**order, "state": final_state, "brokerFilled": broker_filled, "closedAt": now, "updatedAt": now},
-    )
-    transaction.delete(ref)
+    closed = {**order, "state": c.final_state, "brokerFilled": c.broker_filled, "closedAt": now, "updatedAt": now}
+    ledger.orders[c.order_ref] = (layout.orders().id, closed)
+    ledger.changed_orders.add(c.order_ref)
     return True
 
 
@@ -415,7 +512,8 @@ async def _adjust(
     if quote_moves is None and instrument.get("secType") == "CASH":
         quote_moves = _transfer_quotes(holdings, str(instrument["conId"]), moves)
     now = datetime.now(UTC)
-    _write_holdings(transaction, layout, holdings, instrument, moves, now, quote_moves or {}, priced)
+    for strategy in _write_holdings(holdings, instrument, moves, now, quote_moves or {}, priced):
+        transaction.set(layout.holdings().document(strategy), holdings[strategy])
     extra = {"quoteMoves": dict(quote_moves)} if quote_moves else {}
     transaction.create(record_ref, {**record, "instrument": instrument, "moves": dict(moves), **extra, "at": now})
     return True
@@ -501,8 +599,6 @@ def _unknown_cost(document: Mapping[str, Any], key: str, instrument: Mapping[str
 
 
 def _late_commission(
-    transaction: AsyncTransaction,
-    layout: Layout,
     holdings: dict[str, dict[str, Any]],
     fill: Mapping[str, Any],
     shares: Mapping[str, float],
@@ -523,22 +619,18 @@ def _late_commission(
         if key in positions and "avgCost" in position:
             positions[key] = {**position, "avgCost": booking.lot.avg_cost}
         realized = _realize(document, key, fill, booking.realized, fx_rate)
-        transaction.set(
-            layout.holdings().document(strategy),
-            {"strategy": strategy, "positions": positions, "realized": realized, "updatedAt": now},
-        )
+        holdings[strategy] = {"strategy": strategy, "positions": positions, "realized": realized, "updatedAt": now}
 
 
 def _write_holdings(
-    transaction: AsyncTransaction,
-    layout: Layout,
     holdings: dict[str, dict[str, Any]],
     instrument: dict[str, Any],
     moves: Mapping[str, float],
     now: datetime,
     quote_moves: Mapping[str, float] | None = None,
     priced: Priced | None = None,
-) -> None:
+) -> set[str]:
+    """Applies the moves to the holdings documents in `holdings` (in memory); returns the strategies changed."""
     key = str(instrument["conId"])
     quote_moves = quote_moves or {}
     multiplier = float(instrument.get("multiplier") or 1.0)
@@ -569,7 +661,5 @@ def _write_holdings(
             positions[key] = position
         else:
             positions.pop(key, None)
-        transaction.set(
-            layout.holdings().document(strategy),
-            {"strategy": strategy, "positions": positions, "realized": realized, "updatedAt": now},
-        )
+        holdings[strategy] = {"strategy": strategy, "positions": positions, "realized": realized, "updatedAt": now}
+    return {*moves, *quote_moves}

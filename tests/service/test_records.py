@@ -18,6 +18,7 @@ from tests.support import (
     mode_document,
     stock_positions,
     wait_for,
+    write_config,
 )
 
 pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
@@ -228,3 +229,48 @@ def test_a_strategys_forex_holding_is_a_currency_exposure_that_reconcile_finds_i
     ]
     assert holdings(project) == {"dummy": {"EUR.USD": bought}, "unallocated": {"EUR.USD": -1000}}
     assert bus.reply_to(bus.publish({"intent": "reconcile"}))["result"]["consistent"] is True
+
+
+def test_fills_and_commissions_arriving_together_are_each_booked_once_with_the_holdings_right(
+    bus: Bus, gateway, project: str
+):
+    """Live booking takes what arrived while a booking was in flight as one batch: several orders' fills released
+    at once (each order in several executions), then every commission report at once. Each is booked once by
+    execId, each order's progress counts each of its executions once, and the costs include the commissions."""
+    exposure = {"overall": 1.0, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}}
+    write_config(project, exposure=exposure, orderDefaults={"timeoutSeconds": 1})  # held orders: reported working
+    gateway.set_max_fill_size(20)
+    gateway.hold_commissions(True)
+    gateway.hold_fills(True)
+    reply = allocate(bus, {"SPY": 0.1, "TLT": 0.05, "GLD": 0.05})
+    legs = {i["orderRef"]: i for i in reply["result"]["instruments"]}
+    assert {i["outcome"] for i in legs.values()} == {"working"}
+    gateway.hold_fills(False)
+    wait_for(lambda: mode_collection(project, "openOrders") == [], what="every order filled and booked")
+    executions = {e["execId"]: e for e in gateway.executions()}
+    assert all(len([e for e in executions.values() if e["orderRef"] == ref]) > 1 for ref in legs)
+    assert all(f["commission"] is None for f in mode_collection(project, "fills"))
+
+    gateway.hold_commissions(False)
+    wait_for(
+        lambda: all(f["commission"] is not None for f in mode_collection(project, "fills")),
+        what="every commission booked",
+    )
+    fills = {f["execId"]: f for f in mode_collection(project, "fills")}
+    assert set(fills) == set(executions)
+    for exec_id, fill in fills.items():
+        assert fill["quantity"] == executions[exec_id]["shares"]
+        assert fill["commission"] == pytest.approx(executions[exec_id]["commission"])
+        assert fill["strategies"] == {"dummy": executions[exec_id]["shares"]}
+    for order in mode_collection(project, "orders"):
+        of_order = sorted(e for e, x in executions.items() if x["orderRef"] == order["orderRef"])
+        assert sorted(order["execIds"]) == of_order  # each once
+        assert order["state"] == "Filled"
+        assert order["filled"] == sum(executions[e]["shares"] for e in of_order) == legs[order["orderRef"]]["target"]
+    assert {o["orderRef"] for o in mode_collection(project, "orders")} == set(legs)
+    assert holdings(project) == {"dummy": stock_positions(gateway)}
+    (book,) = mode_collection(project, "holdings")
+    for position in book["positions"].values():
+        of_symbol = [e for e in executions.values() if e["symbol"] == position["symbol"]]
+        cost = sum(e["price"] * e["shares"] + e["commission"] for e in of_symbol)
+        assert position["avgCost"] == pytest.approx(cost / position["quantity"])
