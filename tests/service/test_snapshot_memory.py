@@ -27,8 +27,8 @@ def test_snapshot_prices_are_read_and_their_tickers_dropped_after(ib: IB, gatewa
     instruments = ib.run(Instruments(ib).resolve(specs))
 
     for _ in range(2):
-        prices = ib.run(snapshot_prices(ib, instruments.values()))
-        quotes = ib.run(snapshot_quotes(ib, instruments.values()))
+        prices = ib.run(snapshot_prices(ib, instruments.values(), within=30))
+        quotes = ib.run(snapshot_quotes(ib, instruments.values(), within=30))
         for symbol, instrument in instruments.items():
             expected = gateway.call(lambda s=symbol: gateway.server.instruments[s]).price
             assert prices[instrument.con_id] == pytest.approx(expected)
