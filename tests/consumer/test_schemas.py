@@ -71,3 +71,16 @@ def test_no_schema_or_declaration_repeats_a_key():
     assert len(files) > 10
     for path in files:
         json.loads(path.read_text(), object_pairs_hook=unique)
+
+
+def test_every_format_the_schemas_use_is_checked():
+    """jsonschema skips a format whose checker package is missing: the schemas would then accept anything there."""
+    from jsonschema import Draft202012Validator
+
+    used = {m for p in (ROOT / "schemas").rglob("*.json") for m in re.findall(r'"format":\s*"([\w-]+)"', p.read_text())}
+    assert used == {"date-time"}, used  # a new format needs its checker package in pyproject.toml
+    checker = Draft202012Validator.FORMAT_CHECKER
+    assert used <= set(checker.checkers)
+    assert checker.conforms("2099-12-31T00:00:00Z", "date-time")
+    for odd in ("20991231T000000Z", "2099-W01-1T00:00Z", "2099-12-31", "2099-12-31T00:00:00"):
+        assert not checker.conforms(odd, "date-time"), odd
