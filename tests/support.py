@@ -500,3 +500,27 @@ class ConsumerProcess:
     def stop(self) -> None:
         self.kill()
         self._log.close()
+
+
+# IB's answer to an order the account cannot margin (error 201), as IB Gateway words it.
+IB_MARGIN_REJECTION = (
+    "Order rejected - reason:YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE DESIRED POSITION YOUR EQUITY WITH "
+    "LOAN VALUE ["
+)
+
+
+def every_document(project: str) -> dict[str, Any]:
+    """Every document of the project by path, with its snapshot (documents under missing parents too)."""
+    found: dict[str, Any] = {}
+
+    def walk(collection: Any) -> None:
+        for ref in collection.list_documents():
+            snapshot = ref.get()
+            if snapshot.exists:
+                found[ref.path] = snapshot
+            for child in ref.collections():
+                walk(child)
+
+    for collection in firestore_client(project).collections():
+        walk(collection)
+    return found

@@ -12,16 +12,12 @@ import pytest
 from ib_insync import IB, Contract, Forex, LimitOrder, MarketOrder, Stock, Trade
 
 from ibsim import ThreadedGateway
-from tests.support import ensure_loop
+from tests.support import IB_MARGIN_REJECTION, ensure_loop
 
 from .conftest import wait_until
 
 SPY = Stock("SPY", "SMART", "USD")
 AAPL = Stock("AAPL", "SMART", "USD")
-MARGIN_TEXT = (
-    "Order rejected - reason:YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE DESIRED POSITION YOUR EQUITY WITH "
-    "LOAN VALUE ["
-)
 
 
 @pytest.fixture
@@ -50,7 +46,7 @@ def test_an_order_beyond_the_initial_margin_is_inactive_with_error_201_and_a_sma
     assert "Inactive" in [entry.status for entry in big.log]
     ((order_id, code, text),) = [e for e in errors if e[1] == 201]
     assert (order_id, code) == (big.order.orderId, 201)
-    assert text.startswith(MARGIN_TEXT)
+    assert text.startswith(IB_MARGIN_REJECTION)
     assert text.endswith("MUST EXCEED THE INITIAL MARGIN [130000.00 USD]")
     assert "too-big" not in {o["orderRef"] for o in gw.orders()}
     assert gw.executions() == []
@@ -199,7 +195,7 @@ def test_a_modification_beyond_the_margin_gets_201_and_the_order_keeps_its_size(
     ib.placeOrder(SPY, trade.order)
     wait_until(ib, lambda: any(e[:2] == (trade.order.orderId, 201) for e in errors), what="error 201")
     ((_, _, text),) = [e for e in errors if e[1] == 201]
-    assert text.startswith(MARGIN_TEXT)
+    assert text.startswith(IB_MARGIN_REJECTION)
     ((kept,),) = [[o for o in gw.orders() if o["orderRef"] == "grow"]]
     assert (kept["totalQuantity"], kept["status"]) == (100, "Submitted")
 

@@ -21,7 +21,7 @@ from tests.support import (
     activity,
     allocation,
     ensure_loop,
-    firestore_client,
+    every_document,
     mode_collection,
     mode_document,
     stock_positions,
@@ -42,19 +42,7 @@ def consumer(consumer_factory):
 
 def documents(project: str) -> dict[str, Any]:
     """Every document of the project, by path, with its last update time (documents under missing parents too)."""
-    found: dict[str, Any] = {}
-
-    def walk(collection: firestore.CollectionReference) -> None:
-        for ref in collection.list_documents():
-            snapshot = ref.get()
-            if snapshot.exists:
-                found[ref.path] = snapshot.update_time
-            for child in ref.collections():
-                walk(child)
-
-    for collection in firestore_client(project).collections():
-        walk(collection)
-    return found
+    return {path: snapshot.update_time for path, snapshot in every_document(project).items()}
 
 
 def claim_path(request_id: str) -> str:

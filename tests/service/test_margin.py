@@ -10,14 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.support import Bus, allocation, holdings, mode_collection, wait_for
+from tests.support import IB_MARGIN_REJECTION, Bus, allocation, holdings, mode_collection, wait_for
 
 pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
-
-MARGIN_TEXT = (
-    "Order rejected - reason:YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE DESIRED POSITION YOUR EQUITY WITH "
-    "LOAN VALUE ["
-)
 
 
 @pytest.fixture
@@ -53,7 +48,7 @@ def test_a_leg_refused_for_margin_carries_ibs_code_and_text_while_the_other_leg_
     assert tlt["order"] == -tlt_held
     assert spy["outcome"] == "rejected"
     assert spy["error"]["code"] == 201
-    assert spy["error"]["message"].startswith(MARGIN_TEXT)
+    assert spy["error"]["message"].startswith(IB_MARGIN_REJECTION)
     assert "MUST EXCEED THE INITIAL MARGIN [" in spy["error"]["message"]
     assert tlt["outcome"] == "filled"
     assert reply["result"]["orders"] == {"sent": 2, "filled": 1, "rejected": 1, "partial": True}

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
-from tests.support import firestore_client
+from tests.support import every_document, firestore_client
 
 ACCOUNT = "DU123456"
 
@@ -38,20 +38,8 @@ def migrate(project: str, *args: str) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
-def every_document(project: str) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-
-    def walk(collection: Any) -> None:
-        for ref in collection.list_documents():
-            snapshot = ref.get()
-            if snapshot.exists:
-                found[ref.path] = snapshot.to_dict()
-            for child in ref.collections():
-                walk(child)
-
-    for collection in firestore_client(project).collections():
-        walk(collection)
-    return found
+def stored(project: str) -> dict[str, dict[str, Any]]:
+    return {path: snapshot.to_dict() for path, snapshot in every_document(project).items()}
 
 
 def test_the_old_books_are_copied_under_the_account_once_and_never_overwritten(project: str) -> None:
@@ -62,7 +50,7 @@ def test_the_old_books_are_copied_under_the_account_once_and_never_overwritten(p
     first = migrate(project)
     paper = {p: d for p, d in LEGACY.items() if "live" not in p}
     assert first == {"account": ACCOUNT, "tradingMode": "paper", "copied": len(paper), "alreadyThere": 0}
-    after = every_document(project)
+    after = stored(project)
     moved = {path: data for path, data in after.items() if path.startswith(f"accounts/{ACCOUNT}/")}
     assert moved == {f"accounts/{ACCOUNT}/{path}": data for path, data in paper.items()}
     # Copied, not moved: the old documents are all still there.
