@@ -43,17 +43,17 @@ system-packages:
 	fi
 
 run: $(STAMP)
-	@$(BIN)/python -m consumer.devstack run
+	@$(BIN)/python -m devstack run
 
 stop: $(STAMP)
-	@$(BIN)/python -m consumer.devstack stop
+	@$(BIN)/python -m devstack stop
 
 # Two workers, each with its own emulators: most of the suite waits on the emulators' delivery ticks and ack
 # deadlines, so two files at once halve the wall time on two cores (a whole file stays on one worker).
 TEST_WORKERS ?= 2
 
 test: $(STAMP) system-packages lint
-	@$(BIN)/python -m consumer.devstack preflight
+	@$(BIN)/python -m devstack preflight
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The fast loop while changing code (< 30 s): no emulators, no checkov, no wheel build, the tests on two workers
@@ -92,7 +92,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
-	@$(BIN)/python -m consumer.devstack preflight
+	@$(BIN)/python -m devstack preflight
 	$(BIN)/python -m bench
 
 clean:

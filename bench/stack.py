@@ -13,9 +13,9 @@ from typing import Any
 
 from google.cloud import firestore
 
-from consumer.devstack.emulators import EmulatorPair, free_port, http_ok, require_tools
-from consumer.devstack.provision import provision
 from consumer.store.layout import config_path, mode_path
+from devstack.emulators import EmulatorPair, free_port, http_ok, require_tools
+from devstack.provision import provision
 
 OURS = "bench-ours"
 INSTRUMENTS = 1000

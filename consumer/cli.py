@@ -117,7 +117,7 @@ def probe_google(needs: Sequence[str], environ: dict[str, str] | None = None) ->
     """
     import os
 
-    from consumer.devstack.emulators import port_open, split_host_port
+    from consumer.addresses import port_open, split_host_port
 
     env = dict(os.environ) if environ is None else environ
     variables = {"pubsub": "PUBSUB_EMULATOR_HOST", "firestore": "FIRESTORE_EMULATOR_HOST"}
@@ -276,7 +276,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from consumer.devstack.emulators import port_free
+    from consumer.addresses import port_free
     from consumer.logs import configure
 
     # Imports ib_insync, which builds its event machinery at import: here, on the main thread, before the broker loop.
@@ -527,9 +527,19 @@ class WaitProgress:
 
     @classmethod
     def for_local_stack(cls) -> WaitProgress:
+        """The local stack's echo when `make run` is serving from this checkout; otherwise the periodic line.
+
+        devstack/ is a developer tool outside the wheel: an installed consumer (the image) has no local stack to
+        follow, so its absence means "elsewhere", not an error.
+        """
         import os
 
-        from consumer.devstack.local import ProgressEcho, StackFile, workdir
+        try:
+            from devstack.local import ProgressEcho, StackFile, workdir
+        except ModuleNotFoundError as e:
+            if e.name != "devstack":
+                raise  # a broken devstack is a bug to see, not a reason to go quiet
+            return cls(None)
 
         directory = workdir(os.environ)
         live = StackFile(directory).live_runner() is not None

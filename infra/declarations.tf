@@ -1,5 +1,5 @@
 # The shared declarations: the same files the local stack provisions the emulators from
-# (consumer/devstack/provision.py), so the local and the cloud topology and schedules cannot drift.
+# (devstack/provision.py), so the local and the cloud topology and schedules cannot drift.
 locals {
   pubsub    = yamldecode(file("${path.module}/pubsub.yaml"))
   schedules = yamldecode(file("${path.module}/schedules.yaml"))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from consumer.devstack.emulators import EmulatorPair, ToolMissing, require_tools
 from consumer.logs import configure
+from devstack.emulators import EmulatorPair, ToolMissing, require_tools
 from tests.support import DEFAULT_CLOCK, Bus, ConsumerUnderTest, ensure_loop, provision_for_tests, write_config
 
 # structlog through the standard library from the first line on, so pytest's caplog sees the consumer's logs.

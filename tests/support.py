@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo
 from google.cloud import firestore, pubsub_v1
 
 from consumer.config import Settings
-from consumer.devstack.provision import Overrides, Topology, provision
 from consumer.process import Consumer
+from devstack.provision import Overrides, Topology, provision
 
 # The simulated gateway's clock in every test, so that nothing depends on the day the suite runs: a plain
 # Wednesday in mid-session by default, and these days for the tests that must hold on any of them.
@@ -435,7 +435,7 @@ class ConsumerProcess:
         import subprocess
         import sys
 
-        from consumer.devstack.emulators import free_port
+        from devstack.emulators import free_port
 
         self.health_port = free_port()
         self.log_path = log_path

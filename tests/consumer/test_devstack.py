@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from consumer.devstack.local import DEFAULTS, LocalAddresses, demo_clock
+from devstack.local import DEFAULTS, LocalAddresses, demo_clock
 
 ET = ZoneInfo("America/New_York")
 
@@ -44,7 +44,7 @@ def test_a_missing_tool_is_one_line_saying_what_to_install(tmp_path, missing, hi
         (bin_dir / tool).write_text("#!/bin/sh\n")
         (bin_dir / tool).chmod(0o755)
     done = subprocess.run(
-        [sys.executable, "-m", "consumer.devstack", "preflight"],
+        [sys.executable, "-m", "devstack", "preflight"],
         env={**os.environ, "PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 3

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.devstack.seed import local_paper_config
 from consumer.errors import IntentError
 from consumer.schemas import Schemas
 from consumer.store.trading_config import DeploymentLimits, TradingConfig, check_document, edited
 from consumer.strategies import discover
+from devstack.seed import local_paper_config
 
 LIMITS = DeploymentLimits()
 

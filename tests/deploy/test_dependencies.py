@@ -35,7 +35,8 @@ def imported_distributions(*packages: str) -> set[str]:
     found = set()
     for module in modules:
         parts = module.split(".")
-        if parts[0] in sys.stdlib_module_names or parts[0] in ("consumer", "ibsim", "launcher"):
+        # devstack: ours, outside the wheel; the CLI imports it only to follow a local stack (consumer/cli.py).
+        if parts[0] in sys.stdlib_module_names or parts[0] in ("consumer", "ibsim", "launcher", "devstack"):
             continue
         # google.* is a namespace many distributions share: the longest module path that one of them installs.
         for i in range(len(parts), 0, -1):

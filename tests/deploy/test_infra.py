@@ -23,9 +23,9 @@ import yaml
 
 from consumer.config import Settings
 from consumer.data import PUBSUB_DECLARATION, SCHEDULES_DECLARATION
-from consumer.devstack.provision import Topology, subscription_request
 from consumer.envelope import Delivery, decode
 from consumer.schemas import Schemas
+from devstack.provision import Topology, subscription_request
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 MODULE = INFRA / "modules" / "deployment"
@@ -251,7 +251,7 @@ def cloud_subscription(tf: dict[str, Any], name: str, spec: dict[str, Any]) -> d
 
 
 def local_subscription(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """What the local stack creates on the emulator for the same entry (consumer/devstack/provision.py)."""
+    """What the local stack creates on the emulator for the same entry (devstack/provision.py)."""
     req = subscription_request(PROJECT, name, spec)
     out: dict[str, Any] = {
         "name": req["name"],

@@ -9,21 +9,24 @@ import os
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from consumer.data import PUBSUB_DECLARATION, SCHEDULES_DECLARATION, SCHEMA_DIR
-from consumer.devstack.provision import Topology
 from consumer.schedules import job_intents
+from devstack.provision import Topology
 
 REPO = Path(__file__).resolve().parents[2]
 
 # Run by the fresh venv's interpreter: what an installed consumer finds, and where it found it.
 CHECK = """
+import importlib.util
 import json
+import yaml
 import consumer
-from consumer.devstack.provision import Topology
+from consumer.data import PUBSUB_DECLARATION
 from consumer.schedules import job_intents
 from consumer.schemas import Schemas
 
@@ -33,7 +36,8 @@ print(json.dumps({
     "consumer": consumer.__file__,
     "schemas": sorted(schemas.names()),
     "jobs": job_intents(),
-    "topics": sorted(Topology.load().topics),
+    "topics": sorted(yaml.safe_load(PUBSUB_DECLARATION.read_text())["topics"]),
+    "devstack": importlib.util.find_spec("devstack") is not None,
 }))
 """
 
@@ -45,13 +49,29 @@ def test_the_data_links_are_the_top_level_files() -> None:
     assert SCHEDULES_DECLARATION == REPO / "infra" / "schedules.yaml"
 
 
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    wheels = tmp_path_factory.mktemp("wheels")
+    subprocess.run([*PIP, "wheel", str(REPO), "--no-deps", "-w", str(wheels)], check=True)
+    (built,) = wheels.glob("*.whl")
+    return built
+
+
+@pytest.mark.wheel
+def test_the_wheel_leaves_the_local_stack_out(wheel: Path) -> None:
+    """devstack/ (make run's emulators, provisioning, seeding) is for developers and tests: not in the service."""
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if "/" in n and ".dist-info/" not in n}
+    assert top == {"consumer", "ibsim"}, top
+    assert not [n for n in names if "devstack" in n.split("/")]
+
+
 @pytest.mark.slow
 @pytest.mark.wheel
-def test_the_installed_wheel_reads_every_schema_and_declaration(tmp_path: Path) -> None:
-    wheels = tmp_path / "wheels"
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", str(REPO), "--no-deps", "-w", str(wheels)], check=True)
-    (wheel,) = wheels.glob("*.whl")
+def test_the_installed_wheel_reads_every_schema_and_declaration(wheel: Path, tmp_path: Path) -> None:
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -65,7 +85,7 @@ def test_the_installed_wheel_reads_every_schema_and_declaration(tmp_path: Path) 
     # The third-party dependencies come from this venv rather than a download: a path line in a .pth adds the
     # directory without running its own .pth files, so this checkout's editable install stays out.
     Path(site, "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    subprocess.run([*pip, "--python", str(python), "install", "--no-deps", str(wheel)], check=True)
+    subprocess.run([*PIP, "--python", str(python), "install", "--no-deps", str(wheel)], check=True)
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run(
@@ -77,3 +97,4 @@ def test_the_installed_wheel_reads_every_schema_and_declaration(tmp_path: Path) 
     assert found["schemas"] == sorted(str(p.relative_to(SCHEMA_DIR)) for p in SCHEMA_DIR.rglob("*.schema.json"))
     assert found["jobs"] == job_intents() != {}
     assert found["topics"] == sorted(Topology.load().topics) != []
+    assert not found["devstack"], "the installed service can import the local stack"

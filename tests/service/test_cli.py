@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from consumer.devstack.emulators import free_port
+from devstack.emulators import free_port
 from tests.support import (
     TEST_ACCOUNT,
     Bus,

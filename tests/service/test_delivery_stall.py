@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from consumer.devstack.emulators import free_port
+from devstack.emulators import free_port
 from tests.support import Bus, wait_for
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from consumer.devstack.emulators import free_port
+from devstack.emulators import free_port
 from tests.support import DEFAULT_CLOCK, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -287,14 +287,14 @@ def test_a_long_rebalance_shows_its_progress_on_the_make_run_terminal(stack: Sta
 def test_a_second_make_run_is_refused_in_one_line(stack: Stack):
     started = time.monotonic()
     again = subprocess.run(
-        [sys.executable, "-m", "consumer.devstack", "run"], cwd=REPO, env=stack.env, capture_output=True, text=True,
+        [sys.executable, "-m", "devstack", "run"], cwd=REPO, env=stack.env, capture_output=True, text=True,
         timeout=30,
     )  # fmt: skip
     assert again.returncode == 3
     runner = json.loads((stack.workdir / "stack.json").read_text())["runner"]
     assert again.stderr.strip().splitlines() == [
         f"make run: a local stack is already running (pid {runner}, {stack.workdir}/stack.json): "
-        "use it, or end it with `make stop` (python -m consumer.devstack stop)"
+        "use it, or end it with `make stop` (python -m devstack stop)"
     ]
     assert time.monotonic() - started < 10
     assert stack.process.poll() is None
@@ -311,7 +311,7 @@ def test_a_taken_port_fails_at_once_naming_its_variable(tmp_path: Path, variable
         started = time.monotonic()
         try:
             done = subprocess.run(
-                [sys.executable, "-m", "consumer.devstack", "run"], cwd=REPO, env=env, capture_output=True,
+                [sys.executable, "-m", "devstack", "run"], cwd=REPO, env=env, capture_output=True,
                 text=True, timeout=60,
             )  # fmt: skip
             assert not leftovers(tmp_path / "devstack")
@@ -434,7 +434,7 @@ def test_closing_the_terminal_stops_everything(tmp_path: Path):
 
 
 def test_make_stop_ends_a_stack_whose_runner_was_killed(tmp_path: Path):
-    stack = start_stack(tmp_path, [sys.executable, "-m", "consumer.devstack", "run"])
+    stack = start_stack(tmp_path, [sys.executable, "-m", "devstack", "run"])
     try:
         groups = recorded_groups(stack)
         assert set(groups) == {"Pub/Sub emulator", "Firestore emulator", "simulated gateway", "consumer"}
@@ -442,7 +442,7 @@ def test_make_stop_ends_a_stack_whose_runner_was_killed(tmp_path: Path):
         stack.process.wait(10)
         assert all(group_alive(g) for g in groups.values())
         refused = subprocess.run(
-            [sys.executable, "-m", "consumer.devstack", "run"], cwd=REPO, env=stack.env, capture_output=True,
+            [sys.executable, "-m", "devstack", "run"], cwd=REPO, env=stack.env, capture_output=True,
             text=True, timeout=30,
         )  # fmt: skip
         assert refused.returncode == 3

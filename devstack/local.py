@@ -25,15 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from consumer.addresses import port_free, port_open, split_host_port
 from consumer.console import reply_details, reply_line
-from consumer.devstack.emulators import (
-    EmulatorPair,
-    http_ok,
-    port_free,
-    port_open,
-    split_host_port,
-    stop_process_group,
-)
+from devstack.emulators import EmulatorPair, http_ok, stop_process_group
 
 DEFAULTS = {
     "PUBSUB_EMULATOR_HOST": "127.0.0.1:8085",
@@ -47,7 +41,7 @@ LOCAL_ACCOUNT = "DU123456"  # the paper account of ibsim's default scenario
 # The demo needs this long in session; closer to the close, the gateway's clock starts at the next open instead.
 DEMO_MINUTES = dt.timedelta(minutes=10)
 # What a paper account at IB Gateway really does: regular hours with holidays, margin, delayed data but US ETFs.
-PAPER_SCENARIO = Path(__file__).resolve().parents[2] / "ibsim" / "scenarios" / "paper.yaml"
+PAPER_SCENARIO = Path(__file__).resolve().parents[1] / "ibsim" / "scenarios" / "paper.yaml"
 STACK_FILE = "stack.json"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # `make run ACCOUNTS=...`: logins separated by `:`, a login's accounts by `,`, each `ID` or `ID=alias`; a name here
@@ -380,8 +374,8 @@ class StackFile:
         except FileNotFoundError:
             return None
         except OSError:  # no /proc: trust the signal probe
-            cmdline = b"consumer.devstack"
-        return pid if b"consumer.devstack" in cmdline else None
+            return pid
+        return pid if b"devstack" in cmdline.split(b"\0") else None  # `python -m devstack run`
 
 
 def check_free(addresses: LocalAddresses, stack_file: StackFile) -> None:
@@ -390,7 +384,7 @@ def check_free(addresses: LocalAddresses, stack_file: StackFile) -> None:
     if runner is not None:
         raise StackError(
             f"a local stack is already running (pid {runner}, {stack_file.path}): "
-            "use it, or end it with `make stop` (python -m consumer.devstack stop)"
+            "use it, or end it with `make stop` (python -m devstack stop)"
         )
     for var, host, port in addresses.listeners():
         if not port_free(host, port):
@@ -489,8 +483,8 @@ def _start_gateways(
 
 def _prepare_cloud(directory: Path, addresses: LocalAddresses, deployments: list[Deployment]) -> Path | None:
     """Topics, every deployment's subscription, the accounts file and each account's config; the file's path."""
-    from consumer.devstack.provision import Topology, provision
-    from consumer.devstack.seed import seed_config
+    from devstack.provision import Topology, provision
+    from devstack.seed import seed_config
 
     topology = Topology.load()
     created = provision(addresses.project, topology)

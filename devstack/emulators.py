@@ -20,6 +20,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from consumer.addresses import port_open, split_host_port
+
 GCLOUD_HINT = (
     "gcloud not found: install the Google Cloud CLI with its emulators "
     "(Debian/Ubuntu packages google-cloud-cli, google-cloud-cli-pubsub-emulator, "
@@ -43,13 +45,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
-    return host, int(port)
 
 
 @dataclass
@@ -169,25 +164,6 @@ def stop_process_group(proc: subprocess.Popen[bytes], timeout: float, reap_group
     if reap_group:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-
-
-def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def port_free(host: str, port: int) -> bool:
-    """True when this process could listen on host:port (the way the stack's servers will)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is not "taken"
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def http_ok(url: str, timeout: float = 0.5) -> bool:

@@ -1,4 +1,4 @@
-"""`python -m consumer.devstack run|stop|preflight`: the local stack behind `make run` / `make stop`, and the check
+"""`python -m devstack run|stop|preflight`: the local stack behind `make run` / `make stop`, and the check
 before tests. A failure is one line (what is wrong, what to do); --debug or LOG_LEVEL=DEBUG adds the traceback."""
 
 from __future__ import annotations
@@ -7,16 +7,16 @@ import argparse
 import os
 import sys
 
-from consumer.devstack.emulators import ToolMissing, require_tools
+from devstack.emulators import ToolMissing, require_tools
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m consumer.devstack")
+    parser = argparse.ArgumentParser(prog="python -m devstack")
     parser.add_argument("command", choices=["run", "stop", "preflight"])
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("LOG_LEVEL", "").upper() == "DEBUG"
-    from consumer.devstack.local import StackError, run, stop_stack
+    from devstack.local import StackError, run, stop_stack
 
     try:
         if args.command == "stop":
