@@ -225,8 +225,8 @@ def _parser() -> argparse.ArgumentParser:
         help="without --follow: how long a pull waits for replies before the command ends (default 5)",
     )  # fmt: skip
     replies.add_argument(
-        "--subscription", default="intent-replies-cli",
-        help="the CLI's own subscription on the reply topic, created if missing (default intent-replies-cli)",
+        "--subscription", default=None,
+        help="the CLI's own subscription on the reply topic, created if missing (default REPLY_TOPIC-cli)",
     )  # fmt: skip
     replies.set_defaults(run=_replies, needs=("pubsub",))
 
@@ -566,12 +566,17 @@ class WaitProgress:
 # -- replies ---------------------------------------------------------------------------------------------------------
 
 
+def cli_subscription(settings: Settings) -> str:
+    return f"{settings.reply_topic}-cli"
+
+
 def _replies(settings: Settings, args: argparse.Namespace) -> int:  # noqa: C901 (a pull loop and its filters)
     import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
     from google.api_core import exceptions
 
     subscriber = pubsub_v1.SubscriberClient()
-    path = subscriber.subscription_path(settings.project, args.subscription)
+    # Named after the reply topic: renaming the topic (REPLY_TOPIC) renames the CLI's reader with it.
+    path = subscriber.subscription_path(settings.project, args.subscription or cli_subscription(settings))
     with contextlib.suppress(exceptions.AlreadyExists):
         subscriber.create_subscription(
             request={"name": path, "topic": f"projects/{settings.project}/topics/{settings.reply_topic}"}
