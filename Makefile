@@ -57,13 +57,14 @@ test: $(STAMP) system-packages lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The fast loop while changing code (< 30 s): no emulators, no checkov, no wheel build, the tests on two workers
-# (pytest-xdist).
-# `make test`, which CI runs, still runs everything.
+# (pytest-xdist), the property tests with 100 examples each (tests/conftest.py, profile `check`).
+# `make test`, which CI runs, still runs everything, the property tests with their full 400.
 check: $(STAMP) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not emulators and not wheel" -n 2 $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=check $(BIN)/python -m pytest -q -p no:cacheprovider -m "not emulators and not wheel" -n 2 \
+		$(PYTEST_ARGS)
 
 # checkov lives in its own venv: its pins clash with the project's google-cloud dependencies. Installed once (~30 s).
 TOOLS       ?= .venv-tools

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from consumer.logs import configure
 from devstack.emulators import EmulatorPair, ToolMissing, require_tools
@@ -20,6 +21,12 @@ from tests.support import DEFAULT_CLOCK, Bus, ConsumerUnderTest, ensure_loop, pr
 
 # structlog through the standard library from the first line on, so pytest's caplog sees the consumer's logs.
 configure("console", "INFO")
+
+# Property tests: `full` (make test, CI, the default) draws 400 examples per property; `check` (make check's fast
+# loop, HYPOTHESIS_PROFILE=check) draws 100, so the loop stays quick and every property still runs.
+settings.register_profile("full", max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("check", parent=settings.get_profile("full"), max_examples=100)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "full"))
 
 
 @pytest.fixture(autouse=True)

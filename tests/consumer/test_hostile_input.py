@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from consumer.envelope import MAX_DEPTH, Delivery
@@ -224,13 +224,11 @@ ANYTHING = st.one_of(
 )
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(HOSTILE)
 def test_hostile_messages_are_always_refused(text: str | bytes) -> None:
     refused(text)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(ANYTHING)
 def test_decoding_never_raises(data: str | bytes) -> None:
     request = DECODER.decode(deliver(data) if isinstance(data, bytes) else deliver(data.encode("utf-8", "replace")))
