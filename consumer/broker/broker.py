@@ -63,6 +63,7 @@ class Broker:
         `by_con_id`, `fx_pair`; `market_data(instruments)` is a strategy's view of the market; `bars`, `prices`,
         `quotes` and `market_fx_rates` (rates for currencies the account holds no cash in, from the pairs' prices).
         History requests keep to IB's pacing rules: an identical one within 15 s is answered from the last.
+        Contract details are kept in memory and in the injected `ContractStore` (Firestore), for the trading day.
 
     Orders and executions
         `order_engine(...)` places a request's legs; `open_orders()` (every client's), `find_orders(refs)` (by
