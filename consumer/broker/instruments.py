@@ -180,11 +180,6 @@ class Instruments:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def settled(self) -> None:
-        """Waits for the store deletions `forget` started."""
-        if self._background:
-            await asyncio.gather(*self._background)
-
     def _fresh(self, spec: InstrumentSpec, today: date) -> bool:
         held = self._cache.get(spec)
         return held is not None and held[1] >= today
