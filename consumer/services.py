@@ -18,6 +18,7 @@ from consumer.metrics import Metrics
 from consumer.schemas import Schemas
 from consumer.store.activity import ActivityLog
 from consumer.store.books import Books
+from consumer.store.contracts import FirestoreContracts
 from consumer.store.dry_run import DryRunClient
 from consumer.store.layout import Layout
 from consumer.store.requests import RequestLedger
@@ -65,7 +66,7 @@ class Services:
         account = settings.accounts[0]
         layout = Layout(db, account, settings.trading_mode)
         gateway = Gateway(settings, metrics=metrics)
-        broker = Broker(gateway)
+        broker = Broker(gateway, FirestoreContracts(layout))
         books = Books(layout)
         # Unique per process, so a claim left by a killed process is recognisably someone else's.
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

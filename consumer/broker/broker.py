@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from ib_insync import IB, Trade
+from ib_insync import IB, Contract, Trade
 
 from consumer.broker import market, views
+from consumer.broker.contract_cache import ContractStore
 from consumer.broker.gateway import Gateway, Listener, State
 from consumer.broker.instruments import Instrument, Instruments, fx_pair
 from consumer.broker.model import Account, BrokerOrder, Fill, HistoricalBar, Position, Quote, is_done
@@ -28,8 +29,13 @@ from consumer.broker.orders import (
     find_orders,
 )
 from consumer.errors import IntentError
+from consumer.logs import get_logger
 from consumer.store.trading_config import OrderDefaults
 from consumer.strategies.base import InstrumentSpec, MarketData
+
+log = get_logger(__name__)
+
+NO_SECURITY_DEFINITION = 200  # "No security definition has been found for the request"
 
 # An answer of `Broker.ask_orders` still to come.
 OrderSnapshot = asyncio.Future[Snapshot]
@@ -57,6 +63,7 @@ class Broker:
         `by_con_id`, `fx_pair`; `market_data(instruments)` is a strategy's view of the market; `bars`, `prices`,
         `quotes` and `market_fx_rates` (rates for currencies the account holds no cash in, from the pairs' prices).
         History requests keep to IB's pacing rules: an identical one within 15 s is answered from the last.
+        Contract details are kept in memory and in the injected `ContractStore` (Firestore), for the trading day.
 
     Orders and executions
         `order_engine(...)` places a request's legs; `open_orders()` (every client's), `find_orders(refs)` (by
@@ -68,10 +75,27 @@ class Broker:
     IB's orderId does not, and only this client id may cancel an order by it.
     """
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, contracts: ContractStore | None = None) -> None:
         self._gateway = gateway
-        self._instruments = Instruments(gateway.ib)
+        self._instruments = Instruments(gateway.ib, contracts, now=gateway.now)
         self._history = market.HistoryPacer(gateway.settings.history_timeout)
+        # The IB object lives for the whole process, across reconnects, so this is hooked once.
+        gateway.ib.errorEvent += self._on_error
+
+    def _on_error(self, req_id: int, code: int, message: str, contract: Contract | None) -> None:
+        """IB's 200 (no security definition) for a price or order request naming a conId: the cached contract is
+        no longer IB's (a conId changed after a corporate action, a delisting), so it is dropped and the next
+        resolve asks IB. ib_insync gives the contract of a market-data or contract-details request; an order's is
+        its trade's (the order is cancelled with 200 in its log)."""
+        if code != NO_SECURITY_DEFINITION:
+            return
+        ib = self._gateway.ib
+        if contract is None:
+            trade = ib.wrapper.trades.get((ib.client.clientId, req_id))
+            contract = trade.contract if trade is not None else None
+        if contract is not None and contract.conId:
+            log.warning("IB knows no security for a conId: its cached contract dropped", con_id=contract.conId)
+            self._instruments.forget(contract.conId)
 
     @property
     def _snapshot_timeout(self) -> float:

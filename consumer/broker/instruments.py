@@ -7,17 +7,22 @@ instrument is an error naming it, never a silent skip.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from ib_insync import IB, Contract, ContractDetails
 
 from consumer.broker import views
+from consumer.broker.contract_cache import CachedContract, CacheUnavailable, ContractStore, trading_day
 from consumer.broker.hours import closed_reason, good_after, is_open, next_open
 from consumer.errors import IntentError
+from consumer.logs import get_logger
 from consumer.strategies.base import InstrumentSpec
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,16 +95,31 @@ def contract_for(spec: InstrumentSpec) -> Contract:
 
 
 class Instruments:
-    """Resolved instruments, cached by spec for the life of the connection's session."""
+    """Resolved instruments: in memory for the process, in the deployment's contract store (when given) across
+    processes. An entry fetched before the current trading day (`trading_day` of the gateway's clock) is fetched
+    again: its liquid/trading hours cover a few days only. One entry per spec, so memory stays one per instrument.
+    """
 
-    def __init__(self, ib: IB) -> None:
+    def __init__(self, ib: IB, store: ContractStore | None = None, now: Callable[[], datetime] | None = None) -> None:
         self._ib = ib
-        self._cache: dict[InstrumentSpec, Instrument] = {}
+        self._store = store
+        self._now = now or (lambda: datetime.now(UTC))
+        self._cache: dict[InstrumentSpec, tuple[Instrument, date]] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     async def resolve(self, specs: Mapping[str, InstrumentSpec]) -> dict[str, Instrument]:
-        missing = {spec for spec in specs.values() if spec not in self._cache}
+        today = trading_day(self._now())
+        missing = {spec for spec in specs.values() if not self._fresh(spec, today)}
+        if missing and self._store is not None:
+            by_key = {spec_key(spec): spec for spec in missing}
+            for key, entry in (await self._read(by_key.keys())).items():
+                if entry.fresh_on(today):
+                    spec = by_key[key]
+                    self._cache[spec] = (from_cache(spec.symbol, entry), today)
+                    missing.discard(spec)
         found = await asyncio.gather(*(self._details(spec) for spec in missing))
         problems = []
+        fetched: dict[str, CachedContract] = {}
         for spec, details in zip(missing, found, strict=True):
             if not details:
                 problems.append(f"{spec.symbol}: unknown at the broker ({_describe(spec)})")
@@ -109,18 +129,34 @@ class Instruments:
                 )
                 problems.append(f"{spec.symbol}: ambiguous ({where}); give its exchange and currency")
             else:
-                self._cache[spec] = _instrument(spec.symbol, details[0])
+                instrument = _instrument(spec.symbol, details[0])
+                self._cache[spec] = (instrument, today)
+                fetched[spec_key(spec)] = to_cache(instrument, self._now())
+        await self._write(fetched)
         if problems:
             raise IntentError("unknown_instrument", "; ".join(sorted(problems)))
-        return {key: self._cache[spec] for key, spec in specs.items()}
+        return {key: self._cache[spec][0] for key, spec in specs.items()}
 
     async def by_con_id(self, con_id: int) -> Instrument:
         return await self.by_contract(Contract(conId=con_id))
 
     async def by_contract(self, contract: Contract) -> Instrument:
         """The instrument for a contract the broker reported (a position or a fill), by its conId."""
-        for instrument in self._cache.values():
-            if instrument.con_id == contract.conId:
+        today = trading_day(self._now())
+        for instrument, day in self._cache.values():
+            if instrument.con_id == contract.conId and day >= today:
+                return instrument
+        if self._store is not None:
+            try:
+                stored = await self._store.find(contract.conId)
+            except CacheUnavailable as e:
+                log.warning("contract cache unreadable, asking IB", error=str(e))
+                stored = None
+            if stored is not None and stored[1].fresh_on(today):
+                entry = stored[1]
+                spec = _spec_of(entry.contract.get("localSymbol") or entry.contract.get("symbol"), entry)
+                instrument = from_cache(spec.symbol, entry)
+                self._cache[spec] = (instrument, today)
                 return instrument
         details = await self._ib.reqContractDetailsAsync(Contract(conId=contract.conId))
         if not details:
@@ -129,11 +165,90 @@ class Instruments:
         assert found is not None
         spec = InstrumentSpec(symbol=found.localSymbol or found.symbol, sec_type=found.secType)
         instrument = _instrument(spec.symbol, details[0])
-        self._cache[spec] = instrument
+        self._cache[spec] = (instrument, today)
+        await self._write({spec_key(spec): to_cache(instrument, self._now())})
         return instrument
+
+    def forget(self, con_id: int) -> None:
+        """Drops every entry for this conId, here and in the store, so the next resolve asks IB: IB answered 200
+        (no security definition) for it, so the cached contract no longer names an instrument."""
+        dropped = [spec for spec, (instrument, _) in self._cache.items() if instrument.con_id == con_id]
+        for spec in dropped:
+            del self._cache[spec]
+        if dropped and self._store is not None:
+            task = asyncio.get_running_loop().create_task(self._delete([spec_key(s) for s in dropped]))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _fresh(self, spec: InstrumentSpec, today: date) -> bool:
+        held = self._cache.get(spec)
+        return held is not None and held[1] >= today
+
+    async def _read(self, keys: Collection[str]) -> dict[str, CachedContract]:
+        assert self._store is not None
+        try:
+            return await self._store.get_all(keys)
+        except CacheUnavailable as e:
+            log.warning("contract cache unreadable, asking IB", error=str(e), instruments=len(keys))
+            return {}
+
+    async def _write(self, entries: Mapping[str, CachedContract]) -> None:
+        if not entries or self._store is None:
+            return
+        try:
+            await self._store.put_all(entries)
+        except CacheUnavailable as e:
+            log.warning("contract cache not written", error=str(e), instruments=len(entries))
+
+    async def _delete(self, keys: list[str]) -> None:
+        assert self._store is not None
+        try:
+            await self._store.delete(keys)
+        except CacheUnavailable as e:
+            log.warning("contract cache entry not dropped", error=str(e), keys=keys)
 
     async def _details(self, spec: InstrumentSpec) -> list[ContractDetails]:
         return await self._ib.reqContractDetailsAsync(contract_for(spec))
+
+
+def spec_key(spec: InstrumentSpec) -> str:
+    """The store's key for a spec: every field that decides what IB answers for it."""
+    fields = (spec.sec_type, spec.symbol, spec.exchange, spec.currency, spec.primary_exchange, spec.last_trade)
+    return "|".join(fields)
+
+
+def _spec_of(symbol: Any, entry: CachedContract) -> InstrumentSpec:
+    return InstrumentSpec(symbol=str(symbol), sec_type=str(entry.contract.get("secType", "STK")))
+
+
+def to_cache(instrument: Instrument, fetched_at: datetime) -> CachedContract:
+    """What the store keeps of an instrument: the Contract's plain fields (no combo legs: contract details of a
+    single instrument have none) and the details `_instrument` read."""
+    contract = {
+        f.name: value
+        for f in dataclasses.fields(Contract)
+        if isinstance(value := getattr(instrument.contract, f.name), (str, int, float, bool))
+    }
+    return CachedContract(
+        contract=contract,
+        time_zone=instrument.time_zone,
+        liquid_hours=instrument.liquid_hours,
+        trading_hours=instrument.trading_hours,
+        min_tick=instrument.min_tick,
+        fetched_at=fetched_at,
+    )
+
+
+def from_cache(key: str, entry: CachedContract) -> Instrument:
+    known = {f.name for f in dataclasses.fields(Contract)}
+    details = ContractDetails(
+        contract=Contract(**{k: v for k, v in entry.contract.items() if k in known}),
+        timeZoneId=entry.time_zone,
+        liquidHours=entry.liquid_hours,
+        tradingHours=entry.trading_hours,
+        minTick=entry.min_tick,
+    )
+    return _instrument(key, details)
 
 
 async def fx_pair(instruments: Instruments, currency: str, base: str) -> tuple[Instrument, bool]:

@@ -4,6 +4,7 @@ Everything sits under accounts/{account}; {root} below is accounts/{account}/tra
 
 accounts/{account}/config/{mode}            trading configuration and kill switch (read per message)
 accounts/{account}/activity/{auto-id}       one document per intent run (who, what, when, outcome)
+accounts/{account}/contracts/{sha256(key)}  cached contract details, one per instrument (either trading mode)
 {root}/requests/{sha256(requestId)}         idempotency claims and stored replies
 {root}/openOrders/{orderRef}                orders placed and not yet closed, with strategy shares
 {root}/orders/{orderRef}                    closed orders with their final state
@@ -53,6 +54,14 @@ class Layout:
 
     def activity(self) -> AsyncCollectionReference:
         return self._account.collection("activity")
+
+    def contracts(self) -> AsyncCollectionReference:
+        # Per account, not per mode: contract details are the login's market's, whichever mode trades them.
+        return self._account.collection("contracts")
+
+    def contract(self, key: str) -> AsyncDocumentReference:
+        # Keys hold exchanges and symbols ("EUR/USD"); Firestore ids may not contain "/".
+        return self.contracts().document(hashlib.sha256(key.encode()).hexdigest())
 
     def requests(self) -> AsyncCollectionReference:
         return self._root.collection("requests")
