@@ -583,7 +583,8 @@ def test_the_env_file_is_private_and_the_container_keeps_only_the_capabilities_t
     unit = files["/etc/systemd/system/ib-consumer.service"]["content"]
     run = unit[unit.index("ExecStart=/usr/bin/docker run") :].split("ExecStop=")[0]
     assert "--cap-drop=ALL" in run
-    assert sorted(re.findall(r"--cap-add=(\w+)", run)) == ["KILL", "SETGID", "SETUID"]
+    # NET_ADMIN: the launcher's iptables rule that keeps the metadata server from the consumer (issue 13 item 12).
+    assert sorted(re.findall(r"--cap-add=(\w+)", run)) == ["KILL", "NET_ADMIN", "SETGID", "SETUID"]
     assert "--security-opt=no-new-privileges" in run
 
 
