@@ -26,10 +26,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages some tests drive for real: Xvfb (the gateway image's screen, tests/deploy/test_launcher_screen.py)
-# and Chromium (the report page, tests/consumer/test_report.py), as package:command. Installed once with apt-get when
-# missing (CI runs as root on Debian); elsewhere, one line says what to install.
-SYSTEM_PACKAGES ?= xvfb:Xvfb chromium:chromium
+# Debian packages some tests drive for real: Xvfb (the gateway image's screen, tests/deploy/test_launcher_screen.py),
+# Chromium (the report page, tests/consumer/test_report.py) and iptables (the metadata rule,
+# tests/deploy/test_metadata_firewall.py), as package:command. Installed once with apt-get when missing (CI runs as
+# root on Debian); elsewhere, one line says what to install.
+SYSTEM_PACKAGES ?= xvfb:Xvfb chromium:chromium iptables:iptables
 
 system-packages:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do command -v "$${pair#*:}" >/dev/null 2>&1 || missing="$$missing $${pair%%:*}"; done; \

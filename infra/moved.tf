@@ -15,7 +15,7 @@ moved {
 
 moved {
   from = google_service_account.consumer
-  to   = module.deployment["paper"].google_service_account.consumer
+  to   = module.deployment["paper"].google_service_account.vm
 }
 
 moved {
@@ -25,7 +25,7 @@ moved {
 
 moved {
   from = google_secret_manager_secret_iam_member.consumer_reads_login
-  to   = module.deployment["paper"].google_secret_manager_secret_iam_member.consumer_reads_login
+  to   = module.deployment["paper"].google_secret_manager_secret_iam_member.vm_reads_login
 }
 
 moved {
@@ -55,12 +55,12 @@ moved {
 
 moved {
   from = google_project_iam_member.consumer_telemetry
-  to   = module.deployment["paper"].google_project_iam_member.consumer_telemetry
+  to   = module.deployment["paper"].google_project_iam_member.vm_telemetry
 }
 
 moved {
   from = google_artifact_registry_repository_iam_member.consumer_pulls
-  to   = module.deployment["paper"].google_artifact_registry_repository_iam_member.consumer_pulls
+  to   = module.deployment["paper"].google_artifact_registry_repository_iam_member.vm_pulls
 }
 
 moved {

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from launcher import EXIT_CONFIG, EXIT_OK, health, ibc, screen
+from launcher import EXIT_CONFIG, EXIT_OK, health, ibc, metadata_firewall, metadata_proxy, screen
 from launcher.aliases import with_aliases
 from launcher.logs import log
 from launcher.secrets import CREDENTIAL_VARIABLES, CredentialError, resolve_credentials, scrubbed_environment
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = ibc.GatewaySettings.from_env(env)
         print(ibc.send_command(args.ibc_command.upper(), settings.command_server_port))
         return EXIT_OK
-    except (ibc.LauncherConfigError, CredentialError, UserConfigError) as e:
+    except (ibc.LauncherConfigError, CredentialError, UserConfigError, metadata_firewall.FirewallError) as e:
         log(f"bad configuration: {e}", severity="CRITICAL")
         return EXIT_CONFIG
 
@@ -62,7 +62,11 @@ def run(env: Mapping[str, str], config_rendered: bool = False) -> int:
         argv = [sys.executable, "-m", "launcher", "run", "--config-rendered"]
         os.execve(sys.executable, argv, scrubbed_environment(env))
 
-    supervisor = Supervisor(child_specs(settings, env, users), watchdog=watchdog(settings, env))
+    proxy = metadata_proxy.ProxySettings.from_env(env)
+    if proxy is not None:  # on the VM: the consumer gets its own account's tokens, and only from the proxy
+        keep_metadata_server_from_children(users, env)
+        metadata_proxy.serve(metadata_proxy.TokenMinter(proxy))
+    supervisor = Supervisor(child_specs(settings, env, users, proxy), watchdog=watchdog(settings, env))
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     return supervisor.run()
@@ -88,8 +92,30 @@ def render(settings: ibc.GatewaySettings, users: ChildUsers, env: Mapping[str, s
     del credentials
 
 
+def keep_metadata_server_from_children(users: ChildUsers, env: Mapping[str, str]) -> None:
+    """Before any child starts: the metadata server would give them the VM's token, which can read the IB login."""
+    try:
+        if users.consumer is None:
+            raise metadata_firewall.FirewallError("CONSUMER_USER is unset, so the consumer runs as the launcher")
+        uids = [u.uid for u in (users.consumer, users.gateway) if u is not None]
+        metadata_firewall.install(uids, iptables=env.get("IPTABLES", "") or "iptables")
+    except metadata_firewall.FirewallError as e:
+        if not _yes(env.get("METADATA_FIREWALL_OPTIONAL")):
+            raise metadata_firewall.FirewallError(
+                f"cannot keep the metadata server from the consumer: {e}; run the container with "
+                "--cap-add=NET_ADMIN and CONSUMER_USER set, or set METADATA_FIREWALL_OPTIONAL=yes to accept that the "
+                "consumer can read the IB login"
+            ) from None
+        log("the consumer can reach the metadata server (METADATA_FIREWALL_OPTIONAL)", severity="WARNING", error=str(e))
+        return
+    log("metadata server firewalled from the children", uids=uids)
+
+
 def child_specs(
-    settings: ibc.GatewaySettings, env: Mapping[str, str], users: ChildUsers | None = None
+    settings: ibc.GatewaySettings,
+    env: Mapping[str, str],
+    users: ChildUsers | None = None,
+    proxy: metadata_proxy.ProxySettings | None = None,
 ) -> list[ChildSpec]:
     users = users or ChildUsers()
     base = scrubbed_environment(env)
@@ -99,6 +125,8 @@ def child_specs(
         xvfb += screen.xvfb_arguments(_screen_dir(env))
     gateway_env = {**_home(base, users.gateway), "DISPLAY": display}
     consumer_env = {**_home(base, users.consumer), "IB_HOST": ibc.LOCALHOST, "IB_PORT": str(settings.api_port)}
+    if proxy is not None:  # google-auth reads both: the host for requests, the IP for its ping
+        consumer_env |= {"GCE_METADATA_HOST": proxy.host, "GCE_METADATA_IP": proxy.host}
     grace = float(env.get("SHUTDOWN_GRACE_SECONDS", "30") or 30)
     return [
         ChildSpec("xvfb", xvfb, env=gateway_env, settle=1.0, backoff_initial=1, backoff_max=30, user=users.gateway),

@@ -444,27 +444,54 @@ def test_the_scheduler_may_publish_intents_and_nothing_else(tf: dict[str, Any]) 
 
 
 def test_each_deployment_has_only_what_it_needs(tf: dict[str, Any], mod: dict[str, Any]) -> None:
-    assert mod["locals"]["member"] == '"serviceAccount:${google_service_account.consumer.email}"'
-    grants = grants_of(mod, "local.member")
-    assert [(t, r) for t, r, _ in grants] == sorted(
+    """Issue 13 item 12: two identities. The consumer's has Pub/Sub, Firestore and metrics, and no secret; the VM's
+    (the launcher's) has the login secret, token creation on the consumer's account only, telemetry and the image
+    pull, and no Pub/Sub or Firestore role."""
+    assert mod["locals"]["member"] == '"serviceAccount:${google_service_account.workload.email}"'
+    assert mod["locals"]["vm_member"] == '"serviceAccount:${google_service_account.vm.email}"'
+    consumer = grants_of(mod, "local.member")
+    assert [(t, r) for t, r, _ in consumer] == sorted(
         [
-            ("google_artifact_registry_repository_iam_member", "roles/artifactregistry.reader"),
             ("google_project_iam_member", "roles/datastore.user"),
-            ("google_project_iam_member", "roles/logging.logWriter"),
             ("google_project_iam_member", "roles/monitoring.metricWriter"),
             ("google_pubsub_subscription_iam_member", "roles/pubsub.subscriber"),
             ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),
-            ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor"),
         ]
     )
-    # Every IAM member of the module is either this deployment's own service account or the Pub/Sub service agent.
+    assert not [g for g in consumer if "secretmanager" in g[1] or "iam." in g[1]]
+    vm = grants_of(mod, "local.vm_member")
+    assert [(t, r) for t, r, _ in vm] == sorted(
+        [
+            ("google_artifact_registry_repository_iam_member", "roles/artifactregistry.reader"),
+            ("google_project_iam_member", "roles/logging.logWriter"),
+            ("google_project_iam_member", "roles/monitoring.metricWriter"),
+            ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor"),
+            ("google_service_account_iam_member", "roles/iam.serviceAccountTokenCreator"),
+        ]
+    )
+    assert not [g for g in vm if g[1].startswith(("roles/pubsub.", "roles/datastore."))]
+    # Token creation on the consumer's account only (grants_of has no service_account_id target: read it here).
+    (creator,) = mod["resource"]["google_service_account_iam_member"].values()
+    assert creator["service_account_id"] == "${google_service_account.workload.name}"
+    assert creator["member"] == "${local.vm_member}"
+    assert "TokenCreator" not in json.dumps(mod["resource"].get("google_project_iam_member", {}))
+    assert "TokenCreator" not in json.dumps(tf["resource"])
+    # The VM (so the metadata server) carries the VM's account; the consumer's email reaches the launcher.
+    vm_instance = resource(mod, "google_compute_instance", "consumer")
+    assert vm_instance["service_account"][0]["email"] == "${google_service_account.vm.email}"
+    assert re.search(
+        r"CONSUMER_SERVICE_ACCOUNT\s*=\s*google_service_account\.workload\.email",
+        (MODULE / "main.tf").read_text(),
+    )
+    assert set(mod["resource"]["google_service_account"]) == {"vm", "workload"}
+    # Every IAM member of the module is one of this deployment's two accounts or the Pub/Sub service agent.
     members = {
         body["member"]
         for rtype, named in mod["resource"].items()
         if rtype.endswith("_iam_member")
         for body in named.values()
     }
-    assert members == {"${local.member}", "${var.pubsub_service_agent}"}
+    assert members == {"${local.member}", "${local.vm_member}", "${var.pubsub_service_agent}"}
     publish = resource(mod, "google_pubsub_topic_iam_member", "consumer_publishes")
     assert publish["for_each"] == '${toset(["intent-replies", "intents-dead-letter"])}'
     subscribe = resource(mod, "google_pubsub_subscription_iam_member", "consumer_subscribes")
@@ -475,12 +502,12 @@ def test_each_deployment_has_only_what_it_needs(tf: dict[str, Any], mod: dict[st
 
 
 def test_a_deployment_reads_only_its_own_login_secret(tf: dict[str, Any], mod: dict[str, Any]) -> None:
-    """Secret-level accessor on the module's own secret, for the module's own service account; no project-level
-    secretAccessor anywhere (it would let every deployment read every login)."""
+    """Secret-level accessor on the module's own secret, for the VM's account only (not the consumer's); no
+    project-level secretAccessor anywhere (it would let every deployment read every login)."""
     (name,) = mod["resource"]["google_secret_manager_secret_iam_member"]
     grant = mod["resource"]["google_secret_manager_secret_iam_member"][name]
     assert grant["secret_id"] == "${google_secret_manager_secret.ib_credentials.id}"
-    assert grant["member"] == "${local.member}"
+    assert grant["member"] == "${local.vm_member}"
     assert grant["role"] == '"roles/secretmanager.secretAccessor"'
     secret = resource(mod, "google_secret_manager_secret", "ib_credentials")
     assert secret["secret_id"] == "${local.d.ib_credentials_secret_id}"
@@ -556,7 +583,8 @@ def test_the_env_file_is_private_and_the_container_keeps_only_the_capabilities_t
     unit = files["/etc/systemd/system/ib-consumer.service"]["content"]
     run = unit[unit.index("ExecStart=/usr/bin/docker run") :].split("ExecStop=")[0]
     assert "--cap-drop=ALL" in run
-    assert sorted(re.findall(r"--cap-add=(\w+)", run)) == ["KILL", "SETGID", "SETUID"]
+    # NET_ADMIN: the launcher's iptables rule that keeps the metadata server from the consumer (issue 13 item 12).
+    assert sorted(re.findall(r"--cap-add=(\w+)", run)) == ["KILL", "NET_ADMIN", "SETGID", "SETUID"]
     assert "--security-opt=no-new-privileges" in run
 
 
@@ -813,7 +841,24 @@ _KEPT_ADDRESS = [
     "google_artifact_registry_repository_iam_member.consumer_pulls",
     "google_cloud_scheduler_job.declared",
 ]
-PER_DEPLOYMENT_BEFORE = {address: address for address in _KEPT_ADDRESS} | {
+# Renamed when the VM's and the consumer's identities were split (issue 13 item 12): the single account stays the VM's.
+_RENAMED = {
+    "google_service_account.consumer": "google_service_account.vm",
+    "google_secret_manager_secret_iam_member.consumer_reads_login": (
+        "google_secret_manager_secret_iam_member.vm_reads_login"
+    ),
+    "google_project_iam_member.consumer_telemetry": "google_project_iam_member.vm_telemetry",
+    "google_artifact_registry_repository_iam_member.consumer_pulls": (
+        "google_artifact_registry_repository_iam_member.vm_pulls"
+    ),
+}
+# New with the split: the consumer's account and its grants have no predecessor.
+_NEW_IN_MODULE = {
+    "google_service_account.workload",
+    "google_service_account_iam_member.vm_impersonates_consumer",
+    "google_project_iam_member.consumer_metrics",
+}
+PER_DEPLOYMENT_BEFORE = {address: _RENAMED.get(address, address) for address in _KEPT_ADDRESS} | {
     'google_pubsub_subscription.declared["intents-consumer"]': "google_pubsub_subscription.intents",
     'google_pubsub_subscription_iam_member.dead_letter_source_subscriber["intents-consumer"]': (
         "google_pubsub_subscription_iam_member.dead_letter_source_subscriber[0]"
@@ -836,7 +881,15 @@ def test_moved_blocks_carry_the_single_deployment_into_the_paper_module(
     assert moves["google_compute_instance.consumer[0]"] == "google_compute_instance.consumer"
     module_resources = {f"{rtype}.{name}" for rtype, named in mod["resource"].items() for name in named}
     moved_into = {re.sub(r"\[\d+\]$", "", to.removeprefix(target)) for to in moves.values() if to.startswith(target)}
-    assert module_resources == moved_into
+    assert module_resources - _NEW_IN_MODULE == moved_into
+    # Inside the module, each renamed address moves to its new name (deployments created by the module already).
+    module_moves = {
+        m["from"].removeprefix("${").removesuffix("}"): m["to"].removeprefix("${").removesuffix("}")
+        for m in mod["moved"]
+    }
+    assert module_moves == _RENAMED
+    # A moved-from address must not be declared again (terraform refuses it), so the consumer's account is new.
+    assert not {a.split(".")[1] for a in module_moves} & set(mod["resource"].get("google_service_account", {}))
     # Nothing moved away is still declared at the root (it would be a second copy, not a move).
     for source in PER_DEPLOYMENT_BEFORE:
         rtype, name = re.sub(r"\[.*\]$", "", source).split(".")

@@ -23,7 +23,7 @@ resource "google_compute_instance" "consumer" {
   }
 
   service_account {
-    email  = google_service_account.consumer.email
+    email  = google_service_account.vm.email
     scopes = ["cloud-platform"]
   }
 
@@ -53,7 +53,8 @@ resource "google_compute_instance" "consumer" {
   }
 
   depends_on = [
-    google_secret_manager_secret_iam_member.consumer_reads_login,
-    google_artifact_registry_repository_iam_member.consumer_pulls,
+    google_secret_manager_secret_iam_member.vm_reads_login,
+    google_artifact_registry_repository_iam_member.vm_pulls,
+    google_service_account_iam_member.vm_impersonates_consumer,
   ]
 }

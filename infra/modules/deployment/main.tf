@@ -23,6 +23,8 @@ locals {
       IB_ACCOUNTS          = join(",", local.d.ib_accounts)
       DEFAULT_DEPLOYMENT   = local.d.default ? "yes" : "no"
       INTENTS_SUBSCRIPTION = google_pubsub_subscription.intents.name
+      # The launcher serves the consumer this account's tokens, never the VM's (gateway-image/launcher/metadata_proxy.py).
+      CONSUMER_SERVICE_ACCOUNT = google_service_account.workload.email
     },
   )
 }

@@ -1,5 +1,11 @@
 output "service_account" {
-  value = google_service_account.consumer.email
+  description = "The VM's (and the launcher's) account: reads the IB login, mints the consumer's tokens."
+  value       = google_service_account.vm.email
+}
+
+output "consumer_service_account" {
+  description = "The consumer process's account: Pub/Sub, Firestore, no secret."
+  value       = google_service_account.workload.email
 }
 
 output "ib_credentials_secret" {
