@@ -49,13 +49,19 @@ run: $(STAMP)
 stop: $(STAMP)
 	@$(BIN)/python -m devstack stop
 
-# Two workers, each with its own emulators: most of the suite waits on the emulators' delivery ticks and ack
-# deadlines, so two files at once halve the wall time on two cores (a whole file stays on one worker).
-TEST_WORKERS ?= 2
+# Most of the suite waits on the emulators' delivery ticks, ack deadlines and the simulated gateway, not on the CPU,
+# so it runs on four workers sharing one pair of emulators (tests/shared_emulators.py), tests handed out one by one
+# (a module whose fixture starts a whole stack stays on one worker: its xdist_group). The lint (ruff, mypy,
+# hadolint, checkov: CPU, not waiting) runs beside the tests; both must pass.
+TEST_WORKERS ?= 4
 
-test: $(STAMP) system-packages lint
+test: $(STAMP) system-packages
 	@$(BIN)/python -m devstack preflight
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory lint > $(VENV)/lint.log 2>&1 & lint=$$!; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); tests=$$?; \
+	wait $$lint; linted=$$?; cat $(VENV)/lint.log; \
+	if [ $$linted -ne 0 ]; then echo "make lint failed (above)" >&2; fi; \
+	exit $$(( tests || linted ))
 
 # The fast loop while changing code (< 30 s): no emulators, no checkov, no wheel build, the tests on two workers
 # (pytest-xdist), the property tests with 100 examples each (tests/conftest.py, profile `check`).

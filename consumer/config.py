@@ -39,6 +39,9 @@ class Settings:
     # The one deployment that answers messages addressed to no account, or to an account nobody serves.
     default_deployment: bool = True
     ib_connect_timeout: float = 10.0
+    # The longest wait between connect attempts (exponential backoff up to it): past IB Gateway's nightly restart
+    # the consumer keeps trying at this pace, no faster (repeated API logins are cheap; the gateway's own is not).
+    reconnect_backoff_max: float = 15.0
     # Reading every open and completed order and execution to find a request's orders by orderRef: a busy account's
     # completed orders take IB seconds to send, and a lookup cut short fails the intent (retried, never guessed).
     order_lookup_timeout: float = 60.0
@@ -210,6 +213,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "accounts_file": ("ACCOUNTS_FILE", str),
     "default_deployment": ("DEFAULT_DEPLOYMENT", _yes_no),
     "ib_connect_timeout": ("IB_CONNECT_TIMEOUT", _bounded(float, 0.5, 300)),
+    "reconnect_backoff_max": ("RECONNECT_BACKOFF_MAX_SECONDS", _bounded(float, 0.5, 600)),
     "order_lookup_timeout": ("ORDER_LOOKUP_TIMEOUT_SECONDS", _bounded(float, 5, 600)),
     "history_timeout": ("HISTORY_TIMEOUT_SECONDS", _bounded(float, 5, 600)),
     "snapshot_timeout": ("SNAPSHOT_TIMEOUT_SECONDS", _bounded(float, 1, 600)),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,14 +19,16 @@ from hypothesis import HealthCheck, settings
 
 from consumer.logs import configure
 from devstack.emulators import EmulatorPair, ToolMissing, require_tools
+from tests.shared_emulators import SHARED_EMULATORS_DIR, attach_shared, emulator_environ, stop_shared
 from tests.support import DEFAULT_CLOCK, Bus, ConsumerUnderTest, ensure_loop, provision_for_tests, write_config
 
 # structlog through the standard library from the first line on, so pytest's caplog sees the consumer's logs.
 configure("console", "INFO")
 
 # Property tests: `full` (make test, CI, the default) draws 400 examples per property; `check` (make check's fast
-# loop, HYPOTHESIS_PROFILE=check) draws 100, so the loop stays quick and every property still runs.
-settings.register_profile("full", max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+# loop, HYPOTHESIS_PROFILE=check) draws 100, so the loop stays quick and every property still runs. No deadline: the
+# properties assert behaviour, and an example that happens to run while the machine is busy is not a failure.
+settings.register_profile("full", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("check", parent=settings.get_profile("full"), max_examples=100)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "full"))
 
@@ -37,30 +41,57 @@ def main_thread_event_loop(request: pytest.FixtureRequest) -> None:
         ensure_loop()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """On the xdist controller: a directory where the workers meet to share one pair of emulators (each test has
+    its own project, so tests never see each other's topics or documents); stopped in pytest_unconfigure."""
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    os.environ[SHARED_EMULATORS_DIR] = tempfile.mkdtemp(prefix="tests-emulators-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return
+    shared = os.environ.pop(SHARED_EMULATORS_DIR, None)
+    if shared:
+        stop_shared(Path(shared))
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+# Module fixtures that start a whole `make run` stack (tests/service/test_operator*.py): the tests using one run on
+# one worker (`--dist loadgroup`), so the stack starts once; the module's other tests go wherever there is room.
+STACK_FIXTURES = ("stack", "household")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Marks every test that needs the emulators (through any fixture), so `make check` can leave them out."""
+    """Marks every test that needs the emulators (through any fixture), so `make check` can leave them out, and
+    groups the tests sharing a stack fixture."""
     for item in items:
-        if "emulators" in getattr(item, "fixturenames", ()):
+        names = getattr(item, "fixturenames", ())
+        if "emulators" in names:
             item.add_marker(pytest.mark.emulators)
+        for fixture in STACK_FIXTURES:
+            if fixture in names:
+                item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{fixture}"))  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")
 def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorPair]:
+    """The session's emulators: shared by every xdist worker when the suite runs on several (started by the first
+    worker that needs them, stopped by the controller), else started and stopped here."""
     try:
         require_tools()
     except ToolMissing as e:
         pytest.exit(str(e), returncode=3)
-    saved = {k: os.environ.get(k) for k in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST")}
-    with EmulatorPair(workdir=tmp_path_factory.mktemp("emulators")) as pair:
-        os.environ.update(pair.environ())
-        try:
+    shared = os.environ.get(SHARED_EMULATORS_DIR)
+    if shared:
+        pair = attach_shared(Path(shared))
+        with emulator_environ(pair):
             yield pair
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        return
+    with EmulatorPair(workdir=tmp_path_factory.mktemp("emulators")) as pair, emulator_environ(pair):
+        yield pair
 
 
 @pytest.fixture

@@ -48,9 +48,11 @@ MAX_BACKOFF_SECONDS = 0.5
 # How long "no further reply came" must hold for a test to conclude there is none: a nacked message's redelivery
 # arrives within the backoff (plus the handler's run). TEST_QUIET_SECONDS lengthens it, e.g. on a loaded machine.
 QUIET = float(os.environ.get("TEST_QUIET_SECONDS", "1.0"))
-# The gateway outage of a daily restart: longer than the consumer's reconnect backoff cap (15 s), so its retries
-# reach the cap and go on. TEST_LONG_OUTAGE_SECONDS=60 gives the real restart's minute.
-LONG_OUTAGE_SECONDS = float(os.environ.get("TEST_LONG_OUTAGE_SECONDS", "20"))
+# The gateway outage of a daily restart, against the consumer's reconnect backoff cap cut from 15 s: longer than the
+# cap, so its retries reach it and go on. TEST_LONG_OUTAGE_SECONDS=60 TEST_RECONNECT_BACKOFF_MAX_SECONDS=15 give the
+# real restart's minute and the real cap.
+RECONNECT_BACKOFF_MAX_SECONDS = float(os.environ.get("TEST_RECONNECT_BACKOFF_MAX_SECONDS", "2"))
+LONG_OUTAGE_SECONDS = float(os.environ.get("TEST_LONG_OUTAGE_SECONDS", "6"))
 # After a stream is cancelled and reopened (a consumer restarted in the same project), the emulator can hand the
 # next message to the dead stream until its lease runs out (seconds to a minute and more); tests that restart the
 # stream wait for that, real Pub/Sub doesn't.
@@ -269,6 +271,7 @@ def settings_for_tests(project: str, gateway_port: int, **overrides: Any) -> Set
             "HEALTH_PORT": "0",
             "HEARTBEAT_SECONDS": "1",
             "IB_CONNECT_TIMEOUT": "5",
+            "RECONNECT_BACKOFF_MAX_SECONDS": str(RECONNECT_BACKOFF_MAX_SECONDS),
             "SHUTDOWN_GRACE_SECONDS": "20",
             "CLAIM_LEASE_SECONDS": "3",
             "LOG_FORMAT": "console",
@@ -449,6 +452,7 @@ class ConsumerProcess:
             "HEALTH_PORT": str(self.health_port),
             "HEARTBEAT_SECONDS": "1",
             "IB_CONNECT_TIMEOUT": "5",
+            "RECONNECT_BACKOFF_MAX_SECONDS": str(RECONNECT_BACKOFF_MAX_SECONDS),
             "CLAIM_LEASE_SECONDS": "3",
             "LOG_FORMAT": "json",
             **env,

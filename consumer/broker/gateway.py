@@ -180,7 +180,7 @@ class Gateway:
     async def _connect(self) -> None:
         s = self._settings
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(multiplier=0.25, max=15, jitter=0.25),
+            wait=wait_exponential_jitter(multiplier=0.25, max=s.reconnect_backoff_max, jitter=0.25),
             retry=retry_if_exception_type((OSError, TimeoutError, ConnectionError)),
             before_sleep=self._log_retry,
         )

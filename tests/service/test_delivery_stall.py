@@ -7,12 +7,21 @@ import os
 import signal
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from devstack.emulators import free_port
+from devstack.emulators import EmulatorPair, free_port
+from tests.shared_emulators import private_emulators
 from tests.support import Bus, wait_for
+
+
+@pytest.fixture(scope="module")
+def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorPair]:
+    """A pair of this module's own: the test freezes Pub/Sub, which would stall every test sharing the run's pair."""
+    with private_emulators(tmp_path_factory.mktemp("frozen-emulators")) as pair:
+        yield pair
 
 
 def readyz(port: int) -> tuple[int, dict[str, Any]]:

@@ -148,7 +148,7 @@ def test_a_gateway_down_at_start_up_is_waited_for(consumer_factory, bus: Bus, ga
     """A short outage, and a daily restart's (LONG_OUTAGE_SECONDS: past the consumer's reconnect backoff cap): the
     consumer pulls nothing until it is connected, so the message waits in Pub/Sub and is answered once after."""
     gateway.refuse_connections(down_seconds)
-    c = consumer_factory(wait_ready=False)
+    c = consumer_factory(wait_ready=False)  # its reconnect backoff is capped at RECONNECT_BACKOFF_MAX_SECONDS
     message_id = bus.publish({"intent": "ping"})
     c.wait_ready(timeout=down_seconds + 60)
     reply = bus.reply_to(message_id, timeout=60)
