@@ -114,6 +114,11 @@ class BenchStack(contextlib.AbstractContextManager["BenchStack"]):
              "exposure": {"overall": 1.0, "strategies": {"dummy": 1.0}}}
         )  # fmt: skip
         db.close()
+        self._start_consumer()
+        self._stack.callback(self._stop_consumer)
+        return self
+
+    def _start_consumer(self) -> None:
         health = free_port()
         log = (self._tmp / "consumer.log").open("ab")
         self._consumer = subprocess.Popen(
@@ -123,14 +128,17 @@ class BenchStack(contextlib.AbstractContextManager["BenchStack"]):
                  "IB_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT)},
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        self._stack.callback(self._stop_consumer)
         deadline = time.monotonic() + 60
         while not http_ok(f"http://127.0.0.1:{health}/readyz"):
             if self._consumer.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the consumer did not get ready; see {self._tmp / 'consumer.log'}")
             time.sleep(0.1)
         print(f"consumer ready (pid {self._consumer.pid}); logs in {self._tmp}", flush=True)
-        return self
+
+    def restart_consumer(self) -> None:
+        """A new consumer process: nothing in its memory, what it knows comes from Firestore and the gateway."""
+        self._stop_consumer()
+        self._start_consumer()
 
     def wait_books_settled(self, timeout: float = 300.0) -> float:
         """Seconds until no order is left open in Firestore: live booking has caught up with every fill."""
