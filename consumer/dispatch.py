@@ -159,7 +159,7 @@ class Dispatcher:
 
         lease = asyncio.create_task(ledger.keep_alive(request.request_id))
         try:
-            result = await (run if run is not None else self._run(intent, request))
+            result = await (run if run is not None else self._run(intent, request, first_run=claim.first_run))
         except Failure as failure:
             return await self._settle(request, started, failure=failure)
         except asyncio.CancelledError:
@@ -172,7 +172,8 @@ class Dispatcher:
             lease.cancel()
         return await self._settle(request, started, result=result)
 
-    async def _run(self, intent: Intent, request: Request) -> dict[str, Any]:
+    async def _run(self, intent: Intent, request: Request, first_run: bool = False) -> dict[str, Any]:
+        """`first_run`: the claim was created now, not taken over (read-only intents run before it is known)."""
         services = self._services
         envelope = request.envelope
         assert envelope is not None
@@ -187,7 +188,12 @@ class Dispatcher:
             await self._apply_market_data_type(config if intent.trades or intent.exclusive else None)
         # A dry run's intent gets a store that writes nothing; its claim and activity record are written by _settle.
         context = IntentContext(
-            services=services.for_dry_run() if request.dry_run else services, request=request, config=config, log=log
+            services=services.for_dry_run() if request.dry_run else services,
+            request=request,
+            config=config,
+            log=log,
+            first_run=first_run,
+            generation=services.broker.generation if intent.needs_gateway else None,
         )
         timeout = services.settings.intent_timeout
         if (intent.trades or intent.exclusive) and not request.dry_run:

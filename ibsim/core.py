@@ -7,6 +7,7 @@ faults.py (each layer uses the ones before it), with dispatch.py beside them and
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -20,6 +21,8 @@ from .market import Instrument, PriceWalk
 from .protocol import ContractRequest
 from .scenario import Scenario
 from .simorder import Listener
+
+REQUESTS_KEPT = 100_000  # requests_received(): enough for a test or a bench run, bounded for a long-running ibsim
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -69,6 +72,8 @@ class GatewayCore:
         self.connect_cost = dict(self.scenario.connectCost)
         # message id -> delay of the next such request (stall_request); None: never answered
         self.stalls: dict[int, float | None] = {}
+        # (clientId, TWS request name) of every request received, oldest first, the last REQUESTS_KEPT of them
+        self.requests_log: collections.deque[tuple[int, str]] = collections.deque(maxlen=REQUESTS_KEPT)
         self.protocol_mismatches = 0
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()

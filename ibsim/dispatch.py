@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from . import protocol as P
 from .connection import Connection
+from .controls import query
 from .core import GatewayCore
 from .protocol import ProtocolError, Reader
 
@@ -24,6 +25,7 @@ FARM_NOTICES = (
     (2106, "HMDS data farm connection is OK:ushmds"),
     (2158, "Sec-def data farm connection is OK:secdefil"),
 )
+REQUEST_IDS = {msg_id: name for name, msg_id in P.REQUEST_NAMES.items()}
 CLIENT_ID_IN_USE = "Unable to connect as the client id is already in use. Retry with a unique client id."
 
 
@@ -66,6 +68,7 @@ class Dispatch(GatewayCore):
         if conn.stage == "start" and msg_id != P.START_API:
             log.warning("%s sent message %d before startApi; ignored", conn.peer, msg_id)
             return
+        self.requests_log.append((conn.client_id or 0, REQUEST_IDS.get(msg_id, str(msg_id))))
         delay = self._answer_delay(msg_id)
         if delay is None:
             log.info("client %s: request %d stalled, never answered", conn.client_id, msg_id)
@@ -75,6 +78,12 @@ class Dispatch(GatewayCore):
             asyncio.get_running_loop().call_later(delay, self._answer_later, conn, msg_id, fields)
             return
         self._answer(conn, msg_id, fields)
+
+    @query
+    def requests_received(self) -> list[tuple[int, str]]:
+        """(clientId, TWS request name such as reqCompletedOrders or placeOrder) of every request received, oldest
+        first (the last 100,000); clientId is 0 before a connection's startApi."""
+        return list(self.requests_log)
 
     def _answer_later(self, conn: Connection, msg_id: int, fields: list[str]) -> None:
         if conn.stage != "closed" and not conn.closing:

@@ -43,7 +43,6 @@ class MarketDesk(AccountDesk):
         # Accepted historical requests (clock time, identity) for pacing.historical, newest last.
         self.history_requests: deque[tuple[float, tuple[Any, ...]]] = deque()
         self.history_violations = 0
-        self.contract_details_count = 0
 
     def _req_market_data_type(self, conn: Connection, r: Reader) -> None:
         r.skip(1)
@@ -55,7 +54,6 @@ class MarketDesk(AccountDesk):
         r.skip(1)
         req_id = r.int()
         c = r.contract()
-        self.contract_details_count += 1
         matches = self.resolve(c)
         if not matches:
             conn.send_error(req_id, 200, NO_SECURITY)
@@ -232,11 +230,6 @@ class MarketDesk(AccountDesk):
     def history_pacing_violations(self) -> int:
         """Historical requests refused with 162 for pacing (pacing.historical)."""
         return self.history_violations
-
-    @query
-    def contract_details_requests(self) -> int:
-        """reqContractDetails received since start, from every client (answered or not)."""
-        return self.contract_details_count
 
     @query
     def market_data_types(self) -> list[tuple[int, int]]:

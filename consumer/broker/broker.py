@@ -8,7 +8,6 @@ market data (market), the order engine (orders) and the translation of IB's obje
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -21,9 +20,10 @@ from consumer.broker.gateway import Gateway, Listener, State
 from consumer.broker.instruments import Instrument, Instruments, fx_pair
 from consumer.broker.model import Account, BrokerOrder, Fill, HistoricalBar, Position, Quote, is_done
 from consumer.broker.orders import (
+    Asked,
+    ConnectionRecord,
     OrderEngine,
     Outcome,
-    Snapshot,
     ask_orders,
     cancel_orders,
     find_orders,
@@ -37,8 +37,8 @@ log = get_logger(__name__)
 
 NO_SECURITY_DEFINITION = 200  # "No security definition has been found for the request"
 
-# An answer of `Broker.ask_orders` still to come.
-OrderSnapshot = asyncio.Future[Snapshot]
+# What `Broker.ask_orders` started: a fresh answer still to come, or a first run's connection record.
+OrderSnapshot = Asked
 
 
 class Broker:
@@ -255,9 +255,20 @@ class Broker:
         self._gateway.require()
         return [views.order(t) for t in await self._gateway.requests.open_orders() if not is_done(t.orderStatus.status)]
 
-    def ask_orders(self) -> OrderSnapshot:
-        """Starts reading every open and completed order and execution, for a later `OrderEngine.find`."""
+    @property
+    def generation(self) -> int | None:
+        """The synchronised connection's generation (None while it is away): a first run notes it at its start."""
+        return self._gateway.synchronised()
+
+    def ask_orders(self, record_since: int | None = None) -> OrderSnapshot:
+        """Starts reading every open and completed order and execution, for a later `OrderEngine.find`.
+
+        `record_since`, a first run's connection generation at its start: nothing is asked; the connection's own
+        record is read at placing if that connection still holds, else the broker is asked then (ConnectionRecord).
+        """
         self._gateway.require()
+        if record_since is not None:
+            return ConnectionRecord(record_since, self._gateway.synchronised)
         return ask_orders(self._gateway.requests)
 
     async def find_orders(self, refs: set[str], within: float | None = None) -> dict[str, Outcome]:

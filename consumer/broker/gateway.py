@@ -82,7 +82,9 @@ class Gateway:
         self.ib = IB()
         self.requests = SharedRequests(self.ib)
         self.state = State.CONNECTING
-        self.connections = 0  # successful (re)connects, for metrics and tests
+        # Completed (re)connects: also the connection's generation, which a first run's order lookup compares at its
+        # start and at placing (consumer.broker.orders.ConnectionRecord).
+        self.connections = 0
         self._listeners: list[Listener] = []
         self._heartbeat_misses = heartbeat_misses
         self._lost = asyncio.Event()
@@ -123,6 +125,12 @@ class Gateway:
     @property
     def ready(self) -> bool:
         return self.state is State.CONNECTED and self.ib.isConnected()
+
+    def synchronised(self) -> int | None:
+        """The generation of the connection now up, synchronised and not dropped since (see `connections`); None
+        while it is away. ib_insync's record of our orders (`ib.trades()`, `ib.fills()`) is complete for it: the
+        start-up download finished (`_connect` refuses a partial one) and the live stream has kept it current."""
+        return self.connections if self.ready else None
 
     def require(self) -> IB:
         """The IB object, or a Transient failure so the message is redelivered once the gateway is back."""

@@ -319,7 +319,7 @@ class OrderEngine:
         self.confirming_ms = (time.perf_counter() - sent) * 1000
         return outcomes
 
-    async def find(self, refs: set[str], asked: asyncio.Future[Snapshot] | None = None) -> dict[str, Outcome]:
+    async def find(self, refs: set[str], asked: Asked | None = None) -> dict[str, Outcome]:
         return await find_orders(self._ib, self._requests, refs, within=self._lookup_timeout, asked=asked)
 
     async def _confirm_counted(self, trade: Trade, total: int, held: asyncio.Future[Any]) -> bool:
@@ -430,6 +430,32 @@ def next_emit(event: Any) -> asyncio.Future[Any]:
 Snapshot = tuple[list[Trade], list[Trade], list[Fill]]
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionRecord:
+    """A first run's lookup: the connection's own record of our orders and fills, read instead of a fresh download.
+
+    ib_insync downloads open and completed orders and executions at every connect (the gateway refuses a partial
+    download: consumer.broker.gateway), keeps them current from the live stream of our client id's orders and resets
+    them on a disconnect. While the connection that was synchronised when the intent started still holds
+    (`generation`, compared with `current()` at placing), `ib.trades()` + `ib.fills()` is the broker's record of
+    every order of this client id, at no message cost. It misses orders another client id placed with our orderRef
+    after that connect, and another client id's orders still working at it: a first run is one no earlier delivery
+    claimed, so only a lost Firestore and another client id together could make that a double order.
+    """
+
+    generation: int
+    current: Callable[[], int | None]  # the generation now, None while not connected and synchronised
+
+    @property
+    def holds(self) -> bool:
+        return self.current() == self.generation
+
+
+# What a trading intent starts at its beginning and `find_orders` reads before placing: a fresh download under way
+# (`ask_orders`), or, for a first run, the connection's record (`ConnectionRecord`).
+Asked = asyncio.Future[Snapshot] | ConnectionRecord
+
+
 def ask_orders(requests: SharedRequests) -> asyncio.Future[Snapshot]:
     """Starts the three requests `find_orders` reads, to be answered while other work goes on.
 
@@ -443,9 +469,9 @@ def ask_orders(requests: SharedRequests) -> asyncio.Future[Snapshot]:
     )
 
 
-def discard(asked: asyncio.Future[Snapshot] | None) -> None:
+def discard(asked: Asked | None) -> None:
     """Drops an answer asked for and not read (a dry run, a refusal before placing)."""
-    if asked is None:
+    if asked is None or isinstance(asked, ConnectionRecord):
         return
     if not asked.done():
         asked.cancel()
@@ -458,23 +484,32 @@ async def find_orders(
     requests: SharedRequests,
     refs: set[str],
     within: float = LOOKUP_TIMEOUT,
-    asked: asyncio.Future[Snapshot] | None = None,
+    asked: Asked | None = None,
 ) -> dict[str, Outcome]:
     """Orders with these orderRefs at the broker: working, completed, or seen only as executions.
 
-    `asked` is an answer asked for earlier (`ask_orders`); without it the broker is asked now. Bounded: a gateway
-    that stops answering raises TimeoutError (transient: the request is retried later and looks again), rather
-    than hanging the intent.
+    `asked` is an answer asked for earlier (`ask_orders`) or a first run's `ConnectionRecord`, read as it is if its
+    connection still holds; without either (or with a record whose connection dropped since) the broker is asked
+    now. Bounded: a gateway that stops answering raises TimeoutError (transient: the request is retried later and
+    looks again), rather than hanging the intent.
     """
     if not refs:
         discard(asked)
         return {}
+    if isinstance(asked, ConnectionRecord):
+        if asked.holds:
+            return _match(refs, ib.trades(), ib.fills())
+        asked = None  # the connection dropped since the intent started: its record may be incomplete
     open_trades, completed, fills = await asyncio.wait_for(
         asked if asked is not None else ask_orders(requests),
         within,
     )
+    return _match(refs, [*completed, *open_trades, *ib.trades()], fills)
+
+
+def _match(refs: set[str], trades: Iterable[Trade], fills: Iterable[Fill]) -> dict[str, Outcome]:
     found: dict[str, Outcome] = {}
-    for trade in [*completed, *open_trades, *ib.trades()]:
+    for trade in trades:
         ref = trade.order.orderRef
         if ref in refs:
             candidate = outcome_of(trade, existing=True)

@@ -55,8 +55,9 @@ def choose_strategies(ctx: IntentContext, params: dict[str, Any]) -> dict[str, S
 
 async def allocation(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     strategies = choose_strategies(ctx, params)
-    # Asked now, read before placing: the broker's answer takes seconds on a busy account and needs nothing else.
-    asked = None if ctx.dry_run else ctx.broker.ask_orders()
+    # Asked now, read before placing: the broker's answer takes seconds on a busy account and needs nothing else (a
+    # first run reads the connection's record instead, at no cost: IntentContext.orders_to_look_up).
+    asked = ctx.orders_to_look_up()
     try:
         return await _allocation(ctx, strategies, asked)
     finally:

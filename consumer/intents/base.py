@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 if TYPE_CHECKING:
-    from consumer.broker.broker import Broker
+    from consumer.broker.broker import Broker, OrderSnapshot
     from consumer.envelope import Request
     from consumer.services import Services
     from consumer.store.trading_config import TradingConfig
@@ -59,6 +59,11 @@ class IntentContext:
     # Milliseconds per phase of a trading intent (books, contracts, prices, signals, orders, confirmations): where
     # a slow rebalance spends its time, in its own reply.
     timings: dict[str, float] = field(default_factory=dict)
+    # A first run (its claim was created, not taken over: no earlier delivery of the request id ran as far as
+    # Firestore knows) and the connection generation when it started: such a run looks its orders up in the
+    # connection's own record instead of a fresh download (see orders_to_look_up).
+    first_run: bool = False
+    generation: int | None = None
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -85,6 +90,17 @@ class IntentContext:
     def market_now(self) -> datetime:
         """Now by the gateway's clock: what decides whether an exchange is open (see Gateway.now)."""
         return self.services.broker.now()
+
+    def orders_to_look_up(self) -> OrderSnapshot | None:
+        """Started at a trading intent's beginning, read before placing (`send_orders`); None for a dry run.
+
+        A redelivery or a claim taken over asks the broker afresh for every open and completed order and execution
+        (an earlier run may have placed anything, on any connection); a first run reads the connection's record,
+        which holds every order of our client id at no cost, unless the connection dropped since it started.
+        """
+        if self.dry_run:
+            return None
+        return self.broker.ask_orders(self.generation if self.first_run else None)
 
     @property
     def dry_run(self) -> bool:

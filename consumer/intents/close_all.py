@@ -34,7 +34,7 @@ async def close_all(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
         if not named and not include_unallocated:
             return {"strategies": [], "instruments": [], "note": "no strategy is marked flatAtClose: close"}
     books = [*named, *([UNALLOCATED] if include_unallocated else [])] if named else None
-    asked = None if ctx.dry_run else ctx.broker.ask_orders()  # read before placing (see allocation)
+    asked = ctx.orders_to_look_up()  # read before placing (see allocation)
     try:
         return await _close(ctx, books, include_unallocated, asked)
     finally:

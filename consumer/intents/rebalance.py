@@ -73,8 +73,8 @@ class Rebalance:
     orders: list[WorkingOrder] = field(default_factory=list)
     others: list[BrokerOrder] = field(default_factory=list)  # working at the broker, not ours: never touched
     sweep: dict[str, Any] = field(default_factory=dict)
-    # The broker's orders and executions, asked for when the intent started (see Broker.ask_orders); read when the
-    # legs are looked up before placing.
+    # The broker's orders and executions, asked for when the intent started, or a first run's connection record
+    # (IntentContext.orders_to_look_up); read when the legs are looked up before placing.
     asked: OrderSnapshot | None = None
 
     @classmethod
@@ -401,7 +401,8 @@ async def send_orders(
     """Writes each order ahead, places the ones the broker does not have yet, waits for each, records the result.
 
     `orders` and `shares` are keyed by orderRef; shares are the strategies' parts of each order (empty for orders
-    no strategy owns, such as currency conversions). `asked`: the broker's orders, asked for at the intent's start.
+    no strategy owns, such as currency conversions). `asked`: the broker's orders, asked for at the intent's start
+    (or a first run's connection record, read if its connection still holds).
     """
     services = ctx.services
     if not orders:

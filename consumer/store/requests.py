@@ -65,6 +65,12 @@ class Claim:
     # Set when the id was claimed by a request that asked for something else: (its intent, its fingerprint).
     conflict: tuple[str | None, str] | None = None
 
+    @property
+    def first_run(self) -> bool:
+        """Won by creating the claim: no earlier delivery of this request id claimed it, as far as Firestore knows
+        (a redelivery after a release, or a lapsed lease taken over, is a later run)."""
+        return self.won and self.runs == 1
+
 
 class RequestLedger:
     """The claims on request ids (see above): `claim`, `keep_alive` while running, `finish` with the reply stored,
