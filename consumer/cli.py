@@ -527,19 +527,10 @@ class WaitProgress:
 
     @classmethod
     def for_local_stack(cls) -> WaitProgress:
-        """The local stack's echo when `make run` is serving from this checkout; otherwise the periodic line.
-
-        devstack/ is a developer tool outside the wheel: an installed consumer (the image) has no local stack to
-        follow, so its absence means "elsewhere", not an error.
-        """
+        """The local stack's echo when `make run` is serving from this checkout; otherwise the periodic line."""
         import os
 
-        try:
-            from devstack.local import ProgressEcho, StackFile, workdir
-        except ModuleNotFoundError as e:
-            if e.name != "devstack":
-                raise  # a broken devstack is a bug to see, not a reason to go quiet
-            return cls(None)
+        from consumer.local_stack import ProgressEcho, StackFile, workdir
 
         directory = workdir(os.environ)
         live = StackFile(directory).live_runner() is not None

@@ -23,10 +23,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from consumer.addresses import port_free, port_open, split_host_port
 from consumer.console import reply_details, reply_line
+from consumer.local_stack import ProgressEcho, StackFile, workdir
 from devstack.emulators import EmulatorPair, http_ok, stop_process_group
 
 DEFAULTS = {
@@ -42,7 +43,6 @@ LOCAL_ACCOUNT = "DU123456"  # the paper account of ibsim's default scenario
 DEMO_MINUTES = dt.timedelta(minutes=10)
 # What a paper account at IB Gateway really does: regular hours with holidays, margin, delayed data but US ETFs.
 PAPER_SCENARIO = Path(__file__).resolve().parents[1] / "ibsim" / "scenarios" / "paper.yaml"
-STACK_FILE = "stack.json"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # `make run ACCOUNTS=...`: logins separated by `:`, a login's accounts by `,`, each `ID` or `ID=alias`; a name here
 # stands for a built-in layout. The first login is the default deployment (README, "Local stack").
@@ -50,11 +50,6 @@ LAYOUTS = {"household": "DU111111=solo:DU222222=parent,DU333333=child"}
 # Login n (from 0) listens on IB_PORT+n and HEALTH_PORT+10n: +n would put the second consumer on 8081, Firestore's.
 HEALTH_PORT_STEP = 10
 ACCOUNTS_FILE = "accounts.yaml"
-
-
-def workdir(environ: Mapping[str, str]) -> Path:
-    """Logs and the stack file; DEVSTACK_DIR moves them (tests run a stack beside a developer's)."""
-    return Path(environ.get("DEVSTACK_DIR") or ".devstack")
 
 
 class StackError(RuntimeError):
@@ -305,79 +300,6 @@ class Child:
         stop_process_group(self.process, timeout)
 
 
-class ProgressEcho:
-    """Brings a long rebalance's progress from the consumer's log file to this terminal, where the person looks."""
-
-    def __init__(self, log_path: Path, out: TextIO | None = None) -> None:
-        self._path = log_path
-        self._offset = log_path.stat().st_size if log_path.exists() else 0
-        self._partial = b""
-        self._out = out
-        # `consumer publish --wait` follows only its own request (its message id or idempotency key); make run, all.
-        self.request_ids: set[str] | None = None
-
-    def poll(self) -> None:
-        try:
-            with self._path.open("rb") as log:
-                log.seek(self._offset)
-                data = log.read()
-        except FileNotFoundError:
-            return
-        self._offset += len(data)
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        for raw in lines:
-            line = re.sub(r"\x1b\[[0-9;]*m", "", raw.decode(errors="replace"))
-            if "orders confirmed" not in line:
-                continue
-            fields = dict(re.findall(r"(\w+)=(\S+)", line))
-            if self.request_ids is not None and fields.get("requestId") not in self.request_ids:
-                continue
-            with contextlib.suppress(OSError):
-                print(
-                    f"    ... {fields.get('intent', 'intent')} {fields.get('requestId', '')}: "
-                    f"{fields.get('confirmed', '?')}/{fields.get('total', '?')} orders confirmed",
-                    file=self._out or sys.stdout,
-                    flush=True,
-                )
-
-
-class StackFile:
-    """`stack.json`: the runner's pid and every process group it started, for `make stop`."""
-
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / STACK_FILE
-
-    def read(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self.path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        return data if isinstance(data, dict) else None
-
-    def write(self, groups: dict[str, int], addresses: LocalAddresses) -> None:
-        record = {"runner": os.getpid(), "groups": groups, "listeners": addresses.listeners()}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(self.path)
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-    def live_runner(self) -> int | None:
-        """The pid of a runner still alive (and still ours: its command line names the devstack)."""
-        data = self.read()
-        pid = data.get("runner") if data else None
-        if not isinstance(pid, int) or pid == os.getpid():
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError:  # no /proc: trust the signal probe
-            return pid
-        return pid if b"devstack" in cmdline.split(b"\0") else None  # `python -m devstack run`
-
-
 def check_free(addresses: LocalAddresses, stack_file: StackFile) -> None:
     """Every port the stack needs, checked before anything starts: a taken one is named with its variable."""
     runner = stack_file.live_runner()
@@ -408,7 +330,7 @@ def run() -> int:
 
     def record(name: str, pid: int) -> None:
         groups[name] = pid
-        stack_file.write(groups, addresses)
+        stack_file.write(groups, addresses.listeners())
 
     deployments = addresses.deployments()
     _say(f"local stack for project {addresses.project}; logs in {directory}/")

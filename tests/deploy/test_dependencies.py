@@ -35,8 +35,7 @@ def imported_distributions(*packages: str) -> set[str]:
     found = set()
     for module in modules:
         parts = module.split(".")
-        # devstack: ours, outside the wheel; the CLI imports it only to follow a local stack (consumer/cli.py).
-        if parts[0] in sys.stdlib_module_names or parts[0] in ("consumer", "ibsim", "launcher", "devstack"):
+        if parts[0] in sys.stdlib_module_names or parts[0] in ("consumer", "ibsim", "launcher"):
             continue
         # google.* is a namespace many distributions share: the longest module path that one of them installs.
         for i in range(len(parts), 0, -1):
