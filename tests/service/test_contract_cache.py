@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 
-from tests.support import TEST_ACCOUNT, Bus, account_document, allocation, holdings, mode_collection, wait_for
+from tests.support import (
+    STREAM_RESTART_WAIT,
+    TEST_ACCOUNT,
+    Bus,
+    account_document,
+    allocation,
+    holdings,
+    mode_collection,
+    wait_for,
+)
 
 pytestmark = pytest.mark.usefixtures("paper_config")
 
@@ -32,9 +41,12 @@ def spy_key(cached: dict[str, dict[str, Any]]) -> str:
     return key
 
 
-def trade_spy(bus: Bus, gateway: Any, project: str, weight: float) -> dict[str, Any]:
-    """An allocation that buys SPY; checks the order at the broker by orderRef and its fills booked by execId."""
-    reply = bus.reply_to(bus.publish(allocation({"SPY": weight})))
+def trade_spy(bus: Bus, gateway: Any, project: str, weight: float, timeout: float = 30.0) -> dict[str, Any]:
+    """An allocation that buys SPY; checks the order at the broker by orderRef and its fills booked by execId.
+
+    After a consumer restart in the same project pass STREAM_RESTART_WAIT: the emulator may hand the message to the
+    stopped consumer's stream until its lease runs out."""
+    reply = bus.reply_to(bus.publish(allocation({"SPY": weight})), timeout=timeout)
     assert reply["status"] == "ok", reply
     (spy,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "SPY"]
     assert spy["order"] > 0, spy
@@ -60,7 +72,7 @@ def test_a_restarted_consumer_asks_the_gateway_for_no_contract_it_cached_today(
 
     asked = contract_details_requests(gateway)
     consumer_factory(order_timeout=3.0)
-    trade_spy(bus, gateway, project, 0.1)
+    trade_spy(bus, gateway, project, 0.1, timeout=STREAM_RESTART_WAIT)
     assert contract_details_requests(gateway) == asked  # SPY came from Firestore
     wait_for(lambda: holdings(project).get("dummy", {}).get("SPY", 0) > 0, what="SPY held by dummy")
 
@@ -75,7 +87,7 @@ def test_an_entry_fetched_before_the_trading_day_is_fetched_again(bus: Bus, gate
 
     asked = contract_details_requests(gateway)
     consumer_factory(order_timeout=3.0)
-    trade_spy(bus, gateway, project, 0.1)
+    trade_spy(bus, gateway, project, 0.1, timeout=STREAM_RESTART_WAIT)
     assert contract_details_requests(gateway) > asked
     assert contracts(project)[key]["fetchedAt"] > yesterday + timedelta(hours=12)
 
@@ -90,14 +102,14 @@ def test_ib_answering_200_for_a_cached_con_id_drops_the_entry(bus: Bus, gateway,
     contracts(project)[key]["_ref"].update({"conId": 999_000_999, "contract.conId": 999_000_999})
 
     consumer_factory(order_timeout=3.0)
-    refused = bus.reply_to(bus.publish(allocation({"SPY": 0.1})))
+    refused = bus.reply_to(bus.publish(allocation({"SPY": 0.1})), timeout=STREAM_RESTART_WAIT)
     # No price for a contract IB does not know: SPY is left alone, nothing is sent for it.
     assert refused["result"]["strategies"]["dummy"] == {"status": "skipped", "reason": "no price for SPY"}, refused
     assert len(gateway.orders()) == orders_before
     wait_for(lambda: key not in contracts(project), what="the cached SPY dropped")
 
     asked = contract_details_requests(gateway)
-    trade_spy(bus, gateway, project, 0.1)
+    trade_spy(bus, gateway, project, 0.1, timeout=STREAM_RESTART_WAIT)
     assert contract_details_requests(gateway) > asked
     real = gateway.call(lambda: gateway.server.instruments["SPY"]).conId
     assert contracts(project)[key]["conId"] == real
