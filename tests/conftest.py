@@ -58,8 +58,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(shared, ignore_errors=True)
 
 
-# Module fixtures that start a whole `make run` stack (tests/service/test_operator*.py): the tests using one run on
-# one worker (`--dist loadgroup`), so the stack starts once; the module's other tests go wherever there is room.
+# Fixtures that start a whole `make run` stack (tests/service/test_operator*.py): the tests using one run on one
+# worker (`--dist loadgroup`), so the stack starts once; the module's other tests go wherever there is room.
 STACK_FIXTURES = ("stack", "household")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -52,10 +53,27 @@ def test_the_data_links_are_the_top_level_files() -> None:
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
 
 
+def image_context(into: Path) -> Path:
+    """The files the image builds the wheel from (the `!` lines of gateway-image/Dockerfile.dockerignore, but the
+    launcher's), copied as they are: building in the checkout would pick up a stale `build/` left by an earlier
+    build, and the wheel would carry files the repository no longer has."""
+    ignore = (REPO / "gateway-image" / "Dockerfile.dockerignore").read_text().splitlines()
+    wanted = {line[1:].removesuffix("/**") for line in ignore if line.startswith("!") and "launcher" not in line}
+    for name in wanted:
+        source, target = REPO / name, into / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, target)
+    return into
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     wheels = tmp_path_factory.mktemp("wheels")
-    subprocess.run([*PIP, "wheel", str(REPO), "--no-deps", "-w", str(wheels)], check=True)
+    context = image_context(tmp_path_factory.mktemp("context"))
+    subprocess.run([*PIP, "wheel", str(context), "--no-deps", "-w", str(wheels)], check=True)
     (built,) = wheels.glob("*.whl")
     return built
 

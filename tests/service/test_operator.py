@@ -151,7 +151,9 @@ def kill_leftovers(stack: Stack | Path) -> None:
             continue
 
 
-@pytest.fixture(scope="module")
+# Session-scoped (one worker runs every test using it: tests/conftest.py STACK_FIXTURES), so the stack is not
+# stopped and started again each time that worker runs another module's test in between.
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running = start_stack(tmp_path_factory.mktemp("stack"), ["make", "--no-print-directory", "run"])
     yield running

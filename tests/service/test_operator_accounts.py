@@ -34,7 +34,9 @@ SOLO, PARENT, CHILD = "DU111111", "DU222222", "DU333333"
 ALIASES = {SOLO: "solo", PARENT: "parent", CHILD: "child"}
 
 
-@pytest.fixture(scope="module")
+# Session-scoped (one worker runs every test using it: tests/conftest.py STACK_FIXTURES), so the stack is not
+# stopped and started again each time that worker runs another module's test in between.
+@pytest.fixture(scope="session")
 def household(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running = start_stack(
         tmp_path_factory.mktemp("household"), ["make", "--no-print-directory", "run", "ACCOUNTS=household"]
