@@ -65,8 +65,8 @@ STACK_FIXTURES = ("stack", "household")
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Marks every test that needs the emulators (through any fixture), so `make check` can leave them out, and
-    groups the tests sharing a stack fixture."""
+    """Marks every test that needs the emulators (through any fixture), so `make check` can leave them out, groups
+    the tests sharing a stack fixture, and puts the slow ones first."""
     for item in items:
         names = getattr(item, "fixturenames", ())
         if "emulators" in names:
@@ -74,6 +74,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for fixture in STACK_FIXTURES:
             if fixture in names:
                 item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{fixture}"))  # type: ignore[attr-defined]
+    # The slow tests first: handed out early, they run beside the many short ones instead of trailing at the end
+    # while the other workers sit idle (the order within each group stays as written).
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

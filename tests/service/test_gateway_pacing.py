@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
+import pytest
+
 from tests.support import Bus
 
 
@@ -22,6 +24,7 @@ def test_concurrent_pings_beside_the_heartbeat_are_all_answered(consumer, bus: B
     assert gateway.connected_client_ids() == [1]
 
 
+@pytest.mark.slow
 def test_a_slow_startup_connects_once_without_timing_out(consumer_factory, bus: Bus, gateway) -> None:
     """Completed orders take 8 s: within IB_CONNECT_TIMEOUT (10 s, per start-up request in ib_insync), so one
     connect, no retry, and no second session."""
@@ -48,6 +51,7 @@ def test_a_startup_request_never_answered_is_reported_and_retried(consumer_facto
     assert bus.reply_to(bus.publish({"intent": "ping"}))["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_a_late_heartbeat_answer_while_the_gateway_keeps_answering_is_no_reason_to_reconnect(
     consumer, bus: Bus, gateway
 ) -> None:

@@ -85,11 +85,12 @@ def test_a_first_run_after_its_documents_were_lost_finds_its_legs_in_the_connect
 
 
 def test_a_restarted_consumer_finds_a_working_leg_in_the_record_it_downloaded_at_connect(
-    consumer, consumer_factory, bus: Bus, gateway, project: str
+    consumer_factory, bus: Bus, gateway, project: str
 ):
+    consumer = consumer_factory(order_timeout=3.0)
     gateway.hold_fills(True)  # the leg stays working at the broker
     request = allocation({"SPY": 0.05}, idempotencyKey="working-across-a-restart")
-    first = bus.reply_to(bus.publish(request), timeout=90)  # reported working after the order timeout (30 s)
+    first = bus.reply_to(bus.publish(request), timeout=90)  # reported working after the order timeout
     assert first["status"] == "ok", first
     (line,) = first["result"]["instruments"]
     ref = line["orderRef"]
