@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from importlib import resources
 from pathlib import Path
 
@@ -176,11 +175,8 @@ def test_state_file_round_trip(tmp_path: Path) -> None:
 
 
 def test_cli_starts_prints_and_stops_on_sigterm(tmp_path: Path) -> None:
-    t0 = time.monotonic()
     with ibsim_cli("--state", str(tmp_path / "s.json"), cwd=tmp_path, stderr=subprocess.PIPE) as (proc, port, line):
-        startup = time.monotonic() - t0
         assert "(scenario: default, account DU123456)" in line
-        assert startup < 3  # includes the interpreter; the server itself is well under a second
         ensure_loop()
         ib = IB()
         ib.connect("127.0.0.1", port, clientId=1, timeout=4)
