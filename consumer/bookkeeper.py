@@ -19,6 +19,7 @@ from typing import Any
 from consumer.broker.broker import Broker
 from consumer.broker.gateway import State
 from consumer.broker.model import NOT_PLACED, BrokerOrder, Fill, is_done
+from consumer.broker.orders import ConnectionRecord
 from consumer.logs import get_logger
 from consumer.portfolio import EPSILON
 from consumer.store.books import BATCH, Books, Close, Execution
@@ -169,9 +170,13 @@ class Bookkeeper:
         account = fill.account or (accounts[0] if len(accounts) == 1 else "")
         return self._broker.fx_rates(account) if account else {}
 
-    async def reconcile(self) -> dict[str, Any]:
-        """Books every execution the gateway reports that is not booked yet, and closes finished orders."""
-        reported = await self._broker.executions()
+    async def reconcile(self, record: ConnectionRecord | None = None) -> dict[str, Any]:
+        """Books every execution the gateway reports that is not booked yet, and closes finished orders.
+
+        `record`: a trading intent's connection record (decision 14): while its connection holds, executions and
+        orders are read from it instead of asked for; the sweep after a connect and the reconcile intents ask.
+        """
+        reported = await self._broker.executions(record)
         fills = {f.exec_id: f for f in [*self._broker.session_fills(), *reported] if self._ours(f)}
         applied, commissions, known = [], [], 0
         # Every fill of the day is reported on every sweep: those already booked (with their commission, when the
@@ -192,7 +197,7 @@ class Bookkeeper:
                 commissions.append(fill.exec_id)
             else:
                 known += 1
-        closed, still_open, synthetic = await self._close_finished(list(fills.values()))
+        closed, still_open, synthetic = await self._close_finished(list(fills.values()), record)
         return {
             "fillsApplied": applied,
             "fillsKnown": known,
@@ -202,9 +207,11 @@ class Bookkeeper:
             "ordersOpen": still_open,
         }
 
-    async def _close_finished(self, reported: list[Fill]) -> tuple[list[dict[str, Any]], int, list[str]]:
+    async def _close_finished(
+        self, reported: list[Fill], record: ConnectionRecord | None
+    ) -> tuple[list[dict[str, Any]], int, list[str]]:
         docs = await self._books.open_orders()
-        at_broker = await self._broker.find_orders({d["orderRef"] for d in docs})
+        at_broker = await self._broker.find_orders({d["orderRef"] for d in docs}, record=record)
         closed, synthetic, still_open = [], [], 0
         now = datetime.now(UTC)
         for doc in docs:

@@ -184,7 +184,12 @@ class Broker:
         connect (it has no request/reply form)."""
         return [views.portfolio_item(p) for p in self._ib.portfolio()]
 
-    async def positions(self) -> list[Position]:
+    async def positions(self, record: ConnectionRecord | None = None) -> list[Position]:
+        """Every account's positions: from the connection's record while `record` holds (ib_insync's view, which
+        IB keeps current by streaming position updates after the reqPositions sent at connect, never cancelled),
+        else asked for afresh."""
+        if record is not None and record.holds:
+            return [views.position(p) for p in self._ib.positions()]
         self._gateway.require()
         return [views.position(p) for p in await self._gateway.requests.positions()]
 
@@ -271,9 +276,17 @@ class Broker:
             return ConnectionRecord(record_since, self._gateway.synchronised)
         return ask_orders(self._gateway.requests)
 
-    async def find_orders(self, refs: set[str], within: float | None = None) -> dict[str, Outcome]:
+    def record(self, since: int | None) -> ConnectionRecord | None:
+        """The connection's record for an intent that started on generation `since` (None: there is none to read).
+
+        Read by `executions`, `positions` and `find_orders` instead of asking, while that connection holds."""
+        return None if since is None else ConnectionRecord(since, self._gateway.synchronised)
+
+    async def find_orders(
+        self, refs: set[str], within: float | None = None, record: ConnectionRecord | None = None
+    ) -> dict[str, Outcome]:
         within = self._gateway.order_lookup_timeout if within is None else within
-        return await find_orders(self._ib, self._gateway.requests, refs, within)
+        return await find_orders(self._ib, self._gateway.requests, refs, within, asked=record)
 
     async def cancel(self, orders: Iterable[BrokerOrder], within: float) -> dict[str, Outcome]:
         """Cancels these working orders of ours and waits until IB has finished each, by orderRef.
@@ -307,8 +320,11 @@ class Broker:
                     found[order.order_ref] = trade
         return list(found.values())
 
-    async def executions(self) -> list[Fill]:
-        """Today's executions, as the gateway reports them when asked."""
+    async def executions(self, record: ConnectionRecord | None = None) -> list[Fill]:
+        """Today's executions, as the gateway reports them when asked; while `record` holds, the connection's
+        (`session_fills`: downloaded at connect, kept current by the live stream of our client id's fills)."""
+        if record is not None and record.holds:
+            return self.session_fills()
         self._gateway.require()
         return [views.fill(f) for f in await self._gateway.requests.executions()]
 

@@ -17,6 +17,7 @@ import structlog
 
 if TYPE_CHECKING:
     from consumer.broker.broker import Broker, OrderSnapshot
+    from consumer.broker.orders import ConnectionRecord
     from consumer.envelope import Request
     from consumer.services import Services
     from consumer.store.trading_config import TradingConfig
@@ -101,6 +102,11 @@ class IntentContext:
         if self.dry_run:
             return None
         return self.broker.ask_orders(self.generation if self.first_run else None)
+
+    def connection_record(self) -> ConnectionRecord | None:
+        """The connection's record as the books phase reads it (the sweep, check_books), on every run: while the
+        connection the intent started on holds, it is the broker's word for our client id (decision 14)."""
+        return self.broker.record(self.generation)
 
     @property
     def dry_run(self) -> bool:

@@ -35,7 +35,7 @@ async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str,
     threshold = float(params.get("threshold", ctx.config.cash_threshold))
     base = account.base_currency
     # The books' claims must include every fill so far, or a strategy's fresh forex trade would look free.
-    await services.bookkeeper.reconcile()
+    await services.bookkeeper.reconcile(ctx.connection_record())
     balances = broker.cash_balances(account.id)
     rates = broker.fx_rates(account.id)
     claims = currency_lines(await services.books.holdings(), balances, base)

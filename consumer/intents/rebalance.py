@@ -20,7 +20,7 @@ from typing import Any
 from consumer.broker.broker import Broker, OrderSnapshot
 from consumer.broker.instruments import Instrument
 from consumer.broker.model import Account, BrokerOrder, Fate, is_done
-from consumer.broker.orders import LegOrder, Outcome, discard, order_ref
+from consumer.broker.orders import ConnectionRecord, LegOrder, Outcome, discard, order_ref
 from consumer.errors import IntentError, Rejected, Transient
 from consumer.intents.base import IntentContext
 from consumer.portfolio import EPSILON, Leg, net_legs
@@ -83,7 +83,7 @@ class Rebalance:
     ) -> Rebalance:
         """Brings the books in step with the broker first: every later number depends on them."""
         services = ctx.services
-        sweep = await services.bookkeeper.reconcile()
+        sweep = await services.bookkeeper.reconcile(ctx.connection_record())
         account = await ctx.broker.account(services.account)
         rebalance = cls(ctx=ctx, account=account, scope=strategies, sweep=sweep, asked=asked)
         await rebalance._reload()
@@ -223,14 +223,16 @@ class Rebalance:
         Firestore restore, deleted documents) is how every order gets placed twice.
 
         Positions and executions are two snapshots; a fill landing between them can make them disagree for a
-        moment, so a difference is looked at twice before it is final.
+        moment, so a difference is looked at twice before it is final. The first look reads the connection's
+        record (decision 14); a difference is looked at again from fresh downloads after a fresh sweep, so a
+        refusal never rests on the record alone (a position update and its execution arrive as separate messages).
         """
         if not con_ids:
             return
-        differences = await self._book_differences(con_ids)
+        differences = await self._book_differences(con_ids, self.ctx.connection_record())
         if differences:
             await self.ctx.services.bookkeeper.reconcile()
-            differences = await self._book_differences(con_ids)
+            differences = await self._book_differences(con_ids, None)
         if differences:
             listed = ", ".join(f"{d['instrument']}: books {d['books']:g}, broker {d['broker']:g}" for d in differences)
             raise IntentError(
@@ -240,10 +242,10 @@ class Rebalance:
                 details=differences,
             )
 
-    async def _book_differences(self, con_ids: set[int]) -> list[dict[str, Any]]:
+    async def _book_differences(self, con_ids: set[int], record: ConnectionRecord | None) -> list[dict[str, Any]]:
         ctx = self.ctx
-        positions = await ctx.broker.positions()
-        fills = await ctx.broker.executions()
+        positions = await ctx.broker.positions(record)
+        fills = await ctx.broker.executions(record)
         account = self.account.id
         broker: dict[int, float] = {}
         names: dict[int, str] = {}

@@ -1,5 +1,6 @@
 """Before placing, a trading intent looks every leg up by orderRef: a first run in the connection's own record (no
-request to the gateway), a redelivery or a run after a reconnect with a fresh download of the broker's orders."""
+request to the gateway), a redelivery or a run after a reconnect with a fresh download of the broker's orders. Its
+books phase (the sweep, check_books) reads the same record while the connection holds."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from tests.support import (
     Bus,
     allocation,
     another_intents_subscription,
+    holdings,
     mode_collection,
     mode_document,
+    stock_positions,
     wait_for,
 )
 
@@ -27,6 +30,8 @@ pytestmark = pytest.mark.usefixtures("paper_config")
 
 CLIENT_ID = 1  # tests/support.py settings_for_tests
 COMPLETED = "reqCompletedOrders"
+# What the connection's record answers at no cost: the books phase and the lookup of a first run ask none of them.
+DOWNLOADS = {COMPLETED, "reqExecutions", "reqPositions"}
 
 
 def requests_until_placed(gateway: Any, since: int) -> list[str]:
@@ -47,6 +52,18 @@ def placed_once_and_booked_once(gateway: Any, project: str, ref: str) -> None:
     wait_for(lambda: booked() == executions, what="each execution booked once")
 
 
+def placed_once_and_booked_once_among(gateway: Any, project: str, ref: str) -> None:
+    """As placed_once_and_booked_once, with other orders at the broker."""
+    assert [o["orderRef"] for o in gateway.orders()].count(ref) == 1
+    executions = sorted(e["execId"] for e in gateway.executions() if e["orderRef"] == ref)
+    assert executions
+
+    def booked() -> list[str]:
+        return sorted(f["execId"] for f in mode_collection(project, "fills") if f.get("orderRef") == ref)
+
+    wait_for(lambda: booked() == executions, what="each execution booked once")
+
+
 def delete_everything_but_the_config(project: str) -> None:
     """A Firestore restore to an empty backup: every document of the mode, the request's claim among them."""
     for collection in mode_document(project).collections():
@@ -54,14 +71,73 @@ def delete_everything_but_the_config(project: str) -> None:
             doc.reference.delete()
 
 
-def test_a_first_run_places_without_asking_for_completed_orders(consumer, bus: Bus, gateway, project: str):
+def test_a_first_run_places_without_asking_for_orders_executions_or_positions(
+    consumer, bus: Bus, gateway, project: str
+):
     since = len(gateway.requests_received())
     reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05}, idempotencyKey="first-run")))
     assert reply["status"] == "ok", reply
     (line,) = reply["result"]["instruments"]
     assert not line["existing"]
-    assert COMPLETED not in requests_until_placed(gateway, since)
+    asked = requests_until_placed(gateway, since)
+    assert DOWNLOADS.isdisjoint(asked), asked  # the sweep, check_books and the lookup all read the record
     placed_once_and_booked_once(gateway, project, line["orderRef"])
+
+
+def test_a_fill_made_while_the_consumer_was_down_is_booked_by_an_intents_sweep_from_the_record(
+    consumer_factory, bus: Bus, gateway, project: str
+):
+    gateway.hold_fills(True)
+    first = consumer_factory(order_timeout=1.0)
+    left = bus.reply_to(bus.publish(allocation({"TLT": 0.05}, idempotencyKey="left-working")))
+    (tlt,) = left["result"]["instruments"]
+    assert tlt["outcome"] == "working", left
+    first.stop()
+    gateway.hold_fills(False)  # it fills while no consumer is connected: no live booking can see it
+    filled = wait_for(lambda: stock_positions(gateway).get("TLT"), what="the fill at the broker")
+    (tlt_exec,) = [e["execId"] for e in gateway.executions() if e["orderRef"] == tlt["orderRef"]]
+
+    consumer_factory(intents_subscription=another_intents_subscription(project, "intents-restarted"))
+    wait_for(lambda: holdings(project) == {"dummy": {"TLT": filled}}, what="the connect sweep's booking")
+    wait_for(lambda: mode_collection(project, "openOrders") == [], what="the order closed")
+    # The books lose it again (a restore from before the sweep): now only the intent's own sweep can book it, from
+    # the executions the restarted consumer downloaded at connect.
+    delete_everything_but_the_config(project)
+
+    since = len(gateway.requests_received())
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05}, idempotencyKey="after-the-restore")))
+    assert reply["status"] == "ok", reply
+    assert reply["result"]["booksReconciled"]["fillsApplied"] == 1, reply["result"]["booksReconciled"]
+    asked = requests_until_placed(gateway, since)
+    assert DOWNLOADS.isdisjoint(asked), asked
+    (spy,) = reply["result"]["instruments"]
+    placed_once_and_booked_once_among(gateway, project, spy["orderRef"])
+    tlt_booked = [f["execId"] for f in mode_collection(project, "fills") if f.get("orderRef") == tlt["orderRef"]]
+    assert tlt_booked == [tlt_exec]  # booked once, by execId, to no strategy (its order document is gone)
+    assert holdings(project)["unallocated"] == {"TLT": filled}
+
+
+def test_books_that_lost_a_position_are_refused_on_a_fresh_look_after_the_record_disagreed(
+    consumer, bus: Bus, gateway, project: str
+):
+    first = bus.reply_to(bus.publish(allocation({"SPY": 0.05}, idempotencyKey="bought")))
+    assert first["status"] == "ok", first
+    (line,) = first["result"]["instruments"]
+    placed_once_and_booked_once(gateway, project, line["orderRef"])
+    held = stock_positions(gateway)["SPY"]
+    for doc in mode_document(project).collection("holdings").stream():
+        doc.reference.delete()  # Firestore lost the holdings; the broker still has the position
+
+    orders_before = len(gateway.orders())
+    since = len(gateway.requests_received())
+    refused = bus.reply_to(bus.publish(allocation({"SPY": 0.1}, idempotencyKey="more")))
+    assert (refused["status"], refused["error"]["code"]) == ("error", "books_disagree"), refused
+    assert [(d["instrument"], d["books"], d["broker"]) for d in refused["error"]["details"]] == [("SPY", 0, held)]
+    assert len(gateway.orders()) == orders_before
+    sent = [name for client, name in gateway.requests_received()[since:] if client == CLIENT_ID]
+    # the first look read the record and disagreed; the refusal rests on one fresh look, not on the record alone
+    assert sent.count("reqPositions") == 1, sent
+    assert "placeOrder" not in sent, sent
 
 
 def test_a_first_run_after_its_documents_were_lost_finds_its_legs_in_the_connection_record(
