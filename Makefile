@@ -63,15 +63,19 @@ test: $(STAMP) system-packages
 	if [ $$linted -ne 0 ]; then echo "make lint failed (above)" >&2; fi; \
 	exit $$(( tests || linted ))
 
-# The fast loop while changing code (< 30 s): no emulators, no checkov, no wheel build, the tests on two workers
-# (pytest-xdist), the property tests with 100 examples each (tests/conftest.py, profile `check`).
-# `make test`, which CI runs, still runs everything, the property tests with their full 400.
+# The fast loop while changing code (< 30 s): no emulators, no checkov, no wheel build, the property tests with 100
+# examples each (tests/conftest.py, profile `check`); mypy runs beside the tests, which spend part of their time in
+# the simulated gateway's pacing windows. `make test`, which CI runs, still runs everything, the property tests with
+# their full 400.
+CHECK_WORKERS ?= 3
+
 check: $(STAMP) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
-	HYPOTHESIS_PROFILE=check $(BIN)/python -m pytest -q -p no:cacheprovider -m "not emulators and not wheel" -n 2 \
-		$(PYTEST_ARGS)
+	@$(BIN)/mypy > $(VENV)/mypy.log 2>&1 & typing=$$!; \
+	HYPOTHESIS_PROFILE=check $(BIN)/python -m pytest -q -p no:cacheprovider -m "not emulators and not wheel" \
+		-n $(CHECK_WORKERS) $(PYTEST_ARGS); tests=$$?; \
+	wait $$typing; typed=$$?; cat $(VENV)/mypy.log; exit $$(( tests || typed ))
 
 # checkov lives in its own venv: its pins clash with the project's google-cloud dependencies. Installed once (~30 s).
 TOOLS       ?= .venv-tools

@@ -160,18 +160,20 @@ def rebalance(stack: BenchStack, client: Client, symbols: list[str]) -> dict[str
         "ordersPlaced": placed,
         "outcomes": reply["result"]["orders"],
         "totalSeconds": round(seconds, 2),
+        # Receipt to reply published, the consumer's own clock: what the target is about (no Pub/Sub delivery).
+        "serviceSeconds": round(reply["durationMs"] / 1000, 2),
         "placementSeconds": round(span, 2),
         "ordersPerSecond": round((placed - 1) / span, 1) if span and span == span and span > 0 else None,
         "pacingLimitPerSecond": 50,
         "pacingErrors": gateway.pacing_violations() - violations,
-        "secondsPerOrder": round(seconds / placed, 4) if placed else None,
+        "secondsPerOrder": round(reply["durationMs"] / 1000 / placed, 4) if placed else None,
         "timingsMs": reply["result"].get("timings", {}),
     }
 
 
 def dry_allocation(symbols: list[str]) -> dict[str, Any]:
     weight = round(0.8 / len(symbols), 6)
-    return {"intent": "allocation", "params": {"strategies": ["dummy"], "dryRun": True,
+    return {"intent": "allocation", "dryRun": True, "params": {"strategies": ["dummy"],
             "strategyParams": {"dummy": {"weights": dict.fromkeys(symbols, weight)}}}}  # fmt: skip
 
 
@@ -316,9 +318,14 @@ def verdict(r: dict[str, Any]) -> list[tuple[str, bool]]:
         out.append((f"rebalances that failed or did not run: {failed} (see results.json)", False))
     if 200 in failed:
         return out
+    cold = r.get("contractsNotCached200")
+    if cold:
+        out.append((f"200 instruments never seen before (first day, dry run): {cold['totalSeconds']} s, of which "
+                    f"contract details {cold['contractsMs']} ms; kept in Firestore (reported)", True))  # fmt: skip
     reb = r["rebalance200"]
-    out.append((f"200-instrument rebalance, receipt to reply: {reb['totalSeconds']} s (target <= 6.0 s); "
-                f"split ms {reb['timingsMs']}", reb["totalSeconds"] <= 6.0))  # fmt: skip
+    out.append((f"200-instrument rebalance, receipt to reply: {reb['serviceSeconds']} s (publish to reply received "
+                f"{reb['totalSeconds']} s; target <= 6.0 s); split ms {reb['timingsMs']}",
+                reb["serviceSeconds"] <= 6.0))  # fmt: skip
     rate = reb["ordersPerSecond"] or 0
     out.append((f"200-order placement: {rate} orders/s, {100 * rate / 50:.0f}% of the 50/s limit (target >= 90%)",
                 rate >= 45))  # fmt: skip
