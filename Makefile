@@ -17,11 +17,12 @@ help:
 	@echo "make bench  benchmarks against the local stack (writes bench/results.json)"
 	@echo "make lint   ruff, mypy and the static checks of gateway-image/ and infra/"
 
+# --no-compile: byte-compiling every installed module is a third of the install; Python compiles what it imports.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed, found " + sys.version.split()[0] + ": run make with PYTHON=python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'
 	@touch $@
 
 venv: $(STAMP)
@@ -50,10 +51,10 @@ stop: $(STAMP)
 	@$(BIN)/python -m devstack stop
 
 # Most of the suite waits on the emulators' delivery ticks, ack deadlines and the simulated gateway, not on the CPU,
-# so it runs on four workers sharing one pair of emulators (tests/shared_emulators.py), tests handed out one by one
+# so it runs on six workers sharing one pair of emulators (tests/shared_emulators.py), tests handed out one by one
 # (a module whose fixture starts a whole stack stays on one worker: its xdist_group). The lint (ruff, mypy,
 # hadolint, checkov: CPU, not waiting) runs beside the tests; both must pass.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 6
 
 test: $(STAMP) system-packages
 	@$(BIN)/python -m devstack preflight
@@ -86,7 +87,7 @@ $(TOOLS_STAMP):
 	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
 	@echo '*' > $(TOOLS)/.gitignore
 	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
-	$(TOOLS)/bin/python -m pip install --quiet '$(CHECKOV)'
+	$(TOOLS)/bin/python -m pip install --quiet --no-compile '$(CHECKOV)'
 	@touch $@
 
 lint: $(STAMP) $(TOOLS_STAMP)

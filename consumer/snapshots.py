@@ -11,6 +11,7 @@ nothing in it depends on the wall clock. The risk branch reads its names; keep t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -176,10 +177,10 @@ async def current_pnl(broker: Broker, books: Books, layout: Layout, account_sett
     # The day by the gateway's clock, asked (it may have moved since the offset was last measured); summary (not
     # `ask`) takes the clock as last measured, which is the same but for a simulated clock that jumps.
     day = trading_day(await broker.current_time() if ask else broker.now())
-    ledgers = await books.ledgers()
+    ledgers, before_today, before_month = await asyncio.gather(
+        books.ledgers(), last_before(layout, day), last_before(layout, day.replace(day=1))
+    )
     current = strategy_pnl(ledgers, await marks(broker, account.id, account.base_currency, held(ledgers), ask))
-    before_today = await last_before(layout, day)
-    before_month = await last_before(layout, day.replace(day=1))
     return {
         "date": day.isoformat(),
         "baseCurrency": account.base_currency,

@@ -12,20 +12,25 @@ from consumer.snapshots import current_pnl
 
 async def summary(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     broker = ctx.broker
-    account_values, positions, open_orders, fills = await asyncio.gather(
+    services = ctx.services
+
+    async def pnl_block() -> dict[str, Any]:
+        """The same P&L block as the pnl intent, from the marks the portfolio subscription already holds: no
+        request, so its Firestore reads run while the gateway answers the rest."""
+        try:
+            report = await current_pnl(broker, services.books, services.layout, services.account, ask=False)
+        except IntentError as e:  # e.g. a login with several accounts and no IB_ACCOUNT: the rest still answers
+            return {"error": e.code, "message": e.message}
+        pnl: dict[str, Any] = report["pnl"]
+        return pnl
+
+    account_values, positions, open_orders, fills, pnl = await asyncio.gather(
         broker.account_summary(),
         broker.positions(),
         broker.open_orders(),
         broker.executions(),
+        pnl_block(),
     )
-    services = ctx.services
-    # The same P&L block as the pnl intent, from the marks the portfolio subscription already holds: no request.
-    pnl: dict[str, Any]
-    try:
-        report = await current_pnl(broker, services.books, services.layout, services.account, ask=False)
-        pnl = report["pnl"]
-    except IntentError as e:  # e.g. a login with several accounts and no IB_ACCOUNT: the rest still answers
-        pnl = {"error": e.code, "message": e.message}
     return {
         "accounts": broker.managed_accounts(),
         "pnl": pnl,
