@@ -53,13 +53,15 @@ stop: $(STAMP)
 # Most of the suite waits on the emulators' delivery ticks, ack deadlines and the simulated gateway, not on the CPU,
 # so it runs on six workers sharing one pair of emulators (tests/shared_emulators.py), tests handed out one by one
 # (a module whose fixture starts a whole stack stays on one worker: its xdist_group). The lint (ruff, mypy,
-# hadolint, checkov: CPU, not waiting) runs beside the tests; both must pass.
+# hadolint, checkov: CPU, not waiting) runs beside the tests; both must pass. Tests marked `alone` (pacing counted at
+# the simulated gateway as it reads) run after the others, by themselves.
 TEST_WORKERS ?= 6
 
 test: $(STAMP) system-packages
 	@$(BIN)/python -m devstack preflight
 	@$(MAKE) --no-print-directory lint > $(VENV)/lint.log 2>&1 & lint=$$!; \
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); tests=$$?; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not alone" $(PYTEST_ARGS) && \
+	$(BIN)/python -m pytest -m alone $(PYTEST_ARGS); tests=$$?; \
 	wait $$lint; linted=$$?; cat $(VENV)/lint.log; \
 	if [ $$linted -ne 0 ]; then echo "make lint failed (above)" >&2; fi; \
 	exit $$(( tests || linted ))

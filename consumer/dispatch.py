@@ -330,6 +330,10 @@ class Dispatcher:
             attempt = request.delivery.delivery_attempt or 0
             if attempt < services.settings.max_delivery_attempts:
                 log.error("could not store the outcome; nacked", error=str(e), attempt=attempt)
+                if claimed:
+                    # Nobody is working on it now: a claim left running would make the redeliveries wait out its
+                    # lease as duplicates, and the last one would be acked with no reply at all.
+                    await services.ledger.release(request.request_id, clip(f"store_failed: {e}", 500))
                 return Settlement.NACK
             # The last attempt: one reply, and the message to the dead-letter topic with what went wrong.
             log.error("could not store the outcome on the last attempt; replying and dead-lettering", error=str(e))

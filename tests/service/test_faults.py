@@ -223,6 +223,30 @@ def test_a_message_that_keeps_failing_is_dead_lettered_and_the_consumer_keeps_se
     assert bus.reply_to(bus.publish({"intent": "summary"}))["status"] == "ok"
 
 
+def test_an_outcome_that_can_never_be_stored_is_answered_once_and_dead_lettered(consumer_factory, bus: Bus):
+    """Issue 13 (6): settle stores before it publishes, so a store failure is nacked with no reply, and on the last
+    attempt the message gets its one reply and goes to the dead-letter topic. Firestore refuses a map key like
+    `__x__` in the activity record every time: the store fails on every attempt, not by chance."""
+    attempts: list[int] = []
+
+    async def unstorable(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+        attempts.append(ctx.request.delivery.delivery_attempt or 0)
+        return {"__x__": "a name Firestore reserves"}
+
+    intents = {**builtin_intents(), "ping": Intent(name="ping", handler=unstorable, description="unstorable")}
+    consumer_factory(intents=intents)
+    message_id = bus.publish({"intent": "ping"})
+
+    dead = bus.dead_letter(timeout=90)
+    assert dead.attributes["deadLetterMessageId"] == message_id
+    assert dead.attributes["deadLetterCode"] == "store_failed"
+    replies = bus.replies_to(message_id)
+    assert len(replies) == 1, replies  # none for the four attempts that were nacked
+    assert replies[0]["result"] == {"__x__": "a name Firestore reserves"}
+    assert attempts == [1, 2, 3, 4, 5]
+    assert bus.reply_to(bus.publish({"intent": "summary"}))["status"] == "ok"
+
+
 def test_a_client_id_in_use_is_reported_and_retried_not_swapped(consumer_factory, bus: Bus, gateway, caplog):
     """Open orders belong to a client id: the consumer waits for its own id rather than taking another."""
     from ib_insync import IB

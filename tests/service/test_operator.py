@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from consumer.addresses import port_free
 from devstack.emulators import free_port
 from tests.support import DEFAULT_CLOCK, wait_for
 
@@ -29,16 +31,6 @@ VENV_BIN = Path(sys.executable).parent
 README = (REPO / "README.md").read_text()
 # Each test starts a local stack of its own (emulators included), so `make check` leaves them out too.
 pytestmark = [pytest.mark.slow, pytest.mark.emulators]
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass
@@ -70,13 +62,24 @@ class Stack:
         return env
 
 
+def free_ports(*offsets: int) -> int:
+    """A port p with p + each offset free, below the kernel's ephemeral range: `make run ACCOUNTS=...` listens on
+    IB_PORT+n and HEALTH_PORT+10n, and a neighbour of a port the kernel handed out may be any client socket's."""
+    low, _ = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    candidates = random.Random().sample(range(10_000, low - 100), 500)
+    for port in candidates:
+        if all(port_free("127.0.0.1", port + offset) for offset in offsets):
+            return port
+    raise RuntimeError(f"no free ports at offsets {offsets} below {low}")
+
+
 def stack_env(workdir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")}
     env.update(
-        PUBSUB_EMULATOR_HOST=f"127.0.0.1:{free_port()}",
-        FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{free_port()}",
-        IB_PORT=str(free_port()),
-        HEALTH_PORT=str(free_port()),
+        PUBSUB_EMULATOR_HOST=f"127.0.0.1:{free_ports(0)}",
+        FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{free_ports(0)}",
+        IB_PORT=str(free_ports(0, 1, 2)),  # a gateway per login (test_operator_accounts: two)
+        HEALTH_PORT=str(free_ports(0, 10, 20)),
         GOOGLE_CLOUD_PROJECT="local-project",
         DEVSTACK_DIR=str(workdir),
         IBSIM_CLOCK=DEFAULT_CLOCK,
