@@ -78,9 +78,7 @@ def test_a_child_that_keeps_dying_makes_the_supervisor_give_up(tmp_path: Path) -
         [fast("steady", LONG_RUNNING, str(steady)), fast("gateway", EXITS, str(flaky), "1", max_restarts=3)],
         poll_interval=0.02,
     )
-    started = time.monotonic()
-    assert sup.run() == EXIT_CHILD_FAILED
-    assert time.monotonic() - started < 10
+    assert sup.run() == EXIT_CHILD_FAILED  # returns at all: it gave up (a supervisor that never did would hang)
     assert len(lines(flaky)) == 4  # the first start and three restarts
     assert lines(steady)[-1].startswith("term")  # the survivors are stopped on the way out
 
@@ -126,7 +124,7 @@ def test_a_child_that_ignores_sigterm_is_killed_after_its_timeout(tmp_path: Path
     sup.request_stop()
     thread.join(10)
     assert result == [EXIT_OK]
-    assert 0.4 < time.monotonic() - started < 5
+    assert time.monotonic() - started > 0.4  # it waited the child's stop_timeout before killing it
 
 
 def test_the_watchdog_tries_a_soft_restart_then_gives_up(tmp_path: Path) -> None:

@@ -139,9 +139,7 @@ def test_malformed_frames_close_only_that_connection(gw: ThreadedGateway, ib: IB
 def test_unsupported_request_gets_321_and_never_hangs(ib: IB, raw) -> None:
     errors: list[tuple[int, int, str]] = []
     ib.errorEvent += lambda req_id, code, msg, contract: errors.append((req_id, code, msg))
-    t0 = time.perf_counter()
-    assert not ib.reqMatchingSymbols("SP")
-    assert time.perf_counter() - t0 < 2
+    assert not ib.reqMatchingSymbols("SP")  # returns at all: ib_insync ends the request on the 321
     assert any(code == 321 and "Unsupported request" in msg for _, code, msg in errors)
 
     r = raw()
