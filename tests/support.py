@@ -347,6 +347,17 @@ def mode_collection(project: str, name: str, mode: str = "paper", account: str =
     return [{"_id": d.id, **(d.to_dict() or {})} for d in ref.stream()]
 
 
+def delete_mode_documents(project: str, mode: str = "paper", account: str = TEST_ACCOUNT) -> int:
+    """What a restore to an empty backup or a careless cleanup does: every document of the mode (claims, orders,
+    fills, holdings...) is gone; the config stays. Returns how many were deleted."""
+    deleted = 0
+    for collection in mode_document(project, mode, account).collections():
+        for doc in collection.stream():
+            doc.reference.delete()
+            deleted += 1
+    return deleted
+
+
 def holdings(project: str, mode: str = "paper", account: str = TEST_ACCOUNT) -> dict[str, dict[str, float]]:
     """{strategy: {symbol: quantity}}"""
     out: dict[str, dict[str, float]] = {}

@@ -9,9 +9,9 @@ from tests.support import (
     Bus,
     allocation,
     another_intents_subscription,
+    delete_mode_documents,
     holdings,
     mode_collection,
-    mode_document,
     stock_positions,
     wait_for,
 )
@@ -20,16 +20,6 @@ pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
 
 WEIGHTS = {"SPY": 0.05, "TLT": 0.05, "GLD": 0.05}
 ALLOCATION = allocation(WEIGHTS, idempotencyKey="rebalance-after-a-restore")
-
-
-def delete_everything_but_the_config(project: str) -> int:
-    """What a restore to an empty backup or a careless cleanup does: every document of the mode is gone."""
-    deleted = 0
-    for collection in mode_document(project).collections():
-        for doc in collection.stream():
-            doc.reference.delete()
-            deleted += 1
-    return deleted
 
 
 def test_a_finished_allocation_redelivered_after_its_documents_were_deleted_places_nothing(
@@ -42,7 +32,7 @@ def test_a_finished_allocation_redelivered_after_its_documents_were_deleted_plac
     wait_for(lambda: set(holdings(project).get("dummy", {})) == set(WEIGHTS), what="the fills booked")
     positions = stock_positions(gateway)
 
-    assert delete_everything_but_the_config(project) > 0
+    assert delete_mode_documents(project) > 0
     again = bus.reply_to(bus.publish(ALLOCATION))  # the same request id: its claim is gone too, so it runs again
     assert again["status"] == "ok", again
     assert not again.get("duplicate")
@@ -66,7 +56,7 @@ def test_books_that_lost_a_position_refuse_to_trade_it_until_reconciled(
     # memory, so nothing can rebuild the lost books from them.
     consumer.stop()
     gateway.roll_day()
-    delete_everything_but_the_config(project)
+    delete_mode_documents(project)
     consumer_factory(intents_subscription=another_intents_subscription(project, "intents-consumer-restarted"))
     orders_before = len(gateway.orders())
 

@@ -19,6 +19,7 @@ from tests.support import (
     Bus,
     allocation,
     another_intents_subscription,
+    delete_mode_documents,
     holdings,
     mode_collection,
     mode_document,
@@ -41,8 +42,10 @@ def requests_until_placed(gateway: Any, since: int) -> list[str]:
     return ours[: ours.index("placeOrder")]
 
 
-def placed_once_and_booked_once(gateway: Any, project: str, ref: str) -> None:
-    assert [o["orderRef"] for o in gateway.orders()] == [ref]
+def placed_once_and_booked_once(gateway: Any, project: str, ref: str, only: bool = True) -> None:
+    """The order is at the broker once by orderRef (`only`: and nothing else is), each execution booked once."""
+    refs = [o["orderRef"] for o in gateway.orders()]
+    assert (refs == [ref]) if only else (refs.count(ref) == 1), refs
     executions = sorted(e["execId"] for e in gateway.executions() if e["orderRef"] == ref)
     assert executions
 
@@ -50,25 +53,6 @@ def placed_once_and_booked_once(gateway: Any, project: str, ref: str) -> None:
         return sorted(f["execId"] for f in mode_collection(project, "fills") if f.get("orderRef") == ref)
 
     wait_for(lambda: booked() == executions, what="each execution booked once")
-
-
-def placed_once_and_booked_once_among(gateway: Any, project: str, ref: str) -> None:
-    """As placed_once_and_booked_once, with other orders at the broker."""
-    assert [o["orderRef"] for o in gateway.orders()].count(ref) == 1
-    executions = sorted(e["execId"] for e in gateway.executions() if e["orderRef"] == ref)
-    assert executions
-
-    def booked() -> list[str]:
-        return sorted(f["execId"] for f in mode_collection(project, "fills") if f.get("orderRef") == ref)
-
-    wait_for(lambda: booked() == executions, what="each execution booked once")
-
-
-def delete_everything_but_the_config(project: str) -> None:
-    """A Firestore restore to an empty backup: every document of the mode, the request's claim among them."""
-    for collection in mode_document(project).collections():
-        for doc in collection.stream():
-            doc.reference.delete()
 
 
 def test_a_first_run_places_without_asking_for_orders_executions_or_positions(
@@ -102,7 +86,7 @@ def test_a_fill_made_while_the_consumer_was_down_is_booked_by_an_intents_sweep_f
     wait_for(lambda: mode_collection(project, "openOrders") == [], what="the order closed")
     # The books lose it again (a restore from before the sweep): now only the intent's own sweep can book it, from
     # the executions the restarted consumer downloaded at connect.
-    delete_everything_but_the_config(project)
+    delete_mode_documents(project)
 
     since = len(gateway.requests_received())
     reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05}, idempotencyKey="after-the-restore")))
@@ -111,7 +95,7 @@ def test_a_fill_made_while_the_consumer_was_down_is_booked_by_an_intents_sweep_f
     asked = requests_until_placed(gateway, since)
     assert DOWNLOADS.isdisjoint(asked), asked
     (spy,) = reply["result"]["instruments"]
-    placed_once_and_booked_once_among(gateway, project, spy["orderRef"])
+    placed_once_and_booked_once(gateway, project, spy["orderRef"], only=False)
     tlt_booked = [f["execId"] for f in mode_collection(project, "fills") if f.get("orderRef") == tlt["orderRef"]]
     assert tlt_booked == [tlt_exec]  # booked once, by execId, to no strategy (its order document is gone)
     assert holdings(project)["unallocated"] == {"TLT": filled}
@@ -148,7 +132,7 @@ def test_a_first_run_after_its_documents_were_lost_finds_its_legs_in_the_connect
     assert first["status"] == "ok", first
     refs = sorted(line["orderRef"] for line in first["result"]["instruments"])
     assert sorted(o["orderRef"] for o in gateway.orders()) == refs
-    delete_everything_but_the_config(project)
+    delete_mode_documents(project)
 
     since = len(gateway.requests_received())
     again = bus.reply_to(bus.publish(request))  # its claim is gone: a first run by the claim
@@ -172,7 +156,7 @@ def test_a_restarted_consumer_finds_a_working_leg_in_the_record_it_downloaded_at
     ref = line["orderRef"]
     assert [(o["orderRef"], o["status"]) for o in gateway.orders()] == [(ref, "Submitted")]
     consumer.stop()
-    delete_everything_but_the_config(project)
+    delete_mode_documents(project)
 
     restarted = consumer_factory(intents_subscription=another_intents_subscription(project, "intents-restarted"))
     since = len(gateway.requests_received())  # after the restarted consumer's start-up download
