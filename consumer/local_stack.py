@@ -60,6 +60,16 @@ class ProgressEcho:
                 )
 
 
+def start_ticks(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (/proc/PID/stat field 22); None if it is gone or there
+    is no /proc. With the pid, it names one process for good: a pid is reused, a (pid, start) pair is not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[19])
+
+
 class StackFile:
     """`stack.json`: the runner's pid and every process group it started, for `make stop`."""
 
@@ -74,7 +84,10 @@ class StackFile:
         return data if isinstance(data, dict) else None
 
     def write(self, groups: dict[str, int], listeners: list[tuple[str, str, int]]) -> None:
-        record = {"runner": os.getpid(), "groups": groups, "listeners": listeners}
+        # Each leader's start time too: pids wrap (32,768 on many machines), and `make stop` must not end a group
+        # that merely got a recorded number again.
+        started = {name: start_ticks(pgid) for name, pgid in groups.items()}
+        record = {"runner": os.getpid(), "groups": groups, "started": started, "listeners": listeners}
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record))
         tmp.replace(self.path)

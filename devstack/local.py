@@ -27,7 +27,7 @@ from typing import Any
 
 from consumer.addresses import port_free, port_open, split_host_port
 from consumer.console import reply_details, reply_line
-from consumer.local_stack import ProgressEcho, StackFile, workdir
+from consumer.local_stack import ProgressEcho, StackFile, start_ticks, workdir
 from devstack.emulators import EmulatorPair, http_ok, stop_process_group
 
 DEFAULTS = {
@@ -524,8 +524,9 @@ def stop_stack(environ: Mapping[str, str], timeout: float = 60.0) -> str:
         while Path(f"/proc/{runner}").exists() and time.monotonic() < deadline:
             time.sleep(0.2)
     ended = []
+    started = dict(data.get("started") or {})
     for name, pgid in dict(data.get("groups") or {}).items():
-        if _group_alive(pgid):
+        if _ours(pgid, started.get(name)) and _group_alive(pgid):
             _end_group(pgid, timeout=10.0)
             ended.append(name)
     stack_file.remove()
@@ -535,6 +536,16 @@ def stop_stack(environ: Mapping[str, str], timeout: float = 60.0) -> str:
     if runner is not None:
         return f"stopped the local stack of pid {runner}" + (f" and {', '.join(ended)}" if ended else "")
     return "ended what an earlier run left behind: " + (", ".join(ended) if ended else "nothing was still running")
+
+
+def _ours(pgid: int, started: int | None) -> bool:
+    """The recorded group is still the one the stack started: never the caller's own, and if a process holds the
+    leader's pid, it is the leader that was recorded (same start time), not a later process given the number again.
+    A leader gone while its group lives is ours: Linux gives no new process a pid still in use as a group id."""
+    if pgid == os.getpgrp():
+        return False
+    now = start_ticks(pgid)
+    return now is None or started is None or now == started
 
 
 def _group_alive(pgid: int) -> bool:

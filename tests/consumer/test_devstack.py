@@ -4,10 +4,13 @@ simulated clock `make run` chooses for the real time."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -118,3 +121,35 @@ def test_overlapping_ports_are_refused_before_anything_starts():
     # The second login's consumer would listen on HEALTH_PORT+10: here, Firestore's port.
     with pytest.raises(SystemExit, match="overlap"):
         LocalAddresses.from_env({"ACCOUNTS": "household", "HEALTH_PORT": "8071"})
+
+
+def test_make_stop_ends_only_the_groups_it_started_not_a_later_holder_of_a_recorded_number(tmp_path):
+    """pids wrap (at 32,768 here) while a suite starts thousands of processes: a stack file left by a killed runner
+    may name a group number that now belongs to someone else, or to the one calling `make stop`."""
+    from consumer.local_stack import StackFile, start_ticks
+    from devstack.local import stop_stack
+
+    ours = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    impostor = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        StackFile(tmp_path).write({"gateway": ours.pid, "consumer": impostor.pid, "shell": os.getpgrp()}, [])
+        record = StackFile(tmp_path).read()
+        assert record is not None
+        assert record["started"]["gateway"] == start_ticks(ours.pid)
+        # The consumer's recorded leader started at another time: its number was given to a new process since.
+        record["started"]["consumer"] -= 1
+        (tmp_path / "stack.json").write_text(json.dumps(record))
+
+        reaper = threading.Thread(target=ours.wait)  # as init would: a zombie still counts as a group member
+        reaper.start()
+        said = stop_stack({"DEVSTACK_DIR": str(tmp_path)})
+        reaper.join(15)
+
+        assert ours.returncode == -signal.SIGTERM
+        assert impostor.poll() is None  # not ours any more: left alone
+        assert said == "ended what an earlier run left behind: gateway"
+        assert not (tmp_path / "stack.json").exists()
+    finally:
+        for process in (ours, impostor):
+            process.kill()
+            process.wait()

@@ -146,9 +146,13 @@ def kill_leftovers(stack: Stack | Path) -> None:
     """Whatever a failed test left running is killed, so a failure cannot leak a stack."""
     if isinstance(stack, Stack):
         end(stack)
+    own = os.getpgrp()
     for pid in leftovers(stack):
         try:
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
+            group = os.getpgid(pid)
+            # A CLI process a test started (bash, gcloud) shares the test runner's group: killing that group would
+            # end pytest and whatever runs it (make, CI) with SIGKILL and no report.
+            os.kill(pid, signal.SIGKILL) if group == own else os.killpg(group, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             continue
 
