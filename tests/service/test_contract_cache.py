@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from tests.support import (
-    STREAM_RESTART_WAIT,
+    STANDBY,
     TEST_ACCOUNT,
     Bus,
     account_document,
     allocation,
+    another_intents_subscription,
     holdings,
     mode_collection,
     wait_for,
@@ -41,12 +42,16 @@ def spy_key(cached: dict[str, dict[str, Any]]) -> str:
     return key
 
 
-def trade_spy(bus: Bus, gateway: Any, project: str, weight: float, timeout: float = 30.0) -> dict[str, Any]:
-    """An allocation that buys SPY; checks the order at the broker by orderRef and its fills booked by execId.
+def restart(project: str, consumer_factory: Any) -> Any:
+    """A new consumer in place of the stopped one. It pulls from a subscription of its own (the emulator would hand
+    the next message to the stopped consumer's closed stream for up to a minute); what is under test is what the
+    new process finds in Firestore, not redelivery."""
+    return consumer_factory(order_timeout=3.0, intents_subscription=another_intents_subscription(project, STANDBY))
 
-    After a consumer restart in the same project pass STREAM_RESTART_WAIT: the emulator may hand the message to the
-    stopped consumer's stream until its lease runs out."""
-    reply = bus.reply_to(bus.publish(allocation({"SPY": weight})), timeout=timeout)
+
+def trade_spy(bus: Bus, gateway: Any, project: str, weight: float) -> dict[str, Any]:
+    """An allocation that buys SPY; checks the order at the broker by orderRef and its fills booked by execId."""
+    reply = bus.reply_to(bus.publish(allocation({"SPY": weight})), timeout=30.0)
     assert reply["status"] == "ok", reply
     (spy,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "SPY"]
     assert spy["order"] > 0, spy
@@ -71,8 +76,8 @@ def test_a_restarted_consumer_asks_the_gateway_for_no_contract_it_cached_today(
     first.stop()
 
     asked = contract_details_requests(gateway)
-    consumer_factory(order_timeout=3.0)
-    trade_spy(bus, gateway, project, 0.1, timeout=STREAM_RESTART_WAIT)
+    restart(project, consumer_factory)
+    trade_spy(bus, gateway, project, 0.1)
     assert contract_details_requests(gateway) == asked  # SPY came from Firestore
     wait_for(lambda: holdings(project).get("dummy", {}).get("SPY", 0) > 0, what="SPY held by dummy")
 
@@ -86,8 +91,8 @@ def test_an_entry_fetched_before_the_trading_day_is_fetched_again(bus: Bus, gate
     contracts(project)[key]["_ref"].update({"fetchedAt": yesterday})
 
     asked = contract_details_requests(gateway)
-    consumer_factory(order_timeout=3.0)
-    trade_spy(bus, gateway, project, 0.1, timeout=STREAM_RESTART_WAIT)
+    restart(project, consumer_factory)
+    trade_spy(bus, gateway, project, 0.1)
     assert contract_details_requests(gateway) > asked
     assert contracts(project)[key]["fetchedAt"] > yesterday + timedelta(hours=12)
 
@@ -101,15 +106,15 @@ def test_ib_answering_200_for_a_cached_con_id_drops_the_entry(bus: Bus, gateway,
     # A conId IB no longer knows (one that changed after a corporate action), cached today.
     contracts(project)[key]["_ref"].update({"conId": 999_000_999, "contract.conId": 999_000_999})
 
-    consumer_factory(order_timeout=3.0)
-    refused = bus.reply_to(bus.publish(allocation({"SPY": 0.1})), timeout=STREAM_RESTART_WAIT)
+    restart(project, consumer_factory)
+    refused = bus.reply_to(bus.publish(allocation({"SPY": 0.1})), timeout=30.0)
     # No price for a contract IB does not know: SPY is left alone, nothing is sent for it.
     assert refused["result"]["strategies"]["dummy"] == {"status": "skipped", "reason": "no price for SPY"}, refused
     assert len(gateway.orders()) == orders_before
     wait_for(lambda: key not in contracts(project), what="the cached SPY dropped")
 
     asked = contract_details_requests(gateway)
-    trade_spy(bus, gateway, project, 0.1, timeout=STREAM_RESTART_WAIT)
+    trade_spy(bus, gateway, project, 0.1)
     assert contract_details_requests(gateway) > asked
     real = gateway.call(lambda: gateway.server.instruments["SPY"]).conId
     assert contracts(project)[key]["conId"] == real
