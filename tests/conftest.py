@@ -74,9 +74,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for fixture in STACK_FIXTURES:
             if fixture in names:
                 item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{fixture}"))  # type: ignore[attr-defined]
-    # The slow tests first: handed out early, they run beside the many short ones instead of trailing at the end
-    # while the other workers sit idle (the order within each group stays as written).
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    # The slow tests first, longest first: handed out early, they run beside the many short ones instead of
+    # trailing at the end while the other workers sit idle (equal estimates keep the order as written).
+    items.sort(key=lambda item: -expected_seconds(item))
+
+
+def expected_seconds(item: pytest.Item) -> float:
+    """`@pytest.mark.slow(seconds=N)`: about how long the test takes in `make test`; `slow` alone, 10."""
+    marker = item.get_closest_marker("slow")
+    return 0.0 if marker is None else float(marker.kwargs.get("seconds", 10))
 
 
 @pytest.fixture(scope="session")

@@ -200,7 +200,7 @@ def test_a_mix_of_messages_for_three_accounts_is_answered_once_each_by_the_right
     )
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_the_other_deployment_serves_on_while_one_is_down_and_its_messages_wait_for_it(
     fleet: Fleet, bus: Bus, project: str
 ) -> None:

@@ -157,6 +157,7 @@ def test_a_gateway_down_at_start_up_is_waited_for(consumer_factory, bus: Bus, ga
     assert len(bus.replies_to(message_id)) == 1
 
 
+@pytest.mark.slow(seconds=60)
 @pytest.mark.timeout(300)
 def test_a_burst_of_two_thousand_mixed_messages_gets_one_reply_each(consumer, bus: Bus):
     """The emulator redelivers hundreds of already-acked messages under such a burst: each still gets one reply."""
@@ -270,6 +271,7 @@ def test_a_client_id_in_use_is_reported_and_retried_not_swapped(consumer_factory
     assert bus.reply_to(bus.publish({"intent": "ping"}))["result"]["clientId"] == 1
 
 
+@pytest.mark.slow(seconds=15)
 @pytest.mark.timeout(300)
 def test_a_half_open_connection_is_detected_by_the_heartbeat(consumer, bus: Bus, gateway):
     """A frozen gateway sends no error and keeps the socket: two missed heartbeats count as a disconnect."""
@@ -294,6 +296,7 @@ def test_a_half_open_connection_is_detected_by_the_heartbeat(consumer, bus: Bus,
 LONG_INTENT_SECONDS = ACK_DEADLINE_SECONDS + 2
 
 
+@pytest.mark.slow(seconds=14)
 def test_an_intent_longer_than_the_ack_deadline_keeps_its_lease(consumer_factory, bus: Bus):
     """An intent that runs past the subscription's ack deadline must not be redelivered meanwhile."""
     import asyncio

@@ -51,7 +51,7 @@ def test_a_startup_request_never_answered_is_reported_and_retried(consumer_facto
     assert bus.reply_to(bus.publish({"intent": "ping"}))["status"] == "ok"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 def test_a_late_heartbeat_answer_while_the_gateway_keeps_answering_is_no_reason_to_reconnect(
     consumer, bus: Bus, gateway
 ) -> None:

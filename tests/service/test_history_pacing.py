@@ -39,7 +39,7 @@ def test_collect_market_data_for_many_instruments_twice_in_a_row_meets_no_pacing
     assert len(stored_days(project, "SYM019")) == 5
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=12)
 def test_a_pacing_violation_it_did_not_cause_is_retried_not_stored_as_no_bars(bus: Bus, gateway, project: str):
     """Another client of the gateway spent SPY's budget (five requests within 2 s): the consumer's request is
     refused with 162, and the intent is retried rather than answered with zero bars."""

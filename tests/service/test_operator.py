@@ -200,6 +200,7 @@ def test_the_demo_trades_on_the_paper_scenario(stack: Stack):
 # -- the README, as printed --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow(seconds=25)
 def test_every_readme_example_answers_ok_under_the_seeded_config(stack: Stack):
     """Issue 19: `publish allocation --dry-run --wait` failed under the seeded config (dummy needs weights)."""
     day = readme_block("## A day with it")
@@ -424,6 +425,7 @@ def test_serve_with_a_taken_health_port_names_the_variable():
 # -- a stack that cleans up after itself -------------------------------------------------------------------------
 
 
+@pytest.mark.slow(seconds=20)
 def test_closing_the_terminal_stops_everything(tmp_path: Path):
     """Issue 19: SIGHUP (a closed tmux session or window) left seven processes holding all four ports."""
     stack = start_stack(tmp_path, ["make", "--no-print-directory", "run"])
@@ -438,6 +440,7 @@ def test_closing_the_terminal_stops_everything(tmp_path: Path):
         kill_leftovers(stack)
 
 
+@pytest.mark.slow(seconds=30)
 def test_make_stop_ends_a_stack_whose_runner_was_killed(tmp_path: Path):
     stack = start_stack(tmp_path, [sys.executable, "-m", "devstack", "run"])
     try:

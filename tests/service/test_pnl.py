@@ -87,7 +87,7 @@ def on_day(gateway, time: str) -> str:
     return gateway.now().astimezone(__import__("zoneinfo").ZoneInfo("America/New_York")).date().isoformat() + time
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=17)
 def test_a_round_trip_over_two_days_agrees_with_the_broker_to_the_cent(bus: Bus, gateway, project: str):
     start = settled_pnl(bus, gateway)
     assert start["strategies"] == {}
@@ -210,7 +210,7 @@ SNAPSHOT_FIELDS = {"date", "baseCurrency", "netLiquidation", "cash", "highWaterM
 STRATEGY_FIELDS = {"marketValue", "realizedPnl", "unrealizedPnl", "grossExposure", "netExposure"}
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 def test_eod_check_reports_what_is_left_and_writes_the_snapshot_once_a_day(
     bus: Bus, gateway, project: str, tmp_path: Path
 ):

@@ -212,6 +212,7 @@ def test_a_dry_run_reports_what_it_would_cancel_and_cancels_nothing(bus: Bus, ga
     wait_for(lambda: holdings(project) == {"dummy": {"SPY": quantity}}, what="the buy booked to dummy")
 
 
+@pytest.mark.slow(seconds=14)
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_crash_between_cancel_and_place_is_redelivered_without_doubling(bus: Bus, gateway, project: str, tmp_path):
