@@ -27,6 +27,12 @@ GCLOUD_HINT = (
     "(Debian/Ubuntu packages google-cloud-cli, google-cloud-cli-pubsub-emulator, "
     "google-cloud-cli-firestore-emulator; see https://cloud.google.com/sdk/docs/install)"
 )
+# The emulators serve a test suite's or a developer's trickle of requests on a machine the rest of the stack shares:
+# the serial collector (no GC threads) for both, and for Firestore the quick compiler only (C2's compile threads
+# cost it more CPU than they return). Measured on the 2,000-message burst test: Pub/Sub 16.4 -> 12.3 s of CPU,
+# Firestore 12.8 -> 7.0 s. Pub/Sub keeps C2: with C1 alone it took 36 s.
+PUBSUB_JVM_OPTIONS = "-XX:+UseSerialGC"
+FIRESTORE_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 JAVA_HINT = "java not found: the emulators need a Java 11+ runtime (Debian/Ubuntu package openjdk-17-jre-headless)"
 
 
@@ -55,6 +61,7 @@ class Emulator:
     address: str
     args: list[str]
     log_path: Path
+    jvm_options: str = ""  # JAVA_TOOL_OPTIONS of its JVM (gcloud starts Java itself)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self, timeout: float = 60.0) -> None:
@@ -69,6 +76,7 @@ class Emulator:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env={**os.environ, "JAVA_TOOL_OPTIONS": self.jvm_options} if self.jvm_options else None,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -101,6 +109,7 @@ def pubsub_emulator(address: str, workdir: Path, project: str) -> Emulator:
             "--quiet", "--verbosity=error",
         ],
         log_path=workdir / "pubsub-emulator.log",
+        jvm_options=PUBSUB_JVM_OPTIONS,
     )  # fmt: skip
 
 
@@ -110,6 +119,7 @@ def firestore_emulator(address: str, workdir: Path) -> Emulator:
         address=address,
         args=["gcloud", "emulators", "firestore", "start", f"--host-port={address}", "--quiet"],
         log_path=workdir / "firestore-emulator.log",
+        jvm_options=FIRESTORE_JVM_OPTIONS,
     )
 
 
