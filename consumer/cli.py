@@ -617,7 +617,10 @@ def _replies(settings: Settings, args: argparse.Namespace) -> int:  # noqa: C901
             signal.signal(sig, lambda *_: stop.set())
         stream = subscriber.subscribe(path, on_reply)
         print(f"waiting for replies on {path} (Ctrl-C stops) ...", file=sys.stderr, flush=True)
-        stop.wait()
+        # Woken twice a second: the kernel may deliver the signal to one of the gRPC threads, and Python runs the
+        # handler only when the main thread runs again, which an untimed wait never does (Ctrl-C was ignored).
+        while not stop.wait(0.5):
+            pass
         stream.cancel()
         return 0
     finally:

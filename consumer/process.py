@@ -222,7 +222,12 @@ class Consumer:
         """Opens the stream once the gateway is first connected; while it is away, requests are held, not failed."""
         assert self._subscriber is not None
         while True:
-            event = self._events.get()
+            try:
+                # Timed: Linux may hand SIGTERM to any thread (gRPC's, the broker loop's), and Python runs the handler
+                # only when this main thread runs again; blocked in an untimed get, an idle consumer never stopped.
+                event = self._events.get(timeout=0.5)
+            except queue.Empty:
+                continue
             if isinstance(event, StopRequested):
                 log.info("stopping", reason=event.reason)
                 return

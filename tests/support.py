@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import json
 import os
+import platform
 import queue
 import threading
 import time
@@ -543,3 +545,16 @@ def every_document(project: str) -> dict[str, Any]:
     for collection in firestore_client(project).collections():
         walk(collection)
     return found
+
+
+# tgkill(2): a signal to one thread of a process (os.kill's goes to the process, which the kernel hands to any thread).
+SYS_TGKILL = {"x86_64": 234, "aarch64": 131}[platform.machine()]
+
+
+def signal_another_thread(pid: int, signum: int) -> None:
+    """Delivers `signum` to a thread of `pid` other than its main one: what the kernel may do with a process's signal
+    (Ctrl-C, docker stop) when the main thread is asleep, and what a signal handler must survive."""
+    threads = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+    assert threads, f"process {pid} has no thread but its main one"
+    if ctypes.CDLL(None, use_errno=True).syscall(SYS_TGKILL, pid, threads[-1], signum) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill failed")

@@ -10,12 +10,21 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 
 import pytest
 
-from tests.support import Bus, ConsumerProcess, activity, mode_document, wait_for, write_config
+from tests.support import (
+    Bus,
+    ConsumerProcess,
+    activity,
+    mode_document,
+    signal_another_thread,
+    wait_for,
+    write_config,
+)
 
 
 def test_summary_from_the_python_client_gets_one_reply_and_one_activity_record(consumer, bus: Bus, project: str):
@@ -124,6 +133,19 @@ def test_sigterm_mid_intent_finishes_it_and_exits_cleanly(bus: Bus, gateway, pro
         assert "consumer stopped" in child.log()
     finally:
         gateway.set_latency(fixed=0.0)
+        child.stop()
+
+
+def test_sigterm_given_to_another_thread_of_an_idle_consumer_stops_it(bus: Bus, gateway, project: str, tmp_path):
+    """docker stop's SIGTERM goes to the process, and Linux may hand it to any thread: a gRPC one here. The idle
+    consumer's main thread slept in an untimed wait and never ran the handler, so it served on until killed."""
+    child = ConsumerProcess(project, gateway.port, tmp_path / "consumer.log")
+    try:
+        child.wait_ready()
+        signal_another_thread(child.process.pid, signal.SIGTERM)
+        assert child.process.wait(30) == 0, child.log()[-3000:]
+        assert "consumer stopped" in child.log()
+    finally:
         child.stop()
 
 
