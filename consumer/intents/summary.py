@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from consumer.errors import IntentError
@@ -24,21 +25,25 @@ async def summary(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
         pnl: dict[str, Any] = report["pnl"]
         return pnl
 
+    async def as_dicts(answer: Awaitable[Sequence[Any]]) -> list[dict[str, Any]]:
+        """Each answer turned into JSON as it arrives, while the slowest (the executions) is still coming."""
+        return [item.as_dict() for item in await answer]
+
     account_values, positions, open_orders, fills, pnl = await asyncio.gather(
         broker.account_summary(),
-        broker.positions(),
-        broker.open_orders(),
-        broker.executions(),
+        as_dicts(broker.positions()),
+        as_dicts(broker.open_orders()),
+        as_dicts(broker.executions()),
         pnl_block(),
     )
     return {
         "accounts": broker.managed_accounts(),
         "pnl": pnl,
         "accountValues": account_values,
-        "positions": [p.as_dict() for p in positions],
+        "positions": positions,
         "portfolio": broker.portfolio(),
-        "openOrders": [o.as_dict() for o in open_orders],
-        "fills": [f.as_dict() for f in fills],
+        "openOrders": open_orders,
+        "fills": fills,
     }
 
 
