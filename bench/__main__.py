@@ -299,9 +299,13 @@ def verdict(r: dict[str, Any]) -> list[tuple[str, bool]]:
         e2e = ours["endToEnd"]["p50_ms"]
         out.append((f"[{key}] summary p50 end to end {e2e} ms vs floor {floor:.2f} ms (Pub/Sub echo + raw ib_insync): "
                     f"x{e2e / floor:.2f} (target <= 1.2)", e2e <= 1.2 * floor))  # fmt: skip
-        service, bound = ours["service"]["p50_ms"], raw + rtt + 2
-        out.append((f"[{key}] summary p50 service time {service} ms vs raw ib_insync {raw} ms + one Firestore round "
-                    f"trip {rtt} ms + 2 ms = {bound:.2f} ms (target <=)", service <= bound))  # fmt: skip
+        # Judged to the reply published (its Pub/Sub publish time), as the target reads; durationMs stops when the
+        # reply is built, before it is stored and published, and is shown beside it.
+        built, bound = ours["service"]["p50_ms"], raw + rtt + 2
+        service = ours.get("servicePublished", ours["service"])["p50_ms"]
+        out.append((f"[{key}] summary p50 service time, receipt to reply published {service} ms (to reply built "
+                    f"{built} ms) vs raw ib_insync {raw} ms + one Firestore round trip {rtt} ms + 2 ms = {bound:.2f} "
+                    "ms (target <=)", service <= bound))  # fmt: skip
         for name in ("baseline (a): connection per intent", "baseline (b): queue + polling"):
             other = rows[name]
             out.append((
@@ -352,6 +356,9 @@ def _print_rows(rows: dict[str, Any]) -> None:
     for name, row in rows.items():
         e, s = row["endToEnd"], row["service"]
         print(f"  {name:<38} {e['p50_ms']:>10.2f} {e['p99_ms']:>10.2f} {s['p50_ms']:>10.2f} {s['p99_ms']:>10.2f}")
+        if "servicePublished" in row:
+            p = row["servicePublished"]
+            print(f"  {'  ... to the reply published':<38} {'':>10} {'':>10} {p['p50_ms']:>10.2f} {p['p99_ms']:>10.2f}")
 
 
 if __name__ == "__main__":

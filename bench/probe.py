@@ -7,6 +7,7 @@ import os
 import queue
 import statistics
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,12 @@ class Client:
         path = self.subscriber.subscription_path(project, "intent-replies-monitor")
 
         def on_reply(message: Any) -> None:
-            self._replies.put((time.perf_counter(), json.loads(message.data)))
+            reply = json.loads(message.data)
+            # When Pub/Sub accepted the reply (the emulator stamps it from this machine's clock): the end of a
+            # request's service time, which the reply's own durationMs (measured before it is stored and published)
+            # cannot include.
+            reply["_publishedAt"] = message.publish_time.timestamp()
+            self._replies.put((time.perf_counter(), reply))
             message.ack()
 
         self._stream = self.subscriber.subscribe(
@@ -51,17 +57,21 @@ class Client:
                 return received - started, reply
 
     def latencies(self, body: dict[str, Any], count: int, warmup: int = 10) -> dict[str, Any]:
-        """End to end (publish to reply received) and service time (the consumer's own durationMs)."""
+        """End to end (publish to reply received) and service time (the consumer's own durationMs: receipt to reply
+        built). Where the reply says when it started (ours), also receipt to reply published (`servicePublished`)."""
         for _ in range(warmup):
             self.round_trip(body)
-        end_to_end, service = [], []
+        end_to_end, service, published = [], [], []
         for _ in range(count):
             seconds, reply = self.round_trip(body)
             if reply.get("status") != "ok":
                 raise RuntimeError(f"benchmark request failed: {reply}")
             end_to_end.append(seconds)
             service.append(reply["durationMs"] / 1000)
-        return {"endToEnd": percentiles(end_to_end), "service": percentiles(service)}
+            if reply.get("startedAt"):
+                published.append(reply["_publishedAt"] - datetime.fromisoformat(reply["startedAt"]).timestamp())
+        rows = {"endToEnd": percentiles(end_to_end), "service": percentiles(service)}
+        return rows | ({"servicePublished": percentiles(published)} if published else {})
 
     def burst(self, body: dict[str, Any], count: int, timeout: float = 300.0) -> float:
         """Requests per second answered when `count` are published at once."""
