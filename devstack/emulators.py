@@ -27,10 +27,11 @@ GCLOUD_HINT = (
     "(Debian/Ubuntu packages google-cloud-cli, google-cloud-cli-pubsub-emulator, "
     "google-cloud-cli-firestore-emulator; see https://cloud.google.com/sdk/docs/install)"
 )
-# The emulators serve a test suite's or a developer's trickle of requests on a machine the rest of the stack shares:
-# the serial collector (no GC threads) for both, and for Firestore the quick compiler only (C2's compile threads
-# cost it more CPU than they return). Measured on the 2,000-message burst test: Pub/Sub 16.4 -> 12.3 s of CPU,
-# Firestore 12.8 -> 7.0 s. Pub/Sub keeps C2: with C1 alone it took 36 s.
+# `lean` emulators, for the test suite, whose short tests share two cores with six workers: the serial collector
+# (no GC threads) for both, and for Firestore the quick compiler only (C2's compile threads cost more CPU than they
+# return over a test's few requests). Measured on the 2,000-message burst test: Pub/Sub 16.4 -> 12.3 s of CPU,
+# Firestore 12.8 -> 7.0 s; Pub/Sub keeps C2 (with C1 alone it took 36 s). `make run` and the bench keep the JVM's
+# defaults: under a 1,000-order rebalance the lean Firestore slowed the bench's placement from 50 to 44 orders/s.
 PUBSUB_JVM_OPTIONS = "-XX:+UseSerialGC"
 FIRESTORE_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 JAVA_HINT = "java not found: the emulators need a Java 11+ runtime (Debian/Ubuntu package openjdk-17-jre-headless)"
@@ -97,7 +98,7 @@ class Emulator:
             stop_process_group(proc, timeout, reap_group=True)
 
 
-def pubsub_emulator(address: str, workdir: Path, project: str) -> Emulator:
+def pubsub_emulator(address: str, workdir: Path, project: str, lean: bool = False) -> Emulator:
     data_dir = workdir / "pubsub-data"
     data_dir.mkdir(parents=True, exist_ok=True)
     return Emulator(
@@ -109,22 +110,22 @@ def pubsub_emulator(address: str, workdir: Path, project: str) -> Emulator:
             "--quiet", "--verbosity=error",
         ],
         log_path=workdir / "pubsub-emulator.log",
-        jvm_options=PUBSUB_JVM_OPTIONS,
+        jvm_options=PUBSUB_JVM_OPTIONS if lean else "",
     )  # fmt: skip
 
 
-def firestore_emulator(address: str, workdir: Path) -> Emulator:
+def firestore_emulator(address: str, workdir: Path, lean: bool = False) -> Emulator:
     return Emulator(
         name="Firestore",
         address=address,
         args=["gcloud", "emulators", "firestore", "start", f"--host-port={address}", "--quiet"],
         log_path=workdir / "firestore-emulator.log",
-        jvm_options=FIRESTORE_JVM_OPTIONS,
+        jvm_options=FIRESTORE_JVM_OPTIONS if lean else "",
     )
 
 
 class EmulatorPair(contextlib.AbstractContextManager["EmulatorPair"]):
-    """Both emulators, started concurrently (each takes ~3 s, mostly JVM start-up)."""
+    """Both emulators, started concurrently (each takes ~3 s, mostly JVM start-up); `lean` for the test suite."""
 
     def __init__(
         self,
@@ -132,12 +133,13 @@ class EmulatorPair(contextlib.AbstractContextManager["EmulatorPair"]):
         firestore_address: str | None = None,
         project: str = "local-project",
         workdir: Path | None = None,
+        lean: bool = False,
     ) -> None:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="emulators-")
         self.workdir = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.pubsub = pubsub_emulator(pubsub_address or f"127.0.0.1:{free_port()}", self.workdir, project)
-        self.firestore = firestore_emulator(firestore_address or f"127.0.0.1:{free_port()}", self.workdir)
+        self.pubsub = pubsub_emulator(pubsub_address or f"127.0.0.1:{free_port()}", self.workdir, project, lean)
+        self.firestore = firestore_emulator(firestore_address or f"127.0.0.1:{free_port()}", self.workdir, lean)
 
     def __enter__(self) -> EmulatorPair:
         from concurrent.futures import ThreadPoolExecutor

@@ -99,7 +99,7 @@ def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorPair
         with emulator_environ(pair):
             yield pair
         return
-    with EmulatorPair(workdir=tmp_path_factory.mktemp("emulators")) as pair, emulator_environ(pair):
+    with EmulatorPair(workdir=tmp_path_factory.mktemp("emulators"), lean=True) as pair, emulator_environ(pair):
         yield pair
 
 

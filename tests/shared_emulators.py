@@ -34,7 +34,8 @@ def attach_shared(directory: Path) -> EmulatorPair:
             pair = EmulatorPair(state["pubsub"], state["firestore"], workdir=directory / "pair")
             if all(http_ok(f"http://{address}/") for address in (state["pubsub"], state["firestore"])):
                 return pair
-        pair = EmulatorPair(workdir=directory / "pair").__enter__()  # stopped by stop_shared, not by this worker
+        # Stopped by stop_shared, not by this worker.
+        pair = EmulatorPair(workdir=directory / "pair", lean=True).__enter__()
         groups = [os.getpgid(e.process.pid) for e in (pair.pubsub, pair.firestore) if e.process is not None]
         state = {"pubsub": pair.pubsub.address, "firestore": pair.firestore.address, "groups": groups}
         state_path.write_text(json.dumps(state))
@@ -84,5 +85,5 @@ def emulator_environ(pair: EmulatorPair) -> Iterator[EmulatorPair]:
 @contextlib.contextmanager
 def private_emulators(workdir: Path) -> Iterator[EmulatorPair]:
     """A pair of this test's own, in the environment while it runs: for a test that freezes or kills one."""
-    with EmulatorPair(workdir=workdir) as pair, emulator_environ(pair):
+    with EmulatorPair(workdir=workdir, lean=True) as pair, emulator_environ(pair):
         yield pair
