@@ -554,7 +554,9 @@ SYS_TGKILL = {"x86_64": 234, "aarch64": 131}[platform.machine()]
 def signal_another_thread(pid: int, signum: int) -> None:
     """Delivers `signum` to a thread of `pid` other than its main one: what the kernel may do with a process's signal
     (Ctrl-C, docker stop) when the main thread is asleep, and what a signal handler must survive."""
-    threads = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+    # The oldest first (the client's long-lived threads): a short-lived one may end before, or with the signal.
+    threads = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
     assert threads, f"process {pid} has no thread but its main one"
-    if ctypes.CDLL(None, use_errno=True).syscall(SYS_TGKILL, pid, threads[-1], signum) != 0:
-        raise OSError(ctypes.get_errno(), "tgkill failed")
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    if not any(syscall(SYS_TGKILL, pid, thread, signum) == 0 for thread in threads):
+        raise OSError(ctypes.get_errno(), f"tgkill found none of the threads {threads} of {pid}")
