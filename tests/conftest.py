@@ -6,10 +6,12 @@ see each other's topics or documents, and never collide with a running `make run
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +48,21 @@ def pytest_configure(config: pytest.Config) -> None:
     its own project, so tests never see each other's topics or documents); stopped in pytest_unconfigure."""
     if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
         return
-    os.environ[SHARED_EMULATORS_DIR] = tempfile.mkdtemp(prefix="tests-emulators-")
+    shared = os.environ[SHARED_EMULATORS_DIR] = tempfile.mkdtemp(prefix="tests-emulators-")
+    if "not emulators" not in (config.option.markexpr or ""):
+        # Started now, while the workers start and collect, instead of by the first test that needs them (its
+        # workers waited ~10 s). A failure here is left to that test, which starts them itself (attach_shared).
+        starting = threading.Thread(target=_start_shared, args=(Path(shared),), name="shared-emulators", daemon=True)
+        starting.start()
+        config.stash[_EARLY_START] = starting
+
+
+_EARLY_START = pytest.StashKey[threading.Thread]()
+
+
+def _start_shared(directory: Path) -> None:
+    with contextlib.suppress(Exception):
+        attach_shared(directory)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -54,6 +70,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         return
     shared = os.environ.pop(SHARED_EMULATORS_DIR, None)
     if shared:
+        if _EARLY_START in config.stash:
+            config.stash[_EARLY_START].join(120)  # a run that ended at once: its pair is recorded before it is stopped
         stop_shared(Path(shared))
         shutil.rmtree(shared, ignore_errors=True)
 
