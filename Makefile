@@ -61,11 +61,11 @@ stop: $(STAMP)
 	@$(BIN)/python -m devstack stop
 
 # Most of the suite waits on the emulators' delivery ticks, ack deadlines and the simulated gateway, not on the CPU,
-# so it runs on eight workers sharing one pair of emulators (tests/shared_emulators.py), tests handed out one by one
+# so it runs on six workers sharing one pair of emulators (tests/shared_emulators.py), tests handed out one by one
 # (a module whose fixture starts a whole stack stays on one worker: its xdist_group). The lint (ruff, mypy,
 # hadolint, checkov: CPU, not waiting) runs beside the tests; both must pass. Tests marked `alone` (pacing counted at
 # the simulated gateway as it reads) run after the others, by themselves.
-TEST_WORKERS ?= 8
+TEST_WORKERS ?= 6
 
 test: $(STAMP) system-packages
 	@$(BIN)/python -m devstack preflight
