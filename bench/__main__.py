@@ -160,7 +160,8 @@ def rebalance(stack: BenchStack, client: Client, symbols: list[str]) -> dict[str
         "ordersPlaced": placed,
         "outcomes": reply["result"]["orders"],
         "totalSeconds": round(seconds, 2),
-        # Receipt to reply published, the consumer's own clock: what the target is about (no Pub/Sub delivery).
+        # Receipt to reply built (the reply's durationMs, the consumer's own clock; no Pub/Sub delivery, and not the
+        # few milliseconds of storing and publishing a rebalance's reply).
         "serviceSeconds": round(reply["durationMs"] / 1000, 2),
         "placementSeconds": round(span, 2),
         "ordersPerSecond": round((placed - 1) / span, 1) if span and span == span and span > 0 else None,
