@@ -160,8 +160,8 @@ def rebalance(stack: BenchStack, client: Client, symbols: list[str]) -> dict[str
         "ordersPlaced": placed,
         "outcomes": reply["result"]["orders"],
         "totalSeconds": round(seconds, 2),
-        # Receipt to reply built (the reply's durationMs, the consumer's own clock; no Pub/Sub delivery, and not the
-        # few milliseconds of storing and publishing a rebalance's reply).
+        # Receipt to reply built (the reply's durationMs, the consumer's own clock): no Pub/Sub delivery, and not the
+        # storing and publishing of the reply, which the bench does not measure for a rebalance.
         "serviceSeconds": round(reply["durationMs"] / 1000, 2),
         "placementSeconds": round(span, 2),
         "ordersPerSecond": round((placed - 1) / span, 1) if span and span == span and span > 0 else None,
