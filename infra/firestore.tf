@@ -8,14 +8,15 @@ resource "google_firestore_database" "default" {
   depends_on = [google_project_service.apis]
 }
 
-# Large maps nothing queries, left out of the automatic single-field indexes: a stored reply, an activity record's
-# result and params, a strategy's positions and realized P&L. Indexing every nested field of a 1,000-instrument
-# reply slows each write and can pass Firestore's 40,000 index entries per document. The fields queried (state,
-# requestId, date, finishedAt, tradingMode) keep their indexes.
+# Large values nothing queries, left out of the automatic single-field indexes: a stored reply and an activity
+# record's result (JSON text: an index of its first 1,500 bytes serves nobody), an activity record's params, a
+# strategy's positions and realized P&L (maps: indexing every nested field of 1,000 instruments slows each write and
+# can pass Firestore's 40,000 index entries per document). The fields queried (state, requestId, date, finishedAt,
+# tradingMode) keep their indexes.
 locals {
   unindexed_fields = {
-    "requests-reply"     = { collection = "requests", field = "reply" }
-    "activity-result"    = { collection = "activity", field = "result" }
+    "requests-reply"     = { collection = "requests", field = "replyJson" }
+    "activity-result"    = { collection = "activity", field = "resultJson" }
     "activity-params"    = { collection = "activity", field = "params" }
     "holdings-positions" = { collection = "holdings", field = "positions" }
     "holdings-realized"  = { collection = "holdings", field = "realized" }

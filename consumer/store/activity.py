@@ -31,8 +31,10 @@ class ActivityLog:
 
     def record(self, batch: AsyncWriteBatch, reply: dict[str, Any], params: Any, delivery_attempt: int | None) -> None:
         result = reply.get("result")
-        if result is not None and len(json.dumps(result, default=str)) > MAX_RESULT_BYTES:
-            result = {"truncated": True, "note": "result too large for the activity log; see the reply"}
+        # JSON text, as the claim stores the reply (decision 19); null when the run had no result.
+        result_json = None if result is None else json.dumps(result, separators=(",", ":"), default=str)
+        if result_json is not None and len(result_json) > MAX_RESULT_BYTES:
+            result_json = json.dumps({"truncated": True, "note": "too large for the activity log; see the reply"})
         batch.set(
             self._layout.activity().document(),
             {
@@ -46,7 +48,7 @@ class ActivityLog:
                 "schedule": reply.get("schedule"),
                 "status": reply["status"],
                 "error": reply.get("error"),
-                "result": firestore_safe(result),
+                "resultJson": result_json,
                 "startedAt": reply["startedAt"],
                 "finishedAt": reply["finishedAt"],
                 "durationMs": reply["durationMs"],

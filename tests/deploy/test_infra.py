@@ -959,9 +959,10 @@ def test_alerts_go_to_email_by_default_and_to_any_channel_given(tf: dict[str, An
     assert "var.alert_notification_channels" in channels
 
 
-def test_large_unqueried_maps_are_left_out_of_firestores_indexes(tf: dict[str, Any]) -> None:
-    """A 1,000-instrument reply indexed field by field slows every write and can pass the 40,000 index entries a
-    document may have: the big maps are exempt, and none of them is a field any query filters or orders on."""
+def test_large_unqueried_values_are_left_out_of_firestores_indexes(tf: dict[str, Any]) -> None:
+    """A strategy's 1,000 positions indexed field by field slow every write and can pass the 40,000 index entries a
+    document may have, and a reply's JSON text is indexed by a prefix nobody reads: the big values are exempt, and
+    none of them is a field any query filters or orders on."""
     exempt = tf["locals"]["unindexed_fields"]
     field = tf["resource"]["google_firestore_field"]["unindexed"]
     assert field["for_each"] == "${local.unindexed_fields}"

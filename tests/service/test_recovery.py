@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 from google.cloud import pubsub_v1
@@ -73,4 +74,4 @@ def test_a_request_stranded_by_a_kill_is_answered_once_with_its_orders_booked(
     (claim,) = [d.to_dict() for d in mode_document(project)
                 .collection("requests").stream()]  # fmt: skip
     assert claim["state"] == "done"
-    assert claim["reply"]["recovered"] is True
+    assert json.loads(claim["replyJson"])["recovered"] is True
