@@ -47,7 +47,7 @@ class ActivityLog:
                 "account": reply.get("account"),
                 "schedule": reply.get("schedule"),
                 "status": reply["status"],
-                "error": reply.get("error"),
+                "error": firestore_safe(reply.get("error")),
                 "resultJson": result_json,
                 "startedAt": reply["startedAt"],
                 "finishedAt": reply["finishedAt"],

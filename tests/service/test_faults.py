@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from consumer.errors import IntentError
 from consumer.intents import builtin_intents
 from consumer.intents.base import Intent
 from tests.support import (
@@ -23,6 +24,7 @@ from tests.support import (
     STREAM_RESTART_WAIT,
     Bus,
     ConsumerProcess,
+    activity,
     allocation,
     another_intents_subscription,
     booked_totals,
@@ -227,12 +229,13 @@ def test_a_message_that_keeps_failing_is_dead_lettered_and_the_consumer_keeps_se
 def test_an_outcome_that_can_never_be_stored_is_answered_once_and_dead_lettered(consumer_factory, bus: Bus):
     """Issue 13 (6): settle stores before it publishes, so a store failure is nacked with no reply, and on the last
     attempt the message gets its one reply and goes to the dead-letter topic. Firestore refuses a map key like
-    `__x__` in the activity record every time: the store fails on every attempt, not by chance."""
+    `__x__` in the activity record's error every time: the store fails on every attempt, not by chance. (A result
+    cannot do that since replies are stored as JSON text, decision 19; an error is stored as a map.)"""
     attempts: list[int] = []
 
     async def unstorable(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
         attempts.append(ctx.request.delivery.delivery_attempt or 0)
-        return {"__x__": "a name Firestore reserves"}
+        raise IntentError("unstorable", "its details use a name Firestore reserves", {"__x__": "reserved"})
 
     intents = {**builtin_intents(), "ping": Intent(name="ping", handler=unstorable, description="unstorable")}
     consumer_factory(intents=intents)
@@ -243,9 +246,33 @@ def test_an_outcome_that_can_never_be_stored_is_answered_once_and_dead_lettered(
     assert dead.attributes["deadLetterCode"] == "store_failed"
     replies = bus.replies_to(message_id)
     assert len(replies) == 1, replies  # none for the four attempts that were nacked
-    assert replies[0]["result"] == {"__x__": "a name Firestore reserves"}
+    assert replies[0]["error"] == {
+        "code": "unstorable",
+        "message": "its details use a name Firestore reserves",
+        "details": {"__x__": "reserved"},
+    }
     assert attempts == [1, 2, 3, 4, 5]
     assert bus.reply_to(bus.publish({"intent": "summary"}))["status"] == "ok"
+
+
+def test_an_error_whose_details_nest_arrays_is_stored_on_the_first_attempt(consumer_factory, bus: Bus, project: str):
+    """Firestore refuses an array directly inside an array. The activity record stored an error's details as they
+    came, so an error with a table in its details failed every store: nacked four times, then dead-lettered."""
+    attempts: list[int] = []
+
+    async def tabular(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+        attempts.append(ctx.request.delivery.delivery_attempt or 0)
+        raise IntentError("tabular", "details with rows", {"rows": [[1, 2], [3, 4]]})
+
+    intents = {**builtin_intents(), "ping": Intent(name="ping", handler=tabular, description="tabular")}
+    consumer_factory(intents=intents)
+    message_id = bus.publish({"intent": "ping"})
+    replies = bus.replies_to(message_id)
+    assert [r["error"] for r in replies] == [{"code": "tabular", "message": "details with rows",
+                                              "details": {"rows": [[1, 2], [3, 4]]}}]  # fmt: skip
+    (record,) = wait_for(lambda: activity(project, messageId=message_id), what="the activity record")
+    assert record["error"]["details"] == {"rows": ["[1, 2]", "[3, 4]"]}
+    assert attempts == [1]
 
 
 def test_a_client_id_in_use_is_reported_and_retried_not_swapped(consumer_factory, bus: Bus, gateway, caplog):
