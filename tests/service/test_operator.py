@@ -22,12 +22,13 @@ import pytest
 import yaml
 
 from consumer.addresses import port_free
-from devstack.emulators import free_port
+from devstack.emulators import FIRESTORE_JVM_OPTIONS, free_port
 from tests.support import DEFAULT_CLOCK, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 README = (REPO / "README.md").read_text()
+LEAN_JVM_OPTIONS = FIRESTORE_JVM_OPTIONS  # serial collector, quick compiler only: see stack_env
 # Each test starts a local stack of its own (emulators included), so `make check` leaves them out too.
 pytestmark = [pytest.mark.slow, pytest.mark.emulators]
 
@@ -82,6 +83,10 @@ def stack_env(workdir: Path) -> dict[str, str]:
         GOOGLE_CLOUD_PROJECT="local-project",
         DEVSTACK_DIR=str(workdir),
         IBSIM_CLOCK=DEFAULT_CLOCK,
+        # The stack's emulator JVMs (JAVA_TOOL_OPTIONS reaches the Java that gcloud starts): the serial collector and
+        # the quick compiler only, as the suite's own (decision 18). A stack answers a few dozen messages; C2 and GC
+        # threads cost about 1.8 s of CPU a stack for nothing while six workers share two cores.
+        JAVA_TOOL_OPTIONS=LEAN_JVM_OPTIONS,
     )
     return env
 
