@@ -22,15 +22,19 @@ help:
 	@echo "make bench  benchmarks against the local stack (writes bench/results.json)"
 	@echo "make lint   ruff, mypy and the static checks of gateway-image/ and infra/"
 
-# uv installs the dependencies (about 6 s where pip takes 20); pip, which only installs uv, is Python's own. A
-# machine whose pip reaches its index through pip.conf (which uv does not read) falls back to pip, saying so.
+# uv installs the dependencies (about 7 s where pip takes 20; 1 s from uv's cache alone, which it tries first:
+# resolving against the index is six of the seven); pip, which only installs uv, is Python's own. A machine whose
+# pip reaches its index through pip.conf (which uv does not read) falls back to pip, saying so.
 # Nothing is byte-compiled at install: Python compiles what is imported, and caches it (PYTHONDONTWRITEBYTECODE).
 INSTALL = $(BIN)/python -m uv pip install --quiet
+define uv_install # python, requirement: from uv's cache, else from the index
+	$(INSTALL) --offline --python $(1) $(2) 2>/dev/null || $(INSTALL) --python $(1) $(2)
+endef
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed, found " + sys.version.split()[0] + ": run make with PYTHON=python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --no-compile uv
-	$(INSTALL) --python $(BIN)/python -e '.[dev]' || \
+	$(call uv_install,$(BIN)/python,-e '.[dev]') || \
 	  { echo "uv could not install the dependencies: installing them with pip" >&2; \
 	    $(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'; }
 	@touch $@
@@ -99,7 +103,7 @@ CHECKOV     ?= checkov==3.3.30
 $(TOOLS_STAMP): $(STAMP)
 	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
 	@echo '*' > $(TOOLS)/.gitignore
-	$(INSTALL) --python $(TOOLS)/bin/python '$(CHECKOV)' || $(TOOLS)/bin/python -m pip install --quiet --no-compile '$(CHECKOV)'
+	$(call uv_install,$(TOOLS)/bin/python,'$(CHECKOV)') || $(TOOLS)/bin/python -m pip install --quiet --no-compile '$(CHECKOV)'
 	@touch $@
 
 lint: $(STAMP) $(TOOLS_STAMP)
