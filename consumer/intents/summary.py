@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from consumer.errors import IntentError
@@ -25,15 +25,17 @@ async def summary(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
         pnl: dict[str, Any] = report["pnl"]
         return pnl
 
-    async def as_dicts(answer: Awaitable[Sequence[Any]]) -> list[dict[str, Any]]:
-        """Each answer turned into JSON as it arrives, while the slowest (the executions) is still coming."""
-        return [item.as_dict() for item in await answer]
+    async def as_dicts(ask: Callable[[], Awaitable[Sequence[Any]]]) -> list[dict[str, Any]]:
+        """Each answer turned into JSON as it arrives, while the slowest (the executions) is still coming. Asked
+        here, not by the caller: a summary cancelled before it starts (its claim lost to a duplicate) leaves no
+        request coroutine unawaited."""
+        return [item.as_dict() for item in await ask()]
 
     account_values, positions, open_orders, fills, pnl = await asyncio.gather(
         broker.account_summary(),
-        as_dicts(broker.positions()),
-        as_dicts(broker.open_orders()),
-        as_dicts(broker.executions()),
+        as_dicts(broker.positions),
+        as_dicts(broker.open_orders),
+        as_dicts(broker.executions),
         pnl_block(),
     )
     return {
