@@ -27,7 +27,7 @@ GCLOUD_HINT = (
     "(Debian/Ubuntu packages google-cloud-cli, google-cloud-cli-pubsub-emulator, "
     "google-cloud-cli-firestore-emulator; see https://cloud.google.com/sdk/docs/install)"
 )
-# `lean` emulators, for the test suite, whose short tests share two cores with six workers: the serial collector
+# `lean` emulators, for the test suite, whose short tests share two cores with seven workers: the serial collector
 # (no GC threads) for both, and for Firestore the quick compiler only (C2's compile threads cost more CPU than they
 # return over a test's few requests). Measured on the 2,000-message burst test: Pub/Sub 16.4 -> 12.3 s of CPU,
 # Firestore 12.8 -> 7.0 s; Pub/Sub keeps C2 (with C1 alone it took 36 s). `make run` and the bench keep the JVM's

@@ -85,7 +85,7 @@ def stack_env(workdir: Path) -> dict[str, str]:
         IBSIM_CLOCK=DEFAULT_CLOCK,
         # The stack's emulator JVMs (JAVA_TOOL_OPTIONS reaches the Java that gcloud starts): the serial collector and
         # the quick compiler only, as the suite's own (decision 18). A stack answers a few dozen messages; C2 and GC
-        # threads cost about 1.8 s of CPU a stack for nothing while six workers share two cores.
+        # threads cost about 1.8 s of CPU a stack for nothing while seven workers share two cores.
         JAVA_TOOL_OPTIONS=LEAN_JVM_OPTIONS,
     )
     return env
