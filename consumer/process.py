@@ -213,8 +213,7 @@ class Consumer:
         return self.delivery_watch
 
     async def _build_services(self) -> Services:
-        assert self._publisher is not None
-        services = Services.create(self.settings, self._schemas, self._publisher, self.metrics)
+        services = Services.create(self.settings, self._schemas, self.metrics)
         services.start()
         return services
 

@@ -7,7 +7,6 @@ import socket
 import uuid
 from dataclasses import dataclass, field, replace
 
-import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
 from google.cloud import firestore
 
 from consumer.bookkeeper import Bookkeeper
@@ -23,7 +22,7 @@ from consumer.store.dry_run import DryRunClient
 from consumer.store.layout import Layout
 from consumer.store.requests import RequestLedger
 from consumer.store.trading_config import ConfigStore, DeploymentLimits
-from consumer.transport.publishing import Publishing
+from consumer.transport.publishing import Publishing, make_reply_client
 
 
 @dataclass
@@ -56,9 +55,7 @@ class Services:
     accounts: dict[str, Services] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def create(
-        cls, settings: Settings, schemas: Schemas, publisher: pubsub_v1.PublisherClient, metrics: Metrics
-    ) -> Services:
+    def create(cls, settings: Settings, schemas: Schemas, metrics: Metrics) -> Services:
         """Must be called on the broker loop: the IB object and the async Firestore client bind to it."""
         if not settings.accounts:
             raise ValueError("Services need the accounts served (IB_ACCOUNTS): the books are keyed by account")
@@ -82,7 +79,7 @@ class Services:
             config_store=ConfigStore(layout, schemas, DeploymentLimits(settings.allow_live, settings.leverage_cap_max)),
             activity=ActivityLog(layout),
             publishing=Publishing(
-                publisher,
+                make_reply_client(),
                 project=settings.project,
                 reply_topic=settings.reply_topic,
                 dead_letter_topic=settings.dead_letter_topic,
@@ -164,4 +161,5 @@ class Services:
         for view in self.accounts.values():
             await view.bookkeeper.stop()
         await self.gateway.stop()
+        await self.publishing.close()
         self.db.close()

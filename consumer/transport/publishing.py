@@ -1,17 +1,22 @@
-"""Replies and dead letters out to Pub/Sub, awaited from the broker loop.
+"""Replies and dead letters out to Pub/Sub, published from the broker loop.
 
-The google-cloud-pubsub publisher is thread-safe and batches in its own threads; its futures are wrapped so the
-broker loop can await them without blocking.
+A reply is what a request waits for, published once it is stored: with Pub/Sub's asyncio client, on the loop that
+built it, one request per reply. The batching client hands each message to its own threads and back (7-20 ms for a
+100 kB summary on a busy consumer, 4 ms alone, against 2 ms); batching buys nothing for one message at a time.
+The batching client stays for the delivery watch's probes, which come from its own thread.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import os
 from typing import Any
 
 import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
+import grpc
 from google.cloud.pubsub_v1.types import BatchSettings
+from google.pubsub_v1 import PublisherAsyncClient, PubsubMessage
+from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
 
 from consumer.envelope import Delivery
 from consumer.schemas import Schemas
@@ -21,9 +26,19 @@ DEAD_LETTER_SCHEMA = "dead-letter-attributes.schema.json"
 
 
 def make_publisher() -> pubsub_v1.PublisherClient:
-    # A reply is one small message that someone is waiting for; the default 10 ms batching window would be
-    # pure added latency.
+    """The batching, thread-safe client: for publishing from a thread that is not the broker loop."""
+    # The default 10 ms batching window would be pure added latency for a probe someone is timing.
     return pubsub_v1.PublisherClient(batch_settings=BatchSettings(max_messages=100, max_latency=0.001))
+
+
+def make_reply_client() -> PublisherAsyncClient:
+    """The asyncio client `Publishing` uses; call it on the broker loop (grpc.aio channels belong to their loop).
+    Against the emulator (PUBSUB_EMULATOR_HOST), which only the batching client finds by itself, a plain channel."""
+    emulator = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if emulator:
+        channel = grpc.aio.insecure_channel(emulator)
+        return PublisherAsyncClient(transport=PublisherGrpcAsyncIOTransport(channel=channel))
+    return PublisherAsyncClient()
 
 
 class Publishing:
@@ -36,32 +51,31 @@ class Publishing:
 
     def __init__(
         self,
-        publisher: pubsub_v1.PublisherClient,
+        client: PublisherAsyncClient,
         project: str,
         reply_topic: str,
         dead_letter_topic: str,
         subscription: str,
         schemas: Schemas,
     ) -> None:
-        self._publisher = publisher
-        self._reply_topic = publisher.topic_path(project, reply_topic)
-        self._dead_letter_topic = publisher.topic_path(project, dead_letter_topic)
+        self._client = client
+        self._reply_topic = client.topic_path(project, reply_topic)
+        self._dead_letter_topic = client.topic_path(project, dead_letter_topic)
         self._subscription = subscription
         self._schemas = schemas
 
     async def reply(self, reply: dict[str, Any]) -> str:
         # Our own replies are checked against the schema monitors rely on: a mismatch is a bug worth failing loudly.
         self._schemas.validate(REPLY_SCHEMA, reply, where="reply")
-        future = self._publisher.publish(
-            self._reply_topic,
-            json.dumps(reply, separators=(",", ":"), default=str).encode(),
-            intent=reply["intent"] or "",
-            status=reply["status"],
-            requestId=reply["requestId"],
-            messageId=reply["messageId"],
+        data = json.dumps(reply, separators=(",", ":"), default=str).encode()
+        attributes = {
+            "intent": reply["intent"] or "",
+            "status": reply["status"],
+            "requestId": reply["requestId"],
+            "messageId": reply["messageId"],
             **({"alert": "true"} if reply.get("alert") else {}),
-        )
-        return await asyncio.wrap_future(future)
+        }
+        return await self._publish(self._reply_topic, data, attributes)
 
     async def dead_letter(self, delivery: Delivery, code: str, error: str) -> str:
         """The original message, unchanged, with why it failed and how often in its attributes."""
@@ -74,5 +88,12 @@ class Publishing:
             "deadLetterSubscription": self._subscription,
         }
         self._schemas.validate(DEAD_LETTER_SCHEMA, attributes, where="attributes")
-        future = self._publisher.publish(self._dead_letter_topic, delivery.data, **attributes)
-        return await asyncio.wrap_future(future)
+        return await self._publish(self._dead_letter_topic, delivery.data, attributes)
+
+    async def _publish(self, topic: str, data: bytes, attributes: dict[str, str]) -> str:
+        # The client's default retry (transient codes, up to 60 s), as the batching client's commit had.
+        response = await self._client.publish(topic=topic, messages=[PubsubMessage(data=data, attributes=attributes)])
+        return str(response.message_ids[0])
+
+    async def close(self) -> None:
+        await self._client.transport.close()
