@@ -26,6 +26,7 @@ NOT_SUBSCRIBED = (
     "Management choose Market Data Subscription Manager and/or Delayed market data is not available."
 )
 DISPLAYING_DELAYED = "Requested market data is not subscribed. Displaying delayed market data."
+MAX_TICKERS = "Max number of tickers has been reached."
 # IB's "Historical Data Limitations": a pacing violation is identical requests within 15 seconds, six or more
 # requests for the same contract, exchange and tick type within two seconds, or more than 60 requests within any
 # ten minutes; IB answers 162 with this text.
@@ -111,6 +112,10 @@ class MarketDesk(AccountDesk):
         inst = self._one(conn, req_id, c)
         if inst is None:
             return
+        if not (snapshot or regulatory) and self._lines_in_use() >= self.scenario.marketDataLines:
+            # Lines are the login's, shared by every client; a snapshot ends at once here, so only streams hold one.
+            conn.send_error(req_id, 101, MAX_TICKERS)
+            return
         permission = self._permission(inst)
         # live and frozen both need the live subscription; with none at all, delayed data is refused too
         if permission != "realtime" and (conn.mkt_type in (1, 2) or permission == "none"):
@@ -133,6 +138,9 @@ class MarketDesk(AccountDesk):
             conn.send([57, 1, req_id])
         else:
             conn.streams[req_id] = inst.key
+
+    def _lines_in_use(self) -> int:
+        return sum(len(c.streams) for c in self.connections)
 
     def _closed(self, inst: Instrument) -> bool:
         if self.scenario.hours != "regular":

@@ -134,6 +134,8 @@ class Scenario:
     # The login's market-data permission for instruments that name none: realtime | delayed | none.
     # marketData.liveSubscription is its older spelling: true = realtime, false = delayed.
     permissions: str = "realtime"
+    # Streaming market-data lines of the login, across all its clients (IB's default allowance: 100).
+    marketDataLines: int = 100
     # True: an order whose initial margin would exceed the equity with loan value is rejected (201), as IB does.
     marginEnforce: bool = True
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
@@ -394,6 +396,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         clockStart=clock_start,
         liveSubscription=bool((d.get("marketData") or {}).get("liveSubscription", True)),
         permissions=_permissions(d.get("marketData") or {}),
+        marketDataLines=int((d.get("marketData") or {}).get("lines", 100)),
         marginEnforce=bool((d.get("margin") or {}).get("enforce", True)),
         raw=copy.deepcopy(given),
     )

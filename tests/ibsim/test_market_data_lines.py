@@ -1,0 +1,66 @@
+"""Market-data lines: IB gives a login 100 streaming lines by default, shared by all its clients; one more stream
+is refused with 101, and a line comes back when a stream is cancelled or its client disconnects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from ib_insync import IB, Stock
+
+from tests.ibsim.conftest import wait_until
+
+MAX_TICKERS = (101, "Max number of tickers has been reached.")
+SYMBOLS = [f"SYM{n:03d}" for n in range(102)]
+
+
+@pytest.fixture
+def gateway_scenario() -> dict[str, object]:
+    return {"generated": {"count": len(SYMBOLS), "prefix": "SYM"}}
+
+
+def errors_of(ib: IB) -> list[tuple[str, int, str]]:
+    """(symbol, code, text) of each error the client is sent."""
+    seen: list[tuple[str, int, str]] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: seen.append((contract.symbol if contract else "", code, msg))
+    return seen
+
+
+def test_the_101st_stream_of_a_login_is_refused_until_a_line_is_free(connect: Callable[..., IB]) -> None:
+    first, second = connect(1), connect(2)
+    first_errors, second_errors = errors_of(first), errors_of(second)
+    streams = [first.reqMktData(Stock(s, "SMART", "USD")) for s in SYMBOLS[:100]]
+    wait_until(first, lambda: all(t.last == t.last for t in streams), what="100 streams ticking")  # not NaN
+    assert first_errors == []
+
+    # The 101st, from another client of the same login: refused with IB's code and text, and nothing streams.
+    refused = second.reqMktData(Stock(SYMBOLS[100], "SMART", "USD"))
+    wait_until(second, lambda: second_errors, what="error 101")
+    assert second_errors == [(SYMBOLS[100], *MAX_TICKERS)]
+    assert refused.last != refused.last  # NaN: no tick came
+
+    # A snapshot ends as soon as it is answered here, so it holds no line (ibsim does not model its seconds open).
+    [snapshot] = second.reqTickers(Stock(SYMBOLS[101], "SMART", "USD"))
+    assert snapshot.last == snapshot.last
+
+    # A cancelled stream gives its line back.
+    first.cancelMktData(streams[0].contract)
+    second_errors.clear()
+    served = second.reqMktData(Stock(SYMBOLS[101], "SMART", "USD"))
+    wait_until(second, lambda: served.last == served.last, what="the stream on the freed line")
+    assert second_errors == []
+
+    # So does a client that goes: its lines are the login's again.
+    first.disconnect()
+    again = second.reqMktData(Stock(SYMBOLS[100], "SMART", "USD"))
+    wait_until(second, lambda: again.last == again.last, what="a stream on a disconnected client's line")
+    assert second_errors == []
+
+
+@pytest.mark.parametrize("gateway_scenario", [{"marketData": {"lines": 2}}])
+def test_a_scenario_sets_the_logins_lines(connect: Callable[..., IB]) -> None:
+    ib = connect(1)
+    seen = errors_of(ib)
+    tickers = [ib.reqMktData(Stock(s, "SMART", "USD")) for s in ("SPY", "TLT", "AAPL")]
+    wait_until(ib, lambda: seen and all(t.last == t.last for t in tickers[:2]), what="two streams and a refusal")
+    assert seen == [("AAPL", *MAX_TICKERS)]
