@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 from ib_insync import IB, Stock
 
+from ibsim import ThreadedGateway
 from tests.ibsim.conftest import wait_until
 
 MAX_TICKERS = (101, "Max number of tickers has been reached.")
@@ -26,7 +27,9 @@ def errors_of(ib: IB) -> list[tuple[str, int, str]]:
     return seen
 
 
-def test_the_101st_stream_of_a_login_is_refused_until_a_line_is_free(connect: Callable[..., IB]) -> None:
+def test_the_101st_stream_of_a_login_is_refused_until_a_line_is_free(
+    gw: ThreadedGateway, connect: Callable[..., IB]
+) -> None:
     first, second = connect(1), connect(2)
     first_errors, second_errors = errors_of(first), errors_of(second)
     streams = [first.reqMktData(Stock(s, "SMART", "USD")) for s in SYMBOLS[:100]]
@@ -43,15 +46,18 @@ def test_the_101st_stream_of_a_login_is_refused_until_a_line_is_free(connect: Ca
     [snapshot] = second.reqTickers(Stock(SYMBOLS[101], "SMART", "USD"))
     assert snapshot.last == snapshot.last
 
-    # A cancelled stream gives its line back.
+    # A cancelled stream gives its line back. The cancel and the next request travel on two sockets: a round trip
+    # on the first makes sure the gateway has read the cancel before the second asks.
     first.cancelMktData(streams[0].contract)
+    first.reqAllOpenOrders()
     second_errors.clear()
     served = second.reqMktData(Stock(SYMBOLS[101], "SMART", "USD"))
     wait_until(second, lambda: served.last == served.last, what="the stream on the freed line")
     assert second_errors == []
 
-    # So does a client that goes: its lines are the login's again.
+    # So does a client that goes: its lines are the login's again, once the gateway has seen it go.
     first.disconnect()
+    wait_until(second, lambda: 1 not in gw.connected_client_ids(), what="the gateway to see client 1 go")
     again = second.reqMktData(Stock(SYMBOLS[100], "SMART", "USD"))
     wait_until(second, lambda: again.last == again.last, what="a stream on a disconnected client's line")
     assert second_errors == []
