@@ -28,6 +28,7 @@ from typing import Any
 
 from consumer.config import ConfigError, Settings
 from consumer.console import reply_details, reply_line
+from consumer.stop_signals import stop_event
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -612,15 +613,10 @@ def _replies(settings: Settings, args: argparse.Namespace) -> int:  # noqa: C901
                     _print_reply(reply, as_json=args.json)
             message.ack()
 
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, lambda *_: stop.set())
+        stop = stop_event((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
         stream = subscriber.subscribe(path, on_reply)
         print(f"waiting for replies on {path} (Ctrl-C stops) ...", file=sys.stderr, flush=True)
-        # Woken twice a second: the kernel may deliver the signal to one of the gRPC threads, and Python runs the
-        # handler only when the main thread runs again, which an untimed wait never does (Ctrl-C was ignored).
-        while not stop.wait(0.5):
-            pass
+        stop.wait()
         stream.cancel()
         return 0
     finally:

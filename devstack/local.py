@@ -28,6 +28,7 @@ from typing import Any
 from consumer.addresses import port_free, port_open, split_host_port
 from consumer.console import reply_details, reply_line
 from consumer.local_stack import ProgressEcho, StackFile, start_ticks, workdir
+from consumer.stop_signals import stop_event
 from devstack.emulators import EmulatorPair, http_ok, stop_process_group
 
 DEFAULTS = {
@@ -323,9 +324,7 @@ def run() -> int:
     stack_file = StackFile(directory)
     check_free(addresses, stack_file)
 
-    stop = threading.Event()
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_event(STOP_SIGNALS)
     groups: dict[str, int] = {}
 
     def record(name: str, pid: int) -> None:

@@ -25,6 +25,7 @@ from tests.service.test_operator import (
     port_free,
     shell,
     start_stack,
+    terminate,
 )
 from tests.support import wait_for
 
@@ -42,7 +43,7 @@ def household(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         tmp_path_factory.mktemp("household"), ["make", "--no-print-directory", "run", "ACCOUNTS=household"]
     )
     yield running
-    kill_leftovers(running)
+    terminate(running)
 
 
 def demo_section(stack: Stack, title_start: str) -> str:
