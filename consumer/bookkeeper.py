@@ -133,12 +133,12 @@ class Bookkeeper:
                     try:
                         await self._book_live(live)
                     except Exception as e:
-                        _warn(e, [type(event).__name__ for event in live])
+                        _warn_unless_stopping(e, [type(event).__name__ for event in live])
                 if isinstance(events[-1], Sweep):  # swept even if the live bookings before it failed
                     try:
                         log.info("books reconciled after connect", **_counts(await self.reconcile()))
                     except Exception as e:
-                        _warn(e, ["Sweep"])
+                        _warn_unless_stopping(e, ["Sweep"])
             finally:
                 for _ in events:
                     self._queue.task_done()
@@ -152,18 +152,18 @@ class Bookkeeper:
         except Exception as e:
             if len(events) == 1:
                 raise
-            _warn(e, ["batch"])
+            _warn_unless_stopping(e, ["batch"])
         # One bad execution must not hold the others back until the next sweep: book the batch one at a time.
         for execution in executions:
             try:
                 await self._books.book(execution)
             except Exception as e:
-                _warn(e, ["Booked"])
+                _warn_unless_stopping(e, ["Booked"])
         for close in closes:
             try:
                 await self._books.close_order(close.order_ref, close.final_state, close.broker_filled)
             except Exception as e:
-                _warn(e, ["Finished"])
+                _warn_unless_stopping(e, ["Finished"])
 
     def _rates(self, fill: Fill) -> dict[str, float]:
         accounts = self._broker.managed_accounts()
@@ -265,7 +265,14 @@ def _synthetic(doc: dict[str, Any], exec_id: str, quantity: float, price: float)
     )
 
 
-def _warn(e: Exception, kinds: list[str]) -> None:
+def _warn_unless_stopping(e: Exception, kinds: list[str]) -> None:
+    """Logs a failed booking, or ends the worker if `stop` cancelled it: a booking cancelled inside a Firestore
+    transaction fails with the store's own error (the rollback of a transaction not begun yet raises ValueError),
+    and catching that swallowed the cancellation; the worker went on, and every shutdown with a fill in flight
+    waited out the close timeout (10 s) without closing the gateway or the store."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from e
     # Firestore's transaction wrapper can mask the real failure with a rollback error; name both.
     cause = e.__context__
     log.warning(

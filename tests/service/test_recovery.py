@@ -75,3 +75,29 @@ def test_a_request_stranded_by_a_kill_is_answered_once_with_its_orders_booked(
                 .collection("requests").stream()]  # fmt: skip
     assert claim["state"] == "done"
     assert json.loads(claim["replyJson"])["recovered"] is True
+
+
+def test_a_consumer_stopped_as_a_fill_arrives_closes_cleanly_and_the_next_one_books_the_fill_once(
+    consumer_factory, bus: Bus, gateway, project: str, caplog
+):
+    """The stop cancels the fill's booking inside its Firestore transaction (most runs), which used to fail with
+    the rollback's own error and swallow the cancellation: the bookkeeper went on, and the shutdown waited out its
+    close timeout without closing the gateway or the store."""
+    write_config(project)
+    gateway.hold_fills(True)
+    first = consumer_factory(order_timeout=1.0)
+    (spy,) = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))["result"]["instruments"]
+    assert spy["outcome"] == "working", spy
+
+    gateway.hold_fills(False)  # filled at once, in one execution, reported to the consumer as it stops
+    first.stop()
+    assert not [r for r in caplog.records if "timed out" in r.getMessage()]
+    assert [r for r in caplog.records if "consumer stopped" in r.getMessage()]
+
+    (execution,) = [e for e in gateway.executions() if e["orderRef"] == spy["orderRef"]]
+    consumer_factory()  # its sweep after connect books what the first one did not
+    wait_for(lambda: [f["execId"] for f in mode_collection(project, "fills")] == [execution["execId"]],
+             what="the execution booked once, by execId")  # fmt: skip
+    assert holdings(project) == {"dummy": {"SPY": spy["order"]}}
+    assert gateway.positions()["SPY"] == spy["order"]
+    wait_for(lambda: mode_collection(project, "openOrders") == [], what="the order closed in the books")
