@@ -20,6 +20,7 @@ from consumer.broker.broker import Broker
 from consumer.broker.gateway import State
 from consumer.broker.model import NOT_PLACED, BrokerOrder, Fill, is_done
 from consumer.broker.orders import ConnectionRecord
+from consumer.errors import reraise_if_cancelled
 from consumer.logs import get_logger
 from consumer.portfolio import EPSILON
 from consumer.store.books import BATCH, Books, Close, Execution
@@ -266,13 +267,9 @@ def _synthetic(doc: dict[str, Any], exec_id: str, quantity: float, price: float)
 
 
 def _warn_unless_stopping(e: Exception, kinds: list[str]) -> None:
-    """Logs a failed booking, or ends the worker if `stop` cancelled it: a booking cancelled inside a Firestore
-    transaction fails with the store's own error (the rollback of a transaction not begun yet raises ValueError),
-    and catching that swallowed the cancellation; the worker went on, and every shutdown with a fill in flight
-    waited out the close timeout (10 s) without closing the gateway or the store."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from e
+    """Logs a failed booking, or ends the worker if `stop` cancelled it (a booking cancelled inside its transaction
+    fails with the store's own error; see reraise_if_cancelled)."""
+    reraise_if_cancelled(e)
     # Firestore's transaction wrapper can mask the real failure with a rollback error; name both.
     cause = e.__context__
     log.warning(

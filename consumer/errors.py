@@ -7,11 +7,21 @@ transient, so a bug cannot silently drop a message: it retries and ends in the d
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, ClassVar, Literal
 
 from google.api_core import exceptions as google_exceptions
 
 ECHO_LIMIT = 120  # characters of a message's content that an error reply or a log line repeats
+
+
+def reraise_if_cancelled(e: Exception) -> None:
+    """For a long-lived task that logs an Exception and goes on: a cancellation that a library turned into an error
+    of its own (a Firestore transaction cancelled before it had an id fails its rollback with ValueError) still
+    ends the task. Swallowed, it kept the bookkeeper running and every shutdown waited out its close timeout."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from e
 
 
 def clip(text: str, limit: int = ECHO_LIMIT) -> str:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from consumer.broker.model import NOT_PLACED, is_done
+from consumer.errors import reraise_if_cancelled
 from consumer.logs import get_logger
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class StrandedRequests:
                 try:
                     await self.sweep()
                 except Exception as e:
+                    reraise_if_cancelled(e)
                     log.warning("stranded-request sweep failed; will try again", error=str(e))
             await asyncio.sleep(self.interval)
 
