@@ -84,8 +84,9 @@ test: $(STAMP) system-packages
 # The fast loop while changing code (< 30 s): no emulators, no checkov, no wheel build, the property tests with 100
 # examples each (tests/conftest.py, profile `check`); mypy runs beside the tests, which spend part of their time in
 # the simulated gateway's pacing windows. `make test`, which CI runs, still runs everything, the property tests with
-# their full 400.
-CHECK_WORKERS ?= 3
+# their full 400. Four workers: 27-31 s against 30-33 s on three, measured in the same hour (a third of the tests wait
+# on pacing windows rather than the CPU).
+CHECK_WORKERS ?= 4
 
 check: $(STAMP) system-packages
 	$(BIN)/ruff check .
