@@ -101,10 +101,16 @@ class Bookkeeper:
 
     def start(self) -> None:
         """Hooks the broker's events (hooked once: they hold across reconnects)."""
-        self._broker.on_fill(lambda fill: self._queue.put_nowait(Booked(fill)) if self._ours(fill) else None)
+        self._broker.on_fill(self._on_fill)
         self._broker.on_order_done(lambda order: self._queue.put_nowait(Finished(order)))
         self._broker.add_listener(self._on_gateway)
         self._worker = asyncio.create_task(self._work(), name="bookkeeper")
+
+    def _on_fill(self, fill: Fill) -> None:
+        # While connecting, the gateway replays the day's commission reports: the sweep queued once it is connected
+        # books them all, and booking each now only failed (no account values yet) with a warning per reconnect.
+        if self._ours(fill) and self._broker.ready:
+            self._queue.put_nowait(Booked(fill))
 
     def _ours(self, fill: Fill) -> bool:
         return self.account is None or fill.account == self.account
