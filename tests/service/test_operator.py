@@ -110,27 +110,25 @@ def start_stack(tmp: Path, command: list[str]) -> Stack:
     return stack
 
 
-def end(stack: Stack) -> None:
-    if stack.process.poll() is None:
-        os.killpg(stack.process.pid, signal.SIGTERM)
-        try:
-            stack.process.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(stack.process.pid, signal.SIGKILL)
-
-
-def terminate(stack: Stack, timeout: float = 30.0) -> None:
-    """`kill -TERM -<pgid>`, as a CI runner's timeout does: the stack must end by itself. make passes the SIGTERM on
-    to the runner, which so gets it twice; it used to deadlock in its signal handler one time in three and stay up
-    (tests/consumer/test_stop_signals.py)."""
+def end(stack: Stack, timeout: float = 90.0) -> bool:
+    """SIGTERM to the stack's process group, SIGKILL after `timeout`; True if it ended by itself."""
     if stack.process.poll() is None:
         os.killpg(stack.process.pid, signal.SIGTERM)
         try:
             stack.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            kill_leftovers(stack)
-            pytest.fail(f"make run ignored SIGTERM for {timeout:.0f} s:\n{stack.text()[-1500:]}")
+            os.killpg(stack.process.pid, signal.SIGKILL)
+            return False
+    return True
+
+
+def terminate(stack: Stack) -> None:
+    """`kill -TERM -<pgid>`, as a CI runner's timeout does: the stack must end by itself. make passes the SIGTERM on
+    to the runner, which so gets it twice; it used to deadlock in its signal handler one time in three and stay up
+    (tests/consumer/test_stop_signals.py)."""
+    stopped = end(stack, timeout=30)
     kill_leftovers(stack)
+    assert stopped, f"make run ignored SIGTERM for 30 s:\n{stack.text()[-1500:]}"
 
 
 def recorded_groups(stack: Stack) -> dict[str, int]:
