@@ -6,59 +6,32 @@ Everything here runs on the server's event loop. The broker tells the server wha
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import logging
 import math
 import time
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .clock import SimClock
 from .ledger import Account, Ledger, Position
-from .market import Instrument, calendar_of, session_state, time_zone_of
+from .market import Instrument
+from .order_rules import (
+    DUPLICATE_ID,
+    MARGIN_REJECTION,
+    OFF_TICK,
+    OUTSIDE_RTH_IGNORED,
+    OUTSIDE_RTH_TYPES,
+    closed_until,
+    commission,
+    held_warning,
+    off_tick,
+    refusal,
+)
 from .protocol import OrderRequest
 from .scenario import Scenario
 from .simorder import Listener, SimOrder, ib_time
 
 log = logging.getLogger("ibsim.broker")
-
-ORDER_TYPES = ("MKT", "LMT", "STP", "STP LMT")
-TIFS = ("DAY", "GTC", "IOC", "OPG", "")
-ALGOS = ("", "Adaptive")
-# Order types whose outsideRth IB honours; on MKT and STP it answers 2109 and holds them for the regular session
-# ("Order Event Warning: Attribute 'Outside Regular Trading Hours' is ignored based on the order type and
-# destination. PlaceOrder is now being processed.", as IB Gateway sends it).
-OUTSIDE_RTH_TYPES = ("LMT", "STP LMT")
-OUTSIDE_RTH_IGNORED = (
-    "Order Event Warning: Attribute 'Outside Regular Trading Hours' is ignored based on the order type and "
-    "destination. PlaceOrder is now being processed."
-)
-# IB's own zone names in the 399 text ("... until 2016-03-28 09:30:00 US/Eastern").
-IB_ZONE_NAMES = {"America/New_York": "US/Eastern", "America/Chicago": "US/Central", "Europe/Berlin": "MET"}
-# IB's margin rejection (error 201, order Inactive), as users of ib_insync report it (erdewit/ib_insync#704) and
-# issue 15 quotes it: "YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE DESIRED POSITION YOUR EQUITY WITH LOAN
-# VALUE [..] MUST EXCEED THE INITIAL MARGIN [..]".
-DUPLICATE_ID = "Duplicate order ID."
-# IB's message codes: "110 The price does not conform to the minimum price variation for this contract."
-OFF_TICK = "The price does not conform to the minimum price variation for this contract."
-MARGIN_REJECTION = (
-    "Order rejected - reason:YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE DESIRED POSITION YOUR EQUITY WITH "
-    "LOAN VALUE [{equity:.2f} {base}] MUST EXCEED THE INITIAL MARGIN [{margin:.2f} {base}]"
-)
-
-
-def good_after(text: str, default_zone: str) -> dt.datetime | None:
-    """IB's goodAfterTime ("20261207 09:30:00 US/Eastern"; without a zone, the exchange's) as an instant; None when
-    empty or unreadable (IB refuses an unreadable one; ibsim ignores it)."""
-    parts = text.split()
-    if len(parts) < 2:
-        return None
-    try:
-        local = dt.datetime.strptime(f"{parts[0]} {parts[1]}", "%Y%m%d %H:%M:%S")
-        return local.replace(tzinfo=ZoneInfo(parts[2] if len(parts) > 2 else default_zone))
-    except (ValueError, ZoneInfoNotFoundError):
-        return None
 
 
 class Broker(Ledger):
@@ -124,51 +97,6 @@ class Broker(Ledger):
         self.exec_seq = (self.exec_seq + 1) & 0xFFFFFFFF
         return f"{self.exec_prefix}.{self.exec_seq:08x}.01.01"
 
-    def validate(self, req: OrderRequest, inst: Instrument) -> str | None:
-        """The reason IB would reject this order, or None."""
-        o = req
-        if o.action not in ("BUY", "SELL"):
-            return f"Invalid action {o.action!r}: use BUY or SELL"
-        if o.totalQuantity is None or o.totalQuantity <= 0:
-            return "Order quantity must be greater than zero"
-        if inst.secType in ("STK", "FUT") and not float(o.totalQuantity).is_integer():
-            return "Fractional-sized order cannot be placed via API for this contract"
-        if o.orderType not in ORDER_TYPES:
-            return f"Order type {o.orderType!r} is not supported by ibsim (MKT, LMT, STP, STP LMT)"
-        if o.orderType in ("LMT", "STP LMT") and (o.lmtPrice is None or o.lmtPrice <= 0):
-            return f"A {o.orderType} order needs a positive limit price"
-        if o.orderType in ("STP", "STP LMT") and (o.auxPrice is None or o.auxPrice <= 0):
-            return f"A {o.orderType} order needs a positive stop price (auxPrice)"
-        if o.tif not in TIFS:
-            return f"Time in force {o.tif!r} is not supported by ibsim (DAY, GTC, IOC, OPG)"
-        if o.algoStrategy not in ALGOS:
-            return f"Algo strategy {o.algoStrategy!r} is not supported by ibsim (Adaptive)"
-        if o.algoStrategy == "Adaptive":
-            if inst.secType == "CASH":
-                return "The Adaptive algo is not available for IDEALPRO forex"
-            if o.orderType not in ("MKT", "LMT"):
-                return "The Adaptive algo takes MKT or LMT orders"
-            priorities = {v for k, v in o.algoParams if k == "adaptivePriority"}
-            if priorities - {"Urgent", "Normal", "Patient"}:
-                return f"Invalid adaptivePriority {sorted(priorities)[0]!r}"
-        if o.account and o.account not in self.accounts:
-            return f"Account {o.account!r} is not managed by this login"
-        if o.numConditions:
-            return "Order conditions are not supported by ibsim"
-        if not o.transmit:
-            return "Orders with transmit=False are not supported by ibsim"
-        return None
-
-    @staticmethod
-    def off_tick(req: OrderRequest, inst: Instrument) -> bool:
-        """A limit or stop price off the instrument's minimum price variation (IB refuses it with 110)."""
-        prices = []
-        if req.orderType in ("LMT", "STP LMT") and req.lmtPrice:
-            prices.append(req.lmtPrice)
-        if req.orderType in ("STP", "STP LMT") and req.auxPrice:
-            prices.append(req.auxPrice)
-        return any(abs(p / inst.tick - round(p / inst.tick)) > 1e-6 for p in prices)
-
     def margin_shortfall(self, req: OrderRequest, inst: Instrument, replacing: SimOrder | None = None) -> str | None:
         """IB's rejection text when the order (or the modification of `replacing`) would take the initial margin
         above the equity with loan value.
@@ -221,8 +149,8 @@ class Broker(Ledger):
             self.reject_next = None
             self.listener.order_rejected(client_id, req.orderId, code, message, None)
             return
-        reason = self.validate(req, inst)
-        if reason is None and self.off_tick(req, inst):
+        reason = refusal(req, inst, self.accounts)
+        if reason is None and off_tick(req, inst):
             self.listener.order_rejected(client_id, req.orderId, 110, OFF_TICK, None)
             return
         if reason is None and self.scenario.marginEnforce:
@@ -279,16 +207,8 @@ class Broker(Ledger):
         opens = self.closed_until(order)
         if opens is not None:
             order.forOpen = order.tif == "OPG"
-            # Held PreSubmitted, as IB holds it, with warning 399 naming the open: "Order Message: BUY 1 CYCU
-            # NASDAQ.NMS Warning: Your order will not be placed at the exchange until 2026-07-31 09:30:00
-            # US/Eastern." (observed gateway text). `work` submits it once the session opens.
-            zone = IB_ZONE_NAMES.get(str(opens.tzinfo), str(opens.tzinfo))
-            self.listener.order_warning(
-                order,
-                399,
-                f"Order Message:\n{order.action} {order.totalQuantity:g} {inst.symbol} {inst.exec_exchange}\n"
-                f"Warning: your order will not be placed at the exchange until {opens:%Y-%m-%d %H:%M:%S} {zone}",
-            )
+            # Held PreSubmitted, as IB holds it, with warning 399 naming the open; `work` submits it at the open.
+            self.listener.order_warning(order, 399, held_warning(order, inst, opens))
             self.listener.state_changed()
             return
         order.status = "Submitted"
@@ -297,33 +217,19 @@ class Broker(Ledger):
         self.work(order)
 
     def closed_until(self, order: SimOrder) -> dt.datetime | None:
-        """When the order's market next opens for it, or None while it may trade (always, with hours: always).
-
-        Stocks trade in the regular session, or the extended one for an outsideRth LMT/STP LMT; FX and futures
-        through their whole trading hours. An order with a goodAfterTime still to come waits for it (any hours).
-        """
-        inst = self.instruments[order.key]
-        now = self.clock.now()
-        after = good_after(order.goodAfterTime, time_zone_of(inst))
-        if after is not None and after <= now:
-            after = None
-        if self.scenario.hours != "regular":
-            return after
-        extended = calendar_of(inst) in ("FX", "CME") or (order.outsideRth and order.orderType in OUTSIDE_RTH_TYPES)
-        if after is not None:  # not before goodAfterTime, and then in the first session from it
-            return session_state(inst, "regular", after, extended) or after
-        return session_state(inst, "regular", now, extended)
+        """When the order's market next opens for it, or None while it may trade (order_rules.closed_until)."""
+        return closed_until(order, self.instruments[order.key], self.clock.now(), self.scenario.hours)
 
     def _modify(self, order: SimOrder, req: OrderRequest, inst: Instrument) -> None:
         if not order.active:
             self.listener.order_rejected(order.clientId, order.orderId, 103, DUPLICATE_ID, None)
             return
-        reason = self.validate(req, inst)
+        reason = refusal(req, inst, self.accounts)
         if reason is None and inst.key != order.key:
             reason = "The contract of an order cannot be modified"
         if reason is None and req.totalQuantity < order.filled:
             reason = "The new quantity is below the filled quantity"
-        if reason is None and self.off_tick(req, inst):
+        if reason is None and off_tick(req, inst):
             # the working order stays as it was, as for any refused modification
             self.listener.order_rejected(order.clientId, order.orderId, 110, OFF_TICK, order)
             return
@@ -442,16 +348,7 @@ class Broker(Ledger):
 
     # -- executions --------------------------------------------------------------------------------------------
     def _commission(self, inst: Instrument, cum_qty: float, cum_value: float) -> tuple[float, str]:
-        c = self.comm
-        if inst.secType == "CASH":
-            value_usd = cum_value * self.usd_rate(inst.currency)
-            total = max(value_usd * c["fxBps"] / 10_000, c["fxMin"])
-            return total, "USD"
-        if inst.secType == "FUT":
-            return cum_qty * c["futPerContract"], inst.currency
-        total = max(cum_qty * c["stockPerShare"], c["stockMin"])
-        total = min(total, cum_value * c["stockMaxPct"] / 100)
-        return total, inst.currency
+        return commission(self.comm, inst, cum_qty, cum_value, self.usd_rate(inst.currency))
 
     def execute(self, order: SimOrder, qty: float, price: float) -> dict[str, Any]:
         inst = self.instruments[order.key]
@@ -535,46 +432,3 @@ class Broker(Ledger):
             self.listener.account_changed(acct.id)
         self.listener.state_changed()
         self.work_all()
-
-    # -- state -------------------------------------------------------------------------------------------------
-    def to_state(self) -> dict[str, Any]:
-        return {
-            "accounts": {
-                a.id: {
-                    "base": a.base,
-                    "cash": a.cash,
-                    "positions": {k: dataclasses.asdict(p) for k, p in a.positions.items()},
-                    "realized": a.realized,
-                }
-                for a in self.accounts.values()
-            },
-            "orders": [o.wire() for o in self.orders.values()],
-            "executions": self.executions,
-            "nextPerm": self.next_perm,
-            "highestOrderIds": {str(c): i for c, i in self.highest_order_id.items()},
-            "execSeq": self.exec_seq,
-            "prices": {k: i.price for k, i in self.instruments.items()},
-        }
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        for acct_id, a in state.get("accounts", {}).items():
-            acct = self.accounts.get(acct_id) or Account(acct_id, a.get("base", "USD"), {})
-            acct.cash = {k: float(v) for k, v in a.get("cash", {}).items()}
-            acct.positions = {k: Position(**p) for k, p in a.get("positions", {}).items() if k in self.instruments}
-            acct.realized = {k: float(v) for k, v in a.get("realized", {}).items()}
-            self.accounts[acct_id] = acct
-        for d in state.get("orders", []):
-            if d.get("key") not in self.instruments:
-                continue
-            d = dict(d)
-            d["algoParams"] = [tuple(p) for p in d.get("algoParams", [])]
-            order = SimOrder(**d)
-            self.orders[(order.clientId, order.orderId)] = order
-            self.by_perm[order.permId] = order
-        self.executions = list(state.get("executions", []))
-        self.next_perm = max(self.next_perm, int(state.get("nextPerm", 0)))
-        self.highest_order_id.update({int(c): int(i) for c, i in state.get("highestOrderIds", {}).items()})
-        self.exec_seq = max(self.exec_seq, int(state.get("execSeq", 0)))
-        for key, price in state.get("prices", {}).items():
-            if key in self.instruments:
-                self.instruments[key].set_price(float(price))

@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from . import saved_state
 from .broker import Broker
 from .clock import SimClock
 from .market import Instrument, PriceWalk
@@ -82,7 +83,7 @@ class GatewayCore:
         self.started_at = 0.0
         if self.state_file and self.state_file.exists():
             try:
-                self.broker.load_state(json.loads(self.state_file.read_text()))
+                saved_state.restore(self.broker, json.loads(self.state_file.read_text()))
                 log.info("state loaded from %s", self.state_file)
             except (OSError, ValueError, TypeError, KeyError) as e:
                 log.error("state file %s unreadable, starting fresh: %s", self.state_file, e)
@@ -139,7 +140,7 @@ class GatewayCore:
             return
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(self.broker.to_state(), indent=1, sort_keys=True))
+            tmp.write_text(json.dumps(saved_state.dump(self.broker), indent=1, sort_keys=True))
             os.replace(tmp, self.state_file)
         except OSError as e:
             log.error("cannot write state file %s: %s", self.state_file, e)

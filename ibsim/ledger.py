@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .instrument_spec import USD_RATES
 from .market import Instrument
-from .scenario import USD_RATES
 
 # Initial and maintenance margin per unit of gross position value (Reg T stocks and ETFs, a futures SPAN stand-in).
 INIT_MARGIN = {"STK": 0.25, "FUT": 0.06}

@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 
 import exchange_calendars as xcals  # type: ignore[import-untyped]
 
+from .instrument_spec import InstrumentSpec
 from .messages import ContractView
 from .protocol import ContractRequest
-from .scenario import InstrumentSpec
 
 UTC = dt.UTC
 NEW_YORK = "America/New_York"

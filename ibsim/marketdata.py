@@ -15,9 +15,9 @@ from .account import AccountDesk
 from .bars import LEGAL_BAR_SIZES, BarRequestError, legal_bar_size, make_bars
 from .connection import Connection
 from .controls import fault, query
+from .instrument_spec import daily_bars
 from .market import Instrument, session_state
 from .protocol import ContractRequest, Reader
-from .scenario import daily_bars
 
 NO_SECURITY = "No security definition has been found for the request"
 DELAYED = {1: 66, 2: 67, 4: 68, 6: 72, 7: 73, 8: 74, 9: 75, 14: 76}

@@ -13,12 +13,12 @@ from zoneinfo import ZoneInfo
 
 from . import messages as M
 from . import protocol as P
-from .broker import OFF_TICK
 from .connection import Connection
 from .ledger import INIT_MARGIN, MAINT_MARGIN
 from .market import Instrument
 from .marketdata import MarketDesk
 from .messages import ContractView
+from .order_rules import OFF_TICK, off_tick, refusal
 from .protocol import Reader
 from .simorder import SimOrder
 
@@ -63,11 +63,11 @@ class OrderDesk(MarketDesk):
         self.broker.place(conn.client_id or 0, req, inst)
 
     def _what_if(self, conn: Connection, req: P.OrderRequest, inst: Instrument) -> None:
-        reason = self.broker.validate(req, inst)
+        reason = refusal(req, inst, self.broker.accounts)
         if reason is not None:
             conn.send_error(req.orderId, 201, f"Order rejected - reason:{reason}")
             return
-        if self.broker.off_tick(req, inst):
+        if off_tick(req, inst):
             conn.send_error(req.orderId, 110, OFF_TICK)
             return
         account = req.account or self.broker.default_account

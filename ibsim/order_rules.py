@@ -1,0 +1,139 @@
+"""What IB refuses in an order, when it lets one trade, and what a fill costs: pure rules, no broker state.
+
+The broker (broker.py) applies them; the texts are IB's own, so a client sees what IB Gateway would send.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .market import Instrument, calendar_of, session_state, time_zone_of
+from .protocol import OrderRequest
+from .simorder import SimOrder
+
+ORDER_TYPES = ("MKT", "LMT", "STP", "STP LMT")
+TIFS = ("DAY", "GTC", "IOC", "OPG", "")
+ALGOS = ("", "Adaptive")
+# Order types whose outsideRth IB honours; on MKT and STP it answers 2109 and holds them for the regular session
+# ("Order Event Warning: Attribute 'Outside Regular Trading Hours' is ignored based on the order type and
+# destination. PlaceOrder is now being processed.", as IB Gateway sends it).
+OUTSIDE_RTH_TYPES = ("LMT", "STP LMT")
+OUTSIDE_RTH_IGNORED = (
+    "Order Event Warning: Attribute 'Outside Regular Trading Hours' is ignored based on the order type and "
+    "destination. PlaceOrder is now being processed."
+)
+# IB's own zone names in the 399 text ("... until 2016-03-28 09:30:00 US/Eastern").
+IB_ZONE_NAMES = {"America/New_York": "US/Eastern", "America/Chicago": "US/Central", "Europe/Berlin": "MET"}
+DUPLICATE_ID = "Duplicate order ID."
+# IB's message codes: "110 The price does not conform to the minimum price variation for this contract."
+OFF_TICK = "The price does not conform to the minimum price variation for this contract."
+# IB's margin rejection (error 201, order Inactive), as users of ib_insync report it (erdewit/ib_insync#704) and
+# issue 15 quotes it: "YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE DESIRED POSITION YOUR EQUITY WITH LOAN
+# VALUE [..] MUST EXCEED THE INITIAL MARGIN [..]".
+MARGIN_REJECTION = (
+    "Order rejected - reason:YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE DESIRED POSITION YOUR EQUITY WITH "
+    "LOAN VALUE [{equity:.2f} {base}] MUST EXCEED THE INITIAL MARGIN [{margin:.2f} {base}]"
+)
+
+
+def refusal(req: OrderRequest, inst: Instrument, accounts: Collection[str]) -> str | None:
+    """The reason IB would reject this order (sent as 201 "Order rejected - reason:..."), or None."""
+    o = req
+    if o.action not in ("BUY", "SELL"):
+        return f"Invalid action {o.action!r}: use BUY or SELL"
+    if o.totalQuantity is None or o.totalQuantity <= 0:
+        return "Order quantity must be greater than zero"
+    if inst.secType in ("STK", "FUT") and not float(o.totalQuantity).is_integer():
+        return "Fractional-sized order cannot be placed via API for this contract"
+    if o.orderType not in ORDER_TYPES:
+        return f"Order type {o.orderType!r} is not supported by ibsim (MKT, LMT, STP, STP LMT)"
+    if o.orderType in ("LMT", "STP LMT") and (o.lmtPrice is None or o.lmtPrice <= 0):
+        return f"A {o.orderType} order needs a positive limit price"
+    if o.orderType in ("STP", "STP LMT") and (o.auxPrice is None or o.auxPrice <= 0):
+        return f"A {o.orderType} order needs a positive stop price (auxPrice)"
+    if o.tif not in TIFS:
+        return f"Time in force {o.tif!r} is not supported by ibsim (DAY, GTC, IOC, OPG)"
+    if o.algoStrategy not in ALGOS:
+        return f"Algo strategy {o.algoStrategy!r} is not supported by ibsim (Adaptive)"
+    if o.algoStrategy == "Adaptive":
+        if inst.secType == "CASH":
+            return "The Adaptive algo is not available for IDEALPRO forex"
+        if o.orderType not in ("MKT", "LMT"):
+            return "The Adaptive algo takes MKT or LMT orders"
+        priorities = {v for k, v in o.algoParams if k == "adaptivePriority"}
+        if priorities - {"Urgent", "Normal", "Patient"}:
+            return f"Invalid adaptivePriority {sorted(priorities)[0]!r}"
+    if o.account and o.account not in accounts:
+        return f"Account {o.account!r} is not managed by this login"
+    if o.numConditions:
+        return "Order conditions are not supported by ibsim"
+    if not o.transmit:
+        return "Orders with transmit=False are not supported by ibsim"
+    return None
+
+
+def off_tick(req: OrderRequest, inst: Instrument) -> bool:
+    """A limit or stop price off the instrument's minimum price variation (IB refuses it with 110)."""
+    prices = []
+    if req.orderType in ("LMT", "STP LMT") and req.lmtPrice:
+        prices.append(req.lmtPrice)
+    if req.orderType in ("STP", "STP LMT") and req.auxPrice:
+        prices.append(req.auxPrice)
+    return any(abs(p / inst.tick - round(p / inst.tick)) > 1e-6 for p in prices)
+
+
+def good_after(text: str, default_zone: str) -> dt.datetime | None:
+    """IB's goodAfterTime ("20261207 09:30:00 US/Eastern"; without a zone, the exchange's) as an instant; None when
+    empty or unreadable (IB refuses an unreadable one; ibsim ignores it)."""
+    parts = text.split()
+    if len(parts) < 2:
+        return None
+    try:
+        local = dt.datetime.strptime(f"{parts[0]} {parts[1]}", "%Y%m%d %H:%M:%S")
+        return local.replace(tzinfo=ZoneInfo(parts[2] if len(parts) > 2 else default_zone))
+    except (ValueError, ZoneInfoNotFoundError):
+        return None
+
+
+def closed_until(order: SimOrder, inst: Instrument, now: dt.datetime, hours: str) -> dt.datetime | None:
+    """When the order's market next opens for it, or None while it may trade (always, with hours: always).
+
+    Stocks trade in the regular session, or the extended one for an outsideRth LMT/STP LMT; FX and futures
+    through their whole trading hours. An order with a goodAfterTime still to come waits for it (any hours).
+    """
+    after = good_after(order.goodAfterTime, time_zone_of(inst))
+    if after is not None and after <= now:
+        after = None
+    if hours != "regular":
+        return after
+    extended = calendar_of(inst) in ("FX", "CME") or (order.outsideRth and order.orderType in OUTSIDE_RTH_TYPES)
+    if after is not None:  # not before goodAfterTime, and then in the first session from it
+        return session_state(inst, "regular", after, extended) or after
+    return session_state(inst, "regular", now, extended)
+
+
+def held_warning(order: SimOrder, inst: Instrument, opens: dt.datetime) -> str:
+    """IB's 399 text for an order held until its market opens: "Order Message: BUY 1 CYCU NASDAQ.NMS Warning: Your
+    order will not be placed at the exchange until 2026-07-31 09:30:00 US/Eastern." (observed gateway text)."""
+    zone = IB_ZONE_NAMES.get(str(opens.tzinfo), str(opens.tzinfo))
+    return (
+        f"Order Message:\n{order.action} {order.totalQuantity:g} {inst.symbol} {inst.exec_exchange}\n"
+        f"Warning: your order will not be placed at the exchange until {opens:%Y-%m-%d %H:%M:%S} {zone}"
+    )
+
+
+def commission(
+    rates: Mapping[str, float], inst: Instrument, cum_qty: float, cum_value: float, usd_rate: float
+) -> tuple[float, str]:
+    """The commission charged so far on an order filled `cum_qty` for `cum_value` (IB's tiered-like schedule:
+    per share with a minimum and a cap for stocks, per contract for futures, basis points in USD for forex)."""
+    if inst.secType == "CASH":
+        total = max(cum_value * usd_rate * rates["fxBps"] / 10_000, rates["fxMin"])
+        return total, "USD"
+    if inst.secType == "FUT":
+        return cum_qty * rates["futPerContract"], inst.currency
+    total = max(cum_qty * rates["stockPerShare"], rates["stockMin"])
+    total = min(total, cum_value * rates["stockMaxPct"] / 100)
+    return total, inst.currency
