@@ -136,7 +136,47 @@ def _normal(seed: int, key: str, size: str, stamp: str) -> tuple[float, float, f
     return r * math.cos(2 * math.pi * u2), r * math.sin(2 * math.pi * u2), u3
 
 
-def bar_times(inst: Instrument, end: dt.datetime, duration: tuple[int, str], size: tuple[int, str], use_rth: bool):
+class _Sessions:
+    """An instrument's trading days and sessions as its bars count them, up to `end` (in exchange time)."""
+
+    def __init__(self, inst: Instrument, end: dt.datetime) -> None:
+        self.inst = inst
+        self.tz = ZoneInfo(time_zone_of(inst))
+        self.end = end.astimezone(self.tz)
+        self.regular = calendar_of(inst) in CALENDARS
+        self._spans: dict[dt.date, tuple[Span | None, Span | None]] = {}
+
+    def session(self, d: dt.date, rth: bool) -> Span | None:
+        if d not in self._spans:
+            self._spans[d] = day_sessions(self.inst, "regular", d)
+        return self._spans[d][1 if rth else 0]
+
+    def held(self, d: dt.date) -> bool:
+        """A trading day whose session had opened by `end`."""
+        if not is_trading_day(self.inst, d):
+            return False
+        if d < self.end.date() or not self.regular:
+            return True
+        opened = self.session(d, True)
+        return opened is not None and opened[0] <= self.end
+
+    def last_held(self, n: int) -> list[dt.date]:
+        """The last `n` days held, newest first."""
+        days: list[dt.date] = []
+        d = self.end.date()
+        while len(days) < n:
+            if self.held(d):
+                days.append(d)
+            d -= dt.timedelta(days=1)
+        return days
+
+    def midnight(self, d: dt.date) -> dt.datetime:
+        return dt.datetime.combine(d, dt.time(), self.tz)
+
+
+def bar_times(
+    inst: Instrument, end: dt.datetime, duration: tuple[int, str], size: tuple[int, str], use_rth: bool
+) -> list[dt.datetime]:
     """The start times (aware, exchange time zone) of the bars in the window, oldest first.
 
     Sessions are counted as IB counts them: exchange holidays have no bar, early closes end early, and a session
@@ -144,76 +184,59 @@ def bar_times(inst: Instrument, end: dt.datetime, duration: tuple[int, str], siz
     """
     n, unit = duration
     seconds, kind = size
-    tz = ZoneInfo(time_zone_of(inst))
-    end_local = end.astimezone(tz)
-    regular = calendar_of(inst) in CALENDARS
-    spans: dict[dt.date, tuple[Span | None, Span | None]] = {}
-
-    def session(d: dt.date, rth: bool) -> Span | None:
-        if d not in spans:
-            spans[d] = day_sessions(inst, "regular", d)
-        return spans[d][1 if rth else 0]
-
-    def held(d: dt.date) -> bool:
-        """A trading day whose session had opened by `end`."""
-        if not is_trading_day(inst, d):
-            return False
-        if d < end_local.date() or not regular:
-            return True
-        opened = session(d, True)
-        return opened is not None and opened[0] <= end_local
-
+    sessions = _Sessions(inst, end)
     if kind in ("day", "week", "month"):
-        days_back = n * {"S": 1 / 86400, "D": 1, "W": 7, "M": 30, "Y": 365}[unit]
-        if unit == "D":
-            # 'N D' means N trading days
-            out: list[dt.datetime] = []
-            d = end_local.date()
-            while len(out) < n:
-                if held(d):
-                    out.append(dt.datetime.combine(d, dt.time(), tz))
-                d -= dt.timedelta(days=1)
-            return list(reversed(out))
-        start = end_local.date() - dt.timedelta(days=math.ceil(days_back) - 1)
-        out = []
-        d = start
-        while d <= end_local.date():
-            if held(d):
-                out.append(dt.datetime.combine(d, dt.time(), tz))
-            d += dt.timedelta(days=1)
-        return out
+        return _daily_times(sessions, n, unit)
     if unit == "D":
         # 'N D' means the last N sessions that have opened, the one in progress included
-        d = end_local.date()
-        days: list[dt.date] = []
-        while len(days) < n:
-            if held(d):
-                days.append(d)
-            d -= dt.timedelta(days=1)
-        start = dt.datetime.combine(days[-1], dt.time(), tz)
+        start = sessions.midnight(sessions.last_held(n)[-1])
     else:
-        start = end_local - dt.timedelta(seconds=n * DURATION_SECONDS[unit])
-    filtered = regular and (use_rth or inst.secType == "STK")
-    epoch = int(start.timestamp()) // seconds * seconds
-    out = []
-    t = epoch
-    stop = end_local.timestamp()
+        start = sessions.end - dt.timedelta(seconds=n * DURATION_SECONDS[unit])
+    return _intraday_times(sessions, start, seconds, use_rth)
+
+
+def _daily_times(sessions: _Sessions, n: int, unit: str) -> list[dt.datetime]:
+    if unit == "D":  # 'N D' means N trading days
+        return [sessions.midnight(d) for d in reversed(sessions.last_held(n))]
+    days_back = n * {"S": 1 / 86400, "D": 1, "W": 7, "M": 30, "Y": 365}[unit]
+    last = sessions.end.date()
+    start = last - dt.timedelta(days=math.ceil(days_back) - 1)
+    days = (start + dt.timedelta(days=i) for i in range((last - start).days + 1))
+    return [sessions.midnight(d) for d in days if sessions.held(d)]
+
+
+def _intraday_times(sessions: _Sessions, start: dt.datetime, seconds: int, use_rth: bool) -> list[dt.datetime]:
+    filtered = sessions.regular and (use_rth or sessions.inst.secType == "STK")
+    out: list[dt.datetime] = []
+    t = int(start.timestamp()) // seconds * seconds
+    stop = sessions.end.timestamp()
     while t < stop:
-        local = dt.datetime.fromtimestamp(t, tz)
+        local = dt.datetime.fromtimestamp(t, sessions.tz)
         if not filtered:
-            if local.weekday() < 5:
-                out.append(local)
-        elif is_trading_day(inst, local.date()):
-            span = session(local.date(), use_rth)
-            if span is not None and span[0] <= local < span[1]:
-                out.append(local)
-            elif span is not None and local < span[0] and local.timestamp() + seconds > span[0].timestamp():
-                # a bar straddling the session start begins at the open, as IB labels it (09:30 for 1 hour bars)
-                out.append(span[0])
+            bar = local if local.weekday() < 5 else None
+        else:
+            bar = _session_bar(sessions, local, seconds, use_rth)
+        if bar is not None:
+            out.append(bar)
         if len(out) > MAX_BARS:
             raise BarRequestError("Historical Market Data Service error message:Too many bars requested")
         t += seconds
     return out
+
+
+def _session_bar(sessions: _Sessions, local: dt.datetime, seconds: int, use_rth: bool) -> dt.datetime | None:
+    """The start of the bar beginning at `local`, or None outside the session."""
+    if not is_trading_day(sessions.inst, local.date()):
+        return None
+    span = sessions.session(local.date(), use_rth)
+    if span is None:
+        return None
+    if span[0] <= local < span[1]:
+        return local
+    if local < span[0] and local.timestamp() + seconds > span[0].timestamp():
+        # a bar straddling the session start begins at the open, as IB labels it (09:30 for 1 hour bars)
+        return span[0]
+    return None
 
 
 def make_bars(

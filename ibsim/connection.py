@@ -86,43 +86,48 @@ class Connection(asyncio.Protocol):
     def _consume(self) -> None:
         while self.stage != "closed":
             if self.stage == "api":
-                if len(self.buffer) < 4:
-                    if not b"API\0".startswith(self.buffer):
-                        raise ProtocolError(f"expected the API handshake, got {self.buffer[:16]!r}")
+                if not self._take_api_prefix():
                     return
-                if self.buffer[:4] != b"API\0":
-                    raise ProtocolError(f"expected the API handshake, got {self.buffer[:16]!r}")
-                self.buffer = self.buffer[4:]
-                self.stage = "version"
                 continue
-            if len(self.buffer) < 4:
+            payload = self._take_frame()
+            if payload is None:
                 return
-            (size,) = struct.unpack(">I", self.buffer[:4])
-            if size == 0 or size > P.MAX_FRAME:
-                raise ProtocolError(f"bad frame length {size}")
-            if len(self.buffer) < 4 + size:
-                return
-            payload = self.buffer[4 : 4 + size]
-            self.buffer = self.buffer[4 + size :]
             if self.server.frozen:
                 continue  # half-open: framing stays aligned, the message goes nowhere
             text = payload.decode(errors="backslashreplace")
             if self.stage == "version":
                 self._handshake(text)
                 continue
-            fields = text.split("\0")
-            if fields and fields[-1] == "":
-                fields.pop()
-            if not fields:
-                raise ProtocolError("empty message")
-            try:
-                msg_id = int(fields[0])
-            except ValueError:
-                raise ProtocolError(f"message id {fields[0][:20]!r} is not a number") from None
+            msg_id, fields = _message(text)
             self._pace()
             if self.closing:
                 return
             self.server.dispatch(self, msg_id, fields)
+
+    def _take_api_prefix(self) -> bool:
+        """Takes the "API\\0" a client opens with; False while it has not all arrived."""
+        if len(self.buffer) < 4:
+            if not b"API\0".startswith(self.buffer):
+                raise ProtocolError(f"expected the API handshake, got {self.buffer[:16]!r}")
+            return False
+        if self.buffer[:4] != b"API\0":
+            raise ProtocolError(f"expected the API handshake, got {self.buffer[:16]!r}")
+        self.buffer = self.buffer[4:]
+        self.stage = "version"
+        return True
+
+    def _take_frame(self) -> bytes | None:
+        """The next length-prefixed frame's payload, or None while it has not all arrived."""
+        if len(self.buffer) < 4:
+            return None
+        (size,) = struct.unpack(">I", self.buffer[:4])
+        if size == 0 or size > P.MAX_FRAME:
+            raise ProtocolError(f"bad frame length {size}")
+        if len(self.buffer) < 4 + size:
+            return None
+        payload = self.buffer[4 : 4 + size]
+        self.buffer = self.buffer[4 + size :]
+        return payload
 
     def _handshake(self, text: str) -> None:
         low, high = P.parse_version_range(text)
@@ -225,3 +230,16 @@ class Connection(asyncio.Protocol):
     @property
     def ready(self) -> bool:
         return self.stage == "ready"
+
+
+def _message(text: str) -> tuple[int, list[str]]:
+    """A message's id and its fields (the id first), as the client's null-separated text carries them."""
+    fields = text.split("\0")
+    if fields and fields[-1] == "":
+        fields.pop()
+    if not fields:
+        raise ProtocolError("empty message")
+    try:
+        return int(fields[0]), fields
+    except ValueError:
+        raise ProtocolError(f"message id {fields[0][:20]!r} is not a number") from None

@@ -117,7 +117,7 @@ class Instrument:
             return [self.exchange, "QBALGO", "GLOBEX"] if self.exchange == "CME" else [self.exchange]
         return [self.exchange]
 
-    def matches(self, c: ContractRequest) -> bool:
+    def matches(self, c: ContractRequest) -> bool:  # noqa: C901 (one contract field after another, as IB matches them)
         if c.conId:
             if c.conId != self.conId:
                 return False

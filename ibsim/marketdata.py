@@ -110,17 +110,9 @@ class MarketDesk(AccountDesk):
         snapshot = r.bool()
         regulatory = r.bool()
         inst = self._one(conn, req_id, c)
-        if inst is None:
-            return
-        if not (snapshot or regulatory) and self._lines_in_use() >= self.scenario.marketDataLines:
-            # Lines are the login's, shared by every client; a snapshot ends at once here, so only streams hold one.
-            conn.send_error(req_id, 101, MAX_TICKERS)
+        if inst is None or self._refused(conn, req_id, inst, streaming=not (snapshot or regulatory)):
             return
         permission = self._permission(inst)
-        # live and frozen both need the live subscription; with none at all, delayed data is refused too
-        if permission != "realtime" and (conn.mkt_type in (1, 2) or permission == "none"):
-            conn.send_error(req_id, 354, NOT_SUBSCRIBED)
-            return
         # IB answers every market-data request with tickReqParams (minTick, bboExchange, snapshotPermissions)
         # before its ticks; ib_insync sets Ticker.minTick from it.
         conn.send([81, req_id, inst.tick, inst.exchange, 3])
@@ -138,6 +130,19 @@ class MarketDesk(AccountDesk):
             conn.send([57, 1, req_id])
         else:
             conn.streams[req_id] = inst.key
+
+    def _refused(self, conn: Connection, req_id: int, inst: Instrument, streaming: bool) -> bool:
+        """Answers IB's refusal of a market-data request (101: no line left; 354: not subscribed), if it is one."""
+        if streaming and self._lines_in_use() >= self.scenario.marketDataLines:
+            # Lines are the login's, shared by every client; a snapshot ends at once here, so only streams hold one.
+            conn.send_error(req_id, 101, MAX_TICKERS)
+            return True
+        permission = self._permission(inst)
+        # live and frozen both need the live subscription; with none at all, delayed data is refused too
+        if permission != "realtime" and (conn.mkt_type in (1, 2) or permission == "none"):
+            conn.send_error(req_id, 354, NOT_SUBSCRIBED)
+            return True
+        return False
 
     def _lines_in_use(self) -> int:
         return sum(len(c.streams) for c in self.connections)

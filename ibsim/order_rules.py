@@ -38,7 +38,7 @@ MARGIN_REJECTION = (
 )
 
 
-def refusal(req: OrderRequest, inst: Instrument, accounts: Collection[str]) -> str | None:
+def refusal(req: OrderRequest, inst: Instrument, accounts: Collection[str]) -> str | None:  # noqa: C901 (one order field after another)
     """The reason IB would reject this order (sent as 201 "Order rejected - reason:..."), or None."""
     o = req
     if o.action not in ("BUY", "SELL"):

@@ -154,7 +154,7 @@ class OrderDesk(MarketDesk):
             conn.send(M.completed_order_msg(conn.version, self._order_view(order), order.wire()))
         conn.send([102])
 
-    def _req_executions(self, conn: Connection, r: Reader) -> None:
+    def _req_executions(self, conn: Connection, r: Reader) -> None:  # noqa: C901 (IB's ExecutionFilter: one field after another)
         r.skip(1)
         req_id = r.int()
         client_id = r.int()

@@ -250,7 +250,7 @@ class OrderRequest:
     leftover: int = 0
 
 
-def read_place_order(r: Reader, version: int) -> OrderRequest:
+def read_place_order(r: Reader, version: int) -> OrderRequest:  # noqa: C901 (a wire parser: one field after another)
     """Reads placeOrder exactly as ib_insync 0.9.86 `Client.placeOrder` writes it at `version`."""
     o = OrderRequest(orderId=r.int(), contract=r.contract())
     c = o.contract

@@ -194,98 +194,15 @@ def _clock_start(d: dict[str, Any]) -> dt.datetime | None:
 def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
     clock_start = _clock_start(d)
     today = clock_start.date() if clock_start else dt.date.today()
-    instruments: list[InstrumentSpec] = []
-    seen: dict[str, str] = {}
-    con_ids: dict[int, str] = {}
-
-    def add(inst: InstrumentSpec, where: str) -> None:
-        if inst.key in seen:
-            raise ScenarioError(f"{where}.symbol: {inst.key!r} is defined twice (also at {seen[inst.key]})")
-        if inst.conId in con_ids:
-            raise ScenarioError(f"{where}.conId: {inst.conId} is already used by {con_ids[inst.conId]}")
-        seen[inst.key] = where
-        con_ids[inst.conId] = inst.key
-        instruments.append(inst)
-
-    for i, raw in enumerate(d.get("instruments") or []):
-        add(instrument_spec(raw, f"instruments[{i}]", today), f"instruments[{i}]")
-
-    gen = d.get("generated") or {}
-    count = int(gen.get("count", 0))
-    if count:
-        prefix = gen.get("prefix", "SYM")
-        currency = currency_code(gen.get("currency", "USD"), "generated.currency")
-        lo, hi = float(gen.get("priceMin", 10.0)), float(gen.get("priceMax", 400.0))
-        if hi < lo:
-            raise ScenarioError(f"generated.priceMax: {hi} is below priceMin {lo}")
-        width = max(3, len(str(count - 1)))
-        for n in range(count):
-            key = f"{prefix}{n:0{width}d}"
-            # deterministic, spread over the range, on a cent grid
-            frac = (zlib.crc32(key.encode()) % 10_000) / 10_000
-            price = round(lo + (hi - lo) * frac, 2)
-            raw = {
-                "symbol": key,
-                "secType": "STK",
-                "exchange": "SMART",
-                "primaryExchange": gen.get("primaryExchange", "NYSE"),
-                "currency": currency,
-                "price": max(price, 0.01),
-                "longName": f"SIMULATED STOCK {n}",
-            }
-            add(instrument_spec(raw, f"generated ({key})", today), f"generated ({key})")
-
+    instruments = _instruments(d, today)
     by_key = {inst.key: inst for inst in instruments}
-
     accounts: list[AccountSpec] = []
-    ids: set[str] = set()
     for i, raw in enumerate(d.get("accounts") or []):
-        where = f"accounts[{i}]"
-        acct_id = raw["id"]
-        if acct_id in ids:
-            raise ScenarioError(f"{where}.id: {acct_id!r} is defined twice")
-        ids.add(acct_id)
-        base = currency_code(raw.get("baseCurrency", "USD"), f"{where}.baseCurrency")
-        cash = {}
-        for cur, amount in (raw.get("cash") or {}).items():
-            cash[currency_code(cur, f"{where}.cash.{cur}")] = float(amount)
-        positions = []
-        for j, p in enumerate(raw.get("positions") or []):
-            inst = by_key.get(p["symbol"])
-            if inst is None:
-                raise ScenarioError(
-                    f"{where}.positions[{j}].symbol: {p['symbol']!r} is not an instrument of the scenario"
-                )
-            if inst.secType == "CASH":
-                raise ScenarioError(
-                    f"{where}.positions[{j}].symbol: {p['symbol']!r} is forex; IB books it as cash, use {where}.cash"
-                )
-            positions.append(PositionSpec(p["symbol"], float(p["quantity"]), p.get("avgCost")))
-        accounts.append(AccountSpec(acct_id, base, cash, positions))
-
-    faults = []
+        if raw["id"] in {a.id for a in accounts}:
+            raise ScenarioError(f"accounts[{i}].id: {raw['id']!r} is defined twice")
+        accounts.append(_account(raw, f"accounts[{i}]", by_key))
     scheduled = _scheduled_faults()
-    for i, raw in enumerate(d.get("faults") or []):
-        where = f"faults[{i}]"
-        action = scheduled[raw["action"]]  # the schema already refused an unknown action
-        args = raw.get("args") or {}
-        params = {p.name: p for p in action.params}
-        for name, value in args.items():
-            if name not in params:
-                raise ScenarioError(f"{where}.args.{name}: not an argument of {action.name}")
-            accepts = params[name].accepts
-            if (isinstance(value, bool) and bool not in accepts) or not isinstance(value, accepts):
-                raise ScenarioError(f"{where}.args.{name}: {value!r} has the wrong type")
-        for param in action.params:
-            if param.required and param.name not in args:
-                raise ScenarioError(f"{where}.args.{param.name}: {action.name} needs it")
-        if action.name == "set_price" and args["symbol"] not in by_key:
-            raise ScenarioError(f"{where}.args.symbol: {args['symbol']!r} is not an instrument of the scenario")
-        known = {name.lower() for name in REQUEST_NAMES}
-        if action.name == "stall_request" and args["request"].lower() not in known:
-            raise ScenarioError(f"{where}.args.request: {args['request']!r} is not a TWS request ibsim knows")
-        faults.append(FaultSpec(float(raw["at"]), action.name, dict(args)))
-
+    faults = [_fault(raw, f"faults[{i}]", scheduled, by_key) for i, raw in enumerate(d.get("faults") or [])]
     return Scenario(
         name=str(d.get("name", "default")),
         seed=int(d.get("seed", 42)),
@@ -308,6 +225,94 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         marginEnforce=bool((d.get("margin") or {}).get("enforce", True)),
         raw=copy.deepcopy(given),
     )
+
+
+def _instruments(d: dict[str, Any], today: dt.date) -> list[InstrumentSpec]:
+    """The scenario's instruments, then the generated ones; a key or conId used twice is refused."""
+    instruments: list[InstrumentSpec] = []
+    seen: dict[str, str] = {}
+    con_ids: dict[int, str] = {}
+    entries = [(f"instruments[{i}]", raw) for i, raw in enumerate(d.get("instruments") or [])]
+    entries += [(f"generated ({raw['symbol']})", raw) for raw in _generated(d.get("generated") or {})]
+    for where, raw in entries:
+        inst = instrument_spec(raw, where, today)
+        if inst.key in seen:
+            raise ScenarioError(f"{where}.symbol: {inst.key!r} is defined twice (also at {seen[inst.key]})")
+        if inst.conId in con_ids:
+            raise ScenarioError(f"{where}.conId: {inst.conId} is already used by {con_ids[inst.conId]}")
+        seen[inst.key] = where
+        con_ids[inst.conId] = inst.key
+        instruments.append(inst)
+    return instruments
+
+
+def _generated(gen: dict[str, Any]) -> list[dict[str, Any]]:
+    """`generated.count` stocks as scenario entries: deterministic prices spread over the range, on a cent grid."""
+    count = int(gen.get("count", 0))
+    if not count:
+        return []
+    prefix = gen.get("prefix", "SYM")
+    currency = currency_code(gen.get("currency", "USD"), "generated.currency")
+    lo, hi = float(gen.get("priceMin", 10.0)), float(gen.get("priceMax", 400.0))
+    if hi < lo:
+        raise ScenarioError(f"generated.priceMax: {hi} is below priceMin {lo}")
+    width = max(3, len(str(count - 1)))
+    entries = []
+    for n in range(count):
+        key = f"{prefix}{n:0{width}d}"
+        frac = (zlib.crc32(key.encode()) % 10_000) / 10_000
+        entries.append(
+            {
+                "symbol": key,
+                "secType": "STK",
+                "exchange": "SMART",
+                "primaryExchange": gen.get("primaryExchange", "NYSE"),
+                "currency": currency,
+                "price": max(round(lo + (hi - lo) * frac, 2), 0.01),
+                "longName": f"SIMULATED STOCK {n}",
+            }
+        )
+    return entries
+
+
+def _account(raw: dict[str, Any], where: str, by_key: dict[str, InstrumentSpec]) -> AccountSpec:
+    base = currency_code(raw.get("baseCurrency", "USD"), f"{where}.baseCurrency")
+    cash = {currency_code(cur, f"{where}.cash.{cur}"): float(amount) for cur, amount in (raw.get("cash") or {}).items()}
+    positions = []
+    for j, p in enumerate(raw.get("positions") or []):
+        inst = by_key.get(p["symbol"])
+        if inst is None:
+            raise ScenarioError(f"{where}.positions[{j}].symbol: {p['symbol']!r} is not an instrument of the scenario")
+        if inst.secType == "CASH":
+            raise ScenarioError(
+                f"{where}.positions[{j}].symbol: {p['symbol']!r} is forex; IB books it as cash, use {where}.cash"
+            )
+        positions.append(PositionSpec(p["symbol"], float(p["quantity"]), p.get("avgCost")))
+    return AccountSpec(raw["id"], base, cash, positions)
+
+
+def _fault(
+    raw: dict[str, Any], where: str, scheduled: dict[str, Action], by_key: dict[str, InstrumentSpec]
+) -> FaultSpec:
+    """A scheduled fault, its arguments checked against the action's (from its annotations in faults.py)."""
+    action = scheduled[raw["action"]]  # the schema already refused an unknown action
+    args = raw.get("args") or {}
+    params = {p.name: p for p in action.params}
+    for name, value in args.items():
+        if name not in params:
+            raise ScenarioError(f"{where}.args.{name}: not an argument of {action.name}")
+        accepts = params[name].accepts
+        if (isinstance(value, bool) and bool not in accepts) or not isinstance(value, accepts):
+            raise ScenarioError(f"{where}.args.{name}: {value!r} has the wrong type")
+    for param in action.params:
+        if param.required and param.name not in args:
+            raise ScenarioError(f"{where}.args.{param.name}: {action.name} needs it")
+    if action.name == "set_price" and args["symbol"] not in by_key:
+        raise ScenarioError(f"{where}.args.symbol: {args['symbol']!r} is not an instrument of the scenario")
+    known = {name.lower() for name in REQUEST_NAMES}
+    if action.name == "stall_request" and args["request"].lower() not in known:
+        raise ScenarioError(f"{where}.args.request: {args['request']!r} is not a TWS request ibsim knows")
+    return FaultSpec(float(raw["at"]), action.name, dict(args))
 
 
 def _permissions(market_data: dict[str, Any]) -> str:
