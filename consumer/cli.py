@@ -312,7 +312,7 @@ def build_envelope(  # noqa: C901 (one branch per command-line option, in the or
     idempotency_key: str | None = None,
 ) -> dict[str, Any]:
     """The message an operator means, validated against the same schemas the consumer uses."""
-    from consumer.intents import builtin_intents
+    from consumer.intents import DECLARED, params_schema
     from consumer.schemas import Schemas, SchemaViolation
 
     params: dict[str, Any] = {}
@@ -337,9 +337,8 @@ def build_envelope(  # noqa: C901 (one branch per command-line option, in the or
             target = target.setdefault(part, {})
         target[leaf] = value
 
-    intents = builtin_intents()
-    if intent not in intents:
-        raise UsageError(f"unknown intent {intent!r}; known intents: {', '.join(sorted(intents))}")
+    if intent not in DECLARED:
+        raise UsageError(f"unknown intent {intent!r}; known intents: {', '.join(sorted(DECLARED))}")
     envelope: dict[str, Any] = {"intent": intent, "params": params}
     if dry_run:
         envelope["dryRun"] = True
@@ -348,7 +347,7 @@ def build_envelope(  # noqa: C901 (one branch per command-line option, in the or
     schemas = Schemas()
     try:
         schemas.validate("envelope.schema.json", envelope)
-        schemas.validate(intents[intent].schema, params, where="params")
+        schemas.validate(params_schema(intent), params, where="params")
     except SchemaViolation as e:
         raise UsageError(f"invalid {intent} message: {e}") from None
     if intent == "allocation":

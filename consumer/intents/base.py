@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from consumer.intents import params_schema
+
 if TYPE_CHECKING:
     from consumer.broker.broker import Broker, OrderSnapshot
     from consumer.broker.orders import ConnectionRecord
@@ -46,7 +48,7 @@ class Intent:
 
     @property
     def schema(self) -> str:
-        return f"intents/{self.name}.schema.json"
+        return params_schema(self.name)
 
 
 @dataclass(slots=True)
