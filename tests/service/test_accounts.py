@@ -46,8 +46,13 @@ MESSAGE_COUNT = int(os.environ.get("TEST_ACCOUNT_MESSAGES", "100"))
 WEIGHTS = {SOLO: 0.01, HOUSEHOLD[0]: 0.02, HOUSEHOLD[1]: 0.03}
 
 
+# And its own cash: the household's second account sized from the login's first (or the other login's) account
+# would show in its order and in the net liquidation its reply reports.
+CASH = {SOLO: 1_000_000, HOUSEHOLD[0]: 800_000, HOUSEHOLD[1]: 600_000}
+
+
 def scenario_accounts(*ids: str) -> list[dict[str, Any]]:
-    return [{"id": a, "baseCurrency": "USD", "cash": {"USD": 1_000_000}, "positions": []} for a in ids]
+    return [{"id": a, "baseCurrency": "USD", "cash": {"USD": CASH[a]}, "positions": []} for a in ids]
 
 
 @pytest.fixture
@@ -172,6 +177,8 @@ def test_a_mix_of_messages_for_three_accounts_is_answered_once_each_by_the_right
     for account, message_id in trades.items():
         (reply,) = replies[message_id]
         assert (reply["status"], reply["account"]) == ("ok", account), reply
+        # Sized from this account's own values (no position yet: its net liquidation is its cash).
+        assert (reply["result"]["account"], reply["result"]["netLiquidation"]) == (account, CASH[account]), reply
         (line,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "SPY"]
         assert line["order"] > 0, line
         assert line["outcome"] == "filled", line
