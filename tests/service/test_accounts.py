@@ -123,6 +123,11 @@ def fleet(project: str, bus: Bus, gateways: tuple[Any, Any], accounts_file: str)
         fleet.stop()
 
 
+def booked_fills(project: str, account: str) -> set[str]:
+    """The execIds booked in the account's fills."""
+    return {f["_id"] for f in mode_collection(project, "fills", account=account)}
+
+
 def gateway_of(fleet: Fleet, account: str) -> Any:
     return fleet.gateways[0] if account == SOLO else fleet.gateways[1]
 
@@ -193,10 +198,10 @@ def test_a_mix_of_messages_for_three_accounts_is_answered_once_each_by_the_right
         # In Firestore: booked in this account's books by execId, and in no other account's.
         wait_for(lambda a=account, q=line["order"]: holdings(project, account=a) == {"dummy": {"SPY": q}},
                  what=f"the fill booked in {account}'s books")  # fmt: skip
-        booked = {f["_id"] for f in mode_collection(project, "fills", account=account)}
+        booked = booked_fills(project, account)
         assert booked == {e["execId"] for e in fills}
         for other in set(ACCOUNTS) - {account}:
-            assert not {f["_id"] for f in mode_collection(project, "fills", account=other)} & booked
+            assert not booked_fills(project, other) & booked
 
     # Every run is recorded once, in the activity of the account that ran it.
     expected = Counter(a for a in sent.values() if a is not None) + Counter(ACCOUNTS)
@@ -242,6 +247,42 @@ def test_the_same_scheduled_slot_runs_once_per_account(fleet: Fleet, bus: Bus, p
         assert (reply["account"], reply.get("duplicate")) == (account, True), reply
     for account in ACCOUNTS:
         assert len(mode_collection(project, "requests", account=account)) == 1
+
+
+def test_cash_balancer_converts_the_addressed_accounts_own_cash_on_a_login_with_two(
+    fleet: Fleet, bus: Bus, project: str
+) -> None:
+    """The household login's two accounts both hold EUR; a cash-balancer addressed to one converts that account's
+    balance, in that account, and leaves the other's alone (its values come from ib_insync's per-account updates,
+    not the login's first account). Both in turn, so that reading either account's balance for the other fails."""
+    household = fleet.gateways[1]
+    balances = dict(zip(HOUSEHOLD, (20_000, 50_000), strict=True))
+    for account, eur in balances.items():
+        household.set_cash("EUR", eur, account=account)
+    converted: set[str] = set()
+    for account in reversed(HOUSEHOLD):
+        reply = bus.reply_to(bus.publish({"intent": "cash-balancer", "params": {"threshold": 1000}}, account=account))
+        assert (reply["status"], reply["account"], reply["result"]["account"]) == ("ok", account, account), reply
+        (line,) = [b for b in reply["result"]["balances"] if b["currency"] == "EUR"]
+        eur = balances[account]
+        assert (line["cashBalance"], line["action"], line.get("order")) == (eur, "convert", -eur), line
+        # At the broker, by orderRef: one sale of this account's EUR, in this account.
+        (order,) = [o for o in household.orders() if o["orderRef"] == line["orderRef"]]
+        assert (order["account"], order["action"], order["totalQuantity"]) == (account, "SELL", eur), order
+        fills = [e for e in household.executions() if e["orderRef"] == line["orderRef"]]
+        assert {e["account"] for e in fills} == {account}
+        assert sum(e["shares"] for e in fills) == eur
+        converted.add(account)
+        for other in HOUSEHOLD:
+            expected = 0.0 if other in converted else balances[other]
+            assert household.cash(other)["EUR"] == pytest.approx(expected), other
+        # In Firestore, by execId: booked in this account's fills, and in no other account's.
+        wait_for(
+            lambda a=account, ids={e["execId"] for e in fills}: booked_fills(project, a) == ids,
+            what=f"the conversion booked in {account}",
+        )
+        for other in set(ACCOUNTS) - converted:
+            assert mode_collection(project, "fills", account=other) == []
 
 
 def test_a_deployments_delivery_probe_is_addressed_to_its_own_account(
