@@ -285,6 +285,40 @@ def test_cash_balancer_converts_the_addressed_accounts_own_cash_on_a_login_with_
             assert mode_collection(project, "fills", account=other) == []
 
 
+def test_close_all_on_a_login_with_two_accounts_flattens_only_the_addressed_one(
+    fleet: Fleet, bus: Bus, project: str
+) -> None:
+    """Both household accounts hold SPY (each its own size); close-all addressed to the second sells exactly the
+    second's position, in the second account, and leaves the first's position and books as they were."""
+    household = fleet.gateways[1]
+    first, second = HOUSEHOLD
+    bought: dict[str, float] = {}
+    for account in HOUSEHOLD:
+        reply = bus.reply_to(bus.publish(allocation({"SPY": WEIGHTS[account]}), account=account))
+        assert reply["status"] == "ok", reply
+        (line,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "SPY"]
+        bought[account] = line["order"]
+        wait_for(lambda a=account: holdings(project, account=a) == {"dummy": {"SPY": bought[a]}},
+                 what=f"{account}'s fill booked")  # fmt: skip
+    assert bought[first] != bought[second]
+    first_fills = booked_fills(project, first)
+
+    closed = bus.reply_to(bus.publish({"intent": "close-all"}, account=second))
+    assert (closed["status"], closed["account"]) == ("ok", second), closed
+    (leg,) = [i for i in closed["result"]["instruments"] if i["instrument"] == "SPY"]
+    assert (leg["order"], leg["outcome"]) == (-bought[second], "filled"), leg
+    (sale,) = [o for o in household.orders() if o["orderRef"] == leg["orderRef"]]
+    assert (sale["account"], sale["action"], sale["totalQuantity"]) == (second, "SELL", bought[second]), sale
+    fills = [e for e in household.executions() if e["orderRef"] == leg["orderRef"]]
+    assert {e["account"] for e in fills} == {second}
+    assert household.positions(second).get("SPY", 0) == 0
+    assert household.positions(first) == {"SPY": bought[first]}
+    wait_for(lambda: holdings(project, account=second) == {}, what="the second account's books flat")
+    assert {e["execId"] for e in fills} <= booked_fills(project, second)
+    assert holdings(project, account=first) == {"dummy": {"SPY": bought[first]}}
+    assert booked_fills(project, first) == first_fills
+
+
 def test_a_deployments_delivery_probe_is_addressed_to_its_own_account(
     project: str, bus: Bus, gateways: tuple[Any, Any], accounts_file: str
 ) -> None:
