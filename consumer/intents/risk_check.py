@@ -134,15 +134,18 @@ async def _measure_account(ctx: IntentContext, limits: Lines, values: dict[str, 
 async def _measure_positions(
     ctx: IntentContext, limits: Lines, account: str, base: str, nlv: float
 ) -> dict[int, dict[str, Any]]:
-    broker = ctx.broker
     shares: dict[int, dict[str, Any]] = {}
     if "concentration" in limits:
-        shares = _instrument_shares(broker.portfolio(), account, broker.fx_rates(account), base, nlv)
+        shares, unpriced = await _instrument_shares(ctx, account, base, nlv)
         top = max(shares.values(), key=lambda s: s["share"], default=None)
         over = [s for s in shares.values() if s["share"] > limits["concentration"]["max"] + EPSILON]
+        extra: dict[str, Any] = {}
+        if unpriced:
+            extra["unpriced"] = unpriced
+            ctx.log.warning("risk limit unmeasured: holdings without a price", limit="concentration", unpriced=unpriced)
         limits.add("concentration", top["share"] if top else 0.0, limits["concentration"]["max"], bool(over),
                    instrument=top["instrument"] if top else None,
-                   over=[{k: v for k, v in s.items() if k != "currency"} for s in over])  # fmt: skip
+                   over=[{k: v for k, v in s.items() if k != "currency"} for s in over], **extra)  # fmt: skip
     if "staleOrders" in limits:
         stale, oldest = await _stale_orders(ctx, limits["staleOrders"]["maxMinutes"])
         limits.add("staleOrders", oldest, limits["staleOrders"]["maxMinutes"], bool(stale), orders=stale)
@@ -214,24 +217,51 @@ async def _start_of_day(layout: Layout, day: str, nlv: float) -> tuple[float, st
         return float(stored.get("startNetLiquidation", nlv)), "first risk-check of the day"
 
 
-def _instrument_shares(
-    portfolio: list[dict[str, Any]], account: str, rates: dict[str, float], base: str, nlv: float
-) -> dict[int, dict[str, Any]]:
-    """Per instrument (forex cash aside): its absolute market value in base currency over net liquidation."""
+async def _instrument_shares(
+    ctx: IntentContext, account: str, base: str, nlv: float
+) -> tuple[dict[int, dict[str, Any]], list[str]]:
+    """Per instrument the account holds (forex cash aside): its absolute market value in base currency over net
+    liquidation; and the instruments no price was found for, which no share can be measured of.
+
+    The positions are IB's position stream, which covers every account of the login. Prices are IB's own marks
+    from the portfolio where ib_insync holds them, which is for one account per connection: a login's other
+    accounts are priced with a snapshot each. Read from the portfolio alone, they held nothing, and no
+    concentration limit of theirs could trip."""
+    broker = ctx.broker
+    held: dict[int, float] = {}
+    for p in await broker.positions(ctx.connection_record()):
+        if p.account == account and p.sec_type != "CASH" and abs(p.quantity) > EPSILON:
+            held[p.con_id] = held.get(p.con_id, 0.0) + p.quantity
+    prices = {
+        int(item["conId"]): float(item["marketPrice"])
+        for item in broker.portfolio()
+        if item["account"] == account and int(item["conId"]) in held and item.get("marketPrice") is not None
+    }
+    instruments = {con_id: await broker.by_con_id(con_id) for con_id in held}
+    unmarked = [instruments[c] for c in held if c not in prices]
+    if unmarked:
+        prices.update(await broker.prices(unmarked))
+    rates = {**broker.fx_rates(account), base: 1.0}
+    unrated = {i.currency for i in instruments.values()} - set(rates)
+    if unrated:
+        rates.update(await broker.market_fx_rates(unrated, base))
     shares: dict[int, dict[str, Any]] = {}
-    rates = {**rates, base: 1.0}
-    for item in portfolio:
-        if item["account"] != account or item.get("secType") == "CASH" or not item.get("position"):
+    unpriced: list[str] = []
+    for con_id, quantity in held.items():
+        instrument = instruments[con_id]
+        price, rate = prices.get(con_id), rates.get(instrument.currency)
+        if price is None or rate is None:
+            unpriced.append(instrument.symbol)
             continue
-        value = abs(float(item.get("marketValue") or 0.0)) * rates.get(item.get("currency", base), 1.0)
-        shares[int(item["conId"])] = {
-            "instrument": item.get("symbol"),
-            "conId": int(item["conId"]),
-            "currency": item.get("currency"),
+        value = abs(quantity * price * instrument.multiplier) * rate
+        shares[con_id] = {
+            "instrument": instrument.symbol,
+            "conId": con_id,
+            "currency": instrument.currency,
             "marketValue": round(value, 2),
             "share": _round(value / nlv),
         }
-    return shares
+    return shares, sorted(unpriced)
 
 
 async def _stale_orders(ctx: IntentContext, max_minutes: float) -> tuple[list[dict[str, Any]], float]:

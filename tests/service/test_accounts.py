@@ -319,6 +319,109 @@ def test_close_all_on_a_login_with_two_accounts_flattens_only_the_addressed_one(
     assert booked_fills(project, first) == first_fills
 
 
+def test_risk_check_measures_each_accounts_own_positions_on_a_login_with_two(fleet: Fleet, bus: Bus, project: str):
+    """Concentration and leverage are the addressed account's: each household account holds SPY at its own share,
+    and each risk-check measures that share (ib_insync subscribes the portfolio of one account per connection, so
+    the other's must not read as empty, nor as the first's)."""
+    household = fleet.gateways[1]
+    limits = {"concentration": {"max": 0.95, "action": "halt"}, "leverage": {"max": 1.5, "action": "halt"}}
+    share: dict[str, float] = {}
+    for account, weight in zip(HOUSEHOLD, (0.3, 0.9), strict=True):
+        write_config(project, account=account, risk=limits)
+        reply = bus.reply_to(bus.publish(allocation({"SPY": weight}), account=account))
+        assert reply["status"] == "ok", reply
+        result = reply["result"]
+        (line,) = [i for i in result["instruments"] if i["instrument"] == "SPY"]
+        share[account] = line["order"] * result["prices"]["SPY"] / result["netLiquidation"]
+        wait_for(lambda a=account, q=line["order"]: holdings(project, account=a) == {"dummy": {"SPY": q}},
+                 what=f"{account}'s fill booked")  # fmt: skip
+    assert share[HOUSEHOLD[1]] > 2 * share[HOUSEHOLD[0]]
+    for account in HOUSEHOLD:
+        assert household.positions(account)["SPY"] > 0
+        reply = bus.reply_to(bus.publish({"intent": "risk-check", "params": {}}, account=account))
+        assert (reply["status"], reply["account"]) == ("ok", account), reply
+        measured = {line["limit"]: line for line in reply["result"]["limits"]}
+        assert measured["concentration"]["instrument"] == "SPY", measured
+        assert measured["concentration"]["value"] == pytest.approx(share[account], abs=0.01), measured
+        assert measured["leverage"]["value"] == pytest.approx(share[account], abs=0.01), measured
+
+
+def test_a_concentration_reduce_on_a_logins_second_account_sells_there_and_nowhere_else(
+    fleet: Fleet, bus: Bus, project: str
+) -> None:
+    """The second household account breaches its concentration limit: its risk-check reduces SPY in that account to
+    the limit (broker by orderRef, Firestore by execId) and the first account, holding SPY too, is not touched."""
+    household = fleet.gateways[1]
+    first, second = HOUSEHOLD
+    exposure = {"overall": 1.0, "strategies": {"dummy": 0.9}}
+    held: dict[str, float] = {}
+    for account in HOUSEHOLD:
+        write_config(project, account=account, exposure=exposure)
+        reply = bus.reply_to(bus.publish(allocation({"SPY": 0.8}), account=account))
+        assert reply["status"] == "ok", reply
+        (line,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "SPY"]
+        held[account] = line["order"]
+        wait_for(lambda a=account: holdings(project, account=a) == {"dummy": {"SPY": held[a]}},
+                 what=f"{account}'s fill booked")  # fmt: skip
+    write_config(project, account=second, exposure=exposure, risk={"concentration": {"max": 0.5, "action": "reduce"}})
+    first_fills = booked_fills(project, first)
+
+    reply = bus.reply_to(bus.publish({"intent": "risk-check", "params": {}}, account=second))
+    assert (reply["status"], reply["account"]) == ("ok", second), reply
+    (breach,) = reply["result"]["breaches"]
+    assert [o["instrument"] for o in breach["over"]] == ["SPY"], breach
+    (reduced,) = reply["result"]["reduced"]
+    (spy,) = [line for line in reduced["instruments"] if line["instrument"] == "SPY"]
+    assert spy["outcome"] == "filled", spy
+    assert -held[second] < spy["order"] < 0
+    (sent,) = [o for o in household.orders() if o["orderRef"] == spy["orderRef"]]
+    assert (sent["account"], sent["action"], sent["totalQuantity"]) == (second, "SELL", -spy["order"]), sent
+    executions = [e for e in household.executions() if e["orderRef"] == spy["orderRef"]]
+    assert {e["account"] for e in executions} == {second}
+    assert household.positions(second) == {"SPY": held[second] + spy["order"]}
+    assert household.positions(first) == {"SPY": held[first]}
+    wait_for(
+        lambda: {e["execId"] for e in executions} <= booked_fills(project, second),
+        what="the reducing executions booked by execId in the second account",
+    )
+    wait_for(lambda: holdings(project, account=second) == {"dummy": {"SPY": held[second] + spy["order"]}},
+             what="the second account's books reduced")  # fmt: skip
+    assert holdings(project, account=first) == {"dummy": {"SPY": held[first]}}
+    assert booked_fills(project, first) == first_fills
+
+
+def test_a_holding_of_a_logins_second_account_without_a_price_is_listed_unpriced(
+    project: str, bus: Bus, accounts_file: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The second account holds AAPL, which the login has no market data for (IB answers 354) and whose portfolio
+    marks the connection does not hold: the concentration line says it could not price it, rather than report
+    the account as holding nothing."""
+    from ibsim import Scenario, ThreadedGateway
+
+    accounts = scenario_accounts(*HOUSEHOLD)
+    accounts[1]["positions"] = [{"symbol": "AAPL", "quantity": 500}, {"symbol": "SPY", "quantity": 100}]
+    instruments = [
+        {"symbol": "SPY", "secType": "ETF", "primaryExchange": "ARCA", "price": 520.0},
+        {"symbol": "AAPL", "secType": "STK", "primaryExchange": "NASDAQ", "price": 190.0, "permissions": "none"},
+    ]
+    scenario = {"accounts": accounts, "instruments": instruments, "clock": {"start": DEFAULT_CLOCK}}
+    with ThreadedGateway(port=0, scenario=Scenario.from_dict(scenario)) as gateway:
+        write_config(project, account=HOUSEHOLD[1], risk={"concentration": {"max": 0.5, "action": "halt"}})
+        consumer = ConsumerUnderTest.start(
+            project, gateway.port, ib_account="", ib_accounts=HOUSEHOLD, accounts_file=accounts_file,
+            default_deployment=True, intents_subscription="intents-consumer",
+        )  # fmt: skip
+        try:
+            reply = bus.reply_to(bus.publish({"intent": "risk-check", "params": {}}, account=HOUSEHOLD[1]))
+        finally:
+            consumer.stop()
+    assert (reply["status"], reply["account"]) == ("ok", HOUSEHOLD[1]), reply
+    (line,) = [line for line in reply["result"]["limits"] if line["limit"] == "concentration"]
+    assert line["unpriced"] == ["AAPL"], line
+    assert (line["instrument"], line["value"]) == ("SPY", round(100 * 520.0 / reply["result"]["netLiquidation"], 6))
+    assert any("risk limit unmeasured" in r.getMessage() and "AAPL" in r.getMessage() for r in caplog.records)
+
+
 def test_a_deployments_delivery_probe_is_addressed_to_its_own_account(
     project: str, bus: Bus, gateways: tuple[Any, Any], accounts_file: str
 ) -> None:
