@@ -120,6 +120,7 @@ class BrokerOrder:
     filled: float
     remaining: float
     avg_fill_price: float | None
+    account: str = ""  # the account it trades for ("" when IB did not say)
 
     @property
     def con_id(self) -> int:
@@ -129,6 +130,10 @@ class BrokerOrder:
     def symbol(self) -> str:
         return str(self.contract["symbol"])
 
+    def is_for(self, account: str) -> bool:
+        """Whether it trades for `account` (a login with several accounts sees every account's orders)."""
+        return self.account in ("", account)
+
     @property
     def quantity(self) -> float:
         """Signed: positive buys."""
@@ -136,6 +141,7 @@ class BrokerOrder:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "account": self.account,
             "orderId": self.order_id,
             "permId": self.perm_id,
             "clientId": self.client_id,

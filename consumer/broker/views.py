@@ -92,6 +92,7 @@ def order(t: Trade) -> model.BrokerOrder:
         filled=float(s.filled),
         remaining=float(s.remaining),
         avg_fill_price=number(s.avgFillPrice),
+        account=o.account,
     )
 
 

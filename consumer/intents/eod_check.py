@@ -26,7 +26,9 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     services = ctx.services
     broker = ctx.broker
     swept = await services.bookkeeper.reconcile()
-    fills = await broker.executions()
+    # A login with several accounts reports every account's executions and orders: this check is the account's.
+    account = (await broker.account(services.account)).id
+    fills = [f for f in await broker.executions() if f.account == account]
     # The commissions as booked: IB reports each one apart from its execution, and the sweep above added any missed.
     booked = await services.books.fills(f.exec_id for f in fills)
     unbooked = sorted({f.exec_id for f in fills} - set(booked))
@@ -38,7 +40,7 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
         else:
             commissions[fill.get("commissionCurrency") or "?"] += float(fill["commission"])
 
-    working = [o for o in await broker.open_orders() if o.remaining > EPSILON]
+    working = [o for o in await broker.open_orders() if o.remaining > EPSILON and o.is_for(account)]
     still_open = [o.as_dict() for o in working if o.tif.upper() not in KNOWINGLY_OPEN]
     gtc = [o.as_dict() for o in working if o.tif.upper() in KNOWINGLY_OPEN]
 

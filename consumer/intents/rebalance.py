@@ -92,7 +92,7 @@ class Rebalance:
     async def _reload(self) -> None:
         services = self.ctx.services
         self.holdings = await services.books.holdings(self.scope)
-        self.orders, self.others = await _working(self.ctx.broker, await services.books.open_orders())
+        self.orders, self.others = await _working(self.ctx.broker, await services.books.open_orders(), self.account.id)
 
     def only(self, strategies: list[str]) -> None:
         """Keeps the books of these strategies only: one that was skipped must not be read as target zero."""
@@ -469,15 +469,19 @@ async def _with_instruments(
     return {**instruments, **dict(zip(lacking, found, strict=True))}
 
 
-async def _working(broker: Broker, open_orders: list[dict[str, Any]]) -> tuple[list[WorkingOrder], list[BrokerOrder]]:
-    """Our orders still working at the broker (an open-order document of ours and a live order), and the rest."""
+async def _working(
+    broker: Broker, open_orders: list[dict[str, Any]], account: str
+) -> tuple[list[WorkingOrder], list[BrokerOrder]]:
+    """Our orders still working at the broker (an open-order document of ours and a live order), and the rest of
+    the account's (a login's other accounts' orders are none of this account's business)."""
     docs = {doc["orderRef"]: doc for doc in open_orders}
     ours: list[WorkingOrder] = []
     others: list[BrokerOrder] = []
     for live in await broker.open_orders():
         doc = docs.get(live.order_ref) if live.order_ref else None
         if doc is None:
-            others.append(live)
+            if live.is_for(account):
+                others.append(live)
             continue
         booked = doc.get("booked", {})
         shares = doc.get("shares", {})

@@ -25,6 +25,7 @@ from tests.support import (
     activity,
     allocation,
     another_intents_subscription,
+    ensure_loop,
     holdings,
     mode_collection,
     wait_for,
@@ -126,6 +127,20 @@ def fleet(project: str, bus: Bus, gateways: tuple[Any, Any], accounts_file: str)
 def booked_fills(project: str, account: str) -> set[str]:
     """The execIds booked in the account's fills."""
     return {f["_id"] for f in mode_collection(project, "fills", account=account)}
+
+
+def working_limit_order(gateway: Any, account: str) -> None:
+    """A limit order far below the market, left working in `account` by another client (as a person in TWS)."""
+    from ib_insync import IB, LimitOrder, Stock
+
+    ensure_loop()
+    other = IB()
+    other.connect("127.0.0.1", gateway.port, clientId=9, timeout=10)
+    try:
+        other.placeOrder(Stock("SPY", "SMART", "USD"), LimitOrder("BUY", 1, 100.0, account=account, orderRef="by-hand"))
+        wait_for(lambda: any(o["orderRef"] == "by-hand" for o in gateway.orders()), what="the order by hand working")
+    finally:
+        other.disconnect()
 
 
 def gateway_of(fleet: Fleet, account: str) -> Any:
@@ -420,6 +435,31 @@ def test_a_holding_of_a_logins_second_account_without_a_price_is_listed_unpriced
     assert line["unpriced"] == ["AAPL"], line
     assert (line["instrument"], line["value"]) == ("SPY", round(100 * 520.0 / reply["result"]["netLiquidation"], 6))
     assert any("risk limit unmeasured" in r.getMessage() and "AAPL" in r.getMessage() for r in caplog.records)
+
+
+def test_eod_check_on_a_login_with_two_accounts_reports_only_the_addressed_ones_fills_and_orders(
+    fleet: Fleet, bus: Bus, project: str
+) -> None:
+    """Each household account trades SPY and the first leaves a limit order working: each eod-check counts its own
+    account's fills, all booked, and the working order only where it belongs; the other account is clean."""
+    household = fleet.gateways[1]
+    first, second = HOUSEHOLD
+    fills: dict[str, set[str]] = {}
+    for account in HOUSEHOLD:
+        reply = bus.reply_to(bus.publish(allocation({"SPY": WEIGHTS[account]}), account=account))
+        assert reply["status"] == "ok", reply
+        (line,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "SPY"]
+        fills[account] = {e["execId"] for e in household.executions() if e["orderRef"] == line["orderRef"]}
+        wait_for(lambda a=account: booked_fills(project, a) >= fills[a], what=f"{account}'s fills booked")
+    working_limit_order(household, first)
+
+    reports = {a: bus.reply_to(bus.publish({"intent": "eod-check", "params": {}}, account=a)) for a in HOUSEHOLD}
+    for account, reply in reports.items():
+        assert (reply["status"], reply["account"]) == ("ok", account), reply
+        report = reply["result"]
+        assert (report["fills"], report["unbooked"]) == (len(fills[account]), []), report
+    assert [o["account"] for o in reports[first]["result"]["openOrders"]] == [first]
+    assert reports[second]["result"]["openOrders"] == []
 
 
 def test_a_deployments_delivery_probe_is_addressed_to_its_own_account(
