@@ -317,9 +317,11 @@ def test_close_all_on_a_login_with_two_accounts_flattens_only_the_addressed_one(
                  what=f"{account}'s fill booked")  # fmt: skip
     assert bought[first] != bought[second]
     first_fills = booked_fills(project, first)
+    working_limit_order(household, first)  # another client's SPY order, in the first account
 
     closed = bus.reply_to(bus.publish({"intent": "close-all"}, account=second))
     assert (closed["status"], closed["account"]) == ("ok", second), closed
+    assert closed["result"]["kept"] == [], "the first account's order is none of the second's business"
     (leg,) = [i for i in closed["result"]["instruments"] if i["instrument"] == "SPY"]
     assert (leg["order"], leg["outcome"]) == (-bought[second], "filled"), leg
     (sale,) = [o for o in household.orders() if o["orderRef"] == leg["orderRef"]]
@@ -328,6 +330,7 @@ def test_close_all_on_a_login_with_two_accounts_flattens_only_the_addressed_one(
     assert {e["account"] for e in fills} == {second}
     assert household.positions(second).get("SPY", 0) == 0
     assert household.positions(first) == {"SPY": bought[first]}
+    assert [o["status"] for o in household.orders() if o["orderRef"] == "by-hand"] == ["Submitted"]
     wait_for(lambda: holdings(project, account=second) == {}, what="the second account's books flat")
     assert {e["execId"] for e in fills} <= booked_fills(project, second)
     assert holdings(project, account=first) == {"dummy": {"SPY": bought[first]}}
