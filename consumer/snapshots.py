@@ -171,12 +171,17 @@ def held(ledgers: Mapping[str, Mapping[str, Any]]) -> set[int]:
     }
 
 
-async def current_pnl(broker: Broker, books: Books, layout: Layout, account_setting: str, ask: bool) -> dict[str, Any]:
-    """P&L per strategy now: today, month to date and since inception, with the values they come from."""
+async def current_pnl(
+    broker: Broker, books: Books, layout: Layout, account_setting: str, ask: bool, day: date | None = None
+) -> dict[str, Any]:
+    """P&L per strategy now: today, month to date and since inception, with the values they come from.
+
+    `day`: the trading day, when the caller has asked the gateway already (it answers the time once a second)."""
     account = await broker.account(account_setting)
     # The day by the gateway's clock, asked (it may have moved since the offset was last measured); summary (not
     # `ask`) takes the clock as last measured, which is the same but for a simulated clock that jumps.
-    day = trading_day(await broker.current_time() if ask else broker.now())
+    if day is None:
+        day = trading_day(await broker.current_time() if ask else broker.now())
     ledgers, before_today, before_month = await asyncio.gather(
         books.ledgers(), last_before(layout, day), last_before(layout, day.replace(day=1))
     )
@@ -190,10 +195,13 @@ async def current_pnl(broker: Broker, books: Books, layout: Layout, account_sett
     }
 
 
-async def write_snapshot(broker: Broker, books: Books, layout: Layout, account_setting: str) -> dict[str, Any]:
-    """Takes and stores today's snapshot (overwriting the day's earlier one); returns it."""
+async def write_snapshot(
+    broker: Broker, books: Books, layout: Layout, account_setting: str, day: date | None = None
+) -> dict[str, Any]:
+    """Takes and stores the day's snapshot (overwriting the day's earlier one); returns it. `day`: as current_pnl."""
     account = await broker.account(account_setting)
-    day = trading_day(await broker.current_time())  # the gateway's clock, asked: never the wall clock
+    if day is None:
+        day = trading_day(await broker.current_time())  # the gateway's clock, asked: never the wall clock
     ledgers = await books.ledgers()
     current = strategy_pnl(ledgers, await marks(broker, account.id, account.base_currency, held(ledgers), ask=True))
     previous = await last_before(layout, day)

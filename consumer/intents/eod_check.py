@@ -17,7 +17,7 @@ from typing import Any
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.reconcile import compare
 from consumer.portfolio import EPSILON
-from consumer.snapshots import current_pnl, write_snapshot
+from consumer.snapshots import current_pnl, trading_day, write_snapshot
 
 KNOWINGLY_OPEN = {"GTC", "GTD"}
 
@@ -55,11 +55,13 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
 
     differences = (await compare(ctx)).differences
 
+    # The gateway's day, asked once for the snapshot and the P&L: IB answers the current time once a second.
+    day = trading_day(await broker.current_time())
     snapshot = None
     if not ctx.dry_run:
-        snapshot = await write_snapshot(broker, services.books, services.layout, services.account)
+        snapshot = await write_snapshot(broker, services.books, services.layout, services.account, day=day)
         snapshot = {k: v for k, v in snapshot.items() if k != "writtenAt"}
-    pnl = await current_pnl(broker, services.books, services.layout, services.account, ask=True)
+    pnl = await current_pnl(broker, services.books, services.layout, services.account, ask=True, day=day)
     return {
         "date": pnl["date"],
         "clean": not (still_open or not_flat or differences or unbooked or without_commission),
