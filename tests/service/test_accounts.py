@@ -143,6 +143,19 @@ def working_limit_order(gateway: Any, account: str) -> None:
         other.disconnect()
 
 
+def spy_bought(bus: Bus, project: str, account: str, weight: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An allocation of dummy to `weight` in SPY for `account` (flat before), filled and booked: the reply's result
+    and its SPY line."""
+    reply = bus.reply_to(bus.publish(allocation({"SPY": weight}), account=account))
+    assert reply["status"] == "ok", reply
+    result = reply["result"]
+    (line,) = [i for i in result["instruments"] if i["instrument"] == "SPY"]
+    assert line["outcome"] == "filled", line
+    wait_for(lambda: holdings(project, account=account) == {"dummy": {"SPY": line["order"]}},
+             what=f"{account}'s fill booked")  # fmt: skip
+    return result, line
+
+
 def gateway_of(fleet: Fleet, account: str) -> Any:
     return fleet.gateways[0] if account == SOLO else fleet.gateways[1]
 
@@ -309,12 +322,7 @@ def test_close_all_on_a_login_with_two_accounts_flattens_only_the_addressed_one(
     first, second = HOUSEHOLD
     bought: dict[str, float] = {}
     for account in HOUSEHOLD:
-        reply = bus.reply_to(bus.publish(allocation({"SPY": WEIGHTS[account]}), account=account))
-        assert reply["status"] == "ok", reply
-        (line,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "SPY"]
-        bought[account] = line["order"]
-        wait_for(lambda a=account: holdings(project, account=a) == {"dummy": {"SPY": bought[a]}},
-                 what=f"{account}'s fill booked")  # fmt: skip
+        bought[account] = spy_bought(bus, project, account, WEIGHTS[account])[1]["order"]
     assert bought[first] != bought[second]
     first_fills = booked_fills(project, first)
     working_limit_order(household, first)  # another client's SPY order, in the first account
@@ -346,13 +354,8 @@ def test_risk_check_measures_each_accounts_own_positions_on_a_login_with_two(fle
     share: dict[str, float] = {}
     for account, weight in zip(HOUSEHOLD, (0.3, 0.9), strict=True):
         write_config(project, account=account, risk=limits)
-        reply = bus.reply_to(bus.publish(allocation({"SPY": weight}), account=account))
-        assert reply["status"] == "ok", reply
-        result = reply["result"]
-        (line,) = [i for i in result["instruments"] if i["instrument"] == "SPY"]
+        result, line = spy_bought(bus, project, account, weight)
         share[account] = line["order"] * result["prices"]["SPY"] / result["netLiquidation"]
-        wait_for(lambda a=account, q=line["order"]: holdings(project, account=a) == {"dummy": {"SPY": q}},
-                 what=f"{account}'s fill booked")  # fmt: skip
     assert share[HOUSEHOLD[1]] > 2 * share[HOUSEHOLD[0]]
     for account in HOUSEHOLD:
         assert household.positions(account)["SPY"] > 0
@@ -375,12 +378,7 @@ def test_a_concentration_reduce_on_a_logins_second_account_sells_there_and_nowhe
     held: dict[str, float] = {}
     for account in HOUSEHOLD:
         write_config(project, account=account, exposure=exposure)
-        reply = bus.reply_to(bus.publish(allocation({"SPY": 0.8}), account=account))
-        assert reply["status"] == "ok", reply
-        (line,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "SPY"]
-        held[account] = line["order"]
-        wait_for(lambda a=account: holdings(project, account=a) == {"dummy": {"SPY": held[a]}},
-                 what=f"{account}'s fill booked")  # fmt: skip
+        held[account] = spy_bought(bus, project, account, 0.8)[1]["order"]
     write_config(project, account=second, exposure=exposure, risk={"concentration": {"max": 0.5, "action": "reduce"}})
     first_fills = booked_fills(project, first)
 
@@ -449,11 +447,9 @@ def test_eod_check_on_a_login_with_two_accounts_reports_only_the_addressed_ones_
     first, second = HOUSEHOLD
     fills: dict[str, set[str]] = {}
     for account in HOUSEHOLD:
-        reply = bus.reply_to(bus.publish(allocation({"SPY": WEIGHTS[account]}), account=account))
-        assert reply["status"] == "ok", reply
-        (line,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "SPY"]
+        line = spy_bought(bus, project, account, WEIGHTS[account])[1]
         fills[account] = {e["execId"] for e in household.executions() if e["orderRef"] == line["orderRef"]}
-        wait_for(lambda a=account: booked_fills(project, a) >= fills[a], what=f"{account}'s fills booked")
+        wait_for(lambda a=account: booked_fills(project, a) == fills[a], what=f"{account}'s fills booked")
     working_limit_order(household, first)
 
     reports = {a: bus.reply_to(bus.publish({"intent": "eod-check", "params": {}}, account=a)) for a in HOUSEHOLD}
