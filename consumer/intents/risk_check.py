@@ -228,36 +228,37 @@ async def _instrument_shares(
     accounts are priced with a snapshot each. Read from the portfolio alone, they held nothing, and no
     concentration limit of theirs could trip."""
     broker = ctx.broker
-    held: dict[int, float] = {}
-    for p in await broker.positions(ctx.connection_record()):
-        if p.account == account and p.sec_type != "CASH" and abs(p.quantity) > EPSILON:
-            held[p.con_id] = held.get(p.con_id, 0.0) + p.quantity
+    held = {
+        p.con_id: p
+        for p in await broker.positions(ctx.connection_record())
+        if p.account == account and p.sec_type != "CASH" and abs(p.quantity) > EPSILON
+    }
     prices = {
         int(item["conId"]): float(item["marketPrice"])
         for item in broker.portfolio()
         if item["account"] == account and int(item["conId"]) in held and item.get("marketPrice") is not None
     }
-    instruments = {con_id: await broker.by_con_id(con_id) for con_id in held}
-    unmarked = [instruments[c] for c in held if c not in prices]
+    unmarked = [await broker.by_con_id(c) for c in held if c not in prices]
     if unmarked:
         prices.update(await broker.prices(unmarked))
     rates = {**broker.fx_rates(account), base: 1.0}
-    unrated = {i.currency for i in instruments.values()} - set(rates)
+    unrated = {str(p.contract["currency"]) for p in held.values()} - set(rates)
     if unrated:
         rates.update(await broker.market_fx_rates(unrated, base))
     shares: dict[int, dict[str, Any]] = {}
     unpriced: list[str] = []
-    for con_id, quantity in held.items():
-        instrument = instruments[con_id]
-        price, rate = prices.get(con_id), rates.get(instrument.currency)
+    for con_id, position in held.items():
+        currency = str(position.contract["currency"])
+        price, rate = prices.get(con_id), rates.get(currency)
         if price is None or rate is None:
-            unpriced.append(instrument.symbol)
+            unpriced.append(position.symbol)
             continue
-        value = abs(quantity * price * instrument.multiplier) * rate
+        multiplier = float(position.contract.get("multiplier") or 1.0)
+        value = abs(position.quantity * price * multiplier) * rate
         shares[con_id] = {
-            "instrument": instrument.symbol,
+            "instrument": position.symbol,
             "conId": con_id,
-            "currency": instrument.currency,
+            "currency": currency,
             "marketValue": round(value, 2),
             "share": _round(value / nlv),
         }
