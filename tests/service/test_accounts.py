@@ -461,6 +461,31 @@ def test_eod_check_on_a_login_with_two_accounts_reports_only_the_addressed_ones_
     assert reports[second]["result"]["openOrders"] == []
 
 
+def test_reconcile_on_a_login_with_two_accounts_finds_and_books_only_the_addressed_accounts_difference(
+    fleet: Fleet, bus: Bus, project: str
+) -> None:
+    """Seven SPY appear in the second account behind the system's back: reconcile finds them in the second account
+    only, and fix books them to the second account's unallocated book, leaving the first account's books alone."""
+    household = fleet.gateways[1]
+    first, second = HOUSEHOLD
+    bought = {account: spy_bought(bus, project, account, WEIGHTS[account])[1]["order"] for account in HOUSEHOLD}
+    household.set_position("SPY", bought[second] + 7, account=second)
+
+    def reconcile(account: str, **params: Any) -> dict[str, Any]:
+        reply = bus.reply_to(bus.publish({"intent": "reconcile", "params": params}, account=account))
+        assert (reply["status"], reply["account"]) == ("ok", account), reply
+        return dict(reply["result"])
+
+    assert reconcile(first)["differences"] == []
+    assert [(d["instrument"], d["difference"]) for d in reconcile(second)["differences"]] == [("SPY", 7)]
+    fixed = reconcile(second, fix=True)
+    assert [(f["bookedTo"], f.get("instrument")) for f in fixed["fixed"]] == [("unallocated", "SPY")], fixed
+    assert holdings(project, account=second) == {"dummy": {"SPY": bought[second]}, "unallocated": {"SPY": 7}}
+    assert holdings(project, account=first) == {"dummy": {"SPY": bought[first]}}
+    assert reconcile(first)["consistent"] is True
+    assert reconcile(second)["consistent"] is True
+
+
 def test_a_deployments_delivery_probe_is_addressed_to_its_own_account(
     project: str, bus: Bus, gateways: tuple[Any, Any], accounts_file: str
 ) -> None:
