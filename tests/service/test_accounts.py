@@ -4,6 +4,10 @@ Two deployments on one emulator, each with its own subscription to the intents t
 subscription filters, so each sees every message, as a filter-less cloud setup would):
     paper-solo   gateway A, login with one account (DU111111)     the default deployment, subscription intents-consumer
     household    gateway B, login managing DU222222 and DU333333  subscription intents-household
+
+The household login reports both its accounts' positions, executions and orders on one connection, and ib_insync
+holds the portfolio (IB's marks) of the first only: the tests on its second account check that each intent acts
+on, and books into, the addressed account alone.
 """
 
 from __future__ import annotations
