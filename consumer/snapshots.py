@@ -140,10 +140,11 @@ async def snapshots(layout: Layout, since: date | None = None) -> list[dict[str,
 async def marks(broker: Broker, account: str, base: str, con_ids: Iterable[int], ask: bool) -> Marks:
     """Prices for the instruments held and rates for their currencies.
 
-    The account's portfolio (kept current by the subscription ib_insync holds) prices what the account holds;
-    with `ask`, instruments the books hold but the account does not (strategies netting to zero) are priced with
-    a snapshot request, and currencies the account has no rate for from the market. Without `ask` (summary) no
-    request is made and what is missing is reported unpriced.
+    The account's portfolio (kept current by the subscription ib_insync holds) prices what the account holds. With
+    `ask` every held instrument is priced afresh with a snapshot (the portfolio's marks can lag); without (the
+    summary), only what the portfolio does not price: instruments the books hold but the account does not
+    (strategies netting to zero), and everything a login's other accounts hold, since ib_insync holds the
+    portfolio of one account per connection. Currencies without a rate are asked of the market.
     """
     prices: dict[int, float] = {}
     for item in broker.portfolio():
@@ -152,9 +153,9 @@ async def marks(broker: Broker, account: str, base: str, con_ids: Iterable[int],
     rates = dict(broker.fx_rates(account))
     rates.setdefault(base, 1.0)
     wanted = set(con_ids)
-    if ask and wanted:
-        instruments = [await broker.by_con_id(c) for c in sorted(wanted)]
-        # Asked afresh for every held instrument: the portfolio's marks can lag a price move by a few seconds.
+    afresh = wanted if ask else wanted - set(prices)
+    if afresh:
+        instruments = [await broker.by_con_id(c) for c in sorted(afresh)]
         prices.update(await broker.prices(instruments))
         missing = {i.currency for i in instruments} - set(rates)
         if missing:

@@ -16,8 +16,9 @@ async def summary(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     services = ctx.services
 
     async def pnl_block() -> dict[str, Any]:
-        """The same P&L block as the pnl intent, from the marks the portfolio subscription already holds: no
-        request, so its Firestore reads run while the gateway answers the rest."""
+        """The same P&L block as the pnl intent, from the marks the portfolio subscription already holds (a
+        snapshot only for what they do not price: a login's other accounts), so its Firestore reads run while the
+        gateway answers the rest."""
         try:
             report = await current_pnl(broker, services.books, services.layout, services.account, ask=False)
         except IntentError as e:  # e.g. a login with several accounts and no IB_ACCOUNT: the rest still answers

@@ -490,6 +490,28 @@ def test_reconcile_on_a_login_with_two_accounts_finds_and_books_only_the_address
     assert reconcile(second)["consistent"] is True
 
 
+def test_the_summarys_pnl_values_each_accounts_holdings_on_a_login_with_two(fleet: Fleet, bus: Bus, project: str):
+    """SPY rises 10 after both household accounts bought it: each account's summary shows dummy's unrealized gain on
+    its own SPY, the second's too (the connection holds IB's marks for the first account only), and agrees with
+    the pnl intent."""
+    household = fleet.gateways[1]
+    lines = {account: spy_bought(bus, project, account, WEIGHTS[account])[1] for account in HOUSEHOLD}
+    cost = {
+        a: sum(e["shares"] * e["price"] for e in household.executions() if e["orderRef"] == line["orderRef"])
+        for a, line in lines.items()
+    }
+    household.set_price("SPY", 530.0)
+    for account, line in lines.items():
+        expected = round(line["order"] * 530.0 - cost[account], 2)
+        summary = bus.reply_to(bus.publish({"intent": "summary"}, account=account))
+        assert (summary["status"], summary["account"]) == ("ok", account), summary
+        pnl = bus.reply_to(bus.publish({"intent": "pnl"}, account=account))
+        assert pnl["status"] == "ok", pnl
+        # Commissions are in the cost: the gain is a little under 10 a share.
+        assert summary["result"]["pnl"]["dummy"]["unrealized"] == pytest.approx(expected, abs=5.0), summary
+        assert summary["result"]["pnl"]["dummy"] == pnl["result"]["pnl"]["dummy"]
+
+
 def test_a_deployments_delivery_probe_is_addressed_to_its_own_account(
     project: str, bus: Bus, gateways: tuple[Any, Any], accounts_file: str
 ) -> None:
