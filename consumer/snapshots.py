@@ -98,8 +98,9 @@ def periods(
     current: Mapping[str, Mapping[str, Any]],
     before_today: Mapping[str, Any] | None,
     before_month: Mapping[str, Any] | None,
-) -> dict[str, dict[str, float]]:
-    """Per strategy: today, monthToDate, sinceInception (base currency), against the snapshots before them."""
+) -> dict[str, dict[str, Any]]:
+    """Per strategy: today, monthToDate, sinceInception (base currency), against the snapshots before them; and
+    what the figures leave out (`unpriced`, `costUnknown`), so that a reader of these alone sees it."""
 
     def base(snapshot: Mapping[str, Any] | None, strategy: str) -> float:
         return total((snapshot or {}).get("strategies", {}).get(strategy, {}))
@@ -113,6 +114,7 @@ def periods(
             "sinceInception": _cents(now),
             "realizedToDate": float(line.get("realizedPnlToDate", 0.0)),
             "unrealized": float(line.get("unrealizedPnl", 0.0)),
+            **{k: line[k] for k in ("unpriced", "costUnknown") if k in line},
         }
     return out
 

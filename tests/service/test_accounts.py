@@ -415,7 +415,7 @@ def test_a_holding_of_a_logins_second_account_without_a_price_is_listed_unpriced
 ) -> None:
     """The second account holds AAPL, which the login has no market data for (IB answers 354) and whose portfolio
     marks the connection does not hold: the concentration line says it could not price it, rather than report
-    the account as holding nothing."""
+    the account as holding nothing; booked (reconcile fix, to unallocated), the summary's P&L names it too."""
     from ibsim import Scenario, ThreadedGateway
 
     accounts = scenario_accounts(*HOUSEHOLD)
@@ -433,6 +433,8 @@ def test_a_holding_of_a_logins_second_account_without_a_price_is_listed_unpriced
         )  # fmt: skip
         try:
             reply = bus.reply_to(bus.publish({"intent": "risk-check", "params": {}}, account=HOUSEHOLD[1]))
+            fixed = bus.reply_to(bus.publish({"intent": "reconcile", "params": {"fix": True}}, account=HOUSEHOLD[1]))
+            summary = bus.reply_to(bus.publish({"intent": "summary"}, account=HOUSEHOLD[1]))
         finally:
             consumer.stop()
     assert (reply["status"], reply["account"]) == ("ok", HOUSEHOLD[1]), reply
@@ -440,6 +442,10 @@ def test_a_holding_of_a_logins_second_account_without_a_price_is_listed_unpriced
     assert line["unpriced"] == ["AAPL"], line
     assert (line["instrument"], line["value"]) == ("SPY", round(100 * 520.0 / reply["result"]["netLiquidation"], 6))
     assert any("risk limit unmeasured" in r.getMessage() and "AAPL" in r.getMessage() for r in caplog.records)
+    assert fixed["status"] == "ok", fixed
+    assert holdings(project, account=HOUSEHOLD[1]) == {"unallocated": {"AAPL": 500, "SPY": 100}}
+    assert summary["status"] == "ok", summary
+    assert summary["result"]["pnl"]["unallocated"]["unpriced"] == ["AAPL"], summary["result"]["pnl"]
 
 
 def test_eod_check_on_a_login_with_two_accounts_reports_only_the_addressed_ones_fills_and_orders(
