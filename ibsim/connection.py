@@ -46,6 +46,7 @@ class Connection(asyncio.Protocol):
         # subscriptions
         self.mkt_type = 1
         self.streams: dict[int, str] = {}
+        self.snapshots: dict[int, asyncio.TimerHandle] = {}  # open snapshots: the end IB sends later, by reqId
         self.account_sub: str | None = None
         self.account_cache: dict[tuple[str, str], str] = {}
         self.portfolio_cache: dict[str, tuple] = {}
@@ -68,6 +69,9 @@ class Connection(asyncio.Protocol):
         self.stage = "closed"
         if self.flush_handle is not None:
             self.flush_handle.cancel()
+        for end in self.snapshots.values():
+            end.cancel()
+        self.snapshots.clear()
         self.server.forget(self)
         who = f"client {self.client_id}" if self.client_id is not None else "connection"
         log.info("%s from %s disconnected%s", who, self.peer, f" ({exc})" if exc else "")

@@ -126,15 +126,27 @@ class MarketDesk(AccountDesk):
                 actual += 1
             conn.send([58, 1, req_id, actual])
         self._ticks(conn, req_id, inst, first=True)
-        if snapshot or regulatory:
-            conn.send([57, 1, req_id])
-        else:
+        if not (snapshot or regulatory):
             conn.streams[req_id] = inst.key
+        elif self.scenario.snapshotEndSeconds > 0:
+            # IB sends what it has at once and ends the snapshot seconds later; the end is what reqTickers awaits.
+            end = asyncio.get_running_loop().call_later(
+                self.scenario.snapshotEndSeconds, self._end_snapshot, conn, req_id
+            )
+            conn.snapshots[req_id] = end
+        else:
+            self._end_snapshot(conn, req_id)
+
+    def _end_snapshot(self, conn: Connection, req_id: int) -> None:
+        conn.snapshots.pop(req_id, None)
+        if conn.ready:
+            conn.send([57, 1, req_id])
 
     def _refused(self, conn: Connection, req_id: int, inst: Instrument, streaming: bool) -> bool:
         """Answers IB's refusal of a market-data request (101: no line left; 354: not subscribed), if it is one."""
         if streaming and self._lines_in_use() >= self.scenario.marketDataLines:
-            # Lines are the login's, shared by every client; a snapshot ends at once here, so only streams hold one.
+            # Lines are the login's, shared by every client. Only streams hold one here: at IB's 50 messages a
+            # second, with each snapshot open 11 s, several hundred are open at once, and no 101 for them is known.
             conn.send_error(req_id, 101, MAX_TICKERS)
             return True
         permission = self._permission(inst)
@@ -154,7 +166,11 @@ class MarketDesk(AccountDesk):
 
     def _cancel_mkt_data(self, conn: Connection, r: Reader) -> None:
         r.skip(1)
-        conn.streams.pop(r.int(), None)
+        req_id = r.int()
+        conn.streams.pop(req_id, None)
+        end = conn.snapshots.pop(req_id, None)
+        if end is not None:
+            end.cancel()
 
     def _req_historical_data(self, conn: Connection, r: Reader) -> None:
         req_id = r.int()
@@ -238,6 +254,21 @@ class MarketDesk(AccountDesk):
         scenario's `bars`: a test gives the market the history its signal needs instead of hoping for one."""
         inst = self._instrument(symbol)
         inst.spec.bars = daily_bars(bars, f"set_bars({symbol})")
+
+    @fault()
+    def end_snapshots(self) -> int:
+        """Sends every open snapshot's tickSnapshotEnd now, as IB would once its seconds are up; returns how many:
+        a test sees what a client does at the end without waiting for it."""
+        ended = [(conn, req_id) for conn in self.connections for req_id in list(conn.snapshots)]
+        for conn, req_id in ended:
+            conn.snapshots[req_id].cancel()
+            self._end_snapshot(conn, req_id)
+        return len(ended)
+
+    @query
+    def open_snapshots(self) -> int:
+        """Snapshots answered but not yet ended (tickSnapshotEnd not sent), across every client."""
+        return sum(len(conn.snapshots) for conn in self.connections)
 
     @query
     def history_pacing_violations(self) -> int:

@@ -84,6 +84,9 @@ class Scenario:
     permissions: str = "realtime"
     # Streaming market-data lines of the login, across all its clients (IB's default allowance: 100).
     marketDataLines: int = 100
+    # Seconds from a snapshot request to its tickSnapshotEnd. IB sends the available ticks at once and ends the
+    # snapshot 11 s later ("Streaming Data Snapshots"); a client that waits for the end waits those 11 s.
+    snapshotEndSeconds: float = 11.0
     # True: an order whose initial margin would exceed the equity with loan value is rejected (201), as IB does.
     marginEnforce: bool = True
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
@@ -222,6 +225,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         liveSubscription=bool((d.get("marketData") or {}).get("liveSubscription", True)),
         permissions=_permissions(d.get("marketData") or {}),
         marketDataLines=int((d.get("marketData") or {}).get("lines", 100)),
+        snapshotEndSeconds=float((d.get("marketData") or {}).get("snapshotEndSeconds", 11.0)),
         marginEnforce=bool((d.get("margin") or {}).get("enforce", True)),
         raw=copy.deepcopy(given),
     )

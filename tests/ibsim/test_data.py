@@ -13,6 +13,12 @@ from tests.support import CLOCKS, EVERY_CLOCK
 from .conftest import ensure_loop, wait_until
 
 
+@pytest.fixture
+def gateway_scenario() -> dict[str, object]:
+    # snapshots end when answered: these tests read their ticks, not IB's end 11 s later (test_snapshot_end.py)
+    return {"marketData": {"snapshotEndSeconds": 0}}
+
+
 def values(ib: IB, tag: str) -> dict[str, float]:
     return {v.currency: float(v.value) for v in ib.accountValues() if v.tag == tag}
 
@@ -185,7 +191,9 @@ def test_delayed_market_data_is_ignored_when_live_data_is_subscribed(gw: Threade
 
 def test_without_a_live_subscription_live_data_is_354_and_delayed_data_comes_with_10167() -> None:
     ensure_loop()
-    with ThreadedGateway(scenario=Scenario.from_dict({"marketData": {"liveSubscription": False}})) as gw:
+    with ThreadedGateway(
+        scenario=Scenario.from_dict({"marketData": {"liveSubscription": False, "snapshotEndSeconds": 0}})
+    ) as gw:
         ib = IB()
         ib.connect("127.0.0.1", gw.port, clientId=1, timeout=4)
         try:

@@ -42,9 +42,12 @@ def test_the_101st_stream_of_a_login_is_refused_until_a_line_is_free(
     assert second_errors == [(SYMBOLS[100], *MAX_TICKERS)]
     assert refused.last != refused.last  # NaN: no tick came
 
-    # A snapshot ends as soon as it is answered here, so it holds no line (ibsim does not model its seconds open).
-    [snapshot] = second.reqTickers(Stock(SYMBOLS[101], "SMART", "USD"))
-    assert snapshot.last == snapshot.last
+    # A snapshot is answered with every line taken, and holds none while it stays open (IB ends it 11 s later):
+    # the stream below gets the line a cancel frees.
+    snapshot = second.reqMktData(Stock(SYMBOLS[101], "SMART", "USD"), snapshot=True)
+    wait_until(second, lambda: snapshot.last == snapshot.last, what="the snapshot's ticks")
+    assert second_errors == [(SYMBOLS[100], *MAX_TICKERS)]
+    assert gw.open_snapshots() == 1
 
     # A cancelled stream gives its line back. The cancel and the next request travel on two sockets: a round trip
     # on the first makes sure the gateway has read the cancel before the second asks.
@@ -54,6 +57,7 @@ def test_the_101st_stream_of_a_login_is_refused_until_a_line_is_free(
     served = second.reqMktData(Stock(SYMBOLS[101], "SMART", "USD"))
     wait_until(second, lambda: served.last == served.last, what="the stream on the freed line")
     assert second_errors == []
+    assert gw.open_snapshots() == 1
 
     # So does a client that goes: its lines are the login's again, once the gateway has seen it go.
     first.disconnect()

@@ -22,7 +22,8 @@ AAPL = Stock("AAPL", "SMART", "USD")
 
 @pytest.fixture
 def gateway_scenario() -> dict[str, object]:
-    return {"margin": {"enforce": True}}
+    # snapshots end when answered: these tests read their ticks, not IB's end 11 s later (test_snapshot_end.py)
+    return {"margin": {"enforce": True}, "marketData": {"snapshotEndSeconds": 0}}
 
 
 def done(ib: IB, trade: Trade) -> Trade:

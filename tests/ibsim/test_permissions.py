@@ -20,7 +20,8 @@ def scenario(clock: str, **extra: Any) -> Scenario:
     return Scenario.from_dict(
         {
             "clock": {"start": clock},
-            "marketData": {"permissions": "realtime"},
+            # snapshots end when answered: these tests read their ticks, not IB's end 11 s later
+            "marketData": {"permissions": "realtime", "snapshotEndSeconds": 0},
             "instruments": [
                 {"symbol": "SPY", "secType": "ETF", "primaryExchange": "ARCA", "price": 520.0},
                 {
