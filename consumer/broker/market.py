@@ -196,34 +196,68 @@ async def historical_bars(
 
 
 async def snapshot_tickers(ib: IB, instruments: Iterable[Instrument], within: float) -> list[Ticker]:
-    """One snapshot per distinct instrument, all within `within` seconds (SNAPSHOT_TIMEOUT_SECONDS)."""
+    """One snapshot per distinct instrument, each read as soon as it holds a bid, an ask and a last or close price.
+
+    IB sends a snapshot's ticks at once but ends it (tickSnapshotEnd) 11 s later, and ib_insync's reqTickers waits
+    for that end: every pricing step would take 11 s. A snapshot that gets less than a full quote (a market without
+    one, a refusal) is read at its end. All must be read within `within` seconds (SNAPSHOT_TIMEOUT_SECONDS), else
+    TimeoutError and the intent is retried.
+    """
     unique = {i.con_id: i for i in instruments}
     if not unique:
         return []
-    contracts = [i.contract for i in unique.values()]
+    requests = [_request_snapshot(ib, i.contract) for i in unique.values()]
+    waiting = dict(enumerate(requests))
+    all_read: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def read_what_is_in(*_: object) -> None:
+        for key, (ticker, ended) in list(waiting.items()):
+            if ended.done() or _has_full_quote(ticker):
+                del waiting[key]
+        if not waiting and not all_read.done():
+            all_read.set_result(None)
+
+    ib.pendingTickersEvent += read_what_is_in
+    for _, ended in requests:
+        ended.add_done_callback(read_what_is_in)
     try:
-        return await asyncio.wait_for(ib.reqTickersAsync(*contracts), timeout=within)
+        read_what_is_in()
+        await asyncio.wait_for(all_read, timeout=within)
     finally:
-        _forget_snapshots(ib, contracts)
+        ib.pendingTickersEvent -= read_what_is_in
+    return [ticker for ticker, _ in requests]
 
 
-def _forget_snapshots(ib: IB, contracts: list[Contract]) -> None:
-    """Drops ib_insync's bookkeeping of finished snapshots: it keeps every Ticker (with its ticks and contract) in
-    `wrapper.tickers` and every request id in `wrapper.reqId2Ticker` for the whole session, which a 1,000-instrument
-    rebalance a day turns into megabytes. A ticker still serving another request (a streaming subscription, or a
-    snapshot still in flight after a timeout) is kept, with its request ids."""
+def _request_snapshot(ib: IB, contract: Contract) -> tuple[Ticker, asyncio.Future[Any]]:
+    """Sends one snapshot request; returns its Ticker and the future IB's end (or refusal) resolves.
+
+    The request gets a contract object, so a Ticker, of its own: ib_insync keys tickers by contract object, and a
+    ticker shared with a snapshot still open from an earlier call would already hold that call's prices. ib_insync
+    keeps every snapshot's Ticker for the session; it is dropped here when IB ends the snapshot, since a
+    1,000-instrument rebalance a day would otherwise keep megabytes.
+    """
+    own = copy.copy(contract)
     wrapper = ib.wrapper
-    done = {}
-    for contract in contracts:
-        ticker = wrapper.tickers.get(id(contract))
-        if ticker is not None and not any(ticker in ids for ids in wrapper.ticker2ReqId.values()):
-            done[id(ticker)] = id(contract)
-    if not done:
-        return
-    for key in done.values():
-        wrapper.tickers.pop(key, None)
-    for req_id in [r for r, t in wrapper.reqId2Ticker.items() if id(t) in done]:
-        del wrapper.reqId2Ticker[req_id]
+    req_id = ib.client.getReqId()
+    ended = wrapper.startReq(req_id, own)
+    ticker = wrapper.startTicker(req_id, own, "snapshot")
+
+    def forget(done: asyncio.Future[Any]) -> None:
+        if not done.cancelled():
+            done.exception()  # a dropped connection ends it with ConnectionError: nobody else reads that
+        wrapper.endTicker(ticker, "snapshot")
+        wrapper.tickers.pop(id(own), None)
+        wrapper.reqId2Ticker.pop(req_id, None)
+
+    ended.add_done_callback(forget)
+    ib.client.reqMktData(req_id, own, "", True, False, [])
+    return ticker, ended
+
+
+def _has_full_quote(ticker: Ticker) -> bool:
+    """Everything a price or a limit price is made of: nothing more is waited for once it is there."""
+    has_reference = _usable(ticker.last) is not None or _usable(ticker.close) is not None
+    return _usable(ticker.bid) is not None and _usable(ticker.ask) is not None and has_reference
 
 
 async def snapshot_prices(ib: IB, instruments: Iterable[Instrument], within: float) -> dict[int, float]:

@@ -1,4 +1,8 @@
-"""Snapshot prices leave nothing behind in ib_insync's bookkeeping (issue 17: RSS after a 1,000-instrument run)."""
+"""Snapshot prices: read as their ticks arrive, not at the end IB sends 11 s later, never from an earlier snapshot's
+ticker, and nothing left in ib_insync's bookkeeping once IB ends them (issue 17: RSS after a 1,000-instrument run).
+
+The gateway keeps the scenario's default: IB's 11 s from a snapshot's ticks to its tickSnapshotEnd. Each read below
+is bounded at 5 s, so a wait for the end fails the test instead of passing slowly."""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ from ib_insync import IB
 from consumer.broker.instruments import Instruments
 from consumer.broker.market import snapshot_prices, snapshot_quotes
 from consumer.strategies.base import InstrumentSpec
-from tests.support import ensure_loop
+from tests.support import ensure_loop, wait_for
+
+SYMBOLS = ("SPY", "TLT", "GLD")
 
 
 @pytest.fixture
@@ -22,18 +28,46 @@ def ib(gateway) -> Iterator[IB]:
     client.disconnect()
 
 
-def test_snapshot_prices_are_read_and_their_tickers_dropped_after(ib: IB, gateway):
-    specs = {s: InstrumentSpec(s, currency="USD") for s in ("SPY", "TLT", "GLD")}
+def gateway_price(gateway, symbol: str) -> float:
+    return gateway.call(lambda: gateway.server.instruments[symbol]).price
+
+
+def test_snapshots_are_read_before_ib_ends_them_and_dropped_when_it_does(ib: IB, gateway) -> None:
+    assert gateway.server.scenario.snapshotEndSeconds == 11.0
+    specs = {s: InstrumentSpec(s, currency="USD") for s in SYMBOLS}
     instruments = ib.run(Instruments(ib).resolve(specs))
 
-    for _ in range(2):
-        prices = ib.run(snapshot_prices(ib, instruments.values(), within=30))
-        quotes = ib.run(snapshot_quotes(ib, instruments.values(), within=30))
-        for symbol, instrument in instruments.items():
-            expected = gateway.call(lambda s=symbol: gateway.server.instruments[s]).price
-            assert prices[instrument.con_id] == pytest.approx(expected)
-            assert quotes[instrument.con_id].last == pytest.approx(expected)
-        # Nothing of the finished snapshots is kept: a day of them used to keep every Ticker of the session.
-        assert ib.wrapper.tickers == {}
-        assert ib.wrapper.reqId2Ticker == {}
-        assert all(not ids for ids in ib.wrapper.ticker2ReqId.values())
+    first = ib.run(snapshot_prices(ib, instruments.values(), within=5))
+    assert gateway.open_snapshots() == len(SYMBOLS)  # answered, read, and still open at the gateway
+    for symbol, instrument in instruments.items():
+        assert first[instrument.con_id] == pytest.approx(gateway_price(gateway, symbol))
+
+    # The first snapshots are still open when the prices move: the next read is of the new prices, not of a ticker
+    # the open snapshots still fill.
+    moved = {symbol: round(gateway_price(gateway, symbol) * 1.05, 2) for symbol in SYMBOLS}
+    for symbol, price in moved.items():
+        gateway.set_price(symbol, price)
+    quotes = ib.run(snapshot_quotes(ib, instruments.values(), within=5))
+    again = ib.run(snapshot_prices(ib, instruments.values(), within=5))
+    for symbol, instrument in instruments.items():
+        assert quotes[instrument.con_id].last == pytest.approx(moved[symbol])
+        assert again[instrument.con_id] == pytest.approx(moved[symbol])
+    assert gateway.open_snapshots() == 3 * len(SYMBOLS)
+
+    # IB ends them: nothing of them is kept (a day of them used to keep every Ticker of the session).
+    assert gateway.end_snapshots() == 3 * len(SYMBOLS)
+    wait_for(lambda: not ib.wrapper.tickers and not ib.wrapper.reqId2Ticker, 5, "tickers dropped", ib=ib)
+    assert all(not ids for ids in ib.wrapper.ticker2ReqId.values())
+    assert not ib.wrapper._futures
+
+
+def test_a_snapshot_refused_is_read_at_once_and_leaves_nothing(ib: IB, gateway) -> None:
+    """IB's 354 ends a snapshot without ticks: its instrument is left out, without waiting for the 5 s bound."""
+    specs = {s: InstrumentSpec(s, currency="USD") for s in ("SPY",)}
+    instruments = ib.run(Instruments(ib).resolve(specs))
+    ib.reqMarketDataType(1)
+    gateway.call(lambda: setattr(gateway.server.scenario, "permissions", "none"))
+    prices = ib.run(snapshot_prices(ib, instruments.values(), within=5))
+    assert prices == {}
+    assert gateway.open_snapshots() == 0
+    wait_for(lambda: not ib.wrapper.tickers and not ib.wrapper.reqId2Ticker, 5, "tickers dropped", ib=ib)
