@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import math
 import time
 from collections import deque
@@ -207,24 +208,26 @@ async def snapshot_tickers(ib: IB, instruments: Iterable[Instrument], within: fl
     if not unique:
         return []
     requests = [_request_snapshot(ib, i.contract) for i in unique.values()]
-    waiting = dict(enumerate(requests))
+    waiting = {id(ticker): ticker for ticker, _ in requests}
     all_read: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def read_what_is_in(*_: object) -> None:
-        for key, (ticker, ended) in list(waiting.items()):
-            if ended.done() or _has_full_quote(ticker):
-                del waiting[key]
-        if not waiting and not all_read.done():
+    def read(ticker: Ticker, *_: object) -> None:
+        if waiting.pop(id(ticker), None) is not None and not waiting and not all_read.done():
             all_read.set_result(None)
 
-    ib.pendingTickersEvent += read_what_is_in
-    for _, ended in requests:
-        ended.add_done_callback(read_what_is_in)
+    def on_ticks(updated: Iterable[Ticker]) -> None:
+        # Only the tickers this batch of messages updated: checking every waiting one would be quadratic.
+        for ticker in updated:
+            if id(ticker) in waiting and _has_full_quote(ticker):
+                read(ticker)
+
+    ib.pendingTickersEvent += on_ticks
+    for ticker, ended in requests:
+        ended.add_done_callback(functools.partial(read, ticker))
     try:
-        read_what_is_in()
         await asyncio.wait_for(all_read, timeout=within)
     finally:
-        ib.pendingTickersEvent -= read_what_is_in
+        ib.pendingTickersEvent -= on_ticks
     return [ticker for ticker, _ in requests]
 
 
