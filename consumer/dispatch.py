@@ -27,6 +27,7 @@ from consumer.envelope import Request
 from consumer.errors import Failure, IntentError, Rejected, Transient, as_transient, clip
 from consumer.intents.base import Intent, IntentContext
 from consumer.logs import get_logger
+from consumer.reply_json import ReplyJson
 from consumer.services import Services
 from consumer.store.requests import Claim, ClaimState
 from consumer.store.trading_config import TradingConfig
@@ -260,15 +261,14 @@ class Dispatcher:
             log.info("duplicate delivery; republishing the stored reply")
             try:
                 envelope = request.envelope
-                await self._services.publishing.reply(
-                    {
-                        **claim.reply,
-                        # The stored outcome, addressed to this delivery: monitors match replies by message id.
-                        "messageId": request.delivery.message_id,
-                        "idempotencyKey": envelope.idempotency_key if envelope else None,
-                        "duplicate": True,
-                    }
-                )
+                again = {
+                    **claim.reply,
+                    # The stored outcome, addressed to this delivery: monitors match replies by message id.
+                    "messageId": request.delivery.message_id,
+                    "idempotencyKey": envelope.idempotency_key if envelope else None,
+                    "duplicate": True,
+                }
+                await self._services.publishing.reply(ReplyJson.of(again))
             except Exception as e:
                 log.warning("could not republish the stored reply; will retry", error=str(e))
                 return Settlement.NACK
@@ -322,10 +322,11 @@ class Dispatcher:
     ) -> Settlement:
         services = self._services
         reply = build_reply(request, services.settings.trading_mode, started, result, failure, services.account)
+        encoded = ReplyJson.of(reply)
         # Stored before it is published: a reply goes out only once its claim holds it, so a redelivery after a
         # store failure runs again and replies once, instead of a second, different reply to one request.
         try:
-            await self._store_outcome(request, reply, claimed)
+            await self._store_outcome(request, encoded, claimed)
         except Exception as e:
             attempt = request.delivery.delivery_attempt or 0
             if attempt < services.settings.max_delivery_attempts:
@@ -344,7 +345,7 @@ class Dispatcher:
                 log.error("could not dead-letter; nacked", error=str(dead))
                 return Settlement.NACK
         try:
-            await services.publishing.reply(reply)
+            await services.publishing.reply(encoded)
         except Exception as e:
             # Not acked: the redelivery answers from the stored reply (marked duplicate).
             log.error("could not publish the reply; nacked", error=str(e))
@@ -360,7 +361,7 @@ class Dispatcher:
         )
         return Settlement.ACK
 
-    async def _store_outcome(self, request: Request, reply: dict[str, Any], claimed: bool) -> None:
+    async def _store_outcome(self, request: Request, reply: ReplyJson, claimed: bool) -> None:
         services = self._services
         params = request.envelope.params if request.envelope else None
         for attempt_params in (params, None):

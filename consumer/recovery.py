@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from consumer.broker.model import NOT_PLACED, is_done
 from consumer.errors import reraise_if_cancelled
 from consumer.logs import get_logger
+from consumer.reply_json import ReplyJson
 
 if TYPE_CHECKING:
     from consumer.services import Services
@@ -115,9 +116,10 @@ class StrandedRequests:
             "durationMs": round((now - started).total_seconds() * 1000, 3),
             "recovered": True,
         }
+        encoded = ReplyJson.of(reply)
         batch = services.db.batch()
-        services.ledger.finish(batch, claim["requestId"], reply)
-        services.activity.record(batch, reply, None, None)
+        services.ledger.finish(batch, claim["requestId"], encoded)
+        services.activity.record(batch, encoded, None, None)
         await batch.commit()
-        await services.publishing.reply(reply)
+        await services.publishing.reply(encoded)
         services.metrics.count("recovered", claim.get("intent") or "(none)")

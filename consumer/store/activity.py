@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from typing import Any
 
 from google.cloud.firestore import AsyncWriteBatch
 
+from consumer.reply_json import ReplyJson, dumps
 from consumer.store.encoding import firestore_safe
 from consumer.store.layout import Layout
 
@@ -29,12 +29,12 @@ class ActivityLog:
     def __init__(self, layout: Layout) -> None:
         self._layout = layout
 
-    def record(self, batch: AsyncWriteBatch, reply: dict[str, Any], params: Any, delivery_attempt: int | None) -> None:
-        result = reply.get("result")
+    def record(self, batch: AsyncWriteBatch, encoded: ReplyJson, params: Any, delivery_attempt: int | None) -> None:
+        reply = encoded.reply
         # JSON text, as the claim stores the reply (decision 19); null when the run had no result.
-        result_json = None if result is None else json.dumps(result, separators=(",", ":"), default=str)
+        result_json = encoded.result_text
         if result_json is not None and len(result_json) > MAX_RESULT_BYTES:
-            result_json = json.dumps({"truncated": True, "note": "too large for the activity log; see the reply"})
+            result_json = dumps({"truncated": True, "note": "too large for the activity log; see the reply"})
         batch.set(
             self._layout.activity().document(),
             {

@@ -21,6 +21,7 @@ from google.cloud.firestore import AsyncWriteBatch, DocumentSnapshot
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from consumer.logs import get_logger
+from consumer.reply_json import ReplyJson, dumps
 from consumer.store.layout import Layout
 
 log = get_logger(__name__)
@@ -30,15 +31,14 @@ log = get_logger(__name__)
 MAX_STORED_REPLY_BYTES = 500_000
 
 
-def stored_reply(reply: dict[str, Any]) -> str:
+def stored_reply(encoded: ReplyJson) -> str:
     """The reply as the claim stores it for duplicates: its JSON text, whole when it fits, else marked
     `resultTruncated`. Text, not a map: nothing queries inside a reply, and the client encodes a map value by value
     (about 25 ms for a 100 kB summary, stored twice before the reply can go out: decision 19)."""
-    text = json.dumps(reply, separators=(",", ":"), default=str)  # ASCII: its length is its size in bytes
-    if len(text) <= MAX_STORED_REPLY_BYTES:
-        return text
+    if len(encoded.text) <= MAX_STORED_REPLY_BYTES:
+        return encoded.text
     note = {"truncated": True, "note": "the result was too large to keep; the first reply carried it whole"}
-    return json.dumps({**reply, "result": note, "resultTruncated": True}, separators=(",", ":"), default=str)
+    return dumps({**encoded.reply, "result": note, "resultTruncated": True})
 
 
 def _reply_of(claim: dict[str, Any]) -> dict[str, Any] | None:
@@ -181,7 +181,7 @@ class RequestLedger:
             return False
         return True
 
-    def finish(self, batch: AsyncWriteBatch, request_id: str, reply: dict[str, Any]) -> None:
+    def finish(self, batch: AsyncWriteBatch, request_id: str, reply: ReplyJson) -> None:
         """Adds the final state and the reply to a batch the dispatcher commits with the activity record."""
         batch.update(
             self._layout.request(request_id),

@@ -8,9 +8,7 @@ The batching client stays for the delivery watch's probes, which come from its o
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
 
 import google.cloud.pubsub_v1 as pubsub_v1  # the form mypy resolves (the package has no py.typed)
 import grpc
@@ -19,6 +17,7 @@ from google.pubsub_v1 import PublisherAsyncClient, PubsubMessage
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
 
 from consumer.envelope import Delivery
+from consumer.reply_json import ReplyJson
 from consumer.schemas import Schemas
 
 REPLY_SCHEMA = "reply.schema.json"
@@ -64,10 +63,11 @@ class Publishing:
         self._subscription = subscription
         self._schemas = schemas
 
-    async def reply(self, reply: dict[str, Any]) -> str:
+    async def reply(self, encoded: ReplyJson) -> str:
+        reply = encoded.reply
         # Our own replies are checked against the schema monitors rely on: a mismatch is a bug worth failing loudly.
         self._schemas.validate(REPLY_SCHEMA, reply, where="reply")
-        data = json.dumps(reply, separators=(",", ":"), default=str).encode()
+        data = encoded.text.encode()
         attributes = {
             "intent": reply["intent"] or "",
             "status": reply["status"],
