@@ -202,7 +202,7 @@ async def snapshot_tickers(ib: IB, instruments: Iterable[Instrument], within: fl
     IB sends a snapshot's ticks at once but ends it (tickSnapshotEnd) 11 s later, and ib_insync's reqTickers waits
     for that end: every pricing step would take 11 s. A snapshot that gets less than a full quote (a market without
     one, a refusal) is read at its end. All must be read within `within` seconds (SNAPSHOT_TIMEOUT_SECONDS), else
-    TimeoutError and the intent is retried.
+    TimeoutError; a connection lost meanwhile raises ConnectionError. Either way the intent is retried.
     """
     unique = {i.con_id: i for i in instruments}
     if not unique:
@@ -228,6 +228,11 @@ async def snapshot_tickers(ib: IB, instruments: Iterable[Instrument], within: fl
         await asyncio.wait_for(all_read, timeout=within)
     finally:
         ib.pendingTickersEvent -= on_ticks
+    for _, ended in requests:
+        # A refusal ends a request with a result (its ticker stays empty); a lost connection with an exception,
+        # which must fail the intent (it is retried) rather than read as instruments without a price.
+        if ended.done() and not ended.cancelled() and (lost := ended.exception()) is not None:
+            raise lost
     return [ticker for ticker, _ in requests]
 
 

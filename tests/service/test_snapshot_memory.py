@@ -6,6 +6,7 @@ is bounded at 5 s, so a wait for the end fails the test instead of passing slowl
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -71,3 +72,15 @@ def test_a_snapshot_refused_is_read_at_once_and_leaves_nothing(ib: IB, gateway) 
     assert prices == {}
     assert gateway.open_snapshots() == 0
     wait_for(lambda: not ib.wrapper.tickers and not ib.wrapper.reqId2Ticker, 5, "tickers dropped", ib=ib)
+
+
+def test_a_connection_lost_while_a_snapshot_is_awaited_fails_the_read(ib: IB, gateway) -> None:
+    """Not instruments without a price: the intent must fail and be retried, as it did when reqTickers raised."""
+    instruments = ib.run(Instruments(ib).resolve({"SPY": InstrumentSpec("SPY", currency="USD")}))
+    gateway.stall_request("reqMktData", 30)
+    reading = asyncio.ensure_future(snapshot_prices(ib, instruments.values(), within=10))
+    wait_for(lambda: any(r == "reqMktData" for _, r in gateway.requests_received()), 5, "the request", ib=ib)
+    assert not reading.done()
+    gateway.drop_connections()
+    with pytest.raises(ConnectionError):
+        ib.run(reading)
