@@ -145,6 +145,23 @@ def test_gateway_dropping_mid_allocation_and_coming_back(consumer, bus: Bus, gat
 
 
 @pytest.mark.timeout(300)
+def test_gateway_dropping_while_prices_are_awaited_retries_the_allocation(consumer, bus: Bus, gateway, project: str):
+    """A drop while a price snapshot is awaited fails the run, which is retried and places each leg once: never a
+    strategy skipped for want of a price and answered ok. Two guards hold it: the snapshot read raises on the lost
+    connection (test_snapshot_memory.py), and the next broker call finds the gateway away."""
+    gateway.stall_request("reqMktData", 0)  # the first snapshot is never answered
+    message_id = bus.publish(ALLOCATION)
+    wait_for(lambda: "reqMktData" in [r for _, r in gateway.requests_received()], 60, "the price snapshots")
+    assert gateway.orders() == []
+    assert gateway.drop_connections() == 1
+    reply = the_final_reply(bus, message_id, timeout=STREAM_RESTART_WAIT)
+    assert reply["status"] == "ok", reply
+    assert reply["result"]["strategies"]["dummy"]["status"] == "ok", reply["result"]["strategies"]
+    assert len(gateway.orders()) == len(SYMBOLS)
+    assert_each_leg_placed_once(gateway, project)
+
+
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("down_seconds", [3.0, LONG_OUTAGE_SECONDS])
 def test_a_gateway_down_at_start_up_is_waited_for(consumer_factory, bus: Bus, gateway, down_seconds):
     """A short outage, and a daily restart's (LONG_OUTAGE_SECONDS: past the consumer's reconnect backoff cap): the
