@@ -7,6 +7,7 @@ seeded walk; every move streams ticks, lets resting orders fill and revalues the
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import Any
 
@@ -27,12 +28,17 @@ NOT_SUBSCRIBED = (
 )
 DISPLAYING_DELAYED = "Requested market data is not subscribed. Displaying delayed market data."
 MAX_TICKERS = "Max number of tickers has been reached."
+# While the login's live user is logged in elsewhere (TWS, the mobile app), IB refuses the API's market data with
+# 10197, and revokes the streams it was sending.
+COMPETING_SESSION = "No market data during competing live session"
 # IB's "Historical Data Limitations": a pacing violation is identical requests within 15 seconds, six or more
 # requests for the same contract, exchange and tick type within two seconds, or more than 60 requests within any
 # ten minutes; IB answers 162 with this text.
 # IB's venue names in "No market data permissions for ISLAND STK" (162 on a history request without them).
 PERMISSION_VENUES = {"NASDAQ": "ISLAND"}
 PACING_VIOLATION = "Historical Market Data Service error message:Historical data request pacing violation"
+
+log = logging.getLogger("ibsim")
 
 
 class MarketDesk(AccountDesk):
@@ -44,6 +50,7 @@ class MarketDesk(AccountDesk):
         # Accepted historical requests (clock time, identity) for pacing.historical, newest last.
         self.history_requests: deque[tuple[float, tuple[Any, ...]]] = deque()
         self.history_violations = 0
+        self.competing_session_on = False
 
     def _req_market_data_type(self, conn: Connection, r: Reader) -> None:
         r.skip(1)
@@ -143,7 +150,11 @@ class MarketDesk(AccountDesk):
             conn.send([57, 1, req_id])
 
     def _refused(self, conn: Connection, req_id: int, inst: Instrument, streaming: bool) -> bool:
-        """Answers IB's refusal of a market-data request (101: no line left; 354: not subscribed), if it is one."""
+        """Answers IB's refusal of a market-data request (10197: a competing session; 101: no line left; 354: not
+        subscribed), if it is one."""
+        if self.competing_session_on:
+            conn.send_error(req_id, 10197, COMPETING_SESSION)
+            return True
         if streaming and self._lines_in_use() >= self.scenario.marketDataLines:
             # Lines are the login's, shared by every client. Only streams hold one here: at IB's 50 messages a
             # second, with each snapshot open 11 s, several hundred are open at once, and no 101 for them is known.
@@ -254,6 +265,21 @@ class MarketDesk(AccountDesk):
         scenario's `bars`: a test gives the market the history its signal needs instead of hoping for one."""
         inst = self._instrument(symbol)
         inst.spec.bars = daily_bars(bars, f"set_bars({symbol})")
+
+    @fault(scheduled=True)
+    def competing_session(self, on: bool = True) -> int:
+        """The login's live user logs in elsewhere (on) or out (off): while on, every market-data request is refused
+        with 10197; turned on, each open stream gets 10197 and stops. Returns the streams stopped."""
+        self.competing_session_on = bool(on)
+        stopped = 0
+        if on:
+            for conn in self.connections:
+                for req_id in list(conn.streams):
+                    conn.send_error(req_id, 10197, COMPETING_SESSION)
+                    del conn.streams[req_id]
+                    stopped += 1
+        log.info("fault: competing live session %s (%d stream(s) stopped)", "on" if on else "off", stopped)
+        return stopped
 
     @fault()
     def end_snapshots(self) -> int:
