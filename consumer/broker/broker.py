@@ -18,7 +18,7 @@ from consumer.broker import market, views
 from consumer.broker.contract_cache import ContractStore
 from consumer.broker.gateway import Gateway, Listener, State
 from consumer.broker.instruments import Instrument, Instruments, fx_pair
-from consumer.broker.model import Account, BrokerOrder, Fill, HistoricalBar, Position, Quote, is_done
+from consumer.broker.model import Account, BrokerOrder, Fill, HistoricalBar, Position, Prices, Quote, is_done
 from consumer.broker.orders import (
     Asked,
     ConnectionRecord,
@@ -224,8 +224,9 @@ class Broker:
     async def bars(self, instrument: Instrument, duration: str, bar_size: str) -> list[HistoricalBar]:
         return await market.historical_bars(self._ib, self._history, instrument, duration, bar_size)
 
-    async def prices(self, instruments: Iterable[Instrument]) -> dict[int, float]:
-        """{conId: price} from one snapshot each; an instrument without a usable price is left out."""
+    async def prices(self, instruments: Iterable[Instrument]) -> Prices:
+        """{conId: price} from one snapshot each; an instrument without a usable price is left out (IB's refusal, if
+        it gave one, in `refused`)."""
         return await market.snapshot_prices(self._ib, instruments, self._snapshot_timeout)
 
     async def quotes(self, instruments: Iterable[Instrument]) -> dict[int, Quote]:

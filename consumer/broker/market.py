@@ -9,13 +9,14 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ib_insync import IB, Contract, Ticker
 
 from consumer.broker import views
 from consumer.broker.instruments import Instrument, Instruments, fx_pair
-from consumer.broker.model import HistoricalBar, Quote
+from consumer.broker.model import HistoricalBar, Prices, Quote
 from consumer.errors import IntentError, Transient
 from consumer.strategies.base import Bar, SignalUnavailable
 
@@ -196,7 +197,15 @@ async def historical_bars(
     return await pacer.bars(ib, instrument, duration, bar_size, utc)
 
 
-async def snapshot_tickers(ib: IB, instruments: Iterable[Instrument], within: float) -> list[Ticker]:
+@dataclass(frozen=True, slots=True)
+class SnapshotRead:
+    """What snapshots brought: a Ticker per instrument, and IB's refusals ("IB 354: ...") by conId."""
+
+    tickers: list[Ticker]
+    refused: dict[int, str]
+
+
+async def snapshot_tickers(ib: IB, instruments: Iterable[Instrument], within: float) -> SnapshotRead:
     """One snapshot per distinct instrument, each read as soon as it holds a bid, an ask and a last or close price.
 
     IB sends a snapshot's ticks at once but ends it (tickSnapshotEnd) 11 s later, and ib_insync's reqTickers waits
@@ -206,38 +215,57 @@ async def snapshot_tickers(ib: IB, instruments: Iterable[Instrument], within: fl
     """
     unique = {i.con_id: i for i in instruments}
     if not unique:
-        return []
-    requests = [_request_snapshot(ib, i.contract) for i in unique.values()]
-    waiting = {id(ticker): ticker for ticker, _ in requests}
-    all_read: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        return SnapshotRead([], {})
+    batch = _SnapshotBatch(ib, unique.values())
+    ib.pendingTickersEvent += batch.on_ticks
+    ib.errorEvent += batch.on_error
+    try:
+        await asyncio.wait_for(batch.all_read, timeout=within)
+    finally:
+        ib.pendingTickersEvent -= batch.on_ticks
+        ib.errorEvent -= batch.on_error
+    batch.raise_if_lost()
+    return SnapshotRead(batch.tickers, batch.refused)
 
-    def read(ticker: Ticker, *_: object) -> None:
-        if waiting.pop(id(ticker), None) is not None and not waiting and not all_read.done():
-            all_read.set_result(None)
 
-    def on_ticks(updated: Iterable[Ticker]) -> None:
+class _SnapshotBatch:
+    """The snapshots of one read: those still awaited, IB's refusals, and a future set once every one is read."""
+
+    def __init__(self, ib: IB, instruments: Iterable[Instrument]) -> None:
+        self._requests = {i.con_id: _request_snapshot(ib, i.contract) for i in instruments}
+        self._by_req_id = {req_id: con_id for con_id, (_, _, req_id) in self._requests.items()}
+        self._waiting = {id(ticker) for ticker, _, _ in self._requests.values()}
+        self.tickers = [ticker for ticker, _, _ in self._requests.values()]
+        self.refused: dict[int, str] = {}
+        self.all_read: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for ticker, ended, _ in self._requests.values():
+            ended.add_done_callback(functools.partial(self._read, ticker))
+
+    def _read(self, ticker: Ticker, *_: object) -> None:
+        self._waiting.discard(id(ticker))
+        if not self._waiting and not self.all_read.done():
+            self.all_read.set_result(None)
+
+    def on_ticks(self, updated: Iterable[Ticker]) -> None:
         # Only the tickers this batch of messages updated: checking every waiting one would be quadratic.
         for ticker in updated:
-            if id(ticker) in waiting and _has_full_quote(ticker):
-                read(ticker)
+            if id(ticker) in self._waiting and _has_full_quote(ticker):
+                self._read(ticker)
 
-    ib.pendingTickersEvent += on_ticks
-    for ticker, ended in requests:
-        ended.add_done_callback(functools.partial(read, ticker))
-    try:
-        await asyncio.wait_for(all_read, timeout=within)
-    finally:
-        ib.pendingTickersEvent -= on_ticks
-    for _, ended in requests:
-        # A refusal ends a request with a result (its ticker stays empty); a lost connection with an exception,
-        # which must fail the intent (it is retried) rather than read as instruments without a price.
-        if ended.done() and not ended.cancelled() and (lost := ended.exception()) is not None:
-            raise lost
-    return [ticker for ticker, _ in requests]
+    def on_error(self, req_id: int, code: int, message: str, _contract: object) -> None:
+        if req_id in self._by_req_id:
+            self.refused[self._by_req_id[req_id]] = f"IB {code}: {message}"
+
+    def raise_if_lost(self) -> None:
+        """A refusal ends a request with a result (its ticker stays empty); a lost connection with an exception,
+        which must fail the intent (it is retried) rather than read as instruments without a price."""
+        for _, ended, _ in self._requests.values():
+            if ended.done() and not ended.cancelled() and (lost := ended.exception()) is not None:
+                raise lost
 
 
-def _request_snapshot(ib: IB, contract: Contract) -> tuple[Ticker, asyncio.Future[Any]]:
-    """Sends one snapshot request; returns its Ticker and the future IB's end (or refusal) resolves.
+def _request_snapshot(ib: IB, contract: Contract) -> tuple[Ticker, asyncio.Future[Any], int]:
+    """Sends one snapshot request; returns its Ticker, the future IB's end (or refusal) resolves, and its reqId.
 
     The request gets a contract object, so a Ticker, of its own: ib_insync keys tickers by contract object, and a
     ticker shared with a snapshot still open from an earlier call would already hold that call's prices. ib_insync
@@ -259,7 +287,7 @@ def _request_snapshot(ib: IB, contract: Contract) -> tuple[Ticker, asyncio.Futur
 
     ended.add_done_callback(forget)
     ib.client.reqMktData(req_id, own, "", True, False, [])
-    return ticker, ended
+    return ticker, ended, req_id
 
 
 def _has_full_quote(ticker: Ticker) -> bool:
@@ -268,20 +296,22 @@ def _has_full_quote(ticker: Ticker) -> bool:
     return _usable(ticker.bid) is not None and _usable(ticker.ask) is not None and has_reference
 
 
-async def snapshot_prices(ib: IB, instruments: Iterable[Instrument], within: float) -> dict[int, float]:
-    """One snapshot per instrument, concurrently; an instrument without a usable price is left out."""
-    prices = {}
-    for ticker in await snapshot_tickers(ib, instruments, within):
+async def snapshot_prices(ib: IB, instruments: Iterable[Instrument], within: float) -> Prices:
+    """One snapshot per instrument, concurrently; an instrument without a usable price is left out (with IB's
+    refusal in `refused` when there was one)."""
+    read = await snapshot_tickers(ib, instruments, within)
+    prices = []
+    for ticker in read.tickers:
         price = ticker_price(ticker)
         if price is not None and ticker.contract is not None:
-            prices[ticker.contract.conId] = price
-    return prices
+            prices.append((ticker.contract.conId, price))
+    return Prices(prices, {c: why for c, why in read.refused.items() if c not in dict(prices)})
 
 
 async def snapshot_quotes(ib: IB, instruments: Iterable[Instrument], within: float) -> dict[int, Quote]:
     """Bid, ask and last (or close) per instrument, for limit prices."""
     quotes = {}
-    for ticker in await snapshot_tickers(ib, instruments, within):
+    for ticker in (await snapshot_tickers(ib, instruments, within)).tickers:
         if ticker.contract is not None:
             quotes[ticker.contract.conId] = Quote(
                 _usable(ticker.bid), _usable(ticker.ask), _usable(ticker.last) or _usable(ticker.close)

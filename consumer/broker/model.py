@@ -10,6 +10,7 @@ has accepted it. Every other module asks it rather than spelling status names ag
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -220,6 +221,15 @@ class HistoricalBar:
     low: float
     close: float
     volume: float
+
+
+class Prices(dict[int, float]):
+    """{conId: price} from snapshots; an instrument left out for IB's refusal is named in `refused`, with IB's code
+    and text ("IB 10197: No market data during competing live session"), so a reply can say why it had no price."""
+
+    def __init__(self, prices: Iterable[tuple[int, float]] = (), refused: Mapping[int, str] | None = None) -> None:
+        super().__init__(prices)
+        self.refused = dict(refused or {})
 
 
 @dataclass(frozen=True, slots=True)

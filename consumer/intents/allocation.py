@@ -15,6 +15,7 @@ from typing import Any
 
 from consumer.broker.broker import OrderSnapshot
 from consumer.broker.instruments import Instrument
+from consumer.broker.model import Prices
 from consumer.broker.orders import discard
 from consumer.errors import IntentError, Transient
 from consumer.intents.base import Intent, IntentContext
@@ -125,7 +126,8 @@ async def _allocation(
                 part
                 for part in (
                     unknown and f"weights for instruments it does not declare: {', '.join(unknown)}",
-                    unpriced and f"no price for {', '.join(unpriced)}",
+                    unpriced
+                    and f"no price for {', '.join(_with_refusal(s, instruments[name][s], prices) for s in unpriced)}",
                     no_rate and f"no exchange rate for {', '.join(no_rate)}",
                 )
                 if part
@@ -163,6 +165,8 @@ async def _allocation(
         entry["instrument"] = by_con_id[entry["conId"]].symbol if entry["conId"] in by_con_id else str(entry["conId"])
     return {
         **report,
+        # A strategy left untraded for want of a price, a rate or a declaration needs a person: say so on the reply.
+        **({"alert": True} if skipped else {}),
         "skippedLegs": banded,
         "strategies": {
             **{n: {"status": "ok", **sizing[n]} for n in targets},
@@ -219,3 +223,9 @@ INTENT = Intent(
     description="Rebalance each strategy to its target weights, netted into one order per instrument.",
     trades=True,
 )
+
+
+def _with_refusal(symbol: str, instrument: Instrument, prices: Prices) -> str:
+    """The symbol, with IB's reason when IB refused its price: SPY (IB 10197: No market data during competing ...)."""
+    refusal = prices.refused.get(instrument.con_id)
+    return f"{symbol} ({refusal})" if refusal else symbol

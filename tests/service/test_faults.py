@@ -161,6 +161,31 @@ def test_gateway_dropping_while_prices_are_awaited_retries_the_allocation(consum
     assert_each_leg_placed_once(gateway, project)
 
 
+def test_an_allocation_without_market_data_places_nothing_says_why_and_alerts(
+    consumer, bus: Bus, gateway, project: str
+):
+    """The login's user logged in elsewhere: IB refuses every quote with 10197. Nothing is sized without a price, the
+    reply names IB's reason and asks for a person; once the other session ends, the next allocation trades."""
+    gateway.competing_session(True)
+    message_id = bus.publish(ALLOCATION)
+    reply = the_final_reply(bus, message_id, timeout=60)
+    assert reply["status"] == "ok", reply
+    assert reply["alert"] is True
+    dummy = reply["result"]["strategies"]["dummy"]
+    assert dummy["status"] == "skipped"
+    assert "IB 10197: No market data during competing live session" in dummy["reason"], dummy
+    assert gateway.orders() == []
+    assert mode_collection(project, "fills") == []
+
+    gateway.competing_session(False)
+    again = bus.publish({**ALLOCATION, "idempotencyKey": "after-the-other-session"})
+    reply = the_final_reply(bus, again, timeout=60)
+    assert reply["status"] == "ok", reply
+    assert "alert" not in reply
+    assert len(gateway.orders()) == len(SYMBOLS)
+    assert_each_leg_placed_once(gateway, project)
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("down_seconds", [3.0, LONG_OUTAGE_SECONDS])
 def test_a_gateway_down_at_start_up_is_waited_for(consumer_factory, bus: Bus, gateway, down_seconds):
