@@ -108,8 +108,12 @@ def test_ib_answering_200_for_a_cached_con_id_drops_the_entry(bus: Bus, gateway,
 
     restart(project, consumer_factory)
     refused = bus.reply_to(bus.publish(allocation({"SPY": 0.1})), timeout=30.0)
-    # No price for a contract IB does not know: SPY is left alone, nothing is sent for it.
-    assert refused["result"]["strategies"]["dummy"] == {"status": "skipped", "reason": "no price for SPY"}, refused
+    # No price for a contract IB does not know: SPY is left alone, nothing is sent for it, and the reply says why.
+    assert refused["result"]["strategies"]["dummy"] == {
+        "status": "skipped",
+        "reason": "no price for SPY (IB 200: No security definition has been found for the request)",
+    }, refused
+    assert refused["alert"] is True
     assert len(gateway.orders()) == orders_before
     wait_for(lambda: key not in contracts(project), what="the cached SPY dropped")
 

@@ -36,6 +36,12 @@ def start_consumer(project: str, bus: Bus) -> Iterator[Any]:
         c.stop()
 
 
+NOT_SUBSCRIBED = (
+    "Requested market data is not subscribed. Check API status by selecting the Account menu then under "
+    "Management choose Market Data Subscription Manager and/or Delayed market data is not available."
+)
+
+
 def test_the_market_data_type_is_applied_on_connect_and_again_after_every_reconnect(
     bus: Bus, gateway: ThreadedGateway, project: str, start_consumer: Any
 ):
@@ -61,7 +67,11 @@ def test_without_a_live_subscription_prices_fall_back_to_delayed_data_only_when_
     start_consumer(unsubscribed)
     live = bus.reply_to(bus.publish(allocation({"SPY": 0.05}, dry_run=True)))
     assert live["status"] == "ok", live
-    assert live["result"]["strategies"]["dummy"] == {"status": "skipped", "reason": "no price for SPY"}
+    assert live["result"]["strategies"]["dummy"] == {
+        "status": "skipped",
+        "reason": f"no price for SPY (IB 354: {NOT_SUBSCRIBED})",
+    }
+    assert live["alert"] is True
 
     write_config(project, marketDataType=3)
     delayed = bus.reply_to(bus.publish(allocation({"SPY": 0.05}, dry_run=True)))
