@@ -2,7 +2,8 @@
 
 account values (NetLiquidation, GrossPositionValue, ExcessLiquidity), positions with market values, our working
 orders, the books vs the broker (reconcile's comparison) -> one line per configured limit (value, threshold, verdict)
-any breach: the reply's result says alert=true and lists the breaches (dispatch repeats it as the reply attribute)
+any breach, or a limit it could not measure whole (holdings without a price): the reply's result says alert=true and
+lists the breaches (dispatch repeats it as the reply attribute)
 reduce (leverage, concentration): the strategies' holdings scaled down to the limit, one netted order per instrument
 halt: tradingEnabled off with haltedReason and haltedAt, in a transaction (a person's later change is not overwritten)
 per strategy (config strategies.{id}.drawdown): one line `drawdown:{id}`; its reduce scales only that strategy's book
@@ -79,7 +80,8 @@ async def risk_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
         "tradingDay": day,
         "limits": lines_list,
         "breaches": breaches,
-        "alert": bool(breaches),
+        # A limit measured without some holdings (no price) may hide a breach: a person should look.
+        "alert": bool(breaches) or any(entry.get("unpriced") for entry in lines_list),
     }
     if reduced:
         result["reduced"] = reduced
