@@ -58,9 +58,12 @@ async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str,
             lines.append({**line, "action": "left", "reason": f"below the threshold of {threshold:g} {base}"})
             continue
         pair, currency_is_base = await broker.fx_pair(currency, base)
-        price = (await broker.prices([pair])).get(pair.con_id)
+        prices = await broker.prices([pair])
+        price = prices.get(pair.con_id)
         if price is None:
-            lines.append({**line, "action": "skipped", "reason": f"no price for {pair.symbol}"})
+            refusal = prices.refused.get(pair.con_id)
+            reason = f"no price for {pair.symbol}" + (f" ({refusal})" if refusal else "")
+            lines.append({**line, "action": "skipped", "reason": reason})
             continue
         quantity = conversion(balance, price, currency_is_base)
         if quantity == 0:
@@ -76,7 +79,10 @@ async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str,
         outcome = outcomes.get(line.get("orderRef", ""))
         if outcome is not None:
             line.update(outcome.as_dict())
-    return {"account": account.id, "baseCurrency": base, "threshold": threshold, "balances": lines}
+    result: dict[str, Any] = {"account": account.id, "baseCurrency": base, "threshold": threshold, "balances": lines}
+    if any(line["action"] == "skipped" for line in lines):
+        result["alert"] = True  # cash over the threshold left unconverted: a person should look
+    return result
 
 
 def _refuse_closed(ctx: IntentContext, orders: Iterable[LegOrder]) -> None:

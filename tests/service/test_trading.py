@@ -214,6 +214,38 @@ def test_cash_balancer_converts_a_foreign_balance_and_leaves_dust(bus: Bus, gate
     assert gateway.cash()["GBP"] == 100.0
 
 
+def test_cash_balancer_without_a_quote_converts_nothing_says_why_and_alerts(bus: Bus, gateway, project: str):
+    """IB refuses the pair's quote (10197, the login's user logged in elsewhere): EUR stays, the reply names IB's
+    reason and asks for a person; once the other session ends, the conversion is placed and booked."""
+    eur_before = gateway.cash()["EUR"]
+    gateway.competing_session(True)
+    refused = bus.reply_to(bus.publish({"intent": "cash-balancer", "params": {"threshold": 1000}}))
+    assert refused["status"] == "ok", refused
+    assert refused["alert"] is True
+    eur = {b["currency"]: b for b in refused["result"]["balances"]}["EUR"]
+    assert (eur["action"], eur["reason"]) == (
+        "skipped",
+        "no price for EUR.USD (IB 10197: No market data during competing live session)",
+    )
+    assert gateway.orders() == []
+    assert gateway.cash()["EUR"] == eur_before
+
+    gateway.competing_session(False)
+    converted = bus.reply_to(bus.publish({"intent": "cash-balancer", "params": {"threshold": 1000}}))
+    assert converted["status"] == "ok", converted
+    assert "alert" not in converted
+    eur = {b["currency"]: b for b in converted["result"]["balances"]}["EUR"]
+    assert eur["action"] == "convert"
+    ((order,),) = [[o for o in gateway.orders() if o["orderRef"] == eur["orderRef"]]]
+    assert (order["symbol"], order["status"]) == ("EUR.USD", "Filled")
+    executions = [e["execId"] for e in gateway.executions() if e["orderRef"] == eur["orderRef"]]
+    assert executions
+    wait_for(
+        lambda: sorted(f["execId"] for f in mode_collection(project, "fills")) == sorted(executions),
+        what="the conversion's fills booked by execId",
+    )
+
+
 def test_a_long_rebalance_reports_its_progress(bus: Bus, gateway, caplog):
     symbols = [f"SYM{n:03d}" for n in range(20)]
     reply = bus.reply_to(bus.publish(allocation(dict.fromkeys(symbols, 0.02))))
