@@ -27,6 +27,13 @@ def wait_until(ib: IB, predicate: Callable[[], Any], timeout: float = 5.0, what:
     return wait_for(predicate, timeout, what, interval=0.005, ib=ib)
 
 
+def symbol_errors(ib: IB) -> list[tuple[str, int, str]]:
+    """(symbol, code, text) of each error the client is sent from now on, for market-data refusals."""
+    seen: list[tuple[str, int, str]] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: seen.append((contract.symbol if contract else "", code, msg))
+    return seen
+
+
 @pytest.fixture
 def gw(gateway: ThreadedGateway) -> ThreadedGateway:
     """The test's simulated gateway (tests/conftest.py's `gateway`), under the name these tests use."""

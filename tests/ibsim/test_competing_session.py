@@ -8,23 +8,17 @@ from collections.abc import Callable
 from ib_insync import IB, Stock
 
 from ibsim import ThreadedGateway
-from tests.ibsim.conftest import wait_until
+from tests.ibsim.conftest import symbol_errors, wait_until
 
 SPY, TLT = Stock("SPY", "SMART", "USD"), Stock("TLT", "SMART", "USD")
 COMPETING = (10197, "No market data during competing live session")
-
-
-def errors_of(ib: IB) -> list[tuple[str, int, str]]:
-    seen: list[tuple[str, int, str]] = []
-    ib.errorEvent += lambda req_id, code, msg, contract: seen.append((contract.symbol if contract else "", code, msg))
-    return seen
 
 
 def test_market_data_is_refused_and_streams_stop_until_the_other_session_ends(
     gw: ThreadedGateway, connect: Callable[..., IB]
 ) -> None:
     ib = connect(1)
-    errors = errors_of(ib)
+    errors = symbol_errors(ib)
     stream = ib.reqMktData(SPY)
     wait_until(ib, lambda: stream.last == 520.0, what="the stream's first ticks")
 

@@ -9,7 +9,7 @@ import pytest
 from ib_insync import IB, Stock
 
 from ibsim import ThreadedGateway
-from tests.ibsim.conftest import wait_until
+from tests.ibsim.conftest import symbol_errors, wait_until
 
 MAX_TICKERS = (101, "Max number of tickers has been reached.")
 SYMBOLS = [f"SYM{n:03d}" for n in range(102)]
@@ -20,18 +20,11 @@ def gateway_scenario() -> dict[str, object]:
     return {"generated": {"count": len(SYMBOLS), "prefix": "SYM"}}
 
 
-def errors_of(ib: IB) -> list[tuple[str, int, str]]:
-    """(symbol, code, text) of each error the client is sent."""
-    seen: list[tuple[str, int, str]] = []
-    ib.errorEvent += lambda req_id, code, msg, contract: seen.append((contract.symbol if contract else "", code, msg))
-    return seen
-
-
 def test_the_101st_stream_of_a_login_is_refused_until_a_line_is_free(
     gw: ThreadedGateway, connect: Callable[..., IB]
 ) -> None:
     first, second = connect(1), connect(2)
-    first_errors, second_errors = errors_of(first), errors_of(second)
+    first_errors, second_errors = symbol_errors(first), symbol_errors(second)
     streams = [first.reqMktData(Stock(s, "SMART", "USD")) for s in SYMBOLS[:100]]
     wait_until(first, lambda: all(t.last == t.last for t in streams), what="100 streams ticking")  # not NaN
     assert first_errors == []
@@ -70,7 +63,7 @@ def test_the_101st_stream_of_a_login_is_refused_until_a_line_is_free(
 @pytest.mark.parametrize("gateway_scenario", [{"marketData": {"lines": 2}}])
 def test_a_scenario_sets_the_logins_lines(connect: Callable[..., IB]) -> None:
     ib = connect(1)
-    seen = errors_of(ib)
+    seen = symbol_errors(ib)
     tickers = [ib.reqMktData(Stock(s, "SMART", "USD")) for s in ("SPY", "TLT", "AAPL")]
     wait_until(ib, lambda: seen and all(t.last == t.last for t in tickers[:2]), what="two streams and a refusal")
     assert seen == [("AAPL", *MAX_TICKERS)]
