@@ -161,6 +161,19 @@ def test_gateway_dropping_while_prices_are_awaited_retries_the_allocation(consum
     assert_each_leg_placed_once(gateway, project)
 
 
+@pytest.mark.parametrize("gateway_scenario", [{"marketData": {"snapshotEndSeconds": 600}}])
+def test_an_allocation_trades_on_its_snapshots_ticks_before_ib_ends_them(consumer, bus: Bus, gateway, project: str):
+    """IB ends a snapshot seconds after its ticks (11 s; 600 here, so no host is slow enough to blur it): the orders
+    go out sized on the ticks while every snapshot is still open, each leg once, its fills booked."""
+    reply = bus.reply_to(bus.publish(ALLOCATION), timeout=60)
+    assert reply["status"] == "ok", reply
+    assert gateway.open_snapshots() == len(SYMBOLS)
+    for symbol in SYMBOLS:
+        assert reply["result"]["prices"][symbol] == gateway.call(lambda s=symbol: gateway.server.instruments[s]).price
+    assert_each_leg_placed_once(gateway, project)
+    assert {o["orderRef"] for o in gateway.orders()} == {i["orderRef"] for i in reply["result"]["instruments"]}
+
+
 def test_an_allocation_without_market_data_places_nothing_says_why_and_alerts(
     consumer, bus: Bus, gateway, project: str
 ):
