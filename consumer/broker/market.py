@@ -311,11 +311,12 @@ async def snapshot_prices(ib: IB, instruments: Iterable[Instrument], within: flo
 async def snapshot_quotes(ib: IB, instruments: Iterable[Instrument], within: float) -> dict[int, Quote]:
     """Bid, ask and last (or close) per instrument, for limit prices."""
     quotes = {}
-    for ticker in (await snapshot_tickers(ib, instruments, within)).tickers:
+    read = await snapshot_tickers(ib, instruments, within)
+    for ticker in read.tickers:
         if ticker.contract is not None:
-            quotes[ticker.contract.conId] = Quote(
-                _usable(ticker.bid), _usable(ticker.ask), _usable(ticker.last) or _usable(ticker.close)
-            )
+            con_id = ticker.contract.conId
+            last = _usable(ticker.last) or _usable(ticker.close)
+            quotes[con_id] = Quote(_usable(ticker.bid), _usable(ticker.ask), last, read.refused.get(con_id))
     return quotes
 
 

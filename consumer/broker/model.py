@@ -239,6 +239,7 @@ class Quote:
     bid: float | None
     ask: float | None
     last: float | None  # last trade, else the previous close
+    refusal: str | None = None  # IB's refusal of the snapshot, when it gave one ("IB 354: ...")
 
     def side(self, buying: bool) -> float | None:
         """The price an order on this side meets: the ask for a buy, the bid for a sell; last/close without one."""

@@ -246,9 +246,10 @@ class OrderEngine:
             quote = quotes.get(leg.instrument.con_id)
             reference = quote.side(leg.quantity > 0) if quote else None
             if reference is None:
+                why = f" ({quote.refusal})" if quote and quote.refusal else ""
                 raise IntentError(
                     "no_quote",
-                    f"orderType LMT needs a quote for {leg.instrument.symbol} and the gateway gave none; "
+                    f"orderType LMT needs a quote for {leg.instrument.symbol} and the gateway gave none{why}; "
                     "nothing was placed",
                 )
             price = limit_price(leg.quantity, reference, self._defaults.limit_offset_bps, leg.instrument.min_tick)

@@ -148,7 +148,7 @@ def test_gateway_dropping_mid_allocation_and_coming_back(consumer, bus: Bus, gat
 def test_gateway_dropping_while_prices_are_awaited_retries_the_allocation(consumer, bus: Bus, gateway, project: str):
     """A drop while a price snapshot is awaited fails the run, which is retried and places each leg once: never a
     strategy skipped for want of a price and answered ok. Two guards hold it: the snapshot read raises on the lost
-    connection (test_snapshot_memory.py), and the next broker call finds the gateway away."""
+    connection (test_snapshot_reads.py), and the next broker call finds the gateway away."""
     gateway.stall_request("reqMktData", 0)  # the first snapshot is never answered
     message_id = bus.publish(ALLOCATION)
     wait_for(lambda: "reqMktData" in [r for _, r in gateway.requests_received()], 60, "the price snapshots")

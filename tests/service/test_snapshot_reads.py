@@ -1,5 +1,6 @@
-"""Snapshot prices: read as their ticks arrive, not at the end IB sends 11 s later, never from an earlier snapshot's
-ticker, and nothing left in ib_insync's bookkeeping once IB ends them (issue 17: RSS after a 1,000-instrument run).
+"""Snapshot reads: prices and quotes read as their ticks arrive, not at the end IB sends 11 s later; never from an
+earlier snapshot's ticker; IB's refusal kept as the reason; a lost connection an error; and nothing left in
+ib_insync's bookkeeping once IB ends them (issue 17: RSS after a 1,000-instrument run).
 
 The gateway keeps the scenario's default: IB's 11 s from a snapshot's ticks to its tickSnapshotEnd. Each read below
 is bounded at 5 s, so a wait for the end fails the test instead of passing slowly."""
@@ -14,6 +15,11 @@ from ib_insync import IB
 
 from consumer.broker.instruments import Instruments
 from consumer.broker.market import snapshot_prices, snapshot_quotes
+from consumer.broker.model import Quote
+from consumer.broker.orders import LegOrder, OrderEngine
+from consumer.broker.shared import SharedRequests
+from consumer.errors import IntentError
+from consumer.store.trading_config import OrderDefaults
 from consumer.strategies.base import InstrumentSpec
 from tests.support import ensure_loop, wait_for
 
@@ -84,3 +90,20 @@ def test_a_connection_lost_while_a_snapshot_is_awaited_fails_the_read(ib: IB, ga
     gateway.drop_connections()
     with pytest.raises(ConnectionError):
         ib.run(reading)
+
+
+def test_a_refused_quote_names_ibs_reason_and_no_limit_order_is_priced_from_it(ib: IB, gateway) -> None:
+    """The login's user logged in elsewhere (10197): a LMT leg gets no price, and the error says why."""
+    instruments = ib.run(Instruments(ib).resolve({"SPY": InstrumentSpec("SPY", currency="USD")}))
+    spy = instruments["SPY"]
+    gateway.competing_session(True)
+    quotes = ib.run(snapshot_quotes(ib, [spy], within=5))
+    refusal = "IB 10197: No market data during competing live session"
+    assert quotes == {spy.con_id: Quote(None, None, None, refusal)}
+
+    engine = OrderEngine(ib, SharedRequests(ib), OrderDefaults(order_type="LMT"), {}, 5.0, "DU123456")
+    with pytest.raises(IntentError) as refused:
+        engine.priced([LegOrder("alloc-test-SPY", spy, 10)], quotes)
+    assert refused.value.code == "no_quote"
+    assert f"the gateway gave none ({refusal}); nothing was placed" in str(refused.value)
+    assert gateway.orders() == []
