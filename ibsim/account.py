@@ -16,6 +16,12 @@ from .ledger import Position
 from .market import Instrument
 from .protocol import Reader
 
+# IB keeps at most two account-summary subscriptions active per client; a third is refused until one is cancelled.
+MAX_ACCOUNT_SUMMARIES = 2
+ACCOUNT_SUMMARIES_EXCEEDED = (
+    "Maximum number of account summary requests exceeded; desubscribe to previous request first"
+)
+
 
 class AccountDesk(GatewayCore):
     """reqAccountUpdates(Multi), reqAccountSummary, reqPositions, reqPnL, and the pushes that keep them current."""
@@ -94,6 +100,9 @@ class AccountDesk(GatewayCore):
         req_id = r.int()
         r.skip(1)  # group
         tags = [t.strip() for t in r.str().split(",") if t.strip()]
+        if len(conn.summary_subs) >= MAX_ACCOUNT_SUMMARIES:
+            conn.send_error(req_id, 322, ACCOUNT_SUMMARIES_EXCEEDED)
+            return
         conn.summary_subs[req_id] = tags
         for account in self.broker.accounts:
             for tag, value, cur in self.broker.summary(account, tags):
