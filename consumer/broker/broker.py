@@ -157,7 +157,9 @@ class Broker:
             raise IntentError("ambiguous_account", f"this login manages {accounts}; set IB_ACCOUNT to pick one")
         # The account-updates subscription ib_insync starts at connect keeps these current; the summary is the
         # fallback.
-        values = ib.accountValues(account) or await ib.accountSummaryAsync(account)
+        values = ib.accountValues(account) or [
+            v for v in await self._gateway.requests.account_summary() if v.account == account
+        ]
         for value in values:
             if value.account == account and value.tag == "NetLiquidation" and value.currency not in ("", "BASE"):
                 return Account(account, value.currency, float(value.value))
@@ -177,7 +179,7 @@ class Broker:
     async def account_summary(self) -> dict[str, dict[str, Any]]:
         """{account: {tag: value or {currency: value}}}. The first call subscribes; ib_insync keeps the values
         current from then on (a fresh request each time would open another subscription, and IB allows two)."""
-        return views.account_values(await self._ib.accountSummaryAsync())
+        return views.account_values(await self._gateway.requests.account_summary())
 
     def portfolio(self) -> list[dict[str, Any]]:
         """Positions with market values and P&L: the account-updates subscription ib_insync keeps current since

@@ -2,7 +2,8 @@
 
 ib_insync files the answer to `reqPositions`, `reqOpenOrders`/`reqAllOpenOrders`, `reqCompletedOrders` and
 `reqCurrentTime` under one fixed key each. A second call while one is in flight replaces the first call's future,
-which then never resolves: two summaries at once, or the bookkeeper's sweep beside an allocation, would hang.
+which then never resolves: two summaries at once, or the bookkeeper's sweep beside an allocation, would hang. It
+also subscribes the account summary on every call made before the first answer, and IB allows a client two.
 
 Every caller here gets an answer requested after it asked (a caller never gets a stale one that was already on
 its way, which matters right after placing an order): callers that arrive while a request is in flight wait for
@@ -17,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from ib_insync import IB, ExecutionFilter, Fill, Position, Trade
+from ib_insync import IB, AccountValue, ExecutionFilter, Fill, Position, Trade
 
 # IB Gateway 10.19+ leaves a second reqCurrentTime within 1 s unanswered (no error): keep requests further apart
 # than that, with a margin for the socket's jitter (the gateway measures the gap on arrival).
@@ -48,6 +49,14 @@ class SharedRequests:
     async def executions(self) -> list[Fill]:
         """Today's executions (no filter). Safe to call concurrently anyway; sharing saves pacing budget."""
         return await self._fresh("executions", lambda: self._ib.reqExecutionsAsync(ExecutionFilter()))
+
+    async def account_summary(self) -> list[AccountValue]:
+        """Every account's summary values. ib_insync subscribes on a call made while it holds none, and never
+        cancels; IB refuses a client's third subscription (322), so callers that arrive before the first answer
+        share its request, and later ones read the values the subscription keeps current."""
+        if self._ib.wrapper.acctSummary:
+            return await self._ib.accountSummaryAsync()
+        return await self._fresh("accountSummary", self._ib.accountSummaryAsync)
 
     async def current_time(self) -> datetime:
         """The heartbeat, the clock-offset read and ping share this; at most one request per CURRENT_TIME_GAP."""

@@ -27,6 +27,20 @@ from tests.support import (
 )
 
 
+def test_summaries_arriving_together_share_one_account_summary_subscription(consumer, bus: Bus, gateway):
+    """IB refuses a client's third account-summary subscription (322), and ib_insync subscribes on every call made
+    before the first answer: summaries arriving together on a new connection must share one subscription, and each
+    reply carries the account's values. The first answer is held back a second, so all six are waiting for it."""
+    gateway.stall_request("reqAccountSummary", 1.0)
+    ids = [bus.publish({"intent": "summary"}) for _ in range(6)]
+    replies = bus.replies_to_all(ids)
+    for message_id in ids:
+        (reply,) = replies[message_id]
+        assert reply["status"] == "ok", reply
+        assert reply["result"]["accountValues"]["DU123456"]["NetLiquidation"]["USD"] > 0, reply["result"]
+    assert [r for _, r in gateway.requests_received()].count("reqAccountSummary") == 1
+
+
 def test_summary_from_the_python_client_gets_one_reply_and_one_activity_record(consumer, bus: Bus, project: str):
     message_id = bus.publish({"intent": "summary"})
 
