@@ -17,6 +17,7 @@ from .ledger import Account, Ledger, Position
 from .market import Instrument
 from .order_rules import (
     DUPLICATE_ID,
+    LOCATING,
     MARGIN_REJECTION,
     OFF_TICK,
     OUTSIDE_RTH_IGNORED,
@@ -24,6 +25,7 @@ from .order_rules import (
     closed_until,
     commission,
     held_warning,
+    needs_locate,
     off_tick,
     refusal,
 )
@@ -161,30 +163,9 @@ class Broker(Ledger):
         if reason is not None:
             self.listener.order_rejected(client_id, req.orderId, 201, f"Order rejected - reason:{reason}", None)
             return
-        order = SimOrder(
-            orderId=req.orderId,
-            clientId=client_id,
-            permId=self._perm(),
-            account=req.account or self.default_account,
-            key=inst.key,
-            exchange=req.contract.exchange or inst.exchange,
-            action=req.action,
-            totalQuantity=float(req.totalQuantity),
-            orderType=req.orderType,
-            lmtPrice=req.lmtPrice,
-            auxPrice=req.auxPrice,
-            tif=req.tif or "DAY",
-            orderRef=req.orderRef,
-            algoStrategy=req.algoStrategy,
-            algoParams=list(req.algoParams),
-            outsideRth=req.outsideRth,
-            goodTillDate=req.goodTillDate,
-            goodAfterTime=req.goodAfterTime,
-            ocaGroup=req.ocaGroup,
-            openClose=req.openClose or "O",
-            parentId=req.parentId,
-            createdAt=self.clock.time(),
-        )
+        account = req.account or self.default_account
+        exchange = req.contract.exchange or inst.exchange
+        order = SimOrder.placed(req, client_id, self._perm(), account, inst.key, exchange, self.clock.time())
         self.orders[key] = order
         self.by_perm[order.permId] = order
         log.info(
@@ -200,10 +181,16 @@ class Broker(Ledger):
             order.tif,
             order.orderRef,
         )
+        self._start(order, inst)
+
+    def _start(self, order: SimOrder, inst: Instrument) -> None:
+        """A new order accepted: PreSubmitted, then held (a locate, a closed market) or submitted and worked."""
         order.status = "PreSubmitted"
         self.listener.order_update(order, open_order=True)
         if self.scenario.hours == "regular" and order.outsideRth and order.orderType not in OUTSIDE_RTH_TYPES:
             self.listener.order_warning(order, 2109, OUTSIDE_RTH_IGNORED)
+        if self._held_for_locate(order, inst):
+            return
         opens = self.closed_until(order)
         if opens is not None:
             order.forOpen = order.tif == "OPG"
@@ -215,6 +202,16 @@ class Broker(Ledger):
         self.listener.order_update(order, open_order=True)
         self.listener.state_changed()
         self.work(order)
+
+    def _held_for_locate(self, order: SimOrder, inst: Instrument) -> bool:
+        held = self.accounts[order.account].positions.get(inst.key)
+        if not needs_locate(order, inst, held.quantity if held else 0.0):
+            return False
+        order.whyHeld = "locate"
+        self.listener.order_update(order, open_order=True)
+        self.listener.order_warning(order, 404, LOCATING)
+        self.listener.state_changed()
+        return True
 
     def closed_until(self, order: SimOrder) -> dt.datetime | None:
         """When the order's market next opens for it, or None while it may trade (order_rules.closed_until)."""
@@ -306,7 +303,7 @@ class Broker(Ledger):
 
     def work(self, order: SimOrder, delay: float = 0.0) -> None:
         """Schedules the next execution of `order` if it can fill now."""
-        if not order.active or self.hold or order.permId in self._timers:
+        if not order.active or self.hold or order.whyHeld == "locate" or order.permId in self._timers:
             return
         if self.closed_until(order) is not None:
             return

@@ -64,6 +64,8 @@ class InstrumentSpec:
     bars: list[dict[str, Any]] = field(default_factory=list)
     # realtime | delayed | none: this instrument's market-data permission ("": the scenario's marketData.permissions)
     permissions: str = ""
+    # False: IB finds no shares to borrow, and holds a sale that would go short until they are located (404)
+    shortable: bool = True
 
 
 def currency_code(value: Any, where: str) -> str:
@@ -160,4 +162,5 @@ def instrument_spec(raw: dict[str, Any], where: str, today: dt.date) -> Instrume
         longName=raw.get("longName", key),
         bars=bars,
         permissions=str(raw.get("permissions", "")),
+        shortable=bool(raw.get("shortable", True)),
     )

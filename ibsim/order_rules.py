@@ -74,6 +74,16 @@ def refusal(req: OrderRequest, inst: Instrument, accounts: Collection[str]) -> s
     return None
 
 
+# A sale that would go short in a stock IB cannot borrow: held PreSubmitted, with whyHeld "locate" in its status and
+# this warning, until shares are located (which ibsim never does: it stays held until cancelled or expired).
+LOCATING = "Order held while securities are located."
+
+
+def needs_locate(order: SimOrder, inst: Instrument, position: float) -> bool:
+    """True when `order` sells more than the account holds of an instrument without shares to borrow."""
+    return not inst.spec.shortable and order.action == "SELL" and position - order.totalQuantity < 0
+
+
 def off_tick(req: OrderRequest, inst: Instrument) -> bool:
     """A limit or stop price off the instrument's minimum price variation (IB refuses it with 110)."""
     prices = []

@@ -7,6 +7,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .protocol import OrderRequest
+
 ACTIVE = ("PreSubmitted", "Submitted")
 EXEC_TZ = "America/New_York"
 
@@ -70,6 +72,36 @@ class SimOrder:
     # An OPG order placed while its market was closed: it executes at the next open (one placed in the session
     # waits for the next day's opening, roll_day).
     forOpen: bool = False
+
+    @classmethod
+    def placed(
+        cls, req: OrderRequest, client_id: int, perm_id: int, account: str, key: str, exchange: str, at: float
+    ) -> SimOrder:
+        """A new order as the client placed it (`req`), with what the broker gives it: permId, account, exchange."""
+        return cls(
+            orderId=req.orderId,
+            clientId=client_id,
+            permId=perm_id,
+            account=account,
+            key=key,
+            exchange=exchange,
+            action=req.action,
+            totalQuantity=float(req.totalQuantity),
+            orderType=req.orderType,
+            lmtPrice=req.lmtPrice,
+            auxPrice=req.auxPrice,
+            tif=req.tif or "DAY",
+            orderRef=req.orderRef,
+            algoStrategy=req.algoStrategy,
+            algoParams=list(req.algoParams),
+            outsideRth=req.outsideRth,
+            goodTillDate=req.goodTillDate,
+            goodAfterTime=req.goodAfterTime,
+            ocaGroup=req.ocaGroup,
+            openClose=req.openClose or "O",
+            parentId=req.parentId,
+            createdAt=at,
+        )
 
     @property
     def remaining(self) -> float:
