@@ -88,7 +88,7 @@ class Outcome:
     order_type: str = ""
     limit_price: float | None = None
     tif: str = ""
-    held: dict[str, Any] | None = None  # IB holds it for the session (399): its text and when it will be placed
+    held: dict[str, Any] | None = None  # IB holds it (399: for the session; 404: for a locate): code, text, until
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -135,8 +135,10 @@ def outcome_of(trade: Trade, existing: bool = False) -> Outcome:
     )
 
 
-# IB's notes on an order that are no refusal: a requested cancel (202), a held order (399), delayed data (10167).
-_ORDER_NOTES = {202, 399, 10167}
+# IB's notes on an order that are no refusal: a requested cancel (202), a held order (399: until its session; 404:
+# a short sale until shares to borrow are located), delayed data (10167).
+_HOLDS = {399, 404}
+_ORDER_NOTES = {202, 10167} | _HOLDS
 
 # ib_insync logs an order's error as "Error 201, reqId 16: <IB's text>"; the reply carries IB's text as IB sent it.
 _IB_INSYNC_PREFIX = re.compile(r"^Error -?\d+, reqId -?\d+: ")
@@ -146,10 +148,10 @@ _IB_INSYNC_PREFIX = re.compile(r"^Error -?\d+, reqId -?\d+: ")
 _HELD_UNTIL = re.compile(r"until (\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) ([A-Za-z_/+-]+)")
 
 
-def held_note(message: str) -> dict[str, Any]:
-    """IB's 399 as a reply reports it: the text as IB sent it and, when the text names it, the time IB will place
-    the order (ISO 8601; IB's zone names such as US/Eastern are tz database links)."""
-    note: dict[str, Any] = {"code": 399, "message": message, "until": None}
+def held_note(code: int, message: str) -> dict[str, Any]:
+    """IB's 399 or 404 as a reply reports it: the text as IB sent it and, when the text names it, the time IB will
+    place the order (ISO 8601; IB's zone names such as US/Eastern are tz database links; a locate names none)."""
+    note: dict[str, Any] = {"code": code, "message": message, "until": None}
     found = _HELD_UNTIL.search(message)
     if found:
         with contextlib.suppress(ValueError, ZoneInfoNotFoundError):
@@ -170,8 +172,9 @@ class _OrderMessages:
 
     ib_insync files some of IB's refusals among its warnings (110: price off the tick grid) and leaves them out of
     the trade's log; they are caught here so that a refused leg still carries IB's code and text. An order IB holds
-    until its session opens (PreSubmitted + 399) is working: waiting for it to fill would only run out the timeout,
-    so its 399 settles its wait at once (`held_future`) and the reply says it is held, with IB's text.
+    (PreSubmitted + 399 until its session opens, + 404 until shares to sell short are located) is working: waiting
+    for it to fill would only run out the timeout, so the hold settles its wait at once (`held_future`) and the
+    reply says it is held, with IB's text.
     """
 
     def __init__(self) -> None:
@@ -182,10 +185,10 @@ class _OrderMessages:
         return self._held.setdefault(trade.order.orderId, asyncio.get_running_loop().create_future())
 
     def on_error(self, req_id: int, code: int, message: str, contract: Any) -> None:
-        if code == 399:
+        if code in _HOLDS:
             future = self._held.setdefault(req_id, asyncio.get_running_loop().create_future())
             if not future.done():
-                future.set_result(held_note(message))
+                future.set_result(held_note(code, message))
         elif code not in _ORDER_NOTES and code < 2100:
             self.errors[req_id] = {"code": code, "message": message}
 
@@ -335,7 +338,7 @@ class OrderEngine:
 
     async def _confirm(self, trade: Trade, held: asyncio.Future[Any]) -> bool:
         """Waits on the trade's status events until it settles, or until IB says it holds the order (`held`:
-        399); False on timeout. Raises on disconnect.
+        399, 404); False on timeout. Raises on disconnect.
 
         An order settles when it is done (filled, cancelled, rejected): its fills follow within moments. One still
         open at the timeout (a market order filling slowly, a limit order the market has moved away from) or held

@@ -71,4 +71,4 @@ def test_a_held_order_is_reported_with_ibs_text_and_when_ib_will_place_it(zone: 
         "Order Message:\nBUY 10 SPY ARCA\n"
         f"Warning: your order will not be placed at the exchange until 2026-12-07 09:30:00 {zone}"
     )
-    assert held_note(text) == {"code": 399, "message": text, "until": until}  # an unknown zone: the text alone
+    assert held_note(399, text) == {"code": 399, "message": text, "until": until}  # an unknown zone: the text alone

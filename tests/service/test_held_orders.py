@@ -1,6 +1,6 @@
-"""An order IB holds for the open (hours: regular, placed with ignoreMarketHours on a closed market): reported as
-working and held (IB's 399 text and when it will be placed) as soon as IB says so, booked as open, and its fills
-booked by execId when the session opens and it executes."""
+"""Orders IB holds: for the open (hours: regular, placed with ignoreMarketHours on a closed market; 399), and a short
+sale until shares are located (404): reported as working and held (IB's code and text, and when it will be placed)
+as soon as IB says so, booked as open, and the one held for the open booked by execId when it executes."""
 
 from __future__ import annotations
 
@@ -48,3 +48,39 @@ def test_an_order_held_for_the_open_is_working_until_it_fills_at_the_open(bus: B
     fills = {f["execId"]: f for f in mode_collection(project, "fills")}
     assert set(fills) == {e["execId"] for e in executions}
     wait_for(lambda: mode_collection(project, "openOrders") == [], what="the order closed in the books")
+
+
+LOCATE_SCENARIO = {
+    "instruments": [
+        {"symbol": "SPY", "secType": "ETF", "primaryExchange": "ARCA", "price": 520.0},
+        {"symbol": "HTB", "secType": "STK", "primaryExchange": "NASDAQ", "price": 50.0, "shortable": False},
+    ]
+}
+
+
+@pytest.mark.parametrize("gateway_scenario", [LOCATE_SCENARIO])
+def test_a_short_sale_held_for_a_locate_is_reported_working_and_held_at_once(bus: Bus, gateway, project: str):
+    """IB holds a sale that would go short in a stock it has no shares to borrow (404, whyHeld "locate"): the reply
+    says so at once, with IB's text (not after the order timeout, far beyond the reply's wait here), the order is
+    booked as open, and the other leg trades as usual. The next allocation keeps the held leg rather than send
+    another."""
+    message_id = bus.publish(allocation({"SPY": 0.05, "HTB": -0.01}))
+    reply = bus.reply_to(message_id, timeout=30)
+    assert reply["status"] == "ok", reply
+    htb, spy = sorted(reply["result"]["instruments"], key=lambda i: i["instrument"])
+    assert (htb["outcome"], htb["held"]) == (
+        "working",
+        {"code": 404, "message": "Order held while securities are located.", "until": None},
+    ), htb
+    assert spy["outcome"] == "filled", spy
+    ((order,),) = [[o for o in gateway.orders() if o["orderRef"] == htb["orderRef"]]]
+    assert (order["action"], order["status"], order["filled"]) == ("SELL", "PreSubmitted", 0)
+    assert {e["orderRef"] for e in gateway.executions()} == {spy["orderRef"]}
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": spy["target"]}}, what="SPY's fill booked")
+    fills = mode_collection(project, "fills")
+    assert sorted(f["execId"] for f in fills) == sorted(e["execId"] for e in gateway.executions())
+    assert [o["orderRef"] for o in mode_collection(project, "openOrders")] == [htb["orderRef"]]
+
+    again = bus.reply_to(bus.publish(allocation({"SPY": 0.05, "HTB": -0.01}, idempotencyKey="again")), timeout=30)
+    assert (again["status"], again["requestId"], again.get("duplicate")) == ("ok", "again", None), again
+    assert [o["orderRef"] for o in gateway.orders() if o["symbol"] == "HTB"] == [htb["orderRef"]]
