@@ -6,7 +6,8 @@
 4. Books equal the broker: the reconcile comparison, read-only (no fix).
 5. The daily snapshot is written (consumer.snapshots; a re-run the same day overwrites it with the same content).
 
-`clean` is false when anything in 2-4 needs a person; the reply is still `ok` (the check itself worked).
+`clean` is false when anything in 2-4 needs a person, and the reply then says alert=true; it is still `ok` (the
+check itself worked).
 """
 
 from __future__ import annotations
@@ -62,9 +63,11 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
         snapshot = await write_snapshot(broker, services.books, services.layout, services.account, day=day)
         snapshot = {k: v for k, v in snapshot.items() if k != "writtenAt"}
     pnl = await current_pnl(broker, services.books, services.layout, services.account, ask=True, day=day)
+    clean = not (still_open or not_flat or differences or unbooked or without_commission)
     return {
         "date": pnl["date"],
-        "clean": not (still_open or not_flat or differences or unbooked or without_commission),
+        "clean": clean,
+        **({} if clean else {"alert": True}),  # something needs a person: monitoring filters on alert
         "pnl": pnl["pnl"],
         "fills": len(fills),
         "fillsBookedNow": len(swept["fillsApplied"]),

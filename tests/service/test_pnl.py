@@ -124,7 +124,8 @@ def test_a_round_trip_over_two_days_agrees_with_the_broker_to_the_cent(bus: Bus,
     assert pnl(bus)["pnl"]["dummy"] == before
 
     gateway.set_time(on_day(gateway, AFTER_CLOSE))
-    ok(bus, {"intent": "eod-check", "params": {}})  # day 1's snapshot
+    closing = ok(bus, {"intent": "eod-check", "params": {}})  # day 1's snapshot
+    assert (closing["clean"], closing.get("alert")) == (True, None), closing
     gateway.roll_day()
     gateway.set_time(on_day(gateway, "T11:00:00-04:00"))
     gateway.set_price("SPY", spy * 0.97)
@@ -230,7 +231,7 @@ def test_eod_check_reports_what_is_left_and_writes_the_snapshot_once_a_day(
 
     report = ok(bus, {"intent": "eod-check", "params": {}})
     assert report["date"] == "2026-06-17"
-    assert report["clean"] is False
+    assert (report["clean"], report["alert"]) == (False, True)
     assert [o["orderRef"] for o in report["openOrders"]] == [qqq["orderRef"]]
     assert report["openOrders"][0]["tif"] == "DAY"
     assert report["notFlat"] == {"dummy": {"SPY": 10.0}}
