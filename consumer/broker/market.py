@@ -300,12 +300,12 @@ async def snapshot_prices(ib: IB, instruments: Iterable[Instrument], within: flo
     """One snapshot per instrument, concurrently; an instrument without a usable price is left out (with IB's
     refusal in `refused` when there was one)."""
     read = await snapshot_tickers(ib, instruments, within)
-    prices = []
+    prices = {}
     for ticker in read.tickers:
         price = ticker_price(ticker)
         if price is not None and ticker.contract is not None:
-            prices.append((ticker.contract.conId, price))
-    return Prices(prices, {c: why for c, why in read.refused.items() if c not in dict(prices)})
+            prices[ticker.contract.conId] = price
+    return Prices(prices.items(), {c: why for c, why in read.refused.items() if c not in prices})
 
 
 async def snapshot_quotes(ib: IB, instruments: Iterable[Instrument], within: float) -> dict[int, Quote]:
