@@ -37,6 +37,11 @@ EVERY_CLOCK = {"argnames": "market_clock", "argvalues": list(CLOCKS.values()), "
 
 # The default ibsim scenario's account, which every consumer under test serves unless a test says otherwise.
 TEST_ACCOUNT = "DU123456"
+# IB's 354 text, as the gateway refuses market data the login has no subscription for.
+NOT_SUBSCRIBED = (
+    "Requested market data is not subscribed. Check API status by selecting the Account menu then under "
+    "Management choose Market Data Subscription Manager and/or Delayed market data is not available."
+)
 
 REPLIES_SUBSCRIPTION = "intent-replies-monitor"
 DEAD_LETTER_SUBSCRIPTION = "intents-dead-letter-hold"

@@ -143,8 +143,12 @@ async def _measure_positions(
         over = [s for s in shares.values() if s["share"] > limits["concentration"]["max"] + EPSILON]
         extra: dict[str, Any] = {}
         if unpriced:
-            extra["unpriced"] = unpriced
-            ctx.log.warning("risk limit unmeasured: holdings without a price", limit="concentration", unpriced=unpriced)
+            extra["unpriced"] = sorted(unpriced)
+            why = {symbol: refusal for symbol, refusal in sorted(unpriced.items()) if refusal}
+            if why:
+                extra["refused"] = why  # IB's code and text, where IB refused the price
+            ctx.log.warning("risk limit unmeasured: holdings without a price", limit="concentration",
+                            unpriced=sorted(unpriced), refused=why)  # fmt: skip
         limits.add("concentration", top["share"] if top else 0.0, limits["concentration"]["max"], bool(over),
                    instrument=top["instrument"] if top else None,
                    over=[{k: v for k, v in s.items() if k != "currency"} for s in over], **extra)  # fmt: skip
@@ -221,9 +225,10 @@ async def _start_of_day(layout: Layout, day: str, nlv: float) -> tuple[float, st
 
 async def _instrument_shares(
     ctx: IntentContext, account: str, base: str, nlv: float
-) -> tuple[dict[int, dict[str, Any]], list[str]]:
+) -> tuple[dict[int, dict[str, Any]], dict[str, str | None]]:
     """Per instrument the account holds (forex cash aside): its absolute market value in base currency over net
-    liquidation; and the instruments no price was found for, which no share can be measured of.
+    liquidation; and the instruments no price (or rate) was found for, which no share can be measured of, each
+    with IB's refusal of its price when IB gave one.
 
     The positions are IB's position stream, which covers every account of the login. Prices are IB's own marks
     from the portfolio where ib_insync holds them, which is for one account per connection: a login's other
@@ -241,19 +246,22 @@ async def _instrument_shares(
         if item["account"] == account and int(item["conId"]) in held and item.get("marketPrice") is not None
     }
     unmarked = [await broker.by_con_id(c) for c in held if c not in prices]
+    refused: dict[int, str] = {}
     if unmarked:
-        prices.update(await broker.prices(unmarked))
+        snapshots = await broker.prices(unmarked)
+        prices.update(snapshots)
+        refused = snapshots.refused
     rates = {**broker.fx_rates(account), base: 1.0}
     unrated = {str(p.contract["currency"]) for p in held.values()} - set(rates)
     if unrated:
         rates.update(await broker.market_fx_rates(unrated, base))
     shares: dict[int, dict[str, Any]] = {}
-    unpriced: list[str] = []
+    unpriced: dict[str, str | None] = {}
     for con_id, position in held.items():
         currency = str(position.contract["currency"])
         price, rate = prices.get(con_id), rates.get(currency)
         if price is None or rate is None:
-            unpriced.append(position.symbol)
+            unpriced[position.symbol] = refused.get(con_id) if price is None else None
             continue
         multiplier = float(position.contract.get("multiplier") or 1.0)
         value = abs(position.quantity * price * multiplier) * rate
@@ -264,7 +272,7 @@ async def _instrument_shares(
             "marketValue": round(value, 2),
             "share": _round(value / nlv),
         }
-    return shares, sorted(unpriced)
+    return shares, unpriced
 
 
 async def _stale_orders(ctx: IntentContext, max_minutes: float) -> tuple[list[dict[str, Any]], float]:

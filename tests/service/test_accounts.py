@@ -22,6 +22,7 @@ import pytest
 
 from tests.support import (
     DEFAULT_CLOCK,
+    NOT_SUBSCRIBED,
     QUIET,
     STREAM_RESTART_WAIT,
     Bus,
@@ -440,6 +441,7 @@ def test_a_holding_of_a_logins_second_account_without_a_price_is_listed_unpriced
     assert (reply["status"], reply["account"]) == ("ok", HOUSEHOLD[1]), reply
     (line,) = [line for line in reply["result"]["limits"] if line["limit"] == "concentration"]
     assert line["unpriced"] == ["AAPL"], line
+    assert line["refused"] == {"AAPL": f"IB 354: {NOT_SUBSCRIBED}"}, line  # IB's reason, for the person it alerts
     assert (reply["alert"], reply["result"]["breaches"]) == (True, []), reply  # unmeasured, so a person should look
     assert (line["instrument"], line["value"]) == ("SPY", round(100 * 520.0 / reply["result"]["netLiquidation"], 6))
     assert any("risk limit unmeasured" in r.getMessage() and "AAPL" in r.getMessage() for r in caplog.records)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ibsim import Scenario, ThreadedGateway
-from tests.support import Bus, ConsumerUnderTest, allocation, wait_for, write_config
+from tests.support import NOT_SUBSCRIBED, Bus, ConsumerUnderTest, allocation, wait_for, write_config
 
 
 @pytest.fixture
@@ -34,12 +34,6 @@ def start_consumer(project: str, bus: Bus) -> Iterator[Any]:
     yield start
     for c in started:
         c.stop()
-
-
-NOT_SUBSCRIBED = (
-    "Requested market data is not subscribed. Check API status by selecting the Account menu then under "
-    "Management choose Market Data Subscription Manager and/or Delayed market data is not available."
-)
 
 
 def test_the_market_data_type_is_applied_on_connect_and_again_after_every_reconnect(
