@@ -17,7 +17,8 @@ SYMBOLS = [f"SYM{n:03d}" for n in range(102)]
 
 @pytest.fixture
 def gateway_scenario() -> dict[str, object]:
-    return {"generated": {"count": len(SYMBOLS), "prefix": "SYM"}}
+    # A snapshot's end far off (IB: 11 s), so no slow host ends the one the test expects open.
+    return {"generated": {"count": len(SYMBOLS), "prefix": "SYM"}, "marketData": {"snapshotEndSeconds": 600}}
 
 
 def test_the_101st_stream_of_a_login_is_refused_until_a_line_is_free(

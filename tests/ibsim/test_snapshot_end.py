@@ -10,14 +10,23 @@ from collections.abc import Callable
 import pytest
 from ib_insync import IB, Stock
 
-from ibsim import ThreadedGateway
+from ibsim import Scenario, ThreadedGateway
 from tests.ibsim.conftest import wait_until
 
 SPY = Stock("SPY", "SMART", "USD")
 
 
+@pytest.fixture
+def gateway_scenario() -> dict[str, object]:
+    # An end far off: no slow host ends a snapshot these tests expect open (IB's 11 s is the scenario's default).
+    return {"marketData": {"snapshotEndSeconds": 600}}
+
+
+def test_the_default_end_is_ibs_11_seconds() -> None:
+    assert Scenario.default().snapshotEndSeconds == 11.0
+
+
 def test_ticks_come_at_once_and_the_end_only_when_its_seconds_are_up(gw: ThreadedGateway, ib: IB) -> None:
-    assert gw.server.scenario.snapshotEndSeconds == 11.0
     tickers = asyncio.ensure_future(ib.reqTickersAsync(SPY))
     ticker = wait_until(
         ib, lambda: ib.wrapper.reqId2Ticker and next(iter(ib.wrapper.reqId2Ticker.values())), what="a ticker"

@@ -2,8 +2,8 @@
 earlier snapshot's ticker; IB's refusal kept as the reason; a lost connection an error; and nothing left in
 ib_insync's bookkeeping once IB ends them (issue 17: RSS after a 1,000-instrument run).
 
-The gateway keeps the scenario's default: IB's 11 s from a snapshot's ticks to its tickSnapshotEnd. Each read below
-is bounded at 5 s, so a wait for the end fails the test instead of passing slowly."""
+The gateway ends a snapshot 600 s after its ticks (IB: 11 s; far off here, so no slow host ends one a test expects
+open). Each read below is bounded at 5 s, so a wait for the end fails the test instead of passing slowly."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ SYMBOLS = ("SPY", "TLT", "GLD")
 
 
 @pytest.fixture
+def gateway_scenario() -> dict[str, object]:
+    return {"marketData": {"snapshotEndSeconds": 600}}
+
+
+@pytest.fixture
 def ib(gateway) -> Iterator[IB]:
     ensure_loop()
     client = IB()
@@ -40,7 +45,7 @@ def gateway_price(gateway, symbol: str) -> float:
 
 
 def test_snapshots_are_read_before_ib_ends_them_and_dropped_when_it_does(ib: IB, gateway) -> None:
-    assert gateway.server.scenario.snapshotEndSeconds == 11.0
+    assert gateway.server.scenario.snapshotEndSeconds == 600
     specs = {s: InstrumentSpec(s, currency="USD") for s in SYMBOLS}
     instruments = ib.run(Instruments(ib).resolve(specs))
 
