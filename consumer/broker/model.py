@@ -231,6 +231,11 @@ class Prices(dict[int, float]):
         super().__init__(prices)
         self.refused = dict(refused or {})
 
+    def named(self, con_id: int, symbol: str) -> str:
+        """The symbol, with IB's refusal when IB refused its price: "SPY (IB 10197: No market data during ...)"."""
+        refusal = self.refused.get(con_id)
+        return f"{symbol} ({refusal})" if refusal else symbol
+
 
 @dataclass(frozen=True, slots=True)
 class Quote:

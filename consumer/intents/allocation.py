@@ -15,7 +15,6 @@ from typing import Any
 
 from consumer.broker.broker import OrderSnapshot
 from consumer.broker.instruments import Instrument
-from consumer.broker.model import Prices
 from consumer.broker.orders import discard
 from consumer.errors import IntentError, Transient
 from consumer.intents.base import Intent, IntentContext
@@ -127,7 +126,7 @@ async def _allocation(
                 for part in (
                     unknown and f"weights for instruments it does not declare: {', '.join(unknown)}",
                     unpriced
-                    and f"no price for {', '.join(_with_refusal(s, instruments[name][s], prices) for s in unpriced)}",
+                    and f"no price for {', '.join(prices.named(instruments[name][s].con_id, s) for s in unpriced)}",
                     no_rate and f"no exchange rate for {', '.join(no_rate)}",
                 )
                 if part
@@ -223,9 +222,3 @@ INTENT = Intent(
     description="Rebalance each strategy to its target weights, netted into one order per instrument.",
     trades=True,
 )
-
-
-def _with_refusal(symbol: str, instrument: Instrument, prices: Prices) -> str:
-    """The symbol, with IB's reason when IB refused its price: SPY (IB 10197: No market data during competing ...)."""
-    refusal = prices.refused.get(instrument.con_id)
-    return f"{symbol} ({refusal})" if refusal else symbol

@@ -61,9 +61,9 @@ async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str,
         prices = await broker.prices([pair])
         price = prices.get(pair.con_id)
         if price is None:
-            refusal = prices.refused.get(pair.con_id)
-            reason = f"no price for {pair.symbol}" + (f" ({refusal})" if refusal else "")
-            lines.append({**line, "action": "skipped", "reason": reason})
+            lines.append(
+                {**line, "action": "skipped", "reason": f"no price for {prices.named(pair.con_id, pair.symbol)}"}
+            )
             continue
         quantity = conversion(balance, price, currency_is_base)
         if quantity == 0:
