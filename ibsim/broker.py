@@ -27,6 +27,7 @@ from .order_rules import (
     held_warning,
     needs_locate,
     off_tick,
+    precaution_refusal,
     refusal,
 )
 from .protocol import OrderRequest
@@ -154,6 +155,14 @@ class Broker(Ledger):
         reason = refusal(req, inst, self.accounts)
         if reason is None and off_tick(req, inst):
             self.listener.order_rejected(client_id, req.orderId, 110, OFF_TICK, None)
+            return
+        gateway_refusal = (
+            None
+            if reason
+            else precaution_refusal(req, inst, self.scenario.precautions, self.rate(inst.currency, "USD"))
+        )
+        if gateway_refusal is not None:  # the gateway's own check, before the order leaves for IB's margin check
+            self.listener.order_rejected(client_id, req.orderId, *gateway_refusal, None)
             return
         if reason is None and self.scenario.marginEnforce:
             reason = self.margin_shortfall(req, inst)

@@ -17,6 +17,7 @@ from .clock import parse_instant
 from .controls import Action, actions, fault, query
 from .orders import OrderDesk
 from .protocol import REQUEST_NAMES
+from .scenario import Precautions
 
 log = logging.getLogger("ibsim")
 
@@ -120,6 +121,15 @@ class Faults(OrderDesk):
         if size <= 0:
             raise ValueError("maxFillSize must be positive")
         self.scenario.maxFillSize = float(size)
+
+    @fault()
+    def order_precautions(
+        self, bypass: bool = False, size_limit: float | None = 500, total_value_limit: float | None = 100_000
+    ) -> None:
+        """IB Gateway's order precautions for API orders from now on; the defaults are a fresh gateway's (not
+        bypassed): an order beyond the Size Limit gets 383, beyond the Total Value Limit (USD) 451. None: no limit."""
+        self.scenario.precautions = Precautions(bool(bypass), size_limit, total_value_limit)
+        log.info("fault: order precautions %s", self.scenario.precautions)
 
     @fault(aliases={"freeze": {"on": True}, "unfreeze": {"on": False}})
     def freeze(self, on: bool = True) -> None:

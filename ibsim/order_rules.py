@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .market import Instrument, calendar_of, session_state, time_zone_of
 from .protocol import OrderRequest
+from .scenario import Precautions
 from .simorder import SimOrder
 
 ORDER_TYPES = ("MKT", "LMT", "STP", "STP LMT")
@@ -82,6 +83,44 @@ LOCATING = "Order held while securities are located."
 def needs_locate(order: SimOrder, inst: Instrument, position: float) -> bool:
     """True when `order` sells more than the account holds of an instrument without shares to borrow."""
     return not inst.spec.shortable and order.action == "SELL" and position - order.totalQuantity < 0
+
+
+# IB Gateway's refusals of an API order beyond its precautionary settings, as gateways send them (ib_async users'
+# logs: "Error 383, reqId 476: The following order "ID:476" size exceeds the Size Limit of 500. ..."; IbcAlpha/IBC#227:
+# "Error 451, reqId 329: The following order "ID:329" value estimate of 154,990 USD exceeds  the Total Value Limit
+# of 100,000 USD. ...", its double space included).
+PRECAUTION_SOURCE = "Restriction is specified in Precautionary Settings of Global Configuration/Presets."
+OVER_SIZE_LIMIT = 'The following order "ID:{id}" size exceeds the Size Limit of {limit:g}. ' + PRECAUTION_SOURCE
+OVER_VALUE_LIMIT = (
+    'The following order "ID:{id}" value estimate of {value:,.0f} USD exceeds  the Total Value Limit of {limit:,.0f} '
+    "USD. " + PRECAUTION_SOURCE
+)
+
+
+def precaution_refusal(
+    req: OrderRequest, inst: Instrument, precautions: Precautions, usd_rate: float
+) -> tuple[int, str] | None:
+    """IB Gateway's refusal of an order beyond its Size Limit (383) or Total Value Limit (451), or None: bypassed,
+    within them, or forex (whose presets ibsim does not model). The value is estimated at the order's stop price,
+    else its limit price, else the side of the quote it would take (IbcAlpha/IBC#227: a STP LMT valued at its stop
+    price times its multiplier), in USD."""
+    if precautions.bypass or inst.secType == "CASH":
+        return None
+    quantity = float(req.totalQuantity or 0)
+    if precautions.sizeLimit is not None and quantity > precautions.sizeLimit:
+        return 383, OVER_SIZE_LIMIT.format(id=req.orderId, limit=precautions.sizeLimit)
+    if precautions.totalValueLimit is None:
+        return None
+    if req.orderType in ("STP", "STP LMT") and req.auxPrice:
+        price = req.auxPrice
+    elif req.orderType == "LMT" and req.lmtPrice:
+        price = req.lmtPrice
+    else:
+        price = inst.ask if req.action == "BUY" else inst.bid
+    value = quantity * price * inst.multiplier * usd_rate
+    if value > precautions.totalValueLimit:
+        return 451, OVER_VALUE_LIMIT.format(id=req.orderId, value=value, limit=precautions.totalValueLimit)
+    return None
 
 
 def off_tick(req: OrderRequest, inst: Instrument) -> bool:

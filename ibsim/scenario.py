@@ -54,6 +54,18 @@ class FaultSpec:
 
 
 @dataclass
+class Precautions:
+    """IB Gateway's order precautions for API orders (Configure > Settings > API > Precautions, and the presets'
+    Size Limit and Total Value Limit). `bypass`: "Bypass Order Precautions for API Orders", which gateway-image sets
+    through IBC (BypassOrderPrecautions=yes); off, as on a fresh gateway, an order beyond a limit is refused.
+    None: no limit."""
+
+    bypass: bool = True
+    sizeLimit: float | None = 500
+    totalValueLimit: float | None = 100_000
+
+
+@dataclass
 class Scenario:
     """What a simulated gateway starts from: accounts, instruments, market hours, fill and latency behaviour and the
     faults to inject. `default()` is the packaged scenarios/default.yaml; `load(path)` reads and validates a file
@@ -89,6 +101,7 @@ class Scenario:
     snapshotEndSeconds: float = 11.0
     # True: an order whose initial margin would exceed the equity with loan value is rejected (201), as IB does.
     marginEnforce: bool = True
+    precautions: Precautions = field(default_factory=Precautions)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -133,7 +146,16 @@ class Scenario:
         merged = {**copy.deepcopy(_default_data()), **copy.deepcopy(data)}
         if data and "name" not in data:
             merged["name"] = "custom"
-        for key in ("commission", "latency", "pacing", "connectCost", "marketData", "margin", "generated"):
+        for key in (
+            "commission",
+            "latency",
+            "pacing",
+            "connectCost",
+            "marketData",
+            "margin",
+            "precautions",
+            "generated",
+        ):
             if key in data:
                 merged[key] = {**_default_data().get(key, {}), **data[key]} if key != "generated" else data[key]
         return _build(merged, given=data)
@@ -227,7 +249,20 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         marketDataLines=int((d.get("marketData") or {}).get("lines", 100)),
         snapshotEndSeconds=float((d.get("marketData") or {}).get("snapshotEndSeconds", 11.0)),
         marginEnforce=bool((d.get("margin") or {}).get("enforce", True)),
+        precautions=_precautions(d.get("precautions") or {}),
         raw=copy.deepcopy(given),
+    )
+
+
+def _precautions(d: dict[str, Any]) -> Precautions:
+    def limit(key: str, default: float) -> float | None:
+        value = d.get(key, default)
+        return None if value is None else float(value)
+
+    return Precautions(
+        bypass=bool(d.get("bypass", True)),
+        sizeLimit=limit("sizeLimit", 500),
+        totalValueLimit=limit("totalValueLimit", 100_000),
     )
 
 

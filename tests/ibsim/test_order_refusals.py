@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from ib_insync import IB, Contract, Forex, LimitOrder, MarketOrder, Stock, Trade
+from ib_insync import IB, Contract, Forex, LimitOrder, MarketOrder, Stock, StopLimitOrder, Trade
 
 from ibsim import ThreadedGateway
 from tests.support import IB_MARGIN_REJECTION, ensure_loop
@@ -239,3 +239,59 @@ def test_the_highest_order_id_survives_a_restart_with_the_state_file(tmp_path: P
             assert gw.orders() == []
         finally:
             ib.disconnect()
+
+
+def test_a_fresh_gateway_refuses_api_orders_beyond_its_size_and_value_limits_with_383_and_451(
+    gw: ThreadedGateway, ib: IB
+) -> None:
+    """IB Gateway's order precautions, not bypassed: over the Size Limit 383, over the Total Value Limit (USD) 451,
+    the value estimated at the stop price when there is one (IbcAlpha/IBC#227), else the limit price, else the quote.
+    ib_insync marks such an order Cancelled; nothing reaches the broker."""
+    errors = errors_of(ib)
+    gw.order_precautions()  # a fresh gateway: Size Limit 500, Total Value Limit 100,000 USD
+    big = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 501, orderRef="over-size")))
+    dear = done(ib, ib.placeOrder(SPY, LimitOrder("BUY", 200, 520.25, orderRef="over-value")))
+    stop = StopLimitOrder("BUY", 150, 710.0, 700.0, orderRef="stop-valued")
+    stopped = done(ib, ib.placeOrder(SPY, stop))
+
+    assert [(e[0], e[1], e[2]) for e in errors if e[1] in (383, 451)] == [
+        (
+            big.order.orderId,
+            383,
+            f'The following order "ID:{big.order.orderId}" size exceeds the Size Limit of 500. Restriction is '
+            "specified in Precautionary Settings of Global Configuration/Presets.",
+        ),
+        (
+            dear.order.orderId,
+            451,
+            f'The following order "ID:{dear.order.orderId}" value estimate of 104,050 USD exceeds  the Total Value '
+            "Limit of 100,000 USD. Restriction is specified in Precautionary Settings of Global Configuration/Presets.",
+        ),
+        (
+            stopped.order.orderId,
+            451,
+            f'The following order "ID:{stopped.order.orderId}" value estimate of 105,000 USD exceeds  the Total Value '
+            "Limit of 100,000 USD. Restriction is specified in Precautionary Settings of Global Configuration/Presets.",
+        ),
+    ]
+    assert {t.orderStatus.status for t in (big, dear, stopped)} == {"Cancelled"}
+    assert gw.orders() == []
+    assert gw.executions() == []
+
+    within = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 150, orderRef="within")))  # 78,000 USD
+    fx = done(ib, ib.placeOrder(Forex("EURUSD"), MarketOrder("BUY", 200_000, orderRef="fx")))  # forex: other presets
+    assert (within.orderStatus.status, fx.orderStatus.status) == ("Filled", "Filled")
+
+    gw.order_precautions(bypass=True)  # as gateway-image configures the gateway (IBC BypassOrderPrecautions=yes)
+    bypassed = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 501, orderRef="bypassed")))
+    assert bypassed.orderStatus.status == "Filled"
+    assert {e["orderRef"] for e in gw.executions()} == {"within", "fx", "bypassed"}
+    assert gw.positions()["SPY"] == 651
+
+
+def test_the_built_in_gateway_bypasses_the_precautions_as_gateway_image_configures_it(
+    gw: ThreadedGateway, ib: IB
+) -> None:
+    big = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 600, orderRef="large")))  # 312,000 USD, 600 shares
+    assert big.orderStatus.status == "Filled"
+    assert gw.positions() == {"SPY": 600}
