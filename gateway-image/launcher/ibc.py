@@ -56,6 +56,7 @@ class GatewaySettings:
     relogin_after_2fa_timeout: bool = True
     second_factor_exit_interval: int = 60
     allow_blind_trading: bool = False
+    bypass_order_precautions: bool = True
     command_server_port: int = 7462
     login_dialog_timeout: int = 60
     time_zone: str = "America/New_York"
@@ -111,6 +112,7 @@ class GatewaySettings:
             relogin_after_2fa_timeout=_flag(env, "IBC_RELOGIN_AFTER_2FA_TIMEOUT", default=True),
             second_factor_exit_interval=_int(env, "IBC_2FA_EXIT_INTERVAL", 60, 10, 3600),
             allow_blind_trading=_flag(env, "IBC_ALLOW_BLIND_TRADING", default=False),
+            bypass_order_precautions=_flag(env, "IBC_BYPASS_ORDER_PRECAUTIONS", default=True),
             command_server_port=_int(env, "IBC_COMMAND_SERVER_PORT", 7462, 1024, 65535),
             login_dialog_timeout=_int(env, "IBC_LOGIN_DIALOG_TIMEOUT", 60, 10, 600),
             time_zone=_get(env, "TZ", cls.time_zone),
@@ -155,6 +157,9 @@ def render_config_ini(settings: GatewaySettings, credentials: Credentials) -> st
         ("TrustedTwsApiClientIPs", LOCALHOST),
         ("AcceptIncomingConnectionAction", "reject"),
         ("AllowBlindTrading", yes_no[settings.allow_blind_trading]),
+        # Left on, the gateway refuses every API order over its presets (500 shares, 100,000 USD) with 383 / 451:
+        # nobody can confirm them on a headless gateway, and the consumer's own risk limits are the check.
+        ("BypassOrderPrecautions", yes_no[settings.bypass_order_precautions]),
         ("DismissPasswordExpiryWarning", "no"),
         ("DismissNSEComplianceNotice", "yes"),
         ("SaveTwsSettingsAt", ""),

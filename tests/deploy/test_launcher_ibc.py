@@ -43,7 +43,14 @@ def test_paper_defaults() -> None:
     assert ini["BindAddress"] == "127.0.0.1"
     assert ini["ControlFrom"] == ""
     assert ini["AllowBlindTrading"] == "no"
+    # ibsim's built-in gateway is this one (precautions.bypass): orders over the presets are not refused (383/451)
+    assert ini["BypassOrderPrecautions"] == "yes"
     assert ini["FIX"] == "no"
+
+
+def test_the_gateways_order_precautions_can_be_kept() -> None:
+    kept = ibc.GatewaySettings.from_env({"IBC_BYPASS_ORDER_PRECAUTIONS": "no"})
+    assert parse_ini(ibc.render_config_ini(kept, creds()))["BypassOrderPrecautions"] == "no"
 
 
 def test_live_is_read_only_unless_asked_twice() -> None:
