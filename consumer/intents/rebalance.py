@@ -388,6 +388,9 @@ class Rebalance:
             "kept": way.kept,
             "booksReconciled": {k: len(v) if isinstance(v, list) else v for k, v in self.sweep.items()},
         }
+        if any(o.fate is Fate.REJECTED for o in outcomes.values()):
+            # IB refused a leg (margin, the gateway's order precautions, a price): work left undone for a person.
+            report["alert"] = True
         if ctx.dry_run:
             report["wouldCancel"] = [{**o.view(), "reason": reason} for o in way.cancel.values()]
         return report
