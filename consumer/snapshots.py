@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -39,18 +39,22 @@ class Marks:
 
     prices: Mapping[int, float]
     rates: Mapping[str, float]
+    # IB's refusal of a price left out ("IB 354: ..."), so that an unpriced holding says why
+    refused: Mapping[int, str] = field(default_factory=dict)
 
 
 def strategy_pnl(ledgers: Mapping[str, Mapping[str, Any]], marks: Marks) -> dict[str, dict[str, Any]]:
     """Per strategy, base currency: marketValue, unrealizedPnl, grossExposure, netExposure, realizedPnlToDate.
 
-    A position without a price or a rate is left out of the values and named in `unpriced`, never valued at 0; one
-    without a known cost is valued but has no unrealized P&L, and is named in `costUnknown`.
+    A position without a price or a rate is left out of the values and named in `unpriced` (with IB's refusal of
+    its price in `refused`, when IB gave one), never valued at 0; one without a known cost is valued but has no
+    unrealized P&L, and is named in `costUnknown`.
     """
     out: dict[str, dict[str, Any]] = {}
     for strategy, ledger in sorted(ledgers.items()):
         market_value = unrealized = gross = 0.0
         unpriced: list[str] = []
+        refused: dict[str, str] = {}
         no_cost: list[str] = []  # held without a known cost (booked before costs were kept): no unrealized P&L
         for key, position in sorted(ledger.get("positions", {}).items()):
             quantity = float(position.get("quantity", 0.0))
@@ -60,6 +64,8 @@ def strategy_pnl(ledgers: Mapping[str, Mapping[str, Any]], marks: Marks) -> dict
             rate = marks.rates.get(str(position.get("currency", "")))
             if price is None or rate is None:
                 unpriced.append(str(position.get("symbol", key)))
+                if price is None and int(key) in marks.refused:
+                    refused[unpriced[-1]] = marks.refused[int(key)]
                 continue
             multiplier = float(position.get("multiplier") or 1.0)
             value = quantity * price * multiplier * rate
@@ -79,6 +85,8 @@ def strategy_pnl(ledgers: Mapping[str, Mapping[str, Any]], marks: Marks) -> dict
         }
         if unpriced:
             line["unpriced"] = unpriced
+        if refused:
+            line["refused"] = refused
         if no_cost:
             line["costUnknown"] = no_cost
         out[strategy] = line
@@ -100,7 +108,8 @@ def periods(
     before_month: Mapping[str, Any] | None,
 ) -> dict[str, dict[str, Any]]:
     """Per strategy: today, monthToDate, sinceInception (base currency), against the snapshots before them; and
-    what the figures leave out (`unpriced`, `costUnknown`), so that a reader of these alone sees it."""
+    what the figures leave out (`unpriced`, with IB's `refused`; `costUnknown`), so that a reader of these alone
+    sees it."""
 
     def base(snapshot: Mapping[str, Any] | None, strategy: str) -> float:
         return total((snapshot or {}).get("strategies", {}).get(strategy, {}))
@@ -114,7 +123,7 @@ def periods(
             "sinceInception": _cents(now),
             "realizedToDate": float(line.get("realizedPnlToDate", 0.0)),
             "unrealized": float(line.get("unrealizedPnl", 0.0)),
-            **{k: line[k] for k in ("unpriced", "costUnknown") if k in line},
+            **{k: line[k] for k in ("unpriced", "refused", "costUnknown") if k in line},
         }
     return out
 
@@ -156,13 +165,16 @@ async def marks(broker: Broker, account: str, base: str, con_ids: Iterable[int],
     rates.setdefault(base, 1.0)
     wanted = set(con_ids)
     afresh = wanted if ask else wanted - set(prices)
+    refused: dict[int, str] = {}
     if afresh:
         instruments = [await broker.by_con_id(c) for c in sorted(afresh)]
-        prices.update(await broker.prices(instruments))
+        fresh = await broker.prices(instruments)
+        prices.update(fresh)
+        refused = {c: why for c, why in fresh.refused.items() if c not in prices}
         missing = {i.currency for i in instruments} - set(rates)
         if missing:
             rates.update(await broker.market_fx_rates(missing, base))
-    return Marks(prices, rates)
+    return Marks(prices, rates, refused)
 
 
 def held(ledgers: Mapping[str, Mapping[str, Any]]) -> set[int]:

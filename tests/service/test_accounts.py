@@ -449,6 +449,7 @@ def test_a_holding_of_a_logins_second_account_without_a_price_is_listed_unpriced
     assert holdings(project, account=HOUSEHOLD[1]) == {"unallocated": {"AAPL": 500, "SPY": 100}}
     assert summary["status"] == "ok", summary
     assert summary["result"]["pnl"]["unallocated"]["unpriced"] == ["AAPL"], summary["result"]["pnl"]
+    assert summary["result"]["pnl"]["unallocated"]["refused"] == {"AAPL": f"IB 354: {NOT_SUBSCRIBED}"}
 
 
 def test_eod_check_on_a_login_with_two_accounts_reports_only_the_addressed_ones_fills_and_orders(
