@@ -26,6 +26,7 @@ from .order_rules import (
     commission,
     held_warning,
     needs_locate,
+    odd_lot_warning,
     off_tick,
     precaution_refusal,
     refusal,
@@ -198,6 +199,8 @@ class Broker(Ledger):
         self.listener.order_update(order, open_order=True)
         if self.scenario.hours == "regular" and order.outsideRth and order.orderType not in OUTSIDE_RTH_TYPES:
             self.listener.order_warning(order, 2109, OUTSIDE_RTH_IGNORED)
+        if odd_lot := odd_lot_warning(order, inst, self.rate(inst.currency, "USD")):
+            self.listener.order_warning(order, 399, odd_lot)  # a note: the order goes on
         if self._held_for_locate(order, inst):
             return
         opens = self.closed_until(order)

@@ -173,6 +173,25 @@ def held_warning(order: SimOrder, inst: Instrument, opens: dt.datetime) -> str:
     )
 
 
+# IDEALPRO's minimum order, in USD: a smaller forex order is accepted with this 399 and routed as an odd lot, which
+# fills ("Order Message:\nSELL 7K EUR.USD Forex\nWarning: Your order size is below the EUR 20000 IdealPro minimum and
+# will be routed as an odd lot order.", as IB sent it when the minimum was EUR 20,000; a paper account's in 2026:
+# "... below the USD 25000 IdealPro minimum ...").
+IDEALPRO_MINIMUM_USD = 25_000
+
+
+def odd_lot_warning(order: SimOrder, inst: Instrument, usd_rate: float) -> str | None:
+    """IB's 399 for a forex order below IDEALPRO's minimum (it still fills), or None."""
+    if inst.secType != "CASH" or order.totalQuantity * inst.price * usd_rate >= IDEALPRO_MINIMUM_USD:
+        return None
+    q = order.totalQuantity
+    size = f"{q / 1000:g}K" if q >= 1000 and q % 1000 == 0 else f"{q:g}"
+    return (
+        f"Order Message:\n{order.action} {size} {inst.key} Forex\nWarning: Your order size is below the USD "
+        f"{IDEALPRO_MINIMUM_USD} IdealPro minimum and will be routed as an odd lot order."
+    )
+
+
 def commission(
     rates: Mapping[str, float], inst: Instrument, cum_qty: float, cum_value: float, usd_rate: float
 ) -> tuple[float, str]:

@@ -295,3 +295,21 @@ def test_the_built_in_gateway_bypasses_the_precautions_as_gateway_image_configur
     big = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 600, orderRef="large")))  # 312,000 USD, 600 shares
     assert big.orderStatus.status == "Filled"
     assert gw.positions() == {"SPY": 600}
+
+
+def test_a_forex_order_below_the_idealpro_minimum_gets_399_and_still_fills(gw: ThreadedGateway, ib: IB) -> None:
+    """IB accepts it and routes it as an odd lot: the 399 is a note, not a hold (the order fills), unlike the 399
+    of an order held for its session; at or above USD 25,000 there is no note."""
+    errors = errors_of(ib)
+    small = done(ib, ib.placeOrder(Forex("EURUSD"), MarketOrder("SELL", 7000, orderRef="odd-lot")))
+    large = done(ib, ib.placeOrder(Forex("EURUSD"), MarketOrder("BUY", 25_000, orderRef="round-lot")))
+    assert (small.orderStatus.status, large.orderStatus.status) == ("Filled", "Filled")
+    assert [(e[0], e[1], e[2]) for e in errors if e[1] == 399] == [
+        (
+            small.order.orderId,
+            399,
+            "Order Message:\nSELL 7K EUR.USD Forex\nWarning: Your order size is below the USD 25000 IdealPro minimum "
+            "and will be routed as an odd lot order.",
+        )
+    ]
+    assert {e["orderRef"] for e in gw.executions()} == {"odd-lot", "round-lot"}
