@@ -89,6 +89,7 @@ class Outcome:
     limit_price: float | None = None
     tif: str = ""
     held: dict[str, Any] | None = None  # IB holds it (399: for the session; 404: for a locate): code, text, until
+    notes: list[dict[str, Any]] | None = None  # IB's notes that hold nothing (399: a forex odd lot): code, text
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -108,6 +109,8 @@ class Outcome:
             out["error"] = self.error
         if self.held:
             out["held"] = self.held
+        if self.notes:
+            out["notes"] = self.notes
         return out
 
 
@@ -136,9 +139,18 @@ def outcome_of(trade: Trade, existing: bool = False) -> Outcome:
 
 
 # IB's notes on an order that are no refusal: a requested cancel (202), a held order (399: until its session; 404:
-# a short sale until shares to borrow are located), delayed data (10167).
+# a short sale until shares to borrow are located), delayed data (10167). A 399 holds the order only when it says
+# so ("... will not be placed at the exchange until ..."): IB also sends 399 for a forex order it routes as an odd
+# lot ("Your order size is below the USD 25000 IdealPro minimum ..."), which fills.
 _HOLDS = {399, 404}
 _ORDER_NOTES = {202, 10167} | _HOLDS
+_HOLDS_UNTIL = re.compile(r"will not be placed at the exchange until", re.IGNORECASE)
+
+
+def holds(code: int, message: str) -> bool:
+    """Whether IB's message holds the order (a closed session, a locate) rather than noting something about it."""
+    return code == 404 or (code == 399 and _HOLDS_UNTIL.search(message) is not None)
+
 
 # ib_insync logs an order's error as "Error 201, reqId 16: <IB's text>"; the reply carries IB's text as IB sent it.
 _IB_INSYNC_PREFIX = re.compile(r"^Error -?\d+, reqId -?\d+: ")
@@ -179,16 +191,19 @@ class _OrderMessages:
 
     def __init__(self) -> None:
         self.errors: dict[int, dict[str, Any]] = {}
+        self.notes: dict[int, list[dict[str, Any]]] = {}
         self._held: dict[int, asyncio.Future[dict[str, Any]]] = {}
 
     def held_future(self, trade: Trade) -> asyncio.Future[dict[str, Any]]:
         return self._held.setdefault(trade.order.orderId, asyncio.get_running_loop().create_future())
 
     def on_error(self, req_id: int, code: int, message: str, contract: Any) -> None:
-        if code in _HOLDS:
+        if holds(code, message):
             future = self._held.setdefault(req_id, asyncio.get_running_loop().create_future())
             if not future.done():
                 future.set_result(held_note(code, message))
+        elif code in _HOLDS:
+            self.notes.setdefault(req_id, []).append({"code": code, "message": message})
         elif code not in _ORDER_NOTES and code < 2100:
             self.errors[req_id] = {"code": code, "message": message}
 
@@ -311,6 +326,8 @@ class OrderEngine:
             note = notes.held_note(trade)
             if outcome.fate is Fate.WORKING and note is not None:
                 outcome = replace(outcome, held=note)
+            if trade.order.orderId in notes.notes:
+                outcome = replace(outcome, notes=notes.notes[trade.order.orderId])
             outcomes[ref] = outcome
         unconfirmed = {ref for ref, o in outcomes.items() if o.fate is Fate.UNCONFIRMED}
         if unconfirmed:

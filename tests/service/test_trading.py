@@ -6,6 +6,7 @@ Every test states its invariant at the broker (orders by orderRef, positions) an
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import pytest
@@ -244,6 +245,41 @@ def test_cash_balancer_without_a_quote_converts_nothing_says_why_and_alerts(bus:
         lambda: sorted(f["execId"] for f in mode_collection(project, "fills")) == sorted(executions),
         what="the conversion's fills booked by execId",
     )
+
+
+def test_a_conversion_below_the_idealpro_minimum_is_reported_filled_with_ibs_odd_lot_note(
+    bus: Bus, gateway, project: str
+):
+    """IB answers a forex order under USD 25,000 with 399 and routes it as an odd lot, which fills. The consumer
+    took every 399 for a hold until the market opens: the conversion was reported working and held."""
+    gateway.set_cash("EUR", 10_000.0)  # about 10,850 USD
+    # The fill comes a moment after IB accepts the order, as from an exchange (ibsim would send both at once).
+    gateway.hold_fills(True)
+    sent = bus.publish({"intent": "cash-balancer", "params": {"threshold": 1000}})
+    wait_for(lambda: any(o["symbol"] == "EUR.USD" for o in gateway.orders()), what="the conversion at the broker")
+    time.sleep(0.5)  # the consumer reads IB's 399 meanwhile; the old code replied "held" here
+    gateway.hold_fills(False)
+    reply = bus.reply_to(sent)
+    assert reply["status"] == "ok", reply
+    eur = {b["currency"]: b for b in reply["result"]["balances"]}["EUR"]
+    assert (eur["action"], eur["order"], eur["outcome"], eur["filled"]) == ("convert", -10_000, "filled", 10_000)
+    assert "held" not in eur
+    assert eur["notes"] == [
+        {
+            "code": 399,
+            "message": "Order Message:\nSELL 10K EUR.USD Forex\nWarning: Your order size is below the USD 25000 "
+            "IdealPro minimum and will be routed as an odd lot order.",
+        }
+    ]
+    ((order,),) = [[o for o in gateway.orders() if o["orderRef"] == eur["orderRef"]]]
+    assert order["status"] == "Filled"
+    executions = [e["execId"] for e in gateway.executions() if e["orderRef"] == eur["orderRef"]]
+    assert executions
+    wait_for(
+        lambda: sorted(f["execId"] for f in mode_collection(project, "fills")) == sorted(executions),
+        what="the conversion's fills booked by execId",
+    )
+    assert abs(gateway.cash()["EUR"]) < 1.0
 
 
 def test_a_long_rebalance_reports_its_progress(bus: Bus, gateway, caplog):
