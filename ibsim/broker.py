@@ -213,7 +213,8 @@ class Broker(Ledger):
         order.status = "Submitted"
         self.listener.order_update(order, open_order=True)
         self.listener.state_changed()
-        self.work(order)
+        # The first fill comes back from the exchange a moment after IB's acknowledgement, not in the same burst.
+        self.work(order, delay=self.scenario.fillDelayMs / 1000)
 
     def _held_for_locate(self, order: SimOrder, inst: Instrument) -> bool:
         held = self.accounts[order.account].positions.get(inst.key)

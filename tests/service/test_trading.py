@@ -6,7 +6,6 @@ Every test states its invariant at the broker (orders by orderRef, positions) an
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import pytest
@@ -253,13 +252,9 @@ def test_a_conversion_below_the_idealpro_minimum_is_reported_filled_with_ibs_odd
     """IB answers a forex order under USD 25,000 with 399 and routes it as an odd lot, which fills. The consumer
     took every 399 for a hold until the market opens: the conversion was reported working and held."""
     gateway.set_cash("EUR", 10_000.0)  # about 10,850 USD
-    # The fill comes a moment after IB accepts the order, as from an exchange (ibsim would send both at once).
-    gateway.hold_fills(True)
-    sent = bus.publish({"intent": "cash-balancer", "params": {"threshold": 1000}})
-    wait_for(lambda: any(o["symbol"] == "EUR.USD" for o in gateway.orders()), what="the conversion at the broker")
-    time.sleep(0.5)  # the consumer reads IB's 399 meanwhile; the old code replied "held" here
-    gateway.hold_fills(False)
-    reply = bus.reply_to(sent)
+    # ibsim's first fill comes fillDelayMs after IB's acknowledgement and its 399, as from an exchange: the old code
+    # settled on the 399 in between and replied "working".
+    reply = bus.reply_to(bus.publish({"intent": "cash-balancer", "params": {"threshold": 1000}}))
     assert reply["status"] == "ok", reply
     eur = {b["currency"]: b for b in reply["result"]["balances"]}["EUR"]
     assert (eur["action"], eur["order"], eur["outcome"], eur["filled"]) == ("convert", -10_000, "filled", 10_000)
