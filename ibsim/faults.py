@@ -123,6 +123,33 @@ class Faults(OrderDesk):
         self.scenario.maxFillSize = float(size)
 
     @fault()
+    def correct_execution(self, exec_id: str, price: float | None = None, shares: float | None = None) -> str:
+        """IB corrects an execution: a new one whose execId differs only in the digits after the final period
+        ("...01.01" -> "...01.02") carries the corrected price or shares, with the same commission, and is sent as
+        any execution is; the account and the order move by the difference. Returns the correction's execId."""
+        versions = {e["execId"]: e for e in self.broker.executions}
+        if exec_id not in versions:
+            raise ValueError(f"no execution {exec_id!r} today")
+        old = versions[exec_id]
+        base = exec_id.rpartition(".")[0]
+        latest = max(int(i.rpartition(".")[2]) for i in versions if i.rpartition(".")[0] == base)
+        new = {**old, "execId": f"{base}.{latest + 1:02d}"}
+        new["price"] = float(price) if price is not None else old["price"]
+        new["shares"] = float(shares) if shares is not None else old["shares"]
+        order = self.broker.by_perm[old["permId"]]
+        inst = self.instruments[old["key"]]
+        account = self.broker.accounts[old["account"]]
+        sign = 1.0 if old["side"] == "BOT" else -1.0
+        self.broker.book(account, inst, -sign * old["shares"], old["price"], 0.0, old["commissionCurrency"])
+        self.broker.book(account, inst, sign * new["shares"], new["price"], 0.0, old["commissionCurrency"])
+        order.filled += new["shares"] - old["shares"]
+        new["cumQty"] = order.filled
+        self.broker.executions.append(new)
+        log.info("fault: execution %s corrected by %s (%g @ %s)", exec_id, new["execId"], new["shares"], new["price"])
+        self.execution(order, new)
+        return str(new["execId"])
+
+    @fault()
     def order_precautions(
         self, bypass: bool = False, size_limit: float | None = 500, total_value_limit: float | None = 100_000
     ) -> None:

@@ -374,3 +374,32 @@ def test_short_position_average_cost_is_net_of_commission(gw: ThreadedGateway, i
     covered = [e["execId"] for e in gw.executions() if e["orderRef"] == "short-cover"]
     assert covered == [f.commissionReport.execId for f in cover.fills]
     assert gw.positions() == {}
+
+
+def test_a_corrected_execution_comes_as_a_new_exec_id_differing_after_the_final_period(
+    gw: ThreadedGateway, ib: IB
+) -> None:
+    """IB's Execution.execId: "A correction is indicated by an ExecId which differs from a previous ExecId in only
+    the digits after the final period". The correction is sent like any execution; the account moves by the
+    difference, so the position and cash are what the corrected execution alone would have made them."""
+    trade = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 100, orderRef="to-correct")))
+    (first,) = ib.fills()
+    cash_after_fill = gw.cash()["USD"]
+
+    corrected = gw.correct_execution(first.execution.execId, price=520.51)
+    wait_until(ib, lambda: len(ib.fills()) == 2, what="the correction's execution")
+    base, _, version = first.execution.execId.rpartition(".")
+    assert (version, corrected) == ("01", f"{base}.02")
+    again = next(f for f in ib.fills() if f.execution.execId == corrected)
+    assert (again.execution.shares, again.execution.price, again.execution.orderRef) == (100, 520.51, "to-correct")
+    assert again.execution.permId == trade.order.permId
+    wait_until(ib, lambda: again.commissionReport.execId == corrected, what="the correction's commission report")
+    assert again.commissionReport.commission == first.commissionReport.commission
+    assert gw.positions() == {"SPY": 100}
+    assert gw.cash()["USD"] == pytest.approx(cash_after_fill - 100 * 0.50)
+
+    fewer = gw.correct_execution(corrected, shares=90)  # the chain goes on from the latest version
+    assert fewer == f"{base}.03"
+    wait_until(ib, lambda: len(ib.fills()) == 3, what="the second correction")
+    assert gw.positions() == {"SPY": 90}
+    assert [e["execId"] for e in gw.executions()] == [first.execution.execId, corrected, fewer]
