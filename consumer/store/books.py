@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -346,7 +346,10 @@ class _Ledger:
 
     async def load(self, executions: Sequence[Execution], closes: Sequence[Close]) -> None:
         layout = self._layout
-        for s in await self._get_all([layout.fills().document(e) for e in {e.exec_id for e in executions}]):
+        # With each execution, the earlier versions a correction of it replaces (IB: same execId but the digits
+        # after its final period, ".01" -> ".02"); an execution that is no correction adds none.
+        ids = {i for e in executions for i in (e.exec_id, *earlier_versions(e.exec_id))}
+        for s in await self._get_all([layout.fills().document(e) for e in ids]):
             if s.exists:
                 self.fills[s.id] = s.to_dict() or {}
         refs = {e.order_ref for e in executions if e.order_ref} | {c.order_ref for c in closes}
@@ -384,6 +387,8 @@ class _Ledger:
             else:
                 fill = self.fills[exec_id]
                 fields = {"commission": fill["commission"], "commissionCurrency": fill["commissionCurrency"]}
+                if "correctedBy" in fill:
+                    fields["correctedBy"] = fill["correctedBy"]
                 t.update(layout.fills().document(exec_id), fields)
 
 
@@ -408,12 +413,23 @@ async def _book(ledger: _Ledger, layout: Layout, e: Execution, now: datetime) ->
             # Its P&L: each strategy's share of it goes to the cost of what the fill opened or to realized.
             shares = {s: float(q) for s, q in (fill.get("strategies") or {}).items()}
             holdings = await ledger.holdings_of(shares)
-            _late_commission(holdings, fill, shares, e, now)
+            # A correction's report repeats what the execution it replaced was charged: only the difference is new.
+            # A replaced execution's own late report is in its correction's already.
+            charged = float(fill.get("commissionBefore") or 0.0)
+            if not fill.get("correctedBy"):
+                _late_commission(holdings, fill, shares, replace(e, commission=e.commission - charged), now)
             ledger.changed_holdings.update(shares)
             fill["commission"], fill["commissionCurrency"] = e.commission, e.commission_currency
             ledger.changed_fills.setdefault(e.exec_id, False)
             return "commission"
         return "known"
+
+    corrected = next((ledger.fills[i] for i in reversed(earlier_versions(e.exec_id)) if i in ledger.fills), None)
+    if corrected is not None:
+        if corrected.get("correctedBy"):
+            return "known"  # a later correction of it is booked already: this one is out of date
+        await _book_correction(ledger, layout, e, corrected, now)
+        return "applied"
 
     # Its order: still open, or already closed (a late report for a cancelled, partly filled order).
     where, order = ledger.orders.get(e.order_ref, (None, None)) if e.order_ref else (None, None)
@@ -480,6 +496,84 @@ async def _book(ledger: _Ledger, layout: Layout, e: Execution, now: datetime) ->
     }
     ledger.changed_fills[e.exec_id] = True
     return "applied"
+
+
+def earlier_versions(exec_id: str) -> list[str]:
+    """The execIds a correction replaces, oldest first: IB's correction differs only in the digits after the final
+    period ("0000e0d5.65a1b2c3.01.02" corrects "...01.01"). None for a first version or an id of another shape."""
+    base, dot, version = exec_id.rpartition(".")
+    if not dot or not version.isdigit() or int(version) <= 1:
+        return []
+    return [f"{base}.{n:0{len(version)}d}" for n in range(1, int(version))]
+
+
+async def _book_correction(
+    ledger: _Ledger, layout: Layout, e: Execution, corrected: dict[str, Any], now: datetime
+) -> None:
+    """Books IB's correction `e` of a booked execution in its place, so that each book ends as if only `e` had
+    happened: each book's share is scaled to the corrected shares; the price difference on the shares kept goes
+    where that execution's cost went, as a late commission does (to the cost of what it opened, else to
+    realized); shares added trade at the corrected price, shares taken away leave at the booked one; the
+    commission counts only what it adds. The corrected fill keeps its document, marked `correctedBy`; the
+    order's progress moves by the difference."""
+    before = {s: float(q) for s, q in (corrected.get("strategies") or {}).items()}
+    ratio = e.shares / float(corrected["shares"]) if float(corrected.get("shares") or 0.0) else 0.0
+    after = {s: q * ratio for s, q in before.items()}
+    moves = {s: after[s] - q for s, q in before.items() if abs(after[s] - q) > EPSILON}
+    holdings = await ledger.holdings_of(before)
+    instrument = {k: corrected[k] for k in ("conId", "symbol", "secType", "currency", "exchange", "multiplier")}
+    multiplier = float(instrument.get("multiplier") or 1.0)
+    fx_rate = e.fx_rate if e.fx_rate is not None else corrected.get("fxRate")
+    change = e.price - float(corrected["price"])
+    kept = {s: (q if abs(after[s]) >= abs(q) else after[s]) for s, q in before.items()}
+    if abs(change) > EPSILON:
+        repriced = {"conId": instrument["conId"], "multiplier": multiplier, "fxRate": fx_rate, **instrument}
+        for s, q in kept.items():
+            late = replace(e, commission=change * q * multiplier, commission_currency=e.currency)
+            _late_commission(holdings, repriced, {s: q}, late, now)
+    charged = corrected.get("commission")
+    extra = (e.commission - float(charged or 0.0)) if e.commission is not None else 0.0
+    # Shares added were bought (sold) at the corrected price; shares taken away were never traded, so they leave at
+    # the price they were booked at, which leaves each book's P&L as if the corrected execution alone had happened.
+    moved_at = e.price if e.shares > float(corrected["shares"]) else float(corrected["price"])
+    quotes = {s: -moves.get(s, 0.0) * moved_at - change * kept[s] for s in before} if e.sec_type == "CASH" else {}
+    _write_holdings(holdings, instrument, moves, now, quotes, Priced(moved_at, {}, fx_rate))
+    if abs(extra) > EPSILON:
+        _late_commission(holdings, corrected, after, replace(e, commission=extra), now)
+    ledger.changed_holdings.update(before)
+
+    where, order = ledger.orders.get(e.order_ref, (None, None)) if e.order_ref else (None, None)
+    if order is not None and where is not None:
+        booked = {k: float(v) for k, v in order.get("booked", {}).items()}
+        for s, q in moves.items():
+            booked[s] = booked.get(s, 0.0) + q
+        filled = float(order.get("filled", 0.0)) + e.signed - float(corrected["quantity"])
+        progress = {"booked": booked, "filled": filled, "execIds": [*order.get("execIds", []), e.exec_id],
+                    "updatedAt": now}  # fmt: skip
+        ledger.orders[e.order_ref] = (where, {**order, **progress})
+        ledger.changed_orders.add(e.order_ref)
+
+    corrected["correctedBy"] = e.exec_id
+    ledger.changed_fills.setdefault(corrected["execId"], False)
+    ledger.fills[e.exec_id] = {
+        **corrected,
+        "execId": e.exec_id,
+        "shares": e.shares,
+        "quantity": e.signed,
+        "price": e.price,
+        "time": e.time,
+        "commission": e.commission,
+        "commissionCurrency": e.commission_currency or corrected.get("commissionCurrency"),
+        # What the replaced execution was charged: a commission report of the correction that comes later
+        # repeats it, so only the difference is booked then.
+        "commissionBefore": charged if e.commission is None else None,
+        "fxRate": fx_rate,
+        "strategies": after,
+        "corrects": corrected["execId"],
+        "correctedBy": None,
+        "bookedAt": now,
+    }
+    ledger.changed_fills[e.exec_id] = True
 
 
 def _close(ledger: _Ledger, layout: Layout, c: Close, now: datetime) -> bool:

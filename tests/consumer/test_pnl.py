@@ -87,3 +87,12 @@ def test_a_transfer_at_market_books_no_gain_in_total() -> None:
     assert r.lot == Lot(10, 12.0)
     after = g.realized + r.realized + unrealized(g.lot, price) + unrealized(r.lot, price)
     assert after == pytest.approx(before)
+
+
+def test_a_corrections_earlier_versions_are_the_execids_differing_only_after_the_final_period() -> None:
+    from consumer.store.books import earlier_versions
+
+    assert earlier_versions("0000e0d5.65a1b2c3.01.01") == []
+    assert earlier_versions("0000e0d5.65a1b2c3.01.03") == ["0000e0d5.65a1b2c3.01.01", "0000e0d5.65a1b2c3.01.02"]
+    assert earlier_versions("synthetic-1000000001-100") == []  # not IB's shape
+    assert earlier_versions("0001f4e8.57f3a2b1.01.x1") == []

@@ -1,0 +1,86 @@
+"""IB's execution corrections through the simulated gateway and Firestore.
+
+IB corrects an execution with a new one whose execId differs only in the digits after the final period
+("...01.01" -> "...01.02"). Booked as a fill of its own, it doubled the position in the books. It is booked in place
+of the execution it corrects: the books end as if only the correction had happened, and a restarted consumer's
+sweep, which sees every version again, changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support import Bus, allocation, holdings, mode_collection, wait_for
+
+pytestmark = pytest.mark.usefixtures("paper_config")
+
+SPY_CON_ID = "756733"
+
+
+def spy_position(project: str) -> dict[str, Any]:
+    (dummy,) = [d for d in mode_collection(project, "holdings") if d["_id"] == "dummy"]
+    return dummy["positions"][SPY_CON_ID]
+
+
+def spy_realized(project: str) -> float:
+    (dummy,) = [d for d in mode_collection(project, "holdings") if d["_id"] == "dummy"]
+    return float(dummy.get("realized", {}).get(SPY_CON_ID, {}).get("realizedPnl", 0.0))
+
+
+def fills_by_id(project: str) -> dict[str, dict[str, Any]]:
+    return {f["execId"]: f for f in mode_collection(project, "fills")}
+
+
+def test_a_corrected_execution_replaces_the_booked_one_and_a_restart_books_nothing_twice(
+    bus: Bus, gateway, project: str, consumer_factory
+):
+    consumer = consumer_factory(order_timeout=3.0)
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.1})))
+    assert reply["status"] == "ok", reply
+    (spy,) = reply["result"]["instruments"]
+    bought = spy["target"]
+    assert 0 < bought <= 500  # one execution (maxFillSize 500)
+    (execution,) = [e for e in gateway.executions() if e["orderRef"] == spy["orderRef"]]
+    first = execution["execId"]
+    wait_for(lambda: fills_by_id(project).get(first, {}).get("commission") is not None, what="the fill booked")
+    commission = fills_by_id(project)[first]["commission"]
+
+    # IB corrects the price: the books keep the quantity and take the corrected cost.
+    repriced = gateway.correct_execution(first, price=execution["price"] + 0.5)
+    wait_for(lambda: repriced in fills_by_id(project), what="the correction booked")
+    assert holdings(project) == {"dummy": {"SPY": bought}}
+    fills = fills_by_id(project)
+    assert fills[first]["correctedBy"] == repriced
+    assert (fills[repriced]["corrects"], fills[repriced]["price"]) == (first, execution["price"] + 0.5)
+    assert fills[repriced]["strategies"] == {"dummy": bought}
+    cost = bought * (execution["price"] + 0.5) + commission  # what the corrected execution alone would have cost
+    assert spy_position(project)["avgCost"] == pytest.approx(cost / bought)
+    assert spy_realized(project) == pytest.approx(0.0, abs=1e-9)
+
+    # IB corrects the shares: the books follow the broker, and the P&L is the corrected execution's alone.
+    fewer = gateway.correct_execution(repriced, shares=bought - 10)
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": bought - 10}}, what="the smaller correction booked")
+    assert gateway.positions() == {"SPY": bought - 10}
+    fills = fills_by_id(project)
+    assert (fills[repriced]["correctedBy"], fills[fewer]["corrects"]) == (fewer, repriced)
+    position = spy_position(project)
+    cost = (bought - 10) * (execution["price"] + 0.5) + commission
+    assert position["quantity"] * position["avgCost"] - spy_realized(project) == pytest.approx(cost)
+    (order,) = [o for o in mode_collection(project, "orders") if o["orderRef"] == spy["orderRef"]]
+    assert order["filled"] == bought - 10
+    assert order["execIds"] == [first, repriced, fewer]
+
+    # A restart: the sweep sees all three versions again and books none of them twice.
+    consumer.stop()
+    consumer_factory(order_timeout=3.0)
+    swept = bus.reply_to(bus.publish({"intent": "trade-reconciliation", "params": {}}))
+    assert swept["status"] == "ok", swept
+    assert swept["result"]["fillsAppliedCount"] == 0
+    check = bus.reply_to(bus.publish({"intent": "reconcile", "params": {}}))
+    assert check["status"] == "ok", check
+    assert check["result"]["consistent"] is True, check["result"]["differences"]
+    assert holdings(project) == {"dummy": {"SPY": bought - 10}}
+    assert set(fills_by_id(project)) == {first, repriced, fewer}
+    assert spy_position(project) == position
