@@ -35,7 +35,11 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     unbooked = sorted({f.exec_id for f in fills} - set(booked))
     commissions: dict[str, float] = defaultdict(float)
     without_commission = []
+    # An execution IB corrected counts once, as its latest version (whose commission repeats the old one).
+    replaced = {exec_id for exec_id, fill in booked.items() if fill.get("correctedBy")}
     for exec_id, fill in sorted(booked.items()):
+        if exec_id in replaced:
+            continue
         if fill.get("commission") is None:
             without_commission.append(exec_id)
         else:
@@ -69,7 +73,7 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
         "clean": clean,
         **({} if clean else {"alert": True}),  # something needs a person: monitoring filters on alert
         "pnl": pnl["pnl"],
-        "fills": len(fills),
+        "fills": len(fills) - len(replaced),
         "fillsBookedNow": len(swept["fillsApplied"]),
         "commissions": {c: round(v, 6) for c, v in sorted(commissions.items())},
         "withoutCommission": without_commission,

@@ -2,8 +2,8 @@
 
 IB corrects an execution with a new one whose execId differs only in the digits after the final period
 ("...01.01" -> "...01.02"). Booked as a fill of its own, it doubled the position in the books. It is booked in place
-of the execution it corrects: the books end as if only the correction had happened, and a restarted consumer's
-sweep, which sees every version again, changes nothing.
+of the execution it corrects: the books end as if only the correction had happened, and a sweep, which sees
+every version again, changes nothing.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ def fills_by_id(project: str) -> dict[str, dict[str, Any]]:
     return {f["execId"]: f for f in mode_collection(project, "fills")}
 
 
-def test_a_corrected_execution_replaces_the_booked_one_and_a_restart_books_nothing_twice(
+def test_a_corrected_execution_replaces_the_booked_one_and_a_sweep_books_nothing_twice(
     bus: Bus, gateway, project: str, consumer_factory
 ):
-    consumer = consumer_factory(order_timeout=3.0)
+    consumer_factory(order_timeout=3.0)
     reply = bus.reply_to(bus.publish(allocation({"SPY": 0.1})))
     assert reply["status"] == "ok", reply
     (spy,) = reply["result"]["instruments"]
@@ -72,9 +72,7 @@ def test_a_corrected_execution_replaces_the_booked_one_and_a_restart_books_nothi
     assert order["filled"] == bought - 10
     assert order["execIds"] == [first, repriced, fewer]
 
-    # A restart: the sweep sees all three versions again and books none of them twice.
-    consumer.stop()
-    consumer_factory(order_timeout=3.0)
+    # A sweep asks the gateway for the day's executions: it sees all three versions again and books none twice.
     swept = bus.reply_to(bus.publish({"intent": "trade-reconciliation", "params": {}}))
     assert swept["status"] == "ok", swept
     assert swept["result"]["fillsAppliedCount"] == 0
@@ -84,3 +82,8 @@ def test_a_corrected_execution_replaces_the_booked_one_and_a_restart_books_nothi
     assert holdings(project) == {"dummy": {"SPY": bought - 10}}
     assert set(fills_by_id(project)) == {first, repriced, fewer}
     assert spy_position(project) == position
+    # The day's figures count the corrected execution once, with one commission.
+    day = bus.reply_to(bus.publish({"intent": "eod-check", "params": {}}))
+    assert day["status"] == "ok", day
+    assert (day["result"]["fills"], day["result"]["commissions"]) == (1, {"USD": commission})
+    assert (day["result"]["unbooked"], day["result"]["withoutCommission"]) == ([], [])
