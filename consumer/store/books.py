@@ -347,9 +347,10 @@ class _Ledger:
     async def load(self, executions: Sequence[Execution], closes: Sequence[Close]) -> None:
         layout = self._layout
         # With each execution, the earlier versions a correction of it replaces (IB: same execId but the digits
-        # after its final period, ".01" -> ".02"); an execution that is no correction adds none.
-        ids = {i for e in executions for i in (e.exec_id, *earlier_versions(e.exec_id))}
-        for s in await self._get_all([layout.fills().document(e) for e in ids]):
+        # after its final period, ".01" -> ".02"), and the next version, in case its correction came first.
+        ids = {i for e in executions for i in (e.exec_id, *earlier_versions(e.exec_id), later_version(e.exec_id))}
+        ids.discard(None)
+        for s in await self._get_all([layout.fills().document(e) for e in ids if e]):
             if s.exists:
                 self.fills[s.id] = s.to_dict() or {}
         refs = {e.order_ref for e in executions if e.order_ref} | {c.order_ref for c in closes}
@@ -424,6 +425,18 @@ async def _book(ledger: _Ledger, layout: Layout, e: Execution, now: datetime) ->
             return "commission"
         return "known"
 
+    later = later_version(e.exec_id)
+    if later is not None and later in ledger.fills:
+        # Its correction arrived first and was booked whole: this version is out of date. Kept, marked, so that a
+        # sweep or eod-check finds it booked, and applied to nothing.
+        ledger.fills[e.exec_id] = {
+            "execId": e.exec_id, "orderRef": e.order_ref, "permId": e.perm_id, "conId": e.con_id, "symbol": e.symbol,
+            "side": e.side, "shares": e.shares, "quantity": e.signed, "price": e.price, "time": e.time,
+            "account": e.account, "commission": e.commission, "commissionCurrency": e.commission_currency,
+            "strategies": {}, "correctedBy": later, "bookedAt": now,
+        }  # fmt: skip
+        ledger.changed_fills[e.exec_id] = True
+        return "known"
     corrected = next((ledger.fills[i] for i in reversed(earlier_versions(e.exec_id)) if i in ledger.fills), None)
     if corrected is not None:
         if corrected.get("correctedBy"):
@@ -505,6 +518,14 @@ def earlier_versions(exec_id: str) -> list[str]:
     if not dot or not version.isdigit() or int(version) <= 1:
         return []
     return [f"{base}.{n:0{len(version)}d}" for n in range(1, int(version))]
+
+
+def later_version(exec_id: str) -> str | None:
+    """The execId IB's next correction of this execution would have ("...01.01" -> "...01.02"), or None."""
+    base, dot, version = exec_id.rpartition(".")
+    if not dot or not version.isdigit():
+        return None
+    return f"{base}.{int(version) + 1:0{len(version)}d}"
 
 
 async def _book_correction(

@@ -87,3 +87,36 @@ def test_a_corrected_execution_replaces_the_booked_one_and_a_sweep_books_nothing
     assert day["status"] == "ok", day
     assert (day["result"]["fills"], day["result"]["commissions"]) == (1, {"USD": commission})
     assert (day["result"]["unbooked"], day["result"]["withoutCommission"]) == ([], [])
+
+
+def test_a_correction_booked_before_the_version_it_corrects_leaves_that_version_applied_to_nothing(project: str):
+    """Not seen from IB (it sends corrections after what they correct, and a sweep books oldest first), but a
+    delivery order is no guarantee: the older version, arriving second, is kept marked and moves nothing."""
+    import asyncio
+
+    from google.cloud.firestore import AsyncClient
+
+    from consumer.store.books import Books, Execution
+    from consumer.store.layout import Layout
+    from tests.support import TEST_ACCOUNT
+
+    def spy(exec_id: str, shares: float, price: float) -> Execution:
+        return Execution(
+            exec_id=exec_id, order_ref="", perm_id=7, con_id=int(SPY_CON_ID), symbol="SPY", sec_type="STK",
+            currency="USD", exchange="ARCA", multiplier=1.0, side="BOT", shares=shares, price=price,
+            time="2026-12-01T15:00:00+00:00", commission=1.0, commission_currency="USD", account=TEST_ACCOUNT,
+            fx_rate=1.0,
+        )  # fmt: skip
+
+    async def book(executions: list[Execution]) -> list[str]:
+        books = Books(Layout(AsyncClient(project=project), TEST_ACCOUNT, "paper"))
+        results, _ = await books.book_all(executions)
+        return results
+
+    assert asyncio.run(book([spy("0000e0d5.0000abcd.01.02", 90, 520.5)])) == ["applied"]
+    assert asyncio.run(book([spy("0000e0d5.0000abcd.01.01", 100, 520.0)])) == ["known"]
+    assert asyncio.run(book([spy("0000e0d5.0000abcd.01.01", 100, 520.0)])) == ["known"]  # a sweep again
+    assert holdings(project) == {"unallocated": {"SPY": 90}}
+    fills = fills_by_id(project)
+    assert fills["0000e0d5.0000abcd.01.01"]["correctedBy"] == "0000e0d5.0000abcd.01.02"
+    assert fills["0000e0d5.0000abcd.01.01"]["strategies"] == {}
