@@ -15,7 +15,7 @@ from google.cloud import firestore
 
 from consumer.store.layout import config_path, mode_path
 from devstack.emulators import EmulatorPair, free_port, http_ok, require_tools
-from devstack.provision import provision
+from devstack.provision import Topology, provision
 
 OURS = "bench-ours"
 INSTRUMENTS = 1000
@@ -83,6 +83,7 @@ class BenchStack(contextlib.AbstractContextManager["BenchStack"]):
         self.gateway: Any = None
         self.seeded: dict[str, int] = {}
         self._consumer: subprocess.Popen[bytes] | None = None
+        self._restarts = 0
 
     def project_of(self, design: str) -> str:
         return self._projects[design]
@@ -118,14 +119,14 @@ class BenchStack(contextlib.AbstractContextManager["BenchStack"]):
         self._stack.callback(self._stop_consumer)
         return self
 
-    def _start_consumer(self) -> None:
+    def _start_consumer(self, subscription: str = "intents-consumer") -> None:
         health = free_port()
         log = (self._tmp / "consumer.log").open("ab")
         self._consumer = subprocess.Popen(
             [sys.executable, "-m", "consumer", "serve"],
             env={**os.environ, "GOOGLE_CLOUD_PROJECT": self.ours, "IB_PORT": str(self.gateway.port),
                  "IB_ACCOUNT": BENCH_ACCOUNT, "HEALTH_PORT": str(health), "LOG_FORMAT": "json", "LOG_LEVEL": "WARNING",
-                 "IB_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT)},
+                 "IB_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT), "INTENTS_SUBSCRIPTION": subscription},
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -136,9 +137,18 @@ class BenchStack(contextlib.AbstractContextManager["BenchStack"]):
         print(f"consumer ready (pid {self._consumer.pid}); logs in {self._tmp}", flush=True)
 
     def restart_consumer(self) -> None:
-        """A new consumer process: nothing in its memory, what it knows comes from Firestore and the gateway."""
+        """A new consumer process: nothing in its memory, what it knows comes from Firestore and the gateway.
+
+        It pulls from a subscription of its own, declared like intents-consumer: after a consumer stops, the emulator
+        can hand messages to its closed stream for minutes (a 1,000-instrument rebalance once waited out the bench's
+        600 s), which measures the emulator, not the consumer. Real Pub/Sub sees the stream close.
+        """
         self._stop_consumer()
-        self._start_consumer()
+        self._restarts += 1
+        name = f"intents-consumer-{self._restarts}"
+        spec = Topology.load().subscriptions["intents-consumer"]
+        provision(self.ours, Topology(topics={}, subscriptions={name: spec}))
+        self._start_consumer(name)
 
     def wait_books_settled(self, timeout: float = 300.0) -> float:
         """Seconds until no order is left open in Firestore: live booking has caught up with every fill."""
