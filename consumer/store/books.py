@@ -349,8 +349,7 @@ class _Ledger:
         # With each execution, the earlier versions a correction of it replaces (IB: same execId but the digits
         # after its final period, ".01" -> ".02"), and the next version, in case its correction came first.
         ids = {i for e in executions for i in (e.exec_id, *earlier_versions(e.exec_id), later_version(e.exec_id))}
-        ids.discard(None)
-        for s in await self._get_all([layout.fills().document(e) for e in ids if e]):
+        for s in await self._get_all([layout.fills().document(i) for i in ids if i]):
             if s.exists:
                 self.fills[s.id] = s.to_dict() or {}
         refs = {e.order_ref for e in executions if e.order_ref} | {c.order_ref for c in closes}
@@ -441,7 +440,7 @@ async def _book(ledger: _Ledger, layout: Layout, e: Execution, now: datetime) ->
     if corrected is not None:
         if corrected.get("correctedBy"):
             return "known"  # a later correction of it is booked already: this one is out of date
-        await _book_correction(ledger, layout, e, corrected, now)
+        await _book_correction(ledger, e, corrected, now)
         return "applied"
 
     # Its order: still open, or already closed (a late report for a cancelled, partly filled order).
@@ -528,9 +527,7 @@ def later_version(exec_id: str) -> str | None:
     return f"{base}.{int(version) + 1:0{len(version)}d}"
 
 
-async def _book_correction(
-    ledger: _Ledger, layout: Layout, e: Execution, corrected: dict[str, Any], now: datetime
-) -> None:
+async def _book_correction(ledger: _Ledger, e: Execution, corrected: dict[str, Any], now: datetime) -> None:
     """Books IB's correction `e` of a booked execution in its place, so that each book ends as if only `e` had
     happened: each book's share is scaled to the corrected shares; the price difference on the shares kept goes
     where that execution's cost went, as a late commission does (to the cost of what it opened, else to
@@ -548,7 +545,7 @@ async def _book_correction(
     change = e.price - float(corrected["price"])
     kept = {s: (q if abs(after[s]) >= abs(q) else after[s]) for s, q in before.items()}
     if abs(change) > EPSILON:
-        repriced = {"conId": instrument["conId"], "multiplier": multiplier, "fxRate": fx_rate, **instrument}
+        repriced = {**instrument, "fxRate": fx_rate}
         for s, q in kept.items():
             late = replace(e, commission=change * q * multiplier, commission_currency=e.currency)
             _late_commission(holdings, repriced, {s: q}, late, now)

@@ -8,11 +8,15 @@ every version again, changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
+from google.cloud.firestore import AsyncClient
 
-from tests.support import Bus, allocation, holdings, mode_collection, wait_for
+from consumer.store.books import Books, Execution
+from consumer.store.layout import Layout
+from tests.support import TEST_ACCOUNT, Bus, allocation, holdings, mode_collection, wait_for
 
 pytestmark = pytest.mark.usefixtures("paper_config")
 
@@ -92,13 +96,6 @@ def test_a_corrected_execution_replaces_the_booked_one_and_a_sweep_books_nothing
 def test_a_correction_booked_before_the_version_it_corrects_leaves_that_version_applied_to_nothing(project: str):
     """Not seen from IB (it sends corrections after what they correct, and a sweep books oldest first), but a
     delivery order is no guarantee: the older version, arriving second, is kept marked and moves nothing."""
-    import asyncio
-
-    from google.cloud.firestore import AsyncClient
-
-    from consumer.store.books import Books, Execution
-    from consumer.store.layout import Layout
-    from tests.support import TEST_ACCOUNT
 
     def spy(exec_id: str, shares: float, price: float) -> Execution:
         return Execution(
