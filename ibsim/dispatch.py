@@ -28,6 +28,20 @@ FARM_NOTICES = (
 REQUEST_IDS = {msg_id: name for name, msg_id in P.REQUEST_NAMES.items()}
 CLIENT_ID_IN_USE = "Unable to connect as the client id is already in use. Retry with a unique client id."
 
+# With "Read-Only API" on, IB Gateway refuses what needs write access with 321, and sends no end marker for a
+# refused order list (ib_insync #1, #224: its connect skips open and completed orders with readonly=True;
+# bankroll-py/bankroll#65; IbcAlpha/IBC#10, #341). The quoted code ('bY', 'b7', 'bh'...) varies with the request.
+READ_ONLY = "Error validating request:-'{tag}' : cause - The API interface is currently in Read-Only mode."
+NEEDS_WRITE_ACCESS = {
+    P.PLACE_ORDER: "bh",
+    P.CANCEL_ORDER: "bi",
+    P.REQ_GLOBAL_CANCEL: "cS",
+    P.REQ_OPEN_ORDERS: "bY",
+    P.REQ_ALL_OPEN_ORDERS: "bY",
+    P.REQ_AUTO_OPEN_ORDERS: "bY",
+    P.REQ_COMPLETED_ORDERS: "b7",
+}
+
 
 class Dispatch(GatewayCore):
     """Routes each message to its handler; answers startApi and the session's small requests itself."""
@@ -116,6 +130,9 @@ class Dispatch(GatewayCore):
         return ms / 1000.0
 
     def _answer(self, conn: Connection, msg_id: int, fields: list[str]) -> None:
+        if self.scenario.readOnlyApi and msg_id in NEEDS_WRITE_ACCESS:
+            self._refuse_read_only(conn, msg_id, fields)
+            return
         handler = self.HANDLERS.get(msg_id)
         if handler is None:
             index = P.UNSUPPORTED_REQ_ID_INDEX.get(msg_id)
@@ -131,6 +148,19 @@ class Dispatch(GatewayCore):
         except (ProtocolError, ValueError, IndexError, KeyError) as e:
             log.warning("client %s: cannot read message %d %s: %s", conn.client_id, msg_id, fields[:6], e)
             conn.send_error(-1, 320, f"Error reading request:-'{msg_id}' : cause - {e}")
+
+    def _refuse_read_only(self, conn: Connection, msg_id: int, fields: list[str]) -> None:
+        """321 with the order's id for an order or a cancel (-1 for the rest); the order never reaches the broker."""
+        req_id = -1
+        index = {P.PLACE_ORDER: 1, P.CANCEL_ORDER: 2}.get(msg_id)
+        if index is not None and len(fields) > index:
+            with contextlib.suppress(ValueError):
+                req_id = int(fields[index])
+        if msg_id == P.PLACE_ORDER and req_id > 0:  # a refused id counts as used, as for other refusals
+            used = self.broker.highest_order_id
+            used[conn.client_id or 0] = max(used.get(conn.client_id or 0, 0), req_id)
+        log.info("client %s: %s refused, read-only API", conn.client_id, REQUEST_IDS.get(msg_id, msg_id))
+        conn.send_error(req_id, 321, READ_ONLY.format(tag=NEEDS_WRITE_ACCESS[msg_id]))
 
     # -- the session ---------------------------------------------------------------------------------------
     def _start_api(self, conn: Connection, r: Reader) -> None:

@@ -158,6 +158,13 @@ class Faults(OrderDesk):
         self.scenario.precautions = Precautions(bool(bypass), size_limit, total_value_limit)
         log.info("fault: order precautions %s", self.scenario.precautions)
 
+    @fault(scheduled=True)
+    def read_only_api(self, on: bool = True) -> None:
+        """IB Gateway's "Read-Only API" from now on: orders, cancels and the order lists get 321 (the lists never
+        end); False: write access, as gateway-image configures a paper gateway."""
+        self.scenario.readOnlyApi = bool(on)
+        log.info("fault: API %s", "read-only" if on else "writable")
+
     @fault(aliases={"freeze": {"on": True}, "unfreeze": {"on": False}})
     def freeze(self, on: bool = True) -> None:
         self.frozen = bool(on)

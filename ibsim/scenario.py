@@ -102,6 +102,9 @@ class Scenario:
     # True: an order whose initial margin would exceed the equity with loan value is rejected (201), as IB does.
     marginEnforce: bool = True
     precautions: Precautions = field(default_factory=Precautions)
+    # IB Gateway's "Read-Only API" setting (IBC ReadOnlyApi): orders, cancels and order lists are refused with 321.
+    # Off, as gateway-image configures a paper gateway; a live one is read-only unless IB_READ_ONLY_API=no.
+    readOnlyApi: bool = False
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -250,6 +253,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         snapshotEndSeconds=float((d.get("marketData") or {}).get("snapshotEndSeconds", 11.0)),
         marginEnforce=bool((d.get("margin") or {}).get("enforce", True)),
         precautions=_precautions(d.get("precautions") or {}),
+        readOnlyApi=bool(d.get("readOnlyApi", False)),
         raw=copy.deepcopy(given),
     )
 
