@@ -24,7 +24,7 @@ import structlog
 from google.api_core import exceptions as google_exceptions
 
 from consumer.envelope import Request
-from consumer.errors import Failure, IntentError, Rejected, Transient, as_transient, clip
+from consumer.errors import Failure, GatewayReadOnly, IntentError, Rejected, Transient, as_transient, clip
 from consumer.intents.base import Intent, IntentContext
 from consumer.logs import get_logger
 from consumer.reply_json import ReplyJson
@@ -185,6 +185,10 @@ class Dispatcher:
             config = await services.config_store.load()
         if intent.trades:
             self._check_allowed(config)
+            if services.broker.read_only:
+                # Before any price or order is asked for: one clear reply. A dry run too, since its plan starts
+                # from the broker's working orders, which IB refuses a read-only API.
+                raise GatewayReadOnly()
         if intent.needs_gateway:
             await self._apply_market_data_type(config if intent.trades or intent.exclusive else None)
         # A dry run's intent gets a store that writes nothing; its claim and activity record are written by _settle.

@@ -61,6 +61,18 @@ class Rejected(Failure):
     status = "rejected"
 
 
+class GatewayReadOnly(Rejected):
+    """IB Gateway's API is read-only: it refuses orders, cancels and the order lists with 321 (decision 26)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "gateway_read_only",
+            "IB Gateway's API is read-only (IBC ReadOnlyApi=yes, gateway-image's default for live): it refuses "
+            "orders, cancels and the lists of open and completed orders (IB 321). Set read_only_api = false "
+            "(IB_READ_ONLY_API=no) to trade; nothing was placed",
+        )
+
+
 class Transient(Exception):
     """Retry later: the gateway is down, Firestore is unavailable, the connection dropped mid-intent."""
 

@@ -50,8 +50,9 @@ class Broker:
     historical-data pacing window (market.HistoryPacer), a rule of time with no event to wait on.
 
     Connection
-        `ready`, `state`, `connections`, `client_id`, `server_version()`, `managed_accounts()`, `add_listener()`;
-        `now()` is the gateway's clock (what decides whether an exchange is open), `current_time()` asks for it.
+        `ready`, `state`, `connections`, `read_only`, `client_id`, `server_version()`, `managed_accounts()`,
+        `add_listener()`; `now()` is the gateway's clock (what decides whether an exchange is open), `current_time()`
+        asks for it.
 
     Account
         `account(configured)`: the account traded, its base currency and net liquidation; `account_summary()`,
@@ -118,6 +119,11 @@ class Broker:
     @property
     def connections(self) -> int:
         return self._gateway.connections
+
+    @property
+    def read_only(self) -> bool:
+        """The gateway's API is read-only (found at connect): orders, cancels and order lists raise GatewayReadOnly."""
+        return self._gateway.requests.read_only
 
     @property
     def client_id(self) -> int:

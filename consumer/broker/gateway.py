@@ -24,7 +24,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 
 from consumer.broker.shared import CURRENT_TIME_GAP, SharedRequests
 from consumer.config import Settings
-from consumer.errors import Transient
+from consumer.errors import GatewayReadOnly, Transient
 from consumer.logs import get_logger
 from consumer.metrics import Metrics
 
@@ -35,6 +35,9 @@ LOST = 1100  # connectivity between IB and the gateway lost
 RESTORED_DATA_LOST = 1101  # restored, market data and account subscriptions lost
 RESTORED = 1102  # restored, data kept
 CLIENT_ID_IN_USE = 326
+# 321 "Error validating request:-'bY' : cause - The API interface is currently in Read-Only mode."
+VALIDATION_ERROR = 321
+READ_ONLY_TEXT = "Read-Only mode"
 # reqCurrentTime answers in whole seconds: a smaller difference from our clock is its rounding, not a skew.
 CLOCK_RESOLUTION = 2.0
 
@@ -51,6 +54,25 @@ class _StartupTimeouts(logging.Handler):
         message = record.getMessage()
         if message.endswith("request timed out"):
             self.missed.append(message.removesuffix(" request timed out"))
+
+
+class _ReadOnlyRefusals:
+    """Watches a connect for IB's 321 "Read-Only mode": a read-only gateway refuses the open- and completed-orders
+    downloads of ib_insync's connect that way and never ends them. It ends them here, failed, so the connect goes
+    on at once instead of timing out, and the connection is marked read-only (decision 26). On one socket, so
+    nothing is reconnected, and every connect finds out afresh."""
+
+    def __init__(self, ib: IB) -> None:
+        self._ib = ib
+        self.seen = False
+
+    def __call__(self, req_id: int, code: int, message: str, contract: Any) -> None:
+        if code != VALIDATION_ERROR or READ_ONLY_TEXT not in message:
+            return
+        self.seen = True
+        for key in ("openOrders", "completedOrders"):
+            # ib_insync keys these downloads by name; `_endReq` is how its own decoder ends them.
+            self._ib.wrapper._endReq(key, GatewayReadOnly(), success=False)
 
 
 class State(StrEnum):
@@ -200,6 +222,8 @@ class Gateway:
                 startup = _StartupTimeouts()
                 ib_log = logging.getLogger("ib_insync.ib")
                 ib_log.addHandler(startup)
+                read_only = _ReadOnlyRefusals(self.ib)
+                self.ib.errorEvent += read_only
                 try:
                     # The timeout applies per start-up request (ib_insync), not to the whole connect.
                     await self.ib.connectAsync(
@@ -219,6 +243,7 @@ class Gateway:
                     raise
                 finally:
                     ib_log.removeHandler(startup)
+                    self.ib.errorEvent -= read_only
                 if startup.missed:
                     # Books built on a partial download would be wrong (orders or fills missing): start over.
                     self.ib.disconnect()
@@ -229,6 +254,12 @@ class Gateway:
                 except (TimeoutError, ConnectionError):
                     self.ib.disconnect()  # connected but not answering: the next attempt starts clean
                     raise
+                self.requests.read_only = read_only.seen
+        if self.requests.read_only:
+            log.warning(
+                "the gateway's API is read-only: trading intents are refused, open orders unknown",
+                detail="IB 321 Read-Only mode; IBC ReadOnlyApi=yes (IB_READ_ONLY_API)",
+            )
         log.info(
             "gateway connected",
             host=s.ib_host,

@@ -28,7 +28,7 @@ from consumer.broker import views
 from consumer.broker.instruments import Instrument
 from consumer.broker.model import STATUSES, Fate, Quote, meaning
 from consumer.broker.shared import SharedRequests
-from consumer.errors import IntentError
+from consumer.errors import GatewayReadOnly, IntentError
 from consumer.store.trading_config import OrderDefaults
 
 # From the one status table (consumer.broker.model.STATUSES). CONFIRMED settles the wait for an order type that
@@ -298,6 +298,8 @@ class OrderEngine:
 
     async def place(self, legs: Iterable[LegOrder]) -> dict[str, Outcome]:
         """Sends every leg at once and waits for each to be confirmed (ib_insync paces the sends at 45/s)."""
+        if self._requests.read_only:  # IB would refuse each leg with 321: none is sent
+            raise GatewayReadOnly()
         self._confirmed = 0
         notes = _OrderMessages()
         self._ib.errorEvent += notes.on_error
@@ -413,6 +415,8 @@ async def cancel_orders(ib: IB, requests: SharedRequests, trades: Iterable[Trade
     of another client id would be mistaken for ours with the same id, so it is refused here.
     """
     trades = list(trades)
+    if requests.read_only:
+        raise GatewayReadOnly()
     own = ib.client.clientId
     foreign = [t.order.orderRef for t in trades if t.order.clientId != own]
     if foreign:

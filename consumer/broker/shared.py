@@ -20,6 +20,8 @@ from typing import Any
 
 from ib_insync import IB, AccountValue, ExecutionFilter, Fill, Position, Trade
 
+from consumer.errors import GatewayReadOnly
+
 # IB Gateway 10.19+ leaves a second reqCurrentTime within 1 s unanswered (no error): keep requests further apart
 # than that, with a margin for the socket's jitter (the gateway measures the gap on arrival).
 CURRENT_TIME_GAP = 1.1
@@ -28,11 +30,14 @@ CURRENT_TIME_GAP = 1.1
 class SharedRequests:
     """The fixed-key requests of one connection (see above), each shared by the callers waiting at the same time.
 
-    `reset` fails what is in flight; the gateway calls it after every disconnect.
+    `reset` fails what is in flight; the gateway calls it after every disconnect. `read_only`, set by the gateway at
+    every connect, is whether the gateway's API is read-only: then the order lists are refused here (GatewayReadOnly)
+    rather than sent, since IB would refuse them with 321 and never end them.
     """
 
     def __init__(self, ib: IB) -> None:
         self._ib = ib
+        self.read_only = False
         self._in_flight: dict[str, asyncio.Future[Any]] = {}
         self._current_time_sent = -CURRENT_TIME_GAP
 
@@ -41,9 +46,13 @@ class SharedRequests:
 
     async def open_orders(self) -> list[Trade]:
         """Every open order of the account, whichever client placed it."""
+        if self.read_only:
+            raise GatewayReadOnly()
         return await self._fresh("openOrders", self._ib.reqAllOpenOrdersAsync)
 
     async def completed_orders(self) -> list[Trade]:
+        if self.read_only:
+            raise GatewayReadOnly()
         return await self._fresh("completedOrders", lambda: self._ib.reqCompletedOrdersAsync(apiOnly=True))
 
     async def executions(self) -> list[Fill]:

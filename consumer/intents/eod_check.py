@@ -1,7 +1,8 @@
 """eod-check: the day's closing report, after the close. Reads and books; never places or cancels an order.
 
 1. Every execution of the day is booked with its commission: the same sweep trade-reconciliation runs.
-2. Every order of the day is finished or knowingly GTC: what is still working is listed.
+2. Every order of the day is finished or knowingly GTC: what is still working is listed (unknown, and so not
+   clean, when the gateway's API is read-only: IB refuses it the list).
 3. Strategies with `flatAtClose` in the config document hold nothing: any that do are listed.
 4. Books equal the broker: the reconcile comparison, read-only (no fix).
 5. The daily snapshot is written (consumer.snapshots; a re-run the same day overwrites it with the same content).
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from consumer.errors import GatewayReadOnly
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.reconcile import compare
 from consumer.portfolio import EPSILON
@@ -45,9 +47,15 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
         else:
             commissions[fill.get("commissionCurrency") or "?"] += float(fill["commission"])
 
-    working = [o for o in await broker.open_orders() if o.remaining > EPSILON and o.is_for(account)]
-    still_open = [o.as_dict() for o in working if o.tif.upper() not in KNOWINGLY_OPEN]
-    gtc = [o.as_dict() for o in working if o.tif.upper() in KNOWINGLY_OPEN]
+    unavailable: dict[str, str] = {}
+    still_open: list[dict[str, Any]] | None = None
+    gtc: list[dict[str, Any]] | None = None
+    try:
+        working = [o for o in await broker.open_orders() if o.remaining > EPSILON and o.is_for(account)]
+        still_open = [o.as_dict() for o in working if o.tif.upper() not in KNOWINGLY_OPEN]
+        gtc = [o.as_dict() for o in working if o.tif.upper() in KNOWINGLY_OPEN]
+    except GatewayReadOnly as e:  # IB refuses a read-only API the list: unknown, so the day is not called clean
+        unavailable["openOrders"] = e.message
 
     # Read here: the dispatcher reads the config for trading intents only, and this check runs with trading off too.
     config = await services.config_store.load()
@@ -67,7 +75,7 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
         snapshot = await write_snapshot(broker, services.books, services.layout, services.account, day=day)
         snapshot = {k: v for k, v in snapshot.items() if k != "writtenAt"}
     pnl = await current_pnl(broker, services.books, services.layout, services.account, ask=True, day=day)
-    clean = not (still_open or not_flat or differences or unbooked or without_commission)
+    clean = not (unavailable or still_open or not_flat or differences or unbooked or without_commission)
     return {
         "date": pnl["date"],
         "clean": clean,
@@ -83,6 +91,7 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
         "notFlat": not_flat,
         "differences": differences,
         "snapshot": snapshot,
+        **({"unavailable": unavailable} if unavailable else {}),
     }
 
 

@@ -29,6 +29,7 @@ async def ping(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
             roundTripMs=round((time.perf_counter() - started) * 1000, 3),
             serverVersion=broker.server_version(),
             accounts=broker.managed_accounts(),
+            readOnlyApi=broker.read_only,  # true: IB refuses orders (IBC ReadOnlyApi=yes)
         )
     return result
 

@@ -24,7 +24,7 @@ from google.api_core import exceptions as google_exceptions
 from google.cloud.firestore import AsyncTransaction, async_transactional
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from consumer.errors import Failure, IntentError
+from consumer.errors import Failure, GatewayReadOnly, IntentError
 from consumer.forex import is_forex
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.rebalance import Rebalance
@@ -276,14 +276,20 @@ async def _instrument_shares(
 
 
 async def _stale_orders(ctx: IntentContext, max_minutes: float) -> tuple[list[dict[str, Any]], float]:
-    """Our orders still working at the broker and written more than max_minutes ago (a duration: wall clock)."""
-    working = {o.order_ref for o in await ctx.broker.open_orders()}
+    """Our orders still working at the broker and written more than max_minutes ago (a duration: wall clock).
+
+    A read-only gateway is refused the broker's list: then every order still open in the books counts."""
+    working: set[str] | None
+    try:
+        working = {o.order_ref for o in await ctx.broker.open_orders()}
+    except GatewayReadOnly:
+        working = None
     now = datetime.now(UTC)
     stale = []
     oldest = 0.0
     for doc in await ctx.services.books.open_orders():
         created = doc.get("createdAt")
-        if doc.get("orderRef") not in working or not isinstance(created, datetime):
+        if (working is not None and doc.get("orderRef") not in working) or not isinstance(created, datetime):
             continue
         minutes = (now - created).total_seconds() / 60
         oldest = max(oldest, minutes)
@@ -292,21 +298,27 @@ async def _stale_orders(ctx: IntentContext, max_minutes: float) -> tuple[list[di
     return stale, oldest
 
 
+def _why_no_reduce(ctx: IntentContext) -> str | None:
+    """Why no order may be placed now (None: it may)."""
+    config = ctx.config
+    if not config.trading_enabled:
+        return f"trading is disabled ({ctx.services.layout.config().path} tradingEnabled=false)"
+    if ctx.services.settings.trading_mode == "live" and not (ctx.services.settings.allow_live and config.allow_live):
+        return "live trading is not allowed"
+    if ctx.broker.read_only:
+        return GatewayReadOnly().message
+    return None
+
+
 async def _reduce(ctx: IntentContext, breaches: list[dict[str, Any]]) -> dict[str, Any]:
     """Every strategy's holdings scaled by limit / value (leverage: every instrument; concentration: the breaching
     ones; a strategy's drawdown: that strategy's only; several: the smallest factor), rounded towards zero, through
     the allocation's netted order path (dry run, market hours, books check). What no strategy holds (unallocated:
     manual trades) is never touched, as close-all leaves it."""
-    config = ctx.config
-    mode = ctx.services.settings.trading_mode
     names = [b["limit"] for b in breaches]
-    if not config.trading_enabled:
-        return {
-            "limits": names,
-            "skipped": f"trading is disabled ({ctx.services.layout.config().path} tradingEnabled=false)",
-        }
-    if mode == "live" and not (ctx.services.settings.allow_live and config.allow_live):
-        return {"limits": names, "skipped": "live trading is not allowed"}
+    skipped = _why_no_reduce(ctx)
+    if skipped:
+        return {"limits": names, "skipped": skipped}
     factors: dict[int | None, float] = {}
     by_strategy: dict[str, float] = {}
     for breach in breaches:

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from consumer.errors import IntentError
+from consumer.errors import GatewayReadOnly, IntentError
 from consumer.intents.base import Intent, IntentContext
 from consumer.snapshots import current_pnl
 
@@ -32,10 +32,19 @@ async def summary(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
         request coroutine unawaited."""
         return [item.as_dict() for item in await ask()]
 
+    async def open_orders_or_none() -> list[dict[str, Any]] | None:
+        """None when the gateway's API is read-only: IB refuses it the list, and an empty one would say "none"."""
+        try:
+            return await as_dicts(broker.open_orders)
+        except GatewayReadOnly as e:
+            unavailable["openOrders"] = e.message
+            return None
+
+    unavailable: dict[str, str] = {}
     account_values, positions, open_orders, fills, pnl = await asyncio.gather(
         broker.account_summary(),
         as_dicts(broker.positions),
-        as_dicts(broker.open_orders),
+        open_orders_or_none(),
         as_dicts(broker.executions),
         pnl_block(),
     )
@@ -47,6 +56,7 @@ async def summary(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
         "portfolio": broker.portfolio(),
         "openOrders": open_orders,
         "fills": fills,
+        **({"unavailable": unavailable} if unavailable else {}),
     }
 
 
