@@ -55,19 +55,29 @@ class AccountDesk(GatewayCore):
                 conn.account_cache[(key, cur)] = amount
                 conn.send([6, 2, key, amount, cur, account])
                 changed = True
-        for inst, pos, price, value, unrealized in self.broker.portfolio(account):
+        for inst, pos, price, value, unrealized in self._reported_portfolio(account):
             row = (pos.quantity, price, round(value, 2), pos.avgCost, round(unrealized, 2), round(pos.realized, 2))
             if full or conn.portfolio_cache.get(inst.key) != row:
                 conn.portfolio_cache[inst.key] = row
                 conn.send([7, 8, *inst.view().portfolio11(), *row, account])
                 changed = True
         for key in list(conn.portfolio_cache):
-            if key not in self.broker.accounts[account].positions:
+            if key not in self._reported_positions(account):
                 inst = self.instruments[key]
                 del conn.portfolio_cache[key]
                 conn.send([7, 8, *inst.view().portfolio11(), 0.0, inst.price, 0.0, 0.0, 0.0, 0.0, account])
         if changed or full:
             conn.send([8, 1, self.clock.now("America/New_York").strftime("%H:%M")])
+
+    def _reported_positions(self, account: str) -> dict[str, Position]:
+        """The positions IB sends: the account's, and its virtual FX positions unless the gateway's "Include FX
+        positions when sending portfolio" (on by default) is off."""
+        acct = self.broker.accounts[account]
+        return {**acct.positions, **acct.fx} if self.scenario.includeFxPositions else acct.positions
+
+    def _reported_portfolio(self, account: str) -> list[tuple[Instrument, Position, float, float, float]]:
+        rows = self.broker.portfolio(account)
+        return rows + self.broker.fx_portfolio(account) if self.scenario.includeFxPositions else rows
 
     def _req_account_updates_multi(self, conn: Connection, r: Reader) -> None:
         r.skip(1)
@@ -119,7 +129,7 @@ class AccountDesk(GatewayCore):
     def _req_positions(self, conn: Connection, r: Reader) -> None:
         conn.positions_sub = True
         for acct in self.broker.accounts.values():
-            for key, pos in acct.positions.items():
+            for key, pos in self._reported_positions(acct.id).items():
                 if pos.quantity:
                     conn.send(self._position_msg(acct.id, self.instruments[key], pos.quantity, pos.avgCost))
         conn.send([62, 1])
@@ -145,7 +155,9 @@ class AccountDesk(GatewayCore):
 
     def position_changed(self, account: str, key: str) -> None:
         inst = self.instruments[key]
-        pos = self.broker.accounts[account].positions.get(key)
+        pos = self._reported_positions(account).get(key)
+        if pos is None and inst.secType == "CASH" and not self.scenario.includeFxPositions:
+            return
         qty, avg = (pos.quantity, pos.avgCost) if pos else (0.0, 0.0)
         msg = self._position_msg(account, inst, qty, avg)
         for conn in list(self.clients.values()):

@@ -435,10 +435,11 @@ class Broker(Ledger):
         self.executions.clear()
         for acct in self.accounts.values():
             acct.realized.clear()
-            for key, pos in list(acct.positions.items()):
-                pos.realized = 0.0
-                if pos.quantity == 0:
-                    acct.positions.pop(key)
+            for held in (acct.positions, acct.fx):
+                for key, pos in list(held.items()):
+                    pos.realized = 0.0
+                    if pos.quantity == 0:
+                        held.pop(key)
             self.listener.account_changed(acct.id)
         self.listener.state_changed()
         self.work_all()

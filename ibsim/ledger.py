@@ -28,13 +28,18 @@ class Position:
 
 @dataclass
 class Account:
-    """A simulated account: base currency, cash by currency, positions by instrument key, realized P&L by key."""
+    """A simulated account: base currency, cash by currency, positions by instrument key, realized P&L by key.
+
+    `fx`: IB's virtual FX positions by pair ("FX Portfolio"): the sum of the pair's trades, average price and
+    realized P&L in the quote currency. Reported with the positions and the portfolio (IB Gateway's "Include FX
+    positions when sending portfolio", on by default), never valued: the cash balances are the money."""
 
     id: str
     base: str
     cash: dict[str, float]
     positions: dict[str, Position] = field(default_factory=dict)
     realized: dict[str, float] = field(default_factory=dict)
+    fx: dict[str, Position] = field(default_factory=dict)
 
 
 class Ledger:
@@ -68,6 +73,15 @@ class Ledger:
             value = pos.quantity * inst.price * inst.multiplier
             unrealized = value - pos.quantity * pos.avgCost
             out.append((inst, pos, inst.price, value, unrealized))
+        return out
+
+    def fx_portfolio(self, account: str) -> list[tuple[Instrument, Position, float, float, float]]:
+        """The virtual FX positions as portfolio rows: market value and unrealized P&L in the quote currency."""
+        out = []
+        for key, pos in self.accounts[account].fx.items():
+            inst = self.instruments[key]
+            value = pos.quantity * inst.price
+            out.append((inst, pos, inst.price, value, value - pos.quantity * pos.avgCost))
         return out
 
     def valuation(self, account: str) -> dict[str, Any]:
@@ -244,36 +258,47 @@ class Ledger:
             base, quote = inst.key.split(".")
             acct.cash[base] = acct.cash.get(base, 0.0) + signed
             acct.cash[quote] = acct.cash.get(quote, 0.0) - signed * price
+            virtual = acct.fx.setdefault(inst.key, Position())
+            _move(virtual, signed, price, 0.0)  # IB's FX Portfolio: trade prices, commission apart
+            if virtual.quantity == 0 and not virtual.realized:
+                acct.fx.pop(inst.key, None)
             return None
         mult = inst.multiplier
         unit = price * mult
         if inst.secType == "STK":
             acct.cash[inst.currency] = acct.cash.get(inst.currency, 0.0) - signed * unit
         pos = acct.positions.setdefault(inst.key, Position())
-        realized: float | None = None
         comm_local = comm * self.rate(comm_cur, inst.currency)
-        if pos.quantity == 0 or (pos.quantity > 0) == (signed > 0):
-            # IB's avgCost is net of commissions in the economic direction: a long's cost rises by them, a short's
-            # proceeds fall (price - commission / qty), so covering realizes (sell - buy) x qty - both commissions.
-            side = 1.0 if signed > 0 else -1.0
-            total = abs(pos.quantity) * pos.avgCost + abs(signed) * unit + side * comm_local
-            pos.quantity += signed
-            pos.avgCost = total / abs(pos.quantity)
-        else:
-            closing = min(abs(signed), abs(pos.quantity))
-            direction = 1 if pos.quantity > 0 else -1
-            gross = (unit - pos.avgCost) * closing * direction
-            realized = gross - comm_local
+        realized, gross = _move(pos, signed, unit, comm_local)
+        if realized is not None:
             if inst.secType == "FUT":
                 acct.cash[inst.currency] = acct.cash.get(inst.currency, 0.0) + gross
-            pos.quantity += signed
-            if abs(pos.quantity) < 1e-9:
-                pos.quantity = 0.0
-                pos.avgCost = 0.0
-            elif (pos.quantity > 0) != (direction > 0):
-                pos.avgCost = unit  # flipped: the rest opened at this price
-            pos.realized += realized
             acct.realized[inst.currency] = acct.realized.get(inst.currency, 0.0) + realized
         if pos.quantity == 0 and not pos.realized:
             acct.positions.pop(inst.key, None)
         return realized
+
+
+def _move(pos: Position, signed: float, unit: float, comm_local: float) -> tuple[float | None, float]:
+    """Adds `signed` units at `unit` to a position; returns (realized P&L less the commission, None when it only
+    opens; the gross realized). IB's avgCost is net of commissions in the economic direction: a long's cost rises
+    by them, a short's proceeds fall (price - commission / qty), so covering realizes (sell - buy) x qty - both
+    commissions."""
+    if pos.quantity == 0 or (pos.quantity > 0) == (signed > 0):
+        side = 1.0 if signed > 0 else -1.0
+        total = abs(pos.quantity) * pos.avgCost + abs(signed) * unit + side * comm_local
+        pos.quantity += signed
+        pos.avgCost = total / abs(pos.quantity)
+        return None, 0.0
+    closing = min(abs(signed), abs(pos.quantity))
+    direction = 1 if pos.quantity > 0 else -1
+    gross = (unit - pos.avgCost) * closing * direction
+    realized = gross - comm_local
+    pos.quantity += signed
+    if abs(pos.quantity) < 1e-9:
+        pos.quantity = 0.0
+        pos.avgCost = 0.0
+    elif (pos.quantity > 0) != (direction > 0):
+        pos.avgCost = unit  # flipped: the rest opened at this price
+    pos.realized += realized
+    return realized, gross

@@ -232,8 +232,7 @@ class OrderDesk(MarketDesk):
                 conn.send(M.commission_report_msg(execution))
         # positions, portfolio and account values before the order status, so that a client seeing the trade
         # filled already has the new positions and cash
-        if inst.secType != "CASH":
-            self.position_changed(order.account, inst.key)
+        self.position_changed(order.account, inst.key)  # a forex pair's is its virtual FX position
         self.account_changed(order.account)
         self.push_accounts()
         if conn is not None:

@@ -19,6 +19,7 @@ def dump(broker: Broker) -> dict[str, Any]:
                 "cash": a.cash,
                 "positions": {k: dataclasses.asdict(p) for k, p in a.positions.items()},
                 "realized": a.realized,
+                "fx": {k: dataclasses.asdict(p) for k, p in a.fx.items()},
             }
             for a in broker.accounts.values()
         },
@@ -38,6 +39,7 @@ def restore(broker: Broker, state: dict[str, Any]) -> None:
         acct.cash = {k: float(v) for k, v in a.get("cash", {}).items()}
         acct.positions = {k: Position(**p) for k, p in a.get("positions", {}).items() if k in broker.instruments}
         acct.realized = {k: float(v) for k, v in a.get("realized", {}).items()}
+        acct.fx = {k: Position(**p) for k, p in a.get("fx", {}).items() if k in broker.instruments}
         broker.accounts[acct_id] = acct
     for d in state.get("orders", []):
         if d.get("key") not in broker.instruments:

@@ -105,6 +105,9 @@ class Scenario:
     # IB Gateway's "Read-Only API" setting (IBC ReadOnlyApi): orders, cancels and order lists are refused with 321.
     # Off, as gateway-image configures a paper gateway; a live one is read-only unless IB_READ_ONLY_API=no.
     readOnlyApi: bool = False
+    # IB Gateway's "Include FX positions when sending portfolio" (on by default): a forex pair's virtual position,
+    # the sum of its trades, is sent with the positions and the portfolio.
+    includeFxPositions: bool = True
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -254,6 +257,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         marginEnforce=bool((d.get("margin") or {}).get("enforce", True)),
         precautions=_precautions(d.get("precautions") or {}),
         readOnlyApi=bool(d.get("readOnlyApi", False)),
+        includeFxPositions=bool(d.get("includeFxPositions", True)),
         raw=copy.deepcopy(given),
     )
 

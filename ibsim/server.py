@@ -104,6 +104,12 @@ class GatewayServer(Dispatch, Faults):
         return {k: p.quantity for k, p in acct.positions.items() if p.quantity}
 
     @query
+    def fx_positions(self, account: str | None = None) -> dict[str, float]:
+        """The virtual FX positions {pair: quantity of the base currency}: the sum of each pair's trades."""
+        acct = self.broker.accounts[account or self.broker.default_account]
+        return {k: p.quantity for k, p in acct.fx.items() if p.quantity}
+
+    @query
     def cash(self, account: str | None = None) -> dict[str, float]:
         return dict(self.broker.accounts[account or self.broker.default_account].cash)
 

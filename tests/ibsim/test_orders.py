@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from ib_insync import IB, ExecutionFilter, Forex, LimitOrder, MarketOrder, Order, Stock, StopOrder, TagValue, Trade
 
-from ibsim import ThreadedGateway
-from tests.support import wait_for
+from ibsim import Scenario, ThreadedGateway
+from tests.support import ensure_loop, wait_for
 
 from .conftest import wait_until
 
@@ -339,6 +339,49 @@ def test_fx_order_moves_cash_not_positions(gw: ThreadedGateway, ib: IB) -> None:
         ),
         what="EUR cash balance",
     )
+
+
+def test_a_forex_pair_shows_as_a_virtual_fx_position_valued_as_cash_only(gw: ThreadedGateway, ib: IB) -> None:
+    """IB Gateway's "Include FX positions when sending portfolio" (on by default) sends a pair traded on IDEALPRO
+    as a position: the sum of its trades ("FX Portfolio - Virtual FX Position"). The money is the cash balances,
+    so net liquidation and the gross position value do not count it."""
+
+    def usd(tag: str) -> float:
+        return next(float(v.value) for v in ib.accountValues() if v.tag == tag and v.currency == "USD")
+
+    values = {tag: usd(tag) for tag in ("NetLiquidation", "GrossPositionValue")}
+    done(ib, ib.placeOrder(Forex("EURUSD"), MarketOrder("BUY", 30000)))
+    sold = done(ib, ib.placeOrder(Forex("EURUSD"), MarketOrder("SELL", 10000)))
+    assert gw.fx_positions() == {"EUR.USD": 20000}
+    assert gw.positions() == {}
+
+    [position] = ib.reqPositions()
+    assert (position.contract.secType, position.contract.symbol, position.contract.currency) == ("CASH", "EUR", "USD")
+    assert position.position == 20000
+    assert position.avgCost == pytest.approx(1.08505)  # the trade price: the sale realized against it
+    wait_until(ib, lambda: [p.position for p in ib.portfolio()] == [20000], what="the portfolio's FX row")
+    [row] = ib.portfolio()
+    assert row.marketValue == pytest.approx(20000 * 1.085)
+    assert row.realizedPNL == pytest.approx((sold.orderStatus.avgFillPrice - 1.08505) * 10000, abs=0.01)
+    after = {tag: usd(tag) for tag in values}
+    assert after["GrossPositionValue"] == values["GrossPositionValue"] == 0
+    commissions = 4.0  # the $2 minimum twice
+    spread = 10000 * (1.08505 - 1.08495) + 20000 * (1.08505 - 1.085)  # paid, and marked at the mid
+    assert after["NetLiquidation"] == pytest.approx(values["NetLiquidation"] - commissions - spread, abs=0.01)
+
+
+def test_a_gateway_told_not_to_include_fx_positions_sends_none() -> None:
+    with ThreadedGateway(port=0, scenario=Scenario.from_dict({"includeFxPositions": False})) as gw:
+        ensure_loop()
+        ib = IB()
+        ib.connect("127.0.0.1", gw.port, clientId=1)
+        try:
+            done(ib, ib.placeOrder(Forex("EURUSD"), MarketOrder("BUY", 30000)))
+            assert gw.fx_positions() == {"EUR.USD": 30000}  # kept, not sent
+            assert ib.reqPositions() == []
+            assert ib.portfolio() == []
+        finally:
+            ib.disconnect()
 
 
 def test_opening_orders_execute_at_the_next_open(gw: ThreadedGateway, ib: IB) -> None:

@@ -325,7 +325,15 @@ def test_cash_balancer_converts_only_free_cash_and_close_all_sells_exactly_the_b
     (sold,) = [e["execId"] for e in gateway.executions() if e["orderRef"] == leg["orderRef"]]  # IDEALPRO: one fill
     booked = {f["execId"]: f for f in mode_collection(project, "fills")}
     assert booked[sold]["strategies"] == {"dummy": -bought}
+    # IB still sends the pair as a virtual FX position (the sum of its trades: the conversion), which is no holding:
+    # reconcile goes by the cash balances, and nothing is left to close.
+    assert gateway.fx_positions() == {"EUR.USD": -math.trunc(free_eur)}
     assert bus.reply_to(bus.publish({"intent": "reconcile"}))["result"]["consistent"] is True
+    placed = len(gateway.orders())
+    again = bus.reply_to(bus.publish({"intent": "close-all", "params": {"includeUnallocated": True}}))
+    assert again["status"] == "ok", again
+    assert len(gateway.orders()) == placed
+    assert gateway.fx_positions() == {"EUR.USD": -math.trunc(free_eur)}
 
 
 def test_a_pair_quoted_in_a_currency_the_account_holds_none_of_is_sized_with_the_rate_from_the_market(
