@@ -15,6 +15,7 @@ from typing import Any
 from ib_insync import IB, Contract, Trade
 
 from consumer.broker import market, views
+from consumer.broker.account_view import AccountView
 from consumer.broker.contract_cache import ContractStore
 from consumer.broker.gateway import Gateway, Listener, State
 from consumer.broker.instruments import Instrument, Instruments, fx_pair
@@ -36,6 +37,8 @@ from consumer.strategies.base import InstrumentSpec, MarketData
 log = get_logger(__name__)
 
 NO_SECURITY_DEFINITION = 200  # "No security definition has been found for the request"
+# How long `account` waits for IB's account values to count the last fill (they follow it by a moment).
+ACCOUNT_SETTLE_TIMEOUT = 3.0
 
 # What `Broker.ask_orders` started: a fresh answer still to come, or a first run's connection record.
 OrderSnapshot = Asked
@@ -55,7 +58,8 @@ class Broker:
         asks for it.
 
     Account
-        `account(configured)`: the account traded, its base currency and net liquidation; `account_summary()`,
+        `account(configured)`: the account traded, its base currency and net liquidation, once IB's account values
+        count the last fill (they follow it: consumer.broker.account_view); `account_summary()`,
         `portfolio()`, `positions()`, `cash_balances(account)`, `fx_rates(account)` (units of base currency per
         unit of each currency the account holds).
 
@@ -80,6 +84,7 @@ class Broker:
         self._gateway = gateway
         self._instruments = Instruments(gateway.ib, contracts, now=gateway.now)
         self._history = market.HistoryPacer(gateway.settings.history_timeout)
+        self._account_view = AccountView(gateway.ib, self._portfolio_account)
         # The IB object lives for the whole process, across reconnects, so this is hooked once.
         gateway.ib.errorEvent += self._on_error
 
@@ -97,6 +102,12 @@ class Broker:
         if contract is not None and contract.conId:
             log.warning("IB knows no security for a conId: its cached contract dropped", con_id=contract.conId)
             self._instruments.forget(contract.conId)
+
+    def _portfolio_account(self) -> str | None:
+        """The account whose portfolio ib_insync's connect subscribed: IB_ACCOUNT, else the login's only one."""
+        configured = self._gateway.settings.account
+        accounts = self._gateway.ib.managedAccounts()
+        return configured or (accounts[0] if len(accounts) == 1 else None)
 
     @property
     def _snapshot_timeout(self) -> float:
@@ -161,8 +172,10 @@ class Broker:
             account = accounts[0]
         else:
             raise IntentError("ambiguous_account", f"this login manages {accounts}; set IB_ACCOUNT to pick one")
-        # The account-updates subscription ib_insync starts at connect keeps these current; the summary is the
-        # fallback.
+        # The account-updates subscription ib_insync starts at connect keeps these current, a moment after each
+        # fill (AccountView); the summary is the fallback.
+        if not await self._account_view.settled(account, ACCOUNT_SETTLE_TIMEOUT):
+            log.warning("account values have not followed the last fill; read as they are", account=account)
         values = ib.accountValues(account) or [
             v for v in await self._gateway.requests.account_summary() if v.account == account
         ]

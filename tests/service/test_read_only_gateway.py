@@ -127,7 +127,16 @@ def test_an_order_working_when_the_gateway_turns_read_only_stays_open_in_the_boo
     (closed,) = mode_collection(project, "orders")
     assert (closed["orderRef"], closed["filled"]) == (ref, filled)
 
-    # A breach whose action is to reduce places nothing: IB would refuse the order.
+    # A breach whose action is to reduce places nothing: IB would refuse the order. (ib_insync reports no live fill
+    # for an order a read-only connect never downloaded, so the consumer cannot know to wait for the account values
+    # that follow it: the test waits for the portfolio to hold the position first.)
+    wait_for(
+        lambda: any(
+            p["symbol"] == "TLT" and p["position"] == filled
+            for p in bus.reply_to(bus.publish({"intent": "summary"}))["result"]["portfolio"]
+        ),
+        what="the account window to count the fill",
+    )
     write_config(project, risk={"leverage": {"max": 0.001, "action": "reduce"}})
     risk = bus.reply_to(bus.publish({"intent": "risk-check", "params": {}}))
     assert risk["alert"] is True, risk

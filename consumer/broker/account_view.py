@@ -1,0 +1,84 @@
+"""Whether the account values ib_insync holds already count the fills this connection has seen.
+
+IB sends an execution and its order status first, and the account window (cash balances, net liquidation, gross
+position value) and the positions a moment later (ib_async #15: "ib.positions() may have a delay"). Cash read
+right after a fill is the cash before it: reconcile found a currency difference that was none, risk-check
+measured the leverage before the trade that raised it, and the cash-balancer would convert a balance already
+spent. So an account is read once the portfolio row of each instrument it last filled has come after the fill,
+waited for on ib_insync's `updatePortfolioEvent`: IB sends a position change's row after the account values of
+the same update (a forex pair's is its virtual FX position), so the values are in by then too. A login's other
+accounts have no rows here (IB sends one account's per client); theirs is the first value after the fill, on the
+multi-account subscription ib_insync keeps for each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from ib_insync import IB, AccountValue, Fill, PortfolioItem, Trade
+
+
+class AccountView:
+    """What each account filled since IB last updated it, and a wait until nothing is left.
+
+    `subscribed` names the account whose portfolio ib_insync subscribed at connect: it waits for the filled
+    instruments' rows; any other waits for its next value."""
+
+    def __init__(self, ib: IB, subscribed: Callable[[], str | None]) -> None:
+        self._ib = ib
+        self._subscribed = subscribed
+        self._rows: dict[str, set[int]] = {}
+        self._values: set[str] = set()
+        self._waiters: list[asyncio.Future[None]] = []
+        # The IB object lives for the whole process, across reconnects, so this is hooked once.
+        ib.execDetailsEvent += self._on_fill
+        ib.updatePortfolioEvent += self._on_row
+        ib.accountValueEvent += self._on_value
+
+    def current(self, account: str) -> bool:
+        return not self._rows.get(account) and account not in self._values
+
+    async def settled(self, account: str, within: float) -> bool:
+        """True once IB has updated the account after its last fill (at once if none is pending); False if it has
+        not after `within` seconds, or the connection holds no values for it (nothing would come)."""
+        if not self._ib.accountValues(account):
+            return self.current(account)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while not self.current(account):
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                return self.current(account)
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        return True
+
+    def _on_fill(self, trade: Trade | None, fill: Fill) -> None:
+        account = fill.execution.acctNumber
+        if account == self._subscribed():
+            self._rows.setdefault(account, set()).add(fill.contract.conId)
+        else:
+            self._values.add(account)
+
+    def _on_row(self, item: PortfolioItem) -> None:
+        rows = self._rows.get(item.account)
+        if rows is not None and item.contract.conId in rows:
+            rows.discard(item.contract.conId)
+            self._wake()
+
+    def _on_value(self, value: AccountValue, *_: Any) -> None:
+        if value.account in self._values:
+            self._values.discard(value.account)
+            self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
