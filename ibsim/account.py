@@ -30,6 +30,7 @@ class AccountDesk(GatewayCore):
         super().__init__(*args, **kwargs)
         self._account_push: asyncio.Handle | None = None
         self._dirty_accounts: set[str] = set()
+        self._moved_positions: set[tuple[str, str]] = set()
 
     def _req_account_updates(self, conn: Connection, r: Reader) -> None:
         r.skip(1)
@@ -166,13 +167,30 @@ class AccountDesk(GatewayCore):
 
     def account_changed(self, account: str) -> None:
         self._dirty_accounts.add(account)
+        self._schedule_push(0.0)
+
+    def fill_reported(self, account: str, key: str) -> None:
+        """An execution's position, portfolio and account values go out `accountUpdates.afterFillMs` after the
+        order's own messages: IB's positions and account window lag its fills (ib_async #15), and a client must
+        not take a filled order for a current position."""
+        self._moved_positions.add((account, key))
+        self._dirty_accounts.add(account)
+        self._schedule_push(self.scenario.accountAfterFillMs / 1000)
+
+    def _schedule_push(self, delay: float) -> None:
         if self._account_push is None:
-            self._account_push = asyncio.get_running_loop().call_soon(self.push_accounts)
+            loop = asyncio.get_running_loop()
+            self._account_push = (
+                loop.call_later(delay, self.push_accounts) if delay > 0 else loop.call_soon(self.push_accounts)
+            )
 
     def push_accounts(self) -> None:
         if self._account_push is not None:
             self._account_push.cancel()
         self._account_push = None
+        moved, self._moved_positions = self._moved_positions, set()
+        for account, key in sorted(moved):
+            self.position_changed(account, key)
         dirty, self._dirty_accounts = self._dirty_accounts, set()
         for conn in list(self.clients.values()):
             if conn.account_sub in dirty:

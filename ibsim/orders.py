@@ -230,15 +230,13 @@ class OrderDesk(MarketDesk):
             conn.send(M.exec_details_msg(conn.version, -1, inst.view(), execution))
             if self.held_commissions is None:
                 conn.send(M.commission_report_msg(execution))
-        # positions, portfolio and account values before the order status, so that a client seeing the trade
-        # filled already has the new positions and cash
-        self.position_changed(order.account, inst.key)  # a forex pair's is its virtual FX position
-        self.account_changed(order.account)
-        self.push_accounts()
         if conn is not None:
             conn.send(M.order_status_msg(order.wire()))
             if not order.active:
                 self._send_open_order(conn, order)
+        # IB's positions and account window follow the order's own messages, a moment later (a forex pair's
+        # position is its virtual FX position)
+        self.fill_reported(order.account, inst.key)
 
 
 def _parse_filter_time(text: str) -> float | None:

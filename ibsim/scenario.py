@@ -108,6 +108,9 @@ class Scenario:
     # IB Gateway's "Include FX positions when sending portfolio" (on by default): a forex pair's virtual position,
     # the sum of its trades, is sent with the positions and the portfolio.
     includeFxPositions: bool = True
+    # accountUpdates.afterFillMs: an execution's positions, portfolio and account values follow its order status
+    # this much later (IB's lag after a fill).
+    accountAfterFillMs: float = 200.0
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -160,6 +163,7 @@ class Scenario:
             "marketData",
             "margin",
             "precautions",
+            "accountUpdates",
             "generated",
         ):
             if key in data:
@@ -258,6 +262,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         precautions=_precautions(d.get("precautions") or {}),
         readOnlyApi=bool(d.get("readOnlyApi", False)),
         includeFxPositions=bool(d.get("includeFxPositions", True)),
+        accountAfterFillMs=float((d.get("accountUpdates") or {}).get("afterFillMs", 200)),
         raw=copy.deepcopy(given),
     )
 

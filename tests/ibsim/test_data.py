@@ -129,6 +129,8 @@ def test_account_values_move_after_a_fill(gw: ThreadedGateway, ib: IB) -> None:
     trade = ib.placeOrder(Stock("MSFT", "SMART", "USD"), MarketOrder("BUY", 100))
     wait_until(ib, trade.isDone, what="fill")
     commission = trade.fills[0].commissionReport.commission
+    assert values(ib, "CashBalance")["USD"] == 1_000_000  # the account window follows the fill a moment later
+    wait_until(ib, lambda: values(ib, "CashBalance")["USD"] != 1_000_000, what="the account values after the fill")
     assert values(ib, "CashBalance")["USD"] == pytest.approx(1_000_000 - 100 * 420.01 - commission)
     assert values(ib, "GrossPositionValue")["USD"] == pytest.approx(42_000)
     assert values(ib, "NetLiquidation")["USD"] == pytest.approx(1_054_250 - 1.0 - commission)

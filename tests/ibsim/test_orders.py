@@ -50,9 +50,11 @@ def test_market_order_full_status_sequence(gw: ThreadedGateway, ib: IB) -> None:
     assert server["permId"] == trade.order.permId
     assert server["orderRef"] == "ref-1"
     assert gw.executions()[0]["execId"] == fill.execution.execId
-    # positions and account values are current by the time the trade is reported filled
+    # IB's positions and account window follow the fill a moment later (accountUpdates.afterFillMs): not yet here
+    assert ib.positions() == []
+    assert ib.portfolio() == []
+    wait_until(ib, lambda: {p.contract.symbol: p.position for p in ib.portfolio()} == {"SPY": 100}, what="portfolio")
     assert {p.contract.symbol: p.position for p in ib.positions()} == {"SPY": 100}
-    assert {p.contract.symbol: p.position for p in ib.portfolio()} == {"SPY": 100}
 
 
 def test_sell_fills_at_bid_and_commission_has_minimum(ib: IB) -> None:
@@ -403,7 +405,8 @@ def test_short_position_average_cost_is_net_of_commission(gw: ThreadedGateway, i
     sell_price = sale.orderStatus.avgFillPrice
     sell_commission = sum(f.commissionReport.commission for f in sale.fills)
     assert (sell_price, sell_commission) == (519.99, pytest.approx(1.0))
-    [position] = [p for p in ib.positions() if p.contract.symbol == "SPY"]  # current once filled (see above)
+    wait_until(ib, lambda: [p for p in ib.positions() if p.contract.symbol == "SPY"], what="the position")
+    [position] = [p for p in ib.positions() if p.contract.symbol == "SPY"]  # a moment after the fill (see above)
     assert position.position == -200
     assert position.avgCost == pytest.approx(sell_price - sell_commission / 200, abs=1e-9)  # 519.985, not 519.995
 
