@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Bus, mode_document
+from tests.support import Bus, mode_document, wait_for
 
 pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
 
@@ -41,20 +41,22 @@ def test_collect_market_data_for_many_instruments_twice_in_a_row_meets_no_pacing
 
 @pytest.mark.slow(seconds=12)
 def test_a_pacing_violation_it_did_not_cause_is_retried_not_stored_as_no_bars(bus: Bus, gateway, project: str):
-    """Another client of the gateway spent SPY's budget (five requests within 2 s): the consumer's request is
-    refused with 162, and the intent is retried rather than answered with zero bars."""
+    """Another client of the gateway made the very request the consumer is about to make (IB refuses an identical
+    one within 15 s): the consumer's request is refused with 162, and the intent is retried rather than answered
+    with zero bars. The gateway's clock, not the wall clock, decides when the 15 s are over."""
     from ib_insync import IB, Stock
 
     other = IB()
     other.connect("127.0.0.1", gateway.port, clientId=55, timeout=4)
     try:
-        for days in range(1, 6):
-            other.reqHistoricalData(Stock("SPY", "SMART", "USD"), "", f"{days} D", "1 day", "TRADES", True)
+        assert other.reqHistoricalData(Stock("SPY", "SMART", "USD"), "", "7 D", "1 day", "TRADES", True)
     finally:
         other.disconnect()
     body = {"intent": "collect-market-data", "params": {"instruments": ["SPY"], "barSize": "1 day", "duration": "7 D"}}
-    replies = bus.replies_to(bus.publish(body), quiet=8.0)
-    assert gateway.history_pacing_violations() >= 1  # the consumer's first request was refused
+    message_id = bus.publish(body)
+    wait_for(lambda: gateway.history_pacing_violations() >= 1, what="the consumer's request refused for pacing")
+    gateway.advance_time(16)  # IB's 15 s for an identical request are over
+    replies = bus.replies_to(message_id, quiet=8.0)
     final = replies[-1]
     assert final["status"] == "ok", replies
     assert final["result"]["instruments"]["SPY"]["bars"] == 7
