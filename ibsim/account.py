@@ -29,6 +29,7 @@ class AccountDesk(GatewayCore):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._account_push: asyncio.Handle | None = None
+        self._fill_push: asyncio.TimerHandle | None = None
         self._dirty_accounts: set[str] = set()
         self._moved_positions: set[tuple[str, str]] = set()
 
@@ -167,30 +168,32 @@ class AccountDesk(GatewayCore):
 
     def account_changed(self, account: str) -> None:
         self._dirty_accounts.add(account)
-        self._schedule_push(0.0)
+        if self._account_push is None:
+            self._account_push = asyncio.get_running_loop().call_soon(self.push_accounts)
 
     def fill_reported(self, account: str, key: str) -> None:
         """An execution's position, portfolio and account values go out `accountUpdates.afterFillMs` after the
         order's own messages: IB's positions and account window lag its fills (ib_async #15), and a client must
-        not take a filled order for a current position."""
+        not take a filled order for a current position. (A push sooner, for a price move, sends the account as it
+        stands, as IB's account window would.)"""
         self._moved_positions.add((account, key))
-        self._dirty_accounts.add(account)
-        self._schedule_push(self.scenario.accountAfterFillMs / 1000)
-
-    def _schedule_push(self, delay: float) -> None:
-        if self._account_push is None:
-            loop = asyncio.get_running_loop()
-            self._account_push = (
-                loop.call_later(delay, self.push_accounts) if delay > 0 else loop.call_soon(self.push_accounts)
+        if self._fill_push is None:
+            self._fill_push = asyncio.get_running_loop().call_later(
+                self.scenario.accountAfterFillMs / 1000, self._push_fills
             )
+
+    def _push_fills(self) -> None:
+        self._fill_push = None
+        moved, self._moved_positions = self._moved_positions, set()
+        for account, key in sorted(moved):
+            self.position_changed(account, key)
+            self._dirty_accounts.add(account)
+        self.push_accounts()
 
     def push_accounts(self) -> None:
         if self._account_push is not None:
             self._account_push.cancel()
         self._account_push = None
-        moved, self._moved_positions = self._moved_positions, set()
-        for account, key in sorted(moved):
-            self.position_changed(account, key)
         dirty, self._dirty_accounts = self._dirty_accounts, set()
         for conn in list(self.clients.values()):
             if conn.account_sub in dirty:
