@@ -266,6 +266,11 @@ class Broker(Ledger):
         self.listener.state_changed()
         self.work(order)
 
+    def request_cancel(self, order: SimOrder) -> None:
+        order.status = "PendingCancel"  # on its way to the exchange: it may still fill until confirmed
+        self.listener.order_update(order, open_order=False)
+        self.listener.state_changed()
+
     def cancel(self, order: SimOrder, reason: str = "") -> None:
         self._stop_timer(order)
         order.whyHeld = ""

@@ -165,6 +165,15 @@ class Faults(OrderDesk):
         self.scenario.readOnlyApi = bool(on)
         log.info("fault: API %s", "read-only" if on else "writable")
 
+    @fault(scheduled=True)
+    def cancel_delay(self, seconds: float) -> None:
+        """From now on the exchange confirms the cancel of a working order `seconds` after it is asked for; until
+        then the order is PendingCancel, may still fill, and a second cancel gets 161 (default 0.01 s)."""
+        if seconds < 0:
+            raise ValueError("seconds must be 0 or more")
+        self.scenario.cancelDelayMs = float(seconds) * 1000
+        log.info("fault: cancels confirmed after %.3fs", seconds)
+
     @fault(aliases={"freeze": {"on": True}, "unfreeze": {"on": False}})
     def freeze(self, on: bool = True) -> None:
         self.frozen = bool(on)

@@ -6,6 +6,7 @@ the broker did to the client that owns the order, in the order IB sends it.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from typing import Any
@@ -114,7 +115,12 @@ class OrderDesk(MarketDesk):
         order_id = r.int()
         order = self.broker.orders.get((conn.client_id or 0, order_id))
         if order is None:
-            conn.send_error(order_id, 135, f"Can't find order with id ={order_id}")
+            # As IB answers (ib_insync #690; QuantConnect/Lean.Brokerages.InteractiveBrokers#248)
+            conn.send_error(order_id, 10147, f"OrderId {order_id} that needs to be cancelled is not found.")
+            return
+        if order.status == "PendingCancel":
+            # A second cancel while the exchange has the first (IB's message codes: 161)
+            conn.send_error(order_id, 161, NOT_CANCELLABLE.format(perm_id=order.permId))
             return
         if not order.active:
             conn.send_error(
@@ -124,8 +130,23 @@ class OrderDesk(MarketDesk):
             )
             return
         log.info("client %s: cancel order %d", conn.client_id, order_id)
+        delay = self.scenario.cancelDelayMs / 1000
+        if order.status == "Submitted" and not order.whyHeld and delay > 0:
+            # At the exchange: PendingCancel until the exchange confirms, and what executes meanwhile stays executed
+            # (the order may even fill). An order IB still holds (closed market, locate) is cancelled at once.
+            self.broker.request_cancel(order)
+            asyncio.get_running_loop().call_later(delay, self._confirm_cancel, order)
+            return
         self.broker.cancel(order)
         conn.send_error(order_id, 202, "Order Canceled - reason:")
+
+    def _confirm_cancel(self, order: SimOrder) -> None:
+        if order.status != "PendingCancel":
+            return  # filled before the exchange took the cancel: IB reports it Filled, and that is all
+        self.broker.cancel(order)
+        owner = self.clients.get(order.clientId)
+        if owner is not None:
+            owner.send_error(order.orderId, 202, "Order Canceled - reason:")
 
     def _req_global_cancel(self, conn: Connection, r: Reader) -> None:
         for order in self.broker.active_orders():
@@ -237,6 +258,9 @@ class OrderDesk(MarketDesk):
         # IB's positions and account window follow the order's own messages, a moment later (a forex pair's
         # position is its virtual FX position)
         self.fill_reported(order.account, inst.key)
+
+
+NOT_CANCELLABLE = "Cancel attempted when order is not in a cancellable state. Order permId ={perm_id}"
 
 
 def _parse_filter_time(text: str) -> float | None:

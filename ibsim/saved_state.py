@@ -47,6 +47,8 @@ def restore(broker: Broker, state: dict[str, Any]) -> None:
         d = dict(d)
         d["algoParams"] = [tuple(p) for p in d.get("algoParams", [])]
         order = SimOrder(**d)
+        if order.status == "PendingCancel":
+            order.status = "Cancelled"  # the exchange confirmed it while the gateway was down
         broker.orders[(order.clientId, order.orderId)] = order
         broker.by_perm[order.permId] = order
     broker.executions = list(state.get("executions", []))

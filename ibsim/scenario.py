@@ -111,6 +111,8 @@ class Scenario:
     # accountUpdates.afterFillMs: an execution's positions, portfolio and account values follow its order status
     # this much later (IB's lag after a fill).
     accountAfterFillMs: float = 200.0
+    # A cancel of an order at the exchange: PendingCancel, and Cancelled this much later; it may fill meanwhile.
+    cancelDelayMs: float = 10.0
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -263,6 +265,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         readOnlyApi=bool(d.get("readOnlyApi", False)),
         includeFxPositions=bool(d.get("includeFxPositions", True)),
         accountAfterFillMs=float((d.get("accountUpdates") or {}).get("afterFillMs", 200)),
+        cancelDelayMs=float(d.get("cancelDelayMs", 10)),
         raw=copy.deepcopy(given),
     )
 

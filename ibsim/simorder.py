@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from .protocol import OrderRequest
 
-ACTIVE = ("PreSubmitted", "Submitted")
+ACTIVE = ("PreSubmitted", "Submitted", "PendingCancel")
 EXEC_TZ = "America/New_York"
 
 

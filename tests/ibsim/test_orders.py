@@ -120,6 +120,43 @@ def test_cancel_gives_cancelled_and_202(gw: ThreadedGateway, ib: IB) -> None:
     assert not ib.openTrades()
 
 
+def test_a_cancel_is_pending_until_the_exchange_confirms_and_the_order_can_fill_meanwhile(
+    gw: ThreadedGateway, ib: IB
+) -> None:
+    """PendingCancel until the exchange confirms, and the order "may still execute" meanwhile (docs/ibsim.md,
+    Fidelity). A second cancel meanwhile gets 161, on which ib_insync marks the order Cancelled although it is
+    not."""
+    errors: list[tuple[int, int, str]] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: errors.append((req_id, code, msg))
+    gw.hold_fills(True)
+    gw.cancel_delay(60)
+    trade = ib.placeOrder(SPY, MarketOrder("BUY", 5, orderRef="slow-cancel"))
+    wait_until(ib, lambda: trade.orderStatus.status == "Submitted", what="Submitted")
+    ib.cancelOrder(trade.order)
+    wait_until(ib, lambda: gw.orders()[0]["status"] == "PendingCancel", what="PendingCancel at the gateway")
+
+    ib.cancelOrder(trade.order)
+    wait_until(ib, lambda: errors, what="the second cancel refused")
+    perm_id = gw.orders()[0]["permId"]
+    refusal = f"Cancel attempted when order is not in a cancellable state. Order permId ={perm_id}"
+    assert errors == [(trade.order.orderId, 161, refusal)]
+    assert trade.orderStatus.status == "Cancelled"  # ib_insync's reading of the refusal
+    assert gw.orders()[0]["status"] == "PendingCancel"  # the gateway's: still at the exchange
+
+    gw.hold_fills(False)  # it executes before the exchange takes the cancel
+    wait_until(ib, lambda: gw.orders()[0]["status"] == "Filled", what="Filled")
+    assert [(e["orderRef"], e["shares"]) for e in gw.executions()] == [("slow-cancel", 5)]
+    assert gw.positions() == {"SPY": 5}
+
+
+def test_a_cancel_of_an_order_the_gateway_does_not_know_gets_10147(ib: IB) -> None:
+    errors: list[tuple[int, int, str]] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: errors.append((req_id, code, msg))
+    ib.client.cancelOrder(9999)
+    wait_until(ib, lambda: errors, what="the refusal")
+    assert errors == [(9999, 10147, "OrderId 9999 that needs to be cancelled is not found.")]
+
+
 def test_a_held_order_is_cancelled_at_once_with_202_and_keeps_its_partial_fill(gw: ThreadedGateway, ib: IB) -> None:
     """hold_fills holds executions, not cancels: IB answers a cancel of a working order whatever its fills do."""
     codes: list[tuple[int, int]] = []

@@ -101,6 +101,7 @@ def test_a_working_order_cannot_be_cancelled_once_the_api_is_read_only(
     assert [(o["orderRef"], o["status"]) for o in gw.orders()] == [("resting", "Submitted")]
 
     gw.read_only_api(False)
+    assert working.orderStatus.status == "Cancelled"  # ib_insync's reading of the 321, not the gateway's state
     ib.cancelOrder(working.order)
-    wait_until(ib, lambda: working.orderStatus.status == "Cancelled", what="the cancel")
+    wait_until(ib, lambda: gw.orders()[0]["status"] == "Cancelled", what="the cancel")
     assert [(o["orderRef"], o["status"]) for o in gw.orders()] == [("resting", "Cancelled")]

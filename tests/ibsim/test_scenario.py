@@ -222,3 +222,22 @@ def test_the_paper_scenario_gives_realtime_data_for_us_etfs_and_delayed_for_the_
     assert realtime == {i.key for i in default.instruments if i.kind == "ETF" and i.currency == "USD"}
     assert {"SPY", "QQQ", "TLT"} <= realtime
     assert {i.permissions for i in paper.instruments if i.key not in realtime} == {""}  # marketData: delayed
+
+
+def test_an_order_pending_cancel_when_the_gateway_stopped_is_cancelled_after_its_restart(tmp_path: Path) -> None:
+    """The exchange confirmed the cancel while the gateway was down: no order stays PendingCancel for ever."""
+    state = tmp_path / "state.json"
+    with ThreadedGateway(port=0, state_file=state) as gw:
+        ensure_loop()
+        ib = IB()
+        ib.connect("127.0.0.1", gw.port, clientId=3, timeout=4)
+        gw.hold_fills(True)
+        gw.cancel_delay(600)
+        trade = ib.placeOrder(SPY, MarketOrder("BUY", 5, orderRef="cut-off"))
+        wait_until(ib, lambda: trade.orderStatus.status == "Submitted", what="Submitted")
+        ib.cancelOrder(trade.order)
+        wait_until(ib, lambda: gw.orders()[0]["status"] == "PendingCancel", what="PendingCancel")
+        ib.disconnect()
+    with ThreadedGateway(port=0, state_file=state) as gw:
+        assert [(o["orderRef"], o["status"]) for o in gw.orders()] == [("cut-off", "Cancelled")]
+        assert gw.executions() == []
