@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import math
@@ -170,6 +171,17 @@ def held_note(code: int, message: str) -> dict[str, Any]:
             local = dt.datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=ZoneInfo(found[2]))
             note["until"] = local.isoformat()
     return note
+
+
+# IB's refusals of a cancel: not cancellable now (161: the exchange has a cancel already), already finished
+# (10148), not found (10147). ib_insync marks the order Cancelled on any of them; what became of it is asked.
+_CANCEL_REFUSALS = {161, 10147, 10148}
+
+
+def _refused_cancel(trade: Trade) -> bool:
+    """The order's Cancelled is ib_insync's reading of IB's refusal to cancel it, not IB's own status."""
+    last = trade.log[-1] if trade.log else None
+    return bool(last and last.status == "Cancelled" and last.errorCode in _CANCEL_REFUSALS)
 
 
 def _rejection(trade: Trade) -> dict[str, Any] | None:
@@ -422,11 +434,18 @@ async def cancel_orders(ib: IB, requests: SharedRequests, trades: Iterable[Trade
     if foreign:
         raise ValueError(f"orders {foreign} belong to another client id than {own}; only that client can cancel them")
     for trade in trades:
-        if trade.orderStatus.status not in DONE:
+        # One cancel per order: while the exchange has it (PendingCancel, ours or an earlier run's) IB refuses a
+        # second with 161, and ib_insync would mark the order Cancelled on that error while it can still fill.
+        if trade.orderStatus.status not in DONE | {"PendingCancel"}:
             ib.cancelOrder(trade.order)
     finished = await asyncio.gather(*(await_status(ib, t, DONE, within) for t in trades))
     outcomes = {t.order.orderRef: outcome_of(t) for t in trades}
-    late = {t.order.orderRef for t, done in zip(trades, finished, strict=True) if not done}
+    # A Cancelled that is ib_insync's reading of IB's refusal is no confirmation: until the broker says, the order
+    # counts as still being cancelled.
+    refused = {t.order.orderRef for t in trades if _refused_cancel(t)}
+    for ref in refused:
+        outcomes[ref] = dataclasses.replace(outcomes[ref], status="PendingCancel", fate=Fate.UNCONFIRMED)
+    late = {t.order.orderRef for t, done in zip(trades, finished, strict=True) if not done} | refused
     if late:
         with contextlib.suppress(TimeoutError):
             found = await find_orders(ib, requests, late, within=within)

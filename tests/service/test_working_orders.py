@@ -259,3 +259,38 @@ def test_a_crash_between_cancel_and_place_is_redelivered_without_doubling(bus: B
         assert {f["orderRef"] for f in fills} == {line["orderRef"]}
     finally:
         second.stop()
+
+
+def test_a_cancel_the_exchange_has_not_confirmed_is_sent_once_and_never_taken_for_done(
+    consumer_factory, bus: Bus, gateway, project: str
+):
+    """The exchange is slow to confirm a cancel: the order is PendingCancel, and it can still fill. A second cancel
+    gets IB's 161, on which ib_insync marks the order Cancelled: the consumer used to resend on every redelivery
+    and take that for done, reply that close-all had cancelled a buy, and leave the buy's fill standing."""
+    consumer_factory(order_timeout=1.0)  # waits 1 s for IB to confirm a cancel, then retries the message
+    buy_ref, quantity = working_buy(bus, gateway)
+    gateway.cancel_delay(600)  # the exchange has not confirmed within the test
+
+    gave_up = bus.reply_to(bus.publish({"intent": "close-all", "params": {"strategies": ["dummy"]}}), timeout=90)
+    assert gave_up["status"] == "error", gave_up
+    assert gave_up["error"]["code"] == "dead_lettered"  # after its last attempt, for a person to look at
+    assert "cancel_unconfirmed: IB has not confirmed the cancellation of " + buy_ref in gave_up["error"]["message"]
+    assert [name for _, name in gateway.requests_received() if name == "cancelOrder"] == ["cancelOrder"]
+    assert at_broker(gateway, buy_ref)["status"] == "PendingCancel"
+    assert [o["orderRef"] for o in gateway.orders()] == [buy_ref]  # nothing sold against it
+    assert [o["orderRef"] for o in mode_collection(project, "openOrders")] == [buy_ref]  # not closed on a guess
+
+    gateway.hold_fills(False)  # the buy executes before the exchange takes the cancel
+    wait_for(lambda: at_broker(gateway, buy_ref)["status"] == "Filled", what="the buy filled at the broker")
+    bought = {e["execId"] for e in gateway.executions() if e["orderRef"] == buy_ref}
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": quantity}}, what="the buy's fill booked")
+    assert {f["execId"] for f in mode_collection(project, "fills")} == bought
+    assert closed_order(project, buy_ref)["state"] == "Filled"
+
+    closed = ok(bus, {"intent": "close-all", "params": {"strategies": ["dummy"]}})
+    sale = spy(closed)
+    assert (sale["order"], sale["outcome"]) == (-quantity, "filled")
+    assert gateway.positions().get("SPY", 0) == 0
+    wait_for(lambda: holdings(project) == {}, what="dummy flat in the books")
+    sold = {e["execId"] for e in gateway.executions() if e["orderRef"] == sale["orderRef"]}
+    assert {f["execId"] for f in mode_collection(project, "fills")} == bought | sold
