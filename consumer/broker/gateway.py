@@ -102,7 +102,7 @@ class Gateway:
         self._settings = settings
         self._metrics = metrics or Metrics()
         self.ib = IB()
-        self.requests = SharedRequests(self.ib)
+        self.requests = SharedRequests(self.ib, on_time=self._observe_clock)
         self.state = State.CONNECTING
         # Completed (re)connects: also the connection's generation, which a first run's order lookup compares at its
         # start and at placing (consumer.broker.orders.ConnectionRecord).
@@ -163,8 +163,9 @@ class Gateway:
     def now(self) -> datetime:
         """The gateway's time, which decides whether an exchange is open and what today is for the market.
 
-        It is our clock plus the offset measured at connect and at every heartbeat; in production the offset is
-        zero (both clocks follow NTP). A simulated gateway may run on another day: then the whole service does.
+        It is our clock plus the offset measured by every current-time answer (connect, heartbeat, ping); in
+        production the offset is zero (both clocks follow NTP). A simulated gateway may run on another day: then the
+        whole service does.
         """
         return datetime.fromtimestamp(time.time() + self._clock_offset, UTC)
 
@@ -250,7 +251,7 @@ class Gateway:
                     self._metrics.count("gatewayStartupTimeouts")
                     raise TimeoutError(f"start-up requests not answered in {s.ib_connect_timeout}s: {startup.missed}")
                 try:
-                    self._observe_clock(await asyncio.wait_for(self.requests.current_time(), s.ib_connect_timeout))
+                    await asyncio.wait_for(self.requests.current_time(), s.ib_connect_timeout)  # sets the clock offset
                 except (TimeoutError, ConnectionError):
                     self.ib.disconnect()  # connected but not answering: the next attempt starts clean
                     raise
@@ -279,7 +280,7 @@ class Gateway:
             try:
                 # Other callers' requests may come first, each a gap apart: the budget allows for two of them.
                 answer = self.requests.current_time()
-                self._observe_clock(await asyncio.wait_for(answer, interval + 2 * CURRENT_TIME_GAP))
+                await asyncio.wait_for(answer, interval + 2 * CURRENT_TIME_GAP)
                 misses = 0
             except (TimeoutError, ConnectionError) as e:
                 # A late answer from a gateway that kept sending is no dead socket: the request waits behind our own

@@ -30,13 +30,15 @@ CURRENT_TIME_GAP = 1.1
 class SharedRequests:
     """The fixed-key requests of one connection (see above), each shared by the callers waiting at the same time.
 
-    `reset` fails what is in flight; the gateway calls it after every disconnect. `read_only`, set by the gateway at
+    `reset` fails what is in flight; the gateway calls it after every disconnect. `on_time` is told the gateway's
+    time from every current-time answer. `read_only`, set by the gateway at
     every connect, is whether the gateway's API is read-only: then the order lists are refused here (GatewayReadOnly)
     rather than sent, since IB would refuse them with 321 and never end them.
     """
 
-    def __init__(self, ib: IB) -> None:
+    def __init__(self, ib: IB, on_time: Callable[[datetime], None] | None = None) -> None:
         self._ib = ib
+        self._on_time = on_time
         self.read_only = False
         self._in_flight: dict[str, asyncio.Future[Any]] = {}
         self._current_time_sent = -CURRENT_TIME_GAP
@@ -88,6 +90,8 @@ class SharedRequests:
             # Also a gap after the answer: a request held in ib_insync's throttle (behind a burst of orders) reaches
             # the gateway late, and the next one sent a gap after it was asked for could follow it within a second.
             self._current_time_sent = time.monotonic()
+            if self._on_time is not None:
+                self._on_time(gateway_time)  # every answer tells the gateway's clock, whoever asked
             if not answer.done():
                 answer.set_result(gateway_time)
 
