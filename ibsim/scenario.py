@@ -243,7 +243,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
     return Scenario(
         name=str(d.get("name", "default")),
         seed=int(d.get("seed", 42)),
-        hours=d.get("hours", "always"),
+        hours=d.get("hours", "regular"),
         accounts=accounts,
         instruments=instruments,
         maxFillSize=float(d.get("maxFillSize", 500)),

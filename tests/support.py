@@ -34,6 +34,23 @@ CLOCKS = {
     "month-and-year-end": "2026-12-31T15:30:00-05:00",
 }
 EVERY_CLOCK = {"argnames": "market_clock", "argvalues": list(CLOCKS.values()), "ids": list(CLOCKS), "indirect": True}
+# The clocks of CLOCKS on which the exchanges hold a session: for tests that trade, since IB holds an order outside
+# its session (ibsim's default `hours: regular`) and a fill is what they check.
+TRADING_CLOCK = {
+    "argnames": "market_clock",
+    "argvalues": [c for name, c in CLOCKS.items() if name not in {"saturday", "thanksgiving"}],
+    "ids": [name for name in CLOCKS if name not in {"saturday", "thanksgiving"}],
+    "indirect": True,
+}
+
+
+def sim_scenario(fields: dict[str, Any] | None = None, clock: str = DEFAULT_CLOCK) -> Any:
+    """A simulated gateway's scenario on the tests' clock (a Wednesday in session unless `clock` says): no gateway
+    of the suite runs on the wall clock, whose hour would decide whether a market is open."""
+    from ibsim import Scenario
+
+    return Scenario.from_dict({"clock": {"start": clock}, **(fields or {})})
+
 
 # The default ibsim scenario's account, which every consumer under test serves unless a test says otherwise.
 TEST_ACCOUNT = "DU123456"
@@ -95,6 +112,19 @@ def another_intents_subscription(project: str, name: str) -> str:
     spec = Topology.load().subscriptions["intents-consumer"]
     provision(project, Topology(topics={}, subscriptions={name: spec}), overrides=TEST_OVERRIDES)
     return name
+
+
+def clock_seen(bus: Bus, gateway: Any) -> None:
+    """Waits until the consumer keeps the time the simulated gateway has now. A test that moves the gateway's clock
+    (set_time, roll_day) calls it before its next intent: the consumer reads the gateway's time from its answers to
+    current-time requests (heartbeat, ping), and no real gateway's clock jumps between two of them."""
+    target = gateway.now() - timedelta(seconds=2)
+
+    def seen() -> bool:
+        reply = bus.reply_to(bus.publish({"intent": "ping", "params": {}}))
+        return datetime.fromisoformat(reply["result"]["gatewayTime"]) >= target
+
+    wait_for(seen, what="the consumer to read the gateway's new time")
 
 
 def wait_for(

@@ -6,11 +6,12 @@ import asyncio
 
 from ib_insync import IB, MarketOrder, Stock
 
-from ibsim import GatewayServer, Scenario
+from ibsim import GatewayServer
+from tests.support import sim_scenario
 
 
 async def test_same_loop_connect_order_and_faults() -> None:
-    server = GatewayServer(Scenario.default(), "127.0.0.1", 0)
+    server = GatewayServer(sim_scenario(), "127.0.0.1", 0)
     await server.start()
     ib = IB()
     try:

@@ -19,7 +19,8 @@ SPY = Stock("SPY", "SMART", "USD")
 
 
 def gateway_at(start: str) -> ThreadedGateway:
-    return ThreadedGateway(port=0, scenario=Scenario.from_dict({"clock": {"start": start}}))
+    """Markets open 24x7 (`hours: always`): these tests are about the clock's day, and a Saturday's fill is one."""
+    return ThreadedGateway(port=0, scenario=Scenario.from_dict({"clock": {"start": start}, "hours": "always"}))
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from ib_insync import IB, Contract, Forex, Future, MarketOrder, Stock
 
 from ibsim import Scenario, ThreadedGateway
-from tests.support import CLOCKS, EVERY_CLOCK
+from tests.support import CLOCKS, EVERY_CLOCK, sim_scenario
 
 from .conftest import ensure_loop, wait_until
 
@@ -68,15 +68,22 @@ def test_future_details(gw: ThreadedGateway, ib: IB) -> None:
     assert q.conId == c.conId
 
 
-def test_contract_details_hours_always_open(gw: ThreadedGateway, ib: IB) -> None:
-    [d] = ib.reqContractDetails(Stock("SPY", "SMART", "USD"))
-    assert d.timeZoneId == "America/New_York"
-    sessions = d.tradingSessions()
-    now = gw.now()
-    assert any(s.start <= now < s.end for s in sessions)
-    assert d.liquidHours == d.tradingHours
-    assert d.longName == "SPDR S&P 500 ETF TRUST"
-    assert d.stockType == "ETF"
+def test_contract_details_hours_always_open() -> None:
+    with ThreadedGateway(port=0, scenario=sim_scenario({"hours": "always"}, CLOCKS["saturday"])) as gw:
+        ensure_loop()
+        ib = IB()
+        ib.connect("127.0.0.1", gw.port, clientId=1, timeout=4)
+        try:
+            [d] = ib.reqContractDetails(Stock("SPY", "SMART", "USD"))
+            assert d.timeZoneId == "America/New_York"
+            sessions = d.tradingSessions()
+            now = gw.now()
+            assert any(s.start <= now < s.end for s in sessions)
+            assert d.liquidHours == d.tradingHours
+            assert d.longName == "SPDR S&P 500 ETF TRUST"
+            assert d.stockType == "ETF"
+        finally:
+            ib.disconnect()
 
 
 @pytest.mark.parametrize("clock", CLOCKS.values(), ids=CLOCKS.keys())
@@ -194,7 +201,7 @@ def test_delayed_market_data_is_ignored_when_live_data_is_subscribed(gw: Threade
 def test_without_a_live_subscription_live_data_is_354_and_delayed_data_comes_with_10167() -> None:
     ensure_loop()
     with ThreadedGateway(
-        scenario=Scenario.from_dict({"marketData": {"liveSubscription": False, "snapshotEndSeconds": 0}})
+        scenario=sim_scenario({"marketData": {"liveSubscription": False, "snapshotEndSeconds": 0}})
     ) as gw:
         ib = IB()
         ib.connect("127.0.0.1", gw.port, clientId=1, timeout=4)
@@ -290,7 +297,7 @@ def test_scenario_bars_are_served() -> None:
         {"date": "2024-01-02", "open": 10, "high": 11, "low": 9, "close": 10.5, "volume": 1000},
         {"date": "20240103", "open": 10.5, "high": 12, "low": 10, "close": 11.5, "volume": 2000},
     ]
-    scenario = Scenario.from_dict(
+    scenario = sim_scenario(
         {"instruments": [{"symbol": "XYZ", "secType": "STK", "primaryExchange": "NYSE", "price": 11.5, "bars": bars}]}
     )
     with ThreadedGateway(port=0, scenario=scenario) as gw:
@@ -310,7 +317,7 @@ def test_scenario_bars_are_served() -> None:
 
 
 def test_volatile_instruments_walk_and_stream() -> None:
-    scenario = Scenario.from_dict(
+    scenario = sim_scenario(
         {
             "seed": 3,
             "instruments": [{"symbol": "JUMPY", "secType": "STK", "primaryExchange": "NYSE", "price": 50.0,

@@ -8,8 +8,8 @@ import time
 import pytest
 from ib_insync import IB, LimitOrder, MarketOrder, Stock
 
-from ibsim import Scenario, ThreadedGateway
-from tests.support import wait_for
+from ibsim import ThreadedGateway
+from tests.support import sim_scenario, wait_for
 
 from .conftest import ensure_loop, wait_until
 
@@ -140,7 +140,7 @@ def test_ib_insync_throttling_stays_under_the_limit(gw: ThreadedGateway, ib: IB)
 
 
 def test_scheduled_faults_from_the_scenario() -> None:
-    scenario = Scenario.from_dict(
+    scenario = sim_scenario(
         {
             "faults": [
                 {"at": 0.3, "action": "send_error", "args": {"code": 1100}},

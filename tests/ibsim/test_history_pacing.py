@@ -9,7 +9,7 @@ import pytest
 from ib_insync import IB, Stock
 
 from ibsim import Scenario, ThreadedGateway
-from tests.support import ensure_loop
+from tests.support import ensure_loop, sim_scenario
 
 PACING = "Historical Market Data Service error message:Historical data request pacing violation"
 
@@ -73,7 +73,7 @@ def test_more_than_60_requests_in_ten_minutes(gw: ThreadedGateway, ib: IB) -> No
 
 def test_without_pacing_historical_repeats_are_answered() -> None:
     """The default scenario keeps answering (the realistic setting is opt-in: scenarios/paper.yaml)."""
-    with ThreadedGateway(port=0) as gw:
+    with ThreadedGateway(port=0, scenario=sim_scenario()) as gw:
         ensure_loop()
         ib = IB()
         ib.connect("127.0.0.1", gw.port, clientId=7, timeout=4)

@@ -12,7 +12,7 @@ import pytest
 from ib_insync import IB, Contract, Forex, LimitOrder, MarketOrder, Stock, StopLimitOrder, Trade
 
 from ibsim import ThreadedGateway
-from tests.support import IB_MARGIN_REJECTION, ensure_loop
+from tests.support import IB_MARGIN_REJECTION, ensure_loop, sim_scenario
 
 from .conftest import wait_until
 
@@ -215,7 +215,7 @@ def test_a_modification_beyond_the_margin_gets_201_and_the_order_keeps_its_size(
 
 def test_the_highest_order_id_survives_a_restart_with_the_state_file(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    with ThreadedGateway(port=0, state_file=state) as gw:
+    with ThreadedGateway(port=0, scenario=sim_scenario(), state_file=state) as gw:
         ensure_loop()
         ib = IB()
         ib.connect("127.0.0.1", gw.port, clientId=3, timeout=4)
@@ -227,7 +227,7 @@ def test_the_highest_order_id_survives_a_restart_with_the_state_file(tmp_path: P
             ib.disconnect()
     assert json.loads(state.read_text())["highestOrderIds"] == {"3": high}
 
-    with ThreadedGateway(port=0, state_file=state) as gw:
+    with ThreadedGateway(port=0, scenario=sim_scenario(), state_file=state) as gw:
         ensure_loop()
         ib = IB()
         ib.connect("127.0.0.1", gw.port, clientId=3, timeout=4)

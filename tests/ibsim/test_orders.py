@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from ib_insync import IB, ExecutionFilter, Forex, LimitOrder, MarketOrder, Order, Stock, StopOrder, TagValue, Trade
 
-from ibsim import Scenario, ThreadedGateway
-from tests.support import ensure_loop, wait_for
+from ibsim import ThreadedGateway
+from tests.support import ensure_loop, sim_scenario, wait_for
 
 from .conftest import wait_until
 
@@ -410,7 +410,7 @@ def test_a_forex_pair_shows_as_a_virtual_fx_position_valued_as_cash_only(gw: Thr
 
 
 def test_a_gateway_told_not_to_include_fx_positions_sends_none() -> None:
-    with ThreadedGateway(port=0, scenario=Scenario.from_dict({"includeFxPositions": False})) as gw:
+    with ThreadedGateway(port=0, scenario=sim_scenario({"includeFxPositions": False})) as gw:
         ensure_loop()
         ib = IB()
         ib.connect("127.0.0.1", gw.port, clientId=1)

@@ -14,6 +14,7 @@ import pytest
 from ib_insync import IB, LimitOrder, MarketOrder, Stock
 
 from ibsim import Scenario, ScenarioError, ThreadedGateway
+from tests.support import DEFAULT_CLOCK, sim_scenario
 
 from .conftest import ensure_loop, ibsim_cli, wait_until
 
@@ -105,7 +106,7 @@ def test_load_yaml_and_json(tmp_path: Path) -> None:
 
 
 def test_custom_scenario_drives_the_gateway() -> None:
-    scenario = Scenario.from_dict(
+    scenario = sim_scenario(
         {
             "accounts": [
                 {
@@ -139,7 +140,7 @@ def test_custom_scenario_drives_the_gateway() -> None:
 
 def test_state_file_round_trip(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    with ThreadedGateway(port=0, state_file=state) as gw:
+    with ThreadedGateway(port=0, scenario=sim_scenario(), state_file=state) as gw:
         ensure_loop()
         ib = IB()
         ib.connect("127.0.0.1", gw.port, clientId=3, timeout=4)
@@ -152,7 +153,7 @@ def test_state_file_round_trip(tmp_path: Path) -> None:
     saved = json.loads(state.read_text())
     assert saved["accounts"]["DU123456"]["positions"]["SPY"]["quantity"] == 20
 
-    with ThreadedGateway(port=0, state_file=state) as gw:
+    with ThreadedGateway(port=0, scenario=sim_scenario(), state_file=state) as gw:
         assert gw.positions() == {"SPY": 20}
         assert gw.cash() == cash
         assert [(o["orderRef"], o["status"]) for o in gw.orders()] == [("kept", "Filled"), ("resting", "Submitted")]
@@ -175,7 +176,8 @@ def test_state_file_round_trip(tmp_path: Path) -> None:
 
 
 def test_cli_starts_prints_and_stops_on_sigterm(tmp_path: Path) -> None:
-    with ibsim_cli("--state", str(tmp_path / "s.json"), cwd=tmp_path, stderr=subprocess.PIPE) as (proc, port, line):
+    cli = ("--state", str(tmp_path / "s.json"), "--clock", DEFAULT_CLOCK)
+    with ibsim_cli(*cli, cwd=tmp_path, stderr=subprocess.PIPE) as (proc, port, line):
         assert "(scenario: default, account DU123456)" in line
         ensure_loop()
         ib = IB()
@@ -227,7 +229,7 @@ def test_the_paper_scenario_gives_realtime_data_for_us_etfs_and_delayed_for_the_
 def test_an_order_pending_cancel_when_the_gateway_stopped_is_cancelled_after_its_restart(tmp_path: Path) -> None:
     """The exchange confirmed the cancel while the gateway was down: no order stays PendingCancel for ever."""
     state = tmp_path / "state.json"
-    with ThreadedGateway(port=0, state_file=state) as gw:
+    with ThreadedGateway(port=0, scenario=sim_scenario(), state_file=state) as gw:
         ensure_loop()
         ib = IB()
         ib.connect("127.0.0.1", gw.port, clientId=3, timeout=4)
@@ -238,6 +240,6 @@ def test_an_order_pending_cancel_when_the_gateway_stopped_is_cancelled_after_its
         ib.cancelOrder(trade.order)
         wait_until(ib, lambda: gw.orders()[0]["status"] == "PendingCancel", what="PendingCancel")
         ib.disconnect()
-    with ThreadedGateway(port=0, state_file=state) as gw:
+    with ThreadedGateway(port=0, scenario=sim_scenario(), state_file=state) as gw:
         assert [(o["orderRef"], o["status"]) for o in gw.orders()] == [("cut-off", "Cancelled")]
         assert gw.executions() == []

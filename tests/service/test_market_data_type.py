@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from ibsim import Scenario, ThreadedGateway
-from tests.support import NOT_SUBSCRIBED, Bus, ConsumerUnderTest, allocation, wait_for, write_config
+from ibsim import ThreadedGateway
+from tests.support import NOT_SUBSCRIBED, Bus, ConsumerUnderTest, allocation, sim_scenario, wait_for, write_config
 
 
 @pytest.fixture
 def unsubscribed() -> Iterator[ThreadedGateway]:
     """A login without live market data: IB answers 354 to live requests, delayed data with 10167."""
-    with ThreadedGateway(port=0, scenario=Scenario.from_dict({"marketData": {"liveSubscription": False}})) as gw:
+    with ThreadedGateway(port=0, scenario=sim_scenario({"marketData": {"liveSubscription": False}})) as gw:
         yield gw
 
 

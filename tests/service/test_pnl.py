@@ -17,6 +17,7 @@ from tests.support import (
     SIGNAL_PARAMS,
     Bus,
     allocation,
+    clock_seen,
     holdings,
     long_signal,
     mode_collection,
@@ -124,10 +125,12 @@ def test_a_round_trip_over_two_days_agrees_with_the_broker_to_the_cent(bus: Bus,
     assert pnl(bus)["pnl"]["dummy"] == before
 
     gateway.set_time(on_day(gateway, AFTER_CLOSE))
+    clock_seen(bus, gateway)
     closing = ok(bus, {"intent": "eod-check", "params": {}})  # day 1's snapshot
     assert (closing["clean"], closing.get("alert")) == (True, None), closing
     gateway.roll_day()
     gateway.set_time(on_day(gateway, "T11:00:00-04:00"))
+    clock_seen(bus, gateway)
     gateway.set_price("SPY", spy * 0.97)
     ok(bus, allocation({"SPY": 0.0}))  # the rest, at a lower price than it cost
     wait_for(lambda: holdings(project) == {}, what="the close booked")
@@ -151,6 +154,7 @@ def test_a_round_trip_over_two_days_agrees_with_the_broker_to_the_cent(bus: Bus,
     assert summary["pnl"]["dummy"] == dummy  # the same block, from the marks summary already has
 
     gateway.set_time(on_day(gateway, AFTER_CLOSE))
+    clock_seen(bus, gateway)
     ok(bus, {"intent": "eod-check", "params": {}})  # day 2's snapshot
     days = {s["_id"]: s for s in mode_collection(project, "snapshots")}
     assert sorted(days) == ["2026-06-17", "2026-06-18"]
@@ -228,6 +232,7 @@ def test_eod_check_reports_what_is_left_and_writes_the_snapshot_once_a_day(
     (qqq,) = [i for i in working["instruments"] if i["instrument"] == "QQQ"]
     assert qqq["outcome"] == "working"
     gateway.set_time(on_day(gateway, "T16:05:00-04:00"))  # after the close (June: EDT)
+    clock_seen(bus, gateway)
 
     report = ok(bus, {"intent": "eod-check", "params": {}})
     assert report["date"] == "2026-06-17"
@@ -292,6 +297,7 @@ def test_the_eod_sequence_leaves_a_flat_at_close_strategy_flat_and_the_others_al
     bought = {e["orderRef"] for e in gateway.executions()}
 
     gateway.set_time(on_day(gateway, "T15:55:00-04:00"))
+    clock_seen(bus, gateway)
     job = {"intent": "close-all", "params": {"flatAtClose": True}}
     closing = bus.reply_to(bus.publish(job, intent="close-all", schedule="eod-close-all"))
     assert closing["status"] == "ok", closing
@@ -306,6 +312,7 @@ def test_the_eod_sequence_leaves_a_flat_at_close_strategy_flat_and_the_others_al
     assert holdings(project)["testsignalgenerator"] == kept
 
     gateway.set_time(on_day(gateway, AFTER_CLOSE))
+    clock_seen(bus, gateway)
     report = ok(bus, {"intent": "eod-check", "params": {}})
     assert "dummy" not in report["notFlat"]
     assert report["notFlat"] == {"testsignalgenerator": {k: float(v) for k, v in kept.items()}}

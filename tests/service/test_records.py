@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from tests.support import (
-    EVERY_CLOCK,
     SIGNAL_PARAMS,
+    TRADING_CLOCK,
     Bus,
     allocation,
     booked_totals,
@@ -107,7 +107,7 @@ def test_a_partial_fill_then_the_rest_is_two_fills_and_one_closed_order(bus: Bus
     assert [(o["orderRef"], o["state"], o["filled"]) for o in closed] == [(spy["orderRef"], "Filled", spy["target"])]
 
 
-@pytest.mark.parametrize(**EVERY_CLOCK)
+@pytest.mark.parametrize(**TRADING_CLOCK)
 def test_two_strategies_sharing_one_order_each_get_their_share(bus: Bus, gateway, project: str):
     symbol, weight = long_signal(bus, gateway)
     reply = bus.reply_to(

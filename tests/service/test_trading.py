@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from tests.support import (
-    EVERY_CLOCK,
     SIGNAL_PARAMS,
+    TRADING_CLOCK,
     Bus,
     allocation,
     holdings,
@@ -76,7 +76,7 @@ def test_allocation_from_flat_reaches_the_targets_and_a_second_run_places_nothin
     assert len(gateway.orders()) == orders_before
 
 
-@pytest.mark.parametrize(**EVERY_CLOCK)
+@pytest.mark.parametrize(**TRADING_CLOCK)
 def test_two_strategies_wanting_opposite_trades_send_one_netted_order(bus: Bus, gateway, project: str):
     symbol, weight = long_signal(bus, gateway)
     body = {
