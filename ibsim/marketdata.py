@@ -96,8 +96,15 @@ class MarketDesk(AccountDesk):
         def tick(kind: int, price: float, size: float) -> None:
             conn.send([1, 6, req_id, DELAYED[kind] if delayed else kind, price, size, 0])
 
-        tick(1, inst.bid, inst.quote_size)
-        tick(2, inst.ask, inst.quote_size)
+        if self._unquoted(conn, inst):
+            # Outside the instrument's trading hours IB's live bid and ask are -1, size 0 (ib_insync #109, #471:
+            # "at exactly 8pm Eastern [...] every equity bid/ask [...] goes to NaN/-1" until 04:00); the last trade
+            # and the close stay. Frozen data (type 2/4) keeps the values of the close instead.
+            tick(1, -1.0, 0.0)
+            tick(2, -1.0, 0.0)
+        else:
+            tick(1, inst.bid, inst.quote_size)
+            tick(2, inst.ask, inst.quote_size)
         if inst.secType != "CASH":
             tick(4, inst.price, 100.0)
             conn.send([2, 6, req_id, DELAYED[8] if delayed else 8, inst.volume])
@@ -174,6 +181,13 @@ class MarketDesk(AccountDesk):
         if self.scenario.hours != "regular":
             return False
         return session_state(inst, "regular", self.clock.now(), inst.secType in ("CASH", "FUT")) is not None
+
+    def _unquoted(self, conn: Connection, inst: Instrument) -> bool:
+        """No bid or ask: the instrument is outside its trading hours (extended ones included) and the client did
+        not ask for frozen data."""
+        if self.scenario.hours != "regular" or conn.mkt_type in (2, 4):
+            return False
+        return session_state(inst, "regular", self.clock.now(), extended=True) is not None
 
     def _cancel_mkt_data(self, conn: Connection, r: Reader) -> None:
         r.skip(1)

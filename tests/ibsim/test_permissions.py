@@ -107,3 +107,28 @@ def test_frozen_data_after_the_close(connect: Any, clock: str, frozen: bool) -> 
     [spy, aapl] = ib.reqTickers(SPY, AAPL)
     assert spy.marketDataType == (2 if frozen else 1)
     assert (aapl.bid, aapl.marketDataType) == (189.99, 4 if frozen else 3)
+
+
+@pytest.mark.parametrize(
+    ("clock", "quoted"),
+    [
+        (CLOCKS["saturday"], False),
+        ("2026-06-17T21:00:00-04:00", False),  # after NYSE Arca's late session (20:00)
+        ("2026-06-17T18:00:00-04:00", True),  # in it: extended hours quote
+        (DEFAULT_CLOCK, True),
+    ],
+    ids=["saturday", "night", "extended-hours", "in-session"],
+)
+def test_live_quotes_outside_the_trading_hours_have_no_bid_or_ask(connect: Any, clock: str, quoted: bool) -> None:
+    """IB's -1 bid and ask (size 0) when nothing trades; the last trade and the close still come."""
+    ib, _ = connect(scenario(clock, hours="regular"))
+    [spy] = ib.reqTickers(SPY)
+    assert (spy.bid, spy.bidSize, spy.ask, spy.askSize) == ((519.99, 300, 520.01, 300) if quoted else (-1, 0, -1, 0))
+    assert (spy.last, spy.close) == (520.0, 520.0)
+    assert spy.marketPrice() == 520.0  # ib_insync reads -1 as no quote
+
+
+def test_quotes_at_any_hour_with_hours_always(connect: Any) -> None:
+    ib, _ = connect(scenario(CLOCKS["saturday"], hours="always"))
+    [spy] = ib.reqTickers(SPY)
+    assert (spy.bid, spy.ask) == (519.99, 520.01)
