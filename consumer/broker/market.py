@@ -291,9 +291,15 @@ def _request_snapshot(ib: IB, contract: Contract) -> tuple[Ticker, asyncio.Futur
 
 
 def _has_full_quote(ticker: Ticker) -> bool:
-    """Everything a price or a limit price is made of: nothing more is waited for once it is there."""
+    """Everything a price or a limit price is made of: nothing more is waited for once it is there. A bid or ask of
+    -1 is IB's answer that there is none (outside the trading hours): an answer, which a later tick will not change
+    before the snapshot's end."""
     has_reference = _usable(ticker.last) is not None or _usable(ticker.close) is not None
-    return _usable(ticker.bid) is not None and _usable(ticker.ask) is not None and has_reference
+    return _answered(ticker.bid) and _answered(ticker.ask) and has_reference
+
+
+def _answered(value: float | None) -> bool:
+    return value is not None and (value == -1 or _usable(value) is not None)
 
 
 async def snapshot_prices(ib: IB, instruments: Iterable[Instrument], within: float) -> Prices:
