@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ib_insync import IB
+from ib_insync import IB, Contract, MarketOrder, Trade
 
 from ibsim import ThreadedGateway
 from tests.support import ensure_loop, wait_for
@@ -25,6 +25,17 @@ ROOT = Path(__file__).resolve().parents[2]
 def wait_until(ib: IB, predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
     """tests.support.wait_for with ib_insync processing messages between polls."""
     return wait_for(predicate, timeout, what, interval=0.005, ib=ib)
+
+
+def cancel_left_pending(gw: ThreadedGateway, ib: IB, ref: str, contract: Contract) -> Trade:
+    """A buy that cannot fill (fills held), cancelled and left PendingCancel: the exchange confirms in 10 minutes."""
+    gw.hold_fills(True)
+    gw.cancel_delay(600)
+    trade = ib.placeOrder(contract, MarketOrder("BUY", 5, orderRef=ref))
+    wait_until(ib, lambda: trade.orderStatus.status == "Submitted", what="Submitted")
+    ib.cancelOrder(trade.order)
+    wait_until(ib, lambda: gw.orders()[0]["status"] == "PendingCancel", what="PendingCancel at the gateway")
+    return trade
 
 
 def symbol_errors(ib: IB) -> list[tuple[str, int, str]]:

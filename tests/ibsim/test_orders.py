@@ -8,7 +8,7 @@ from ib_insync import IB, ExecutionFilter, Forex, LimitOrder, MarketOrder, Order
 from ibsim import ThreadedGateway
 from tests.support import ensure_loop, sim_scenario, wait_for
 
-from .conftest import wait_until
+from .conftest import cancel_left_pending, wait_until
 
 SPY = Stock("SPY", "SMART", "USD")
 
@@ -128,12 +128,7 @@ def test_a_cancel_is_pending_until_the_exchange_confirms_and_the_order_can_fill_
     not."""
     errors: list[tuple[int, int, str]] = []
     ib.errorEvent += lambda req_id, code, msg, contract: errors.append((req_id, code, msg))
-    gw.hold_fills(True)
-    gw.cancel_delay(60)
-    trade = ib.placeOrder(SPY, MarketOrder("BUY", 5, orderRef="slow-cancel"))
-    wait_until(ib, lambda: trade.orderStatus.status == "Submitted", what="Submitted")
-    ib.cancelOrder(trade.order)
-    wait_until(ib, lambda: gw.orders()[0]["status"] == "PendingCancel", what="PendingCancel at the gateway")
+    trade = cancel_left_pending(gw, ib, "slow-cancel", SPY)
 
     ib.cancelOrder(trade.order)
     wait_until(ib, lambda: errors, what="the second cancel refused")

@@ -16,7 +16,7 @@ from ib_insync import IB, LimitOrder, MarketOrder, Stock
 from ibsim import Scenario, ScenarioError, ThreadedGateway
 from tests.support import DEFAULT_CLOCK, sim_scenario
 
-from .conftest import ensure_loop, ibsim_cli, wait_until
+from .conftest import cancel_left_pending, ensure_loop, ibsim_cli, wait_until
 
 SPY = Stock("SPY", "SMART", "USD")
 ROOT = Path(__file__).resolve().parents[2]
@@ -233,12 +233,7 @@ def test_an_order_pending_cancel_when_the_gateway_stopped_is_cancelled_after_its
         ensure_loop()
         ib = IB()
         ib.connect("127.0.0.1", gw.port, clientId=3, timeout=4)
-        gw.hold_fills(True)
-        gw.cancel_delay(600)
-        trade = ib.placeOrder(SPY, MarketOrder("BUY", 5, orderRef="cut-off"))
-        wait_until(ib, lambda: trade.orderStatus.status == "Submitted", what="Submitted")
-        ib.cancelOrder(trade.order)
-        wait_until(ib, lambda: gw.orders()[0]["status"] == "PendingCancel", what="PendingCancel")
+        cancel_left_pending(gw, ib, "cut-off", SPY)
         ib.disconnect()
     with ThreadedGateway(port=0, scenario=sim_scenario(), state_file=state) as gw:
         assert [(o["orderRef"], o["status"]) for o in gw.orders()] == [("cut-off", "Cancelled")]
