@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ib_insync import IB, MarketOrder, Stock
 
-from ibsim import ThreadedGateway
+from bench.stack import BENCH_CLOCK
+from ibsim import Scenario, ThreadedGateway
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +29,7 @@ def cli_start_to_listening() -> float:
     """`python -m ibsim` from exec to its 'listening' line (interpreter start included)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ibsim", "--port", "0", "--log-level", "WARNING"],
+        [sys.executable, "-m", "ibsim", "--port", "0", "--log-level", "WARNING", "--clock", BENCH_CLOCK],
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
@@ -47,7 +48,7 @@ def cli_start_to_listening() -> float:
 
 def run(connects: int = 20, orders: int = 50) -> dict:
     t0 = time.perf_counter()
-    gw = ThreadedGateway(port=0)
+    gw = ThreadedGateway(port=0, scenario=Scenario.from_dict({"clock": {"start": BENCH_CLOCK}}))
     start = time.perf_counter() - t0
     try:
         connect_times = []

@@ -27,6 +27,8 @@ SEED = {"positions": 50, "openOrders": 20, "completedOrders": 500, "executions":
 # ib_insync's connect timeout is per start-up request; at 20 ms per completed order, 500 of them take 10 s.
 CONNECT_TIMEOUT = 60.0
 SEED_CLIENT_ID = 70
+# A Wednesday in NYSE's session: the simulated gateway keeps exchange hours, and the bench must run alike at any hour.
+BENCH_CLOCK = "2026-06-17T10:00:00-04:00"
 
 
 def seed_account(gateway: Any) -> dict[str, int]:
@@ -101,7 +103,12 @@ class BenchStack(contextlib.AbstractContextManager["BenchStack"]):
         emulators = self._stack.enter_context(EmulatorPair(workdir=self._tmp))
         os.environ.update(emulators.environ())
         scenario = Scenario.from_dict(
-            {"generated": {"count": INSTRUMENTS}, "pacing": PACING, "connectCost": CONNECT_COST}
+            {
+                "generated": {"count": INSTRUMENTS},
+                "pacing": PACING,
+                "connectCost": CONNECT_COST,
+                "clock": {"start": BENCH_CLOCK},
+            }
         )
         self.gateway = self._stack.enter_context(ThreadedGateway(port=0, scenario=scenario))
         print("seeding the account to a paper account's size (positions, open, completed orders, fills) ...")
