@@ -7,8 +7,9 @@ measured the leverage before the trade that raised it, and the cash-balancer wou
 spent. So an account is read once the portfolio row of each instrument it last filled has come after the fill,
 waited for on ib_insync's `updatePortfolioEvent`: IB sends a position change's row after the account values of
 the same update (a forex pair's is its virtual FX position), so the values are in by then too. A login's other
-accounts have no rows here (IB sends one account's per client); theirs is the first value after the fill, on the
-multi-account subscription ib_insync keeps for each.
+accounts have no rows here (IB sends one account's per client); theirs are the position of each instrument filled
+(on the position stream ib_insync keeps for every account) and a value on the multi-account subscription
+ib_insync keeps for each, both after the fill: a value alone may be a price move's, sent before the positions.
 """
 
 from __future__ import annotations
@@ -17,28 +18,30 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from ib_insync import IB, AccountValue, Fill, PortfolioItem, Trade
+from ib_insync import IB, AccountValue, Fill, PortfolioItem, Position, Trade
 
 
 class AccountView:
     """What each account filled since IB last updated it, and a wait until nothing is left.
 
     `subscribed` names the account whose portfolio ib_insync subscribed at connect: it waits for the filled
-    instruments' rows; any other waits for its next value."""
+    instruments' rows; any other waits for their positions and for its next value."""
 
     def __init__(self, ib: IB, subscribed: Callable[[], str | None]) -> None:
         self._ib = ib
         self._subscribed = subscribed
-        self._rows: dict[str, set[int]] = {}
+        self._rows: dict[str, set[int]] = {}  # conIds filled, by account, whose portfolio row is still to come
+        self._positions: dict[str, set[int]] = {}  # the same for positions, on accounts without rows here
         self._values: set[str] = set()
         self._waiters: list[asyncio.Future[None]] = []
         # The IB object lives for the whole process, across reconnects, so this is hooked once.
         ib.execDetailsEvent += self._on_fill
         ib.updatePortfolioEvent += self._on_row
+        ib.positionEvent += self._on_position
         ib.accountValueEvent += self._on_value
 
     def current(self, account: str) -> bool:
-        return not self._rows.get(account) and account not in self._values
+        return not self._rows.get(account) and not self._positions.get(account) and account not in self._values
 
     async def settled(self, account: str, within: float) -> bool:
         """True once IB has updated the account after its last fill (at once if none is pending); False if it has
@@ -64,12 +67,19 @@ class AccountView:
         if account == self._subscribed():
             self._rows.setdefault(account, set()).add(fill.contract.conId)
         else:
+            self._positions.setdefault(account, set()).add(fill.contract.conId)
             self._values.add(account)
 
     def _on_row(self, item: PortfolioItem) -> None:
         rows = self._rows.get(item.account)
         if rows is not None and item.contract.conId in rows:
             rows.discard(item.contract.conId)
+            self._wake()
+
+    def _on_position(self, position: Position) -> None:
+        pending = self._positions.get(position.account)
+        if pending is not None and position.contract.conId in pending:
+            pending.discard(position.contract.conId)
             self._wake()
 
     def _on_value(self, value: AccountValue, *_: Any) -> None:

@@ -556,3 +556,29 @@ def test_a_deployments_delivery_probe_is_addressed_to_its_own_account(
     finally:
         subscriber.close()
         household.stop()
+
+
+def test_a_logins_second_account_is_read_once_its_positions_count_the_last_fill(
+    fleet: Fleet, bus: Bus, project: str
+) -> None:
+    """IB sends a fill's positions a moment after the execution, and account values on a price move at any time: a
+    value that comes in between is no sign that the positions count the fill. A risk-check right after a buy in the
+    login's second account, with a price move in between, measures the position bought (it read none)."""
+    household = fleet.gateways[1]
+    second = HOUSEHOLD[1]
+    write_config(project, account=second, risk={"concentration": {"max": 0.95, "action": "halt"}})
+    household.call(setattr, household.server.scenario, "accountAfterFillMs", 2000.0)
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.9}), account=second))
+    assert reply["status"] == "ok", reply
+    (line,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "SPY"]
+    assert line["outcome"] == "filled", line
+    household.set_price("SPY", 521.0)  # the account's values go out now, its positions with the fill's update
+
+    checked = bus.reply_to(bus.publish({"intent": "risk-check", "params": {}}, account=second))
+    assert (checked["status"], checked["account"]) == ("ok", second), checked
+    (concentration,) = [limit for limit in checked["result"]["limits"] if limit["limit"] == "concentration"]
+    assert concentration["instrument"] == "SPY", concentration
+    assert concentration["value"] == pytest.approx(line["order"] * 521.0 / reply["result"]["netLiquidation"], abs=0.01)
+    assert household.positions(second) == {"SPY": line["order"]}
+    fills = {e["execId"] for e in household.executions() if e["orderRef"] == line["orderRef"]}
+    wait_for(lambda: fills <= booked_fills(project, second), what="the buy booked by execId")
