@@ -31,6 +31,21 @@ SEED_CLIENT_ID = 70
 BENCH_CLOCK = "2026-06-17T10:00:00-04:00"
 
 
+def bench_scenario() -> Any:
+    """The gateway the bench measures against: IB's pacing and start-up costs, the bench's instruments, a clock in
+    session."""
+    from ibsim import Scenario
+
+    return Scenario.from_dict(
+        {
+            "generated": {"count": INSTRUMENTS},
+            "pacing": PACING,
+            "connectCost": CONNECT_COST,
+            "clock": {"start": BENCH_CLOCK},
+        }
+    )
+
+
 def seed_account(gateway: Any) -> dict[str, int]:
     """Positions set at the gateway; fills, completed and open orders made by another client id, as a person
     trading in TWS beside the consumer would: 100 round trips (200 executions, flat), 300 limit orders cancelled
@@ -96,21 +111,13 @@ class BenchStack(contextlib.AbstractContextManager["BenchStack"]):
         return self._consumer.pid
 
     def __enter__(self) -> BenchStack:
-        from ibsim import Scenario, ThreadedGateway
+        from ibsim import ThreadedGateway
 
         require_tools()
         print("starting emulators and the simulated gateway ...", flush=True)
         emulators = self._stack.enter_context(EmulatorPair(workdir=self._tmp))
         os.environ.update(emulators.environ())
-        scenario = Scenario.from_dict(
-            {
-                "generated": {"count": INSTRUMENTS},
-                "pacing": PACING,
-                "connectCost": CONNECT_COST,
-                "clock": {"start": BENCH_CLOCK},
-            }
-        )
-        self.gateway = self._stack.enter_context(ThreadedGateway(port=0, scenario=scenario))
+        self.gateway = self._stack.enter_context(ThreadedGateway(port=0, scenario=bench_scenario()))
         print("seeding the account to a paper account's size (positions, open, completed orders, fills) ...")
         self.seeded = seed_account(self.gateway)
         print(f"  {self.seeded}", flush=True)
