@@ -51,10 +51,15 @@ class StrandedRequests:
         """Finishes every stranded request it can take over; returns their request ids."""
         recovered = []
         for snapshot in await self._services.ledger.stranded(self._stranded_after):
-            if not await self._services.ledger.adopt(snapshot):
-                continue  # a redelivery or another consumer got there first
             claim = snapshot.to_dict() or {}
             request_id = claim["requestId"]
+            if self._services.broker.read_only and (await self._services.books.orders_of(request_id))[0]:
+                # Its orders are resolved from IB's order lists, which a read-only API refuses: left as it is
+                # (not taken over, so a consumer on a writable gateway can) until the gateway is writable.
+                log.info("a stranded request waits for a writable gateway to resolve its orders", requestId=request_id)
+                continue
+            if not await self._services.ledger.adopt(snapshot):
+                continue  # a redelivery or another consumer got there first
             log.warning(
                 "finishing a request its process left running", requestId=request_id, intent=claim.get("intent")
             )

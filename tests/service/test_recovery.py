@@ -37,10 +37,9 @@ def lose_every_pending_message(project: str) -> None:
         subscriber.close()
 
 
-@pytest.mark.timeout(240)
-def test_a_request_stranded_by_a_kill_is_answered_once_with_its_orders_booked(
-    consumer_factory, bus: Bus, gateway, project: str, tmp_path
-):
+def strand_an_allocation(bus: Bus, gateway, project: str, tmp_path, fill: bool = True) -> tuple[str, list[str]]:
+    """An allocation whose consumer is killed while its orders work, its message lost, its orders then filled
+    while no consumer runs (unless not `fill`): (message id, orderRefs)."""
     write_config(project)
     gateway.hold_fills(True)  # the orders are accepted and wait, so the kill lands while the intent waits on them
     first = ConsumerProcess(project, gateway.port, tmp_path / "first.log", ORDER_TIMEOUT_SECONDS="120")
@@ -53,9 +52,17 @@ def test_a_request_stranded_by_a_kill_is_answered_once_with_its_orders_booked(
         first.stop()
     lose_every_pending_message(project)
     refs = sorted(o["orderRef"] for o in gateway.orders())
-    gateway.hold_fills(False)  # the broker fills them while no consumer is running
-    wait_for(lambda: all(o["status"] == "Filled" for o in gateway.orders()), what="the fills at the broker")
+    if fill:
+        gateway.hold_fills(False)  # the broker fills them while no consumer is running
+        wait_for(lambda: all(o["status"] == "Filled" for o in gateway.orders()), what="the fills at the broker")
+    return message_id, refs
 
+
+@pytest.mark.timeout(240)
+def test_a_request_stranded_by_a_kill_is_answered_once_with_its_orders_booked(
+    consumer_factory, bus: Bus, gateway, project: str, tmp_path
+):
+    message_id, refs = strand_an_allocation(bus, gateway, project, tmp_path)
     consumer_factory(stranded_after=2.0)
     reply = bus.reply_to(message_id, timeout=60)
     bus.settle()
@@ -75,6 +82,36 @@ def test_a_request_stranded_by_a_kill_is_answered_once_with_its_orders_booked(
                 .collection("requests").stream()]  # fmt: skip
     assert claim["state"] == "done"
     assert json.loads(claim["replyJson"])["recovered"] is True
+
+
+@pytest.mark.timeout(240)
+def test_a_stranded_request_with_orders_waits_for_a_writable_gateway_and_is_then_answered_once(
+    consumer_factory, bus: Bus, gateway, project: str, tmp_path, caplog
+):
+    """A read-only gateway refuses the order lists a stranded request's working orders are resolved from: the sweep
+    leaves the claim alone (it used to take it over, fail, and hold it for a lease each time) until the gateway is
+    writable, then answers it once; the orders' fills are booked by execId when they come."""
+    message_id, refs = strand_an_allocation(bus, gateway, project, tmp_path, fill=False)
+    gateway.read_only_api(True)
+    consumer_factory(stranded_after=2.0)
+    wait_for(lambda: "waits for a writable gateway" in caplog.text, what="the sweep to leave the claim alone")
+    (claim,) = [d.to_dict() for d in mode_document(project).collection("requests").stream()]
+    assert (claim["state"], claim.get("recovering")) == ("running", None)
+    assert message_id not in {r["messageId"] for r in bus.received}
+
+    gateway.read_only_api(False)
+    gateway.restart()  # the consumer reconnects and finds the API writable
+    reply = bus.reply_to(message_id, timeout=60)
+    assert (reply["recovered"], reply["error"]["code"]) == (True, "interrupted")
+    assert [(o["orderRef"], o["outcome"]) for o in reply["error"]["details"]["orders"]] == [
+        (r, "working") for r in refs
+    ]
+    assert sorted(o["orderRef"] for o in gateway.orders()) == refs
+    gateway.hold_fills(False)
+    wait_for(lambda: sorted(f["execId"] for f in mode_collection(project, "fills"))
+             == sorted(e["execId"] for e in gateway.executions()), what="each fill booked once")  # fmt: skip
+    bus.settle()
+    assert [r["messageId"] for r in bus.received].count(message_id) == 1
 
 
 def test_a_consumer_stopped_as_a_fill_arrives_closes_cleanly_and_the_next_one_books_the_fill_once(
