@@ -17,7 +17,7 @@ import pytest
 from ib_insync import IB, Contract, MarketOrder, Trade
 
 from ibsim import ThreadedGateway
-from tests.support import ensure_loop, wait_for
+from tests.support import ensure_loop, sim_scenario, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,6 +25,20 @@ ROOT = Path(__file__).resolve().parents[2]
 def wait_until(ib: IB, predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
     """tests.support.wait_for with ib_insync processing messages between polls."""
     return wait_for(predicate, timeout, what, interval=0.005, ib=ib)
+
+
+@contextlib.contextmanager
+def kept_state(state: Path, client_id: int = 3) -> Iterator[tuple[ThreadedGateway, IB]]:
+    """A simulated gateway that keeps its state in `state` (as across a restart), on the tests' clock, and an
+    ib_insync client of it, disconnected before the gateway stops."""
+    with ThreadedGateway(port=0, scenario=sim_scenario(), state_file=state) as gw:
+        ensure_loop()
+        ib = IB()
+        ib.connect("127.0.0.1", gw.port, clientId=client_id, timeout=4)
+        try:
+            yield gw, ib
+        finally:
+            ib.disconnect()
 
 
 def cancel_left_pending(gw: ThreadedGateway, ib: IB, ref: str, contract: Contract) -> Trade:

@@ -12,9 +12,9 @@ import pytest
 from ib_insync import IB, Contract, Forex, LimitOrder, MarketOrder, Stock, StopLimitOrder, Trade
 
 from ibsim import ThreadedGateway
-from tests.support import IB_MARGIN_REJECTION, ensure_loop, sim_scenario
+from tests.support import IB_MARGIN_REJECTION
 
-from .conftest import wait_until
+from .conftest import kept_state, wait_until
 
 SPY = Stock("SPY", "SMART", "USD")
 AAPL = Stock("AAPL", "SMART", "USD")
@@ -215,30 +215,18 @@ def test_a_modification_beyond_the_margin_gets_201_and_the_order_keeps_its_size(
 
 def test_the_highest_order_id_survives_a_restart_with_the_state_file(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    with ThreadedGateway(port=0, scenario=sim_scenario(), state_file=state) as gw:
-        ensure_loop()
-        ib = IB()
-        ib.connect("127.0.0.1", gw.port, clientId=3, timeout=4)
-        try:
-            high = ib.client.getReqId() + 50
-            gw.reject_next_order(201, "Order rejected - reason:refused")
-            done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 1, orderId=high)))
-        finally:
-            ib.disconnect()
+    with kept_state(state) as (gw, ib):
+        high = ib.client.getReqId() + 50
+        gw.reject_next_order(201, "Order rejected - reason:refused")
+        done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 1, orderId=high)))
     assert json.loads(state.read_text())["highestOrderIds"] == {"3": high}
 
-    with ThreadedGateway(port=0, scenario=sim_scenario(), state_file=state) as gw:
-        ensure_loop()
-        ib = IB()
-        ib.connect("127.0.0.1", gw.port, clientId=3, timeout=4)
-        try:
-            assert ib.client.getReqId() > high
-            errors = errors_of(ib)
-            done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 1, orderId=high)))
-            assert (high, 103, "Duplicate order ID.") in errors
-            assert gw.orders() == []
-        finally:
-            ib.disconnect()
+    with kept_state(state) as (gw, ib):
+        assert ib.client.getReqId() > high
+        errors = errors_of(ib)
+        done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 1, orderId=high)))
+        assert (high, 103, "Duplicate order ID.") in errors
+        assert gw.orders() == []
 
 
 def test_a_fresh_gateway_refuses_api_orders_beyond_its_size_and_value_limits_with_383_and_451(

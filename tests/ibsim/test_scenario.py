@@ -16,7 +16,7 @@ from ib_insync import IB, LimitOrder, MarketOrder, Stock
 from ibsim import Scenario, ScenarioError, ThreadedGateway
 from tests.support import DEFAULT_CLOCK, sim_scenario
 
-from .conftest import cancel_left_pending, ensure_loop, ibsim_cli, wait_until
+from .conftest import cancel_left_pending, ensure_loop, ibsim_cli, kept_state, wait_until
 
 SPY = Stock("SPY", "SMART", "USD")
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,39 +140,29 @@ def test_custom_scenario_drives_the_gateway() -> None:
 
 def test_state_file_round_trip(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    with ThreadedGateway(port=0, scenario=sim_scenario(), state_file=state) as gw:
-        ensure_loop()
-        ib = IB()
-        ib.connect("127.0.0.1", gw.port, clientId=3, timeout=4)
+    with kept_state(state) as (gw, ib):
         filled = ib.placeOrder(SPY, MarketOrder("BUY", 20, orderRef="kept"))
         resting = ib.placeOrder(SPY, LimitOrder("BUY", 5, 400.0, tif="GTC", orderRef="resting"))
         wait_until(ib, lambda: filled.isDone() and resting.orderStatus.status == "Submitted", what="orders")
         gw.set_cash("JPY", 1000.0)
-        ib.disconnect()
         cash = gw.cash()
     saved = json.loads(state.read_text())
     assert saved["accounts"]["DU123456"]["positions"]["SPY"]["quantity"] == 20
 
-    with ThreadedGateway(port=0, scenario=sim_scenario(), state_file=state) as gw:
+    with kept_state(state) as (gw, ib):
         assert gw.positions() == {"SPY": 20}
         assert gw.cash() == cash
         assert [(o["orderRef"], o["status"]) for o in gw.orders()] == [("kept", "Filled"), ("resting", "Submitted")]
         assert len(gw.executions()) == 1
-        ensure_loop()
-        ib = IB()
-        ib.connect("127.0.0.1", gw.port, clientId=3, timeout=4)
-        try:
-            assert [t.order.orderRef for t in ib.openTrades()] == ["resting"]
-            assert [f.execution.orderRef for f in ib.fills()] == ["kept"]
-            # the resting order still works after the restart
-            gw.set_price("SPY", 399.0)
-            wait_until(ib, lambda: ib.openTrades() == [], what="resting order to fill")
-            assert gw.positions() == {"SPY": 25}
-            newer = ib.placeOrder(SPY, MarketOrder("SELL", 1))
-            assert newer.order.orderId > resting.order.orderId
-            assert newer.order.permId != filled.order.permId
-        finally:
-            ib.disconnect()
+        assert [t.order.orderRef for t in ib.openTrades()] == ["resting"]
+        assert [f.execution.orderRef for f in ib.fills()] == ["kept"]
+        # the resting order still works after the restart
+        gw.set_price("SPY", 399.0)
+        wait_until(ib, lambda: ib.openTrades() == [], what="resting order to fill")
+        assert gw.positions() == {"SPY": 25}
+        newer = ib.placeOrder(SPY, MarketOrder("SELL", 1))
+        assert newer.order.orderId > resting.order.orderId
+        assert newer.order.permId != filled.order.permId
 
 
 def test_cli_starts_prints_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -229,12 +219,8 @@ def test_the_paper_scenario_gives_realtime_data_for_us_etfs_and_delayed_for_the_
 def test_an_order_pending_cancel_when_the_gateway_stopped_is_cancelled_after_its_restart(tmp_path: Path) -> None:
     """The exchange confirmed the cancel while the gateway was down: no order stays PendingCancel for ever."""
     state = tmp_path / "state.json"
-    with ThreadedGateway(port=0, scenario=sim_scenario(), state_file=state) as gw:
-        ensure_loop()
-        ib = IB()
-        ib.connect("127.0.0.1", gw.port, clientId=3, timeout=4)
+    with kept_state(state) as (gw, ib):
         cancel_left_pending(gw, ib, "cut-off", SPY)
-        ib.disconnect()
     with ThreadedGateway(port=0, scenario=sim_scenario(), state_file=state) as gw:
         assert [(o["orderRef"], o["status"]) for o in gw.orders()] == [("cut-off", "Cancelled")]
         assert gw.executions() == []
