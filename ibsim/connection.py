@@ -47,6 +47,7 @@ class Connection(asyncio.Protocol):
         self.mkt_type = 1
         self.streams: dict[int, str] = {}
         self.snapshots: dict[int, asyncio.TimerHandle] = {}  # open snapshots: the end IB sends later, by reqId
+        self.histories: dict[int, asyncio.TimerHandle] = {}  # historical requests not answered yet, by reqId
         self.account_sub: str | None = None
         self.account_cache: dict[tuple[str, str], str] = {}
         self.portfolio_cache: dict[str, tuple] = {}

@@ -57,7 +57,7 @@ class Dispatch(GatewayCore):
         P.REQ_MKT_DATA: "_req_mkt_data",
         P.CANCEL_MKT_DATA: "_cancel_mkt_data",
         P.REQ_HISTORICAL_DATA: "_req_historical_data",
-        P.CANCEL_HISTORICAL_DATA: "_noop",
+        P.CANCEL_HISTORICAL_DATA: "_cancel_historical_data",
         P.REQ_ACCOUNT_UPDATES: "_req_account_updates",
         P.REQ_ACCOUNT_UPDATES_MULTI: "_req_account_updates_multi",
         P.CANCEL_ACCOUNT_UPDATES_MULTI: "_cancel_account_updates_multi",

@@ -37,6 +37,12 @@ COMPETING_SESSION = "No market data during competing live session"
 # IB's venue names in "No market data permissions for ISLAND STK" (162 on a history request without them).
 PERMISSION_VENUES = {"NASDAQ": "ISLAND"}
 PACING_VIOLATION = "Historical Market Data Service error message:Historical data request pacing violation"
+# "The maximum number of simultaneous open historical data requests from the API is 50" (Historical Data
+# Limitations); the refusal as gateways send it (ib_insync #293; the quoted code varies with the request).
+MAX_OPEN_HISTORIES = 50
+TOO_MANY_HISTORIES = (
+    "Error processing request:-'wd' : cause - Only 50 simultaneous API historical data requests allowed."
+)
 
 log = logging.getLogger("ibsim")
 
@@ -210,6 +216,9 @@ class MarketDesk(AccountDesk):
         inst = self._one(conn, req_id, c)
         if inst is None:
             return
+        if len(conn.histories) >= MAX_OPEN_HISTORIES:
+            conn.send_error(req_id, 322, TOO_MANY_HISTORIES)
+            return
         if self._permission(inst) != "realtime":
             venue = PERMISSION_VENUES.get(inst.listing, inst.listing)
             message = (
@@ -238,7 +247,24 @@ class MarketDesk(AccountDesk):
         fields: list[Any] = [17, req_id, start_text, end_text, len(bars)]
         for b in bars:
             fields += [b.date, b.open, b.high, b.low, b.close, b.volume, b.wap, b.count]
-        conn.send(fields)
+        delay = self.scenario.historyDelayMs / 1000
+        if delay > 0:
+            conn.histories[req_id] = asyncio.get_running_loop().call_later(
+                delay, self._answer_history, conn, req_id, fields
+            )
+        else:
+            conn.send(fields)
+
+    def _answer_history(self, conn: Connection, req_id: int, fields: list[Any]) -> None:
+        conn.histories.pop(req_id, None)
+        if conn.ready:
+            conn.send(fields)
+
+    def _cancel_historical_data(self, conn: Connection, r: Reader) -> None:
+        r.skip(1)
+        pending = conn.histories.pop(r.int(), None)
+        if pending is not None:
+            pending.cancel()
 
     def _paced(self, identity: tuple[Any, ...]) -> bool:
         """True when this historical request breaks one of IB's three pacing rules; otherwise it is counted."""

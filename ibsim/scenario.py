@@ -113,6 +113,9 @@ class Scenario:
     accountAfterFillMs: float = 200.0
     # A cancel of an order at the exchange: PendingCancel, and Cancelled this much later; it may fill meanwhile.
     cancelDelayMs: float = 10.0
+    # A historical request's bars are sent this long after it arrives (IB's HMDS takes a fraction of a second to
+    # seconds); while a client has 50 unanswered, the next is refused with 322.
+    historyDelayMs: float = 0.0
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -266,6 +269,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         includeFxPositions=bool(d.get("includeFxPositions", True)),
         accountAfterFillMs=float((d.get("accountUpdates") or {}).get("afterFillMs", 200)),
         cancelDelayMs=float(d.get("cancelDelayMs", 10)),
+        historyDelayMs=float(d.get("historyDelayMs", 0)),
         raw=copy.deepcopy(given),
     )
 

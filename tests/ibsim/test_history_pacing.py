@@ -87,3 +87,25 @@ def test_the_paper_scenario_turns_on_regular_hours_and_history_pacing() -> None:
     paper = Scenario.load(Path(__file__).parents[2] / "ibsim" / "scenarios" / "paper.yaml")
     assert paper.hours == "regular"
     assert paper.pacing["historical"]
+
+
+def test_a_clients_51st_unanswered_history_request_is_refused_with_322(gw: ThreadedGateway, ib: IB) -> None:
+    """IB allows 50 simultaneous open historical requests per API client; it answers them in a fraction of a second
+    to seconds (historyDelayMs). ib_insync sends 45 requests a second, so 51 are open at once when IB takes more
+    than ~1.1 s. Once answered, they no longer count."""
+    import asyncio
+
+    gw.call(setattr, gw.server.scenario, "historyDelayMs", 3000.0)
+    errors = errors_of(ib)
+    contracts = [Stock(f"SYM{i:03d}", "SMART", "USD") for i in range(51)]
+
+    async def all_at_once() -> list[Any]:
+        return await asyncio.gather(
+            *(ib.reqHistoricalDataAsync(c, "", "2 D", "1 day", "TRADES", True) for c in contracts)
+        )
+
+    answers = ib.run(all_at_once())
+    assert [len(bars) for bars in answers] == [2] * 50 + [0]
+    too_many = "Error processing request:-'wd' : cause - Only 50 simultaneous API historical data requests allowed."
+    assert errors == [(322, too_many)]
+    assert len(history(ib, "SYM051", duration="2 D")) == 2  # the 50 answered: room again
