@@ -62,3 +62,17 @@ def test_a_pacing_violation_it_did_not_cause_is_retried_not_stored_as_no_bars(bu
     assert final["result"]["instruments"]["SPY"]["bars"] == 7
     assert all(r["status"] != "ok" or r["result"]["instruments"]["SPY"]["bars"] == 7 for r in replies)
     assert len(stored_days(project, "SPY")) == 7
+
+
+@pytest.mark.slow(seconds=15)
+def test_collect_market_data_keeps_under_ibs_50_open_history_requests(bus: Bus, gateway, project: str):
+    """IB answers a history request in a fraction of a second to seconds and refuses a client's 51st unanswered one
+    (322): 55 instruments collected at once, with IB taking 2 s a request, all get their bars."""
+    gateway.call(setattr, gateway.server.scenario, "historyDelayMs", 2000.0)
+    symbols = [f"SYM{i:03d}" for i in range(55)]
+    body = {"intent": "collect-market-data", "params": {"instruments": symbols, "barSize": "1 day", "duration": "3 D"}}
+    reply = bus.reply_to(bus.publish(body), timeout=60)
+    assert reply["status"] == "ok", reply
+    assert {s: i["bars"] for s, i in reply["result"]["instruments"].items()} == dict.fromkeys(symbols, 3)
+    assert gateway.history_pacing_violations() == 0
+    assert len(stored_days(project, "SYM054")) == 3
