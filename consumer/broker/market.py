@@ -31,7 +31,7 @@ MAX_PACING_WAIT = 30.0
 # "The maximum number of simultaneous open historical data requests from the API is 50. In practice, it will
 # probably be more efficient to have a much smaller number of requests pending at a time." The 51st is refused
 # with 322; with IB taking over ~1 s a request, a burst of 60 (the 10-minute budget) would have 51 open.
-MAX_OPEN = 20
+MAX_OPEN_REQUESTS = 20
 PACING_VIOLATION = "pacing violation"
 
 HistoryKey = tuple[int, str, str, str, bool]
@@ -42,9 +42,9 @@ class HistoryPacer:
 
     An identical request within 15 s gets the answer already received (or joins the one in flight) instead of
     asking again; a request that would be the sixth for its contract within 2 s, or the 61st within 10 minutes,
-    waits for the window to pass (IB's rule is a time window: there is no event to wait on). At most MAX_OPEN are
-    unanswered at a time; the others wait for an answer. One pacer per Broker; `timeout` bounds each request sent
-    (HISTORY_TIMEOUT_SECONDS).
+    waits for the window to pass (IB's rule is a time window: there is no event to wait on). At most
+    MAX_OPEN_REQUESTS are unanswered at a time; the others wait for an answer. One pacer per Broker; `timeout`
+    bounds each request sent (HISTORY_TIMEOUT_SECONDS).
     """
 
     def __init__(
@@ -59,7 +59,7 @@ class HistoryPacer:
         self._recent: dict[HistoryKey, tuple[float, list[HistoricalBar]]] = {}
         self._inflight: dict[HistoryKey, asyncio.Future[list[HistoricalBar]]] = {}
         self._sent: deque[tuple[float, int]] = deque()  # (when, conId), oldest first
-        self._open = asyncio.Semaphore(MAX_OPEN)
+        self._open = asyncio.Semaphore(MAX_OPEN_REQUESTS)
 
     async def bars(
         self, ib: IB, instrument: Instrument, duration: str, bar_size: str, utc: bool
