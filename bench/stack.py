@@ -9,13 +9,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.cloud import firestore
 
 from consumer.store.layout import config_path, mode_path
 from devstack.emulators import EmulatorPair, free_port, http_ok, require_tools
 from devstack.provision import Topology, provision
+
+if TYPE_CHECKING:
+    from ibsim import Scenario
 
 OURS = "bench-ours"
 INSTRUMENTS = 1000
@@ -31,7 +34,7 @@ SEED_CLIENT_ID = 70
 BENCH_CLOCK = "2026-06-17T10:00:00-04:00"
 
 
-def bench_scenario() -> Any:
+def bench_scenario() -> Scenario:
     """The gateway the bench measures against: IB's pacing and start-up costs, the bench's instruments, a clock in
     session."""
     from ibsim import Scenario

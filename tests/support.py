@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from google.cloud import firestore, pubsub_v1
@@ -22,6 +22,9 @@ from google.cloud import firestore, pubsub_v1
 from consumer.config import Settings
 from consumer.process import Consumer
 from devstack.provision import Overrides, Topology, provision
+
+if TYPE_CHECKING:
+    from ibsim import Scenario
 
 # The simulated gateway's clock in every test, so that nothing depends on the day the suite runs: a plain
 # Wednesday in mid-session by default, and these days for the tests that must hold on any of them.
@@ -44,7 +47,7 @@ TRADING_CLOCK = {
 }
 
 
-def sim_scenario(fields: dict[str, Any] | None = None, clock: str = DEFAULT_CLOCK) -> Any:
+def sim_scenario(fields: dict[str, Any] | None = None, clock: str = DEFAULT_CLOCK) -> Scenario:
     """A simulated gateway's scenario on the tests' clock (a Wednesday in session unless `clock` says): no gateway
     of the suite runs on the wall clock, whose hour would decide whether a market is open."""
     from ibsim import Scenario

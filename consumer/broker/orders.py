@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import hashlib
 import math
@@ -444,7 +443,7 @@ async def cancel_orders(ib: IB, requests: SharedRequests, trades: Iterable[Trade
     # counts as still being cancelled.
     refused = {t.order.orderRef for t in trades if _refused_cancel(t)}
     for ref in refused:
-        outcomes[ref] = dataclasses.replace(outcomes[ref], status="PendingCancel", fate=Fate.UNCONFIRMED)
+        outcomes[ref] = replace(outcomes[ref], status="PendingCancel", fate=Fate.UNCONFIRMED)
     late = {t.order.orderRef for t, done in zip(trades, finished, strict=True) if not done} | refused
     if late:
         with contextlib.suppress(TimeoutError):

@@ -31,9 +31,9 @@ class SharedRequests:
     """The fixed-key requests of one connection (see above), each shared by the callers waiting at the same time.
 
     `reset` fails what is in flight; the gateway calls it after every disconnect. `on_time` is told the gateway's
-    time from every current-time answer. `read_only`, set by the gateway at
-    every connect, is whether the gateway's API is read-only: then the order lists are refused here (GatewayReadOnly)
-    rather than sent, since IB would refuse them with 321 and never end them.
+    time from every current-time answer. `read_only`, set by the gateway at every connect, is whether the gateway's
+    API is read-only: then the order lists are refused here (GatewayReadOnly) rather than sent, since IB would
+    refuse them with 321 and never end them.
     """
 
     def __init__(self, ib: IB, on_time: Callable[[datetime], None] | None = None) -> None:
