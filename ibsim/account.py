@@ -1,12 +1,15 @@
 """Account requests: account updates, the multi-account variant, account summary, positions and PnL.
 
-A fill or a price move marks accounts dirty; the push runs once per loop turn and sends each subscriber only what
-changed, as IB does. Also the controls that change an account behind the client's back (set_position, set_cash).
+A change marks accounts dirty and the push sends each subscriber only what changed, as IB does: at once for cash
+and positions (a fill's `accountUpdates.afterFillMs` later), at the next tick of IB's fixed three-minute interval
+(`accountUpdates.intervalMs`, on the gateway's clock) for a price move's marks and values; reqPnL follows prices at
+once. Also the controls that change an account behind the client's back (set_position, set_cash).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from .connection import Connection
@@ -30,7 +33,10 @@ class AccountDesk(GatewayCore):
         super().__init__(*args, **kwargs)
         self._account_push: asyncio.Handle | None = None
         self._fill_push: asyncio.TimerHandle | None = None
+        self._interval_push: asyncio.TimerHandle | None = None
+        self._interval_due = 0.0  # the gateway clock's time of the interval's next tick, while one is scheduled
         self._dirty_accounts: set[str] = set()
+        self._repriced_accounts: set[str] = set()
         self._moved_positions: set[tuple[str, str]] = set()
 
     def _req_account_updates(self, conn: Connection, r: Reader) -> None:
@@ -170,6 +176,45 @@ class AccountDesk(GatewayCore):
         self._dirty_accounts.add(account)
         if self._account_push is None:
             self._account_push = asyncio.get_running_loop().call_soon(self.push_accounts)
+
+    def account_repriced(self, account: str) -> None:
+        """A price moved under the account: PnL subscribers hear at once, the account window at the next tick of the
+        fixed interval (an earlier push for a position change sends the account as it stands, marks included)."""
+        for conn in list(self.clients.values()):
+            for req_id, subscribed in list(conn.pnl_subs.items()):
+                if subscribed == account:
+                    self._push_pnl(conn, req_id, account)
+        interval = self.scenario.accountIntervalMs / 1000
+        if interval <= 0:
+            self.account_changed(account)
+            return
+        self._repriced_accounts.add(account)
+        if self._interval_push is None:
+            self._schedule_interval_push()
+
+    def _schedule_interval_push(self, due: float | None = None) -> None:
+        """At the next multiple of the interval on the gateway's clock (from the epoch), or at `due` when the clock
+        moved: a test on a fixed clock knows when its marks arrive, and `advance_time` past the tick brings them."""
+        interval = self.scenario.accountIntervalMs / 1000
+        now = self.clock.time()
+        if due is None:
+            due = math.floor(now / interval + 1) * interval
+        delay = min(interval, max(0.0, due - now))  # a clock set back never puts the tick further than one interval
+        self._interval_due = now + delay
+        if self._interval_push is not None:
+            self._interval_push.cancel()
+        self._interval_push = asyncio.get_running_loop().call_later(delay, self._push_repriced)
+
+    def _push_repriced(self) -> None:
+        self._interval_push = None
+        repriced, self._repriced_accounts = self._repriced_accounts, set()
+        self._dirty_accounts |= repriced
+        self.push_accounts()
+
+    def clock_moved(self) -> None:
+        """The gateway's clock was set or advanced: the interval's next tick moves with it."""
+        if self._interval_push is not None:
+            self._schedule_interval_push(self._interval_due)
 
     def fill_reported(self, account: str, key: str) -> None:
         """An execution's position, portfolio and account values go out `accountUpdates.afterFillMs` after the

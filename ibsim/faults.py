@@ -221,6 +221,7 @@ class Faults(OrderDesk):
         now = self.clock.now("America/New_York")
         days = {4: 3, 5: 2}.get(now.weekday(), 1)
         self.clock.advance(days * 86400)
+        self.clock_moved()
         log.info("new trading day: %s", self.clock.now("America/New_York").strftime("%a %Y-%m-%d %H:%M %Z"))
         self.broker.roll_day()
 
@@ -229,11 +230,13 @@ class Faults(OrderDesk):
         """Moves the clock to `when` (aware datetime or ISO 8601 text); it runs on from there."""
         self.clock.set(parse_instant(when) if isinstance(when, str) else when)
         log.info("clock set to %s", self.clock.now().isoformat())
+        self.clock_moved()
         self.broker.work_all()  # orders held for an open that has now come
 
     @fault()
     def advance_time(self, seconds: float) -> None:
         self.clock.advance(seconds)
+        self.clock_moved()
         self.broker.work_all()
 
     @query

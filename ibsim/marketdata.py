@@ -288,7 +288,7 @@ class MarketDesk(AccountDesk):
         self.broker.work_all(inst.key)
         for acct in self.broker.accounts.values():
             if inst.key in acct.positions or inst.secType == "CASH":
-                self.account_changed(acct.id)
+                self.account_repriced(acct.id)
 
     async def _ticker(self) -> None:
         interval = self.scenario.tickIntervalMs / 1000

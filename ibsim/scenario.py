@@ -111,6 +111,10 @@ class Scenario:
     # accountUpdates.afterFillMs: an execution's positions, portfolio and account values follow its order status
     # this much later (IB's lag after a fill).
     accountAfterFillMs: float = 200.0
+    # accountUpdates.intervalMs: a price move's portfolio marks and account values go out at the next tick of this
+    # fixed interval on the gateway's clock (IB's account window: "a fixed interval of three minutes" unless a
+    # position changes). 0 sends them at once.
+    accountIntervalMs: float = 180_000.0
     # A cancel of an order at the exchange: PendingCancel, and Cancelled this much later; it may fill meanwhile.
     cancelDelayMs: float = 10.0
     # A historical request's bars are sent this long after it arrives (IB's HMDS takes a fraction of a second to
@@ -268,6 +272,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         readOnlyApi=bool(d.get("readOnlyApi", False)),
         includeFxPositions=bool(d.get("includeFxPositions", True)),
         accountAfterFillMs=float((d.get("accountUpdates") or {}).get("afterFillMs", 200)),
+        accountIntervalMs=float((d.get("accountUpdates") or {}).get("intervalMs", 180_000)),
         cancelDelayMs=float(d.get("cancelDelayMs", 10)),
         historyDelayMs=float(d.get("historyDelayMs", 0)),
         raw=copy.deepcopy(given),

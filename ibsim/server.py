@@ -65,7 +65,14 @@ class GatewayServer(Dispatch, Faults):
         )
 
     async def stop(self) -> None:
-        for handle in (*self._timers, self._reopen, self._save_handle, self._account_push, self._fill_push):
+        for handle in (
+            *self._timers,
+            self._reopen,
+            self._save_handle,
+            self._account_push,
+            self._fill_push,
+            self._interval_push,
+        ):
             if handle is not None:
                 handle.cancel()
         for task in list(self._tasks):

@@ -144,10 +144,27 @@ def test_account_values_move_after_a_fill(gw: ThreadedGateway, ib: IB) -> None:
     [item] = ib.portfolio()
     assert (item.contract.symbol, item.position, item.marketPrice, item.marketValue) == ("MSFT", 100, 420.0, 42_000)
     assert item.averageCost == pytest.approx(420.01 + commission / 100)
-    # the market moves: portfolio and net liquidation follow
+    # The market moves: reqPnL follows at once, the account window at the next tick of IB's three-minute interval.
+    pnl = ib.reqPnL("DU123456")
+    wait_until(ib, lambda: pnl.unrealizedPnL == pnl.unrealizedPnL, what="pnl")  # not NaN
     gw.set_price("MSFT", 430.0)
+    wait_until(ib, lambda: pnl.unrealizedPnL == pytest.approx(1_000 - 1.0 - commission), what="pnl after the move")
+    ib.reqCurrentTime()  # a round trip: anything the gateway sent with the PnL has arrived
+    assert ib.portfolio()[0].marketPrice == 420.0
+    assert values(ib, "NetLiquidation")["USD"] == pytest.approx(1_054_250 - 1.0 - commission)
+    gw.advance_time(180)  # past the interval's tick (the clock started on one; the tick is on the gateway's clock)
     wait_until(ib, lambda: ib.portfolio()[0].marketPrice == 430.0, what="portfolio update")
     wait_until(ib, lambda: values(ib, "NetLiquidation")["USD"] == pytest.approx(1_055_249 - commission), what="new NLV")
+
+
+def test_a_position_change_sends_the_account_as_it_stands(gw: ThreadedGateway, ib: IB) -> None:
+    """Between the interval's ticks, a position change sends the whole account window at once, marks included."""
+    gw.set_position("MSFT", 100, avg_cost=42_000.0)
+    wait_until(ib, lambda: [i.marketPrice for i in ib.portfolio()] == [420.0], what="the position's portfolio row")
+    gw.set_price("MSFT", 425.0)
+    gw.set_position("AAPL", 10, avg_cost=1_500.0)
+    wait_until(ib, lambda: len(ib.portfolio()) == 2, what="the new position")
+    assert {i.contract.symbol: i.marketPrice for i in ib.portfolio()}["MSFT"] == 425.0
 
 
 def test_positions_changed_behind_the_clients_back(gw: ThreadedGateway, ib: IB) -> None:

@@ -511,10 +511,17 @@ def test_the_summarys_pnl_values_each_accounts_holdings_on_a_login_with_two(flee
         for a, line in lines.items()
     }
     household.set_price("SPY", 530.0)
+    household.advance_time(180)  # past the tick of IB's three-minute interval: the account window revalues SPY
     for account, line in lines.items():
         expected = round(line["order"] * 530.0 - cost[account], 2)
-        summary = bus.reply_to(bus.publish({"intent": "summary"}, account=account))
-        assert (summary["status"], summary["account"]) == ("ok", account), summary
+
+        def summary_at_the_new_price(account: str = account, expected: float = expected) -> dict[str, Any] | None:
+            summary = bus.reply_to(bus.publish({"intent": "summary"}, account=account))
+            assert (summary["status"], summary["account"]) == ("ok", account), summary
+            unrealized = summary["result"]["pnl"]["dummy"]["unrealized"]
+            return summary if unrealized == pytest.approx(expected, abs=5.0) else None
+
+        summary = wait_for(summary_at_the_new_price, what=f"{account}'s summary valuing SPY at 530")
         pnl = bus.reply_to(bus.publish({"intent": "pnl"}, account=account))
         assert pnl["status"] == "ok", pnl
         # Commissions are in the cost: the gain is a little under 10 a share.

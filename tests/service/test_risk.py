@@ -1,7 +1,8 @@
 """risk-check end to end (issue 16): limits measured on the simulated gateway, breaches that alert, halt and reduce.
 
 Prices are moved with the gateway's controls, never by waiting; the consumer's view of the account follows the
-account updates ibsim pushes when a price moves.
+account updates ibsim pushes as IB does: at a position change, and for a price move at the next tick of IB's
+three-minute interval, which a test brings by moving the gateway's clock past it.
 """
 
 from __future__ import annotations
@@ -81,7 +82,21 @@ def test_a_daily_loss_past_its_limit_halts_trading_and_the_next_allocation_is_re
     assert first["result"]["breaches"] == []
 
     gateway.set_price("SPY", 520.0 * 0.9)  # about 5 % of net liquidation lost on half of it held in SPY
-    message_id = bus.publish(RISK_CHECK)
+    # IB revalues its account window, where net liquidation comes from, at the next tick of a fixed three-minute
+    # interval: until then the loss is not in it.
+    unseen = bus.reply_to(bus.publish(RISK_CHECK))
+    assert limit(unseen, "dailyLoss")["value"] == daily["value"], unseen
+    assert unseen["result"]["breaches"] == []
+    gateway.advance_time(180)  # past the tick
+    sent: list[str] = []
+
+    def a_check_measured_the_loss() -> list[dict[str, Any]]:
+        sent.append(bus.publish(RISK_CHECK))
+        breaches: list[dict[str, Any]] = bus.reply_to(sent[-1])["result"]["breaches"]
+        return breaches
+
+    wait_for(a_check_measured_the_loss, what="a risk-check measuring the loss once IB revalued the account")
+    message_id = sent[-1]
     breached = bus.reply_to(message_id)
     assert breached["status"] == "ok", breached
     assert breached["alert"] is True
