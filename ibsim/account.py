@@ -219,8 +219,8 @@ class AccountDesk(GatewayCore):
     def fill_reported(self, account: str, key: str) -> None:
         """An execution's position, portfolio and account values go out `accountUpdates.afterFillMs` after the
         order's own messages: IB's positions and account window lag its fills (ib_async #15), and a client must
-        not take a filled order for a current position. (A push sooner, for a price move, sends the account as it
-        stands, as IB's account window would.)"""
+        not take a filled order for a current position. (A push sooner, for another position change, sends the
+        account as it stands, as IB's account window would.)"""
         self._moved_positions.add((account, key))
         if self._fill_push is None:
             self._fill_push = asyncio.get_running_loop().call_later(

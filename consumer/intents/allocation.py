@@ -104,7 +104,12 @@ async def _allocation(
 
     needed = {i.con_id: i for n in weights for i in instruments[n].values()}
     with ctx.timed("prices"):
-        prices = await broker.prices(needed.values())
+        # What the account holds is priced in the window its net liquidation (the capital) comes from, at no
+        # message: a snapshot each would double the messages of a rebalance of held instruments (decision 31).
+        marks = broker.portfolio_marks(rebalance.account.id) if config.order_defaults.sizing_prices == "marks" else {}
+        marked = {c: marks[c] for c in needed if c in marks}
+        prices = await broker.prices(i for c, i in needed.items() if c not in marked)
+        prices.update(marked)
         rates = {**broker.fx_rates(rebalance.account.id), rebalance.account.base_currency: 1.0}
         unrated = {i.currency for i in needed.values()} - set(rates)
         if unrated:
@@ -172,6 +177,7 @@ async def _allocation(
             **{n: {"status": "skipped", "reason": reason} for n, reason in skipped.items()},
         },
         "prices": {i.symbol: prices.get(c) for c, i in by_con_id.items()},
+        "markedPrices": sorted(i.symbol for c, i in by_con_id.items() if c in marked),
         "fxRates": rates,
         "timings": ctx.phase_timings(),
     }

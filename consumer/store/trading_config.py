@@ -28,6 +28,7 @@ class OrderDefaults:
     limit_offset_bps: float = 5.0
     timeout_seconds: float | None = None
     min_trade_value: float = 0.0  # rebalance band: smaller orders are skipped (allocation only)
+    sizing_prices: str = "marks"  # what allocation sizes a held instrument at: IB's "marks", or "snapshots"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,7 @@ class TradingConfig:
                 limit_offset_bps=orders.get("limitOffsetBps", 5.0),
                 timeout_seconds=orders.get("timeoutSeconds"),
                 min_trade_value=orders.get("minTradeValue", 0.0),
+                sizing_prices=orders.get("sizingPrices", "marks"),
             ),
             market_data_type=data.get("marketDataType", 1),
             cash_threshold=data.get("cashBalancer", {}).get("threshold", 0.0),

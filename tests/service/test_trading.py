@@ -108,6 +108,47 @@ def test_two_strategies_wanting_opposite_trades_send_one_netted_order(bus: Bus, 
     )
 
 
+@pytest.mark.parametrize(("sizing", "price"), [("marks", 520.0), ("snapshots", 530.0)])
+def test_an_instrument_held_is_sized_at_ibs_mark_without_a_snapshot(
+    bus: Bus, gateway, project: str, sizing: str, price: float
+):
+    """What the account holds is sized at IB's portfolio mark, from the window its net liquidation comes from, and
+    no snapshot is asked for it: a move IB has not revalued yet does not size the order (sizingPrices: snapshots
+    asks the market). At the broker by orderRef, in Firestore by execId."""
+    write_config(
+        project,
+        exposure={"overall": 1.0, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}},
+        orderDefaults={"orderType": "MKT", "sizingPrices": sizing},
+    )
+    first = bus.reply_to(bus.publish(allocation({"SPY": 0.1})))
+    assert first["status"] == "ok", first
+    assert first["result"]["markedPrices"] == []  # not held yet: a snapshot
+    held = line(first, "SPY")["target"]
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": held}}, what="the first fill booked")
+
+    gateway.set_price("SPY", 530.0)  # IB revalues its account window at its next three-minute tick, not now
+    since = len(gateway.requests_received())
+    second = bus.reply_to(bus.publish(allocation({"SPY": 0.2})))
+    assert second["status"] == "ok", second
+    result = second["result"]
+    assert result["prices"]["SPY"] == price
+    assert result["markedPrices"] == (["SPY"] if sizing == "marks" else [])
+    snapshots = [name for _, name in gateway.requests_received()[since:] if name == "reqMktData"]
+    assert len(snapshots) == (0 if sizing == "marks" else 1)
+    target = math.trunc(result["netLiquidation"] * 0.5 * 0.2 / price)
+    leg = line(second, "SPY")
+    assert (leg["target"], leg["order"], leg["outcome"]) == (target, target - held, "filled")
+    (sent,) = [o for o in gateway.orders() if o["orderRef"] == leg["orderRef"]]
+    assert (sent["action"], sent["totalQuantity"]) == ("BUY", target - held)
+    executions = sorted(e["execId"] for e in gateway.executions() if e["orderRef"] == leg["orderRef"])
+    assert sum(e["shares"] for e in gateway.executions() if e["orderRef"] == leg["orderRef"]) == target - held
+    wait_for(
+        lambda: set(executions) <= {f["execId"] for f in mode_collection(project, "fills")},
+        what="the second order's fills booked by execId",
+    )
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": target}}, what="the holding at its new target")
+
+
 def test_an_instrument_priced_in_another_currency_is_sized_in_the_base_currency(bus: Bus, gateway):
     body = allocation({"SAP": 0.1})
     body["params"]["strategyParams"]["dummy"]["instruments"] = {"SAP": {"exchange": "IBIS", "currency": "EUR"}}
