@@ -3,6 +3,8 @@ simulated gateway that would stop it shows here, as regular hours did when its g
 
 from __future__ import annotations
 
+import pytest
+
 from bench import bench_gateway
 from bench.stack import bench_scenario
 from ibsim import ThreadedGateway
@@ -25,3 +27,15 @@ def test_the_gateway_bench_connects_places_and_fills() -> None:
     assert (result["connects"], result["orders"], result["pacing_violations"]) == (2, 4, 0)
     assert result["order_round_trip_median_ms"] > 0
     assert result["cli_start_to_listening_ms"] > 0
+
+
+def test_the_held_book_rebalance_trades_every_instrument_at_the_same_gross_exposure() -> None:
+    from bench.__main__ import shifted_weights
+
+    symbols = [f"SYM{n:03d}" for n in range(200)]
+    equal = round(0.8 / len(symbols), 6)
+    shifted = shifted_weights(symbols)
+    assert set(shifted) == set(symbols)
+    assert all(w != equal for w in shifted.values())
+    assert sum(w > equal for w in shifted.values()) == sum(w < equal for w in shifted.values()) == 100
+    assert sum(shifted.values()) == pytest.approx(len(symbols) * equal)
