@@ -99,15 +99,20 @@ def test_the_launchers_xvfb_shows_its_screen_as_a_png(tmp_path: Path, shm_dir: P
         wait_for(file_written(screen_dir / "Xvfb_screen0", proc), what="Xvfb's framebuffer file")
         wait_for(file_written(tmp_path / "consumer.json", proc), what="the consumer to start after Xvfb")
         assert oct(screen_dir.stat().st_mode & 0o777) == "0o700"
-        shot = subprocess.run(
-            [sys.executable, "-m", "launcher", "screenshot"], env=env, capture_output=True, timeout=30
-        )
+
+        def weave_shown() -> tuple[int, int] | None:
+            """The screenshot's size once it shows the weave -retro draws on the root window (a real picture,
+            not an empty buffer); Xvfb's framebuffer is black until the server has drawn it."""
+            shot = subprocess.run(
+                [sys.executable, "-m", "launcher", "screenshot"], env=env, capture_output=True, timeout=30
+            )
+            assert shot.returncode == 0, shot.stderr
+            width, height, rows = decoded(shot.stdout)
+            colours = {row[i : i + 3] for row in rows for i in range(0, len(row), 3)}
+            return (width, height) if {b"\x00\x00\x00", b"\xff\xff\xff"} <= colours else None
+
+        size = wait_for(weave_shown, what="a screenshot showing Xvfb's black-and-white weave")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
-    assert shot.returncode == 0, shot.stderr
-    width, height, rows = decoded(shot.stdout)
-    assert (width, height) == (320, 200)
-    # -retro draws the black-and-white weave on the root window: a real picture, not an empty buffer.
-    colours = {row[i : i + 3] for row in rows for i in range(0, len(row), 3)}
-    assert {b"\x00\x00\x00", b"\xff\xff\xff"} <= colours
+    assert size == (320, 200)
