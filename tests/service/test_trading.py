@@ -125,6 +125,9 @@ def test_an_instrument_held_is_sized_at_ibs_mark_without_a_snapshot(
     assert first["result"]["markedPrices"] == []  # not held yet: a snapshot
     held = line(first, "SPY")["target"]
     wait_for(lambda: holdings(project) == {"dummy": {"SPY": held}}, what="the first fill booked")
+    # A dry run reads the account once IB's update after the fill is in (decision 27): the price moves after it,
+    # or that update would carry the new mark, as IB's would.
+    assert bus.reply_to(bus.publish(allocation({"SPY": 0.1}, dry_run=True)))["status"] == "ok"
 
     gateway.set_price("SPY", 530.0)  # IB revalues its account window at its next three-minute tick, not now
     since = len(gateway.requests_received())
