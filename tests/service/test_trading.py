@@ -152,6 +152,44 @@ def test_an_instrument_held_is_sized_at_ibs_mark_without_a_snapshot(
     wait_for(lambda: holdings(project) == {"dummy": {"SPY": target}}, what="the holding at its new target")
 
 
+def test_a_held_instrument_with_its_order_still_working_is_sized_at_the_mark_and_not_sent_twice(
+    bus: Bus, gateway, project: str
+):
+    """The order sized at IB's mark is left working (fills held): a new allocation to the same weights counts it
+    and sends nothing more; released, it fills and is booked by execId to the target sized at the mark."""
+    first = bus.reply_to(bus.publish(allocation({"SPY": 0.1})))
+    held = line(first, "SPY")["target"]
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": held}}, what="the first fill booked")
+    assert bus.reply_to(bus.publish(allocation({"SPY": 0.1}, dry_run=True)))["status"] == "ok"  # IB's update in
+    gateway.set_price("SPY", 530.0)  # not in IB's account window before its next three-minute tick
+    gateway.hold_fills(True)
+    try:
+        working = bus.reply_to(bus.publish(allocation({"SPY": 0.2})))
+        leg = line(working, "SPY")
+        target = math.trunc(working["result"]["netLiquidation"] * 0.5 * 0.2 / 520.0)
+        assert working["result"]["markedPrices"] == ["SPY"]
+        assert (leg["target"], leg["order"], leg["outcome"]) == (target, target - held, "working")
+        (sent,) = [o for o in gateway.orders() if o["orderRef"] == leg["orderRef"]]
+        assert (sent["status"], sent["totalQuantity"]) == ("Submitted", target - held)
+        assert [o["orderRef"] for o in mode_collection(project, "openOrders")] == [leg["orderRef"]]
+
+        again = bus.reply_to(bus.publish(allocation({"SPY": 0.2})))
+        assert again["status"] == "ok", again
+        assert (line(again, "SPY")["target"], line(again, "SPY")["order"]) == (target, 0)
+        assert [o["orderRef"] for o in gateway.orders()].count(leg["orderRef"]) == 1
+        assert len(gateway.orders()) == 2  # the first allocation's and the working one
+    finally:
+        gateway.hold_fills(False)
+    wait_for(lambda: gateway.positions().get("SPY") == target, what="the working order filled once released")
+    executions = {e["execId"] for e in gateway.executions() if e["orderRef"] == leg["orderRef"]}
+    wait_for(
+        lambda: executions and executions <= {f["execId"] for f in mode_collection(project, "fills")},
+        what="its fills booked by execId",
+    )
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": target}}, what="the holding at the target")
+    wait_for(lambda: mode_collection(project, "openOrders") == [], what="the order closed in the books")
+
+
 def test_an_instrument_priced_in_another_currency_is_sized_in_the_base_currency(bus: Bus, gateway):
     body = allocation({"SAP": 0.1})
     body["params"]["strategyParams"]["dummy"]["instruments"] = {"SAP": {"exchange": "IBIS", "currency": "EUR"}}
