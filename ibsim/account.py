@@ -2,8 +2,9 @@
 
 A change marks accounts dirty and the push sends each subscriber only what changed, as IB does: at once for cash
 and positions (a fill's `accountUpdates.afterFillMs` later), at the next tick of IB's fixed three-minute interval
-(`accountUpdates.intervalMs`, on the gateway's clock) for a price move's marks and values; reqPnL follows prices at
-once. Also the controls that change an account behind the client's back (set_position, set_cash).
+(`accountUpdates.intervalMs`, on the gateway's clock) for a price move's marks and values, and for anything the
+account-summary subscriptions hear; reqPnL follows prices at once. Also the controls that change an account behind
+the client's back (set_position, set_cash).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class AccountDesk(GatewayCore):
         self._interval_due = 0.0  # the gateway clock's time of the interval's next tick, while one is scheduled
         self._dirty_accounts: set[str] = set()
         self._repriced_accounts: set[str] = set()
+        self._summaries_changed = False  # an account changed since the summary subscriptions last heard
         self._moved_positions: set[tuple[str, str]] = set()
 
     def _req_account_updates(self, conn: Connection, r: Reader) -> None:
@@ -122,14 +124,24 @@ class AccountDesk(GatewayCore):
             conn.send_error(req_id, 322, ACCOUNT_SUMMARIES_EXCEEDED)
             return
         conn.summary_subs[req_id] = tags
-        for account in self.broker.accounts:
-            for tag, value, cur in self.broker.summary(account, tags):
-                conn.send([63, 1, req_id, account, tag, value, cur])
+        conn.summary_cache[req_id] = {}
+        self._push_summary(conn, req_id)
         conn.send([64, 1, req_id])
+
+    def _push_summary(self, conn: Connection, req_id: int) -> None:
+        """The subscription's values that changed since it last heard: all of them the first time."""
+        cache = conn.summary_cache.setdefault(req_id, {})
+        for account in self.broker.accounts:
+            for tag, value, cur in self.broker.summary(account, conn.summary_subs[req_id]):
+                if cache.get((account, tag, cur)) != value:
+                    cache[(account, tag, cur)] = value
+                    conn.send([63, 1, req_id, account, tag, value, cur])
 
     def _cancel_account_summary(self, conn: Connection, r: Reader) -> None:
         r.skip(1)
-        conn.summary_subs.pop(r.int(), None)
+        req_id = r.int()
+        conn.summary_subs.pop(req_id, None)
+        conn.summary_cache.pop(req_id, None)
 
     def _position_msg(self, account: str, inst: Instrument, quantity: float, avg_cost: float) -> list[Any]:
         return [61, 3, account, *inst.view(inst.listing).c11(), quantity, avg_cost]
@@ -176,6 +188,19 @@ class AccountDesk(GatewayCore):
         self._dirty_accounts.add(account)
         if self._account_push is None:
             self._account_push = asyncio.get_running_loop().call_soon(self.push_accounts)
+        self._summaries_due()
+
+    def _summaries_due(self) -> None:
+        """reqAccountSummary subscriptions hear what changed at the interval's next tick only, fills included (IB:
+        "every three minutes those values which have changed will be returned")."""
+        if self.scenario.accountIntervalMs <= 0:
+            for conn in list(self.clients.values()):
+                for req_id in list(conn.summary_subs):
+                    self._push_summary(conn, req_id)
+            return
+        self._summaries_changed = True
+        if self._interval_push is None:
+            self._schedule_interval_push()
 
     def account_repriced(self, account: str) -> None:
         """A price moved under the account: PnL subscribers hear at once, the account window at the next tick of the
@@ -184,13 +209,11 @@ class AccountDesk(GatewayCore):
             for req_id, subscribed in list(conn.pnl_subs.items()):
                 if subscribed == account:
                     self._push_pnl(conn, req_id, account)
-        interval = self.scenario.accountIntervalMs / 1000
-        if interval <= 0:
+        if self.scenario.accountIntervalMs <= 0:
             self.account_changed(account)
             return
         self._repriced_accounts.add(account)
-        if self._interval_push is None:
-            self._schedule_interval_push()
+        self._summaries_due()
 
     def _schedule_interval_push(self, due: float | None = None) -> None:
         """At the next multiple of the interval on the gateway's clock (from the epoch), or at `due` when the clock
@@ -210,6 +233,11 @@ class AccountDesk(GatewayCore):
         repriced, self._repriced_accounts = self._repriced_accounts, set()
         self._dirty_accounts |= repriced
         self.push_accounts()
+        if self._summaries_changed:
+            self._summaries_changed = False
+            for conn in list(self.clients.values()):
+                for req_id in list(conn.summary_subs):
+                    self._push_summary(conn, req_id)
 
     def clock_moved(self) -> None:
         """The gateway's clock was set or advanced: the interval's next tick moves with it."""
@@ -234,6 +262,7 @@ class AccountDesk(GatewayCore):
             self.position_changed(account, key)
             self._dirty_accounts.add(account)
         self.push_accounts()
+        self._summaries_due()
 
     def push_accounts(self) -> None:
         if self._account_push is not None:

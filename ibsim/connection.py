@@ -55,6 +55,7 @@ class Connection(asyncio.Protocol):
         self.multi_subs: dict[int, str] = {}
         self.multi_cache: dict[int, dict[tuple[str, str], str]] = {}
         self.summary_subs: dict[int, list[str]] = {}
+        self.summary_cache: dict[int, dict[tuple[str, str, str], str]] = {}  # per request: (account, tag, currency)
         self.pnl_subs: dict[int, str] = {}
 
     # -- asyncio.Protocol -----------------------------------------------------------------------------------
