@@ -117,14 +117,15 @@ def another_intents_subscription(project: str, name: str) -> str:
     return name
 
 
-def clock_seen(bus: Bus, gateway: Any) -> None:
+def clock_seen(bus: Bus, gateway: Any, **address: str) -> None:
     """Waits until the consumer keeps the time the simulated gateway has now. A test that moves the gateway's clock
-    (set_time, roll_day) calls it before its next intent: the consumer reads the gateway's time from its answers to
-    current-time requests (heartbeat, ping), and no real gateway's clock jumps between two of them."""
+    (set_time, roll_day, advance_time) calls it before its next intent: the consumer reads the gateway's time from
+    its answers to current-time requests (heartbeat, ping), and no real gateway's clock jumps between two of them.
+    `address`: the ping's attributes (account=...) where the gateway is another deployment's."""
     target = gateway.now() - timedelta(seconds=2)
 
     def seen() -> bool:
-        reply = bus.reply_to(bus.publish({"intent": "ping", "params": {}}))
+        reply = bus.reply_to(bus.publish({"intent": "ping", "params": {}}, **address))
         return datetime.fromisoformat(reply["result"]["gatewayTime"]) >= target
 
     wait_for(seen, what="the consumer to read the gateway's new time")

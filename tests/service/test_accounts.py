@@ -30,6 +30,7 @@ from tests.support import (
     activity,
     allocation,
     another_intents_subscription,
+    clock_seen,
     ensure_loop,
     holdings,
     mode_collection,
@@ -512,6 +513,7 @@ def test_the_summarys_pnl_values_each_accounts_holdings_on_a_login_with_two(flee
     }
     household.set_price("SPY", 530.0)
     household.advance_time(180)  # past the tick of IB's three-minute interval: the account window revalues SPY
+    clock_seen(bus, household, account=HOUSEHOLD[0])
     for account, line in lines.items():
         expected = round(line["order"] * 530.0 - cost[account], 2)
 

@@ -21,6 +21,7 @@ from tests.support import (
     Bus,
     account_document,
     allocation,
+    clock_seen,
     holdings,
     long_signal,
     mode_collection,
@@ -88,6 +89,7 @@ def test_a_daily_loss_past_its_limit_halts_trading_and_the_next_allocation_is_re
     assert limit(unseen, "dailyLoss")["value"] == daily["value"], unseen
     assert unseen["result"]["breaches"] == []
     gateway.advance_time(180)  # past the tick
+    clock_seen(bus, gateway)
     sent: list[str] = []
 
     def a_check_measured_the_loss() -> list[dict[str, Any]]:
