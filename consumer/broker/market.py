@@ -329,7 +329,9 @@ async def snapshot_quotes(ib: IB, instruments: Iterable[Instrument], within: flo
         if ticker.contract is not None:
             con_id = ticker.contract.conId
             last = _usable(ticker.last) or _usable(ticker.close)
-            quotes[con_id] = Quote(_usable(ticker.bid), _usable(ticker.ask), last, read.refused.get(con_id))
+            quotes[con_id] = Quote(
+                _usable(ticker.bid), _usable(ticker.ask), last, read.refused.get(con_id), ticker_price(ticker)
+            )
     return quotes
 
 

@@ -236,6 +236,14 @@ class Prices(dict[int, float]):
         refusal = self.refused.get(con_id)
         return f"{symbol} ({refusal})" if refusal else symbol
 
+    @classmethod
+    def of_quotes(cls, quotes: Mapping[int, Quote]) -> Prices:
+        """The prices of quotes taken for limit orders: one snapshot sizes an order and prices its limit."""
+        return cls(
+            ((c, q.price) for c, q in quotes.items() if q.price is not None),
+            {c: q.refusal for c, q in quotes.items() if q.price is None and q.refusal},
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Quote:
@@ -245,6 +253,7 @@ class Quote:
     ask: float | None
     last: float | None  # last trade, else the previous close
     refusal: str | None = None  # IB's refusal of the snapshot, when it gave one ("IB 354: ...")
+    price: float | None = None  # the snapshot's price as `Broker.prices` reads it (what an order is sized at)
 
     def side(self, buying: bool) -> float | None:
         """The price an order on this side meets: the ask for a buy, the bid for a sell; last/close without one."""

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Mapping
 from typing import Any
 
-from consumer.broker.broker import OrderSnapshot
+from consumer.broker.broker import Broker, OrderSnapshot
 from consumer.broker.instruments import Instrument
+from consumer.broker.model import Prices
 from consumer.broker.orders import discard
 from consumer.errors import IntentError, Transient
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.rebalance import Rebalance
 from consumer.portfolio import EPSILON, gross_exposure, net_legs, target_quantity
+from consumer.store.trading_config import OrderDefaults
 from consumer.strategies import discover, naming_problems, param_problems
 from consumer.strategies.base import Strategy
 
@@ -104,12 +107,7 @@ async def _allocation(
 
     needed = {i.con_id: i for n in weights for i in instruments[n].values()}
     with ctx.timed("prices"):
-        # What the account holds is priced in the window its net liquidation (the capital) comes from, at no
-        # message: a snapshot each would double the messages of a rebalance of held instruments (decision 31).
-        marks = broker.portfolio_marks(rebalance.account.id) if config.order_defaults.sizing_prices == "marks" else {}
-        marked = {c: marks[c] for c in needed if c in marks}
-        prices = await broker.prices(i for c, i in needed.items() if c not in marked)
-        prices.update(marked)
+        prices, marked = await _sizing_prices(broker, config.order_defaults, rebalance, needed)
         rates = {**broker.fx_rates(rebalance.account.id), rebalance.account.base_currency: 1.0}
         unrated = {i.currency for i in needed.values()} - set(rates)
         if unrated:
@@ -181,6 +179,26 @@ async def _allocation(
         "fxRates": rates,
         "timings": ctx.phase_timings(),
     }
+
+
+async def _sizing_prices(
+    broker: Broker, defaults: OrderDefaults, rebalance: Rebalance, needed: Mapping[int, Instrument]
+) -> tuple[Prices, set[int]]:
+    """The prices the orders are sized at, and the conIds priced at IB's marks.
+
+    What the account holds is priced in the window its net liquidation (the capital) comes from, at no message: a
+    snapshot each would double the messages of a rebalance of held instruments (decision 31). The rest get a
+    snapshot each; under LMT that is the quote the limit is priced from too (kept on the rebalance)."""
+    marks = broker.portfolio_marks(rebalance.account.id) if defaults.sizing_prices == "marks" else {}
+    marked = {c: marks[c] for c in needed if c in marks}
+    unmarked = [i for c, i in needed.items() if c not in marked]
+    if defaults.order_type == "LMT":
+        rebalance.quotes = await broker.quotes(unmarked)
+        prices = Prices.of_quotes(rebalance.quotes)
+    else:
+        prices = await broker.prices(unmarked)
+    prices.update(marked)
+    return prices, set(marked)
 
 
 def within_bands(

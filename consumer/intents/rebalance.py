@@ -19,7 +19,7 @@ from typing import Any
 
 from consumer.broker.broker import Broker, OrderSnapshot
 from consumer.broker.instruments import Instrument
-from consumer.broker.model import Account, BrokerOrder, Fate, is_done
+from consumer.broker.model import Account, BrokerOrder, Fate, Quote, is_done
 from consumer.broker.orders import ConnectionRecord, LegOrder, Outcome, discard, order_ref
 from consumer.errors import IntentError, Rejected, Transient
 from consumer.intents.base import IntentContext
@@ -76,6 +76,8 @@ class Rebalance:
     # The broker's orders and executions, asked for when the intent started, or a first run's connection record
     # (IntentContext.orders_to_look_up); read when the legs are looked up before placing.
     asked: OrderSnapshot | None = None
+    # Quotes taken to size the orders (LMT): their limits are priced from them too, unless a cancel came between.
+    quotes: dict[int, Quote] = field(default_factory=dict)
 
     @classmethod
     async def open(
@@ -371,6 +373,7 @@ class Rebalance:
                 {o.order_ref: o for o in orders.values()},
                 {orders[c].order_ref: leg.deltas for c, leg in trading.items()},
                 asked=asked,
+                quotes=None if way.cancel else self.quotes,  # waiting out cancels can take long: quote afresh
             )
 
         report: dict[str, Any] = {
@@ -402,12 +405,14 @@ async def send_orders(
     orders: Mapping[str, LegOrder],
     shares: Mapping[str, Mapping[str, float]],
     asked: OrderSnapshot | None = None,
+    quotes: Mapping[int, Quote] | None = None,
 ) -> dict[str, Outcome]:
     """Writes each order ahead, places the ones the broker does not have yet, waits for each, records the result.
 
     `orders` and `shares` are keyed by orderRef; shares are the strategies' parts of each order (empty for orders
     no strategy owns, such as currency conversions). `asked`: the broker's orders, asked for at the intent's start
-    (or a first run's connection record, read if its connection still holds).
+    (or a first run's connection record, read if its connection still holds). `quotes`: taken moments ago to size
+    the orders; a limit is priced from them, and only the instruments without one are quoted now.
     """
     services = ctx.services
     if not orders:
@@ -426,9 +431,12 @@ async def send_orders(
         found = await engine.find(set(orders), asked=asked)
     to_send = {ref: o for ref, o in orders.items() if ref not in found}
     if engine.limits and to_send:
-        with ctx.timed("prices"):
-            quotes = await ctx.broker.quotes([o.instrument for o in to_send.values()])
-        to_send = {o.order_ref: o for o in engine.priced(to_send.values(), quotes)}
+        taken = dict(quotes or {})
+        lacking = [o.instrument for o in to_send.values() if o.instrument.con_id not in taken]
+        if lacking:
+            with ctx.timed("prices"):
+                taken.update(await ctx.broker.quotes(lacking))
+        to_send = {o.order_ref: o for o in engine.priced(to_send.values(), taken)}
     with ctx.timed("orders"):
         await services.books.write_pending(
             PendingOrder(

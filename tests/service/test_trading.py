@@ -492,6 +492,87 @@ def test_a_limit_order_is_priced_through_the_quote_on_tick_rests_as_working_and_
     assert (closed["state"], closed["filled"]) == ("Filled", leg["target"])
 
 
+def test_a_limit_order_into_an_instrument_not_held_is_sized_and_priced_from_one_snapshot(
+    bus: Bus, gateway, project: str
+):
+    """Under LMT the quote a limit needs also sizes the order: one reqMktData per instrument not held, where there
+    were two (a snapshot to size, a quote to price). At the broker by orderRef, in Firestore by execId."""
+    write_config(
+        project,
+        exposure={"overall": 1.0, "strategies": {"dummy": 0.5}},
+        orderDefaults={"orderType": "LMT", "algo": "none", "tif": "DAY", "limitOffsetBps": 10},
+    )
+    spy = gateway.call(lambda: gateway.server.instruments["SPY"])
+    limit = math.floor(spy.ask * 1.001 / spy.tick) * spy.tick
+    since = len(gateway.requests_received())
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))
+    assert reply["status"] == "ok", reply
+    assert [name for _, name in gateway.requests_received()[since:]].count("reqMktData") == 1
+    leg = line(reply, "SPY")
+    price = reply["result"]["prices"]["SPY"]
+    assert price == pytest.approx(spy.price)  # IB's mark of the snapshot: last within the spread, else the mid
+    assert leg["target"] == math.trunc(reply["result"]["netLiquidation"] * 0.5 * 0.05 / price)
+    assert (leg["orderType"], leg["limitPrice"], leg["outcome"]) == ("LMT", pytest.approx(limit), "filled")
+    (sent,) = [o for o in gateway.orders() if o["orderRef"] == leg["orderRef"]]
+    assert (sent["orderType"], sent["totalQuantity"]) == ("LMT", leg["target"])
+    assert sent["lmtPrice"] == pytest.approx(limit)
+    executions = {e["execId"] for e in gateway.executions() if e["orderRef"] == leg["orderRef"]}
+    wait_for(
+        lambda: executions and executions <= {f["execId"] for f in mode_collection(project, "fills")},
+        what="the fills booked by execId",
+    )
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": leg["target"]}}, what="the holding at its target")
+
+
+def test_a_limit_order_placed_after_cancelling_an_opposing_one_is_priced_from_a_fresh_quote(
+    bus: Bus, gateway, project: str
+):
+    """A working buy of ours stands against a smaller target: it is cancelled (the wait can be long), so the sell's
+    limit comes from a quote taken after it, not the one the order was sized with. At the broker by orderRef, in
+    Firestore by execId once the fills are released."""
+    write_config(
+        project,
+        exposure={"overall": 1.0, "strategies": {"dummy": 0.5}},
+        orderDefaults={"orderType": "LMT", "algo": "none", "tif": "DAY", "sizingPrices": "snapshots"},
+    )
+    first = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))
+    held = line(first, "SPY")["target"]
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": held}}, what="the first fill booked")
+    gateway.hold_fills(True)
+    try:
+        buying = line(bus.reply_to(bus.publish(allocation({"SPY": 0.1}))), "SPY")
+        assert buying["outcome"] == "working"
+        spy = gateway.call(lambda: gateway.server.instruments["SPY"])
+        limit = math.ceil(spy.bid * (1 - 5 / 10_000) / spy.tick) * spy.tick  # 5 bp through the bid, up to the tick
+        since = len(gateway.requests_received())
+        reply = bus.reply_to(bus.publish(allocation({"SPY": 0.02})))
+        assert reply["status"] == "ok", reply
+        assert [c["orderRef"] for c in reply["result"]["cancelled"]] == [buying["orderRef"]]
+        # One quote sized the order; the cancel came between, so the limit was priced from a second.
+        assert [name for _, name in gateway.requests_received()[since:]].count("reqMktData") == 2
+        selling = line(reply, "SPY")
+        assert (selling["order"], selling["orderType"], selling["limitPrice"]) == (
+            selling["target"] - held,
+            "LMT",
+            pytest.approx(limit),
+        )
+        assert selling["order"] < 0
+        by_ref = {o["orderRef"]: o for o in gateway.orders()}
+        assert by_ref[buying["orderRef"]]["status"] == "Cancelled"
+        assert (by_ref[selling["orderRef"]]["action"], by_ref[selling["orderRef"]]["totalQuantity"]) == (
+            "SELL",
+            held - selling["target"],
+        )
+    finally:
+        gateway.hold_fills(False)
+    executions = wait_for(
+        lambda: {e["execId"] for e in gateway.executions() if e["orderRef"] == selling["orderRef"]},
+        what="the sell to fill once released",
+    )
+    wait_for(lambda: executions <= {f["execId"] for f in mode_collection(project, "fills")}, what="booked by execId")
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": selling["target"]}}, what="the holding at its target")
+
+
 def test_a_limit_order_that_never_fills_expires_with_the_day_and_is_closed_in_the_books(
     bus: Bus, gateway, project: str
 ):
