@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -129,6 +130,7 @@ class Dispatcher:
         claiming = ledger.claim(
             request.request_id, intent.name, request.delivery.message_id, request.fingerprint, request.dry_run
         )
+        claim_started = time.perf_counter()
         try:
             if intent.trades or intent.exclusive:
                 claim = await claiming
@@ -158,9 +160,12 @@ class Dispatcher:
                 return await self._settle(request, started, failure=conflict, claimed=False)
             return await self._duplicate(request, claim)
 
+        claim_ms = (time.perf_counter() - claim_started) * 1000
         lease = asyncio.create_task(ledger.keep_alive(request.request_id))
         try:
-            result = await (run if run is not None else self._run(intent, request, first_run=claim.first_run))
+            result = await (
+                run if run is not None else self._run(intent, request, first_run=claim.first_run, claim_ms=claim_ms)
+            )
         except Failure as failure:
             return await self._settle(request, started, failure=failure)
         except asyncio.CancelledError:
@@ -173,16 +178,21 @@ class Dispatcher:
             lease.cancel()
         return await self._settle(request, started, result=result)
 
-    async def _run(self, intent: Intent, request: Request, first_run: bool = False) -> dict[str, Any]:
-        """`first_run`: the claim was created now, not taken over (read-only intents run before it is known)."""
+    async def _run(
+        self, intent: Intent, request: Request, first_run: bool = False, claim_ms: float = 0.0
+    ) -> dict[str, Any]:
+        """`first_run`: the claim was created now, not taken over (read-only intents run before it is known).
+        `claim_ms`: how long the claim took, for a trading reply's timings (read-only intents run beside it)."""
         services = self._services
         envelope = request.envelope
         assert envelope is not None
         config = TradingConfig()
         if intent.trades:
             self._check_fresh(request)
+        config_started = time.perf_counter()
         if intent.trades or intent.exclusive:
             config = await services.config_store.load()
+        config_ms = (time.perf_counter() - config_started) * 1000
         if intent.trades:
             self._check_allowed(config)
             if services.broker.read_only:
@@ -200,6 +210,8 @@ class Dispatcher:
             first_run=first_run,
             generation=services.broker.generation if intent.needs_gateway else None,
         )
+        context.add_time("claim", claim_ms)
+        context.add_time("config", config_ms)
         timeout = services.settings.intent_timeout
         if (intent.trades or intent.exclusive) and not request.dry_run:
             async with self._trading:

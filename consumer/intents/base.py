@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from consumer.services import Services
     from consumer.store.trading_config import TradingConfig
 
-PHASES = ("books", "contracts", "prices", "signals", "orders", "confirmations")
+PHASES = ("claim", "config", "books", "contracts", "prices", "signals", "orders", "confirmations")
 
 Handler = Callable[["IntentContext", dict[str, Any]], Awaitable[dict[str, Any]]]
 

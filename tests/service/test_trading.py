@@ -64,8 +64,10 @@ def test_allocation_from_flat_reaches_the_targets_and_a_second_run_places_nothin
     assert sent["orderRef"] == spy["orderRef"]
     wait_for(lambda: holdings(project) == {"dummy": {"SPY": 200}}, what="the fill booked to dummy")
     timings = first["result"]["timings"]
-    assert set(timings) == {"books", "contracts", "prices", "signals", "orders", "confirmations"}
+    assert set(timings) == {"claim", "config", "books", "contracts", "prices", "signals", "orders", "confirmations"}
     assert all(isinstance(ms, float) and ms >= 0 for ms in timings.values()), timings
+    assert timings["claim"] > 0  # a Firestore transaction before the work
+    assert timings["config"] > 0  # config/{mode}, read fresh for every trading message
     assert timings["confirmations"] > 0  # an order was placed and waited for
 
     orders_before = len(gateway.orders())
