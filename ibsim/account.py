@@ -193,12 +193,17 @@ class AccountDesk(GatewayCore):
     def _summaries_due(self) -> None:
         """reqAccountSummary subscriptions hear what changed at the interval's next tick only, fills included (IB:
         "every three minutes those values which have changed will be returned")."""
+        if not any(conn.summary_subs for conn in self.clients.values()):
+            return
         if self.scenario.accountIntervalMs <= 0:
             for conn in list(self.clients.values()):
                 for req_id in list(conn.summary_subs):
                     self._push_summary(conn, req_id)
             return
         self._summaries_changed = True
+        self._tick_ahead()
+
+    def _tick_ahead(self) -> None:
         if self._interval_push is None:
             self._schedule_interval_push()
 
@@ -213,6 +218,7 @@ class AccountDesk(GatewayCore):
             self.account_changed(account)
             return
         self._repriced_accounts.add(account)
+        self._tick_ahead()
         self._summaries_due()
 
     def _schedule_interval_push(self, due: float | None = None) -> None:
@@ -226,9 +232,10 @@ class AccountDesk(GatewayCore):
         self._interval_due = now + delay
         if self._interval_push is not None:
             self._interval_push.cancel()
-        self._interval_push = asyncio.get_running_loop().call_later(delay, self._push_repriced)
+        self._interval_push = asyncio.get_running_loop().call_later(delay, self._interval_tick)
 
-    def _push_repriced(self) -> None:
+    def _interval_tick(self) -> None:
+        """The interval's tick: the price moves since the last one, and what the summary subscriptions hear."""
         self._interval_push = None
         repriced, self._repriced_accounts = self._repriced_accounts, set()
         self._dirty_accounts |= repriced
