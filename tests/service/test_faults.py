@@ -419,3 +419,35 @@ def test_fills_made_while_the_consumer_was_down_are_booked_on_reconnect(consumer
     again = bus.reply_to(bus.publish({"intent": "trade-reconciliation"}))
     assert again["result"]["fillsApplied"] == []
     assert booked_totals(project) == stock_positions(gateway)
+
+
+@pytest.mark.parametrize("restored", [1102, 1101], ids=["data-maintained", "data-lost"])
+def test_a_fill_that_arrives_while_the_gateway_has_lost_ib_is_booked_to_its_strategy(
+    consumer_factory, bus: Bus, gateway, project, restored: int
+):
+    """IB Gateway keeps its socket to us while it loses IB (1100) and can still pass on executions and order
+    statuses (LEAN's IB brokerage lost such fills: QuantConnect/Lean.Brokerages.InteractiveBrokers #249). The fill
+    is booked by execId to the strategy whose order it was, and the order closed, once the gateway is back."""
+    gateway.hold_fills(True)
+    consumer_factory(order_timeout=1.0)
+    reply = bus.reply_to(bus.publish(allocation({"TLT": 0.05})))
+    (tlt,) = reply["result"]["instruments"]
+    assert tlt["outcome"] == "working"
+
+    gateway.send_error(1100)
+    wait_for(
+        lambda: bus.reply_to(bus.publish({"intent": "ping"}))["result"]["state"] == "degraded",
+        what="the consumer to hear that the gateway lost IB",
+    )
+    gateway.hold_fills(False)  # the order fills while the gateway reports IB lost
+    executions = wait_for(
+        lambda: {e["execId"] for e in gateway.executions() if e["orderRef"] == tlt["orderRef"]}, what="the fill"
+    )
+    gateway.send_error(restored)
+
+    wait_for(lambda: executions <= {f["execId"] for f in mode_collection(project, "fills")}, what="booked by execId")
+    wait_for(lambda: holdings(project) == {"dummy": {"TLT": tlt["target"]}}, what="booked to dummy, not unallocated")
+    wait_for(lambda: mode_collection(project, "openOrders") == [], what="the order closed")
+    (closed,) = [o for o in mode_collection(project, "orders") if o["orderRef"] == tlt["orderRef"]]
+    assert (closed["state"], closed["filled"]) == ("Filled", tlt["target"])
+    assert booked_totals(project) == stock_positions(gateway)
