@@ -98,6 +98,10 @@ def test_a_round_trip_over_two_days_agrees_with_the_broker_to_the_cent(bus: Bus,
     ok(bus, allocation({"SPY": weight_for(bus, 100)}))
     wait_for(lambda: holdings(project) == {"dummy": {"SPY": 100}}, what="the buy booked")
     gateway.set_price("SPY", spy * 1.02)
+    # Past IB's next three-minute tick: the held SPY is sized at its mark (decision 31), which then is the new price
+    # whether or not the buy's account update came before the move.
+    gateway.advance_time(180)
+    clock_seen(bus, gateway)
     ok(bus, allocation({"SPY": weight_for(bus, 60)}))  # a partial sell at a higher price
     wait_for(lambda: holdings(project) == {"dummy": {"SPY": 60}}, what="the partial sell booked")
     day1 = gateway.executions()
@@ -172,6 +176,10 @@ def test_a_transfer_between_strategies_keeps_the_account_total(bus: Bus, gateway
     wait_for(lambda: holdings(project).get("dummy", {}).get(symbol), what="dummy's buy booked")
     price = gateway.call(lambda: gateway.server.instruments[symbol]).price
     gateway.set_price(symbol, price * 1.01)
+    # Past IB's next three-minute tick, so the account window marks the holding at the new price too: every sizing
+    # below (a held instrument is sized at its mark, decision 31) sees the same price as the snapshots.
+    gateway.advance_time(180)
+    clock_seen(bus, gateway)
 
     # dummy closes, testsignalgenerator opens the same number of shares: the net order is zero, so the shares move
     # between their books without an order, at the market price of the moment.
