@@ -157,10 +157,7 @@ async def marks(broker: Broker, account: str, base: str, con_ids: Iterable[int],
     (strategies netting to zero), and everything a login's other accounts hold, since ib_insync holds the
     portfolio of one account per connection. Currencies without a rate are asked of the market.
     """
-    prices: dict[int, float] = {}
-    for item in broker.portfolio():
-        if item.get("account") in ("", account) and item.get("marketPrice") is not None:
-            prices[int(item["conId"])] = float(item["marketPrice"])
+    prices = broker.portfolio_marks(account, forex=True)
     rates = dict(broker.fx_rates(account))
     rates.setdefault(base, 1.0)
     wanted = set(con_ids)

@@ -8,7 +8,6 @@ market data (market), the order engine (orders) and the translation of IB's obje
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -206,19 +205,17 @@ class Broker:
         connect (it has no request/reply form)."""
         return [views.portfolio_item(p) for p in self._ib.portfolio()]
 
-    def portfolio_marks(self, account: str) -> dict[int, float]:
-        """{conId: IB's mark} of what `account` holds, forex aside, from the account window ib_insync keeps: no
-        message asked for it. IB revalues it "at a fixed interval of three minutes" unless a position changes, the
-        same window net liquidation comes from. Empty for an account this connection does not subscribe to."""
-        return {
-            p.contract.conId: float(p.marketPrice)
-            for p in self._ib.portfolio()
-            if p.account == account
-            and p.position
-            and p.contract.secType != "CASH"
-            and math.isfinite(p.marketPrice)
-            and p.marketPrice > 0
-        }
+    def portfolio_marks(self, account: str, forex: bool = False) -> dict[int, float]:
+        """{conId: IB's mark} of what `account` holds (forex pairs' virtual positions with `forex`), from the account
+        window ib_insync keeps: no message asked for it. IB revalues it "at a fixed interval of three minutes" unless
+        a position changes, the same window net liquidation comes from. Empty for an account this connection does
+        not subscribe to; an unset or non-positive mark is left out (the caller asks the market)."""
+        marks = {}
+        for p in self._ib.portfolio():
+            mark = views.number(p.marketPrice)
+            if p.account == account and p.position and (forex or p.contract.secType != "CASH") and mark and mark > 0:
+                marks[p.contract.conId] = mark
+        return marks
 
     async def positions(self, record: ConnectionRecord | None = None) -> list[Position]:
         """Every account's positions: from the connection's record while `record` holds (ib_insync's view, which

@@ -240,11 +240,7 @@ async def _instrument_shares(
         for p in await broker.positions(ctx.connection_record())
         if p.account == account and p.sec_type != "CASH" and abs(p.quantity) > EPSILON
     }
-    prices = {
-        int(item["conId"]): float(item["marketPrice"])
-        for item in broker.portfolio()
-        if item["account"] == account and int(item["conId"]) in held and item.get("marketPrice") is not None
-    }
+    prices = {c: mark for c, mark in broker.portfolio_marks(account).items() if c in held}
     unmarked = [await broker.by_con_id(c) for c in held if c not in prices]
     refused: dict[int, str] = {}
     if unmarked:
