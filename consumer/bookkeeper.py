@@ -18,8 +18,8 @@ from typing import Any
 
 from consumer.broker.broker import Broker
 from consumer.broker.gateway import State
-from consumer.broker.model import NOT_PLACED, BrokerOrder, Fill, is_done
-from consumer.broker.orders import ConnectionRecord
+from consumer.broker.model import NOT_PLACED, BrokerOrder, Fate, Fill, is_done
+from consumer.broker.orders import ConnectionRecord, Outcome
 from consumer.errors import GatewayReadOnly, reraise_if_cancelled
 from consumer.logs import get_logger
 from consumer.portfolio import EPSILON
@@ -86,7 +86,8 @@ class Bookkeeper:
     `reconcile` is the sweep: it runs after every connect, before every trading intent, and as the
     trade-reconciliation intent; it books what live booking missed and closes finished orders, booking a
     synthetic fill for what a finished order filled on an earlier day (the gateway lists today's fills only).
-    A write-ahead order never placed is closed as NotPlaced after `stale_pending_after` seconds.
+    An order IB never had is closed as NotPlaced after `stale_pending_after` seconds: written ahead and never sent
+    (its intent died), or sent and never acknowledged (IB's paper server loses some orders without a word).
     """
 
     def __init__(self, broker: Broker, books: Books, stale_pending_after: float, account: str | None = None) -> None:
@@ -229,10 +230,16 @@ class Bookkeeper:
         for doc in docs:
             ref = doc["orderRef"]
             found = at_broker.get(ref)
-            if found is None:
+            if found is None or _never_acknowledged(found):
                 created = doc.get("createdAt")
-                stale = doc.get("state") == "pending" and created is not None and now - created > self._stale_pending
-                # Written ahead of a placement that never happened (its intent died and was not re-run).
+                stale = (
+                    not doc.get("permId")
+                    and doc.get("state") in ("pending", "placed")
+                    and created is not None
+                    and now - created > self._stale_pending
+                )
+                # Never at IB: written ahead of a placement that never happened (its intent died and was not
+                # re-run), or sent and lost before IB acknowledged it; IB lists it nowhere after all this time.
                 if stale and await self._books.close_order(ref, NOT_PLACED, None):
                     closed.append({"orderRef": ref, "state": NOT_PLACED, "filled": doc.get("filled", 0.0)})
                     continue
@@ -256,6 +263,11 @@ class Bookkeeper:
             else:
                 still_open += 1
         return closed, still_open, synthetic
+
+
+def _never_acknowledged(found: Outcome) -> bool:
+    """Known only as this connection's own placement IB never answered: IB gives every order it takes a permId."""
+    return found.fate is Fate.UNCONFIRMED and found.perm_id is None and found.status != "PendingCancel"
 
 
 def _synthetic(doc: dict[str, Any], exec_id: str, quantity: float, price: float) -> Execution:

@@ -77,6 +77,7 @@ class Broker(Ledger):
         self.exec_seq = int(now * 1000) & 0x0FFFFFFF
         self.hold = False
         self.reject_next: tuple[int, str] | None = None
+        self.drop_next = 0  # new orders to lose without a word (the fault drop_next_orders)
         self._timers: dict[int, asyncio.TimerHandle] = {}
         c = scenario.commission
         self.comm = {
@@ -148,6 +149,10 @@ class Broker(Ledger):
             self.listener.order_rejected(client_id, req.orderId, 103, DUPLICATE_ID, None)
             return
         self.highest_order_id[client_id] = req.orderId
+        if self.drop_next > 0:  # lost on the way to IB's servers: no status, no error, in no list, ever
+            self.drop_next -= 1
+            log.info("fault: order %d of client %d dropped", req.orderId, client_id)
+            return
         if self.reject_next is not None:
             code, message = self.reject_next
             self.reject_next = None

@@ -94,6 +94,13 @@ class Faults(OrderDesk):
     def reject_next_order(self, code: int = 201, message: str = "Order rejected - reason:Simulated rejection") -> None:
         self.broker.reject_next = (code, message)
 
+    @fault()
+    def drop_next_orders(self, count: int = 1) -> None:
+        """The next `count` new orders from any client are lost without a word: no status, no error, not in the
+        open, completed or executed lists. IB's paper server does this to some orders of a batch placed within one
+        second (QuantConnect/Lean.Brokerages.InteractiveBrokers#93: "some receive *zero* callbacks, ever")."""
+        self.broker.drop_next = max(0, int(count))
+
     @fault(aliases={"hold_fills": {"on": True}, "release_fills": {"on": False}})
     def hold_fills(self, on: bool = True) -> None:
         self.broker.hold = bool(on)

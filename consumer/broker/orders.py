@@ -349,7 +349,8 @@ class OrderEngine:
                 resolved = await find_orders(self._ib, self._requests, unconfirmed, within=self._timeout)
             except TimeoutError:
                 resolved = {}  # still unknown: reported as unconfirmed, left open in the books for reconciliation
-            outcomes.update({ref: resolved[ref] for ref in unconfirmed if ref in resolved})
+            # Found or not, these were sent now: the reply counts them sent and the books record their ids.
+            outcomes.update({ref: replace(resolved[ref], existing=False) for ref in unconfirmed if ref in resolved})
         self.confirming_ms = (time.perf_counter() - sent) * 1000
         return outcomes
 

@@ -391,8 +391,9 @@ class Rebalance:
             "kept": way.kept,
             "booksReconciled": {k: len(v) if isinstance(v, list) else v for k, v in self.sweep.items()},
         }
-        if any(o.fate is Fate.REJECTED for o in outcomes.values()):
-            # IB refused a leg (margin, the gateway's order precautions, a price): work left undone for a person.
+        if any(o.fate in (Fate.REJECTED, Fate.UNCONFIRMED) for o in outcomes.values()):
+            # IB refused a leg (margin, the gateway's order precautions, a price) or never answered one (it may be
+            # working, or lost on the way: IB's paper server drops some): work left for a person.
             report["alert"] = True
         if ctx.dry_run:
             report["wouldCancel"] = [{**o.view(), "reason": reason} for o in way.cancel.values()]

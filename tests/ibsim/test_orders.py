@@ -200,6 +200,24 @@ def test_reject_next_order(gw: ThreadedGateway, ib: IB) -> None:
     assert done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 1))).orderStatus.status == "Filled"
 
 
+def test_drop_next_orders_loses_them_without_a_word(gw: ThreadedGateway, ib: IB) -> None:
+    """IB's paper server loses some orders of a batch: no status, no error, in no list, ever."""
+    errors: list[tuple[int, int, str]] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: errors.append((req_id, code, msg))
+    gw.drop_next_orders(2)
+    lost = [ib.placeOrder(SPY, MarketOrder("BUY", 1, orderRef=f"lost-{i}")) for i in range(2)]
+    kept = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 3, orderRef="kept")))  # answered after the lost ones
+    assert kept.orderStatus.status == "Filled"
+    assert [t.orderStatus.status for t in lost] == ["PendingSubmit", "PendingSubmit"]
+    assert [t.order.permId for t in lost] == [0, 0]
+    assert [e for e in errors if e[0] in {t.order.orderId for t in lost}] == []
+    listed = {t.order.orderRef for t in [*ib.reqAllOpenOrders(), *ib.reqCompletedOrders(apiOnly=False)]}
+    executed = {f.execution.orderRef for f in ib.reqExecutions(ExecutionFilter())}
+    assert (listed, executed) == ({"kept"}, {"kept"})
+    assert [o["orderRef"] for o in gw.orders()] == ["kept"]
+    assert gw.positions() == {"SPY": 3}
+
+
 @pytest.mark.parametrize(
     "order",
     [
