@@ -379,7 +379,7 @@ class Broker:
         """Every order of ours (with an orderRef) that IB finishes: filled, cancelled or rejected."""
 
         def on_status(trade: Trade) -> None:
-            if is_done(trade.orderStatus.status) and trade.order.orderRef:
+            if is_done(views.status(trade)) and trade.order.orderRef:
                 callback(views.order(trade))
 
         self._gateway.ib.orderStatusEvent += on_status

@@ -115,11 +115,15 @@ class Outcome:
 
 
 def outcome_of(trade: Trade, existing: bool = False) -> Outcome:
-    status = trade.orderStatus.status
+    status = views.status(trade)
     filled = trade.orderStatus.filled
     fate = meaning(status).fate
-    if fate is Fate.CANCELLED and _rejection(trade):
-        fate = Fate.REJECTED  # IB refused it after accepting it (ib_insync marks that Cancelled, with the error)
+    rejection = _rejection(trade)
+    if views.noted_cancel(trade):
+        fate = Fate.UNCONFIRMED  # IB's error on an order it had accepted: a note, or its cancel; IB is asked which
+    elif fate is Fate.CANCELLED and rejection:
+        fate = Fate.REJECTED  # IB refused it (ib_insync marks that Cancelled, with the error)
+    refused = fate is Fate.REJECTED
     return Outcome(
         order_ref=trade.order.orderRef,
         fate=fate,
@@ -130,11 +134,12 @@ def outcome_of(trade: Trade, existing: bool = False) -> Outcome:
         filled=filled,
         remaining=trade.orderStatus.remaining,
         avg_fill_price=views.number(trade.orderStatus.avgFillPrice) if filled else None,
-        error=_rejection(trade),
+        error=rejection if refused else None,
         existing=existing,
         order_type=trade.order.orderType,
         limit_price=views.number(trade.order.lmtPrice) if trade.order.orderType == "LMT" else None,
         tif=trade.order.tif,
+        notes=[rejection] if rejection and not refused else None,  # what IB said of an order it kept
     )
 
 
@@ -226,6 +231,15 @@ class _OrderMessages:
         for future in self._held.values():
             if not future.done():
                 future.cancel()
+
+
+def _resolved(sent: Outcome, found: Outcome) -> Outcome:
+    """What the broker's lists say of a leg sent now and left unconfirmed: sent now (the reply counts it sent and
+    the books record its ids), with what IB said of it; one IB cancelled after an error it sent was refused."""
+    said = sent.notes or found.notes
+    if found.fate is Fate.CANCELLED and said:
+        return replace(found, existing=False, fate=Fate.REJECTED, error=said[-1], notes=None)
+    return replace(found, existing=False, notes=said, held=sent.held or found.held)
 
 
 LOOKUP_TIMEOUT = 60.0  # the default of ORDER_LOOKUP_TIMEOUT_SECONDS (Settings)
@@ -340,7 +354,7 @@ class OrderEngine:
             if outcome.fate is Fate.WORKING and note is not None:
                 outcome = replace(outcome, held=note)
             if trade.order.orderId in notes.notes:
-                outcome = replace(outcome, notes=notes.notes[trade.order.orderId])
+                outcome = replace(outcome, notes=[*(outcome.notes or []), *notes.notes[trade.order.orderId]])
             outcomes[ref] = outcome
         unconfirmed = {ref for ref, o in outcomes.items() if o.fate is Fate.UNCONFIRMED}
         if unconfirmed:
@@ -349,8 +363,8 @@ class OrderEngine:
                 resolved = await find_orders(self._ib, self._requests, unconfirmed, within=self._timeout)
             except TimeoutError:
                 resolved = {}  # still unknown: reported as unconfirmed, left open in the books for reconciliation
-            # Found or not, these were sent now: the reply counts them sent and the books record their ids.
-            outcomes.update({ref: replace(resolved[ref], existing=False) for ref in unconfirmed if ref in resolved})
+            for ref in unconfirmed & resolved.keys():
+                outcomes[ref] = _resolved(outcomes[ref], resolved[ref])
         self.confirming_ms = (time.perf_counter() - sent) * 1000
         return outcomes
 

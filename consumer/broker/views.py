@@ -75,6 +75,27 @@ def portfolio_item(p: PortfolioItem) -> dict[str, Any]:
     }
 
 
+def status(t: Trade) -> str:
+    """The order's status as IB last sent it.
+
+    ib_insync marks an order Cancelled on any error IB sends about it that it does not file as a warning. On an
+    order IB had accepted, that error may be a note only: 10349 "Order TIF was set to DAY based on order preset"
+    leaves the order working, and it fills (ib_async #191, #217). Until IB sends a status of its own, such an order
+    keeps the last one IB sent; `noted_cancel` says which orders those are, so that IB is asked what they became.
+    """
+    if noted_cancel(t):
+        return [e.status for e in t.log[:-1] if not e.errorCode][-1]
+    return t.orderStatus.status
+
+
+def noted_cancel(t: Trade) -> bool:
+    """ib_insync's Cancelled on an error about an order IB had accepted: a note, or IB's cancel, unknown which."""
+    log = t.log
+    if t.orderStatus.status != "Cancelled" or not log or not log[-1].errorCode:
+        return False
+    return any(model.is_accepted(e.status) for e in log[:-1] if not e.errorCode)
+
+
 def order(t: Trade) -> model.BrokerOrder:
     o, s = t.order, t.orderStatus
     return model.BrokerOrder(
@@ -88,7 +109,7 @@ def order(t: Trade) -> model.BrokerOrder:
         order_type=o.orderType,
         limit_price=number(o.lmtPrice),
         tif=o.tif,
-        status=s.status,
+        status=status(t),
         filled=float(s.filled),
         remaining=float(s.remaining),
         avg_fill_price=number(s.avgFillPrice),

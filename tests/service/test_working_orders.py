@@ -8,6 +8,7 @@ and Firestore by orderRef and execId.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -294,3 +295,47 @@ def test_a_cancel_the_exchange_has_not_confirmed_is_sent_once_and_never_taken_fo
     wait_for(lambda: holdings(project) == {}, what="dummy flat in the books")
     sold = {e["execId"] for e in gateway.executions() if e["orderRef"] == sale["orderRef"]}
     assert {f["execId"] for f in mode_collection(project, "fills")} == bought | sold
+
+
+# IB's note on an order it keeps working (ib_async #191, #217); ib_insync marks the order Cancelled on it.
+TIF_PRESET = "Order TIF was set to DAY based on order preset."
+
+
+@pytest.mark.usefixtures("consumer")
+@pytest.mark.parametrize("when", ["while placing", "after the reply"])
+def test_an_error_ib_sends_about_a_working_order_is_no_cancel(bus: Bus, gateway, project: str, when: str):
+    """ib_insync's Cancelled on IB's 10349 is not IB's: the order stays ours and working, the next allocation
+    counts it and buys nothing more, and released it fills once, booked by execId."""
+    gateway.hold_fills(True)
+    noting = threading.Thread(
+        target=lambda: gateway.send_error(
+            10349, TIF_PRESET, wait_for(lambda: gateway.orders(), what="the buy at IB")[0]["orderId"]
+        )
+    )
+    if when == "while placing":
+        noting.start()
+    first = ok(bus, allocation({"SPY": 0.05}))
+    if when == "after the reply":
+        noting.start()
+    noting.join()
+    line = spy(first)
+    ref = line["orderRef"]
+    assert at_broker(gateway, ref)["status"] == "Submitted"  # live at IB
+    assert line["outcome"] == "working", line
+    if when == "while placing":
+        assert line["notes"] == [{"code": 10349, "message": TIF_PRESET}], line
+        assert "alert" not in first
+
+    again = ok(bus, allocation({"SPY": 0.05}))
+    assert (spy(again)["working"], spy(again)["order"]) == (line["target"], 0), spy(again)
+    assert [o["orderRef"] for o in gateway.orders()] == [ref]  # nothing bought twice
+    assert [o["orderRef"] for o in mode_collection(project, "openOrders")] == [ref]
+
+    gateway.hold_fills(False)
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": line["target"]}}, what="the buy booked to dummy")
+    assert gateway.positions()["SPY"] == line["target"]
+    executions = gateway.executions()
+    assert {e["orderRef"] for e in executions} == {ref}
+    assert {f["execId"] for f in mode_collection(project, "fills")} == {e["execId"] for e in executions}
+    wait_for(lambda: mode_collection(project, "openOrders") == [], what="the buy closed in the books")
+    assert closed_order(project, ref)["state"] == "Filled"
