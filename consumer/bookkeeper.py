@@ -226,6 +226,7 @@ class Bookkeeper:
             log.warning("open orders in the books left open: the gateway's API is read-only", orders=len(docs))
             return [], len(docs), []
         closed, synthetic, still_open = [], [], 0
+        fresh: list[Fill] | None = None  # executions asked again, once, before any fill is made up
         now = datetime.now(UTC)
         for doc in docs:
             ref = doc["orderRef"]
@@ -255,14 +256,36 @@ class Bookkeeper:
             known = [*reported, *self._broker.session_fills()]
             unbooked = {f.exec_id for f in known if f.order_ref == ref} - set(doc.get("execIds", []))
             if missing > EPSILON and not unbooked:
-                exec_id = f"synthetic-{found.perm_id}-{found.filled:g}"
-                await self._books.book(_synthetic(doc, exec_id, missing, found.avg_fill_price or 0.0))
-                synthetic.append(exec_id)
+                fresh = await self._broker.executions() if fresh is None else fresh
+                made_up = await self._fill_in(doc, found, missing, fresh)
+                if made_up is not None:
+                    synthetic.append(made_up)
             if await self._books.close_order(ref, found.status, found.filled):
                 closed.append({"orderRef": ref, "state": found.status, "filled": found.filled})
             else:
                 still_open += 1
         return closed, still_open, synthetic
+
+    async def _fill_in(self, doc: dict[str, Any], found: Outcome, missing: float, fresh: list[Fill]) -> str | None:
+        """Books what a finished order filled beyond its booked executions; the synthetic fill's execId, if made up.
+
+        The sweep read the executions before the order's status: IB may send a fill's status ahead of its
+        execution, and another client id's order may fill in between. `fresh`, asked after the status, is what IB
+        still reports: booked as itself. Only what IB no longer reports (an earlier day's) is made up from the order.
+        """
+        booked = set(doc.get("execIds", []))
+        late = [f for f in fresh if f.order_ref == doc["orderRef"] and f.exec_id not in booked]
+        if late:
+            await self._books.book_all([execution_of(f, self._rates(f)) for f in late])
+            return None
+        exec_id = f"synthetic-{found.perm_id}-{found.filled:g}"
+        # IB's completed orders carry no average price: the limit, else IB's mark now, is the nearest known.
+        mark = self._broker.portfolio_marks(self.account).get(int(doc["conId"])) if self.account else None
+        price = found.avg_fill_price or found.limit_price or mark
+        if price is None:
+            log.warning("synthetic fill booked at price 0: IB gives no price for it", orderRef=doc["orderRef"])
+        await self._books.book(_synthetic(doc, exec_id, missing, price or 0.0))
+        return exec_id
 
 
 def _never_acknowledged(found: Outcome) -> bool:

@@ -123,6 +123,15 @@ class Faults(OrderDesk):
                 conn.send(M.commission_report_msg(execution))
 
     @fault()
+    def delay_executions(self, seconds: float = 0.0) -> None:
+        """From now on each execution's report (execDetails and its commission report) reaches the client `seconds`
+        after the order's status that counts it: IB promises no order among an order's messages ("There are not
+        guaranteed to be orderStatus callbacks for every change in order status", TWS API, Order Submission), and
+        reqExecutions lists the execution from the start. 0: the report leads the status again."""
+        self.execution_lag = max(0.0, float(seconds))
+        log.info("fault: execution reports %.3fs after their order status", self.execution_lag)
+
+    @fault()
     def set_max_fill_size(self, size: float) -> None:
         """Largest execution; bigger orders fill in several."""
         if size <= 0:

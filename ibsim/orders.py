@@ -35,6 +35,8 @@ class OrderDesk(MarketDesk):
         super().__init__(*args, **kwargs)
         # Commission reports held back (fault: a report that arrives late), by execId.
         self.held_commissions: dict[str, dict[str, Any]] | None = None
+        # Seconds an execution's report trails its order's status (the fault delay_executions); 0: it leads it.
+        self.execution_lag = 0.0
 
     def _order_view(self, order: SimOrder) -> ContractView:
         return self.instruments[order.key].view(order.exchange)
@@ -242,19 +244,26 @@ class OrderDesk(MarketDesk):
         if conn is not None:
             conn.send_error(order.orderId, code, message)
 
+    def _report_execution(self, conn: Connection, inst: Instrument, execution: dict[str, Any]) -> None:
+        if conn.stage == "closed":  # a lagging report to a client gone since: it asks reqExecutions on reconnect
+            return
+        conn.send(M.exec_details_msg(conn.version, -1, inst.view(), execution))
+        if self.held_commissions is None:
+            conn.send(M.commission_report_msg(execution))
+
     def execution(self, order: SimOrder, execution: dict[str, Any]) -> None:
         conn = self.clients.get(order.clientId)
         inst = self.instruments[order.key]
         if self.held_commissions is not None:
             self.held_commissions[execution["execId"]] = execution
-        if conn is not None:
-            conn.send(M.exec_details_msg(conn.version, -1, inst.view(), execution))
-            if self.held_commissions is None:
-                conn.send(M.commission_report_msg(execution))
+        if conn is not None and self.execution_lag <= 0:
+            self._report_execution(conn, inst, execution)
         if conn is not None:
             conn.send(M.order_status_msg(order.wire()))
             if not order.active:
                 self._send_open_order(conn, order)
+            if self.execution_lag > 0:  # IB promises no order among an order's messages
+                asyncio.get_running_loop().call_later(self.execution_lag, self._report_execution, conn, inst, execution)
         # IB's positions and account window follow the order's own messages, a moment later (a forex pair's
         # position is its virtual FX position)
         self.fill_reported(order.account, inst.key)

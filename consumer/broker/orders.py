@@ -116,7 +116,7 @@ class Outcome:
 
 def outcome_of(trade: Trade, existing: bool = False) -> Outcome:
     status = views.status(trade)
-    filled = trade.orderStatus.filled
+    filled = views.filled(trade)
     fate = meaning(status).fate
     rejection = _rejection(trade)
     if views.noted_cancel(trade):
@@ -133,7 +133,8 @@ def outcome_of(trade: Trade, existing: bool = False) -> Outcome:
         client_id=trade.order.clientId,
         filled=filled,
         remaining=trade.orderStatus.remaining,
-        avg_fill_price=views.number(trade.orderStatus.avgFillPrice) if filled else None,
+        # None where IB gives none: a completed order carries no average price
+        avg_fill_price=(views.number(trade.orderStatus.avgFillPrice) or None) if filled else None,
         error=rejection if refused else None,
         existing=existing,
         order_type=trade.order.orderType,

@@ -96,6 +96,12 @@ def noted_cancel(t: Trade) -> bool:
     return any(model.is_accepted(e.status) for e in log[:-1] if not e.errorCode)
 
 
+def filled(t: Trade) -> float:
+    """What the order has filled: its status says, but ib_insync leaves a completed order's status quantities at
+    zero and files IB's filledQuantity in the order."""
+    return float(t.orderStatus.filled or number(t.order.filledQuantity) or 0.0)
+
+
 def order(t: Trade) -> model.BrokerOrder:
     o, s = t.order, t.orderStatus
     return model.BrokerOrder(
@@ -110,7 +116,7 @@ def order(t: Trade) -> model.BrokerOrder:
         limit_price=number(o.lmtPrice),
         tif=o.tif,
         status=status(t),
-        filled=float(s.filled),
+        filled=filled(t),
         remaining=float(s.remaining),
         avg_fill_price=number(s.avgFillPrice),
         account=o.account,

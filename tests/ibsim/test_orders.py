@@ -200,6 +200,23 @@ def test_reject_next_order(gw: ThreadedGateway, ib: IB) -> None:
     assert done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 1))).orderStatus.status == "Filled"
 
 
+def test_delay_executions_sends_the_status_first_and_lists_the_execution_at_once(gw: ThreadedGateway, ib: IB) -> None:
+    events: list[str] = []
+    ib.orderStatusEvent += lambda t: events.append(f"status:{t.orderStatus.status}")
+    ib.execDetailsEvent += lambda t, f: events.append("exec")
+    gw.delay_executions(0.5)
+    trade = done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 2, orderRef="late-report")))
+    assert events[-1] == "status:Filled"
+    assert "exec" not in events
+    assert [e["orderRef"] for e in gw.executions()] == ["late-report"]  # IB has it, and lists it when asked
+    wait_until(ib, lambda: "exec" in events, 5.0, what="the execution's report")
+    assert [f.execution.shares for f in trade.fills] == [2]
+    gw.delay_executions(0)
+    events.clear()
+    done(ib, ib.placeOrder(SPY, MarketOrder("BUY", 1)))
+    assert events.index("exec") < events.index("status:Filled")
+
+
 def test_drop_next_orders_loses_them_without_a_word(gw: ThreadedGateway, ib: IB) -> None:
     """IB's paper server loses some orders of a batch: no status, no error, in no list, ever."""
     errors: list[tuple[int, int, str]] = []
