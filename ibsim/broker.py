@@ -352,11 +352,10 @@ class Broker(Ledger):
             return
         inst = self.instruments[order.key]
         qty = order.remaining
-        if inst.secType != "CASH":
-            # A huge order fills in at most maxExecutionsPerOrder executions: 20,000 of them kept the loop busy
-            # with account pushes for minutes and starved every other client.
-            per = max(self.scenario.maxFillSize, math.ceil(order.totalQuantity / self.scenario.maxExecutionsPerOrder))
-            qty = min(qty, per)
+        # A huge order fills in at most maxExecutionsPerOrder executions: 20,000 of them kept the loop busy with
+        # account pushes for minutes and starved every other client. IDEALPRO fills at once, unless told otherwise.
+        largest = (self.scenario.maxForexFillSize or qty) if inst.secType == "CASH" else self.scenario.maxFillSize
+        qty = min(qty, max(largest, math.ceil(order.totalQuantity / self.scenario.maxExecutionsPerOrder)))
         self.execute(order, qty, px)
         if order.active and order.remaining > 0:
             self.work(order, delay=self.scenario.fillDelayMs / 1000)

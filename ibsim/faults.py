@@ -132,11 +132,15 @@ class Faults(OrderDesk):
         log.info("fault: execution reports %.3fs after their order status", self.execution_lag)
 
     @fault()
-    def set_max_fill_size(self, size: float) -> None:
-        """Largest execution; bigger orders fill in several."""
+    def set_max_fill_size(self, size: float, forex: bool = False) -> None:
+        """Largest execution; bigger orders fill in several. `forex`: of an IDEALPRO order (which otherwise fills
+        in one execution), as IDEALPRO fills a large order in parts."""
         if size <= 0:
             raise ValueError("maxFillSize must be positive")
-        self.scenario.maxFillSize = float(size)
+        if forex:
+            self.scenario.maxForexFillSize = float(size)
+        else:
+            self.scenario.maxFillSize = float(size)
 
     @fault()
     def correct_execution(self, exec_id: str, price: float | None = None, shares: float | None = None) -> str:

@@ -120,6 +120,8 @@ class Scenario:
     # A historical request's bars are sent this long after it arrives (IB's HMDS takes a fraction of a second to
     # seconds); while a client has 50 unanswered, the next is refused with 322.
     historyDelayMs: float = 0.0
+    # Largest IDEALPRO execution (fault set_max_fill_size(n, forex=True)); 0: a forex order fills in one execution.
+    maxForexFillSize: float = 0.0
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     # -- construction ----------------------------------------------------------------------------------------

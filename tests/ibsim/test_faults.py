@@ -6,7 +6,7 @@ import socket
 import time
 
 import pytest
-from ib_insync import IB, LimitOrder, MarketOrder, Stock
+from ib_insync import IB, Forex, LimitOrder, MarketOrder, Stock
 
 from ibsim import ThreadedGateway
 from tests.support import sim_scenario, wait_for
@@ -182,3 +182,14 @@ def test_max_fill_size_splits_an_order_into_executions(gw: ThreadedGateway, ib: 
     assert [e["shares"] for e in gw.executions()] == [40, 40, 20]
     with pytest.raises(ValueError, match="positive"):
         gw.set_max_fill_size(0)
+
+
+def test_a_forex_order_fills_at_once_unless_its_own_max_fill_size_is_set(gw: ThreadedGateway, ib: IB) -> None:
+    gw.set_max_fill_size(40)  # stocks' largest execution: IDEALPRO fills the whole order in one
+    whole = ib.placeOrder(Forex("EURUSD"), MarketOrder("SELL", 30_000))
+    wait_until(ib, whole.isDone, what="fill")
+    assert [e["shares"] for e in gw.executions()] == [30_000]
+    gw.set_max_fill_size(12_000, forex=True)
+    parts = ib.placeOrder(Forex("EURUSD"), MarketOrder("BUY", 30_000))
+    wait_until(ib, parts.isDone, what="fill")
+    assert [e["shares"] for e in gw.executions()] == [30_000, 12_000, 12_000, 6_000]
