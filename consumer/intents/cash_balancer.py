@@ -5,17 +5,26 @@ holding is its exposure, and converting it back would undo the strategy's trade 
 
 Every quantity rounds towards zero, in both directions: a positive balance is never oversold, and a negative
 one (a debit in that currency) is never over-bought. Balances worth less than the threshold are left alone.
+
+A conversion of an earlier cash-balancer still working at IB (a market closed for the weekend, fills held, a
+partial fill) is already converting its remaining amount: the free balance is counted as it will be once those
+fill, and only what is left beyond them is converted. Working conversions that would take a balance past zero by
+more than the threshold are not offset by a new order the other way: the line is skipped, for a person to look.
+Orders of strategies (an allocation's forex legs) move their books' claims with the balance and are not counted.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from consumer.broker.model import BrokerOrder
 from consumer.broker.orders import LegOrder, order_ref
 from consumer.errors import Rejected
-from consumer.forex import currency_lines
+from consumer.forex import CurrencyLine, currency_lines
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.rebalance import send_orders
 
@@ -28,6 +37,65 @@ def conversion(balance: float, pair_price: float, currency_is_base: bool) -> flo
     return math.trunc(balance / pair_price)
 
 
+# order_ref("cash", request id, pair): the orderRef of every conversion a cash-balancer places.
+REF_INTENT = "cash"
+_CONVERSION_REF = re.compile(r"cash-[0-9a-f]{12}-.+")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkingConversion:
+    """A conversion of an earlier cash-balancer still working at IB: what it will still move, per currency."""
+
+    order: BrokerOrder
+    moves: dict[str, float]  # per currency other than the account's base: signed amount its remaining will move
+
+    def view(self, currency: str) -> dict[str, Any]:
+        o = self.order
+        return {
+            "orderRef": o.order_ref,
+            "pair": o.symbol,
+            "quantity": o.quantity,
+            "status": o.status,
+            "filled": o.filled,
+            "remaining": o.remaining,
+            "converts": round(self.moves.get(currency, 0.0), 2),
+        }
+
+
+def working_conversions(
+    orders: Iterable[BrokerOrder], account: str, base: str, rates: Mapping[str, float], request_id: str
+) -> list[WorkingConversion]:
+    """The account's cash-balancer conversions working at IB (known by their orderRef, whichever request or client
+    placed them), but this request's own: an earlier run of it placed those, and they are found by orderRef and
+    reported as its legs, never placed twice. Only the remaining quantity counts; what filled is in the balance.
+
+    On pair BASE.QUOTE a remaining signed quantity q moves BASE by q and QUOTE by about -q x the pair's price, taken
+    from the account's exchange rates (the base currency's is 1).
+    """
+    own = order_ref(REF_INTENT, request_id, "")
+    found = []
+    for o in orders:
+        if (
+            not o.is_for(account)
+            or o.contract.get("secType") != "CASH"
+            or not _CONVERSION_REF.fullmatch(o.order_ref)
+            or o.order_ref.startswith(own)
+        ):
+            continue
+        remaining = math.copysign(o.remaining, o.quantity)
+        pair_base, quote = o.symbol.split(".")[0], str(o.contract.get("currency", ""))
+        moves = {pair_base: remaining}
+        price = _rate(pair_base, base, rates) / _rate(quote, base, rates)
+        if not math.isnan(price):
+            moves[quote] = -remaining * price
+        found.append(WorkingConversion(o, {c: q for c, q in moves.items() if c != base and q}))
+    return found
+
+
+def _rate(currency: str, base: str, rates: Mapping[str, float]) -> float:
+    return 1.0 if currency == base else (rates.get(currency) or math.nan)
+
+
 async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
     broker = ctx.broker
     services = ctx.services
@@ -36,8 +104,12 @@ async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str,
     base = account.base_currency
     # The books' claims must include every fill so far, or a strategy's fresh forex trade would look free.
     await services.bookkeeper.reconcile(ctx.connection_record())
+    # IB's working orders before the balances: a fill between the two reads is then counted twice (less is
+    # converted, the next run converts the rest), never missed (converted again).
+    at_broker = await broker.open_orders()
     balances = broker.cash_balances(account.id)
     rates = broker.fx_rates(account.id)
+    working = working_conversions(at_broker, account.id, base, rates, ctx.request_id)
     claims = currency_lines(await services.books.holdings(), balances, base)
 
     lines: list[dict[str, Any]] = []
@@ -45,33 +117,10 @@ async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str,
     for currency, total in sorted(balances.items()):
         if currency == base:
             continue
-        balance = claims[currency].free
-        line: dict[str, Any] = {"currency": currency, "cashBalance": total, "claimed": claims[currency].books,
-                                "balance": round(balance, 2)}  # fmt: skip
-        rate = rates.get(currency)
-        if rate is None:
-            lines.append({**line, "action": "skipped", "reason": "no exchange rate"})
-            continue
-        value = balance * rate
-        line["baseValue"] = round(value, 2)
-        if abs(value) < threshold or balance == 0:
-            lines.append({**line, "action": "left", "reason": f"below the threshold of {threshold:g} {base}"})
-            continue
-        pair, currency_is_base = await broker.fx_pair(currency, base)
-        prices = await broker.prices([pair])
-        price = prices.get(pair.con_id)
-        if price is None:
-            lines.append(
-                {**line, "action": "skipped", "reason": f"no price for {prices.named(pair.con_id, pair.symbol)}"}
-            )
-            continue
-        quantity = conversion(balance, price, currency_is_base)
-        if quantity == 0:
-            lines.append({**line, "action": "left", "reason": "less than one unit to convert"})
-            continue
-        ref = order_ref("cash", ctx.request_id, pair.symbol)
-        orders[ref] = LegOrder(ref, pair, quantity)
-        lines.append({**line, "action": "convert", "pair": pair.symbol, "order": quantity, "orderRef": ref})
+        line, order = await _balance(ctx, claims[currency], total, rates.get(currency), working, threshold, base)
+        lines.append(line)
+        if order is not None:
+            orders[order.order_ref] = order
 
     _refuse_closed(ctx, orders.values())
     outcomes = {} if ctx.dry_run else await send_orders(ctx, account.id, orders, {})
@@ -83,6 +132,56 @@ async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str,
     if any(line["action"] == "skipped" for line in lines):
         result["alert"] = True  # cash over the threshold left unconverted: a person should look
     return result
+
+
+async def _balance(
+    ctx: IntentContext,
+    claim: CurrencyLine,
+    total: float,
+    rate: float | None,
+    working: list[WorkingConversion],
+    threshold: float,
+    base: str,
+) -> tuple[dict[str, Any], LegOrder | None]:
+    """One currency's line of the reply, and the conversion to place for it (None: nothing to place)."""
+    currency, balance = claim.currency, claim.free
+    line: dict[str, Any] = {"currency": currency, "cashBalance": total, "claimed": claim.books,
+                            "balance": round(balance, 2)}  # fmt: skip
+    converting_by = [w for w in working if w.moves.get(currency)]
+    converting = sum(w.moves[currency] for w in converting_by)
+    left = balance + converting  # the free balance once our working conversions have filled
+    if converting_by:
+        line.update(
+            working=[w.view(currency) for w in converting_by], converting=round(converting, 2), left=round(left, 2)
+        )
+    if rate is None:
+        return {**line, "action": "skipped", "reason": "no exchange rate"}, None
+    value = left * rate
+    line["baseValue"] = round(value, 2)
+    refs = ", ".join(w.order.order_ref for w in converting_by)
+    if converting_by and left * converting > 0 and abs(value) >= threshold:
+        # Past zero: never stack a conversion the other way on working ones (spread and commission twice).
+        over = f"our working conversions ({refs}) would convert {abs(left):.2f} {currency} more than the free balance"
+        reason = f"{over}; nothing was placed against them: cancel them, or let them fill and convert back"
+        return {**line, "action": "skipped", "reason": reason}, None
+    if abs(value) < threshold or left == 0:
+        if converting_by:
+            reason = f"converted by our working conversions ({refs}); what they leave is below the threshold"
+            return {**line, "action": "working", "reason": f"{reason} of {threshold:g} {base}"}, None
+        return {**line, "action": "left", "reason": f"below the threshold of {threshold:g} {base}"}, None
+    broker = ctx.broker
+    pair, currency_is_base = await broker.fx_pair(currency, base)
+    prices = await broker.prices([pair])
+    price = prices.get(pair.con_id)
+    if price is None:
+        return {**line, "action": "skipped", "reason": f"no price for {prices.named(pair.con_id, pair.symbol)}"}, None
+    quantity = conversion(left, price, currency_is_base)
+    if quantity == 0:
+        return {**line, "action": "left", "reason": "less than one unit to convert"}, None
+    ref = order_ref(REF_INTENT, ctx.request_id, pair.symbol)
+    return {**line, "action": "convert", "pair": pair.symbol, "order": quantity, "orderRef": ref}, LegOrder(
+        ref, pair, quantity
+    )
 
 
 def _refuse_closed(ctx: IntentContext, orders: Iterable[LegOrder]) -> None:

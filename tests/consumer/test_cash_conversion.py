@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.intents.cash_balancer import conversion
+from consumer.broker.model import BrokerOrder
+from consumer.broker.orders import order_ref
+from consumer.intents.cash_balancer import conversion, working_conversions
 
 
 @pytest.mark.parametrize(
@@ -23,3 +25,50 @@ def test_conversion_rounds_towards_zero(balance, price, currency_is_base, expect
     assert quantity == expected
     if not currency_is_base:
         assert abs(quantity * price) <= abs(balance)  # the yen spent or received never exceeds the balance
+
+
+def broker_order(ref: str, symbol: str, currency: str, action: str, quantity: float, filled: float = 0.0, **kw):
+    return BrokerOrder(
+        order_ref=ref,
+        order_id=1,
+        perm_id=1,
+        client_id=1,
+        contract={"conId": 1, "symbol": symbol, "secType": kw.pop("sec_type", "CASH"), "currency": currency},
+        action=action,
+        total_quantity=quantity,
+        order_type="MKT",
+        limit_price=None,
+        tif="DAY",
+        status="Submitted",
+        filled=filled,
+        remaining=quantity - filled,
+        avg_fill_price=None,
+        account=kw.pop("account", "DU1"),
+    )
+
+
+def test_working_conversions_count_what_other_cash_balancers_will_still_convert():
+    earlier = order_ref("cash", "earlier", "EUR.USD")
+    orders = [
+        broker_order(earlier, "EUR.USD", "USD", "SELL", 50_000, filled=20_000),  # counts its remaining 30,000
+        broker_order(order_ref("cash", "yen", "USD.JPY"), "USD.JPY", "JPY", "SELL", 6_000),  # brings in JPY
+        broker_order(order_ref("cash", "this", "EUR.USD"), "EUR.USD", "USD", "SELL", 50_000),  # this request's own
+        broker_order(order_ref("alloc", "a", "EUR.USD"), "EUR.USD", "USD", "BUY", 10_000),  # a strategy's forex leg
+        broker_order("by-hand", "EUR.USD", "USD", "SELL", 10_000),  # not a cash-balancer's
+        broker_order(order_ref("cash", "other", "EUR.USD"), "EUR.USD", "USD", "SELL", 9, account="DU2"),
+    ]
+    rates = {"EUR": 1.085, "JPY": 1 / 150.0}
+    found = working_conversions(orders, "DU1", "USD", rates, "this")
+    assert [(w.order.order_ref, w.moves) for w in found] == [
+        (earlier, {"EUR": -30_000}),
+        (order_ref("cash", "yen", "USD.JPY"), {"JPY": pytest.approx(6_000 * 150.0)}),
+    ]
+    assert found[0].view("EUR") == {
+        "orderRef": earlier,
+        "pair": "EUR.USD",
+        "quantity": -50_000,
+        "status": "Submitted",
+        "filled": 20_000,
+        "remaining": 30_000,
+        "converts": -30_000,
+    }

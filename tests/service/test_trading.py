@@ -361,6 +361,136 @@ def test_a_conversion_below_the_idealpro_minimum_is_reported_filled_with_ibs_odd
     assert abs(gateway.cash()["EUR"]) < 1.0
 
 
+CASH_BALANCER = {"intent": "cash-balancer", "params": {"threshold": 1000}}
+
+
+def balance_line(reply: dict[str, Any], currency: str) -> dict[str, Any]:
+    assert reply["status"] == "ok", reply
+    return next(b for b in reply["result"]["balances"] if b["currency"] == currency)
+
+
+def at_broker(gateway, order_ref: str) -> dict[str, Any]:
+    (order,) = [o for o in gateway.orders() if o["orderRef"] == order_ref]
+    return order
+
+
+def fills_match_executions(gateway, project: str) -> None:
+    """Firestore's fills are IB's executions, by execId, each booked once."""
+    executions = sorted(e["execId"] for e in gateway.executions())
+    assert executions
+    wait_for(
+        lambda: sorted(f["execId"] for f in mode_collection(project, "fills")) == executions,
+        what="every execution booked by execId, once",
+    )
+    wait_for(lambda: mode_collection(project, "openOrders") == [], what="the conversions closed in the books")
+
+
+def test_a_second_cash_balancer_counts_the_first_ones_working_conversion_and_places_nothing(
+    bus: Bus, gateway, project: str
+):
+    """An independent review's bug: a second cash-balancer (another request) while the first one's SELL EUR.USD
+    still worked (fills held; IDEALPRO closed for the weekend alike) sold the same EUR again; both filled and EUR
+    ended at minus the balance, a margin loan the next run bought back."""
+    eur = gateway.cash()["EUR"]
+    sold = math.trunc(eur)
+    gateway.hold_fills(True)
+    first = balance_line(bus.reply_to(bus.publish(CASH_BALANCER)), "EUR")
+    assert (first["action"], first["order"], first["outcome"]) == ("convert", -sold, "working"), first
+    ref = first["orderRef"]
+
+    second = bus.reply_to(bus.publish(CASH_BALANCER))
+    assert "alert" not in second, second
+    line = balance_line(second, "EUR")
+    assert line["action"] == "working", line
+    assert "orderRef" not in line
+    assert "order" not in line
+    assert line["working"] == [
+        {
+            "orderRef": ref,
+            "pair": "EUR.USD",
+            "quantity": -sold,
+            "status": "Submitted",
+            "filled": 0,
+            "remaining": sold,
+            "converts": -sold,
+        }
+    ]
+    assert (line["balance"], line["converting"], line["left"]) == (round(eur, 2), -sold, round(eur - sold, 2))
+    dry = balance_line(bus.reply_to(bus.publish({**CASH_BALANCER, "dryRun": True})), "EUR")
+    assert (dry["action"], [w["orderRef"] for w in dry["working"]]) == ("working", [ref])
+    assert [o["orderRef"] for o in gateway.orders()] == [ref]
+
+    gateway.hold_fills(False)
+    wait_for(lambda: at_broker(gateway, ref)["status"] == "Filled", what="the conversion to fill")
+    assert [o["orderRef"] for o in gateway.orders()] == [ref]  # sold once
+    assert at_broker(gateway, ref)["filled"] == sold
+    assert gateway.cash()["EUR"] == pytest.approx(eur - sold)
+    fills_match_executions(gateway, project)
+
+
+@pytest.mark.slow
+def test_a_cash_balancer_beside_a_half_filled_conversion_converts_only_what_is_really_left(
+    bus: Bus, gateway, project: str
+):
+    eur = gateway.cash()["EUR"]
+    sold = math.trunc(eur)
+    gateway.hold_fills(True)
+    first = balance_line(bus.reply_to(bus.publish(CASH_BALANCER)), "EUR")
+    assert (first["order"], first["outcome"]) == (-sold, "working"), first
+    ref = first["orderRef"]
+    # IDEALPRO fills 20,000 of it, and is held again before its next execution (fillDelayMs later).
+    gateway.call(setattr, gateway.server.scenario, "fillDelayMs", 10_000)
+    gateway.set_max_fill_size(20_000, forex=True)
+    gateway.hold_fills(False)
+    wait_for(lambda: at_broker(gateway, ref)["filled"] == 20_000, what="the first partial fill")
+    gateway.hold_fills(True)
+    assert (at_broker(gateway, ref)["filled"], at_broker(gateway, ref)["remaining"]) == (20_000, sold - 20_000)
+    assert gateway.cash()["EUR"] == pytest.approx(eur - 20_000)
+
+    # The balance left, 30,000 and change, is what the conversion still sells: nothing more to convert.
+    line = balance_line(bus.reply_to(bus.publish(CASH_BALANCER)), "EUR")
+    assert line["action"] == "working", line
+    assert [(w["orderRef"], w["filled"], w["remaining"], w["converts"]) for w in line["working"]] == [
+        (ref, 20_000, sold - 20_000, -(sold - 20_000))
+    ]
+    assert line["left"] == round(eur - sold, 2)
+    assert [o["orderRef"] for o in gateway.orders()] == [ref]
+
+    # 15,000 EUR more arrive: that, and only that, is converted beside the working remainder.
+    gateway.set_cash("EUR", gateway.cash()["EUR"] + 15_000)
+    line = balance_line(bus.reply_to(bus.publish(CASH_BALANCER)), "EUR")
+    assert (line["action"], line["order"]) == ("convert", -15_000), line
+    assert [w["orderRef"] for w in line["working"]] == [ref]
+    assert (at_broker(gateway, line["orderRef"])["action"], at_broker(gateway, line["orderRef"])["totalQuantity"]) == (
+        "SELL",
+        15_000,
+    )
+
+    gateway.hold_fills(False)
+    for order_ref in (ref, line["orderRef"]):
+        wait_for(lambda r=order_ref: at_broker(gateway, r)["status"] == "Filled", what=f"{order_ref} to fill")
+    assert sorted(o["orderRef"] for o in gateway.orders()) == sorted([ref, line["orderRef"]])
+    assert gateway.cash()["EUR"] == pytest.approx(eur - sold)
+    fills_match_executions(gateway, project)
+
+
+def test_working_conversions_that_would_take_a_balance_past_zero_are_not_offset_but_alerted(bus: Bus, gateway):
+    """The euros the working SELL was sized on went away behind its back: it now sells more than the account holds.
+    Buying back against it would pay the spread twice; a person decides."""
+    sold = math.trunc(gateway.cash()["EUR"])
+    gateway.hold_fills(True)
+    ref = balance_line(bus.reply_to(bus.publish(CASH_BALANCER)), "EUR")["orderRef"]
+    gateway.set_cash("EUR", 10_000.0)
+
+    reply = bus.reply_to(bus.publish(CASH_BALANCER))
+    assert reply["alert"] is True, reply
+    line = balance_line(reply, "EUR")
+    assert (line["action"], line["converting"], line["left"]) == ("skipped", -sold, 10_000 - sold), line
+    assert f"our working conversions ({ref}) would convert {sold - 10_000:.2f} EUR more" in line["reason"]
+    assert [o["orderRef"] for o in gateway.orders()] == [ref]
+    assert at_broker(gateway, ref)["status"] == "Submitted"
+
+
 def test_a_long_rebalance_reports_its_progress(bus: Bus, gateway, caplog):
     symbols = [f"SYM{n:03d}" for n in range(20)]
     reply = bus.reply_to(bus.publish(allocation(dict.fromkeys(symbols, 0.02))))
