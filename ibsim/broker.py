@@ -18,7 +18,6 @@ from .market import Instrument
 from .order_rules import (
     DUPLICATE_ID,
     LOCATING,
-    MARGIN_REJECTION,
     OFF_TICK,
     OUTSIDE_RTH_IGNORED,
     OUTSIDE_RTH_TYPES,
@@ -111,16 +110,8 @@ class Broker(Ledger):
         """
         account = replacing.account if replacing is not None else req.account or self.default_account
         qty = req.totalQuantity - (replacing.filled if replacing is not None else 0.0)
-        signed = qty if req.action == "BUY" else -qty
         working = self.working_quantity(account, inst.key, without=replacing)
-        if self.margin_change(account, inst, signed, working) <= 0:
-            return None
-        change = self.margin_change(account, inst, working + signed)  # the working orders' margin is reserved
-        v = self.valuation(account)
-        after = v["InitMarginReq"] + change
-        if after <= v["EquityWithLoanValue"]:
-            return None
-        return MARGIN_REJECTION.format(equity=v["EquityWithLoanValue"], margin=after, base=v["base"])
+        return self.initial_margin_shortfall(account, inst, qty if req.action == "BUY" else -qty, working)
 
     def working_quantity(self, account: str, key: str, without: SimOrder | None = None) -> float:
         """Signed quantity still to fill of the account's working orders in `key` (but `without`)."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from .instrument_spec import USD_RATES
 from .market import Instrument
+from .order_rules import MARGIN_REJECTION
 
 # Initial and maintenance margin per unit of gross position value (Reg T stocks and ETFs, a futures SPAN stand-in).
 INIT_MARGIN = {"STK": 0.25, "FUT": 0.06}
@@ -147,6 +148,18 @@ class Ledger:
         before = (pos.quantity if pos is not None else 0.0) + working
         unit = inst.price * inst.multiplier * self.rate(inst.currency, self.accounts[account].base)
         return (abs(before + signed) - abs(before)) * unit * rate
+
+    def initial_margin_shortfall(self, account: str, inst: Instrument, signed: float, working: float) -> str | None:
+        """IB's rejection text when an order of `signed` quantity, beside `working` still to fill in the instrument,
+        would take the initial margin above the equity with loan value; None for one that lowers the margin."""
+        if self.margin_change(account, inst, signed, working) <= 0:
+            return None
+        change = self.margin_change(account, inst, working + signed)  # the working orders' margin is reserved
+        v = self.valuation(account)
+        after = v["InitMarginReq"] + change
+        if after <= v["EquityWithLoanValue"]:
+            return None
+        return MARGIN_REJECTION.format(equity=v["EquityWithLoanValue"], margin=after, base=v["base"])
 
     def account_values(self, account: str) -> list[tuple[str, str, str]]:
         """(key, value, currency) rows as updateAccountValue sends them."""
