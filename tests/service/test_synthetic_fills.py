@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from tests.support import Bus, allocation, holdings, mode_collection, wait_for
+from tests.support import (
+    STANDBY,
+    Bus,
+    allocation,
+    another_intents_subscription,
+    holdings,
+    mode_collection,
+    wait_for,
+)
 
 pytestmark = pytest.mark.usefixtures("paper_config")
 
@@ -65,7 +73,8 @@ def test_an_earlier_days_fill_ib_no_longer_reports_is_booked_from_the_order(
     gateway.roll_day()  # IB reports the current day's executions only
     assert gateway.executions() == []
 
-    consumer_factory(order_timeout=3.0)
+    # The emulator can hand messages to a stopped consumer's stream for minutes: the next pulls from its own.
+    consumer_factory(order_timeout=3.0, intents_subscription=another_intents_subscription(project, STANDBY))
     again = ok(bus, SAME_TARGET)  # after the sweep that follows the connect: the books hold the target
     assert again["orders"] == {"sent": 0}, again
     (order,) = gateway.orders()
