@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -36,6 +37,23 @@ from consumer.store.trading_config import TradingConfig
 log = get_logger(__name__)
 
 ANSWERED_MEMORY = 20_000  # message ids remembered as answered (about 2 MB)
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """When a request's handling started, on two clocks: the wall clock's time for the reply's `startedAt`, the
+    monotonic clock's reading for its `durationMs` (the wall clock can be stepped back by NTP mid-intent, and a
+    negative duration is a reply the schema refuses)."""
+
+    at: datetime
+    clock: float
+
+    @classmethod
+    def now(cls) -> Started:
+        return cls(datetime.now(UTC), time.monotonic())
+
+    def elapsed_ms(self) -> float:
+        return round((time.monotonic() - self.clock) * 1000, 3)
 
 
 class Settlement(StrEnum):
@@ -71,7 +89,7 @@ class Dispatcher:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        started = datetime.now(UTC)
+        started = Started.now()
         with structlog.contextvars.bound_contextvars(
             requestId=request.request_id,
             messageId=request.delivery.message_id,
@@ -94,7 +112,7 @@ class Dispatcher:
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    async def _handle(self, request: Request, started: datetime) -> Settlement:
+    async def _handle(self, request: Request, started: Started) -> Settlement:
         if request.delivery.message_id in self._answered:
             log.info("redelivery of a message already answered; acked without a second reply")
             return Settlement.ACK
@@ -105,7 +123,7 @@ class Dispatcher:
                 self._answered.popitem(last=False)
         return settlement
 
-    async def _handle_once(self, request: Request, started: datetime) -> Settlement:
+    async def _handle_once(self, request: Request, started: Started) -> Settlement:
         if request.problem is not None:
             log.warning("bad request", code=request.problem.code, error=request.problem.message)
             return await self._settle(request, started, failure=request.problem, claimed=False)
@@ -125,7 +143,7 @@ class Dispatcher:
             self._running.pop(request.request_id, None)
             done.set_result(None)
 
-    async def _claim_and_run(self, intent: Intent, request: Request, started: datetime) -> Settlement:
+    async def _claim_and_run(self, intent: Intent, request: Request, started: Started) -> Settlement:
         ledger = self._services.ledger
         claiming = ledger.claim(
             request.request_id, intent.name, request.delivery.message_id, request.fingerprint, request.dry_run
@@ -298,7 +316,7 @@ class Dispatcher:
         return Settlement.NACK
 
     async def _retry_or_dead_letter(
-        self, request: Request, started: datetime, error: Transient, claimed: bool
+        self, request: Request, started: Started, error: Transient, claimed: bool
     ) -> Settlement:
         attempt = request.delivery.delivery_attempt
         limit = self._services.settings.max_delivery_attempts
@@ -330,7 +348,7 @@ class Dispatcher:
     async def _settle(
         self,
         request: Request,
-        started: datetime,
+        started: Started,
         result: dict[str, Any] | None = None,
         failure: Failure | None = None,
         claimed: bool = True,
@@ -422,7 +440,7 @@ class AccountDispatchers:
 def build_reply(
     request: Request,
     trading_mode: str,
-    started: datetime,
+    started: Started,
     result: dict[str, Any] | None,
     failure: Failure | None,
     account: str | None = None,
@@ -441,9 +459,9 @@ def build_reply(
         "account": account,
         "dryRun": request.dry_run,
         "schedule": envelope.schedule if envelope else request.delivery.attributes.get("schedule"),
-        "startedAt": started.isoformat(),
+        "startedAt": started.at.isoformat(),
         "finishedAt": finished.isoformat(),
-        "durationMs": round((finished - started).total_seconds() * 1000, 3),
+        "durationMs": started.elapsed_ms(),
         # risk-check's breaches: repeated as the reply's `alert` attribute, the one thing monitoring filters on.
         **({"alert": True} if result and result.get("alert") is True else {}),
     }

@@ -118,7 +118,9 @@ class StrandedRequests:
             "schedule": None,
             "startedAt": started.isoformat(),
             "finishedAt": now.isoformat(),
-            "durationMs": round((now - started).total_seconds() * 1000, 3),
+            # Two wall clocks, of two processes (perhaps two hosts): no monotonic clock spans them, and one stepped
+            # back or running behind must not make a negative duration, a reply the schema refuses.
+            "durationMs": max(round((now - started).total_seconds() * 1000, 3), 0.0),
             "recovered": True,
         }
         encoded = ReplyJson.of(reply)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 
 import pytest
@@ -141,3 +142,31 @@ def test_a_consumer_stopped_as_a_fill_arrives_closes_cleanly_and_the_next_one_bo
     wait_for(lambda: mode_collection(project, "openOrders") == [], what="the order closed in the books")
     # The commission report the gateway replays at connect is the sweep's to book, not a failed live booking.
     assert not [r for r in caplog.records if "booking failed" in r.getMessage()]
+
+
+def test_a_stranded_claim_dated_ahead_of_this_hosts_clock_is_answered_once(consumer_factory, bus: Bus, project: str):
+    """The sweep's durationMs runs from the claim's createdAt, written by the process that died, perhaps on a host
+    whose clock ran ahead of this one's: the duration was negative, the reply schema (minimum 0) refused the reply,
+    and the claim, finished just before, was never answered."""
+    now = dt.datetime.now(dt.UTC)
+    key = hashlib.sha256(b"ahead").hexdigest()  # consumer.store.layout: a claim's document id
+    mode_document(project).collection("requests").document(key).set(
+        {
+            "requestId": "ahead",
+            "intent": "summary",
+            "fingerprint": "0" * 64,
+            "dryRun": False,
+            "messageIds": ["message-ahead"],
+            "state": "running",
+            "owner": "another-host:1",
+            "leaseUntil": now - dt.timedelta(minutes=1),
+            "runs": 1,
+            "createdAt": now + dt.timedelta(minutes=10),
+            "updatedAt": now,
+        }
+    )
+    consumer_factory(stranded_after=1.0)
+    reply = bus.reply_to("message-ahead", timeout=60)
+    assert (reply["recovered"], reply["error"]["code"], reply["durationMs"]) == (True, "interrupted", 0)
+    bus.settle()
+    assert [r["messageId"] for r in bus.received].count("message-ahead") == 1

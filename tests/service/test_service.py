@@ -13,9 +13,11 @@ import shutil
 import signal
 import subprocess
 import threading
+from datetime import UTC, datetime, timedelta, tzinfo
 
 import pytest
 
+from consumer import dispatch
 from tests.support import (
     Bus,
     ConsumerProcess,
@@ -64,6 +66,26 @@ def test_summary_from_the_python_client_gets_one_reply_and_one_activity_record(c
     assert len(records) == 1
     assert records[0]["intent"] == "summary"
     assert records[0]["status"] == "ok"
+
+
+def test_a_wall_clock_stepped_back_mid_intent_still_gets_its_reply(consumer, bus: Bus, monkeypatch):
+    """NTP can step the wall clock back while an intent runs. durationMs was the difference of two wall-clock
+    readings: negative, the reply schema (minimum 0) refused it, and every delivery was nacked with no reply. The
+    duration is the monotonic clock's; startedAt and finishedAt stay the wall clock's, stepped back as it was."""
+    readings = itertools.count()
+
+    class SteppingBack(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
+            return datetime.now(tz) - timedelta(seconds=2 * next(readings))  # 2 s further back at each reading
+
+    monkeypatch.setattr(dispatch, "datetime", SteppingBack)
+    message_id = bus.publish({"intent": "summary"})
+    (reply,) = bus.replies_to(message_id)
+    assert reply["status"] == "ok", reply
+    assert reply["durationMs"] >= 0
+    assert datetime.fromisoformat(reply["finishedAt"]) < datetime.fromisoformat(reply["startedAt"])
+    assert datetime.fromisoformat(reply["startedAt"]).tzinfo == UTC
 
 
 def test_ib_lives_on_the_broker_loop_and_concurrent_callbacks_never_touch_it(consumer, bus: Bus):
