@@ -402,14 +402,17 @@ class Dispatcher:
             batch = services.db.batch()
             if claimed:
                 services.ledger.finish(batch, request.request_id, reply)
-            services.activity.record(batch, reply, attempt_params, request.delivery.delivery_attempt)
             try:
+                # The client encodes the record here, and refuses what it cannot encode (an integer beyond 64 bits:
+                # ValueError) before anything is sent; Firestore refuses at commit what it will not keep.
+                services.activity.record(batch, reply, attempt_params, request.delivery.delivery_attempt)
                 await batch.commit()
                 return
-            except google_exceptions.InvalidArgument as e:
+            except (google_exceptions.InvalidArgument, ValueError, TypeError) as e:
                 if attempt_params is None:
                     raise
-                # Firestore refused the record (too large, a name it reserves): keep the outcome, drop the params.
+                # The record was refused (too large, a name Firestore reserves, a value it cannot encode): keep the
+                # outcome, drop the params.
                 log.warning("activity record refused; storing it without its params", error=clip(str(e), 300))
 
 

@@ -26,6 +26,8 @@ MAX_MESSAGE_BYTES = 256 * 1024
 MAX_DEPTH = 16
 MAX_STRING_LENGTH = 4096
 MAX_KEY_LENGTH = 256
+# Integers as Firestore stores them (64-bit signed).
+MIN_INTEGER, MAX_INTEGER = -(2**63), 2**63 - 1
 
 # C0 and C1 control characters, DEL, and UTF-16 surrogates (a lone one cannot be stored or encoded).
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -238,8 +240,19 @@ def check_values(value: Any, path: str = "") -> None:
                 f"{path or '(message)'}: control character or lone surrogate U+{ord(bad.group()):04X} in "
                 f"{clip(repr(value))}",
             )
-    elif isinstance(value, float) and not math.isfinite(value):
+    elif isinstance(value, (int, float)):
+        _check_number(value, path)
+
+
+def _check_number(value: float, path: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
         raise BadRequest("non_finite_number", f"{path or '(message)'}: numbers must be finite (got {value})")
+    if isinstance(value, int) and not MIN_INTEGER <= value <= MAX_INTEGER:
+        # Python's JSON reads any integer whole; Firestore keeps 64 bits, and its client refuses more when the
+        # message's params are recorded, on every delivery. Like 1e400, it overflows what anything here can hold.
+        raise BadRequest(
+            "non_finite_number", f"{path or '(message)'}: integers must fit in 64 bits (got {clip(str(value))})"
+        )
 
 
 def _refuse_constant(name: str) -> Any:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer.envelope import MAX_DEPTH, Delivery
+from consumer.envelope import MAX_DEPTH, Delivery, check_values
 from consumer.errors import BadRequest
 from consumer.intake import RequestDecoder
 from consumer.intents import builtin_intents
@@ -102,6 +102,25 @@ def test_the_schemas_have_the_fields_these_tests_cover() -> None:
 def test_non_finite_numbers_are_refused_in_every_numeric_field(intent: str, path: tuple[str, ...], token: str) -> None:
     text = message_with(intent, path, SENTINEL_NUMBER).replace(str(SENTINEL_NUMBER), token)
     assert refused(text).code == "non_finite_number"
+
+
+@pytest.mark.parametrize("token", ["9223372036854775808", "-9223372036854775809", "100000000000000000000"])
+@pytest.mark.parametrize(("intent", "path"), NUMERIC_FIELDS, ids=lambda v: v if isinstance(v, str) else ".".join(v))
+def test_integers_beyond_64_bits_are_refused_in_every_numeric_field(
+    intent: str, path: tuple[str, ...], token: str
+) -> None:
+    """Firestore keeps 64-bit integers and its client refuses more (ValueError) when the params are recorded: a
+    threshold of 1e20 written as an integer passed the schema and failed every store, run five times."""
+    text = message_with(intent, path, SENTINEL_NUMBER).replace(str(SENTINEL_NUMBER), token)
+    problem = refused(text)
+    assert problem.code == "non_finite_number"
+    assert ".".join(path) in problem.message
+
+
+def test_integers_at_the_64_bit_bounds_are_accepted() -> None:
+    request = DECODER.decode(deliver(json.dumps({"intent": "cash-balancer", "params": {"threshold": 2**63 - 1}})))
+    assert request.problem is None, request.problem
+    check_values({"low": -(2**63), "high": 2**63 - 1})  # no BadRequest
 
 
 @pytest.mark.parametrize(

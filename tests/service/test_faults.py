@@ -451,3 +451,27 @@ def test_a_fill_that_arrives_while_the_gateway_has_lost_ib_is_booked_to_its_stra
     (closed,) = [o for o in mode_collection(project, "orders") if o["orderRef"] == tlt["orderRef"]]
     assert (closed["state"], closed["filled"]) == ("Filled", tlt["target"])
     assert booked_totals(project) == stock_positions(gateway)
+
+
+def test_params_firestore_cannot_encode_are_left_out_of_the_activity_record_on_the_first_attempt(
+    consumer_factory, bus: Bus, project: str
+):
+    """Firestore's client refuses an integer beyond 64 bits with ValueError while the batch is built, not with
+    InvalidArgument at commit, the one refusal the activity record fell back from (storing it without its params):
+    every attempt failed to store, ran the intent again, and the fifth was dead-lettered. Decoding refuses such a
+    number now; a handler that leaves one in its params stands for any other value the client cannot encode."""
+    attempts: list[int] = []
+
+    async def widening(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+        attempts.append(ctx.request.delivery.delivery_attempt or 0)
+        params["beyond"] = 2**64
+        return {"done": True}
+
+    intents = {**builtin_intents(), "ping": Intent(name="ping", handler=widening, description="widens its params")}
+    consumer_factory(intents=intents)
+    message_id = bus.publish({"intent": "ping"})
+    replies = bus.replies_to(message_id)
+    assert [(r["status"], r["result"]) for r in replies] == [("ok", {"done": True})]
+    (record,) = wait_for(lambda: activity(project, messageId=message_id), what="the activity record")
+    assert (record["status"], record["params"]) == ("ok", None)
+    assert attempts == [1]

@@ -51,6 +51,11 @@ def test_duplicate_dry_run_keys_never_trade(bus: Bus, gateway, project: str):
             "too_deep",
             id="params-25-deep",
         ),
+        pytest.param(
+            '{"intent": "cash-balancer", "params": {"threshold": 100000000000000000000}}',
+            "non_finite_number",
+            id="integer-beyond-64-bits",  # Firestore's client refused it at every store: run 5 times, dead-lettered
+        ),
     ],
 )
 def test_each_hostile_message_gets_one_short_error_reply_and_an_activity_record(
