@@ -12,14 +12,28 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
+from consumer.broker.hours import is_good_after_time
 from consumer.data import SCHEMA_DIR
 from consumer.errors import clip
 
 MAX_PROBLEMS = 10  # reported per message; the first ones are the most specific
+
+
+def format_checker() -> FormatChecker:
+    """The draft's formats (date-time...) and the product's own: `ib-good-after-time`, an order's goodAfterTime with a
+    zone that is one (a pattern cannot tell 'America', a folder of the tz database, from 'UTC')."""
+    checker = FormatChecker(formats=())
+    checker.checkers = dict(Draft202012Validator.FORMAT_CHECKER.checkers)
+    checker.checks("ib-good-after-time")(_good_after_time)
+    return checker
+
+
+def _good_after_time(value: object) -> bool:
+    return not isinstance(value, str) or is_good_after_time(value)  # a format says nothing of other types
 
 
 class SchemaViolation(ValueError):
@@ -55,8 +69,9 @@ class Schemas:
 
     @cached_property
     def _validators(self) -> dict[str, Draft202012Validator]:
+        checker = format_checker()
         return {
-            name: Draft202012Validator(doc, registry=self._registry, format_checker=Draft202012Validator.FORMAT_CHECKER)
+            name: Draft202012Validator(doc, registry=self._registry, format_checker=checker)
             for name, doc in self._documents.items()
         }
 

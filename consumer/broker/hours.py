@@ -10,7 +10,7 @@ than a calendar library of ours would have, and costs no dependency. Two formats
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 # IB's time zone ids are mostly IANA names, with a few of its own.
 _ZONE_ALIASES = {
@@ -60,8 +60,17 @@ def good_after(text: str, time_zone_id: str) -> datetime | None:
     try:
         local = datetime.strptime(f"{parts[0]} {parts[1]}", "%Y%m%d %H:%M:%S")
         return local.replace(tzinfo=zone(parts[2]) if len(parts) > 2 else zone(time_zone_id))
-    except (ValueError, KeyError, ZoneInfoNotFoundError):
+    except (ValueError, KeyError, OSError):
+        # ZoneInfo's refusals: ZoneInfoNotFoundError (a KeyError) for a name it does not know, ValueError for one that
+        # is not a relative path ('/etc', 'America/'), IsADirectoryError (an OSError) for a folder of the tz
+        # database ('America', 'US', 'Etc').
         return None
+
+
+def is_good_after_time(text: str) -> bool:
+    """Whether `text` is a goodAfterTime an order can carry: IB's format, a real date and time, and a zone, if it
+    names one, that is a time zone (the schemas check it as the format `ib-good-after-time`)."""
+    return len(text.split()) <= 3 and good_after(text, "UTC") is not None
 
 
 def closed_reason(symbol: str, hours: str, time_zone_id: str, now: datetime) -> str:

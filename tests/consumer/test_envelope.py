@@ -122,6 +122,40 @@ def test_bad_messages_are_refused_with_a_reason(
     assert fragment in p.message
 
 
+@pytest.mark.parametrize(
+    "good_after",
+    [
+        "20261207 09:35:00 America",  # a folder of the tz database: ZoneInfo raised IsADirectoryError
+        "20261207 09:35:00 US",
+        "20261207 09:35:00 Etc",
+        "20261207 09:35:00 Nowhere/Land",  # no such zone
+        "20261207 09:35:00 America/",
+        "20261399 09:35:00 US/Eastern",  # no such day
+        "20261207 24:00:00",
+    ],
+)
+@pytest.mark.parametrize("intent", ["allocation", "close-all", "cash-balancer"])
+def test_a_good_after_time_ib_could_not_read_is_refused_naming_the_field(
+    decoder: RequestDecoder, intent: str, good_after: str
+) -> None:
+    """A goodAfterTime whose zone named a folder of the tz database passed the schema's pattern and crashed the
+    closed-market check on every delivery: retried five times and dead-lettered with a path of the machine in it."""
+    p = problem(decoder, delivery({"intent": intent, "params": {"orderProperties": {"goodAfterTime": good_after}}}))
+    assert p.code == "invalid_params"
+    assert "params.orderProperties.goodAfterTime" in p.message
+    assert "zoneinfo" not in p.message  # no path of the machine's tz database
+
+
+@pytest.mark.parametrize(
+    "good_after",
+    ["20261207 09:35:00 US/Eastern", "20261207 09:35:00 America/Argentina/Buenos_Aires", "20261207 09:35:00 UTC",
+     "20261207 09:35:00"],
+)  # fmt: skip
+def test_a_good_after_time_ib_reads_is_accepted(decoder: RequestDecoder, good_after: str) -> None:
+    body = {"intent": "close-all", "params": {"orderProperties": {"goodAfterTime": good_after}}}
+    assert decoder.decode(delivery(body)).problem is None
+
+
 def test_unknown_intent_lists_the_known_ones(decoder: RequestDecoder) -> None:
     p = problem(decoder, delivery({"intent": "teleport"}))
     assert "summary" in p.message

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from consumer.broker.hours import closed_reason, is_open, next_open, sessions
+from consumer.broker.hours import closed_reason, good_after, is_open, next_open, sessions
 
 NEW = "20261123:0930-20261123:1600;20261124:0930-20261124:1600;20261126:CLOSED;20261127:0930-20261127:1300"
 OLD = "20261123:0930-1600;20261126:CLOSED;20261127:0930-1300"
@@ -62,3 +62,19 @@ def test_closed_reason_names_the_next_open_in_the_contracts_zone() -> None:
     assert closed_reason("SPY", "20261126:CLOSED", "America/New_York", on_thanksgiving) == (
         "SPY (no session in the hours the broker gave)"
     )
+
+
+def test_a_good_after_time_is_read_in_its_own_zone_else_the_contracts() -> None:
+    assert good_after("20261207 09:35:00 US/Eastern", "Europe/London") == datetime(2026, 12, 7, 14, 35, tzinfo=UTC)
+    assert good_after("20261207 09:35:00", "Europe/London") == datetime(2026, 12, 7, 9, 35, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "zone",
+    ["America", "US", "Etc", "Nowhere/Land", "America/", "/etc/localtime", "../UTC"],
+    ids=["folder-America", "folder-US", "folder-Etc", "unknown", "trailing-slash", "absolute", "parent"],
+)
+def test_a_good_after_time_whose_zone_is_not_one_is_no_time(zone: str) -> None:
+    """ZoneInfo refuses such names three ways (KeyError, ValueError, and IsADirectoryError for a folder of the tz
+    database, which escaped and failed the intent as transient on every delivery): each is no time at all."""
+    assert good_after(f"20261207 09:35:00 {zone}", "America/New_York") is None

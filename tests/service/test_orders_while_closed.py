@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Bus, allocation, holdings, mode_collection, wait_for, write_config
+from tests.support import CLOCKS, Bus, allocation, holdings, mode_collection, wait_for, write_config
 
 pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
 
@@ -99,3 +99,18 @@ def test_an_outside_rth_limit_order_is_rejected_when_even_the_extended_session_i
     assert (reply["status"], reply["error"]["code"]) == ("rejected", "market_closed"), reply
     assert "SPY (opens 2026-06-18 09:30 America/New_York)" in reply["error"]["message"]
     assert gateway.orders() == []
+
+
+@pytest.mark.parametrize("market_clock", [CLOCKS["saturday"]], indirect=True)
+def test_a_good_after_time_naming_a_folder_of_zones_gets_one_invalid_params_reply_and_no_order(
+    bus: Bus, gateway, project: str
+):
+    """'America' is a folder of the tz database, not a zone: the closed-market check crashed on it (IsADirectoryError)
+    on every delivery, and the message was dead-lettered with a path of the machine in its one reply."""
+    properties = {"goodAfterTime": "20261207 09:35:00 America"}
+    message_id = bus.publish(allocation({"SPY": 0.05}, params={"orderProperties": properties}))
+    (reply,) = bus.replies_to(message_id)
+    assert (reply["status"], reply["error"]["code"]) == ("error", "invalid_params"), reply
+    assert "params.orderProperties.goodAfterTime" in reply["error"]["message"]
+    assert gateway.orders() == []
+    assert holdings(project) == {}
