@@ -6,6 +6,8 @@
     run the handler (trading intents one at a time, under a timeout, renewing the claim's lease)
     settle: store the reply with the claim + the activity record ‖ publish the reply  ──>  ack
     transient failure: release the claim, nack, or on the last attempt dead-letter + error reply, ack
+    store failure: release the claim, nack, or on the last attempt store the claim alone, dead-letter + reply, ack
+                   (the claim cannot be stored either: no reply, the claim is left to the stranded-request sweep)
 
 A message is acked only once its effects are stored and its reply is published. Read-only intents run while their
 claim is being written (they have no effects to undo), which takes a Firestore round trip off their latency.
@@ -370,14 +372,25 @@ class Dispatcher:
                     # lease as duplicates, and the last one would be acked with no reply at all.
                     await services.ledger.release(request.request_id, clip(f"store_failed: {e}", 500))
                 return Settlement.NACK
-            # The last attempt: one reply, and the message to the dead-letter topic with what went wrong.
-            log.error("could not store the outcome on the last attempt; replying and dead-lettering", error=str(e))
+            # The last attempt: the reply stored with the claim alone (the activity record is what Firestore
+            # refuses, as a rule), then one reply, and the message to the dead-letter topic with what went wrong.
+            log.error("could not store the outcome on the last attempt; dead-lettering", error=str(e))
+            answerable = not claimed or await self._finish_claim_alone(request, encoded)
             try:
                 if not dead_lettered:  # once per message, even when the failure that got it here was dead-lettered
                     await services.publishing.dead_letter(request.delivery, "store_failed", clip(str(e), 500))
             except Exception as dead:
                 log.error("could not dead-letter; nacked", error=str(dead))
                 return Settlement.NACK
+            if not answerable:
+                # A claim left running is the stranded-request sweep's to answer once Firestore takes writes again
+                # (its lease has stopped being renewed). A reply now would be a second one then.
+                log.error(
+                    "could not store the reply with its claim either; no reply: the stranded-request sweep answers it",
+                    status=reply["status"],
+                    **({"error": reply["error"]} if reply.get("error") else {}),
+                )
+                return Settlement.ACK
         try:
             await services.publishing.reply(encoded)
         except Exception as e:
@@ -394,6 +407,21 @@ class Dispatcher:
             **({"error": reply["error"]} if reply.get("error") else {}),
         )
         return Settlement.ACK
+
+    async def _finish_claim_alone(self, request: Request, reply: ReplyJson) -> bool:
+        """The claim finished with its reply, without the activity record: whether the reply may go out. Once the
+        claim is done, nothing answers the request again (the sweep takes only running claims, a redelivery gets the
+        stored reply); a claim still running would be answered by the sweep, so it may not."""
+        batch = self._services.db.batch()
+        self._services.ledger.finish(batch, request.request_id, reply)
+        try:
+            await batch.commit()
+        except google_exceptions.NotFound:
+            return True  # the claim is gone (its documents deleted): no sweep will find it, this is the one reply
+        except Exception as e:
+            log.error("could not store the reply with its claim", error=clip(str(e), 300))
+            return False
+        return True
 
     async def _store_outcome(self, request: Request, reply: ReplyJson, claimed: bool) -> None:
         services = self._services

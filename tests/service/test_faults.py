@@ -281,11 +281,15 @@ def test_a_message_that_keeps_failing_is_dead_lettered_and_the_consumer_keeps_se
     assert bus.reply_to(bus.publish({"intent": "summary"}))["status"] == "ok"
 
 
-def test_an_outcome_that_can_never_be_stored_is_answered_once_and_dead_lettered(consumer_factory, bus: Bus):
+def test_an_outcome_that_can_never_be_stored_is_answered_once_and_dead_lettered(
+    consumer_factory, bus: Bus, project: str
+):
     """Issue 13 (6): settle stores before it publishes, so a store failure is nacked with no reply, and on the last
     attempt the message gets its one reply and goes to the dead-letter topic. Firestore refuses a map key like
     `__x__` in the activity record's error every time: the store fails on every attempt, not by chance. (A result
-    cannot do that since replies are stored as JSON text, decision 19; an error is stored as a map.)"""
+    cannot do that since replies are stored as JSON text, decision 19; an error is stored as a map.) The last
+    attempt stores the reply with the claim alone before it goes out: the claim was left running, and the
+    stranded-request sweep answered the message a second time (`interrupted`, recovered)."""
     attempts: list[int] = []
 
     async def unstorable(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
@@ -293,7 +297,7 @@ def test_an_outcome_that_can_never_be_stored_is_answered_once_and_dead_lettered(
         raise IntentError("unstorable", "its details use a name Firestore reserves", {"__x__": "reserved"})
 
     intents = {**builtin_intents(), "ping": Intent(name="ping", handler=unstorable, description="unstorable")}
-    consumer_factory(intents=intents)
+    consumer_factory(intents=intents, stranded_after=1.0)  # the sweep's shortest wait
     message_id = bus.publish({"intent": "ping"})
 
     dead = bus.dead_letter(timeout=90)
@@ -307,7 +311,12 @@ def test_an_outcome_that_can_never_be_stored_is_answered_once_and_dead_lettered(
         "details": {"__x__": "reserved"},
     }
     assert attempts == [1, 2, 3, 4, 5]
+    (claim,) = wait_for(
+        lambda: [c for c in mode_collection(project, "requests") if c["state"] == "done"], what="the claim finished"
+    )
+    assert json.loads(claim["replyJson"])["error"]["code"] == "unstorable"  # what the sweep leaves alone
     assert bus.reply_to(bus.publish({"intent": "summary"}))["status"] == "ok"
+    assert [r["error"]["code"] for r in bus.replies_to(message_id)] == ["unstorable"]
 
 
 def test_an_error_whose_details_nest_arrays_is_stored_on_the_first_attempt(consumer_factory, bus: Bus, project: str):
