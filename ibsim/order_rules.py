@@ -142,7 +142,7 @@ def good_after(text: str, default_zone: str) -> dt.datetime | None:
     try:
         local = dt.datetime.strptime(f"{parts[0]} {parts[1]}", "%Y%m%d %H:%M:%S")
         return local.replace(tzinfo=ZoneInfo(parts[2] if len(parts) > 2 else default_zone))
-    except (ValueError, ZoneInfoNotFoundError):
+    except (ValueError, OSError, ZoneInfoNotFoundError):  # a folder of zones ("America") is an OSError
         return None
 
 

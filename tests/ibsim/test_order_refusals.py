@@ -12,6 +12,7 @@ import pytest
 from ib_insync import IB, Contract, Forex, LimitOrder, MarketOrder, Stock, StopLimitOrder, Trade
 
 from ibsim import ThreadedGateway
+from ibsim.order_rules import good_after
 from tests.support import IB_MARGIN_REJECTION
 
 from .conftest import kept_state, wait_until
@@ -301,3 +302,13 @@ def test_a_forex_order_below_the_idealpro_minimum_gets_399_and_still_fills(gw: T
         )
     ]
     assert {e["orderRef"] for e in gw.executions()} == {"odd-lot", "round-lot"}
+
+
+@pytest.mark.parametrize("text", ["20261207 09:30:00 America", "20261207 09:30:00 Nowhere/Zone", "2026 09:30", "x y"])
+def test_a_good_after_time_ibsim_cannot_read_is_no_time_not_a_crash(text: str) -> None:
+    assert good_after(text, "America/New_York") is None
+
+
+def test_a_good_after_time_is_read_in_its_zone_else_the_exchanges() -> None:
+    assert str(good_after("20261207 09:30:00 US/Eastern", "Europe/Berlin")) == "2026-12-07 09:30:00-05:00"
+    assert str(good_after("20261207 09:30:00", "Europe/Berlin")) == "2026-12-07 09:30:00+01:00"
