@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -28,7 +29,7 @@ import structlog
 from google.api_core import exceptions as google_exceptions
 
 from consumer.envelope import Request
-from consumer.errors import Failure, GatewayReadOnly, IntentError, Rejected, Transient, as_transient, clip
+from consumer.errors import Failure, GatewayReadOnly, IntentError, LeaseLost, Rejected, Transient, as_transient, clip
 from consumer.intents.base import Intent, IntentContext
 from consumer.logs import get_logger
 from consumer.reply_json import ReplyJson
@@ -181,13 +182,24 @@ class Dispatcher:
             return await self._duplicate(request, claim)
 
         claim_ms = (time.perf_counter() - claim_started) * 1000
+        return await self._run_claimed(
+            request,
+            started,
+            run if run is not None else self._run(intent, request, first_run=claim.first_run, claim_ms=claim_ms),
+        )
+
+    async def _run_claimed(self, request: Request, started: Started, run: Awaitable[dict[str, Any]]) -> Settlement:
+        """Runs a request this process holds the claim of, renewing its lease, and settles the outcome."""
+        ledger = self._services.ledger
         lease = asyncio.create_task(ledger.keep_alive(request.request_id))
         try:
-            result = await (
-                run if run is not None else self._run(intent, request, first_run=claim.first_run, claim_ms=claim_ms)
-            )
+            result = await run
         except Failure as failure:
             return await self._settle(request, started, failure=failure)
+        except LeaseLost as e:
+            # Another delivery may own the request now: it runs it and replies. Nothing was placed here.
+            log.warning("claim lost before placing; left to its owner", error=str(e))
+            return Settlement.NACK
         except asyncio.CancelledError:
             await ledger.release(request.request_id, "interrupted by shutdown")
             log.warning("intent interrupted by shutdown; it will be redelivered")

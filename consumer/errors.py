@@ -73,6 +73,12 @@ class GatewayReadOnly(Rejected):
         )
 
 
+class LeaseLost(Exception):
+    """This process no longer holds the request's claim: its lease lapsed (renewals failed) and another delivery
+    may have taken it over. The run stops before it places anything, and leaves the claim and the reply to the
+    owner."""
+
+
 class Transient(Exception):
     """Retry later: the gateway is down, Firestore is unavailable, the connection dropped mid-intent."""
 

@@ -439,16 +439,21 @@ async def send_orders(
                 taken.update(await ctx.broker.quotes(lacking))
         to_send = {o.order_ref: o for o in engine.priced(to_send.values(), taken)}
     with ctx.timed("orders"):
-        await services.books.write_pending(
-            PendingOrder(
-                order_ref=ref,
-                request_id=ctx.request_id,
-                intent=ctx.request.intent or "",
-                instrument=o.instrument.describe(),
-                quantity=o.quantity,
-                shares=dict(shares.get(ref, {})),
-            )
-            for ref, o in to_send.items()
+        # Written ahead while the claim is checked still ours (a run whose lease lapsed must not place beside a
+        # redelivery that took it over): the same round trip.
+        await asyncio.gather(
+            services.books.write_pending(
+                PendingOrder(
+                    order_ref=ref,
+                    request_id=ctx.request_id,
+                    intent=ctx.request.intent or "",
+                    instrument=o.instrument.describe(),
+                    quantity=o.quantity,
+                    shares=dict(shares.get(ref, {})),
+                )
+                for ref, o in to_send.items()
+            ),
+            services.ledger.hold(ctx.request_id),
         )
     outcomes = {**found, **await engine.place(to_send.values())}
     # "orders" ends when the last leg is handed to ib_insync; its pacing of the sends counts as confirmations.

@@ -20,6 +20,7 @@ from google.api_core import exceptions
 from google.cloud.firestore import AsyncWriteBatch, DocumentSnapshot
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from consumer.errors import LeaseLost
 from consumer.logs import get_logger
 from consumer.reply_json import ReplyJson, dumps
 from consumer.store.layout import Layout
@@ -78,6 +79,11 @@ class Claim:
         """Won by creating the claim: no earlier delivery of this request id claimed it, as far as Firestore knows
         (a redelivery after a release, or a lapsed lease taken over, is a later run)."""
         return self.won and self.runs == 1
+
+
+# Lease a run must still hold to place orders: it is renewed every third of the lease, so less than this left
+# means its renewals have failed for most of the lease, and a redelivery may take the claim any moment.
+HOLD_SPARE = timedelta(seconds=2)
 
 
 class RequestLedger:
@@ -204,6 +210,17 @@ class RequestLedger:
                     "updatedAt": datetime.now(UTC),
                 }
             )
+
+    async def hold(self, request_id: str) -> None:
+        """Raises LeaseLost unless this process still owns the claim, running, with lease to spare: the check a run
+        makes before it places orders. A run whose renewals failed until its lease lapsed can be taken over by a
+        redelivery elsewhere, and two runs placing at once could both miss the other's orders at the broker."""
+        claim = (await self._layout.request(request_id).get()).to_dict() or {}
+        lease_until = claim.get("leaseUntil")
+        if claim.get("owner") != self._owner or claim.get("state") != ClaimState.RUNNING.value:
+            raise LeaseLost(f"request {request_id} is now {claim.get('state')} under {claim.get('owner')!r}")
+        if lease_until is None or lease_until - datetime.now(UTC) < HOLD_SPARE:
+            raise LeaseLost(f"request {request_id}'s lease runs out at {lease_until}: its renewals failed")
 
     async def keep_alive(self, request_id: str) -> None:
         """Renews the lease while the request runs, so only a dead process's claim can expire."""
