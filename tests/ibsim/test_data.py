@@ -137,7 +137,12 @@ def test_account_values_move_after_a_fill(gw: ThreadedGateway, ib: IB) -> None:
     wait_until(ib, trade.isDone, what="fill")
     commission = trade.fills[0].commissionReport.commission
     assert values(ib, "CashBalance")["USD"] == 1_000_000  # the account window follows the fill a moment later
-    wait_until(ib, lambda: values(ib, "CashBalance")["USD"] != 1_000_000, what="the account values after the fill")
+    # The account values and the portfolio row come in separate messages: wait for both.
+    wait_until(
+        ib,
+        lambda: values(ib, "CashBalance")["USD"] != 1_000_000 and ib.portfolio(),
+        what="the account values and the portfolio after the fill",
+    )
     assert values(ib, "CashBalance")["USD"] == pytest.approx(1_000_000 - 100 * 420.01 - commission)
     assert values(ib, "GrossPositionValue")["USD"] == pytest.approx(42_000)
     assert values(ib, "NetLiquidation")["USD"] == pytest.approx(1_054_250 - 1.0 - commission)
