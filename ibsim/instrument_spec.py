@@ -45,7 +45,7 @@ class InstrumentSpec:
     starting price and volatility, quoting (spread, tick), history (`bars`) and market-data permission.
     """
 
-    key: str  # how tests and the fault API name it: SPY, EUR.USD, ES
+    key: str  # how tests and the fault API name it: SPY, EUR.USD, ES; SAP.NYSE beside SAP (two listings, one symbol)
     symbol: str  # the contract's symbol: SPY, EUR, ES
     secType: str  # STK, CASH, FUT (ETF is a STK)
     kind: str  # STK, ETF, CASH, FUT as the scenario says
@@ -114,9 +114,11 @@ DEFAULT_EXCHANGE = {"STK": "SMART", "ETF": "SMART", "CASH": "IDEALPRO", "FUT": "
 def instrument_spec(raw: dict[str, Any], where: str, today: dt.date) -> InstrumentSpec:
     kind = raw["secType"]
     sec_type = "STK" if kind == "ETF" else kind
-    key = raw["symbol"]
+    key = raw.get("key", raw["symbol"])
     exchange = raw.get("exchange") or DEFAULT_EXCHANGE[kind]
     if sec_type == "CASH":
+        if key != raw["symbol"]:
+            raise ScenarioError(f"{where}.key: a forex pair is named by its symbol ({raw['symbol']}), not {key!r}")
         base, dot, quote = key.partition(".")
         if not dot or len(base) != 3 or len(quote) != 3:
             raise ScenarioError(f"{where}.symbol: forex is written BASE.QUOTE like EUR.USD, not {key!r}")
@@ -128,9 +130,11 @@ def instrument_spec(raw: dict[str, Any], where: str, today: dt.date) -> Instrume
         default_tick = 0.005 if quote == "JPY" else 0.00005
         primary = raw.get("primaryExchange", "")
     else:
+        symbol = raw["symbol"]
+        if not symbol.replace(".", "").replace(" ", "").isalnum():
+            raise ScenarioError(f"{where}.symbol: {symbol!r} is not a symbol")
         if not key.replace(".", "").replace(" ", "").isalnum():
-            raise ScenarioError(f"{where}.symbol: {key!r} is not a symbol")
-        symbol = key
+            raise ScenarioError(f"{where}.key: {key!r} is not a name (letters, digits, dots)")
         currency = currency_code(raw.get("currency", "USD"), f"{where}.currency")
         default_tick = 0.25 if sec_type == "FUT" else 0.01
         primary = raw.get("primaryExchange", exchange if exchange != "SMART" else "")
@@ -159,7 +163,7 @@ def instrument_spec(raw: dict[str, Any], where: str, today: dt.date) -> Instrume
         minTick=float(raw.get("minTick", default_tick)),
         conId=int(raw.get("conId") or auto_con_id(key, sec_type)),
         lastTradeDateOrContractMonth=last_trade,
-        longName=raw.get("longName", key),
+        longName=raw.get("longName", raw["symbol"]),
         bars=bars,
         permissions=str(raw.get("permissions", "")),
         shortable=bool(raw.get("shortable", True)),

@@ -62,12 +62,24 @@ def order_ref(intent: str, request_id: str, leg: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class LegOrder:
-    """One order to place: signed quantity on an instrument, under its orderRef (and, for LMT, its price)."""
+    """One order to place: signed quantity on an instrument, under its orderRef (and, for LMT, its price).
+    `former_ref`: the orderRef the same leg had before refs carried the conId (decision 38), under which an order
+    placed before that upgrade is still found, on this instrument only."""
 
     order_ref: str
     instrument: Instrument
     quantity: float  # signed
     limit_price: float | None = None
+    former_ref: str = ""
+
+    @classmethod
+    def of_instrument(cls, intent: str, request_id: str, instrument: Instrument, quantity: float) -> LegOrder:
+        """A leg per (request, instrument): the conId tells apart the listings one symbol has (SAP on IBIS and on
+        NYSE, SHOP on TSX and on NYSE), which one request may well trade together (a strategy moving from one to
+        the other, two strategies, a close-all). Under the symbol alone they shared one orderRef: one leg was found
+        as the other's order and never placed, or one's working order was never cancelled."""
+        symbol_ref = order_ref(intent, request_id, instrument.symbol)
+        return cls(f"{symbol_ref}-{instrument.con_id}", instrument, quantity, former_ref=symbol_ref)
 
 
 @dataclass(slots=True)
@@ -90,6 +102,7 @@ class Outcome:
     tif: str = ""
     held: dict[str, Any] | None = None  # IB holds it (399: for the session; 404: for a locate): code, text, until
     notes: list[dict[str, Any]] | None = None  # IB's notes that hold nothing (399: a forex odd lot): code, text
+    con_id: int = 0  # the instrument's, as the broker gave it (0: not given)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -127,6 +140,7 @@ def outcome_of(trade: Trade, existing: bool = False) -> Outcome:
     return Outcome(
         order_ref=trade.order.orderRef,
         fate=fate,
+        con_id=trade.contract.conId,
         status=status,
         order_id=trade.order.orderId or None,
         perm_id=trade.order.permId or None,
@@ -369,8 +383,21 @@ class OrderEngine:
         self.confirming_ms = (time.perf_counter() - sent) * 1000
         return outcomes
 
-    async def find(self, refs: set[str], asked: Asked | None = None) -> dict[str, Outcome]:
-        return await find_orders(self._ib, self._requests, refs, within=self._lookup_timeout, asked=asked)
+    async def find(self, legs: Iterable[LegOrder], asked: Asked | None = None) -> dict[str, Outcome]:
+        """The legs the broker already has, by each one's orderRef (or its `former_ref`, on its instrument)."""
+        legs = list(legs)
+        former = {leg.former_ref: leg for leg in legs if leg.former_ref}
+        found = await find_orders(
+            self._ib, self._requests, {leg.order_ref for leg in legs} | set(former), self._lookup_timeout, asked
+        )
+        for ref, outcome in list(found.items()):
+            leg = former.get(ref)
+            if leg is not None:
+                del found[ref]
+                # An order whose conId the broker did not give is taken for this leg's: never send twice.
+                if outcome.con_id in (0, leg.instrument.con_id) and leg.order_ref not in found:
+                    found[leg.order_ref] = outcome  # its `order_ref` stays the broker's: the books know it by that
+        return found
 
     async def _confirm_counted(self, trade: Trade, total: int, held: asyncio.Future[Any]) -> bool:
         try:
@@ -580,6 +607,7 @@ def _match(refs: set[str], trades: Iterable[Trade], fills: Iterable[Fill]) -> di
             found[ref] = Outcome(
                 order_ref=ref,
                 fate=Fate.WORKING,
+                con_id=fill.contract.conId,
                 status="Executed",
                 order_id=fill.execution.orderId,
                 perm_id=fill.execution.permId,

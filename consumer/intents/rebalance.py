@@ -20,7 +20,7 @@ from typing import Any
 from consumer.broker.broker import Broker, OrderSnapshot
 from consumer.broker.instruments import Instrument
 from consumer.broker.model import Account, BrokerOrder, Fate, Quote, is_done
-from consumer.broker.orders import ConnectionRecord, LegOrder, Outcome, discard, order_ref
+from consumer.broker.orders import ConnectionRecord, LegOrder, Outcome, discard
 from consumer.errors import IntentError, Rejected, Transient
 from consumer.intents.base import IntentContext
 from consumer.portfolio import EPSILON, Leg, net_legs
@@ -342,7 +342,7 @@ class Rebalance:
 
         intent = ctx.request.intent or "trade"
         orders = {
-            c: LegOrder(order_ref(intent, ctx.request_id, instruments[c].symbol), instruments[c], leg.quantity)
+            c: LegOrder.of_instrument(intent, ctx.request_id, instruments[c], leg.quantity)
             for c, leg in trading.items()
         }
         outcomes: dict[str, Outcome] = {}
@@ -429,7 +429,7 @@ async def send_orders(
     # An earlier run of this request may have placed any of them. Every leg is looked up at the broker, whatever
     # Firestore says: its data may have been lost, restored or rolled back since. Never send twice.
     with ctx.timed("orders"):
-        found = await engine.find(set(orders), asked=asked)
+        found = await engine.find(orders.values(), asked=asked)
     to_send = {ref: o for ref, o in orders.items() if ref not in found}
     if engine.limits and to_send:
         taken = dict(quotes or {})
@@ -472,7 +472,9 @@ async def send_orders(
             services.metrics.count("orders", o.fate.value)
             ctx.log.info("order settled", orderRef=ref, outcome=o.fate.value, status=o.status, filled=o.filled)
         if is_done(o.status) and o.filled == 0:
-            await services.books.close_order(ref, o.status, 0.0)  # rejected or cancelled at once: nothing to book
+            await services.books.close_order(
+                o.order_ref, o.status, 0.0
+            )  # rejected or cancelled at once: nothing to book
     return outcomes
 
 

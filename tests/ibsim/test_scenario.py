@@ -66,6 +66,19 @@ def test_default_scenario() -> None:
         ({"instruments": [{"symbol": "A", "secType": "OPT", "price": 1}]}, "instruments[0].secType: 'OPT' is not one"),
         ({"instruments": [{"symbol": "EURUSD", "secType": "CASH", "price": 1}]}, "instruments[0].symbol: forex is"),
         ({"instruments": [{"symbol": "NQ", "secType": "FUT", "price": 1}]}, "instruments[0].multiplier: a future"),
+        (
+            {"instruments": [{"symbol": "EUR.USD", "key": "EURO", "secType": "CASH", "price": 1}]},
+            "instruments[0].key: a forex pair is named by its symbol (EUR.USD), not 'EURO'",
+        ),
+        (
+            {
+                "instruments": [
+                    {"symbol": "SAP", "secType": "STK", "price": 1},
+                    {"symbol": "SAP", "secType": "STK", "price": 1},
+                ]
+            },
+            "instruments[1].symbol: 'SAP' is defined twice",
+        ),
         ({"accounts": [{"id": "DU1", "baseCurrency": "ABC"}]}, "accounts[0].baseCurrency: 'ABC' is not a currency"),
         ({"accounts": [{"id": "DU1", "cash": {"usd": 5}}]}, "accounts[0].cash.usd: 'usd' is not a currency"),
         (
@@ -224,3 +237,41 @@ def test_an_order_pending_cancel_when_the_gateway_stopped_is_cancelled_after_its
     with ThreadedGateway(port=0, scenario=sim_scenario(), state_file=state) as gw:
         assert [(o["orderRef"], o["status"]) for o in gw.orders()] == [("cut-off", "Cancelled")]
         assert gw.executions() == []
+
+
+def test_two_listings_of_one_symbol_are_two_instruments_told_apart_by_currency_and_listing() -> None:
+    """SAP trades on IBIS in EUR and on NYSE in USD: one symbol, one localSymbol, two conIds. A scenario names the
+    second by its `key`; IB finds each by its currency or listing, and a contract naming neither is ambiguous."""
+    nyse = {"key": "SAP.NYSE", "symbol": "SAP", "secType": "STK", "primaryExchange": "NYSE", "price": 180.0}
+    ibis = {"symbol": "SAP", "secType": "STK", "primaryExchange": "IBIS", "currency": "EUR", "price": 175.0}
+    scenario = sim_scenario(
+        {
+            "instruments": [ibis, nyse],
+            "accounts": [
+                {"id": "DU1", "positions": [{"symbol": "SAP", "quantity": 3}, {"symbol": "SAP.NYSE", "quantity": 4}]}
+            ],
+        }
+    )
+    sap, sap_nyse = scenario.instrument("SAP"), scenario.instrument("SAP.NYSE")
+    assert (sap.symbol, sap_nyse.symbol, sap_nyse.longName) == ("SAP", "SAP", "SAP")
+    assert sap.conId != sap_nyse.conId
+    with ThreadedGateway(port=0, scenario=scenario) as gw:
+        ensure_loop()
+        ib = IB()
+        ib.connect("127.0.0.1", gw.port, clientId=1, timeout=4)
+        try:
+            held = sorted((p.contract.localSymbol, p.contract.currency, p.position) for p in ib.positions())
+            assert held == [("SAP", "EUR", 3), ("SAP", "USD", 4)]
+            (usd,) = ib.qualifyContracts(Stock("SAP", "SMART", "USD"))
+            (eur,) = ib.qualifyContracts(Stock("SAP", "SMART", "EUR"))
+            assert (usd.conId, usd.primaryExchange, eur.conId, eur.primaryExchange) == (
+                sap_nyse.conId, "NYSE", sap.conId, "IBIS",
+            )  # fmt: skip
+            assert len(ib.reqContractDetails(Stock("SAP", "SMART"))) == 2  # ambiguous: qualifying it would fail
+            trade = ib.placeOrder(usd, MarketOrder("SELL", 4, orderRef="sap-usd"))
+            wait_until(ib, trade.isDone, what="the NYSE listing's sale to fill")
+            assert gw.positions("DU1") == {"SAP": 3}
+            # The inspection API names instruments by key, as the scenario does.
+            assert [(e["orderRef"], e["symbol"], e["shares"]) for e in gw.executions()] == [("sap-usd", "SAP.NYSE", 4)]
+        finally:
+            ib.disconnect()
