@@ -103,7 +103,7 @@ class Bookkeeper:
     def start(self) -> None:
         """Hooks the broker's events (hooked once: they hold across reconnects)."""
         self._broker.on_fill(self._on_fill)
-        self._broker.on_order_done(lambda order: self._queue.put_nowait(Finished(order)))
+        self._broker.on_order_done(self._on_order_done)
         self._broker.add_listener(self._on_gateway)
         self._worker = asyncio.create_task(self._work(), name="bookkeeper")
 
@@ -113,8 +113,18 @@ class Bookkeeper:
         if self._ours(fill) and self._broker.ready:
             self._queue.put_nowait(Booked(fill))
 
+    def _on_order_done(self, order: BrokerOrder) -> None:
+        # A login's accounts share orderRefs (one request id runs once per account): another account's order
+        # finishing says nothing of ours under the same ref, which may well be working still.
+        if self.account is None or order.is_for(self.account):
+            self._queue.put_nowait(Finished(order))
+
     def _ours(self, fill: Fill) -> bool:
         return self.account is None or fill.account == self.account
+
+    def _session_fills(self) -> list[Fill]:
+        """This connection's executions of this bookkeeper's account (a login's connection sees all its accounts')."""
+        return [f for f in self._broker.session_fills() if self._ours(f)]
 
     async def stop(self) -> None:
         if self._queue.qsize():
@@ -220,7 +230,9 @@ class Bookkeeper:
     ) -> tuple[list[dict[str, Any]], int, list[str]]:
         docs = await self._books.open_orders()
         try:
-            at_broker = await self._broker.find_orders({d["orderRef"] for d in docs}, record=record)
+            at_broker = await self._broker.find_orders(
+                {d["orderRef"] for d in docs}, record=record, account=self.account
+            )
         except GatewayReadOnly:
             # IB refuses a read-only API the order lists: what became of these is unknown, so they stay open.
             log.warning("open orders in the books left open: the gateway's API is read-only", orders=len(docs))
@@ -253,10 +265,11 @@ class Bookkeeper:
             missing = found.filled - booked
             # Executions the gateway still knows are booked normally (live or by this sweep); only fills it no
             # longer reports (an earlier day's) are booked from the order itself.
-            known = [*reported, *self._broker.session_fills()]
+            known = [*reported, *self._session_fills()]
             unbooked = {f.exec_id for f in known if f.order_ref == ref} - set(doc.get("execIds", []))
             if missing > EPSILON and not unbooked:
-                fresh = await self._broker.executions() if fresh is None else fresh
+                if fresh is None:
+                    fresh = [f for f in await self._broker.executions() if self._ours(f)]
                 made_up = await self._fill_in(doc, found, missing, fresh)
                 if made_up is not None:
                     synthetic.append(made_up)

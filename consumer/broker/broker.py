@@ -317,10 +317,15 @@ class Broker:
         return None if since is None else ConnectionRecord(since, self._gateway.synchronised)
 
     async def find_orders(
-        self, refs: set[str], within: float | None = None, record: ConnectionRecord | None = None
+        self,
+        refs: set[str],
+        within: float | None = None,
+        record: ConnectionRecord | None = None,
+        account: str | None = None,
     ) -> dict[str, Outcome]:
+        """By orderRef; `account`: that account's orders only (a login's accounts share refs: find_orders)."""
         within = self._gateway.order_lookup_timeout if within is None else within
-        return await find_orders(self._ib, self._gateway.requests, refs, within, asked=record)
+        return await find_orders(self._ib, self._gateway.requests, refs, within, asked=record, account=account)
 
     async def cancel(self, orders: Iterable[BrokerOrder], within: float) -> dict[str, Outcome]:
         """Cancels these working orders of ours and waits until IB has finished each, by orderRef.
@@ -336,8 +341,11 @@ class Broker:
             trades = self._trades(orders)
         outcomes = await cancel_orders(self._ib, self._gateway.requests, trades, within)
         missing = {o.order_ref for o in orders} - outcomes.keys()
-        if missing:  # no longer open at all: what it came to is found by orderRef
-            outcomes.update(await self.find_orders(missing, within))
+        if missing:  # no longer open at all: what it came to is found by orderRef, in its own account
+            accounts = {o.account for o in orders if o.order_ref in missing}
+            outcomes.update(
+                await self.find_orders(missing, within, account=accounts.pop() if len(accounts) == 1 else None)
+            )
         return outcomes
 
     def _trades(self, orders: list[BrokerOrder]) -> list[Trade]:

@@ -375,7 +375,9 @@ class OrderEngine:
         if unconfirmed:
             # Ambiguous is not failed: the order may well be live. Ask the broker; never place it again.
             try:
-                resolved = await find_orders(self._ib, self._requests, unconfirmed, within=self._timeout)
+                resolved = await find_orders(
+                    self._ib, self._requests, unconfirmed, within=self._timeout, account=self._account
+                )
             except TimeoutError:
                 resolved = {}  # still unknown: reported as unconfirmed, left open in the books for reconciliation
             for ref in unconfirmed & resolved.keys():
@@ -388,7 +390,12 @@ class OrderEngine:
         legs = list(legs)
         former = {leg.former_ref: leg for leg in legs if leg.former_ref}
         found = await find_orders(
-            self._ib, self._requests, {leg.order_ref for leg in legs} | set(former), self._lookup_timeout, asked
+            self._ib,
+            self._requests,
+            {leg.order_ref for leg in legs} | set(former),
+            self._lookup_timeout,
+            asked,
+            account=self._account,
         )
         for ref, outcome in list(found.items()):
             leg = former.get(ref)
@@ -489,8 +496,12 @@ async def cancel_orders(ib: IB, requests: SharedRequests, trades: Iterable[Trade
         outcomes[ref] = replace(outcomes[ref], status="PendingCancel", fate=Fate.UNCONFIRMED)
     late = {t.order.orderRef for t, done in zip(trades, finished, strict=True) if not done} | refused
     if late:
+        # A login's accounts share orderRefs (a ref comes from the request id): only these orders' accounts count.
+        accounts = {t.order.account for t in trades if t.order.orderRef in late}
         with contextlib.suppress(TimeoutError):
-            found = await find_orders(ib, requests, late, within=within)
+            found = await find_orders(
+                ib, requests, late, within=within, account=accounts.pop() if len(accounts) == 1 else None
+            )
             outcomes.update({ref: o for ref, o in found.items() if o.status in DONE})
     return outcomes
 
@@ -571,8 +582,13 @@ async def find_orders(
     refs: set[str],
     within: float = LOOKUP_TIMEOUT,
     asked: Asked | None = None,
+    account: str | None = None,
 ) -> dict[str, Outcome]:
     """Orders with these orderRefs at the broker: working, completed, or seen only as executions.
+
+    `account`: only orders and executions of that account (or naming none) are this account's. An orderRef comes
+    from the request id, and one request id runs once per account (a scheduled slot's key is the same for every
+    account, decision 11): a login managing several accounts sees the others' orders under the same refs.
 
     `asked` is an answer asked for earlier (`ask_orders`) or a first run's `ConnectionRecord`, read as it is if its
     connection still holds; without either (or with a record whose connection dropped since) the broker is asked
@@ -584,26 +600,26 @@ async def find_orders(
         return {}
     if isinstance(asked, ConnectionRecord):
         if asked.holds:
-            return _match(refs, ib.trades(), ib.fills())
+            return _match(refs, ib.trades(), ib.fills(), account)
         asked = None  # the connection dropped since the intent started: its record may be incomplete
     open_trades, completed, fills = await asyncio.wait_for(
         asked if asked is not None else ask_orders(requests),
         within,
     )
-    return _match(refs, [*completed, *open_trades, *ib.trades()], fills)
+    return _match(refs, [*completed, *open_trades, *ib.trades()], fills, account)
 
 
-def _match(refs: set[str], trades: Iterable[Trade], fills: Iterable[Fill]) -> dict[str, Outcome]:
+def _match(refs: set[str], trades: Iterable[Trade], fills: Iterable[Fill], account: str | None) -> dict[str, Outcome]:
     found: dict[str, Outcome] = {}
     for trade in trades:
         ref = trade.order.orderRef
-        if ref in refs:
+        if ref in refs and (account is None or trade.order.account in ("", account)):
             candidate = outcome_of(trade, existing=True)
             if ref not in found or _more_final(candidate, found[ref]):
                 found[ref] = candidate
     for fill in fills:
         ref = fill.execution.orderRef
-        if ref in refs and ref not in found:
+        if ref in refs and ref not in found and (account is None or fill.execution.acctNumber in ("", account)):
             found[ref] = Outcome(
                 order_ref=ref,
                 fate=Fate.WORKING,

@@ -497,10 +497,11 @@ async def _working(
     ours: list[WorkingOrder] = []
     others: list[BrokerOrder] = []
     for live in await broker.open_orders():
+        if not live.is_for(account):
+            continue  # another account's order, even under one of our orderRefs (one request id runs per account)
         doc = docs.get(live.order_ref) if live.order_ref else None
         if doc is None:
-            if live.is_for(account):
-                others.append(live)
+            others.append(live)
             continue
         booked = doc.get("booked", {})
         shares = doc.get("shares", {})

@@ -153,7 +153,7 @@ async def _measure_positions(
                    instrument=top["instrument"] if top else None,
                    over=[{k: v for k, v in s.items() if k != "currency"} for s in over], **extra)  # fmt: skip
     if "staleOrders" in limits:
-        stale, oldest = await _stale_orders(ctx, limits["staleOrders"]["maxMinutes"])
+        stale, oldest = await _stale_orders(ctx, account, limits["staleOrders"]["maxMinutes"])
         limits.add("staleOrders", oldest, limits["staleOrders"]["maxMinutes"], bool(stale), orders=stale)
     if "drift" in limits:
         differences = (await compare(ctx)).differences
@@ -271,13 +271,13 @@ async def _instrument_shares(
     return shares, unpriced
 
 
-async def _stale_orders(ctx: IntentContext, max_minutes: float) -> tuple[list[dict[str, Any]], float]:
+async def _stale_orders(ctx: IntentContext, account: str, max_minutes: float) -> tuple[list[dict[str, Any]], float]:
     """Our orders still working at the broker and written more than max_minutes ago (a duration: wall clock).
 
     A read-only gateway is refused the broker's list: then every order still open in the books counts."""
     working: set[str] | None
     try:
-        working = {o.order_ref for o in await ctx.broker.open_orders()}
+        working = {o.order_ref for o in await ctx.broker.open_orders() if o.is_for(account)}
     except GatewayReadOnly:
         working = None
     now = datetime.now(UTC)

@@ -351,6 +351,35 @@ def test_close_all_on_a_login_with_two_accounts_flattens_only_the_addressed_one(
     assert booked_fills(project, first) == first_fills
 
 
+def test_one_request_id_addressed_to_both_accounts_of_a_login_trades_in_each(fleet: Fleet, bus: Bus, project: str):
+    """A scheduled slot's key (`schedule:<job>:<day>`) is the same for every account (decision 11), and a leg's
+    orderRef comes from the request id: each household account's allocation under one key places its own order in
+    its own account (by orderRef and account at the broker) and books only its own executions (by execId). The
+    second account took the first's order, in the other account, for its own leg and bought nothing."""
+    household = fleet.gateways[1]
+    key = "schedule:daily-allocation:2026-06-17"
+    lines: dict[str, dict[str, Any]] = {}
+    for account in HOUSEHOLD:
+        reply = bus.reply_to(bus.publish(allocation({"SPY": WEIGHTS[account]}, idempotencyKey=key), account=account))
+        assert (reply["status"], reply["account"]) == ("ok", account), reply
+        (lines[account],) = [i for i in reply["result"]["instruments"] if i["instrument"] == "SPY"]
+    for account, line in lines.items():
+        assert (line["outcome"], line["existing"]) == ("filled", False), line
+        (order,) = [o for o in household.orders() if o["orderRef"] == line["orderRef"] and o["account"] == account]
+        assert (order["action"], order["totalQuantity"], order["status"]) == ("BUY", line["order"], "Filled"), order
+        assert household.positions(account) == {"SPY": line["order"]}
+        executions = {e["execId"] for e in household.executions() if e["account"] == account}
+        wait_for(lambda a=account, line=line: holdings(project, account=a) == {"dummy": {"SPY": line["order"]}},
+                 what=f"{account}'s fill booked")  # fmt: skip
+        wait_for(lambda a=account, x=executions: booked_fills(project, a) == x, what=f"{account}'s fills by execId")
+    # A sweep of each account closes its own order and books nothing of the other's.
+    for account in HOUSEHOLD:
+        swept = bus.reply_to(bus.publish({"intent": "trade-reconciliation", "params": {}}, account=account))
+        assert (swept["status"], swept["result"]["fillsAppliedCount"]) == ("ok", 0), swept
+        assert mode_collection(project, "openOrders", account=account) == []
+        assert holdings(project, account=account) == {"dummy": {"SPY": lines[account]["order"]}}
+
+
 def test_risk_check_measures_each_accounts_own_positions_on_a_login_with_two(fleet: Fleet, bus: Bus, project: str):
     """Concentration and leverage are the addressed account's: each household account holds SPY at its own share,
     and each risk-check measures that share (ib_insync subscribes the portfolio of one account per connection, so
