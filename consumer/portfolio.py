@@ -123,6 +123,26 @@ def attribute(
     return parts
 
 
+def scale_parts(parts: Mapping[str, float], total: float) -> dict[str, float]:
+    """The strategies' `parts` of one execution, scaled to `total` (IB's correction of its shares): whole where the
+    parts and the total are (largest remainders: each part moves by less than one share from its proportional
+    size, and they add up to `total`), in proportion otherwise. Parts may have opposite signs (a netted order)."""
+    before = sum(parts.values())
+    if abs(before) < EPSILON:
+        return dict(parts)
+    ideal = {s: q * total / before for s, q in parts.items()}
+    whole = all(abs(q - round(q)) < EPSILON for q in [*parts.values(), total])
+    if not whole:
+        return ideal
+    scaled = {s: float(math.trunc(q)) for s, q in ideal.items()}
+    remainder = round(total - sum(scaled.values()))
+    direction = 1 if remainder > 0 else -1
+    # The parts furthest from their proportional size in the remainder's direction get one share each.
+    for s in sorted(ideal, key=lambda s: ((ideal[s] - scaled[s]) * direction, s), reverse=True)[: abs(remainder)]:
+        scaled[s] += direction
+    return scaled
+
+
 def gross_exposure(weights_by_strategy: Mapping[str, Mapping[str, float]], shares: Mapping[str, float]) -> float:
     """Sum of |weight| x the strategy's capital share: the leverage the targets would take on."""
     return sum(shares.get(s, 0.0) * sum(abs(w) for w in weights.values()) for s, weights in weights_by_strategy.items())

@@ -24,7 +24,7 @@ from google.cloud.firestore import AsyncTransaction, async_transactional
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from consumer.pnl import Lot, late_commission, trade
-from consumer.portfolio import EPSILON, attribute
+from consumer.portfolio import EPSILON, attribute, scale_parts
 from consumer.store.layout import Layout
 
 UNALLOCATED = "unallocated"
@@ -529,14 +529,15 @@ def later_version(exec_id: str) -> str | None:
 
 async def _book_correction(ledger: _Ledger, e: Execution, corrected: dict[str, Any], now: datetime) -> None:
     """Books IB's correction `e` of a booked execution in its place, so that each book ends as if only `e` had
-    happened: each book's share is scaled to the corrected shares; the price difference on the shares kept goes
-    where that execution's cost went, as a late commission does (to the cost of what it opened, else to
-    realized); shares added trade at the corrected price, shares taken away leave at the booked one; the
-    commission counts only what it adds. The corrected fill keeps its document, marked `correctedBy`; the
-    order's progress moves by the difference."""
+    happened: each book's share is scaled to the corrected shares, whole (consumer.portfolio.scale_parts); the
+    price difference on the shares kept goes where that execution's cost went, as a late commission does (to the
+    cost of what it opened, else to realized); shares added trade at the corrected price, shares taken away leave
+    at the booked one; the commission counts only what it adds. The corrected fill keeps its document, marked
+    `correctedBy`; the order's progress moves by the difference."""
     before = {s: float(q) for s, q in (corrected.get("strategies") or {}).items()}
-    ratio = e.shares / float(corrected["shares"]) if float(corrected.get("shares") or 0.0) else 0.0
-    after = {s: q * ratio for s, q in before.items()}
+    # Whole shares, as the corrected execution alone would have been attributed: scaled in proportion, the books
+    # of an order two strategies share held fractions of a share.
+    after = scale_parts(before, e.signed)
     moves = {s: after[s] - q for s, q in before.items() if abs(after[s] - q) > EPSILON}
     holdings = await ledger.holdings_of(before)
     instrument = {k: corrected[k] for k in ("conId", "symbol", "secType", "currency", "exchange", "multiplier")}

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from consumer.portfolio import attribute, gross_exposure, net_legs, target_quantity
+from consumer.portfolio import attribute, gross_exposure, net_legs, scale_parts, target_quantity
 
 
 def test_sizing_rounds_towards_zero_both_ways() -> None:
@@ -101,6 +101,23 @@ def test_netted_order_partial_fills_move_each_strategy_towards_its_share() -> No
         assert parts["b"] <= booked.get("b", 0)
         booked = parts
     assert booked == shares
+
+
+@pytest.mark.parametrize(
+    "parts", [{"a": 11, "b": 42}, {"a": 1, "b": 1, "c": 1}, {"a": -25, "b": 75}, {"a": -3, "b": 8}, {"a": -40}]
+)
+def test_a_corrected_executions_parts_stay_whole_and_add_up(parts: dict[str, int]) -> None:
+    before = sum(parts.values())
+    for total in range(1, 2 * abs(before) + 2):
+        signed = total if before > 0 else -total
+        scaled = scale_parts(parts, signed)
+        assert sum(scaled.values()) == signed
+        assert all(float(q).is_integer() for q in scaled.values())
+        assert all(abs(scaled[s] - q * signed / before) < 1 for s, q in parts.items())
+
+
+def test_fractional_parts_scale_in_proportion() -> None:
+    assert scale_parts({"a": 1.5, "b": 0.5}, 1.0) == {"a": 0.75, "b": 0.25}
 
 
 def test_gross_exposure() -> None:

@@ -16,7 +16,17 @@ from google.cloud.firestore import AsyncClient
 
 from consumer.store.books import Books, Execution
 from consumer.store.layout import Layout
-from tests.support import TEST_ACCOUNT, Bus, allocation, holdings, mode_collection, wait_for
+from tests.support import (
+    SIGNAL_PARAMS,
+    TEST_ACCOUNT,
+    Bus,
+    allocation,
+    holdings,
+    long_signal,
+    mode_collection,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.usefixtures("paper_config")
 
@@ -91,6 +101,49 @@ def test_a_corrected_execution_replaces_the_booked_one_and_a_sweep_books_nothing
     assert day["status"] == "ok", day
     assert (day["result"]["fills"], day["result"]["commissions"]) == (1, {"USD": commission})
     assert (day["result"]["unbooked"], day["result"]["withoutCommission"]) == ([], [])
+
+
+def test_a_corrected_execution_shared_by_two_strategies_leaves_each_book_whole_shares(
+    bus: Bus, gateway, project: str, consumer_factory
+):
+    """One order buys SPY for dummy and testsignalgenerator; IB corrects its execution to a share fewer. Each book
+    keeps whole shares, adding up to the corrected execution, as if only it had happened (parts never move
+    back). Scaled in proportion, the books held fractions (dummy 19.62 and testsignalgenerator 32.38 of 52):
+    the next order for one strategy alone would be for a fraction of a share."""
+    consumer_factory(order_timeout=3.0)
+    write_config(project, exposure={"overall": 0.1, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}})
+    symbol, _ = long_signal(bus, gateway)
+    reply = bus.reply_to(
+        bus.publish({"intent": "allocation", "params": {"strategies": ["dummy", "testsignalgenerator"],
+                     "strategyParams": {"dummy": {"weights": {symbol: 0.2}}, "testsignalgenerator": SIGNAL_PARAMS}}})
+    )  # fmt: skip
+    assert reply["status"] == "ok", reply
+    (spy,) = [i for i in reply["result"]["instruments"] if i["instrument"] == symbol]
+    parts = spy["strategies"]
+    assert set(parts) == {"dummy", "testsignalgenerator"}, parts
+    assert all(q > 0 for q in parts.values()), parts
+    bought = sum(parts.values())
+    (execution,) = [e for e in gateway.executions() if e["orderRef"] == spy["orderRef"]]
+    first = execution["execId"]
+    wait_for(lambda: fills_by_id(project).get(first, {}).get("commission") is not None, what="the fill booked")
+    assert holdings(project) == {s: {symbol: q} for s, q in parts.items()}
+
+    fewer = gateway.correct_execution(first, shares=bought - 1)
+    wait_for(lambda: fewer in fills_by_id(project), what="the correction booked")
+    assert gateway.positions() == {symbol: bought - 1}
+    booked = holdings(project)
+    assert sum(held[symbol] for held in booked.values()) == bought - 1, booked
+    assert all(float(held[symbol]).is_integer() for held in booked.values()), booked
+    assert all(0 <= parts[s] - held[symbol] <= 1 for s, held in booked.items()), booked  # one book gives the share
+    fills = fills_by_id(project)
+    assert (fills[first]["correctedBy"], fills[fewer]["corrects"]) == (fewer, first)
+    assert fills[fewer]["strategies"] == {s: held[symbol] for s, held in booked.items()}
+    (order,) = [o for o in mode_collection(project, "orders") if o["orderRef"] == spy["orderRef"]]
+    assert order["filled"] == bought - 1
+    assert order["booked"] == {s: held[symbol] for s, held in booked.items()}
+    check = bus.reply_to(bus.publish({"intent": "reconcile", "params": {}}))
+    assert check["status"] == "ok", check
+    assert check["result"]["consistent"] is True, check["result"]["differences"]
 
 
 def test_a_correction_booked_before_the_version_it_corrects_leaves_that_version_applied_to_nothing(project: str):
