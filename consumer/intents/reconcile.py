@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from consumer.broker.model import Position
+from consumer.broker.model import Fill, Position
 from consumer.forex import currency_lines, is_forex, pair_currencies
 from consumer.intents.base import Intent, IntentContext
 from consumer.portfolio import EPSILON
@@ -67,16 +67,33 @@ class Comparison:
 
 
 async def compare(ctx: IntentContext) -> Comparison:
-    """Per instrument and per currency, the books against the broker; changes nothing but booking missed fills."""
+    """Per instrument and per currency, the books against the broker; changes nothing but booking missed fills.
+
+    Fills the books have not seen yet are not differences: they are booked first, and one landing while the
+    broker is read (its position counted, its report not booked yet: IB sends them as separate messages, in no
+    promised order) counts on the books' side as an execution not booked yet. Positions and executions are still
+    two snapshots, so a difference is looked at again after booking what arrived, as check_books does: a `fix`
+    of a fill in flight would be booked to unallocated and then to its strategy, counted twice."""
+    await ctx.services.bookkeeper.reconcile()
+    found = await _compare_once(ctx)
+    if found.differences:
+        await ctx.services.bookkeeper.reconcile()
+        found = await _compare_once(ctx)
+    return found
+
+
+async def _compare_once(ctx: IntentContext) -> Comparison:
     services = ctx.services
     broker = ctx.broker
-    # Fills the books have not seen yet are not differences: book them first.
-    await services.bookkeeper.reconcile()
     account = await broker.account(services.account)
     positions = [p for p in await broker.positions() if p.account == account.id]
+    # Asked after the positions: every execution they count is listed (and some they do not count yet).
+    fills = [f for f in await broker.executions() if f.account == account.id and f.sec_type not in NOT_HOLDINGS]
     holdings = await services.books.holdings()
+    booked = await services.books.booked_exec_ids({f.exec_id for f in fills})
+    unbooked = [f for f in fills if f.exec_id not in booked]
 
-    instruments = _by_instrument(holdings, positions)
+    instruments = _by_instrument(holdings, positions, unbooked)
     differences = instruments.differences()
     currencies = currency_lines(holdings, broker.cash_balances(account.id), account.base_currency)
     pairs = _pairs_by_currency(holdings)
@@ -93,11 +110,14 @@ class _Instruments:
     books: dict[int, dict[str, float]] = field(default_factory=dict)
     broker: dict[int, float] = field(default_factory=dict)
     described: dict[int, dict[str, Any]] = field(default_factory=dict)
+    unbooked: dict[int, float] = field(default_factory=dict)  # executions the books are about to book
 
     def differences(self) -> list[dict[str, Any]]:
         out = []
-        for con_id in sorted(set(self.books) | set(self.broker), key=lambda c: str(self.described[c].get("symbol"))):
-            booked = sum(self.books.get(con_id, {}).values())
+        every = set(self.books) | set(self.broker) | set(self.unbooked)
+        for con_id in sorted(every, key=lambda c: str(self.described[c].get("symbol"))):
+            unbooked = self.unbooked.get(con_id, 0.0)
+            booked = sum(self.books.get(con_id, {}).values()) + unbooked
             at_broker = self.broker.get(con_id, 0.0)
             gap = at_broker - booked
             if abs(gap) > EPSILON:
@@ -108,13 +128,16 @@ class _Instruments:
                         "broker": at_broker,
                         "books": booked,
                         "byStrategy": self.books.get(con_id, {}),
+                        **({"unbooked": unbooked} if unbooked else {}),
                         "difference": gap,
                     }
                 )
         return out
 
 
-def _by_instrument(holdings: dict[str, dict[int, dict[str, Any]]], positions: list[Position]) -> _Instruments:
+def _by_instrument(
+    holdings: dict[str, dict[int, dict[str, Any]]], positions: list[Position], unbooked: list[Fill]
+) -> _Instruments:
     found = _Instruments()
     for strategy, held in holdings.items():
         for con_id, position in held.items():
@@ -127,6 +150,9 @@ def _by_instrument(holdings: dict[str, dict[int, dict[str, Any]]], positions: li
             continue
         found.broker[p.con_id] = found.broker.get(p.con_id, 0.0) + p.quantity
         found.described.setdefault(p.con_id, p.contract)
+    for f in unbooked:
+        found.unbooked[f.con_id] = found.unbooked.get(f.con_id, 0.0) + f.signed
+        found.described.setdefault(f.con_id, f.contract)
     return found
 
 
