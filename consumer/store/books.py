@@ -23,6 +23,7 @@ from typing import Any
 from google.cloud.firestore import AsyncTransaction, async_transactional
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from consumer.logs import get_logger
 from consumer.pnl import Lot, late_commission, trade
 from consumer.portfolio import EPSILON, attribute, scale_parts
 from consumer.store.layout import Layout
@@ -31,6 +32,8 @@ UNALLOCATED = "unallocated"
 # Executions (or closes) per booking transaction: each costs at most three writes (its fill, its order moved from
 # open to closed), well inside Firestore's 500 writes per commit with the strategies' holdings documents.
 BATCH = 100
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,15 +450,11 @@ async def _book(ledger: _Ledger, layout: Layout, e: Execution, now: datetime) ->
     where, order = ledger.orders.get(e.order_ref, (None, None)) if e.order_ref else (None, None)
 
     if order is not None:
-        booked_before = {k: float(v) for k, v in order.get("booked", {}).items()}
-        filled_after = float(order.get("filled", 0.0)) + e.signed
-        booked_after = attribute(order["shares"], order["quantity"], filled_after, booked_before)
-        shares = {s: q - booked_before.get(s, 0.0) for s, q in booked_after.items()}
-        shares = {s: q for s, q in shares.items() if abs(q) > EPSILON}
+        shares, booked_after, filled_after, within = _order_shares(order, e)
     else:
         # Not an order of ours (a manual trade, another client): it is real, so it is booked, but to no strategy.
         shares = {UNALLOCATED: e.signed}
-        booked_after, filled_after = {}, 0.0
+        booked_after, filled_after, within = {}, 0.0, 0.0
 
     holdings = await ledger.holdings_of(shares)
     # Forex: the quote currency the fill moved, per book (see consumer.forex).
@@ -481,7 +480,7 @@ async def _book(ledger: _Ledger, layout: Layout, e: Execution, now: datetime) ->
             "updatedAt": now,
         }
         still_open = where == layout.open_orders().id
-        if still_open and abs(filled_after - order["quantity"]) < EPSILON:
+        if still_open and abs(within - order["quantity"]) < EPSILON:
             ledger.orders[e.order_ref] = (layout.orders().id, {**order, **progress, "state": "Filled", "closedAt": now})
         else:
             ledger.orders[e.order_ref] = (where, {**order, **progress})
@@ -669,6 +668,35 @@ class Priced:
     price: float
     commissions: Mapping[str, float]
     fx_rate: float | None
+
+
+def _order_shares(order: Mapping[str, Any], e: Execution) -> tuple[dict[str, float], Mapping[str, float], float, float]:
+    """An execution of our order, split among its strategies: (each book's move, the order's parts booked after
+    it, its filled after it, the part of that within the order's quantity).
+
+    What goes beyond the order's quantity was not the strategies' order (another client id placed under our
+    orderRef, a leg sent twice): it goes to unallocated, as any execution not of ours, for reconcile to show.
+    Attributed to the strategies, it overfilled their books, or could not be split in whole shares and raised in
+    the booking transaction, on every sweep from then on."""
+    booked_before = {k: float(v) for k, v in order.get("booked", {}).items()}
+    quantity = float(order["quantity"])
+    filled_before = float(order.get("filled", 0.0))
+    filled_after = filled_before + e.signed
+    within = filled_after - _beyond(quantity, filled_after)
+    booked_after = attribute(order["shares"], quantity, within, booked_before)
+    shares = {s: q - booked_before.get(s, 0.0) for s, q in booked_after.items()}
+    beyond = _beyond(quantity, filled_after) - _beyond(quantity, filled_before)
+    if abs(beyond) > EPSILON:
+        log.warning("an execution beyond its order's quantity booked to unallocated", orderRef=e.order_ref,
+                    execId=e.exec_id, quantity=quantity, filled=filled_after)  # fmt: skip
+        shares[UNALLOCATED] = shares.get(UNALLOCATED, 0.0) + beyond
+    return {s: q for s, q in shares.items() if abs(q) > EPSILON}, booked_after, filled_after, within
+
+
+def _beyond(quantity: float, filled: float) -> float:
+    """The part of an order's `filled` outside 0..`quantity` (past it, or the other way): not the order's."""
+    low, high = sorted((0.0, quantity))
+    return filled - min(max(filled, low), high)
 
 
 def _commission_shares(shares: Mapping[str, float], commission: float) -> dict[str, float]:
