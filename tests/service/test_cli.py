@@ -332,6 +332,9 @@ def test_config_show_without_a_document_says_trading_is_off(consumer_factory, pr
     assert done.stdout.strip() == f"no {CONFIG} document: trading is off (`consumer config kill-switch off` starts one)"
 
 
+# Eleven CLI processes, each importing the Google clients: at the start of `make test` on two cores (six workers
+# and the lint beside it) a CI run took ~11 s per command and ran past the default 120 s with every command answering.
+@pytest.mark.timeout(300)
 @pytest.mark.slow(seconds=25)
 def test_the_guides_first_configuration_lets_every_scheduled_job_run(consumer_factory, project: str):
     """Issue 19: step 6 wrote only tradingEnabled, so both scheduled trading jobs failed (no_strategies, no capital).
