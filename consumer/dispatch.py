@@ -27,9 +27,20 @@ from typing import Any
 
 import structlog
 from google.api_core import exceptions as google_exceptions
+from google.cloud.firestore import AsyncWriteBatch
 
 from consumer.envelope import Request
-from consumer.errors import Failure, GatewayReadOnly, IntentError, LeaseLost, Rejected, Transient, as_transient, clip
+from consumer.errors import (
+    ClaimTakenOver,
+    Failure,
+    GatewayReadOnly,
+    IntentError,
+    LeaseLost,
+    Rejected,
+    Transient,
+    as_transient,
+    clip,
+)
 from consumer.intents.base import Intent, IntentContext
 from consumer.logs import get_logger
 from consumer.reply_json import ReplyJson
@@ -190,6 +201,13 @@ class Dispatcher:
 
     async def _run_claimed(self, request: Request, started: Started, run: Awaitable[dict[str, Any]]) -> Settlement:
         """Runs a request this process holds the claim of, renewing its lease, and settles the outcome."""
+        ledger = self._services.ledger
+        try:
+            return await self._run_and_settle(request, started, run)
+        finally:
+            ledger.forget(request.request_id)
+
+    async def _run_and_settle(self, request: Request, started: Started, run: Awaitable[dict[str, Any]]) -> Settlement:
         ledger = self._services.ledger
         lease = asyncio.create_task(ledger.keep_alive(request.request_id))
         try:
@@ -375,6 +393,15 @@ class Dispatcher:
         # store failure runs again and replies once, instead of a second, different reply to one request.
         try:
             await self._store_outcome(request, encoded, claimed)
+        except ClaimTakenOver as e:
+            # Its lease lapsed while it ran and a redelivery or the sweep took the claim: the new owner resolves
+            # this run's orders at the broker by orderRef and sends the one reply (decision 39).
+            log.warning(
+                "claim taken over before this run stored its outcome; its new owner replies",
+                status=reply["status"],
+                error=str(e),
+            )
+            return Settlement.ACK
         except Exception as e:
             attempt = request.delivery.delivery_attempt or 0
             if attempt < services.settings.max_delivery_attempts:
@@ -424,10 +451,14 @@ class Dispatcher:
         """The claim finished with its reply, without the activity record: whether the reply may go out. Once the
         claim is done, nothing answers the request again (the sweep takes only running claims, a redelivery gets the
         stored reply); a claim still running would be answered by the sweep, so it may not."""
-        batch = self._services.db.batch()
-        self._services.ledger.finish(batch, request.request_id, reply)
+        ledger = self._services.ledger
         try:
-            await batch.commit()
+            await ledger.commit_as_owner(
+                request.request_id, lambda batch: ledger.finish(batch, request.request_id, reply)
+            )
+        except ClaimTakenOver:
+            log.warning("claim taken over before this run stored its outcome; its new owner replies")
+            return False
         except google_exceptions.NotFound:
             return True  # the claim is gone (its documents deleted): no sweep will find it, this is the one reply
         except Exception as e:
@@ -439,14 +470,21 @@ class Dispatcher:
         services = self._services
         params = request.envelope.params if request.envelope else None
         for attempt_params in (params, None):
-            batch = services.db.batch()
-            if claimed:
-                services.ledger.finish(batch, request.request_id, reply)
-            try:
+
+            def fill(batch: AsyncWriteBatch, attempt_params: dict[str, Any] | None = attempt_params) -> None:
+                if claimed:
+                    services.ledger.finish(batch, request.request_id, reply)
                 # The client encodes the record here, and refuses what it cannot encode (an integer beyond 64 bits:
                 # ValueError) before anything is sent; Firestore refuses at commit what it will not keep.
                 services.activity.record(batch, reply, attempt_params, request.delivery.delivery_attempt)
-                await batch.commit()
+
+            try:
+                if claimed:
+                    await services.ledger.commit_as_owner(request.request_id, fill)
+                else:
+                    batch = services.db.batch()
+                    fill(batch)
+                    await batch.commit()
                 return
             except (google_exceptions.InvalidArgument, ValueError, TypeError) as e:
                 if attempt_params is None:

@@ -79,6 +79,11 @@ class LeaseLost(Exception):
     owner."""
 
 
+class ClaimTakenOver(Exception):
+    """Another process took this run's claim while it ran (decision 39): the run stores, releases and publishes
+    nothing, since the claim and the one reply are the new owner's."""
+
+
 class Transient(Exception):
     """Retry later: the gateway is down, Firestore is unavailable, the connection dropped mid-intent."""
 

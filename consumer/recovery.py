@@ -6,16 +6,22 @@ in the cloud a message can outlive its retention), nothing would ever answer the
 whose lease ran out long ago, takes each over, resolves its orders at the broker by orderRef, books whatever filled,
 and answers once with `recovered: true`: an error `interrupted` that says what each order did. It does not place
 what the run did not get to: the intent's inputs are stale by then; the operator publishes it again.
+
+No redelivery will ask for that reply again, so it is stored marked `replyPending` until it has been published: a
+publish that failed (or a sweeper killed between the two) leaves it to a later sweep, here or in another consumer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from google.cloud.firestore import AsyncWriteBatch
+
 from consumer.broker.model import NOT_PLACED, is_done
-from consumer.errors import reraise_if_cancelled
+from consumer.errors import ClaimTakenOver, reraise_if_cancelled
 from consumer.logs import get_logger
 from consumer.reply_json import ReplyJson
 
@@ -48,8 +54,9 @@ class StrandedRequests:
             await asyncio.sleep(self.interval)
 
     async def sweep(self) -> list[str]:
-        """Finishes every stranded request it can take over; returns their request ids."""
-        recovered = []
+        """Finishes every stranded request it can take over, and publishes the replies earlier sweeps stored but
+        could not publish; returns the request ids answered."""
+        recovered = await self._publish_pending()
         for snapshot in await self._services.ledger.stranded(self._stranded_after):
             claim = snapshot.to_dict() or {}
             request_id = claim["requestId"]
@@ -63,17 +70,56 @@ class StrandedRequests:
             log.warning(
                 "finishing a request its process left running", requestId=request_id, intent=claim.get("intent")
             )
-            orders = await self._resolve(request_id)
-            await self._answer(claim, orders)
-            recovered.append(request_id)
+            if await self._finish(claim):
+                recovered.append(request_id)
         return recovered
+
+    async def _finish(self, claim: dict[str, Any]) -> bool:
+        """Resolves and answers an adopted claim, renewing its lease meanwhile (resolving can outlast it)."""
+        ledger = self._services.ledger
+        request_id = claim["requestId"]
+        lease = asyncio.create_task(ledger.keep_alive(request_id))
+        try:
+            orders = await self._resolve(request_id)
+            encoded = self._reply(claim, orders)
+            lease.cancel()
+            await ledger.commit_as_owner(request_id, lambda batch: self._store(batch, request_id, encoded))
+        except ClaimTakenOver:
+            # A late redelivery took it over while its orders were being resolved: that run answers it.
+            log.warning("a stranded request was taken over while being finished; its new owner replies")
+            return False
+        finally:
+            lease.cancel()
+            ledger.forget(request_id)
+        await self._publish(request_id, encoded)
+        return True
+
+    async def _publish_pending(self) -> list[str]:
+        """The replies stored by sweeps that could not publish them, one claim lease after they were stored."""
+        ledger = self._services.ledger
+        published = []
+        for snapshot in await ledger.pending_replies(self._services.settings.claim_lease):
+            text = (snapshot.to_dict() or {}).get("replyJson")
+            if not isinstance(text, str) or not await ledger.take_pending(snapshot):
+                continue
+            request_id = (snapshot.to_dict() or {})["requestId"]
+            log.warning("publishing a recovered reply an earlier sweep could not", requestId=request_id)
+            await self._publish(request_id, ReplyJson.of(json.loads(text)))
+            published.append(request_id)
+        return published
+
+    async def _publish(self, request_id: str, encoded: ReplyJson) -> None:
+        services = self._services
+        await services.publishing.reply(encoded)
+        await services.ledger.published(request_id)
+        services.metrics.count("recovered", encoded.reply.get("intent") or "(none)")
 
     async def _resolve(self, request_id: str) -> list[dict[str, Any]]:
         """Books what the broker filled for this request's orders and closes those that are over."""
         services = self._services
         await services.bookkeeper.reconcile()
         open_docs, closed_docs = await services.books.orders_of(request_id)
-        at_broker = await services.broker.find_orders({d["orderRef"] for d in open_docs})
+        at_broker = await services.broker.find_orders({d["orderRef"] for d in open_docs}, account=services.account)
         orders = [
             {"orderRef": d["orderRef"], "symbol": d.get("symbol"), "outcome": d.get("state"), "filled": d.get("filled")}
             for d in closed_docs
@@ -93,7 +139,7 @@ class StrandedRequests:
                 )
         return sorted(orders, key=lambda o: o["orderRef"])
 
-    async def _answer(self, claim: dict[str, Any], orders: list[dict[str, Any]]) -> None:
+    def _reply(self, claim: dict[str, Any], orders: list[dict[str, Any]]) -> ReplyJson:
         services = self._services
         now = datetime.now(UTC)
         started = claim.get("createdAt") or now
@@ -123,10 +169,8 @@ class StrandedRequests:
             "durationMs": max(round((now - started).total_seconds() * 1000, 3), 0.0),
             "recovered": True,
         }
-        encoded = ReplyJson.of(reply)
-        batch = services.db.batch()
-        services.ledger.finish(batch, claim["requestId"], encoded)
-        services.activity.record(batch, encoded, None, None)
-        await batch.commit()
-        await services.publishing.reply(encoded)
-        services.metrics.count("recovered", claim.get("intent") or "(none)")
+        return ReplyJson.of(reply)
+
+    def _store(self, batch: AsyncWriteBatch, request_id: str, encoded: ReplyJson) -> None:
+        self._services.ledger.finish(batch, request_id, encoded, pending=True)
+        self._services.activity.record(batch, encoded, None, None)

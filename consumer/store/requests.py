@@ -4,6 +4,10 @@ Claims are plain create-if-absent writes, not transactions: on the emulator two 
 the same document can both abort on a lock timeout, and a transaction function may be re-run on contention. A
 claim carries a short lease that the running process renews; a claim whose lease ran out (its process died) is
 taken over with a write conditioned on the claim's update time, so two takers cannot both win.
+
+Every later write of a run (renewal, reply, release) is conditioned the same way, on the update time of the run's
+own last write: a run whose claim was taken over while it ran (its renewals failed until the lease lapsed) cannot
+overwrite the new owner's claim, and leaves the reply to it (decision 39). Knowing that time costs no read.
 """
 
 from __future__ import annotations
@@ -12,15 +16,17 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from google.api_core import exceptions
-from google.cloud.firestore import AsyncWriteBatch, DocumentSnapshot
+from google.cloud.firestore import AsyncDocumentReference, AsyncWriteBatch, DocumentSnapshot
 from google.cloud.firestore_v1.base_query import FieldFilter
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from consumer.errors import LeaseLost
+from consumer.errors import ClaimTakenOver, LeaseLost
 from consumer.logs import get_logger
 from consumer.reply_json import ReplyJson, dumps
 from consumer.store.layout import Layout
@@ -88,12 +94,15 @@ HOLD_SPARE = timedelta(seconds=2)
 
 class RequestLedger:
     """The claims on request ids (see above): `claim`, `keep_alive` while running, `finish` with the reply stored,
-    `release` for a retry; `stranded` and `adopt` are consumer.recovery's, for claims whose process died."""
+    `release` for a retry, `forget` once the run is over; `stranded`, `adopt` and `pending_replies` are
+    consumer.recovery's, for claims whose process died."""
 
     def __init__(self, layout: Layout, owner: str, lease_seconds: float) -> None:
         self._layout = layout
         self._owner = owner
         self._lease = timedelta(seconds=lease_seconds)
+        # The update time of this process's last write to each claim it holds: the precondition of its next one.
+        self._written: dict[str, datetime | Timestamp] = {}
 
     @property
     def owner(self) -> str:
@@ -118,7 +127,7 @@ class RequestLedger:
             "updatedAt": now,
         }
         try:
-            await ref.create(record)
+            self._written[request_id] = (await ref.create(record)).update_time
             return Claim(won=True, state=ClaimState.RUNNING)
         except exceptions.AlreadyExists:
             pass
@@ -140,7 +149,7 @@ class RequestLedger:
         # Released after a transient failure, or its process died: take it over, unless someone else just did.
         runs = int(existing.get("runs", 1)) + 1
         try:
-            await ref.update(
+            written = await ref.update(
                 {
                     "state": ClaimState.RUNNING.value,
                     "owner": self._owner,
@@ -154,6 +163,7 @@ class RequestLedger:
             )
         except exceptions.FailedPrecondition:
             return Claim(won=False, state=ClaimState.RUNNING, owner="(taken over concurrently)")
+        self._written[request_id] = written.update_time
         log.info("request taken over", previous_owner=existing.get("owner"), previous_state=state.value, runs=runs)
         return Claim(won=True, state=ClaimState.RUNNING, runs=runs)
 
@@ -173,7 +183,7 @@ class RequestLedger:
         """Takes over a stranded claim to finish it; False if anyone touched it since it was read."""
         now = datetime.now(UTC)
         try:
-            await snapshot.reference.update(
+            written = await snapshot.reference.update(
                 {
                     "owner": self._owner,
                     "previousOwner": (snapshot.to_dict() or {}).get("owner"),
@@ -185,10 +195,18 @@ class RequestLedger:
             )
         except (exceptions.FailedPrecondition, exceptions.NotFound):
             return False
+        self._written[snapshot.reference.id] = written.update_time
         return True
 
-    def finish(self, batch: AsyncWriteBatch, request_id: str, reply: ReplyJson) -> None:
-        """Adds the final state and the reply to a batch the dispatcher commits with the activity record."""
+    def _precondition(self, request_id: str) -> Any:
+        """The write option that makes a write land only on the claim as this process last wrote it."""
+        written = self._written.get(request_id)
+        return None if written is None else self._layout.db.write_option(last_update_time=written)
+
+    def finish(self, batch: AsyncWriteBatch, request_id: str, reply: ReplyJson, pending: bool = False) -> None:
+        """Adds the final state and the reply to a batch the caller commits (with the activity record); the commit
+        fails with FailedPrecondition if the claim changed since this process last wrote it (see `still_held`).
+        `pending`: the reply is not published yet (the sweep's: no redelivery will ask for it again)."""
         batch.update(
             self._layout.request(request_id),
             {
@@ -196,38 +214,107 @@ class RequestLedger:
                 "replyJson": stored_reply(reply),
                 "leaseUntil": None,
                 "updatedAt": datetime.now(UTC),
+                **({"replyPending": True} if pending else {}),
             },
+            option=self._precondition(request_id),
         )
 
+    async def still_held(self, request_id: str) -> bool:
+        """After a conditioned write failed: whether the claim is still this process's and running (a renewal it
+        cancelled may have landed after all), in which case the next write is conditioned on what it read."""
+        snapshot = await self._layout.request(request_id).get()
+        claim = snapshot.to_dict() or {}
+        if snapshot.exists and claim.get("owner") == self._owner and claim.get("state") == ClaimState.RUNNING.value:
+            self._written[request_id] = snapshot.update_time
+            return True
+        return False
+
+    async def commit_as_owner(self, request_id: str, fill: Callable[[AsyncWriteBatch], None]) -> None:
+        """Commits a batch `fill` builds around `finish`: once more if the claim is still this process's but changed
+        (a renewal cancelled in flight landed after all), ClaimTakenOver if it is another's."""
+        for _ in range(2):
+            batch = self._layout.db.batch()
+            fill(batch)
+            try:
+                await batch.commit()
+                return
+            except exceptions.FailedPrecondition:
+                if not await self.still_held(request_id):
+                    raise ClaimTakenOver(f"request {request_id}'s claim was taken over") from None
+        raise ClaimTakenOver(f"request {request_id}'s claim keeps changing under this process")
+
+    def forget(self, request_id: str) -> None:
+        """The run is over: its claim's last write time is no longer needed."""
+        self._written.pop(request_id, None)
+
     async def release(self, request_id: str, error: str) -> None:
-        """After a transient failure: the redelivery may run the request again straight away."""
-        with contextlib.suppress(exceptions.GoogleAPIError):
-            await self._layout.request(request_id).update(
-                {
-                    "state": ClaimState.RETRY.value,
-                    "leaseUntil": None,
-                    "lastError": error,
-                    "updatedAt": datetime.now(UTC),
-                }
+        """After a transient failure: the redelivery may run the request again straight away. Not if the claim was
+        taken over meanwhile: the new owner's run goes on."""
+        now = datetime.now(UTC)
+        fields = {"state": ClaimState.RETRY.value, "leaseUntil": None, "lastError": error, "updatedAt": now}
+        with contextlib.suppress(exceptions.GoogleAPIError, ClaimTakenOver):
+            await self._write(self._layout.request(request_id), request_id, fields)
+
+    async def _write(self, ref: AsyncDocumentReference, request_id: str, fields: dict[str, Any]) -> None:
+        """A conditioned update of a claim this process holds; ClaimTakenOver if it is no longer its own."""
+        for _ in range(2):
+            try:
+                written = await ref.update(fields, option=self._precondition(request_id))
+            except exceptions.FailedPrecondition:
+                if await self.still_held(request_id):
+                    continue
+                raise ClaimTakenOver(f"request {request_id}'s claim was taken over") from None
+            self._written[request_id] = written.update_time
+            return
+        raise ClaimTakenOver(f"request {request_id}'s claim keeps changing under this process")
+
+    async def pending_replies(self, older_than: float) -> list[DocumentSnapshot]:
+        """Claims finished by the sweep whose reply was not published (it failed, or its process died) at least
+        `older_than` seconds ago."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+        query = self._layout.requests().where(filter=FieldFilter("replyPending", "==", True))
+        return [s async for s in query.stream() if ((s.to_dict() or {}).get("updatedAt") or cutoff) <= cutoff]
+
+    async def take_pending(self, snapshot: DocumentSnapshot) -> bool:
+        """Takes a pending reply to publish it; False if another process took it (or published it) since."""
+        try:
+            await snapshot.reference.update(
+                {"updatedAt": datetime.now(UTC), "replyOwner": self._owner},
+                option=self._layout.db.write_option(last_update_time=snapshot.update_time),
             )
+        except (exceptions.FailedPrecondition, exceptions.NotFound):
+            return False
+        return True
+
+    async def published(self, request_id: str) -> None:
+        """The sweep's reply went out: no later sweep publishes it again."""
+        await self._layout.request(request_id).update({"replyPending": False})
 
     async def hold(self, request_id: str) -> None:
         """Raises LeaseLost unless this process still owns the claim, running, with lease to spare: the check a run
         makes before it places orders. A run whose renewals failed until its lease lapsed can be taken over by a
         redelivery elsewhere, and two runs placing at once could both miss the other's orders at the broker."""
-        claim = (await self._layout.request(request_id).get()).to_dict() or {}
+        snapshot = await self._layout.request(request_id).get()
+        claim = snapshot.to_dict() or {}
         lease_until = claim.get("leaseUntil")
         if claim.get("owner") != self._owner or claim.get("state") != ClaimState.RUNNING.value:
             raise LeaseLost(f"request {request_id} is now {claim.get('state')} under {claim.get('owner')!r}")
         if lease_until is None or lease_until - datetime.now(UTC) < HOLD_SPARE:
             raise LeaseLost(f"request {request_id}'s lease runs out at {lease_until}: its renewals failed")
+        if request_id in self._written:  # a dry run's view reads through here, and tracks nothing
+            self._written[request_id] = snapshot.update_time
 
     async def keep_alive(self, request_id: str) -> None:
-        """Renews the lease while the request runs, so only a dead process's claim can expire."""
+        """Renews the lease while the request runs, so only a dead process's claim can expire; stops once the claim
+        is another's (the run finds out when it next holds, stores or releases)."""
         interval = max(self._lease.total_seconds() / 3, 0.05)
+        ref = self._layout.request(request_id)
         while True:
             await asyncio.sleep(interval)
             try:
-                await self._layout.request(request_id).update({"leaseUntil": datetime.now(UTC) + self._lease})
+                await self._write(ref, request_id, {"leaseUntil": datetime.now(UTC) + self._lease})
+            except ClaimTakenOver as e:
+                log.warning("stopped renewing a claim another process took over", error=str(e))
+                return
             except exceptions.GoogleAPIError as e:
                 log.warning("could not renew request lease", error=str(e))

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.support import Bus, allocation, holdings, mode_collection, mode_document, wait_for
+from tests.support import Bus, activity, allocation, holdings, mode_collection, mode_document, wait_for
 
 pytestmark = pytest.mark.usefixtures("paper_config")
 
@@ -40,3 +40,38 @@ def test_a_run_whose_claim_was_taken_over_places_nothing_and_the_owner_places_on
     wait_for(lambda: holdings(project) == {"dummy": {"SPY": line["target"]}}, what="the buy booked to dummy")
     executions = gateway.executions()
     assert {f["execId"] for f in mode_collection(project, "fills")} == {e["execId"] for e in executions}
+
+
+@pytest.mark.timeout(180)
+def test_a_run_whose_claim_was_taken_over_after_it_placed_leaves_the_one_reply_to_the_new_owner(
+    consumer_factory, bus: Bus, gateway, project: str
+):
+    """Decision 39. The run's lease lapsed while its order worked and another process took the claim: the run's
+    renewals, reply and release used to be plain updates, so it stored `done` over the new owner's claim and
+    replied, and the new owner answered too. Now the run stores and publishes nothing; the claim's owner (here the
+    stranded-request sweep, once that owner's lease lapses too) resolves the order by orderRef and replies once."""
+    gateway.hold_fills(True)
+    consumer_factory(order_timeout=3.0, stranded_after=1.0)
+    message_id = bus.publish(allocation({"SPY": 0.05}))
+    wait_for(lambda: len(gateway.orders()) == 1, what="the order at the broker")
+    claim = mode_document(project).collection("requests").document(hashlib.sha256(message_id.encode()).hexdigest())
+    claim.update({"owner": "consumer-elsewhere", "leaseUntil": datetime.now(UTC) + timedelta(seconds=6)})
+
+    reply = bus.reply_to(message_id, timeout=60)
+    assert (reply["recovered"], reply["error"]["code"]) == (True, "interrupted"), reply
+    (order,) = gateway.orders()
+    assert [(o["orderRef"], o["outcome"]) for o in reply["error"]["details"]["orders"]] == [
+        (order["orderRef"], "working")
+    ]
+    taken = claim.get().to_dict() or {}
+    assert (taken["state"], taken["previousOwner"], taken["replyPending"]) == ("done", "consumer-elsewhere", False)
+    # the sweep's record alone: none from the first run, whose delivery attempt it would carry
+    assert [(a["status"], a["deliveryAttempt"]) for a in activity(project, messageId=message_id)] == [("error", None)]
+    bus.settle()
+    assert [r["messageId"] for r in bus.received].count(message_id) == 1
+    assert [name for _, name in gateway.requests_received()].count("placeOrder") == 1
+
+    gateway.hold_fills(False)
+    wait_for(lambda: sorted(f["execId"] for f in mode_collection(project, "fills"))
+             == sorted(e["execId"] for e in gateway.executions()), what="the fill booked once, by execId")  # fmt: skip
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": order["totalQuantity"]}}, what="the buy booked to dummy")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
+import socket
 
 import pytest
 from google.cloud import pubsub_v1
 from google.protobuf import timestamp_pb2
 
 from tests.support import (
+    TEST_ACCOUNT,
     Bus,
     ConsumerProcess,
     allocation,
@@ -81,7 +84,7 @@ def test_a_request_stranded_by_a_kill_is_answered_once_with_its_orders_booked(
     assert mode_collection(project, "openOrders") == []
     (claim,) = [d.to_dict() for d in mode_document(project)
                 .collection("requests").stream()]  # fmt: skip
-    assert claim["state"] == "done"
+    assert (claim["state"], claim["replyPending"]) == ("done", False)  # stored pending, then published
     assert json.loads(claim["replyJson"])["recovered"] is True
 
 
@@ -170,3 +173,61 @@ def test_a_stranded_claim_dated_ahead_of_this_hosts_clock_is_answered_once(consu
     assert (reply["recovered"], reply["error"]["code"], reply["durationMs"]) == (True, "interrupted", 0)
     bus.settle()
     assert [r["messageId"] for r in bus.received].count("message-ahead") == 1
+
+
+def test_a_recovered_reply_stored_by_a_sweeper_killed_before_it_published_goes_out_once(
+    consumer_factory, bus: Bus, project: str
+):
+    """Decision 39. The sweep stores its reply before it publishes it, and no redelivery will ask for it again: a
+    sweeper killed (or a publish failing) between the two left the claim done and the request never answered.
+    The reply is stored `replyPending`, and a later sweep publishes what is still pending a claim lease on."""
+    now = dt.datetime.now(dt.UTC)
+    reply = {
+        "requestId": "pending",
+        "messageId": "message-pending",
+        "idempotencyKey": None,
+        "intent": "summary",
+        "status": "error",
+        "result": None,
+        "error": {"code": "interrupted", "message": "stopped before it finished", "details": {"orders": []}},
+        "tradingMode": "paper",
+        "account": TEST_ACCOUNT,
+        "dryRun": False,
+        "schedule": None,
+        "startedAt": (now - dt.timedelta(minutes=3)).isoformat(),
+        "finishedAt": (now - dt.timedelta(minutes=2)).isoformat(),
+        "durationMs": 60000.0,
+        "recovered": True,
+    }
+    claims = mode_document(project).collection("requests")
+    stored = {
+        "requestId": "pending",
+        "intent": "summary",
+        "fingerprint": "0" * 64,
+        "dryRun": False,
+        "messageIds": ["message-pending"],
+        "state": "done",
+        "owner": "a-killed-sweeper:1",
+        "leaseUntil": None,
+        "runs": 1,
+        "replyJson": json.dumps(reply),
+        "replyPending": True,
+        "createdAt": now - dt.timedelta(minutes=3),
+        "updatedAt": now - dt.timedelta(minutes=2),
+    }
+    claims.document(hashlib.sha256(b"pending").hexdigest()).set(stored)
+    # One whose sweeper may still be publishing it (stored just now) is left to that sweeper for a claim lease.
+    claims.document(hashlib.sha256(b"just-now").hexdigest()).set(
+        {**stored, "requestId": "just-now", "messageIds": ["message-just-now"], "updatedAt": now,
+         "replyJson": json.dumps({**reply, "requestId": "just-now", "messageId": "message-just-now"})}
+    )  # fmt: skip
+    consumer_factory(stranded_after=1.0, claim_lease=30.0)
+
+    assert bus.reply_to("message-pending", timeout=60) == reply
+    wait_for(lambda: claims.document(hashlib.sha256(b"pending").hexdigest()).get().get("replyPending") is False,
+             what="the reply marked published")  # fmt: skip
+    owner = claims.document(hashlib.sha256(b"pending").hexdigest()).get().get("replyOwner")
+    assert owner.startswith(f"{socket.gethostname()}:{os.getpid()}:")  # this process's consumer took it
+    bus.settle()
+    assert [r["messageId"] for r in bus.received] == ["message-pending"]  # once, and not the one just stored
+    assert claims.document(hashlib.sha256(b"just-now").hexdigest()).get().get("replyPending") is True
