@@ -336,6 +336,9 @@ class Dispatcher:
                 }
                 await self._services.publishing.reply(ReplyJson.of(again))
             except Exception as e:
+                if claim.reply.get("messageId") == request.delivery.message_id:
+                    # A redelivery of the message whose reply never went out: on its last attempt, the sweep's.
+                    return await self._publish_failed(request, str(e))
                 log.warning("could not republish the stored reply; will retry", error=str(e))
                 return Settlement.NACK
             return Settlement.ACK
@@ -433,7 +436,8 @@ class Dispatcher:
         try:
             await services.publishing.reply(encoded)
         except Exception as e:
-            # Not acked: the redelivery answers from the stored reply (marked duplicate).
+            if claimed:
+                return await self._publish_failed(request, str(e))
             log.error("could not publish the reply; nacked", error=str(e))
             return Settlement.NACK
         services.metrics.observe_intent(reply["intent"], reply["status"], reply["durationMs"])
@@ -445,6 +449,22 @@ class Dispatcher:
             **({"alert": True} if reply.get("alert") else {}),
             **({"error": reply["error"]} if reply.get("error") else {}),
         )
+        return Settlement.ACK
+
+    async def _publish_failed(self, request: Request, error: str) -> Settlement:
+        """A reply stored with its claim could not be published. Nacked, the redelivery answers from the stored
+        reply; on the last attempt there is no redelivery (the emulator drops the message, the cloud dead-letters
+        it unanswered), so the reply is marked pending and the stranded-request sweep publishes it (decision 39)."""
+        attempt = request.delivery.delivery_attempt or 0
+        if attempt < self._services.settings.max_delivery_attempts:
+            log.error("could not publish the reply; nacked", error=error, attempt=attempt)
+            return Settlement.NACK
+        try:
+            await self._services.ledger.reply_pending(request.request_id)
+        except Exception as e:
+            log.error("could not publish the reply on the last attempt, nor leave it to the sweep", error=str(e))
+            return Settlement.NACK
+        log.error("could not publish the reply on the last attempt; the sweep publishes it", error=error)
         return Settlement.ACK
 
     async def _finish_claim_alone(self, request: Request, reply: ReplyJson) -> bool:

@@ -9,6 +9,7 @@ what the run did not get to: the intent's inputs are stale by then; the operator
 
 No redelivery will ask for that reply again, so it is stored marked `replyPending` until it has been published: a
 publish that failed (or a sweeper killed between the two) leaves it to a later sweep, here or in another consumer.
+A message's last delivery attempt that stored its reply but could not publish it leaves it the same way.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class StrandedRequests:
         return True
 
     async def _publish_pending(self) -> list[str]:
-        """The replies stored by sweeps that could not publish them, one claim lease after they were stored."""
+        """The replies stored but not published (by a sweep that failed or died, or by a message's last delivery
+        attempt), one claim lease after they were marked pending."""
         ledger = self._services.ledger
         published = []
         for snapshot in await ledger.pending_replies(self._services.settings.claim_lease):
@@ -103,7 +105,7 @@ class StrandedRequests:
             if not isinstance(text, str) or not await ledger.take_pending(snapshot):
                 continue
             request_id = (snapshot.to_dict() or {})["requestId"]
-            log.warning("publishing a recovered reply an earlier sweep could not", requestId=request_id)
+            log.warning("publishing a stored reply that was never published", requestId=request_id)
             await self._publish(request_id, ReplyJson.of(json.loads(text)))
             published.append(request_id)
         return published
@@ -112,7 +114,8 @@ class StrandedRequests:
         services = self._services
         await services.publishing.reply(encoded)
         await services.ledger.published(request_id)
-        services.metrics.count("recovered", encoded.reply.get("intent") or "(none)")
+        if encoded.reply.get("recovered"):
+            services.metrics.count("recovered", encoded.reply.get("intent") or "(none)")
 
     async def _resolve(self, request_id: str) -> list[dict[str, Any]]:
         """Books what the broker filled for this request's orders and closes those that are over."""

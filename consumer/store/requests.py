@@ -269,8 +269,8 @@ class RequestLedger:
         raise ClaimTakenOver(f"request {request_id}'s claim keeps changing under this process")
 
     async def pending_replies(self, older_than: float) -> list[DocumentSnapshot]:
-        """Claims finished by the sweep whose reply was not published (it failed, or its process died) at least
-        `older_than` seconds ago."""
+        """Claims whose stored reply was not published (by the sweep, which failed or died; by a last delivery
+        attempt, which failed) at least `older_than` seconds ago."""
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
         query = self._layout.requests().where(filter=FieldFilter("replyPending", "==", True))
         return [s async for s in query.stream() if ((s.to_dict() or {}).get("updatedAt") or cutoff) <= cutoff]
@@ -285,6 +285,10 @@ class RequestLedger:
         except (exceptions.FailedPrecondition, exceptions.NotFound):
             return False
         return True
+
+    async def reply_pending(self, request_id: str) -> None:
+        """A stored reply no delivery will publish (its last attempt failed to): a later sweep publishes it."""
+        await self._layout.request(request_id).update({"replyPending": True, "updatedAt": datetime.now(UTC)})
 
     async def published(self, request_id: str) -> None:
         """The sweep's reply went out: no later sweep publishes it again."""

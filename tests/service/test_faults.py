@@ -7,11 +7,13 @@ Each test states its invariant and checks it at the broker (orders by orderRef, 
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from google.cloud import pubsub_v1
 
 from consumer.errors import IntentError
 from consumer.intents import builtin_intents
@@ -484,3 +486,48 @@ def test_params_firestore_cannot_encode_are_left_out_of_the_activity_record_on_t
     (record,) = wait_for(lambda: activity(project, messageId=message_id), what="the activity record")
     assert (record["status"], record["params"]) == ("ok", None)
     assert attempts == [1]
+
+
+@pytest.mark.timeout(180)
+def test_a_reply_no_attempt_could_publish_is_published_once_by_the_sweep(consumer_factory, bus: Bus, project: str):
+    """Decision 39. Each attempt stored the reply, then failed to publish it (here: the reply topic does not exist
+    yet) and nacked, for the redelivery to answer from the stored reply. The last attempt nacked too, and there is no
+    redelivery after it (the emulator drops the message; the cloud dead-letters it unanswered): the reply was never
+    sent. Now the last attempt marks it pending and acks; the sweep publishes it once Pub/Sub takes it."""
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(project, "intent-replies-later")
+    consumer_factory(reply_topic="intent-replies-later", stranded_after=1.0, claim_lease=5.0)
+    message_id = bus.publish({"intent": "summary"})
+    claim = mode_document(project).collection("requests").document(hashlib.sha256(message_id.encode()).hexdigest())
+    wait_for(lambda: (claim.get().to_dict() or {}).get("replyPending") is True, timeout=90,
+             what="the last attempt to leave the reply to the sweep")  # fmt: skip
+
+    publisher.create_topic(name=topic)  # within the claim lease the sweep waits before it publishes
+    with pubsub_v1.SubscriberClient() as subscriber:
+        replies = the_replies_the_sweep_publishes(subscriber, project, topic)
+    assert [r["messageId"] for r in replies] == [message_id]  # once, and no second publish a claim lease later
+    assert (replies[0]["status"], replies[0].get("recovered")) == ("ok", None)
+    assert (claim.get().to_dict() or {}).get("replyPending") is False
+    assert [a["deliveryAttempt"] for a in activity(project, messageId=message_id)] == [1]  # run once
+
+
+def the_replies_the_sweep_publishes(subscriber: Any, project: str, topic: str) -> list[dict[str, Any]]:
+    """Pulls from a new subscription to `topic` until a reply comes, then for another claim lease and more."""
+    monitor = subscriber.create_subscription(
+        name=subscriber.subscription_path(project, "intent-replies-later-monitor"), topic=topic
+    ).name
+    replies: list[dict[str, Any]] = []
+
+    def pull() -> list[dict[str, Any]]:
+        response = subscriber.pull(subscription=monitor, max_messages=10, timeout=5)
+        if response.received_messages:
+            ack_ids = [m.ack_id for m in response.received_messages]
+            subscriber.acknowledge(subscription=monitor, ack_ids=ack_ids)
+        replies.extend(json.loads(m.message.data) for m in response.received_messages)
+        return replies
+
+    wait_for(pull, timeout=60, what="the reply published by the sweep")
+    deadline = datetime.now(UTC) + timedelta(seconds=QUIET + 6)
+    while datetime.now(UTC) < deadline:
+        pull()
+    return replies
