@@ -221,10 +221,13 @@ class RequestLedger:
 
     async def still_held(self, request_id: str) -> bool:
         """After a conditioned write failed: whether the claim is still this process's and running (a renewal it
-        cancelled may have landed after all), in which case the next write is conditioned on what it read."""
+        cancelled may have landed after all), in which case the next write is conditioned on what it read.
+        NotFound if the claim is gone (its documents deleted): no owner will answer, so the caller does."""
         snapshot = await self._layout.request(request_id).get()
+        if not snapshot.exists:
+            raise exceptions.NotFound(f"request {request_id}'s claim is gone")
         claim = snapshot.to_dict() or {}
-        if snapshot.exists and claim.get("owner") == self._owner and claim.get("state") == ClaimState.RUNNING.value:
+        if claim.get("owner") == self._owner and claim.get("state") == ClaimState.RUNNING.value:
             self._written[request_id] = snapshot.update_time
             return True
         return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -75,3 +76,37 @@ def test_a_run_whose_claim_was_taken_over_after_it_placed_leaves_the_one_reply_t
     wait_for(lambda: sorted(f["execId"] for f in mode_collection(project, "fills"))
              == sorted(e["execId"] for e in gateway.executions()), what="the fill booked once, by execId")  # fmt: skip
     wait_for(lambda: holdings(project) == {"dummy": {"SPY": order["totalQuantity"]}}, what="the buy booked to dummy")
+
+
+@pytest.mark.timeout(180)
+def test_a_run_whose_claim_was_deleted_after_it_placed_is_answered_once_and_places_once(
+    consumer_factory, bus: Bus, gateway, project: str
+):
+    """A claim gone mid-run (its documents deleted: a restore, a careless cleanup) has no new owner to answer it.
+    The run's conditioned store failed and was taken for a takeover: acked, with no reply ever. It is a store
+    failure: nacked, and the redelivery finds the order working at the broker and answers once."""
+    gateway.hold_fills(True)
+    consumer_factory(order_timeout=3.0)
+    message_id = bus.publish(allocation({"SPY": 0.05}))
+    wait_for(lambda: len(gateway.orders()) == 1, what="the order at the broker")
+    mode_document(project).collection("requests").document(hashlib.sha256(message_id.encode()).hexdigest()).delete()
+
+    reply = the_one_reply(bus, message_id)
+    assert reply["status"] == "ok", reply
+    (line,) = reply["result"]["instruments"]
+    (order,) = gateway.orders()
+    # Its write-ahead went with the claim: the redelivery sizes SPY afresh and counts the first run's order as
+    # working at the broker, placing nothing more.
+    assert (line["target"], line["working"], line["order"]) == (order["totalQuantity"], order["totalQuantity"], 0)
+    assert [name for _, name in gateway.requests_received()].count("placeOrder") == 1
+    gateway.hold_fills(False)
+    wait_for(lambda: sorted(f["execId"] for f in mode_collection(project, "fills"))
+             == sorted(e["execId"] for e in gateway.executions()), what="the fill booked once, by execId")  # fmt: skip
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": order["totalQuantity"]}}, what="the buy booked to dummy")
+
+
+def the_one_reply(bus: Bus, message_id: str) -> dict[str, Any]:
+    reply = bus.reply_to(message_id, timeout=60)
+    bus.settle()
+    assert [r["messageId"] for r in bus.received].count(message_id) == 1
+    return reply
