@@ -182,11 +182,12 @@ class RequestLedger:
     async def adopt(self, snapshot: DocumentSnapshot) -> bool:
         """Takes over a stranded claim to finish it; False if anyone touched it since it was read."""
         now = datetime.now(UTC)
+        claim = snapshot.to_dict() or {}
         try:
             written = await snapshot.reference.update(
                 {
                     "owner": self._owner,
-                    "previousOwner": (snapshot.to_dict() or {}).get("owner"),
+                    "previousOwner": claim.get("owner"),
                     "leaseUntil": now + self._lease,
                     "recovering": True,
                     "updatedAt": now,
@@ -195,7 +196,7 @@ class RequestLedger:
             )
         except (exceptions.FailedPrecondition, exceptions.NotFound):
             return False
-        self._written[snapshot.reference.id] = written.update_time
+        self._written[claim["requestId"]] = written.update_time  # keyed as every other write is, not by doc id
         return True
 
     def _precondition(self, request_id: str) -> Any:

@@ -231,3 +231,36 @@ def test_a_recovered_reply_stored_by_a_sweeper_killed_before_it_published_goes_o
     bus.settle()
     assert [r["messageId"] for r in bus.received] == ["message-pending"]  # once, and not the one just stored
     assert claims.document(hashlib.sha256(b"just-now").hexdigest()).get().get("replyPending") is True
+
+
+@pytest.mark.timeout(240)
+def test_a_sweep_whose_claim_is_taken_over_while_it_resolves_leaves_the_one_reply_to_the_new_owner(
+    consumer_factory, bus: Bus, gateway, project: str, tmp_path
+):
+    """Decision 39. The sweep adopts a stranded claim and asks IB for its orders, which can take longer than a
+    claim lease; a late redelivery may take the claim over meanwhile. The sweep's renewals and reply must then be
+    refused like any run's: it used to key its last write by the claim's document id, so its writes went out
+    unconditioned and it answered over the new owner's claim."""
+    message_id, refs = strand_an_allocation(bus, gateway, project, tmp_path, fill=False)
+    consumer_factory(stranded_after=2.0)
+    gateway.stall_request("reqCompletedOrders", 4.0)  # the sweep's order lookup, once it adopts the claim
+    (snapshot,) = mode_document(project).collection("requests").get()
+    claim = snapshot.reference
+    here = f"{socket.gethostname()}:{os.getpid()}:"
+    wait_for(lambda: str((claim.get().to_dict() or {}).get("owner")).startswith(here), timeout=90,
+             what="the sweep to adopt the claim")  # fmt: skip
+    claim.update({"owner": "consumer-elsewhere", "leaseUntil": dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)})
+
+    reply = bus.reply_to(message_id, timeout=60)  # once that lease lapses too, from the sweep that adopts it again
+    assert (reply["recovered"], reply["error"]["code"]) == (True, "interrupted")
+    assert [(o["orderRef"], o["outcome"]) for o in reply["error"]["details"]["orders"]] == [
+        (r, "working") for r in refs
+    ]
+    taken = claim.get().to_dict() or {}
+    assert (taken["state"], taken["previousOwner"], taken["replyPending"]) == ("done", "consumer-elsewhere", False)
+    bus.settle()
+    assert [r["messageId"] for r in bus.received].count(message_id) == 1
+    assert sorted(o["orderRef"] for o in gateway.orders()) == refs  # nothing placed again
+    gateway.hold_fills(False)
+    wait_for(lambda: sorted(f["execId"] for f in mode_collection(project, "fills"))
+             == sorted(e["execId"] for e in gateway.executions()), what="each fill booked once")  # fmt: skip
