@@ -16,10 +16,10 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from google.api_core import exceptions
 from google.cloud.firestore import AsyncDocumentReference, AsyncWriteBatch, DocumentSnapshot
@@ -32,6 +32,8 @@ from consumer.reply_json import ReplyJson, dumps
 from consumer.store.layout import Layout
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 # A Firestore document holds at most 1 MiB; a summary of a large account or a big rebalance can reply with more.
 # The claim keeps the reply whole up to this size, else without its result (the reply itself went out whole).
@@ -234,14 +236,21 @@ class RequestLedger:
         return False
 
     async def commit_as_owner(self, request_id: str, fill: Callable[[AsyncWriteBatch], None]) -> None:
-        """Commits a batch `fill` builds around `finish`: once more if the claim is still this process's but changed
-        (a renewal cancelled in flight landed after all), ClaimTakenOver if it is another's."""
-        for _ in range(2):
+        """Commits a batch `fill` builds around `finish`, as `_as_owner` says."""
+
+        async def commit() -> None:
             batch = self._layout.db.batch()
             fill(batch)
+            await batch.commit()
+
+        await self._as_owner(request_id, commit)
+
+    async def _as_owner(self, request_id: str, write: Callable[[], Awaitable[T]]) -> T:
+        """Makes a write conditioned on this process's last one: once more if the claim is still this process's but
+        changed (a renewal cancelled in flight landed after all), ClaimTakenOver if it is another's."""
+        for _ in range(2):
             try:
-                await batch.commit()
-                return
+                return await write()
             except exceptions.FailedPrecondition:
                 if not await self.still_held(request_id):
                     raise ClaimTakenOver(f"request {request_id}'s claim was taken over") from None
@@ -261,16 +270,8 @@ class RequestLedger:
 
     async def _write(self, ref: AsyncDocumentReference, request_id: str, fields: dict[str, Any]) -> None:
         """A conditioned update of a claim this process holds; ClaimTakenOver if it is no longer its own."""
-        for _ in range(2):
-            try:
-                written = await ref.update(fields, option=self._precondition(request_id))
-            except exceptions.FailedPrecondition:
-                if await self.still_held(request_id):
-                    continue
-                raise ClaimTakenOver(f"request {request_id}'s claim was taken over") from None
-            self._written[request_id] = written.update_time
-            return
-        raise ClaimTakenOver(f"request {request_id}'s claim keeps changing under this process")
+        written = await self._as_owner(request_id, lambda: ref.update(fields, option=self._precondition(request_id)))
+        self._written[request_id] = written.update_time
 
     async def pending_replies(self, older_than: float) -> list[DocumentSnapshot]:
         """Claims whose stored reply was not published (by the sweep, which failed or died; by a last delivery
