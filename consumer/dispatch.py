@@ -215,7 +215,10 @@ class Dispatcher:
         except Failure as failure:
             return await self._settle(request, started, failure=failure)
         except LeaseLost as e:
-            # Another delivery may own the request now: it runs it and replies. Nothing was placed here.
+            # Nothing was placed here. Still this process's claim: handed back (or, on the last attempt, answered)
+            # like any transient failure, not left running until its lease lapses. Another's: that owner replies.
+            if e.held:
+                return await self._retry_or_dead_letter(request, started, Transient("lease_short", str(e)), True)
             log.warning("claim lost before placing; left to its owner", error=str(e))
             return Settlement.NACK
         except asyncio.CancelledError:

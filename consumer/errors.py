@@ -74,9 +74,13 @@ class GatewayReadOnly(Rejected):
 
 
 class LeaseLost(Exception):
-    """This process no longer holds the request's claim: its lease lapsed (renewals failed) and another delivery
-    may have taken it over. The run stops before it places anything, and leaves the claim and the reply to the
-    owner."""
+    """The run may not place: the claim is another's now (`held` False: that owner runs the request and replies),
+    or still this process's with too little lease left to be sure of it (`held` True: its renewals failed; the
+    run hands the claim back, as after any transient failure, so the redelivery runs the request at once)."""
+
+    def __init__(self, message: str, held: bool) -> None:
+        super().__init__(message)
+        self.held = held
 
 
 class ClaimTakenOver(Exception):

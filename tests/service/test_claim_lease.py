@@ -12,8 +12,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from google.cloud.firestore import AsyncClient
 
-from tests.support import Bus, activity, allocation, holdings, mode_collection, mode_document, wait_for
+from consumer.errors import LeaseLost
+from consumer.store.layout import Layout
+from consumer.store.requests import RequestLedger
+from tests.support import (
+    TEST_ACCOUNT,
+    Bus,
+    activity,
+    allocation,
+    holdings,
+    mode_collection,
+    mode_document,
+    wait_for,
+)
 
 pytestmark = pytest.mark.usefixtures("paper_config")
 
@@ -103,6 +116,57 @@ def test_a_run_whose_claim_was_deleted_after_it_placed_is_answered_once_and_plac
     wait_for(lambda: sorted(f["execId"] for f in mode_collection(project, "fills"))
              == sorted(e["execId"] for e in gateway.executions()), what="the fill booked once, by execId")  # fmt: skip
     wait_for(lambda: holdings(project) == {"dummy": {"SPY": order["totalQuantity"]}}, what="the buy booked to dummy")
+
+
+def test_a_run_whose_lease_ran_short_before_placing_hands_the_claim_back_and_the_redelivery_places_once(
+    consumer_factory, bus: Bus, gateway, project: str
+):
+    """Renewals failed (here: the lease cut short while the run waits on a price) and the claim is still this
+    process's: the run places nothing and hands the claim back at once, as after any transient failure, instead of
+    leaving it `running` until its lease lapses; the redelivery runs the request and places once."""
+    consumer_factory(claim_lease=30.0)  # renewed every 10 s: none lands while the run waits
+    gateway.stall_request("reqMktData", 1.5)
+    message_id = bus.publish(allocation({"SPY": 0.05}))
+    wait_for(lambda: "reqMktData" in [name for _, name in gateway.requests_received()], what="the price request")
+    claim = mode_document(project).collection("requests").document(hashlib.sha256(message_id.encode()).hexdigest())
+    owner = claim.get().get("owner")
+    claim.update({"leaseUntil": datetime.now(UTC) + timedelta(seconds=1)})  # under the 2 s a run must hold
+
+    reply = the_one_reply(bus, message_id)
+    assert reply["status"] == "ok", reply
+    (line,) = reply["result"]["instruments"]
+    taken = claim.get().to_dict() or {}
+    assert (taken["state"], taken["runs"], taken["previousOwner"]) == ("done", 2, owner)
+    assert taken["lastError"].startswith("lease_short: "), taken  # handed back by the first run, not lapsed
+    assert [name for _, name in gateway.requests_received()].count("placeOrder") == 1
+    (order,) = gateway.orders()
+    assert (order["orderRef"], order["status"], order["filled"]) == (line["orderRef"], "Filled", line["target"])
+    wait_for(lambda: sorted(f["execId"] for f in mode_collection(project, "fills"))
+             == sorted(e["execId"] for e in gateway.executions()), what="the fill booked once, by execId")  # fmt: skip
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": line["target"]}}, what="the buy booked to dummy")
+
+
+async def test_a_healthy_short_lease_holds_whenever_the_run_checks_it(project: str):
+    """With a 3 s lease renewed every second, a healthy claim has 2 s left just before a renewal lands, and less
+    when the renewal runs late: a fixed 2 s spare refused such a run (CI, a reconnect's test) and left its claim
+    running with nobody running it. A short lease is held to a third of it."""
+    db = AsyncClient(project=project)
+    try:
+        ledger = RequestLedger(Layout(db, TEST_ACCOUNT, "paper"), owner="this-process", lease_seconds=3.0)
+        assert (await ledger.claim("short-lease", "allocation", "m1", "f")).first_run
+        ref = Layout(db, TEST_ACCOUNT, "paper").request("short-lease")
+        await ref.update({"leaseUntil": datetime.now(UTC) + timedelta(seconds=1.8)})  # its renewal 0.2 s late
+        await ledger.hold("short-lease")
+        await ref.update({"leaseUntil": datetime.now(UTC) + timedelta(seconds=0.5)})  # renewals failed
+        with pytest.raises(LeaseLost) as short:
+            await ledger.hold("short-lease")
+        assert short.value.held
+        await ref.update({"owner": "elsewhere", "leaseUntil": datetime.now(UTC) + timedelta(seconds=3)})
+        with pytest.raises(LeaseLost) as taken:
+            await ledger.hold("short-lease")
+        assert not taken.value.held
+    finally:
+        db.close()
 
 
 def the_one_reply(bus: Bus, message_id: str) -> dict[str, Any]:
