@@ -3,9 +3,9 @@
 The consumer is connected all day, so executions are booked the moment the gateway reports them (the broker's
 execution and commission events, on the broker loop). The sweep (`reconcile`, also the trade-reconciliation
 intent) catches whatever was missed while the consumer was down, and closes orders the broker has finished.
-The gateway reports only the current day's executions, so a finished order whose fills it no longer lists is
-booked from the order's own filled quantity and average price, marked synthetic: nothing depends on the sweep
-running on the day of the fill.
+The gateway reports only the current day's executions and completed orders, so an order that finished on an
+earlier day is booked from what the account's position says it filled, marked synthetic (decision 44): nothing
+depends on the sweep running on the day of the fill.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ class Bookkeeper:
     last booking was in flight together (executions first, then the orders they finished; see Books.book_all).
     `reconcile` is the sweep: it runs after every connect, before every trading intent, and as the
     trade-reconciliation intent; it books what live booking missed and closes finished orders, booking a
-    synthetic fill for what a finished order filled on an earlier day (the gateway lists today's fills only).
+    synthetic fill for what a finished order filled beyond the executions IB reports, and for what an earlier
+    day's order IB no longer lists filled, read off the position (IB lists today's orders and fills only).
     An order IB never had is closed as NotPlaced after `stale_pending_after` seconds: written ahead and never sent
     (its intent died), or sent and never acknowledged (IB's paper server loses some orders without a word).
     """
@@ -239,21 +240,16 @@ class Bookkeeper:
             return [], len(docs), []
         closed, synthetic, still_open = [], [], 0
         fresh: list[Fill] | None = None  # executions asked again, once, before any fill is made up
+        unlisted = [d for d in docs if _finished_earlier(d, at_broker, record)]
+        listed = [d for d in docs if d not in unlisted]
         now = datetime.now(UTC)
-        for doc in docs:
+        for doc in listed:
             ref = doc["orderRef"]
             found = at_broker.get(ref)
             if found is None or _never_acknowledged(found):
-                created = doc.get("createdAt")
-                stale = (
-                    not doc.get("permId")
-                    and doc.get("state") in ("pending", "placed")
-                    and created is not None
-                    and now - created > self._stale_pending
-                )
                 # Never at IB: written ahead of a placement that never happened (its intent died and was not
                 # re-run), or sent and lost before IB acknowledged it; IB lists it nowhere after all this time.
-                if stale and await self._books.close_order(ref, NOT_PLACED, None):
+                if self._stale(doc, now) and await self._books.close_order(ref, NOT_PLACED, None):
                     closed.append({"orderRef": ref, "state": NOT_PLACED, "filled": doc.get("filled", 0.0)})
                     continue
                 still_open += 1
@@ -263,8 +259,8 @@ class Bookkeeper:
                 continue
             booked = abs(float(doc.get("filled", 0.0)))
             missing = found.filled - booked
-            # Executions the gateway still knows are booked normally (live or by this sweep); only fills it no
-            # longer reports (an earlier day's) are booked from the order itself.
+            # Executions the gateway still knows are booked normally (live or by this sweep); only fills it does
+            # not report are booked from the order itself.
             known = [*reported, *self._session_fills()]
             unbooked = {f.exec_id for f in known if f.order_ref == ref} - set(doc.get("execIds", []))
             if missing > EPSILON and not unbooked:
@@ -277,14 +273,84 @@ class Bookkeeper:
                 closed.append({"orderRef": ref, "state": found.status, "filled": found.filled})
             else:
                 still_open += 1
-        return closed, still_open, synthetic
+        gone, inferred = await self._close_unlisted(unlisted, _instruments_open(listed, closed))
+        return closed + gone, still_open + len(unlisted) - len(gone), synthetic + inferred
+
+    def _stale(self, doc: dict[str, Any], now: datetime) -> bool:
+        created = doc.get("createdAt")
+        return (
+            not doc.get("permId")
+            and doc.get("state") in ("pending", "placed")
+            and created is not None
+            and now - created > self._stale_pending
+        )
+
+    async def _unbooked(self) -> dict[int, float]:
+        """{conId: the account's position beyond what the books hold}, over every strategy's book."""
+        out: dict[int, float] = {}
+        for p in await self._broker.positions():
+            if self.account is None or p.account == self.account:
+                out[p.con_id] = out.get(p.con_id, 0.0) + p.quantity
+        for held in (await self._books.holdings()).values():
+            for con_id, position in held.items():
+                out[con_id] = out.get(con_id, 0.0) - float(position.get("quantity", 0.0))
+        return out
+
+    async def _close_unlisted(
+        self, docs: list[dict[str, Any]], busy: set[int]
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Closes earlier days' orders IB no longer lists, with what they filled read off the position.
+
+        Neither the order nor its executions are reported any more, but the account's position is: what it holds
+        beyond the books on the order's instrument is what the order filled after the books last heard of it (none:
+        it expired or was cancelled with what is booked). Only when that is unambiguous: the one such order on its
+        instrument, none of ours open on it (`busy`: its fills may move the position as it is read), and the
+        difference within what the order had left, in its direction. Anything else stays open and is the reconcile
+        intent's, which compares books and positions.
+        """
+        if not docs:
+            return [], []
+        by_con: dict[int, list[dict[str, Any]]] = {}
+        for doc in docs:
+            by_con.setdefault(int(doc["conId"]), []).append(doc)
+        unbooked = await self._unbooked()
+        marks = self._broker.portfolio_marks(self.account) if self.account else {}
+        closed: list[dict[str, Any]] = []
+        synthetic: list[str] = []
+        for con_id, group in by_con.items():
+            (doc, *others) = group
+            ordered = abs(float(doc["quantity"]))
+            booked = abs(float(doc.get("filled", 0.0)))
+            direction = 1.0 if doc["quantity"] > 0 else -1.0
+            moved = unbooked.get(con_id, 0.0) * direction
+            if others or con_id in busy or moved < -EPSILON or moved > ordered - booked + EPSILON:
+                log.warning(
+                    "an earlier day's order IB no longer lists, and the position does not say what it filled; "
+                    "left open for the reconcile intent",
+                    orders=sorted(d["orderRef"] for d in group),
+                    conId=con_id,
+                )
+                continue
+            filled = booked
+            if moved > EPSILON:
+                filled += moved
+                exec_id = f"synthetic-{doc['permId']}-{filled:g}"
+                price = marks.get(con_id)
+                if price is None:
+                    log.warning("synthetic fill booked at price 0: IB gives no price for it", orderRef=doc["orderRef"])
+                await self._books.book(_synthetic(doc, exec_id, moved, price or 0.0))
+                synthetic.append(exec_id)
+            state = "Filled" if filled >= ordered - EPSILON else "Cancelled"
+            if await self._books.close_order(doc["orderRef"], state, filled):
+                closed.append({"orderRef": doc["orderRef"], "state": state, "filled": filled, "unlisted": True})
+        return closed, synthetic
 
     async def _fill_in(self, doc: dict[str, Any], found: Outcome, missing: float, fresh: list[Fill]) -> str | None:
         """Books what a finished order filled beyond its booked executions; the synthetic fill's execId, if made up.
 
         The sweep read the executions before the order's status: IB may send a fill's status ahead of its
         execution, and another client id's order may fill in between. `fresh`, asked after the status, is what IB
-        still reports: booked as itself. Only what IB no longer reports (an earlier day's) is made up from the order.
+        still reports: booked as itself. Only what IB does not report is made up from the order.
         """
         booked = set(doc.get("execIds", []))
         late = [f for f in fresh if f.order_ref == doc["orderRef"] and f.exec_id not in booked]
@@ -299,6 +365,19 @@ class Bookkeeper:
             log.warning("synthetic fill booked at price 0: IB gives no price for it", orderRef=doc["orderRef"])
         await self._books.book(_synthetic(doc, exec_id, missing, price or 0.0))
         return exec_id
+
+
+def _finished_earlier(doc: dict[str, Any], at_broker: dict[str, Outcome], record: ConnectionRecord | None) -> bool:
+    """IB took the order (it gave a permId) and, asked afresh, lists it nowhere: every open order is listed, so it
+    finished on an earlier day (IB lists the current day's completed orders and executions only). A connection's
+    record is not asked: it misses another client id's orders still working."""
+    return doc["orderRef"] not in at_broker and bool(doc.get("permId")) and (record is None or not record.holds)
+
+
+def _instruments_open(docs: list[dict[str, Any]], closed: list[dict[str, Any]]) -> set[int]:
+    """The conIds of these orders that are still open after `closed`."""
+    done = {c["orderRef"] for c in closed}
+    return {int(d["conId"]) for d in docs if d["orderRef"] not in done}
 
 
 def _never_acknowledged(found: Outcome) -> bool:

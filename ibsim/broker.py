@@ -32,7 +32,7 @@ from .order_rules import (
 )
 from .protocol import OrderRequest
 from .scenario import Scenario
-from .simorder import Listener, SimOrder, ib_time
+from .simorder import COMPLETED, Listener, SimOrder, ib_time
 
 log = logging.getLogger("ibsim.broker")
 
@@ -274,9 +274,7 @@ class Broker(Ledger):
 
     def _finish(self, order: SimOrder, status: str, completed_status: str = "") -> None:
         self._stop_timer(order)
-        order.status = status
-        order.completedTime = ib_time(self.clock.time())
-        order.completedStatus = completed_status or status
+        order.complete(status, ib_time(self.clock.time()), completed_status)
         self.listener.order_update(order, open_order=True)
         self.listener.state_changed()
 
@@ -412,15 +410,23 @@ class Broker(Ledger):
             comm_cur,
         )
         if order.remaining <= 1e-9:
-            order.status = "Filled"
-            order.completedTime = ib_time(now)
-            order.completedStatus = "Filled"
+            order.complete("Filled", ib_time(now))
         self.listener.execution(order, execution)
         self.listener.state_changed()
         return execution
 
     # -- day roll ----------------------------------------------------------------------------------------------
+    def _end_day(self) -> None:
+        """DAY orders expire at the close (one held for the open is the next session's). IB lists the current
+        day's completed orders only (its API docs' "Completed Orders"; ib_insync #128): the day's go off the list."""
+        for order in self.active_orders():
+            if order.tif in ("DAY", "") and order.status == "Submitted":
+                self._finish(order, "Cancelled", "Cancelled: day order expired")
+        for order in self.orders.values():
+            order.earlierDay = order.earlierDay or order.status in COMPLETED
+
     def roll_day(self) -> None:
+        self._end_day()
         for order in self.active_orders():
             if order.tif == "OPG" and not (order.forOpen and self.closed_until(order) is not None):
                 px = self._marketable(order, self.instruments[order.key])
@@ -428,10 +434,6 @@ class Broker(Ledger):
                     self.execute(order, order.remaining, px)
                 else:
                     self._finish(order, "Cancelled", "Cancelled: opening order not marketable")
-        for order in self.active_orders():
-            # A DAY order still held for the open (placed after a close) is for the session to come.
-            if order.tif in ("DAY", "") and order.status == "Submitted":
-                self._finish(order, "Cancelled", "Cancelled: day order expired")
         self.executions.clear()
         for acct in self.accounts.values():
             acct.realized.clear()

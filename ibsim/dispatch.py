@@ -17,6 +17,7 @@ from .connection import Connection
 from .controls import query
 from .core import GatewayCore
 from .protocol import ProtocolError, Reader
+from .simorder import COMPLETED
 
 log = logging.getLogger("ibsim")
 
@@ -121,7 +122,7 @@ class Dispatch(GatewayCore):
         elif msg_id in (P.REQ_OPEN_ORDERS, P.REQ_ALL_OPEN_ORDERS):
             ms = cost.get("perOpenOrderMs", 0.0) * len(self.broker.active_orders())
         elif msg_id == P.REQ_COMPLETED_ORDERS:
-            done = sum(1 for o in self.broker.orders.values() if o.status in ("Filled", "Cancelled"))
+            done = sum(1 for o in self.broker.orders.values() if o.status in COMPLETED and not o.earlierDay)
             ms = cost.get("perCompletedOrderMs", 0.0) * done
         elif msg_id == P.REQ_EXECUTIONS:
             ms = cost.get("perExecutionMs", 0.0) * len(self.broker.executions)

@@ -21,7 +21,7 @@ from .marketdata import MarketDesk
 from .messages import ContractView
 from .order_rules import OFF_TICK, off_tick, refusal
 from .protocol import Reader
-from .simorder import SimOrder
+from .simorder import COMPLETED, SimOrder
 
 log = logging.getLogger("ibsim")
 
@@ -171,7 +171,7 @@ class OrderDesk(MarketDesk):
         conn.send([53, 1])
 
     def _req_completed_orders(self, conn: Connection, r: Reader) -> None:
-        done = [o for o in self.broker.orders.values() if o.status in ("Filled", "Cancelled")]
+        done = [o for o in self.broker.orders.values() if o.status in COMPLETED and not o.earlierDay]
         done.sort(key=lambda o: o.completedTime)
         for order in done:
             conn.send(M.completed_order_msg(conn.version, self._order_view(order), order.wire()))

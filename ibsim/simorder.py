@@ -12,6 +12,8 @@ from .protocol import OrderRequest
 ACTIVE = ("PreSubmitted", "Submitted", "PendingCancel")
 EXEC_TZ = "America/New_York"
 
+COMPLETED = ("Filled", "Cancelled")  # the statuses reqCompletedOrders lists
+
 
 class Listener(Protocol):
     """What the simulated broker reports to (the server, which turns each call into the TWS API messages IB Gateway
@@ -68,6 +70,8 @@ class SimOrder:
     createdAt: float = 0.0
     completedTime: str = ""
     completedStatus: str = ""
+    # Completed on an earlier trading day: IB lists the current day's completed orders only (roll_day).
+    earlierDay: bool = False
     whyHeld: str = ""
     # An OPG order placed while its market was closed: it executes at the next open (one placed in the session
     # waits for the next day's opening, roll_day).
@@ -110,6 +114,12 @@ class SimOrder:
     @property
     def active(self) -> bool:
         return self.status in ACTIVE
+
+    def complete(self, status: str, at: str, completed_status: str = "") -> None:
+        """Done (Filled, Cancelled) at `at`, IB's time text; `completed_status`: the completed order's own words."""
+        self.status = status
+        self.completedTime = at
+        self.completedStatus = completed_status or status
 
     def wire(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

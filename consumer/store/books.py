@@ -56,7 +56,7 @@ class Execution:
     commission: float | None = None
     commission_currency: str | None = None
     account: str = ""
-    synthetic: bool = False  # built from a completed order whose executions the gateway no longer reports
+    synthetic: bool = False  # made up by a sweep for fills IB does not report (bookkeeper, decisions 34 and 44)
     # Units of base currency per unit of the instrument's / the commission's currency, as the consumer knows them
     # when it books (the account's ExchangeRate values; None when the account reports none for that currency).
     fx_rate: float | None = None

@@ -386,7 +386,13 @@ def test_roll_day_expires_day_orders(gw: ThreadedGateway, ib: IB) -> None:
     assert gtc.orderStatus.status == "Submitted"
     assert gw.executions() == []
     assert gw.positions()["SPY"] == partial.orderStatus.filled
-    assert {t.orderStatus.status for t in ib.reqCompletedOrders(False)} >= {"Cancelled"}
+    # IB lists the current day's completed orders only: yesterday's, the expired ones among them, are gone.
+    assert ib.reqCompletedOrders(False) == []
+    assert [t.order.permId for t in ib.reqAllOpenOrders()] == [gtc.order.permId]
+    filled_today = ib.placeOrder(SPY, LimitOrder("SELL", 5, 500.0))
+    gw.hold_fills(False)
+    wait_until(ib, lambda: filled_today.isDone(), what="today's order to fill")
+    assert [t.order.permId for t in ib.reqCompletedOrders(False)] == [filled_today.order.permId]
 
 
 def test_fx_order_moves_cash_not_positions(gw: ThreadedGateway, ib: IB) -> None:

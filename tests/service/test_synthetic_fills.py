@@ -1,5 +1,6 @@
-"""What a finished order filled is booked from its executions while IB reports them; only an earlier day's fills,
-which IB no longer reports, are booked from the order itself (a synthetic fill). Checked at the broker by orderRef
+"""What a finished order filled is booked from its executions while IB reports them. IB lists the current day's
+executions and completed orders only: what an earlier day's order filled is read off the account's position and
+booked as a synthetic fill, when the position says it unambiguously (decision 44). Checked at the broker by orderRef
 and in Firestore by execId."""
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def test_an_earlier_days_fill_ib_no_longer_reports_is_booked_from_the_order(
     first.stop()  # the consumer is away while the buy fills
     gateway.hold_fills(False)
     wait_for(lambda: gateway.orders()[0]["status"] == "Filled", what="the buy filled at IB")
-    gateway.roll_day()  # IB reports the current day's executions only
+    gateway.roll_day()  # IB reports the current day's executions and completed orders only
     assert gateway.executions() == []
 
     # The emulator can hand messages to a stopped consumer's stream for minutes: the next pulls from its own.
@@ -83,7 +84,67 @@ def test_an_earlier_days_fill_ib_no_longer_reports_is_booked_from_the_order(
     ((exec_id, fill),) = fills_by_exec_id(project).items()
     assert exec_id == f"synthetic-{order['permId']}-{target:g}"
     assert (fill["quantity"], fill["synthetic"]) == (target, True)
-    assert fill["price"] == 520.0  # IB's completed orders carry no average price: IB's mark of SPY
+    assert fill["price"] == 520.0  # IB lists nothing of the order any more: IB's mark of SPY
     assert holdings(project) == {"dummy": {"SPY": target}}
     assert mode_collection(project, "openOrders") == []
     assert again["booksReconciled"]["ordersOpen"] == 0
+
+
+def away_over_a_day(consumer_factory, bus: Bus, gateway, project: str, while_away: Any) -> dict[str, Any]:
+    """A buy left working, the consumer away while `while_away(target)` happens at IB and the day ends, then a
+    consumer back on the next day: the reply of an allocation to the same target, after its connect's sweep."""
+    first = consumer_factory(order_timeout=3.0)
+    ref, target = working_buy(bus, gateway)
+    first.stop()
+    while_away(target)
+    gateway.roll_day()  # IB lists neither the order nor its executions from now on
+    assert gateway.executions() == []
+    consumer_factory(order_timeout=3.0, intents_subscription=another_intents_subscription(project, STANDBY))
+    return {"ref": ref, "target": target, "again": bus.reply_to(bus.publish(SAME_TARGET))}
+
+
+def test_an_earlier_days_order_that_expired_unfilled_is_closed_and_bought_anew(
+    consumer_factory, bus: Bus, gateway, project: str
+):
+    """The DAY order expired at the close while the consumer was away. IB lists it nowhere the next day, and the
+    position says nothing filled: it is closed Cancelled (it stayed open in the books for ever), and the same
+    target is bought anew, once, under its own orderRef."""
+    run = away_over_a_day(consumer_factory, bus, gateway, project, while_away=lambda target: None)
+    assert run["again"]["status"] == "ok", run["again"]
+    ref, target, again = run["ref"], run["target"], run["again"]["result"]
+    closed = {o["orderRef"]: (o["state"], o["filled"]) for o in mode_collection(project, "orders")}
+    assert closed[ref] == ("Cancelled", 0.0)
+    assert fills_by_exec_id(project) == {}  # nothing made up
+    (line,) = again["instruments"]
+    assert (line["order"], line["working"], line["existing"]) == (target, 0, False), line
+    expired = {o["orderRef"]: o["status"] for o in gateway.orders()}
+    assert expired == {ref: "Cancelled", line["orderRef"]: "Submitted"}  # fills are still held at IB
+    assert [o["orderRef"] for o in mode_collection(project, "openOrders")] == [line["orderRef"]]
+
+
+def test_an_earlier_days_order_the_position_does_not_explain_is_left_open_until_reconciled(
+    consumer_factory, bus: Bus, gateway, project: str
+):
+    """The buy filled while the consumer was away, and SPY moved by more than it behind the books' back (a manual
+    trade, say): what the order filled cannot be read off the position. Nothing is made up: the order stays open,
+    SPY is refused as books that disagree, and once the reconcile intent has booked the difference (to no strategy)
+    the next sweep closes the order with what is booked."""
+
+    def filled_and_more(target: float) -> None:
+        gateway.hold_fills(False)
+        wait_for(lambda: gateway.orders()[0]["status"] == "Filled", what="the buy filled at IB")
+        gateway.set_position("SPY", target + 7)
+
+    run = away_over_a_day(consumer_factory, bus, gateway, project, while_away=filled_and_more)
+    ref, target, again = run["ref"], run["target"], run["again"]
+    assert (again["status"], again["error"]["code"]) == ("error", "books_disagree"), again
+    assert fills_by_exec_id(project) == {}
+    assert [o["orderRef"] for o in mode_collection(project, "openOrders")] == [ref]
+
+    fixed = bus.reply_to(bus.publish({"intent": "reconcile", "params": {"fix": True}}))
+    assert fixed["status"] == "ok", fixed
+    assert holdings(project) == {"unallocated": {"SPY": target + 7}}
+    swept = ok(bus, {"intent": "trade-reconciliation"})
+    assert [(c["orderRef"], c["state"]) for c in swept["ordersClosed"]] == [(ref, "Cancelled")], swept
+    assert mode_collection(project, "openOrders") == []
+    assert len(gateway.orders()) == 1  # nothing placed since the first buy
