@@ -323,7 +323,9 @@ class Bookkeeper:
             booked = abs(float(doc.get("filled", 0.0)))
             direction = 1.0 if doc["quantity"] > 0 else -1.0
             moved = unbooked.get(con_id, 0.0) * direction
-            if others or con_id in busy or moved < -EPSILON or moved > ordered - booked + EPSILON:
+            # Forex is no position at IB (IDEALPRO trades are cash balances): a conversion's fill is not read here.
+            forex = doc.get("secType") == "CASH"
+            if others or forex or con_id in busy or moved < -EPSILON or moved > ordered - booked + EPSILON:
                 log.warning(
                     "an earlier day's order IB no longer lists, and the position does not say what it filled; "
                     "left open for the reconcile intent",

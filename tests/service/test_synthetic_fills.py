@@ -148,3 +148,27 @@ def test_an_earlier_days_order_the_position_does_not_explain_is_left_open_until_
     assert [(c["orderRef"], c["state"]) for c in swept["ordersClosed"]] == [(ref, "Cancelled")], swept
     assert mode_collection(project, "openOrders") == []
     assert len(gateway.orders()) == 1  # nothing placed since the first buy
+
+
+def test_an_earlier_days_currency_conversion_is_not_read_off_positions(
+    consumer_factory, bus: Bus, gateway, project: str
+):
+    """IB keeps IDEALPRO trades as cash balances, never positions: a conversion that filled while the consumer was
+    away over a day's end shows in no position, and reading "no difference" there would close it as unfilled.
+    It stays open for the reconcile intent, with nothing made up."""
+    first = consumer_factory(order_timeout=3.0)
+    gateway.hold_fills(True)
+    working = ok(bus, {"intent": "cash-balancer", "params": {"threshold": 1000}})
+    eur = {b["currency"]: b for b in working["balances"]}["EUR"]
+    assert eur["action"] == "convert", eur
+    first.stop()
+    gateway.hold_fills(False)
+    wait_for(lambda: [o["status"] for o in gateway.orders()] == ["Filled"], what="the conversion filled at IB")
+    gateway.roll_day()
+
+    consumer_factory(order_timeout=3.0, intents_subscription=another_intents_subscription(project, STANDBY))
+    swept = ok(bus, {"intent": "trade-reconciliation"})
+    assert (swept["ordersClosed"], swept["syntheticFills"], swept["ordersOpen"]) == ([], [], 1), swept
+    assert [o["orderRef"] for o in mode_collection(project, "openOrders")] == [eur["orderRef"]]
+    assert fills_by_exec_id(project) == {}
+    assert [o["orderRef"] for o in gateway.orders()] == [eur["orderRef"]]
