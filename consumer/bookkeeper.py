@@ -240,9 +240,9 @@ class Bookkeeper:
             return [], len(docs), []
         closed, synthetic, still_open = [], [], 0
         fresh: list[Fill] | None = None  # executions asked again, once, before any fill is made up
-        unlisted = [d for d in docs if _finished_earlier(d, at_broker, record)]
-        listed = [d for d in docs if d not in unlisted]
         now = datetime.now(UTC)
+        unlisted = [d for d in docs if self._unlisted(d, at_broker, record, now)]
+        listed = [d for d in docs if d not in unlisted]
         for doc in listed:
             ref = doc["orderRef"]
             found = at_broker.get(ref)
@@ -273,8 +273,19 @@ class Bookkeeper:
                 closed.append({"orderRef": ref, "state": found.status, "filled": found.filled})
             else:
                 still_open += 1
-        gone, inferred = await self._close_unlisted(unlisted, _instruments_open(listed, closed))
+        gone, inferred = await self.close_unlisted(unlisted, _instruments_open(listed, closed))
         return closed + gone, still_open + len(unlisted) - len(gone), synthetic + inferred
+
+    def _unlisted(
+        self, doc: dict[str, Any], at_broker: dict[str, Outcome], record: ConnectionRecord | None, now: datetime
+    ) -> bool:
+        """Asked afresh, IB lists it nowhere, and it is not a placement under way: IB took it (a permId), so it
+        finished on an earlier day (IB lists the current day's completed orders and executions only; every open
+        order is listed), or it was written ahead long ago (`_stale`). A connection's record is not asked: it
+        misses another client id's orders still working."""
+        if doc["orderRef"] in at_broker or (record is not None and record.holds):
+            return False
+        return bool(doc.get("permId")) or self._stale(doc, now)
 
     def _stale(self, doc: dict[str, Any], now: datetime) -> bool:
         created = doc.get("createdAt")
@@ -296,17 +307,19 @@ class Bookkeeper:
                 out[con_id] = out.get(con_id, 0.0) - float(position.get("quantity", 0.0))
         return out
 
-    async def _close_unlisted(
+    async def close_unlisted(
         self, docs: list[dict[str, Any]], busy: set[int]
     ) -> tuple[list[dict[str, Any]], list[str]]:
-        """Closes earlier days' orders IB no longer lists, with what they filled read off the position.
+        """Closes orders IB lists nowhere, with what they filled read off the position: (closed, synthetic execIds).
 
-        Neither the order nor its executions are reported any more, but the account's position is: what it holds
-        beyond the books on the order's instrument is what the order filled after the books last heard of it (none:
-        it expired or was cancelled with what is booked). Only when that is unambiguous: the one such order on its
-        instrument, none of ours open on it (`busy`: its fills may move the position as it is read), and the
-        difference within what the order had left, in its direction. Anything else stays open and is the reconcile
-        intent's, which compares books and positions.
+        For an order IB took (a permId) that is an earlier day's; for one written ahead and never acknowledged (its
+        run killed before it recorded IB's answer: consumer.recovery, or the stale ones here), it may also never
+        have been sent. Neither the order nor its executions are reported any more, but the account's position is:
+        what it holds beyond the books on the order's instrument is what the order filled after the books last
+        heard of it (none: it expired, was cancelled, or never got to IB). Only when that is unambiguous: the one
+        such order on its instrument, none of ours open on it (`busy`: its fills may move the position as it is
+        read), and the difference within what the order had left, in its direction. Anything else stays open and
+        is the reconcile intent's, which compares books and positions.
         """
         if not docs:
             return [], []
@@ -327,23 +340,27 @@ class Bookkeeper:
             forex = doc.get("secType") == "CASH"
             if others or forex or con_id in busy or moved < -EPSILON or moved > ordered - booked + EPSILON:
                 log.warning(
-                    "an earlier day's order IB no longer lists, and the position does not say what it filled; "
-                    "left open for the reconcile intent",
+                    "an order IB lists nowhere, and the position does not say what it filled; left open for the "
+                    "reconcile intent",
                     orders=sorted(d["orderRef"] for d in group),
                     conId=con_id,
                 )
                 continue
-            filled = booked
+            filled, completed = booked, False
             if moved > EPSILON:
                 filled += moved
-                exec_id = f"synthetic-{doc['permId']}-{filled:g}"
+                exec_id = f"synthetic-{doc.get('permId') or doc['orderRef']}-{filled:g}"
                 price = marks.get(con_id)
                 if price is None:
                     log.warning("synthetic fill booked at price 0: IB gives no price for it", orderRef=doc["orderRef"])
-                await self._books.book(_synthetic(doc, exec_id, moved, price or 0.0))
+                completed = await self._books.book(_synthetic(doc, exec_id, moved, price or 0.0)) == "applied"
                 synthetic.append(exec_id)
             state = "Filled" if filled >= ordered - EPSILON else "Cancelled"
-            if await self._books.close_order(doc["orderRef"], state, filled):
+            completed = completed and state == "Filled"
+            if filled <= EPSILON and not doc.get("permId"):
+                state = NOT_PLACED  # IB never said it took it, and nothing filled
+            # A fill that completes its order closes it as it is booked (Filled): nothing left to close then.
+            if completed or await self._books.close_order(doc["orderRef"], state, filled):
                 closed.append({"orderRef": doc["orderRef"], "state": state, "filled": filled, "unlisted": True})
         return closed, synthetic
 
@@ -367,13 +384,6 @@ class Bookkeeper:
             log.warning("synthetic fill booked at price 0: IB gives no price for it", orderRef=doc["orderRef"])
         await self._books.book(_synthetic(doc, exec_id, missing, price or 0.0))
         return exec_id
-
-
-def _finished_earlier(doc: dict[str, Any], at_broker: dict[str, Outcome], record: ConnectionRecord | None) -> bool:
-    """IB took the order (it gave a permId) and, asked afresh, lists it nowhere: every open order is listed, so it
-    finished on an earlier day (IB lists the current day's completed orders and executions only). A connection's
-    record is not asked: it misses another client id's orders still working."""
-    return doc["orderRef"] not in at_broker and bool(doc.get("permId")) and (record is None or not record.holds)
 
 
 def _instruments_open(docs: list[dict[str, Any]], closed: list[dict[str, Any]]) -> set[int]:

@@ -127,13 +127,25 @@ class StrandedRequests:
             {"orderRef": d["orderRef"], "symbol": d.get("symbol"), "outcome": d.get("state"), "filled": d.get("filled")}
             for d in closed_docs
         ]
+        # Listed nowhere: never sent, or sent before the kill and finished on an earlier day (IB lists the current
+        # day's orders and executions only). What the position says it filled decides (decision 44).
+        unlisted = [d for d in open_docs if d["orderRef"] not in at_broker]
+        names = {d["orderRef"] for d in unlisted}
+        others = {int(d["conId"]) for d in await services.books.open_orders() if d["orderRef"] not in names}
+        gone, _ = await services.bookkeeper.close_unlisted(unlisted, others)
+        closed = {c["orderRef"]: c for c in gone}
         for doc in open_docs:
             ref = doc["orderRef"]
             found = at_broker.get(ref)
-            if found is None:
-                # Written ahead, never placed: nothing will place it now that its request is being finished.
-                await services.books.close_order(ref, NOT_PLACED, None)
-                orders.append({"orderRef": ref, "symbol": doc.get("symbol"), "outcome": "not placed", "filled": 0.0})
+            if ref in closed:
+                state, filled = closed[ref]["state"], closed[ref]["filled"]
+                outcome = "not placed" if state == NOT_PLACED else state
+                orders.append({"orderRef": ref, "symbol": doc.get("symbol"), "outcome": outcome, "filled": filled})
+            elif found is None:
+                # The position cannot say whether it was sent, or what it filled: open for reconcile, not called
+                # "not placed" (that closed an order that had filled, and lost its fills from the books).
+                filled = doc.get("filled", 0.0)
+                orders.append({"orderRef": ref, "symbol": doc.get("symbol"), "outcome": "unknown", "filled": filled})
             else:
                 if is_done(found.status):
                     await services.books.close_order(ref, found.status, found.filled)

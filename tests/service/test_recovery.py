@@ -264,3 +264,30 @@ def test_a_sweep_whose_claim_is_taken_over_while_it_resolves_leaves_the_one_repl
     gateway.hold_fills(False)
     wait_for(lambda: sorted(f["execId"] for f in mode_collection(project, "fills"))
              == sorted(e["execId"] for e in gateway.executions()), what="each fill booked once")  # fmt: skip
+
+
+@pytest.mark.timeout(240)
+def test_a_request_stranded_over_a_days_end_reports_what_ib_no_longer_lists_as_placed(
+    consumer_factory, bus: Bus, gateway, project: str, tmp_path
+):
+    """Decision 44. Killed while its orders worked, before it recorded IB's answer to them (no permId in the books);
+    they filled, and the day ended, before any consumer came back: IB lists neither the orders nor their
+    executions. The sweep closed both as never placed, and their fills were lost to the books. Now TLT's fill is
+    read off the position and booked to dummy; SPY's position moved by more than its order (a manual trade
+    besides), so what it did is unknown: left open for reconcile, and said so in the one reply."""
+    message_id, refs = strand_an_allocation(bus, gateway, project, tmp_path)
+    spy, tlt = (next(o for o in gateway.orders() if o["symbol"] == s) for s in SYMBOLS)
+    gateway.set_position("SPY", spy["filled"] + 7)
+    gateway.roll_day()
+    consumer_factory(stranded_after=2.0)
+    reply = bus.reply_to(message_id, timeout=60)
+    bus.settle()
+    assert [r["messageId"] for r in bus.received].count(message_id) == 1
+    assert (reply["recovered"], reply["error"]["code"]) == (True, "interrupted")
+    outcomes = {o["orderRef"]: (o["outcome"], o["filled"]) for o in reply["error"]["details"]["orders"]}
+    assert outcomes == {spy["orderRef"]: ("unknown", 0.0), tlt["orderRef"]: ("Filled", tlt["filled"])}
+    assert [o["orderRef"] for o in mode_collection(project, "openOrders")] == [spy["orderRef"]]
+    fills = {f["execId"]: f for f in mode_collection(project, "fills")}
+    assert list(fills) == [f"synthetic-{tlt['orderRef']}-{tlt['filled']:g}"]  # IB's permId was never recorded
+    assert holdings(project) == {"dummy": {"TLT": tlt["filled"]}}
+    assert sorted(o["orderRef"] for o in gateway.orders()) == refs  # nothing placed again
