@@ -224,7 +224,8 @@ class Broker(Ledger):
 
     def closed_until(self, order: SimOrder) -> dt.datetime | None:
         """When the order's market next opens for it, or None while it may trade (order_rules.closed_until)."""
-        return closed_until(order, self.instruments[order.key], self.clock.now(), self.scenario.hours)
+        inst = self.instruments[order.key]
+        return closed_until(order, inst, self.clock.now(), self.scenario.hours, self.scenario.timeZone)
 
     def _modify(self, order: SimOrder, req: OrderRequest, inst: Instrument) -> None:
         if not order.active:

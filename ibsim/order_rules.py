@@ -9,7 +9,7 @@ import datetime as dt
 from collections.abc import Collection, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .market import Instrument, calendar_of, session_state, time_zone_of
+from .market import Instrument, calendar_of, session_state
 from .protocol import OrderRequest
 from .scenario import Precautions
 from .simorder import SimOrder
@@ -134,8 +134,8 @@ def off_tick(req: OrderRequest, inst: Instrument) -> bool:
 
 
 def good_after(text: str, default_zone: str) -> dt.datetime | None:
-    """IB's goodAfterTime ("20261207 09:30:00 US/Eastern"; without a zone, the exchange's) as an instant; None when
-    empty or unreadable (IB refuses an unreadable one; ibsim ignores it)."""
+    """IB's goodAfterTime ("20261207 09:30:00 US/Eastern"; without a zone, the login's: `default_zone`) as an
+    instant; None when empty or unreadable (IB refuses an unreadable one; ibsim ignores it)."""
     parts = text.split()
     if len(parts) < 2:
         return None
@@ -146,13 +146,17 @@ def good_after(text: str, default_zone: str) -> dt.datetime | None:
         return None
 
 
-def closed_until(order: SimOrder, inst: Instrument, now: dt.datetime, hours: str) -> dt.datetime | None:
+def closed_until(
+    order: SimOrder, inst: Instrument, now: dt.datetime, hours: str, login_zone: str
+) -> dt.datetime | None:
     """When the order's market next opens for it, or None while it may trade (always, with hours: always).
 
     Stocks trade in the regular session, or the extended one for an outsideRth LMT/STP LMT; FX and futures
     through their whole trading hours. An order with a goodAfterTime still to come waits for it (any hours).
     """
-    after = good_after(order.goodAfterTime, time_zone_of(inst))
+    # Without a zone, the login's, not the exchange's: "the time zone that TWS is using, which is set at login time"
+    # (lbilli/rib#15); IB is moving away from implied zones.
+    after = good_after(order.goodAfterTime, login_zone)
     if after is not None and after <= now:
         after = None
     if hours != "regular":

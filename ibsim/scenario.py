@@ -96,6 +96,9 @@ class Scenario:
     permissions: str = "realtime"
     # Streaming market-data lines of the login, across all its clients (IB's default allowance: 100).
     marketDataLines: int = 100
+    # The time zone chosen at the login (IBC's TimeZone; gateway-image's default): IB reads a date and time sent
+    # without a zone, such as an order's goodAfterTime, in it.
+    timeZone: str = "America/New_York"
     # Seconds from a snapshot request to its tickSnapshotEnd. IB sends the available ticks at once and ends the
     # snapshot 11 s later ("Streaming Data Snapshots"); a client that waits for the end waits those 11 s.
     snapshotEndSeconds: float = 11.0
@@ -253,6 +256,7 @@ def _build(d: dict[str, Any], given: dict[str, Any]) -> Scenario:
         name=str(d.get("name", "default")),
         seed=int(d.get("seed", 42)),
         hours=d.get("hours", "regular"),
+        timeZone=str(d.get("timeZone", "America/New_York")),
         accounts=accounts,
         instruments=instruments,
         maxFillSize=float(d.get("maxFillSize", 500)),

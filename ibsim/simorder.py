@@ -139,6 +139,7 @@ class SimOrder:
             "lmtPrice": self.lmtPrice,
             "auxPrice": self.auxPrice,
             "tif": self.tif,
+            "goodAfterTime": self.goodAfterTime,
             "algoStrategy": self.algoStrategy,
             "status": self.status,
             "filled": self.filled,

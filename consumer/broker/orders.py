@@ -203,6 +203,12 @@ def _refused_cancel(trade: Trade) -> bool:
     return bool(last and last.status == "Cancelled" and last.errorCode in _CANCEL_REFUSALS)
 
 
+def with_zone(good_after_time: str, time_zone: str) -> str:
+    """A goodAfterTime that names its zone: without one, IB reads it in the login's time zone (set at login), but
+    the closed-market check, and the schema's documentation, read it in the instrument's (consumer.broker.hours)."""
+    return f"{good_after_time} {time_zone}" if len(good_after_time.split()) == 2 and time_zone else good_after_time
+
+
 def _rejection(trade: Trade) -> dict[str, Any] | None:
     for entry in reversed(trade.log):
         if entry.errorCode and entry.errorCode not in {202}:  # 202 is IB's note on a requested cancel
@@ -329,7 +335,7 @@ class OrderEngine:
             order.algoParams = [TagValue("adaptivePriority", self._defaults.adaptive_priority)]
         order.tif = self._properties.get("tif", self._defaults.tif)
         if "goodAfterTime" in self._properties:
-            order.goodAfterTime = self._properties["goodAfterTime"]
+            order.goodAfterTime = with_zone(self._properties["goodAfterTime"], leg.instrument.time_zone)
         if "outsideRth" in self._properties:
             order.outsideRth = bool(self._properties["outsideRth"])
         order.orderRef = leg.order_ref

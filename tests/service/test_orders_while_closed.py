@@ -80,6 +80,28 @@ def test_a_good_after_time_order_waits_for_its_time_then_trades(bus: Bus, gatewa
     assert_fills_booked(gateway, project, spy)
 
 
+@pytest.mark.parametrize("market_clock", ["2026-06-17T08:00:00+02:00"], indirect=True)  # Xetra opens at 09:00
+def test_a_good_after_time_without_a_zone_is_sent_in_the_instruments_zone(bus: Bus, gateway, project: str):
+    """Without a zone, the schema (and the closed-market check) read a goodAfterTime in the instrument's zone; IB
+    reads it in the zone chosen at login (New York, gateway-image's default): SAP's 09:15 was worked at 09:15 New
+    York, six hours late. The consumer names the instrument's zone on the order."""
+    body = allocation({"SAP": 0.05}, params={"orderProperties": {"goodAfterTime": "20260617 09:15:00"}})
+    body["params"]["strategyParams"]["dummy"]["instruments"] = {"SAP": {"exchange": "IBIS", "currency": "EUR"}}
+    reply = bus.reply_to(bus.publish(body))
+    assert reply["status"] == "ok", reply
+    (sap,) = reply["result"]["instruments"]
+    assert (sap["outcome"], sap["held"]["until"]) == ("working", "2026-06-17T09:15:00+02:00"), sap
+    [order] = gateway.orders()
+    assert (order["orderRef"], order["goodAfterTime"]) == (sap["orderRef"], "20260617 09:15:00 Europe/Berlin")
+
+    gateway.set_time("2026-06-17T09:20:00+02:00")  # 03:20 in New York
+    wait_for(lambda: gateway.positions().get("SAP") == sap["target"], what="SAP to trade after 09:15 Berlin time")
+    executions = gateway.executions()
+    assert {e["orderRef"] for e in executions} == {sap["orderRef"]}
+    wait_for(lambda: {f["execId"] for f in mode_collection(project, "fills")} == {e["execId"] for e in executions},
+             what="the fills booked by execId")  # fmt: skip
+
+
 @pytest.mark.parametrize("market_clock", [PRE_MARKET], indirect=True)
 def test_an_outside_rth_limit_order_trades_in_the_extended_session(bus: Bus, gateway, project: str):
     write_config(project, orderDefaults={"orderType": "LMT", "limitOffsetBps": 5, "algo": "none", "tif": "DAY"})
