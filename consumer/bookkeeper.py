@@ -296,16 +296,35 @@ class Bookkeeper:
             and now - created > self._stale_pending
         )
 
-    async def _unbooked(self) -> dict[int, float]:
-        """{conId: the account's position beyond what the books hold}, over every strategy's book."""
+    async def _unexplained(self, docs: list[dict[str, Any]], busy: set[int]) -> tuple[dict[int, float], set[int]]:
+        """{conId: the account's position beyond what the books hold}, and the conIds where something else may have
+        moved it since the sweep began: read in that order, so that a fill landing meanwhile (an order of ours
+        written ahead after the sweep read its orders, its execution not booked yet; another client's) is not taken
+        for these orders' (decision 44)."""
         out: dict[int, float] = {}
         for p in await self._broker.positions():
             if self.account is None or p.account == self.account:
                 out[p.con_id] = out.get(p.con_id, 0.0) + p.quantity
+        names = {d["orderRef"] for d in docs}
+        busy = busy | {int(d["conId"]) for d in await self._books.open_orders() if d["orderRef"] not in names}
+        fills = [f for f in await self._broker.executions() if self._ours(f)]
+        booked = await self._books.booked_exec_ids(f.exec_id for f in fills)
+        busy |= {f.con_id for f in fills if f.exec_id not in booked}
         for held in (await self._books.holdings()).values():
             for con_id, position in held.items():
                 out[con_id] = out.get(con_id, 0.0) - float(position.get("quantity", 0.0))
-        return out
+        return out, busy
+
+    async def _price(self, con_id: int, marks: dict[int, float]) -> float | None:
+        """IB's mark while the account holds it, else a snapshot's price: a made-up fill is never priced at 0 (its
+        realized P&L feeds risk-check's limits)."""
+        if con_id in marks:
+            return marks[con_id]
+        try:
+            return (await self._broker.prices([await self._broker.by_con_id(con_id)])).get(con_id)
+        except Exception as e:  # no contract, no market data: the order waits for a later sweep
+            log.warning("no price for a fill read off the position", conId=con_id, error=str(e))
+            return None
 
     async def close_unlisted(
         self, docs: list[dict[str, Any]], busy: set[int]
@@ -317,52 +336,81 @@ class Bookkeeper:
         have been sent. Neither the order nor its executions are reported any more, but the account's position is:
         what it holds beyond the books on the order's instrument is what the order filled after the books last
         heard of it (none: it expired, was cancelled, or never got to IB). Only when that is unambiguous: the one
-        such order on its instrument, none of ours open on it (`busy`: its fills may move the position as it is
-        read), and the difference within what the order had left, in its direction. Anything else stays open and
-        is the reconcile intent's, which compares books and positions.
+        such order on its instrument (several close only when nothing moved), nothing else of ours or unbooked on
+        it (`busy`), the difference within what the order had left, in its direction, and all of it for an order IB
+        never acknowledged; a price to book it at. Anything else stays open and is the reconcile intent's, which
+        compares books and positions. Forex is no position at IB (IDEALPRO trades are cash balances): a conversion
+        is closed only if never acknowledged and not filled, as any stale write-ahead was.
         """
         if not docs:
             return [], []
         by_con: dict[int, list[dict[str, Any]]] = {}
         for doc in docs:
             by_con.setdefault(int(doc["conId"]), []).append(doc)
-        unbooked = await self._unbooked()
+        unbooked, busy = await self._unexplained(docs, busy)
         marks = self._broker.portfolio_marks(self.account) if self.account else {}
         closed: list[dict[str, Any]] = []
         synthetic: list[str] = []
         for con_id, group in by_con.items():
-            (doc, *others) = group
-            ordered = abs(float(doc["quantity"]))
-            booked = abs(float(doc.get("filled", 0.0)))
-            direction = 1.0 if doc["quantity"] > 0 else -1.0
-            moved = unbooked.get(con_id, 0.0) * direction
-            # Forex is no position at IB (IDEALPRO trades are cash balances): a conversion's fill is not read here.
-            forex = doc.get("secType") == "CASH"
-            if others or forex or con_id in busy or moved < -EPSILON or moved > ordered - booked + EPSILON:
-                log.warning(
-                    "an order IB lists nowhere, and the position does not say what it filled; left open for the "
-                    "reconcile intent",
-                    orders=sorted(d["orderRef"] for d in group),
-                    conId=con_id,
-                )
+            moved = unbooked.get(con_id, 0.0)
+            if group[0].get("secType") == "CASH":
+                quiet = [d for d in group if not d.get("permId") and not d.get("filled")]
+                closed += [c for d in quiet if (c := await self._close_as_booked(d)) is not None]
+                if len(quiet) < len(group):
+                    _left_open([d for d in group if d not in quiet], con_id)
                 continue
-            filled, completed = booked, False
-            if moved > EPSILON:
-                filled += moved
-                exec_id = f"synthetic-{doc.get('permId') or doc['orderRef']}-{filled:g}"
-                price = marks.get(con_id)
-                if price is None:
-                    log.warning("synthetic fill booked at price 0: IB gives no price for it", orderRef=doc["orderRef"])
-                completed = await self._books.book(_synthetic(doc, exec_id, moved, price or 0.0)) == "applied"
-                synthetic.append(exec_id)
-            state = "Filled" if filled >= ordered - EPSILON else "Cancelled"
-            completed = completed and state == "Filled"
-            if filled <= EPSILON and not doc.get("permId"):
-                state = NOT_PLACED  # IB never said it took it, and nothing filled
-            # A fill that completes its order closes it as it is booked (Filled): nothing left to close then.
-            if completed or await self._books.close_order(doc["orderRef"], state, filled):
-                closed.append({"orderRef": doc["orderRef"], "state": state, "filled": filled, "unlisted": True})
+            if con_id in busy or (len(group) > 1 and abs(moved) > EPSILON):
+                _left_open(group, con_id)
+                continue
+            if abs(moved) <= EPSILON:
+                closed += [c for d in group if (c := await self._close_as_booked(d)) is not None]
+                continue
+            (doc,) = group
+            made_up = await self._book_moved(doc, moved, marks)
+            if made_up is None:
+                _left_open(group, con_id)
+                continue
+            exec_id, entry = made_up
+            synthetic.append(exec_id)
+            if entry is not None:
+                closed.append(entry)
         return closed, synthetic
+
+    async def _book_moved(
+        self, doc: dict[str, Any], moved: float, marks: dict[int, float]
+    ) -> tuple[str, dict[str, Any] | None] | None:
+        """Books `moved` (signed, the position's) as the order's one synthetic fill and closes it: (execId, the
+        closed entry, None if a later sweep closes it); None if the move cannot be its fill, or has no price."""
+        ordered = abs(float(doc["quantity"]))
+        booked = abs(float(doc.get("filled", 0.0)))
+        along = moved * (1.0 if doc["quantity"] > 0 else -1.0)  # in the order's direction
+        left = ordered - booked
+        acknowledged = bool(doc.get("permId"))
+        if along < -EPSILON or along > left + EPSILON or (not acknowledged and abs(along - left) > EPSILON):
+            return None
+        price = await self._price(int(doc["conId"]), marks)
+        if price is None:
+            return None
+        filled = booked + along
+        exec_id = f"synthetic-{doc.get('permId') or doc['orderRef']}-{filled:g}"
+        result = await self._books.book(_synthetic(doc, exec_id, along, price))
+        state = "Filled" if filled >= ordered - EPSILON else "Cancelled"
+        entry = {"orderRef": doc["orderRef"], "state": state, "filled": filled, "unlisted": True}
+        # A fill that completes its order closes it as it is booked (Filled): nothing left to close then.
+        if (result == "applied" and state == "Filled") or await self._books.close_order(doc["orderRef"], state, filled):
+            return exec_id, entry
+        return exec_id, None
+
+    async def _close_as_booked(self, doc: dict[str, Any]) -> dict[str, Any] | None:
+        """Closes an order IB lists nowhere with what the books hold of it (nothing more filled)."""
+        ordered = abs(float(doc["quantity"]))
+        booked = abs(float(doc.get("filled", 0.0)))
+        state = "Filled" if booked >= ordered - EPSILON else "Cancelled"
+        if booked <= EPSILON and not doc.get("permId"):
+            state = NOT_PLACED  # IB never said it took it, and nothing filled
+        if await self._books.close_order(doc["orderRef"], state, booked):
+            return {"orderRef": doc["orderRef"], "state": state, "filled": booked, "unlisted": True}
+        return None
 
     async def _fill_in(self, doc: dict[str, Any], found: Outcome, missing: float, fresh: list[Fill]) -> str | None:
         """Books what a finished order filled beyond its booked executions; the synthetic fill's execId, if made up.
@@ -384,6 +432,14 @@ class Bookkeeper:
             log.warning("synthetic fill booked at price 0: IB gives no price for it", orderRef=doc["orderRef"])
         await self._books.book(_synthetic(doc, exec_id, missing, price or 0.0))
         return exec_id
+
+
+def _left_open(group: list[dict[str, Any]], con_id: int) -> None:
+    log.warning(
+        "an order IB lists nowhere, and the position does not say what it filled; left open for the reconcile intent",
+        orders=sorted(d["orderRef"] for d in group),
+        conId=con_id,
+    )
 
 
 def _instruments_open(docs: list[dict[str, Any]], closed: list[dict[str, Any]]) -> set[int]:

@@ -130,9 +130,7 @@ class StrandedRequests:
         # Listed nowhere: never sent, or sent before the kill and finished on an earlier day (IB lists the current
         # day's orders and executions only). What the position says it filled decides (decision 44).
         unlisted = [d for d in open_docs if d["orderRef"] not in at_broker]
-        names = {d["orderRef"] for d in unlisted}
-        others = {int(d["conId"]) for d in await services.books.open_orders() if d["orderRef"] not in names}
-        gone, _ = await services.bookkeeper.close_unlisted(unlisted, others)
+        gone, _ = await services.bookkeeper.close_unlisted(unlisted, busy=set())  # it reads what else is open
         closed = {c["orderRef"]: c for c in gone}
         for doc in open_docs:
             ref = doc["orderRef"]

@@ -425,6 +425,14 @@ class Broker(Ledger):
                 self._finish(order, "Cancelled", "Cancelled: day order expired")
         for order in self.orders.values():
             order.earlierDay = order.earlierDay or order.status in COMPLETED
+        self.executions.clear()  # reqExecutions reports the current day's; the opening auction's are the new day's
+        for acct in self.accounts.values():
+            acct.realized.clear()
+            for held in (acct.positions, acct.fx):
+                for key, pos in list(held.items()):
+                    pos.realized = 0.0
+                    if pos.quantity == 0:
+                        held.pop(key)
 
     def roll_day(self) -> None:
         self._end_day()
@@ -435,14 +443,7 @@ class Broker(Ledger):
                     self.execute(order, order.remaining, px)
                 else:
                     self._finish(order, "Cancelled", "Cancelled: opening order not marketable")
-        self.executions.clear()
         for acct in self.accounts.values():
-            acct.realized.clear()
-            for held in (acct.positions, acct.fx):
-                for key, pos in list(held.items()):
-                    pos.realized = 0.0
-                    if pos.quantity == 0:
-                        held.pop(key)
             self.listener.account_changed(acct.id)
         self.listener.state_changed()
         self.work_all()

@@ -167,6 +167,18 @@ def gateway(market_clock: str, gateway_scenario: dict[str, object]) -> Iterator[
 
 
 @pytest.fixture
+def manual(gateway: object) -> Iterator[object]:
+    """Another API client of the same login (client id 7), as TWS or another program would be: an ib_insync IB."""
+    from ib_insync import IB
+
+    ensure_loop()
+    ib = IB()
+    ib.connect("127.0.0.1", gateway.port, clientId=7, timeout=5)  # type: ignore[attr-defined]
+    yield ib
+    ib.disconnect()
+
+
+@pytest.fixture
 def consumer_factory(project: str, bus: Bus, gateway: object, tmp_path: Path) -> Iterator[type]:
     """Starts in-process consumers against this test's project and gateway; stops them at teardown."""
     started: list[ConsumerUnderTest] = []

@@ -309,6 +309,6 @@ def test_a_good_after_time_ibsim_cannot_read_is_no_time_not_a_crash(text: str) -
     assert good_after(text, "America/New_York") is None
 
 
-def test_a_good_after_time_is_read_in_its_zone_else_the_exchanges() -> None:
+def test_a_good_after_time_is_read_in_its_zone_else_the_one_given() -> None:
     assert str(good_after("20261207 09:30:00 US/Eastern", "Europe/Berlin")) == "2026-12-07 09:30:00-05:00"
     assert str(good_after("20261207 09:30:00", "Europe/Berlin")) == "2026-12-07 09:30:00+01:00"

@@ -391,7 +391,7 @@ def test_roll_day_expires_day_orders(gw: ThreadedGateway, ib: IB) -> None:
     assert [t.order.permId for t in ib.reqAllOpenOrders()] == [gtc.order.permId]
     filled_today = ib.placeOrder(SPY, LimitOrder("SELL", 5, 500.0))
     gw.hold_fills(False)
-    wait_until(ib, lambda: filled_today.isDone(), what="today's order to fill")
+    wait_until(ib, lambda: filled_today.orderStatus.status == "Filled", what="today's order to fill")
     assert [t.order.permId for t in ib.reqCompletedOrders(False)] == [filled_today.order.permId]
 
 
@@ -469,6 +469,9 @@ def test_opening_orders_execute_at_the_next_open(gw: ThreadedGateway, ib: IB) ->
     done(ib, moo)
     assert moo.orderStatus.status == "Filled"
     assert moo.orderStatus.avgFillPrice == 530.01
+    # the opening auction is the new day's: its execution and completed order are listed
+    assert [e["orderId"] for e in gw.executions()] == [moo.order.orderId]
+    assert [t.order.permId for t in ib.reqCompletedOrders(False)] == [moo.order.permId]
 
 
 def test_short_position_average_cost_is_net_of_commission(gw: ThreadedGateway, ib: IB) -> None:

@@ -94,6 +94,9 @@ def test_a_good_after_time_without_a_zone_is_sent_in_the_instruments_zone(bus: B
     [order] = gateway.orders()
     assert (order["orderRef"], order["goodAfterTime"]) == (sap["orderRef"], "20260617 09:15:00 Europe/Berlin")
 
+    gateway.set_time("2026-06-17T09:10:00+02:00")  # Xetra is open, the order's time has not come
+    bus.reply_to(bus.publish({"intent": "ping"}))  # a round trip through the consumer and the gateway
+    assert [(o["status"], o["filled"]) for o in gateway.orders()] == [("PreSubmitted", 0)]
     gateway.set_time("2026-06-17T09:20:00+02:00")  # 03:20 in New York
     wait_for(lambda: gateway.positions().get("SAP") == sap["target"], what="SAP to trade after 09:15 Berlin time")
     executions = gateway.executions()

@@ -8,8 +8,6 @@ and the booking transaction, with every fill batched beside it, failed on every 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from ib_insync import IB, MarketOrder, Stock
 
@@ -17,7 +15,6 @@ from tests.support import (
     SIGNAL_PARAMS,
     Bus,
     allocation,
-    ensure_loop,
     holdings,
     long_signal,
     mode_collection,
@@ -27,16 +24,6 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.usefixtures("paper_config")
-
-
-@pytest.fixture
-def manual(gateway) -> Iterator[IB]:
-    """Another API client of the same login, as TWS or another program would be."""
-    ensure_loop()
-    ib = IB()
-    ib.connect("127.0.0.1", gateway.port, clientId=7, timeout=5)
-    yield ib
-    ib.disconnect()
 
 
 def copy_under(manual: IB, gateway, symbol: str, order_ref: str, quantity: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from ib_insync import MarketOrder, Stock
 
 from tests.support import (
     STANDBY,
@@ -172,3 +173,62 @@ def test_an_earlier_days_currency_conversion_is_not_read_off_positions(
     assert [o["orderRef"] for o in mode_collection(project, "openOrders")] == [eur["orderRef"]]
     assert fills_by_exec_id(project) == {}
     assert [o["orderRef"] for o in gateway.orders()] == [eur["orderRef"]]
+
+
+def test_a_fill_landing_while_the_sweep_reads_the_broker_is_not_taken_for_an_earlier_days_order(
+    consumer_factory, bus: Bus, gateway, project: str, manual: Any
+):
+    """An independent review's finding. Yesterday's buy expired unfilled; while a sweep asks IB for its orders,
+    another client buys the same quantity of SPY. The position moved by exactly what the old order had left, and
+    the sweep booked that buy as the old order's fill, to dummy, before the buy's own execution was booked to
+    unallocated: twice the broker's position. A move that an execution not booked yet may explain is left alone;
+    the next sweep books the execution and closes the old order, unfilled."""
+    first = consumer_factory(order_timeout=3.0)
+    ref, target = working_buy(bus, gateway)
+    first.stop()
+    gateway.roll_day()  # the DAY order expired at the close, unfilled; IB lists it no more
+    gateway.hold_fills(False)
+    gateway.set_position("SPY", 10_000)  # while this lasts, the position cannot tell what the old order did
+    consumer_factory(order_timeout=3.0, intents_subscription=another_intents_subscription(project, STANDBY))
+    assert ok(bus, {"intent": "trade-reconciliation"})["ordersOpen"] == 1
+    gateway.set_position("SPY", 0)
+
+    since = len(gateway.requests_received())
+    gateway.stall_request("reqCompletedOrders", 3.0)
+    message_id = bus.publish({"intent": "trade-reconciliation"})
+    wait_for(lambda: "reqCompletedOrders" in [n for _, n in gateway.requests_received()[since:]], what="the sweep")
+    trade = manual.placeOrder(Stock("SPY", "SMART", "USD"), MarketOrder("BUY", target))
+    wait_for(trade.isDone, what="the other client's buy to fill", ib=manual)
+    swept = bus.reply_to(message_id)["result"]
+    assert (swept["ordersClosed"], swept["syntheticFills"], swept["ordersOpen"]) == ([], [], 1), swept
+
+    after = ok(bus, {"intent": "trade-reconciliation"})
+    assert [(c["orderRef"], c["state"], c["filled"]) for c in after["ordersClosed"]] == [(ref, "Cancelled", 0.0)]
+    assert holdings(project) == {"unallocated": {"SPY": target}}  # the other client's buy, once, by execId
+    assert set(fills_by_exec_id(project)) == {e["execId"] for e in gateway.executions()}
+
+
+def test_an_earlier_days_sale_that_closed_the_position_is_booked_at_a_market_price(
+    consumer_factory, bus: Bus, gateway, project: str
+):
+    """A close-all's sale filled while the consumer was away over a day's end: the position is gone, and IB's mark
+    with it. The fill read off the position was booked at price 0, a loss of the whole cost in the realized P&L
+    that risk-check's limits read. It is priced from a snapshot."""
+    first = consumer_factory(order_timeout=3.0)
+    (bought,) = ok(bus, SAME_TARGET)["instruments"]
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": bought["target"]}}, what="the buy booked")
+    gateway.hold_fills(True)
+    (sale,) = ok(bus, {"intent": "close-all", "params": {"strategies": ["dummy"]}})["instruments"]
+    assert (sale["order"], sale["outcome"]) == (-bought["target"], "working"), sale
+    first.stop()
+    gateway.hold_fills(False)
+    wait_for(lambda: gateway.positions() == {}, what="the sale filled at IB")
+    gateway.roll_day()
+
+    consumer_factory(order_timeout=3.0, intents_subscription=another_intents_subscription(project, STANDBY))
+    wait_for(lambda: holdings(project) == {}, what="the sale read off the position and booked")
+    (made_up,) = [f for f in fills_by_exec_id(project).values() if f.get("synthetic")]
+    (order,) = [o for o in gateway.orders() if o["orderRef"] == sale["orderRef"]]
+    assert (made_up["orderRef"], made_up["quantity"], made_up["price"]) == (sale["orderRef"], -bought["target"], 520.0)
+    assert made_up["execId"] == f"synthetic-{order['permId']}-{bought['target']:g}"
+    assert mode_collection(project, "openOrders") == []
