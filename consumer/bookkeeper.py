@@ -27,6 +27,9 @@ from consumer.store.books import BATCH, Books, Close, Execution
 
 log = get_logger(__name__)
 
+# How long a sweep waits on a snapshot to price a fill read off the position: sweeps run before trades.
+SWEEP_PRICE_SECONDS = 5.0
+
 
 def execution_of(fill: Fill, rates: dict[str, float] | None = None) -> Execution:
     """`rates`: units of base currency per unit of currency, the account's ExchangeRate values at booking time
@@ -296,35 +299,44 @@ class Bookkeeper:
             and now - created > self._stale_pending
         )
 
-    async def _unexplained(self, docs: list[dict[str, Any]], busy: set[int]) -> tuple[dict[int, float], set[int]]:
-        """{conId: the account's position beyond what the books hold}, and the conIds where something else may have
-        moved it since the sweep began: read in that order, so that a fill landing meanwhile (an order of ours
-        written ahead after the sweep read its orders, its execution not booked yet; another client's) is not taken
-        for these orders' (decision 44)."""
+    async def _gap(self) -> dict[int, float]:
+        """{conId: the account's position beyond what the books hold}, over every strategy's book."""
         out: dict[int, float] = {}
         for p in await self._broker.positions():
             if self.account is None or p.account == self.account:
                 out[p.con_id] = out.get(p.con_id, 0.0) + p.quantity
+        for held in (await self._books.holdings()).values():
+            for con_id, position in held.items():
+                out[con_id] = out.get(con_id, 0.0) - float(position.get("quantity", 0.0))
+        return out
+
+    async def _unexplained(self, docs: list[dict[str, Any]], busy: set[int]) -> tuple[dict[int, float], set[int]]:
+        """The position's gap to the books, and the conIds where something else may be moving it: any other order of
+        ours open (written ahead before it is sent), an execution not booked yet, or a gap that changed between two
+        reads around those (a fill landing, or booked, while the sweep read). Such an instrument waits for a later
+        sweep (decision 44). Another client's fill whose position update comes before IB reports its execution is
+        the one case this cannot see."""
+        before = await self._gap()
         names = {d["orderRef"] for d in docs}
         busy = busy | {int(d["conId"]) for d in await self._books.open_orders() if d["orderRef"] not in names}
         fills = [f for f in await self._broker.executions() if self._ours(f)]
         booked = await self._books.booked_exec_ids(f.exec_id for f in fills)
         busy |= {f.con_id for f in fills if f.exec_id not in booked}
-        for held in (await self._books.holdings()).values():
-            for con_id, position in held.items():
-                out[con_id] = out.get(con_id, 0.0) - float(position.get("quantity", 0.0))
-        return out, busy
+        after = await self._gap()
+        busy |= {c for c in before.keys() | after.keys() if abs(before.get(c, 0.0) - after.get(c, 0.0)) > EPSILON}
+        return after, busy
 
-    async def _price(self, con_id: int, marks: dict[int, float]) -> float | None:
-        """IB's mark while the account holds it, else a snapshot's price: a made-up fill is never priced at 0 (its
-        realized P&L feeds risk-check's limits)."""
-        if con_id in marks:
-            return marks[con_id]
+    async def _prices(self, con_ids: set[int]) -> dict[int, float]:
+        """IB's marks while the account holds them, else one snapshot each, asked together and briefly (this runs in
+        sweeps before trades): a made-up fill is never priced at 0, since its realized P&L feeds risk-check."""
+        marks = self._broker.portfolio_marks(self.account) if self.account else {}
+        out = {c: marks[c] for c in con_ids if c in marks}
         try:
-            return (await self._broker.prices([await self._broker.by_con_id(con_id)])).get(con_id)
-        except Exception as e:  # no contract, no market data: the order waits for a later sweep
-            log.warning("no price for a fill read off the position", conId=con_id, error=str(e))
-            return None
+            instruments = [await self._broker.by_con_id(c) for c in con_ids - out.keys()]
+            out.update(await self._broker.prices(instruments, within=SWEEP_PRICE_SECONDS) if instruments else {})
+        except Exception as e:  # no contract, no market data: those orders wait for a later sweep
+            log.warning("no price for fills read off the position", conIds=sorted(con_ids - out.keys()), error=str(e))
+        return out
 
     async def close_unlisted(
         self, docs: list[dict[str, Any]], busy: set[int]
@@ -336,64 +348,66 @@ class Bookkeeper:
         have been sent. Neither the order nor its executions are reported any more, but the account's position is:
         what it holds beyond the books on the order's instrument is what the order filled after the books last
         heard of it (none: it expired, was cancelled, or never got to IB). Only when that is unambiguous: the one
-        such order on its instrument (several close only when nothing moved), nothing else of ours or unbooked on
-        it (`busy`), the difference within what the order had left, in its direction, and all of it for an order IB
-        never acknowledged; a price to book it at. Anything else stays open and is the reconcile intent's, which
-        compares books and positions. Forex is no position at IB (IDEALPRO trades are cash balances): a conversion
-        is closed only if never acknowledged and not filled, as any stale write-ahead was.
+        such order on its instrument (several, all one way, close only when nothing moved), nothing else moving it
+        (`_unexplained`), the difference within what the order had left, in its direction, and all of it for an
+        order IB never acknowledged; a price to book it at. Anything else stays open and is the reconcile intent's,
+        which compares books and positions. Forex is no position at IB (IDEALPRO trades are cash balances): a
+        conversion is closed only if never acknowledged and not filled, as any stale write-ahead was.
         """
         if not docs:
             return [], []
         by_con: dict[int, list[dict[str, Any]]] = {}
         for doc in docs:
             by_con.setdefault(int(doc["conId"]), []).append(doc)
-        unbooked, busy = await self._unexplained(docs, busy)
-        marks = self._broker.portfolio_marks(self.account) if self.account else {}
+        gap, busy = await self._unexplained(docs, busy)
         closed: list[dict[str, Any]] = []
-        synthetic: list[str] = []
+        moved: list[tuple[dict[str, Any], float]] = []
         for con_id, group in by_con.items():
-            moved = unbooked.get(con_id, 0.0)
-            if group[0].get("secType") == "CASH":
-                quiet = [d for d in group if not d.get("permId") and not d.get("filled")]
-                closed += [c for d in quiet if (c := await self._close_as_booked(d)) is not None]
-                if len(quiet) < len(group):
-                    _left_open([d for d in group if d not in quiet], con_id)
+            if await self._closed_unfilled(group, gap.get(con_id, 0.0), con_id in busy, closed):
                 continue
-            if con_id in busy or (len(group) > 1 and abs(moved) > EPSILON):
+            if _fills_its_order(group[0], gap[con_id]):
+                moved.append((group[0], gap[con_id]))
+            else:
                 _left_open(group, con_id)
+        prices = await self._prices({int(doc["conId"]) for doc, _ in moved}) if moved else {}
+        synthetic: list[str] = []
+        for doc, signed in moved:
+            price = prices.get(int(doc["conId"]))
+            if price is None:
+                _left_open([doc], int(doc["conId"]))
                 continue
-            if abs(moved) <= EPSILON:
-                closed += [c for d in group if (c := await self._close_as_booked(d)) is not None]
-                continue
-            (doc,) = group
-            made_up = await self._book_moved(doc, moved, marks)
-            if made_up is None:
-                _left_open(group, con_id)
-                continue
-            exec_id, entry = made_up
+            exec_id, entry = await self._book_moved(doc, signed, price)
             synthetic.append(exec_id)
             if entry is not None:
                 closed.append(entry)
         return closed, synthetic
 
-    async def _book_moved(
-        self, doc: dict[str, Any], moved: float, marks: dict[int, float]
-    ) -> tuple[str, dict[str, Any] | None] | None:
-        """Books `moved` (signed, the position's) as the order's one synthetic fill and closes it: (execId, the
-        closed entry, None if a later sweep closes it); None if the move cannot be its fill, or has no price."""
+    async def _closed_unfilled(
+        self, group: list[dict[str, Any]], gap: float, busy: bool, closed: list[dict[str, Any]]
+    ) -> bool:
+        """Settles an instrument's unlisted orders that no fill is read for (closed, onto `closed`, or left open):
+        False for the one order whose fill the gap may be."""
+        con_id = int(group[0]["conId"])
+        if group[0].get("secType") == "CASH":
+            quiet = [d for d in group if not d.get("permId") and not d.get("filled")]
+            closed += [c for d in quiet if (c := await self._close_as_booked(d)) is not None]
+            if len(quiet) < len(group):
+                _left_open([d for d in group if d not in quiet], con_id)
+        elif busy or (len(group) > 1 and (abs(gap) > EPSILON or _both_ways(group))):
+            _left_open(group, con_id)
+        elif abs(gap) <= EPSILON:
+            closed += [c for d in group if (c := await self._close_as_booked(d)) is not None]
+        else:
+            return False
+        return True
+
+    async def _book_moved(self, doc: dict[str, Any], signed: float, price: float) -> tuple[str, dict[str, Any] | None]:
+        """Books `signed` (the position's move) as the order's one synthetic fill and closes the order: (execId, the
+        closed entry, None if a later sweep closes it)."""
         ordered = abs(float(doc["quantity"]))
-        booked = abs(float(doc.get("filled", 0.0)))
-        along = moved * (1.0 if doc["quantity"] > 0 else -1.0)  # in the order's direction
-        left = ordered - booked
-        acknowledged = bool(doc.get("permId"))
-        if along < -EPSILON or along > left + EPSILON or (not acknowledged and abs(along - left) > EPSILON):
-            return None
-        price = await self._price(int(doc["conId"]), marks)
-        if price is None:
-            return None
-        filled = booked + along
+        filled = abs(float(doc.get("filled", 0.0))) + abs(signed)
         exec_id = f"synthetic-{doc.get('permId') or doc['orderRef']}-{filled:g}"
-        result = await self._books.book(_synthetic(doc, exec_id, along, price))
+        result = await self._books.book(_synthetic(doc, exec_id, abs(signed), price))
         state = "Filled" if filled >= ordered - EPSILON else "Cancelled"
         entry = {"orderRef": doc["orderRef"], "state": state, "filled": filled, "unlisted": True}
         # A fill that completes its order closes it as it is booked (Filled): nothing left to close then.
@@ -432,6 +446,21 @@ class Bookkeeper:
             log.warning("synthetic fill booked at price 0: IB gives no price for it", orderRef=doc["orderRef"])
         await self._books.book(_synthetic(doc, exec_id, missing, price or 0.0))
         return exec_id
+
+
+def _fills_its_order(doc: dict[str, Any], signed: float) -> bool:
+    """Whether a position move of `signed` can be what the order filled since the books last heard of it: in its
+    direction, within what it had left, and all of it for an order IB never acknowledged (it may never have been
+    sent, and a part of it is as likely something else)."""
+    along = signed if doc["quantity"] > 0 else -signed
+    left = abs(float(doc["quantity"])) - abs(float(doc.get("filled", 0.0)))
+    whole = abs(along - left) <= EPSILON
+    return EPSILON < along <= left + EPSILON and (whole or bool(doc.get("permId")))
+
+
+def _both_ways(group: list[dict[str, Any]]) -> bool:
+    """Buys and sells among them: fills of theirs can cancel out in the position."""
+    return len({d["quantity"] > 0 for d in group}) > 1
 
 
 def _left_open(group: list[dict[str, Any]], con_id: int) -> None:

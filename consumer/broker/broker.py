@@ -257,10 +257,10 @@ class Broker:
     async def bars(self, instrument: Instrument, duration: str, bar_size: str) -> list[HistoricalBar]:
         return await market.historical_bars(self._ib, self._history, instrument, duration, bar_size)
 
-    async def prices(self, instruments: Iterable[Instrument]) -> Prices:
+    async def prices(self, instruments: Iterable[Instrument], within: float | None = None) -> Prices:
         """{conId: price} from one snapshot each; an instrument without a usable price is left out (IB's refusal, if
-        it gave one, in `refused`)."""
-        return await market.snapshot_prices(self._ib, instruments, self._snapshot_timeout)
+        it gave one, in `refused`). `within`: seconds to wait for them (default: the service's snapshot timeout)."""
+        return await market.snapshot_prices(self._ib, instruments, within or self._snapshot_timeout)
 
     async def quotes(self, instruments: Iterable[Instrument]) -> dict[int, Quote]:
         return await market.snapshot_quotes(self._ib, instruments, self._snapshot_timeout)
