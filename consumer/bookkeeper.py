@@ -27,8 +27,10 @@ from consumer.store.books import BATCH, Books, Close, Execution
 
 log = get_logger(__name__)
 
-# How long a sweep waits on a snapshot to price a fill read off the position: sweeps run before trades.
-SWEEP_PRICE_SECONDS = 5.0
+# How long a sweep waits on the snapshots that price fills read off the position: past IB's 11 s snapshot end, so
+# an instrument with a close and no quote (after hours, delayed-frozen data) is priced too. Once booked, a fill is
+# not priced again, so this is paid once per such order, not by every sweep before a trade.
+SWEEP_PRICE_SECONDS = 15.0
 
 
 def execution_of(fill: Fill, rates: dict[str, float] | None = None) -> Execution:
@@ -331,10 +333,15 @@ class Bookkeeper:
         sweeps before trades): a made-up fill is never priced at 0, since its realized P&L feeds risk-check."""
         marks = self._broker.portfolio_marks(self.account) if self.account else {}
         out = {c: marks[c] for c in con_ids if c in marks}
+        instruments = []
+        for con_id in sorted(con_ids - out.keys()):
+            try:
+                instruments.append(await self._broker.by_con_id(con_id))
+            except Exception as e:  # no contract any more (an expired future): that order waits, the rest go on
+                log.warning("no contract to price a fill read off the position", conId=con_id, error=str(e))
         try:
-            instruments = [await self._broker.by_con_id(c) for c in con_ids - out.keys()]
             out.update(await self._broker.prices(instruments, within=SWEEP_PRICE_SECONDS) if instruments else {})
-        except Exception as e:  # no contract, no market data: those orders wait for a later sweep
+        except Exception as e:  # no market data: those orders wait for a later sweep
             log.warning("no price for fills read off the position", conIds=sorted(con_ids - out.keys()), error=str(e))
         return out
 
