@@ -62,24 +62,29 @@ class Stack:
         return env
 
 
-def free_ports(*offsets: int) -> int:
+def free_ports(*offsets: int, taken: set[int]) -> int:
     """A port p with p + each offset free, below the kernel's ephemeral range: `make run ACCOUNTS=...` listens on
-    IB_PORT+n and HEALTH_PORT+10n, and a neighbour of a port the kernel handed out may be any client socket's."""
+    IB_PORT+n and HEALTH_PORT+10n, and a neighbour of a port the kernel handed out may be any client socket's.
+    None of them in `taken`, the ports this stack already chose (free now, but not bound until it starts: two
+    independent picks once gave the Pub/Sub emulator and the gateway one port); they are added to it."""
     low, _ = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     candidates = random.Random().sample(range(10_000, low - 100), 500)
     for port in candidates:
-        if all(port_free("127.0.0.1", port + offset) for offset in offsets):
+        ports = {port + offset for offset in offsets}
+        if not ports & taken and all(port_free("127.0.0.1", p) for p in ports):
+            taken |= ports
             return port
     raise RuntimeError(f"no free ports at offsets {offsets} below {low}")
 
 
 def stack_env(workdir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")}
+    taken: set[int] = set()
     env.update(
-        PUBSUB_EMULATOR_HOST=f"127.0.0.1:{free_ports(0)}",
-        FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{free_ports(0)}",
-        IB_PORT=str(free_ports(0, 1, 2)),  # a gateway per login (test_operator_accounts: two)
-        HEALTH_PORT=str(free_ports(0, 10, 20)),
+        PUBSUB_EMULATOR_HOST=f"127.0.0.1:{free_ports(0, taken=taken)}",
+        FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{free_ports(0, taken=taken)}",
+        IB_PORT=str(free_ports(0, 1, 2, taken=taken)),  # a gateway per login (test_operator_accounts: two)
+        HEALTH_PORT=str(free_ports(0, 10, 20, taken=taken)),
         GOOGLE_CLOUD_PROJECT="local-project",
         DEVSTACK_DIR=str(workdir),
         IBSIM_CLOCK=DEFAULT_CLOCK,
