@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import compress
 from typing import Any
 
 from consumer.broker.broker import Broker
@@ -246,8 +247,9 @@ class Bookkeeper:
         closed, synthetic, still_open = [], [], 0
         fresh: list[Fill] | None = None  # executions asked again, once, before any fill is made up
         now = datetime.now(UTC)
-        unlisted = [d for d in docs if self._unlisted(d, at_broker, record, now)]
-        listed = [d for d in docs if d not in unlisted]
+        flags = [self._unlisted(d, at_broker, record, now) for d in docs]
+        listed = list(compress(docs, (not f for f in flags)))
+        unlisted = list(compress(docs, flags))
         for doc in listed:
             ref = doc["orderRef"]
             found = at_broker.get(ref)
