@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.cloud.firestore import AsyncWriteBatch
 
-from consumer.broker.model import NOT_PLACED, is_done
+from consumer.broker.model import NOT_PLACED, is_done, meaning
 from consumer.errors import ClaimTakenOver, reraise_if_cancelled
 from consumer.logs import get_logger
 from consumer.reply_json import ReplyJson
@@ -123,10 +123,7 @@ class StrandedRequests:
         await services.bookkeeper.reconcile()
         open_docs, closed_docs = await services.books.orders_of(request_id)
         at_broker = await services.broker.find_orders({d["orderRef"] for d in open_docs}, account=services.account)
-        orders = [
-            {"orderRef": d["orderRef"], "symbol": d.get("symbol"), "outcome": d.get("state"), "filled": d.get("filled")}
-            for d in closed_docs
-        ]
+        orders = [_line(d, _outcome(d.get("state")), d.get("filled")) for d in closed_docs]
         # Listed nowhere: never sent, or sent before the kill and finished on an earlier day (IB lists the current
         # day's orders and executions only). What the position says it filled decides (decision 44).
         unlisted = [d for d in open_docs if d["orderRef"] not in at_broker]
@@ -136,20 +133,15 @@ class StrandedRequests:
             ref = doc["orderRef"]
             found = at_broker.get(ref)
             if ref in closed:
-                state, filled = closed[ref]["state"], closed[ref]["filled"]
-                outcome = "not placed" if state == NOT_PLACED else state
-                orders.append({"orderRef": ref, "symbol": doc.get("symbol"), "outcome": outcome, "filled": filled})
+                orders.append(_line(doc, _outcome(closed[ref]["state"]), closed[ref]["filled"]))
             elif found is None:
                 # The position cannot say whether it was sent, or what it filled: open for reconcile, not called
                 # "not placed" (that closed an order that had filled, and lost its fills from the books).
-                filled = doc.get("filled", 0.0)
-                orders.append({"orderRef": ref, "symbol": doc.get("symbol"), "outcome": "unknown", "filled": filled})
+                orders.append(_line(doc, "unknown", doc.get("filled", 0.0)))
             else:
                 if is_done(found.status):
                     await services.books.close_order(ref, found.status, found.filled)
-                orders.append(
-                    {"orderRef": ref, "symbol": doc.get("symbol"), "outcome": found.fate.value, "filled": found.filled}
-                )
+                orders.append(_line(doc, found.fate.value, found.filled))
         return sorted(orders, key=lambda o: o["orderRef"])
 
     def _reply(self, claim: dict[str, Any], orders: list[dict[str, Any]]) -> ReplyJson:
@@ -187,3 +179,13 @@ class StrandedRequests:
     def _store(self, batch: AsyncWriteBatch, request_id: str, encoded: ReplyJson) -> None:
         self._services.ledger.finish(batch, request_id, encoded, pending=True)
         self._services.activity.record(batch, encoded, None, None)
+
+
+def _outcome(state: str | None) -> str:
+    """A closed order's state in the words a reply's legs use (`filled`, `cancelled`, `rejected`...): the books keep
+    IB's status names, and one list mixing "Filled" with "filled" reads as two outcomes to a monitor."""
+    return "not placed" if state == NOT_PLACED else meaning(state or "").fate.value
+
+
+def _line(doc: dict[str, Any], outcome: str, filled: Any) -> dict[str, Any]:
+    return {"orderRef": doc["orderRef"], "symbol": doc.get("symbol"), "outcome": outcome, "filled": filled}

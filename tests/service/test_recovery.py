@@ -75,7 +75,7 @@ def test_a_request_stranded_by_a_kill_is_answered_once_with_its_orders_booked(
     assert (reply["status"], reply["error"]["code"]) == ("error", "interrupted")
     orders = reply["error"]["details"]["orders"]
     assert [o["orderRef"] for o in orders] == refs
-    assert {o["outcome"] for o in orders} == {"Filled"}
+    assert {o["outcome"] for o in orders} == {"filled"}
     # booked once each, by execId, and nothing placed again
     assert sorted(o["orderRef"] for o in gateway.orders()) == refs
     fills = mode_collection(project, "fills")
@@ -285,7 +285,7 @@ def test_a_request_stranded_over_a_days_end_reports_what_ib_no_longer_lists_as_p
     assert [r["messageId"] for r in bus.received].count(message_id) == 1
     assert (reply["recovered"], reply["error"]["code"]) == (True, "interrupted")
     outcomes = {o["orderRef"]: (o["outcome"], o["filled"]) for o in reply["error"]["details"]["orders"]}
-    assert outcomes == {spy["orderRef"]: ("unknown", 0.0), tlt["orderRef"]: ("Filled", tlt["filled"])}
+    assert outcomes == {spy["orderRef"]: ("unknown", 0.0), tlt["orderRef"]: ("filled", tlt["filled"])}
     assert [o["orderRef"] for o in mode_collection(project, "openOrders")] == [spy["orderRef"]]
     fills = {f["execId"]: f for f in mode_collection(project, "fills")}
     assert list(fills) == [f"synthetic-{tlt['orderRef']}-{tlt['filled']:g}"]  # IB's permId was never recorded
