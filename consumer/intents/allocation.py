@@ -174,8 +174,7 @@ async def _allocation(
             **{n: {"status": "ok", **sizing[n]} for n in targets},
             **{n: {"status": "skipped", "reason": reason} for n, reason in skipped.items()},
         },
-        "prices": {i.symbol: prices.get(c) for c, i in by_con_id.items()},
-        "markedPrices": sorted(i.symbol for c, i in by_con_id.items() if c in marked),
+        **_priced(report["instruments"], prices, marked, by_con_id),
         "fxRates": rates,
         "timings": ctx.phase_timings(),
     }
@@ -246,3 +245,16 @@ INTENT = Intent(
     description="Rebalance each strategy to its target weights, netted into one order per instrument.",
     trades=True,
 )
+
+
+def _priced(
+    lines: list[dict[str, Any]], prices: Prices, marked: set[int], by_con_id: Mapping[int, Instrument]
+) -> dict[str, Any]:
+    """The prices the legs were sized at: on each line, by conId (a symbol two listings share names one of them in
+    `prices`, which is kept for the monitors that read it), and by symbol."""
+    for line in lines:
+        line["price"] = prices.get(line["conId"])
+    return {
+        "prices": {i.symbol: prices.get(c) for c, i in by_con_id.items()},
+        "markedPrices": sorted(i.symbol for c, i in by_con_id.items() if c in marked),
+    }

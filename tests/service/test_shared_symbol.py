@@ -89,11 +89,14 @@ def bought_on_ibis(bus: Bus, gateway, project: str) -> dict[str, Any]:
 @pytest.mark.usefixtures("consumer")
 def test_moving_a_strategy_to_another_listing_sells_one_and_buys_the_other(bus: Bus, gateway, project: str):
     ibis = bought_on_ibis(bus, gateway, project)
+    gateway.set_price("SAP.NYSE", 181.25)
 
     result = ok(bus, sap(NYSE))
     lines = {line["currency"]: line for line in result["instruments"]}
     sell, buy = lines["EUR"], lines["USD"]
     assert (sell["instrument"], buy["instrument"]) == ("SAP", "SAP")
+    # Each line says what it was sized at: the listing bought, at its own price; the one sold out, at none needed.
+    assert (buy["price"], sell["price"], result["prices"]) == (181.25, None, {"SAP": 181.25})
     assert sell["conId"] == ibis["conId"] != buy["conId"]
     assert (sell["order"], sell["outcome"]) == (-ibis["target"], "filled"), sell
     assert (buy["order"], buy["outcome"], buy["existing"]) == (buy["target"], "filled", False), buy
