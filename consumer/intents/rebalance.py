@@ -92,9 +92,21 @@ class Rebalance:
         return rebalance
 
     async def _reload(self) -> None:
+        """The books and our working orders, read so that a fill landing meanwhile is counted once.
+
+        IB's working orders are read first, then the holdings and our open orders together (a fill is booked into
+        both at once). An open order of ours IB no longer lists finished after the opening sweep, and its fills may
+        not be booked yet: in neither the holdings nor the working orders, it would be bought again. A fresh sweep
+        books them (and closes it) before the books are read again."""
         services = self.ctx.services
-        self.holdings = await services.books.holdings(self.scope)
-        self.orders, self.others = await _working(self.ctx.broker, await services.books.open_orders(), self.account.id)
+        live = [o for o in await self.ctx.broker.open_orders() if o.is_for(self.account.id)]
+        holdings, open_docs = await services.books.holdings_and_open_orders(self.scope)
+        listed = {o.order_ref for o in live}
+        if any(d["orderRef"] not in listed for d in open_docs):
+            await services.bookkeeper.reconcile()
+            holdings, open_docs = await services.books.holdings_and_open_orders(self.scope)
+        self.holdings = holdings
+        self.orders, self.others = _working(live, open_docs)
 
     def only(self, strategies: list[str]) -> None:
         """Keeps the books of these strategies only: one that was skipped must not be read as target zero."""
@@ -488,17 +500,16 @@ async def _with_instruments(
     return {**instruments, **dict(zip(lacking, found, strict=True))}
 
 
-async def _working(
-    broker: Broker, open_orders: list[dict[str, Any]], account: str
+def _working(
+    account_orders: list[BrokerOrder], open_orders: list[dict[str, Any]]
 ) -> tuple[list[WorkingOrder], list[BrokerOrder]]:
     """Our orders still working at the broker (an open-order document of ours and a live order), and the rest of
-    the account's (a login's other accounts' orders are none of this account's business)."""
+    the account's. Only this account's live orders are given: a login's other accounts' orders, even under one of
+    our orderRefs (one request id runs per account), are none of its business."""
     docs = {doc["orderRef"]: doc for doc in open_orders}
     ours: list[WorkingOrder] = []
     others: list[BrokerOrder] = []
-    for live in await broker.open_orders():
-        if not live.is_for(account):
-            continue  # another account's order, even under one of our orderRefs (one request id runs per account)
+    for live in account_orders:
         doc = docs.get(live.order_ref) if live.order_ref else None
         if doc is None:
             others.append(live)

@@ -115,12 +115,7 @@ class Books:
         else:
             refs = [self._layout.holdings().document(s) for s in strategies]
             snapshots = [s async for s in self._layout.db.get_all(refs)] if refs else []
-        out: dict[str, dict[int, dict[str, Any]]] = {}
-        for snapshot in snapshots:
-            if snapshot.exists:
-                positions = (snapshot.to_dict() or {}).get("positions", {})
-                out[snapshot.id] = {int(k): v for k, v in positions.items() if _nonzero(v)}
-        return out
+        return _holdings_of(snapshots)
 
     async def ledgers(self) -> dict[str, dict[str, Any]]:
         """{strategy: holdings document}: open positions (with `avgCost`) and the cumulative `realized` map, which
@@ -134,6 +129,14 @@ class Books:
 
     async def open_orders(self) -> list[dict[str, Any]]:
         return [s.to_dict() or {} async for s in self._layout.open_orders().stream()]
+
+    async def holdings_and_open_orders(
+        self, strategies: Iterable[str] | None = None
+    ) -> tuple[dict[str, dict[int, dict[str, Any]]], list[dict[str, Any]]]:
+        """`holdings` and `open_orders` as of one moment (a read-only transaction): a fill is booked into both at
+        once, and one booked between two separate reads is in one and not the other, so sizing counted it twice
+        (a sale of what had just filled) or not at all (a second buy)."""
+        return await _read_together(self._layout.db.transaction(read_only=True), self._layout, strategies)
 
     async def fills(self, exec_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The booked fill documents of these executions, by execId (an unbooked one is absent)."""
@@ -393,6 +396,30 @@ class _Ledger:
                 if "correctedBy" in fill:
                     fields["correctedBy"] = fill["correctedBy"]
                 t.update(layout.fills().document(exec_id), fields)
+
+
+@async_transactional
+async def _read_together(
+    transaction: AsyncTransaction, layout: Layout, strategies: Iterable[str] | None
+) -> tuple[dict[str, dict[int, dict[str, Any]]], list[dict[str, Any]]]:
+    db = layout.db
+    # The async collection's stream takes the async transaction; its type hint names the sync one (a library slip).
+    if strategies is None:
+        held = [s async for s in layout.holdings().stream(transaction=transaction)]  # type: ignore[arg-type]
+    else:
+        refs = [layout.holdings().document(s) for s in strategies]
+        held = [s async for s in db.get_all(refs, transaction=transaction)] if refs else []
+    orders = [s.to_dict() or {} async for s in layout.open_orders().stream(transaction=transaction)]  # type: ignore[arg-type]
+    return _holdings_of(held), orders
+
+
+def _holdings_of(snapshots: Iterable[Any]) -> dict[str, dict[int, dict[str, Any]]]:
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for snapshot in snapshots:
+        if snapshot.exists:
+            positions = (snapshot.to_dict() or {}).get("positions", {})
+            out[snapshot.id] = {int(k): v for k, v in positions.items() if _nonzero(v)}
+    return out
 
 
 @async_transactional

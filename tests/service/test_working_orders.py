@@ -37,6 +37,7 @@ def consumer(consumer_factory):
     return consumer_factory(order_timeout=3.0)
 
 
+CLIENT_ID = 1  # tests/support.py settings_for_tests
 CLOSE_ALL_GTC = {"intent": "close-all", "params": {"strategies": ["dummy"], "orderProperties": {"tif": "GTC"}}}
 
 
@@ -339,3 +340,35 @@ def test_an_error_ib_sends_about_a_working_order_is_no_cancel(bus: Bus, gateway,
     assert {f["execId"] for f in mode_collection(project, "fills")} == {e["execId"] for e in executions}
     wait_for(lambda: mode_collection(project, "openOrders") == [], what="the buy closed in the books")
     assert closed_order(project, ref)["state"] == "Filled"
+
+
+@pytest.mark.usefixtures("consumer")
+def test_a_working_order_that_fills_while_the_next_allocation_reads_its_books_is_not_bought_twice(
+    bus: Bus, gateway, project: str
+):
+    """Sizing reads the holdings and our working orders: a working buy that filled after the holdings were read and
+    before IB listed its working orders was in neither, and the same target was bought a second time."""
+    buy_ref, quantity = working_buy(bus, gateway)
+    gateway.stall_request("reqAllOpenOrders", 3.0)
+    since = len(gateway.requests_received())
+    asked = bus.publish(allocation({"SPY": 0.05}))  # the same target: the working buy carries it
+
+    def open_orders_asked() -> bool:
+        return "reqAllOpenOrders" in [n for c, n in gateway.requests_received()[since:] if c == CLIENT_ID]
+
+    wait_for(open_orders_asked, what="the allocation to ask IB for its working orders")
+    gateway.hold_fills(False)  # the buy fills while that answer is on its way
+    wait_for(lambda: gateway.positions().get("SPY") == quantity, what="the working buy to fill")
+
+    reply = bus.reply_to(asked)
+    assert reply["status"] == "ok", reply
+    line = spy(reply["result"])
+    assert (line["order"], line["current"] + line["working"]) == (0, quantity), line
+    assert [(o["orderRef"], o["action"], o["status"]) for o in gateway.orders()] == [(buy_ref, "BUY", "Filled")]
+    assert gateway.positions() == {"SPY": quantity}
+    executions = gateway.executions()
+    assert {e["orderRef"] for e in executions} == {buy_ref}
+    wait_for(lambda: sorted(f["execId"] for f in mode_collection(project, "fills"))
+             == sorted(e["execId"] for e in executions), what="each execution booked once")  # fmt: skip
+    assert holdings(project) == {"dummy": {"SPY": quantity}}
+    assert closed_order(project, buy_ref)["state"] == "Filled"
