@@ -232,11 +232,35 @@ def within_bands(
         for con_id, leg in net_legs(banded, current, working).items():
             value = abs(leg.quantity) * unit_values.get(con_id, math.inf)
             if abs(leg.quantity) > EPSILON and value < min_trade_value:
-                changes = {s: keep(s, con_id) for s in leg.deltas if s in banded}
+                changes = _without_the_order(banded, con_id, leg.deltas, leg.quantity)
+                if changes is None:
+                    changes = {s: keep(s, con_id) for s in leg.deltas if s in banded}
                 skipped.append({"conId": con_id, "strategies": changes, "quantity": leg.quantity,
                                 "reason": f"minTradeValue: the order is worth {value:.2f}, less than "
                                 f"{min_trade_value:g}"})  # fmt: skip
     return banded, skipped
+
+
+def _without_the_order(
+    banded: dict[str, dict[int, float]], con_id: int, deltas: Mapping[str, float], net: float
+) -> dict[str, float] | None:
+    """Where strategies trade an instrument between them (one buys, another sells) and only the netted order is too
+    small to send: the changes on the order's side shrunk by the order (in name order, none past zero), so the rest
+    still moves between the books with no order; the changes taken out. None when there is no such cross."""
+    mine = {s: d for s, d in sorted(deltas.items()) if s in banded}
+    side = {s: d for s, d in mine.items() if d * net > EPSILON}
+    crossed = any(d * net < -EPSILON for d in mine.values())
+    if not crossed or sum(abs(d) for d in side.values()) < abs(net) - EPSILON:
+        return None
+    left, changes = abs(net), {}
+    for strategy, delta in side.items():
+        taken = math.copysign(min(abs(delta), left), delta)
+        banded[strategy][con_id] -= taken
+        changes[strategy] = taken
+        left -= abs(taken)
+        if left <= EPSILON:
+            break
+    return changes
 
 
 INTENT = Intent(

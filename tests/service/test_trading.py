@@ -110,6 +110,57 @@ def test_two_strategies_wanting_opposite_trades_send_one_netted_order(bus: Bus, 
     )
 
 
+BOTH_HALF = {"overall": 1.0, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}}
+
+
+def both_strategies(dummy_weights: dict[str, float], dry_run: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "intent": "allocation",
+        "params": {
+            "strategies": ["dummy", "testsignalgenerator"],
+            "strategyParams": {"dummy": {"weights": dummy_weights}, "testsignalgenerator": SIGNAL_PARAMS},
+        },
+    }
+    if dry_run:
+        body["dryRun"] = True
+    return body
+
+
+def test_a_cross_between_strategies_moves_between_the_books_when_only_the_net_order_is_too_small(
+    bus: Bus, gateway, project: str
+):
+    """dummy holds T+1 SPY and now wants none; testsignalgenerator wants T: the account would sell 1 share and move
+    T from one book to the other. minTradeValue above one share's value skips the 1-share sale, and used to skip
+    the T-share cross with it: testsignalgenerator never got its position (a net of exactly 0 moved all of it)."""
+    write_config(project, exposure=BOTH_HALF)
+    symbol, _ = long_signal(bus, gateway)
+    probe = bus.reply_to(bus.publish(both_strategies({symbol: 0.01}, dry_run=True)))
+    assert probe["status"] == "ok", probe
+    price = probe["result"]["prices"][symbol]
+    net_liq = probe["result"]["netLiquidation"]
+    wanted = next(i for i in probe["result"]["instruments"] if i["instrument"] == symbol)["strategies"]
+    t = wanted["testsignalgenerator"]
+    assert t > 2
+
+    first = bus.reply_to(bus.publish(allocation({symbol: (t + 1 + 0.5) * price / (net_liq * 0.5)})))
+    assert first["status"] == "ok", first
+    wait_for(lambda: holdings(project) == {"dummy": {symbol: t + 1}}, what="dummy holding T+1")
+
+    write_config(project, exposure=BOTH_HALF, orderDefaults={"orderType": "MKT", "minTradeValue": 1000.0})
+    orders_before = len(gateway.orders())
+    reply = bus.reply_to(bus.publish(both_strategies({symbol: 0.0})))
+    assert reply["status"] == "ok", reply
+    line = next(i for i in reply["result"]["instruments"] if i["instrument"] == symbol)
+    skipped = reply["result"]["skippedLegs"]
+    # Only the one-share sale is skipped, taken off dummy's side; the T shares move between the books, no order.
+    assert [(s["strategies"], s["quantity"]) for s in skipped] == [({"dummy": -1}, -1)], (line, skipped)
+    assert (line["order"], line["strategies"]) == (0, {"dummy": -t, "testsignalgenerator": t}), line
+    assert len(gateway.orders()) == orders_before
+    wait_for(lambda: holdings(project) == {"dummy": {symbol: 1}, "testsignalgenerator": {symbol: t}},
+             what="testsignalgenerator's T shares moved over from dummy")  # fmt: skip
+    assert gateway.positions().get(symbol) == t + 1
+
+
 @pytest.mark.parametrize(("sizing", "price"), [("marks", 520.0), ("snapshots", 530.0)])
 def test_an_instrument_held_is_sized_at_ibs_mark_without_a_snapshot(
     bus: Bus, gateway, project: str, sizing: str, price: float
