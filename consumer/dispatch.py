@@ -118,7 +118,8 @@ class Dispatcher:
                 self._tasks.discard(task)
 
     async def abort_all(self) -> None:
-        """Shutdown past its grace period: in-flight intents stop, release their claims and are nacked."""
+        """Shutdown past its grace period: in-flight intents stop, release their claims (on a last delivery attempt,
+        leave them to the stranded-request sweep) and are nacked."""
         for task in list(self._tasks):
             task.cancel()
 
@@ -127,8 +128,7 @@ class Dispatcher:
         return len(self._tasks)
 
     async def _handle(self, request: Request, started: Started) -> Settlement:
-        if request.delivery.message_id in self._answered:
-            log.info("redelivery of a message already answered; acked without a second reply")
+        if self._answered_here(request):
             return Settlement.ACK
         settlement = await self._handle_once(request, started)
         if settlement is Settlement.ACK:
@@ -136,6 +136,12 @@ class Dispatcher:
             while len(self._answered) > ANSWERED_MEMORY:
                 self._answered.popitem(last=False)
         return settlement
+
+    def _answered_here(self, request: Request) -> bool:
+        if request.delivery.message_id not in self._answered:
+            return False
+        log.info("redelivery of a message already answered; acked without a second reply")
+        return True
 
     async def _handle_once(self, request: Request, started: Started) -> Settlement:
         if request.problem is not None:
@@ -149,6 +155,8 @@ class Dispatcher:
         if earlier is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(earlier)
+            if self._answered_here(request):  # this very message, answered while this delivery waited
+                return Settlement.ACK
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._running[request.request_id] = done
         try:
@@ -222,6 +230,12 @@ class Dispatcher:
             log.warning("claim lost before placing; left to its owner", error=str(e))
             return Settlement.NACK
         except asyncio.CancelledError:
+            if (request.delivery.delivery_attempt or 0) >= self._services.settings.max_delivery_attempts:
+                # No redelivery will come (the cloud dead-letters the nack, the emulator drops it): the claim is
+                # left running, unrenewed, for the stranded-request sweep to answer once (decision 8). Released,
+                # nothing would ever answer it.
+                log.warning("intent interrupted on its last delivery attempt; the stranded-request sweep answers it")
+                return Settlement.NACK
             await ledger.release(request.request_id, "interrupted by shutdown")
             log.warning("intent interrupted by shutdown; it will be redelivered")
             return Settlement.NACK

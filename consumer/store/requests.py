@@ -108,6 +108,8 @@ class RequestLedger:
         self._hold_spare = min(HOLD_SPARE, self._lease / 3)
         # The update time of this process's last write to each claim it holds: the precondition of its next one.
         self._written: dict[str, datetime | Timestamp] = {}
+        # The stored reply of each `finish` being committed: how a commit whose answer was lost is known for ours.
+        self._finishing: dict[str, str] = {}
 
     @property
     def owner(self) -> str:
@@ -213,11 +215,12 @@ class RequestLedger:
         """Adds the final state and the reply to a batch the caller commits (with the activity record); the commit
         fails with FailedPrecondition if the claim changed since this process last wrote it (see `still_held`).
         `pending`: the reply is not published yet (the sweep's: no redelivery will ask for it again)."""
+        stored = self._finishing[request_id] = stored_reply(reply)
         batch.update(
             self._layout.request(request_id),
             {
                 "state": ClaimState.DONE.value,
-                "replyJson": stored_reply(reply),
+                "replyJson": stored,
                 "leaseUntil": None,
                 "updatedAt": datetime.now(UTC),
                 **({"replyPending": True} if pending else {}),
@@ -244,9 +247,29 @@ class RequestLedger:
         async def commit() -> None:
             batch = self._layout.db.batch()
             fill(batch)
-            await batch.commit()
+            try:
+                await batch.commit()
+            except exceptions.FailedPrecondition:
+                if not await self._landed(request_id):
+                    raise
 
-        await self._as_owner(request_id, commit)
+        try:
+            await self._as_owner(request_id, commit)
+        finally:
+            self._finishing.pop(request_id, None)
+
+    async def _landed(self, request_id: str) -> bool:
+        """Whether the claim is done with the reply this process is committing: the commit went through and only
+        its answer was lost (the client retried it, and the retry met the precondition the commit itself changed).
+        Read as a takeover, nobody would ever have published that reply."""
+        stored = self._finishing.get(request_id)
+        claim = (await self._layout.request(request_id).get()).to_dict() or {}
+        return (
+            stored is not None
+            and claim.get("owner") == self._owner
+            and claim.get("state") == ClaimState.DONE.value
+            and claim.get("replyJson") == stored
+        )
 
     async def _as_owner(self, request_id: str, write: Callable[[], Awaitable[T]]) -> T:
         """Makes a write conditioned on this process's last one: once more if the claim is still this process's but
