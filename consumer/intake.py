@@ -99,7 +99,8 @@ class RequestDecoder:
 class Intake:
     """`open` is set while the gateway is connected; while it is clear, requests that need it wait here, leased (the
     client library keeps extending their deadlines and flow control stops further pulls), instead of being
-    nacked and burning delivery attempts. `stopping` releases them as nacks at shutdown."""
+    nacked and burning delivery attempts. `stopping` releases them as nacks at shutdown (a last delivery attempt
+    goes to the dispatcher instead, to be answered)."""
 
     HOLD_POLL_SECONDS = 0.5
 
@@ -111,6 +112,7 @@ class Intake:
         wait_limit: float,
         open_: threading.Event | None = None,
         stopping: threading.Event | None = None,
+        max_delivery_attempts: int = 5,
     ) -> None:
         self._decoder = decoder
         self._dispatcher = dispatcher
@@ -118,6 +120,7 @@ class Intake:
         self._wait_limit = wait_limit
         self._open = open_ or threading.Event()
         self._stopping = stopping or threading.Event()
+        self._max_delivery_attempts = max_delivery_attempts
         if open_ is None:
             self._open.set()
 
@@ -138,7 +141,11 @@ class Intake:
         if self._decoder.needs_gateway(request):
             while not self._open.wait(self.HOLD_POLL_SECONDS):
                 if self._stopping.is_set():
-                    return Settlement.NACK
+                    if (delivery.delivery_attempt or 0) < self._max_delivery_attempts:
+                        return Settlement.NACK
+                    # No redelivery will come: run now, and the gateway's absence is its one reply (with the
+                    # message dead-lettered), not a nack that drops it unanswered.
+                    break
         future = self._loop.submit(self._dispatcher.handle(request))
         try:
             return future.result(timeout=self._wait_limit)

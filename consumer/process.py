@@ -170,6 +170,7 @@ class Consumer:
             wait_limit=s.intent_timeout + SETTLE_MARGIN_SECONDS,
             open_=self._intake_open,
             stopping=self._intake_stopping,
+            max_delivery_attempts=s.max_delivery_attempts,
         )
         self._subscriber_client = pubsub_v1.SubscriberClient()
         self._subscriber = IntentSubscriber(

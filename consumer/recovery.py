@@ -71,8 +71,14 @@ class StrandedRequests:
             log.warning(
                 "finishing a request its process left running", requestId=request_id, intent=claim.get("intent")
             )
-            if await self._finish(claim):
-                recovered.append(request_id)
+            try:
+                if await self._finish(claim):
+                    recovered.append(request_id)
+            except Exception as e:
+                # One request that cannot be finished must not keep the others from being answered; adopted, it is
+                # stranded again once its lease lapses, and a later sweep tries it again.
+                reraise_if_cancelled(e)
+                log.error("could not finish a stranded request", requestId=request_id, error=str(e))
         return recovered
 
     async def _finish(self, claim: dict[str, Any]) -> bool:
@@ -106,7 +112,15 @@ class StrandedRequests:
                 continue
             request_id = (snapshot.to_dict() or {})["requestId"]
             log.warning("publishing a stored reply that was never published", requestId=request_id)
-            await self._publish(request_id, ReplyJson.of(json.loads(text)))
+            try:
+                await self._publish(request_id, ReplyJson.of(json.loads(text)))
+            except Exception as e:
+                # Still pending: a later sweep tries it again. One reply Pub/Sub refuses for good must not stop
+                # every other pending reply and stranded request behind it, sweep after sweep.
+                reraise_if_cancelled(e)
+                log.error("could not publish a stored reply; a later sweep tries again", requestId=request_id,
+                          error=str(e))  # fmt: skip
+                continue
             published.append(request_id)
         return published
 

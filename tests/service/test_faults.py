@@ -385,6 +385,34 @@ def test_a_half_open_connection_is_detected_by_the_heartbeat(consumer, bus: Bus,
     assert bus.reply_to(bus.publish({"intent": "ping"}), timeout=STREAM_RESTART_WAIT)["status"] == "ok"
 
 
+
+@pytest.mark.slow(seconds=15)
+@pytest.mark.timeout(300)
+def test_a_request_held_for_the_gateway_on_its_last_attempt_is_answered_when_the_consumer_stops(
+    consumer_factory, bus: Bus, gateway
+):
+    """Held while the gateway is away, a request is nacked at shutdown to be redelivered; on its last delivery
+    attempt no redelivery comes (the emulator drops it, the cloud dead-letters it), and it went unanswered. It is
+    run instead: the gateway's absence is its one error reply, and the message is dead-lettered."""
+    consumer = consumer_factory(max_delivery_attempts=1)  # every delivery is the last
+    gateway.freeze(True)
+    try:
+        wait_for(lambda: consumer.service.status.gateway != "connected", timeout=30, what="the heartbeat to notice")
+        held = bus.publish({"intent": "summary"})
+        away = bus.reply_to(bus.publish({"intent": "ping"}), timeout=STREAM_RESTART_WAIT)
+        assert away["result"]["connected"] is False
+        assert all(r["messageId"] != held for r in bus.received)  # held, not answered
+        consumer.stop()
+    finally:
+        gateway.freeze(False)
+    reply = bus.reply_to(held, timeout=30)
+    assert (reply["status"], reply["error"]["code"]) == ("error", "dead_lettered"), reply
+    assert "gateway_unavailable" in reply["error"]["message"], reply
+    dead = bus.dead_letter()
+    assert (dead.attributes["deadLetterMessageId"], dead.attributes["deadLetterCode"]) == (held, "gateway_unavailable")
+    bus.settle()
+    assert [r["messageId"] for r in bus.received].count(held) == 1
+
 # Past the ack deadline by more than a redelivery takes, so a lost lease would show as a second attempt.
 LONG_INTENT_SECONDS = ACK_DEADLINE_SECONDS + 2
 

@@ -150,3 +150,15 @@ def test_any_hostile_batch_gets_exactly_one_reply_per_message_and_places_no_orde
     for message_id, replies in bus.replies_to_all(ids).items():
         assert len(replies) == 1, (message_id, replies)
     assert len(gateway.orders()) == before
+
+
+def test_a_request_id_longer_than_an_attribute_may_be_is_answered_with_its_attribute_cut(bus: Bus, gateway):
+    """The envelope allows a 500-character idempotencyKey; 500 three-byte characters are 1,500 bytes, and Pub/Sub
+    refuses an attribute value over 1,024 (the emulator does not): the reply, its requestId attribute whole, could
+    never have been published. The attribute is cut at a character boundary; the reply's body carries it whole."""
+    key = "€" * 500
+    message_id = bus.publish({"intent": "ping", "idempotencyKey": key})
+    reply = only_reply(bus, message_id)
+    assert (reply["status"], reply["requestId"]) == ("ok", key)
+    (attributes,) = [a for a in bus.reply_attributes if a["messageId"] == message_id]
+    assert attributes["requestId"] == "€" * (1024 // 3)  # 1,023 bytes: the last whole character under 1,024

@@ -291,3 +291,32 @@ def test_a_request_stranded_over_a_days_end_reports_what_ib_no_longer_lists_as_p
     assert list(fills) == [f"synthetic-{tlt['orderRef']}-{tlt['filled']:g}"]  # IB's permId was never recorded
     assert holdings(project) == {"dummy": {"TLT": tlt["filled"]}}
     assert sorted(o["orderRef"] for o in gateway.orders()) == refs  # nothing placed again
+
+
+def test_a_stored_reply_that_cannot_be_published_keeps_no_other_request_from_its_answer(
+    consumer_factory, bus: Bus, project: str
+):
+    """The sweep publishes pending replies, then finishes stranded claims. One pending reply that fails to publish
+    every time (Pub/Sub refuses it; here the reply schema does) failed the whole sweep, sweep after sweep: every
+    stranded request behind it went unanswered. Each is tried on its own; the refused one stays pending."""
+    now = dt.datetime.now(dt.UTC)
+    claims = mode_document(project).collection("requests")
+    claim = {"intent": "summary", "fingerprint": "0" * 64, "dryRun": False, "runs": 1, "createdAt": now}
+    refused = {"requestId": "refused", "messageId": "message-refused", "status": "not a status"}
+    claims.document(hashlib.sha256(b"refused").hexdigest()).set(
+        {**claim, "requestId": "refused", "messageIds": ["message-refused"], "state": "done", "owner": "gone:1",
+         "leaseUntil": None, "replyJson": json.dumps(refused), "replyPending": True,
+         "updatedAt": now - dt.timedelta(minutes=2)}
+    )  # fmt: skip
+    claims.document(hashlib.sha256(b"behind").hexdigest()).set(
+        {**claim, "requestId": "behind", "messageIds": ["message-behind"], "state": "running", "owner": "gone:2",
+         "leaseUntil": now - dt.timedelta(minutes=1), "updatedAt": now}
+    )  # fmt: skip
+    # Sweeps 3 s apart, a claim lease of 1 s: every sweep finds the refused reply pending again, as in production.
+    consumer_factory(stranded_after=9.0, claim_lease=1.0)
+
+    reply = bus.reply_to("message-behind", timeout=30)
+    assert (reply["recovered"], reply["error"]["code"]) == (True, "interrupted")
+    bus.settle()
+    assert [r["messageId"] for r in bus.received] == ["message-behind"]
+    assert claims.document(hashlib.sha256(b"refused").hexdigest()).get().get("replyPending") is True
