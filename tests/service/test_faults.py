@@ -385,7 +385,6 @@ def test_a_half_open_connection_is_detected_by_the_heartbeat(consumer, bus: Bus,
     assert bus.reply_to(bus.publish({"intent": "ping"}), timeout=STREAM_RESTART_WAIT)["status"] == "ok"
 
 
-
 @pytest.mark.slow(seconds=15)
 @pytest.mark.timeout(300)
 def test_a_request_held_for_the_gateway_on_its_last_attempt_is_answered_when_the_consumer_stops(
@@ -412,6 +411,7 @@ def test_a_request_held_for_the_gateway_on_its_last_attempt_is_answered_when_the
     assert (dead.attributes["deadLetterMessageId"], dead.attributes["deadLetterCode"]) == (held, "gateway_unavailable")
     bus.settle()
     assert [r["messageId"] for r in bus.received].count(held) == 1
+
 
 # Past the ack deadline by more than a redelivery takes, so a lost lease would show as a second attempt.
 LONG_INTENT_SECONDS = ACK_DEADLINE_SECONDS + 2
