@@ -90,13 +90,19 @@ class GatewayChanged:
 
 @dataclass(frozen=True, slots=True)
 class StreamFailed:
-    """The streaming pull ended with an error: reopened after a pause while the gateway is connected."""
+    """The streaming pull ended with an error: reopened after a pause (`RestartStream`)."""
 
     error: BaseException
 
 
+@dataclass(frozen=True, slots=True)
+class RestartStream:
+    """The pause after a stream failure is over: the stream is reopened, whatever the gateway's state (intake holds
+    what needs the gateway, as through any outage)."""
+
+
 # What the control thread reacts to, from signals, the gateway's listener and the subscriber.
-ControlEvent = StopRequested | GatewayChanged | StreamFailed
+ControlEvent = StopRequested | GatewayChanged | StreamFailed | RestartStream
 
 
 class Consumer:
@@ -246,10 +252,12 @@ class Consumer:
                     self.status.accepting = False
             elif isinstance(event, StreamFailed):
                 self.status.subscribed = False
-                if self.status.gateway == State.CONNECTED.value:
-                    threading.Timer(
-                        STREAM_RESTART_SECONDS, self._events.put, args=(GatewayChanged(State.CONNECTED),)
-                    ).start()
+                # Not a made-up GatewayChanged(CONNECTED): the gateway may have dropped meanwhile, and that reopened
+                # intake and reported the consumer ready against a gateway that was down.
+                threading.Timer(STREAM_RESTART_SECONDS, self._events.put, args=(RestartStream(),)).start()
+            elif isinstance(event, RestartStream):
+                self._subscriber.start()
+                self.status.subscribed = True
 
     def _drain(self) -> None:
         """Stops the stream; in-flight intents finish or are aborted (and nacked) after the grace period."""

@@ -18,6 +18,7 @@ from google.cloud import pubsub_v1
 from consumer.errors import IntentError
 from consumer.intents import builtin_intents
 from consumer.intents.base import Intent
+from consumer.process import STREAM_RESTART_SECONDS, StreamFailed
 from tests.support import (
     ACK_DEADLINE_SECONDS,
     LONG_OUTAGE_SECONDS,
@@ -411,6 +412,22 @@ def test_a_request_held_for_the_gateway_on_its_last_attempt_is_answered_when_the
     assert (dead.attributes["deadLetterMessageId"], dead.attributes["deadLetterCode"]) == (held, "gateway_unavailable")
     bus.settle()
     assert [r["messageId"] for r in bus.received].count(held) == 1
+
+
+@pytest.mark.slow(seconds=10)
+def test_a_stream_reopened_after_a_failure_keeps_intake_held_while_the_gateway_is_down(consumer, bus: Bus, gateway):
+    """After a stream failure the stream is reopened a pause later. That was done by posting a made-up "gateway
+    connected": when the gateway dropped within the pause (one network fault breaks both), intake reopened and the
+    consumer said it was ready, against a gateway that was down."""
+    gateway.refuse_connections(STREAM_RESTART_SECONDS + 8)
+    consumer.service._events.put(StreamFailed(RuntimeError("the stream broke")))  # what the subscriber posts
+    gateway.drop_connections()
+    wait_for(lambda: consumer.service.status.gateway != "connected", what="the consumer to see the gateway drop")
+    wait_for(lambda: consumer.service.status.subscribed, what="the stream reopened after its pause")
+    status = consumer.service.status
+    assert (status.gateway, status.accepting) != ("connected", True), status
+    consumer.wait_ready(timeout=60)  # once the gateway is back, intake opens
+    assert bus.reply_to(bus.publish({"intent": "summary"}), timeout=STREAM_RESTART_WAIT)["status"] == "ok"
 
 
 # Past the ack deadline by more than a redelivery takes, so a lost lease would show as a second attempt.
