@@ -555,15 +555,28 @@ def later_version(exec_id: str) -> str | None:
 
 async def _book_correction(ledger: _Ledger, e: Execution, corrected: dict[str, Any], now: datetime) -> None:
     """Books IB's correction `e` of a booked execution in its place, so that each book ends as if only `e` had
-    happened: each book's share is scaled to the corrected shares, whole (consumer.portfolio.scale_parts); the
-    price difference on the shares kept goes where that execution's cost went, as a late commission does (to the
-    cost of what it opened, else to realized); shares added trade at the corrected price, shares taken away leave
-    at the booked one; the commission counts only what it adds. The corrected fill keeps its document, marked
+    happened: split among the books as its order splits a fill (beyond the order's quantity: unallocated), or, for
+    an execution of no order of ours, its parts scaled to the corrected shares (consumer.portfolio.scale_parts).
+    The price difference on the shares kept goes where that execution's cost went, as a late commission does (to
+    the cost of what it opened, else to realized); shares added trade at the corrected price, shares taken away
+    leave at the booked one; the commission counts only what it adds. The corrected fill keeps its document, marked
     `correctedBy`; the order's progress moves by the difference."""
     before = {s: float(q) for s, q in (corrected.get("strategies") or {}).items()}
-    # Whole shares, as the corrected execution alone would have been attributed: scaled in proportion, the books
-    # of an order two strategies share held fractions of a share.
-    after = scale_parts(before, e.signed)
+    where, order = ledger.orders.get(e.order_ref, (None, None)) if e.order_ref else (None, None)
+    if order is not None:
+        # Split as the order splits its fills, as if the corrected execution had never been booked: its own parts
+        # scaled on their own put a book past its share (2 split 1/1, corrected to 3: 1/2), and shares beyond the
+        # order's quantity go to unallocated (decision 43).
+        without = {k: float(v) - before.get(k, 0.0) for k, v in order.get("booked", {}).items()}
+        unwound = {**order, "booked": without, "filled": float(order.get("filled", 0.0)) - float(corrected["quantity"])}
+        after, booked_after, filled_after, _ = _order_shares(unwound, e)
+    else:
+        # Whole shares, as the corrected execution alone would have been attributed: scaled in proportion, the
+        # books of an order two strategies share held fractions of a share.
+        after = scale_parts(before, e.signed)
+    for s in {*before, *after}:
+        before.setdefault(s, 0.0)
+        after.setdefault(s, 0.0)
     moves = {s: after[s] - q for s, q in before.items() if abs(after[s] - q) > EPSILON}
     holdings = await ledger.holdings_of(before)
     instrument = {k: corrected[k] for k in ("conId", "symbol", "secType", "currency", "exchange", "multiplier")}
@@ -574,6 +587,8 @@ async def _book_correction(ledger: _Ledger, e: Execution, corrected: dict[str, A
     if abs(change) > EPSILON:
         repriced = {**instrument, "fxRate": fx_rate}
         for s, q in kept.items():
+            if abs(q) <= EPSILON:
+                continue
             late = replace(e, commission=change * q * multiplier, commission_currency=e.currency)
             _late_commission(holdings, repriced, {s: q}, late, now)
     charged = corrected.get("commission")
@@ -583,18 +598,14 @@ async def _book_correction(ledger: _Ledger, e: Execution, corrected: dict[str, A
     moved_at = e.price if e.shares > float(corrected["shares"]) else float(corrected["price"])
     quotes = {s: -moves.get(s, 0.0) * moved_at - change * kept[s] for s in before} if e.sec_type == "CASH" else {}
     _write_holdings(holdings, instrument, moves, now, quotes, Priced(moved_at, {}, fx_rate))
+    after = {s: q for s, q in after.items() if abs(q) > EPSILON}
     if abs(extra) > EPSILON:
         _late_commission(holdings, corrected, after, replace(e, commission=extra), now)
     ledger.changed_holdings.update(before)
 
-    where, order = ledger.orders.get(e.order_ref, (None, None)) if e.order_ref else (None, None)
     if order is not None and where is not None:
-        booked = {k: float(v) for k, v in order.get("booked", {}).items()}
-        for s, q in moves.items():
-            booked[s] = booked.get(s, 0.0) + q
-        filled = float(order.get("filled", 0.0)) + e.signed - float(corrected["quantity"])
-        progress = {"booked": booked, "filled": filled, "execIds": [*order.get("execIds", []), e.exec_id],
-                    "updatedAt": now}  # fmt: skip
+        progress = {"booked": dict(booked_after), "filled": filled_after,
+                    "execIds": [*order.get("execIds", []), e.exec_id], "updatedAt": now}  # fmt: skip
         ledger.orders[e.order_ref] = (where, {**order, **progress})
         ledger.changed_orders.add(e.order_ref)
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from google.cloud.firestore import AsyncClient
 
-from consumer.store.books import Books, Execution
+from consumer.store.books import Books, Execution, PendingOrder
 from consumer.store.layout import Layout
 from tests.support import (
     SIGNAL_PARAMS,
@@ -170,3 +170,50 @@ def test_a_correction_booked_before_the_version_it_corrects_leaves_that_version_
     fills = fills_by_id(project)
     assert fills["0000e0d5.0000abcd.01.01"]["correctedBy"] == "0000e0d5.0000abcd.01.02"
     assert fills["0000e0d5.0000abcd.01.01"]["strategies"] == {}
+
+
+@pytest.mark.parametrize(
+    ("corrected_to", "books"),
+    [
+        (3, {"s0": {"SPY": 16}, "s1": {"SPY": 14}}),  # completes the order: each book at its share
+        (5, {"s0": {"SPY": 16}, "s1": {"SPY": 14}, "unallocated": {"SPY": 2}}),  # beyond it: to unallocated
+    ],
+)
+def test_a_correction_upwards_is_split_as_the_order_would_split_it(project: str, corrected_to: int, books: dict):
+    """An order of 30 shared 16/14 fills 27 (14/13) and 2 (1/1); IB corrects the 2 to more. Scaled on its own, the
+    correction of 2 split 1/1 became 1/2 for 3: testsignalgenerator's book past its share (15 of 14), dummy's short
+    of it; and a correction past the order's quantity went to the strategies, not to unallocated (decision 43)."""
+    order_ref = "allocation-r1-756733"
+
+    def spy(exec_id: str, shares: float) -> Execution:
+        return Execution(
+            exec_id=exec_id, order_ref=order_ref, perm_id=7, con_id=int(SPY_CON_ID), symbol="SPY", sec_type="STK",
+            currency="USD", exchange="ARCA", multiplier=1.0, side="BOT", shares=shares, price=520.0,
+            time="2026-12-01T15:00:00+00:00", commission=1.0, commission_currency="USD", account=TEST_ACCOUNT,
+            fx_rate=1.0,
+        )  # fmt: skip
+
+    async def run() -> Books:
+        books = Books(Layout(AsyncClient(project=project), TEST_ACCOUNT, "paper"))
+        instrument = {"conId": int(SPY_CON_ID), "symbol": "SPY", "secType": "STK", "currency": "USD"}
+        await books.write_pending([PendingOrder(order_ref, "r1", "allocation", instrument, 30, {"s0": 16, "s1": 14})])
+        assert await books.book_all([spy("0000e0d5.0000abcd.01.01", 27), spy("0000e0d5.0000abcd.02.01", 2)])
+        return books
+
+    asyncio.run(run())
+    assert holdings(project) == {"s0": {"SPY": 15}, "s1": {"SPY": 14}}
+    parts = {e: f["strategies"] for e, f in fills_by_id(project).items()}
+    assert parts == {"0000e0d5.0000abcd.01.01": {"s0": 14, "s1": 13}, "0000e0d5.0000abcd.02.01": {"s0": 1, "s1": 1}}
+
+    async def correct() -> list[str]:
+        books = Books(Layout(AsyncClient(project=project), TEST_ACCOUNT, "paper"))
+        results, _ = await books.book_all([spy("0000e0d5.0000abcd.02.02", corrected_to)])
+        return results
+
+    assert asyncio.run(correct()) == ["applied"]
+    assert holdings(project) == books
+    (order,) = [o for o in mode_collection(project, "orders") + mode_collection(project, "openOrders")
+                if o["orderRef"] == order_ref]  # fmt: skip
+    assert (order["filled"], order["booked"]) == (27 + corrected_to, {"s0": 16, "s1": 14})
+    correction = fills_by_id(project)["0000e0d5.0000abcd.02.02"]
+    assert sum(correction["strategies"].values()) == corrected_to
