@@ -250,6 +250,7 @@ class Bookkeeper:
         flags = [self._unlisted(d, at_broker, record, now) for d in docs]
         listed = list(compress(docs, (not f for f in flags)))
         unlisted = list(compress(docs, flags))
+        await self._record_placed(listed, at_broker)
         for doc in listed:
             ref = doc["orderRef"]
             found = at_broker.get(ref)
@@ -282,6 +283,18 @@ class Bookkeeper:
                 still_open += 1
         gone, inferred = await self.close_unlisted(unlisted, _instruments_open(listed, closed))
         return closed + gone, still_open + len(unlisted) - len(gone), synthetic + inferred
+
+    async def _record_placed(self, docs: list[dict[str, Any]], at_broker: dict[str, Outcome]) -> None:
+        """IB's ids on orders written ahead whose run died before it recorded them. The redelivery counts such an
+        order as working and places nothing, so nothing else would: without a permId an order reads as one IB may
+        never have had (closed NotPlaced once stale, read off the position only on a whole fill: decision 44)."""
+        ids = {}
+        for doc in docs:
+            found = at_broker.get(doc["orderRef"])
+            if not doc.get("permId") and found is not None and found.perm_id:
+                ids[doc["orderRef"]] = {"orderId": found.order_id, "permId": found.perm_id,
+                                        "clientId": found.client_id, "brokerStatus": found.status}  # fmt: skip
+        await self._books.mark_placed(ids)
 
     def _unlisted(
         self, doc: dict[str, Any], at_broker: dict[str, Outcome], record: ConnectionRecord | None, now: datetime

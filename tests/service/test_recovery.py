@@ -41,9 +41,11 @@ def lose_every_pending_message(project: str) -> None:
         subscriber.close()
 
 
-def strand_an_allocation(bus: Bus, gateway, project: str, tmp_path, fill: bool = True) -> tuple[str, list[str]]:
-    """An allocation whose consumer is killed while its orders work, its message lost, its orders then filled
-    while no consumer runs (unless not `fill`): (message id, orderRefs)."""
+def strand_an_allocation(
+    bus: Bus, gateway, project: str, tmp_path, fill: bool = True, lose: bool = True
+) -> tuple[str, list[str]]:
+    """An allocation whose consumer is killed while its orders work, its message lost (unless not `lose`), its
+    orders then filled while no consumer runs (unless not `fill`): (message id, orderRefs)."""
     write_config(project)
     gateway.hold_fills(True)  # the orders are accepted and wait, so the kill lands while the intent waits on them
     first = ConsumerProcess(project, gateway.port, tmp_path / "first.log", ORDER_TIMEOUT_SECONDS="120")
@@ -54,7 +56,8 @@ def strand_an_allocation(bus: Bus, gateway, project: str, tmp_path, fill: bool =
         first.kill()
     finally:
         first.stop()
-    lose_every_pending_message(project)
+    if lose:
+        lose_every_pending_message(project)
     refs = sorted(o["orderRef"] for o in gateway.orders())
     if fill:
         gateway.hold_fills(False)  # the broker fills them while no consumer is running
@@ -320,3 +323,26 @@ def test_a_stored_reply_that_cannot_be_published_keeps_no_other_request_from_its
     bus.settle()
     assert [r["messageId"] for r in bus.received] == ["message-behind"]
     assert claims.document(hashlib.sha256(b"refused").hexdigest()).get().get("replyPending") is True
+
+
+@pytest.mark.timeout(240)
+def test_a_redelivery_that_finds_its_orders_placed_records_ibs_ids_on_them(
+    consumer_factory, bus: Bus, gateway, project: str, tmp_path
+):
+    """A run killed after placing and before it recorded IB's answer leaves its orders written ahead, `pending`,
+    with no permId. The redelivery counts them as working and places nothing; it left them as they were, and an
+    order with no permId reads as one IB may never have had (decision 44 reads it off the position only on a whole
+    fill), while a pending one is rewritten with the quantity of the next order the request sends under its ref."""
+    message_id, refs = strand_an_allocation(bus, gateway, project, tmp_path, fill=False, lose=False)
+    assert {d["orderRef"]: d["state"] for d in mode_collection(project, "openOrders")} == dict.fromkeys(refs, "pending")
+    consumer_factory()
+    reply = bus.reply_to(message_id, timeout=120)
+    assert reply["status"] == "ok", reply
+    assert {(i["instrument"], i["order"], i["working"] > 0) for i in reply["result"]["instruments"]} == {(s, 0, True) for s in SYMBOLS}
+    assert sorted(o["orderRef"] for o in gateway.orders()) == refs  # nothing placed again
+    at_broker = {o["orderRef"]: o["permId"] for o in gateway.orders()}
+    docs = {d["orderRef"]: (d["state"], d.get("permId")) for d in mode_collection(project, "openOrders")}
+    assert docs == {ref: ("placed", at_broker[ref]) for ref in refs}
+    gateway.hold_fills(False)
+    wait_for(lambda: sorted(f["execId"] for f in mode_collection(project, "fills"))
+             == sorted(e["execId"] for e in gateway.executions()), what="each fill booked once")  # fmt: skip
