@@ -338,7 +338,8 @@ def test_a_redelivery_that_finds_its_orders_placed_records_ibs_ids_on_them(
     consumer_factory()
     reply = bus.reply_to(message_id, timeout=120)
     assert reply["status"] == "ok", reply
-    assert {(i["instrument"], i["order"], i["working"] > 0) for i in reply["result"]["instruments"]} == {(s, 0, True) for s in SYMBOLS}
+    lines = reply["result"]["instruments"]
+    assert {(i["instrument"], i["order"], i["working"] > 0) for i in lines} == {(s, 0, True) for s in SYMBOLS}
     assert sorted(o["orderRef"] for o in gateway.orders()) == refs  # nothing placed again
     at_broker = {o["orderRef"]: o["permId"] for o in gateway.orders()}
     docs = {d["orderRef"]: (d["state"], d.get("permId")) for d in mode_collection(project, "openOrders")}
