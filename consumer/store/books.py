@@ -470,7 +470,7 @@ async def _book(ledger: _Ledger, layout: Layout, e: Execution, now: datetime) ->
     if corrected is not None:
         if corrected.get("correctedBy"):
             return "known"  # a later correction of it is booked already: this one is out of date
-        await _book_correction(ledger, e, corrected, now)
+        await _book_correction(ledger, layout, e, corrected, now)
         return "applied"
 
     # Its order: still open, or already closed (a late report for a cancelled, partly filled order).
@@ -553,7 +553,9 @@ def later_version(exec_id: str) -> str | None:
     return f"{base}.{int(version) + 1:0{len(version)}d}"
 
 
-async def _book_correction(ledger: _Ledger, e: Execution, corrected: dict[str, Any], now: datetime) -> None:
+async def _book_correction(
+    ledger: _Ledger, layout: Layout, e: Execution, corrected: dict[str, Any], now: datetime
+) -> None:
     """Books IB's correction `e` of a booked execution in its place, so that each book ends as if only `e` had
     happened: split among the books as its order splits a fill (beyond the order's quantity: unallocated), or, for
     an execution of no order of ours, its parts scaled to the corrected shares (consumer.portfolio.scale_parts).
@@ -569,7 +571,7 @@ async def _book_correction(ledger: _Ledger, e: Execution, corrected: dict[str, A
         # order's quantity go to unallocated (decision 43).
         without = {k: float(v) - before.get(k, 0.0) for k, v in order.get("booked", {}).items()}
         unwound = {**order, "booked": without, "filled": float(order.get("filled", 0.0)) - float(corrected["quantity"])}
-        after, booked_after, filled_after, _ = _order_shares(unwound, e)
+        after, booked_after, filled_after, within = _order_shares(unwound, e)
     else:
         # Whole shares, as the corrected execution alone would have been attributed: scaled in proportion, the
         # books of an order two strategies share held fractions of a share.
@@ -606,7 +608,11 @@ async def _book_correction(ledger: _Ledger, e: Execution, corrected: dict[str, A
     if order is not None and where is not None:
         progress = {"booked": dict(booked_after), "filled": filled_after,
                     "execIds": [*order.get("execIds", []), e.exec_id], "updatedAt": now}  # fmt: skip
-        ledger.orders[e.order_ref] = (where, {**order, **progress})
+        if where == layout.open_orders().id and abs(within - float(order["quantity"])) < EPSILON:
+            # Complete now, as a fill completing it closes it (a correction downwards leaves a closed order closed).
+            ledger.orders[e.order_ref] = (layout.orders().id, {**order, **progress, "state": "Filled", "closedAt": now})
+        else:
+            ledger.orders[e.order_ref] = (where, {**order, **progress})
         ledger.changed_orders.add(e.order_ref)
 
     corrected["correctedBy"] = e.exec_id

@@ -212,8 +212,8 @@ def test_a_correction_upwards_is_split_as_the_order_would_split_it(project: str,
 
     assert asyncio.run(correct()) == ["applied"]
     assert holdings(project) == books
-    (order,) = [o for o in mode_collection(project, "orders") + mode_collection(project, "openOrders")
-                if o["orderRef"] == order_ref]  # fmt: skip
-    assert (order["filled"], order["booked"]) == (27 + corrected_to, {"s0": 16, "s1": 14})
+    assert mode_collection(project, "openOrders") == []  # complete: closed Filled, as a fill completing it would
+    (order,) = mode_collection(project, "orders")
+    assert (order["state"], order["filled"], order["booked"]) == ("Filled", 27 + corrected_to, {"s0": 16, "s1": 14})
     correction = fills_by_id(project)["0000e0d5.0000abcd.02.02"]
     assert sum(correction["strategies"].values()) == corrected_to
