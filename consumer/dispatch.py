@@ -249,7 +249,17 @@ class Dispatcher:
         self, intent: Intent, request: Request, first_run: bool = False, claim_ms: float = 0.0
     ) -> dict[str, Any]:
         """`first_run`: the claim was created now, not taken over (read-only intents run before it is known).
-        `claim_ms`: how long the claim took, for a trading reply's timings (read-only intents run beside it)."""
+        `claim_ms`: how long the claim took, for a trading reply's timings (read-only intents run beside it).
+
+        A trading or exclusive intent takes the trading lock before anything else: its config (the kill switch
+        among it) and its expiry are read once the intents before it are done. Read before the wait, an allocation
+        queued behind a risk-check that halted trading traded all the same."""
+        if (intent.trades or intent.exclusive) and not request.dry_run:
+            async with self._trading:
+                return await self._run_now(intent, request, first_run, claim_ms)
+        return await self._run_now(intent, request, first_run, claim_ms)
+
+    async def _run_now(self, intent: Intent, request: Request, first_run: bool, claim_ms: float) -> dict[str, Any]:
         services = self._services
         envelope = request.envelope
         assert envelope is not None
@@ -279,12 +289,7 @@ class Dispatcher:
         )
         context.add_time("claim", claim_ms)
         context.add_time("config", config_ms)
-        timeout = services.settings.intent_timeout
-        if (intent.trades or intent.exclusive) and not request.dry_run:
-            async with self._trading:
-                async with asyncio.timeout(timeout):
-                    return await intent.handler(context, envelope.params)
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(services.settings.intent_timeout):
             return await intent.handler(context, envelope.params)
 
     async def _apply_market_data_type(self, config: TradingConfig | None) -> None:

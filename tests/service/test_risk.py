@@ -512,3 +512,27 @@ def test_a_strategys_high_water_mark_comes_from_its_snapshots_and_a_halt_names_i
     document = account_document(project).collection("config").document("paper").get().to_dict()
     assert document["tradingEnabled"] is False
     assert document["haltedReason"].startswith("risk-check drawdown:dummy 0.12 breaches 0.1")
+
+
+def test_an_allocation_waiting_while_a_risk_check_halts_trading_places_nothing(
+    consumer, bus: Bus, gateway, project: str
+):
+    """A trading intent read its config (the kill switch) before it waited for the trading lock: an allocation that
+    arrived while a risk-check held the lock traded after that check had halted trading."""
+    config(project, risk={"drawdown": {"max": 0.1, "action": "halt"}, "staleOrders": {"maxMinutes": 600,
+           "action": "halt"}})  # fmt: skip
+    snapshots = mode_document(project).collection("snapshots")
+    snapshots.document("2026-06-16").set({"date": "2026-06-16", "netLiquidation": 1e9, "highWaterMark": 1e9})
+    gateway.stall_request("reqAllOpenOrders", 4.0)  # the check reads the working orders, holding the lock
+    since = len(gateway.requests_received())
+    check = bus.publish(RISK_CHECK)
+    wait_for(lambda: "reqAllOpenOrders" in [n for _, n in gateway.requests_received()[since:]],
+             what="the risk-check to hold the trading lock")  # fmt: skip
+    allocating = bus.publish(allocation({"SPY": 0.2}))
+
+    halted = bus.reply_to(check)
+    assert halted["result"]["halted"]["changed"] is True, halted
+    rejected = bus.reply_to(allocating)
+    assert (rejected["status"], rejected["error"]["code"]) == ("rejected", "kill_switch"), rejected
+    assert gateway.orders() == []  # nothing at the broker, by orderRef or otherwise
+    assert mode_collection(project, "openOrders") == []
