@@ -104,13 +104,18 @@ async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str,
     base = account.base_currency
     # The books' claims must include every fill so far, or a strategy's fresh forex trade would look free.
     await services.bookkeeper.reconcile(ctx.connection_record())
-    # IB's working orders before the balances: a fill between the two reads is then counted twice (less is
-    # converted, the next run converts the rest), never missed (converted again).
+    # IB's working orders, then the books' claims, then the balances once IB's account values count every fill
+    # so far: a fill between two reads is then counted twice (less is converted, the next run converts the rest),
+    # never missed. The balances follow a fill's status by a moment (decision 27): read without waiting again, a
+    # conversion that filled while IB listed its working orders was in neither, and its cash was sold twice; a
+    # strategy's forex sale booked before the claims were read looked like free cash.
     at_broker = await broker.open_orders()
+    holdings = await services.books.holdings()
+    await broker.account(services.account)
     balances = broker.cash_balances(account.id)
     rates = broker.fx_rates(account.id)
     working = working_conversions(at_broker, account.id, base, rates, ctx.request_id)
-    claims = currency_lines(await services.books.holdings(), balances, base)
+    claims = currency_lines(holdings, balances, base)
 
     lines: list[dict[str, Any]] = []
     orders: dict[str, LegOrder] = {}
