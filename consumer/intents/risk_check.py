@@ -16,7 +16,7 @@ breach may write, and only with a dailyLoss limit and no snapshot.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -187,8 +187,8 @@ async def _measure_strategies(ctx: IntentContext, limits: Lines, account: str, b
 
 async def _start_of_day_read_only(layout: Layout, day: str, nlv: float) -> tuple[float, str]:
     """As _start_of_day, but never writes: the value a dailyLoss check stored today, else net liquidation now."""
-    previous = await _latest_snapshot(layout, day, inclusive=False)
-    if previous and previous.get("netLiquidation"):
+    previous = await _previous_close(layout, day)
+    if previous is not None:
         return float(previous["netLiquidation"]), f"snapshot {previous.get('date')}"
     stored = await layout.risk_state(day).get()
     if stored.exists and (stored.to_dict() or {}).get("startNetLiquidation"):
@@ -209,9 +209,22 @@ async def _latest_snapshot(layout: Layout, day: str, inclusive: bool) -> dict[st
     return None
 
 
-async def _start_of_day(layout: Layout, day: str, nlv: float) -> tuple[float, str]:
+async def _previous_close(layout: Layout, day: str) -> dict[str, Any] | None:
+    """The snapshot written after the last weekday's close before `day` (eod-check writes one every weekday,
+    holidays too), or None. An older one, its eod-check missed, would measure today from further back: a day's
+    gain before it hid today's loss from dailyLoss (or a day's loss halted trading the next day)."""
     previous = await _latest_snapshot(layout, day, inclusive=False)
-    if previous and previous.get("netLiquidation"):
+    last_weekday = date.fromisoformat(day) - timedelta(days=1)
+    while last_weekday.weekday() >= 5:
+        last_weekday -= timedelta(days=1)
+    if previous and previous.get("netLiquidation") and str(previous.get("date")) >= last_weekday.isoformat():
+        return previous
+    return None
+
+
+async def _start_of_day(layout: Layout, day: str, nlv: float) -> tuple[float, str]:
+    previous = await _previous_close(layout, day)
+    if previous is not None:
         return float(previous["netLiquidation"]), f"snapshot {previous.get('date')}"
     ref = layout.risk_state(day)
     try:

@@ -536,3 +536,39 @@ def test_an_allocation_waiting_while_a_risk_check_halts_trading_places_nothing(
     assert (rejected["status"], rejected["error"]["code"]) == ("rejected", "kill_switch"), rejected
     assert gateway.orders() == []  # nothing at the broker, by orderRef or otherwise
     assert mode_collection(project, "openOrders") == []
+
+
+def test_a_daily_loss_is_measured_from_the_last_weekdays_close_not_from_an_older_snapshot(
+    consumer, bus: Bus, gateway, project: str
+):
+    """The start of the day is the last weekday's snapshot, else the first value risk-check saw that day. The newest
+    snapshot before today, however old, was taken: Tuesday's eod-check missed (the gateway restarting at 16:10,
+    say), Wednesday's loss was measured from Monday's close, and Tuesday's 6 % gain hid Wednesday's 5 % loss."""
+    config(project, risk={"dailyLoss": {"max": 0.02, "action": "halt"}})
+    buy(bus, project, {"SPY": 1.0})
+    nlv = bus.reply_to(bus.publish(RISK_CHECK))["result"]["netLiquidation"]
+    # Monday 2026-06-15's close; Tuesday the 16th has no snapshot; the gateway's day is Wednesday the 17th.
+    monday = nlv / 1.06
+    mode_document(project).collection("snapshots").document("2026-06-15").set(
+        {"date": "2026-06-15", "netLiquidation": monday, "highWaterMark": monday}
+    )
+    first = limit(bus.reply_to(bus.publish(RISK_CHECK)), "dailyLoss")
+    assert (first["verdict"], first["startOfDaySource"]) == ("ok", "first risk-check of the day"), first
+
+    gateway.set_price("SPY", 520.0 * 0.9)  # about 5 % of net liquidation lost today
+    gateway.advance_time(180)  # IB revalues its account window
+    clock_seen(bus, gateway)
+
+    def measured() -> dict[str, Any] | None:
+        reply = bus.reply_to(bus.publish(RISK_CHECK))
+        return reply if reply["result"]["netLiquidation"] < nlv * 0.97 else None
+
+    reply = wait_for(measured, what="a risk-check measuring the loss once IB revalued the account")
+    daily = limit(reply, "dailyLoss")
+    lost_today = (nlv - reply["result"]["netLiquidation"]) / nlv
+    assert lost_today > 0.04
+    assert daily["verdict"] == "breach", (
+        f"{lost_today:.1%} lost today, measured {daily['value']:.2%} from {daily['startOfDaySource']}: {daily}"
+    )
+    document = account_document(project).collection("config").document("paper").get().to_dict()
+    assert document["tradingEnabled"] is False
