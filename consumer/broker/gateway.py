@@ -195,8 +195,7 @@ class Gateway:
                 heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await heartbeat
-            if self.ib.isConnected():
-                self.ib.disconnect()
+            self._hang_up()
             self.requests.reset()
             if not self._stopping:
                 self._set_state(State.CONNECTING)
@@ -247,13 +246,13 @@ class Gateway:
                     self.ib.errorEvent -= read_only
                 if startup.missed:
                     # Books built on a partial download would be wrong (orders or fills missing): start over.
-                    self.ib.disconnect()
+                    self._hang_up()
                     self._metrics.count("gatewayStartupTimeouts")
                     raise TimeoutError(f"start-up requests not answered in {s.ib_connect_timeout}s: {startup.missed}")
                 try:
                     await asyncio.wait_for(self.requests.current_time(), s.ib_connect_timeout)  # sets the clock offset
                 except (TimeoutError, ConnectionError):
-                    self.ib.disconnect()  # connected but not answering: the next attempt starts clean
+                    self._hang_up()  # connected but not answering: the next attempt starts clean
                     raise
                 self.requests.read_only = read_only.seen
         if self.requests.read_only:
@@ -269,6 +268,17 @@ class Gateway:
             accounts=self.ib.managedAccounts(),
             server_version=self.ib.client.serverVersion(),
         )
+
+    def _hang_up(self) -> None:
+        """Disconnects as if the gateway had dropped the socket. ib_insync resets its session state (orders, fills,
+        account values and summary, subscriptions) and fails the requests waiting on the socket only when the peer
+        closes it: its own disconnect marks the API not ready before the close is seen (ib_insync 0.9.86,
+        Client._onSocketDisconnected), so after a 1101 or missed heartbeats the next connection kept the old
+        state: the account summary never subscribed again (every summary answered the values of the moment of the
+        loss), orders finished meanwhile kept their old status, and snapshots waited out their timeout."""
+        if self.ib.isConnected():
+            self.ib.disconnect()
+            self.ib.wrapper.connectionClosed()
 
     async def _heartbeat(self) -> None:
         """A half-open socket sends no error; an unanswered current-time request is how we notice."""

@@ -25,6 +25,7 @@ from tests.support import (
     QUIET,
     STANDBY,
     STREAM_RESTART_WAIT,
+    TEST_ACCOUNT,
     Bus,
     ConsumerProcess,
     activity,
@@ -428,6 +429,32 @@ def test_a_stream_reopened_after_a_failure_keeps_intake_held_while_the_gateway_i
     assert (status.gateway, status.accepting) != ("connected", True), status
     consumer.wait_ready(timeout=60)  # once the gateway is back, intake opens
     assert bus.reply_to(bus.publish({"intent": "summary"}), timeout=STREAM_RESTART_WAIT)["status"] == "ok"
+
+
+# Account values reach a summary subscription at once (no 3-minute interval), so a change is seen immediately.
+SUMMARY_AT_ONCE = {"accountUpdates": {"intervalMs": 0}}
+
+
+def _summary_cash(bus: Bus) -> float:
+    reply = bus.reply_to(bus.publish({"intent": "summary"}))
+    assert reply["status"] == "ok", reply
+    return float(reply["result"]["accountValues"][TEST_ACCOUNT]["TotalCashValue"]["USD"])
+
+
+@pytest.mark.parametrize("gateway_scenario", [SUMMARY_AT_ONCE])
+@pytest.mark.parametrize("how", ["1101", "dropped"])
+def test_the_account_summary_follows_the_account_after_any_reconnect(consumer, bus: Bus, gateway, how: str):
+    """IB's 1101 (connectivity restored, data lost) makes the consumer hang up and connect again. ib_insync resets
+    its session state only when the gateway drops the socket, not on its own disconnect: after a 1101 the account
+    summary was never subscribed again, and every summary answered the values of the moment of the loss."""
+    before = _summary_cash(bus)
+    asked = [n for _, n in gateway.requests_received()].count("reqAccountSummary")
+    gateway.send_error(1101) if how == "1101" else gateway.drop_connections()
+    wait_for(lambda: consumer.service.services.gateway.connections == 2, what="the consumer to connect again")
+    wait_for(lambda: consumer.service.status.accepting, what="intake open again")
+    gateway.set_cash("USD", before + 12_345.0)
+    wait_for(lambda: _summary_cash(bus) != before, what="the summary to show the cash IB reports now")
+    assert [n for _, n in gateway.requests_received()].count("reqAccountSummary") == asked + 1
 
 
 # Past the ack deadline by more than a redelivery takes, so a lost lease would show as a second attempt.
