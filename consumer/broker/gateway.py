@@ -40,6 +40,8 @@ VALIDATION_ERROR = 321
 READ_ONLY_TEXT = "Read-Only mode"
 # reqCurrentTime answers in whole seconds: a smaller difference from our clock is its rounding, not a skew.
 CLOCK_RESOLUTION = 2.0
+# How long a start-up download may take once attempts that missed it have doubled IB_CONNECT_TIMEOUT.
+MAX_CONNECT_TIMEOUT = 600.0
 
 
 class _StartupTimeouts(logging.Handler):
@@ -214,6 +216,11 @@ class Gateway:
             retry=retry_if_exception_type((OSError, TimeoutError, ConnectionError)),
             before_sleep=self._log_retry,
         )
+        # Each attempt that misses a start-up download by its timeout gives the next one twice as long: a gateway
+        # that answers everything, only slowly (IB lists a day's completed orders in time growing with them: 500
+        # take about 10 s), missed by the same margin on every attempt with the same timeout, and was never
+        # connected to again that day.
+        timeout = s.ib_connect_timeout
         async for attempt in retrying:
             with attempt:
                 if self._stopping:
@@ -230,7 +237,7 @@ class Gateway:
                         s.ib_host,
                         s.ib_port,
                         clientId=s.ib_client_id,
-                        timeout=s.ib_connect_timeout,
+                        timeout=timeout,
                         account=s.account,
                     )
                 except (OSError, TimeoutError, ConnectionError) as e:
@@ -248,7 +255,8 @@ class Gateway:
                     # Books built on a partial download would be wrong (orders or fills missing): start over.
                     self._hang_up()
                     self._metrics.count("gatewayStartupTimeouts")
-                    raise TimeoutError(f"start-up requests not answered in {s.ib_connect_timeout}s: {startup.missed}")
+                    missed_in, timeout = timeout, min(timeout * 2, MAX_CONNECT_TIMEOUT)
+                    raise TimeoutError(f"start-up requests not answered in {missed_in:g}s: {startup.missed}")
                 try:
                     await asyncio.wait_for(self.requests.current_time(), s.ib_connect_timeout)  # sets the clock offset
                 except (TimeoutError, ConnectionError):

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from google.cloud import pubsub_v1
+from ib_insync import LimitOrder, Stock
 
 from consumer.errors import IntentError
 from consumer.intents import builtin_intents
@@ -455,6 +456,26 @@ def test_the_account_summary_follows_the_account_after_any_reconnect(consumer, b
     gateway.set_cash("USD", before + 12_345.0)
     wait_for(lambda: _summary_cash(bus) != before, what="the summary to show the cash IB reports now")
     assert [n for _, n in gateway.requests_received()].count("reqAccountSummary") == asked + 1
+
+
+@pytest.mark.parametrize("gateway_scenario", [{"connectCost": {"perCompletedOrderMs": 2500}}])
+@pytest.mark.slow(seconds=10)
+def test_a_gateway_whose_completed_orders_take_longer_than_the_connect_timeout_is_connected_to_eventually(
+    consumer_factory, manual, gateway
+):
+    """IB lists a day's completed orders in time growing with them (ibsim's paper model: 20 ms each; ib_insync #224,
+    #355), and IB_CONNECT_TIMEOUT (10 s) bounds each start-up download: after a day of 500 and more, every attempt
+    missed the download by the same margin, with the same timeout, and the consumer never connected again that
+    day. Scaled down: one completed order listed in 2.5 s, a 2 s timeout; the attempts double it until it fits."""
+    spy = manual.qualifyContracts(Stock("SPY", "SMART", "USD"))[0]
+    trade = manual.placeOrder(spy, LimitOrder("BUY", 1, 1.00))
+    wait_for(lambda: [o["status"] for o in gateway.orders()] == ["Submitted"], what="the order working")
+    manual.cancelOrder(trade.order)
+    wait_for(lambda: [o["status"] for o in gateway.orders()] == ["Cancelled"], what="one completed order")
+
+    c = consumer_factory(ib_connect_timeout=2.0, wait_ready=False)
+    wait_for(lambda: c.service.status.accepting, timeout=40, what="the consumer to connect")
+    assert c.service.services.gateway.connections == 1
 
 
 # Past the ack deadline by more than a redelivery takes, so a lost lease would show as a second attempt.
