@@ -204,6 +204,8 @@ async def current_pnl(
         "netLiquidation": account.net_liquidation,
         "strategies": current,
         "pnl": periods(current, before_today, before_month),
+        # The closes `today` and `monthToDate` run from: after an eod-check that missed a day, `today` spans two.
+        "since": {"today": (before_today or {}).get("date"), "monthToDate": (before_month or {}).get("date")},
     }
 
 
@@ -229,6 +231,7 @@ async def write_snapshot(
         "baseCurrency": account.base_currency,
         "netLiquidation": account.net_liquidation,
         "cash": _cents(cash),
+        "realizedSince": (previous or {}).get("date"),  # each strategy's realizedPnl runs from that close
         "highWaterMark": max(
             float((previous or {}).get("highWaterMark", account.net_liquidation)), account.net_liquidation
         ),

@@ -153,6 +153,7 @@ def test_a_round_trip_over_two_days_agrees_with_the_broker_to_the_cent(bus: Bus,
     first_total = first["strategies"]["dummy"]["realizedPnlToDate"] + first["strategies"]["dummy"]["unrealizedPnl"]
     assert first["strategies"]["dummy"]["realizedPnl"] == pytest.approx(expected_day1, abs=0.005)
     assert dummy["today"] == pytest.approx(dummy["sinceInception"] - first_total, abs=0.011)  # since day 1's close
+    assert end["since"] == {"today": "2026-06-17", "monthToDate": None}
     assert dummy["monthToDate"] == pytest.approx(dummy["sinceInception"], abs=0.005)  # no snapshot before June
     summary = ok(bus, {"intent": "summary"})
     assert summary["pnl"]["dummy"] == dummy  # the same block, from the marks summary already has
@@ -165,6 +166,7 @@ def test_a_round_trip_over_two_days_agrees_with_the_broker_to_the_cent(bus: Bus,
     second = days["2026-06-18"]
     assert second["strategies"]["dummy"]["realizedPnl"] == pytest.approx(broker_realized - expected_day1, abs=0.011)
     assert second["strategies"]["dummy"]["realizedPnlToDate"] == pytest.approx(broker_realized, abs=0.005)
+    assert (first["realizedSince"], second["realizedSince"]) == (None, "2026-06-17")
     assert second["highWaterMark"] == max(first["highWaterMark"], second["netLiquidation"])
     assert second["netLiquidation"] - nlv_start == pytest.approx(broker_realized, abs=0.005)
 
