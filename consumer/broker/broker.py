@@ -252,7 +252,7 @@ class Broker:
         return await fx_pair(self._instruments, currency, base)
 
     def market_data(self, instruments: Mapping[str, Instrument]) -> MarketData:
-        return market.BrokerMarketData(self._ib, instruments, self._history, self._snapshot_timeout)
+        return market.BrokerMarketData(self._ib, instruments, self._history, self._snapshot_timeout, self.now)
 
     async def bars(self, instrument: Instrument, duration: str, bar_size: str) -> list[HistoricalBar]:
         return await market.historical_bars(self._ib, self._history, instrument, duration, bar_size)

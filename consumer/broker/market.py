@@ -10,11 +10,13 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 from ib_insync import IB, Contract, Ticker
 
 from consumer.broker import views
+from consumer.broker.hours import sessions
 from consumer.broker.instruments import Instrument, Instruments, fx_pair
 from consumer.broker.model import HistoricalBar, Prices, Quote
 from consumer.errors import IntentError, Transient
@@ -123,12 +125,18 @@ class BrokerMarketData:
     """The strategies' view of the market (consumer.strategies.base.MarketData), limited to their instruments."""
 
     def __init__(
-        self, ib: IB, instruments: Mapping[str, Instrument], pacer: HistoryPacer, snapshot_timeout: float
+        self,
+        ib: IB,
+        instruments: Mapping[str, Instrument],
+        pacer: HistoryPacer,
+        snapshot_timeout: float,
+        now: Callable[[], datetime],
     ) -> None:
         self._ib = ib
         self._instruments = instruments
         self._pacer = pacer
         self._snapshot_timeout = snapshot_timeout
+        self._now = now
 
     def _instrument(self, symbol: str) -> Instrument:
         try:
@@ -137,17 +145,31 @@ class BrokerMarketData:
             raise SignalUnavailable(f"{symbol} is not among the strategy's instruments") from None
 
     async def daily_bars(self, symbol: str, days: int) -> list[Bar]:
+        """Completed sessions only. During a session IB ends daily history with the session's bar so far, its
+        close the last trade: a signal read from it turned with the minute a message arrived (the 09:30 open's
+        allocation a few seconds either side of the open, or a redelivery later in the day, traded opposite ways)."""
+        instrument = self._instrument(symbol)
         try:
-            bars = await historical_bars(
-                self._ib, self._pacer, self._instrument(symbol), duration(days), "1 day", utc=False
-            )
+            bars = await historical_bars(self._ib, self._pacer, instrument, duration(days), "1 day", utc=False)
         except HistoryRefused as e:
             raise SignalUnavailable(e.message) from e
+        started = _session_started(instrument, self._now())
+        if bars and started is not None and bars[-1].day >= started.isoformat():
+            bars = bars[:-1]
         return [Bar(b.time, b.open, b.high, b.low, b.close, b.volume) for b in bars]
 
     async def price(self, symbol: str) -> float:
         instrument = self._instrument(symbol)
         return (await snapshot_prices(self._ib, [instrument], self._snapshot_timeout))[instrument.con_id]
+
+
+def _session_started(instrument: Instrument, now: datetime) -> date | None:
+    """The date (in the exchange's zone) the regular session under way at `now` started, or None when none is."""
+    hours = instrument.liquid_hours or instrument.trading_hours
+    if not hours:
+        return None
+    under_way = [start for start, end in sessions(hours, instrument.time_zone) if start <= now < end]
+    return min(under_way).date() if under_way else None
 
 
 def _what_to_show(instrument: Instrument) -> str:
@@ -162,7 +184,8 @@ async def _request_bars(
 
     ib_insync answers a refused request with no bars; its error arrives on errorEvent with the request's contract,
     a copy of ours so that concurrent requests for one instrument are told apart. A pacing violation (162, the
-    gateway's budget spent by another client) is Transient: the intent is retried later, never run on no bars.
+    gateway's budget spent by another client) and a request not answered in `within` are Transient: the intent
+    is retried later, never run on no bars.
     """
     contract = copy.copy(instrument.contract)
     errors: list[tuple[int, str]] = []
@@ -172,6 +195,7 @@ async def _request_bars(
             errors.append((code, message))
 
     ib.errorEvent += on_error
+    asked = time.monotonic()
     try:
         bars = await ib.reqHistoricalDataAsync(
             contract,
@@ -191,6 +215,10 @@ async def _request_bars(
     if errors and not bars:
         code, message = errors[0]
         raise HistoryRefused("history_refused", f"{instrument.symbol} history: IB error {code}: {message}")
+    if not bars and time.monotonic() - asked >= within:
+        # ib_insync answers a request it gave up waiting for with no bars and no error: HMDS not answering (its
+        # farm down, the nightly reset) is no "there are none", and must not be stored or signalled as such.
+        raise Transient("history_timeout", f"{instrument.symbol} history: IB did not answer in {within:g} s")
     return [views.bar(b) for b in bars]
 
 

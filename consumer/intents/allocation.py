@@ -81,7 +81,7 @@ async def _allocation(
 
     async def weights_of(name: str, strategy: Strategy) -> dict[str, float] | str:
         try:
-            return await strategy.target_weights(broker.market_data(instruments[name]))
+            return _finite(await strategy.target_weights(broker.market_data(instruments[name])))
         except Transient:
             raise  # the gateway's, not the strategy's: the intent is retried (e.g. a history pacing violation)
         except Exception as e:
@@ -178,6 +178,16 @@ async def _allocation(
         "fxRates": rates,
         "timings": ctx.phase_timings(),
     }
+
+
+def _finite(weights: dict[str, float]) -> dict[str, float]:
+    """A strategy's weights, or ValueError (the strategy is skipped) for one that is not a finite number: NaN passed
+    the leverage cap (NaN > cap is False) and failed the sizing, and every strategy of the request was retried to
+    its dead letter for one strategy's bad number."""
+    odd = sorted(symbol for symbol, w in weights.items() if not math.isfinite(w))
+    if odd:
+        raise ValueError(f"weights that are not finite numbers for {', '.join(odd)}")
+    return weights
 
 
 async def _sizing_prices(

@@ -57,7 +57,9 @@ class Bar:
 class MarketData(Protocol):
     """What strategies may ask of the market (implemented on the broker loop by consumer.broker.market)."""
 
-    async def daily_bars(self, symbol: str, days: int) -> list[Bar]: ...
+    async def daily_bars(self, symbol: str, days: int) -> list[Bar]:
+        """Completed sessions, oldest first: a session under way has no bar yet (its close is not known)."""
+        ...
 
     async def price(self, symbol: str) -> float: ...
 

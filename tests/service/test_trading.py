@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from consumer.strategies.dummy import Dummy
 from tests.support import (
     SIGNAL_PARAMS,
     TRADING_CLOCK,
@@ -279,6 +280,30 @@ def test_unknown_strategy_and_bad_strategy_params_are_named(bus: Bus, gateway):
     assert bad["status"] == "error"
     assert "strategyParams.dummy" in bad["error"]["message"]
     assert gateway.orders() == []
+
+
+def test_a_strategy_whose_weight_is_not_a_number_is_skipped_and_the_others_trade(
+    bus: Bus, gateway, project: str, monkeypatch: pytest.MonkeyPatch
+):
+    """A weight of NaN passed the leverage cap (NaN > cap is False) and failed the sizing: the whole allocation was
+    retried to its dead letter for one strategy's bad number, and no strategy traded. (No strategy shipped makes
+    one; a message cannot carry one. The in-process consumer's dummy is made to.)"""
+    symbol, _ = long_signal(bus, gateway)
+
+    async def not_a_number(self: Dummy, market: object) -> dict[str, float]:
+        return {"TLT": math.nan}
+
+    monkeypatch.setattr(Dummy, "target_weights", not_a_number)
+    reply = bus.reply_to(bus.publish(both_strategies({"TLT": 0.1})))
+    assert (reply["status"], reply["alert"]) == ("ok", True), reply
+    assert reply["result"]["strategies"]["dummy"] == {
+        "status": "skipped",
+        "reason": "weights that are not finite numbers for TLT",
+    }
+    (line,) = reply["result"]["instruments"]
+    assert (line["instrument"], line["outcome"]) == (symbol, "filled"), line
+    assert [o["orderRef"] for o in gateway.orders()] == [line["orderRef"]]
+    wait_for(lambda: holdings(project) == {"testsignalgenerator": {symbol: line["target"]}}, what="its buy booked")
 
 
 def test_weights_beyond_the_leverage_cap_are_refused(bus: Bus, gateway):

@@ -1,0 +1,57 @@
+"""What a history answer means: a request IB never answered is no "no bars", and a session's bar so far is no close.
+
+Found by an independent review of how strategies get market data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support import Bus, mode_document, trading_days_until, trending_bars
+
+pytestmark = pytest.mark.usefixtures("paper_config")
+
+
+@pytest.fixture
+def paper_config_overrides() -> dict[str, object]:
+    return {"exposure": {"overall": 1.0, "strategies": {"dummy": 0.5, "spymacdvixy": 0.5}}}
+
+
+@pytest.mark.slow(seconds=15)
+def test_a_history_request_ib_never_answers_is_retried_not_answered_as_no_bars(
+    bus: Bus, gateway: Any, consumer_factory: Any, project: str
+):
+    """HMDS not answering (its farm down, the nightly reset) is not IB saying there are no bars, but ib_insync
+    answers a request it gave up waiting for with an empty list and no error: collect-market-data replied ok with
+    zero bars and wrote the instrument's document as fresh."""
+    consumer_factory(history_timeout=3.0)
+    gateway.stall_request("reqHistoricalData", 0)  # the next history request is never answered
+    body = {"intent": "collect-market-data", "params": {"instruments": ["SPY"], "barSize": "1 day", "duration": "5 D"}}
+    message_id = bus.publish(body)
+    replies = bus.replies_to(message_id, quiet=5.0)
+    assert [(r["status"], r["result"]["instruments"]["SPY"]["bars"]) for r in replies] == [("ok", 5)], replies
+    bars = mode_document(project).collection("marketData").document("SPY").collection("bars").stream()
+    assert len([b.id for b in bars]) == 5
+
+
+@pytest.mark.parametrize("market_clock", ["2026-06-09T09:30:20-04:00"], indirect=True)  # a Tuesday, 20 s after the open
+def test_a_daily_signal_is_computed_on_completed_sessions_not_on_the_session_under_way(
+    bus: Bus, gateway: Any, consumer_factory: Any
+):
+    """During a session IB ends daily history with that session's bar so far, its close the last trade. The 09:30
+    open-allocation's daily MACD was read from it: a few seconds either side of the open, or a redelivery later in
+    the day, traded opposite ways. Here SPY rose for 60 sessions and today's bar so far has halved: on completed
+    sessions the MACD is bullish (SPY), with today's bar it is not (VIXY)."""
+    days = trading_days_until(gateway.now(), 61)
+    rising = trending_bars(days[:-1], 400.0, 2.0)
+    crash = {"date": days[-1].isoformat(), "open": 520.0, "high": 520.0, "low": 260.0, "close": 260.0}
+    gateway.set_bars("SPY", [*rising, crash])
+    consumer_factory()
+
+    reply = bus.reply_to(
+        bus.publish({"intent": "allocation", "dryRun": True, "params": {"strategies": ["spymacdvixy"]}}), timeout=60
+    )
+    assert reply["status"] == "ok", reply
+    assert reply["result"]["strategies"]["spymacdvixy"]["weights"] == {"SPY": 1.0, "VIXY": 0.0}
