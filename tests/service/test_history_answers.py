@@ -55,3 +55,23 @@ def test_a_daily_signal_is_computed_on_completed_sessions_not_on_the_session_und
     )
     assert reply["status"] == "ok", reply
     assert reply["result"]["strategies"]["spymacdvixy"]["weights"] == {"SPY": 1.0, "VIXY": 0.0}
+
+
+@pytest.mark.slow(seconds=20)
+def test_minute_bars_for_many_instruments_are_stored_in_commits_firestore_takes(
+    bus: Bus, gateway: Any, consumer_factory: Any, project: str
+):
+    """A day of 1-minute bars is a 50 kB document; 27 instruments over 5 days were one commit of 162 of them, about
+    6 MiB, cut by the count of writes alone: Firestore refuses a request over 10 MiB (the emulator's gRPC server
+    one over 4 MiB, and the client retried that for a minute before the intent failed, its first commits kept)."""
+    consumer_factory()
+    symbols = [f"SYM{i:03d}" for i in range(20)] + ["SPY", "QQQ", "IWM", "TLT", "GLD", "AAPL", "MSFT"]
+    body = {"intent": "collect-market-data", "params": {"instruments": symbols, "barSize": "1 min", "duration": "5 D"}}
+    reply = bus.reply_to(bus.publish(body), timeout=120)
+    assert reply["status"] == "ok", reply
+    counts = {s: i["bars"] for s, i in reply["result"]["instruments"].items()}
+    assert set(counts) == set(symbols)
+    assert len(set(counts.values())) == 1, counts
+    assert counts["SPY"] > 4 * 390  # four whole sessions at least, the one under way besides
+    stored = mode_document(project).collection("marketData").document("SYM019").collection("bars").stream()
+    assert sum(len(b.to_dict()["bars"]) for b in stored) == counts["SYM019"]
