@@ -13,10 +13,12 @@ from google.cloud import pubsub_v1
 from google.protobuf import timestamp_pb2
 
 from tests.support import (
+    STANDBY,
     TEST_ACCOUNT,
     Bus,
     ConsumerProcess,
     allocation,
+    another_intents_subscription,
     holdings,
     mode_collection,
     mode_document,
@@ -41,11 +43,9 @@ def lose_every_pending_message(project: str) -> None:
         subscriber.close()
 
 
-def strand_an_allocation(
-    bus: Bus, gateway, project: str, tmp_path, fill: bool = True, lose: bool = True
-) -> tuple[str, list[str]]:
-    """An allocation whose consumer is killed while its orders work, its message lost (unless not `lose`), its
-    orders then filled while no consumer runs (unless not `fill`): (message id, orderRefs)."""
+def strand_an_allocation(bus: Bus, gateway, project: str, tmp_path, fill: bool = True) -> tuple[str, list[str]]:
+    """An allocation whose consumer is killed while its orders work, its message lost, its orders then filled
+    while no consumer runs (unless not `fill`): (message id, orderRefs)."""
     write_config(project)
     gateway.hold_fills(True)  # the orders are accepted and wait, so the kill lands while the intent waits on them
     first = ConsumerProcess(project, gateway.port, tmp_path / "first.log", ORDER_TIMEOUT_SECONDS="120")
@@ -56,8 +56,7 @@ def strand_an_allocation(
         first.kill()
     finally:
         first.stop()
-    if lose:
-        lose_every_pending_message(project)
+    lose_every_pending_message(project)
     refs = sorted(o["orderRef"] for o in gateway.orders())
     if fill:
         gateway.hold_fills(False)  # the broker fills them while no consumer is running
@@ -333,9 +332,20 @@ def test_a_redelivery_that_finds_its_orders_placed_records_ibs_ids_on_them(
     with no permId. The redelivery counts them as working and places nothing; it left them as they were, and an
     order with no permId reads as one IB may never have had (decision 44 reads it off the position only on a whole
     fill), while a pending one is rewritten with the quantity of the next order the request sends under its ref."""
-    message_id, refs = strand_an_allocation(bus, gateway, project, tmp_path, fill=False, lose=False)
+    write_config(project)
+    gateway.hold_fills(True)  # the orders are accepted and wait, so the kill lands while the run waits on them
+    standby = another_intents_subscription(project, STANDBY)  # its copy of the message is the redelivery
+    first = ConsumerProcess(project, gateway.port, tmp_path / "first.log", ORDER_TIMEOUT_SECONDS="120")
+    try:
+        first.wait_ready()
+        message_id = bus.publish(ALLOCATION)
+        wait_for(lambda: len(gateway.orders()) == len(SYMBOLS), timeout=60, what="both orders at the broker")
+        first.kill()
+    finally:
+        first.stop()
+    refs = sorted(o["orderRef"] for o in gateway.orders())
     assert {d["orderRef"]: d["state"] for d in mode_collection(project, "openOrders")} == dict.fromkeys(refs, "pending")
-    consumer_factory()
+    consumer_factory(intents_subscription=standby)
     reply = bus.reply_to(message_id, timeout=120)
     assert reply["status"] == "ok", reply
     lines = reply["result"]["instruments"]
