@@ -95,18 +95,27 @@ class Rebalance:
         """The books and our working orders, read so that a fill landing meanwhile is counted once.
 
         IB's working orders are read first, then the holdings and our open orders together (a fill is booked into
-        both at once). An open order of ours IB no longer lists finished after the opening sweep, and its fills may
-        not be booked yet: in neither the holdings nor the working orders, it would be bought again. A fresh sweep
-        books them (and closes it) before the books are read again."""
+        both at once). An open order of ours IB no longer lists, but the connection saw finish, finished after the
+        opening sweep, and its fills may not be booked yet: in neither the holdings nor the working orders, it would
+        be bought again. A fresh sweep books them (and closes it) before the books are read again. One the
+        connection never saw (an earlier day's, left open for reconcile: decision 44) costs no sweep."""
         services = self.ctx.services
         live = [o for o in await self.ctx.broker.open_orders() if o.is_for(self.account.id)]
         holdings, open_docs = await services.books.holdings_and_open_orders(self.scope)
         listed = {o.order_ref for o in live}
-        if any(d["orderRef"] not in listed for d in open_docs):
+        if await self._finished_meanwhile({d["orderRef"] for d in open_docs} - listed):
             await services.bookkeeper.reconcile()
             holdings, open_docs = await services.books.holdings_and_open_orders(self.scope)
         self.holdings = holdings
         self.orders, self.others = _working(live, open_docs)
+
+    async def _finished_meanwhile(self, refs: set[str]) -> bool:
+        """Whether any of these orders IB no longer lists finished on this connection (its record knows it, at no
+        message); without the record (a reconnect since the intent started), whether IB knows any of them."""
+        if not refs:
+            return False
+        record = self.ctx.connection_record()
+        return bool(await self.ctx.broker.find_orders(refs, record=record, account=self.account.id))
 
     def only(self, strategies: list[str]) -> None:
         """Keeps the books of these strategies only: one that was skipped must not be read as target zero."""
