@@ -22,6 +22,7 @@ from tests.support import (
 
 pytestmark = pytest.mark.usefixtures("paper_config")
 
+CLIENT_ID = 1  # tests/support.py settings_for_tests
 SAME_TARGET = allocation({"SPY": 0.05})  # a trading intent: it sweeps the books first, then finds nothing to do
 
 
@@ -173,6 +174,15 @@ def test_an_earlier_days_currency_conversion_is_not_read_off_positions(
     assert [o["orderRef"] for o in mode_collection(project, "openOrders")] == [eur["orderRef"]]
     assert fills_by_exec_id(project) == {}
     assert [o["orderRef"] for o in gateway.orders()] == [eur["orderRef"]]
+
+    # Left open for reconcile, it is no order that finished while a rebalance read the books (decision 46): an
+    # allocation meanwhile asks IB for no day's completed orders (~10 s on a paper account's 500).
+    since = len(gateway.requests_received())
+    (tlt,) = ok(bus, allocation({"TLT": 0.05}))["instruments"]
+    asked = [name for client, name in gateway.requests_received()[since:] if client == CLIENT_ID]
+    assert "placeOrder" in asked
+    assert "reqCompletedOrders" not in asked, asked
+    assert [o["orderRef"] for o in gateway.orders()] == [eur["orderRef"], tlt["orderRef"]]
 
 
 def test_a_fill_landing_while_the_sweep_reads_the_broker_is_not_taken_for_an_earlier_days_order(
