@@ -309,19 +309,9 @@ class Dispatcher:
             self._market_data_type_known = True
 
     def _check_fresh(self, request: Request) -> None:
-        envelope = request.envelope
-        assert envelope is not None
-        now = datetime.now(UTC)
-        if envelope.expires_at is not None and now >= envelope.expires_at:
-            raise Rejected("expired", f"the intent expired at {envelope.expires_at.isoformat()}; not run")
-        max_age = envelope.max_age_seconds or self._services.settings.trading_max_age
-        age = (now - request.delivery.publish_time).total_seconds()
-        if age > max_age:
-            raise Rejected(
-                "stale",
-                f"the message was published {age:.0f}s ago, more than the {max_age:.0f}s a trading intent may wait; "
-                "not run",
-            )
+        stale = request.staleness(self._services.settings.trading_max_age, datetime.now(UTC))
+        if stale is not None:
+            raise Rejected(stale[0], f"{stale[1]}; not run")
 
     def _check_allowed(self, config: TradingConfig) -> None:
         mode = self._services.settings.trading_mode
@@ -343,6 +333,17 @@ class Dispatcher:
             )
         if mode == "live" and not config.allow_live:
             raise Rejected("live_not_allowed", "live trading is refused: config/live does not set allowLive=true")
+        if mode == "paper":
+            # The live guard keys on TRADING_MODE: a paper deployment pointed at a live login (TWS on 7496, a port
+            # mixed up) traded real money with no ALLOW_LIVE. IB's paper account ids start with D (DU..., DF...).
+            managed = self._services.broker.managed_accounts()
+            traded = self._services.account or (managed[0] if len(managed) == 1 else "")
+            if traded and not traded.startswith("D"):
+                raise Rejected(
+                    "live_account",
+                    f"a paper deployment (TRADING_MODE=paper) refuses to trade {traded}, a live account id (paper "
+                    "account ids start with D); deploy it with TRADING_MODE=live and ALLOW_LIVE=yes to trade it",
+                )
 
     async def _duplicate(self, request: Request, claim: Claim) -> Settlement:
         if claim.state is ClaimState.DONE and claim.reply is not None:

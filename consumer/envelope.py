@@ -95,6 +95,20 @@ class Request:
         what = {"intent": self.intent, "params": envelope.params if envelope else None, "dryRun": self.dry_run}
         return hashlib.sha256(json.dumps(what, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
+    def staleness(self, default_max_age: float, now: datetime) -> tuple[str, str] | None:
+        """(code, message) when the sender's `expiresAt` has passed or the message is older than its
+        `maxAgeSeconds` (else `default_max_age`): no order may be placed for it. None while it is fresh."""
+        envelope = self.envelope
+        if envelope is None:
+            return None
+        if envelope.expires_at is not None and now >= envelope.expires_at:
+            return "expired", f"the intent expired at {envelope.expires_at.isoformat()}"
+        max_age = envelope.max_age_seconds or default_max_age
+        age = (now - self.delivery.publish_time).total_seconds()
+        if age > max_age:
+            return "stale", f"the message was published {age:.0f}s ago, more than the {max_age:.0f}s it may wait"
+        return None
+
 
 def decode(  # noqa: C901 (one check after another, each its own error code)
     delivery: Delivery, schemas: Schemas, schedule_zone: ZoneInfo, schedule_intents: Mapping[str, str] | None = None

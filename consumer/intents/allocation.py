@@ -19,6 +19,7 @@ from consumer.broker.instruments import Instrument
 from consumer.broker.model import Prices
 from consumer.broker.orders import discard
 from consumer.errors import IntentError, Transient
+from consumer.forex import is_forex
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.rebalance import Rebalance
 from consumer.portfolio import EPSILON, gross_exposure, net_legs, target_quantity
@@ -97,11 +98,13 @@ async def _allocation(
 
     shares = {n: config.capital_share(n) for n in weights}
     gross = gross_exposure(weights, shares)
-    if gross > config.leverage_cap + 1e-9:
+    elsewhere = await _held_elsewhere(ctx, rebalance, set(weights))
+    if gross + elsewhere > config.leverage_cap + 1e-9:
+        besides = f", and the books of the strategies it does not run hold {elsewhere:.4g}x more" if elsewhere else ""
         raise IntentError(
             "leverage_exceeded",
-            f"the targets add up to {gross:.4g}x net liquidation, above the leverage cap {config.leverage_cap:g} "
-            "(the lower of leverageCap and the deployment's LEVERAGE_CAP_MAX); "
+            f"the targets add up to {gross:.4g}x net liquidation{besides}, above the leverage cap "
+            f"{config.leverage_cap:g} (the lower of leverageCap and the deployment's LEVERAGE_CAP_MAX); "
             "nothing was placed",
         )
 
@@ -178,6 +181,29 @@ async def _allocation(
         "fxRates": rates,
         "timings": ctx.phase_timings(),
     }
+
+
+async def _held_elsewhere(ctx: IntentContext, rebalance: Rebalance, running: set[str]) -> float:
+    """What the books of the strategies this allocation does not size hold, gross, in x net liquidation (at IB's
+    marks, else their cost): the cap is the account's. Checked on this allocation's strategies alone, two
+    allocations each within it took the account past it together (dummy at 1x of its half beside another's half).
+    Forex is currency, not a position, and is left out, as IB's gross position value leaves it."""
+    account = rebalance.account
+    if account.net_liquidation <= 0:
+        return 0.0
+    marks = ctx.broker.portfolio_marks(account.id)
+    rates = {**ctx.broker.fx_rates(account.id), account.base_currency: 1.0}
+    total = 0.0
+    for strategy, held in (await ctx.services.books.holdings()).items():
+        if strategy in running:
+            continue
+        for con_id, position in held.items():
+            rate = rates.get(str(position.get("currency") or account.base_currency))
+            price = marks.get(con_id) or float(position.get("avgCost") or 0.0)
+            if is_forex(position) or rate is None:
+                continue
+            total += abs(float(position["quantity"])) * price * float(position.get("multiplier") or 1.0) * rate
+    return total / account.net_liquidation
 
 
 def _finite(weights: dict[str, float]) -> dict[str, float]:

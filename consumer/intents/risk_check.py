@@ -316,7 +316,10 @@ def _why_no_reduce(ctx: IntentContext) -> str | None:
         return "live trading is not allowed"
     if ctx.broker.read_only:
         return GatewayReadOnly().message
-    return None
+    # A check delivered past its sender's expiresAt or maxAgeSeconds still measures, reports and halts; it does not
+    # sell on a sender's behalf later than the sender allowed (it did: held through a gateway outage, say).
+    stale = ctx.request.staleness(ctx.services.settings.trading_max_age, datetime.now(UTC))
+    return stale[1] if stale is not None else None
 
 
 async def _reduce(ctx: IntentContext, breaches: list[dict[str, Any]]) -> dict[str, Any]:

@@ -6,7 +6,25 @@ must change nothing. Real emulators and the simulated gateway; the broker is che
 
 from __future__ import annotations
 
-from tests.support import Bus, allocation, holdings, mode_collection, wait_for, write_config
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support import (
+    DEFAULT_CLOCK,
+    SIGNAL_PARAMS,
+    Bus,
+    ConsumerUnderTest,
+    allocation,
+    holdings,
+    long_signal,
+    mode_collection,
+    wait_for,
+    write_config,
+)
+
+LIVE_ACCOUNT = "U7654321"  # an IB live account id: paper ones start with D (DU..., DF...)
 
 
 def assert_nothing_traded(gateway, project: str, mode: str) -> None:
@@ -77,3 +95,54 @@ def test_the_lower_of_the_two_caps_applies(consumer_factory, bus: Bus, gateway, 
     assert tightened["status"] == "error", tightened
     assert tightened["error"]["code"] == "leverage_exceeded"
     assert_nothing_traded(gateway, project, "paper")
+
+
+def test_an_allocation_counts_what_the_other_strategies_hold_against_the_cap(
+    consumer_factory, bus: Bus, gateway, project
+):
+    """The cap is the account's, but an allocation checked its own strategies' weights alone: testsignalgenerator
+    holding its half, dummy's weights adding to 2 (1x of its half) passed, and the account went to 1.17x under a
+    cap of 1."""
+    consumer_factory(order_timeout=3.0)
+    write_config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}})
+    symbol, _ = long_signal(bus, gateway)
+    held = bus.reply_to(bus.publish({"intent": "allocation", "params": {"strategies": ["testsignalgenerator"],
+                                     "strategyParams": {"testsignalgenerator": SIGNAL_PARAMS}}}))  # fmt: skip
+    assert held["status"] == "ok", held
+    (line,) = held["result"]["instruments"]
+    wait_for(lambda: holdings(project) == {"testsignalgenerator": {symbol: line["target"]}}, what="its buy booked")
+    orders = gateway.orders()
+
+    refused = bus.reply_to(bus.publish(allocation({"QQQ": 1.0, "IWM": 1.0})))
+    assert (refused["status"], refused["error"]["code"]) == ("error", "leverage_exceeded"), refused
+    assert "the strategies it does not run hold" in refused["error"]["message"]
+    assert gateway.orders() == orders  # nothing placed, by orderRef or otherwise
+    within = bus.reply_to(bus.publish(allocation({"QQQ": 0.5, "IWM": 0.4})))  # 0.45x beside about 0.5x
+    assert within["status"] == "ok", within
+
+
+@pytest.fixture
+def live_login() -> Iterator[Any]:
+    """A gateway whose login's one account is a live account id, as IB's live port reports it."""
+    from ibsim import Scenario, ThreadedGateway
+
+    accounts = [{"id": LIVE_ACCOUNT, "baseCurrency": "USD", "cash": {"USD": 1_000_000}, "positions": []}]
+    scenario = Scenario.from_dict({"accounts": accounts, "clock": {"start": DEFAULT_CLOCK}})
+    with ThreadedGateway(port=0, scenario=scenario) as gw:
+        yield gw
+
+
+def test_a_paper_deployment_pointed_at_a_live_login_trades_nothing(bus: Bus, project: str, live_login):
+    """The live guard keyed on TRADING_MODE alone: a paper deployment (ALLOW_LIVE unset) pointed at a live login
+    (TWS on its live port, a port mixed up) bought in the live account, its reply saying `tradingMode: paper`."""
+    write_config(project, account=LIVE_ACCOUNT)  # config/paper of that account, trading on
+    consumer = ConsumerUnderTest.start(project, live_login.port, ib_account=LIVE_ACCOUNT, order_timeout=5.0)
+    try:
+        reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05}), account=LIVE_ACCOUNT))
+        assert (reply["status"], reply["error"]["code"]) == ("rejected", "live_account"), reply
+        assert LIVE_ACCOUNT in reply["error"]["message"]
+        assert_nothing_traded(live_login, project, "paper")
+        summary = bus.reply_to(bus.publish({"intent": "summary"}, account=LIVE_ACCOUNT))
+        assert summary["status"] == "ok", summary  # reading it is no trade
+    finally:
+        consumer.stop()

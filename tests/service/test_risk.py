@@ -572,3 +572,29 @@ def test_a_daily_loss_is_measured_from_the_last_weekdays_close_not_from_an_older
     )
     document = account_document(project).collection("config").document("paper").get().to_dict()
     assert document["tradingEnabled"] is False
+
+
+@pytest.mark.parametrize("stale", [{"expiresAt": "2026-01-01T00:00:00Z"}, {"maxAgeSeconds": 0.000001}],
+                         ids=["expired", "too-old"])  # fmt: skip
+def test_a_risk_check_past_its_expiry_or_max_age_reports_and_places_no_reduce(
+    consumer, bus: Bus, gateway, project: str, stale: dict[str, Any]
+):
+    """expiresAt and maxAgeSeconds were checked for trading intents only: a risk-check delivered past them (held
+    through a gateway outage, say: midday-risk-check's 1800 s) still sold on its sender's behalf. It measures and
+    reports; its reduce is skipped with the reason."""
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}})
+    buy(bus, project, {"SPY": 0.5, "QQQ": 0.4})
+    held = stock_positions(gateway)
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}},
+           risk={"leverage": {"max": 0.5, "action": "reduce"}})  # fmt: skip
+    orders = gateway.orders()
+
+    reply = bus.reply_to(bus.publish({**RISK_CHECK, **stale}))
+    assert (reply["status"], reply["alert"]) == ("ok", True), reply
+    (breach,) = reply["result"]["breaches"]
+    assert breach["limit"] == "leverage"
+    (reduced,) = reply["result"]["reduced"]
+    why = "the intent expired at" if "expiresAt" in stale else "the message was published"
+    assert reduced["skipped"].startswith(why), reduced
+    assert gateway.orders() == orders  # nothing placed, by orderRef or otherwise
+    assert stock_positions(gateway) == held
