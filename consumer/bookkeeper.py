@@ -245,7 +245,7 @@ class Bookkeeper:
             log.warning("open orders in the books left open: the gateway's API is read-only", orders=len(docs))
             return [], len(docs), []
         closed, synthetic, still_open = [], [], 0
-        fresh: list[Fill] | None = None  # executions asked again, once, before any fill is made up
+        fresh: list[list[Fill]] = []  # executions asked again, once, before any fill is made up
         now = datetime.now(UTC)
         flags = [self._unlisted(d, at_broker, record, now) for d in docs]
         listed = list(compress(docs, (not f for f in flags)))
@@ -265,24 +265,35 @@ class Bookkeeper:
             if not is_done(found.status):
                 still_open += 1
                 continue
-            booked = abs(float(doc.get("filled", 0.0)))
-            missing = found.filled - booked
-            # Executions the gateway still knows are booked normally (live or by this sweep); only fills it does
-            # not report are booked from the order itself.
-            known = [*reported, *self._session_fills()]
-            unbooked = {f.exec_id for f in known if f.order_ref == ref} - set(doc.get("execIds", []))
-            if missing > EPSILON and not unbooked:
-                if fresh is None:
-                    fresh = [f for f in await self._broker.executions() if self._ours(f)]
-                made_up = await self._fill_in(doc, found, missing, fresh)
-                if made_up is not None:
-                    synthetic.append(made_up)
-            if await self._books.close_order(ref, found.status, found.filled):
+            done, made_up = await self._settle_finished(doc, found, reported, fresh)
+            synthetic += [made_up] if made_up is not None else []
+            if done:
                 closed.append({"orderRef": ref, "state": found.status, "filled": found.filled})
             else:
                 still_open += 1
         gone, inferred = await self.close_unlisted(unlisted, _instruments_open(listed, closed))
         return closed + gone, still_open + len(unlisted) - len(gone), synthetic + inferred
+
+    async def _settle_finished(
+        self, doc: dict[str, Any], found: Outcome, reported: list[Fill], fresh: list[list[Fill]]
+    ) -> tuple[bool, str | None]:
+        """Books what an order IB has finished filled beyond its booked executions and closes it: (closed, the
+        synthetic fill's execId if one was made up). `fresh`: the executions asked again, once per sweep."""
+        ref = doc["orderRef"]
+        missing = found.filled - abs(float(doc.get("filled", 0.0)))
+        # Executions the gateway still knows are booked normally (live or by this sweep); only fills it does not
+        # report are booked from the order itself.
+        known = [*reported, *self._session_fills()]
+        unbooked = {f.exec_id for f in known if f.order_ref == ref} - set(doc.get("execIds", []))
+        close_at: float | None = found.filled
+        made_up = None
+        if missing > EPSILON and not unbooked:
+            if not fresh:
+                fresh.append([f for f in await self._broker.executions() if self._ours(f)])
+            made_up, covered = await self._fill_in(doc, found, missing, fresh[0])
+            if not covered:
+                close_at = None  # closed with what is booked: the books hold the rest elsewhere
+        return await self._books.close_order(ref, found.status, close_at), made_up
 
     async def _record_placed(self, docs: list[dict[str, Any]], at_broker: dict[str, Outcome]) -> None:
         """IB's ids on orders written ahead whose run died before it recorded them. The redelivery counts such an
@@ -448,18 +459,28 @@ class Bookkeeper:
             return {"orderRef": doc["orderRef"], "state": state, "filled": booked, "unlisted": True}
         return None
 
-    async def _fill_in(self, doc: dict[str, Any], found: Outcome, missing: float, fresh: list[Fill]) -> str | None:
-        """Books what a finished order filled beyond its booked executions; the synthetic fill's execId, if made up.
+    async def _fill_in(
+        self, doc: dict[str, Any], found: Outcome, missing: float, fresh: list[Fill]
+    ) -> tuple[str | None, bool]:
+        """Books what a finished order filled beyond its booked executions: (the synthetic fill's execId, if made
+        up; False when the position says the books hold it already, and the order is to close as booked).
 
         The sweep read the executions before the order's status: IB may send a fill's status ahead of its
         execution, and another client id's order may fill in between. `fresh`, asked after the status, is what IB
-        still reports: booked as itself. Only what IB does not report is made up from the order.
+        still reports: booked as itself. Only what IB does not report is made up from the order, and only while
+        the account's position holds it beyond the books: a GTC order's earlier day's part (IB reports today's
+        executions only) that reconcile's fix has booked to unallocated was booked a second time.
         """
         booked = set(doc.get("execIds", []))
         late = [f for f in fresh if f.order_ref == doc["orderRef"] and f.exec_id not in booked]
         if late:
             await self._books.book_all([execution_of(f, self._rates(f)) for f in late])
-            return None
+            return None, True
+        along = (await self._gap()).get(int(doc["conId"]), 0.0) * (1 if doc["quantity"] > 0 else -1)
+        if along < missing - EPSILON:
+            log.warning("a finished order's fill IB no longer reports is not in the position beyond the books; "
+                        "closed with what is booked", orderRef=doc["orderRef"], missing=missing, gap=along)  # fmt: skip
+            return None, False
         exec_id = f"synthetic-{found.perm_id}-{found.filled:g}"
         # IB's completed orders carry no average price: the limit, else IB's mark now, is the nearest known.
         mark = self._broker.portfolio_marks(self.account).get(int(doc["conId"])) if self.account else None
@@ -467,7 +488,7 @@ class Bookkeeper:
         if price is None:
             log.warning("synthetic fill booked at price 0: IB gives no price for it", orderRef=doc["orderRef"])
         await self._books.book(_synthetic(doc, exec_id, missing, price or 0.0))
-        return exec_id
+        return exec_id, True
 
 
 def _fills_its_order(doc: dict[str, Any], signed: float) -> bool:
