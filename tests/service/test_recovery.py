@@ -43,9 +43,9 @@ def lose_every_pending_message(project: str) -> None:
         subscriber.close()
 
 
-def strand_an_allocation(bus: Bus, gateway, project: str, tmp_path, fill: bool = True) -> tuple[str, list[str]]:
-    """An allocation whose consumer is killed while its orders work, its message lost, its orders then filled
-    while no consumer runs (unless not `fill`): (message id, orderRefs)."""
+def kill_while_working(bus: Bus, gateway, project: str, tmp_path) -> str:
+    """An allocation whose consumer is killed once both its orders are at the broker, working (fills held): the
+    message id."""
     write_config(project)
     gateway.hold_fills(True)  # the orders are accepted and wait, so the kill lands while the intent waits on them
     first = ConsumerProcess(project, gateway.port, tmp_path / "first.log", ORDER_TIMEOUT_SECONDS="120")
@@ -56,6 +56,13 @@ def strand_an_allocation(bus: Bus, gateway, project: str, tmp_path, fill: bool =
         first.kill()
     finally:
         first.stop()
+    return message_id
+
+
+def strand_an_allocation(bus: Bus, gateway, project: str, tmp_path, fill: bool = True) -> tuple[str, list[str]]:
+    """An allocation whose consumer is killed while its orders work, its message lost, its orders then filled
+    while no consumer runs (unless not `fill`): (message id, orderRefs)."""
+    message_id = kill_while_working(bus, gateway, project, tmp_path)
     lose_every_pending_message(project)
     refs = sorted(o["orderRef"] for o in gateway.orders())
     if fill:
@@ -332,17 +339,8 @@ def test_a_redelivery_that_finds_its_orders_placed_records_ibs_ids_on_them(
     with no permId. The redelivery counts them as working and places nothing; it left them as they were, and an
     order with no permId reads as one IB may never have had (decision 44 reads it off the position only on a whole
     fill), while a pending one is rewritten with the quantity of the next order the request sends under its ref."""
-    write_config(project)
-    gateway.hold_fills(True)  # the orders are accepted and wait, so the kill lands while the run waits on them
     standby = another_intents_subscription(project, STANDBY)  # its copy of the message is the redelivery
-    first = ConsumerProcess(project, gateway.port, tmp_path / "first.log", ORDER_TIMEOUT_SECONDS="120")
-    try:
-        first.wait_ready()
-        message_id = bus.publish(ALLOCATION)
-        wait_for(lambda: len(gateway.orders()) == len(SYMBOLS), timeout=60, what="both orders at the broker")
-        first.kill()
-    finally:
-        first.stop()
+    message_id = kill_while_working(bus, gateway, project, tmp_path)
     refs = sorted(o["orderRef"] for o in gateway.orders())
     assert {d["orderRef"]: d["state"] for d in mode_collection(project, "openOrders")} == dict.fromkeys(refs, "pending")
     consumer_factory(intents_subscription=standby)

@@ -450,6 +450,16 @@ def at_broker(gateway, order_ref: str) -> dict[str, Any]:
     return order
 
 
+def a_conversion_working(bus: Bus, gateway) -> tuple[float, float, str]:
+    """A cash-balancer's SELL of the EUR balance, held working at IB (fills held): (EUR before, sold, orderRef)."""
+    eur = gateway.cash()["EUR"]
+    sold = math.trunc(eur)
+    gateway.hold_fills(True)
+    first = balance_line(bus.reply_to(bus.publish(CASH_BALANCER)), "EUR")
+    assert (first["action"], first["order"], first["outcome"]) == ("convert", -sold, "working"), first
+    return eur, sold, first["orderRef"]
+
+
 def fills_match_executions(gateway, project: str) -> None:
     """Firestore's fills are IB's executions, by execId, each booked once."""
     executions = sorted(e["execId"] for e in gateway.executions())
@@ -467,12 +477,7 @@ def test_a_second_cash_balancer_counts_the_first_ones_working_conversion_and_pla
     """An independent review's bug: a second cash-balancer (another request) while the first one's SELL EUR.USD
     still worked (fills held; IDEALPRO closed for the weekend alike) sold the same EUR again; both filled and EUR
     ended at minus the balance, a margin loan the next run bought back."""
-    eur = gateway.cash()["EUR"]
-    sold = math.trunc(eur)
-    gateway.hold_fills(True)
-    first = balance_line(bus.reply_to(bus.publish(CASH_BALANCER)), "EUR")
-    assert (first["action"], first["order"], first["outcome"]) == ("convert", -sold, "working"), first
-    ref = first["orderRef"]
+    eur, sold, ref = a_conversion_working(bus, gateway)
 
     second = bus.reply_to(bus.publish(CASH_BALANCER))
     assert "alert" not in second, second
@@ -518,12 +523,7 @@ def test_a_conversion_that_fills_while_a_second_cash_balancer_asks_for_working_o
     convert less, never twice. But IB's CashBalance values follow a fill's order status by a moment (decision 27),
     and the run waited for them only at its start: a conversion that filled while IB answered the open-orders
     request was in neither (no longer working, not yet out of the balance), and the same euros were sold again."""
-    eur = gateway.cash()["EUR"]
-    sold = math.trunc(eur)
-    gateway.hold_fills(True)
-    first = balance_line(bus.reply_to(bus.publish(CASH_BALANCER)), "EUR")
-    assert (first["action"], first["order"], first["outcome"]) == ("convert", -sold, "working"), first
-    ref = first["orderRef"]
+    eur, sold, ref = a_conversion_working(bus, gateway)
 
     # IB's account values after a fill: 2.5 s (within the 3 s Broker.account itself waits for them), or ibsim's
     # default 200 ms with the fill landing in the last 200 ms of IB's open-orders answer (a paper account's 20 open
