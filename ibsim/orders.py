@@ -190,10 +190,14 @@ class OrderDesk(MarketDesk):
         since_ts = None
         if since:
             since_ts = _parse_filter_time(since)
+        # "The IB Gateway is limited to only executions from the current trading day since midnight" (TWS API,
+        # Executions and Commissions), midnight in the login's zone: a clock moved past it without a day roll no
+        # longer reports the day before's.
+        today = self.clock.now(self.scenario.timeZone).replace(hour=0, minute=0, second=0, microsecond=0)
         sides = {"BUY": "BOT", "SELL": "SLD", "BOT": "BOT", "SLD": "SLD"}
         for e in self.broker.executions:
             inst = self.instruments.get(e["key"])
-            if inst is None:
+            if inst is None or e["time"] < today.timestamp():
                 continue
             if client_id and e["clientId"] != client_id:
                 continue

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from zoneinfo import ZoneInfo
+
 import pytest
 from ib_insync import IB, ExecutionFilter, Forex, LimitOrder, MarketOrder, Order, Stock, StopOrder, TagValue, Trade
 
@@ -9,6 +12,8 @@ from ibsim import ThreadedGateway
 from tests.support import ensure_loop, sim_scenario, wait_for
 
 from .conftest import cancel_left_pending, wait_until
+
+NEW_YORK = ZoneInfo("America/New_York")  # the login's zone in the default scenario
 
 SPY = Stock("SPY", "SMART", "USD")
 
@@ -393,6 +398,18 @@ def test_roll_day_expires_day_orders(gw: ThreadedGateway, ib: IB) -> None:
     gw.hold_fills(False)
     wait_until(ib, lambda: filled_today.orderStatus.status == "Filled", what="today's order to fill")
     assert [t.order.permId for t in ib.reqCompletedOrders(False)] == [filled_today.order.permId]
+
+
+def test_executions_are_reported_from_midnight_in_the_logins_zone(gw: ThreadedGateway, ib: IB) -> None:
+    """IB: "The IB Gateway is limited to only executions from the current trading day since midnight" (TWS API,
+    Executions and Commissions). ibsim reported yesterday's until a day roll, whatever its clock said."""
+    trade = ib.placeOrder(SPY, MarketOrder("BUY", 1))
+    wait_until(ib, lambda: trade.orderStatus.status == "Filled", what="the buy to fill")
+    assert [f.execution.execId for f in ib.reqExecutions()] == [trade.fills[0].execution.execId]
+    filled_at = trade.fills[0].execution.time.astimezone(NEW_YORK)
+    gw.set_time(dt.datetime.combine(filled_at.date() + dt.timedelta(days=1), dt.time(0, 0, 30), NEW_YORK))
+    assert ib.reqExecutions() == []
+    assert gw.positions()["SPY"] == 1  # the position stays, as IB's does
 
 
 def test_fx_order_moves_cash_not_positions(gw: ThreadedGateway, ib: IB) -> None:
