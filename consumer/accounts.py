@@ -196,3 +196,16 @@ def load_accounts_file(path: Path) -> tuple[set[str], dict[str, str]]:
     if clash:
         raise ConfigError(f"ACCOUNTS_FILE {path}: {', '.join(sorted(clash))} is both an account and an alias")
     return known, aliases
+
+
+def live_account_refusal(trading_mode: str, configured: str, managed: list[str]) -> str | None:
+    """Why a paper deployment may not trade the account it is pointed at, or None. The live guard keys on
+    TRADING_MODE: a paper deployment pointed at a live login (TWS on its live port, a port mixed up) traded real
+    money with no ALLOW_LIVE. IB's paper account ids start with D (DU..., DF...)."""
+    traded = configured or (managed[0] if len(managed) == 1 else "")
+    if trading_mode != "paper" or not traded or traded.startswith("D"):
+        return None
+    return (
+        f"a paper deployment (TRADING_MODE=paper) refuses to trade {traded}, a live account id (paper account ids "
+        "start with D); deploy it with TRADING_MODE=live and ALLOW_LIVE=yes to trade it"
+    )

@@ -29,6 +29,7 @@ import structlog
 from google.api_core import exceptions as google_exceptions
 from google.cloud.firestore import AsyncWriteBatch
 
+from consumer.accounts import live_account_refusal
 from consumer.envelope import Request
 from consumer.errors import (
     ClaimTakenOver,
@@ -333,17 +334,9 @@ class Dispatcher:
             )
         if mode == "live" and not config.allow_live:
             raise Rejected("live_not_allowed", "live trading is refused: config/live does not set allowLive=true")
-        if mode == "paper":
-            # The live guard keys on TRADING_MODE: a paper deployment pointed at a live login (TWS on 7496, a port
-            # mixed up) traded real money with no ALLOW_LIVE. IB's paper account ids start with D (DU..., DF...).
-            managed = self._services.broker.managed_accounts()
-            traded = self._services.account or (managed[0] if len(managed) == 1 else "")
-            if traded and not traded.startswith("D"):
-                raise Rejected(
-                    "live_account",
-                    f"a paper deployment (TRADING_MODE=paper) refuses to trade {traded}, a live account id (paper "
-                    "account ids start with D); deploy it with TRADING_MODE=live and ALLOW_LIVE=yes to trade it",
-                )
+        live = live_account_refusal(mode, self._services.account, self._services.broker.managed_accounts())
+        if live is not None:
+            raise Rejected("live_account", live)
 
     async def _duplicate(self, request: Request, claim: Claim) -> Settlement:
         if claim.state is ClaimState.DONE and claim.reply is not None:

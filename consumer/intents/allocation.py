@@ -98,8 +98,10 @@ async def _allocation(
 
     shares = {n: config.capital_share(n) for n in weights}
     gross = gross_exposure(weights, shares)
-    elsewhere = await _held_elsewhere(ctx, rebalance, set(weights))
-    if gross + elsewhere > config.leverage_cap + 1e-9:
+    elsewhere, now = await _books_gross(ctx, rebalance, set(weights))
+    # Past the cap only by what the other books hold, an allocation that takes its own strategies' exposure down
+    # still runs: refused, a strategy could not even sell once the others had risen past the cap.
+    if gross + elsewhere > config.leverage_cap + 1e-9 and gross > now + 1e-9:
         besides = f", and the books of the strategies it does not run hold {elsewhere:.4g}x more" if elsewhere else ""
         raise IntentError(
             "leverage_exceeded",
@@ -183,27 +185,29 @@ async def _allocation(
     }
 
 
-async def _held_elsewhere(ctx: IntentContext, rebalance: Rebalance, running: set[str]) -> float:
-    """What the books of the strategies this allocation does not size hold, gross, in x net liquidation (at IB's
-    marks, else their cost): the cap is the account's. Checked on this allocation's strategies alone, two
-    allocations each within it took the account past it together (dummy at 1x of its half beside another's half).
-    Forex is currency, not a position, and is left out, as IB's gross position value leaves it."""
+async def _books_gross(ctx: IntentContext, rebalance: Rebalance, running: set[str]) -> tuple[float, float]:
+    """What the books hold, gross, in x net liquidation (at IB's marks, else their cost): (the strategies this
+    allocation does not size, those it does). The cap is the account's: checked on this allocation's strategies
+    alone, two allocations each within it took the account past it together (dummy at 1x of its half beside
+    another's half). Forex is currency, not a position, and is left out, as IB's gross position value leaves it."""
     account = rebalance.account
     if account.net_liquidation <= 0:
-        return 0.0
+        return 0.0, 0.0
     marks = ctx.broker.portfolio_marks(account.id)
     rates = {**ctx.broker.fx_rates(account.id), account.base_currency: 1.0}
-    total = 0.0
+    elsewhere = here = 0.0
     for strategy, held in (await ctx.services.books.holdings()).items():
-        if strategy in running:
-            continue
         for con_id, position in held.items():
             rate = rates.get(str(position.get("currency") or account.base_currency))
             price = marks.get(con_id) or float(position.get("avgCost") or 0.0)
             if is_forex(position) or rate is None:
                 continue
-            total += abs(float(position["quantity"])) * price * float(position.get("multiplier") or 1.0) * rate
-    return total / account.net_liquidation
+            value = abs(float(position["quantity"])) * price * float(position.get("multiplier") or 1.0) * rate
+            if strategy in running:
+                here += value
+            else:
+                elsewhere += value
+    return elsewhere / account.net_liquidation, here / account.net_liquidation
 
 
 def _finite(weights: dict[str, float]) -> dict[str, float]:
@@ -291,7 +295,7 @@ def _without_the_order(
     left, changes = abs(net), {}
     for strategy, delta in side.items():
         taken = math.copysign(min(abs(delta), left), delta)
-        banded[strategy][con_id] -= taken
+        banded[strategy][con_id] = banded[strategy].get(con_id, 0.0) - taken  # no weight on it: a target of 0
         changes[strategy] = taken
         left -= abs(taken)
         if left <= EPSILON:

@@ -24,6 +24,7 @@ from google.api_core import exceptions as google_exceptions
 from google.cloud.firestore import AsyncTransaction, async_transactional
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from consumer.accounts import live_account_refusal
 from consumer.errors import Failure, GatewayReadOnly, IntentError
 from consumer.forex import is_forex
 from consumer.intents.base import Intent, IntentContext
@@ -316,6 +317,9 @@ def _why_no_reduce(ctx: IntentContext) -> str | None:
         return "live trading is not allowed"
     if ctx.broker.read_only:
         return GatewayReadOnly().message
+    live = live_account_refusal(ctx.services.settings.trading_mode, ctx.services.account, ctx.broker.managed_accounts())
+    if live is not None:
+        return live
     # A check delivered past its sender's expiresAt or maxAgeSeconds still measures, reports and halts; it does not
     # sell on a sender's behalf later than the sender allowed (it did: held through a gateway outage, say).
     stale = ctx.request.staleness(ctx.services.settings.trading_max_age, datetime.now(UTC))

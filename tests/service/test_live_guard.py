@@ -20,6 +20,7 @@ from tests.support import (
     holdings,
     long_signal,
     mode_collection,
+    mode_document,
     wait_for,
     write_config,
 )
@@ -146,3 +147,78 @@ def test_a_paper_deployment_pointed_at_a_live_login_trades_nothing(bus: Bus, pro
         assert summary["status"] == "ok", summary  # reading it is no trade
     finally:
         consumer.stop()
+
+
+def test_a_strategy_can_still_sell_down_when_other_books_hold_more_than_the_cap(
+    consumer_factory, bus: Bus, gateway, project
+):
+    """Counted against the cap, the other books could hold more than it (a lowered leverageCap, a rally): every
+    allocation was refused then, even one that only sells, which can never take the account further past it."""
+    consumer_factory(order_timeout=3.0)
+    write_config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}})
+    long_signal(bus, gateway)
+    tsg = bus.reply_to(
+        bus.publish(
+            {
+                "intent": "allocation",
+                "params": {
+                    "strategies": ["testsignalgenerator"],
+                    "strategyParams": {"testsignalgenerator": SIGNAL_PARAMS},
+                },
+            }
+        )
+    )
+    assert tsg["status"] == "ok", tsg
+    first = bus.reply_to(bus.publish(allocation({"TLT": 0.5})))
+    assert first["status"] == "ok", first
+    wait_for(lambda: set(holdings(project)) == {"dummy", "testsignalgenerator"}, what="both books booked")
+
+    # The operator lowers the cap to take risk off: testsignalgenerator's ~0.17x is already above it.
+    write_config(
+        project, leverageCap=0.1, exposure={"overall": 1.0, "strategies": {"dummy": 0.05, "testsignalgenerator": 0.05}}
+    )
+    out = bus.reply_to(bus.publish(allocation({"TLT": 0.0})))
+    assert out["status"] == "ok", out
+    wait_for(lambda: "dummy" not in holdings(project), what="dummy's TLT sold")
+    more = bus.reply_to(bus.publish(allocation({"TLT": 0.5})))  # an increase is still refused
+    assert (more["status"], more["error"]["code"]) == ("error", "leverage_exceeded"), more
+
+
+@pytest.mark.slow(seconds=50)
+@pytest.mark.timeout(240)
+def test_a_paper_deployment_pointed_at_a_live_login_does_not_reduce_in_it(bus: Bus, project: str, live_login):
+    """The live-account refusal was the trading intents' only: risk-check is exclusive, and its reduce sold in the
+    live account from the paper deployment (an independent review). It reports, and skips the reduce."""
+    exposure = {"overall": 1.0, "strategies": {"dummy": 0.9}}
+    # A live deployment's books in the live account (how the strategy came to hold something there).
+    write_config(project, mode="live", account=LIVE_ACCOUNT, allowLive=True, exposure=exposure)
+    live = ConsumerUnderTest.start(
+        project, live_login.port, ib_account=LIVE_ACCOUNT, trading_mode="live", allow_live=True, order_timeout=5.0
+    )
+    try:
+        bought = bus.reply_to(bus.publish(allocation({"SPY": 0.5, "QQQ": 0.4}), account=LIVE_ACCOUNT))
+        assert bought["status"] == "ok", bought
+        wait_for(lambda: set(holdings(project, "live", LIVE_ACCOUNT).get("dummy", {})) == {"SPY", "QQQ"},
+                 what="the live buys booked")  # fmt: skip
+    finally:
+        live.stop()
+    # The same books under paper (the paper deployment pointed at the live login by a port mixed up).
+    for collection in mode_document(project, "live", LIVE_ACCOUNT).collections():
+        target = mode_document(project, "paper", LIVE_ACCOUNT).collection(collection.id)
+        for doc in collection.stream():
+            target.document(doc.id).set(doc.to_dict() or {})
+    write_config(project, account=LIVE_ACCOUNT, exposure=exposure, risk={"leverage": {"max": 0.5, "action": "reduce"}})
+    orders_before = len(live_login.orders())
+
+    paper = ConsumerUnderTest.start(project, live_login.port, ib_account=LIVE_ACCOUNT, order_timeout=5.0)
+    try:
+        allocation_reply = bus.reply_to(bus.publish(allocation({"SPY": 0.1}), account=LIVE_ACCOUNT))
+        assert allocation_reply["error"]["code"] == "live_account", allocation_reply  # the allocation is refused
+        reply = bus.reply_to(bus.publish({"intent": "risk-check", "params": {}}, account=LIVE_ACCOUNT), timeout=90)
+        assert reply["status"] == "ok", reply
+        assert reply["result"]["breaches"], reply
+        (reduced,) = reply["result"]["reduced"]
+        assert "refuses to trade U7654321" in reduced["skipped"], reduced
+        assert live_login.orders()[orders_before:] == []
+    finally:
+        paper.stop()

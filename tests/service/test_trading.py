@@ -162,6 +162,34 @@ def test_a_cross_between_strategies_moves_between_the_books_when_only_the_net_or
     assert gateway.positions().get(symbol) == t + 1
 
 
+def test_a_cross_whose_seller_no_longer_lists_the_instrument_is_not_a_crash(bus: Bus, gateway, project: str):
+    """As above, with dummy's weights no longer naming the instrument at all (TLT only): it had no target entry to
+    shrink, and the KeyError retried the whole allocation to its dead letter (an independent review)."""
+    write_config(project, exposure=BOTH_HALF)
+    symbol, _ = long_signal(bus, gateway)
+    probe = bus.reply_to(bus.publish(both_strategies({symbol: 0.01}, dry_run=True)))
+    assert probe["status"] == "ok", probe
+    price = probe["result"]["prices"][symbol]
+    net_liq = probe["result"]["netLiquidation"]
+    wanted = next(i for i in probe["result"]["instruments"] if i["instrument"] == symbol)["strategies"]
+    t = wanted["testsignalgenerator"]
+
+    first = bus.reply_to(bus.publish(allocation({symbol: (t + 1 + 0.5) * price / (net_liq * 0.5)})))
+    assert first["status"] == "ok", first
+    wait_for(lambda: holdings(project) == {"dummy": {symbol: t + 1}}, what="dummy holding T+1")
+
+    write_config(project, exposure=BOTH_HALF, orderDefaults={"orderType": "MKT", "minTradeValue": 1000.0})
+    # dummy drops SPY from its weights altogether (the same as weight 0: it is closed), and buys a little TLT.
+    reply = bus.reply_to(bus.publish(both_strategies({"TLT": 0.001})), timeout=90)
+    assert reply["status"] == "ok", reply
+    line = next(i for i in reply["result"]["instruments"] if i["instrument"] == symbol)
+    assert (line["order"], line["strategies"]) == (0, {"dummy": -t, "testsignalgenerator": t}), line
+    assert [o for o in gateway.orders() if o["symbol"] == symbol and o["action"] == "SELL"] == []
+    wait_for(lambda: holdings(project).get("testsignalgenerator", {}).get(symbol) == t,
+             what="testsignalgenerator's T shares moved over from dummy")  # fmt: skip
+    assert holdings(project)["dummy"].get(symbol) == 1
+
+
 @pytest.mark.parametrize(("sizing", "price"), [("marks", 520.0), ("snapshots", 530.0)])
 def test_an_instrument_held_is_sized_at_ibs_mark_without_a_snapshot(
     bus: Bus, gateway, project: str, sizing: str, price: float
