@@ -476,8 +476,10 @@ class Bookkeeper:
         if late:
             await self._books.book_all([execution_of(f, self._rates(f)) for f in late])
             return None, True
-        along = (await self._gap()).get(int(doc["conId"]), 0.0) * (1 if doc["quantity"] > 0 else -1)
-        if along < missing - EPSILON:
+        # Forex is no position at IB (IDEALPRO trades are cash balances; FX positions may be off): not read there.
+        forex = doc.get("secType") == "CASH"
+        along = 0.0 if forex else (await self._gap()).get(int(doc["conId"]), 0.0) * (1 if doc["quantity"] > 0 else -1)
+        if not forex and along < missing - EPSILON:
             log.warning("a finished order's fill IB no longer reports is not in the position beyond the books; "
                         "closed with what is booked", orderRef=doc["orderRef"], missing=missing, gap=along)  # fmt: skip
             return None, False
