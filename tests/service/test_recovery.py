@@ -265,8 +265,10 @@ def test_a_sweep_whose_claim_is_taken_over_while_it_resolves_leaves_the_one_repl
     assert [(o["orderRef"], o["outcome"]) for o in reply["error"]["details"]["orders"]] == [
         (r, "working") for r in refs
     ]
-    taken = claim.get().to_dict() or {}
-    assert (taken["state"], taken["previousOwner"], taken["replyPending"]) == ("done", "consumer-elsewhere", False)
+    # The sweep stores its reply pending, publishes it, then clears the flag: the reply can arrive first.
+    taken = wait_for(lambda: (c := claim.get().to_dict() or {}).get("replyPending") is False and c,
+                     what="the sweep to mark its reply published")  # fmt: skip
+    assert (taken["state"], taken["previousOwner"]) == ("done", "consumer-elsewhere")
     bus.settle()
     assert [r["messageId"] for r in bus.received].count(message_id) == 1
     assert sorted(o["orderRef"] for o in gateway.orders()) == refs  # nothing placed again
