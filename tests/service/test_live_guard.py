@@ -14,9 +14,11 @@ import pytest
 from tests.support import (
     DEFAULT_CLOCK,
     SIGNAL_PARAMS,
+    STANDBY,
     Bus,
     ConsumerUnderTest,
     allocation,
+    another_intents_subscription,
     holdings,
     long_signal,
     mode_collection,
@@ -210,7 +212,11 @@ def test_a_paper_deployment_pointed_at_a_live_login_does_not_reduce_in_it(bus: B
     write_config(project, account=LIVE_ACCOUNT, exposure=exposure, risk={"leverage": {"max": 0.5, "action": "reduce"}})
     orders_before = len(live_login.orders())
 
-    paper = ConsumerUnderTest.start(project, live_login.port, ib_account=LIVE_ACCOUNT, order_timeout=5.0)
+    # A subscription of its own: the emulator can hand messages to the stopped consumer's stream for minutes.
+    standby = another_intents_subscription(project, STANDBY)
+    paper = ConsumerUnderTest.start(
+        project, live_login.port, ib_account=LIVE_ACCOUNT, order_timeout=5.0, intents_subscription=standby
+    )
     try:
         allocation_reply = bus.reply_to(bus.publish(allocation({"SPY": 0.1}), account=LIVE_ACCOUNT))
         assert allocation_reply["error"]["code"] == "live_account", allocation_reply  # the allocation is refused
