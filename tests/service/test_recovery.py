@@ -268,7 +268,11 @@ def test_a_sweep_whose_claim_is_taken_over_while_it_resolves_leaves_the_one_repl
     # The sweep stores its reply pending, publishes it, then clears the flag: the reply can arrive first.
     taken = wait_for(lambda: (c := claim.get().to_dict() or {}).get("replyPending") is False and c,
                      what="the sweep to mark its reply published")  # fmt: skip
-    assert (taken["state"], taken["previousOwner"]) == ("done", "consumer-elsewhere")
+    assert taken["state"] == "done"
+    assert taken["owner"].startswith(here), taken  # answered by a sweep that adopted it after the other owner
+    # from consumer-elsewhere, or from this process once more when a finish of it failed in between (its lease
+    # lapsed, the next sweep adopts it again): either way one reply, below
+    assert taken["previousOwner"] == "consumer-elsewhere" or taken["previousOwner"].startswith(here), taken
     bus.settle()
     assert [r["messageId"] for r in bus.received].count(message_id) == 1
     assert sorted(o["orderRef"] for o in gateway.orders()) == refs  # nothing placed again
