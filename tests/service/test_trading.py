@@ -127,12 +127,9 @@ def both_strategies(dummy_weights: dict[str, float], dry_run: bool = False) -> d
     return body
 
 
-def test_a_cross_between_strategies_moves_between_the_books_when_only_the_net_order_is_too_small(
-    bus: Bus, gateway, project: str
-):
-    """dummy holds T+1 SPY and now wants none; testsignalgenerator wants T: the account would sell 1 share and move
-    T from one book to the other. minTradeValue above one share's value skips the 1-share sale, and used to skip
-    the T-share cross with it: testsignalgenerator never got its position (a net of exactly 0 moved all of it)."""
+def dummy_one_share_past_the_signal(bus: Bus, gateway, project: str) -> tuple[str, float]:
+    """dummy holding T+1 of the symbol testsignalgenerator wants T of, and minTradeValue above one share's value:
+    (the symbol, T)."""
     write_config(project, exposure=BOTH_HALF)
     symbol, _ = long_signal(bus, gateway)
     probe = bus.reply_to(bus.publish(both_strategies({symbol: 0.01}, dry_run=True)))
@@ -142,12 +139,20 @@ def test_a_cross_between_strategies_moves_between_the_books_when_only_the_net_or
     wanted = next(i for i in probe["result"]["instruments"] if i["instrument"] == symbol)["strategies"]
     t = wanted["testsignalgenerator"]
     assert t > 2
-
     first = bus.reply_to(bus.publish(allocation({symbol: (t + 1 + 0.5) * price / (net_liq * 0.5)})))
     assert first["status"] == "ok", first
     wait_for(lambda: holdings(project) == {"dummy": {symbol: t + 1}}, what="dummy holding T+1")
-
     write_config(project, exposure=BOTH_HALF, orderDefaults={"orderType": "MKT", "minTradeValue": 1000.0})
+    return symbol, t
+
+
+def test_a_cross_between_strategies_moves_between_the_books_when_only_the_net_order_is_too_small(
+    bus: Bus, gateway, project: str
+):
+    """dummy holds T+1 SPY and now wants none; testsignalgenerator wants T: the account would sell 1 share and move
+    T from one book to the other. minTradeValue above one share's value skips the 1-share sale, and used to skip
+    the T-share cross with it: testsignalgenerator never got its position (a net of exactly 0 moved all of it)."""
+    symbol, t = dummy_one_share_past_the_signal(bus, gateway, project)
     orders_before = len(gateway.orders())
     reply = bus.reply_to(bus.publish(both_strategies({symbol: 0.0})))
     assert reply["status"] == "ok", reply
@@ -165,20 +170,7 @@ def test_a_cross_between_strategies_moves_between_the_books_when_only_the_net_or
 def test_a_cross_whose_seller_no_longer_lists_the_instrument_is_not_a_crash(bus: Bus, gateway, project: str):
     """As above, with dummy's weights no longer naming the instrument at all (TLT only): it had no target entry to
     shrink, and the KeyError retried the whole allocation to its dead letter (an independent review)."""
-    write_config(project, exposure=BOTH_HALF)
-    symbol, _ = long_signal(bus, gateway)
-    probe = bus.reply_to(bus.publish(both_strategies({symbol: 0.01}, dry_run=True)))
-    assert probe["status"] == "ok", probe
-    price = probe["result"]["prices"][symbol]
-    net_liq = probe["result"]["netLiquidation"]
-    wanted = next(i for i in probe["result"]["instruments"] if i["instrument"] == symbol)["strategies"]
-    t = wanted["testsignalgenerator"]
-
-    first = bus.reply_to(bus.publish(allocation({symbol: (t + 1 + 0.5) * price / (net_liq * 0.5)})))
-    assert first["status"] == "ok", first
-    wait_for(lambda: holdings(project) == {"dummy": {symbol: t + 1}}, what="dummy holding T+1")
-
-    write_config(project, exposure=BOTH_HALF, orderDefaults={"orderType": "MKT", "minTradeValue": 1000.0})
+    symbol, t = dummy_one_share_past_the_signal(bus, gateway, project)
     # dummy drops SPY from its weights altogether (the same as weight 0: it is closed), and buys a little TLT.
     reply = bus.reply_to(bus.publish(both_strategies({"TLT": 0.001})), timeout=90)
     assert reply["status"] == "ok", reply
