@@ -257,7 +257,7 @@ def make_bars(
     if size[1] != "intraday" and inst.spec.bars:
         return _scenario_bars(inst, end, duration)
     daily_size = (86400, "day")
-    times = bar_times(inst, end, duration, daily_size if size[1] != "intraday" else size, use_rth)
+    times = _since_listing(inst, bar_times(inst, end, duration, daily_size if size[1] != "intraday" else size, use_rth))
     if not times:
         return []
     seconds = size[0] if size[1] == "intraday" else 86400
@@ -308,6 +308,10 @@ def make_bars(
     return bars
 
 
+def _since_listing(inst: Instrument, times: list[dt.datetime]) -> list[dt.datetime]:
+    return [t for t in times if t.strftime("%Y%m%d") >= inst.spec.listed]
+
+
 def _aggregate(daily: list[Bar], size: tuple[int, str]) -> list[Bar]:
     n, kind = size
     groups: dict[tuple[int, int], list[Bar]] = {}
@@ -340,7 +344,7 @@ def _aggregate(daily: list[Bar], size: tuple[int, str]) -> list[Bar]:
 def _scenario_bars(inst: Instrument, end: dt.datetime, duration: tuple[int, str]) -> list[Bar]:
     n, unit = duration
     last = end.astimezone(ZoneInfo(time_zone_of(inst))).strftime("%Y%m%d")
-    rows = [b for b in inst.spec.bars if b["date"] <= last]
+    rows = [b for b in inst.spec.bars if inst.spec.listed <= b["date"] <= last]
     if unit == "D":
         rows = rows[-n:]
     else:

@@ -66,6 +66,9 @@ class InstrumentSpec:
     permissions: str = ""
     # False: IB finds no shares to borrow, and holds a sale that would go short until they are located (404)
     shortable: bool = True
+    # YYYYMMDD of the first session it traded ("": long ago): history has no bar before it, and a window holding
+    # none is IB's 162 "HMDS query returned no data"
+    listed: str = ""
 
 
 def currency_code(value: Any, where: str) -> str:
@@ -167,4 +170,16 @@ def instrument_spec(raw: dict[str, Any], where: str, today: dt.date) -> Instrume
         bars=bars,
         permissions=str(raw.get("permissions", "")),
         shortable=bool(raw.get("shortable", True)),
+        listed=_listed(raw.get("listed"), f"{where}.listed"),
     )
+
+
+def _listed(value: Any, where: str) -> str:
+    if value is None:
+        return ""
+    text = str(value).replace("-", "")
+    try:
+        dt.datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        raise ScenarioError(f"{where}: {value!r} is not a date (YYYYMMDD)") from None
+    return text

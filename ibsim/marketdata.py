@@ -7,13 +7,14 @@ seeded walk; every move streams ticks, lets resting orders fill and revalues the
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections import deque
 from typing import Any
 
 from . import messages as M
 from .account import AccountDesk
-from .bars import LEGAL_BAR_SIZES, BarRequestError, legal_bar_size, make_bars
+from .bars import LEGAL_BAR_SIZES, Bar, BarRequestError, legal_bar_size, make_bars
 from .connection import Connection
 from .controls import fault, query
 from .instrument_spec import daily_bars
@@ -37,6 +38,8 @@ COMPETING_SESSION = "No market data during competing live session"
 # IB's venue names in "No market data permissions for ISLAND STK" (162 on a history request without them).
 PERMISSION_VENUES = {"NASDAQ": "ISLAND"}
 PACING_VIOLATION = "Historical Market Data Service error message:Historical data request pacing violation"
+# A window with no bar in it, as IB words it: "...HMDS query returned no data: GOOGL@SMART Trades".
+NO_DATA = "Historical Market Data Service error message:HMDS query returned no data"
 # "The maximum number of simultaneous open historical data requests from the API is 50" (Historical Data
 # Limitations); the refusal as gateways send it (ib_insync #293; the quoted code varies with the request).
 MAX_OPEN_HISTORIES = 50
@@ -242,7 +245,13 @@ class MarketDesk(AccountDesk):
         except BarRequestError as e:
             conn.send_error(req_id, 162, f"Historical Market Data Service error message:{e}")
             return
-        start_text = bars[0].date if bars else ""
+        if bars:
+            self._send_bars(conn, req_id, bars, now)
+        else:  # none in the window: a listing younger than it
+            conn.send_error(req_id, 162, f"{NO_DATA}: {inst.localSymbol}@{c.exchange.upper()} {what.title()}")
+
+    def _send_bars(self, conn: Connection, req_id: int, bars: list[Bar], now: dt.datetime) -> None:
+        start_text = bars[0].date
         end_text = now.strftime("%Y%m%d %H:%M:%S")
         fields: list[Any] = [17, req_id, start_text, end_text, len(bars)]
         for b in bars:
