@@ -35,6 +35,8 @@ MAX_PACING_WAIT = 30.0
 # with 322; with IB taking over ~1 s a request, a burst of 60 (the 10-minute budget) would have 51 open.
 MAX_OPEN_REQUESTS = 20
 PACING_VIOLATION = "pacing violation"
+# IB's 162 for a window that holds no bar (a listing younger than it): IB saying there are none, not a refusal.
+NO_DATA = "hmds query returned no data"
 
 HistoryKey = tuple[int, str, str, str, bool]
 
@@ -185,7 +187,8 @@ async def _request_bars(
     ib_insync answers a refused request with no bars; its error arrives on errorEvent with the request's contract,
     a copy of ours so that concurrent requests for one instrument are told apart. A pacing violation (162, the
     gateway's budget spent by another client) and a request not answered in `within` are Transient: the intent
-    is retried later, never run on no bars.
+    is retried later, never run on no bars. IB's 162 "HMDS query returned no data" (a listing younger than the
+    window) is the one refusal that means no bars.
     """
     contract = copy.copy(instrument.contract)
     errors: list[tuple[int, str]] = []
@@ -212,6 +215,8 @@ async def _request_bars(
     for code, message in errors:
         if code == 162 and PACING_VIOLATION in message.lower():
             raise Transient("history_paced", f"{instrument.symbol} history: IB error {code}: {message}")
+    if errors and all(code == 162 and NO_DATA in message.lower() for code, message in errors):
+        return []
     if errors and not bars:
         code, message = errors[0]
         raise HistoryRefused("history_refused", f"{instrument.symbol} history: IB error {code}: {message}")

@@ -5,11 +5,12 @@ Found by an independent review of how strategies get market data.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
-from tests.support import Bus, mode_document, trading_days_until, trending_bars
+from tests.support import DEFAULT_CLOCK, Bus, mode_document, trading_days_until, trending_bars
 
 pytestmark = pytest.mark.usefixtures("paper_config")
 
@@ -17,6 +18,35 @@ pytestmark = pytest.mark.usefixtures("paper_config")
 @pytest.fixture
 def paper_config_overrides() -> dict[str, object]:
     return {"exposure": {"overall": 1.0, "strategies": {"dummy": 0.5, "spymacdvixy": 0.5}}}
+
+
+# Listed the day after the tests' clock: IB has no bar of it yet, and says so with 162 "HMDS query returned no data".
+NOT_YET_LISTED = (datetime.fromisoformat(DEFAULT_CLOCK).date() + timedelta(days=1)).isoformat()
+
+
+NEW_LISTING = {
+    "instruments": [
+        {"symbol": "SPY", "secType": "ETF", "primaryExchange": "ARCA", "price": 520.0},
+        {"symbol": "NEWCO", "secType": "STK", "primaryExchange": "NYSE", "price": 20.0, "listed": NOT_YET_LISTED},
+    ]
+}
+
+
+@pytest.mark.parametrize("gateway_scenario", [NEW_LISTING])
+def test_a_listing_with_no_history_yet_is_no_bars_for_it_not_a_failed_collection(
+    bus: Bus, gateway: Any, consumer_factory: Any, project: str
+):
+    """IB refuses a history window that holds no bar with 162 "HMDS query returned no data": that is IB saying there
+    are none. collect-market-data failed whole (`history_refused`) over one new listing among its instruments."""
+    consumer_factory()
+    body = {"intent": "collect-market-data", "params": {"instruments": ["SPY", "NEWCO"], "duration": "5 D"}}
+    reply = bus.reply_to(bus.publish(body))
+    assert reply["status"] == "ok", reply
+    collected = reply["result"]["instruments"]
+    assert (collected["SPY"]["bars"], collected["NEWCO"]["bars"], collected["NEWCO"]["days"]) == (5, 0, [])
+    market_data = mode_document(project).collection("marketData")
+    assert len(list(market_data.document("SPY").collection("bars").stream())) == 5
+    assert list(market_data.document("NEWCO").collection("bars").stream()) == []
 
 
 @pytest.mark.slow(seconds=15)
