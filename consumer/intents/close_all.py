@@ -33,7 +33,12 @@ async def close_all(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
         named = sorted({*(named or []), *ctx.config.close_at_close})
         if not named and not include_unallocated:
             return {"strategies": [], "instruments": [], "note": "no strategy is marked flatAtClose: close"}
-    books = [*named, *([UNALLOCATED] if include_unallocated else [])] if named else None
+    # None is every strategy: never for the job, whose list may be the unallocated book alone.
+    books = (
+        [*(named or []), *([UNALLOCATED] if include_unallocated else [])]
+        if named or params.get("flatAtClose")
+        else None
+    )
     asked = ctx.orders_to_look_up()  # read before placing (see allocation)
     try:
         return await _close(ctx, books, include_unallocated, asked)
