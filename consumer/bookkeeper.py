@@ -190,6 +190,9 @@ class Bookkeeper:
             except Exception as e:
                 _warn_unless_stopping(e, ["Finished"])
 
+    def _account_rates(self) -> dict[str, float]:
+        return self._broker.fx_rates(self.account) if self.account else {}
+
     def _rates(self, fill: Fill) -> dict[str, float]:
         accounts = self._broker.managed_accounts()
         account = fill.account or (accounts[0] if len(accounts) == 1 else "")
@@ -291,6 +294,8 @@ class Bookkeeper:
             if not fresh:
                 fresh.append([f for f in await self._broker.executions() if self._ours(f)])
             made_up, covered = await self._fill_in(doc, found, missing, fresh[0])
+            if covered is None:
+                return False, None  # no price to book it at yet: open for a later sweep
             if not covered:
                 close_at = None  # closed with what is booked: the books hold the rest elsewhere
         return await self._books.close_order(ref, found.status, close_at), made_up
@@ -440,7 +445,7 @@ class Bookkeeper:
         ordered = abs(float(doc["quantity"]))
         filled = abs(float(doc.get("filled", 0.0))) + abs(signed)
         exec_id = f"synthetic-{doc.get('permId') or doc['orderRef']}-{filled:g}"
-        result = await self._books.book(_synthetic(doc, exec_id, abs(signed), price))
+        result = await self._books.book(_synthetic(doc, exec_id, abs(signed), price, self._account_rates()))
         state = "Filled" if filled >= ordered - EPSILON else "Cancelled"
         entry = {"orderRef": doc["orderRef"], "state": state, "filled": filled, "unlisted": True}
         # A fill that completes its order closes it as it is booked (Filled): nothing left to close then.
@@ -461,9 +466,10 @@ class Bookkeeper:
 
     async def _fill_in(
         self, doc: dict[str, Any], found: Outcome, missing: float, fresh: list[Fill]
-    ) -> tuple[str | None, bool]:
+    ) -> tuple[str | None, bool | None]:
         """Books what a finished order filled beyond its booked executions: (the synthetic fill's execId, if made
-        up; False when the position says the books hold it already, and the order is to close as booked).
+        up; False when the position says the books hold it already, and the order is to close as booked; None when
+        no price is known to book it at, and the order is to stay open).
 
         The sweep read the executions before the order's status: IB may send a fill's status ahead of its
         execution, and another client id's order may fill in between. `fresh`, asked after the status, is what IB
@@ -484,12 +490,14 @@ class Bookkeeper:
                         "closed with what is booked", orderRef=doc["orderRef"], missing=missing, gap=along)  # fmt: skip
             return None, False
         exec_id = f"synthetic-{found.perm_id}-{found.filled:g}"
-        # IB's completed orders carry no average price: the limit, else IB's mark now, is the nearest known.
-        mark = self._broker.portfolio_marks(self.account).get(int(doc["conId"])) if self.account else None
-        price = found.avg_fill_price or found.limit_price or mark
-        if price is None:
-            log.warning("synthetic fill booked at price 0: IB gives no price for it", orderRef=doc["orderRef"])
-        await self._books.book(_synthetic(doc, exec_id, missing, price or 0.0))
+        # IB's completed orders carry no average price: the limit, else IB's mark or a snapshot now, is the nearest
+        # known; never 0, since its realized P&L feeds risk-check.
+        con_id = int(doc["conId"])
+        price = found.avg_fill_price or found.limit_price or (await self._prices({con_id})).get(con_id)
+        if not price:
+            log.warning("no price for a finished order's unreported fill; left open", orderRef=doc["orderRef"])
+            return None, None
+        await self._books.book(_synthetic(doc, exec_id, missing, price, self._account_rates()))
         return exec_id, True
 
 
@@ -527,7 +535,9 @@ def _never_acknowledged(found: Outcome) -> bool:
     return found.fate is Fate.UNCONFIRMED and found.perm_id is None and found.status != "PendingCancel"
 
 
-def _synthetic(doc: dict[str, Any], exec_id: str, quantity: float, price: float) -> Execution:
+def _synthetic(doc: dict[str, Any], exec_id: str, quantity: float, price: float, rates: dict[str, float]) -> Execution:
+    """A fill read off the position or the order: in base currency at the account's rate now (without one its
+    realized P&L would count nowhere: the books mark it base-incomplete)."""
     return Execution(
         exec_id=exec_id,
         order_ref=doc["orderRef"],
@@ -543,6 +553,7 @@ def _synthetic(doc: dict[str, Any], exec_id: str, quantity: float, price: float)
         price=price,
         time=datetime.now(UTC).isoformat(),
         synthetic=True,
+        fx_rate=rates.get(doc.get("currency", "")),
     )
 
 
