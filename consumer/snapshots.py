@@ -48,7 +48,8 @@ def strategy_pnl(ledgers: Mapping[str, Mapping[str, Any]], marks: Marks) -> dict
 
     A position without a price or a rate is left out of the values and named in `unpriced` (with IB's refusal of
     its price in `refused`, when IB gave one), never valued at 0; one without a known cost is valued but has no
-    unrealized P&L, and is named in `costUnknown`.
+    unrealized P&L, and is named in `costUnknown`; one whose realized P&L was booked without a rate to the base
+    currency (counted as 0 here) is named in `baseIncomplete`.
     """
     out: dict[str, dict[str, Any]] = {}
     for strategy, ledger in sorted(ledgers.items()):
@@ -76,6 +77,9 @@ def strategy_pnl(ledgers: Mapping[str, Mapping[str, Any]], marks: Marks) -> dict
             else:
                 no_cost.append(str(position.get("symbol", key)))
         realized = sum(float(r.get("realizedPnlBase", 0.0)) for r in ledger.get("realized", {}).values())
+        no_rate = sorted(
+            str(r.get("symbol", k)) for k, r in ledger.get("realized", {}).items() if r.get("baseIncomplete")
+        )
         line: dict[str, Any] = {
             "marketValue": _cents(market_value),
             "unrealizedPnl": _cents(unrealized),
@@ -83,12 +87,8 @@ def strategy_pnl(ledgers: Mapping[str, Mapping[str, Any]], marks: Marks) -> dict
             "netExposure": _cents(market_value),
             "realizedPnlToDate": _cents(realized),
         }
-        if unpriced:
-            line["unpriced"] = unpriced
-        if refused:
-            line["refused"] = refused
-        if no_cost:
-            line["costUnknown"] = no_cost
+        left_out = {"unpriced": unpriced, "refused": refused, "costUnknown": no_cost, "baseIncomplete": no_rate}
+        line.update({k: v for k, v in left_out.items() if v})
         out[strategy] = line
     return out
 
@@ -108,8 +108,8 @@ def periods(
     before_month: Mapping[str, Any] | None,
 ) -> dict[str, dict[str, Any]]:
     """Per strategy: today, monthToDate, sinceInception (base currency), against the snapshots before them; and
-    what the figures leave out (`unpriced`, with IB's `refused`; `costUnknown`), so that a reader of these alone
-    sees it."""
+    what the figures leave out (`unpriced`, with IB's `refused`; `costUnknown`; `baseIncomplete`), so that a reader
+    of these alone sees it."""
 
     def base(snapshot: Mapping[str, Any] | None, strategy: str) -> float:
         return total((snapshot or {}).get("strategies", {}).get(strategy, {}))
@@ -123,7 +123,7 @@ def periods(
             "sinceInception": _cents(now),
             "realizedToDate": float(line.get("realizedPnlToDate", 0.0)),
             "unrealized": float(line.get("unrealizedPnl", 0.0)),
-            **{k: line[k] for k in ("unpriced", "refused", "costUnknown") if k in line},
+            **{k: line[k] for k in ("unpriced", "refused", "costUnknown", "baseIncomplete") if k in line},
         }
     return out
 
