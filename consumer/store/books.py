@@ -316,6 +316,9 @@ class Books:
             )
 
 
+# What a holdings position says of its instrument (besides quantity, avgCost and a pair's quoteAmount).
+INSTRUMENT_FIELDS = ("conId", "symbol", "secType", "currency", "exchange", "multiplier")
+
 # -- transaction functions (re-run by Firestore on contention: reads first, no outside effects) --------------------
 
 
@@ -581,7 +584,7 @@ async def _book_correction(
         after.setdefault(s, 0.0)
     moves = {s: after[s] - q for s, q in before.items() if abs(after[s] - q) > EPSILON}
     holdings = await ledger.holdings_of(before)
-    instrument = {k: corrected[k] for k in ("conId", "symbol", "secType", "currency", "exchange", "multiplier")}
+    instrument = {k: corrected[k] for k in INSTRUMENT_FIELDS}
     multiplier = float(instrument.get("multiplier") or 1.0)
     fx_rate = e.fx_rate if e.fx_rate is not None else corrected.get("fxRate")
     change = e.price - float(corrected["price"])
@@ -825,7 +828,10 @@ def _write_holdings(
         realized = dict(document.get("realized", {}))
         before = positions.get(key, {})
         move = moves.get(strategy, 0.0)
-        position = {**instrument, "quantity": float(before.get("quantity", 0.0)) + move}
+        # The instrument's own fields only: a caller's description may carry another book's avgCost (reconcile's fix
+        # describes an instrument by what a strategy holds), which must not become this book's cost.
+        described = {k: instrument[k] for k in INSTRUMENT_FIELDS if k in instrument}
+        position = {**described, "quantity": float(before.get("quantity", 0.0)) + move}
         held = abs(float(before.get("quantity", 0.0))) > EPSILON
         if held and "avgCost" not in before:
             # Booked before costs were kept (or by a correction): its cost is unknown, so nothing is realized
