@@ -112,3 +112,16 @@ def currency_lines(
 
 def forex_positions(positions: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [p for p in positions if is_forex(p)]
+
+
+def drawn_currencies(pair: str, quote: str, quantity: float, account_base: str) -> set[str]:
+    """The currencies other than the account's base that an order on `pair` (BASE.QUOTE) pays out: a sale pays
+    BASE, a purchase pays QUOTE."""
+    base = pair.split(".")[0]
+    paid = base if quantity < 0 else quote
+    return {paid} - {account_base, ""}
+
+
+def unbacked(lines: Mapping[str, CurrencyLine], drawn: Iterable[str]) -> list[dict[str, Any]]:
+    """The lines of `drawn` whose books claim cash the broker does not hold."""
+    return [lines[c].as_dict() for c in sorted(set(drawn)) if c in lines and lines[c].difference]

@@ -22,6 +22,7 @@ from consumer.broker.instruments import Instrument
 from consumer.broker.model import Account, BrokerOrder, Fate, Quote, is_done
 from consumer.broker.orders import ConnectionRecord, LegOrder, Outcome, discard
 from consumer.errors import IntentError, Rejected, Transient
+from consumer.forex import currency_lines, drawn_currencies, unbacked
 from consumer.intents.base import IntentContext
 from consumer.portfolio import EPSILON, Leg, net_legs
 from consumer.store.books import PendingOrder
@@ -265,6 +266,42 @@ class Rebalance:
                 details=differences,
             )
 
+    async def check_cash(self, trading: Mapping[int, tuple[Instrument, float]]) -> None:
+        """Refuses a forex order that pays out a currency the books claim more of than the account holds: the
+        stock positions' check for cash (IDEALPRO trades are balances, no position). Selling a strategy's euros
+        the account no longer has (a withdrawal, a conversion in TWS) leaves it short them, a margin loan.
+        IB's balances follow a fill by a moment (decision 27): a difference is looked at again after a sweep
+        and once the account values count every fill so far."""
+        base = self.account.base_currency
+        drawn = {
+            currency
+            for inst, quantity in trading.values()
+            if inst.sec_type == "CASH"
+            for currency in drawn_currencies(inst.symbol, inst.currency, quantity, base)
+        }
+        if not drawn:
+            return
+        short = await self._unbacked(drawn, look_again=False)
+        if short:
+            await self.ctx.services.bookkeeper.reconcile()
+            short = await self._unbacked(drawn, look_again=True)
+        if short:
+            listed = ", ".join(f"{d['currency']}: books {d['books']:g}, broker {d['broker']:g}" for d in short)
+            raise IntentError(
+                "books_disagree",
+                f"the books claim more cash than the account holds ({listed}); nothing was placed. Run reconcile, "
+                "and reconcile with fix=true to book the differences to unallocated",
+                details=short,
+            )
+
+    async def _unbacked(self, drawn: set[str], look_again: bool) -> list[dict[str, Any]]:
+        ctx = self.ctx
+        if look_again:
+            await ctx.broker.account(ctx.services.account)  # once IB's values count every fill so far
+        holdings = await ctx.services.books.holdings(None)
+        lines = currency_lines(holdings, ctx.broker.cash_balances(self.account.id), self.account.base_currency)
+        return unbacked(lines, drawn)
+
     async def _book_differences(self, con_ids: set[int], record: ConnectionRecord | None) -> list[dict[str, Any]]:
         ctx = self.ctx
         positions = await ctx.broker.positions(record)
@@ -342,6 +379,7 @@ class Rebalance:
 
         with ctx.timed("books"):
             await self.check_books(touched)
+            await self.check_cash({c: (instruments[c], leg.quantity) for c, leg in trading.items()})
 
         reason = "close-all" if close else "opposes the new order"
         cancelled: list[dict[str, Any]] = []
