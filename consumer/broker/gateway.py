@@ -104,7 +104,7 @@ class Gateway:
         self._settings = settings
         self._metrics = metrics or Metrics()
         self.ib = IB()
-        self.requests = SharedRequests(self.ib, on_time=self._observe_clock)
+        self.requests = SharedRequests(self.ib, settings.order_lookup_timeout, on_time=self._observe_clock)
         self.state = State.CONNECTING
         # Completed (re)connects: also the connection's generation, which a first run's order lookup compares at its
         # start and at placing (consumer.broker.orders.ConnectionRecord).

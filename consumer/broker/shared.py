@@ -7,7 +7,9 @@ also subscribes the account summary on every call made before the first answer, 
 
 Every caller here gets an answer requested after it asked (a caller never gets a stale one that was already on
 its way, which matters right after placing an order): callers that arrive while a request is in flight wait for
-it to finish, then share the next one.
+it to finish, then share the next one. A request IB never answers (its answers get lost now and then) fails its
+callers after `within` seconds and is asked afresh by the next caller: waited on for ever, it stopped every later
+request of its kind until a reconnect, while the heartbeat kept the connection up.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ class SharedRequests:
     refuse them with 321 and never end them.
     """
 
-    def __init__(self, ib: IB, on_time: Callable[[datetime], None] | None = None) -> None:
+    def __init__(self, ib: IB, within: float, on_time: Callable[[datetime], None] | None = None) -> None:
         self._ib = ib
+        self._within = within
         self._on_time = on_time
         self.read_only = False
         self._in_flight: dict[str, asyncio.Future[Any]] = {}
@@ -105,10 +108,32 @@ class SharedRequests:
             await asyncio.wait([current])  # its outcome is its callers' business
         following = self._in_flight.get(key)
         if following is None or following is current:
-            following = asyncio.ensure_future(start())
+            following = self._bounded(key, start)
             self._in_flight[key] = following
             following.add_done_callback(lambda done: self._forget(key, done))
         return await asyncio.shield(following)
+
+    def _bounded(self, key: str, start: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
+        """The request's answer as a plain future (`reset` fails it, which stops the request), failed with
+        TimeoutError if IB has not answered within `within` seconds."""
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        request = asyncio.ensure_future(asyncio.wait_for(start(), self._within))
+
+        def relay(done: asyncio.Future[Any]) -> None:
+            if answer.done():
+                return
+            if done.cancelled():
+                answer.cancel()
+            elif isinstance(done.exception(), TimeoutError):
+                answer.set_exception(TimeoutError(f"IB did not answer {key} in {self._within:g} s"))
+            elif done.exception() is not None:
+                answer.set_exception(done.exception())  # type: ignore[arg-type]
+            else:
+                answer.set_result(done.result())
+
+        request.add_done_callback(relay)
+        answer.add_done_callback(lambda _: request.cancel())
+        return answer
 
     def reset(self, reason: str = "the connection to the gateway was reset") -> None:
         """Fails what is in flight. Called on every (re)connect: ib_insync forgets its pending requests when the

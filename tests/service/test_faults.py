@@ -624,3 +624,30 @@ def the_replies_the_sweep_publishes(subscriber: Any, project: str, topic: str) -
     while datetime.now(UTC) < deadline:
         pull()
     return replies
+
+
+@pytest.mark.slow(seconds=30)
+def test_a_request_ib_never_answers_is_asked_again_by_the_redelivery(consumer_factory, bus: Bus, gateway, project):
+    """IB Gateway sometimes never answers a request (docs/ibsim.md: "a start-up request never answered", ib_insync
+    #355, #224; a list refused in read-only mode never ends, decision 26). The allocation waiting on IB's working
+    orders times out and is redelivered; the redelivery must ask IB again, which answers it at once here (the
+    stall is for one request only). SharedRequests made every later caller wait for the request in flight, which
+    never ended: no attempt asked IB again until the connection was reset, and the allocation was dead-lettered
+    with nothing bought (every allocation, risk-check, eod-check and cash-balancer of that connection the same).
+    A shared request now fails its callers after the order-lookup timeout, and the next caller asks afresh."""
+    consumer_factory(intent_timeout=4.0, order_timeout=10.0, order_lookup_timeout=5.0)
+    since = len(gateway.requests_received())
+    gateway.stall_request("reqAllOpenOrders", 0)  # the next one is never answered; every later one is
+
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05})), timeout=90)
+    asked = [n for c, n in gateway.requests_received()[since:] if c == 1 and n == "reqAllOpenOrders"]
+    assert reply["status"] == "ok", (
+        f"one unanswered reqAllOpenOrders, and over every delivery attempt the consumer sent {len(asked)} "
+        f"reqAllOpenOrders in all; gateway connected throughout; reply: {reply}"
+    )
+    (line,) = reply["result"]["instruments"]
+    assert [o["orderRef"] for o in gateway.orders()] == [line["orderRef"]]  # bought once
+    wait_for(
+        lambda: {f["execId"] for f in mode_collection(project, "fills")} == {e["execId"] for e in gateway.executions()},
+        what="the fill booked by execId",
+    )

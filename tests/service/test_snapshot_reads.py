@@ -106,7 +106,7 @@ def test_a_refused_quote_names_ibs_reason_and_no_limit_order_is_priced_from_it(i
     refusal = "IB 10197: No market data during competing live session"
     assert quotes == {spy.con_id: Quote(None, None, None, refusal)}
 
-    engine = OrderEngine(ib, SharedRequests(ib), OrderDefaults(order_type="LMT"), {}, 5.0, "DU123456")
+    engine = OrderEngine(ib, SharedRequests(ib, 60.0), OrderDefaults(order_type="LMT"), {}, 5.0, "DU123456")
     with pytest.raises(IntentError) as refused:
         engine.priced([LegOrder("alloc-test-SPY", spy, 10)], quotes)
     assert refused.value.code == "no_quote"
