@@ -165,6 +165,13 @@ def outcome_of(trade: Trade, existing: bool = False) -> Outcome:
 _HOLDS = {399, 404}
 _ORDER_NOTES = {202, 10167} | _HOLDS
 _HOLDS_UNTIL = re.compile(r"will not be placed at the exchange until", re.IGNORECASE)
+# A 202 with a reason is IB cancelling an order by itself ("Order Canceled - reason:The order price is outside of the
+# allowable price limits"); the cancel a client asks for is "Order Canceled - reason:" with none.
+_IB_CANCELLED = re.compile(r"reason:\s*\S")
+
+
+def cancelled_by_ib(code: int, message: str) -> bool:
+    return code == 202 and _IB_CANCELLED.search(message) is not None
 
 
 def holds(code: int, message: str) -> bool:
@@ -241,7 +248,7 @@ class _OrderMessages:
                 future.set_result(held_note(code, message))
         elif code in _HOLDS:
             self.notes.setdefault(req_id, []).append({"code": code, "message": message})
-        elif code not in _ORDER_NOTES and code < 2100:
+        elif (code not in _ORDER_NOTES and code < 2100) or cancelled_by_ib(code, message):
             self.errors[req_id] = {"code": code, "message": message}
 
     def held_note(self, trade: Trade) -> dict[str, Any] | None:
@@ -369,8 +376,14 @@ class OrderEngine:
                 if settled
                 else Outcome(order_ref=ref, fate=Fate.UNCONFIRMED, order_id=trade.order.orderId)
             )
-            if outcome.fate is Fate.REJECTED and outcome.error is None and trade.order.orderId in errors:
-                outcome = replace(outcome, error=errors[trade.order.orderId])
+            if (
+                outcome.fate in (Fate.REJECTED, Fate.CANCELLED)
+                and outcome.error is None
+                and trade.order.orderId in errors
+            ):
+                # Refused, or cancelled by IB with its reason (ib_insync files 202 among its warnings): a leg that
+                # came to nothing for a reason only a person can act on.
+                outcome = replace(outcome, fate=Fate.REJECTED, error=errors[trade.order.orderId])
             note = notes.held_note(trade)
             if outcome.fate is Fate.WORKING and note is not None:
                 outcome = replace(outcome, held=note)
