@@ -64,17 +64,20 @@ class CurrencyLine:
 
     @property
     def backed(self) -> float:
-        """The part of the balance that backs the claims: same direction, at most their size."""
+        """The part of the claims the balance accounts for. A long claim is backed by the balance up to its size
+        (cash that left the account cannot be sold); a short claim, currency the books owe, always is: the balance
+        is the claims plus the free cash, so a strategy's short in an account holding the currency leaves it free
+        cash larger by the short (converting only what it saw left the account flat behind the strategy's books)."""
         claimed = self.books
         if abs(claimed) <= CASH_TOLERANCE:
             return 0.0
         if claimed > 0:
             return min(max(self.broker, 0.0), claimed)
-        return max(min(self.broker, 0.0), claimed)
+        return claimed
 
     @property
     def difference(self) -> float:
-        """Claims the broker's cash does not back (0, or the opposite sign of the claims)."""
+        """Long claims the broker's cash does not back (0, or negative)."""
         gap = self.backed - self.books
         return gap if abs(gap) > CASH_TOLERANCE else 0.0
 
