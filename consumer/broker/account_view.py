@@ -10,6 +10,9 @@ the same update (a forex pair's is its virtual FX position), so the values are i
 accounts have no rows here (IB sends one account's per client); theirs are the position of each instrument filled
 (on the position stream ib_insync keeps for every account) and a value on the multi-account subscription
 ib_insync keeps for each, both after the fill: a value alone may be a price move's, sent before the positions.
+A fill is known from whichever comes first, its execution or its order's status: IB sends them in no promised
+order, and a conversion whose Filled status came first was neither working nor waited for, so its cash was sold
+again (decision 35).
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ class AccountView:
         self._rows: dict[str, set[int]] = {}  # conIds filled, by account, whose portfolio row is still to come
         self._positions: dict[str, set[int]] = {}  # the same for positions, on accounts without rows here
         self._values: set[str] = set()
+        self._counted: dict[int, float] = {}  # by permId: the quantity filled whose update is waited for already
         self._waiters: list[asyncio.Future[None]] = []
         # The IB object lives for the whole process, across reconnects, so this is hooked once.
         ib.execDetailsEvent += self._on_fill
+        ib.orderStatusEvent += self._on_status
         ib.updatePortfolioEvent += self._on_row
         ib.positionEvent += self._on_position
         ib.accountValueEvent += self._on_value
@@ -63,11 +68,27 @@ class AccountView:
         return True
 
     def _on_fill(self, trade: Trade | None, fill: Fill) -> None:
-        account = fill.execution.acctNumber
+        perm_id = fill.execution.permId
+        if not perm_id or self._new(perm_id, fill.execution.cumQty):
+            self._filled(fill.execution.acctNumber, fill.contract.conId)
+
+    def _on_status(self, trade: Trade) -> None:
+        perm_id = trade.order.permId or trade.orderStatus.permId
+        if trade.order.account and perm_id and self._new(perm_id, trade.orderStatus.filled):
+            self._filled(trade.order.account, trade.contract.conId)
+
+    def _new(self, perm_id: int, filled: float) -> bool:
+        """Whether `filled` (an order's cumulative quantity) is more than its status or executions told already."""
+        if filled <= self._counted.get(perm_id, 0.0):
+            return False
+        self._counted[perm_id] = filled
+        return True
+
+    def _filled(self, account: str, con_id: int) -> None:
         if account == self._subscribed():
-            self._rows.setdefault(account, set()).add(fill.contract.conId)
+            self._rows.setdefault(account, set()).add(con_id)
         else:
-            self._positions.setdefault(account, set()).add(fill.contract.conId)
+            self._positions.setdefault(account, set()).add(con_id)
             self._values.add(account)
 
     def _on_row(self, item: PortfolioItem) -> None:
