@@ -10,7 +10,10 @@ A conversion of an earlier cash-balancer still working at IB (a market closed fo
 partial fill) is already converting its remaining amount: the free balance is counted as it will be once those
 fill, and only what is left beyond them is converted. Working conversions that would take a balance past zero by
 more than the threshold are not offset by a new order the other way: the line is skipped, for a person to look.
-Orders of strategies (an allocation's forex legs) move their books' claims with the balance and are not counted.
+Orders of strategies (an allocation's forex legs) move their books' claims with the balance; one still open in the
+books reserves what it may yet add to a claim (a purchase its BASE, a sale its QUOTE): its fill can reach the
+balance before its execution reaches the books (IB sends them in no promised order), and the currency it bought
+was converted back as free cash. What it would take from a claim is not counted: less is converted, never more.
 """
 
 from __future__ import annotations
@@ -92,6 +95,30 @@ def working_conversions(
     return found
 
 
+# The claims' entry for what strategies' forex orders still open in the books may yet add (see the module's doc).
+WORKING_ORDERS = "(working orders)"
+
+
+def reserved_by_strategy_orders(
+    open_orders: Iterable[Mapping[str, Any]], base: str, rates: Mapping[str, float]
+) -> dict[str, float]:
+    """Per currency other than `base`: what the strategies' forex orders open in the books may still add to a
+    claim (a purchase's remaining in BASE, a sale's proceeds in QUOTE at the account's rates)."""
+    reserved: dict[str, float] = {}
+    for doc in open_orders:
+        if doc.get("secType") != "CASH" or _CONVERSION_REF.fullmatch(str(doc.get("orderRef", ""))):
+            continue
+        quantity = float(doc.get("quantity", 0.0))
+        remaining = math.copysign(max(0.0, abs(quantity) - abs(float(doc.get("filled", 0.0)))), quantity)
+        pair_base, quote = str(doc.get("symbol", "")).split(".")[0], str(doc.get("currency", ""))
+        price = _rate(pair_base, base, rates) / _rate(quote, base, rates)
+        adds = {pair_base: remaining} if remaining > 0 else {quote: -remaining * price}
+        for currency, amount in adds.items():
+            if currency != base and amount > 0 and not math.isnan(amount):
+                reserved[currency] = reserved.get(currency, 0.0) + amount
+    return reserved
+
+
 def _rate(currency: str, base: str, rates: Mapping[str, float]) -> float:
     return 1.0 if currency == base else (rates.get(currency) or math.nan)
 
@@ -110,12 +137,16 @@ async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str,
     # conversion that filled while IB listed its working orders was in neither, and its cash was sold twice; a
     # strategy's forex sale booked before the claims were read looked like free cash.
     at_broker = await broker.open_orders()
-    holdings = await services.books.holdings()
+    holdings, open_orders = await services.books.holdings_and_open_orders()
     await broker.account(services.account)
     balances = broker.cash_balances(account.id)
     rates = broker.fx_rates(account.id)
     working = working_conversions(at_broker, account.id, base, rates, ctx.request_id)
     claims = currency_lines(holdings, balances, base)
+    for currency, amount in reserved_by_strategy_orders(open_orders, base, rates).items():
+        claims.setdefault(currency, CurrencyLine(currency, balances.get(currency, 0.0))).by_book[WORKING_ORDERS] = (
+            amount
+        )
 
     lines: list[dict[str, Any]] = []
     orders: dict[str, LegOrder] = {}

@@ -6,7 +6,7 @@ import pytest
 
 from consumer.broker.model import BrokerOrder
 from consumer.broker.orders import order_ref
-from consumer.intents.cash_balancer import conversion, working_conversions
+from consumer.intents.cash_balancer import conversion, reserved_by_strategy_orders, working_conversions
 
 
 @pytest.mark.parametrize(
@@ -72,3 +72,21 @@ def test_working_conversions_count_what_other_cash_balancers_will_still_convert(
         "remaining": 30_000,
         "converts": -30_000,
     }
+
+
+def test_strategy_forex_orders_open_in_the_books_reserve_only_what_they_may_add_to_a_claim() -> None:
+    """A purchase may add its remaining BASE, a sale its QUOTE proceeds; what either takes from a claim is not
+    counted (less is converted, never more), nor are conversions or the account's base currency."""
+    orders = [
+        {"orderRef": "alloc-aaaaaaaaaaaa-EUR.USD-1", "secType": "CASH", "symbol": "EUR.USD", "currency": "USD",
+         "quantity": 30_000.0, "filled": 10_000.0},  # 20,000 EUR still to come
+        {"orderRef": "alloc-aaaaaaaaaaaa-EUR.GBP-2", "secType": "CASH", "symbol": "EUR.GBP", "currency": "GBP",
+         "quantity": -1_000.0, "filled": 0.0},  # a sale: GBP to come, its EUR leaving
+        {"orderRef": "cash-bbbbbbbbbbbb-EUR.USD", "secType": "CASH", "symbol": "EUR.USD", "currency": "USD",
+         "quantity": -50_000.0, "filled": 0.0},  # a conversion: counted as working at IB instead
+        {"orderRef": "alloc-aaaaaaaaaaaa-SPY-3", "secType": "STK", "symbol": "SPY", "currency": "USD",
+         "quantity": 10.0, "filled": 0.0},
+    ]  # fmt: skip
+    rates = {"USD": 1.0, "EUR": 1.08, "GBP": 1.25}
+    reserved = reserved_by_strategy_orders(orders, "USD", rates)
+    assert reserved == {"EUR": 20_000.0, "GBP": pytest.approx(1_000.0 * 1.08 / 1.25)}
