@@ -149,16 +149,18 @@ class BrokerMarketData:
     async def daily_bars(self, symbol: str, days: int) -> list[Bar]:
         """Completed sessions only. During a session IB ends daily history with the session's bar so far, its
         close the last trade: a signal read from it turned with the minute a message arrived (the 09:30 open's
-        allocation a few seconds either side of the open, or a redelivery later in the day, traded opposite ways)."""
+        allocation a few seconds either side of the open, or a redelivery later in the day, traded opposite ways).
+        One session more is asked for, so that `days` completed ones come back in a session as outside one (a
+        strategy given just enough history was skipped at every open and signalled in the evening's dry run)."""
         instrument = self._instrument(symbol)
         try:
-            bars = await historical_bars(self._ib, self._pacer, instrument, duration(days), "1 day", utc=False)
+            bars = await historical_bars(self._ib, self._pacer, instrument, duration(days + 1), "1 day", utc=False)
         except HistoryRefused as e:
             raise SignalUnavailable(e.message) from e
         started = _session_started(instrument, self._now())
         if bars and started is not None and bars[-1].day >= started.isoformat():
             bars = bars[:-1]
-        return [Bar(b.time, b.open, b.high, b.low, b.close, b.volume) for b in bars]
+        return [Bar(b.time, b.open, b.high, b.low, b.close, b.volume) for b in bars[max(0, len(bars) - days) :]]
 
     async def price(self, symbol: str) -> float:
         instrument = self._instrument(symbol)

@@ -105,3 +105,20 @@ def test_minute_bars_for_many_instruments_are_stored_in_commits_firestore_takes(
     assert counts["SPY"] > 4 * 390  # four whole sessions at least, the one under way besides
     stored = mode_document(project).collection("marketData").document("SYM019").collection("bars").stream()
     assert sum(len(b.to_dict()["bars"]) for b in stored) == counts["SYM019"]
+
+
+@pytest.mark.parametrize("market_clock", ["2026-06-09T09:30:20-04:00"], indirect=True)  # a Tuesday, 20 s after the open
+def test_a_strategy_given_just_enough_history_has_its_signal_during_a_session(bus: Bus, gateway: Any, consumer_factory):
+    """spymacdvixy's `history` is the daily bars it asks for, at least slow + signal (35 with the default spans).
+    `daily_bars(symbol, days)` asked IB for `days` sessions and dropped the one under way, so during a session it
+    returned one too few: with history 35 the 09:30 open-allocation skipped the strategy every day ("34 daily
+    bars, need at least 35") while the 16:15 nightly dry run signalled. Found by a review of calendars."""
+    days = trading_days_until(gateway.now(), 61)
+    today = {"date": days[-1].isoformat(), "open": 518.0, "high": 521.0, "low": 517.0, "close": 520.0}
+    gateway.set_bars("SPY", [*trending_bars(days[:-1], 400.0, 2.0), today])  # 60 rising sessions and today's so far
+    consumer_factory()
+    params = {"strategies": ["spymacdvixy"], "strategyParams": {"spymacdvixy": {"history": 35}}}
+    reply = bus.reply_to(bus.publish({"intent": "allocation", "dryRun": True, "params": params}), timeout=60)
+    assert reply["status"] == "ok", reply
+    outcome = reply["result"]["strategies"]["spymacdvixy"]
+    assert outcome.get("weights") == {"SPY": 1.0, "VIXY": 0.0}, f"at 09:30:20 with history 35: {outcome}"
