@@ -5,9 +5,12 @@ filters on the `account` attribute; the emulator ignores filters, so every deplo
 decides here, before decoding, whether the message is its to answer. The rules give each message exactly one
 answering deployment:
 
-- The attribute `account` (an id or an alias from the accounts file) routes: the deployment serving that account
-  answers, every other one acks the message without effect or reply. An account no deployment serves (not in the
-  accounts file) is answered `unknown_account` by the default deployment.
+- The attribute `account` routes. An account id: the deployment serving that account answers, every other one acks
+  the message without effect or reply. An id no deployment serves (not in the accounts file) is answered
+  `unknown_account` by the default deployment. An alias (of the accounts file) is the default deployment's alone,
+  as in the cloud, where the other subscriptions' filters name ids only (decision 56): it runs there when it names
+  an account the default serves, and is answered `unknown_account` naming the id otherwise (every other deployment
+  acks it, its own accounts' aliases too: one that cannot resolve it could not tell).
 - A message without the attribute goes to the default deployment alone (the cloud filter of the default lets
   unaddressed messages through). It runs there if the default serves exactly one account (today's behaviour) or the
   envelope's `account` names one it serves; otherwise it is answered `missing_account`.
@@ -18,7 +21,7 @@ Pure code: it runs in the Pub/Sub callback thread.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -75,28 +78,29 @@ class AccountDirectory:
 
     def resolve(self, name: str) -> str | None:
         """The account id a name (id or alias) stands for, or None when no deployment serves it."""
-        if name in self.known:
-            return name
-        return self.aliases.get(name)
+        return resolve_name(name, self.known, self.aliases)
 
     def route(self, attributes: Mapping[str, str]) -> Address:
         """From the attributes alone: whether this deployment answers the message, and with which account."""
         named = attributes.get("account")
+        mode = attributes.get("tradingMode")
+        if named in self.known:  # an id: the one name every subscription filter routes on
+            if named in self.served:
+                return Address(Route.SERVE, named, self._mode_problem(mode, named))
+            return Address(Route.IGNORE, None)
+        if named and not self.default:
+            # An alias, even of an account served here, or an unknown name: the default's. The cloud delivers
+            # neither here, and a deployment that cannot resolve it must not leave it unanswered.
+            return Address(Route.IGNORE, None)
         if named:
-            account = self.resolve(named)
+            account = self.aliases.get(named)
             if account in self.served:
-                return Address(Route.SERVE, account, self._mode_problem(attributes.get("tradingMode"), account))
-            if account is not None or not self.default:
-                return Address(Route.IGNORE, None)
-            return Address(
-                Route.SERVE,
-                self.served[0],
-                BadRequest("unknown_account", f"no deployment serves the account {clip(repr(named))}; nothing was run"),
-            )
+                return Address(Route.SERVE, account, self._mode_problem(mode, account))
+            return Address(Route.SERVE, self.served[0], unknown_account(named, account))
         if not self.default:
             return Address(Route.IGNORE, None)
         only = self.served[0] if len(self.served) == 1 else None
-        problem = self._mode_problem(attributes.get("tradingMode"), only) if only else None
+        problem = self._mode_problem(mode, only) if only else None
         return Address(Route.SERVE, only or self.served[0], problem)
 
     def settle(self, address: Address, attributes: Mapping[str, str], body: Mapping[str, Any]) -> Address:
@@ -164,6 +168,42 @@ class AccountDirectory:
     @staticmethod
     def _refuse(account: str | None, code: str, message: str) -> Address:
         return Address(Route.SERVE, account, BadRequest(code, message))
+
+
+def unknown_account(named: str, account: str | None) -> BadRequest:
+    """The default deployment's answer to a name it cannot route: no account at all, or an alias of an account
+    another deployment serves (only ids reach it: the sender must learn the id)."""
+    if account is None:
+        why = f"no deployment serves the account {clip(repr(named))}"
+    else:
+        why = (
+            f"{clip(repr(named))} is an alias of {account}, which another deployment serves: address the message by "
+            f"its id (the attribute account={account}), since subscriptions route on ids"
+        )
+    return BadRequest("unknown_account", f"{why}; nothing was run")
+
+
+def resolve_name(name: str, known: Set[str], aliases: Mapping[str, str]) -> str | None:
+    """The account id a name stands for (itself when it is an id, else an alias's account), or None."""
+    if name in known:
+        return name
+    return aliases.get(name)
+
+
+def named_account(accounts_file: str, name: str, strict: bool = True) -> str:
+    """The account id an operator's NAME stands for (`consumer --account`), resolved as the consumer resolves an
+    address. Without an accounts file, NAME itself. With one, a name it lists neither as an id nor as an alias is
+    refused (strict), or returned as it is."""
+    if not accounts_file:
+        return name
+    known, aliases = load_accounts_file(Path(accounts_file))
+    account = resolve_name(name, known, aliases)
+    if account is not None or not strict:
+        return account or name
+    listed = ", ".join(
+        f"{a} ({', '.join(n for n, to in aliases.items() if to == a) or 'no alias'})" for a in sorted(known)
+    )
+    raise ConfigError(f"{name!r} is neither an account id nor an alias in ACCOUNTS_FILE {accounts_file}: {listed}")
 
 
 def load_accounts_file(path: Path) -> tuple[set[str], dict[str, str]]:

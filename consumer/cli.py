@@ -56,10 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"consumer: bad configuration: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.account:
-        settings = dataclasses.replace(settings, ib_account=args.account, ib_accounts=())
     debug = args.debug or settings.log_level == "DEBUG"
     try:
+        settings = _addressed(settings, args)
         if args.needs:
             probe_google(args.needs)
         return int(args.run(settings, args) or 0)
@@ -74,6 +73,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         _fail(command, explain(e), debug)
         return EXIT_FAILED
+
+
+def _addressed(settings: Settings, args: argparse.Namespace) -> Settings:
+    """--account, resolved to the account id as the consumer resolves an address (consumer/accounts.py): books and
+    config live under accounts/{id}, and only an id routes to another deployment. An alias kept as given wrote a
+    config no consumer read; a name ACCOUNTS_FILE does not list is refused for the same reason, except by publish,
+    which sends it as given for the consumers to judge (the default deployment answers it `unknown_account`)."""
+    if not args.account:
+        return settings
+    from consumer.accounts import named_account
+
+    try:
+        args.account = named_account(settings.accounts_file, args.account, strict=args.command != "publish")
+    except ConfigError as e:
+        raise UsageError(f"--account: {e}") from None
+    return dataclasses.replace(settings, ib_account=args.account, ib_accounts=())
 
 
 def required_account(settings: Settings) -> str:
@@ -181,8 +196,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     parser.add_argument(
         "--account",
-        help="the IB account: publish addresses the message to it (the attribute 'account', an id or alias);\n"
-        "config and status read its documents (default: IB_ACCOUNTS' first, or IB_ACCOUNT)",
+        help="the IB account, an id or an alias of ACCOUNTS_FILE (resolved to its id; config and status refuse a\n"
+        "name the file does not list): publish addresses the message to it (the attribute 'account'); config and\n"
+        "status read its documents (default: IB_ACCOUNTS' first, or IB_ACCOUNT)",
     )
     parser.set_defaults(needs=())
     commands = parser.add_subparsers(required=True, metavar="COMMAND", dest="command")
@@ -374,12 +390,14 @@ def strategy_problems(params: dict[str, Any]) -> list[str]:
     return problems
 
 
-def check_job_account(job_name: str, account: str | None) -> None:
-    """A job that lists accounts fires once per account, each addressed: so must a firing by hand."""
+def check_job_account(job_name: str, account: str | None, accounts_file: str = "") -> None:
+    """A job that lists accounts fires once per account, each addressed: so must a firing by hand. `account` is an
+    id already (`_addressed`); the job may list aliases."""
+    from consumer.accounts import named_account
     from consumer.schedules import job_accounts
 
     accounts = job_accounts().get(job_name)
-    if accounts and account not in accounts:
+    if accounts and account not in {named_account(accounts_file, a, strict=False) for a in accounts}:
         given = f"not for {account}" if account else "give --account"
         raise UsageError(f"job {job_name!r} runs for the accounts {', '.join(accounts)}: {given}")
 
@@ -428,7 +446,7 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
             raise UsageError("--schedule JOB publishes the job's own intent and params; give no INTENT or -p")
         envelope = scheduled_envelope(args.schedule, args.dry_run, args.as_scheduled, args.force, args.idempotency_key)
         attributes["schedule"] = args.schedule
-        check_job_account(args.schedule, args.account)
+        check_job_account(args.schedule, args.account, settings.accounts_file)
     elif args.as_scheduled or args.force:
         raise UsageError("--as-scheduled and --force apply to --schedule JOB only")
     elif args.intent:

@@ -264,16 +264,26 @@ UNKNOWN_ACCOUNT = "DU999999"
 
 
 def account_demo(logins: tuple[Login, ...]) -> list[DemoStep]:
-    """Several logins: each account's summary, addressed by its alias (the reply names the account id), and one
-    message for an account nobody serves."""
+    """Several logins: each account's summary (the reply names the account id), addressed by its alias on the
+    default deployment's login and by its id on the others' (only an id routes to another deployment: decision 56),
+    an alias of another deployment's account, and one message for an account nobody serves."""
     steps: list[DemoStep] = []
     for n, login in enumerate(logins):
         for account, alias in login.accounts:
+            named = alias if alias and n == 0 else account
             steps.append((
-                f"summary of {account} (login {n + 1}), addressed with the attribute account={alias or account}",
+                f"summary of {account} (login {n + 1}), addressed with the attribute account={named}",
                 {"intent": "summary"},
-                {"account": alias or account},
+                {"account": named},
             ))  # fmt: skip
+    elsewhere = [(account, alias) for login in logins[1:] for account, alias in login.accounts if alias]
+    for account, alias in elsewhere[-1:]:
+        steps.append((
+            f"a summary addressed {alias}, the alias of {account}, which another deployment serves: one error from "
+            "the default deployment, naming the id to address it by",
+            {"intent": "summary"},
+            {"account": alias},
+        ))  # fmt: skip
     steps.append((
         f"a message for {UNKNOWN_ACCOUNT}, which no deployment serves: one error, from the default deployment",
         {"intent": "summary"},
@@ -700,10 +710,13 @@ prefix):
 
 def howto_exports(a: LocalAddresses, environ: Mapping[str, str] | None = None) -> str:
     """Every variable the CLI needs to find this stack: without HEALTH_PORT, `consumer status` looks at 8080; a
-    stack in a DEVSTACK_DIR of its own is named too, so `publish --wait` finds its log and shows progress."""
+    stack in a DEVSTACK_DIR of its own is named too, so `publish --wait` finds its log and shows progress; with
+    several logins, ACCOUNTS_FILE, so that `--account ALIAS` is resolved to the id only an id routes by."""
     pairs = [f"{k}={v}" for k, v in a.environ().items() if k not in ("IB_HOST", "IB_PORT")]
     if environ is not None and environ.get("DEVSTACK_DIR"):
         pairs.append(f"DEVSTACK_DIR={workdir(environ).resolve()}")
+    if a.logins:  # the CLI resolves --account ALIAS through it, as the consumers do
+        pairs.append(f"ACCOUNTS_FILE={(workdir(os.environ if environ is None else environ) / ACCOUNTS_FILE).resolve()}")
     return " ".join(pairs)
 
 

@@ -69,8 +69,11 @@ SUMMARY = {"intent": "summary"}
         (SUMMARY, {"account": "DU111"}, [("DU111", None), (None, None)]),
         (SUMMARY, {"account": "paper"}, [("DU111", None), (None, None)]),
         (SUMMARY, {"account": "U333"}, [(None, None), ("U333", None)]),
-        (SUMMARY, {"account": "spouse"}, [(None, None), ("U333", None)]),
-        ({**SUMMARY, "account": "U222"}, {"account": "live"}, [(None, None), ("U222", None)]),
+        # An alias is the default's alone (the cloud's filters of the others name ids): another's account is
+        # answered with its id to address it by, once.
+        (SUMMARY, {"account": "spouse"}, [("DU111", "unknown_account"), (None, None)]),
+        ({**SUMMARY, "account": "U222"}, {"account": "live"}, [("DU111", "unknown_account"), (None, None)]),
+        ({**SUMMARY, "account": "live"}, {"account": "U222"}, [(None, None), ("U222", None)]),
         # Unaddressed: the default serves one account, so it runs there, as before accounts existed.
         (SUMMARY, {}, [("DU111", None), (None, None)]),
         # Nobody serves it: one error, from the default deployment.
@@ -162,3 +165,27 @@ def test_a_job_listing_accounts_runs_only_for_them(accounts_file: str) -> None:
     )
     first = decoder.decode(Delivery("m-1", b"", {"intent": "summary", "schedule": "open-summary", "account": "U333"}))
     assert first.request_id.startswith("schedule:open-summary:")
+
+
+def test_in_the_cloud_a_message_addressed_by_alias_to_another_deployments_account_gets_one_reply(
+    fleet: list[RequestDecoder],
+) -> None:
+    """Both deployments hold the accounts file. In the cloud each non-default subscription filters on its account
+    ids (infra/modules/deployment/routing.tf: `attributes.account = "U333"`), so a message addressed `spouse`
+    reaches the default deployment's subscription alone, which README and docs/deployment.md promise answers it
+    `unknown_account`. The default resolved the alias, found the account served elsewhere and acked it: no reply."""
+    default, household = fleet
+    attributes = {"account": "spouse"}
+
+    def passes_filter(ids: tuple[str, ...]) -> bool:  # the non-default subscription's Pub/Sub filter
+        return attributes["account"] in ids
+
+    answered = {"default": answers(default, SUMMARY, **attributes)}
+    if passes_filter(("U222", "U333")):
+        answered["household"] = answers(household, SUMMARY, **attributes)
+    replied = {name: a for name, a in answered.items() if a != (None, None)}
+    assert replied == {"default": ("DU111", "unknown_account")}, "deployments answering 'spouse' (none: no reply)"
+    delivery = Delivery("m-1", json.dumps(SUMMARY).encode(), attributes)
+    problem = default.decode(delivery, default.address(delivery)).problem
+    assert problem is not None
+    assert "address the message by its id (the attribute account=U333)" in str(problem)

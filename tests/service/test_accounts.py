@@ -12,7 +12,10 @@ on, and books into, the addressed account alone.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +30,7 @@ from tests.support import (
     STREAM_RESTART_WAIT,
     Bus,
     ConsumerUnderTest,
+    account_document,
     activity,
     allocation,
     another_intents_subscription,
@@ -167,8 +171,9 @@ def gateway_of(fleet: Fleet, account: str) -> Any:
 
 
 def mixed_messages(count: int) -> list[tuple[str | None, dict[str, Any], dict[str, str]]]:
-    """(account expected to answer, body, attributes): read-only intents addressed by id, by alias, in the body
-    too, and unaddressed (the default deployment serves one account, so it runs there)."""
+    """(account expected to answer, body, attributes): read-only intents addressed by id, by alias (the attribute
+    for the default's account, which alone answers aliases; the body for the others'), in the body too, and
+    unaddressed (the default deployment serves one account, so it runs there)."""
     out: list[tuple[str | None, dict[str, Any], dict[str, str]]] = []
     for n in range(count):
         account = ACCOUNTS[n % 3]
@@ -176,8 +181,10 @@ def mixed_messages(count: int) -> list[tuple[str | None, dict[str, Any], dict[st
         match n % 5:
             case 0:
                 out.append((account, {"intent": intent}, {"account": account}))
-            case 1:
+            case 1 if account == SOLO:
                 out.append((account, {"intent": intent}, {"account": ALIASES[account]}))
+            case 1:
+                out.append((account, {"intent": intent, "account": ALIASES[account]}, {"account": account}))
             case 2:
                 out.append((account, {"intent": intent, "account": account}, {"account": account}))
             case 3:
@@ -620,3 +627,82 @@ def test_a_logins_second_account_is_read_once_its_positions_count_the_last_fill(
     assert household.positions(second) == {"SPY": line["order"]}
     fills = {e["execId"] for e in household.executions() if e["orderRef"] == line["orderRef"]}
     wait_for(lambda: fills <= booked_fills(project, second), what="the buy booked by execId")
+
+
+def test_a_message_addressed_by_alias_is_answered_when_only_the_default_deployment_has_the_accounts_file(
+    project: str, bus: Bus, gateways: tuple[Any, Any], accounts_file: str
+) -> None:
+    """README: "give every deployment the same file (the default one at least)". With the file at the default
+    deployment only, a summary addressed `child`: the default resolved the alias to DU333333, served elsewhere, and
+    acked it; the household deployment, without the file, could not resolve `child` and acked it too. No reply.
+    An alias is the default's to answer: once, naming the id to address the account by."""
+    another_intents_subscription(project, HOUSEHOLD_SUBSCRIPTION)
+    started = [
+        ConsumerUnderTest.start(project, gateways[0].port, ib_account="", ib_accounts=(SOLO,),
+                                accounts_file=accounts_file, default_deployment=True,
+                                intents_subscription="intents-consumer"),
+        ConsumerUnderTest.start(project, gateways[1].port, ib_account="", ib_accounts=HOUSEHOLD,
+                                default_deployment=False, intents_subscription=HOUSEHOLD_SUBSCRIPTION),
+    ]  # fmt: skip
+    child = HOUSEHOLD[1]
+    try:
+        by_id = bus.publish({"intent": "summary"}, account=child)
+        assert [(r["status"], r["account"]) for r in bus.replies_to(by_id)] == [("ok", child)]
+        by_alias = bus.publish({"intent": "summary"}, account=ALIASES[child])
+        with contextlib.suppress(AssertionError):  # the same summary addressed by id answered within a second
+            bus.reply_to(by_alias, timeout=20)
+        bus.settle()
+    finally:
+        for consumer in started:
+            consumer.stop()
+    replies = [(r["status"], r["account"], (r.get("error") or {}).get("code")) for r in bus.received
+               if r["messageId"] == by_alias]  # fmt: skip
+    assert replies == [("error", SOLO, "unknown_account")], f"replies to the summary addressed 'child': {replies}"
+    (refusal,) = [r for r in bus.received if r["messageId"] == by_alias]
+    assert f"the attribute account={child}" in refusal["error"]["message"], refusal
+
+
+def test_the_kill_switch_set_through_an_alias_stops_that_accounts_trading(
+    project: str, bus: Bus, gateways: tuple[Any, Any], accounts_file: str
+) -> None:
+    """`consumer --account child config kill-switch on`: --account takes an id or an alias (its help; publish and
+    every message resolve aliases), and the operator was told "kill switch ON: trading intents are rejected". The
+    CLI wrote accounts/child/config/paper, which no consumer reads; an allocation for `child` then bought in
+    DU333333. A name the accounts file does not know is refused in one line, nothing written."""
+    household, child = gateways[1], HOUSEHOLD[1]
+    for account in HOUSEHOLD:
+        write_config(project, account=account)
+    env = {k: v for k, v in os.environ.items() if k not in ("IB_ACCOUNT", "IB_ACCOUNTS")}
+    env.update(GOOGLE_CLOUD_PROJECT=project, IB_ACCOUNTS=",".join(HOUSEHOLD), ACCOUNTS_FILE=accounts_file)
+
+    def cli(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "consumer", "--account", name, "config", "kill-switch", "on"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    consumer = ConsumerUnderTest.start(project, household.port, ib_account="", ib_accounts=HOUSEHOLD,
+                                       accounts_file=accounts_file, default_deployment=True)  # fmt: skip
+    try:
+        done = cli(ALIASES[child])
+        switched = f"{done.returncode}: {done.stdout.strip()} {done.stderr.strip()}"
+        reply = bus.reply_to(bus.publish(allocation({"SPY": 0.02}), account=ALIASES[child]))
+    finally:
+        consumer.stop()
+    bought = [(o["account"], o["action"], o["totalQuantity"]) for o in household.orders()]
+    config = account_document(project, child).collection("config").document("paper").get().to_dict() or {}
+    outcome = (reply["status"], (reply.get("error") or {}).get("code"))
+    assert (done.returncode, outcome, bought) == (0, ("rejected", "kill_switch"), []), (
+        f"the CLI said '{switched}'; accounts/{child}/config/paper tradingEnabled={config.get('tradingEnabled')}; "
+        f"the allocation for 'child' answered {outcome} and the broker has {bought}"
+    )
+    assert done.stdout.startswith(f"accounts/{child}/config/paper: kill switch ON"), switched
+    assert not account_document(project, "child").collection("config").document("paper").get().exists
+
+    typo = cli("chlid")
+    assert typo.returncode == 2, typo
+    assert typo.stderr.splitlines() == [
+        f"consumer config: --account: 'chlid' is neither an account id nor an alias in ACCOUNTS_FILE {accounts_file}: "
+        f"{SOLO} (solo), {HOUSEHOLD[0]} (parent), {child} (child)"
+    ]
+    assert not account_document(project, "chlid").collection("config").document("paper").get().exists

@@ -86,7 +86,12 @@ def test_each_accounts_demo_reply_comes_from_that_account(household: Stack):
         section = demo_section(household, f"summary of {account} ")
         (line,) = [line for line in section.splitlines() if line.startswith("<<< ")]
         assert re.search(rf"summary\s+ok .* account {account}$", line), section
-        assert f"account={alias}" in section  # addressed by its alias; the reply names the id
+        # The default's account by its alias, the other login's by id (only ids route there); the reply names the id.
+        assert f"account={alias if account == SOLO else account}" in section
+    section = demo_section(household, "a summary addressed child")
+    (line,) = [line for line in section.splitlines() if line.startswith("<<< ")]
+    assert re.search(rf"error .* account {SOLO}$", line), section
+    assert f"unknown_account: 'child' is an alias of {CHILD}, which another deployment serves" in section
 
 
 def test_the_cli_reaches_each_account_through_its_own_consumer(household: Stack):
