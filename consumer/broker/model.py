@@ -122,6 +122,7 @@ class BrokerOrder:
     remaining: float
     avg_fill_price: float | None
     account: str = ""  # the account it trades for ("" when IB did not say)
+    good_after_time: str = ""  # as IB keeps it ("20261207 09:30:00 US/Eastern"), "" for none
 
     @property
     def con_id(self) -> int:
@@ -157,6 +158,7 @@ class BrokerOrder:
             "filled": self.filled,
             "remaining": self.remaining,
             "avgFillPrice": self.avg_fill_price,
+            **({"goodAfterTime": self.good_after_time} if self.good_after_time else {}),
         }
 
 

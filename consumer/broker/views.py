@@ -120,6 +120,7 @@ def order(t: Trade) -> model.BrokerOrder:
         remaining=float(s.remaining),
         avg_fill_price=number(s.avgFillPrice),
         account=o.account,
+        good_after_time=o.goodAfterTime or "",
     )
 
 

@@ -1,8 +1,8 @@
 """eod-check: the day's closing report, after the close. Reads and books; never places or cancels an order.
 
 1. Every execution of the day is booked with its commission: the same sweep trade-reconciliation runs.
-2. Every order of the day is finished or knowingly GTC: what is still working is listed (unknown, and so not
-   clean, when the gateway's API is read-only: IB refuses it the list).
+2. Every order of the day is finished or knowingly open (GTC, GTD, OPG, goodAfterTime): what is still working is
+   listed (unknown, and so not clean, when the gateway's API is read-only: IB refuses it the list).
 3. Strategies with `flatAtClose` in the config document hold nothing: any that do are listed.
 4. Books equal the broker: the reconcile comparison, read-only (no fix).
 5. The daily snapshot is written (consumer.snapshots; a re-run the same day overwrites it with the same content).
@@ -16,13 +16,20 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from consumer.broker.model import BrokerOrder
 from consumer.errors import GatewayReadOnly
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.reconcile import compare
 from consumer.portfolio import EPSILON
 from consumer.snapshots import current_pnl, trading_day, write_snapshot
 
-KNOWINGLY_OPEN = {"GTC", "GTD"}
+# Orders meant to outlive the day: good till cancelled or a date, for the next open (OPG, which README suggests for
+# an order placed after the close), or not to work before a later time (goodAfterTime). Only the others alert.
+KNOWINGLY_OPEN = {"GTC", "GTD", "OPG"}
+
+
+def knowingly_open(order: BrokerOrder) -> bool:
+    return order.tif.upper() in KNOWINGLY_OPEN or bool(order.good_after_time)
 
 
 async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any]:
@@ -52,8 +59,8 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     gtc: list[dict[str, Any]] | None = None
     try:
         working = [o for o in await broker.open_orders() if o.remaining > EPSILON and o.is_for(account)]
-        still_open = [o.as_dict() for o in working if o.tif.upper() not in KNOWINGLY_OPEN]
-        gtc = [o.as_dict() for o in working if o.tif.upper() in KNOWINGLY_OPEN]
+        still_open = [o.as_dict() for o in working if not knowingly_open(o)]
+        gtc = [o.as_dict() for o in working if knowingly_open(o)]
     except GatewayReadOnly as e:  # IB refuses a read-only API the list: unknown, so the day is not called clean
         unavailable["openOrders"] = e.message
 
