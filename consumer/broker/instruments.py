@@ -68,6 +68,11 @@ class Instrument:
         extended = stock and properties.get("outsideRth") is True and order_type == "LMT" and bool(self.trading_hours)
         return extended and is_open(self.trading_hours, self.time_zone, now)
 
+    def seconds_to_open(self, now: datetime) -> float | None:
+        """Until its market next opens (None when its hours list no later session)."""
+        opens = next_open(self.liquid_hours or self.trading_hours, self.time_zone, now)
+        return (opens - now).total_seconds() if opens is not None else None
+
     def closed_at(self, now: datetime) -> str:
         """The symbol and when its market next opens, for a rejection while `open_at(now)` is False."""
         return closed_reason(self.symbol, self.liquid_hours or self.trading_hours, self.time_zone, now)

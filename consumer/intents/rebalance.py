@@ -4,7 +4,7 @@ books in step with the broker (book missed fills, close finished orders)
 legs: per instrument, each strategy's target - holding - what its working orders will still add, netted
 our working orders in the way: all of the closed strategies' (close-all), or those on an instrument whose new
   order would go against one of them (never stack opposite orders); the legs are sized as if they were gone
-market open?  (unless dry run or ignoreMarketHours)
+market open?  (unless dry run or ignoreMarketHours; one opening within a minute is waited for)
 cancel those orders, wait for IB to finish each (Cancelled, or Filled when a fill raced the cancel), book what
   filled, close them in the books, and size the legs again from the holdings
 transfers for legs that net to zero; write-ahead of every order; place all; wait for each; record
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from consumer.broker.broker import Broker, OrderSnapshot
@@ -24,8 +25,16 @@ from consumer.broker.orders import ConnectionRecord, LegOrder, Outcome, discard
 from consumer.errors import IntentError, Rejected, Transient
 from consumer.forex import currency_lines, drawn_currencies, unbacked
 from consumer.intents.base import IntentContext
+from consumer.logs import get_logger
 from consumer.portfolio import EPSILON, Leg, net_legs
 from consumer.store.books import PendingOrder
+
+log = get_logger(__name__)
+
+# A market that opens within this many seconds is waited for rather than refused: a job scheduled for the open may
+# reach the gateway's clock a moment before it (its clock read to the second, hence the margin).
+OPEN_GRACE_SECONDS = 60.0
+OPEN_MARGIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,18 +344,38 @@ class Rebalance:
             if abs(expected.get(c, 0.0) - broker.get(c, 0.0)) > EPSILON and (c in broker or c in expected)
         ]
 
-    def closed(self, touched: Mapping[int, Instrument], cancelling: set[int]) -> list[str]:
-        """The touched instruments whose market is closed now, each with its next open; an order IB takes while
-        closed (the message's orderProperties: OPG, goodAfterTime, outsideRth) does not count, a cancel does."""
+    def closed(self, touched: Mapping[int, Instrument], cancelling: set[int], now: datetime) -> list[Instrument]:
+        """The touched instruments whose market is closed at `now`; an order IB takes while closed (the message's
+        orderProperties: OPG, goodAfterTime, outsideRth) does not count, a cancel does."""
         ctx = self.ctx
-        now = ctx.market_now()
         properties = ctx.request.envelope.params.get("orderProperties", {}) if ctx.request.envelope else {}
         order_type = ctx.config.order_defaults.order_type
-        return sorted(
-            inst.closed_at(now)
+        return [
+            inst
             for c, inst in touched.items()
             if not inst.open_at(now) and (c in cancelling or not inst.takes_while_closed(now, properties, order_type))
-        )
+        ]
+
+    async def refuse_closed(self, touched: Mapping[int, Instrument], cancelling: set[int]) -> None:
+        """Rejects the intent while a touched market is closed, unless every one opens within OPEN_GRACE_SECONDS:
+        that is waited out. A scheduled 09:30 allocation the gateway's clock saw a moment before the open was
+        rejected, and its slot's key answered every retry with the rejection: no trade that day."""
+        now = self.ctx.market_now()
+        shut = self.closed(touched, cancelling, now)
+        waits = [inst.seconds_to_open(now) for inst in shut]
+        if shut and all(w is not None and w <= OPEN_GRACE_SECONDS for w in waits):
+            wait = max(w for w in waits if w is not None) + OPEN_MARGIN_SECONDS
+            log.info("a market opens in moments: waiting for it", seconds=round(wait, 1))
+            await asyncio.sleep(wait)  # a wait for a time of day, not for a broker state
+            now = self.ctx.market_now()
+            shut = self.closed(touched, cancelling, now)
+        if shut:
+            raise Rejected(
+                "market_closed",
+                f"the market is closed for {', '.join(sorted(i.closed_at(now) for i in shut))}; nothing was placed "
+                "or cancelled (set ignoreMarketHours to trade anyway, or orderProperties IB takes while closed: "
+                "tif OPG, goodAfterTime)",
+            )
 
     async def carry_out(
         self, targets: Mapping[str, Mapping[int, float]], instruments: Mapping[int, Instrument], close: bool = False
@@ -368,14 +397,7 @@ class Rebalance:
         trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
         touched = set(trading) | {o.con_id for o in way.cancel.values()}
         if touched and not ctx.dry_run and not (ctx.request.envelope and ctx.request.envelope.ignore_market_hours):
-            closed = self.closed({c: instruments[c] for c in touched}, {o.con_id for o in way.cancel.values()})
-            if closed:
-                raise Rejected(
-                    "market_closed",
-                    f"the market is closed for {', '.join(closed)}; nothing was placed or cancelled "
-                    "(set ignoreMarketHours to trade anyway, or orderProperties IB takes while closed: "
-                    "tif OPG, goodAfterTime)",
-                )
+            await self.refuse_closed({c: instruments[c] for c in touched}, {o.con_id for o in way.cancel.values()})
 
         with ctx.timed("books"):
             await self.check_books(touched)

@@ -5,11 +5,12 @@ stock trades in the extended session. Without them the same message is rejected 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
 
-from tests.support import CLOCKS, Bus, allocation, holdings, mode_collection, wait_for, write_config
+from tests.support import CLOCKS, Bus, activity, allocation, holdings, mode_collection, wait_for, write_config
 
 pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
 
@@ -139,3 +140,23 @@ def test_a_good_after_time_naming_a_folder_of_zones_gets_one_invalid_params_repl
     assert "params.orderProperties.goodAfterTime" in reply["error"]["message"]
     assert gateway.orders() == []
     assert holdings(project) == {}
+
+
+@pytest.mark.slow(seconds=25)
+@pytest.mark.parametrize("market_clock", ["2026-06-17T09:29:45-04:00"], indirect=True)  # 15 s before the open
+def test_an_allocation_a_moment_before_the_open_waits_for_it_and_trades(bus: Bus, gateway, project: str):
+    """The open-allocation job fires at 09:30:00; a gateway whose clock reads a moment earlier saw the market
+    closed, and the rejection, stored under the slot's idempotency key, answered every retry of the day: no trade.
+    A market opening within OPEN_GRACE_SECONDS is waited for. Found by a review of calendars."""
+    message_id = bus.publish(allocation({"SPY": 0.05}))
+    reply = bus.reply_to(message_id, timeout=60)
+    assert reply["status"] == "ok", reply
+    (spy,) = reply["result"]["instruments"]
+    assert spy["outcome"] == "filled", spy
+    (execution,) = gateway.executions()
+    assert execution["orderRef"] == spy["orderRef"]
+    opened = datetime.fromisoformat("2026-06-17T09:30:00-04:00").timestamp()
+    assert execution["time"] >= opened, execution  # at or after the open
+    assert_fills_booked(gateway, project, spy)
+    (record,) = [a for a in activity(project) if a["messageId"] == message_id]
+    assert record["deliveryAttempt"] == 1  # waited for the open in the first delivery, not retried into it
