@@ -19,8 +19,8 @@ from .market import (
     Instrument,
     Span,
     calendar_of,
-    day_sessions,
     is_trading_day,
+    labelled_session,
     round_tick,
     time_zone_of,
 )
@@ -144,20 +144,22 @@ class _Sessions:
         self.tz = ZoneInfo(time_zone_of(inst))
         self.end = end.astimezone(self.tz)
         self.regular = calendar_of(inst) in CALENDARS
-        self._spans: dict[dt.date, tuple[Span | None, Span | None]] = {}
+        self._spans: dict[tuple[dt.date, bool], Span | None] = {}
 
     def session(self, d: dt.date, rth: bool) -> Span | None:
-        if d not in self._spans:
-            self._spans[d] = day_sessions(self.inst, "regular", d)
-        return self._spans[d][1 if rth else 0]
+        """The session labelled `d` (IDEALPRO's and CME Globex's open the evening before), its liquid hours if
+        `rth`."""
+        if (d, rth) not in self._spans:
+            self._spans[d, rth] = labelled_session(self.inst, "regular", d, rth)
+        return self._spans[d, rth]
 
     def held(self, d: dt.date) -> bool:
-        """A trading day whose session had opened by `end`."""
+        """A trading day whose session had opened by `end` (a stock's regular session, the whole session else)."""
         if not is_trading_day(self.inst, d):
             return False
-        if d < self.end.date() or not self.regular:
+        if d < self.end.date():
             return True
-        opened = self.session(d, True)
+        opened = self.session(d, self.regular)
         return opened is not None and opened[0] <= self.end
 
     def last_held(self, n: int) -> list[dt.date]:
@@ -188,8 +190,11 @@ def bar_times(
     if kind in ("day", "week", "month"):
         return _daily_times(sessions, n, unit)
     if unit == "D":
-        # 'N D' means the last N sessions that have opened, the one in progress included
-        start = sessions.midnight(sessions.last_held(n)[-1])
+        # 'N D' means the last N sessions that have opened, the one in progress included (from its start: forex and
+        # futures sessions open the evening before the day they are labelled with)
+        first = sessions.last_held(n)[-1]
+        span = sessions.session(first, use_rth)
+        start = span[0] if span is not None else sessions.midnight(first)
     else:
         start = sessions.end - dt.timedelta(seconds=n * DURATION_SECONDS[unit])
     return _intraday_times(sessions, start, seconds, use_rth)
@@ -206,16 +211,11 @@ def _daily_times(sessions: _Sessions, n: int, unit: str) -> list[dt.datetime]:
 
 
 def _intraday_times(sessions: _Sessions, start: dt.datetime, seconds: int, use_rth: bool) -> list[dt.datetime]:
-    filtered = sessions.regular and (use_rth or sessions.inst.secType == "STK")
     out: list[dt.datetime] = []
     t = int(start.timestamp()) // seconds * seconds
     stop = sessions.end.timestamp()
     while t < stop:
-        local = dt.datetime.fromtimestamp(t, sessions.tz)
-        if not filtered:
-            bar = local if local.weekday() < 5 else None
-        else:
-            bar = _session_bar(sessions, local, seconds, use_rth)
+        bar = _session_bar(sessions, dt.datetime.fromtimestamp(t, sessions.tz), seconds, use_rth)
         if bar is not None:
             out.append(bar)
         if len(out) > MAX_BARS:
@@ -225,17 +225,15 @@ def _intraday_times(sessions: _Sessions, start: dt.datetime, seconds: int, use_r
 
 
 def _session_bar(sessions: _Sessions, local: dt.datetime, seconds: int, use_rth: bool) -> dt.datetime | None:
-    """The start of the bar beginning at `local`, or None outside the session."""
-    if not is_trading_day(sessions.inst, local.date()):
-        return None
-    span = sessions.session(local.date(), use_rth)
-    if span is None:
-        return None
-    if span[0] <= local < span[1]:
+    """The start of the bar beginning at `local`, or None outside the sessions (the liquid hours if `use_rth`; a
+    forex or futures session that opened the evening before is the next day's)."""
+    spans = [s for d in (local.date(), local.date() + dt.timedelta(days=1)) if (s := sessions.session(d, use_rth))]
+    if any(span[0] <= local < span[1] for span in spans):
         return local
-    if local < span[0] and local.timestamp() + seconds > span[0].timestamp():
-        # a bar straddling the session start begins at the open, as IB labels it (09:30 for 1 hour bars)
-        return span[0]
+    for span in spans:
+        if local < span[0] and local.timestamp() + seconds > span[0].timestamp():
+            # a bar straddling the session start begins at the open, as IB labels it (09:30 for 1 hour bars)
+            return span[0]
     return None
 
 

@@ -1,4 +1,5 @@
-"""Orders, fills and commissions: the simulated broker behind the socket (its accounts: ledger.py).
+"""The simulated broker behind the socket: orders placed, modified and cancelled, day rolls (working orders, fills
+and executions: fills.py; the accounts: ledger.py).
 
 Everything here runs on the server's event loop. The broker tells the server what to send through a `Listener`.
 """
@@ -6,14 +7,13 @@ Everything here runs on the server's event loop. The broker tells the server wha
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
-import math
 import time
 from typing import Any
 
 from .clock import SimClock
-from .ledger import Account, Ledger, Position
+from .fills import DAY_TIFS, OrderBook
+from .ledger import Account, Position
 from .market import Instrument
 from .order_rules import (
     DUPLICATE_ID,
@@ -21,8 +21,6 @@ from .order_rules import (
     OFF_TICK,
     OUTSIDE_RTH_IGNORED,
     OUTSIDE_RTH_TYPES,
-    closed_until,
-    commission,
     held_warning,
     needs_locate,
     odd_lot_warning,
@@ -32,12 +30,12 @@ from .order_rules import (
 )
 from .protocol import OrderRequest
 from .scenario import Scenario
-from .simorder import COMPLETED, Listener, SimOrder, ib_time
+from .simorder import COMPLETED, Listener, SimOrder
 
 log = logging.getLogger("ibsim.broker")
 
 
-class Broker(Ledger):
+class Broker(OrderBook):
     """Orders and fills: validation, placement, modification, cancels, executions, day rolls, and the state file.
 
     The accounts it books into and their valuation are the Ledger's (ledger.py).
@@ -78,6 +76,9 @@ class Broker(Ledger):
         self.reject_next: tuple[int, str] | None = None
         self.drop_next = 0  # new orders to lose without a word (the fault drop_next_orders)
         self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._deadlines: dict[int, float | None] = {}
+        self._clock_timer: asyncio.TimerHandle | None = None  # the next DAY expiry or OPG opening (fills.py)
+        self._clock_due = 0.0
         c = scenario.commission
         self.comm = {
             "stockPerShare": c.get("stockPerShare", 0.005),
@@ -96,10 +97,6 @@ class Broker(Ledger):
     def _perm(self) -> int:
         self.next_perm += 1
         return self.next_perm
-
-    def _exec_id(self) -> str:
-        self.exec_seq = (self.exec_seq + 1) & 0xFFFFFFFF
-        return f"{self.exec_prefix}.{self.exec_seq:08x}.01.01"
 
     def margin_shortfall(self, req: OrderRequest, inst: Instrument, replacing: SimOrder | None = None) -> str | None:
         """IB's rejection text when the order (or the modification of `replacing`) would take the initial margin
@@ -188,6 +185,7 @@ class Broker(Ledger):
             order.orderRef,
         )
         self._start(order, inst)
+        self._schedule_time_check(order)
 
     def _start(self, order: SimOrder, inst: Instrument) -> None:
         """A new order accepted: PreSubmitted, then held (a locate, a closed market) or submitted and worked."""
@@ -201,7 +199,6 @@ class Broker(Ledger):
             return
         opens = self.closed_until(order)
         if opens is not None:
-            order.forOpen = order.tif == "OPG"
             # Held PreSubmitted, as IB holds it, with warning 399 naming the open; `work` submits it at the open.
             self.listener.order_warning(order, 399, held_warning(order, inst, opens))
             self.listener.state_changed()
@@ -221,11 +218,6 @@ class Broker(Ledger):
         self.listener.order_warning(order, 404, LOCATING)
         self.listener.state_changed()
         return True
-
-    def closed_until(self, order: SimOrder) -> dt.datetime | None:
-        """When the order's market next opens for it, or None while it may trade (order_rules.closed_until)."""
-        inst = self.instruments[order.key]
-        return closed_until(order, inst, self.clock.now(), self.scenario.hours, self.scenario.timeZone)
 
     def _modify(self, order: SimOrder, req: OrderRequest, inst: Instrument) -> None:
         if not order.active:
@@ -255,6 +247,7 @@ class Broker(Ledger):
         order.tif = req.tif or order.tif
         order.orderRef = req.orderRef
         order.triggered = False
+        self._deadlines.pop(order.permId, None)  # the tif may have changed
         log.info("order %s/%s modified: %g %s", order.clientId, order.orderId, order.totalQuantity, order.orderType)
         if order.remaining <= 0:
             self._finish(order, "Filled")
@@ -262,167 +255,17 @@ class Broker(Ledger):
         self.listener.order_update(order, open_order=True)
         self.listener.state_changed()
         self.work(order)
+        self._schedule_time_check(order)
 
     def request_cancel(self, order: SimOrder) -> None:
         order.status = "PendingCancel"  # on its way to the exchange: it may still fill until confirmed
         self.listener.order_update(order, open_order=False)
         self.listener.state_changed()
 
-    def cancel(self, order: SimOrder, reason: str = "") -> None:
-        self._stop_timer(order)
-        order.whyHeld = ""
-        self._finish(order, "Cancelled", completed_status=reason or "Cancelled by Trader")
-
-    def _finish(self, order: SimOrder, status: str, completed_status: str = "") -> None:
-        self._stop_timer(order)
-        order.complete(status, ib_time(self.clock.time()), completed_status)
-        self.listener.order_update(order, open_order=True)
-        self.listener.state_changed()
-
-    def _stop_timer(self, order: SimOrder) -> None:
-        handle = self._timers.pop(order.permId, None)
-        if handle is not None:
-            handle.cancel()
-
-    def active_orders(self) -> list[SimOrder]:
-        return [o for o in self.orders.values() if o.active]
-
-    def fill_price(self, order: SimOrder) -> float | None:
-        """The price the order would execute at now, or None while it is not marketable."""
-        inst = self.instruments[order.key]
-        if order.tif == "OPG" and not order.forOpen:
-            return None  # placed in the session: waits for the next opening (roll_day)
-        return self._marketable(order, inst)
-
-    def _marketable(self, order: SimOrder, inst: Instrument) -> float | None:
-        buy = order.action == "BUY"
-        kind = order.orderType
-        if kind in ("STP", "STP LMT"):
-            if not order.triggered:
-                stop = order.auxPrice or 0.0
-                if (buy and inst.price >= stop) or (not buy and inst.price <= stop):
-                    order.triggered = True
-                    log.info("stop %s/%s triggered at %s", order.clientId, order.orderId, inst.price)
-                else:
-                    return None
-            kind = "MKT" if kind == "STP" else "LMT"
-        px = inst.ask if buy else inst.bid
-        if kind == "LMT":
-            limit = order.lmtPrice or 0.0
-            eps = inst.tick / 1000
-            if (buy and px > limit + eps) or (not buy and px < limit - eps):
-                return None
-        return px
-
-    def work(self, order: SimOrder, delay: float = 0.0) -> None:
-        """Schedules the next execution of `order` if it can fill now."""
-        if not order.active or self.hold or order.whyHeld == "locate" or order.permId in self._timers:
-            return
-        if self.closed_until(order) is not None:
-            return
-        if order.status == "PreSubmitted":  # held outside its session: the session has opened
-            order.status = "Submitted"
-            self.listener.order_update(order, open_order=False)
-            self.listener.state_changed()
-        if self.fill_price(order) is None:
-            if order.tif == "IOC":
-                self.cancel(order, "Cancelled: IOC order not marketable")
-            return
-        loop = self._loop()
-        self._timers[order.permId] = loop.call_later(delay, self._fill_next, order)
-
-    def _fill_next(self, order: SimOrder) -> None:
-        self._timers.pop(order.permId, None)
-        if not order.active or self.hold:
-            return
-        px = self.fill_price(order)
-        if px is None:
-            if order.tif == "IOC":
-                self.cancel(order, "Cancelled: IOC remainder")
-            return
-        inst = self.instruments[order.key]
-        qty = order.remaining
-        # A huge order fills in at most maxExecutionsPerOrder executions: 20,000 of them kept the loop busy with
-        # account pushes for minutes and starved every other client. IDEALPRO fills at once, unless told otherwise.
-        largest = (self.scenario.maxForexFillSize or qty) if inst.secType == "CASH" else self.scenario.maxFillSize
-        qty = min(qty, max(largest, math.ceil(order.totalQuantity / self.scenario.maxExecutionsPerOrder)))
-        self.execute(order, qty, px)
-        if order.active and order.remaining > 0:
-            self.work(order, delay=self.scenario.fillDelayMs / 1000)
-
-    def work_all(self, key: str | None = None) -> None:
-        for order in self.active_orders():
-            if key is None or order.key == key:
-                self.work(order)
-
-    # -- executions --------------------------------------------------------------------------------------------
-    def _commission(self, inst: Instrument, cum_qty: float, cum_value: float) -> tuple[float, str]:
-        return commission(self.comm, inst, cum_qty, cum_value, self.usd_rate(inst.currency))
-
-    def execute(self, order: SimOrder, qty: float, price: float) -> dict[str, Any]:
-        inst = self.instruments[order.key]
-        acct = self.accounts[order.account]
-        prev_filled = order.filled
-        order.filled = prev_filled + qty
-        order.avgFillPrice = (order.avgFillPrice * prev_filled + price * qty) / order.filled
-        order.lastFillPrice = price
-        total_comm, comm_cur = self._commission(inst, order.filled, order.avgFillPrice * order.filled)
-        commission = round(max(total_comm - order.commission, 0.0), 6)
-        order.commission += commission
-        signed = qty if order.action == "BUY" else -qty
-        realized = self.book(acct, inst, signed, price, commission, comm_cur)
-        now = self.clock.time()
-        execution = {
-            "execId": self._exec_id(),
-            "orderId": order.orderId,
-            "clientId": order.clientId,
-            "permId": order.permId,
-            "account": order.account,
-            "key": inst.key,
-            "symbol": inst.key,
-            "secType": inst.secType,
-            "exchange": inst.exec_exchange,
-            "side": "BOT" if order.action == "BUY" else "SLD",
-            "shares": qty,
-            "price": price,
-            "time": now,
-            "timeText": ib_time(now),
-            "cumQty": order.filled,
-            "avgPrice": order.avgFillPrice,
-            "orderRef": order.orderRef,
-            "commission": commission,
-            "commissionCurrency": comm_cur,
-            "realizedPNL": realized,
-            "lastLiquidity": 2,
-        }
-        self.executions.append(execution)
-        inst.volume += qty
-        log.info(
-            "fill %s/%s %s %g %s @ %s (%g/%g) commission %.2f %s",
-            order.clientId,
-            order.orderId,
-            execution["side"],
-            qty,
-            inst.key,
-            price,
-            order.filled,
-            order.totalQuantity,
-            commission,
-            comm_cur,
-        )
-        if order.remaining <= 1e-9:
-            order.complete("Filled", ib_time(now))
-        self.listener.execution(order, execution)
-        self.listener.state_changed()
-        return execution
-
     # -- day roll ----------------------------------------------------------------------------------------------
     def _end_day(self) -> None:
-        """DAY orders expire at the close (one held for the open is the next session's). IB lists the current
-        day's completed orders only (its API docs' "Completed Orders"; ib_insync #128): the day's go off the list."""
-        for order in self.active_orders():
-            if order.tif in ("DAY", "") and order.status == "Submitted":
-                self._finish(order, "Cancelled", "Cancelled: day order expired")
+        """IB lists the current day's completed orders only (its API docs' "Completed Orders"; ib_insync #128): the
+        day's go off the list, DAY orders expired at the close among them, and so do its executions."""
         for order in self.orders.values():
             order.earlierDay = order.earlierDay or order.status in COMPLETED
         self.executions.clear()  # reqExecutions reports the current day's; the opening auction's are the new day's
@@ -435,15 +278,15 @@ class Broker(Ledger):
                         held.pop(key)
 
     def roll_day(self) -> None:
-        self._end_day()
+        """The clock has moved to the next weekday: yesterday's DAY orders expire (with hours: always too), the day
+        ends, and the new one starts: OPG orders whose opening has come execute, held orders are worked."""
+        now = self.clock.time()
         for order in self.active_orders():
-            if order.tif == "OPG" and not (order.forOpen and self.closed_until(order) is not None):
-                px = self._marketable(order, self.instruments[order.key])
-                if px is not None:
-                    self.execute(order, order.remaining, px)
-                else:
-                    self._finish(order, "Cancelled", "Cancelled: opening order not marketable")
+            if order.tif in DAY_TIFS and order.status == "Submitted" and self._deadline(order) is None:
+                self._deadlines[order.permId] = now  # hours: always has no close: the roll is the day's end
+            self._expire_if_ended(order)
+        self._end_day()
+        self.time_passed(new_day=True)
         for acct in self.accounts.values():
             self.listener.account_changed(acct.id)
         self.listener.state_changed()
-        self.work_all()

@@ -85,6 +85,7 @@ class GatewayCore:
             try:
                 saved_state.restore(self.broker, json.loads(self.state_file.read_text()))
                 log.info("state loaded from %s", self.state_file)
+                asyncio.get_running_loop().call_soon(self.broker.time_passed)  # what ended while it was down
             except (OSError, ValueError, TypeError, KeyError) as e:
                 log.error("state file %s unreadable, starting fresh: %s", self.state_file, e)
 
@@ -118,13 +119,16 @@ class GatewayCore:
             raise KeyError(f"unknown instrument {symbol!r}")
         return inst
 
-    def resolve(self, c: ContractRequest) -> list[Instrument]:
-        """The instruments a client's contract describes (by conId, else by symbol and the fields it gives)."""
+    def resolve(self, c: ContractRequest, include_expired: bool = False) -> list[Instrument]:
+        """The instruments a client's contract describes (by conId, else by symbol and the fields it gives). A future
+        past its last trade date is no longer listed (IB answers 200), unless asked for expired contracts too."""
         if c.conId:
             inst = self._by_con_id.get(c.conId)
-            return [inst] if inst is not None and inst.matches(c) else []
-        candidates = self._by_symbol.get(c.symbol.upper(), []) if c.symbol else list(self.instruments.values())
-        return [i for i in candidates if i.matches(c)]
+            candidates = [inst] if inst is not None else []
+        else:
+            candidates = self._by_symbol.get(c.symbol.upper(), []) if c.symbol else list(self.instruments.values())
+        now = self.clock.now()
+        return [i for i in candidates if i.matches(c) and (include_expired or not i.expired(now))]
 
     # -- persistence (--state) ------------------------------------------------------------------------------
     def state_changed(self) -> None:

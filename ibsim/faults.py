@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import logging
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from . import messages as M
 from .clock import parse_instant
@@ -20,6 +21,7 @@ from .protocol import REQUEST_NAMES
 from .scenario import Precautions
 
 log = logging.getLogger("ibsim")
+NEW_YORK = ZoneInfo("America/New_York")
 
 KNOWN_ERRORS = {
     1100: "Connectivity between IB and Trader Workstation has been lost.",
@@ -237,12 +239,14 @@ class Faults(OrderDesk):
 
     @fault(scheduled=True)
     def roll_day(self) -> None:
-        """A new trading day: the clock moves to the same time on the next weekday, then orders roll."""
-        now = self.clock.now("America/New_York")
+        """A new trading day: the clock moves to the same New York time on the next weekday (across a change of
+        daylight saving time too), then orders roll (Broker.roll_day)."""
+        now = self.clock.now(NEW_YORK)
         days = {4: 3, 5: 2}.get(now.weekday(), 1)
-        self.clock.advance(days * 86400)
+        day = now.date() + dt.timedelta(days=days)
+        self.clock.set(dt.datetime.combine(day, now.time(), now.tzinfo))  # the zone's offset on that day
         self.clock_moved()
-        log.info("new trading day: %s", self.clock.now("America/New_York").strftime("%a %Y-%m-%d %H:%M %Z"))
+        log.info("new trading day: %s", self.clock.now(NEW_YORK).strftime("%a %Y-%m-%d %H:%M %Z"))
         self.broker.roll_day()
 
     @fault()
@@ -251,13 +255,13 @@ class Faults(OrderDesk):
         self.clock.set(parse_instant(when) if isinstance(when, str) else when)
         log.info("clock set to %s", self.clock.now().isoformat())
         self.clock_moved()
-        self.broker.work_all()  # orders held for an open that has now come
+        self.broker.time_passed()  # DAY orders past their close expire; orders held for an open that has come work
 
     @fault()
     def advance_time(self, seconds: float) -> None:
         self.clock.advance(seconds)
         self.clock_moved()
-        self.broker.work_all()
+        self.broker.time_passed()
 
     @query
     def now(self) -> dt.datetime:

@@ -117,6 +117,14 @@ class Instrument:
             return [self.exchange, "QBALGO", "GLOBEX"] if self.exchange == "CME" else [self.exchange]
         return [self.exchange]
 
+    def expired(self, now: dt.datetime) -> bool:
+        """A future after its last trade date (in the exchange's zone): IB no longer lists it."""
+        last = self.spec.lastTradeDateOrContractMonth
+        if self.secType != "FUT" or not last:
+            return False
+        today = now.astimezone(ZoneInfo(time_zone_of(self))).strftime("%Y%m%d")
+        return last[:8] < today[: len(last[:8])]
+
     def matches(self, c: ContractRequest) -> bool:  # noqa: C901 (one contract field after another, as IB matches them)
         if c.conId:
             if c.conId != self.conId:
@@ -271,6 +279,16 @@ def day_sessions(inst: Instrument, mode: str, day: dt.date) -> tuple[Span | None
     return fut, liquid
 
 
+def labelled_session(inst: Instrument, mode: str, day: dt.date, liquid: bool) -> Span | None:
+    """The session IB labels with `day`: a stock's session on that day; for IDEALPRO and CME Globex, whose sessions
+    open the evening before, the one that ends on `day` (CME's liquid hours are `day`'s own)."""
+    cal = calendar_of(inst)
+    if cal == "FX" or (cal == "CME" and not liquid):
+        return day_sessions(inst, mode, day - dt.timedelta(days=1))[0]
+    trading, liquid_span = day_sessions(inst, mode, day)
+    return liquid_span if liquid else trading
+
+
 def _close(xcal: Any, day: dt.date, tz: ZoneInfo) -> dt.datetime:
     close: dt.datetime = xcal.session_close(day.isoformat()).tz_convert(tz).to_pydatetime()
     return close
@@ -306,17 +324,23 @@ def hours_strings(inst: Instrument, mode: str, now: dt.datetime) -> tuple[str, s
     return tz_name, ";".join(trading), ";".join(liquid)
 
 
-def session_state(inst: Instrument, mode: str, now: dt.datetime, extended: bool) -> dt.datetime | None:
-    """None when `inst` trades at `now` (in its regular session, or its extended one if `extended`); otherwise
-    when that session next opens."""
-    today = now.astimezone(ZoneInfo(time_zone_of(inst))).date()
+def session_span(inst: Instrument, mode: str, at: dt.datetime, extended: bool) -> Span:
+    """The session of `inst` under way at `at` (its regular one, or its extended one if `extended`), else the next
+    one to open: (start, end)."""
+    today = at.astimezone(ZoneInfo(time_zone_of(inst))).date()
     for i in range(-1, 15):
         trading, liquid = day_sessions(inst, mode, today + dt.timedelta(days=i))
         span = trading if extended else liquid
-        if span is None or span[1] <= now:
-            continue
-        return None if span[0] <= now else span[0]
+        if span is not None and span[1] > at:
+            return span
     raise ValueError(f"{inst.key} has no session in the next two weeks")
+
+
+def session_state(inst: Instrument, mode: str, now: dt.datetime, extended: bool) -> dt.datetime | None:
+    """None when `inst` trades at `now` (in its regular session, or its extended one if `extended`); otherwise
+    when that session next opens."""
+    start, _ = session_span(inst, mode, now, extended)
+    return None if start <= now else start
 
 
 class PriceWalk:

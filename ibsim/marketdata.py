@@ -71,7 +71,8 @@ class MarketDesk(AccountDesk):
         r.skip(1)
         req_id = r.int()
         c = r.contract()
-        matches = self.resolve(c)
+        include_expired = r.str() == "1"
+        matches = self.resolve(c, include_expired)
         if not matches:
             conn.send_error(req_id, 200, NO_SECURITY)
             return
@@ -82,8 +83,10 @@ class MarketDesk(AccountDesk):
             conn.send(M.contract_details_msg(conn.version, req_id, view, inst.details(self.scenario.hours, now)))
         conn.send([52, 1, req_id])
 
-    def _one(self, conn: Connection, req_id: int, c: ContractRequest) -> Instrument | None:
-        matches = self.resolve(c)
+    def _one(
+        self, conn: Connection, req_id: int, c: ContractRequest, include_expired: bool = False
+    ) -> Instrument | None:
+        matches = self.resolve(c, include_expired)
         if len(matches) == 1:
             return matches[0]
         if matches:
@@ -209,14 +212,14 @@ class MarketDesk(AccountDesk):
     def _req_historical_data(self, conn: Connection, r: Reader) -> None:
         req_id = r.int()
         c = r.contract()
-        r.skip(1)  # includeExpired
+        include_expired = r.str() == "1"
         end = r.str()
         bar_size = r.str()
         duration = r.str()
         use_rth = r.bool()
         what = r.str()
         format_date = r.int(1)
-        inst = self._one(conn, req_id, c)
+        inst = self._one(conn, req_id, c, include_expired)
         if inst is None:
             return
         if len(conn.histories) >= MAX_OPEN_HISTORIES:

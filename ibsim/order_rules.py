@@ -9,7 +9,7 @@ import datetime as dt
 from collections.abc import Collection, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .market import Instrument, calendar_of, session_state
+from .market import Instrument, calendar_of, session_span, session_state
 from .protocol import OrderRequest
 from .scenario import Precautions
 from .simorder import SimOrder
@@ -161,10 +161,46 @@ def closed_until(
         after = None
     if hours != "regular":
         return after
-    extended = calendar_of(inst) in ("FX", "CME") or (order.outsideRth and order.orderType in OUTSIDE_RTH_TYPES)
+    extended = _extended(order, inst)
     if after is not None:  # not before goodAfterTime, and then in the first session from it
         return session_state(inst, "regular", after, extended) or after
     return session_state(inst, "regular", now, extended)
+
+
+def _extended(order: SimOrder, inst: Instrument) -> bool:
+    """The order trades through the instrument's whole trading hours, not its regular (liquid) session only."""
+    return calendar_of(inst) in ("FX", "CME") or (order.outsideRth and order.orderType in OUTSIDE_RTH_TYPES)
+
+
+# What a DAY order's completed order says once its session has ended (IB cancels it; no error is sent).
+DAY_EXPIRED = "Cancelled: day order expired"
+
+
+def day_order_end(order: SimOrder, inst: Instrument, hours: str, login_zone: str) -> dt.datetime | None:
+    """When a DAY order expires: at the end of the session it works in, the one under way when it was placed (or
+    from its goodAfterTime) or else the next one. That is the regular close, the extended session's end for an
+    outsideRth LMT/STP LMT, IDEALPRO's 17:00 New York and CME Globex's 16:00 Chicago. None with hours: always (no
+    close: the day ends at roll_day)."""
+    if hours != "regular":
+        return None
+    start = dt.datetime.fromtimestamp(order.createdAt, dt.UTC)
+    after = good_after(order.goodAfterTime, login_zone)
+    if after is not None and after > start:
+        start = after
+    return session_span(inst, hours, start, _extended(order, inst))[1]
+
+
+def opening_of(order: SimOrder, inst: Instrument, hours: str) -> dt.datetime | None:
+    """The opening an OPG (market-on-open) order is for: the first regular session to open after it was placed, so
+    one placed during a session waits for the next session the exchange holds (not a holiday, not a weekend). None
+    with hours: always (no opening: roll_day opens the day)."""
+    if hours != "regular":
+        return None
+    placed = dt.datetime.fromtimestamp(order.createdAt, dt.UTC)
+    start, end = session_span(inst, hours, placed, extended=False)
+    if start <= placed:  # placed in the session: for the next one
+        start, _ = session_span(inst, hours, end, extended=False)
+    return start
 
 
 def held_warning(order: SimOrder, inst: Instrument, opens: dt.datetime) -> str:

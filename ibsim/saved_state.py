@@ -46,6 +46,7 @@ def restore(broker: Broker, state: dict[str, Any]) -> None:
             continue
         d = dict(d)
         d["algoParams"] = [tuple(p) for p in d.get("algoParams", [])]
+        d.pop("forOpen", None)  # state files before OPG orders knew their opening (fills.py)
         order = SimOrder(**d)
         if order.status == "PendingCancel":
             order.status = "Cancelled"  # the exchange confirmed it while the gateway was down

@@ -73,9 +73,6 @@ class SimOrder:
     # Completed on an earlier trading day: IB lists the current day's completed orders only (roll_day).
     earlierDay: bool = False
     whyHeld: str = ""
-    # An OPG order placed while its market was closed: it executes at the next open (one placed in the session
-    # waits for the next day's opening, roll_day).
-    forOpen: bool = False
 
     @classmethod
     def placed(
