@@ -95,6 +95,12 @@ def parse_bar_size(text: str) -> tuple[int, str]:
     return n * BAR_SECONDS[unit], "intraday"
 
 
+def under_a_minute(text: str) -> bool:
+    """Bars IB's historical pacing rules still hold for (a legal bar size)."""
+    seconds, kind = parse_bar_size(text)
+    return kind == "intraday" and seconds < 60
+
+
 def parse_duration(text: str) -> tuple[int, str]:
     parts = text.strip().split()
     if len(parts) != 2 or not parts[0].isdigit() or parts[1].upper() not in DURATION_SECONDS:

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import messages as M
 from .account import AccountDesk
-from .bars import LEGAL_BAR_SIZES, Bar, BarRequestError, legal_bar_size, make_bars
+from .bars import LEGAL_BAR_SIZES, Bar, BarRequestError, legal_bar_size, make_bars, under_a_minute
 from .connection import Connection
 from .controls import fault, query
 from .instrument_spec import daily_bars
@@ -59,6 +59,7 @@ class MarketDesk(AccountDesk):
         # Accepted historical requests (clock time, identity) for pacing.historical, newest last.
         self.history_requests: deque[tuple[float, tuple[Any, ...]]] = deque()
         self.history_violations = 0
+        self.pace_next = False
         self.competing_session_on = False
 
     def _req_market_data_type(self, conn: Connection, r: Reader) -> None:
@@ -236,12 +237,10 @@ class MarketDesk(AccountDesk):
             message = "Error validating request:-'bS' : cause - Historical data bar size setting is invalid. "
             conn.send_error(req_id, 321, message + f"Legal ones are: {LEGAL_BAR_SIZES}")
             return
-        if self.scenario.pacing.get("historical"):
-            contract_key = (inst.key, c.exchange.upper(), what.upper())
-            if self._paced((*contract_key, end, bar_size, duration, use_rth)):
-                self.history_violations += 1
-                conn.send_error(req_id, 162, PACING_VIOLATION)
-                return
+        if self._pacing_refusal((inst.key, c.exchange.upper(), what.upper()), (end, bar_size, duration, use_rth)):
+            self.history_violations += 1
+            conn.send_error(req_id, 162, PACING_VIOLATION)
+            return
         now = self.clock.now()
         try:
             bars = make_bars(inst, self.scenario.seed, end, duration, bar_size, use_rth, format_date, now, what)
@@ -277,6 +276,23 @@ class MarketDesk(AccountDesk):
         pending = conn.histories.pop(r.int(), None)
         if pending is not None:
             pending.cancel()
+
+    def _pacing_refusal(self, contract_key: tuple[str, str, str], request: tuple[Any, ...]) -> bool:
+        """Whether IB refuses this request for pacing: "Historical Data Limitations for barSize = '1 mins' and
+        greater have been lifted", so the three rules (pacing.historical) hold for bars under a minute; or the
+        `pace_next_history` fault."""
+        if self.pace_next:
+            self.pace_next = False
+            return True
+        if not (self.scenario.pacing.get("historical") and under_a_minute(request[1])):
+            return False
+        return self._paced((*contract_key, *request))
+
+    @fault()
+    def pace_next_history(self) -> None:
+        """The next historical request from any client is refused with IB's 162 pacing violation, whatever its
+        bar size: another client of the login spending the pacing budget, as a test needs it."""
+        self.pace_next = True
 
     def _paced(self, identity: tuple[Any, ...]) -> bool:
         """True when this historical request breaks one of IB's three pacing rules; otherwise it is counted."""
