@@ -94,12 +94,29 @@ resource "google_monitoring_alert_policy" "dead_letters" {
       }
     }
   }
+  # Every message published to the dead-letter topic, whoever published it: the consumer on either of its paths, or
+  # the Pub/Sub service agent forwarding a last attempt that was nacked, overran or died with its process (which no
+  # consumer log line tells).
+  conditions {
+    display_name = "a message published to intents-dead-letter"
+    condition_threshold {
+      filter          = "resource.type = \"pubsub_topic\" AND resource.label.topic_id = \"intents-dead-letter\" AND metric.type = \"pubsub.googleapis.com/topic/send_message_operation_count\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+      aggregations {
+        alignment_period     = "300s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+    }
+  }
   alert_strategy {
     auto_close = "86400s"
   }
   documentation {
     mime_type = "text/markdown"
-    content   = "The consumer gave up on a message after its last attempt; it waits in intents-dead-letter-hold with its last error in the attributes (docs/deployment.md)."
+    content   = "A message was given up on after its last attempt (by the consumer, or by Pub/Sub's dead-letter policy); it waits in intents-dead-letter-hold with its last error in the attributes when the consumer moved it (docs/deployment.md)."
   }
 }
 
@@ -112,10 +129,12 @@ resource "google_monitoring_alert_policy" "no_heartbeat" {
     condition_absent {
       filter   = "resource.type = \"gce_instance\" AND metric.type = \"${local.user_metric}/${google_logging_metric.heartbeats.name}\""
       duration = "600s"
+      # Per VM: summed over all, one deployment still heartbeating hid another that had stopped.
       aggregations {
         alignment_period     = "300s"
         per_series_aligner   = "ALIGN_SUM"
         cross_series_reducer = "REDUCE_SUM"
+        group_by_fields      = ["resource.label.instance_id"]
       }
     }
   }

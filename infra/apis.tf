@@ -5,6 +5,8 @@ resource "google_project_service" "apis" {
     "compute.googleapis.com",
     "firestore.googleapis.com",
     "iam.googleapis.com",
+    # the metadata proxy mints every consumer token with generateAccessToken (gateway-image/launcher/metadata_proxy.py)
+    "iamcredentials.googleapis.com",
     "logging.googleapis.com",
     "monitoring.googleapis.com",
     "pubsub.googleapis.com",

@@ -85,9 +85,22 @@ class DeliveryWatch:
             token = uuid.uuid4().hex
             self._probe = (token, self._clock())
         try:
-            self._publish(b"", {PROBE_ATTRIBUTE: token})
+            published = self._publish(b"", {PROBE_ATTRIBUTE: token})
         except Exception as e:  # a publish that cannot even start counts as not delivered
             log.warning("could not publish a delivery probe", error=str(e))
+            return
+        published.add_done_callback(lambda done: self._published(token, done))
+
+    def _published(self, token: str, done: Future[Any]) -> None:
+        """A probe Pub/Sub refused (permissions, quota) was never sent: no stall to report for it, and
+        left in flight it would have reported one for ever, since only its own delivery clears it."""
+        error = done.exception()
+        if error is None:
+            return
+        with self._lock:
+            if self._probe is not None and self._probe[0] == token:
+                self._probe = None
+        log.warning("could not publish a delivery probe", error=str(error))
 
     def start(self) -> None:
         def run() -> None:

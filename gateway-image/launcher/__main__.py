@@ -11,10 +11,16 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from launcher import EXIT_CONFIG, EXIT_OK, health, ibc, metadata_firewall, metadata_proxy, screen
+from launcher import EXIT_CHILD_FAILED, EXIT_CONFIG, EXIT_OK, health, ibc, metadata_firewall, metadata_proxy, screen
 from launcher.aliases import with_aliases
 from launcher.logs import log
-from launcher.secrets import CREDENTIAL_VARIABLES, CredentialError, resolve_credentials, scrubbed_environment
+from launcher.secrets import (
+    CREDENTIAL_VARIABLES,
+    CredentialError,
+    SecretUnavailable,
+    resolve_credentials,
+    scrubbed_environment,
+)
 from launcher.supervisor import ChildSpec, Supervisor, Watchdog
 from launcher.users import ChildUsers, RunAs, UserConfigError, acting_as
 
@@ -49,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ibc.LauncherConfigError, CredentialError, UserConfigError, metadata_firewall.FirewallError) as e:
         log(f"bad configuration: {e}", severity="CRITICAL")
         return EXIT_CONFIG
+    except SecretUnavailable as e:  # restarted by the VM's unit a minute later (exit 2 never would be)
+        log(f"cannot start now: {e}", severity="ERROR")
+        return EXIT_CHILD_FAILED
 
 
 def run(env: Mapping[str, str], config_rendered: bool = False) -> int:

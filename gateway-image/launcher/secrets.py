@@ -32,6 +32,19 @@ class CredentialError(ValueError):
     """The login cannot be resolved; the message names variables, never values."""
 
 
+class SecretUnavailable(RuntimeError):
+    """Secret Manager could not be asked now (unavailable, a deadline, a token, a grant still propagating at first
+    boot): worth a restart, unlike a CredentialError, which the VM's unit never restarts (exit 2)."""
+
+
+# The google.api_core / google.auth errors that say "not now" rather than "never": by name, so that this module
+# imports no client library before it is needed.
+TRANSIENT_ERRORS = {
+    "ServiceUnavailable", "DeadlineExceeded", "InternalServerError", "TooManyRequests", "ResourceExhausted",
+    "PermissionDenied", "RetryError", "TransportError", "RefreshError", "GatewayTimeout", "Aborted",
+}  # fmt: skip
+
+
 class Secret:
     """A string that prints as '***' in repr, str, f-strings, logs and tracebacks; `reveal()` is the only way out."""
 
@@ -119,6 +132,8 @@ def resolve_credentials(env: Mapping[str, str], accessor: SecretAccessor | None 
         try:
             payload = access(name)
         except Exception as e:  # the client's own message names the secret, never its value
+            if type(e).__name__ in TRANSIENT_ERRORS:
+                raise SecretUnavailable(f"cannot read {name} now: {type(e).__name__}: {e}") from None
             raise CredentialError(f"cannot read {name}: {type(e).__name__}: {e}") from None
         username, password = _parse_secret_payload(payload, name)
         return Credentials(Secret(username), Secret(password), f"secret-manager:{name}")

@@ -493,7 +493,8 @@ def test_each_deployment_has_only_what_it_needs(tf: dict[str, Any], mod: dict[st
     }
     assert members == {"${local.member}", "${local.vm_member}", "${var.pubsub_service_agent}"}
     publish = resource(mod, "google_pubsub_topic_iam_member", "consumer_publishes")
-    assert publish["for_each"] == '${toset(["intent-replies", "intents-dead-letter"])}'
+    # Its replies, its dead letters, and its delivery probes (to intents, which it reads back on its own subscription)
+    assert publish["for_each"] == '${toset(["intents", "intent-replies", "intents-dead-letter"])}'
     subscribe = resource(mod, "google_pubsub_subscription_iam_member", "consumer_subscribes")
     assert subscribe["subscription"] == "${google_pubsub_subscription.intents.id}"  # its own, filtered one
     # The root grants nothing to a deployment's identity: there is none at the root any more.
@@ -919,7 +920,9 @@ def test_the_alert_policies_watch_the_consumer_and_notify_the_configured_channel
     metrics = tf["resource"]["google_logging_metric"]
     for name, policy in policies.items():
         assert policy["notification_channels"] == "${local.alert_channels}", name
-        (condition,) = policy["conditions"]
+        # The dead-letter policy also watches the topic itself (a Pub/Sub metric): what the service agent forwards.
+        conditions = policy["conditions"][:1]
+        (condition,) = conditions
         kind = next(k for k in condition if k.startswith("condition_"))
         body = condition[kind][0]
         if kind == "condition_prometheus_query_language":
@@ -928,6 +931,7 @@ def test_the_alert_policies_watch_the_consumer_and_notify_the_configured_channel
         assert len(used) == 1, name
         assert used[0] in metrics, name
         assert "logging.googleapis.com/user/" in body["filter"] or "${local.user_metric}/" in body["filter"]
+    assert [len(p["conditions"]) for p in policies.values()].count(2) == 1
     errors = policies["error_replies"]["conditions"][0]["condition_threshold"][0]["filter"]
     assert r"metric.label.status = \"error\"" in errors
     absent = policies["no_heartbeat"]["conditions"][0]["condition_absent"][0]

@@ -38,9 +38,10 @@ resource "google_pubsub_subscription_iam_member" "consumer_subscribes" {
   member       = local.member
 }
 
-# Publish replies and dead letters of its own (messages it rejects for good).
+# Publish replies, dead letters of its own (messages it rejects for good), and its delivery probes to the intents
+# topic (consumer/transport/delivery_watch.py: refused, every probe failed and readiness could not see a real stall).
 resource "google_pubsub_topic_iam_member" "consumer_publishes" {
-  for_each = toset(["intent-replies", "intents-dead-letter"])
+  for_each = toset(["intents", "intent-replies", "intents-dead-letter"])
   topic    = var.topic_ids[each.value]
   role     = "roles/pubsub.publisher"
   member   = local.member
