@@ -10,10 +10,12 @@ A conversion of an earlier cash-balancer still working at IB (a market closed fo
 partial fill) is already converting its remaining amount: the free balance is counted as it will be once those
 fill, and only what is left beyond them is converted. Working conversions that would take a balance past zero by
 more than the threshold are not offset by a new order the other way: the line is skipped, for a person to look.
-Orders of strategies (an allocation's forex legs) move their books' claims with the balance; one still open in the
-books reserves what it may yet add to a claim (a purchase its BASE, a sale its QUOTE): its fill can reach the
-balance before its execution reaches the books (IB sends them in no promised order), and the currency it bought
-was converted back as free cash. What it would take from a claim is not counted: less is converted, never more.
+Orders of strategies (an allocation's forex legs) move their books' claims with the balance. One still open in the
+books may have filled into the balance before its execution reached the books (IB sends them in no promised
+order): the free balance is then somewhere between the balance less what such orders may still add to the claims
+and the balance plus what they may still take from them. Only what is free at both ends is converted: a positive
+free balance down to the lower end, a debit up to the upper end, nothing when the range holds zero (a purchase
+that filled was sold back as free cash; a sale that filled was bought back as a debit).
 """
 
 from __future__ import annotations
@@ -95,16 +97,25 @@ def working_conversions(
     return found
 
 
-# The claims' entry for what strategies' forex orders still open in the books may yet add (see the module's doc).
-WORKING_ORDERS = "(working orders)"
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """What the strategies' forex orders open in the books may still move in one currency's claims."""
+
+    adds: float = 0.0  # a purchase's remaining BASE, a sale's QUOTE proceeds
+    takes: float = 0.0  # a sale's remaining BASE, a purchase's QUOTE cost
+
+    def bounded(self, free: float) -> float:
+        """The free balance that is free however much of the pending orders has already reached the balance."""
+        lower, upper = free - self.adds, free + self.takes
+        return lower if lower > 0 else upper if upper < 0 else 0.0
 
 
-def reserved_by_strategy_orders(
+def pending_strategy_orders(
     open_orders: Iterable[Mapping[str, Any]], base: str, rates: Mapping[str, float]
-) -> dict[str, float]:
-    """Per currency other than `base`: what the strategies' forex orders open in the books may still add to a
-    claim (a purchase's remaining in BASE, a sale's proceeds in QUOTE at the account's rates)."""
-    reserved: dict[str, float] = {}
+) -> dict[str, Pending]:
+    """Per currency other than `base`: what the strategies' forex orders open in the books may still add to and
+    take from its claims (in QUOTE at the account's rates)."""
+    moves: dict[str, list[float]] = {}
     for doc in open_orders:
         if doc.get("secType") != "CASH" or _CONVERSION_REF.fullmatch(str(doc.get("orderRef", ""))):
             continue
@@ -112,11 +123,10 @@ def reserved_by_strategy_orders(
         remaining = math.copysign(max(0.0, abs(quantity) - abs(float(doc.get("filled", 0.0)))), quantity)
         pair_base, quote = str(doc.get("symbol", "")).split(".")[0], str(doc.get("currency", ""))
         price = _rate(pair_base, base, rates) / _rate(quote, base, rates)
-        adds = {pair_base: remaining} if remaining > 0 else {quote: -remaining * price}
-        for currency, amount in adds.items():
-            if currency != base and amount > 0 and not math.isnan(amount):
-                reserved[currency] = reserved.get(currency, 0.0) + amount
-    return reserved
+        for currency, amount in ((pair_base, remaining), (quote, -remaining * price)):
+            if currency != base and amount and not math.isnan(amount):
+                moves.setdefault(currency, [0.0, 0.0])[0 if amount > 0 else 1] += abs(amount)
+    return {currency: Pending(adds, takes) for currency, (adds, takes) in moves.items()}
 
 
 def _rate(currency: str, base: str, rates: Mapping[str, float]) -> float:
@@ -143,17 +153,15 @@ async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str,
     rates = broker.fx_rates(account.id)
     working = working_conversions(at_broker, account.id, base, rates, ctx.request_id)
     claims = currency_lines(holdings, balances, base)
-    for currency, amount in reserved_by_strategy_orders(open_orders, base, rates).items():
-        claims.setdefault(currency, CurrencyLine(currency, balances.get(currency, 0.0))).by_book[WORKING_ORDERS] = (
-            amount
-        )
+    pending = pending_strategy_orders(open_orders, base, rates)
 
     lines: list[dict[str, Any]] = []
     orders: dict[str, LegOrder] = {}
     for currency, total in sorted(balances.items()):
         if currency == base:
             continue
-        line, order = await _balance(ctx, claims[currency], total, rates.get(currency), working, threshold, base)
+        claim, moving = claims[currency], pending.get(currency, Pending())
+        line, order = await _balance(ctx, claim, moving, total, rates.get(currency), working, threshold, base)
         lines.append(line)
         if order is not None:
             orders[order.order_ref] = order
@@ -173,6 +181,7 @@ async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str,
 async def _balance(
     ctx: IntentContext,
     claim: CurrencyLine,
+    pending: Pending,
     total: float,
     rate: float | None,
     working: list[WorkingConversion],
@@ -180,9 +189,11 @@ async def _balance(
     base: str,
 ) -> tuple[dict[str, Any], LegOrder | None]:
     """One currency's line of the reply, and the conversion to place for it (None: nothing to place)."""
-    currency, balance = claim.currency, claim.free
+    currency, balance = claim.currency, pending.bounded(claim.free)
     line: dict[str, Any] = {"currency": currency, "cashBalance": total, "claimed": claim.books,
                             "balance": round(balance, 2)}  # fmt: skip
+    if pending.adds or pending.takes:
+        line["strategyOrders"] = {"mayAdd": round(pending.adds, 2), "mayTake": round(pending.takes, 2)}
     converting_by = [w for w in working if w.moves.get(currency)]
     converting = sum(w.moves[currency] for w in converting_by)
     left = balance + converting  # the free balance once our working conversions have filled

@@ -6,7 +6,7 @@ import pytest
 
 from consumer.broker.model import BrokerOrder
 from consumer.broker.orders import order_ref
-from consumer.intents.cash_balancer import conversion, reserved_by_strategy_orders, working_conversions
+from consumer.intents.cash_balancer import Pending, conversion, pending_strategy_orders, working_conversions
 
 
 @pytest.mark.parametrize(
@@ -74,19 +74,35 @@ def test_working_conversions_count_what_other_cash_balancers_will_still_convert(
     }
 
 
-def test_strategy_forex_orders_open_in_the_books_reserve_only_what_they_may_add_to_a_claim() -> None:
-    """A purchase may add its remaining BASE, a sale its QUOTE proceeds; what either takes from a claim is not
-    counted (less is converted, never more), nor are conversions or the account's base currency."""
+def test_strategy_forex_orders_open_in_the_books_bound_the_free_balance_both_ways() -> None:
+    """A purchase may still add its remaining BASE and take its QUOTE cost, a sale the other way round; conversions
+    and the account's base currency do not count."""
     orders = [
         {"orderRef": "alloc-aaaaaaaaaaaa-EUR.USD-1", "secType": "CASH", "symbol": "EUR.USD", "currency": "USD",
          "quantity": 30_000.0, "filled": 10_000.0},  # 20,000 EUR still to come
         {"orderRef": "alloc-aaaaaaaaaaaa-EUR.GBP-2", "secType": "CASH", "symbol": "EUR.GBP", "currency": "GBP",
-         "quantity": -1_000.0, "filled": 0.0},  # a sale: GBP to come, its EUR leaving
+         "quantity": -1_000.0, "filled": 0.0},  # a sale: 1,000 EUR leaving, GBP to come
         {"orderRef": "cash-bbbbbbbbbbbb-EUR.USD", "secType": "CASH", "symbol": "EUR.USD", "currency": "USD",
          "quantity": -50_000.0, "filled": 0.0},  # a conversion: counted as working at IB instead
         {"orderRef": "alloc-aaaaaaaaaaaa-SPY-3", "secType": "STK", "symbol": "SPY", "currency": "USD",
          "quantity": 10.0, "filled": 0.0},
     ]  # fmt: skip
     rates = {"USD": 1.0, "EUR": 1.08, "GBP": 1.25}
-    reserved = reserved_by_strategy_orders(orders, "USD", rates)
-    assert reserved == {"EUR": 20_000.0, "GBP": pytest.approx(1_000.0 * 1.08 / 1.25)}
+    pending = pending_strategy_orders(orders, "USD", rates)
+    assert pending == {"EUR": Pending(adds=20_000.0, takes=1_000.0), "GBP": Pending(adds=pytest.approx(864.0))}
+
+
+@pytest.mark.parametrize(
+    ("free", "adds", "takes", "convertible"),
+    [
+        (74_291.0, 24_291.0, 0.0, 50_000.0),  # a purchase that filled before its execution was booked: not sold back
+        (-4_858.0, 0.0, 4_858.0, 0.0),  # a sale that filled before its execution was booked: not bought back
+        (0.0, 4_858.0, 0.0, 0.0),  # a short's cover still working: nothing to buy
+        (-1_000.0, 0.0, 0.0, -1_000.0),  # a debit with nothing pending: covered
+        (500.0, 1_000.0, 2_000.0, 0.0),  # the range holds zero: nothing
+    ],
+)
+def test_only_what_is_free_whatever_the_pending_orders_did_is_converted(
+    free: float, adds: float, takes: float, convertible: float
+) -> None:
+    assert Pending(adds, takes).bounded(free) == convertible
