@@ -74,7 +74,13 @@ class AccountView:
 
     def _on_status(self, trade: Trade) -> None:
         perm_id = trade.order.permId or trade.orderStatus.permId
-        if trade.order.account and perm_id and self._new(perm_id, trade.orderStatus.filled):
+        if not trade.order.account or not perm_id:
+            return
+        if perm_id not in self._counted and not _placed_here(trade):
+            # First seen in a list (open orders asked of IB, a reconnect's download): what it filled before is in
+            # the account already, and waiting for an update it will not bring held every account read 3 s.
+            self._counted[perm_id] = trade.orderStatus.filled
+        elif self._new(perm_id, trade.orderStatus.filled):
             self._filled(trade.order.account, trade.contract.conId)
 
     def _new(self, perm_id: int, filled: float) -> bool:
@@ -113,3 +119,8 @@ class AccountView:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def _placed_here(trade: Trade) -> bool:
+    """Placed by this connection (ib_insync logs PendingSubmit when it sends an order), not read from a list."""
+    return bool(trade.log) and trade.log[0].status == "PendingSubmit"
