@@ -287,6 +287,7 @@ class Dispatcher:
             log=log,
             first_run=first_run,
             generation=services.broker.generation if intent.needs_gateway else None,
+            recheck=(lambda: self._recheck(request)) if intent.trades else None,
         )
         context.add_time("claim", claim_ms)
         context.add_time("config", config_ms)
@@ -308,6 +309,11 @@ class Dispatcher:
         if config.exists:
             self._services.gateway.use_market_data_type(config.market_data_type)
             self._market_data_type_known = True
+
+    async def _recheck(self, request: Request) -> None:
+        """The trading policy again, for a handler that waited (for a market's open) before it placed anything."""
+        self._check_fresh(request)
+        self._check_allowed(await self._services.config_store.load())
 
     def _check_fresh(self, request: Request) -> None:
         stale = request.staleness(self._services.settings.trading_max_age, datetime.now(UTC))

@@ -67,6 +67,14 @@ class IntentContext:
     # connection's own record instead of a fresh download (see orders_to_look_up).
     first_run: bool = False
     generation: int | None = None
+    # The dispatcher's policy for a trading intent (its expiry, the kill switch, the live guard), asked again by a
+    # handler that waited (for a market's open): it raises Rejected when the intent may no longer trade.
+    recheck: Callable[[], Awaitable[None]] | None = None
+
+    async def still_allowed(self) -> None:
+        """Raises Rejected if the request expired or trading was turned off since the dispatcher let it through."""
+        if self.recheck is not None:
+            await self.recheck()
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:

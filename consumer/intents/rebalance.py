@@ -367,6 +367,10 @@ class Rebalance:
             wait = max(w for w in waits if w is not None) + OPEN_MARGIN_SECONDS
             log.info("a market opens in moments: waiting for it", seconds=round(wait, 1))
             await asyncio.sleep(wait)  # a wait for a time of day, not for a broker state
+            # A minute is long: the message may have expired or trading been turned off meanwhile, and the quotes
+            # the legs were sized and would be priced with are from before the open.
+            await self.ctx.still_allowed()
+            self.quotes = {}
             now = self.ctx.market_now()
             shut = self.closed(touched, cancelling, now)
         if shut:

@@ -160,3 +160,93 @@ def test_an_allocation_a_moment_before_the_open_waits_for_it_and_trades(bus: Bus
     assert_fills_booked(gateway, project, spy)
     (record,) = [a for a in activity(project) if a["messageId"] == message_id]
     assert record["deliveryAttempt"] == 1  # waited for the open in the first delivery, not retried into it
+
+
+@pytest.mark.slow(seconds=25)
+@pytest.mark.parametrize("market_clock", ["2026-06-17T09:29:45-04:00"], indirect=True)  # 15 s before the open
+def test_the_kill_switch_turned_on_while_an_allocation_waits_for_the_open_stops_it(
+    bus: Bus, gateway: Any, project: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Decision 58: an allocation 15 s before the open holds the trading lock and sleeps until the open, then
+    trades. Its config (the kill switch) was read before the wait (decision 50 reads it once the lock is held, so
+    that nothing trades past a halt) and is not read again: an operator who turns trading off at 09:29:50, having
+    seen something wrong before the open, still gets the open's order placed at 09:30:01. Before decision 58 the
+    allocation was rejected (market closed); now the emergency stop is blind for up to a minute."""
+    message_id = bus.publish(allocation({"SPY": 0.05}))
+    wait_for(
+        lambda: any("a market opens in moments" in r.getMessage() for r in caplog.records),
+        timeout=30,
+        what="the allocation to wait for the open",
+    )
+    assert gateway.orders() == []
+    write_config(project, tradingEnabled=False, haltedReason="operator: stop before the open")
+    reply = bus.reply_to(message_id, timeout=90)
+    placed = [(o["orderRef"], o["action"], o["totalQuantity"], o["status"]) for o in gateway.orders()]
+    assert placed == [], (
+        f"trading was turned off while the allocation waited for the open, yet it placed {placed} "
+        f"(reply status {reply['status']}, error {reply.get('error')})"
+    )
+    assert reply["status"] == "rejected", reply
+
+
+@pytest.mark.slow(seconds=25)
+@pytest.mark.parametrize("market_clock", ["2026-06-17T09:29:45-04:00"], indirect=True)  # 15 s before the open
+def test_a_limit_order_placed_after_waiting_for_the_open_is_priced_from_a_quote_taken_at_the_open(
+    bus: Bus, gateway: Any, project: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """orderType LMT: the allocation quotes SPY to size it (the quote its marketable limit is priced from), then
+    waits up to a minute for the open (decision 58) and places the limit from that pre-open quote. send_orders
+    quotes afresh after a long wait for cancels ("waiting out cancels can take long: quote afresh"), but not after
+    this one: SPY opening 1% higher than it was quoted before the open leaves the open's BUY resting below the
+    market (limit = old ask + 10 bps), reported working, unfilled, for the rest of the day."""
+    write_config(
+        project,
+        exposure={"overall": 1.0, "strategies": {"dummy": 0.5}},
+        orderDefaults={"orderType": "LMT", "algo": "none", "tif": "DAY", "limitOffsetBps": 10},
+    )
+    message_id = bus.publish(allocation({"SPY": 0.05}))
+    wait_for(
+        lambda: any("a market opens in moments" in r.getMessage() for r in caplog.records),
+        timeout=30,
+        what="the allocation to wait for the open",
+    )
+    before = gateway.call(lambda: gateway.server._instrument("SPY").price)
+    gateway.set_price("SPY", round(before * 1.01, 2))  # the open is 1% above the pre-open quote
+    reply = bus.reply_to(message_id, timeout=90)
+    assert reply["status"] == "ok", reply
+    (spy,) = reply["result"]["instruments"]
+    (sent,) = [o for o in gateway.orders() if o["orderRef"] == spy["orderRef"]]
+    assert (spy["outcome"], sent["status"]) == ("filled", "Filled"), (
+        f"SPY opened at {before * 1.01:.2f} (quoted {before:.2f} before the open); the open's BUY was sent at the "
+        f"limit {sent['lmtPrice']} from the pre-open quote and is {sent['status']} (outcome {spy['outcome']}, "
+        f"filled {spy.get('filled')} of {spy['order']})"
+    )
+
+
+@pytest.mark.slow(seconds=25)
+@pytest.mark.parametrize("market_clock", ["2026-06-17T09:29:45-04:00"], indirect=True)  # 15 s before the open
+def test_an_allocation_whose_expiry_passes_while_it_waits_for_the_open_places_nothing(
+    bus: Bus, gateway: Any, project: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same wait (decision 58) outlives the message's expiresAt, checked once before it: the sender said
+    "not after 5 s from now" and the order goes to IB ~15 s later (decision 54: no order past a message's expiry)."""
+    from datetime import UTC, datetime, timedelta
+
+    expires = datetime.now(UTC) + timedelta(seconds=5)
+    message_id = bus.publish(allocation({"SPY": 0.05}, expiresAt=expires.isoformat().replace("+00:00", "Z")))
+    wait_for(
+        lambda: any("a market opens in moments" in r.getMessage() for r in caplog.records),
+        timeout=30,
+        what="the allocation to wait for the open",
+    )
+    reply = bus.reply_to(message_id, timeout=90)
+    placed = [
+        (o["orderRef"], o["action"], o["totalQuantity"], o["status"], e["time"])
+        for o in gateway.orders()
+        for e in gateway.executions()
+        if e["orderRef"] == o["orderRef"]
+    ]
+    assert placed == [], (
+        f"the message expired at {expires.isoformat()} (wall clock), it is now {datetime.now(UTC).isoformat()}, "
+        f"and the allocation placed and filled {placed} after waiting for the open (reply status {reply['status']})"
+    )
