@@ -180,3 +180,105 @@ def test_a_conversion_whose_execution_report_trails_its_status_is_not_sold_again
         f"cashBalance {again['cashBalance']}, action {again['action']}, order {again.get('order')}"
     )
     assert gateway.cash()["EUR"] == pytest.approx(eur - sold)
+
+
+def _booked(project: str, gateway: Any, refs: set[str]) -> None:
+    executions = {e["execId"] for e in gateway.executions() if e["orderRef"] in refs}
+    wait_for(lambda: executions <= {f["_id"] for f in mode_collection(project, "fills")}, what="booked by execId")
+
+
+@pytest.mark.usefixtures("paper_config")
+def test_cash_balancer_does_not_buy_euros_for_a_short_whose_cover_is_still_working(
+    bus: Bus, gateway: Any, project: str, consumer: Any
+) -> None:
+    """No free EUR in the account (a first cash-balancer converts them). dummy sells ~4,900 EUR.USD (a short in its
+    books: the account's EUR balance is that short, nothing is free), then its allocation to 0 buys them back, and
+    that purchase is still working (fills held) when a cash-balancer runs. Decision 57 reserves the open purchase's
+    EUR as a long claim; summed with dummy's short claim the books claim 0, so the whole negative balance reads as
+    free cash owed, and the cash-balancer BUYS ~4,900 EUR: once dummy's cover fills the account holds them with no
+    claim (the next run sells them back: two conversions of nothing, an exposure nobody asked for between them).
+    "Less is converted, never more" (decision 57) is broken: the reserve turned a line that is flat into a debit."""
+    first = bus.reply_to(bus.publish(CASH_BALANCER))
+    assert first["status"] == "ok", first
+    _booked(project, gateway, {b.get("orderRef", "") for b in first["result"]["balances"]})
+    free = gateway.cash()["EUR"]
+    assert abs(free) < 1.0, free
+
+    params = {"strategyParams": {"dummy": {"weights": {"EUR.USD": -0.01}, "instruments": FOREX}}}
+    reply = bus.reply_to(bus.publish(allocation({"EUR.USD": -0.01}, params=params)))
+    assert reply["status"] == "ok", reply
+    (leg,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "EUR.USD"]
+    assert (leg["outcome"], leg["order"] < 0) == ("filled", True), leg
+    sold = int(-leg["order"])
+    _booked(project, gateway, {leg["orderRef"]})
+    wait_for(lambda: holdings(project) == {"dummy": {"EUR.USD": -sold}}, what="dummy's short booked")
+
+    gateway.hold_fills(True)
+    params = {"strategyParams": {"dummy": {"weights": {"EUR.USD": 0.0}, "instruments": FOREX}}}
+    cover = bus.reply_to(bus.publish(allocation({"EUR.USD": 0.0}, params=params)))
+    assert cover["status"] == "ok", cover
+    (leg,) = [i for i in cover["result"]["instruments"] if i["instrument"] == "EUR.USD"]
+    assert (leg["outcome"], leg["order"]) == ("working", sold), leg
+    (buy,) = [o for o in gateway.orders() if o["orderRef"] == leg["orderRef"]]
+    assert (buy["action"], buy["totalQuantity"]) == ("BUY", sold), buy
+
+    balanced = bus.reply_to(bus.publish(CASH_BALANCER))
+    assert balanced["status"] == "ok", balanced
+    (line,) = [b for b in balanced["result"]["balances"] if b["currency"] == "EUR"]
+    conversions = [(o["action"], o["totalQuantity"]) for o in gateway.orders() if o["orderRef"] == line.get("orderRef")]
+    gateway.hold_fills(False)
+    _booked(project, gateway, {leg["orderRef"], line.get("orderRef", "")})
+    wait_for(lambda: holdings(project) == {}, what="dummy's cover booked")
+    assert conversions == [], (
+        f"dummy is short {sold} EUR in its books and buying them back; the account holds {free:.2f} free EUR, but "
+        f"the cash-balancer placed {conversions} (its line: cashBalance {line['cashBalance']}, claimed "
+        f"{line['claimed']}, balance {line['balance']}, action {line['action']}); the account now holds "
+        f"{gateway.cash()['EUR']:.2f} EUR no book claims"
+    )
+    assert math.isclose(gateway.cash()["EUR"], free, abs_tol=1.0)
+
+
+@pytest.mark.usefixtures("paper_config")
+def test_a_strategys_forex_sale_filling_while_cash_balancer_reads_is_not_bought_back(
+    bus: Bus, gateway: Any, project: str, consumer: Any
+) -> None:
+    """The mirror of test_cash_claims.py's purchase (decision 57), which the fix leaves out on purpose ("what it
+    would take from a claim is not counted: less is converted, never more"). No free EUR (a first cash-balancer
+    converts them); dummy's SELL EUR.USD (a short) is working (fills held) when a cash-balancer starts, and fills
+    while it asks IB for the working orders, its execution report 3 s behind its status and the account values.
+    The books still claim nothing, the balance is already -4,900: read as a debit of free cash, and the
+    cash-balancer BUYS the euros dummy just sold, its short undone behind its books. Not counting the sale is not
+    "less converted": it is a conversion the other way."""
+    first = bus.reply_to(bus.publish(CASH_BALANCER))
+    assert first["status"] == "ok", first
+    _booked(project, gateway, {b.get("orderRef", "") for b in first["result"]["balances"]})
+    free = gateway.cash()["EUR"]
+    assert abs(free) < 1.0, free
+
+    gateway.hold_fills(True)
+    params = {"strategyParams": {"dummy": {"weights": {"EUR.USD": -0.01}, "instruments": FOREX}}}
+    reply = bus.reply_to(bus.publish(allocation({"EUR.USD": -0.01}, params=params)))
+    assert reply["status"] == "ok", reply
+    (leg,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "EUR.USD"]
+    assert (leg["outcome"], leg["order"] < 0) == ("working", True), leg
+    sold = int(-leg["order"])
+
+    gateway.delay_executions(3.0)  # the execution's report trails the Filled status and the account values
+    asked = open_orders_asked(gateway)
+    gateway.stall_request("reqAllOpenOrders", 1.0)
+    balancing = bus.publish(CASH_BALANCER)
+    wait_for(lambda: open_orders_asked(gateway) > asked, what="the cash-balancer to ask for the working orders",
+             interval=0.005)  # fmt: skip
+    gateway.hold_fills(False)  # dummy's sale fills while IB answers
+    balanced = bus.reply_to(balancing)
+    assert balanced["status"] == "ok", balanced
+    (line,) = [b for b in balanced["result"]["balances"] if b["currency"] == "EUR"]
+
+    _booked(project, gateway, {leg["orderRef"], line.get("orderRef", "")})
+    wait_for(lambda: holdings(project) == {"dummy": {"EUR.USD": -sold}}, what="dummy's sale booked")
+    conversions = [(o["action"], o["totalQuantity"]) for o in gateway.orders() if o["orderRef"] == line.get("orderRef")]
+    assert gateway.cash()["EUR"] == pytest.approx(-sold, abs=1.0), (
+        f"dummy is short {sold} EUR in its books, the account holds {gateway.cash()['EUR']:.2f}: with {free:.2f} free "
+        f"EUR the cash-balancer converted {conversions} (its line: cashBalance {line['cashBalance']}, claimed "
+        f"{line['claimed']}, action {line['action']}, order {line.get('order')})"
+    )
