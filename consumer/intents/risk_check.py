@@ -66,14 +66,16 @@ async def risk_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
 
     breaches = [entry for entry in lines_list if entry["verdict"] == "breach"]
     reducing = [entry for entry in breaches if entry["action"] == "reduce" and reducible(entry["limit"])]
-    # One reduce for every such breach: its orderRefs are per request and instrument, so a second one would find
-    # the first's orders and add nothing.
-    reduced = [await _reduce(ctx, reducing)] if reducing else []
+    # The halt first: a reduce that fails for now (a cancel IB has not confirmed, a lost connection) retries the
+    # message, and a halt after it was never applied on any attempt, trading left on past a breached limit.
     halted = None
     halting = [entry for entry in breaches if entry["action"] == "halt"]
     if halting:
         reason = "risk-check " + "; ".join(f"{e['limit']} {e['value']:g} breaches {e['threshold']:g}" for e in halting)
         halted = await _halt(ctx, reason, now)
+    # One reduce for every such breach: its orderRefs are per request and instrument, so a second one would find
+    # the first's orders and add nothing.
+    reduced = [await _reduce(ctx, reducing)] if reducing else []
     result: dict[str, Any] = {
         "account": account.id,
         "baseCurrency": base,
