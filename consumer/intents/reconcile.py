@@ -205,6 +205,10 @@ RECONCILE = Intent(
     name="reconcile",
     handler=reconcile,
     description="Compare strategy holdings with broker positions; fix=true books differences to unallocated.",
+    # Under the trading lock: two fixes side by side (a re-published slow one, the CLI beside another) each
+    # compared before either booked, and booked the same difference twice; a comparison beside a trading intent
+    # in flight also saw its fills half way.
+    exclusive=True,
 )
 
 

@@ -57,3 +57,27 @@ def test_a_fill_landing_while_reconcile_reads_the_broker_is_booked_once_not_fixe
     assert mode_collection(project, "adjustments") == []
     again = bus.reply_to(bus.publish({"intent": "reconcile"}))
     assert again["result"]["consistent"] is True, again
+
+
+@pytest.mark.usefixtures("consumer")
+def test_two_reconcile_fixes_running_side_by_side_book_a_difference_once(bus: Bus, gateway, project: str):
+    """reconcile was a read-only intent: it ran beside any other, outside the trading lock, and its fix is recorded
+    once per request id only (`{requestId}:{conId}`). Two fixes under two keys (an operator's retry of a slow one, a
+    re-publish of one answered `interrupted`, a scheduled and a manual one) both compare before either books: each
+    booked the whole difference to unallocated, and the books ended off by it the other way. reconcile runs under
+    the trading lock now. Found by a review of recovery."""
+    gateway.set_position("AAPL", 10)  # a trade the books know nothing of
+    # IB takes a moment to list the positions (both checks read one answer, as the consumer shares a request in
+    # flight): both are comparing at once, as two checks a second apart on a busy gateway are.
+    gateway.stall_request("reqPositions", 1.0)
+    fixes = [
+        bus.publish({"intent": "reconcile", "params": {"fix": True}, "idempotencyKey": f"fix-{n}"}) for n in (1, 2)
+    ]
+    replies = [bus.reply_to(m, timeout=60) for m in fixes]
+    assert all(r["status"] == "ok" for r in replies), replies
+    applied = [f for r in replies for f in r["result"]["fixed"] if f["applied"]]
+    booked = holdings(project).get("unallocated", {}).get("AAPL")
+    assert booked == gateway.positions()["AAPL"], (
+        f"the broker holds 10 AAPL, the books {booked} after two fixes side by side: "
+        f"{[(f['instrument'], f['quantity']) for f in applied]} applied"
+    )
