@@ -346,6 +346,11 @@ class Dispatcher:
 
     async def _duplicate(self, request: Request, claim: Claim) -> Settlement:
         if claim.state is ClaimState.DONE and claim.reply is not None:
+            if claim.reply_published and claim.reply.get("messageId") == request.delivery.message_id:
+                # This very message was answered by the stranded-request sweep (its copy came back after the sweep
+                # adopted the claim, e.g. nacked as running elsewhere meanwhile): a second reply would be one too many.
+                log.info("redelivery of a message the sweep answered; acked without a reply")
+                return Settlement.ACK
             log.info("duplicate delivery; republishing the stored reply")
             try:
                 envelope = request.envelope

@@ -81,6 +81,8 @@ class Claim:
     runs: int = 1
     # Set when the id was claimed by a request that asked for something else: (its intent, its fingerprint).
     conflict: tuple[str | None, str] | None = None
+    # The stored reply is known to have been published (the stranded-request sweep's, marked so once it went out).
+    reply_published: bool = False
 
     @property
     def first_run(self) -> bool:
@@ -148,7 +150,14 @@ class RequestLedger:
             )
         state = ClaimState(existing.get("state", ClaimState.RUNNING.value))
         if state is ClaimState.DONE:
-            return Claim(won=False, state=state, reply=_reply_of(existing), owner=existing.get("owner"))
+            published = existing.get("replyPending") is False
+            return Claim(
+                won=False,
+                state=state,
+                reply=_reply_of(existing),
+                owner=existing.get("owner"),
+                reply_published=published,
+            )
         lease_until = existing.get("leaseUntil")
         expired = lease_until is None or lease_until <= now
         if state is ClaimState.RUNNING and not expired:
