@@ -267,13 +267,7 @@ class Rebalance:
             await self.ctx.services.bookkeeper.reconcile()
             differences = await self._book_differences(con_ids, None)
         if differences:
-            listed = ", ".join(f"{d['instrument']}: books {d['books']:g}, broker {d['broker']:g}" for d in differences)
-            raise IntentError(
-                "books_disagree",
-                f"the books differ from the broker's positions ({listed}); nothing was placed. Run reconcile, and "
-                "reconcile with fix=true to book the differences to unallocated",
-                details=differences,
-            )
+            raise _books_disagree("the books differ from the broker's positions", "instrument", differences)
 
     async def check_cash(self, trading: Mapping[int, tuple[Instrument, float]]) -> None:
         """Refuses a forex order that pays out a currency the books claim more of than the account holds: the
@@ -295,13 +289,7 @@ class Rebalance:
             await self.ctx.services.bookkeeper.reconcile()
             short = await self._unbacked(drawn, look_again=True)
         if short:
-            listed = ", ".join(f"{d['currency']}: books {d['books']:g}, broker {d['broker']:g}" for d in short)
-            raise IntentError(
-                "books_disagree",
-                f"the books claim more cash than the account holds ({listed}); nothing was placed. Run reconcile, "
-                "and reconcile with fix=true to book the differences to unallocated",
-                details=short,
-            )
+            raise _books_disagree("the books claim more cash than the account holds", "currency", short)
 
     async def _unbacked(self, drawn: set[str], look_again: bool) -> list[dict[str, Any]]:
         ctx = self.ctx
@@ -483,6 +471,16 @@ class Rebalance:
         if ctx.dry_run:
             report["wouldCancel"] = [{**o.view(), "reason": reason} for o in way.cancel.values()]
         return report
+
+
+def _books_disagree(what: str, named_by: str, differences: list[dict[str, Any]]) -> IntentError:
+    listed = ", ".join(f"{d[named_by]}: books {d['books']:g}, broker {d['broker']:g}" for d in differences)
+    return IntentError(
+        "books_disagree",
+        f"{what} ({listed}); nothing was placed. Run reconcile, and reconcile with fix=true to book the differences "
+        "to unallocated",
+        details=differences,
+    )
 
 
 async def send_orders(

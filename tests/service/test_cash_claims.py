@@ -98,6 +98,32 @@ def open_orders_asked(gateway: Any) -> int:
     return sum(1 for _, name in gateway.requests_received() if name == "reqAllOpenOrders")
 
 
+def strategy_fx_fill_during_cash_balancer(
+    bus: Bus, gateway: Any, weight: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """dummy's EUR.USD order to `weight` works (fills held) when a cash-balancer starts, then fills while the
+    cash-balancer asks IB for the working orders, its execution report 3 s behind its status and the account
+    values: (dummy's leg, the cash-balancer's EUR line)."""
+    gateway.hold_fills(True)
+    params = {"strategyParams": {"dummy": {"weights": {"EUR.USD": weight}, "instruments": FOREX}}}
+    reply = bus.reply_to(bus.publish(allocation({"EUR.USD": weight}, params=params)))
+    assert reply["status"] == "ok", reply
+    (leg,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "EUR.USD"]
+    assert (leg["outcome"], leg["order"] > 0) == ("working", weight > 0), leg
+
+    gateway.delay_executions(3.0)  # the execution's report trails the Filled status and the account values
+    asked = open_orders_asked(gateway)
+    gateway.stall_request("reqAllOpenOrders", 1.0)
+    balancing = bus.publish(CASH_BALANCER)
+    wait_for(lambda: open_orders_asked(gateway) > asked, what="the cash-balancer to ask for the working orders",
+             interval=0.005)  # fmt: skip
+    gateway.hold_fills(False)  # dummy's order fills while IB answers
+    balanced = bus.reply_to(balancing)
+    assert balanced["status"] == "ok", balanced
+    (line,) = [b for b in balanced["result"]["balances"] if b["currency"] == "EUR"]
+    return leg, line
+
+
 @pytest.mark.usefixtures("paper_config")
 def test_a_strategys_forex_buy_filling_while_cash_balancer_reads_is_not_converted_back(
     bus: Bus, gateway: Any, project: str, consumer: Any
@@ -108,24 +134,8 @@ def test_a_strategys_forex_buy_filling_while_cash_balancer_reads_is_not_converte
     claims before the fill was booked and the balances after IB's values counted it, and asked no execution: the
     euros dummy had just bought were free cash to it and sold, dummy's long undone behind its books."""
     eur = gateway.cash()["EUR"]
-    gateway.hold_fills(True)
-    params = {"strategyParams": {"dummy": {"weights": {"EUR.USD": 0.05}, "instruments": FOREX}}}
-    reply = bus.reply_to(bus.publish(allocation({"EUR.USD": 0.05}, params=params)))
-    assert reply["status"] == "ok", reply
-    (leg,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "EUR.USD"]
-    assert (leg["outcome"], leg["order"] > 0) == ("working", True), leg
+    leg, line = strategy_fx_fill_during_cash_balancer(bus, gateway, 0.05)
     bought = int(leg["order"])
-
-    gateway.delay_executions(3.0)  # the execution's report trails the Filled status and the account values
-    asked = open_orders_asked(gateway)
-    gateway.stall_request("reqAllOpenOrders", 1.0)
-    balancing = bus.publish(CASH_BALANCER)
-    wait_for(lambda: open_orders_asked(gateway) > asked, what="the cash-balancer to ask for the working orders",
-             interval=0.005)  # fmt: skip
-    gateway.hold_fills(False)  # dummy's buy fills while IB answers
-    balanced = bus.reply_to(balancing)
-    assert balanced["status"] == "ok", balanced
-    (line,) = [b for b in balanced["result"]["balances"] if b["currency"] == "EUR"]
 
     executions = {e["execId"] for e in gateway.executions() if e["orderRef"] in (leg["orderRef"], line.get("orderRef"))}
     wait_for(lambda: executions <= {f["_id"] for f in mode_collection(project, "fills")}, what="booked by execId")
@@ -255,24 +265,8 @@ def test_a_strategys_forex_sale_filling_while_cash_balancer_reads_is_not_bought_
     free = gateway.cash()["EUR"]
     assert abs(free) < 1.0, free
 
-    gateway.hold_fills(True)
-    params = {"strategyParams": {"dummy": {"weights": {"EUR.USD": -0.01}, "instruments": FOREX}}}
-    reply = bus.reply_to(bus.publish(allocation({"EUR.USD": -0.01}, params=params)))
-    assert reply["status"] == "ok", reply
-    (leg,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "EUR.USD"]
-    assert (leg["outcome"], leg["order"] < 0) == ("working", True), leg
+    leg, line = strategy_fx_fill_during_cash_balancer(bus, gateway, -0.01)
     sold = int(-leg["order"])
-
-    gateway.delay_executions(3.0)  # the execution's report trails the Filled status and the account values
-    asked = open_orders_asked(gateway)
-    gateway.stall_request("reqAllOpenOrders", 1.0)
-    balancing = bus.publish(CASH_BALANCER)
-    wait_for(lambda: open_orders_asked(gateway) > asked, what="the cash-balancer to ask for the working orders",
-             interval=0.005)  # fmt: skip
-    gateway.hold_fills(False)  # dummy's sale fills while IB answers
-    balanced = bus.reply_to(balancing)
-    assert balanced["status"] == "ok", balanced
-    (line,) = [b for b in balanced["result"]["balances"] if b["currency"] == "EUR"]
 
     _booked(project, gateway, {leg["orderRef"], line.get("orderRef", "")})
     wait_for(lambda: holdings(project) == {"dummy": {"EUR.USD": -sold}}, what="dummy's sale booked")
