@@ -50,8 +50,17 @@ class Instrument:
     def symbol(self) -> str:
         return self.contract.localSymbol or self.contract.symbol
 
+    @property
+    def session_hours(self) -> str:
+        """The hours IB works an order in: a stock's regular (liquid) hours, since outside them a plain order is
+        held; a future's or a currency pair's whole trading session (CME Globex, IDEALPRO), whose liquid hours
+        are only the old pit session: refused there, an ES order waited 17 hours a day for nothing."""
+        if self.sec_type in ("FUT", "CASH"):
+            return self.trading_hours or self.liquid_hours
+        return self.liquid_hours or self.trading_hours
+
     def open_at(self, now: datetime) -> bool:
-        hours = self.liquid_hours or self.trading_hours
+        hours = self.session_hours
         return is_open(hours, self.time_zone, now) if hours else True
 
     def takes_while_closed(self, now: datetime, properties: Mapping[str, Any], order_type: str) -> bool:
@@ -62,7 +71,7 @@ class Instrument:
         if stock and properties.get("tif") == "OPG":
             return True
         after = good_after(str(properties.get("goodAfterTime", "")), self.time_zone)
-        opens = next_open(self.liquid_hours or self.trading_hours, self.time_zone, now)
+        opens = next_open(self.session_hours, self.time_zone, now)
         if after is not None and opens is not None and after >= opens:
             return True
         extended = stock and properties.get("outsideRth") is True and order_type == "LMT" and bool(self.trading_hours)
@@ -70,12 +79,12 @@ class Instrument:
 
     def seconds_to_open(self, now: datetime) -> float | None:
         """Until its market next opens (None when its hours list no later session)."""
-        opens = next_open(self.liquid_hours or self.trading_hours, self.time_zone, now)
+        opens = next_open(self.session_hours, self.time_zone, now)
         return (opens - now).total_seconds() if opens is not None else None
 
     def closed_at(self, now: datetime) -> str:
         """The symbol and when its market next opens, for a rejection while `open_at(now)` is False."""
-        return closed_reason(self.symbol, self.liquid_hours or self.trading_hours, self.time_zone, now)
+        return closed_reason(self.symbol, self.session_hours, self.time_zone, now)
 
     @property
     def sec_type(self) -> str:
