@@ -119,6 +119,9 @@ class Instruments:
         self._store = store
         self._now = now or (lambda: datetime.now(UTC))
         self._cache: dict[InstrumentSpec, tuple[Instrument, date]] = {}
+        # Looked up by conId (a position, a fill): kept apart from the specs. Filed under InstrumentSpec(symbol,
+        # secType), a held SAP on IBIS answered a strategy's bare "SAP" that IB calls ambiguous (IBIS and NYSE).
+        self._by_con_id: dict[int, tuple[Instrument, date]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     async def resolve(self, specs: Mapping[str, InstrumentSpec]) -> dict[str, Instrument]:
@@ -157,6 +160,9 @@ class Instruments:
     async def by_contract(self, contract: Contract) -> Instrument:
         """The instrument for a contract the broker reported (a position or a fill), by its conId."""
         today = trading_day(self._now())
+        held = self._by_con_id.get(contract.conId)
+        if held is not None and held[1] >= today:
+            return held[0]
         for instrument, day in self._cache.values():
             if instrument.con_id == contract.conId and day >= today:
                 return instrument
@@ -170,17 +176,17 @@ class Instruments:
                 entry = stored[1]
                 spec = _spec_of(entry.contract.get("localSymbol") or entry.contract.get("symbol"), entry)
                 instrument = from_cache(spec.symbol, entry)
-                self._cache[spec] = (instrument, today)
+                self._by_con_id[contract.conId] = (instrument, today)
                 return instrument
         details = await self._ib.reqContractDetailsAsync(Contract(conId=contract.conId))
         if not details:
             raise IntentError("unknown_instrument", f"conId {contract.conId} ({contract.symbol}) unknown at the broker")
         found = details[0].contract
         assert found is not None
-        spec = InstrumentSpec(symbol=found.localSymbol or found.symbol, sec_type=found.secType)
-        instrument = _instrument(spec.symbol, details[0])
-        self._cache[spec] = (instrument, today)
-        await self._write({spec_key(spec): to_cache(instrument, self._now())})
+        instrument = _instrument(found.localSymbol or found.symbol, details[0])
+        self._by_con_id[contract.conId] = (instrument, today)
+        # Under its conId (found by `find`), never a spec's key, which a bare symbol would resolve through.
+        await self._write({f"conId|{contract.conId}": to_cache(instrument, self._now())})
         return instrument
 
     def forget(self, con_id: int) -> None:
@@ -189,8 +195,10 @@ class Instruments:
         dropped = [spec for spec, (instrument, _) in self._cache.items() if instrument.con_id == con_id]
         for spec in dropped:
             del self._cache[spec]
-        if dropped and self._store is not None:
-            task = asyncio.get_running_loop().create_task(self._delete([spec_key(s) for s in dropped]))
+        by_con_id = self._by_con_id.pop(con_id, None) is not None
+        if (dropped or by_con_id) and self._store is not None:
+            keys = [spec_key(s) for s in dropped] + ([f"conId|{con_id}"] if by_con_id else [])
+            task = asyncio.get_running_loop().create_task(self._delete(keys))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
