@@ -58,7 +58,7 @@ async def risk_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
 
     per_strategy = {f"{STRATEGY_DRAWDOWN}{s}": limit for s, limit in sorted(ctx.config.drawdowns.items())}
     lines = Lines({**limits, **per_strategy})
-    await _measure_account(ctx, lines, values, nlv, day)
+    await _measure_account(ctx, lines, values, nlv, day, (account.id, base))
     await _measure_positions(ctx, lines, account.id, base, nlv)
     if per_strategy:
         await _measure_strategies(ctx, lines, account.id, base, nlv, day)
@@ -112,11 +112,19 @@ class Lines:
                              "verdict": "breach" if breach else "ok", **extra})  # fmt: skip
 
 
-async def _measure_account(ctx: IntentContext, limits: Lines, values: dict[str, float], nlv: float, day: str) -> None:
+async def _measure_account(
+    ctx: IntentContext, limits: Lines, values: dict[str, float], nlv: float, day: str, owner: tuple[str, str]
+) -> None:
+    """`owner`: (the account, its base currency)."""
     layout = ctx.services.layout
     if "leverage" in limits:
-        leverage = values.get("GrossPositionValue", 0.0) / nlv
-        limits.add("leverage", leverage, limits["leverage"]["max"], leverage > limits["leverage"]["max"] + EPSILON)
+        # IB's GrossPositionValue counts stocks and options, never futures: their notional is added, as the
+        # allocation's leverage cap counts it (an account of futures alone measured 0 at any leverage).
+        futures, unpriced = await _futures_notional(ctx, *owner)
+        leverage = (values.get("GrossPositionValue", 0.0) + futures) / nlv
+        limits.add("leverage", leverage, limits["leverage"]["max"], leverage > limits["leverage"]["max"] + EPSILON,
+                   **({"futuresNotional": round(futures, 2)} if futures else {}),
+                   **({"unpriced": sorted(unpriced)} if unpriced else {}))  # fmt: skip
     if "marginCushion" in limits:
         excess = values.get("ExcessLiquidity")
         if excess is None:
@@ -240,7 +248,7 @@ async def _start_of_day(layout: Layout, day: str, nlv: float) -> tuple[float, st
 
 
 async def _instrument_shares(
-    ctx: IntentContext, account: str, base: str, nlv: float
+    ctx: IntentContext, account: str, base: str, nlv: float, only: set[int] | None = None
 ) -> tuple[dict[int, dict[str, Any]], dict[str, str | None]]:
     """Per instrument the account holds (forex cash aside): its absolute market value in base currency over net
     liquidation; and the instruments no price (or rate) was found for, which no share can be measured of, each
@@ -254,7 +262,10 @@ async def _instrument_shares(
     held = {
         p.con_id: p
         for p in await broker.positions(ctx.connection_record())
-        if p.account == account and p.sec_type != "CASH" and abs(p.quantity) > EPSILON
+        if p.account == account
+        and p.sec_type != "CASH"
+        and abs(p.quantity) > EPSILON
+        and (only is None or p.con_id in only)
     }
     prices = {c: mark for c, mark in broker.portfolio_marks(account).items() if c in held}
     unmarked = [await broker.by_con_id(c) for c in held if c not in prices]
@@ -285,6 +296,17 @@ async def _instrument_shares(
             "share": _round(value / nlv),
         }
     return shares, unpriced
+
+
+async def _futures_notional(ctx: IntentContext, account: str, base: str) -> tuple[float, list[str]]:
+    """The account's futures at their notional in base currency (|quantity x mark x multiplier x rate|), and the
+    ones no price or rate was found for."""
+    held = [p for p in await ctx.broker.positions(ctx.connection_record())
+            if p.account == account and p.sec_type == "FUT" and abs(p.quantity) > EPSILON]  # fmt: skip
+    if not held:
+        return 0.0, []
+    shares, unpriced = await _instrument_shares(ctx, account, base, 1.0, only={p.con_id for p in held})
+    return sum(s["marketValue"] for s in shares.values()), list(unpriced)
 
 
 async def _stale_orders(ctx: IntentContext, account: str, max_minutes: float) -> tuple[list[dict[str, Any]], float]:
