@@ -732,7 +732,9 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
                 if args.action == "kill-switch":
                     # A person has taken the switch: risk-check's halt, if any, is no longer why trading is off.
                     # Replaced, not extended: Firestore runs this again when the document changed meanwhile.
-                    lifted[:] = [str(document.pop(k)) for k in ("haltedReason", "haltedAt") if k in document]
+                    lifted[:] = [
+                        str(document.pop(k)) for k in ("haltedReason", "haltedAt", "haltedBy") if k in document
+                    ]
                 check_document(document, schemas, path, limits)
             except ValueError as e:
                 raise UsageError(f"{path} not changed: {e}") from None

@@ -268,7 +268,8 @@ class Dispatcher:
         if intent.trades:
             self._check_fresh(request)
         config_started = time.perf_counter()
-        if intent.trades or intent.exclusive:
+        configured = intent.trades or (intent.exclusive and intent.reads_config)
+        if configured:
             config = await services.config_store.load()
         config_ms = (time.perf_counter() - config_started) * 1000
         if intent.trades:
@@ -278,7 +279,7 @@ class Dispatcher:
                 # from the broker's working orders, which IB refuses a read-only API.
                 raise GatewayReadOnly()
         if intent.needs_gateway:
-            await self._apply_market_data_type(config if intent.trades or intent.exclusive else None)
+            await self._apply_market_data_type(config if configured else None)
         # A dry run's intent gets a store that writes nothing; its claim and activity record are written by _settle.
         context = IntentContext(
             services=services.for_dry_run() if request.dry_run else services,

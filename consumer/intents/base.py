@@ -43,6 +43,9 @@ class Intent:
     # Not a trading intent, yet it may act (risk-check's halt and reduce): it is claimed before it runs, gets the
     # config, and runs under the trading lock, but passes no kill switch (it may be what turns it off).
     exclusive: bool = False
+    # An exclusive intent that reads no config (reconcile) is not refused for an invalid one: the comparison a
+    # person needs while mending the config keeps answering.
+    reads_config: bool = True
     # Held while the gateway is away (consumer.intake); ping answers regardless, saying it is away.
     needs_gateway: bool = True
 

@@ -209,6 +209,7 @@ RECONCILE = Intent(
     # compared before either booked, and booked the same difference twice; a comparison beside a trading intent
     # in flight also saw its fills half way.
     exclusive=True,
+    reads_config=False,
 )
 
 

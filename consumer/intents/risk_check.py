@@ -16,6 +16,7 @@ breach may write, and only with a dailyLoss limit and no snapshot.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,7 +26,7 @@ from google.cloud.firestore import AsyncTransaction, async_transactional
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from consumer.accounts import live_account_refusal
-from consumer.errors import Failure, GatewayReadOnly, IntentError
+from consumer.errors import Failure, GatewayReadOnly, IntentError, Rejected
 from consumer.forex import is_forex
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.rebalance import Rebalance
@@ -34,6 +35,7 @@ from consumer.portfolio import EPSILON
 from consumer.snapshots import held, marks, snapshots, strategy_pnl, total
 from consumer.store.books import UNALLOCATED
 from consumer.store.layout import Layout
+from consumer.store.trading_config import TradingConfig
 
 REDUCIBLE = {"leverage", "concentration"}
 STRATEGY_DRAWDOWN = "drawdown:"  # + the strategy id: the line of a per-strategy drawdown limit
@@ -332,10 +334,10 @@ async def _stale_orders(ctx: IntentContext, account: str, max_minutes: float) ->
     return stale, oldest
 
 
-def _why_no_reduce(ctx: IntentContext) -> str | None:
-    """Why no order may be placed now (None: it may)."""
-    config = ctx.config
-    if not config.trading_enabled:
+def _why_no_reduce(ctx: IntentContext, config: TradingConfig) -> str | None:
+    """Why no order may be placed now (None: it may). Trading turned off by this very request's halt is no reason:
+    a reduce that failed for now after its halt was skipped on every redelivery, its breach never acted on."""
+    if not config.trading_enabled and not (config.halted_by and config.halted_by == ctx.request_id):
         return f"trading is disabled ({ctx.services.layout.config().path} tradingEnabled=false)"
     if ctx.services.settings.trading_mode == "live" and not (ctx.services.settings.allow_live and config.allow_live):
         return "live trading is not allowed"
@@ -350,15 +352,28 @@ def _why_no_reduce(ctx: IntentContext) -> str | None:
     return stale[1] if stale is not None else None
 
 
+def _reduce_still_allowed(ctx: IntentContext) -> Callable[[], Awaitable[None]]:
+    """The reduce's policy, asked again after a wait for a market's open (Rebalance.refuse_closed): a person may
+    have turned trading off meanwhile, or the message expired. Its Rejected is caught by `_reduce`: skipped."""
+
+    async def still_allowed() -> None:
+        reason = _why_no_reduce(ctx, await ctx.services.config_store.load())
+        if reason:
+            raise Rejected("reduce_refused", f"{reason}; nothing was placed")
+
+    return still_allowed
+
+
 async def _reduce(ctx: IntentContext, breaches: list[dict[str, Any]]) -> dict[str, Any]:
     """Every strategy's holdings scaled by limit / value (leverage: every instrument; concentration: the breaching
     ones; a strategy's drawdown: that strategy's only; several: the smallest factor), rounded towards zero, through
     the allocation's netted order path (dry run, market hours, books check). What no strategy holds (unallocated:
     manual trades) is never touched, as close-all leaves it."""
     names = [b["limit"] for b in breaches]
-    skipped = _why_no_reduce(ctx)
+    skipped = _why_no_reduce(ctx, ctx.config)
     if skipped:
         return {"limits": names, "skipped": skipped}
+    ctx.recheck = _reduce_still_allowed(ctx)
     factors: dict[int | None, float] = {}
     by_strategy: dict[str, float] = {}
     for breach in breaches:
@@ -405,7 +420,8 @@ async def _halt(ctx: IntentContext, reason: str, now: datetime) -> dict[str, Any
         document = snapshot.to_dict() if snapshot.exists else None
         if not document or not document.get("tradingEnabled"):
             return False
-        transaction.update(layout.config(), {"tradingEnabled": False, "haltedReason": reason, "haltedAt": halted_at})
+        halt = {"tradingEnabled": False, "haltedReason": reason, "haltedAt": halted_at, "haltedBy": ctx.request_id}
+        transaction.update(layout.config(), halt)
         return True
 
     changed = await apply(layout.db.transaction())

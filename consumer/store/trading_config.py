@@ -60,6 +60,7 @@ class TradingConfig:
     risk: dict[str, dict[str, Any]] = field(default_factory=dict)  # config risk, as validated: risk-check reads it
     drawdowns: dict[str, dict[str, Any]] = field(default_factory=dict)  # per strategy: strategies.{id}.drawdown
     halted_reason: str | None = None  # set by risk-check's halt action, with tradingEnabled false
+    halted_by: str | None = None  # the request id of that risk-check
 
     @classmethod
     def from_document(
@@ -101,6 +102,7 @@ class TradingConfig:
             risk=dict(data.get("risk", {})),
             drawdowns={s: dict(c["drawdown"]) for s, c in data.get("strategies", {}).items() if "drawdown" in c},
             halted_reason=data.get("haltedReason"),
+            halted_by=data.get("haltedBy"),
         )
         committed = config.overall_exposure * sum(config.strategy_exposure.values())
         if committed > config.leverage_cap + 1e-9:

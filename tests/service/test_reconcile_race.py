@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import Bus, allocation, holdings, mode_collection, wait_for
+from tests.support import Bus, allocation, holdings, mode_collection, wait_for, write_config
 
 pytestmark = pytest.mark.usefixtures("paper_config")
 
@@ -81,3 +81,14 @@ def test_two_reconcile_fixes_running_side_by_side_book_a_difference_once(bus: Bu
         f"the broker holds 10 AAPL, the books {booked} after two fixes side by side: "
         f"{[(f['instrument'], f['quantity']) for f in applied]} applied"
     )
+
+
+@pytest.mark.usefixtures("consumer")
+def test_reconcile_still_answers_its_comparison_when_the_trading_config_is_invalid(bus: Bus, project: str):
+    """Decision 60 made reconcile `exclusive` to run it under the trading lock; an exclusive intent also had its
+    trading config loaded (dispatch.py `_run_now`), which raises config_invalid for a document the schema refuses.
+    reconcile never reads ctx.config: the comparison a person runs to find out what is wrong with the books now
+    answered an error whenever the config was being mended. Found by a review of the fixes."""
+    write_config(project, tradingEnabled="yes")  # a typo the schema refuses (boolean)
+    reply = bus.reply_to(bus.publish({"intent": "reconcile", "params": {}}))
+    assert reply["status"] == "ok", f"reconcile, which reads no config, answered {reply['status']} {reply.get('error')}"

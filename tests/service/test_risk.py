@@ -640,3 +640,84 @@ def test_a_risk_check_whose_reduce_fails_transiently_still_halts_on_its_halt_lim
         f"a breached halt limit left trading on: the check replied {reply['status']} "
         f"{(reply.get('error') or {}).get('code')}: {(reply.get('error') or {}).get('message')}"
     )
+
+
+@pytest.mark.slow(seconds=40)
+def test_a_risk_check_reduce_retried_after_a_transient_failure_is_not_skipped_by_its_own_halt(
+    consumer_factory, bus: Bus, gateway, project: str
+):
+    """A check with a `reduce` limit and a `halt` limit, both breached. The reduce must cancel a working buy of ours,
+    and the exchange confirms the cancel a few seconds later: the first attempt fails `cancel_unconfirmed` (Transient)
+    and is retried. Decision 60 applies the halt first, so the redelivery reads tradingEnabled=false, written by this
+    very check, and `_why_no_reduce` skips the reduce: the breached leverage is never reduced on any attempt, though
+    the cancel is confirmed by then and the reduce could go ahead. Before decision 60 the redelivery reduced."""
+    consumer_factory(order_timeout=1.0)
+    exposure = {"overall": 1.0, "strategies": {"dummy": 0.9}}
+    write_config(project, exposure=exposure)
+    first = bus.reply_to(bus.publish(allocation({"SPY": 0.5, "QQQ": 0.4})))
+    assert first["status"] == "ok", first
+    wait_for(lambda: holdings(project).get("dummy", {}) == stock_positions(gateway), what="the buys booked to dummy")
+
+    gateway.hold_fills(True)  # a further buy of SPY stays working at the broker
+    more = bus.reply_to(bus.publish(allocation({"SPY": 0.6, "QQQ": 0.4})))
+    assert more["status"] == "ok", more
+    (working,) = [i for i in more["result"]["instruments"] if i["instrument"] == "SPY" and i.get("orderRef")]
+    assert working["outcome"] == "working", working
+    gateway.cancel_delay(3)  # confirmed after the first attempt's 1 s wait, before the redeliveries run out
+
+    write_config(
+        project,
+        exposure=exposure,
+        risk={"leverage": {"max": 0.5, "action": "reduce"}, "concentration": {"max": 0.3, "action": "halt"}},
+    )
+    reply = bus.reply_to(bus.publish(RISK_CHECK), timeout=120)
+    assert not _trading_enabled(project), reply
+    assert reply["status"] == "ok", reply
+    (reduced,) = reply["result"]["reduced"]
+    sells = [o for o in gateway.orders() if str(o["orderRef"]).startswith("risk-") and o["action"] == "SELL"]
+    leverage = [line["value"] for line in reply["result"]["limits"] if line["limit"] == "leverage"]
+    assert "skipped" not in reduced, (
+        f"leverage {leverage} breaches 0.5 and was never reduced: reduce {reduced.get('skipped')!r}, "
+        f"sells at the broker {sells}"
+    )
+    assert sells, f"leverage {leverage} breaches 0.5 and no reduce sale reached the broker: {reduced}"
+
+
+@pytest.mark.slow(seconds=40)
+@pytest.mark.parametrize("market_clock", ["2026-06-16T15:00:00-04:00"], indirect=True)  # a Tuesday, open
+@pytest.mark.parametrize("gateway_scenario", [{"hours": "regular"}])
+def test_the_kill_switch_turned_on_while_a_risk_check_reduce_waits_for_the_open_stops_its_sale(
+    consumer, bus: Bus, gateway: Any, project: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Decision 58 (amended) re-asks the policy after the wait for the open, but only for `trades` intents
+    (dispatch.py passes `recheck` for those alone): risk-check is `exclusive`, so its reduce, which goes through the
+    same Rebalance.carry_out and waits for the open the same way, decides from the kill switch it read before the
+    wait (`_why_no_reduce` reads ctx.config). An operator who turns trading off while it waits still gets the
+    reduce's sales at the open."""
+    exposure = {"overall": 1.0, "strategies": {"dummy": 0.9}}
+    write_config(project, exposure=exposure)
+    first = bus.reply_to(bus.publish(allocation({"SPY": 0.5, "QQQ": 0.4})))
+    assert first["status"] == "ok", first
+    wait_for(lambda: holdings(project).get("dummy", {}) == stock_positions(gateway), what="the buys booked to dummy")
+
+    gateway.set_time("2026-06-17T09:29:40-04:00")  # 20 s before the next open
+    clock_seen(bus, gateway)
+    risk = {"leverage": {"max": 0.5, "action": "reduce"}}
+    write_config(project, exposure=exposure, risk=risk)
+    message_id = bus.publish(RISK_CHECK)
+    wait_for(
+        lambda: any("a market opens in moments" in r.getMessage() for r in caplog.records),
+        timeout=30,
+        what="the risk-check's reduce to wait for the open",
+    )
+    write_config(project, exposure=exposure, risk=risk, tradingEnabled=False, haltedReason="operator: stop")
+    reply = bus.reply_to(message_id, timeout=90)
+    sold = [
+        (o["orderRef"], o["action"], o["totalQuantity"], o["status"])
+        for o in gateway.orders()
+        if str(o["orderRef"]).startswith("risk-")
+    ]
+    assert sold == [], (
+        f"trading was turned off while the risk-check's reduce waited for the open, yet it placed {sold} "
+        f"(reply {reply['status']}, reduced {reply.get('result', {}).get('reduced')})"
+    )
