@@ -252,12 +252,16 @@ def test_a_sweep_whose_claim_is_taken_over_while_it_resolves_leaves_the_one_repl
     unconditioned and it answered over the new owner's claim."""
     message_id, refs = strand_an_allocation(bus, gateway, project, tmp_path, fill=False)
     consumer_factory(stranded_after=2.0)
-    gateway.stall_request("reqCompletedOrders", 4.0)  # the sweep's order lookup, once it adopts the claim
+    # The sweep's order lookup, once it adopts the claim: long enough for the takeover below to land while it waits
+    # (at 4 s a loaded machine polled the adoption late, the sweep had finished, and the takeover overwrote a done
+    # claim's owner).
+    gateway.stall_request("reqCompletedOrders", 8.0)
     (snapshot,) = mode_document(project).collection("requests").get()
     claim = snapshot.reference
     here = f"{socket.gethostname()}:{os.getpid()}:"
     wait_for(lambda: str((claim.get().to_dict() or {}).get("owner")).startswith(here), timeout=90,
              what="the sweep to adopt the claim")  # fmt: skip
+    assert (claim.get().to_dict() or {}).get("state") == "running"  # the takeover lands on a claim still resolving
     claim.update({"owner": "consumer-elsewhere", "leaseUntil": dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)})
 
     reply = bus.reply_to(message_id, timeout=60)  # once that lease lapses too, from the sweep that adopts it again
