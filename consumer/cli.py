@@ -735,6 +735,8 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
                     lifted[:] = [
                         str(document.pop(k)) for k in ("haltedReason", "haltedAt", "haltedBy") if k in document
                     ]
+                elif key in ("tradingEnabled", "haltedReason", "haltedAt"):
+                    document.pop("haltedBy", None)  # the halt is a person's now, not a risk-check's own
                 check_document(document, schemas, path, limits)
             except ValueError as e:
                 raise UsageError(f"{path} not changed: {e}") from None

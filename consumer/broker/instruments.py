@@ -121,7 +121,7 @@ class Instruments:
         self._cache: dict[InstrumentSpec, tuple[Instrument, date]] = {}
         # Looked up by conId (a position, a fill): kept apart from the specs. Filed under InstrumentSpec(symbol,
         # secType), a held SAP on IBIS answered a strategy's bare "SAP" that IB calls ambiguous (IBIS and NYSE).
-        self._by_con_id: dict[int, tuple[Instrument, date]] = {}
+        self._by_con_id: dict[int, tuple[Instrument, date, str]] = {}  # (instrument, day, its store key)
         self._background: set[asyncio.Task[None]] = set()
 
     async def resolve(self, specs: Mapping[str, InstrumentSpec]) -> dict[str, Instrument]:
@@ -176,7 +176,7 @@ class Instruments:
                 entry = stored[1]
                 spec = _spec_of(entry.contract.get("localSymbol") or entry.contract.get("symbol"), entry)
                 instrument = from_cache(spec.symbol, entry)
-                self._by_con_id[contract.conId] = (instrument, today)
+                self._by_con_id[contract.conId] = (instrument, today, stored[0])
                 return instrument
         details = await self._ib.reqContractDetailsAsync(Contract(conId=contract.conId))
         if not details:
@@ -184,9 +184,9 @@ class Instruments:
         found = details[0].contract
         assert found is not None
         instrument = _instrument(found.localSymbol or found.symbol, details[0])
-        self._by_con_id[contract.conId] = (instrument, today)
-        # Under its conId (found by `find`), never a spec's key, which a bare symbol would resolve through.
-        await self._write({f"conId|{contract.conId}": to_cache(instrument, self._now())})
+        key = f"conId|{contract.conId}"  # found by `find`; never a spec's key, which a bare symbol resolves through
+        self._by_con_id[contract.conId] = (instrument, today, key)
+        await self._write({key: to_cache(instrument, self._now())})
         return instrument
 
     def forget(self, con_id: int) -> None:
@@ -195,9 +195,10 @@ class Instruments:
         dropped = [spec for spec, (instrument, _) in self._cache.items() if instrument.con_id == con_id]
         for spec in dropped:
             del self._cache[spec]
-        by_con_id = self._by_con_id.pop(con_id, None) is not None
+        by_con_id = self._by_con_id.pop(con_id, None)
         if (dropped or by_con_id) and self._store is not None:
-            keys = [spec_key(s) for s in dropped] + ([f"conId|{con_id}"] if by_con_id else [])
+            # With the key it was found under (a spec's, for an entry an earlier process resolved by its symbol).
+            keys = [spec_key(s) for s in dropped] + ([by_con_id[2]] if by_con_id else [])
             task = asyncio.get_running_loop().create_task(self._delete(keys))
             self._background.add(task)
             task.add_done_callback(self._background.discard)

@@ -41,6 +41,9 @@ REDUCIBLE = {"leverage", "concentration"}
 STRATEGY_DRAWDOWN = "drawdown:"  # + the strategy id: the line of a per-strategy drawdown limit
 
 
+# How a halt of risk-check's own begins its haltedReason (a person's kill switch writes another, or none).
+HALT_REASON_PREFIX = "risk-check "
+
 def reducible(limit: str) -> bool:
     return limit in REDUCIBLE or limit.startswith(STRATEGY_DRAWDOWN)
 
@@ -73,7 +76,8 @@ async def risk_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
     halted = None
     halting = [entry for entry in breaches if entry["action"] == "halt"]
     if halting:
-        reason = "risk-check " + "; ".join(f"{e['limit']} {e['value']:g} breaches {e['threshold']:g}" for e in halting)
+        breached = "; ".join(f"{e['limit']} {e['value']:g} breaches {e['threshold']:g}" for e in halting)
+        reason = HALT_REASON_PREFIX + breached
         halted = await _halt(ctx, reason, now)
     # One reduce for every such breach: its orderRefs are per request and instrument, so a second one would find
     # the first's orders and add nothing.
@@ -337,7 +341,7 @@ async def _stale_orders(ctx: IntentContext, account: str, max_minutes: float) ->
 def _why_no_reduce(ctx: IntentContext, config: TradingConfig) -> str | None:
     """Why no order may be placed now (None: it may). Trading turned off by this very request's halt is no reason:
     a reduce that failed for now after its halt was skipped on every redelivery, its breach never acted on."""
-    if not config.trading_enabled and not (config.halted_by and config.halted_by == ctx.request_id):
+    if not config.trading_enabled and not _own_halt(ctx, config):
         return f"trading is disabled ({ctx.services.layout.config().path} tradingEnabled=false)"
     if ctx.services.settings.trading_mode == "live" and not (ctx.services.settings.allow_live and config.allow_live):
         return "live trading is not allowed"
@@ -362,6 +366,12 @@ def _reduce_still_allowed(ctx: IntentContext) -> Callable[[], Awaitable[None]]:
             raise Rejected("reduce_refused", f"{reason}; nothing was placed")
 
     return still_allowed
+
+
+def _own_halt(ctx: IntentContext, config: TradingConfig) -> bool:
+    """Trading is off by this very check's halt, as it wrote it: its request id and a risk-check's reason. A person
+    who lifted it and turned trading off again by hand (in Firestore, leaving haltedBy) wrote a reason of their own."""
+    return config.halted_by == ctx.request_id and (config.halted_reason or "").startswith(HALT_REASON_PREFIX)
 
 
 async def _reduce(ctx: IntentContext, breaches: list[dict[str, Any]]) -> dict[str, Any]:

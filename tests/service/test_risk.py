@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from google.cloud import firestore
 
 from tests.service.test_dry_run import documents
 from tests.service.test_trading import mid_share_weight
@@ -720,4 +721,60 @@ def test_the_kill_switch_turned_on_while_a_risk_check_reduce_waits_for_the_open_
     assert sold == [], (
         f"trading was turned off while the risk-check's reduce waited for the open, yet it placed {sold} "
         f"(reply {reply['status']}, reduced {reply.get('result', {}).get('reduced')})"
+    )
+
+
+def _config_document(project: str) -> dict[str, Any]:
+    return account_document(project).collection("config").document("paper").get().to_dict() or {}
+
+
+@pytest.mark.slow(seconds=40)
+@pytest.mark.parametrize("market_clock", ["2026-06-16T15:00:00-04:00"], indirect=True)  # a Tuesday, open
+@pytest.mark.parametrize("gateway_scenario", [{"hours": "regular"}], indirect=True)
+def test_a_person_taking_the_kill_switch_in_firestore_while_a_halting_checks_reduce_waits_still_gets_its_sale(
+    consumer, bus: Bus, gateway: Any, project: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A check breaching a `halt` limit (concentration) and a `reduce` limit (leverage) 20 s before the open: its
+    halt is written first (haltedBy = its request id), then its reduce waits for the open. A person sees the halt
+    and lifts it in Firestore as the schema tells them to (tradingEnabled true, haltedReason removed), then takes
+    the kill switch themselves: tradingEnabled false, their own haltedReason. The recheck after the wait (decision
+    58/60) is there to stop the sale when a person turns trading off during the wait; but `_why_no_reduce` exempts
+    any tradingEnabled=false while haltedBy names this request, and only the CLI's kill-switch removes haltedBy:
+    the person's kill switch is read as the check's own halt and the sale goes out at the open."""
+    exposure = {"overall": 1.0, "strategies": {"dummy": 0.9}}
+    write_config(project, exposure=exposure)
+    first = bus.reply_to(bus.publish(allocation({"SPY": 0.5, "QQQ": 0.4})))
+    assert first["status"] == "ok", first
+    wait_for(lambda: holdings(project).get("dummy", {}) == stock_positions(gateway), what="the buys booked to dummy")
+
+    gateway.set_time("2026-06-17T09:29:40-04:00")  # 20 s before the next open
+    clock_seen(bus, gateway)
+    risk = {"leverage": {"max": 0.5, "action": "reduce"}, "concentration": {"max": 0.3, "action": "halt"}}
+    write_config(project, exposure=exposure, risk=risk)
+    message_id = bus.publish(RISK_CHECK)
+    wait_for(
+        lambda: any("a market opens in moments" in r.getMessage() for r in caplog.records),
+        timeout=30,
+        what="the risk-check's reduce to wait for the open",
+    )
+    halted = _config_document(project)
+    assert halted.get("tradingEnabled") is False, halted
+    assert halted.get("haltedBy"), halted
+    # In Firestore (the console), not through the CLI: the person first lifts the halt as the schema says
+    # (tradingEnabled true, haltedReason and haltedAt removed; haltedBy is not theirs to know of), then takes the
+    # kill switch themselves with their own reason. Both before the open, while the reduce waits.
+    config = account_document(project).collection("config").document("paper")
+    config.update({"tradingEnabled": True, "haltedReason": firestore.DELETE_FIELD, "haltedAt": firestore.DELETE_FIELD})
+    config.update({"tradingEnabled": False, "haltedReason": "operator: stop everything, no orders"})
+    reply = bus.reply_to(message_id, timeout=90)
+    sold = [
+        (o["orderRef"], o["action"], o["totalQuantity"], o["status"])
+        for o in gateway.orders()
+        if str(o["orderRef"]).startswith("risk-")
+    ]
+    assert sold == [], (
+        f"a person turned trading off (haltedReason {_config_document(project).get('haltedReason')!r}) while the "
+        f"check's reduce waited for the open, yet it placed {sold}: haltedBy "
+        f"{_config_document(project).get('haltedBy')!r} still exempts it (reply {reply['status']}, "
+        f"reduced {(reply.get('result') or {}).get('reduced')})"
     )
