@@ -44,6 +44,7 @@ STRATEGY_DRAWDOWN = "drawdown:"  # + the strategy id: the line of a per-strategy
 # How a halt of risk-check's own begins its haltedReason (a person's kill switch writes another, or none).
 HALT_REASON_PREFIX = "risk-check "
 
+
 def reducible(limit: str) -> bool:
     return limit in REDUCIBLE or limit.startswith(STRATEGY_DRAWDOWN)
 
