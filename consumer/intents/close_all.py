@@ -58,7 +58,7 @@ async def _close(
         chosen.add(UNALLOCATED)
     rebalance.only(sorted(chosen))
     targets: dict[str, dict[int, float]] = {s: {} for s in chosen}
-    report = await rebalance.carry_out(targets, {}, close=True)
+    report = await rebalance.carry_out(targets, {}, close=True, partial=True)
     return {**report, "strategies": sorted(chosen), "timings": ctx.phase_timings()}
 
 

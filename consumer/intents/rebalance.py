@@ -154,7 +154,9 @@ class Rebalance:
     def _in_scope(self, strategy: str) -> bool:
         return self.scope is None or strategy in self.scope
 
-    def in_the_way(self, targets: Mapping[str, Mapping[int, float]], close: bool) -> InTheWay:
+    def in_the_way(
+        self, targets: Mapping[str, Mapping[int, float]], close: bool, spare: frozenset[int] = frozenset()
+    ) -> InTheWay:
         """Our working orders to cancel before placing, those to leave out of the sizing, and those kept.
 
         close-all cancels every working order of the closed strategies. Otherwise, where the new order on an
@@ -164,7 +166,8 @@ class Rebalance:
         client id (an orderId is only ours to cancel on our own client id); one of those that opposes the new
         order is left out of the sizing, so nothing is placed to offset it before it fills. Orders an earlier
         delivery of this request placed are its own legs, not in the way. Orders that are not ours at all
-        (manual, another client's: no document of ours) are never cancelled, only reported.
+        (manual, another client's: no document of ours) are never cancelled, only reported. Orders on `spare`
+        instruments (a closed market a partial close leaves as it is) are neither.
         """
         legs = net_legs(targets, self.current(), self.working())
 
@@ -172,7 +175,9 @@ class Rebalance:
             leg = legs.get(con_id)
             return leg is not None and signed * leg.quantity < -EPSILON
 
-        mine = [o for o in self.orders if self._touches(o) and o.request_id != self.ctx.request_id]
+        mine = [
+            o for o in self.orders if self._touches(o) and o.request_id != self.ctx.request_id and o.con_id not in spare
+        ]
         opposed = {o.con_id for o in mine if opposes(o.con_id, o.quantity)}
         way = InTheWay()
         for order in mine:
@@ -186,7 +191,7 @@ class Rebalance:
             if opposes(order.con_id, order.quantity):
                 way.aside.add(order.order_ref)
         for other in self.others:
-            if other.con_id in legs and (close or opposes(other.con_id, other.quantity)):
+            if other.con_id in legs and other.con_id not in spare and (close or opposes(other.con_id, other.quantity)):
                 way.kept.append(
                     {
                         "orderRef": other.order_ref,
@@ -344,10 +349,14 @@ class Rebalance:
             if not inst.open_at(now) and (c in cancelling or not inst.takes_while_closed(now, properties, order_type))
         ]
 
-    async def refuse_closed(self, touched: Mapping[int, Instrument], cancelling: set[int]) -> None:
+    async def refuse_closed(
+        self, touched: Mapping[int, Instrument], cancelling: set[int], partial: bool = False
+    ) -> list[Instrument]:
         """Rejects the intent while a touched market is closed, unless every one opens within OPEN_GRACE_SECONDS:
         that is waited out. A scheduled 09:30 allocation the gateway's clock saw a moment before the open was
-        rejected, and its slot's key answered every retry with the rejection: no trade that day."""
+        rejected, and its slot's key answered every retry with the rejection: no trade that day. `partial`
+        (close-all, risk-check's reduce): the closed markets are returned, to be left as they are, while another
+        is open; rejected only when every one is closed."""
         now = self.ctx.market_now()
         shut = self.closed(touched, cancelling, now)
         waits = [inst.seconds_to_open(now) for inst in shut]
@@ -361,6 +370,8 @@ class Rebalance:
             self.quotes = {}
             now = self.ctx.market_now()
             shut = self.closed(touched, cancelling, now)
+        if shut and partial and len(shut) < len(touched):
+            return shut
         if shut:
             raise Rejected(
                 "market_closed",
@@ -368,16 +379,48 @@ class Rebalance:
                 "or cancelled (set ignoreMarketHours to trade anyway, or orderProperties IB takes while closed: "
                 "tif OPG, goodAfterTime)",
             )
+        return []
+
+    async def _closed_markets(
+        self, touched: set[int], instruments: Mapping[int, Instrument], way: InTheWay, partial: bool
+    ) -> list[Instrument]:
+        """The market-hours check of a run that places or cancels (see `refuse_closed`): none for a dry run or a
+        message that set ignoreMarketHours."""
+        envelope = self.ctx.request.envelope
+        if not touched or self.ctx.dry_run or (envelope is not None and envelope.ignore_market_hours):
+            return []
+        cancelling = {o.con_id for o in way.cancel.values()}
+        return await self.refuse_closed({c: instruments[c] for c in touched}, cancelling, partial)
+
+    def _held_as_they_are(
+        self, targets: Mapping[str, Mapping[int, float]], spare: frozenset[int]
+    ) -> dict[str, dict[int, float]]:
+        """`targets` with each `spare` instrument's target where the books and our working orders take it: no leg."""
+        current, working = self.current(), self.working()
+        return {
+            s: {**t, **{c: current.get(s, {}).get(c, 0.0) + working.get(s, {}).get(c, 0.0) for c in spare}}
+            for s, t in targets.items()
+        }
 
     async def carry_out(
-        self, targets: Mapping[str, Mapping[int, float]], instruments: Mapping[int, Instrument], close: bool = False
+        self,
+        targets: Mapping[str, Mapping[int, float]],
+        instruments: Mapping[int, Instrument],
+        close: bool = False,
+        partial: bool = False,
     ) -> dict[str, Any]:
         """Cancels our working orders in the way (see `in_the_way`), then places one netted order per instrument.
 
         `close` (close-all) cancels every working order of the strategies in scope, not only opposing ones.
+        `partial` (close-all, risk-check's reduce: orders that only take risk off) trades the instruments whose
+        market is open and leaves those whose market is closed as they are, reported in `closedMarkets` with an
+        alert: refused whole, the 15:55 close-all of a strategy that also held a Xetra stock left its US stocks
+        open overnight, and the 13:00 reduce could never act while a book held one.
         """
         ctx = self.ctx
         services = ctx.services
+        spare: frozenset[int] = frozenset()
+        closed_markets: list[str] = []
         way = self.in_the_way(targets, close)
         # Sized as if the orders to cancel were gone: what a dry run shows and what the market check covers.
         legs = net_legs(targets, self.current(), self.working(without=set(way.cancel) | way.aside))
@@ -388,8 +431,15 @@ class Rebalance:
             instruments = await _with_instruments(ctx.broker, instruments, needed)
         trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
         touched = set(trading) | {o.con_id for o in way.cancel.values()}
-        if touched and not ctx.dry_run and not (ctx.request.envelope and ctx.request.envelope.ignore_market_hours):
-            await self.refuse_closed({c: instruments[c] for c in touched}, {o.con_id for o in way.cancel.values()})
+        shut = await self._closed_markets(touched, instruments, way, partial)
+        if shut:
+            spare = frozenset(i.con_id for i in shut)
+            closed_markets = sorted(i.closed_at(ctx.market_now()) for i in shut)
+            targets = self._held_as_they_are(targets, spare)
+            way = self.in_the_way(targets, close, spare)
+            legs = net_legs(targets, self.current(), self.working(without=set(way.cancel) | way.aside))
+            trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
+            touched = set(trading) | {o.con_id for o in way.cancel.values()}
 
         with ctx.timed("books"):
             await self.check_books(touched)
@@ -401,7 +451,7 @@ class Rebalance:
             with ctx.timed("books"):
                 cancelled = await self.cancel(way.cancel, reason)
             # Sized again from the holdings, now with what the cancelled orders filled booked.
-            after = self.in_the_way(targets, close)
+            after = self.in_the_way(targets, close, spare)
             if after.cancel:
                 raise Transient(
                     "working_orders_changed",
@@ -467,6 +517,9 @@ class Rebalance:
         if any(o.fate in (Fate.REJECTED, Fate.UNCONFIRMED) for o in outcomes.values()):
             # IB refused a leg (margin, the gateway's order precautions, a price) or never answered one (it may be
             # working, or lost on the way: IB's paper server drops some): work left for a person.
+            report["alert"] = True
+        if closed_markets:
+            report["closedMarkets"] = closed_markets  # left as they are: a person, or the next run at their open
             report["alert"] = True
         if ctx.dry_run:
             report["wouldCancel"] = [{**o.view(), "reason": reason} for o in way.cancel.values()]

@@ -407,7 +407,7 @@ async def _reduce(ctx: IntentContext, breaches: list[dict[str, Any]]) -> dict[st
                 factor = 1.0  # cash, not gross position value
             targets[strategy][con_id] = math.trunc(quantity * factor) if factor < 1.0 else quantity
     try:
-        report = await rebalance.carry_out(targets, {})
+        report = await rebalance.carry_out(targets, {}, partial=True)
     except Failure as e:
         # A closed market, books that disagree with the broker: the reduce is refused, the check still answers
         # (and still halts, where a limit says so).

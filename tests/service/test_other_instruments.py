@@ -134,3 +134,29 @@ def test_a_symbol_two_listings_share_stays_ambiguous_after_a_held_listing_is_loo
         f"orders at the broker {[(o['symbol'], o['action'], o['totalQuantity']) for o in sent]}"
     )
     assert sent == [], sent
+
+
+@pytest.mark.parametrize("gateway_scenario", [{"hours": "regular"}], indirect=True, ids=["regular-hours"])
+def test_the_eod_close_all_sells_the_open_markets_and_reports_a_closed_one(bus: Bus, gateway, project: str):
+    """dummy holds SPY (NYSE) and SAP (Xetra, closed at 11:30 New York). close-all at 15:55 New York, as the
+    eod-close-all job runs, was refused whole (`market_closed`, SAP): SPY stayed open overnight. It now sells SPY,
+    leaves SAP (and the books' SAP) as it is, and says so with an alert. Found by a review of instruments."""
+    bought = bus.reply_to(bus.publish(allocation({"SPY": 0.05, "SAP": 0.05})))  # 11:00 New York: both open
+    assert bought["status"] == "ok", bought
+    held = {i["instrument"]: i["target"] for i in bought["result"]["instruments"]}
+    wait_for(lambda: booked(project) == held, what="both buys booked to dummy")
+
+    gateway.set_time("2026-06-17T15:55:00-04:00")
+    clock_seen(bus, gateway)
+    reply = bus.reply_to(bus.publish({"intent": "close-all", "params": {"strategies": ["dummy"]}}))
+    assert reply["status"] == "ok", reply
+    result = reply["result"]
+    assert [m.split(" ")[0] for m in result["closedMarkets"]] == ["SAP"], result
+    assert result["alert"] is True
+    sales = [(o["symbol"], o["action"], o["totalQuantity"]) for o in gateway.orders() if o["action"] == "SELL"]
+    assert sales == [("SPY", "SELL", held["SPY"])]
+    assert gateway.positions().get("SPY", 0) == 0
+    assert gateway.positions()["SAP"] == held["SAP"]
+    wait_for(lambda: booked(project) == {"SAP": held["SAP"]}, what="the SPY sale booked, SAP still dummy's")
+    fills = {f["execId"] for f in mode_collection(project, "fills")}
+    assert fills == {e["execId"] for e in gateway.executions()}
