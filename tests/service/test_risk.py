@@ -393,6 +393,30 @@ def test_a_reduce_on_a_closed_market_places_nothing_and_the_check_still_answers(
     assert len(gateway.orders()) == orders_before
 
 
+@pytest.mark.parametrize("gateway_scenario", [{"hours": "regular"}], indirect=True, ids=["nyse-xetra-hours"])
+def test_a_reduce_sells_the_open_markets_while_a_book_holds_a_closed_ones_stock(consumer, bus: Bus, gateway, project):
+    """At 13:00 New York (the midday check) Xetra has closed. The reduce scales every holding, SAP included, and was
+    skipped whole (`market_closed`) whenever a book held a Xetra stock. It now sells SPY down and leaves SAP,
+    reported in closedMarkets. Found by a review of instruments."""
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}})
+    buy(bus, project, {"SPY": 0.7, "SAP": 0.1})  # 11:00 New York: both open
+    held = stock_positions(gateway)
+    config(project, exposure={"overall": 1.0, "strategies": {"dummy": 0.9}},
+           risk={"leverage": {"max": 0.5, "action": "reduce"}})  # fmt: skip
+    gateway.set_time("2026-06-17T13:00:00-04:00")
+    clock_seen(bus, gateway)
+    reply = bus.reply_to(bus.publish(RISK_CHECK))
+    assert reply["status"] == "ok", reply
+    (reduced,) = reply["result"]["reduced"]
+    assert "skipped" not in reduced, reduced
+    assert [m.split(" ")[0] for m in reduced["closedMarkets"]] == ["SAP"]
+    factor = reduced["factors"]["all"]
+    positions = stock_positions(gateway)
+    assert positions["SPY"] == int(held["SPY"] * factor)
+    assert positions["SAP"] == held["SAP"]  # its market closed: left as it is
+    wait_for(lambda: holdings(project) == {"dummy": positions}, what="the sale booked to dummy")
+
+
 def test_a_halt_never_overwrites_a_kill_switch_a_person_already_turned(consumer, bus: Bus, project: str):
     """The transaction sets the reason only while trading is on: a person's own halt keeps its document."""
     config(project, tradingEnabled=False, risk={"drawdown": {"max": 0.1, "action": "halt"}})
