@@ -629,16 +629,12 @@ def _trading_enabled(project: str) -> bool:
     return bool(account_document(project).collection("config").document("paper").get().to_dict()["tradingEnabled"])
 
 
-@pytest.mark.slow(seconds=40)
-def test_a_risk_check_whose_reduce_fails_transiently_still_halts_on_its_halt_limit(
-    consumer_factory, bus: Bus, gateway, project: str
-):
-    """A check with a `reduce` limit and a `halt` limit, both breached. The reduce must cancel a working buy of
-    ours first, and the exchange does not confirm the cancel (decision 28: the run fails `cancel_unconfirmed` and
-    is retried). `_reduce` catches a Failure so that "the check still answers (and still halts, where a limit says
-    so)", but a Transient escaped it, before `_halt` ran: the whole check was retried, dead-lettered after its last
-    attempt, and trading stayed on with a halt limit breached: every later allocation traded. The halt is applied
-    first now. Found by a review of recovery."""
+def a_halting_reducing_check_over_a_working_buy(
+    consumer_factory: Any, bus: Bus, gateway: Any, project: str, cancel_after: float
+) -> dict[str, Any]:
+    """dummy holds SPY and QQQ with a further SPY buy working (fills held); a check breaches leverage (reduce) and
+    concentration (halt), and the reduce must first cancel that buy, which the exchange confirms `cancel_after`
+    seconds after it is asked: the check's final reply."""
     consumer_factory(order_timeout=1.0)
     exposure = {"overall": 1.0, "strategies": {"dummy": 0.9}}
     write_config(project, exposure=exposure)
@@ -649,16 +645,28 @@ def test_a_risk_check_whose_reduce_fails_transiently_still_halts_on_its_halt_lim
     gateway.hold_fills(True)  # a further buy of SPY stays working at the broker
     more = bus.reply_to(bus.publish(allocation({"SPY": 0.6, "QQQ": 0.4})))
     assert more["status"] == "ok", more
-    (buy,) = [i for i in more["result"]["instruments"] if i["instrument"] == "SPY" and i.get("orderRef")]
-    assert buy["outcome"] == "working", buy
-    gateway.cancel_delay(600)  # the exchange does not confirm a cancel within the test
-
+    (working,) = [i for i in more["result"]["instruments"] if i["instrument"] == "SPY" and i.get("orderRef")]
+    assert working["outcome"] == "working", working
+    gateway.cancel_delay(cancel_after)
     write_config(
         project,
         exposure=exposure,
         risk={"leverage": {"max": 0.5, "action": "reduce"}, "concentration": {"max": 0.3, "action": "halt"}},
     )
-    reply = bus.reply_to(bus.publish(RISK_CHECK), timeout=120)
+    return bus.reply_to(bus.publish(RISK_CHECK), timeout=120)
+
+
+@pytest.mark.slow(seconds=40)
+def test_a_risk_check_whose_reduce_fails_transiently_still_halts_on_its_halt_limit(
+    consumer_factory, bus: Bus, gateway, project: str
+):
+    """A check with a `reduce` limit and a `halt` limit, both breached. The reduce must cancel a working buy of
+    ours first, and the exchange does not confirm the cancel (decision 28: the run fails `cancel_unconfirmed` and
+    is retried). `_reduce` catches a Failure so that "the check still answers (and still halts, where a limit says
+    so)", but a Transient escaped it, before `_halt` ran: the whole check was retried, dead-lettered after its last
+    attempt, and trading stayed on with a halt limit breached: every later allocation traded. The halt is applied
+    first now. Found by a review of recovery."""
+    reply = a_halting_reducing_check_over_a_working_buy(consumer_factory, bus, gateway, project, cancel_after=600)
     # The check measured both breaches on every attempt; the halt limit must turn trading off whatever the reduce
     # met (it is the action that needs no order).
     assert not _trading_enabled(project), (
@@ -676,26 +684,8 @@ def test_a_risk_check_reduce_retried_after_a_transient_failure_is_not_skipped_by
     and is retried. Decision 60 applies the halt first, so the redelivery reads tradingEnabled=false, written by this
     very check, and `_why_no_reduce` skips the reduce: the breached leverage is never reduced on any attempt, though
     the cancel is confirmed by then and the reduce could go ahead. Before decision 60 the redelivery reduced."""
-    consumer_factory(order_timeout=1.0)
-    exposure = {"overall": 1.0, "strategies": {"dummy": 0.9}}
-    write_config(project, exposure=exposure)
-    first = bus.reply_to(bus.publish(allocation({"SPY": 0.5, "QQQ": 0.4})))
-    assert first["status"] == "ok", first
-    wait_for(lambda: holdings(project).get("dummy", {}) == stock_positions(gateway), what="the buys booked to dummy")
-
-    gateway.hold_fills(True)  # a further buy of SPY stays working at the broker
-    more = bus.reply_to(bus.publish(allocation({"SPY": 0.6, "QQQ": 0.4})))
-    assert more["status"] == "ok", more
-    (working,) = [i for i in more["result"]["instruments"] if i["instrument"] == "SPY" and i.get("orderRef")]
-    assert working["outcome"] == "working", working
-    gateway.cancel_delay(3)  # confirmed after the first attempt's 1 s wait, before the redeliveries run out
-
-    write_config(
-        project,
-        exposure=exposure,
-        risk={"leverage": {"max": 0.5, "action": "reduce"}, "concentration": {"max": 0.3, "action": "halt"}},
-    )
-    reply = bus.reply_to(bus.publish(RISK_CHECK), timeout=120)
+    # confirmed after the first attempt's 1 s wait, before the redeliveries run out
+    reply = a_halting_reducing_check_over_a_working_buy(consumer_factory, bus, gateway, project, cancel_after=3)
     assert not _trading_enabled(project), reply
     assert reply["status"] == "ok", reply
     (reduced,) = reply["result"]["reduced"]
