@@ -22,6 +22,8 @@ from consumer.logs import get_logger
 log = get_logger(__name__)
 
 PROBE_ATTRIBUTE = "deliveryProbe"
+# google.api_core's errors that mean "never", by name: a probe they refuse was not sent.
+REFUSALS = {"PermissionDenied", "NotFound", "Forbidden", "InvalidArgument"}
 
 Publish = Callable[[bytes, dict[str, str]], "Future[Any]"]
 
@@ -92,10 +94,13 @@ class DeliveryWatch:
         published.add_done_callback(lambda done: self._published(token, done))
 
     def _published(self, token: str, done: Future[Any]) -> None:
-        """A probe Pub/Sub refused (permissions, quota) was never sent: no stall to report for it, and
-        left in flight it would have reported one for ever, since only its own delivery clears it."""
+        """A probe Pub/Sub refused (no permission to publish, no such topic) was never sent: no stall to report for
+        it, and left in flight it would have reported one for ever, since only its own delivery clears it. One that
+        failed for now (Pub/Sub unreachable, a deadline) stays in flight: delivery is what that puts in doubt."""
         error = done.exception()
-        if error is None:
+        if error is None or type(error).__name__ not in REFUSALS:
+            if error is not None:
+                log.warning("a delivery probe could not be published", error=str(error))
             return
         with self._lock:
             if self._probe is not None and self._probe[0] == token:

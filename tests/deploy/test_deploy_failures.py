@@ -198,3 +198,25 @@ def test_terraform_enables_the_api_the_metadata_proxy_mints_tokens_with(tf: dict
         f"the metadata proxy mints every consumer token through iamcredentials.googleapis.com, but Terraform enables "
         f"only {sorted(enabled)}"
     )
+
+
+def test_a_probe_pubsub_could_not_take_for_now_keeps_reporting_the_stall() -> None:
+    """Pub/Sub unreachable (a deadline, unavailable): the probe may or may not have gone out, and delivery is what
+    is in doubt: readiness keeps saying stalled once the probe's time is up, unlike a probe Pub/Sub refused."""
+    from concurrent.futures import Future
+
+    from google.api_core import exceptions as google_exceptions
+
+    from consumer.transport.delivery_watch import DeliveryWatch
+
+    def unavailable(data: bytes, attributes: dict[str, str]) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_exception(google_exceptions.ServiceUnavailable("503 The service is currently unavailable."))
+        return future
+
+    now = [0.0]
+    watch = DeliveryWatch(unavailable, interval=60, timeout=120, clock=lambda: now[0])
+    now[0] = 61
+    watch.check()
+    now[0] = 400
+    assert watch.stalled() is not None
