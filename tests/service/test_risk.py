@@ -626,7 +626,7 @@ def test_a_risk_check_past_its_expiry_or_max_age_reports_and_places_no_reduce(
 
 
 def _trading_enabled(project: str) -> bool:
-    return bool(account_document(project).collection("config").document("paper").get().to_dict()["tradingEnabled"])
+    return bool(_config_document(project)["tradingEnabled"])
 
 
 def a_halting_reducing_check_over_a_working_buy(
@@ -698,6 +698,43 @@ def test_a_risk_check_reduce_retried_after_a_transient_failure_is_not_skipped_by
     assert sells, f"leverage {leverage} breaches 0.5 and no reduce sale reached the broker: {reduced}"
 
 
+def _config_document(project: str) -> dict[str, Any]:
+    return account_document(project).collection("config").document("paper").get().to_dict() or {}
+
+
+EXPOSURE = {"overall": 1.0, "strategies": {"dummy": 0.9}}
+
+
+def a_reduce_waiting_for_the_open(
+    bus: Bus, gateway: Any, project: str, caplog: pytest.LogCaptureFixture, risk: dict[str, Any]
+) -> str:
+    """dummy holds SPY and QQQ; at 09:29:40 New York a risk-check under `risk` breaches, and its reduce waits for
+    the open: the check's message id, once the wait has begun."""
+    write_config(project, exposure=EXPOSURE)
+    first = bus.reply_to(bus.publish(allocation({"SPY": 0.5, "QQQ": 0.4})))
+    assert first["status"] == "ok", first
+    wait_for(lambda: holdings(project).get("dummy", {}) == stock_positions(gateway), what="the buys booked to dummy")
+
+    gateway.set_time("2026-06-17T09:29:40-04:00")  # 20 s before the next open
+    clock_seen(bus, gateway)
+    write_config(project, exposure=EXPOSURE, risk=risk)
+    message_id = bus.publish(RISK_CHECK)
+    wait_for(
+        lambda: any("a market opens in moments" in r.getMessage() for r in caplog.records),
+        timeout=30,
+        what="the risk-check's reduce to wait for the open",
+    )
+    return message_id
+
+
+def reduce_sales(gateway: Any) -> list[tuple[Any, ...]]:
+    return [
+        (o["orderRef"], o["action"], o["totalQuantity"], o["status"])
+        for o in gateway.orders()
+        if str(o["orderRef"]).startswith("risk-")
+    ]
+
+
 @pytest.mark.slow(seconds=40)
 @pytest.mark.parametrize("market_clock", ["2026-06-16T15:00:00-04:00"], indirect=True)  # a Tuesday, open
 @pytest.mark.parametrize("gateway_scenario", [{"hours": "regular"}])
@@ -707,39 +744,17 @@ def test_the_kill_switch_turned_on_while_a_risk_check_reduce_waits_for_the_open_
     """Decision 58 (amended) re-asks the policy after the wait for the open, but only for `trades` intents
     (dispatch.py passes `recheck` for those alone): risk-check is `exclusive`, so its reduce, which goes through the
     same Rebalance.carry_out and waits for the open the same way, decides from the kill switch it read before the
-    wait (`_why_no_reduce` reads ctx.config). An operator who turns trading off while it waits still gets the
-    reduce's sales at the open."""
-    exposure = {"overall": 1.0, "strategies": {"dummy": 0.9}}
-    write_config(project, exposure=exposure)
-    first = bus.reply_to(bus.publish(allocation({"SPY": 0.5, "QQQ": 0.4})))
-    assert first["status"] == "ok", first
-    wait_for(lambda: holdings(project).get("dummy", {}) == stock_positions(gateway), what="the buys booked to dummy")
-
-    gateway.set_time("2026-06-17T09:29:40-04:00")  # 20 s before the next open
-    clock_seen(bus, gateway)
+    wait (`_why_no_reduce` read ctx.config). An operator who turned trading off while it waited still got the
+    reduce's sales at the open. Found by a review of the fixes."""
     risk = {"leverage": {"max": 0.5, "action": "reduce"}}
-    write_config(project, exposure=exposure, risk=risk)
-    message_id = bus.publish(RISK_CHECK)
-    wait_for(
-        lambda: any("a market opens in moments" in r.getMessage() for r in caplog.records),
-        timeout=30,
-        what="the risk-check's reduce to wait for the open",
-    )
-    write_config(project, exposure=exposure, risk=risk, tradingEnabled=False, haltedReason="operator: stop")
+    message_id = a_reduce_waiting_for_the_open(bus, gateway, project, caplog, risk)
+    write_config(project, exposure=EXPOSURE, risk=risk, tradingEnabled=False, haltedReason="operator: stop")
     reply = bus.reply_to(message_id, timeout=90)
-    sold = [
-        (o["orderRef"], o["action"], o["totalQuantity"], o["status"])
-        for o in gateway.orders()
-        if str(o["orderRef"]).startswith("risk-")
-    ]
+    sold = reduce_sales(gateway)
     assert sold == [], (
         f"trading was turned off while the risk-check's reduce waited for the open, yet it placed {sold} "
         f"(reply {reply['status']}, reduced {reply.get('result', {}).get('reduced')})"
     )
-
-
-def _config_document(project: str) -> dict[str, Any]:
-    return account_document(project).collection("config").document("paper").get().to_dict() or {}
 
 
 @pytest.mark.slow(seconds=40)
@@ -753,24 +768,11 @@ def test_a_person_taking_the_kill_switch_in_firestore_while_a_halting_checks_red
     and lifts it in Firestore as the schema tells them to (tradingEnabled true, haltedReason removed), then takes
     the kill switch themselves: tradingEnabled false, their own haltedReason. The recheck after the wait (decision
     58/60) is there to stop the sale when a person turns trading off during the wait; but `_why_no_reduce` exempts
-    any tradingEnabled=false while haltedBy names this request, and only the CLI's kill-switch removes haltedBy:
-    the person's kill switch is read as the check's own halt and the sale goes out at the open."""
-    exposure = {"overall": 1.0, "strategies": {"dummy": 0.9}}
-    write_config(project, exposure=exposure)
-    first = bus.reply_to(bus.publish(allocation({"SPY": 0.5, "QQQ": 0.4})))
-    assert first["status"] == "ok", first
-    wait_for(lambda: holdings(project).get("dummy", {}) == stock_positions(gateway), what="the buys booked to dummy")
-
-    gateway.set_time("2026-06-17T09:29:40-04:00")  # 20 s before the next open
-    clock_seen(bus, gateway)
+    any tradingEnabled=false while haltedBy named this request, and only the CLI's kill-switch removed haltedBy:
+    the person's kill switch was read as the check's own halt and the sale went out at the open. Found by a
+    review of the newest commits."""
     risk = {"leverage": {"max": 0.5, "action": "reduce"}, "concentration": {"max": 0.3, "action": "halt"}}
-    write_config(project, exposure=exposure, risk=risk)
-    message_id = bus.publish(RISK_CHECK)
-    wait_for(
-        lambda: any("a market opens in moments" in r.getMessage() for r in caplog.records),
-        timeout=30,
-        what="the risk-check's reduce to wait for the open",
-    )
+    message_id = a_reduce_waiting_for_the_open(bus, gateway, project, caplog, risk)
     halted = _config_document(project)
     assert halted.get("tradingEnabled") is False, halted
     assert halted.get("haltedBy"), halted
@@ -781,11 +783,7 @@ def test_a_person_taking_the_kill_switch_in_firestore_while_a_halting_checks_red
     config.update({"tradingEnabled": True, "haltedReason": firestore.DELETE_FIELD, "haltedAt": firestore.DELETE_FIELD})
     config.update({"tradingEnabled": False, "haltedReason": "operator: stop everything, no orders"})
     reply = bus.reply_to(message_id, timeout=90)
-    sold = [
-        (o["orderRef"], o["action"], o["totalQuantity"], o["status"])
-        for o in gateway.orders()
-        if str(o["orderRef"]).startswith("risk-")
-    ]
+    sold = reduce_sales(gateway)
     assert sold == [], (
         f"a person turned trading off (haltedReason {_config_document(project).get('haltedReason')!r}) while the "
         f"check's reduce waited for the open, yet it placed {sold}: haltedBy "
