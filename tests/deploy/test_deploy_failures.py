@@ -43,6 +43,26 @@ def _container_env_keys(mod: dict[str, Any]) -> str:
     return (MODULE / "main.tf").read_text()
 
 
+def stalled_after_a_failed_probe(error: Exception) -> str | None:
+    """What readiness says once a probe's time is up, its publish having failed with `error` (a quiet minute, then
+    no delivery for longer than the watch's timeout)."""
+    from concurrent.futures import Future
+
+    from consumer.transport.delivery_watch import DeliveryWatch
+
+    def failing(data: bytes, attributes: dict[str, str]) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_exception(error)
+        return future
+
+    now = [0.0]
+    watch = DeliveryWatch(failing, interval=60, timeout=120, clock=lambda: now[0])
+    now[0] = 61
+    watch.check()
+    now[0] = 400
+    return watch.stalled()
+
+
 def test_the_consumer_account_may_publish_its_delivery_probes(mod: dict[str, Any]) -> None:
     """The delivery watch (consumer/transport/delivery_watch.py, on by default: DELIVERY_PROBE_SECONDS=60) publishes
     a probe to the intents topic whenever the subscription is quiet for a minute, as the consumer's own account
@@ -58,25 +78,11 @@ def test_the_consumer_account_may_publish_its_delivery_probes(mod: dict[str, Any
     source = (CONSUMER / "process.py").read_text()
     assert "publisher.publish(topic" in source  # the probe goes to the intents topic
     assert "s.intents_topic" in source
-    # What a refused probe does to readiness: it is never delivered, and the stall it reports never clears, even
-    # once ordinary messages flow again (DeliveryWatch only clears its own probe's token).
-    from concurrent.futures import Future
-
+    # What a refused probe does to readiness: it was never delivered, and the stall it reported never cleared.
     from google.api_core import exceptions as google_exceptions
 
-    from consumer.transport.delivery_watch import DeliveryWatch
-
-    def refused(data: bytes, attributes: dict[str, str]) -> Future[Any]:
-        future: Future[Any] = Future()
-        future.set_exception(google_exceptions.PermissionDenied("User not authorized to perform this action."))
-        return future
-
-    now = [0.0]
-    watch = DeliveryWatch(refused, interval=60, timeout=120, clock=lambda: now[0])
-    now[0] = 61
-    watch.check()
-    now[0] = 400
-    assert watch.stalled() is None  # a probe Pub/Sub refused was never sent: no stall is reported for it
+    refused = google_exceptions.PermissionDenied("User not authorized to perform this action.")
+    assert stalled_after_a_failed_probe(refused) is None  # a probe Pub/Sub refused was never sent: no stall
 
     granted = _topics_the_consumer_may_publish_to(mod)
     assert not probes_on or probes_off_in_cloud or settings.intents_topic in granted, (
@@ -203,20 +209,7 @@ def test_terraform_enables_the_api_the_metadata_proxy_mints_tokens_with(tf: dict
 def test_a_probe_pubsub_could_not_take_for_now_keeps_reporting_the_stall() -> None:
     """Pub/Sub unreachable (a deadline, unavailable): the probe may or may not have gone out, and delivery is what
     is in doubt: readiness keeps saying stalled once the probe's time is up, unlike a probe Pub/Sub refused."""
-    from concurrent.futures import Future
-
     from google.api_core import exceptions as google_exceptions
 
-    from consumer.transport.delivery_watch import DeliveryWatch
-
-    def unavailable(data: bytes, attributes: dict[str, str]) -> Future[Any]:
-        future: Future[Any] = Future()
-        future.set_exception(google_exceptions.ServiceUnavailable("503 The service is currently unavailable."))
-        return future
-
-    now = [0.0]
-    watch = DeliveryWatch(unavailable, interval=60, timeout=120, clock=lambda: now[0])
-    now[0] = 61
-    watch.check()
-    now[0] = 400
-    assert watch.stalled() is not None
+    unavailable = google_exceptions.ServiceUnavailable("503 The service is currently unavailable.")
+    assert stalled_after_a_failed_probe(unavailable) is not None

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.service.test_pnl import ok, weight_for
 from tests.support import (
     STANDBY,
     Bus,
@@ -31,17 +32,6 @@ def consumer(consumer_factory):
 @pytest.fixture
 def paper_config_overrides() -> dict[str, object]:
     return {"exposure": {"overall": 1.0, "strategies": {"dummy": 0.5, "testsignalgenerator": 0.5}}}
-
-
-def ok(bus: Bus, body: dict[str, Any]) -> dict[str, Any]:
-    reply = bus.reply_to(bus.publish(body))
-    assert reply["status"] == "ok", reply
-    return reply["result"]
-
-
-def weight_for(bus: Bus, shares: int) -> float:
-    probe = ok(bus, allocation({"SPY": 0.1}, dry_run=True))
-    return (shares + 0.5) * probe["prices"]["SPY"] / (probe["netLiquidation"] * 0.5)
 
 
 def test_the_eod_close_all_job_with_include_unallocated_and_none_marked_close_sells_no_strategy(
