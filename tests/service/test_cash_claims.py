@@ -27,14 +27,20 @@ CASH_BALANCER = {"intent": "cash-balancer", "params": {"threshold": 1000}}
 # -- a strategy's forex short ----------------------------------------------------------------------------------------
 
 
+def eur_leg(bus: Bus, weight: float) -> dict[str, Any]:
+    """dummy's allocation to `weight` of EUR.USD (a forex pair it names itself): its EUR.USD line, the reply ok."""
+    params = {"strategyParams": {"dummy": {"weights": {"EUR.USD": weight}, "instruments": FOREX}}}
+    reply = bus.reply_to(bus.publish(allocation({"EUR.USD": weight}, params=params)))
+    assert reply["status"] == "ok", reply
+    (leg,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "EUR.USD"]
+    return dict(leg)
+
+
 def eur_short(bus: Bus, gateway: Any, project: str) -> tuple[float, int, str]:
     """dummy sells EUR.USD (a short of about 4,900 EUR) in the built-in account, which holds 50,000 free EUR:
     (EUR before, EUR sold, the sale's orderRef), filled at the broker and booked to dummy by execId."""
     eur = gateway.cash()["EUR"]
-    params = {"strategyParams": {"dummy": {"weights": {"EUR.USD": -0.01}, "instruments": FOREX}}}
-    reply = bus.reply_to(bus.publish(allocation({"EUR.USD": -0.01}, params=params)))
-    assert reply["status"] == "ok", reply
-    (leg,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "EUR.USD"]
+    leg = eur_leg(bus, -0.01)
     assert (leg["outcome"], leg["order"] < 0) == ("filled", True), leg
     sold = int(-leg["order"])
     (sale,) = [o for o in gateway.orders() if o["orderRef"] == leg["orderRef"]]
@@ -105,10 +111,7 @@ def strategy_fx_fill_during_cash_balancer(
     cash-balancer asks IB for the working orders, its execution report 3 s behind its status and the account
     values: (dummy's leg, the cash-balancer's EUR line)."""
     gateway.hold_fills(True)
-    params = {"strategyParams": {"dummy": {"weights": {"EUR.USD": weight}, "instruments": FOREX}}}
-    reply = bus.reply_to(bus.publish(allocation({"EUR.USD": weight}, params=params)))
-    assert reply["status"] == "ok", reply
-    (leg,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "EUR.USD"]
+    leg = eur_leg(bus, weight)
     assert (leg["outcome"], leg["order"] > 0) == ("working", weight > 0), leg
 
     gateway.delay_executions(3.0)  # the execution's report trails the Filled status and the account values
@@ -214,20 +217,14 @@ def test_cash_balancer_does_not_buy_euros_for_a_short_whose_cover_is_still_worki
     free = gateway.cash()["EUR"]
     assert abs(free) < 1.0, free
 
-    params = {"strategyParams": {"dummy": {"weights": {"EUR.USD": -0.01}, "instruments": FOREX}}}
-    reply = bus.reply_to(bus.publish(allocation({"EUR.USD": -0.01}, params=params)))
-    assert reply["status"] == "ok", reply
-    (leg,) = [i for i in reply["result"]["instruments"] if i["instrument"] == "EUR.USD"]
+    leg = eur_leg(bus, -0.01)
     assert (leg["outcome"], leg["order"] < 0) == ("filled", True), leg
     sold = int(-leg["order"])
     _booked(project, gateway, {leg["orderRef"]})
     wait_for(lambda: holdings(project) == {"dummy": {"EUR.USD": -sold}}, what="dummy's short booked")
 
     gateway.hold_fills(True)
-    params = {"strategyParams": {"dummy": {"weights": {"EUR.USD": 0.0}, "instruments": FOREX}}}
-    cover = bus.reply_to(bus.publish(allocation({"EUR.USD": 0.0}, params=params)))
-    assert cover["status"] == "ok", cover
-    (leg,) = [i for i in cover["result"]["instruments"] if i["instrument"] == "EUR.USD"]
+    leg = eur_leg(bus, 0.0)
     assert (leg["outcome"], leg["order"]) == ("working", sold), leg
     (buy,) = [o for o in gateway.orders() if o["orderRef"] == leg["orderRef"]]
     assert (buy["action"], buy["totalQuantity"]) == ("BUY", sold), buy
