@@ -11,7 +11,17 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from launcher import EXIT_CHILD_FAILED, EXIT_CONFIG, EXIT_OK, health, ibc, metadata_firewall, metadata_proxy, screen
+from launcher import (
+    EXIT_CHILD_FAILED,
+    EXIT_CONFIG,
+    EXIT_OK,
+    health,
+    ibc,
+    metadata_firewall,
+    metadata_proxy,
+    screen,
+    xauth,
+)
 from launcher.aliases import with_aliases
 from launcher.logs import log
 from launcher.secrets import (
@@ -95,6 +105,7 @@ def render(settings: ibc.GatewaySettings, users: ChildUsers, env: Mapping[str, s
     with acting_as(users.gateway):
         ibc.write_private(paths.config_ini, ibc.render_config_ini(settings, credentials))
         ibc.write_private(paths.settings / "jts.ini", ibc.render_jts_ini(settings))
+        xauth.write_cookie(_cookie_file(settings), _display(env))
         if _yes(env.get("SCREENSHOTS")):
             Path(_screen_dir(env)).mkdir(mode=0o700, parents=True, exist_ok=True)
     log("IBC configuration written", credentials_from=credentials.source, **settings.describe())
@@ -128,11 +139,12 @@ def child_specs(
 ) -> list[ChildSpec]:
     users = users or ChildUsers()
     base = scrubbed_environment(env)
-    display = env.get("DISPLAY", ":1")
-    xvfb = shlex.split(env.get("XVFB_COMMAND", DEFAULT_XVFB))
+    display = _display(env)
+    cookie = str(_cookie_file(settings))
+    xvfb = [*shlex.split(env.get("XVFB_COMMAND", DEFAULT_XVFB)), "-auth", cookie]
     if _yes(env.get("SCREENSHOTS")):
         xvfb += screen.xvfb_arguments(_screen_dir(env))
-    gateway_env = {**_home(base, users.gateway), "DISPLAY": display}
+    gateway_env = {**_home(base, users.gateway), "DISPLAY": display, "XAUTHORITY": cookie}
     consumer_env = {**_home(base, users.consumer), "IB_HOST": ibc.LOCALHOST, "IB_PORT": str(settings.api_port)}
     if proxy is not None:  # google-auth reads both: the host for requests, the IP for its ping
         consumer_env |= {"GCE_METADATA_HOST": proxy.host, "GCE_METADATA_IP": proxy.host}
@@ -206,6 +218,15 @@ def screenshot_command(env: Mapping[str, str]) -> int:
     sys.stdout.buffer.write(png)
     sys.stdout.buffer.flush()
     return EXIT_OK
+
+
+def _display(env: Mapping[str, str]) -> str:
+    return env.get("DISPLAY") or ":1"
+
+
+def _cookie_file(settings: ibc.GatewaySettings) -> Path:
+    """Beside the login, on tmpfs, the gateway user's alone (launcher/xauth.py)."""
+    return settings.paths.config_dir / "Xauthority"
 
 
 def _screen_dir(env: Mapping[str, str]) -> str:

@@ -225,8 +225,9 @@ def _utf16_units(ch: str) -> list[int]:
     return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
 
 
-def write_private(path: Path, text: str) -> None:
-    """Writes text with mode 0600 in a 0700 directory, atomically; never readable by anyone else, even briefly.
+def write_private(path: Path, text: str | bytes) -> None:
+    """Writes text or bytes with mode 0600 in a 0700 directory, atomically; never readable by anyone else, even
+    briefly.
 
     The file is created 0600 by open(2) itself (no chmod after writing, so no umask or race can widen it), owned by
     the effective user (see `acting_as`), in a directory that user owns: a directory owned by anyone else is refused
@@ -241,8 +242,8 @@ def write_private(path: Path, text: str) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode() if isinstance(text, str) else text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -47,6 +47,7 @@ try() {
 try "$CONFIG_INI" config
 try "/proc/$PPID/environ" launcher_environ
 try "$LOGIN_FILE" login_file
+try "$COOKIE_FILE" display_cookie
 id -u > "$out.uid"
 trap 'exit 0' TERM
 while :; do sleep 0.1; done
@@ -96,11 +97,12 @@ def base_env(base: Path, shm_dir: Path, **extra: str) -> dict[str, str]:
         IB_SETTINGS_PATH=str(shm_dir / "Jts"),
         IBC_CONFIG_DIR=str(shm_dir / "ibc"),
         LAUNCHER_STATE_DIR=str(shm_dir / "state"),
-        XVFB_COMMAND="sleep 600",
+        XVFB_COMMAND="sh -c 'sleep 600' xvfb",  # takes the launcher's arguments (-auth FILE) as $0..$n
         WATCHDOG_INTERVAL_SECONDS="600",
         SHUTDOWN_GRACE_SECONDS="5",
         RECORD_DIR=str(record),
         CONFIG_INI=str(shm_dir / "ibc" / "config.ini"),
+        COOKIE_FILE=str(shm_dir / "ibc" / "Xauthority"),
     )
     env.update(extra)
     return env
@@ -191,12 +193,15 @@ def test_the_consumer_runs_as_its_own_user_and_cannot_read_the_login(mode: str, 
     assert (record / "consumer.config.result").read_text().strip() == "denied"
     assert (record / "consumer.launcher_environ.result").read_text().strip() == "denied"
     assert (record / "consumer.login_file.result").read_text().strip() == "denied"
+    assert (record / "consumer.display_cookie.result").read_text().strip() == "denied"  # the gateway's X display
     assert PASSWORD.encode() not in launcher_environ
 
     config = shm_dir / "ibc" / "config.ini"
     info, directory = config.stat(), config.parent.stat()
     assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (GATEWAY_UID, 0o600)
     assert (directory.st_uid, stat.S_IMODE(directory.st_mode)) == (GATEWAY_UID, 0o700)
+    cookie = (shm_dir / "ibc" / "Xauthority").stat()
+    assert (cookie.st_uid, stat.S_IMODE(cookie.st_mode)) == (GATEWAY_UID, 0o600)
     jts = (shm_dir / "Jts" / "jts.ini").stat()
     assert jts.st_uid == GATEWAY_UID  # the gateway rewrites its own settings
     for path in record.iterdir():  # nothing the consumer managed to copy holds the password
