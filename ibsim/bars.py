@@ -42,6 +42,15 @@ BAR_SECONDS = {
 }
 DURATION_SECONDS = {"S": 1, "D": 86400, "W": 7 * 86400, "M": 30 * 86400, "Y": 365 * 86400}
 MAX_BARS = 100_000
+TOO_MANY_BARS = "Too many bars requested"
+# IB's daily history reaches back decades at most: a longer window is cut at 50 years (and then at the listing), so a
+# duration no date can hold is answered with what there is instead of overflowing the date arithmetic.
+MAX_DAYS_BACK = 50 * 365
+# IB's text (ib_async issue 229): an 'N D' duration over a year is refused with 321.
+DAYS_OVER_A_YEAR = (
+    "Error validating request.-'bH' : cause - Historical data requests for durations longer than 365 days must be "
+    "made in years."
+)
 # IB's bar sizes; any other gets 321 "Error validating request:-'bS' : cause - Historical data bar size setting is
 # invalid. Legal ones are: 1 secs, 5 secs, ... 1 day, 1W, 1M" (IB Gateway's text).
 LEGAL_BAR_SIZES = (
@@ -109,6 +118,11 @@ def parse_duration(text: str) -> tuple[int, str]:
     if n <= 0:
         raise BarRequestError(f"Invalid duration {text!r}")
     return n, parts[1].upper()
+
+
+def days_over_a_year(duration: tuple[int, str]) -> bool:
+    n, unit = duration
+    return unit == "D" and n > 365
 
 
 def parse_end(text: str, now: dt.datetime) -> dt.datetime:
@@ -202,6 +216,10 @@ def bar_times(
         span = sessions.session(first, use_rth)
         start = span[0] if span is not None else sessions.midnight(first)
     else:
+        if n * DURATION_SECONDS[unit] > 7 * MAX_BARS * seconds:
+            # Sessions fill at least a seventh of the calendar (6.5 h on weekdays): a window holding seven times
+            # MAX_BARS slots holds more than MAX_BARS bars, refused now rather than after walking every slot.
+            raise BarRequestError(TOO_MANY_BARS)
         start = sessions.end - dt.timedelta(seconds=n * DURATION_SECONDS[unit])
     return _intraday_times(sessions, start, seconds, use_rth)
 
@@ -209,7 +227,7 @@ def bar_times(
 def _daily_times(sessions: _Sessions, n: int, unit: str) -> list[dt.datetime]:
     if unit == "D":  # 'N D' means N trading days
         return [sessions.midnight(d) for d in reversed(sessions.last_held(n))]
-    days_back = n * {"S": 1 / 86400, "D": 1, "W": 7, "M": 30, "Y": 365}[unit]
+    days_back = min(n * {"S": 1 / 86400, "D": 1, "W": 7, "M": 30, "Y": 365}[unit], MAX_DAYS_BACK)
     last = sessions.end.date()
     start = last - dt.timedelta(days=math.ceil(days_back) - 1)
     days = (start + dt.timedelta(days=i) for i in range((last - start).days + 1))
@@ -225,7 +243,7 @@ def _intraday_times(sessions: _Sessions, start: dt.datetime, seconds: int, use_r
         if bar is not None:
             out.append(bar)
         if len(out) > MAX_BARS:
-            raise BarRequestError("Historical Market Data Service error message:Too many bars requested")
+            raise BarRequestError(TOO_MANY_BARS)
         t += seconds
     return out
 

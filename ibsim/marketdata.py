@@ -14,7 +14,17 @@ from typing import Any
 
 from . import messages as M
 from .account import AccountDesk
-from .bars import LEGAL_BAR_SIZES, Bar, BarRequestError, legal_bar_size, make_bars, under_a_minute
+from .bars import (
+    DAYS_OVER_A_YEAR,
+    LEGAL_BAR_SIZES,
+    Bar,
+    BarRequestError,
+    days_over_a_year,
+    legal_bar_size,
+    make_bars,
+    parse_duration,
+    under_a_minute,
+)
 from .connection import Connection
 from .controls import fault, query
 from .instrument_spec import daily_bars
@@ -237,6 +247,9 @@ class MarketDesk(AccountDesk):
             message = "Error validating request:-'bS' : cause - Historical data bar size setting is invalid. "
             conn.send_error(req_id, 321, message + f"Legal ones are: {LEGAL_BAR_SIZES}")
             return
+        if _days_over_a_year(duration):
+            conn.send_error(req_id, 321, DAYS_OVER_A_YEAR)
+            return
         if self._pacing_refusal((inst.key, c.exchange.upper(), what.upper()), (end, bar_size, duration, use_rth)):
             self.history_violations += 1
             conn.send_error(req_id, 162, PACING_VIOLATION)
@@ -373,3 +386,10 @@ class MarketDesk(AccountDesk):
     def market_data_types(self) -> list[tuple[int, int]]:
         """(clientId, type) of every reqMarketDataType received, oldest first."""
         return list(self.market_data_type_requests)
+
+
+def _days_over_a_year(duration: str) -> bool:
+    try:
+        return days_over_a_year(parse_duration(duration))
+    except BarRequestError:
+        return False  # refused with its own text by make_bars

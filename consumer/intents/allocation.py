@@ -18,7 +18,7 @@ from consumer.broker.broker import Broker, OrderSnapshot
 from consumer.broker.instruments import Instrument
 from consumer.broker.model import Prices
 from consumer.broker.orders import discard
-from consumer.errors import IntentError, Transient
+from consumer.errors import IntentError, Transient, clip
 from consumer.forex import is_forex
 from consumer.intents.base import Intent, IntentContext
 from consumer.intents.rebalance import Rebalance
@@ -68,6 +68,23 @@ async def allocation(ctx: IntentContext, params: dict[str, Any]) -> dict[str, An
         discard(asked)
 
 
+def _refuse_named_twice(instruments: dict[str, dict[str, Instrument]]) -> None:
+    """One contract under two names in a strategy ('EUR.USD' and 'EUR' in USD): sized one after the other, the
+    second weight replaced the first after the leverage check had counted both."""
+    twice = []
+    for strategy, own in instruments.items():
+        names: dict[int, list[str]] = {}
+        for symbol, instrument in own.items():
+            names.setdefault(instrument.con_id, []).append(symbol)
+        twice += [
+            f"{strategy} names one instrument (conId {con_id}) {len(symbols)} times: {clip(', '.join(symbols))}"
+            for con_id, symbols in names.items()
+            if len(symbols) > 1
+        ]
+    if twice:
+        raise IntentError("invalid_strategies", "; ".join(twice) + "; nothing was placed", details=twice)
+
+
 async def _allocation(
     ctx: IntentContext, strategies: dict[str, Strategy], asked: OrderSnapshot | None
 ) -> dict[str, Any]:
@@ -77,6 +94,7 @@ async def _allocation(
     with ctx.timed("contracts"):
         resolved = await asyncio.gather(*(broker.resolve(s.instruments()) for s in strategies.values()))
     instruments: dict[str, dict[str, Instrument]] = dict(zip(strategies, resolved, strict=True))
+    _refuse_named_twice(instruments)
     with ctx.timed("books"):
         rebalance = await Rebalance.open(ctx, list(strategies), asked)
 

@@ -7,6 +7,7 @@ the document can only tighten them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,10 @@ class TradingConfig:
             schemas.validate(SCHEMA, data)
         except SchemaViolation as e:
             raise IntentError("config_invalid", f"{path} is invalid: {e}", details=e.problems) from None
+        non_finite = _non_finite(data)
+        if non_finite:
+            # The schema's bounds are comparisons, which NaN passes: a NaN leverageCap turned every cap check False.
+            raise IntentError("config_invalid", f"{path} is invalid: {non_finite} is not a finite number")
         exposure = data.get("exposure", {})
         orders = data.get("orderDefaults", {})
         config = cls(
@@ -166,6 +171,19 @@ def edited(document: dict[str, Any] | None, key: str, value: Any, unset: bool = 
     else:
         target[leaf] = value
     return result
+
+
+def _non_finite(value: Any, where: str = "") -> str | None:
+    """The path of the first NaN or infinity in a config document ('exposure.overall'), if any."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where
+    if isinstance(value, dict):
+        children = [(f"{where}.{key}" if where else str(key), item) for key, item in value.items()]
+    elif isinstance(value, list):
+        children = [(f"{where}[{n}]", item) for n, item in enumerate(value)]
+    else:
+        return None
+    return next(filter(None, (_non_finite(item, path) for path, item in children)), None)
 
 
 def check_document(document: dict[str, Any], schemas: Schemas, path: str, limits: DeploymentLimits) -> TradingConfig:

@@ -12,6 +12,7 @@ import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
+from consumer.errors import clip
 from consumer.strategies.base import Strategy
 
 _NOT_STRATEGIES = {"base", "indicators"}
@@ -42,11 +43,11 @@ def naming_problems(
     unknown = [n for n in names if n not in known]
     if unknown:
         problems.append(
-            f"unknown strategy {', '.join(map(repr, unknown))}; known strategies: {', '.join(sorted(known))}"
+            f"unknown strategy {clip(', '.join(map(repr, unknown)))}; known strategies: {', '.join(sorted(known))}"
         )
     stray = sorted(set(strategy_params) - set(names))
     if stray:
-        problems.append(f"strategyParams given for {', '.join(stray)}, which this allocation does not run")
+        problems.append(f"strategyParams given for {clip(', '.join(stray))}, which this allocation does not run")
     return problems
 
 

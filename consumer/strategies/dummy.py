@@ -35,6 +35,7 @@ class Dummy(Strategy):
                 "description": "Signed fraction of the strategy's capital per symbol.",
                 "type": "object",
                 "propertyNames": {"pattern": "^[A-Z0-9][A-Z0-9.]{0,20}$"},
+                "maxProperties": 1000,
                 "additionalProperties": {"type": "number", "minimum": -10, "maximum": 10},
             },
             "instruments": {

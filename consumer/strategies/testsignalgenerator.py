@@ -30,9 +30,15 @@ class TestSignalGenerator(Strategy):
                 "type": "array",
                 "items": {"type": "string", "pattern": "^[A-Z][A-Z0-9.]{0,20}$"},
                 "minItems": 1,
+                "maxItems": 100,
                 "uniqueItems": True,
             },
-            "lookback": {"description": "Moving-average window in trading days.", "type": "integer", "minimum": 2},
+            "lookback": {
+                "description": "Moving-average window in trading days.",
+                "type": "integer",
+                "minimum": 2,
+                "maximum": 1000,
+            },
         },
     }
     DEFAULT_SYMBOLS = ("SPY", "QQQ", "IWM")

@@ -125,3 +125,30 @@ def test_a_clients_51st_unanswered_history_request_is_refused_with_322(gw: Threa
     too_many = "Error processing request:-'wd' : cause - Only 50 simultaneous API historical data requests allowed."
     assert errors == [(322, too_many)]
     assert len(history(ib, "SYM051", duration="2 D")) == 2  # the 50 answered: room again
+
+
+def test_more_than_365_days_must_be_asked_in_years_321(ib: IB) -> None:
+    """IB: "Error validating request.-'bH' : cause - Historical data requests for durations longer than 365 days
+    must be made in years." (ib_async issue 229); ibsim answered 366 D as if it were legal."""
+    errors = errors_of(ib)
+    assert len(history(ib, "SPY", duration="366 D")) == 0
+    [(code, message)] = errors
+    assert code == 321
+    assert "durations longer than 365 days must be made in years" in message
+    assert len(history(ib, "SPY", duration="365 D")) > 200
+    assert len(history(ib, "SPY", duration="2 Y")) > 400
+
+
+@pytest.mark.parametrize(
+    ("duration", "size"),
+    [("9000000000000000000 Y", "1 day"), ("100000 Y", "1 min"), ("9000000000000000000 S", "1 hour")],
+)
+def test_an_absurd_duration_is_answered_without_losing_the_connection(ib: IB, duration: str, size: str) -> None:
+    """A duration no date can hold overflowed ibsim's date arithmetic (the connection dropped), and one of years of
+    minute bars walked every minute of them before refusing. IB answers what it has (daily bars since the listing)
+    or refuses the request; the connection stays."""
+    errors = errors_of(ib)
+    bars = history(ib, "SPY", duration=duration, size=size)
+    assert ib.isConnected()
+    assert bars or [code for code, _ in errors] == [162], errors
+    assert len(history(ib, "SPY", duration="5 D")) == 5  # the same connection answers the next one
