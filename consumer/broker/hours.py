@@ -47,6 +47,11 @@ def is_open(hours: str, time_zone_id: str, now: datetime) -> bool:
     return any(start <= now < end for start, end in sessions(hours, time_zone_id))
 
 
+def closes_at(hours: str, time_zone_id: str, now: datetime) -> datetime | None:
+    """When the session open at `now` ends (None while none is)."""
+    return next((end for start, end in sessions(hours, time_zone_id) if start <= now < end), None)
+
+
 def next_open(hours: str, time_zone_id: str, now: datetime) -> datetime | None:
     """When the next session in `hours` after `now` starts (in the contract's zone); None if none is listed."""
     return min((start for start, _ in sessions(hours, time_zone_id) if start > now), default=None)

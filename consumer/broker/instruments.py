@@ -17,7 +17,7 @@ from ib_insync import IB, Contract, ContractDetails
 
 from consumer.broker import views
 from consumer.broker.contract_cache import CachedContract, CacheUnavailable, ContractStore, trading_day
-from consumer.broker.hours import closed_reason, good_after, is_open, next_open
+from consumer.broker.hours import closed_reason, closes_at, good_after, is_open, next_open
 from consumer.errors import IntentError
 from consumer.logs import get_logger
 from consumer.strategies.base import InstrumentSpec
@@ -81,6 +81,11 @@ class Instrument:
         """Until its market next opens (None when its hours list no later session)."""
         opens = next_open(self.session_hours, self.time_zone, now)
         return (opens - now).total_seconds() if opens is not None else None
+
+    def seconds_to_close(self, now: datetime) -> float | None:
+        """Until the session open now ends (None while its market is closed, or its hours list none)."""
+        closes = closes_at(self.session_hours, self.time_zone, now) if self.session_hours else None
+        return (closes - now).total_seconds() if closes is not None else None
 
     def closed_at(self, now: datetime) -> str:
         """The symbol and when its market next opens, for a rejection while `open_at(now)` is False."""

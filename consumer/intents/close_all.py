@@ -10,13 +10,15 @@ and other clients' orders are never cancelled.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from consumer.broker.broker import OrderSnapshot
+from consumer.broker.instruments import Instrument
 from consumer.broker.orders import discard
-from consumer.errors import IntentError
+from consumer.errors import IntentError, clip
 from consumer.intents.base import Intent, IntentContext
-from consumer.intents.rebalance import Rebalance
+from consumer.intents.rebalance import Rebalance, instruments_by_con_id
 from consumer.store.books import UNALLOCATED
 from consumer.strategies import discover
 
@@ -26,7 +28,7 @@ async def close_all(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     if named:
         unknown = [n for n in named if n not in discover() and n != UNALLOCATED]
         if unknown:
-            raise IntentError("unknown_strategy", f"unknown strategy {', '.join(map(repr, unknown))}")
+            raise IntentError("unknown_strategy", f"unknown strategy {clip(', '.join(map(repr, unknown)))}")
     include_unallocated = bool(params.get("includeUnallocated"))
     if params.get("flatAtClose"):
         # The eod-close-all job: the strategies the config marks `flatAtClose: close` (and any named), never "all".
@@ -41,13 +43,17 @@ async def close_all(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     )
     asked = ctx.orders_to_look_up()  # read before placing (see allocation)
     try:
-        return await _close(ctx, books, include_unallocated, asked)
+        return await _close(ctx, books, include_unallocated, asked, params.get("closingWithin"))
     finally:
         discard(asked)
 
 
 async def _close(
-    ctx: IntentContext, books: list[str] | None, include_unallocated: bool, asked: OrderSnapshot | None
+    ctx: IntentContext,
+    books: list[str] | None,
+    include_unallocated: bool,
+    asked: OrderSnapshot | None,
+    closing_within: float | None,
 ) -> dict[str, Any]:
     with ctx.timed("books"):
         rebalance = await Rebalance.open(ctx, books, asked)
@@ -58,8 +64,21 @@ async def _close(
         chosen.add(UNALLOCATED)
     rebalance.only(sorted(chosen))
     targets: dict[str, dict[int, float]] = {s: {} for s in chosen}
-    report = await rebalance.carry_out(targets, {}, close=True, partial=True)
+    later = await _closing_later(ctx, rebalance, closing_within) if closing_within is not None else {}
+    report = await rebalance.carry_out(targets, later, close=True, partial=True, keep=frozenset(later))
+    if later:
+        report["notClosing"] = sorted(i.symbol for i in later.values())
     return {**report, "strategies": sorted(chosen), "timings": ctx.phase_timings()}
+
+
+async def _closing_later(ctx: IntentContext, rebalance: Rebalance, within: float) -> dict[int, Instrument]:
+    """The instruments in scope whose market is open and stays open longer than `within` seconds: the eod close-all
+    jobs fire before both of NYSE's closes (12:55 for a half day's 13:00, 15:55), and each leaves what closes later
+    to the later one. A closed market is not among them: it goes through the closed-market check (and alerts)."""
+    con_ids = {c for book in (rebalance.current(), rebalance.working()) for held in book.values() for c in held}
+    instruments = await instruments_by_con_id(ctx.broker, {}, con_ids)
+    now = ctx.market_now()
+    return {c: i for c, i in instruments.items() if i.open_at(now) and (i.seconds_to_close(now) or math.inf) > within}
 
 
 INTENT = Intent(

@@ -408,6 +408,7 @@ class Rebalance:
         instruments: Mapping[int, Instrument],
         close: bool = False,
         partial: bool = False,
+        keep: frozenset[int] = frozenset(),
     ) -> dict[str, Any]:
         """Cancels our working orders in the way (see `in_the_way`), then places one netted order per instrument.
 
@@ -415,25 +416,27 @@ class Rebalance:
         `partial` (close-all, risk-check's reduce: orders that only take risk off) trades the instruments whose
         market is open and leaves those whose market is closed as they are, reported in `closedMarkets` with an
         alert: refused whole, the 15:55 close-all of a strategy that also held a Xetra stock left its US stocks
-        open overnight, and the 13:00 reduce could never act while a book held one.
+        open overnight, and the 13:00 reduce could never act while a book held one. `keep`: instruments left as
+        they are, their working orders too (close-all's `closingWithin`).
         """
         ctx = self.ctx
         services = ctx.services
-        spare: frozenset[int] = frozenset()
+        spare = keep
         closed_markets: list[str] = []
-        way = self.in_the_way(targets, close)
+        targets = self._held_as_they_are(targets, keep) if keep else targets
+        way = self.in_the_way(targets, close, spare)
         # Sized as if the orders to cancel were gone: what a dry run shows and what the market check covers.
         legs = net_legs(targets, self.current(), self.working(without=set(way.cancel) | way.aside))
         # Every instrument the reply lists: one held at its target (risk-check's reduce keeps them) has no delta.
         needed = {c for c, leg in legs.items() if leg.deltas or any(leg.targets.values())}
         needed |= {o.con_id for o in way.cancel.values()}
         with ctx.timed("contracts"):
-            instruments = await _with_instruments(ctx.broker, instruments, needed)
+            instruments = await instruments_by_con_id(ctx.broker, instruments, needed)
         trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
         touched = set(trading) | {o.con_id for o in way.cancel.values()}
         shut = await self._closed_markets(touched, instruments, way, partial)
         if shut:
-            spare = frozenset(i.con_id for i in shut)
+            spare = keep | frozenset(i.con_id for i in shut)
             closed_markets = sorted(i.closed_at(ctx.market_now()) for i in shut)
             targets = self._held_as_they_are(targets, spare)
             way = self.in_the_way(targets, close, spare)
@@ -460,7 +463,7 @@ class Rebalance:
             legs = net_legs(targets, self.current(), self.working(without=after.aside))
             listed = {c for c, leg in legs.items() if leg.deltas or any(leg.targets.values())}
             with ctx.timed("contracts"):
-                instruments = await _with_instruments(ctx.broker, instruments, listed)
+                instruments = await instruments_by_con_id(ctx.broker, instruments, listed)
             trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
 
         intent = ctx.request.intent or "trade"
@@ -614,7 +617,7 @@ async def send_orders(
     return outcomes
 
 
-async def _with_instruments(
+async def instruments_by_con_id(
     broker: Broker, instruments: Mapping[int, Instrument], con_ids: set[int]
 ) -> Mapping[int, Instrument]:
     """`instruments` and those of `con_ids` it lacks (held or working, not targeted), found by conId: asked

@@ -360,9 +360,10 @@ def test_the_declared_schedule_set() -> None:
     jobs = {j["name"]: j for j in yaml.safe_load(SCHEDULES_DECLARATION.read_text())["jobs"]}
     assert {n: (j["schedule"], j["intent"], j.get("paused", False)) for n, j in jobs.items()} == {
         "open-allocation": ("30 9 * * 1-5", "allocation", False),
-        "midday-risk-check": ("0 13 * * 1-5", "risk-check", False),
+        "midday-risk-check": ("45 12 * * 1-5", "risk-check", False),
         "eod-trade-reconciliation": ("55 15 * * 1-5", "trade-reconciliation", False),
         "eod-close-all": ("55 15 * * 1-5", "close-all", True),
+        "half-day-close-all": ("55 12 * * 1-5", "close-all", True),
         "eod-check": ("10 16 * * 1-5", "eod-check", False),
         "nightly-test-signal": ("15 16 * * 1-5", "allocation", False),
     }
