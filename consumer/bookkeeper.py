@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import compress
@@ -241,7 +242,7 @@ class Bookkeeper:
         docs = await self._books.open_orders()
         try:
             at_broker = await self._broker.find_orders(
-                {d["orderRef"] for d in docs}, record=record, account=self.account
+                {d["orderRef"] for d in docs}, record=record, account=self.account, perm_ids=perm_ids(docs)
             )
         except GatewayReadOnly:
             # IB refuses a read-only API the order lists: what became of these is unknown, so they stay open.
@@ -528,6 +529,11 @@ def _instruments_open(docs: list[dict[str, Any]], closed: list[dict[str, Any]]) 
     """The conIds of these orders that are still open after `closed`."""
     done = {c["orderRef"] for c in closed}
     return {int(d["conId"]) for d in docs if d["orderRef"] not in done}
+
+
+def perm_ids(docs: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """orderRef -> permId of the order documents IB has numbered: the order a ref names at the broker."""
+    return {d["orderRef"]: int(d["permId"]) for d in docs if d.get("permId")}
 
 
 def _never_acknowledged(found: Outcome) -> bool:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.cloud.firestore import AsyncWriteBatch
 
+from consumer.bookkeeper import perm_ids
 from consumer.broker.model import NOT_PLACED, is_done, meaning
 from consumer.errors import ClaimTakenOver, reraise_if_cancelled
 from consumer.logs import get_logger
@@ -136,7 +137,9 @@ class StrandedRequests:
         services = self._services
         await services.bookkeeper.reconcile()
         open_docs, closed_docs = await services.books.orders_of(request_id)
-        at_broker = await services.broker.find_orders({d["orderRef"] for d in open_docs}, account=services.account)
+        at_broker = await services.broker.find_orders(
+            {d["orderRef"] for d in open_docs}, account=services.account, perm_ids=perm_ids(open_docs)
+        )
         orders = [_line(d, _outcome(d.get("state")), d.get("filled")) for d in closed_docs]
         # Listed nowhere: never sent, or sent before the kill and finished on an earlier day (IB lists the current
         # day's orders and executions only). What the position says it filled decides (decision 44).

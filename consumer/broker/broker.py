@@ -322,10 +322,14 @@ class Broker:
         within: float | None = None,
         record: ConnectionRecord | None = None,
         account: str | None = None,
+        perm_ids: Mapping[str, int] | None = None,
     ) -> dict[str, Outcome]:
-        """By orderRef; `account`: that account's orders only (a login's accounts share refs: find_orders)."""
+        """By orderRef; `account`: that account's orders only (a login's accounts share refs); `perm_ids`: a ref's
+        order once IB numbered it, not another client's under the same ref (find_orders)."""
         within = self._gateway.order_lookup_timeout if within is None else within
-        return await find_orders(self._ib, self._gateway.requests, refs, within, asked=record, account=account)
+        return await find_orders(
+            self._ib, self._gateway.requests, refs, within, asked=record, account=account, perm_ids=perm_ids
+        )
 
     async def cancel(self, orders: Iterable[BrokerOrder], within: float) -> dict[str, Outcome]:
         """Cancels these working orders of ours and waits until IB has finished each, by orderRef.

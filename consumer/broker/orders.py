@@ -602,12 +602,15 @@ async def find_orders(
     within: float = LOOKUP_TIMEOUT,
     asked: Asked | None = None,
     account: str | None = None,
+    perm_ids: Mapping[str, int] | None = None,
 ) -> dict[str, Outcome]:
     """Orders with these orderRefs at the broker: working, completed, or seen only as executions.
 
     `account`: only orders and executions of that account (or naming none) are this account's. An orderRef comes
     from the request id, and one request id runs once per account (a scheduled slot's key is the same for every
     account, decision 11): a login managing several accounts sees the others' orders under the same refs.
+    `perm_ids`: for a ref whose order IB has numbered, only that order is it (another client id, or a person
+    copying the order in TWS, can place under the same ref).
 
     `asked` is an answer asked for earlier (`ask_orders`) or a first run's `ConnectionRecord`, read as it is if its
     connection still holds; without either (or with a record whose connection dropped since) the broker is asked
@@ -619,26 +622,33 @@ async def find_orders(
         return {}
     if isinstance(asked, ConnectionRecord):
         if asked.holds:
-            return _match(refs, ib.trades(), ib.fills(), account)
+            return _match(refs, ib.trades(), ib.fills(), account, perm_ids or {})
         asked = None  # the connection dropped since the intent started: its record may be incomplete
     open_trades, completed, fills = await asyncio.wait_for(
         asked if asked is not None else ask_orders(requests),
         within,
     )
-    return _match(refs, [*completed, *open_trades, *ib.trades()], fills, account)
+    return _match(refs, [*completed, *open_trades, *ib.trades()], fills, account, perm_ids or {})
 
 
-def _match(refs: set[str], trades: Iterable[Trade], fills: Iterable[Fill], account: str | None) -> dict[str, Outcome]:
+def _match(
+    refs: set[str], trades: Iterable[Trade], fills: Iterable[Fill], account: str | None, perm_ids: Mapping[str, int]
+) -> dict[str, Outcome]:
+    def ours(ref: str, perm_id: int) -> bool:
+        return not perm_ids.get(ref) or perm_id == perm_ids[ref]
+
     found: dict[str, Outcome] = {}
     for trade in trades:
         ref = trade.order.orderRef
-        if ref in refs and (account is None or trade.order.account in ("", account)):
+        mine = ref in refs and ours(ref, trade.order.permId)
+        if mine and (account is None or trade.order.account in ("", account)):
             candidate = outcome_of(trade, existing=True)
             if ref not in found or _more_final(candidate, found[ref]):
                 found[ref] = candidate
     for fill in fills:
         ref = fill.execution.orderRef
-        if ref in refs and ref not in found and (account is None or fill.execution.acctNumber in ("", account)):
+        mine = ref in refs and ref not in found and ours(ref, fill.execution.permId)
+        if mine and (account is None or fill.execution.acctNumber in ("", account)):
             found[ref] = Outcome(
                 order_ref=ref,
                 fate=Fate.WORKING,

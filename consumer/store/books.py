@@ -477,7 +477,7 @@ async def _book(ledger: _Ledger, layout: Layout, e: Execution, now: datetime) ->
         return "applied"
 
     # Its order: still open, or already closed (a late report for a cancelled, partly filled order).
-    where, order = ledger.orders.get(e.order_ref, (None, None)) if e.order_ref else (None, None)
+    where, order = _order_of(ledger, e)
 
     if order is not None:
         shares, booked_after, filled_after, within = _order_shares(order, e)
@@ -715,6 +715,21 @@ class Priced:
     price: float
     commissions: Mapping[str, float]
     fx_rate: float | None
+
+
+def _order_of(ledger: _Ledger, e: Execution) -> tuple[str | None, dict[str, Any] | None]:
+    """(its collection, the order document) of an execution's order of ours, or (None, None). Under the order's ref
+    it is the order's own only on its instrument, and with its permId once IB gave it one: a person copying our
+    order in TWS, or another client id, can carry the same orderRef, and its fills were split among our order's
+    strategies (10 QQQ booked to dummy under the ref of its SPY buy)."""
+    where, order = ledger.orders.get(e.order_ref, (None, None)) if e.order_ref else (None, None)
+    if order is None:
+        return None, None
+    if order.get("conId") and int(order["conId"]) != e.con_id:
+        return None, None
+    if order.get("permId") and e.perm_id and int(order["permId"]) != e.perm_id:
+        return None, None
+    return where, order
 
 
 def _order_shares(order: Mapping[str, Any], e: Execution) -> tuple[dict[str, float], Mapping[str, float], float, float]:

@@ -1,12 +1,16 @@
 """An execution beyond its order's quantity is booked, to unallocated, and blocks nothing.
 
 An orderRef is ours, but nothing stops another client id from placing under it: an earlier deployment with
-another IB_CLIENT_ID finishing the same request, a person copying it in TWS. Its executions carry our orderRef,
-so the books take them for our order's; the part beyond the order's quantity used to raise in the attribution,
-and the booking transaction, with every fill batched beside it, failed on every sweep from then on.
+another IB_CLIENT_ID finishing the same request, a person copying it in TWS. Its executions carry our orderRef.
+The books took them for our order's, and the part beyond the order's quantity raised in the attribution: the
+booking transaction, with every fill batched beside it, failed on every sweep from then on. Now an execution
+under our ref is the order's only with the order's permId (and on its instrument, decision 65); another's goes
+to unallocated, and so does any part beyond the order's quantity.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 from ib_insync import IB, MarketOrder, Stock
@@ -60,7 +64,7 @@ def test_an_execution_beyond_its_orders_quantity_is_booked_to_unallocated_not_to
     every_execution_booked_once(gateway, project)
     assert holdings(project) == {"dummy": {"SPY": spy["target"]}, "unallocated": {"SPY": 5}}
     (order,) = [o for o in mode_collection(project, "orders") if o["orderRef"] == spy["orderRef"]]
-    assert (order["filled"], order["booked"]) == (spy["target"] + 5, {"dummy": spy["target"]})
+    assert (order["filled"], order["booked"]) == (spy["target"], {"dummy": spy["target"]})  # the copy's are not its
     consistent(bus)
 
 
@@ -89,3 +93,68 @@ def test_an_execution_beyond_a_shared_orders_quantity_blocks_no_booking(
     every_execution_booked_once(gateway, project)
     assert holdings(project) == {**{s: {symbol: q} for s, q in parts.items()}, "unallocated": {symbol: 3}}
     consistent(bus)
+
+
+def at_broker(gateway, order_ref: str, client_id: int = 1) -> dict[str, Any]:
+    (order,) = [o for o in gateway.orders() if o["orderRef"] == order_ref and o["clientId"] == client_id]
+    return order
+
+
+def open_refs(project: str) -> set[str]:
+    return {o["orderRef"] for o in mode_collection(project, "openOrders")}
+
+
+def partly_filled_working_buy(consumer_factory, bus: Bus, gateway) -> dict[str, Any]:
+    """dummy's DAY market buy of SPY, replied `working`, 10 of it filled, the rest working (IB's next execution a
+    minute away)."""
+    consumer_factory(order_timeout=1.0)
+    gateway.hold_fills(True)
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))
+    (buy,) = reply["result"]["instruments"]
+    assert buy["outcome"] == "working", buy
+    gateway.call(setattr, gateway.server.scenario, "fillDelayMs", 60_000)  # one execution, then a long pause
+    gateway.set_max_fill_size(10)
+    gateway.hold_fills(False)
+    wait_for(lambda: at_broker(gateway, buy["orderRef"])["filled"] == 10, what="the first partial fill")
+    gateway.call(setattr, gateway.server.scenario, "fillDelayMs", 5)  # other orders fill at once
+    return buy
+
+
+def test_another_clients_order_under_our_ref_finishing_does_not_close_our_working_order(
+    consumer_factory, bus: Bus, gateway, project, manual: IB
+):
+    """Our buy is partly filled and still working when another client id's order under the same orderRef fills. The
+    sweep (`find_orders` -> `_match`) took the most final trade with the ref for our order's fate, whoever placed
+    it: our order's document was closed as Filled while IB still worked 40 of it. Sizing counts only orders with an
+    open document as working, so the next allocation buys the 40 again: dummy ends 40 over its target (and the
+    copy's 10 are booked to dummy meanwhile)."""
+    buy = partly_filled_working_buy(consumer_factory, bus, gateway)
+    copy_under(manual, gateway, "SPY", buy["orderRef"], 10)
+
+    swept = bus.reply_to(bus.publish({"intent": "trade-reconciliation"}))
+    assert swept["status"] == "ok", swept
+    ours = at_broker(gateway, buy["orderRef"])
+    assert (ours["status"], ours["filled"]) == ("Submitted", 10)  # still working at IB
+    closed_while_working = buy["orderRef"] not in open_refs(project)
+
+    again = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))  # the same target: the working buy carries it
+    assert again["status"] == "ok", again
+    second = [o for o in gateway.orders() if o["clientId"] == 1 and o["orderRef"] != buy["orderRef"]]
+    assert second == [], f"a second buy beside our working one (closed in the books: {closed_while_working})"
+    assert not closed_while_working
+
+
+def test_an_execution_under_our_ref_on_another_instrument_is_not_booked_to_the_strategy(
+    consumer_factory, bus: Bus, gateway, project, manual: IB
+):
+    """An execution carrying the orderRef of our working SPY buy, on QQQ (another client id's order under our ref),
+    was split among the SPY order's strategies: dummy's book held 10 QQQ it never ordered (a close-all of dummy
+    would sell them), and they counted against the SPY order's quantity. An execution is its order's only on the
+    order's instrument; any other is booked to unallocated, as an execution of no order of ours is."""
+    buy = partly_filled_working_buy(consumer_factory, bus, gateway)
+    copy_under(manual, gateway, "QQQ", buy["orderRef"], 10)
+
+    swept = bus.reply_to(bus.publish({"intent": "trade-reconciliation"}))
+    assert swept["status"] == "ok", swept
+    every_execution_booked_once(gateway, project)
+    assert holdings(project) == {"dummy": {"SPY": 10}, "unallocated": {"QQQ": 10}}, holdings(project)
