@@ -267,6 +267,8 @@ class Bookkeeper:
                 still_open += 1
                 continue
             if not is_done(found.status):
+                made_up, _ = await self._book_unreported(doc, found, reported, fresh)
+                synthetic += [made_up] if made_up is not None else []
                 still_open += 1
                 continue
             done, made_up = await self._settle_finished(doc, found, reported, fresh)
@@ -283,23 +285,30 @@ class Bookkeeper:
     ) -> tuple[bool, str | None]:
         """Books what an order IB has finished filled beyond its booked executions and closes it: (closed, the
         synthetic fill's execId if one was made up). `fresh`: the executions asked again, once per sweep."""
+        made_up, covered = await self._book_unreported(doc, found, reported, fresh)
+        if covered is None:
+            return False, None  # no price to book it at yet: open for a later sweep
+        # Not covered: closed with what is booked, the books hold the rest elsewhere.
+        return await self._books.close_order(doc["orderRef"], found.status, found.filled if covered else None), made_up
+
+    async def _book_unreported(
+        self, doc: dict[str, Any], found: Outcome, reported: list[Fill], fresh: list[list[Fill]]
+    ) -> tuple[str | None, bool | None]:
+        """What IB says the order filled beyond its booked executions, booked (see `_fill_in`); (None, True) when
+        nothing is missing, or executions the gateway still knows are being booked (live or by this sweep).
+
+        For a working order too: a GTC order's part filled on an earlier day while no consumer ran is in no
+        execution IB reports today, and the order may work for days; unbooked meanwhile, every intent trading the
+        instrument was refused books_disagree, and reconcile's fix put the part in unallocated."""
         ref = doc["orderRef"]
         missing = found.filled - abs(float(doc.get("filled", 0.0)))
-        # Executions the gateway still knows are booked normally (live or by this sweep); only fills it does not
-        # report are booked from the order itself.
         known = [*reported, *self._session_fills()]
         unbooked = {f.exec_id for f in known if f.order_ref == ref} - set(doc.get("execIds", []))
-        close_at: float | None = found.filled
-        made_up = None
-        if missing > EPSILON and not unbooked:
-            if not fresh:
-                fresh.append([f for f in await self._broker.executions() if self._ours(f)])
-            made_up, covered = await self._fill_in(doc, found, missing, fresh[0])
-            if covered is None:
-                return False, None  # no price to book it at yet: open for a later sweep
-            if not covered:
-                close_at = None  # closed with what is booked: the books hold the rest elsewhere
-        return await self._books.close_order(ref, found.status, close_at), made_up
+        if missing <= EPSILON or unbooked:
+            return None, True
+        if not fresh:
+            fresh.append([f for f in await self._broker.executions() if self._ours(f)])
+        return await self._fill_in(doc, found, missing, fresh[0])
 
     async def _record_placed(self, docs: list[dict[str, Any]], at_broker: dict[str, Outcome]) -> None:
         """IB's ids on orders written ahead whose run died before it recorded them. The redelivery counts such an
@@ -468,7 +477,7 @@ class Bookkeeper:
     async def _fill_in(
         self, doc: dict[str, Any], found: Outcome, missing: float, fresh: list[Fill]
     ) -> tuple[str | None, bool | None]:
-        """Books what a finished order filled beyond its booked executions: (the synthetic fill's execId, if made
+        """Books what an order filled beyond its booked executions: (the synthetic fill's execId, if made
         up; False when the position says the books hold it already, and the order is to close as booked; None when
         no price is known to book it at, and the order is to stay open).
 
@@ -487,7 +496,7 @@ class Bookkeeper:
         forex = doc.get("secType") == "CASH"
         along = 0.0 if forex else (await self._gap()).get(int(doc["conId"]), 0.0) * (1 if doc["quantity"] > 0 else -1)
         if not forex and along < missing - EPSILON:
-            log.warning("a finished order's fill IB no longer reports is not in the position beyond the books; "
+            log.warning("an order's fill IB no longer reports is not in the position beyond the books; "
                         "closed with what is booked", orderRef=doc["orderRef"], missing=missing, gap=along)  # fmt: skip
             return None, False
         exec_id = f"synthetic-{found.perm_id}-{found.filled:g}"
@@ -496,7 +505,7 @@ class Bookkeeper:
         con_id = int(doc["conId"])
         price = found.avg_fill_price or found.limit_price or (await self._prices({con_id})).get(con_id)
         if not price:
-            log.warning("no price for a finished order's unreported fill; left open", orderRef=doc["orderRef"])
+            log.warning("no price for an order's unreported fill; left open", orderRef=doc["orderRef"])
             return None, None
         await self._books.book(_synthetic(doc, exec_id, missing, price, self._account_rates()))
         return exec_id, True

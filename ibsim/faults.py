@@ -107,7 +107,12 @@ class Faults(OrderDesk):
     def hold_fills(self, on: bool = True) -> None:
         self.broker.hold = bool(on)
         log.info("fault: fills %s", "held" if on else "released")
-        if not on:
+        if on:
+            # A held order's pending execution would be a no-op when it fires, and kept it from being worked on
+            # release: released, an order waited out the delay it was scheduled with before the hold.
+            for order in self.broker.active_orders():
+                self.broker._stop_timer(order)
+        else:
             self.broker.work_all()
 
     @fault()

@@ -1,6 +1,6 @@
 """A GTC order across IB's day boundary: IB reports the current day's executions only, so a part filled on an earlier
-day is known from the completed order alone (decision 34) or from the position (decision 44). Checked at the broker
-by orderRef and in Firestore by execId."""
+day is known from the order alone (decisions 34, 66) or from the position (decision 44). Checked at the broker by
+orderRef and in Firestore by execId."""
 
 from __future__ import annotations
 
@@ -46,14 +46,16 @@ def books_total(project: str, symbol: str) -> float:
     return sum(h.get(symbol, 0.0) for h in holdings(project).values())
 
 
-def test_a_gtc_order_filled_partly_on_an_earlier_day_is_not_booked_twice_after_reconcile_fix(
+def test_a_gtc_orders_part_filled_on_an_earlier_day_is_booked_to_it_while_it_still_works(
     consumer_factory, bus: Bus, gateway, project: str
 ):
-    """A GTC buy fills 3 while the consumer is away, the day ends, the order still works. The next day reconcile
-    reports the 3 SPY the books lack, and the operator books them with fix=true (to unallocated), as the
-    books_disagree refusal says to. The order then fills its rest: the sweep made up the earlier day's 3 for the
-    order as well (decision 34), and the books held 3 SPY more than the broker. Now it is closed with what is
-    booked: the position shows no more beyond the books."""
+    """A GTC buy fills 3 while the consumer is away, the day ends, the order still works. IB reports nothing of
+    yesterday's execution, only the order (filled 3, working) and the position. The sweep made up a fill from the
+    position for a finished order only (decision 44), so the 3 were in no book while the order worked, which for a
+    GTC can be days: every intent trading SPY was refused books_disagree, and following its advice (reconcile with
+    fix=true) put the 3 in unallocated, so that dummy's book stayed 3 short and its next allocation bought them
+    again. Now the sweep books them to the order while it works (decision 66): reconcile finds no difference, and
+    once the rest fills dummy holds the whole target, each execution booked once."""
     first = consumer_factory(order_timeout=3.0)
     gateway.hold_fills(True)
     (line,) = ok(bus, SPY_TARGET)["instruments"]
@@ -65,28 +67,29 @@ def test_a_gtc_order_filled_partly_on_an_earlier_day_is_not_booked_twice_after_r
     gateway.set_max_fill_size(PART)
     gateway.hold_fills(False)  # the first part fills now, the next one 3 s later
     wait_for(lambda: gateway.orders()[0]["filled"] == PART, what="the first part filled")
-    gateway.hold_fills(True)  # the rest waits (the next part's timer finds the fills held)
+    gateway.hold_fills(True)  # the rest waits
     gateway.roll_day()  # a GTC order works on; IB reports nothing of yesterday's execution
     assert gateway.executions() == []
     assert gateway.positions()["SPY"] == PART
 
     consumer_factory(order_timeout=3.0, intents_subscription=another_intents_subscription(project, STANDBY))
-    # reconcile (and eod-check, alert) reports the 3 SPY the books lack; its remedy: reconcile with fix=true.
     found = ok(bus, {"intent": "reconcile"})
-    assert [(d["instrument"], d["difference"]) for d in found["differences"]] == [("SPY", PART)], found
-    fixed = ok(bus, {"intent": "reconcile", "params": {"fix": True}})
-    assert [f["quantity"] for f in fixed["fixed"]] == [PART], fixed
+    assert found["differences"] == [], found
+    (made_up,) = mode_collection(project, "fills")
+    assert (made_up["orderRef"], made_up["quantity"], made_up["synthetic"]) == (line["orderRef"], PART, True)
+    assert holdings(project) == {"dummy": {"SPY": PART}}
+    assert [o["orderRef"] for o in mode_collection(project, "openOrders")] == [line["orderRef"]]  # still working
 
     gateway.set_max_fill_size(100000)
     gateway.hold_fills(False)  # the rest fills today, the consumer connected
     wait_for(lambda: gateway.orders()[0]["status"] == "Filled", what="the rest filled")
     swept = ok(bus, {"intent": "trade-reconciliation"})
     assert gateway.positions()["SPY"] == target
-    assert books_total(project, "SPY") == target, (holdings(project), swept)
-    assert holdings(project) == {"dummy": {"SPY": target - PART}, "unallocated": {"SPY": PART}}
+    assert len(gateway.orders()) == 1  # bought once
+    wait_for(lambda: holdings(project) == {"dummy": {"SPY": target}}, what="dummy's whole target booked")
     assert swept["syntheticFills"] == []
-    fills = {f["execId"]: f for f in mode_collection(project, "fills")}
-    assert sorted(fills) == sorted(e["execId"] for e in gateway.executions())  # today's, each once
+    fills = {f["execId"] for f in mode_collection(project, "fills")}
+    assert fills == {e["execId"] for e in gateway.executions()} | {made_up["execId"]}  # each once
     assert mode_collection(project, "openOrders") == []
     (order,) = mode_collection(project, "orders")
-    assert (order["orderRef"], order["state"], order["filled"]) == (line["orderRef"], "Filled", target - PART)
+    assert (order["orderRef"], order["state"], order["filled"]) == (line["orderRef"], "Filled", target)
