@@ -179,6 +179,9 @@ class Rebalance:
             o for o in self.orders if self._touches(o) and o.request_id != self.ctx.request_id and o.con_id not in spare
         ]
         opposed = {o.con_id for o in mine if opposes(o.con_id, o.quantity)}
+        # Being cancelled (a run that gave up waiting for IB's answer): it may fill or not, and sizing must not guess
+        # which. Waited for like a cancel of ours (no second cancel is sent).
+        opposed |= {o.con_id for o in mine if o.order.status == "PendingCancel" and o.con_id in legs}
         way = InTheWay()
         for order in mine:
             if not (close or order.con_id in opposed):

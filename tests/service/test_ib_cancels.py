@@ -1,5 +1,7 @@
-"""An order IB cancels by itself, as IB Gateway does and ibsim does only through its faults: the leg came to nothing
-for a reason only a person can act on. Found by an independent review of ibsim's realism."""
+"""Cancels that do not go as asked: an order IB cancels by itself, as IB Gateway does and ibsim does only through its
+faults (the leg came to nothing for a reason only a person can act on; found by an independent review of ibsim's
+realism), and a cancel of ours the exchange has not confirmed, which may still fill (found by a review of the order
+lifecycle, decision 67)."""
 
 from __future__ import annotations
 
@@ -46,3 +48,27 @@ def test_a_leg_ib_cancels_by_itself_alerts_with_ibs_reason(consumer_factory, bus
         f"error {line.get('error')!r}, no alert: {reply['result']}"
     )
     assert line.get("error", {}).get("message") == IB_CANCELS, line
+
+
+def test_an_order_we_asked_ib_to_cancel_is_not_sized_as_working(consumer_factory, bus: Bus, gateway, project):
+    """A close-all asked IB to cancel dummy's working buy; the exchange has not confirmed (PendingCancel) and the
+    close-all gave up (cancel_unconfirmed, dead-lettered). The next allocation, buying more SPY, counted that buy as
+    working (`working: 50` in its line) and sent only the difference: once IB confirms the cancel, dummy holds
+    half its target. Were the buy to fill instead, counting it would be right: which one it will be is IB's to
+    say, so an instrument with an order of ours being cancelled is sized once IB has finished it (as an opposing
+    order is: nothing placed, cancel_unconfirmed), never on a guess either way."""
+    consumer_factory(order_timeout=1.0)
+    gateway.hold_fills(True)
+    (buy,) = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))["result"]["instruments"]
+    assert buy["outcome"] == "working", buy
+    gateway.cancel_delay(600)  # the exchange has not confirmed within the test
+    gave_up = bus.reply_to(bus.publish({"intent": "close-all", "params": {"strategies": ["dummy"]}}), timeout=90)
+    assert gave_up["status"] == "error", gave_up
+    (pending,) = [o for o in gateway.orders() if o["orderRef"] == buy["orderRef"]]
+    assert pending["status"] == "PendingCancel"
+
+    again = bus.reply_to(bus.publish(allocation({"SPY": 0.10})), timeout=90)
+    placed = [
+        (o["orderRef"], o["action"], o["totalQuantity"]) for o in gateway.orders() if o["orderRef"] != buy["orderRef"]
+    ]
+    assert placed == [], (placed, again.get("result", {}).get("instruments") or again.get("error"))
