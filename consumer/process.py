@@ -147,6 +147,18 @@ class Consumer:
         """Thread- and signal-safe."""
         self._events.put(StopRequested(reason))
 
+    def _stop_if_it_fails(self, name: str, task: concurrent.futures.Future[None]) -> None:
+        """A task the service cannot work without (the gateway's connect-and-reconnect loop) that ends in an error
+        stops the process, to be restarted (the launcher, systemd): left dead, /livez said 200 while every
+        request was held or failed for good."""
+
+        def done(future: concurrent.futures.Future[None]) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                log.critical("a task the service needs failed; stopping", task=name, error=repr(future.exception()))
+                self.request_stop(f"{name} task failed")
+
+        task.add_done_callback(done)
+
     def start(self) -> None:
         s = self.settings
         log.info("consumer starting", **{k: v for k, v in s.describe().items() if k != "log_format"})
@@ -156,7 +168,7 @@ class Consumer:
         self.services = self.loop.run(self._build_services())
         self.dispatcher = AccountDispatchers(self.services, self._intents)
         self.services.gateway.add_listener(lambda state: self._events.put(GatewayChanged(state)))
-        self.loop.submit(self.services.gateway.run())
+        self._stop_if_it_fails("gateway", self.loop.submit(self.services.gateway.run()))
         for view in self.services.accounts.values():
             self.loop.submit(StrandedRequests(view, s.stranded_after).run())
         self.loop.submit(self._heartbeat_log(s.heartbeat_log_interval))

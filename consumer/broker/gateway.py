@@ -11,7 +11,6 @@ Every method here runs on the broker loop; nothing else may touch `self.ib`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -112,6 +111,9 @@ class Gateway:
         self._listeners: list[Listener] = []
         self._heartbeat_misses = heartbeat_misses
         self._lost = asyncio.Event()
+        # IB's 1100 (the gateway lost IB) seen on this connection and not yet answered by 1101/1102: a connect that
+        # heard it ends DEGRADED, not CONNECTED.
+        self._ib_lost = False
         self._stopping = False
         self._client_id_in_use = False
         self._clock_offset = 0.0
@@ -185,22 +187,33 @@ class Gateway:
             await self._connect()
             if self._stopping:
                 break
-            self.ib.reqMarketDataType(self.market_data_type)
-            self.connections += 1
-            self._metrics.count("gatewayConnects")
-            self._lost.clear()
-            self._set_state(State.CONNECTED)
-            heartbeat = asyncio.create_task(self._heartbeat(), name="gateway-heartbeat")
-            try:
-                await self._lost.wait()
-            finally:
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeat
+            if self._started():
+                heartbeat = asyncio.create_task(self._heartbeat(), name="gateway-heartbeat")
+                try:
+                    await self._lost.wait()
+                finally:
+                    heartbeat.cancel()
+                    await _ended(heartbeat)
             self._hang_up()
             self.requests.reset()
             if not self._stopping:
                 self._set_state(State.CONNECTING)
+
+    def _started(self) -> bool:
+        """Opens the connection for work, unless it was lost while connecting: a socket closed right after the
+        connect's clock answer, or IB's 1101 (its data lost) heard during the start-up download. Either once ended
+        the gateway task: a connection error out of `run` left the service without a gateway until restarted."""
+        try:
+            self.ib.reqMarketDataType(self.market_data_type)
+        except ConnectionError:
+            self._lost.set()
+        if self._lost.is_set():
+            log.warning("gateway connection lost while connecting; connecting again")
+            return False
+        self.connections += 1
+        self._metrics.count("gatewayConnects")
+        self._set_state(State.DEGRADED if self._ib_lost else State.CONNECTED)
+        return True
 
     async def stop(self) -> None:
         self._stopping = True
@@ -226,6 +239,9 @@ class Gateway:
                 if self._stopping:
                     return
                 self._client_id_in_use = False
+                # Only this attempt's losses count: a failed attempt's disconnect set it.
+                self._lost.clear()
+                self._ib_lost = False
                 startup = _StartupTimeouts()
                 ib_log = logging.getLogger("ib_insync.ib")
                 ib_log.addHandler(startup)
@@ -294,7 +310,10 @@ class Gateway:
         misses = 0
         while True:
             await asyncio.sleep(interval)
-            received = self.ib.client.connectionStats().numMsgRecv
+            received = self._received()
+            if received is None:  # the socket went while we slept; its disconnect may not have been seen yet
+                self._lost.set()
+                return
             try:
                 # Other callers' requests may come first, each a gap apart: the budget allows for two of them.
                 answer = self.requests.current_time()
@@ -303,7 +322,7 @@ class Gateway:
             except (TimeoutError, ConnectionError) as e:
                 # A late answer from a gateway that kept sending is no dead socket: the request waits behind our own
                 # burst in ib_insync's 45/s throttle (a rebalance of hundreds of orders), or the gateway is slow.
-                if isinstance(e, TimeoutError) and self.ib.client.connectionStats().numMsgRecv != received:
+                if isinstance(e, TimeoutError) and self._received() not in (None, received):
                     log.info("gateway heartbeat late while the gateway is sending; not a miss")
                     continue
                 misses += 1
@@ -312,6 +331,13 @@ class Gateway:
                     log.error("gateway unresponsive; reconnecting", misses=misses)
                     self._lost.set()
                     return
+
+    def _received(self) -> int | None:
+        """Messages received on this connection; None once it is gone (ib_insync raises ConnectionError)."""
+        try:
+            return int(self.ib.client.connectionStats().numMsgRecv)
+        except ConnectionError:
+            return None
 
     def _on_disconnected(self) -> None:
         if not self._stopping:
@@ -324,14 +350,18 @@ class Gateway:
             self._client_id_in_use = True
         elif code == LOST:
             log.error("gateway lost its connection to IB", code=code, detail=message)
+            self._ib_lost = True
             self._set_state(State.DEGRADED)
         elif code == RESTORED_DATA_LOST:
             # Subscriptions are gone; a fresh connection re-requests positions, orders and executions.
             log.warning("gateway reconnected to IB with data lost; resynchronising", code=code)
+            self._ib_lost = False
             self._lost.set()
-        elif code == RESTORED and self.state is State.DEGRADED:
-            log.info("gateway connectivity to IB restored", code=code)
-            self._set_state(State.CONNECTED)
+        elif code == RESTORED:
+            self._ib_lost = False
+            if self.state is State.DEGRADED:
+                log.info("gateway connectivity to IB restored", code=code)
+                self._set_state(State.CONNECTED)
 
     def _set_state(self, state: State) -> None:
         if state is self.state:
@@ -352,3 +382,14 @@ class Gateway:
             retry_in_s=round(retry_state.next_action.sleep, 2) if retry_state.next_action else None,
             error=str(error) or type(error).__name__,
         )
+
+
+async def _ended(task: asyncio.Task[None]) -> None:
+    """Waits for a cancelled helper task; its own failure is logged, never raised into `run` (which would end the
+    reconnecting)."""
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("gateway heartbeat failed")
