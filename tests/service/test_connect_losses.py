@@ -21,6 +21,18 @@ from tests.support import (
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("paper_config")]
 
 
+def connecting_slowly(consumer_factory, gateway) -> Any:
+    """A consumer whose connect is in its start-up download, which takes a while, as on a real account."""
+    gateway.stall_request("reqCompletedOrders", 2.0)
+    consumer = consumer_factory(wait_ready=False)
+    wait_for(
+        lambda: "reqCompletedOrders" in [name for _, name in gateway.requests_received()],
+        timeout=30,
+        what="the connect's start-up download under way",
+    )
+    return consumer
+
+
 @pytest.mark.timeout(300)
 def test_a_connection_that_closes_right_after_the_connects_clock_answer_is_connected_to_again(
     consumer_factory, bus: Bus, gateway
@@ -80,13 +92,7 @@ def test_connectivity_lost_while_the_consumer_connects_holds_intake_until_ib_res
     LOST (and likewise a RESTORED_DATA_LOST: `_lost.clear()`) received during the connect."""
     from consumer.broker.gateway import State
 
-    gateway.stall_request("reqCompletedOrders", 2.0)  # the start-up download takes a while, as on a real account
-    consumer = consumer_factory(wait_ready=False)
-    wait_for(
-        lambda: "reqCompletedOrders" in [name for _, name in gateway.requests_received()],
-        timeout=30,
-        what="the connect's start-up download under way",
-    )
+    consumer = connecting_slowly(consumer_factory, gateway)
     gateway.send_error(1100)  # IB lost: no 1102 follows until IB is back
     gw = consumer.service.services.gateway
     wait_for(lambda: gw.connections == 1 and gw.state is not State.CONNECTING, timeout=30, what="the connect done")
@@ -107,13 +113,7 @@ def test_data_lost_while_the_consumer_connects_is_resynchronised(consumer_factor
 
     Root cause: consumer/broker/gateway.py `run`: `self._lost.clear()` after `_connect()` forgets a loss signalled
     during the connect."""
-    gateway.stall_request("reqCompletedOrders", 2.0)  # the start-up download takes a while, as on a real account
-    consumer = consumer_factory(wait_ready=False)
-    wait_for(
-        lambda: "reqCompletedOrders" in [name for _, name in gateway.requests_received()],
-        timeout=30,
-        what="the connect's start-up download under way",
-    )
+    consumer = connecting_slowly(consumer_factory, gateway)
     asked = [name for _, name in gateway.requests_received()].count("reqAccountUpdates")
     assert asked == 1  # subscribed before IB said the data was lost
     gateway.send_error(1101)
