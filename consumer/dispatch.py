@@ -41,6 +41,7 @@ from consumer.errors import (
     Transient,
     as_transient,
     clip,
+    reraise_if_cancelled,
 )
 from consumer.intents.base import Intent, IntentContext
 from consumer.logs import get_logger
@@ -390,6 +391,13 @@ class Dispatcher:
             if claimed:
                 await self._services.ledger.release(request.request_id, f"{error.code}: {error.message}")
             return Settlement.NACK
+        if claimed and await self._wrote_orders(request):
+            # Orders written (and perhaps placed, filled) by this request: "gave up" would be a reply that names none
+            # of them while one may be at IB. Left, like a last attempt stopped by a shutdown (decision 48), to the
+            # stranded-request sweep, which resolves them by orderRef and answers once with what each came to.
+            log.error("last attempt failed after writing orders; the stranded-request sweep answers it",
+                      code=error.code, error=error.message, attempt=attempt)  # fmt: skip
+            return Settlement.NACK
         # The emulator drops a message after its last attempt instead of forwarding it, so we dead-letter it
         # ourselves; the subscription's own policy stays as the backstop in the cloud.
         log.error(
@@ -407,6 +415,19 @@ class Dispatcher:
             f"{error.code}: {error.message}",
         )
         return await self._settle(request, started, failure=failure, claimed=claimed, dead_lettered=True)
+
+    async def _wrote_orders(self, request: Request) -> bool:
+        """Whether the request wrote order documents (its orders, placed or about to be); unknown (Firestore
+        failing too) reads as no, and the message is dead-lettered as before."""
+        if request.dry_run:
+            return False
+        try:
+            open_docs, closed_docs = await self._services.books.orders_of(request.request_id)
+        except Exception as e:
+            reraise_if_cancelled(e)
+            log.warning("could not read the request's orders; dead-lettering", error=str(e))
+            return False
+        return bool(open_docs or closed_docs)
 
     async def _settle(
         self,

@@ -1,7 +1,8 @@
 """Connections lost while the consumer connects or sleeps between heartbeats: a socket closed right after the
 connect's clock answer, IB's 1100 or 1101 heard during the start-up download, a drop handled in the same turn as
-the heartbeat's wake-up. Each once ended the gateway's reconnect loop or was forgotten by it (found by an
-independent review of gateway drops; each test failed before, for the reason its docstring gives, decision 68)."""
+the heartbeat's wake-up. Each once ended the gateway's reconnect loop or was forgotten by it (decision 68); and a
+drop after placing on the last delivery attempt, once answered "gave up" (decision 69). Found by an independent
+review of gateway drops; each test failed before, for the reason its docstring gives."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import pytest
 from tests.support import (
     STREAM_RESTART_WAIT,
     Bus,
+    allocation,
+    holdings,
+    mode_collection,
     wait_for,
 )
 
@@ -156,3 +160,32 @@ def test_a_drop_read_as_the_heartbeat_wakes_is_reconnected(consumer_factory, bus
     reply = bus.reply_to(bus.publish({"intent": "summary"}), timeout=STREAM_RESTART_WAIT)
     assert reply["status"] == "ok", reply
     assert gw.connections >= 2
+
+
+@pytest.mark.timeout(300)
+def test_a_drop_after_placing_on_the_last_attempt_is_answered_with_what_its_order_did(
+    consumer_factory, bus: Bus, gateway, project
+):
+    """The gateway drops while the last delivery attempt of an allocation waits on the order it has just placed.
+    The run failed with gateway_disconnected and, being the last attempt, was dead-lettered: its one reply said the
+    request failed ("gave up after 1 attempts ...") and named none of its orders, while the order was at IB, filled
+    and was booked. A last attempt that wrote orders is now left, like one stopped by a shutdown (decision 48), to
+    the stranded-request sweep, which resolves them by orderRef and says what became of each."""
+    consumer_factory(max_delivery_attempts=1, stranded_after=2.0)  # every delivery is the last
+    gateway.hold_fills(True)  # the market order works: the run waits on its status
+    message_id = bus.publish(allocation({"SPY": 0.05}))
+    wait_for(lambda: len(gateway.orders()) == 1, timeout=60, what="the order at the broker")
+    assert gateway.drop_connections() >= 1
+    gateway.hold_fills(False)
+    (placed,) = gateway.orders()
+    bus.reply_to(message_id, timeout=STREAM_RESTART_WAIT)
+    replies = bus.replies_to(message_id)
+    wait_for(lambda: holdings(project).get("dummy", {}).get("SPY"), timeout=60, what="the fill booked")
+    assert [o["orderRef"] for o in gateway.orders()] == [placed["orderRef"]]  # placed once
+    assert {f["execId"] for f in mode_collection(project, "fills")} == {e["execId"] for e in gateway.executions()}
+    (reply,) = replies
+    orders = ((reply.get("error") or {}).get("details") or {}).get("orders") or []
+    reported = {o.get("orderRef") for o in orders} | {
+        line.get("orderRef") for line in ((reply.get("result") or {}).get("instruments") or [])
+    }
+    assert placed["orderRef"] in reported, f"the one reply does not report the order at IB: {reply}"
