@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from consumer.bookkeeper import perm_ids
 from consumer.broker.broker import Broker, OrderSnapshot
 from consumer.broker.instruments import Instrument
 from consumer.broker.model import Account, BrokerOrder, Fate, Quote, is_done
@@ -395,6 +396,22 @@ class Rebalance:
         cancelling = {o.con_id for o in way.cancel.values()}
         return await self.refuse_closed({c: instruments[c] for c in touched}, cancelling, partial)
 
+    async def _earlier_legs(self, placing: set[str]) -> dict[int, Outcome]:
+        """By conId, as IB has them: the orders an earlier attempt of this request wrote that this run does not
+        place (its leg nets to zero now: it filled while the gateway was away). The reply names them: it carried
+        no leg at all, as if the request had bought nothing. Only on a later run: a first run has none."""
+        ctx = self.ctx
+        if ctx.first_run:
+            return {}
+        open_docs, closed_docs = await ctx.services.books.orders_of(ctx.request_id)
+        docs = [d for d in (*open_docs, *closed_docs) if d["orderRef"] not in placing and d.get("conId")]
+        if not docs:
+            return {}
+        found = await ctx.broker.find_orders(
+            {d["orderRef"] for d in docs}, account=self.account.id, perm_ids=perm_ids(docs)
+        )
+        return {int(d["conId"]): found[d["orderRef"]] for d in docs if d["orderRef"] in found}
+
     def _held_as_they_are(
         self, targets: Mapping[str, Mapping[int, float]], spare: frozenset[int]
     ) -> dict[str, dict[int, float]]:
@@ -475,6 +492,7 @@ class Rebalance:
             for c, leg in trading.items()
         }
         outcomes: dict[str, Outcome] = {}
+        earlier: dict[int, Outcome] = {}
         transfers: list[dict[str, Any]] = []
         if not ctx.dry_run:
             with ctx.timed("orders"):
@@ -504,18 +522,23 @@ class Rebalance:
                 asked=asked,
                 quotes=None if way.cancel else self.quotes,  # waiting out cancels can take long: quote afresh
             )
+            earlier = await self._earlier_legs({o.order_ref for o in orders.values()})
 
         report: dict[str, Any] = {
             "account": self.account.id,
             "baseCurrency": self.account.base_currency,
             "netLiquidation": self.account.net_liquidation,
             "instruments": [
-                _line(instruments[c], leg, orders.get(c), outcomes.get(orders[c].order_ref) if c in orders else None)
+                _line(instruments[c], leg, orders[c].order_ref, outcomes.get(orders[c].order_ref))
+                if c in orders
+                else _line(instruments[c], leg, earlier[c].order_ref, earlier[c])
+                if c in earlier
+                else _line(instruments[c], leg, None, None)
                 for c, leg in sorted(legs.items(), key=lambda kv: instruments[kv[0]].symbol)
                 if leg.deltas or any(leg.targets.values())
             ],
             "transfers": transfers,
-            "orders": _tally(outcomes),
+            "orders": _tally({**outcomes, **{o.order_ref: o for o in earlier.values()}}),
             "cancelled": cancelled,
             "kept": way.kept,
             "booksReconciled": {k: len(v) if isinstance(v, list) else v for k, v in self.sweep.items()},
@@ -661,7 +684,7 @@ def _working(
     return ours, others
 
 
-def _line(instrument: Instrument, leg: Leg, order: LegOrder | None, outcome: Outcome | None) -> dict[str, Any]:
+def _line(instrument: Instrument, leg: Leg, order_ref: str | None, outcome: Outcome | None) -> dict[str, Any]:
     line: dict[str, Any] = {
         "instrument": instrument.symbol,
         "conId": instrument.con_id,
@@ -672,8 +695,8 @@ def _line(instrument: Instrument, leg: Leg, order: LegOrder | None, outcome: Out
         "order": leg.quantity,
         "strategies": leg.deltas,
     }
-    if order is not None:
-        line["orderRef"] = order.order_ref
+    if order_ref is not None:
+        line["orderRef"] = order_ref
     if outcome is not None:
         line.update(outcome.as_dict())
     return line

@@ -189,3 +189,37 @@ def test_a_drop_after_placing_on_the_last_attempt_is_answered_with_what_its_orde
         line.get("orderRef") for line in ((reply.get("result") or {}).get("instruments") or [])
     }
     assert placed["orderRef"] in reported, f"the one reply does not report the order at IB: {reply}"
+
+
+def test_a_retry_after_the_gateway_dropped_reports_the_leg_it_placed_and_that_filled(
+    consumer_factory, bus: Bus, gateway, project
+):
+    """The gateway drops while an allocation waits on its buy; the buy fills while the consumer is cut off. The run
+    fails transiently and its retry finds the buy filled and booked, so its legs net to zero: the request's one
+    reply carried no leg at all (no orderRef, no outcome, `orders: {"sent": 0}`), as if it had bought nothing,
+    though its buy was at the broker, filled. The retry now reports the legs an earlier attempt of the request
+    placed, as IB has them."""
+    consumer_factory(order_timeout=30.0)
+    gateway.hold_fills(True)
+    message_id = bus.publish(allocation({"SPY": 0.05}))
+    wait_for(lambda: gateway.orders(), what="the buy at the broker")
+    (placed,) = gateway.orders()
+    gateway.restart(down_seconds=1.0)
+    wait_for(lambda: not gateway.connected_client_ids(), what="the consumer cut off")
+    gateway.hold_fills(False)
+    wait_for(lambda: gateway.orders()[0]["status"] == "Filled", what="the buy filled meanwhile")
+
+    replies = [r for r in bus.replies_to(message_id) if not r.get("duplicate")]
+    assert [r["status"] for r in replies] == ["ok"], replies
+    assert [o["orderRef"] for o in gateway.orders()] == [placed["orderRef"]]  # placed once: the money is right
+    executions = {e["execId"] for e in gateway.executions()}
+    wait_for(lambda: {f["execId"] for f in mode_collection(project, "fills")} == executions, what="booked by execId")
+    assert holdings(project) == {"dummy": {"SPY": placed["totalQuantity"]}}
+    result = replies[0]["result"]
+    (line,) = result["instruments"]
+    assert (line.get("orderRef"), line.get("outcome"), line.get("filled")) == (
+        placed["orderRef"],
+        "filled",
+        placed["totalQuantity"],
+    ), line
+    assert result["orders"].get("filled") == 1, result["orders"]
