@@ -49,7 +49,7 @@ class AccountDesk(GatewayCore):
             conn.account_sub = None
             return
         if account not in self.broker.accounts:
-            conn.send_error(-1, 321, f"Error validating request:-'6' : cause - unknown account {account}")
+            conn.send_error(-1, 321, f"Error validating request.-'bk' : cause - Invalid account code '{account}'.")
             conn.send([54, 1, account])
             return
         conn.account_sub = account
@@ -95,7 +95,7 @@ class AccountDesk(GatewayCore):
         account = r.str() or self.broker.default_account
         r.skip(2)
         if account not in self.broker.accounts:
-            conn.send_error(req_id, 321, f"Error validating request:-'76' : cause - unknown account {account}")
+            conn.send_error(req_id, 321, f"Error validating request.-'cq' : cause - Invalid account code '{account}'.")
             return
         conn.multi_subs[req_id] = account
         conn.multi_cache[req_id] = {}
@@ -161,7 +161,7 @@ class AccountDesk(GatewayCore):
         req_id = r.int()
         account = r.str() or self.broker.default_account
         if account not in self.broker.accounts:
-            conn.send_error(req_id, 321, f"Error validating request:-'92' : cause - unknown account {account}")
+            conn.send_error(req_id, 321, f"Error validating request.-'ci' : cause - Invalid account code '{account}'.")
             return
         conn.pnl_subs[req_id] = account
         self._push_pnl(conn, req_id, account)

@@ -22,6 +22,7 @@ from .bars import (
     days_over_a_year,
     legal_bar_size,
     make_bars,
+    parse_bar_size,
     parse_duration,
     under_a_minute,
 )
@@ -39,6 +40,11 @@ NOT_SUBSCRIBED = (
 )
 DISPLAYING_DELAYED = "Requested market data is not subscribed. Displaying delayed market data."
 MAX_TICKERS = "Max number of tickers has been reached."
+# IB's answers to market-data requests it cannot take as asked (docs/ibsim.md lists the sources).
+DUPLICATE_TICKER = "Error processing request.-'bO' : cause - Duplicate ticker id"
+GENERIC_SNAPSHOT = (
+    "Error validating request.-'bO' : cause - Snapshot market data subscription is not applicable to generic ticks"
+)
 # While the login's live user is logged in elsewhere (TWS, the mobile app), IB refuses the API's market data with
 # 10197, and revokes the streams it was sending.
 COMPETING_SESSION = "No market data during competing live session"
@@ -138,16 +144,13 @@ class MarketDesk(AccountDesk):
         r.skip(1)
         req_id = r.int()
         c = r.contract()
-        if c.secType == "BAG":
-            for _ in range(r.int()):
-                r.skip(4)
-        if r.bool():
-            r.skip(3)
-        r.skip(1)  # generic ticks
-        snapshot = r.bool()
-        regulatory = r.bool()
+        _skip_combo_legs(r, c.secType)
+        generic = r.str()
+        snapshot = r.bool() | r.bool()  # a snapshot or a regulatory snapshot: both end after their first ticks
+        if _not_as_asked(conn, req_id, generic, snapshot):
+            return
         inst = self._one(conn, req_id, c)
-        if inst is None or self._refused(conn, req_id, inst, streaming=not (snapshot or regulatory)):
+        if inst is None or self._refused(conn, req_id, inst, streaming=not snapshot):
             return
         permission = self._permission(inst)
         # IB answers every market-data request with tickReqParams (minTick, bboExchange, snapshotPermissions)
@@ -163,7 +166,7 @@ class MarketDesk(AccountDesk):
                 actual += 1
             conn.send([58, 1, req_id, actual])
         self._ticks(conn, req_id, inst, first=True)
-        if not (snapshot or regulatory):
+        if not snapshot:
             conn.streams[req_id] = inst.key
         elif self.scenario.snapshotEndSeconds > 0:
             # IB sends what it has at once and ends the snapshot seconds later; the end is what reqTickers awaits.
@@ -215,10 +218,12 @@ class MarketDesk(AccountDesk):
     def _cancel_mkt_data(self, conn: Connection, r: Reader) -> None:
         r.skip(1)
         req_id = r.int()
-        conn.streams.pop(req_id, None)
+        stream = conn.streams.pop(req_id, None)
         end = conn.snapshots.pop(req_id, None)
         if end is not None:
             end.cancel()
+        elif stream is None:  # never asked, or a snapshot already ended (rust-ibapi#236)
+            conn.send_error(req_id, 300, f"Can't find EId with tickerId:{req_id}")
 
     def _req_historical_data(self, conn: Connection, r: Reader) -> None:
         req_id = r.int()
@@ -235,6 +240,10 @@ class MarketDesk(AccountDesk):
             return
         if len(conn.histories) >= MAX_OPEN_HISTORIES:
             conn.send_error(req_id, 322, TOO_MANY_HISTORIES)
+            return
+        if inst.secType == "CASH" and what.upper() == "TRADES":
+            # IB disseminates no trades for IDEALPRO forex (ranaroussi/ezibpy#24, erdewit/ib_insync#316).
+            conn.send_error(req_id, 162, _no_forex_trades(inst.localSymbol, bar_size))
             return
         if self._permission(inst) != "realtime":
             venue = PERMISSION_VENUES.get(inst.listing, inst.listing)
@@ -393,3 +402,37 @@ def _days_over_a_year(duration: str) -> bool:
         return days_over_a_year(parse_duration(duration))
     except BarRequestError:
         return False  # refused with its own text by make_bars
+
+
+def _no_forex_trades(local_symbol: str, bar_size: str) -> str:
+    """'... for EUR/CASH@FXSUBPIP Last 1d': IB names the bar by its seconds, a day or longer as 1d."""
+    try:
+        seconds, kind = parse_bar_size(bar_size)
+    except BarRequestError:
+        seconds, kind = 86400, "day"
+    last = f"{seconds}" if kind == "intraday" else "1d"
+    pair = local_symbol.split(".")[0]
+    return (
+        f"Historical Market Data Service error message:No historical market data for {pair}/CASH@FXSUBPIP Last {last}"
+    )
+
+
+def _not_as_asked(conn: Connection, req_id: int, generic: str, snapshot: bool) -> bool:
+    """Answers a market-data request IB refuses for its shape: an id still in use (322, stoqey/ib#240), generic
+    ticks on a snapshot (321, IB's message 414); True when it was one."""
+    if req_id in conn.streams or req_id in conn.snapshots:
+        conn.send_error(req_id, 322, DUPLICATE_TICKER)
+        return True
+    if generic and snapshot:
+        conn.send_error(req_id, 321, GENERIC_SNAPSHOT)
+        return True
+    return False
+
+
+def _skip_combo_legs(r: Reader, sec_type: str) -> None:
+    """A BAG's legs and a delta-neutral contract, which market data here does not use."""
+    if sec_type == "BAG":
+        for _ in range(r.int()):
+            r.skip(4)
+    if r.bool():
+        r.skip(3)
