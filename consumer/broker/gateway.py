@@ -351,7 +351,8 @@ class Gateway:
         elif code == LOST:
             log.error("gateway lost its connection to IB", code=code, detail=message)
             self._ib_lost = True
-            self._set_state(State.DEGRADED)
+            if self.state is not State.CONNECTING:  # while connecting, `_started` decides (a 1102 would open it early)
+                self._set_state(State.DEGRADED)
         elif code == RESTORED_DATA_LOST:
             # Subscriptions are gone; a fresh connection re-requests positions, orders and executions.
             log.warning("gateway reconnected to IB with data lost; resynchronising", code=code)

@@ -354,13 +354,14 @@ class Rebalance:
         ]
 
     async def refuse_closed(
-        self, touched: Mapping[int, Instrument], cancelling: set[int], partial: bool = False
+        self, touched: Mapping[int, Instrument], cancelling: set[int], partial: bool = False, open_besides: int = 0
     ) -> list[Instrument]:
         """Rejects the intent while a touched market is closed, unless every one opens within OPEN_GRACE_SECONDS:
         that is waited out. A scheduled 09:30 allocation the gateway's clock saw a moment before the open was
         rejected, and its slot's key answered every retry with the rejection: no trade that day. `partial`
         (close-all, risk-check's reduce): the closed markets are returned, to be left as they are, while another
-        is open; rejected only when every one is closed."""
+        is open; rejected only when every one is closed. `open_besides`: open markets the run keeps as they are
+        (close-all's `closingWithin`): with them, the closed ones are a partial close, not a rejection."""
         now = self.ctx.market_now()
         shut = self.closed(touched, cancelling, now)
         waits = [inst.seconds_to_open(now) for inst in shut]
@@ -374,7 +375,7 @@ class Rebalance:
             self.quotes = {}
             now = self.ctx.market_now()
             shut = self.closed(touched, cancelling, now)
-        if shut and partial and len(shut) < len(touched):
+        if shut and partial and len(shut) < len(touched) + open_besides:
             return shut
         if shut:
             raise Rejected(
@@ -386,7 +387,7 @@ class Rebalance:
         return []
 
     async def _closed_markets(
-        self, touched: set[int], instruments: Mapping[int, Instrument], way: InTheWay, partial: bool
+        self, touched: set[int], instruments: Mapping[int, Instrument], way: InTheWay, partial: bool, kept: int = 0
     ) -> list[Instrument]:
         """The market-hours check of a run that places or cancels (see `refuse_closed`): none for a dry run or a
         message that set ignoreMarketHours."""
@@ -394,7 +395,7 @@ class Rebalance:
         if not touched or self.ctx.dry_run or (envelope is not None and envelope.ignore_market_hours):
             return []
         cancelling = {o.con_id for o in way.cancel.values()}
-        return await self.refuse_closed({c: instruments[c] for c in touched}, cancelling, partial)
+        return await self.refuse_closed({c: instruments[c] for c in touched}, cancelling, partial, kept)
 
     async def _earlier_legs(self, placing: set[str]) -> dict[int, Outcome]:
         """By conId, as IB has them: the orders an earlier attempt of this request wrote that this run does not
@@ -454,7 +455,7 @@ class Rebalance:
             instruments = await instruments_by_con_id(ctx.broker, instruments, needed)
         trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
         touched = set(trading) | {o.con_id for o in way.cancel.values()}
-        shut = await self._closed_markets(touched, instruments, way, partial)
+        shut = await self._closed_markets(touched, instruments, way, partial, len(keep))
         if shut:
             spare = keep | frozenset(i.con_id for i in shut)
             closed_markets = sorted(i.closed_at(ctx.market_now()) for i in shut)

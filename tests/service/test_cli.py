@@ -175,7 +175,7 @@ def hold_by_hand(project: str, bus: Bus, gateway, strategy: str, symbol: str, qu
 def test_a_scheduled_job_fired_by_hand_honours_dry_run_pause_and_the_slot(served, bus: Bus, gateway, project: str):
     """Issue 12, bug 6: `--schedule eod-close-all --dry-run` sold SPY, used up the slot and ignored `paused`."""
     write_config(project, strategies={"testsignalgenerator": {"flatAtClose": "close"}})  # what eod-close-all closes
-    # The job's slot (15:55 New York): it closes only the markets closing within 10 minutes (closingWithin).
+    # The job's slot, 15:55 New York, as Cloud Scheduler fires it.
     new_york = ZoneInfo("America/New_York")
     gateway.set_time(datetime.combine(gateway.now().astimezone(new_york).date(), time(15, 55, 3), new_york))
     clock_seen(bus, gateway)
@@ -201,7 +201,7 @@ def test_a_scheduled_job_fired_by_hand_honours_dry_run_pause_and_the_slot(served
     # Cloud Scheduler's own firing of the slot (ignoreMarketHours added so the test runs at any hour).
     scheduled = bus.reply_to(
         bus.publish(
-            {"intent": "close-all", "params": {"flatAtClose": True, "closingWithin": 600}, "maxAgeSeconds": 240,
+            {"intent": "close-all", "params": {"flatAtClose": True}, "maxAgeSeconds": 240,
              "ignoreMarketHours": True},
             intent="close-all", schedule="eod-close-all",
         )

@@ -223,3 +223,34 @@ def test_a_retry_after_the_gateway_dropped_reports_the_leg_it_placed_and_that_fi
         placed["totalQuantity"],
     ), line
     assert result["orders"].get("filled") == 1, result["orders"]
+
+
+@pytest.mark.timeout(300)
+def test_ib_lost_and_restored_during_the_connect_does_not_open_the_gateway_before_its_download(
+    consumer_factory, bus: Bus, gateway
+):
+    """IB's 1100 then 1102 (IB lost, then back with data kept) both arrive while ib_insync's connect is still in its
+    start-up download (IB Gateway's nightly reconnect, seconds on a real account). `_on_error` marks DEGRADED on the
+    1100 although nothing is connected yet, and on the 1102 sees DEGRADED and sets CONNECTED: the gateway reports
+    itself connected and `ready` (ib.isConnected() is true mid-download) before `_connect` returned, so intake opens
+    and `synchronised()` names a generation (the previous connection's, after a reconnect) whose orders and fills
+    ib_insync has not finished downloading. Expected: CONNECTED only from `_started`, after the download."""
+    from consumer.broker.gateway import State
+
+    gateway.stall_request("reqCompletedOrders", 6.0)
+    consumer = consumer_factory(wait_ready=False)
+    wait_for(
+        lambda: "reqCompletedOrders" in [name for _, name in gateway.requests_received()],
+        timeout=30,
+        what="the connect's start-up download under way",
+    )
+    gw = consumer.service.services.gateway
+    seen: list[tuple[str, int, bool]] = []
+    gw.add_listener(lambda state: seen.append((state.value, gw.connections, gw.ready)))
+    gateway.send_error(1100)
+    wait_for(lambda: gw.state is State.DEGRADED or gw.connections, timeout=10, what="the 1100 heard")
+    gateway.send_error(1102)
+    wait_for(lambda: gw.connections == 1, timeout=60, what="the connect done")
+    early = [s for s in seen if s[0] == State.CONNECTED.value and s[1] == 0]
+    assert not early, f"the gateway said CONNECTED before its connect finished its download: {seen}"
+    assert gw.state is State.CONNECTED

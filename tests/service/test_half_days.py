@@ -3,7 +3,9 @@
 15:55: on a half day neither could trade (found by an independent review of the calendar; both tests failed before
 the schedule moved and gained its half-day twin). Each test fires the jobs as Cloud Scheduler would that day (every
 firing time infra/schedules.yaml declares for them, with the job's own message and attributes) on the simulated
-gateway, whose exchange calendar holds the half day, and checks the broker by orderRef and Firestore by execId."""
+gateway, whose exchange calendar holds the half day, and checks the broker by orderRef and Firestore by execId.
+A review of that fix found two more, also failing before theirs: the 15:55 job given `closingWithin` never closed a
+future (CME closes at 17:00), and the 12:55 job was refused on full days when a book also held a closed market."""
 
 from __future__ import annotations
 
@@ -196,3 +198,84 @@ def test_on_a_full_day_the_half_day_close_all_leaves_the_strategy_to_the_one_bef
     wait_for(lambda: {e["execId"] for e in sold} <= {f["execId"] for f in mode_collection(project, "fills")},
              what="the sale booked by execId")  # fmt: skip
     wait_for(lambda: "dummy" not in holdings(project), what="dummy flat in the books")
+
+
+ES = {"ES": {"secType": "FUT", "exchange": "CME", "currency": "USD"}}
+
+
+def _es_allocation(weight: float) -> dict[str, Any]:
+    request = allocation({"ES": weight})
+    request["params"]["strategyParams"]["dummy"]["instruments"] = ES
+    return request
+
+
+@pytest.mark.parametrize("market_clock", ["2026-12-02T10:00:00-05:00"], ids=["full-day"], indirect=True)
+def test_the_eod_close_all_still_flattens_a_flat_at_close_strategys_future(bus: Bus, gateway, project: str):
+    """dummy is marked `flatAtClose: close` and holds ES. Before decision 64 the 15:55 eod-close-all closed
+    everything the strategy held. Now both close-all jobs carry `closingWithin: 600`, and CME Globex's session (like
+    IDEALPRO's) ends at 17:00 New York: at 15:55 ES closes in 65 minutes, so it is put in notClosing and left; at
+    12:55 likewise. No job ever flattens a futures (or forex) position of a flatAtClose strategy any more: it is
+    held overnight, every night, and eod-check reports it notFlat."""
+    write_config(
+        project,
+        exposure={"overall": 1.0, "strategies": {"dummy": 0.9}},
+        strategies={"dummy": {"flatAtClose": "close"}},
+    )
+    reply = bus.reply_to(bus.publish(_es_allocation(0.5)))
+    assert reply["status"] == "ok", reply
+    (line,) = reply["result"]["instruments"]
+    assert line["outcome"] == "filled", line
+    symbol, bought = line["instrument"], float(line["target"])
+    assert bought > 0
+    wait_for(lambda: holdings(project) == {"dummy": {symbol: bought}}, what="the ES buy booked")
+
+    day = gateway.now().astimezone(ZoneInfo("America/New_York")).date()
+    firings = scheduled_firings(
+        lambda job: job["intent"] == "close-all" and job.get("params", {}).get("flatAtClose") is True, day
+    )
+    replies = [fire(bus, gateway, when, job) for when, job in firings]
+    refs = {
+        leg["orderRef"]
+        for r in replies
+        if r["status"] == "ok"
+        for leg in r["result"]["instruments"]
+        if leg.get("orderRef")
+    }
+    sold = [e for e in gateway.executions() if e["orderRef"] in refs and e["side"] == "SLD"]
+    answered = [
+        (f"{w:%H:%M}", r["status"], (r.get("result") or {}).get("notClosing"))
+        for (w, _), r in zip(firings, replies, strict=True)
+    ]
+    assert sum(e["shares"] for e in sold) == bought, (
+        f"the flatAtClose close-all jobs ({answered}) left dummy's {bought:g} {symbol} open over night"
+    )
+    wait_for(lambda: {e["execId"] for e in sold} <= {f["execId"] for f in mode_collection(project, "fills")},
+             what="the sale booked by execId")  # fmt: skip
+    wait_for(lambda: "dummy" not in holdings(project), what="dummy flat in the books")
+
+
+@pytest.mark.parametrize("market_clock", ["2026-12-02T10:00:00-05:00"], ids=["full-day"], indirect=True)
+def test_the_half_day_close_all_on_a_full_day_is_not_refused_for_a_closed_market_it_would_not_trade(
+    bus: Bus, gateway, project: str
+):
+    """dummy (flatAtClose: close) holds SPY and SAP on Xetra (closed from 11:30 New York). On a full day the 12:55
+    half-day-close-all is meant to find nothing closing and do nothing (decision 64). SPY is kept (`keep`), so it is
+    no longer among the instruments the market check counts; SAP, closed, is then the only one, and the partial
+    close's rule "rejected only when every touched market is closed" rejects the whole close-all `market_closed`:
+    an error reply every weekday at 12:55, which the 15:55 run with the same holdings answers ok with SAP in
+    closedMarkets. Expected: ok, SPY in notClosing, SAP in closedMarkets, nothing placed."""
+    write_config(project, strategies={"dummy": {"flatAtClose": "close"}})
+    body = allocation({"SPY": 0.05, "SAP": 0.05})
+    body["params"]["strategyParams"]["dummy"]["instruments"] = {"SAP": {"exchange": "IBIS", "currency": "EUR"}}
+    reply = bus.reply_to(bus.publish(body))
+    assert reply["status"] == "ok", reply
+    assert {line["outcome"] for line in reply["result"]["instruments"]} == {"filled"}, reply["result"]
+    wait_for(lambda: set(holdings(project).get("dummy", {})) == {"SPY", "SAP"}, what="both buys booked")
+    before = {o["orderRef"] for o in gateway.orders()}
+
+    day = gateway.now().astimezone(ZoneInfo("America/New_York")).date()
+    (when, job), *_ = scheduled_firings(lambda job: job["name"] == "half-day-close-all", day)
+    early = fire(bus, gateway, when, job)
+    assert {o["orderRef"] for o in gateway.orders()} == before, "the 12:55 job placed an order on a full day"
+    assert early["status"] == "ok", f"the 12:55 close-all on a full day was refused: {early.get('error')}"
+    assert early["result"].get("notClosing") == ["SPY"], early["result"]
