@@ -267,7 +267,7 @@ class Bookkeeper:
                 still_open += 1
                 continue
             if not is_done(found.status):
-                made_up, _ = await self._book_unreported(doc, found, reported, fresh)
+                made_up, _ = await self._book_unreported(doc, found, reported, fresh, working=True)
                 synthetic += [made_up] if made_up is not None else []
                 still_open += 1
                 continue
@@ -292,17 +292,31 @@ class Bookkeeper:
         return await self._books.close_order(doc["orderRef"], found.status, found.filled if covered else None), made_up
 
     async def _book_unreported(
-        self, doc: dict[str, Any], found: Outcome, reported: list[Fill], fresh: list[list[Fill]]
+        self, doc: dict[str, Any], found: Outcome, reported: list[Fill], fresh: list[list[Fill]], working: bool = False
     ) -> tuple[str | None, bool | None]:
         """What IB says the order filled beyond its booked executions, booked (see `_fill_in`); (None, True) when
         nothing is missing, or executions the gateway still knows are being booked (live or by this sweep).
 
         For a working order too: a GTC order's part filled on an earlier day while no consumer ran is in no
         execution IB reports today, and the order may work for days; unbooked meanwhile, every intent trading the
-        instrument was refused books_disagree, and reconcile's fix put the part in unallocated."""
+        instrument was refused books_disagree, and reconcile's fix put the part in unallocated. A working order's part
+        is made up only up to what it had filled when this connection began: a part filled since may have its
+        execution still on the way (IB promises no order between a status and its execution), and was booked twice
+        when it came."""
         ref = doc["orderRef"]
-        missing = found.filled - abs(float(doc.get("filled", 0.0)))
         known = [*reported, *self._session_fills()]
+        filled = found.filled
+        if working:
+            # What it had filled at connect, plus what the connection heard since and booked; a fill it heard of
+            # only by its status is not counted (its execution may be on the way).
+            booked_ids = set(doc.get("execIds", []))
+            heard = {
+                f.exec_id: abs(f.shares)
+                for f in self._session_fills()
+                if f.order_ref == ref and f.exec_id in booked_ids and self._broker.reported_since_connect(f.exec_id)
+            }
+            filled = min(filled, self._broker.filled_at_connect(found.perm_id) + sum(heard.values()))
+        missing = filled - abs(float(doc.get("filled", 0.0)))
         unbooked = {f.exec_id for f in known if f.order_ref == ref} - set(doc.get("execIds", []))
         if missing <= EPSILON or unbooked:
             return None, True

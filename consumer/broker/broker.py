@@ -374,6 +374,15 @@ class Broker:
         self._gateway.require()
         return [views.fill(f) for f in await self._gateway.requests.executions()]
 
+    def filled_at_connect(self, perm_id: int | None) -> float:
+        """What an order had filled when this connection began (0 if it was not open then): fills from before the
+        connection, which IB may no longer report as executions (an earlier day's)."""
+        return self._gateway.filled_at_connect.get(perm_id, 0.0) if perm_id else 0.0
+
+    def reported_since_connect(self, exec_id: str) -> bool:
+        """An execution this connection heard live, not in its start-up download."""
+        return exec_id not in self._gateway.reported_at_connect
+
     def session_fills(self) -> list[Fill]:
         """Executions this connection has seen, asked for or reported live (no request)."""
         return [views.fill(f) for f in self._ib.fills()]

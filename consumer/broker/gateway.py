@@ -114,6 +114,10 @@ class Gateway:
         # IB's 1100 (the gateway lost IB) seen on this connection and not yet answered by 1101/1102: a connect that
         # heard it ends DEGRADED, not CONNECTED.
         self._ib_lost = False
+        # permId -> what each open order had filled when this connection began (ib_insync's start-up download), and
+        # the executions that download reported: the fills of a working order IB will never report are the rest.
+        self.filled_at_connect: dict[int, float] = {}
+        self.reported_at_connect: set[str] = set()
         self._stopping = False
         self._client_id_in_use = False
         self._clock_offset = 0.0
@@ -210,6 +214,10 @@ class Gateway:
         if self._lost.is_set():
             log.warning("gateway connection lost while connecting; connecting again")
             return False
+        self.filled_at_connect = {
+            t.order.permId: float(t.orderStatus.filled) for t in self.ib.openTrades() if t.order.permId
+        }
+        self.reported_at_connect = {f.execution.execId for f in self.ib.fills()}
         self.connections += 1
         self._metrics.count("gatewayConnects")
         self._set_state(State.DEGRADED if self._ib_lost else State.CONNECTED)

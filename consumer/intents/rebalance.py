@@ -191,6 +191,13 @@ class Rebalance:
             if not reason:
                 way.cancel[order.order_ref] = order
                 continue
+            if order.order.status == "PendingCancel" and order.con_id in legs:
+                # Ours to wait for, whoever placed it (no cancel is sent), not to size on a guess.
+                raise Transient(
+                    "cancel_unconfirmed",
+                    f"order {order.order_ref} ({reason}) is being cancelled at IB; its instrument is sized once IB "
+                    "has finished it; nothing was placed or cancelled",
+                )
             way.kept.append({**order.view(), "reason": reason})
             if opposes(order.con_id, order.quantity):
                 way.aside.add(order.order_ref)
@@ -665,7 +672,7 @@ def _working(
     others: list[BrokerOrder] = []
     for live in account_orders:
         doc = docs.get(live.order_ref) if live.order_ref else None
-        if doc is None:
+        if doc is None or not _is_its_order(doc, live):
             others.append(live)
             continue
         booked = doc.get("booked", {})
@@ -683,6 +690,15 @@ def _working(
             )
         )
     return ours, others
+
+
+def _is_its_order(doc: Mapping[str, Any], live: BrokerOrder) -> bool:
+    """Whether the live order under a document's ref is the document's order: once IB numbered it, only the one
+    with its permId (and on its instrument). Another client's order under our ref was sized as a second working
+    order of ours carrying the whole remaining quantity (decision 65)."""
+    if doc.get("conId") and live.con_id and int(doc["conId"]) != live.con_id:
+        return False
+    return not (doc.get("permId") and live.perm_id and int(doc["permId"]) != live.perm_id)
 
 
 def _line(instrument: Instrument, leg: Leg, order_ref: str | None, outcome: Outcome | None) -> dict[str, Any]:
