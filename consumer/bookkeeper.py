@@ -317,7 +317,7 @@ class Bookkeeper:
             }
             filled = min(filled, self._broker.filled_at_connect(found.perm_id) + sum(heard.values()))
         missing = filled - abs(float(doc.get("filled", 0.0)))
-        unbooked = {f.exec_id for f in known if f.order_ref == ref} - set(doc.get("execIds", []))
+        unbooked = {f.exec_id for f in known if _of_order(f, doc)} - set(doc.get("execIds", []))
         if missing <= EPSILON or unbooked:
             return None, True
         if not fresh:
@@ -502,7 +502,7 @@ class Bookkeeper:
         executions only) that reconcile's fix has booked to unallocated was booked a second time.
         """
         booked = set(doc.get("execIds", []))
-        late = [f for f in fresh if f.order_ref == doc["orderRef"] and f.exec_id not in booked]
+        late = [f for f in fresh if _of_order(f, doc) and f.exec_id not in booked]
         if late:
             await self._books.book_all([execution_of(f, self._rates(f)) for f in late])
             return None, True
@@ -552,6 +552,13 @@ def _instruments_open(docs: list[dict[str, Any]], closed: list[dict[str, Any]]) 
     """The conIds of these orders that are still open after `closed`."""
     done = {c["orderRef"] for c in closed}
     return {int(d["conId"]) for d in docs if d["orderRef"] not in done}
+
+
+def _of_order(fill: Fill, doc: Mapping[str, Any]) -> bool:
+    """An execution of the document's order: under its ref, and with its permId once IB numbered it (another
+    client's execution under our ref is booked to unallocated, decision 65, never as the order's)."""
+    perm = int(doc.get("permId") or 0)
+    return fill.order_ref == doc["orderRef"] and (not perm or not fill.perm_id or fill.perm_id == perm)
 
 
 def perm_ids(docs: Iterable[Mapping[str, Any]]) -> dict[str, int]:

@@ -93,3 +93,39 @@ def test_a_gtc_orders_part_filled_on_an_earlier_day_is_booked_to_it_while_it_sti
     assert mode_collection(project, "openOrders") == []
     (order,) = mode_collection(project, "orders")
     assert (order["orderRef"], order["state"], order["filled"]) == (line["orderRef"], "Filled", target)
+
+
+def test_an_earlier_days_part_is_booked_though_another_client_traded_under_its_ref_today(
+    consumer_factory, bus: Bus, gateway, project: str, manual
+):
+    """As above, and today another client id's order under the same orderRef (a person copying it in TWS) fills 2.
+    Its execution carries our ref: the sweep took it for the order's own execution not booked yet, and so never
+    made up the earlier day's 3 (the order's document waited on an execution that was never its). It is booked to
+    unallocated, and the 3 to dummy (decisions 65, 66)."""
+    from tests.service.test_overfill import copy_under
+
+    first = consumer_factory(order_timeout=3.0)
+    gateway.hold_fills(True)
+    (line,) = ok(bus, SPY_TARGET)["instruments"]
+    first.stop()
+    gateway.set_max_fill_size(PART)
+    gateway.hold_fills(False)
+    wait_for(lambda: gateway.orders()[0]["filled"] == PART, what="the first part filled")
+    gateway.hold_fills(True)
+    gateway.roll_day()
+    gateway.call(setattr, gateway.server.scenario, "fillDelayMs", 600_000)
+    gateway.hold_fills(False)  # ours works on, its next part ten minutes away
+    gateway.call(setattr, gateway.server.scenario, "fillDelayMs", 5)
+    gateway.set_max_fill_size(100000)
+    copy_under(manual, gateway, "SPY", line["orderRef"], 2)  # fills at once
+
+    consumer_factory(order_timeout=3.0, intents_subscription=another_intents_subscription(project, STANDBY))
+    found = ok(bus, {"intent": "reconcile"})
+    assert found["differences"] == [], found
+    (ours,) = [o for o in gateway.orders() if o["orderRef"] == line["orderRef"] and o["clientId"] == 1]
+    assert ours["filled"] >= PART
+    assert holdings(project) == {"dummy": {"SPY": ours["filled"]}, "unallocated": {"SPY": 2.0}}
+    copies = {e["execId"] for e in gateway.executions() if e["clientId"] != 1}
+    fills = {f["execId"]: f for f in mode_collection(project, "fills")}
+    assert copies <= set(fills)  # the copy's execution booked, by execId, to no strategy
+    assert all(fills[c]["strategies"] == {"unallocated": 2.0} for c in copies)
