@@ -25,9 +25,9 @@ from tests.support import (
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("paper_config")]
 
 
-def connecting_slowly(consumer_factory, gateway) -> Any:
+def connecting_slowly(consumer_factory, gateway, seconds: float = 2.0) -> Any:
     """A consumer whose connect is in its start-up download, which takes a while, as on a real account."""
-    gateway.stall_request("reqCompletedOrders", 2.0)
+    gateway.stall_request("reqCompletedOrders", seconds)
     consumer = consumer_factory(wait_ready=False)
     wait_for(
         lambda: "reqCompletedOrders" in [name for _, name in gateway.requests_received()],
@@ -237,13 +237,7 @@ def test_ib_lost_and_restored_during_the_connect_does_not_open_the_gateway_befor
     ib_insync has not finished downloading. Expected: CONNECTED only from `_started`, after the download."""
     from consumer.broker.gateway import State
 
-    gateway.stall_request("reqCompletedOrders", 6.0)
-    consumer = consumer_factory(wait_ready=False)
-    wait_for(
-        lambda: "reqCompletedOrders" in [name for _, name in gateway.requests_received()],
-        timeout=30,
-        what="the connect's start-up download under way",
-    )
+    consumer = connecting_slowly(consumer_factory, gateway, 6.0)
     gw = consumer.service.services.gateway
     seen: list[tuple[str, int, bool]] = []
     gw.add_listener(lambda state: seen.append((state.value, gw.connections, gw.ready)))

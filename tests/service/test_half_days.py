@@ -86,6 +86,25 @@ def fire(bus: Bus, gateway: Any, when: datetime, job: dict[str, Any]) -> dict[st
     return bus.reply_to(bus.publish(body, intent=job["intent"], schedule=job["name"]), timeout=120.0)
 
 
+def fire_flat_at_close_jobs(
+    bus: Bus, gateway: Any, day: date
+) -> tuple[list[tuple[datetime, dict[str, Any]]], list[dict[str, Any]], set[str]]:
+    """Fires every flatAtClose close-all job of the day in turn: (firings, replies, the orderRefs they placed)."""
+    firings = scheduled_firings(
+        lambda job: job["intent"] == "close-all" and job.get("params", {}).get("flatAtClose") is True, day
+    )
+    assert firings, "no scheduled flatAtClose close-all fires on a weekday"
+    replies = [fire(bus, gateway, when, job) for when, job in firings]
+    refs = {
+        line["orderRef"]
+        for reply in replies
+        if reply["status"] == "ok"
+        for line in reply["result"]["instruments"]
+        if line.get("orderRef")
+    }
+    return firings, replies, refs
+
+
 def buy_spy(bus: Bus, project: str) -> float:
     reply = bus.reply_to(bus.publish(allocation({"SPY": 0.05})))
     assert reply["status"] == "ok", reply
@@ -107,19 +126,7 @@ def test_the_scheduled_flat_at_close_close_all_flattens_the_strategy_on_a_half_d
     write_config(project, strategies={"dummy": {"flatAtClose": "close"}})
     bought = buy_spy(bus, project)
     day = gateway.now().astimezone(ZoneInfo("America/New_York")).date()
-    firings = scheduled_firings(
-        lambda job: job["intent"] == "close-all" and job.get("params", {}).get("flatAtClose") is True, day
-    )
-    assert firings, "no scheduled flatAtClose close-all fires on a weekday"
-
-    replies = [fire(bus, gateway, when, job) for when, job in firings]
-    refs = {
-        line["orderRef"]
-        for reply in replies
-        if reply["status"] == "ok"
-        for line in reply["result"]["instruments"]
-        if line.get("orderRef")
-    }
+    firings, replies, refs = fire_flat_at_close_jobs(bus, gateway, day)
     sold = sales(gateway, refs)
     answered = [
         (f"{w:%H:%M}", r["status"], (r.get("error") or {}).get("code"))
@@ -230,17 +237,7 @@ def test_the_eod_close_all_still_flattens_a_flat_at_close_strategys_future(bus: 
     wait_for(lambda: holdings(project) == {"dummy": {symbol: bought}}, what="the ES buy booked")
 
     day = gateway.now().astimezone(ZoneInfo("America/New_York")).date()
-    firings = scheduled_firings(
-        lambda job: job["intent"] == "close-all" and job.get("params", {}).get("flatAtClose") is True, day
-    )
-    replies = [fire(bus, gateway, when, job) for when, job in firings]
-    refs = {
-        leg["orderRef"]
-        for r in replies
-        if r["status"] == "ok"
-        for leg in r["result"]["instruments"]
-        if leg.get("orderRef")
-    }
+    firings, replies, refs = fire_flat_at_close_jobs(bus, gateway, day)
     sold = [e for e in gateway.executions() if e["orderRef"] in refs and e["side"] == "SLD"]
     answered = [
         (f"{w:%H:%M}", r["status"], (r.get("result") or {}).get("notClosing"))
