@@ -303,19 +303,8 @@ class Bookkeeper:
         is made up only up to what it had filled when this connection began: a part filled since may have its
         execution still on the way (IB promises no order between a status and its execution), and was booked twice
         when it came."""
-        ref = doc["orderRef"]
         known = [*reported, *self._session_fills()]
-        filled = found.filled
-        if working:
-            # What it had filled at connect, plus what the connection heard since and booked; a fill it heard of
-            # only by its status is not counted (its execution may be on the way).
-            booked_ids = set(doc.get("execIds", []))
-            heard = {
-                f.exec_id: abs(f.shares)
-                for f in self._session_fills()
-                if f.order_ref == ref and f.exec_id in booked_ids and self._broker.reported_since_connect(f.exec_id)
-            }
-            filled = min(filled, self._broker.filled_at_connect(found.perm_id) + sum(heard.values()))
+        filled = self._beyond_status_only(doc, found) if working else found.filled
         missing = filled - abs(float(doc.get("filled", 0.0)))
         unbooked = {f.exec_id for f in known if _of_order(f, doc)} - set(doc.get("execIds", []))
         if missing <= EPSILON or unbooked:
@@ -323,6 +312,27 @@ class Bookkeeper:
         if not fresh:
             fresh.append([f for f in await self._broker.executions() if self._ours(f)])
         return await self._fill_in(doc, found, missing, fresh[0])
+
+    def _beyond_status_only(self, doc: dict[str, Any], found: Outcome) -> float:
+        """What a working order filled, less any part this connection knows only from a live status: what it had
+        filled at connect, plus its executions heard since and booked (a corrected one once: its latest version,
+        none of a family the start-up download already had). Another client id's order is exempt: its statuses
+        are not heard live, so none runs ahead of its execution here, and it is not in `filled_at_connect`."""
+        if found.client_id is not None and found.client_id != self._broker.client_id:
+            return found.filled
+        booked_ids = set(doc.get("execIds", []))
+        latest: dict[str, tuple[str, float]] = {}
+        at_connect: set[str] = set()
+        for f in self._session_fills():
+            if f.order_ref != doc["orderRef"] or f.exec_id not in booked_ids:
+                continue
+            family = _execution_family(f.exec_id)
+            if not self._broker.reported_since_connect(f.exec_id):
+                at_connect.add(family)
+            elif family not in latest or f.exec_id > latest[family][0]:
+                latest[family] = (f.exec_id, abs(f.shares))
+        heard = sum(shares for family, (_, shares) in latest.items() if family not in at_connect)
+        return min(found.filled, self._broker.filled_at_connect(found.perm_id) + heard)
 
     async def _record_placed(self, docs: list[dict[str, Any]], at_broker: dict[str, Outcome]) -> None:
         """IB's ids on orders written ahead whose run died before it recorded them. The redelivery counts such an
@@ -552,6 +562,12 @@ def _instruments_open(docs: list[dict[str, Any]], closed: list[dict[str, Any]]) 
     """The conIds of these orders that are still open after `closed`."""
     done = {c["orderRef"] for c in closed}
     return {int(d["conId"]) for d in docs if d["orderRef"] not in done}
+
+
+def _execution_family(exec_id: str) -> str:
+    """An execution and IB's corrections of it ("...01.01", "...01.02") share the id before the final period."""
+    base, dot, version = exec_id.rpartition(".")
+    return base if dot and version.isdigit() else exec_id
 
 
 def _of_order(fill: Fill, doc: Mapping[str, Any]) -> bool:

@@ -129,3 +129,86 @@ def test_an_earlier_days_part_is_booked_though_another_client_traded_under_its_r
     fills = {f["execId"]: f for f in mode_collection(project, "fills")}
     assert copies <= set(fills)  # the copy's execution booked, by execId, to no strategy
     assert all(fills[c]["strategies"] == {"unallocated": 2.0} for c in copies)
+
+
+def test_an_earlier_deployments_gtc_part_filled_on_an_earlier_day_is_booked_while_it_works(
+    consumer_factory, bus: Bus, gateway, project: str
+):
+    """Decision 66 across a change of IB_CLIENT_ID. The deployment on client id 2 placed dummy's GTC buy; it fills 3
+    while no consumer runs, the day rolls (IB reports no execution of it any more), the order works on. The
+    deployment on client id 1 finds it by orderRef/permId (reqAllOpenOrders), but decision 71 capped a working order's
+    made-up part at `Gateway.filled_at_connect`, taken from `ib.openTrades()` at connect: ib_insync's start-up asks
+    `reqOpenOrders`, this client id's orders only, so another client id's order counts as having filled 0 and the 3
+    are never made up while it works: reconcile reports a difference (books_disagree for every SPY intent), and its
+    fix puts the 3 in unallocated, leaving dummy short."""
+    earlier = consumer_factory(order_timeout=3.0, ib_client_id=2)
+    gateway.hold_fills(True)
+    (line,) = ok(bus, allocation({"SPY": 0.05}))["instruments"]
+    assert line["outcome"] == "working", line
+    ref = line["orderRef"]
+    earlier.stop()
+
+    gateway.set_max_fill_size(PART)
+    gateway.hold_fills(False)
+    wait_for(lambda: [o["filled"] for o in gateway.orders() if o["orderRef"] == ref] == [PART], what="a part")
+    gateway.hold_fills(True)
+    gateway.roll_day()
+    assert gateway.executions() == []
+    assert gateway.positions()["SPY"] == PART
+    (at_ib,) = [o for o in gateway.orders() if o["orderRef"] == ref]
+    assert (at_ib["clientId"], at_ib["status"] in ("Submitted", "PreSubmitted")) == (2, True), at_ib
+
+    consumer_factory(order_timeout=3.0, intents_subscription=another_intents_subscription(project, STANDBY))
+    found = ok(bus, {"intent": "reconcile"})
+    assert found["differences"] == [], found
+    booked = [f for f in mode_collection(project, "fills") if f.get("orderRef") == ref]
+    assert [(f["quantity"], f.get("synthetic")) for f in booked] == [(PART, True)], booked
+    assert holdings(project) == {"dummy": {"SPY": PART}}
+
+
+def test_a_corrected_execution_does_not_let_a_working_orders_status_only_part_be_made_up(
+    consumer_factory, bus: Bus, gateway, project: str
+):
+    """Decision 71 caps a working order's made-up part at `filled_at_connect` plus the shares of the executions this
+    connection heard and booked (`_book_unreported`, `heard`). An execution IB corrected is heard twice (".01" and
+    its correction ".02", both in the order's execIds) though the books count it once (booked in place): `heard`
+    sums both, so the cap is one execution too high. Our GTC buy fills 3 (heard, booked), IB corrects its price, the
+    next 3 fill with the execution report lagging across IB's day roll (the case decision 71 fixed): the sweep makes
+    up `synthetic-...` for those 3, and when the real execution arrives it is booked too: 9 booked for 6 filled."""
+    consumer = consumer_factory(order_timeout=3.0)
+    gateway.hold_fills(True)
+    (line,) = ok(bus, allocation({"SPY": 0.05}))["instruments"]
+    assert line["outcome"] == "working", line
+    ref = line["orderRef"]
+
+    gateway.call(setattr, gateway.server.scenario, "fillDelayMs", 600_000)  # one part, then a long pause
+    gateway.set_max_fill_size(PART)
+    gateway.hold_fills(False)
+    wait_for(lambda: [o["filled"] for o in gateway.orders() if o["orderRef"] == ref] == [PART], what="a first part")
+    gateway.hold_fills(True)
+    (first,) = [e for e in gateway.executions() if e["orderRef"] == ref]
+    fills = lambda: {f["execId"]: f for f in mode_collection(project, "fills")}  # noqa: E731
+    wait_for(lambda: first["execId"] in fills(), what="the first part booked")
+    repriced = gateway.correct_execution(first["execId"], price=first["price"] + 0.5)
+    wait_for(lambda: repriced in fills(), what="the correction booked")
+    assert holdings(project) == {"dummy": {"SPY": PART}}
+
+    gateway.delay_executions(20.0)  # the next execution's report 20 s after the status that counts it
+    gateway.hold_fills(False)
+    wait_for(lambda: [o["filled"] for o in gateway.orders() if o["orderRef"] == ref] == [2 * PART], what="a 2nd part")
+    gateway.hold_fills(True)
+    (second,) = [e["execId"] for e in gateway.executions() if e["orderRef"] == ref and e["execId"] != repriced
+                 and e["execId"] != first["execId"]]  # fmt: skip
+    gateway.roll_day()  # the GTC buy works on; reqExecutions lists nothing of yesterday's
+    assert gateway.executions() == []
+
+    ok(bus, {"intent": "trade-reconciliation"})
+    broker = consumer.service.services.broker
+    wait_for(lambda: second in {f.exec_id for f in broker.session_fills()}, timeout=60, what="the lagging execution")
+    ok(bus, {"intent": "trade-reconciliation"})
+
+    (at_ib,) = [o for o in gateway.orders() if o["orderRef"] == ref]
+    assert at_ib["filled"] == 2 * PART
+    booked = {i: f["quantity"] for i, f in fills().items() if f.get("orderRef") == ref and not f.get("correctedBy")}
+    assert sum(abs(q) for q in booked.values()) == 2 * PART, booked
+    assert holdings(project) == {"dummy": {"SPY": gateway.positions()["SPY"]}}
