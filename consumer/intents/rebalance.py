@@ -420,6 +420,27 @@ class Rebalance:
         )
         return {int(d["conId"]): found[d["orderRef"]] for d in docs if d["orderRef"] in found}
 
+    async def _flat_since(
+        self, earlier: Mapping[int, Outcome], legs: Mapping[int, Leg], instruments: Mapping[int, Instrument]
+    ) -> list[dict[str, Any]]:
+        """Lines for the earlier attempts' orders on instruments that have no leg now (a close-all's sell that filled
+        while the gateway was away: the book is flat, and the retry's reply listed no line naming it)."""
+        flat = {c for c in earlier if c not in legs or not (legs[c].deltas or any(legs[c].targets.values()))}
+        if not flat:
+            return []
+        found = await instruments_by_con_id(self.ctx.broker, instruments, flat)
+        return [
+            {
+                "instrument": found[c].symbol,
+                "conId": c,
+                "currency": found[c].currency,
+                "order": 0.0,
+                "orderRef": earlier[c].order_ref,
+                **earlier[c].as_dict(),
+            }
+            for c in sorted(flat, key=lambda c: found[c].symbol)
+        ]
+
     def _held_as_they_are(
         self, targets: Mapping[str, Mapping[int, float]], spare: frozenset[int]
     ) -> dict[str, dict[int, float]]:
@@ -544,7 +565,8 @@ class Rebalance:
                 else _line(instruments[c], leg, None, None)
                 for c, leg in sorted(legs.items(), key=lambda kv: instruments[kv[0]].symbol)
                 if leg.deltas or any(leg.targets.values())
-            ],
+            ]
+            + await self._flat_since(earlier, legs, instruments),
             "transfers": transfers,
             "orders": _tally({**outcomes, **{o.order_ref: o for o in earlier.values()}}),
             "cancelled": cancelled,

@@ -19,6 +19,7 @@ from tests.support import (
     allocation,
     holdings,
     mode_collection,
+    stock_positions,
     wait_for,
 )
 
@@ -248,3 +249,34 @@ def test_ib_lost_and_restored_during_the_connect_does_not_open_the_gateway_befor
     early = [s for s in seen if s[0] == State.CONNECTED.value and s[1] == 0]
     assert not early, f"the gateway said CONNECTED before its connect finished its download: {seen}"
     assert gw.state is State.CONNECTED
+
+
+def test_a_close_all_retry_names_the_sell_its_first_attempt_placed(consumer_factory, bus: Bus, gateway, project):
+    """A close-all's sell fills while the gateway is away; the retry finds the book flat, so the instrument has no
+    leg at all (no target, no delta) and Rebalance.carry_out listed no line for it: `_earlier_legs` found the sell
+    (it was counted in the tally) but its line was only drawn for instruments that still had a leg. The one reply
+    listed no instrument and named no order, as if the close-all sold nothing, while it sold the whole book."""
+    consumer_factory(order_timeout=30.0)
+    bought = bus.reply_to(bus.publish(allocation({"SPY": 0.05})), timeout=60)
+    assert bought["status"] == "ok", bought
+    wait_for(lambda: holdings(project).get("dummy") == stock_positions(gateway), what="the buy booked")
+    gateway.hold_fills(True)
+    message_id = bus.publish({"intent": "close-all", "params": {"strategies": ["dummy"]}})
+    wait_for(lambda: any(o["action"] == "SELL" for o in gateway.orders()), timeout=60, what="the sell placed")
+    (sell,) = [o for o in gateway.orders() if o["action"] == "SELL"]
+    gateway.restart(down_seconds=1.0)
+    wait_for(lambda: not gateway.connected_client_ids(), what="the consumer cut off")
+    gateway.hold_fills(False)
+    wait_for(lambda: all(o["status"] == "Filled" for o in gateway.orders()), what="the sell filled meanwhile")
+
+    bus.reply_to(message_id, timeout=90)
+    replies = [r for r in bus.replies_to(message_id, quiet=3.0) if not r.get("duplicate")]
+    assert len(replies) == 1, replies
+    assert [o["orderRef"] for o in gateway.orders() if o["action"] == "SELL"] == [sell["orderRef"]]  # sold once
+    executions = {e["execId"] for e in gateway.executions()}
+    wait_for(lambda: {f["execId"] for f in mode_collection(project, "fills")} == executions, what="booked by execId")
+    assert "SPY" not in stock_positions(gateway)
+    (reply,) = replies
+    assert reply["status"] == "ok", reply
+    named = {line.get("orderRef") for line in reply["result"]["instruments"]}
+    assert sell["orderRef"] in named, f"the one reply does not name the sell that filled: {reply}"
