@@ -30,6 +30,7 @@ from google.api_core import exceptions as google_exceptions
 from google.cloud.firestore import AsyncWriteBatch
 
 from consumer.accounts import live_account_refusal
+from consumer.bookkeeper import perm_ids
 from consumer.envelope import Request
 from consumer.errors import (
     ClaimTakenOver,
@@ -207,22 +208,30 @@ class Dispatcher:
             request,
             started,
             run if run is not None else self._run(intent, request, first_run=claim.first_run, claim_ms=claim_ms),
+            later_run=intent.trades and not claim.first_run and not request.dry_run,
         )
 
-    async def _run_claimed(self, request: Request, started: Started, run: Awaitable[dict[str, Any]]) -> Settlement:
-        """Runs a request this process holds the claim of, renewing its lease, and settles the outcome."""
+    async def _run_claimed(
+        self, request: Request, started: Started, run: Awaitable[dict[str, Any]], later_run: bool = False
+    ) -> Settlement:
+        """Runs a request this process holds the claim of, renewing its lease, and settles the outcome.
+        `later_run`: a trading request's redelivery or taken-over claim, whose earlier attempts may have placed."""
         ledger = self._services.ledger
         try:
-            return await self._run_and_settle(request, started, run)
+            return await self._run_and_settle(request, started, run, later_run)
         finally:
             ledger.forget(request.request_id)
 
-    async def _run_and_settle(self, request: Request, started: Started, run: Awaitable[dict[str, Any]]) -> Settlement:
+    async def _run_and_settle(
+        self, request: Request, started: Started, run: Awaitable[dict[str, Any]], later_run: bool = False
+    ) -> Settlement:
         ledger = self._services.ledger
         lease = asyncio.create_task(ledger.keep_alive(request.request_id))
         try:
             result = await run
         except Failure as failure:
+            if later_run:
+                await self._name_earlier_orders(request, failure)
             return await self._settle(request, started, failure=failure)
         except LeaseLost as e:
             # Nothing was placed here. Still this process's claim: handed back (or, on the last attempt, answered)
@@ -415,6 +424,38 @@ class Dispatcher:
             f"{error.code}: {error.message}",
         )
         return await self._settle(request, started, failure=failure, claimed=claimed, dead_lettered=True)
+
+    async def _name_earlier_orders(self, request: Request, failure: Failure) -> None:
+        """A later run refused before it reached the books (the kill switch, stale, a closed market) still answers
+        for what its earlier attempts placed: their orders, as IB has them, in `details.orders`. Its reply said only
+        "refused" while a buy of the first attempt had filled. Best effort: a lookup that fails leaves the refusal."""
+        services = self._services
+        try:
+            open_docs, closed_docs = await services.books.orders_of(request.request_id)
+            # Read one collection after the other, an order closed in between is in both: once, as closed.
+            docs = list({d["orderRef"]: d for d in (*open_docs, *closed_docs)}.values())
+            if not docs:
+                return
+            found = await services.broker.find_orders(
+                {d["orderRef"] for d in docs}, account=services.account, perm_ids=perm_ids(docs)
+            )
+        except Exception as e:
+            reraise_if_cancelled(e)
+            log.warning("could not look up the orders of earlier attempts", error=str(e))
+            return
+        orders = [
+            {
+                "orderRef": d["orderRef"],
+                "symbol": d.get("symbol"),
+                "outcome": found[d["orderRef"]].fate.value if d["orderRef"] in found else d.get("state", "unknown"),
+                "filled": found[d["orderRef"]].filled if d["orderRef"] in found else d.get("filled", 0.0),
+            }
+            for d in sorted(docs, key=lambda d: d["orderRef"])
+        ]
+        summary = ", ".join(f"{o['orderRef']} {o['outcome']} ({o['filled']:g} filled)" for o in orders)
+        failure.message = f"{failure.message}; an earlier attempt of this request placed: {clip(summary, 600)}"
+        details = failure.details if isinstance(failure.details, dict) else {"problems": failure.details}
+        failure.details = {**{k: v for k, v in details.items() if v is not None}, "orders": orders}
 
     async def _wrote_orders(self, request: Request) -> bool:
         """Whether the request wrote order documents (its orders, placed or about to be); unknown (Firestore

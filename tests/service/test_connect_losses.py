@@ -21,6 +21,7 @@ from tests.support import (
     mode_collection,
     stock_positions,
     wait_for,
+    write_config,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("paper_config")]
@@ -280,3 +281,34 @@ def test_a_close_all_retry_names_the_sell_its_first_attempt_placed(consumer_fact
     assert reply["status"] == "ok", reply
     named = {line.get("orderRef") for line in reply["result"]["instruments"]}
     assert sell["orderRef"] in named, f"the one reply does not name the sell that filled: {reply}"
+
+
+def test_a_retry_refused_by_the_kill_switch_names_the_buy_its_first_attempt_placed(
+    consumer_factory, bus: Bus, gateway, project
+):
+    """The first attempt's buy is at IB when the gateway drops; trading is switched off meanwhile, and the buy fills
+    while the consumer is cut off. The retry is refused by the kill switch before it reaches the books, and its one
+    reply said only that (`rejected`, kill_switch), as if the request had bought nothing, while its buy had filled.
+    The refusal now lists what the earlier attempt placed, as IB has it, in `details.orders`."""
+    consumer_factory(order_timeout=30.0)
+    gateway.hold_fills(True)
+    message_id = bus.publish(allocation({"SPY": 0.05}))
+    wait_for(lambda: gateway.orders(), what="the buy at the broker")
+    (placed,) = gateway.orders()
+    write_config(project, tradingEnabled=False)
+    gateway.restart(down_seconds=1.0)
+    wait_for(lambda: not gateway.connected_client_ids(), what="the consumer cut off")
+    gateway.hold_fills(False)
+    wait_for(lambda: gateway.orders()[0]["status"] == "Filled", what="the buy filled meanwhile")
+
+    bus.reply_to(message_id, timeout=STREAM_RESTART_WAIT)
+    (reply,) = [r for r in bus.replies_to(message_id) if not r.get("duplicate")]
+    assert (reply["status"], reply["error"]["code"]) == ("rejected", "kill_switch"), reply
+    assert [o["orderRef"] for o in gateway.orders()] == [placed["orderRef"]]  # placed once
+    executions = {e["execId"] for e in gateway.executions()}
+    wait_for(lambda: {f["execId"] for f in mode_collection(project, "fills")} == executions, what="booked by execId")
+    orders = reply["error"]["details"]["orders"]
+    assert [(o["orderRef"], o["outcome"], o["filled"]) for o in orders] == [
+        (placed["orderRef"], "filled", placed["totalQuantity"])
+    ], reply["error"]
+    assert placed["orderRef"] in reply["error"]["message"]
