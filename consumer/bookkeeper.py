@@ -304,8 +304,10 @@ class Bookkeeper:
         execution still on the way (IB promises no order between a status and its execution), and was booked twice
         when it came."""
         known = [*reported, *self._session_fills()]
-        filled = self._beyond_status_only(doc, found) if working else found.filled
-        missing = filled - abs(float(doc.get("filled", 0.0)))
+        booked = abs(float(doc.get("filled", 0.0)))
+        missing = found.filled - booked
+        if working and missing > EPSILON:  # rare: the scan of the session's fills only then
+            missing = self._beyond_status_only(doc, found) - booked
         unbooked = {f.exec_id for f in known if _of_order(f, doc)} - set(doc.get("execIds", []))
         if missing <= EPSILON or unbooked:
             return None, True
