@@ -374,7 +374,8 @@ def test_a_half_open_connection_is_detected_by_the_heartbeat(consumer, bus: Bus,
     gateway.freeze(True)
     try:
         wait_for(lambda: consumer.service.status.gateway != "connected", timeout=30, what="the heartbeat to notice")
-        assert consumer.service.status.accepting is False  # requests are held until the gateway is back
+        # Requests are held until the gateway is back: intake closes on the control thread, a moment after.
+        wait_for(lambda: consumer.service.status.accepting is False, timeout=10, what="intake to close")
         held = bus.publish({"intent": "summary"})
         away = bus.reply_to(bus.publish({"intent": "ping"}), timeout=STREAM_RESTART_WAIT)
         assert away["status"] == "ok"
