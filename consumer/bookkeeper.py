@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import compress
@@ -335,6 +335,19 @@ class Bookkeeper:
                 latest[family] = (f.exec_id, abs(f.shares))
         heard = sum(shares for family, (_, shares) in latest.items() if family not in at_connect)
         return min(found.filled, self._broker.filled_at_connect(found.perm_id) + heard)
+
+    async def orders_at_broker(
+        self, request_id: str, besides: Collection[str] = ()
+    ) -> list[tuple[dict[str, Any], Outcome | None]]:
+        """A request's order documents (but `besides`), each with what IB says of it by orderRef and permId (None
+        where IB lists it nowhere): what a later run of the request reports its earlier attempts placed."""
+        open_docs, closed_docs = await self._books.orders_of(request_id)
+        # Read one collection after the other, an order closed in between is in both: once, as closed.
+        docs = {d["orderRef"]: d for d in (*open_docs, *closed_docs) if d["orderRef"] not in besides}
+        if not docs:
+            return []
+        found = await self._broker.find_orders(set(docs), account=self.account, perm_ids=perm_ids(docs.values()))
+        return [(doc, found.get(ref)) for ref, doc in sorted(docs.items())]
 
     async def _record_placed(self, docs: list[dict[str, Any]], at_broker: dict[str, Outcome]) -> None:
         """IB's ids on orders written ahead whose run died before it recorded them. The redelivery counts such an

@@ -30,7 +30,6 @@ from google.api_core import exceptions as google_exceptions
 from google.cloud.firestore import AsyncWriteBatch
 
 from consumer.accounts import live_account_refusal
-from consumer.bookkeeper import perm_ids
 from consumer.envelope import Request
 from consumer.errors import (
     ClaimTakenOver,
@@ -429,28 +428,22 @@ class Dispatcher:
         """A later run refused before it reached the books (the kill switch, stale, a closed market) still answers
         for what its earlier attempts placed: their orders, as IB has them, in `details.orders`. Its reply said only
         "refused" while a buy of the first attempt had filled. Best effort: a lookup that fails leaves the refusal."""
-        services = self._services
         try:
-            open_docs, closed_docs = await services.books.orders_of(request.request_id)
-            # Read one collection after the other, an order closed in between is in both: once, as closed.
-            docs = list({d["orderRef"]: d for d in (*open_docs, *closed_docs)}.values())
-            if not docs:
-                return
-            found = await services.broker.find_orders(
-                {d["orderRef"] for d in docs}, account=services.account, perm_ids=perm_ids(docs)
-            )
+            earlier = await self._services.bookkeeper.orders_at_broker(request.request_id)
         except Exception as e:
             reraise_if_cancelled(e)
             log.warning("could not look up the orders of earlier attempts", error=str(e))
             return
+        if not earlier:
+            return
         orders = [
             {
-                "orderRef": d["orderRef"],
-                "symbol": d.get("symbol"),
-                "outcome": found[d["orderRef"]].fate.value if d["orderRef"] in found else d.get("state", "unknown"),
-                "filled": found[d["orderRef"]].filled if d["orderRef"] in found else d.get("filled", 0.0),
+                "orderRef": doc["orderRef"],
+                "symbol": doc.get("symbol"),
+                "outcome": found.fate.value if found else doc.get("state", "unknown"),
+                "filled": found.filled if found else doc.get("filled", 0.0),
             }
-            for d in sorted(docs, key=lambda d: d["orderRef"])
+            for doc, found in earlier
         ]
         summary = ", ".join(f"{o['orderRef']} {o['outcome']} ({o['filled']:g} filled)" for o in orders)
         failure.message = f"{failure.message}; an earlier attempt of this request placed: {clip(summary, 600)}"

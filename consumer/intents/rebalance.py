@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from consumer.bookkeeper import perm_ids
 from consumer.broker.broker import Broker, OrderSnapshot
 from consumer.broker.instruments import Instrument
 from consumer.broker.model import Account, BrokerOrder, Fate, Quote, is_done
@@ -411,14 +410,8 @@ class Rebalance:
         ctx = self.ctx
         if ctx.first_run:
             return {}
-        open_docs, closed_docs = await ctx.services.books.orders_of(ctx.request_id)
-        docs = [d for d in (*open_docs, *closed_docs) if d["orderRef"] not in placing and d.get("conId")]
-        if not docs:
-            return {}
-        found = await ctx.broker.find_orders(
-            {d["orderRef"] for d in docs}, account=self.account.id, perm_ids=perm_ids(docs)
-        )
-        return {int(d["conId"]): found[d["orderRef"]] for d in docs if d["orderRef"] in found}
+        earlier = await ctx.services.bookkeeper.orders_at_broker(ctx.request_id, besides=placing)
+        return {int(doc["conId"]): found for doc, found in earlier if found is not None and doc.get("conId")}
 
     async def _flat_since(
         self, earlier: Mapping[int, Outcome], legs: Mapping[int, Leg], instruments: Mapping[int, Instrument]
