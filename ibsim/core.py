@@ -70,6 +70,7 @@ class GatewayCore:
         self.pacing_disconnect_after = int(after) if after else None
         self.pacing_disconnects = 0
         self.current_time_gap = float(self.scenario.pacing.get("currentTimeSeconds", 1.0))
+        self.closing_after_connect_clock: float | None = None  # fault close_after_connect_clock: its delay
         self.connect_cost = dict(self.scenario.connectCost)
         # message id -> delay of the next such request (stall_request); None: never answered
         self.stalls: dict[int, float | None] = {}

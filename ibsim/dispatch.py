@@ -194,8 +194,18 @@ class Dispatch(GatewayCore):
                 now - conn.current_time_at,
             )
             return
+        first = conn.current_time_at is None
         conn.current_time_at = now
+        if first and self.closing_after_connect_clock is not None:
+            # The fault: a gateway going down (its nightly restart) right after answering a connect's clock request.
+            delay, self.closing_after_connect_clock = self.closing_after_connect_clock, None
+            asyncio.get_running_loop().call_later(delay, self._answer_and_close, conn)
+            return
         conn.send([49, 1, int(self.clock.time())])
+
+    def _answer_and_close(self, conn: Connection) -> None:
+        conn.send([49, 1, int(self.clock.time())])
+        conn.close()
 
     def _req_ids(self, conn: Connection, r: Reader) -> None:
         conn.send([9, 1, self.broker.next_order_id(conn.client_id or 0)])

@@ -65,6 +65,14 @@ class Faults(OrderDesk):
         log.info("fault: dropped %d connection(s)", len(conns))
         return len(conns)
 
+    @fault()
+    def close_after_connect_clock(self, delay: float = 0.0) -> None:
+        """The next connection's first reqCurrentTime (a client's connect asks one) is answered `delay` seconds
+        later, and the socket closed right behind the answer: IB Gateway going down for its nightly restart just as
+        a client connects."""
+        self.closing_after_connect_clock = max(0.0, float(delay))
+        log.info("fault: the next connect's clock answer closes the socket")
+
     @fault(scheduled=True)
     def refuse_connections(self, seconds: float) -> None:
         if self._server is not None:

@@ -6,7 +6,6 @@ review of gateway drops; each test failed before, for the reason its docstring g
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from typing import Any
@@ -50,33 +49,19 @@ def test_a_connection_that_closes_right_after_the_connects_clock_answer_is_conne
     started with a discarded `loop.submit` dies, nothing reconnects, ever, and every request that needs the gateway
     is held for good while /livez stays 200 (the broker loop still runs).
 
-    Root cause: consumer/broker/gateway.py `run`: `self.ib.reqMarketDataType(...)` after `_connect()` is outside
-    any handling of a lost connection (and consumer/process.py submits `gateway.run()` and never looks at it)."""
-    server = gateway.server
-    original = server._req_current_time
-    armed = threading.Event()
-    fired = threading.Event()
-    consumer_loop: list[Any] = []
-
-    def answer_then_close(conn, reader):
-        if not armed.is_set() or conn.current_time_at is not None or fired.is_set():
-            return original(conn, reader)
-        fired.set()
-        # The consumer's loop is busy while the answer and the close arrive: it reads them together.
-        consumer_loop[0].call_soon_threadsafe(time.sleep, 0.3)
-        time.sleep(0.05)
-        original(conn, reader)
-        conn.transport.get_extra_info("socket").shutdown(socket.SHUT_WR)
-        conn.transport.close()
-
-    server._req_current_time = answer_then_close
+    Root cause: consumer/broker/gateway.py `run`: `self.ib.reqMarketDataType(...)` after `_connect()` was outside
+    any handling of a lost connection (and consumer/process.py submitted `gateway.run()` and never looked at it).
+    The gateway's side is ibsim's fault `close_after_connect_clock`."""
     consumer = consumer_factory()
-    consumer_loop.append(consumer.service.loop.loop)
     gateway_of = consumer.service.services.gateway
     assert gateway_of.connections == 1
-    armed.set()
+    gateway.close_after_connect_clock(delay=0.5)
     assert gateway.drop_connections() == 1
-    wait_for(fired.is_set, timeout=30, what="the reconnect's clock request answered with a close")
+    asked = [name for _, name in gateway.requests_received()].count("reqCurrentTime")
+    wait_for(lambda: [name for _, name in gateway.requests_received()].count("reqCurrentTime") > asked,
+             timeout=30, what="the reconnect's clock request")  # fmt: skip
+    # The consumer's loop busy (a CPU-starved container) while the answer and the close arrive: it reads both.
+    consumer.service.loop.call(time.sleep, 1.5)
     # Nothing is wrong with the gateway from here on: the consumer must connect again and answer.
     wait_for(lambda: gateway_of.connections >= 2, timeout=60, what="the consumer to connect again")
     consumer.wait_ready(timeout=60)
