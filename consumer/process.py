@@ -46,6 +46,8 @@ log = get_logger(__name__)
 SETTLE_MARGIN_SECONDS = 60.0
 # Pause before reopening a streaming pull that ended: the client library's own retries have run out by then.
 STREAM_RESTART_SECONDS = 2.0
+# The exit code after a task the service needs failed: consumer.cli's EXIT_FAILED (the CLI imports this module late).
+EXIT_TASK_FAILED = 1
 
 
 @dataclass
@@ -76,9 +78,11 @@ class Status:
 
 @dataclass(frozen=True, slots=True)
 class StopRequested:
-    """A signal or the command asked the process to stop; `reason` is logged."""
+    """A signal or the command asked the process to stop, or a task it needs failed; `reason` is logged, and
+    `exit_code` is the process's: non-zero after a failure, so a supervisor that restarts only on one does."""
 
     reason: str
+    exit_code: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,13 +139,13 @@ class Consumer:
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Serves until `request_stop`; returns the exit code."""
+        """Serves until `request_stop`; returns the exit code: 0, or EXIT_TASK_FAILED when a task it needs failed."""
         self.start()
         try:
-            self._control()
+            code = self._control()
         finally:
             self._shutdown()
-        return 0
+        return code
 
     def request_stop(self, reason: str = "requested") -> None:
         """Thread- and signal-safe."""
@@ -155,7 +159,9 @@ class Consumer:
         def done(future: concurrent.futures.Future[None]) -> None:
             if not future.cancelled() and future.exception() is not None:
                 log.critical("a task the service needs failed; stopping", task=name, error=repr(future.exception()))
-                self.request_stop(f"{name} task failed")
+                # Exit non-zero: systemd's Restart=on-failure (infra cloud-init, a consumer run outside the image)
+                # restarts only then, and a clean exit hid the failure from whoever reads the status.
+                self._events.put(StopRequested(f"{name} task failed", EXIT_TASK_FAILED))
 
         task.add_done_callback(done)
 
@@ -236,8 +242,9 @@ class Consumer:
         services.start()
         return services
 
-    def _control(self) -> None:
-        """Opens the stream once the gateway is first connected; while it is away, requests are held, not failed."""
+    def _control(self) -> int:
+        """Opens the stream once the gateway is first connected; while it is away, requests are held, not failed.
+        Returns the exit code the stop asked for."""
         assert self._subscriber is not None
         while True:
             try:
@@ -248,7 +255,7 @@ class Consumer:
                 continue
             if isinstance(event, StopRequested):
                 log.info("stopping", reason=event.reason)
-                return
+                return event.exit_code
             if isinstance(event, GatewayChanged):
                 self.status.gateway = event.state.value
                 if event.state is State.CONNECTED:

@@ -225,3 +225,27 @@ def test_the_live_guard_refuses_live_trading_without_allow_live(consumer_factory
     assert reply["status"] == "rejected"
     assert reply["error"]["code"] == "live_not_allowed"
     assert gateway.orders() == []
+
+
+def test_a_failed_task_the_service_needs_stops_it_with_a_failure_exit_code(gateway, project: str):
+    """When the gateway's connect-and-reconnect task ended in an error the consumer stopped, as it should, but
+    `Consumer.run` returned 0: systemd's Restart=on-failure (a consumer run outside the image) never restarted
+    it, and the log and exit status said a clean stop. It now exits 1."""
+    from consumer.process import EXIT_TASK_FAILED, Consumer
+    from tests.support import settings_for_tests
+
+    service = Consumer(settings_for_tests(project, gateway.port))
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(service.run()), daemon=True)
+    thread.start()
+    wait_for(lambda: service.status.subscribed, timeout=30, what="the consumer serving")
+
+    async def fail() -> None:
+        raise RuntimeError("the gateway task ended")
+
+    # A real task on the broker loop that ends in an error, watched as process.start watches the gateway's.
+    service._stop_if_it_fails("gateway", service.loop.submit(fail()))
+    thread.join(60)
+    assert not thread.is_alive(), "the consumer did not stop after the task failed"
+    assert codes == [EXIT_TASK_FAILED]
+    assert EXIT_TASK_FAILED == 1
