@@ -172,6 +172,8 @@ async def cash_balancer(ctx: IntentContext, params: dict[str, Any]) -> dict[str,
         outcome = outcomes.get(line.get("orderRef", ""))
         if outcome is not None:
             line.update(outcome.as_dict())
+    if not ctx.dry_run:
+        await _name_earlier_conversions(ctx, lines, set(orders), base)
     result: dict[str, Any] = {"account": account.id, "baseCurrency": base, "threshold": threshold, "balances": lines}
     if any(line["action"] == "skipped" for line in lines):
         result["alert"] = True  # cash over the threshold left unconverted: a person should look
@@ -229,6 +231,31 @@ async def _balance(
     return {**line, "action": "convert", "pair": pair.symbol, "order": quantity, "orderRef": ref}, LegOrder(
         ref, pair, quantity
     )
+
+
+async def _name_earlier_conversions(
+    ctx: IntentContext, lines: list[dict[str, Any]], placing: set[str], base: str
+) -> None:
+    """On a later run, each conversion an earlier attempt of this request placed and this run does not, as IB has
+    it, on its currency's line (`action: converted`): one that filled while the gateway was away left nothing to
+    convert, and the line said `left`, as if the request had converted nothing (decision 70)."""
+    if ctx.first_run:
+        return
+    by_currency = {line["currency"]: line for line in lines}
+    for doc, found in await ctx.services.bookkeeper.orders_at_broker(ctx.request_id, besides=placing):
+        if found is None:
+            continue
+        pair_base, quote = str(doc.get("symbol", "")).split(".")[0], str(doc.get("currency", ""))
+        currency = quote if pair_base == base else pair_base
+        line = by_currency.get(currency)
+        if line is None:  # IB no longer lists the currency's balance
+            line = by_currency[currency] = {"currency": currency}
+            lines.append(line)
+        if "orderRef" in line:
+            continue
+        if line.get("action", "left") == "left":  # a skipped line keeps its reason, and its alert
+            line.update(action="converted", reason="converted by an earlier attempt of this request")
+        line.update(pair=doc.get("symbol"), **found.as_dict())
 
 
 def _refuse_closed(ctx: IntentContext, orders: Iterable[LegOrder]) -> None:

@@ -297,3 +297,37 @@ def test_a_retry_refused_by_the_kill_switch_names_the_buy_its_first_attempt_plac
         (placed["orderRef"], "filled", placed["totalQuantity"])
     ], reply["error"]
     assert placed["orderRef"] in reply["error"]["message"]
+
+
+def test_a_cash_balancer_retry_names_the_conversion_its_first_attempt_placed(
+    consumer_factory, bus: Bus, gateway, project
+):
+    """A cash-balancer's SELL EUR.USD fills while the gateway is away; the retry finds no free euros left, so its
+    EUR line said `left`, "below the threshold", and named no order: the one reply read as if nothing had been
+    converted, while the first attempt had sold the whole balance (decision 70 left the cash-balancer out: it
+    places through its own path). The line now names the earlier attempt's conversion, as IB has it."""
+    consumer_factory(order_timeout=30.0)
+    eur = gateway.cash()["EUR"]
+    gateway.hold_fills(True)
+    message_id = bus.publish({"intent": "cash-balancer", "params": {"threshold": 1000}})
+    wait_for(lambda: gateway.orders(), what="the conversion at the broker")
+    (placed,) = gateway.orders()
+    gateway.restart(down_seconds=1.0)
+    wait_for(lambda: not gateway.connected_client_ids(), what="the consumer cut off")
+    gateway.hold_fills(False)
+    wait_for(lambda: gateway.orders()[0]["status"] == "Filled", what="the conversion filled meanwhile")
+
+    bus.reply_to(message_id, timeout=90)
+    replies = [r for r in bus.replies_to(message_id, quiet=3.0) if not r.get("duplicate")]
+    assert [r["status"] for r in replies] == ["ok"], replies
+    assert [o["orderRef"] for o in gateway.orders()] == [placed["orderRef"]]  # converted once
+    assert abs(gateway.cash()["EUR"]) < 1.0 < eur
+    executions = {e["execId"] for e in gateway.executions()}
+    wait_for(lambda: {f["execId"] for f in mode_collection(project, "fills")} == executions, what="booked by execId")
+    (line,) = [b for b in replies[0]["result"]["balances"] if b["currency"] == "EUR"]
+    assert (line.get("orderRef"), line.get("outcome"), line.get("filled")) == (
+        placed["orderRef"],
+        "filled",
+        placed["totalQuantity"],
+    ), line
+    assert line["action"] == "converted", line
