@@ -38,6 +38,14 @@ def connecting_slowly(consumer_factory, gateway, seconds: float = 2.0) -> Any:
     return consumer
 
 
+def fills_while_cut_off(gateway, what: str) -> None:
+    """The gateway drops the consumer, and the orders it held working fill before the consumer is back."""
+    gateway.restart(down_seconds=1.0)
+    wait_for(lambda: not gateway.connected_client_ids(), what="the consumer cut off")
+    gateway.hold_fills(False)
+    wait_for(lambda: all(o["status"] == "Filled" for o in gateway.orders()), what=f"the {what} filled meanwhile")
+
+
 @pytest.mark.timeout(300)
 def test_a_connection_that_closes_right_after_the_connects_clock_answer_is_connected_to_again(
     consumer_factory, bus: Bus, gateway
@@ -191,10 +199,7 @@ def test_a_retry_after_the_gateway_dropped_reports_the_leg_it_placed_and_that_fi
     message_id = bus.publish(allocation({"SPY": 0.05}))
     wait_for(lambda: gateway.orders(), what="the buy at the broker")
     (placed,) = gateway.orders()
-    gateway.restart(down_seconds=1.0)
-    wait_for(lambda: not gateway.connected_client_ids(), what="the consumer cut off")
-    gateway.hold_fills(False)
-    wait_for(lambda: gateway.orders()[0]["status"] == "Filled", what="the buy filled meanwhile")
+    fills_while_cut_off(gateway, "buy")
 
     replies = [r for r in bus.replies_to(message_id) if not r.get("duplicate")]
     assert [r["status"] for r in replies] == ["ok"], replies
@@ -250,10 +255,7 @@ def test_a_close_all_retry_names_the_sell_its_first_attempt_placed(consumer_fact
     message_id = bus.publish({"intent": "close-all", "params": {"strategies": ["dummy"]}})
     wait_for(lambda: any(o["action"] == "SELL" for o in gateway.orders()), timeout=60, what="the sell placed")
     (sell,) = [o for o in gateway.orders() if o["action"] == "SELL"]
-    gateway.restart(down_seconds=1.0)
-    wait_for(lambda: not gateway.connected_client_ids(), what="the consumer cut off")
-    gateway.hold_fills(False)
-    wait_for(lambda: all(o["status"] == "Filled" for o in gateway.orders()), what="the sell filled meanwhile")
+    fills_while_cut_off(gateway, "sell")
 
     bus.reply_to(message_id, timeout=90)
     replies = [r for r in bus.replies_to(message_id, quiet=3.0) if not r.get("duplicate")]
@@ -281,10 +283,7 @@ def test_a_retry_refused_by_the_kill_switch_names_the_buy_its_first_attempt_plac
     wait_for(lambda: gateway.orders(), what="the buy at the broker")
     (placed,) = gateway.orders()
     write_config(project, tradingEnabled=False)
-    gateway.restart(down_seconds=1.0)
-    wait_for(lambda: not gateway.connected_client_ids(), what="the consumer cut off")
-    gateway.hold_fills(False)
-    wait_for(lambda: gateway.orders()[0]["status"] == "Filled", what="the buy filled meanwhile")
+    fills_while_cut_off(gateway, "buy")
 
     bus.reply_to(message_id, timeout=STREAM_RESTART_WAIT)
     (reply,) = [r for r in bus.replies_to(message_id) if not r.get("duplicate")]
@@ -312,10 +311,7 @@ def test_a_cash_balancer_retry_names_the_conversion_its_first_attempt_placed(
     message_id = bus.publish({"intent": "cash-balancer", "params": {"threshold": 1000}})
     wait_for(lambda: gateway.orders(), what="the conversion at the broker")
     (placed,) = gateway.orders()
-    gateway.restart(down_seconds=1.0)
-    wait_for(lambda: not gateway.connected_client_ids(), what="the consumer cut off")
-    gateway.hold_fills(False)
-    wait_for(lambda: gateway.orders()[0]["status"] == "Filled", what="the conversion filled meanwhile")
+    fills_while_cut_off(gateway, "conversion")
 
     bus.reply_to(message_id, timeout=90)
     replies = [r for r in bus.replies_to(message_id, quiet=3.0) if not r.get("duplicate")]
