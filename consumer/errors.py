@@ -55,6 +55,16 @@ class IntentError(Failure):
     """The intent ran and failed in a way a retry would not change (bad config, unknown strategy...)."""
 
 
+class UnlistedInstrument(IntentError):
+    """IB lists no contract for a conId it reported before (200: an expired future, a delisted stock). What holds
+    one is kept as it is and named, the rest goes on: failed whole, one expired future in the books stopped every
+    close-all, reduce and eod-check until someone edited the books."""
+
+    def __init__(self, con_id: int, message: str) -> None:
+        super().__init__("unknown_instrument", message)
+        self.con_id = con_id
+
+
 class Rejected(Failure):
     """Policy refused the intent before it did anything: kill switch, live guard, stale, market closed."""
 

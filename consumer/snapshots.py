@@ -164,10 +164,12 @@ async def marks(broker: Broker, account: str, base: str, con_ids: Iterable[int],
     afresh = wanted if ask else wanted - set(prices)
     refused: dict[int, str] = {}
     if afresh:
-        instruments = [await broker.by_con_id(c) for c in sorted(afresh)]
+        # One IB no longer lists (an expired future) is unpriced with why, not the end of every strategy's P&L.
+        listed, refused = await broker.listed(afresh)
+        instruments = [listed[c] for c in sorted(listed)]
         fresh = await broker.prices(instruments)
         prices.update(fresh)
-        refused = {c: why for c, why in fresh.refused.items() if c not in prices}
+        refused.update({c: why for c, why in fresh.refused.items() if c not in prices})
         missing = {i.currency for i in instruments} - set(rates)
         if missing:
             rates.update(await broker.market_fx_rates(missing, base))

@@ -8,6 +8,7 @@ market data (market), the order engine (orders) and the translation of IB's obje
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -29,7 +30,7 @@ from consumer.broker.orders import (
     cancel_orders,
     find_orders,
 )
-from consumer.errors import IntentError
+from consumer.errors import IntentError, UnlistedInstrument
 from consumer.logs import get_logger
 from consumer.store.trading_config import OrderDefaults
 from consumer.strategies.base import InstrumentSpec, MarketData
@@ -245,6 +246,22 @@ class Broker:
     async def by_con_id(self, con_id: int) -> Instrument:
         self._gateway.require()
         return await self._instruments.by_con_id(con_id)
+
+    async def listed(self, con_ids: Iterable[int]) -> tuple[dict[int, Instrument], dict[int, str]]:
+        """By conId, asked together (ib_insync paces them): the instruments IB lists, and apart, each with why,
+        those it no longer does (an expired future, a delisted stock), for the caller to leave out and name."""
+        wanted = sorted(set(con_ids))
+        answers = await asyncio.gather(*(self.by_con_id(c) for c in wanted), return_exceptions=True)
+        found: dict[int, Instrument] = {}
+        unlisted: dict[int, str] = {}
+        for con_id, answer in zip(wanted, answers, strict=True):
+            if isinstance(answer, UnlistedInstrument):
+                unlisted[con_id] = answer.message
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                found[con_id] = answer
+        return found, unlisted
 
     async def fx_pair(self, currency: str, base: str) -> tuple[Instrument, bool]:
         """The IDEALPRO pair for currency/base and whether `currency` is its base (EUR.USD) or its quote (USD.JPY)."""

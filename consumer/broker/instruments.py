@@ -18,7 +18,7 @@ from ib_insync import IB, Contract, ContractDetails
 from consumer.broker import views
 from consumer.broker.contract_cache import CachedContract, CacheUnavailable, ContractStore, trading_day
 from consumer.broker.hours import closed_reason, closes_at, good_after, is_open, next_open
-from consumer.errors import IntentError
+from consumer.errors import IntentError, UnlistedInstrument
 from consumer.logs import get_logger
 from consumer.strategies.base import InstrumentSpec
 
@@ -185,7 +185,12 @@ class Instruments:
                 return instrument
         details = await self._ib.reqContractDetailsAsync(Contract(conId=contract.conId))
         if not details:
-            raise IntentError("unknown_instrument", f"conId {contract.conId} ({contract.symbol}) unknown at the broker")
+            named = f" ({contract.symbol})" if contract.symbol else ""
+            raise UnlistedInstrument(
+                contract.conId,
+                f"conId {contract.conId}{named}: IB lists no contract for it any more (an expired future, a delisted "
+                "stock)",
+            )
         found = details[0].contract
         assert found is not None
         instrument = _instrument(found.localSymbol or found.symbol, details[0])

@@ -18,7 +18,7 @@ from consumer.broker.instruments import Instrument
 from consumer.broker.orders import discard
 from consumer.errors import IntentError, clip
 from consumer.intents.base import Intent, IntentContext
-from consumer.intents.rebalance import Rebalance, instruments_by_con_id
+from consumer.intents.rebalance import Rebalance
 from consumer.store.books import UNALLOCATED
 from consumer.strategies import discover
 
@@ -74,9 +74,10 @@ async def _close(
 async def _closing_later(ctx: IntentContext, rebalance: Rebalance, within: float) -> dict[int, Instrument]:
     """The instruments in scope whose market is open and stays open longer than `within` seconds: the eod close-all
     jobs fire before both of NYSE's closes (12:55 for a half day's 13:00, 15:55), and each leaves what closes later
-    to the later one. A closed market is not among them: it goes through the closed-market check (and alerts)."""
+    to the later one. A closed market is not among them: it goes through the closed-market check (and alerts), nor is
+    one IB no longer lists (carry_out names it)."""
     con_ids = {c for book in (rebalance.current(), rebalance.working()) for held in book.values() for c in held}
-    instruments = await instruments_by_con_id(ctx.broker, {}, con_ids)
+    instruments, _ = await ctx.broker.listed(con_ids)
     now = ctx.market_now()
     return {c: i for c, i in instruments.items() if i.open_at(now) and (i.seconds_to_close(now) or math.inf) > within}
 

@@ -4,7 +4,8 @@
 2. Every order of the day is finished or knowingly open (GTC, GTD, OPG, goodAfterTime): what is still working is
    listed (unknown, and so not clean, when the gateway's API is read-only: IB refuses it the list).
 3. Strategies with `flatAtClose` in the config document hold nothing: any that do are listed.
-4. Books equal the broker: the reconcile comparison, read-only (no fix).
+4. Books equal the broker: the reconcile comparison, read-only (no fix); and no book holds an instrument IB no
+   longer lists (an expired future: its settlement is for a person to book).
 5. The daily snapshot is written (consumer.snapshots; a re-run the same day overwrites it with the same content).
 
 `clean` is false when anything in 2-4 needs a person, and the reply then says alert=true; it is still `ok` (the
@@ -74,6 +75,7 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     }
 
     differences = (await compare(ctx)).differences
+    unlisted = await _unlisted(ctx)
 
     # The gateway's day, asked once for the snapshot and the P&L: IB answers the current time once a second.
     day = trading_day(await broker.current_time())
@@ -82,7 +84,7 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
         snapshot = await write_snapshot(broker, services.books, services.layout, services.account, day=day)
         snapshot = {k: v for k, v in snapshot.items() if k != "writtenAt"}
     pnl = await current_pnl(broker, services.books, services.layout, services.account, ask=True, day=day)
-    clean = not (unavailable or still_open or not_flat or differences or unbooked or without_commission)
+    clean = not (unavailable or still_open or not_flat or differences or unlisted or unbooked or without_commission)
     return {
         "date": pnl["date"],
         "clean": clean,
@@ -97,9 +99,27 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
         "gtcOrders": gtc,
         "notFlat": not_flat,
         "differences": differences,
+        "unlisted": unlisted,
         "snapshot": snapshot,
         **({"unavailable": unavailable} if unavailable else {}),
     }
+
+
+async def _unlisted(ctx: IntentContext) -> list[dict[str, Any]]:
+    """The instruments the books hold that IB lists no contract for any more (an expired future, a delisted stock),
+    with what each book holds: nothing trades or prices them, and the books keep them until a person books the
+    settlement."""
+    holdings = await ctx.services.books.holdings(None)
+    _, gone = await ctx.broker.listed({c for positions in holdings.values() for c in positions})
+    return [
+        {
+            "instrument": next((str(p[c].get("symbol")) for p in holdings.values() if c in p), ""),
+            "conId": c,
+            "held": {s: float(p[c]["quantity"]) for s, p in sorted(holdings.items()) if c in p},
+            "reason": why,
+        }
+        for c, why in sorted(gone.items())
+    ]
 
 
 INTENT = Intent(

@@ -434,6 +434,37 @@ class Rebalance:
             for c in sorted(flat, key=lambda c: found[c].symbol)
         ]
 
+    def _sized(
+        self, targets: Mapping[str, Mapping[int, float]], close: bool, spare: frozenset[int]
+    ) -> tuple[Mapping[str, Mapping[int, float]], InTheWay, dict[int, Leg]]:
+        """The targets with `spare` instruments held as they are, the orders in the way, and the legs, sized as if
+        the orders to cancel were gone: what a dry run shows and what the market check covers."""
+        targets = self._held_as_they_are(targets, spare) if spare else targets
+        way = self.in_the_way(targets, close, spare)
+        return targets, way, net_legs(targets, self.current(), self.working(without=set(way.cancel) | way.aside))
+
+    async def _listed(
+        self, legs: Mapping[int, Leg], way: InTheWay, instruments: Mapping[int, Instrument]
+    ) -> tuple[dict[int, Instrument], dict[int, str]]:
+        """`instruments` with every other one the reply lists or a cancel touches (one held at its target, which
+        risk-check's reduce keeps, has no delta), and apart, with why, those IB no longer lists."""
+        needed = {c for c, leg in legs.items() if leg.deltas or any(leg.targets.values())}
+        needed |= {o.con_id for o in way.cancel.values()}
+        with self.ctx.timed("contracts"):
+            found, unlisted = await self.ctx.broker.listed(needed - set(instruments))
+        return {**instruments, **found}, unlisted
+
+    def _unlisted_view(self, unlisted: Mapping[int, str]) -> list[dict[str, Any]]:
+        """Each instrument IB no longer lists, named as the books name it, with what each book holds of it."""
+        lines = []
+        for con_id, why in sorted(unlisted.items()):
+            held = {s: p[con_id] for s, p in self.holdings.items() if con_id in p}
+            symbol = next((str(p.get("symbol")) for p in held.values() if p.get("symbol")), "")
+            lines.append({"instrument": symbol, "conId": con_id,
+                          "held": {s: float(p["quantity"]) for s, p in held.items()},
+                          "reason": f"{why}; held as it is: its settlement is for a person to book"})  # fmt: skip
+        return lines
+
     def _held_as_they_are(
         self, targets: Mapping[str, Mapping[int, float]], spare: frozenset[int]
     ) -> dict[str, dict[int, float]]:
@@ -459,30 +490,24 @@ class Rebalance:
         market is open and leaves those whose market is closed as they are, reported in `closedMarkets` with an
         alert: refused whole, the 15:55 close-all of a strategy that also held a Xetra stock left its US stocks
         open overnight, and the 13:00 reduce could never act while a book held one. `keep`: instruments left as
-        they are, their working orders too (close-all's `closingWithin`).
+        they are, their working orders too (close-all's `closingWithin`). An instrument held that IB no longer
+        lists (an expired future) is left as it is on every path, reported in `unlisted` with an alert.
         """
         ctx = self.ctx
         services = ctx.services
-        spare = keep
         closed_markets: list[str] = []
-        targets = self._held_as_they_are(targets, keep) if keep else targets
-        way = self.in_the_way(targets, close, spare)
-        # Sized as if the orders to cancel were gone: what a dry run shows and what the market check covers.
-        legs = net_legs(targets, self.current(), self.working(without=set(way.cancel) | way.aside))
-        # Every instrument the reply lists: one held at its target (risk-check's reduce keeps them) has no delta.
-        needed = {c for c, leg in legs.items() if leg.deltas or any(leg.targets.values())}
-        needed |= {o.con_id for o in way.cancel.values()}
-        with ctx.timed("contracts"):
-            instruments = await instruments_by_con_id(ctx.broker, instruments, needed)
+        targets, way, legs = self._sized(targets, close, keep)
+        instruments, unlisted = await self._listed(legs, way, instruments)
+        spare = keep | frozenset(unlisted)
+        if unlisted:  # nothing can trade them: failed whole, the rest could not be closed or reduced either
+            targets, way, legs = self._sized(targets, close, spare)
         trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
         touched = set(trading) | {o.con_id for o in way.cancel.values()}
-        shut = await self._closed_markets(touched, instruments, way, partial, len(keep))
+        shut = await self._closed_markets(touched, instruments, way, partial, len(spare))
         if shut:
-            spare = keep | frozenset(i.con_id for i in shut)
+            spare = spare | frozenset(i.con_id for i in shut)
             closed_markets = sorted(i.closed_at(ctx.market_now()) for i in shut)
-            targets = self._held_as_they_are(targets, spare)
-            way = self.in_the_way(targets, close, spare)
-            legs = net_legs(targets, self.current(), self.working(without=set(way.cancel) | way.aside))
+            targets, way, legs = self._sized(targets, close, spare)
             trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
             touched = set(trading) | {o.con_id for o in way.cancel.values()}
 
@@ -503,7 +528,7 @@ class Rebalance:
                     f"orders {', '.join(sorted(after.cancel))} stand in the way after cancelling; nothing was placed",
                 )
             legs = net_legs(targets, self.current(), self.working(without=after.aside))
-            listed = {c for c, leg in legs.items() if leg.deltas or any(leg.targets.values())}
+            listed = {c for c, leg in legs.items() if leg.deltas or any(leg.targets.values())} - set(unlisted)
             with ctx.timed("contracts"):
                 instruments = await instruments_by_con_id(ctx.broker, instruments, listed)
             trading = {c: leg for c, leg in legs.items() if abs(leg.quantity) > EPSILON}
@@ -550,15 +575,9 @@ class Rebalance:
             "account": self.account.id,
             "baseCurrency": self.account.base_currency,
             "netLiquidation": self.account.net_liquidation,
-            "instruments": [
-                _line(instruments[c], leg, orders[c].order_ref, outcomes.get(orders[c].order_ref))
-                if c in orders
-                else _line(instruments[c], leg, earlier[c].order_ref, earlier[c])
-                if c in earlier
-                else _line(instruments[c], leg, None, None)
-                for c, leg in sorted(legs.items(), key=lambda kv: instruments[kv[0]].symbol)
-                if leg.deltas or any(leg.targets.values())
-            ]
+            "instruments": _lines(
+                {c: leg for c, leg in legs.items() if c not in unlisted}, instruments, orders, outcomes, earlier
+            )
             + await self._flat_since(earlier, legs, instruments),
             "transfers": transfers,
             "orders": _tally({**outcomes, **{o.order_ref: o for o in earlier.values()}}),
@@ -566,16 +585,45 @@ class Rebalance:
             "kept": way.kept,
             "booksReconciled": {k: len(v) if isinstance(v, list) else v for k, v in self.sweep.items()},
         }
-        if any(o.fate in (Fate.REJECTED, Fate.UNCONFIRMED) for o in outcomes.values()):
-            # IB refused a leg (margin, the gateway's order precautions, a price) or never answered one (it may be
-            # working, or lost on the way: IB's paper server drops some): work left for a person.
-            report["alert"] = True
-        if closed_markets:
-            report["closedMarkets"] = closed_markets  # left as they are: a person, or the next run at their open
-            report["alert"] = True
+        _flag_left_undone(report, outcomes, closed_markets, self._unlisted_view(unlisted))
         if ctx.dry_run:
             report["wouldCancel"] = [{**o.view(), "reason": reason} for o in way.cancel.values()]
         return report
+
+
+def _flag_left_undone(
+    report: dict[str, Any], outcomes: Mapping[str, Outcome], closed_markets: list[str], unlisted: list[dict[str, Any]]
+) -> None:
+    """What a run left for a person, named in the report, which then alerts."""
+    if any(o.fate in (Fate.REJECTED, Fate.UNCONFIRMED) for o in outcomes.values()):
+        # IB refused a leg (margin, the gateway's order precautions, a price) or never answered one (it may be
+        # working, or lost on the way: IB's paper server drops some): work left for a person.
+        report["alert"] = True
+    if closed_markets:
+        report["closedMarkets"] = closed_markets  # left as they are: a person, or the next run at their open
+        report["alert"] = True
+    if unlisted:
+        report["unlisted"] = unlisted  # left as they are: a person books the settlement
+        report["alert"] = True
+
+
+def _lines(
+    legs: Mapping[int, Leg],
+    instruments: Mapping[int, Instrument],
+    orders: Mapping[int, LegOrder],
+    outcomes: Mapping[str, Outcome],
+    earlier: Mapping[int, Outcome],
+) -> list[dict[str, Any]]:
+    """A line per instrument with a leg: its order placed now, or an earlier attempt's, or none."""
+    return [
+        _line(instruments[c], leg, orders[c].order_ref, outcomes.get(orders[c].order_ref))
+        if c in orders
+        else _line(instruments[c], leg, earlier[c].order_ref, earlier[c])
+        if c in earlier
+        else _line(instruments[c], leg, None, None)
+        for c, leg in sorted(legs.items(), key=lambda kv: instruments[kv[0]].symbol)
+        if leg.deltas or any(leg.targets.values())
+    ]
 
 
 def _books_disagree(what: str, named_by: str, differences: list[dict[str, Any]]) -> IntentError:

@@ -275,12 +275,12 @@ async def _instrument_shares(
         and (only is None or p.con_id in only)
     }
     prices = {c: mark for c, mark in broker.portfolio_marks(account).items() if c in held}
-    unmarked = [await broker.by_con_id(c) for c in held if c not in prices]
-    refused: dict[int, str] = {}
+    listed, refused = await broker.listed(c for c in held if c not in prices)
+    unmarked = [listed[c] for c in sorted(listed)]
     if unmarked:
         snapshots = await broker.prices(unmarked)
         prices.update(snapshots)
-        refused = snapshots.refused
+        refused.update(snapshots.refused)
     rates = {**broker.fx_rates(account), base: 1.0}
     unrated = {str(p.contract["currency"]) for p in held.values()} - set(rates)
     if unrated:

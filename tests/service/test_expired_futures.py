@@ -1,0 +1,188 @@
+"""A future past its last trade date: held in the books (IB lists no contract for it any more), settled by IB, or
+named in an allocation. Found by an independent review of futures expiry; each test about a held one failed
+before, for the reason its docstring gives (decision 72).
+
+ibsim's ES defaults to the front quarterly on the clock's start day (DEFAULT_CLOCK 2026-06-17: ESM6, 20260619) and
+does not roll: once the clock is past that day, contract details and orders for it get 200 "No security definition
+has been found for the request", while its position stays (docs/ibsim.md: no final settlement).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support import Bus, allocation, clock_seen, holdings, mode_collection, wait_for, write_config
+
+pytestmark = pytest.mark.usefixtures("paper_config", "consumer")
+
+# ibsim's front quarterly on DEFAULT_CLOCK (Wednesday 2026-06-17): expires Friday 2026-06-19.
+FRONT = "ESM6"
+# Monday 15:55 New York after that expiry: the time the eod close-all job fires (closingWithin 600).
+AFTER_EXPIRY = "2026-06-22T15:55:00-04:00"
+
+
+@pytest.fixture
+def consumer(consumer_factory):
+    return consumer_factory(order_timeout=3.0)
+
+
+def with_es(request: dict[str, Any], **spec: str) -> dict[str, Any]:
+    request["params"]["strategyParams"]["dummy"]["instruments"] = {
+        "ES": {"secType": "FUT", "exchange": "CME", "currency": "USD", **spec}
+    }
+    return request
+
+
+def hold_es_and_spy(bus: Bus, project: str) -> dict[str, float]:
+    """dummy buys 1 ESM6 and 101 SPY on the default clock; returns what it holds once booked."""
+    reply = bus.reply_to(bus.publish(with_es(allocation({"ES": 0.6, "SPY": 0.1}))))
+    assert reply["status"] == "ok", reply
+    held = {line["instrument"]: line["target"] for line in reply["result"]["instruments"]}
+    assert held == {FRONT: 1, "SPY": 101}, held
+    wait_for(lambda: holdings(project).get("dummy") == held, what="both buys booked to dummy")
+    return held
+
+
+def past_expiry(bus: Bus, gateway) -> None:
+    gateway.set_time(AFTER_EXPIRY)
+    clock_seen(bus, gateway)
+
+
+CLOSING_PATHS = {
+    "close-all": ({"intent": "close-all", "params": {}}, {}),
+    "eod-close-all": (
+        {"intent": "close-all", "params": {"flatAtClose": True, "closingWithin": 600}},
+        {"strategies": {"dummy": {"flatAtClose": "close"}}},
+    ),
+    "risk-check-reduce": (
+        {"intent": "risk-check", "params": {}},
+        {"risk": {"leverage": {"max": 0.1, "action": "reduce"}}},
+    ),
+}
+
+
+@pytest.mark.parametrize("path", CLOSING_PATHS.values(), ids=CLOSING_PATHS.keys())
+def test_an_expired_future_in_the_books_does_not_stop_closing_the_rest(
+    bus: Bus, gateway, project: str, path: tuple[dict[str, Any], dict[str, Any]]
+):
+    """dummy holds SPY and ESM6; the clock passes ESM6's last trade date. close-all, the 15:55 eod close-all
+    (flatAtClose, closingWithin 600) and risk-check's leverage reduce each refuse or skip the whole run with
+    `unknown_instrument: conId N () unknown at the broker` (an empty symbol between the brackets): SPY is not sold,
+    so the eod close-all leaves every stock of a flatAtClose strategy open overnight, every day, until someone edits
+    the books by hand (IB never lists the expired conId again; with IB the books hold it even after IB's final
+    settlement has removed the position: see the summary test below).
+
+    Now, as decision 61 does for a closed market: the rest traded, the contract IB no longer lists held as it is
+    and named in `unlisted` (with an alert).
+
+    Root cause: consumer/intents/rebalance.py:instruments_by_con_id (gathers broker.by_con_id for every held conId;
+    one IntentError fails the gather), called by Rebalance.carry_out before `_closed_markets` and by
+    close_all.py:_closing_later; consumer/broker/instruments.py:Instruments.by_contract raises
+    IntentError("unknown_instrument") on IB's 200 for an expired contract, with `contract.symbol` empty."""
+    body, config = path
+    held = hold_es_and_spy(bus, project)
+    write_config(project, **config)
+    past_expiry(bus, gateway)
+
+    reply = bus.reply_to(bus.publish(body))
+    assert reply["status"] == "ok", f"one expired future refuses the whole run: {reply['error']}"
+    result = reply["result"]
+    assert "skipped" not in str(result.get("reduced", "")), f"the reduce was skipped whole: {result.get('reduced')}"
+    wait_for(lambda: gateway.positions().get("SPY", 0) < held["SPY"], what="SPY sold beside the expired ESM6")
+    assert result["alert"] is True, result
+    carried_out = result["reduced"][0] if "reduced" in result else result  # risk-check's reduce is in `reduced`
+    (unlisted,) = carried_out["unlisted"]
+    assert (unlisted["instrument"], unlisted["held"]) == (FRONT, {"dummy": 1.0}), unlisted
+    assert FRONT not in [line["instrument"] for line in carried_out["instruments"]], carried_out
+    assert not [o for o in gateway.orders() if o["symbol"] == "ES" and o["action"] == "SELL"], gateway.orders()
+
+
+def test_eod_check_reports_an_expired_future_instead_of_failing(bus: Bus, gateway, project: str):
+    """dummy holds SPY and ESM6, past ESM6's last trade date. eod-check (after the close) replies
+    `error unknown_instrument: conId N () unknown at the broker`: no report of open orders, unbooked fills or books
+    vs broker, and no daily snapshot, on every day from then on (the books keep the contract).
+
+    Now the day's report lists the expired contract in `unlisted` (clean false, alert), and the snapshot of
+    everything else is written.
+
+    Root cause: consumer/snapshots.py:marks (with ask=True, eod-check's snapshot prices every held conId afresh:
+    `[await broker.by_con_id(c) ...]`), where Instruments.by_contract raises on IB's 200 for the expired conId."""
+    hold_es_and_spy(bus, project)
+    gateway.set_time("2026-06-22T16:30:00-04:00")
+    clock_seen(bus, gateway)
+
+    reply = bus.reply_to(bus.publish({"intent": "eod-check", "params": {}}), timeout=60)
+    assert reply["status"] == "ok", f"eod-check fails whole on an expired future: {reply['error']}"
+    assert reply["result"]["alert"] is True, reply["result"]
+    assert reply["result"]["clean"] is False
+    assert [(u["instrument"], u["held"]) for u in reply["result"]["unlisted"]] == [(FRONT, {"dummy": 1.0})]
+    assert mode_collection(project, "snapshots"), "no daily snapshot written"
+
+
+def settle(bus: Bus, gateway, symbol: str, price: float) -> None:
+    """IB's final settlement of a cash-settled future: the position is closed at the settlement price (the gain
+    credited to cash) and leaves the account; ibsim does not do it (docs/ibsim.md), so the test does, and restarts
+    the gateway as its nightly restart would, so the client reads the account afresh."""
+
+    def book() -> None:
+        server = gateway.server
+        account = server.broker.accounts[server.broker.default_account]
+        held = account.positions[symbol].quantity
+        server.broker.book(account, server.instruments[symbol], -held, price, 0.0, "USD")
+
+    gateway.call(book)
+    gateway.restart()
+
+    def reconnected() -> bool:
+        reply = bus.reply_to(bus.publish({"intent": "ping", "params": {}}))
+        return "gatewayTime" in (reply.get("result") or {})
+
+    wait_for(reconnected, what="the consumer back on the gateway")
+
+
+def test_after_ib_settles_an_expired_future_the_summary_still_reports_every_strategys_pnl(
+    bus: Bus, gateway, project: str
+):
+    """dummy holds SPY and ESM6. After the last trade date IB settles ESM6 in cash and the position leaves the
+    account ("Positions in expired contracts will be removed prior to the intra-day cycle on the business date
+    following the final settlement date for cash-settled contracts", a clearing house's rule; ES is "Financially
+    Settled", CME contract specs). The books still hold 1 ESM6 (nothing books a final settlement), and the
+    summary's `pnl` becomes {"error": "unknown_instrument", "message": "conId N () unknown at the broker"}: the
+    P&L of every strategy is gone, SPY's included, and stays gone.
+
+    Now each strategy's P&L is reported, the expired contract unpriced with why. Booking the settlement is left
+    to a person (noticed, not built: no path books a final settlement).
+
+    Root cause: consumer/snapshots.py:marks prices what the portfolio no longer holds with broker.by_con_id (IB
+    answers 200 for the expired conId) and the whole P&L fails; no path books a final settlement (the books keep
+    ESM6 for dummy, reconcile's `fix` only books -1 to `unallocated`, so close-all and eod-check keep failing too).
+    ibsim gap: docs/ibsim.md "no final settlement of an expired future (its position stays)", kinder than IB:
+    with ibsim the summary still prices the position it keeps."""
+    hold_es_and_spy(bus, project)
+    gateway.set_time(AFTER_EXPIRY)
+    settle(bus, gateway, "ES", 5260.0)
+    clock_seen(bus, gateway)
+    assert gateway.positions() == {"SPY": 101.0}
+
+    reply = bus.reply_to(bus.publish({"intent": "summary", "params": {}}))
+    assert reply["status"] == "ok", reply
+    pnl = reply["result"]["pnl"]
+    assert "dummy" in pnl, f"the summary lost every strategy's P&L to the settled {FRONT}: {pnl}"
+
+
+def test_an_allocation_naming_an_expired_contract_month_gets_one_clear_error_and_no_order(bus: Bus, gateway):
+    """ES March 2026 expired before the clock's day (2026-06-17). The allocation gets one reply, `unknown_instrument`
+    naming ES and the month it was asked for, and nothing reaches the broker (IB answers 200 "No security definition
+    has been found for the request" for an expired contract unless includeExpired is set)."""
+    message = bus.publish(with_es(allocation({"ES": 0.6}), lastTradeDateOrContractMonth="202603"))
+    replies = bus.replies_to(message)
+    assert len(replies) == 1, replies
+    (reply,) = replies
+    assert reply["status"] == "error", reply
+    assert reply["error"]["code"] == "unknown_instrument", reply["error"]
+    assert "ES" in reply["error"]["message"], reply["error"]
+    assert "202603" in reply["error"]["message"], reply["error"]
+    assert gateway.orders() == []
+    assert gateway.positions() == {}
