@@ -361,7 +361,11 @@ class Dispatcher:
                 # adopted the claim, e.g. nacked as running elsewhere meanwhile): a second reply would be one too many.
                 log.info("redelivery of a message the sweep answered; acked without a reply")
                 return Settlement.ACK
-            log.info("duplicate delivery; republishing the stored reply")
+            # This message's own reply, whose publish failed: published now, it is the first the request gets, and
+            # marked duplicate, monitors that drop duplicates never saw the outcome.
+            first = claim.reply_unsent and claim.reply.get("messageId") == request.delivery.message_id
+            log.info("redelivery of a reply never published; publishing it" if first else
+                     "duplicate delivery; republishing the stored reply")  # fmt: skip
             try:
                 envelope = request.envelope
                 again = {
@@ -369,9 +373,12 @@ class Dispatcher:
                     # The stored outcome, addressed to this delivery: monitors match replies by message id.
                     "messageId": request.delivery.message_id,
                     "idempotencyKey": envelope.idempotency_key if envelope else None,
-                    "duplicate": True,
+                    **({} if first else {"duplicate": True}),
                 }
                 await self._services.publishing.reply(ReplyJson.of(again))
+                if first:
+                    with contextlib.suppress(Exception):  # left set, a later redelivery replies as a first again
+                        await self._services.ledger.reply_unsent(request.request_id, unsent=False)
             except Exception as e:
                 if claim.reply.get("messageId") == request.delivery.message_id:
                     # A redelivery of the message whose reply never went out: on its last attempt, the sweep's.
@@ -521,8 +528,7 @@ class Dispatcher:
         except Exception as e:
             if claimed:
                 return await self._publish_failed(request, str(e))
-            log.error("could not publish the reply; nacked", error=str(e))
-            return Settlement.NACK
+            return await self._unclaimed_publish_failed(request, encoded, str(e))
         services.metrics.observe_intent(reply["intent"], reply["status"], reply["durationMs"])
         log_method = log.info if reply["status"] == "ok" else log.warning
         log_method(
@@ -541,9 +547,27 @@ class Dispatcher:
         attempt = request.delivery.delivery_attempt or 0
         if attempt < self._services.settings.max_delivery_attempts:
             log.error("could not publish the reply; nacked", error=error, attempt=attempt)
+            with contextlib.suppress(Exception):  # unmarked, the redelivery's reply says duplicate: never fatal
+                await self._services.ledger.reply_unsent(request.request_id)
             return Settlement.NACK
         try:
             await self._services.ledger.reply_pending(request.request_id)
+        except Exception as e:
+            log.error("could not publish the reply on the last attempt, nor leave it to the sweep", error=str(e))
+            return Settlement.NACK
+        log.error("could not publish the reply on the last attempt; the sweep publishes it", error=error)
+        return Settlement.ACK
+
+    async def _unclaimed_publish_failed(self, request: Request, reply: ReplyJson, error: str) -> Settlement:
+        """A reply with no claim (a bad request, a conflicting one) could not be published. Nacked, the redelivery
+        answers again; the last attempt stores it pending for the sweep, as `_publish_failed` does a claimed one:
+        nacked there too, the message was dropped (the emulator) or dead-lettered unanswered (Pub/Sub)."""
+        attempt = request.delivery.delivery_attempt or 0
+        if attempt < self._services.settings.max_delivery_attempts:
+            log.error("could not publish the reply; nacked", error=error, attempt=attempt)
+            return Settlement.NACK
+        try:
+            await self._services.ledger.store_pending_reply(request.delivery.message_id, reply)
         except Exception as e:
             log.error("could not publish the reply on the last attempt, nor leave it to the sweep", error=str(e))
             return Settlement.NACK

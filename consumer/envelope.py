@@ -19,6 +19,8 @@ from consumer.errors import BadRequest, clip
 from consumer.schemas import Schemas, SchemaViolation
 
 ENVELOPE_SCHEMA = "envelope.schema.json"
+# The envelope fields a message attribute may carry (gcloud's --attribute); the others are read from the body only.
+ATTRIBUTE_FIELDS = ("intent", "schedule", "account", "tradingMode")
 
 # Bounds on what a message may be, checked before anything reads it (README, "Messages"). Intents are small: a
 # 1,000-instrument allocation is about 40 KB and 7 levels deep.
@@ -110,6 +112,23 @@ class Request:
         return None
 
 
+def _refuse_body_fields(attributes: Mapping[str, str], schemas: Schemas) -> None:
+    """An envelope field sent as an attribute (`--attribute=dryRun=true`, `expiresAt`, ...) is refused: ignored, an
+    allocation meant as a dry run, or past its expiry, traded for real. Matched however it is spelled (dry_run)."""
+
+    def plain(name: str) -> str:
+        return name.lower().replace("_", "").replace("-", "")
+
+    fields = {plain(f): f for f in schemas.document(ENVELOPE_SCHEMA)["properties"] if f not in ATTRIBUTE_FIELDS}
+    sent = sorted(fields[plain(k)] for k in attributes if plain(k) in fields)
+    if sent:
+        raise BadRequest(
+            "unsupported_attribute",
+            f"{', '.join(sent)} must be given in the message body, not as an attribute (attributes carry only "
+            f"{', '.join(ATTRIBUTE_FIELDS)}); nothing was run",
+        )
+
+
 def decode(  # noqa: C901 (one check after another, each its own error code)
     delivery: Delivery, schemas: Schemas, schedule_zone: ZoneInfo, schedule_intents: Mapping[str, str] | None = None
 ) -> Envelope:
@@ -128,11 +147,17 @@ def decode(  # noqa: C901 (one check after another, each its own error code)
                 f"the message says intent {clip(repr(intent))} but its attribute says {clip(repr(attribute_intent))}",
             )
         body = {**body, "intent": attribute_intent}
-    check_values(
-        {k: attributes[k] for k in ("intent", "schedule", "account", "tradingMode") if k in attributes}, "attributes"
-    )
-    if attributes.get("schedule") and "schedule" not in body:
-        body = {**body, "schedule": attributes["schedule"]}
+    _refuse_body_fields(attributes, schemas)
+    check_values({k: attributes[k] for k in ATTRIBUTE_FIELDS if k in attributes}, "attributes")
+    attribute_schedule = attributes.get("schedule")
+    if attribute_schedule:
+        if body.get("schedule") is not None and body["schedule"] != attribute_schedule:
+            raise BadRequest(
+                "conflicting_schedule",
+                f"the message says schedule {clip(repr(body['schedule']))} but its attribute says "
+                f"{clip(repr(attribute_schedule))}; nothing was run",
+            )
+        body = {**body, "schedule": attribute_schedule}
     if "intent" not in body:
         raise BadRequest(
             "missing_intent", "no intent: give it in the message ('intent') or as the message attribute 'intent'"

@@ -124,9 +124,9 @@ def as_transient(exc: BaseException) -> Transient:
     if isinstance(exc, Transient):
         return exc
     if isinstance(exc, ConnectionError):
-        return Transient("gateway_disconnected", f"connection to the gateway lost: {exc or type(exc).__name__}")
+        return Transient("gateway_disconnected", f"connection to the gateway lost: {str(exc) or type(exc).__name__}")
     if isinstance(exc, TimeoutError):
-        return Transient("timeout", f"timed out: {exc or 'no answer in time'}")
+        return Transient("timeout", f"timed out: {str(exc) or 'no answer in time'}")
     if isinstance(exc, TRANSIENT_GOOGLE_ERRORS):
         return Transient("store_unavailable", f"Google API unavailable: {exc}")
     return Transient("internal", f"{type(exc).__name__}: {exc}")

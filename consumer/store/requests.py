@@ -40,6 +40,10 @@ T = TypeVar("T")
 MAX_STORED_REPLY_BYTES = 500_000
 
 
+# The claim-like document of a reply with no claim of its own (`store_pending_reply`), by message id.
+UNCLAIMED_REPLY_PREFIX = "unclaimed-reply:"
+
+
 def stored_reply(encoded: ReplyJson) -> str:
     """The reply as the claim stores it for duplicates: its JSON text, whole when it fits, else marked
     `resultTruncated`. Text, not a map: nothing queries inside a reply, and the client encodes a map value by value
@@ -83,6 +87,8 @@ class Claim:
     conflict: tuple[str | None, str] | None = None
     # The stored reply is known to have been published (the stranded-request sweep's, marked so once it went out).
     reply_published: bool = False
+    # The stored reply's publish failed and no delivery has published it since: the next one is its first.
+    reply_unsent: bool = False
 
     @property
     def first_run(self) -> bool:
@@ -157,6 +163,7 @@ class RequestLedger:
                 reply=_reply_of(existing),
                 owner=existing.get("owner"),
                 reply_published=published,
+                reply_unsent=existing.get("replyUnsent") is True,
             )
         lease_until = existing.get("leaseUntil")
         expired = lease_until is None or lease_until <= now
@@ -329,6 +336,25 @@ class RequestLedger:
     async def reply_pending(self, request_id: str) -> None:
         """A stored reply no delivery will publish (its last attempt failed to): a later sweep publishes it."""
         await self._layout.request(request_id).update({"replyPending": True, "updatedAt": datetime.now(UTC)})
+
+    async def reply_unsent(self, request_id: str, unsent: bool = True) -> None:
+        """The stored reply's publish failed (True), or the redelivery that found it so published it (False): that
+        redelivery's reply is the request's first, not a duplicate of one monitors saw."""
+        await self._layout.request(request_id).update({"replyUnsent": unsent})
+
+    async def store_pending_reply(self, message_id: str, reply: ReplyJson) -> None:
+        """A reply that has no claim of its own (a bad request, a conflicting one) and that the message's last
+        delivery attempt could not publish, stored pending under an id of its own for the sweep to publish."""
+        request_id = f"{UNCLAIMED_REPLY_PREFIX}{message_id}"
+        stored = {
+            "requestId": request_id,
+            "intent": reply.reply.get("intent"),
+            "state": ClaimState.DONE.value,
+            "replyJson": stored_reply(reply),
+            "replyPending": True,
+            "updatedAt": datetime.now(UTC),
+        }
+        await self._layout.request(request_id).create(stored)
 
     async def published(self, request_id: str) -> None:
         """The sweep's reply went out: no later sweep publishes it again."""

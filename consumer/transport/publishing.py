@@ -79,9 +79,13 @@ class Publishing:
         return await self._publish(self._reply_topic, data, attributes)
 
     async def dead_letter(self, delivery: Delivery, code: str, error: str) -> str:
-        """The original message, unchanged, with why it failed and how often in its attributes."""
+        """The original message, unchanged, with why it failed and how often in its attributes. Pub/Sub takes 100
+        attributes a message: with ours, the original's first ones that fit (the count left out is said)."""
+        original = [(k, v) for k, v in delivery.attributes.items() if not k.startswith("deadLetter")]
+        kept = original[: MAX_ATTRIBUTES - len(DEAD_LETTER_ATTRIBUTES)]
         attributes = {
-            **{k: v for k, v in delivery.attributes.items() if not k.startswith("deadLetter")},
+            **dict(kept),
+            **({"deadLetterAttributesDropped": str(len(original) - len(kept))} if len(kept) < len(original) else {}),
             "deadLetterCode": code,
             "deadLetterError": error[:1000],
             "deadLetterAttempts": str(delivery.delivery_attempt or 0),
@@ -104,6 +108,10 @@ class Publishing:
 # Pub/Sub refuses a message with an attribute value over 1,024 bytes (the emulator does not): a request id of 500
 # three-byte characters (the envelope allows 500) or a long error would make a reply that can never be published.
 MAX_ATTRIBUTE_BYTES = 1024
+# Pub/Sub's limit on attributes per message (the emulator does not check it either); the dead letter adds these.
+MAX_ATTRIBUTES = 100
+DEAD_LETTER_ATTRIBUTES = ("deadLetterCode", "deadLetterError", "deadLetterAttempts", "deadLetterMessageId",
+                          "deadLetterSubscription", "deadLetterAttributesDropped")  # fmt: skip
 
 
 def fitted(attributes: Mapping[str, str]) -> dict[str, str]:
