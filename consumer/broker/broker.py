@@ -9,6 +9,7 @@ market data (market), the order engine (orders) and the translation of IB's obje
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -389,7 +390,19 @@ class Broker:
         if record is not None and record.holds:
             return self.session_fills()
         self._gateway.require()
-        return [views.fill(f) for f in await self._gateway.requests.executions()]
+        fresh = [views.fill(f) for f in await self._gateway.requests.executions()]
+        # ib_insync answers an execution it already holds with a new Fill whose commission report is empty, and files
+        # IB's report on the Fill it held: read off the fresh copy alone, a commission that came late (another
+        # client's execution, one of ours across a reconnect) was never booked.
+        known = {f.exec_id: f for f in self.session_fills() if f.commission is not None}
+        return [
+            dataclasses.replace(
+                f, commission=known[f.exec_id].commission, commission_currency=known[f.exec_id].commission_currency
+            )
+            if f.commission is None and f.exec_id in known
+            else f
+            for f in fresh
+        ]
 
     def filled_at_connect(self, perm_id: int | None) -> float:
         """What an order had filled when this connection began (0 if it was not open then): fills from before the
