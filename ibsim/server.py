@@ -6,7 +6,8 @@ It is assembled from one module per concern, each a layer over the previous one:
 - connection.py  one client socket: handshake, framing, pacing, latency
 - dispatch.py    the table of answered messages, refusal of the others, startApi
 - account.py     account updates, summary, positions, PnL, and their pushes
-- marketdata.py  contract details, quotes, historical bars, price moves
+- history.py     historical bars (IB's pacing and refusals), the contract look-up market data shares
+- marketdata.py  contract details, quotes, price moves
 - orders.py      placeOrder, cancels, open/completed orders, executions; the broker's listener
 - faults.py      faults and controls (declared with ibsim/controls.py's marks)
 
