@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
+
+import exchange_calendars as xcals  # type: ignore[import-untyped]
 
 # ISO 4217 codes ibsim accepts, with a fallback rate in USD used when the scenario has no forex pair for them.
 USD_RATES: dict[str, float] = {
@@ -77,15 +80,30 @@ def currency_code(value: Any, where: str) -> str:
     return value
 
 
+@functools.cache
+def _nyse_sessions(year: int) -> Any:
+    return xcals.get_calendar("XNYS", start=f"{year - 1}-01-01", end=f"{year + 1}-12-31")
+
+
+def last_trade_date(year: int, month: int) -> dt.date:
+    """CME's equity index futures: the third Friday of the month, or the business day before it when the exchange
+    is closed that day (June 2026: Juneteenth, so Thursday the 18th)."""
+    first = dt.date(year, month, 1)
+    day = first + dt.timedelta(days=(4 - first.weekday()) % 7 + 14)
+    sessions = _nyse_sessions(year)
+    while not sessions.is_session(day.isoformat()):
+        day -= dt.timedelta(days=1)
+    return day
+
+
 def front_quarterly(today: dt.date) -> str:
-    """The next quarterly expiry (third Friday of Mar/Jun/Sep/Dec) on or after today, as YYYYMMDD."""
+    """The next quarterly expiry (Mar/Jun/Sep/Dec, `last_trade_date`) on or after today, as YYYYMMDD."""
     year, month = today.year, today.month
     while True:
         if month % 3 == 0:
-            first = dt.date(year, month, 1)
-            third_friday = first + dt.timedelta(days=(4 - first.weekday()) % 7 + 14)
-            if third_friday >= today:
-                return third_friday.strftime("%Y%m%d")
+            last = last_trade_date(year, month)
+            if last >= today:
+                return last.strftime("%Y%m%d")
         month += 1
         if month > 12:
             year, month = year + 1, 1

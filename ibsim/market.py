@@ -118,12 +118,16 @@ class Instrument:
         return [self.exchange]
 
     def expired(self, now: dt.datetime) -> bool:
-        """A future after its last trade date (in the exchange's zone): IB no longer lists it."""
+        """A future past its last trading moment: IB no longer lists it. CME's equity index futures stop trading at
+        08:30 Chicago (09:30 New York) on their last trade date, and settle at the opening quotation."""
         last = self.spec.lastTradeDateOrContractMonth
         if self.secType != "FUT" or not last:
             return False
-        today = now.astimezone(ZoneInfo(time_zone_of(self))).strftime("%Y%m%d")
-        return last[:8] < today[: len(last[:8])]
+        local = now.astimezone(ZoneInfo(time_zone_of(self)))
+        today = local.strftime("%Y%m%d")[: len(last[:8])]
+        if last[:8] == today and len(last) >= 8:
+            return local.time() >= FUTURES_LAST_TRADE_TIME
+        return last[:8] < today
 
     def matches(self, c: ContractRequest) -> bool:  # noqa: C901 (one contract field after another, as IB matches them)
         if c.conId:
@@ -200,6 +204,10 @@ def _month_code(yyyymmdd: str) -> str:
         return ""
     codes = "FGHJKMNQUVXZ"
     return f"{codes[int(yyyymmdd[4:6]) - 1]}{yyyymmdd[3]}"
+
+
+# When CME's equity index futures stop trading on their last trade date, in Chicago.
+FUTURES_LAST_TRADE_TIME = dt.time(8, 30)
 
 
 # -- trading hours ---------------------------------------------------------------------------------------------------

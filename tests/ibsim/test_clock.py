@@ -129,9 +129,12 @@ def test_a_future_past_its_last_trade_date_is_no_longer_the_front_contract() -> 
         ib.errorEvent += lambda req_id, code, msg, contract: errors.append((req_id, code, msg))
         try:
             gw.roll_day()  # Friday 2026-12-18, the last trade date
+            gw.set_time("2026-12-18T09:29:00-05:00")  # CME stops it at 09:30 New York, for the opening quotation
             [last_day] = ib.reqContractDetails(Future("ES", exchange="CME"))
             assert last_day.contract
             assert last_day.contract.lastTradeDateOrContractMonth == "20261218"
+            gw.set_time("2026-12-18T09:30:00-05:00")
+            assert ib.reqContractDetails(Future("ES", exchange="CME")) == []
             gw.roll_day()  # Monday 2026-12-21: the December contract has expired
             listed = ib.reqContractDetails(Future("ES", exchange="CME"))
             months = sorted(d.contract.lastTradeDateOrContractMonth for d in listed if d.contract)

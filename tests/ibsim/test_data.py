@@ -59,8 +59,10 @@ def test_future_details(gw: ThreadedGateway, ib: IB) -> None:
     expiry = dt.datetime.strptime(c.lastTradeDateOrContractMonth, "%Y%m%d").date()
     today = gw.now().date()
     assert today <= expiry < today + dt.timedelta(days=100)  # the front quarterly, by the gateway's calendar
-    assert (expiry.weekday(), expiry.month % 3) == (4, 0)
-    assert 15 <= expiry.day <= 21
+    # The third Friday of a quarter's month, or the business day before it when that is a holiday (CME): the June
+    # 2026 contract expires on Thursday the 18th, Juneteenth closing the 19th.
+    assert expiry.month % 3 == 0
+    assert (expiry.weekday(), 15 <= expiry.day <= 21) == (4, True) or expiry == dt.date(2026, 6, 18)
     assert d.contractMonth == c.lastTradeDateOrContractMonth[:6]
     assert d.minTick == 0.25
     # qualifying by month works too

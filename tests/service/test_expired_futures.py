@@ -186,3 +186,20 @@ def test_an_allocation_naming_an_expired_contract_month_gets_one_clear_error_and
     assert "202603" in reply["error"]["message"], reply["error"]
     assert gateway.orders() == []
     assert gateway.positions() == {}
+
+
+@pytest.mark.parametrize("market_clock", ["2026-12-18T11:00:00-05:00"], indirect=True, ids=["last-trade-day"])
+def test_ibsim_refuses_a_future_after_its_trading_terminated_on_its_last_trade_date(bus: Bus, gateway):
+    """Friday 2026-12-18 is ESZ6's last trade date; at 11:00 New York an allocation bought it and ibsim filled it.
+    CME: "Trading terminates at 9:30 a.m. ET on the 3rd Friday of the contract month" (E-mini S&P 500 contract
+    specs, cmegroup.com); the contract is then settled at the Special Opening Quotation, so IB cannot fill an order
+    for it after 09:30 (nor could a close-all sell it).
+
+    Root cause (ibsim): ibsim/market.py:Instrument.expired compared dates only (the contract trades all of its
+    last day, through CME's 16:00 Chicago close), and order_rules/fills knew no last trading time. Also
+    instrument_spec.front_quarterly took the third Friday even on an exchange holiday: 2026-06-19 is Juneteenth,
+    and the June 2026 equity futures expire on Thursday 06-18 (QuantConnect/Lean#9165)."""
+    reply = bus.reply_to(bus.publish(with_es(allocation({"ES": 0.6}), lastTradeDateOrContractMonth="202612")))
+    filled = [o for o in gateway.orders() if o["symbol"] == "ES" and o["filled"]]
+    assert not filled, f"ibsim filled ESZ6 after its trading terminated (09:30 ET): {filled}; reply {reply['status']}"
+    assert gateway.positions().get("ES", 0) == 0
