@@ -51,6 +51,12 @@ class Instrument:
         return self.contract.localSymbol or self.contract.symbol
 
     @property
+    def expires_on(self) -> date | None:
+        """A future's last trade date (None for anything else, or a month IB gave without its day)."""
+        last = self.contract.lastTradeDateOrContractMonth if self.sec_type == "FUT" else ""
+        return date(int(last[:4]), int(last[4:6]), int(last[6:8])) if len(last) >= 8 and last[:8].isdigit() else None
+
+    @property
     def session_hours(self) -> str:
         """The hours IB works an order in: a stock's regular (liquid) hours, since outside them a plain order is
         held; a future's or a currency pair's whole trading session (CME Globex, IDEALPRO), whose liquid hours

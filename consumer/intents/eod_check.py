@@ -5,7 +5,8 @@
    listed (unknown, and so not clean, when the gateway's API is read-only: IB refuses it the list).
 3. Strategies with `flatAtClose` in the config document hold nothing: any that do are listed.
 4. Books equal the broker: the reconcile comparison, read-only (no fix); and no book holds an instrument IB no
-   longer lists (an expired future: its settlement is for a person to book).
+   longer lists (an expired future: its settlement is for a person to book). A future held that expires within
+   EXPIRY_NOTICE_DAYS is listed in `expiring`, which alerts without making the day unclean: it is due a roll.
 5. The daily snapshot is written (consumer.snapshots; a re-run the same day overwrites it with the same content).
 
 `clean` is false when anything in 2-4 needs a person, and the reply then says alert=true; it is still `ok` (the
@@ -27,6 +28,8 @@ from consumer.snapshots import current_pnl, trading_day, write_snapshot
 # Orders meant to outlive the day: good till cancelled or a date, for the next open (OPG, which README suggests for
 # an order placed after the close), or not to work before a later time (goodAfterTime). Only the others alert.
 KNOWINGLY_OPEN = {"GTC", "GTD", "OPG"}
+# A held future this close to its last trade date (calendar days) is named, for a person or a strategy to roll it.
+EXPIRY_NOTICE_DAYS = 7
 
 
 def knowingly_open(order: BrokerOrder) -> bool:
@@ -75,7 +78,7 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     }
 
     differences = (await compare(ctx)).differences
-    unlisted = await _unlisted(ctx)
+    unlisted, expiring = await _contracts_to_see(ctx)
 
     # The gateway's day, asked once for the snapshot and the P&L: IB answers the current time once a second.
     day = trading_day(await broker.current_time())
@@ -88,7 +91,7 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
     return {
         "date": pnl["date"],
         "clean": clean,
-        **({} if clean else {"alert": True}),  # something needs a person: monitoring filters on alert
+        **({} if clean and not expiring else {"alert": True}),  # something needs a person: monitoring filters on it
         "pnl": pnl["pnl"],
         "fills": len(fills) - len(replaced),
         "fillsBookedNow": len(swept["fillsApplied"]),
@@ -100,26 +103,33 @@ async def eod_check(ctx: IntentContext, params: dict[str, Any]) -> dict[str, Any
         "notFlat": not_flat,
         "differences": differences,
         "unlisted": unlisted,
+        "expiring": expiring,
         "snapshot": snapshot,
         **({"unavailable": unavailable} if unavailable else {}),
     }
 
 
-async def _unlisted(ctx: IntentContext) -> list[dict[str, Any]]:
-    """The instruments the books hold that IB lists no contract for any more (an expired future, a delisted stock),
-    with what each book holds: nothing trades or prices them, and the books keep them until a person books the
-    settlement."""
+async def _contracts_to_see(ctx: IntentContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The instruments the books hold that IB lists no contract for any more (an expired future, a delisted stock:
+    nothing trades or prices them, and the books keep them until a person books the settlement), and the futures
+    they hold that expire within EXPIRY_NOTICE_DAYS, each with what each book holds."""
     holdings = await ctx.services.books.holdings(None)
-    _, gone = await ctx.broker.listed({c for positions in holdings.values() for c in positions})
-    return [
-        {
-            "instrument": next((str(p[c].get("symbol")) for p in holdings.values() if c in p), ""),
-            "conId": c,
-            "held": {s: float(p[c]["quantity"]) for s, p in sorted(holdings.items()) if c in p},
-            "reason": why,
+    listed, gone = await ctx.broker.listed({c for positions in holdings.values() for c in positions})
+
+    def line(con_id: int) -> dict[str, Any]:
+        return {
+            "instrument": next((str(p[con_id].get("symbol")) for p in holdings.values() if con_id in p), ""),
+            "conId": con_id,
+            "held": {s: float(p[con_id]["quantity"]) for s, p in sorted(holdings.items()) if con_id in p},
         }
-        for c, why in sorted(gone.items())
+
+    today = ctx.market_now().date()
+    expiring = [
+        {**line(c), "lastTradeDate": expiry.isoformat(), "days": (expiry - today).days}
+        for c, instrument in sorted(listed.items())
+        if (expiry := instrument.expires_on) is not None and (expiry - today).days <= EXPIRY_NOTICE_DAYS
     ]
+    return [{**line(c), "reason": why} for c, why in sorted(gone.items())], expiring
 
 
 INTENT = Intent(

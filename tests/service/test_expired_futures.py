@@ -203,3 +203,21 @@ def test_ibsim_refuses_a_future_after_its_trading_terminated_on_its_last_trade_d
     filled = [o for o in gateway.orders() if o["symbol"] == "ES" and o["filled"]]
     assert not filled, f"ibsim filled ESZ6 after its trading terminated (09:30 ET): {filled}; reply {reply['status']}"
     assert gateway.positions().get("ES", 0) == 0
+
+
+def test_eod_check_names_a_held_future_a_day_before_its_last_trade_date(bus: Bus, gateway, project: str):
+    """dummy holds ESM6 (last trade date Thursday 2026-06-18, Juneteenth closing the Friday) and SPY. Nothing said
+    the contract was about to expire: the day after, every run found it unlisted and left it as it was (above).
+    eod-check now names it in `expiring` (with its date and what each book holds) and alerts, the day still clean:
+    it is due a roll, not a fault."""
+    hold_es_and_spy(bus, project)
+    gateway.set_time("2026-06-17T16:30:00-04:00")
+    clock_seen(bus, gateway)
+
+    reply = bus.reply_to(bus.publish({"intent": "eod-check", "params": {}}), timeout=60)
+    assert reply["status"] == "ok", reply
+    result = reply["result"]
+    assert [(e["instrument"], e["lastTradeDate"], e["days"], e["held"]) for e in result["expiring"]] == [
+        (FRONT, "2026-06-18", 1, {"dummy": 1.0})
+    ], result["expiring"]
+    assert (result["clean"], result["alert"], result["unlisted"]) == (True, True, []), result
