@@ -113,19 +113,20 @@ class Request:
 
 
 def _refuse_body_fields(attributes: Mapping[str, str], schemas: Schemas) -> None:
-    """An envelope field sent as an attribute (`--attribute=dryRun=true`, `expiresAt`, ...) is refused: ignored, an
-    allocation meant as a dry run, or past its expiry, traded for real. Matched however it is spelled (dry_run)."""
+    """An envelope field sent as an attribute (`--attribute=dryRun=true`, `expiresAt`, ...), or an attribute field
+    spelled otherwise (`Account`, `trading_mode`), is refused: ignored, an allocation meant as a dry run, or past its
+    expiry, or for another account (subscriptions route on `account` exactly), traded for real."""
 
     def plain(name: str) -> str:
         return name.lower().replace("_", "").replace("-", "")
 
-    fields = {plain(f): f for f in schemas.document(ENVELOPE_SCHEMA)["properties"] if f not in ATTRIBUTE_FIELDS}
-    sent = sorted(fields[plain(k)] for k in attributes if plain(k) in fields)
+    fields = {plain(f): f for f in schemas.document(ENVELOPE_SCHEMA)["properties"]}
+    sent = sorted(k for k in attributes if plain(k) in fields and (k != fields[plain(k)] or k not in ATTRIBUTE_FIELDS))
     if sent:
         raise BadRequest(
             "unsupported_attribute",
-            f"{', '.join(sent)} must be given in the message body, not as an attribute (attributes carry only "
-            f"{', '.join(ATTRIBUTE_FIELDS)}); nothing was run",
+            f"attributes {clip(', '.join(map(repr, sent)))}: attributes carry only {', '.join(ATTRIBUTE_FIELDS)}, "
+            "spelled so; every other field goes in the message body; nothing was run",
         )
 
 

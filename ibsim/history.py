@@ -61,6 +61,8 @@ class HistoryDesk(AccountDesk):
         self.pace_next = False
         # The login's live user logged in elsewhere (the fault `competing_session`, in marketdata.py).
         self.competing_session_on = False
+        # Symbols whose contract details IB answers with 200 for now (the fault `no_security_definition`).
+        self.undefined: set[str] = set()
 
     def _one(
         self, conn: Connection, req_id: int, c: ContractRequest, include_expired: bool = False

@@ -56,7 +56,7 @@ class MarketDesk(HistoryDesk):
         req_id = r.int()
         c = r.contract()
         include_expired = r.str() == "1"
-        matches = self.resolve(c, include_expired)
+        matches = [i for i in self.resolve(c, include_expired) if i.symbol not in self.undefined]
         if not matches:
             conn.send_error(req_id, 200, NO_SECURITY)
             return
@@ -203,6 +203,13 @@ class MarketDesk(HistoryDesk):
         scenario's `bars`: a test gives the market the history its signal needs instead of hoping for one."""
         inst = self._instrument(symbol)
         inst.spec.bars = daily_bars(bars, f"set_bars({symbol})")
+
+    @fault(scheduled=True)
+    def no_security_definition(self, symbol: str, on: bool = True) -> None:
+        """IB answers 200 "No security definition has been found for the request" to contract details for an
+        instrument it lists (on), as it does while its data connections are down; off: it answers again."""
+        (self.undefined.add if on else self.undefined.discard)(symbol)
+        log.info("fault: contract details for %s answered 200 %s", symbol, "on" if on else "off")
 
     @fault(scheduled=True)
     def competing_session(self, on: bool = True) -> int:

@@ -18,7 +18,7 @@ from ib_insync import IB, Contract, ContractDetails
 from consumer.broker import views
 from consumer.broker.contract_cache import CachedContract, CacheUnavailable, ContractStore, trading_day
 from consumer.broker.hours import closed_reason, closes_at, good_after, is_open, next_open
-from consumer.errors import IntentError, UnlistedInstrument
+from consumer.errors import IntentError, Transient, UnlistedInstrument
 from consumer.logs import get_logger
 from consumer.strategies.base import InstrumentSpec
 
@@ -191,12 +191,7 @@ class Instruments:
                 return instrument
         details = await self._ib.reqContractDetailsAsync(Contract(conId=contract.conId))
         if not details:
-            named = f" ({contract.symbol})" if contract.symbol else ""
-            raise UnlistedInstrument(
-                contract.conId,
-                f"conId {contract.conId}{named}: IB lists no contract for it any more (an expired future, a delisted "
-                "stock)",
-            )
+            raise await self._no_contract(contract, today)
         found = details[0].contract
         assert found is not None
         instrument = _instrument(found.localSymbol or found.symbol, details[0])
@@ -204,6 +199,27 @@ class Instruments:
         self._by_con_id[contract.conId] = (instrument, today, key)
         await self._write({key: to_cache(instrument, self._now())})
         return instrument
+
+    async def _no_contract(self, contract: Contract, today: date) -> Exception:
+        """Why IB answered 200 for a conId it reported before. Only a future it still finds with `includeExpired`,
+        past its last trade date, is unlisted for good (a run leaves it as it is). Otherwise it is IB's passing 200,
+        as it answers while its data connections are down (ib_insync#330), or a delisting: retried (and, if it
+        lasts, dead-lettered with this reason), never read as an expiry, which left a held stock unsold."""
+        named = f" ({contract.symbol})" if contract.symbol else ""
+        found = await self._ib.reqContractDetailsAsync(Contract(conId=contract.conId, includeExpired=True))
+        expired = found[0].contract if found else None
+        last = expired.lastTradeDateOrContractMonth[:8] if expired is not None else ""
+        if expired is not None and expired.secType == "FUT" and last and last <= today.strftime("%Y%m%d"):
+            return UnlistedInstrument(
+                contract.conId,
+                f"{expired.localSymbol or expired.symbol} (conId {contract.conId}) expired on its last trade date "
+                f"{last}: IB lists no contract for it any more",
+            )
+        return Transient(
+            "contract_unavailable",
+            f"IB answered no contract for conId {contract.conId}{named}, which is no expired future: IB says so while "
+            "its data connections are down; retried",
+        )
 
     def forget(self, con_id: int) -> None:
         """Drops every entry for this conId, here and in the store, so the next resolve asks IB: IB answered 200

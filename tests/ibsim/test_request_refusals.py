@@ -132,3 +132,19 @@ def test_pnl_for_an_account_not_managed_is_invalid_account_code(ib: IB) -> None:
     [(rid, code, text)] = errors
     assert (rid, code) == (req_id, 321)
     assert "cause - Invalid account code" in text, text
+
+
+def test_contract_details_of_a_listed_instrument_answer_200_under_the_fault(gw: ThreadedGateway, ib: IB) -> None:
+    """IB answers 200 for an instrument it lists while its data connections are down (ib_insync#330): the fault
+    `no_security_definition` gives it, for that symbol only, by symbol or conId, until it is turned off."""
+    [spy] = ib.qualifyContracts(Stock("SPY", "SMART", "USD"))
+    errors = errors_of(ib)
+    gw.no_security_definition("SPY")
+    assert ib.reqContractDetails(Stock(conId=spy.conId)) == []
+    assert ib.reqContractDetails(Stock("SPY", "SMART", "USD")) == []
+    assert [e[1:] for e in errors] == [(200, "No security definition has been found for the request")] * 2
+    assert len(ib.reqContractDetails(Stock("QQQ", "SMART", "USD"))) == 1
+    gw.no_security_definition("SPY", on=False)
+    [details] = ib.reqContractDetails(Stock(conId=spy.conId))
+    assert details.contract is not None
+    assert details.contract.conId == spy.conId

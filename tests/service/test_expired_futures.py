@@ -221,3 +221,42 @@ def test_eod_check_names_a_held_future_a_day_before_its_last_trade_date(bus: Bus
         (FRONT, "2026-06-18", 1, {"dummy": 1.0})
     ], result["expiring"]
     assert (result["clean"], result["alert"], result["unlisted"]) == (True, True, []), result
+
+
+@pytest.mark.slow(seconds=40)
+def test_a_spurious_200_for_a_held_stock_is_not_taken_for_a_delisting(consumer, bus: Bus, gateway, project: str):
+    """dummy holds SPY. The next trading day (the contract cache is a day old, so SPY's contract is asked of IB) a
+    close-all runs while IB answers 200 for SPY's conId (its data connections down for a moment: IB does this
+    for instruments it lists, ib_insync#330). What happened: `Broker.listed` took the 200 for "IB lists no
+    contract for it any more (an expired future, a delisted stock)", the close-all replies `ok` with SPY in
+    `unlisted` ("held as it is: its settlement is for a person to book") and sells nothing; the reply is final
+    (no retry), so the position stays open although IB lists SPY again a moment later. Before decision 72 the
+    same 200 failed the run (`unknown_instrument`); now it reads as a clean partial close of a position that
+    needs no settlement. Now (decision 72's review) the 200 is retried unless IB still finds the contract with
+    includeExpired as a future past its last trade date; ibsim's `no_security_definition` fault gives the 200. A
+    user expects a 200 for a stock with no expiry (or a future before its last trade date, which the books know)
+    to be a transient failure, retried, and SPY sold once IB answers.
+    Root cause: consumer/broker/instruments.py:Instruments.by_contract raises UnlistedInstrument on any empty answer
+    to reqContractDetails (ib_insync ends the request with [] on any error for its reqId), and
+    consumer/broker/broker.py:Broker.listed sets apart every UnlistedInstrument as unlisted, never asking
+    whether the contract can have expired (its secType and lastTradeDateOrContractMonth are in the books'
+    position)."""
+    reply = bus.reply_to(bus.publish(allocation({"SPY": 0.1})))
+    assert reply["status"] == "ok", reply
+    bought = reply["result"]["instruments"][0]["target"]
+    wait_for(lambda: holdings(project).get("dummy") == {"SPY": bought}, what="the buy booked to dummy")
+    gateway.roll_day()  # Thursday 2026-06-18 11:00 New York: a trading day, SPY open
+    clock_seen(bus, gateway)
+
+    gateway.no_security_definition("SPY")  # IB's passing 200 (ib_insync#330)
+    asked = [r for _, r in gateway.requests_received()].count("reqContractDetails")
+    message_id = bus.publish({"intent": "close-all", "params": {}})
+    wait_for(lambda: [r for _, r in gateway.requests_received()].count("reqContractDetails") >= asked + 4,
+             timeout=60, what="two attempts of the close-all to meet IB's 200")  # fmt: skip
+    assert gateway.positions().get("SPY") == bought  # nothing sold on a guess
+    gateway.no_security_definition("SPY", on=False)
+    reply = bus.reply_to(message_id, timeout=90)
+    assert reply["status"] == "ok", reply
+    assert "unlisted" not in reply["result"], reply["result"]
+    wait_for(lambda: gateway.positions().get("SPY", 0) == 0, timeout=30, what="SPY sold once IB lists it again")
+    assert [o["action"] for o in gateway.orders()] == ["BUY", "SELL"]  # sold once

@@ -228,6 +228,36 @@ def test_a_dead_lettered_timeout_says_what_timed_out(consumer_factory, bus: Bus,
     assert not reply["error"]["message"].rstrip().endswith(":"), reply["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        pytest.param({"Account": "DU999999"}, id="Account"),
+        pytest.param({"trading_mode": "live"}, id="trading_mode"),
+    ],
+)
+def test_a_routing_attribute_spelled_otherwise_is_refused_not_ignored(
+    consumer, bus: Bus, gateway, attributes: dict[str, str]
+):
+    """An allocation sent with `--attribute=Account=DU999999` (or `trading_mode=live`): the sender addresses an
+    account this deployment does not serve (or says the message is meant for live). Spelled `account` /
+    `tradingMode`, the message is refused (`unknown_account`, a trading-mode mismatch) and nothing trades. Spelled
+    otherwise, the attribute was dropped without a word and the allocation bought in this deployment's own account:
+    in the cloud the subscription filters route on `attributes.account` exactly, so the message with `Account`
+    reaches the default deployment, which trades the wrong account. Decision 73 says "an envelope field sent as an
+    attribute, however spelled, is one error", and refuses `dry_run` for `dryRun`; a user expects the same for the
+    four fields attributes do carry: one error, no order.
+    Root cause: consumer/envelope.py:_refuse_body_fields matches the other spellings only of the fields NOT in
+    ATTRIBUTE_FIELDS (`fields = {... if f not in ATTRIBUTE_FIELDS}`), and consumer/accounts.py:AccountDirectory.route
+    and settle read `attributes.get("account")` / `get("tradingMode")` by their exact names: `Account`,
+    `ACCOUNT`, `trading_mode`, `Trading-Mode`, `Schedule`, `Intent` pass unseen."""
+    message_id = bus.publish(allocation({"SPY": 0.1}), **attributes)
+    replies = bus.replies_to(message_id)
+    orders = [(o["account"], o["action"], o["totalQuantity"]) for o in gateway.orders()]
+    answered = [(r["status"], (r["error"] or {}).get("code"), r.get("account")) for r in replies]
+    assert orders == [], f"an allocation with attributes {attributes} traded: {orders}; replies {answered}"
+    assert [(status, code) for status, code, _ in answered] == [("error", "unsupported_attribute")], answered
+
+
 # -- 3. every reply validates against its schema ---------------------------------------------------------------------
 
 
