@@ -107,6 +107,8 @@ class Bookkeeper:
         self._stale_pending = timedelta(seconds=stale_pending_after)
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        self._catch_up: asyncio.TimerHandle | None = None
+        self._catch_up_in = CATCH_UP_FIRST
 
     def start(self) -> None:
         """Hooks the broker's events (hooked once: they hold across reconnects)."""
@@ -137,6 +139,8 @@ class Bookkeeper:
     async def stop(self) -> None:
         if self._queue.qsize():
             log.info("stopping with events not booked yet; the next sweep books them", pending=self._queue.qsize())
+        if self._catch_up is not None:
+            self._catch_up.cancel()
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -160,14 +164,32 @@ class Bookkeeper:
                         await self._book_live(live)
                     except Exception as e:
                         _warn_unless_stopping(e, [type(event).__name__ for event in live])
+                        self._catch_up_later()
                 if isinstance(events[-1], Sweep):  # swept even if the live bookings before it failed
                     try:
-                        log.info("books reconciled after connect", **_counts(await self.reconcile()))
+                        log.info("books reconciled", **_counts(await self.reconcile()))
+                        self._catch_up_in = CATCH_UP_FIRST
                     except Exception as e:
                         _warn_unless_stopping(e, ["Sweep"])
+                        self._catch_up_later()
             finally:
                 for _ in events:
                     self._queue.task_done()
+
+    def _catch_up_later(self) -> None:
+        """A sweep after a backoff, until one succeeds: a booking that failed (Firestore kept a killed process's
+        transaction locks for 60 s) was left for "the next reconciliation", which came at the next reconnect or
+        trading intent, hours later, while summary, pnl and risk-check read books short of IB's fills. While the
+        gateway is away its reconnect queues the sweep."""
+        if self._catch_up is not None or not self._broker.ready:
+            return
+
+        def due() -> None:
+            self._catch_up = None
+            self._queue.put_nowait(Sweep())
+
+        self._catch_up = asyncio.get_running_loop().call_later(self._catch_up_in, due)
+        self._catch_up_in = min(CATCH_UP_MAX, self._catch_up_in * 2)
 
     async def _book_live(self, events: list[Booked | Finished]) -> None:
         executions = [execution_of(e.fill, self._rates(e.fill)) for e in events if isinstance(e, Booked)]
@@ -622,6 +644,12 @@ def _synthetic(doc: dict[str, Any], exec_id: str, quantity: float, price: float,
         synthetic=True,
         fx_rate=rates.get(doc.get("currency", "")),
     )
+
+
+# The first catch-up sweep after a failed booking, doubling to the cap: past the 60 s for which Firestore holds a dead
+# client's transaction locks.
+CATCH_UP_FIRST = 2.0
+CATCH_UP_MAX = 120.0
 
 
 def _warn_unless_stopping(e: Exception, kinds: list[str]) -> None:

@@ -361,9 +361,10 @@ class Dispatcher:
                 # adopted the claim, e.g. nacked as running elsewhere meanwhile): a second reply would be one too many.
                 log.info("redelivery of a message the sweep answered; acked without a reply")
                 return Settlement.ACK
-            # This message's own reply, whose publish failed: published now, it is the first the request gets, and
-            # marked duplicate, monitors that drop duplicates never saw the outcome.
-            first = claim.reply_unsent and claim.reply.get("messageId") == request.delivery.message_id
+            # This message's own reply, stored and never published (the publish failed, or the process died between
+            # the two): published now, it is the first the request gets; marked duplicate, monitors that drop
+            # duplicates never saw the outcome. A published one is marked so (`_settle`) and answered above.
+            first = claim.reply.get("messageId") == request.delivery.message_id
             log.info("redelivery of a reply never published; publishing it" if first else
                      "duplicate delivery; republishing the stored reply")  # fmt: skip
             try:
@@ -377,8 +378,8 @@ class Dispatcher:
                 }
                 await self._services.publishing.reply(ReplyJson.of(again))
                 if first:
-                    with contextlib.suppress(Exception):  # left set, a later redelivery replies as a first again
-                        await self._services.ledger.reply_unsent(request.request_id, unsent=False)
+                    with contextlib.suppress(Exception):  # unmarked, a later redelivery replies as a first again
+                        await self._services.ledger.published(request.request_id)
             except Exception as e:
                 if claim.reply.get("messageId") == request.delivery.message_id:
                     # A redelivery of the message whose reply never went out: on its last attempt, the sweep's.
@@ -523,12 +524,23 @@ class Dispatcher:
                     **({"error": reply["error"]} if reply.get("error") else {}),
                 )
                 return Settlement.ACK
+        return await self._publish(request, encoded, claimed)
+
+    async def _publish(self, request: Request, encoded: ReplyJson, claimed: bool) -> Settlement:
+        """Publishes a stored reply (a failure leaves it to a redelivery, or the sweep); marks its claim published."""
+        services = self._services
+        reply = encoded.reply
         try:
             await services.publishing.reply(encoded)
         except Exception as e:
             if claimed:
                 return await self._publish_failed(request, str(e))
             return await self._unclaimed_publish_failed(request, encoded, str(e))
+        if claimed:
+            # A redelivery of this message (its ack lost) is then acked without a second reply, and one of a reply
+            # stored but never published (a kill between the two) publishes it as the first (`_duplicate`).
+            with contextlib.suppress(Exception):
+                await services.ledger.published(request.request_id)
         services.metrics.observe_intent(reply["intent"], reply["status"], reply["durationMs"])
         log_method = log.info if reply["status"] == "ok" else log.warning
         log_method(
@@ -547,8 +559,6 @@ class Dispatcher:
         attempt = request.delivery.delivery_attempt or 0
         if attempt < self._services.settings.max_delivery_attempts:
             log.error("could not publish the reply; nacked", error=error, attempt=attempt)
-            with contextlib.suppress(Exception):  # unmarked, the redelivery's reply says duplicate: never fatal
-                await self._services.ledger.reply_unsent(request.request_id)
             return Settlement.NACK
         try:
             await self._services.ledger.reply_pending(request.request_id)

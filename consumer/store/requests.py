@@ -85,10 +85,8 @@ class Claim:
     runs: int = 1
     # Set when the id was claimed by a request that asked for something else: (its intent, its fingerprint).
     conflict: tuple[str | None, str] | None = None
-    # The stored reply is known to have been published (the stranded-request sweep's, marked so once it went out).
+    # The stored reply is known to have been published (marked so once it went out, by its delivery or the sweep).
     reply_published: bool = False
-    # The stored reply's publish failed and no delivery has published it since: the next one is its first.
-    reply_unsent: bool = False
 
     @property
     def first_run(self) -> bool:
@@ -163,7 +161,6 @@ class RequestLedger:
                 reply=_reply_of(existing),
                 owner=existing.get("owner"),
                 reply_published=published,
-                reply_unsent=existing.get("replyUnsent") is True,
             )
         lease_until = existing.get("leaseUntil")
         expired = lease_until is None or lease_until <= now
@@ -337,11 +334,6 @@ class RequestLedger:
         """A stored reply no delivery will publish (its last attempt failed to): a later sweep publishes it."""
         await self._layout.request(request_id).update({"replyPending": True, "updatedAt": datetime.now(UTC)})
 
-    async def reply_unsent(self, request_id: str, unsent: bool = True) -> None:
-        """The stored reply's publish failed (True), or the redelivery that found it so published it (False): that
-        redelivery's reply is the request's first, not a duplicate of one monitors saw."""
-        await self._layout.request(request_id).update({"replyUnsent": unsent})
-
     async def store_pending_reply(self, message_id: str, reply: ReplyJson) -> None:
         """A reply that has no claim of its own (a bad request, a conflicting one) and that the message's last
         delivery attempt could not publish, stored pending under an id of its own for the sweep to publish."""
@@ -357,7 +349,7 @@ class RequestLedger:
         await self._layout.request(request_id).create(stored)
 
     async def published(self, request_id: str) -> None:
-        """The sweep's reply went out: no later sweep publishes it again."""
+        """The stored reply went out: no later sweep publishes it again, and a redelivery of its message gets none."""
         await self._layout.request(request_id).update({"replyPending": False})
 
     async def hold(self, request_id: str) -> None:
