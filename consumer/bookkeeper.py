@@ -159,12 +159,8 @@ class Bookkeeper:
                 events.append(self._queue.get_nowait())
             live = [e for e in events if not isinstance(e, Sweep)]
             try:
-                if live:
-                    try:
-                        await self._book_live(live)
-                    except Exception as e:
-                        _warn_unless_stopping(e, [type(event).__name__ for event in live])
-                        self._catch_up_later()
+                if live and not await self._book_live(live):
+                    self._catch_up_later()  # a failure of one, or of the batch and then of one of its events
                 if isinstance(events[-1], Sweep):  # swept even if the live bookings before it failed
                     try:
                         log.info("books reconciled", **_counts(await self.reconcile()))
@@ -191,27 +187,32 @@ class Bookkeeper:
         self._catch_up = asyncio.get_running_loop().call_later(self._catch_up_in, due)
         self._catch_up_in = min(CATCH_UP_MAX, self._catch_up_in * 2)
 
-    async def _book_live(self, events: list[Booked | Finished]) -> None:
+    async def _book_live(self, events: list[Booked | Finished]) -> bool:
+        """Books the events together, else one at a time (each failure logged); whether all of them were booked."""
         executions = [execution_of(e.fill, self._rates(e.fill)) for e in events if isinstance(e, Booked)]
         closes = [Close(e.order.order_ref, e.order.status, e.order.filled) for e in events if isinstance(e, Finished)]
         try:
             await self._books.book_all(executions, closes)
-            return
+            return True
         except Exception as e:
+            _warn_unless_stopping(e, ["batch" if len(events) > 1 else type(events[0]).__name__])
             if len(events) == 1:
-                raise
-            _warn_unless_stopping(e, ["batch"])
+                return False
         # One bad execution must not hold the others back until the next sweep: book the batch one at a time.
+        booked = True
         for execution in executions:
             try:
                 await self._books.book(execution)
             except Exception as e:
                 _warn_unless_stopping(e, ["Booked"])
+                booked = False
         for close in closes:
             try:
                 await self._books.close_order(close.order_ref, close.final_state, close.broker_filled)
             except Exception as e:
                 _warn_unless_stopping(e, ["Finished"])
+                booked = False
+        return booked
 
     def _account_rates(self) -> dict[str, float]:
         return self._broker.fx_rates(self.account) if self.account else {}

@@ -96,6 +96,7 @@ class Dispatcher:
         self._trading = asyncio.Lock()
         self._running: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[Settlement]] = set()
+        self._marking: set[asyncio.Task[None]] = set()
         # Messages this process has answered: Pub/Sub redelivers some after their ack (the emulator under a burst
         # does so by the hundred), and each message gets one reply, not one per delivery.
         self._answered: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -364,7 +365,7 @@ class Dispatcher:
             # This message's own reply, stored and never published (the publish failed, or the process died between
             # the two): published now, it is the first the request gets; marked duplicate, monitors that drop
             # duplicates never saw the outcome. A published one is marked so (`_settle`) and answered above.
-            first = claim.reply.get("messageId") == request.delivery.message_id
+            first = claim.reply_unpublished and claim.reply.get("messageId") == request.delivery.message_id
             log.info("redelivery of a reply never published; publishing it" if first else
                      "duplicate delivery; republishing the stored reply")  # fmt: skip
             try:
@@ -378,8 +379,7 @@ class Dispatcher:
                 }
                 await self._services.publishing.reply(ReplyJson.of(again))
                 if first:
-                    with contextlib.suppress(Exception):  # unmarked, a later redelivery replies as a first again
-                        await self._services.ledger.published(request.request_id)
+                    self._mark_published(request.request_id)
             except Exception as e:
                 if claim.reply.get("messageId") == request.delivery.message_id:
                     # A redelivery of the message whose reply never went out: on its last attempt, the sweep's.
@@ -538,9 +538,10 @@ class Dispatcher:
             return await self._unclaimed_publish_failed(request, encoded, str(e))
         if claimed:
             # A redelivery of this message (its ack lost) is then acked without a second reply, and one of a reply
-            # stored but never published (a kill between the two) publishes it as the first (`_duplicate`).
-            with contextlib.suppress(Exception):
-                await services.ledger.published(request.request_id)
+            # stored but never published (a kill between the two) publishes it as the first (`_duplicate`). Apart
+            # from the ack: the reply is out, so the message is acked, however slow Firestore is or a stop that
+            # aborts in-flight work (awaited here, a stop cancelled it and nacked, and the message got two replies).
+            self._mark_published(request.request_id)
         services.metrics.observe_intent(reply["intent"], reply["status"], reply["durationMs"])
         log_method = log.info if reply["status"] == "ok" else log.warning
         log_method(
@@ -551,6 +552,15 @@ class Dispatcher:
             **({"error": reply["error"]} if reply.get("error") else {}),
         )
         return Settlement.ACK
+
+    def _mark_published(self, request_id: str) -> None:
+        async def mark() -> None:
+            with contextlib.suppress(Exception):
+                await self._services.ledger.published(request_id)
+
+        task = asyncio.get_running_loop().create_task(mark(), name=f"published {request_id[:40]}")
+        self._marking.add(task)
+        task.add_done_callback(self._marking.discard)
 
     async def _publish_failed(self, request: Request, error: str) -> Settlement:
         """A reply stored with its claim could not be published. Nacked, the redelivery answers from the stored

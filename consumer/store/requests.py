@@ -87,6 +87,9 @@ class Claim:
     conflict: tuple[str | None, str] | None = None
     # The stored reply is known to have been published (marked so once it went out, by its delivery or the sweep).
     reply_published: bool = False
+    # The stored reply is known not to have been published (stored since `replyPublished` is written: a claim of
+    # an earlier version says neither).
+    reply_unpublished: bool = False
 
     @property
     def first_run(self) -> bool:
@@ -154,13 +157,14 @@ class RequestLedger:
             )
         state = ClaimState(existing.get("state", ClaimState.RUNNING.value))
         if state is ClaimState.DONE:
-            published = existing.get("replyPending") is False
+            published = existing.get("replyPending") is False or existing.get("replyPublished") is True
             return Claim(
                 won=False,
                 state=state,
                 reply=_reply_of(existing),
                 owner=existing.get("owner"),
                 reply_published=published,
+                reply_unpublished=not published and existing.get("replyPublished") is False,
             )
         lease_until = existing.get("leaseUntil")
         expired = lease_until is None or lease_until <= now
@@ -236,6 +240,7 @@ class RequestLedger:
                 "replyJson": stored,
                 "leaseUntil": None,
                 "updatedAt": datetime.now(UTC),
+                "replyPublished": False,
                 **({"replyPending": True} if pending else {}),
             },
             option=self._precondition(request_id),
@@ -350,7 +355,7 @@ class RequestLedger:
 
     async def published(self, request_id: str) -> None:
         """The stored reply went out: no later sweep publishes it again, and a redelivery of its message gets none."""
-        await self._layout.request(request_id).update({"replyPending": False})
+        await self._layout.request(request_id).update({"replyPending": False, "replyPublished": True})
 
     async def hold(self, request_id: str) -> None:
         """Raises LeaseLost unless this process still owns the claim, running, with lease to spare: the check a run
