@@ -144,14 +144,21 @@ def test_metrics_in_the_format_collectors_scrape(served, bus: Bus):
     scrape = urllib.request.Request(
         f"http://127.0.0.1:{served}/metrics", headers={"Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1"}
     )
-    with urllib.request.urlopen(scrape, timeout=5) as response:
-        assert response.headers["Content-Type"].startswith("text/plain; version=")
-        text = response.read().decode()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+
+    def scraped() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(scrape, timeout=5) as response:
+            assert response.headers["Content-Type"].startswith("text/plain; version=")
+            text = response.read().decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    # An intent is counted once its reply's publish returned, which the reply can beat to the test's subscriber.
+    error = ("ib_consumer_intents_total", (("intent", "(none)"), ("status", "error")))
+    wait_for(lambda: scraped().get(error) == 1, timeout=10, what="the bad message counted")
+    samples = scraped()
     assert samples[("ib_consumer_intents_total", (("intent", "summary"), ("status", "ok")))] == 2
     assert samples[("ib_consumer_intents_total", (("intent", "(none)"), ("status", "error")))] == 1
     assert samples[("ib_consumer_gateway_connects_total", ())] == 1
