@@ -101,7 +101,7 @@ def test_an_error_reply_that_no_attempt_could_publish_is_not_lost(consumer_facto
 @pytest.mark.slow(seconds=30)
 @pytest.mark.parametrize(**TRADING_CLOCK)
 def test_the_first_reply_a_trade_ever_gets_is_not_marked_duplicate(
-    consumer_factory, bus: Bus, gateway, project, later_replies
+    consumer_factory, bus: Bus, gateway, project, later_replies, caplog
 ):
     """An allocation runs while the reply topic is missing: it places and fills its orders, stores its reply with its
     claim, fails to publish it and nacks. The topic is back before the redelivery, which finds the claim done and
@@ -117,6 +117,11 @@ def test_the_first_reply_a_trade_ever_gets_is_not_marked_duplicate(
     message_id = bus.publish(allocation({"SPY": 0.1}, idempotencyKey="later-reply"))
     wait_for(lambda: claim_of(project, "later-reply").get("state") == "done", timeout=60,
              what="the allocation to store its reply")  # fmt: skip
+    # Its publish failed for good (the client retries some answers): made while it was retrying, the topic took it
+    # before its subscription existed, and the reply was lost to the test.
+    nacked = "could not publish the reply; nacked"
+    wait_for(lambda: [r for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == nacked],
+             timeout=60, what="the reply's publish to fail")  # fmt: skip
     # The topic and its subscription are made while the gateway is away: intake holds the redelivery meanwhile, so
     # no reply can be published between the two (it would be lost to a topic without a subscription).
     gateway.restart(down_seconds=3.0)
