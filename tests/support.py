@@ -489,7 +489,10 @@ def stock_positions(gateway: Any) -> dict[str, float]:
 class ConsumerProcess:
     """`python -m consumer serve` as a child process, logging to a file the test can read on failure."""
 
-    def __init__(self, project: str, gateway_port: int, log_path: Any, **env: str) -> None:
+    def __init__(
+        self, project: str, gateway_port: int, log_path: Any, argv: list[str] | None = None, **env: str
+    ) -> None:
+        """`argv`: the command (default `python -m consumer serve`; a test may wrap the consumer in its own hooks)."""
         import os
         import subprocess
         import sys
@@ -515,7 +518,7 @@ class ConsumerProcess:
         }
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "consumer", "serve"],
+            argv or [sys.executable, "-m", "consumer", "serve"],
             env=environ,
             stdout=self._log,
             stderr=subprocess.STDOUT,

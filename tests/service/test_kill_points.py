@@ -19,7 +19,6 @@ import collections
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -122,34 +121,7 @@ class KillableConsumer(ConsumerProcess):
     """tests/support.py ConsumerProcess with the kill hook above installed before `consumer.cli.main`."""
 
     def __init__(self, project: str, gateway_port: int, log_path: Path, **env: str) -> None:
-        from devstack.emulators import free_port
-        from tests.support import RECONNECT_BACKOFF_MAX_SECONDS, TEST_ACCOUNT
-
-        self.health_port = free_port()
-        self.log_path = log_path
-        environ = {
-            **os.environ,
-            "GOOGLE_CLOUD_PROJECT": project,
-            "IB_HOST": "127.0.0.1",
-            "IB_PORT": str(gateway_port),
-            "IB_CLIENT_ID": "1",
-            "IB_ACCOUNT": TEST_ACCOUNT,
-            "HEALTH_PORT": str(self.health_port),
-            "HEARTBEAT_SECONDS": "1",
-            "IB_CONNECT_TIMEOUT": "5",
-            "RECONNECT_BACKOFF_MAX_SECONDS": str(RECONNECT_BACKOFF_MAX_SECONDS),
-            "CLAIM_LEASE_SECONDS": "3",
-            "LOG_FORMAT": "json",
-            **env,
-        }
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", BOOTSTRAP],
-            env=environ,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        super().__init__(project, gateway_port, log_path, argv=[sys.executable, "-c", BOOTSTRAP], **env)
 
 
 def trace(path: Path) -> list[dict[str, Any]]:
