@@ -602,3 +602,100 @@ def signal_another_thread(pid: int, signum: int) -> None:
     syscall = ctypes.CDLL(None, use_errno=True).syscall
     if not any(syscall(SYS_TGKILL, pid, thread, signum) == 0 for thread in threads):
         raise OSError(ctypes.get_errno(), f"tgkill found none of the threads {threads} of {pid}")
+
+
+def claim_of(project: str, request_id: str, mode: str = "paper", account: str = TEST_ACCOUNT) -> dict[str, Any]:
+    """The request's claim document (consumer/store/layout.py keys it by the request id's sha256)."""
+    import hashlib
+
+    ref = mode_document(project, mode, account).collection("requests")
+    return ref.document(hashlib.sha256(request_id.encode()).hexdigest()).get().to_dict() or {}
+
+
+class FirestoreFault:
+    """A TCP proxy in front of the Firestore emulator (`address` for FIRESTORE_EMULATOR_HOST). Once `armed`, the first
+    client->server chunk containing `needle` sets off the fault on its connection, and `fired` is set:
+
+    - `lose_answer`: the chunk is forwarded (the server applies it), everything the server sends back is dropped,
+      and the connection is cut a second later: a network fault after a commit reached Firestore.
+    - `stall`: the chunk is not forwarded, and nothing more passes either way (the connection stays open): a
+      Firestore that stopped answering right at that write.
+    """
+
+    def __init__(self, upstream: str, needle: bytes, fault: str) -> None:
+        import socket
+
+        assert fault in ("lose_answer", "stall"), fault
+        host, port = upstream.rsplit(":", 1)
+        self._upstream = (host, int(port))
+        self._needle = needle
+        self._fault = fault
+        self.armed = threading.Event()
+        self.fired = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._server = socket.socket()
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(64)
+        self.address = f"127.0.0.1:{self._server.getsockname()[1]}"
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True, name=f"firestore-{fault}").start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._upstream)
+            self._sockets += [client, upstream]
+            state = {"up": True, "down": True}  # which way still passes
+            threading.Thread(target=self._up, args=(client, upstream, state), daemon=True).start()
+            threading.Thread(target=self._down, args=(upstream, client, state), daemon=True).start()
+
+    def _up(self, client: Any, upstream: Any, state: dict[str, bool]) -> None:
+        tail = b""
+        with contextlib.suppress(OSError):
+            while chunk := client.recv(65536):
+                window = tail + chunk
+                tail = window[-len(self._needle) :]
+                fire = self.armed.is_set() and self._needle in window
+                if fire:  # before forwarding: the server's answer must not slip through
+                    self.armed.clear()
+                    state["down"] = False
+                    state["up"] = self._fault == "lose_answer"
+                if state["up"]:
+                    upstream.sendall(chunk)
+                if fire:
+                    self.fired.set()
+                    if self._fault == "lose_answer":
+                        threading.Timer(1.0, self._cut, args=(client, upstream)).start()
+        self._ended(state, client, upstream)
+
+    def _down(self, upstream: Any, client: Any, state: dict[str, bool]) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := upstream.recv(65536):
+                if state["down"]:
+                    client.sendall(chunk)
+        self._ended(state, client, upstream)
+
+    def _ended(self, state: dict[str, bool], client: Any, upstream: Any) -> None:
+        """One side closed: the other is closed too, but on a stalled connection, which stays open as it hangs."""
+        if self._fault == "lose_answer" or state["up"]:
+            self._cut(client, upstream)
+
+    @staticmethod
+    def _cut(*sockets: Any) -> None:
+        import socket
+
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._server.close()
+        self._cut(*self._sockets)

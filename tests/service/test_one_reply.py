@@ -6,10 +6,7 @@ doubled a reply.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import os
-import socket
 import threading
 from typing import Any
 
@@ -17,88 +14,9 @@ import pytest
 
 from consumer.intents import builtin_intents
 from consumer.intents.base import Intent
-from tests.support import QUIET, Bus, mode_collection, mode_document, wait_for
+from tests.support import QUIET, Bus, FirestoreFault, claim_of, mode_collection, wait_for
 
 pytestmark = pytest.mark.usefixtures("paper_config")
-
-
-# -- a TCP proxy in front of the Firestore emulator that can lose one response -------------------------------------
-
-
-class LossyProxy:
-    """Forwards TCP to `upstream`. Once armed, the first client->server chunk containing `needle` is forwarded (the
-    server applies it), but everything the server sends back on that connection is dropped, and the connection is
-    closed a moment later: what a network fault after a commit reached Firestore looks like to the client."""
-
-    def __init__(self, upstream: str, needle: bytes) -> None:
-        host, port = upstream.rsplit(":", 1)
-        self._upstream = (host, int(port))
-        self._needle = needle
-        self.armed = threading.Event()
-        self.fired = threading.Event()
-        self._server = socket.socket()
-        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._server.bind(("127.0.0.1", 0))
-        self._server.listen(64)
-        self.address = f"127.0.0.1:{self._server.getsockname()[1]}"
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True, name="lossy-proxy").start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self._upstream)
-            state = {"blackhole": False}
-            threading.Thread(target=self._up, args=(client, upstream, state), daemon=True).start()
-            threading.Thread(target=self._down, args=(upstream, client, state), daemon=True).start()
-
-    def _up(self, client: socket.socket, upstream: socket.socket, state: dict[str, bool]) -> None:
-        tail = b""
-        try:
-            while chunk := client.recv(65536):
-                window = tail + chunk
-                tail = window[-len(self._needle) :]
-                fire = self.armed.is_set() and self._needle in window
-                if fire:  # before forwarding: the server's answer must not slip through
-                    self.armed.clear()
-                    state["blackhole"] = True
-                upstream.sendall(chunk)
-                if fire:
-                    self.fired.set()
-                    threading.Timer(1.0, self._cut, args=(client, upstream)).start()
-        except OSError:
-            pass
-        finally:
-            self._cut(client, upstream)
-
-    def _down(self, upstream: socket.socket, client: socket.socket, state: dict[str, bool]) -> None:
-        try:
-            while chunk := upstream.recv(65536):
-                if not state["blackhole"]:
-                    client.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            self._cut(client, upstream)
-
-    @staticmethod
-    def _cut(*sockets: socket.socket) -> None:
-        for s in sockets:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-    def close(self) -> None:
-        self._closed = True
-        self._server.close()
-
-
-def claim_of(project: str, message_id: str) -> dict[str, Any]:
-    doc = mode_document(project).collection("requests").document(hashlib.sha256(message_id.encode()).hexdigest())
-    return doc.get().to_dict() or {}
 
 
 @pytest.mark.slow(seconds=15)
@@ -110,7 +28,7 @@ def test_a_reply_whose_store_committed_but_whose_answer_was_lost_is_still_publis
     the client library retries the commit (UNAVAILABLE is retried), and the retry meets the precondition the first
     commit just changed. The claim, done with this run's own reply, was taken for a takeover: the message acked,
     "its new owner replies", and no owner: no reply, ever."""
-    proxy = LossyProxy(os.environ["FIRESTORE_EMULATOR_HOST"], b"replyJson")
+    proxy = FirestoreFault(os.environ["FIRESTORE_EMULATOR_HOST"], b"replyJson", "lose_answer")
     try:
         monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", proxy.address)
         consumer_factory(stranded_after=1.0)  # a claim left running would be answered by the sweep at once

@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 import threading
 import time
 from typing import Any
@@ -19,9 +18,11 @@ import pytest
 from tests.support import (
     STANDBY,
     Bus,
+    FirestoreFault,
     allocation,
     another_intents_subscription,
     booked_totals,
+    claim_of,
     firestore_client,
     mode_collection,
     mode_document,
@@ -117,71 +118,6 @@ def test_a_live_booking_that_failed_as_a_batch_is_caught_up_once_firestore_takes
 # -- 2. a graceful stop while the `published` mark is slow: the reply goes out twice ----------------------------------
 
 
-def claim_of(project: str, request_id: str) -> dict[str, Any]:
-    doc = mode_document(project).collection("requests").document(hashlib.sha256(request_id.encode()).hexdigest())
-    return doc.get().to_dict() or {}
-
-
-class StallProxy:
-    """Forwards TCP to `upstream`. Once armed, the first client->server chunk containing `needle` is not forwarded,
-    and from then on nothing more passes that connection either way (it stays open): a Firestore that stopped
-    answering, as the client sees it, right at that write."""
-
-    def __init__(self, upstream: str, needle: bytes) -> None:
-        host, port = upstream.rsplit(":", 1)
-        self._upstream = (host, int(port))
-        self._needle = needle
-        self.armed = threading.Event()
-        self.fired = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._server = socket.socket()
-        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._server.bind(("127.0.0.1", 0))
-        self._server.listen(64)
-        self.address = f"127.0.0.1:{self._server.getsockname()[1]}"
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True, name="stall-proxy").start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self._upstream)
-            self._sockets += [client, upstream]
-            state = {"stalled": False}
-            threading.Thread(target=self._up, args=(client, upstream, state), daemon=True).start()
-            threading.Thread(target=self._down, args=(upstream, client, state), daemon=True).start()
-
-    def _up(self, client: socket.socket, upstream: socket.socket, state: dict[str, bool]) -> None:
-        tail = b""
-        with contextlib.suppress(OSError):
-            while chunk := client.recv(65536):
-                window = tail + chunk
-                tail = window[-len(self._needle) :]
-                if self.armed.is_set() and self._needle in window:
-                    self.armed.clear()
-                    state["stalled"] = True
-                    self.fired.set()
-                if not state["stalled"]:
-                    upstream.sendall(chunk)
-
-    def _down(self, upstream: socket.socket, client: socket.socket, state: dict[str, bool]) -> None:
-        with contextlib.suppress(OSError):
-            while chunk := upstream.recv(65536):
-                if not state["stalled"]:
-                    client.sendall(chunk)
-
-    def close(self) -> None:
-        self._closed = True
-        self._server.close()
-        for s in self._sockets:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-
 @pytest.mark.slow(seconds=90)
 @pytest.mark.timeout(240)
 def test_a_consumer_stopped_while_marking_its_reply_published_does_not_reply_twice(
@@ -201,7 +137,7 @@ def test_a_consumer_stopped_while_marking_its_reply_published_does_not_reply_twi
     RequestLedger.published) after the reply went out and before it returns ACK, unbounded (the commit's 60 s
     timeout) and cancellable; `contextlib.suppress(Exception)` does not catch the CancelledError of `abort_all`, so
     the settled message is nacked."""
-    proxy = StallProxy(os.environ["FIRESTORE_EMULATOR_HOST"], b"replyPending")
+    proxy = FirestoreFault(os.environ["FIRESTORE_EMULATOR_HOST"], b"replyPending", "stall")
     try:
         monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", proxy.address)
         first = consumer_factory(shutdown_grace=1.0)

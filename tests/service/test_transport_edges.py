@@ -4,7 +4,6 @@ of the transport; each test but the schema one failed before, for the reason its
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 from google.cloud import pubsub_v1
 
-from tests.support import QUIET, TRADING_CLOCK, Bus, activity, allocation, mode_document, wait_for
+from tests.support import QUIET, TRADING_CLOCK, Bus, activity, allocation, claim_of, wait_for
 
 pytestmark = pytest.mark.usefixtures("paper_config")
 
@@ -63,11 +62,6 @@ def later_replies(project: str):
     replies = LaterReplies(project)
     yield replies
     replies.close()
-
-
-def claim_of(project: str, request_id: str) -> dict[str, Any]:
-    ref = mode_document(project).collection("requests").document(hashlib.sha256(request_id.encode()).hexdigest())
-    return ref.get().to_dict() or {}
 
 
 # -- 2. the reply topic missing ----------------------------------------------------------------------------------------
